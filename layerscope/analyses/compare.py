@@ -1,0 +1,151 @@
+"""Compare an intervened run with the baseline, per position."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+
+from layerscope.analyses.grid import DecodeGrid, build_grid, distribution_stats
+from layerscope.analyses.lens import lens_logits
+from layerscope.analyses.residual import layer_labels
+from layerscope.interventions import Intervention, intervene
+from layerscope.models.loading import LoadedModel
+
+
+@dataclass
+class PositionComparison:
+    position: int
+    token: str
+    kl: float  # KL(base || intervened), nats
+    top1_agree: bool
+    entropy_delta: float  # intervened minus base, bits
+    loss_delta: float | None  # on the prompt's own next token; None at the last position
+
+
+@dataclass
+class Comparison:
+    positions: list[PositionComparison]
+
+    @property
+    def mean_kl(self) -> float:
+        return sum(p.kl for p in self.positions) / len(self.positions)
+
+    @property
+    def top1_agreement(self) -> float:
+        return sum(p.top1_agree for p in self.positions) / len(self.positions)
+
+    def to_dict(self) -> dict:
+        return {"mean_kl": self.mean_kl, "top1_agreement": self.top1_agreement,
+                "positions": [asdict(p) for p in self.positions]}
+
+
+@dataclass
+class ComparisonTensors:
+    """Per-position metrics as tensors, for sweeps that aggregate many runs."""
+
+    kl: torch.Tensor
+    top1_agree: torch.Tensor
+    entropy_delta: torch.Tensor
+    loss_delta: torch.Tensor  # one shorter than the prompt
+
+
+def compare_logits(base_logits: torch.Tensor, other_logits: torch.Tensor, input_ids: torch.Tensor) -> ComparisonTensors:
+    """base/other: (tokens, vocab); input_ids: (tokens,)."""
+    base = torch.log_softmax(base_logits.float(), dim=-1)
+    other = torch.log_softmax(other_logits.float(), dim=-1)
+    base_entropy, kl = distribution_stats(base, base)[0], distribution_stats(other, base)[1]
+    other_entropy = distribution_stats(other, other)[0]
+    next_ids = input_ids[1:].to(base.device)[:, None]
+    loss_base = -base[:-1].gather(-1, next_ids)[:, 0]
+    loss_other = -other[:-1].gather(-1, next_ids)[:, 0]
+    return ComparisonTensors(
+        kl=kl.clamp_min(0),
+        top1_agree=base.argmax(-1) == other.argmax(-1),
+        entropy_delta=other_entropy - base_entropy,
+        loss_delta=loss_other - loss_base,
+    )
+
+
+def comparison_of(tokens: list[str], tensors: ComparisonTensors) -> Comparison:
+    losses = tensors.loss_delta.tolist() + [None]
+    return Comparison(
+        [
+            PositionComparison(t, tokens[t], kl, agree, entropy, loss)
+            for t, (kl, agree, entropy, loss) in enumerate(
+                zip(tensors.kl.tolist(), tensors.top1_agree.tolist(), tensors.entropy_delta.tolist(), losses)
+            )
+        ]
+    )
+
+
+@dataclass
+class Continuation:
+    text: str
+    token_ids: list[int]
+
+
+def greedy_continuation(
+    lm: LoadedModel, input_ids: torch.Tensor, max_new_tokens: int, interventions: Sequence[Intervention] = ()
+) -> Continuation:
+    """Greedy decoding; position edits act on the prompt pass, block and head edits on every step."""
+    if max_new_tokens <= 0:
+        return Continuation("", [])
+    with intervene(lm.adapter, interventions, seq_len=input_ids.shape[1]), torch.inference_mode():
+        output = lm.model.generate(
+            input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=lm.tokenizer.pad_token_id or lm.tokenizer.eos_token_id,
+        )
+    new_ids = output[0, input_ids.shape[1]:].tolist()
+    return Continuation(lm.tokenizer.decode(new_ids, skip_special_tokens=True), new_ids)
+
+
+@dataclass
+class InterventionReport:
+    interventions: list[dict]
+    baseline: DecodeGrid
+    intervened: DecodeGrid
+    comparison: Comparison
+    continuation: dict[str, Continuation]
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.baseline.model,
+            "tokens": self.baseline.tokens,
+            "layers": self.baseline.layers,
+            "interventions": self.interventions,
+            "baseline": self.baseline.to_dict(),
+            "intervened": self.intervened.to_dict(),
+            "comparison": self.comparison.to_dict(),
+            "continuation": {name: asdict(c) for name, c in self.continuation.items()},
+        }
+
+
+def run_interventions(
+    lm: LoadedModel,
+    input_ids: torch.Tensor,
+    interventions: Sequence[Intervention],
+    top_k: int = 5,
+    max_new_tokens: int = 0,
+) -> InterventionReport:
+    """Lens grids of the baseline and the intervened run, their comparison, and both continuations."""
+    labels = layer_labels(lm.n_blocks)
+    base_rows, base_final = lens_logits(lm, input_ids)
+    baseline = build_grid(lm, "logit_lens", input_ids, base_rows, base_final, labels, top_k)
+    rows, final = lens_logits(lm, input_ids, interventions)
+    intervened = build_grid(lm, "logit_lens", input_ids, rows, final, labels, top_k)
+    tensors = compare_logits(base_final, final, input_ids[0])
+    return InterventionReport(
+        interventions=[i.to_dict() for i in interventions],
+        baseline=baseline,
+        intervened=intervened,
+        comparison=comparison_of(baseline.tokens, tensors),
+        continuation={
+            "baseline": greedy_continuation(lm, input_ids, max_new_tokens),
+            "intervened": greedy_continuation(lm, input_ids, max_new_tokens, interventions),
+        },
+    )

@@ -1,0 +1,112 @@
+"""The decode grid: per residual row and prompt position, what the model would say.
+
+One result type for the logit lens and Patchscopes, so views and scripts can
+switch between them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import torch
+
+from layerscope.models.loading import LoadedModel
+
+LN2 = math.log(2.0)
+
+
+@dataclass
+class TopToken:
+    token: str
+    id: int
+    prob: float
+
+
+@dataclass
+class GridCell:
+    top: list[TopToken]
+    entropy_bits: float
+    kl_to_final: float
+
+
+@dataclass
+class DecodeGrid:
+    model: str
+    method: str
+    tokens: list[str]
+    token_ids: list[int]
+    layers: list[str]
+    cells: list[list[GridCell]]  # [row][position]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def top1(self, row: int, position: int) -> TopToken:
+        return self.cells[row][position].top[0]
+
+    def column(self, position: int, field: str) -> list[float]:
+        """One number per row at a position: 'entropy_bits' or 'kl_to_final'."""
+        return [getattr(row[position], field) for row in self.cells]
+
+    def csv_rows(self) -> Iterable[dict]:
+        """Long format: one line per (row, position, rank)."""
+        for layer, row in zip(self.layers, self.cells):
+            for position, cell in enumerate(row):
+                for rank, top in enumerate(cell.top):
+                    yield {
+                        "method": self.method,
+                        "layer": layer,
+                        "position": position,
+                        "prompt_token": self.tokens[position],
+                        "rank": rank,
+                        "token": top.token,
+                        "id": top.id,
+                        "prob": top.prob,
+                        "entropy_bits": cell.entropy_bits,
+                        "kl_to_final": cell.kl_to_final,
+                    }
+
+
+def distribution_stats(log_probs: torch.Tensor, final_log_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entropy in bits and KL(final || this) in nats, over the last dimension."""
+    probs = log_probs.exp()
+    entropy_bits = -(torch.where(probs > 0, probs * log_probs, 0.0)).sum(-1) / LN2
+    final_probs = final_log_probs.exp()
+    kl = torch.where(final_probs > 0, final_probs * (final_log_probs - log_probs), 0.0).sum(-1)
+    return entropy_bits, kl
+
+
+def build_grid(
+    lm: LoadedModel,
+    method: str,
+    input_ids: torch.Tensor,
+    row_logits: Iterable[torch.Tensor],
+    final_logits: torch.Tensor,
+    layers: list[str],
+    top_k: int,
+) -> DecodeGrid:
+    """Reduce each row's (tokens, vocab) logits to top-k, entropy and KL as soon as it arrives."""
+    final_log_probs = torch.log_softmax(final_logits.float(), dim=-1)
+    cells: list[list[GridCell]] = []
+    for logits in row_logits:
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        entropy, kl = distribution_stats(log_probs, final_log_probs)
+        top_log_probs, top_ids = log_probs.topk(top_k, dim=-1)
+        top_probs = top_log_probs.exp().tolist()
+        top_ids_list = top_ids.tolist()
+        entropy_list, kl_list = entropy.tolist(), kl.clamp_min(0).tolist()
+        cells.append(
+            [
+                GridCell(
+                    top=[TopToken(text, token_id, prob) for text, token_id, prob in
+                         zip(lm.token_texts(top_ids_list[t]), top_ids_list[t], top_probs[t])],
+                    entropy_bits=entropy_list[t],
+                    kl_to_final=kl_list[t],
+                )
+                for t in range(len(top_ids_list))
+            ]
+        )
+    ids = input_ids[0].tolist()
+    return DecodeGrid(lm.name, method, lm.token_texts(ids), ids, layers, cells)

@@ -1,0 +1,153 @@
+"""One attention function shared by every supported family.
+
+Transformers routes each attention layer through a named function. layerscope
+registers `layerscope_sdpa` and `layerscope_eager`, which call the model's own
+implementation and then apply per-module edits: masking query heads (zeroed
+output, or the uniform attention the retrieval-head authors used) and handing
+attention rows to readers. One mechanism, no per-architecture head code.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
+
+from layerscope.errors import LayerscopeError
+
+EDITS_ATTRIBUTE = "layerscope_attention_edits"
+AttentionReader = Callable[[torch.Tensor], None]
+"""Receives attention probabilities of one layer, shape (batch, heads, queries, keys), float32."""
+
+
+@dataclass
+class AttentionEdits:
+    zero_heads: set[int] = field(default_factory=set)
+    uniform_heads: set[int] = field(default_factory=set)
+    readers: list[AttentionReader] = field(default_factory=list)
+
+    def is_empty(self) -> bool:
+        return not (self.zero_heads or self.uniform_heads or self.readers)
+
+
+def edits_of(attention_module: nn.Module) -> AttentionEdits:
+    edits = getattr(attention_module, EDITS_ATTRIBUTE, None)
+    if edits is None:
+        edits = AttentionEdits()
+        setattr(attention_module, EDITS_ATTRIBUTE, edits)
+    return edits
+
+
+def _repeat_kv(states: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """(batch, kv_heads, keys, dim) -> (batch, heads, keys, dim)."""
+    return states.repeat_interleave(n_heads // states.shape[1], dim=1)
+
+
+def allowed_keys(attention_mask: torch.Tensor | None, n_queries: int, n_keys: int, device) -> torch.Tensor:
+    """Boolean (batch|1, 1, queries, keys): which keys each query may attend to."""
+    if attention_mask is None:
+        offset = n_keys - n_queries
+        query_pos = torch.arange(n_queries, device=device)[:, None] + offset
+        return (torch.arange(n_keys, device=device)[None, :] <= query_pos)[None, None]
+    mask = attention_mask[..., :n_keys]
+    if mask.dtype == torch.bool:
+        return mask
+    return mask > torch.finfo(mask.dtype).min / 2
+
+
+def attention_probabilities(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """softmax(q k^T) per query head, in float32, exactly as eager attention computes it."""
+    n_heads, n_queries, head_dim = query.shape[1], query.shape[2], query.shape[3]
+    keys = _repeat_kv(key, n_heads)
+    scores = torch.matmul(query.float(), keys.float().transpose(2, 3)) * (scaling or head_dim**-0.5)
+    if softcap:
+        scores = torch.tanh(scores / softcap) * softcap
+    allowed = allowed_keys(attention_mask, n_queries, keys.shape[2], query.device)
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    return torch.softmax(scores, dim=-1)
+
+
+def _uniform_output(value: torch.Tensor, heads: list[int], allowed: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Each chosen head attends equally to every key it may see: (batch, queries, len(heads), dim)."""
+    values = _repeat_kv(value, n_heads)[:, heads].float()
+    weights = allowed.float()
+    weights = weights / weights.sum(-1, keepdim=True)
+    out = torch.matmul(weights, values)
+    return out.transpose(1, 2).to(value.dtype)
+
+
+def _edited_attention(base: Callable) -> Callable:
+    def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        output, weights = base(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+        edits: AttentionEdits | None = getattr(module, EDITS_ATTRIBUTE, None)
+        if edits is None or edits.is_empty():
+            return output, weights
+        if edits.readers:
+            probs = attention_probabilities(query, key, attention_mask, scaling, kwargs.get("softcap"))
+            for reader in edits.readers:
+                reader(probs)
+        if edits.uniform_heads or edits.zero_heads:
+            output = output.clone()
+        if edits.uniform_heads:
+            heads = sorted(edits.uniform_heads)
+            allowed = allowed_keys(attention_mask, query.shape[2], key.shape[2], query.device)
+            output[:, :, heads] = _uniform_output(value, heads, allowed, query.shape[1])
+        if edits.zero_heads:
+            output[:, :, sorted(edits.zero_heads)] = 0
+        return output, weights
+
+    return attention
+
+
+def _eager_of(module, *args, **kwargs):
+    """The model family's own eager attention (Gemma-2 adds soft-capping, for example)."""
+    family_eager = sys.modules[type(module).__module__].eager_attention_forward
+    return family_eager(module, *args, **kwargs)
+
+
+AttentionInterface.register("layerscope_sdpa", _edited_attention(sdpa_attention_forward))
+AttentionInterface.register("layerscope_eager", _edited_attention(_eager_of))
+AttentionMaskInterface.register("layerscope_sdpa", sdpa_mask)
+AttentionMaskInterface.register("layerscope_eager", eager_mask)
+
+
+def install_edited_attention(model: nn.Module) -> None:
+    """Route the model's attention through layerscope's function; numerics are unchanged."""
+    current = model.config.get_text_config()._attn_implementation
+    if current.startswith("layerscope_"):
+        return
+    if current not in ("sdpa", "eager"):
+        raise LayerscopeError(
+            f"Head masking and attention scores need 'sdpa' or 'eager' attention; this model uses '{current}'."
+        )
+    model.set_attn_implementation(f"layerscope_{current}")
+
+
+@contextmanager
+def read_attention(attention_modules: dict[int, nn.Module], reader: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
+    """Call reader(block, probabilities) each time one of the given attention modules runs."""
+    added = []
+    for block, module in attention_modules.items():
+        def per_block(probs: torch.Tensor, block: int = block) -> None:
+            reader(block, probs)
+
+        edits_of(module).readers.append(per_block)
+        added.append((module, per_block))
+    try:
+        yield
+    finally:
+        for module, per_block in added:
+            edits_of(module).readers.remove(per_block)

