@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import torch
+from transformers import utils as transformers_utils
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from layerscope.errors import LayerscopeError
@@ -106,6 +106,7 @@ def load_model(
     """Load `demo`, a hub id, a local directory (safetensors only) or a .gguf file."""
     from layerscope.models.demo import DEMO_NAME, prepare_demo
 
+    transformers_utils.logging.disable_progress_bar()
     chosen_device = pick_device(device)
     chosen_dtype = pick_dtype(dtype, chosen_device)
     name = source
@@ -129,8 +130,8 @@ def load_model(
 
 
 def _load_pretrained(source, dtype, device_map, trust_remote_code, label) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    local = Path(source).expanduser()
-    if os.path.sep in source and not local.exists():
+    looks_local = source.startswith((".", "/", "~")) or source.count("/") > 1
+    if looks_local and not Path(source).expanduser().exists():
         raise LayerscopeError(f"No model directory at '{source}'.")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)

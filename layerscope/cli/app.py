@@ -1,0 +1,29 @@
+"""The `layerscope` command. Each command module registers itself here."""
+
+from __future__ import annotations
+
+import typer
+
+from layerscope.cli import lens as lens_commands
+
+app = typer.Typer(
+    name="layerscope",
+    help="See what each layer of a language model is doing. With no command, opens the explorer on the demo model.",
+    no_args_is_help=False,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+app.command("lens")(lens_commands.lens)
+app.command("run")(lens_commands.run)
+
+
+@app.callback(invoke_without_command=True)
+def default(context: typer.Context) -> None:
+    """Without a command: open the explorer."""
+    if context.invoked_subcommand is None:
+        typer.echo(context.get_help())
+
+
+def main() -> None:
+    app()

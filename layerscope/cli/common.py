@@ -1,0 +1,206 @@
+"""What every command shares: options, prompt input, progress, output, errors.
+
+Engine modules are imported inside functions so `--help` and the TUI start fast.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Iterable
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from layerscope.errors import LayerscopeError
+
+if TYPE_CHECKING:
+    from layerscope.models.loading import LoadedModel
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+ModelOption = Annotated[str, typer.Option("--model", "-m", help="'demo', a hub id, a local directory, or a .gguf file.")]
+DeviceOption = Annotated[str, typer.Option(help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.")]
+DtypeOption = Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16.")]
+DeviceMapOption = Annotated[str | None, typer.Option("--device-map", help="'auto' spreads a large model over GPUs (accelerate).")]
+TrustOption = Annotated[bool, typer.Option("--trust-remote-code", help="Run the model repository's own code. Off unless asked.")]
+PromptOption = Annotated[str | None, typer.Option("--prompt", "-p", help="The prompt text.")]
+PromptFileOption = Annotated[Path | None, typer.Option("--prompt-file", help="Read the prompt from a file.")]
+FormatOption = Annotated[Format, typer.Option("--format", "-f", help="table, json or csv.")]
+OutOption = Annotated[Path | None, typer.Option("--out", "-o", help="Write the result here (atomically) instead of stdout.")]
+TopKOption = Annotated[int, typer.Option("--top-k", "-k", min=1, max=100, help="Tokens kept per cell.")]
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")]
+
+
+def fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=1)
+
+
+def handles_errors(command: Callable) -> Callable:
+    """User errors become one line on stderr and exit code 1; --debug shows the traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (LayerscopeError, OSError, ValueError) as error:
+            if kwargs.get("debug"):
+                raise
+            raise fail(str(error) or type(error).__name__) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted") from None
+
+    return wrapper
+
+
+def read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
+    """From --prompt, --prompt-file, or stdin when it is piped."""
+    if prompt is not None and prompt_file is not None:
+        raise LayerscopeError("Give --prompt or --prompt-file, not both.")
+    if prompt_file is not None:
+        try:
+            text = prompt_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise LayerscopeError(f"Cannot read prompt file '{prompt_file}': {error}") from error
+    elif prompt is not None:
+        text = prompt
+    elif not sys.stdin.isatty():
+        text = sys.stdin.read()
+    else:
+        raise LayerscopeError("No prompt: give --prompt, --prompt-file, or pipe text on stdin.")
+    text = text.rstrip("\n")
+    if not text.strip():
+        raise LayerscopeError("The prompt is empty.")
+    return text
+
+
+class StderrProgress:
+    """Progress on stderr: a bar on a terminal, one line per stage otherwise."""
+
+    def __init__(self) -> None:
+        self._last = ""
+        self._bar = None
+        self._task = None
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                 TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+
+    def __call__(self, done: int, total: int, description: str) -> None:
+        if self._bar is None:
+            if description != self._last:
+                print(f"[layerscope] {description}", file=sys.stderr, flush=True)
+                self._last = description
+            return
+        if self._task is None:
+            self._bar.start()
+            self._task = self._bar.add_task(description, total=total)
+        self._bar.update(self._task, completed=done, total=total, description=description)
+
+    def close(self) -> None:
+        if self._bar is not None and self._task is not None:
+            self._bar.stop()
+
+
+def load(model: str, device: str, dtype: str, device_map: str | None, trust_remote_code: bool) -> LoadedModel:
+    from layerscope.models.loading import load_model
+
+    progress = StderrProgress()
+    try:
+        return load_model(model, device=device, dtype=dtype, device_map=device_map,
+                          trust_remote_code=trust_remote_code, progress=progress)
+    finally:
+        progress.close()
+
+
+def write_atomic(text: str, out: Path | None) -> None:
+    """stdout, or a temporary file renamed over `out` so a failure leaves no partial file."""
+    if out is None:
+        sys.stdout.write(text)
+        if not text.endswith("\n"):
+            sys.stdout.write("\n")
+        return
+    directory = out.parent if str(out.parent) else Path(".")
+    if not directory.is_dir() or not os.access(directory, os.W_OK):
+        raise LayerscopeError(f"Cannot write '{out}': the folder does not exist or is not writable.")
+    handle, temp = tempfile.mkstemp(prefix=f".{out.name}.", dir=directory)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as file:
+            file.write(text)
+        os.replace(temp, out)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def check_writable(out: Path | None) -> None:
+    """Fail before the compute, not after it."""
+    if out is None:
+        return
+    directory = out.parent if str(out.parent) else Path(".")
+    if not directory.is_dir() or not os.access(directory, os.W_OK):
+        raise LayerscopeError(f"Cannot write '{out}': the folder does not exist or is not writable.")
+
+
+def to_json(data: dict) -> str:
+    return json.dumps(data, ensure_ascii=False, indent=1)
+
+
+def to_csv(rows: Iterable[dict]) -> str:
+    rows = list(rows)
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return buffer.getvalue()
+
+
+_RANGE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+))?\s*$")
+
+
+def parse_blocks(spec: str, what: str = "block") -> tuple[int, ...]:
+    """'3,5,10-12' -> (3, 5, 10, 11, 12)."""
+    blocks: list[int] = []
+    for part in spec.split(","):
+        match = _RANGE.match(part)
+        if not match:
+            raise LayerscopeError(f"Bad {what} spec '{spec}': use numbers and ranges like 3,5,10-12.")
+        first, last = int(match[1]), int(match[2] or match[1])
+        if last < first:
+            raise LayerscopeError(f"Bad {what} range '{part.strip()}': the end is before the start.")
+        blocks.extend(range(first, last + 1))
+    return tuple(dict.fromkeys(blocks))
+
+
+def parse_heads(spec: str) -> tuple[tuple[int, int], ...]:
+    """'4.2,7.1' -> ((4, 2), (7, 1)): block.head pairs."""
+    heads = []
+    for part in spec.split(","):
+        match = re.match(r"^\s*(\d+)\.(\d+)\s*$", part)
+        if not match:
+            raise LayerscopeError(f"Bad head spec '{part.strip()}': use block.head pairs like 4.2,7.1.")
+        heads.append((int(match[1]), int(match[2])))
+    return tuple(heads)
+
+
+def shorten(text: str, width: int) -> str:
+    """A token fit for a table cell: escapes visible, cut to width."""
+    text = text.replace("\n", "\\n").replace("\t", "\\t")
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -1,0 +1,161 @@
+"""`layerscope lens` and `layerscope run`: the decode grid, with and without interventions."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from layerscope.cli.common import (
+    DebugOption,
+    DeviceMapOption,
+    DeviceOption,
+    DtypeOption,
+    Format,
+    FormatOption,
+    ModelOption,
+    OutOption,
+    PromptFileOption,
+    PromptOption,
+    TopKOption,
+    TrustOption,
+    check_writable,
+    handles_errors,
+    load,
+    parse_blocks,
+    parse_heads,
+    read_prompt,
+    shorten,
+    to_csv,
+    to_json,
+    write_atomic,
+)
+
+if TYPE_CHECKING:
+    from layerscope.analyses.compare import InterventionReport
+    from layerscope.analyses.grid import DecodeGrid
+
+CELL = 12
+
+
+def grid_table(grid: DecodeGrid) -> str:
+    """Rows are layers, columns are prompt tokens; each cell the top-1 token and its probability."""
+    head = f"{'layer':>5} | " + " ".join(f"{shorten(t, CELL):<{CELL}}" for t in grid.tokens)
+    lines = [head, "-" * len(head)]
+    for label, row in zip(grid.layers, grid.cells):
+        cells = " ".join(f"{shorten(c.top[0].token, CELL - 5) + f' {c.top[0].prob:.2f}':<{CELL}}" for c in row)
+        lines.append(f"{label:>5} | {cells}")
+    return "\n".join(lines)
+
+
+def lens(
+    model: ModelOption = "demo",
+    prompt: PromptOption = None,
+    prompt_file: PromptFileOption = None,
+    top_k: TopKOption = 5,
+    format: FormatOption = Format.table,
+    out: OutOption = None,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    device_map: DeviceMapOption = None,
+    trust_remote_code: TrustOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Logit lens: decode every layer's residual stream at every prompt token.
+
+    Example: layerscope lens --model demo --prompt "The capital of France is" --format json
+    """
+    run_lens(**locals())
+
+
+@handles_errors
+def run_lens(model, prompt, prompt_file, top_k, format, out, device, dtype, device_map, trust_remote_code, debug):
+    from layerscope.analyses.lens import logit_lens
+
+    text = read_prompt(prompt, prompt_file)
+    check_writable(out)
+    lm = load(model, device, dtype, device_map, trust_remote_code)
+    grid = logit_lens(lm, lm.encode(text), top_k=top_k)
+    rendered = {Format.json: lambda: to_json(grid.to_dict()), Format.csv: lambda: to_csv(grid.csv_rows()),
+                Format.table: lambda: grid_table(grid)}[format]()
+    write_atomic(rendered, out)
+
+
+def report_table(report: InterventionReport) -> str:
+    comparison = report.comparison
+    lines = [f"interventions: {', '.join(i['kind'] for i in report.interventions) or 'none'}", "",
+             "intervened logit lens:", grid_table(report.intervened), "",
+             f"{'pos':>4} {'token':<14} {'KL':>8} {'top1':>5} {'dH bits':>8} {'dloss':>8}"]
+    for p in comparison.positions:
+        loss = "" if p.loss_delta is None else f"{p.loss_delta:8.3f}"
+        lines.append(f"{p.position:>4} {shorten(p.token, 14):<14} {p.kl:8.4f} {'yes' if p.top1_agree else 'NO':>5} "
+                     f"{p.entropy_delta:8.3f} {loss:>8}")
+    lines.append(f"mean KL {comparison.mean_kl:.4f} nats, top-1 agreement {comparison.top1_agreement:.0%}")
+    for name, continuation in report.continuation.items():
+        lines.append(f"{name:>10}: {continuation.text!r}")
+    return "\n".join(lines)
+
+
+def run(
+    model: ModelOption = "demo",
+    prompt: PromptOption = None,
+    prompt_file: PromptFileOption = None,
+    drop: Annotated[str | None, typer.Option(help="Blocks to drop, e.g. 3,5 or 10-12.")] = None,
+    swap: Annotated[str | None, typer.Option(help="Swap block b with b+1, e.g. 10 (or 4,10).")] = None,
+    freeze_from: Annotated[int | None, typer.Option(help="From block K on, previous tokens keep their state.")] = None,
+    random_at: Annotated[int | None, typer.Option(help="At block K, previous tokens become norm-matched noise.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for --random-at.")] = 0,
+    skip_attn_from: Annotated[int | None, typer.Option(help="From block K on, the last token skips attention.")] = None,
+    mask_heads: Annotated[str | None, typer.Option(help="Heads to mask as block.head, e.g. 4.2,7.1.")] = None,
+    mask_mode: Annotated[str, typer.Option(help="zero (remove the head's output) or uniform (attend evenly).")] = "zero",
+    max_new_tokens: Annotated[int, typer.Option(min=0, help="Greedy continuation length for both runs.")] = 20,
+    top_k: TopKOption = 5,
+    format: FormatOption = Format.table,
+    out: OutOption = None,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    device_map: DeviceMapOption = None,
+    trust_remote_code: TrustOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Run with interventions: the intervened lens, its comparison with the baseline, and both continuations.
+
+    Example: layerscope run --model demo --prompt "The capital of France is" --drop 3,5 --swap 10
+    """
+    run_run(**locals())
+
+
+@handles_errors
+def run_run(model, prompt, prompt_file, drop, swap, freeze_from, random_at, seed, skip_attn_from, mask_heads,
+            mask_mode, max_new_tokens, top_k, format, out, device, dtype, device_map, trust_remote_code, debug):
+    from layerscope.analyses.compare import run_interventions
+    from layerscope.interventions import (DropBlocks, FreezeFrom, MaskHeads, RandomizeAt, SkipAttention,
+                                          SwapBlocks, check_interventions, ModelShape)
+
+    text = read_prompt(prompt, prompt_file)
+    check_writable(out)
+    dropped = parse_blocks(drop) if drop else ()
+    swapped = parse_blocks(swap) if swap else ()
+    heads = parse_heads(mask_heads) if mask_heads else ()
+    if not (dropped or swapped or heads) and freeze_from is None and random_at is None and skip_attn_from is None:
+        raise ValueError("No intervention given: use --drop, --swap, --freeze-from, --random-at, --skip-attn-from "
+                         "or --mask-heads (or 'layerscope lens' for the plain lens).")
+    lm = load(model, device, dtype, device_map, trust_remote_code)
+    interventions = [DropBlocks(dropped)] if dropped else []
+    interventions += [SwapBlocks(b) for b in swapped]
+    interventions += [FreezeFrom(freeze_from)] if freeze_from is not None else []
+    interventions += [RandomizeAt(random_at, seed)] if random_at is not None else []
+    interventions += [SkipAttention.from_block(skip_attn_from, lm.n_blocks)] if skip_attn_from is not None else []
+    interventions += [MaskHeads(heads, mask_mode)] if heads else []
+    ids = lm.encode(text)
+    check_interventions(interventions, ModelShape(lm.n_blocks, lm.adapter.n_heads, ids.shape[1]))
+    report = run_interventions(lm, ids, interventions, top_k=top_k, max_new_tokens=max_new_tokens)
+    if format is Format.json:
+        rendered = to_json(report.to_dict())
+    elif format is Format.csv:
+        rendered = to_csv({"position": p.position, "token": p.token, "kl": p.kl, "top1_agree": p.top1_agree,
+                           "entropy_delta": p.entropy_delta, "loss_delta": p.loss_delta}
+                          for p in report.comparison.positions)
+    else:
+        rendered = report_table(report)
+    write_atomic(rendered, out)
