@@ -63,7 +63,7 @@ FAMILIES: dict[str, ModulePaths] = {
     "gpt_neox": ModulePaths(
         blocks="gpt_neox.layers",
         final_norm="gpt_neox.final_layer_norm",
-        unembed="embed_out",
+        unembed="lm_head",
         embed="gpt_neox.embed_in",
         attention="attention",
         mlp="mlp",
