@@ -1,0 +1,236 @@
+"""Each intervention against an independent implementation: manual block runs or state-dict surgery."""
+
+import pytest
+import torch
+
+from layerscope.errors import InterventionError
+from layerscope.interventions import (
+    DropBlocks,
+    FreezeFrom,
+    MaskHeads,
+    PatchState,
+    RandomizeAt,
+    SkipAttention,
+    SwapBlocks,
+    intervene,
+)
+from tests.manual import manual_logits, rebuilt_without, with_blocks_permuted
+from tests.tiny import random_ids, tiny_model
+
+ATOL = 1e-5
+
+
+def logits_under(lm, ids, interventions):
+    with intervene(lm.adapter, interventions, seq_len=ids.shape[1]), torch.no_grad():
+        return lm.model(ids).logits[0]
+
+
+# Families whose per-layer attention type does not depend on depth, so weights can move between depths.
+SURGERY_FAMILIES = ["llama", "qwen2", "phi", "gpt2", "gpt_neox", "gemma"]
+
+
+@pytest.mark.parametrize("family", SURGERY_FAMILIES)
+def test_drop_equals_model_rebuilt_without_the_blocks(family):
+    lm = tiny_model(family)
+    ids = random_ids(11)
+    expected = rebuilt_without(lm.model, {1, 2})(ids).logits[0]
+    torch.testing.assert_close(logits_under(lm, ids, [DropBlocks((1, 2))]), expected, rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("family", SURGERY_FAMILIES)
+def test_swap_equals_weights_swapped_in_the_state_dict(family):
+    lm = tiny_model(family)
+    ids = random_ids(11)
+    expected = with_blocks_permuted(lm.model, [0, 2, 1, 3])(ids).logits[0]
+    torch.testing.assert_close(logits_under(lm, ids, [SwapBlocks(1)]), expected, rtol=0, atol=ATOL)
+
+
+def test_freeze_equals_manual_block_run(tiny_lm):
+    ids = random_ids(10)
+    k = 1
+    frozen = {}
+
+    def before(depth, h):
+        if depth == k:
+            frozen["prev"] = h[:, :-1].clone()
+        return h
+
+    def after(depth, h):
+        if depth >= k:
+            h = h.clone()
+            h[:, :-1] = frozen["prev"]
+        return h
+
+    expected = manual_logits(tiny_lm.adapter, ids, before=before, after=after)
+    torch.testing.assert_close(logits_under(tiny_lm, ids, [FreezeFrom(k)]), expected, rtol=0, atol=ATOL)
+
+
+def test_random_equals_manual_norm_matched_noise(tiny_lm):
+    ids = random_ids(10)
+
+    def before(depth, h):
+        if depth != 2:
+            return h
+        h = h.clone()
+        noise = torch.randn(h[:, :-1].shape, generator=torch.Generator().manual_seed(7))
+        for t in range(h.shape[1] - 1):
+            h[0, t] = noise[0, t] * (h[0, t].norm() / noise[0, t].norm())
+        return h
+
+    expected = manual_logits(tiny_lm.adapter, ids, before=before)
+    torch.testing.assert_close(logits_under(tiny_lm, ids, [RandomizeAt(2, seed=7)]), expected, rtol=0, atol=ATOL)
+    changed = logits_under(tiny_lm, ids, [RandomizeAt(2, seed=8)])
+    assert not torch.allclose(changed, expected), "another seed gives other noise"
+
+
+def test_patch_equals_manual_write(tiny_lm):
+    ids = random_ids(10)
+    vector = torch.randn(tiny_lm.model.config.get_text_config().hidden_size, generator=torch.Generator().manual_seed(1))
+
+    def before(depth, h):
+        if depth == 2:
+            h = h.clone()
+            h[0, 4] = vector
+        return h
+
+    expected = manual_logits(tiny_lm.adapter, ids, before=before)
+    torch.testing.assert_close(logits_under(tiny_lm, ids, [PatchState(2, 4, vector)]), expected, rtol=0, atol=ATOL)
+
+
+def test_patch_at_the_output_row(tiny_lm):
+    ids = random_ids(6)
+    vector = torch.randn(tiny_lm.model.config.get_text_config().hidden_size)
+    logits = logits_under(tiny_lm, ids, [PatchState(tiny_lm.n_blocks, 5, vector)])
+    torch.testing.assert_close(logits[5], tiny_lm.adapter.decode(vector[None])[0], rtol=0, atol=ATOL)
+
+
+def test_skip_attention_equals_hand_written_llama_block():
+    """Residual + MLP only for the last token: the llama block written out by hand."""
+    lm = tiny_model("llama")
+    ids = random_ids(10)
+
+    def run_block(index, hidden, args, kwargs):
+        block = lm.adapter.blocks[index]
+        attn, _ = block.self_attn(hidden_states=block.input_layernorm(hidden), attention_mask=kwargs.get("attention_mask"),
+                                  position_embeddings=kwargs["position_embeddings"])
+        if index >= 2:
+            attn = attn.clone()
+            attn[:, -1] = 0
+        mid = hidden + attn
+        return mid + block.mlp(block.post_attention_layernorm(mid))
+
+    expected = manual_logits(lm.adapter, ids, run_block=run_block)
+    torch.testing.assert_close(logits_under(lm, ids, [SkipAttention.from_block(2, 4)]), expected, rtol=0, atol=ATOL)
+    unchanged = logits_under(lm, ids, [SkipAttention.from_block(2, 4)])[:-1]
+    torch.testing.assert_close(unchanged, lm.model(ids).logits[0, :-1].detach(), rtol=0, atol=ATOL)
+
+
+def _output_projection(lm, block):
+    attention = lm.adapter.attention(block)
+    for name in ("o_proj", "dense", "c_proj"):
+        if hasattr(attention, name):
+            return getattr(attention, name)
+    raise AssertionError("no output projection")
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "phi", "gemma2"])
+def test_zero_head_mask_equals_zeroed_output_projection(family):
+    lm = tiny_model(family)
+    ids = random_ids(10)
+    masked = logits_under(lm, ids, [MaskHeads(((1, 2), (3, 0)), "zero")])
+    surgery = tiny_model(family)
+    head_dim = lm.model.config.get_text_config().hidden_size // lm.adapter.n_heads
+    head_dim = getattr(lm.model.config, "head_dim", None) or head_dim
+    with torch.no_grad():
+        for block, head in ((1, 2), (3, 0)):
+            projection = _output_projection(surgery, block)
+            columns = slice(head * head_dim, (head + 1) * head_dim)
+            if family == "gpt2":  # Conv1D stores (in, out)
+                projection.weight[columns, :] = 0
+            else:
+                projection.weight[:, columns] = 0
+    torch.testing.assert_close(masked, surgery.model(ids).logits[0], rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2"])
+def test_uniform_head_mask_equals_zeroed_query(family):
+    """A head whose query is zero scores every key equally: uniform attention over visible keys."""
+    lm = tiny_model(family)
+    ids = random_ids(10)
+    masked = logits_under(lm, ids, [MaskHeads(((0, 1), (2, 3)), "uniform")])
+    surgery = tiny_model(family)
+    head_dim = lm.model.config.head_dim if getattr(lm.model.config, "head_dim", None) else 16
+    with torch.no_grad():
+        for block, head in ((0, 1), (2, 3)):
+            q_proj = surgery.adapter.attention(block).q_proj
+            rows = slice(head * head_dim, (head + 1) * head_dim)
+            q_proj.weight[rows] = 0
+            if q_proj.bias is not None:
+                q_proj.bias[rows] = 0
+    torch.testing.assert_close(masked, surgery.model(ids).logits[0], rtol=0, atol=ATOL)
+
+
+def test_model_is_restored_bit_for_bit_even_after_an_error(tiny_lm):
+    ids = random_ids(8)
+    before = tiny_lm.model(ids).logits.detach().clone()
+    blocks = tiny_lm.adapter.blocks
+    everything = [DropBlocks((0,)), SwapBlocks(1), FreezeFrom(2), RandomizeAt(3), SkipAttention((3,)),
+                  PatchState(1, 2, torch.zeros(tiny_lm.model.config.get_text_config().hidden_size)),
+                  MaskHeads(((1, 1),), "uniform"), MaskHeads(((2, 0),), "zero")]
+    with pytest.raises(RuntimeError, match="boom"):
+        with intervene(tiny_lm.adapter, everything, seq_len=8):
+            assert not torch.equal(tiny_lm.model(ids).logits, before)
+            raise RuntimeError("boom")
+    assert tiny_lm.adapter.blocks is blocks
+    assert torch.equal(tiny_lm.model(ids).logits, before)
+    for module in tiny_lm.model.modules():
+        assert not module._forward_hooks and not module._forward_pre_hooks
+
+
+def test_drop_applies_to_every_generation_step():
+    """Greedy generation with a KV cache under a drop equals the rebuilt model's generation."""
+    lm = tiny_model("llama")
+    ids = random_ids(6)
+    from layerscope.analyses.compare import greedy_continuation
+
+    got = greedy_continuation(lm, ids, 8, [DropBlocks((2,))]).token_ids
+    rebuilt = rebuilt_without(lm.model, {2})
+    expected = rebuilt.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
+                                pad_token_id=1, eos_token_id=None)[0, 6:].tolist()
+    assert got[: len(expected)] == expected[: len(got)] and got
+
+
+@pytest.mark.parametrize(
+    "interventions, message",
+    [
+        ([DropBlocks((99,))], "block 99 is out of range"),
+        ([SwapBlocks(3)], "no next block"),
+        ([FreezeFrom(-1)], "out of range"),
+        ([PatchState(1, 20, torch.zeros(64))], "outside the prompt"),
+        ([MaskHeads(((1, 9),))], "head 9 is out of range"),
+        ([MaskHeads(((1, 1),), "zero"), MaskHeads(((1, 1),), "uniform")], "two modes"),
+        ([SwapBlocks(1), SwapBlocks(2)], "already part of another swap"),
+        ([DropBlocks((2,)), SwapBlocks(1)], "also dropped"),
+        ([FreezeFrom(1), RandomizeAt(1)], "overwrite each other"),
+    ],
+)
+def test_bad_interventions_fail_before_any_compute(interventions, message):
+    lm = tiny_model("llama")
+    calls = []
+    handle = lm.model.register_forward_pre_hook(lambda *a: calls.append(1))
+    with pytest.raises(InterventionError, match=message):
+        with intervene(lm.adapter, interventions, seq_len=8):
+            lm.model(random_ids(8))
+    handle.remove()
+    assert not calls
+
+
+def test_demo_dropping_block_0_hurts_far_more_than_a_middle_block(demo_lm):
+    ids = demo_lm.encode("The capital of France is")
+    from layerscope.analyses.compare import compare_logits
+
+    base = demo_lm.model(ids).logits[0].detach()
+    kl_first = compare_logits(base, logits_under(demo_lm, ids, [DropBlocks((0,))]), ids[0]).kl.mean()
+    kl_middle = compare_logits(base, logits_under(demo_lm, ids, [DropBlocks((15,))]), ids[0]).kl.mean()
+    assert kl_first > 10 * kl_middle
+    assert logits_under(demo_lm, ids, [DropBlocks((15,))])[-1].argmax() == base[-1].argmax()
