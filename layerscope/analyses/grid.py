@@ -69,12 +69,17 @@ class DecodeGrid:
                     }
 
 
-def distribution_stats(log_probs: torch.Tensor, final_log_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Entropy in bits and KL(final || this) in nats, over the last dimension."""
-    probs = log_probs.exp()
-    entropy_bits = -(torch.where(probs > 0, probs * log_probs, 0.0)).sum(-1) / LN2
-    final_probs = final_log_probs.exp()
-    kl = torch.where(final_probs > 0, final_probs * (final_log_probs - log_probs), 0.0).sum(-1)
+def distribution_stats(
+    log_probs: torch.Tensor, final_log_probs: torch.Tensor, final_probs: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entropy in bits and KL(final || this) in nats, over the last dimension.
+
+    Pass `final_probs` (= final_log_probs.exp()) when calling many times against the same final.
+    """
+    if final_probs is None:
+        final_probs = final_log_probs.exp()
+    entropy_bits = -torch.linalg.vecdot(log_probs.exp(), log_probs) / LN2
+    kl = torch.linalg.vecdot(final_probs, final_log_probs - log_probs)
     return entropy_bits, kl
 
 
@@ -89,10 +94,11 @@ def build_grid(
 ) -> DecodeGrid:
     """Reduce each row's (tokens, vocab) logits to top-k, entropy and KL as soon as it arrives."""
     final_log_probs = torch.log_softmax(final_logits.float(), dim=-1)
+    final_probs = final_log_probs.exp()
     cells: list[list[GridCell]] = []
     for logits in row_logits:
         log_probs = torch.log_softmax(logits.float(), dim=-1)
-        entropy, kl = distribution_stats(log_probs, final_log_probs)
+        entropy, kl = distribution_stats(log_probs, final_log_probs, final_probs)
         top_log_probs, top_ids = log_probs.topk(top_k, dim=-1)
         top_probs = top_log_probs.exp().tolist()
         top_ids_list = top_ids.tolist()

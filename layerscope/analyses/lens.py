@@ -11,6 +11,9 @@ from layerscope.analyses.residual import layer_labels, trace_residuals
 from layerscope.interventions import Intervention, intervene
 from layerscope.models.loading import LoadedModel
 
+DECODE_BUDGET = 256 * 2**20
+"""Bytes of float32 logits decoded at once: several rows per matmul where they fit."""
+
 
 def lens_logits(lm: LoadedModel, input_ids: torch.Tensor, interventions: Sequence[Intervention] = ()):
     """(row logits generator, final logits) for one prompt under the given interventions."""
@@ -18,9 +21,11 @@ def lens_logits(lm: LoadedModel, input_ids: torch.Tensor, interventions: Sequenc
         trace = trace_residuals(lm.adapter, input_ids)
 
     def rows():
+        states = trace.states[:, 0]
+        chunk = max(1, DECODE_BUDGET // (states.shape[1] * lm.model.config.get_text_config().vocab_size * 4))
         with torch.inference_mode():
-            for state in trace.states:
-                yield lm.adapter.decode(state[0])
+            for start in range(0, len(states), chunk):
+                yield from lm.adapter.decode(states[start : start + chunk])
 
     return rows(), trace.logits[0]
 
