@@ -36,6 +36,13 @@ def _check_block(name: str, block: int, shape: ModelShape, allow_output_row: boo
         raise InterventionError(f"{name}: block {block} is out of range 0..{last} for this model.")
 
 
+def _check_blocks(name: str, blocks: tuple[int, ...], shape: ModelShape) -> None:
+    if not blocks:
+        raise InterventionError(f"{name}: no blocks given.")
+    for block in blocks:
+        _check_block(name, block, shape)
+
+
 class Intervention(ABC):
     """What can be done to a forward pass. `check` runs before any compute."""
 
@@ -59,10 +66,7 @@ class DropBlocks(Intervention):
     kind = "drop"
 
     def check(self, shape):
-        if not self.blocks:
-            raise InterventionError("drop: no blocks given.")
-        for block in self.blocks:
-            _check_block("drop", block, shape)
+        _check_blocks("drop", self.blocks, shape)
 
     def attach(self, run):
         for block in self.blocks:
@@ -146,10 +150,7 @@ class SkipAttention(Intervention):
         return cls(tuple(range(block, n_blocks)) if 0 <= block < n_blocks else (block,))
 
     def check(self, shape):
-        if not self.blocks:
-            raise InterventionError("skip-attn: no blocks given.")
-        for block in self.blocks:
-            _check_block("skip-attn", block, shape)
+        _check_blocks("skip-attn", self.blocks, shape)
 
     def attach(self, run):
         def zero_last(attention_out: torch.Tensor) -> torch.Tensor:

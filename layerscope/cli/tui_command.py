@@ -1,0 +1,29 @@
+"""`layerscope tui` (and `layerscope` alone): open the explorer. Imports no torch before the UI paints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from layerscope.cli.common import DeviceOption, DtypeOption, ModelOption, PromptOption, TopKOption
+
+
+def tui(
+    model: ModelOption = "demo",
+    prompt: PromptOption = None,
+    theme: Annotated[str | None, typer.Option(help="Theme name (themes/ folder, user theme folder, or Textual's).")] = None,
+    keymap: Annotated[Path | None, typer.Option(help="Keymap TOML file (binding id = keys); default: user config.")] = None,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    top_k: TopKOption = 5,
+) -> None:
+    """Open the explorer: decode grid, layer and head toggles, charts.
+
+    Example: layerscope tui --prompt "The capital of France is" --theme layerscope-light
+    """
+    from layerscope.tui.app import LayerscopeApp
+
+    LayerscopeApp(model=model, prompt=prompt, theme=theme, device=device, dtype=dtype, keymap_path=keymap,
+                  top_k=top_k).run()

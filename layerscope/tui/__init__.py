@@ -1,0 +1,1 @@
+"""The Textual explorer. Importing it loads no torch: the model loads in a worker after the first frame."""

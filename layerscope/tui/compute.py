@@ -1,0 +1,96 @@
+"""The explorer's model work, row by row, so the TUI can show rows as they arrive and stop between them.
+
+Imported inside the worker thread only: it pulls in torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from layerscope.analyses.grid import DecodeGrid, GridCell, build_grid, distribution_stats
+from layerscope.analyses.lens import lens_logits
+from layerscope.analyses.residual import layer_labels
+from layerscope.interventions import Intervention
+from layerscope.models.loading import LoadedModel
+from layerscope.progress import ProgressFn, no_progress
+
+
+@dataclass
+class LayerRow:
+    """One residual row of the grid for the baseline and, with interventions, the intervened run."""
+
+    row: int
+    label: str
+    baseline: list[GridCell]
+    intervened: list[GridCell] | None = None
+    kl_base_int: list[float] | None = None  # per position, KL(baseline || intervened) in nats
+
+
+def empty_grid(lm: LoadedModel, method: str, input_ids: torch.Tensor) -> DecodeGrid:
+    """A grid with the prompt's tokens and no rows yet: rows are appended as they arrive."""
+    ids = input_ids[0].tolist()
+    return DecodeGrid(lm.name, method, lm.token_texts(ids), ids, [], [])
+
+
+def _cells(lm: LoadedModel, input_ids, logits, final, label, top_k) -> list[GridCell]:
+    return build_grid(lm, "logit_lens", input_ids, [logits], final, [label], top_k).cells[0]
+
+
+def lens_rows(
+    lm: LoadedModel,
+    input_ids: torch.Tensor,
+    interventions: Sequence[Intervention],
+    top_k: int,
+    cancelled: Callable[[], bool],
+) -> Iterator[LayerRow]:
+    """Logit-lens rows of the baseline and the intervened run together, with their per-layer KL."""
+    base_rows, base_final = lens_logits(lm, input_ids)
+    int_rows, int_final = lens_logits(lm, input_ids, interventions) if interventions else (None, None)
+    for row, label in enumerate(layer_labels(lm.n_blocks)):
+        if cancelled():
+            return
+        base_logits = next(base_rows)
+        result = LayerRow(row, label, _cells(lm, input_ids, base_logits, base_final, label, top_k))
+        if int_rows is not None:
+            int_logits = next(int_rows)
+            result.intervened = _cells(lm, input_ids, int_logits, int_final, label, top_k)
+            base_log_probs = torch.log_softmax(base_logits.float(), dim=-1)
+            int_log_probs = torch.log_softmax(int_logits.float(), dim=-1)
+            result.kl_base_int = distribution_stats(int_log_probs, base_log_probs)[1].clamp_min(0).tolist()
+        yield result
+
+
+def patchscope_rows(
+    lm: LoadedModel, input_ids: torch.Tensor, top_k: int, cancelled: Callable[[], bool], progress: ProgressFn
+) -> Iterator[LayerRow]:
+    """Patchscope identity decoding (no interventions: it patches states into its own target prompt)."""
+    from layerscope.analyses.patchscope import patchscope_grid
+
+    grid = patchscope_grid(lm, input_ids, top_k=top_k, progress=progress)
+    for row, (label, cells) in enumerate(zip(grid.layers, grid.cells)):
+        if cancelled():
+            return
+        yield LayerRow(row, label, cells)
+
+
+def patchscope_available() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("layerscope.analyses.patchscope") is not None
+
+
+def decode_rows(
+    lm: LoadedModel,
+    method: str,
+    input_ids: torch.Tensor,
+    interventions: Sequence[Intervention],
+    top_k: int,
+    cancelled: Callable[[], bool],
+    progress: ProgressFn = no_progress,
+) -> Iterator[LayerRow]:
+    if method == "patchscope":
+        return patchscope_rows(lm, input_ids, top_k, cancelled, progress)
+    return lens_rows(lm, input_ids, interventions, top_k, cancelled)

@@ -1,0 +1,222 @@
+"""The decode grid as a line-rendered scroll view.
+
+Rows are prompt TOKENS and columns are LAYERS. A prompt can be hundreds of
+tokens and reads top to bottom like the text itself, so it takes the long,
+vertical axis; the layer count is bounded (31 for the demo, 81 for an 80-block
+model) and scrolls sideways. The token column and the layer header stay put.
+
+Only visible lines are drawn (`render_line`), and each row's full strip is
+cached until the data, the view or the theme changes; a cursor move redraws
+two rows. Every cell carries a glyph for its probability and a mark when its
+top-1 changed, so the grid reads without colour (NO_COLOR, 16 colours).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.segment import Segment
+from textual.binding import Binding
+from textual.geometry import Size
+from textual.message import Message
+from textual.reactive import reactive
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+
+if TYPE_CHECKING:
+    from layerscope.analyses.grid import DecodeGrid, GridCell
+
+CELL_WIDTH = 10
+LABEL_WIDTH = 15
+GLYPHS = "▁▂▃▄▅▆▇█"
+VIEWS = ("intervened", "baseline", "diff")
+
+
+def token_label(text: str, width: int) -> str:
+    """Whitespace made visible (' Paris' -> '·Paris'), cut to width."""
+    text = text.replace(" ", "·").replace("\n", "⏎").replace("\t", "⇥")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def prob_glyph(prob: float) -> str:
+    return GLYPHS[min(len(GLYPHS) - 1, max(0, int(prob * len(GLYPHS))))]
+
+
+def prob_bin(prob: float) -> int:
+    return min(3, int(prob * 4))
+
+
+class DecodeGridView(ScrollView, can_focus=True):
+    """Tokens down, layers across; a cell shows the top-1 token, a probability glyph and a change mark."""
+
+    COMPONENT_CLASSES = {"decode-grid--header", "decode-grid--label", "decode-grid--cursor", "decode-grid--p0",
+                         "decode-grid--p1", "decode-grid--p2", "decode-grid--p3", "decode-grid--changed",
+                         "decode-grid--same"}
+    DEFAULT_CSS = """
+    DecodeGridView { background: $surface; }
+    DecodeGridView > .decode-grid--header { background: $panel; color: $foreground; text-style: bold; }
+    DecodeGridView > .decode-grid--label { background: $panel; color: $foreground; }
+    DecodeGridView > .decode-grid--cursor { background: $primary; color: $background; text-style: bold; }
+    DecodeGridView > .decode-grid--p0 { color: $foreground 60%; }
+    DecodeGridView > .decode-grid--p1 { background: $accent 20%; color: $foreground; }
+    DecodeGridView > .decode-grid--p2 { background: $accent 45%; color: $foreground; }
+    DecodeGridView > .decode-grid--p3 { background: $accent 75%; color: $foreground; text-style: bold; }
+    DecodeGridView > .decode-grid--changed { color: $error; text-style: bold; }
+    DecodeGridView > .decode-grid--same { color: $foreground 35%; }
+    """
+    BINDINGS = [
+        Binding("up", "move(0, -1)", "Up", show=False, id="grid.up"),
+        Binding("down", "move(0, 1)", "Down", show=False, id="grid.down"),
+        Binding("left", "move(-1, 0)", "Left", show=False, id="grid.left"),
+        Binding("right", "move(1, 0)", "Right", show=False, id="grid.right"),
+        Binding("pageup", "move(0, -10)", "Page up", show=False, id="grid.page_up"),
+        Binding("pagedown", "move(0, 10)", "Page down", show=False, id="grid.page_down"),
+        Binding("home", "move(-1000, 0)", "First layer", show=False, id="grid.first_layer"),
+        Binding("end", "move(1000, 0)", "Last layer", show=False, id="grid.last_layer"),
+    ]
+
+    cursor_layer: reactive[int] = reactive(0, init=False)
+    cursor_position: reactive[int] = reactive(0, init=False)
+    view: reactive[str] = reactive("intervened", init=False)
+
+    class CursorMoved(Message):
+        def __init__(self, layer: int, position: int) -> None:
+            super().__init__()
+            self.layer = layer
+            self.position = position
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.baseline: DecodeGrid | None = None
+        self.intervened: DecodeGrid | None = None
+        self._cache: dict[int, Strip] = {}
+
+    def on_mount(self) -> None:
+        self.app.theme_changed_signal.subscribe(self, lambda _theme: self.invalidate())
+
+    # data ---------------------------------------------------------------
+    def set_grids(self, baseline: DecodeGrid | None, intervened: DecodeGrid | None) -> None:
+        """Show these grids (they may still be growing: call `rows_added` as rows arrive)."""
+        self.baseline, self.intervened = baseline, intervened
+        self.rows_added()
+
+    def rows_added(self) -> None:
+        self.virtual_size = Size(LABEL_WIDTH + CELL_WIDTH * self.n_layers, self.n_positions + 1)
+        self.cursor_layer = min(self.cursor_layer, max(0, self.n_layers - 1))
+        self.cursor_position = min(self.cursor_position, max(0, self.n_positions - 1))
+        self.invalidate()
+
+    def invalidate(self) -> None:
+        self._cache.clear()
+        self.refresh()
+
+    @property
+    def shown(self) -> DecodeGrid | None:
+        """The grid whose tokens the cells show."""
+        if self.view == "baseline" or self.intervened is None:
+            return self.baseline
+        return self.intervened
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.shown.cells) if self.shown else 0
+
+    @property
+    def n_positions(self) -> int:
+        return len(self.baseline.tokens) if self.baseline else 0
+
+    def changed(self, layer: int, position: int) -> bool:
+        """Whether the intervened top-1 differs from the baseline's at this cell."""
+        if self.intervened is None or self.baseline is None or layer >= len(self.intervened.cells):
+            return False
+        return self.intervened.top1(layer, position).id != self.baseline.top1(layer, position).id
+
+    # cursor -------------------------------------------------------------
+    def action_move(self, dx: int, dy: int) -> None:
+        if not self.n_layers:
+            return
+        self.cursor_layer = max(0, min(self.n_layers - 1, self.cursor_layer + dx))
+        self.cursor_position = max(0, min(self.n_positions - 1, self.cursor_position + dy))
+
+    def watch_cursor_layer(self, old: int, new: int) -> None:
+        self._cursor_changed(self.cursor_position, self.cursor_position)
+
+    def watch_cursor_position(self, old: int, new: int) -> None:
+        self._cursor_changed(old, new)
+
+    def watch_view(self) -> None:
+        self.rows_added()
+
+    def _cursor_changed(self, old_position: int, new_position: int) -> None:
+        for position in {old_position, new_position}:
+            self._cache.pop(position, None)
+        self._scroll_to_cursor()
+        self.refresh()
+        self.post_message(self.CursorMoved(self.cursor_layer, self.cursor_position))
+
+    def _scroll_to_cursor(self) -> None:
+        visible_rows = max(1, self.size.height - 1)
+        visible_width = max(CELL_WIDTH, self.size.width - LABEL_WIDTH)
+        x, y = self.scroll_offset
+        left = self.cursor_layer * CELL_WIDTH
+        if left < x:
+            x = left
+        elif left + CELL_WIDTH > x + visible_width:  # scroll by whole cells so columns stay aligned
+            x = -(-(left + CELL_WIDTH - visible_width) // CELL_WIDTH) * CELL_WIDTH
+        if self.cursor_position < y:
+            y = self.cursor_position
+        elif self.cursor_position >= y + visible_rows:
+            y = self.cursor_position - visible_rows + 1
+        self.scroll_to(x, y, animate=False, immediate=True)
+
+    # drawing ------------------------------------------------------------
+    def render_line(self, y: int) -> Strip:
+        scroll_x, scroll_y = self.scroll_offset
+        width = self.size.width
+        if self.shown is None:
+            return Strip.blank(width)
+        if y == 0:
+            label, cells = self._header()
+        else:
+            position = scroll_y + y - 1
+            if position >= self.n_positions:
+                return Strip.blank(width, self.rich_style)
+            label = self._label(position)
+            cells = self._cache.get(position)
+            if cells is None:
+                cells = self._cache[position] = self._row(position)
+        body = cells.crop(scroll_x, scroll_x + width - LABEL_WIDTH)
+        return Strip.join([label, body]).adjust_cell_length(width, self.rich_style)
+
+    def _header(self) -> tuple[Strip, Strip]:
+        style = self.get_component_rich_style("decode-grid--header")
+        cursor = self.get_component_rich_style("decode-grid--cursor")
+        label = Strip([Segment(f"{'pos token':<{LABEL_WIDTH - 1}}│", style)])
+        cells = [Segment(f"{name:^{CELL_WIDTH}}", cursor if layer == self.cursor_layer else style)
+                 for layer, name in enumerate(self.shown.layers)]
+        return label, Strip(cells)
+
+    def _label(self, position: int) -> Strip:
+        name = "decode-grid--cursor" if position == self.cursor_position else "decode-grid--label"
+        text = f"{position:>4} {token_label(self.baseline.tokens[position], LABEL_WIDTH - 6)}"
+        return Strip([Segment(f"{text:<{LABEL_WIDTH - 1}}│", self.get_component_rich_style(name))])
+
+    def _row(self, position: int) -> Strip:
+        diff = self.view == "diff" and self.intervened is not None
+        segments = []
+        for layer, row in enumerate(self.shown.cells):
+            cell: GridCell = row[position]
+            top = cell.top[0]
+            changed = self.changed(layer, position)
+            text = f"{prob_glyph(top.prob)}{token_label(top.token, CELL_WIDTH - 2):<{CELL_WIDTH - 2}}"
+            if diff and not changed:
+                style = self.get_component_rich_style("decode-grid--same")
+                text = f"{'=':^{CELL_WIDTH - 1}}"
+            else:
+                style = self.get_component_rich_style(f"decode-grid--p{prob_bin(top.prob)}")
+            if layer == self.cursor_layer and position == self.cursor_position:
+                style = self.get_component_rich_style("decode-grid--cursor")
+            segments.append(Segment(text, style))
+            mark_style = self.get_component_rich_style("decode-grid--changed") if changed else style
+            segments.append(Segment("≠" if changed else " ", mark_style))
+        return Strip(segments)

@@ -1,0 +1,238 @@
+"""The explorer's panes besides the grid: layer toggles, head table, cell detail, charts, output.
+
+Panes render what the app hands them and post messages for what the user
+asks; none of them touches the model.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.text import Text
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.message import Message
+from textual.widgets import DataTable, Static
+
+from layerscope.tui.grid_view import prob_glyph, token_label
+from layerscope.tui.state import BLOCK_KINDS, Toggles
+
+if TYPE_CHECKING:
+    from layerscope.analyses.grid import DecodeGrid
+
+TOGGLE_MARKS = {"on": "[x]", "covered": "[·]", "off": "[ ]"}
+KIND_TITLES = {"drop": "drop", "swap": "swap↔next", "freeze": "freeze-from", "random": "random-at",
+               "skip_attn": "skip-attn-from"}
+SCORE_KINDS = ("retrieval", "induction")
+
+
+class LayerPane(Vertical):
+    """One row per block; a column per toggle. Space or Enter flips the cell under the cursor."""
+
+    BINDINGS = [
+        Binding("space", "toggle", "Toggle", id="layers.toggle"),
+        Binding("s", "next_seed", "Next seed", id="layers.next_seed"),
+    ]
+
+    class Toggled(Message):
+        def __init__(self, kind: str, block: int) -> None:
+            super().__init__()
+            self.kind, self.block = kind, block
+
+    class SeedChanged(Message):
+        pass
+
+    def compose(self):
+        yield Static(id="layer-hint")
+        table = DataTable(id="layer-table", cursor_type="cell", zebra_stripes=True)
+        yield table
+
+    def show(self, toggles: Toggles, n_blocks: int) -> None:
+        """Rebuild the rows when the model changes; otherwise update the marks in place."""
+        table = self.query_one(DataTable)
+        self.query_one("#layer-hint", Static).update(
+            f"Space: toggle · s: next seed (random seed {toggles.seed}) · interventions: {toggles.describe()}")
+        if table.row_count != n_blocks:
+            table.clear(columns=True)
+            table.add_column("block", key="block")
+            for kind in BLOCK_KINDS:
+                table.add_column(KIND_TITLES[kind], key=kind)
+            for block in range(n_blocks):
+                table.add_row(str(block), *[TOGGLE_MARKS[toggles.state_of(k, block)] for k in BLOCK_KINDS],
+                              key=str(block))
+            return
+        for block in range(n_blocks):
+            for kind in BLOCK_KINDS:
+                table.update_cell(str(block), kind, TOGGLE_MARKS[toggles.state_of(kind, block)])
+
+    def action_toggle(self) -> None:
+        table = self.query_one(DataTable)
+        if not table.row_count:
+            return
+        row, column = table.cursor_coordinate
+        if column == 0:
+            return
+        self.post_message(self.Toggled(BLOCK_KINDS[column - 1], row))
+
+    def on_data_table_cell_selected(self, event: DataTable.CellSelected) -> None:
+        event.stop()
+        self.action_toggle()
+
+    def action_next_seed(self) -> None:
+        self.post_message(self.SeedChanged())
+
+
+class HeadPane(Vertical):
+    """Every (layer, head) with its scores; sortable; Space masks the head for the next run."""
+
+    BINDINGS = [
+        Binding("space", "toggle_mask", "Mask head", id="heads.toggle_mask"),
+        Binding("o", "cycle_sort", "Sort", id="heads.sort"),
+        Binding("u", "mask_mode", "Mask mode", id="heads.mask_mode"),
+        Binding("i", "score('induction')", "Induction scores", id="heads.induction"),
+        Binding("r", "score('retrieval')", "Retrieval scores", id="heads.retrieval"),
+    ]
+    SORTS = ("layer", "retrieval", "induction")
+
+    class MaskToggled(Message):
+        def __init__(self, layer: int, head: int) -> None:
+            super().__init__()
+            self.layer, self.head = layer, head
+
+    class ModeToggled(Message):
+        pass
+
+    class ScoresWanted(Message):
+        def __init__(self, kind: str) -> None:
+            super().__init__()
+            self.kind = kind
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.scores: dict[str, dict[tuple[int, int], float]] = {kind: {} for kind in SCORE_KINDS}
+        self.sort = "layer"
+        self._shape: tuple[int, int, int] = (0, 0, 1)
+        self._toggles = Toggles()
+
+    def compose(self):
+        yield Static(id="head-hint")
+        yield DataTable(id="head-table", cursor_type="row", zebra_stripes=True)
+
+    def show(self, toggles: Toggles, n_blocks: int, n_heads: int, n_kv_heads: int) -> None:
+        table = self.query_one(DataTable)
+        self._toggles = toggles
+        self._hint()
+        if self._shape != (n_blocks, n_heads, n_kv_heads) or table.row_count != n_blocks * n_heads:
+            self._shape = (n_blocks, n_heads, n_kv_heads)
+            table.clear(columns=True)
+            for name in ("layer", "head", "kv", *SCORE_KINDS, "mask"):
+                table.add_column(name, key=name)
+            per_group = max(1, n_heads // max(1, n_kv_heads))
+            for layer in range(n_blocks):
+                for head in range(n_heads):
+                    table.add_row(layer, head, head // per_group, *self._score_cells(layer, head),
+                                  self._mask_cell(toggles, layer, head), key=f"{layer}.{head}")
+            self._sort()
+            return
+        for key in table.rows:
+            layer, head = map(int, key.value.split("."))
+            table.update_cell(key, "mask", self._mask_cell(toggles, layer, head))
+
+    def _hint(self) -> None:
+        self.query_one("#head-hint", Static).update(
+            f"Space: mask · u: mode ({self._toggles.mask_mode}) · o: sort ({self.sort}) · i/r: induction/retrieval "
+            f"scores · masked: {len(self._toggles.masked_heads)}")
+
+    def _mask_cell(self, toggles: Toggles, layer: int, head: int) -> str:
+        return f"[x] {toggles.mask_mode}" if (layer, head) in toggles.masked_heads else "[ ]"
+
+    def _score_cells(self, layer: int, head: int) -> list[str]:
+        return [f"{self.scores[kind][(layer, head)]:.3f}" if (layer, head) in self.scores[kind] else "-"
+                for kind in SCORE_KINDS]
+
+    def set_scores(self, kind: str, scores: dict[tuple[int, int], float]) -> None:
+        self.scores[kind] = scores
+        table = self.query_one(DataTable)
+        for key in table.rows:
+            layer, head = map(int, key.value.split("."))
+            table.update_cell(key, kind, self._score_cells(layer, head)[SCORE_KINDS.index(kind)])
+        self._sort()
+
+    def _sort(self) -> None:
+        table = self.query_one(DataTable)
+        if self.sort == "layer":
+            table.sort("layer", "head")
+        else:
+            scores = self.scores[self.sort]
+            table.sort(key=lambda row: -scores.get((row[0], row[1]), -1.0), columns=("layer", "head"))
+
+    def action_cycle_sort(self) -> None:
+        self.sort = self.SORTS[(self.SORTS.index(self.sort) + 1) % len(self.SORTS)]
+        self._sort()
+        self._hint()
+
+    def action_toggle_mask(self) -> None:
+        table = self.query_one(DataTable)
+        if table.row_count:
+            layer, head = map(int, table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value.split("."))
+            self.post_message(self.MaskToggled(layer, head))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_toggle_mask()
+
+    def action_mask_mode(self) -> None:
+        self.post_message(self.ModeToggled())
+
+    def action_score(self, kind: str) -> None:
+        self.post_message(self.ScoresWanted(kind))
+
+
+def detail_text(baseline: DecodeGrid | None, intervened: DecodeGrid | None, kl_base_int: list[list[float]] | None,
+                layer: int, position: int) -> Text:
+    """The cell under the cursor: top-k with probabilities, entropy and KL, baseline beside intervened."""
+    if baseline is None or layer >= len(baseline.cells) or position >= len(baseline.tokens):
+        return Text("No results yet: type a prompt and press Ctrl+R.")
+    text = Text()
+    text.append(f"{baseline.layers[layer]} @ {position} {token_label(baseline.tokens[position], 12)}\n", "bold")
+    grids = [("baseline", baseline)]
+    if intervened is not None and layer < len(intervened.cells):
+        grids.append(("intervened", intervened))
+    for name, grid in grids:
+        cell = grid.cells[layer][position]
+        text.append(f"{name}: H {cell.entropy_bits:.2f} bits, KL→final {cell.kl_to_final:.3f}\n", "bold")
+        for top in cell.top:
+            changed = name == "intervened" and top is cell.top[0] and top.id != baseline.top1(layer, position).id
+            text.append(f" {top.prob:5.1%} {prob_glyph(top.prob)} {token_label(top.token, 14)}{' ≠' if changed else ''}\n")
+    if kl_base_int is not None and layer < len(kl_base_int):
+        text.append(f"KL(base‖int) {kl_base_int[layer][position]:.4f} nats\n", "bold")
+    return text
+
+
+def chart_text(series: list[tuple[str, list[float], str]], width: int, height: int) -> str:
+    """Per-layer line charts stacked vertically, as plain text (readable without colour).
+
+    As many series as fit (6 lines each) are drawn, in the order given.
+    """
+    import plotext as plt
+
+    series = [s for s in series if s[1]][: max(0, height // 6)]
+    if not series or width < 20:
+        return ""
+    figure = plt.figure
+    figure.clear.all()
+    figure.plot_size(width, height)
+    figure.theme("colorless")
+    if len(series) > 1:
+        figure.subplots(len(series), 1)
+    for index, (title, values, marker) in enumerate(series, start=1):
+        plot = figure.subplot(index, 1) if len(series) > 1 else figure
+        signal = plot.signal(list(range(len(values))), values, marker=marker)
+        signal.lines()
+        plot.draw(signal)
+        plot.title(title)
+    return figure.build().string(colorless=True)
+
+
+class ChartPane(Static):
+    """Redrawn by the app at most a few times a second (see `LayerscopeApp.flush_charts`)."""

@@ -1,0 +1,67 @@
+"""Modal screens: help, a one-line question, a pick list. Escape closes each without an answer."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import DataTable, Input, Label, OptionList
+
+
+class _Modal(ModalScreen):
+    DEFAULT_CSS = """
+    _Modal { align: center middle; }
+    _Modal > Vertical { width: 90%; max-width: 100; height: auto; max-height: 90%; border: round $primary;
+                        background: $surface; padding: 0 1; }
+    _Modal DataTable, _Modal OptionList { height: auto; max-height: 20; }
+    """
+    BINDINGS = [Binding("escape", "dismiss_none", "Close", id="modal.close")]
+
+    def action_dismiss_none(self) -> None:
+        self.dismiss(None)
+
+
+class HelpScreen(_Modal):
+    """Every binding with its current keys (after the user's keymap) and the id to remap it by."""
+
+    def __init__(self, rows: list[tuple[str, str, str]]) -> None:
+        super().__init__()
+        self.rows = rows
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label("Key bindings (remap by id in keymap.toml; Ctrl+P: command palette; Esc closes)")
+            table = DataTable(cursor_type="row", zebra_stripes=True)
+            table.add_columns("keys", "action", "id")
+            for row in self.rows:
+                table.add_row(*row)
+            yield table
+
+
+class InputScreen(_Modal):
+    def __init__(self, title: str, default: str = "") -> None:
+        super().__init__()
+        self.title_text, self.default = title, default
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(self.title_text)
+            yield Input(self.default, id="answer")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value.strip() or None)
+
+
+class PickScreen(_Modal):
+    def __init__(self, title: str, choices: list[str]) -> None:
+        super().__init__()
+        self.title_text, self.choices = title, choices
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(self.title_text)
+            yield OptionList(*self.choices)
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(self.choices[event.option_index])

@@ -1,0 +1,67 @@
+"""Theme files: TOML tables with the fields of `textual.theme.Theme`, read from folders at start.
+
+A bad file is reported (one line each) and skipped, so the app always starts
+with the shipped themes or Textual's own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+from textual.color import Color, ColorParseError
+from textual.theme import Theme
+
+SHIPPED_THEMES = Path(__file__).resolve().parents[2] / "themes"
+DEFAULT_THEME = "layerscope-dark"
+FALLBACK_THEME = "textual-dark"
+
+_FIELDS = {field.name for field in dataclasses.fields(Theme)}
+_COLOURS = ("primary", "secondary", "warning", "error", "success", "accent", "foreground", "background",
+            "surface", "panel", "boost")
+
+
+def user_theme_folder() -> Path:
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("layerscope")) / "themes"
+
+
+def theme_from_dict(data: dict, default_name: str) -> Theme:
+    """Validate every field before building: Theme itself would accept a bad colour and fail later."""
+    unknown = set(data) - _FIELDS
+    if unknown:
+        raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}")
+    if "primary" not in data:
+        raise ValueError("'primary' colour is required")
+    for name in _COLOURS:
+        if data.get(name) is not None:
+            Color.parse(data[name])
+    if not isinstance(data.get("variables", {}), dict):
+        raise ValueError("'variables' must be a table")
+    return Theme(**{"name": default_name, **data})
+
+
+def load_theme_file(path: Path) -> Theme:
+    try:
+        return theme_from_dict(tomllib.loads(path.read_text(encoding="utf-8")), path.stem)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError, TypeError, ColorParseError) as error:
+        raise ValueError(f"theme file '{path}': {error}") from error
+
+
+def load_themes(folders: list[Path]) -> tuple[list[Theme], list[str]]:
+    """Every `*.toml` in the folders, in order (a later file with the same name wins); plus the problems."""
+    themes: dict[str, Theme] = {}
+    problems: list[str] = []
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.glob("*.toml")):
+            try:
+                theme = load_theme_file(path)
+            except ValueError as error:
+                problems.append(str(error))
+                continue
+            themes[theme.name] = theme
+    return list(themes.values()), problems

@@ -1,0 +1,146 @@
+"""The explorer's plain parts: toggles, sessions, theme and keymap files, row-by-row compute, charts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from layerscope.errors import LayerscopeError
+from layerscope.tui.keymap import load_keymap
+from layerscope.tui.panes import chart_text
+from layerscope.tui.state import Results, Session, Toggles, grid_from_dict
+from layerscope.tui.themes import SHIPPED_THEMES, load_themes
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Two intra-op threads on two shared cores spin against each other (10x slower here); one is steady."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_tui_and_cli_import_no_torch():
+    """The first frame must not wait for torch: importing the app and the CLI pulls in no engine."""
+    code = ("import sys, layerscope.cli.app, layerscope.tui.app; "
+            "print([m for m in ('torch', 'transformers', 'layerscope.models.loading') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_toggles_flip_and_become_interventions():
+    from layerscope.interventions import DropBlocks, FreezeFrom, MaskHeads, RandomizeAt, SkipAttention, SwapBlocks
+
+    toggles = Toggles().toggle("drop", 3).toggle("drop", 5).toggle("swap", 7).toggle("freeze", 10)
+    toggles = toggles.toggle("random", 2).toggle("skip_attn", 20).toggle_head(4, 1)
+    assert toggles.toggle("drop", 3).drop == {5}
+    assert toggles.toggle("freeze", 12).freeze == 12 and toggles.toggle("freeze", 10).freeze is None
+    assert [toggles.state_of("freeze", b) for b in (9, 10, 11)] == ["off", "on", "covered"]
+    assert [toggles.state_of("random", b) for b in (2, 3)] == ["on", "off"]
+    assert toggles.interventions(30) == [DropBlocks((3, 5)), SwapBlocks(7), FreezeFrom(10), RandomizeAt(2, 0),
+                                         SkipAttention(tuple(range(20, 30))), MaskHeads(((4, 1),), "zero")]
+    assert Toggles.from_dict(toggles.to_dict()) == toggles
+    assert Toggles().is_empty and not toggles.is_empty
+    assert "drop 3,5" in toggles.describe() and "seed 0" in toggles.describe()
+    with pytest.raises(LayerscopeError):
+        Toggles.from_dict({"drop": ["x"]})
+
+
+def test_theme_files_load_and_bad_ones_are_reported(tmp_path):
+    themes, problems = load_themes([SHIPPED_THEMES])
+    assert {"layerscope-dark", "layerscope-light", "layerscope-high-contrast"} <= {t.name for t in themes}
+    assert problems == []
+    (tmp_path / "broken.toml").write_text("name = [unclosed", encoding="utf-8")
+    (tmp_path / "badcolour.toml").write_text('primary = "not-a-colour"', encoding="utf-8")
+    (tmp_path / "extra.toml").write_text('primary = "#ffffff"\nsparkle = true', encoding="utf-8")
+    (tmp_path / "mine.toml").write_text('primary = "#ff0000"\ndark = false', encoding="utf-8")
+    themes, problems = load_themes([tmp_path])
+    assert [t.name for t in themes] == ["mine"]
+    assert len(problems) == 3 and any("broken.toml" in p for p in problems)
+    assert any("sparkle" in p for p in problems)
+
+
+def test_keymap_file(tmp_path):
+    path = tmp_path / "keymap.toml"
+    assert load_keymap(path) == {}
+    path.write_text('run = "f6"\nquit = "ctrl+x"', encoding="utf-8")
+    assert load_keymap(path) == {"run": "f6", "quit": "ctrl+x"}
+    path.write_text("run = 3", encoding="utf-8")
+    with pytest.raises(LayerscopeError, match="key strings"):
+        load_keymap(path)
+
+
+def test_chart_text_draws_what_fits():
+    series = [("KL to final", [3.0, 2.0, 0.5], "dot"), ("entropy", [1.0, 2.0, 1.5], "x")]
+    both = chart_text(series, 40, 20)
+    assert "KL to final" in both and "entropy" in both
+    one = chart_text(series, 40, 8)
+    assert "KL to final" in one and "entropy" not in one
+    assert chart_text(series, 10, 20) == "" and chart_text([], 40, 20) == ""
+
+
+def _manual_drop_logits(lm, ids, block):
+    """The model's logits with one block removed from its module list: plain surgery, no hooks."""
+    model = lm.model.model
+    original = model.layers
+    model.layers = nn.ModuleList([layer for i, layer in enumerate(original) if i != block])
+    try:
+        with torch.no_grad():
+            return lm.model(ids, use_cache=False).logits[0].float()
+    finally:
+        model.layers = original
+
+
+@pytest.mark.demo
+def test_rows_match_the_lens_and_kl_is_the_formula(demo_lm, tmp_path):
+    """Row-by-row compute equals the whole-grid lens; the last row's KL(base‖int) is the formula on
+    logits of a model with the block cut out by hand. Then a session with these results round-trips."""
+    from layerscope.analyses.lens import logit_lens
+    from layerscope.interventions import DropBlocks
+    from layerscope.tui.compute import empty_grid, lens_rows
+
+    ids = demo_lm.encode("Paris is the capital of")
+    drop = [DropBlocks((3,))]
+    rows = list(lens_rows(demo_lm, ids, drop, 3, lambda: False))
+    assert [r.label for r in rows] == ["emb"] + [str(b) for b in range(demo_lm.n_blocks)]
+    baseline, intervened = logit_lens(demo_lm, ids, top_k=3), logit_lens(demo_lm, ids, top_k=3, interventions=drop)
+    for row in rows:
+        for got, want in ((row.baseline, baseline.cells[row.row]), (row.intervened, intervened.cells[row.row])):
+            assert [c.top[0].id for c in got] == [c.top[0].id for c in want]
+            assert [c.entropy_bits for c in got] == pytest.approx([c.entropy_bits for c in want], abs=1e-4)
+
+    with torch.no_grad():
+        base = torch.log_softmax(demo_lm.model(ids, use_cache=False).logits[0].float(), -1)
+    other = torch.log_softmax(_manual_drop_logits(demo_lm, ids, 3), -1)
+    expected = (base.exp() * (base - other)).sum(-1)
+    assert rows[-1].kl_base_int == pytest.approx(expected.tolist(), rel=1e-3, abs=1e-4)
+    assert max(rows[-1].kl_base_int) > 0.01  # dropping block 3 does change the output
+
+    assert list(lens_rows(demo_lm, ids, drop, 3, lambda: True)) == []  # cancelled before the first row
+
+    grid = empty_grid(demo_lm, "logit_lens", ids)
+    assert grid.tokens == demo_lm.token_texts(ids[0]) and grid.cells == []
+    path = tmp_path / "session.json"
+    Session("demo", "Paris is the capital of", "logit_lens", Toggles(drop=frozenset({3})),
+            Results(baseline, intervened, [r.kl_base_int for r in rows], {"baseline": " France"})).save(path)
+    loaded = Session.load(path)
+    assert loaded.toggles.drop == {3} and loaded.prompt == "Paris is the capital of"
+    assert loaded.results.baseline == grid_from_dict(baseline.to_dict()) == baseline
+    assert loaded.results.intervened == intervened and loaded.results.continuation == {"baseline": " France"}
+
+
+def test_bad_session_files(tmp_path):
+    path = tmp_path / "s.json"
+    with pytest.raises(LayerscopeError, match="Cannot read"):
+        Session.load(path)
+    path.write_text('{"hello": 1}', encoding="utf-8")
+    with pytest.raises(LayerscopeError, match="not a layerscope session"):
+        Session.load(path)
+    path.write_text('{"layerscope_session": 1, "prompt": "x"}', encoding="utf-8")
+    with pytest.raises(LayerscopeError, match="damaged"):
+        Session.load(path)
