@@ -273,6 +273,8 @@ class LayerscopeApp(App):
         self.run_id += 1
         self.running = True
         self.set_status("running …")
+        if self.focused is self.query_one("#prompt"):  # from typing to reading: e goes back to the prompt
+            self.query_one(DecodeGridView).focus()
         self.run_worker_thread(self.run_id, text, self.method, self.toggles)
 
     @work(thread=True, exclusive=True, group="run", exit_on_error=False)
@@ -359,9 +361,12 @@ class LayerscopeApp(App):
             self.set_status(message.data["error"])
 
     def action_cancel(self) -> None:
+        """Esc stops the running work; with nothing running it leaves the prompt for the grid."""
         if self.running:
             self.workers.cancel_group(self, "run")
             self.workers.cancel_group(self, "scores")
+        elif self.focused is self.query_one("#prompt"):
+            self.query_one(DecodeGridView).focus()
 
     # showing results ----------------------------------------------------
     def show_results(self) -> None:
@@ -391,10 +396,10 @@ class LayerscopeApp(App):
 
     def flush_charts(self) -> None:
         """Called on a timer: at most one chart build per tick, however fast rows or keys arrive."""
-        if not self._charts_dirty:
+        chart = self.query_one(ChartPane)
+        if not self._charts_dirty or not chart.size.area:  # hidden tab: draw when it shows again
             return
         self._charts_dirty = False
-        chart = self.query_one(ChartPane)
         chart.update(Text(chart_text(self.chart_series(), chart.size.width, chart.size.height)))
 
     def update_output(self) -> None:

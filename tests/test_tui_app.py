@@ -1,0 +1,160 @@
+"""The explorer driven by Textual's Pilot on the real demo model (one loaded model for all tests)."""
+
+from __future__ import annotations
+
+import pytest
+from textual.widgets import DataTable, Input
+
+from layerscope.tui.app import LayerscopeApp
+from layerscope.tui.grid_view import DecodeGridView
+from layerscope.tui.panes import ChartPane
+from layerscope.tui.themes import FALLBACK_THEME, SHIPPED_THEMES
+from tests.test_tui_logic import one_torch_thread  # noqa: F401  (module fixture: steady CPU timing)
+
+pytestmark = pytest.mark.demo
+
+
+def make_app(lm, tmp_path, **kwargs) -> LayerscopeApp:
+    """No user config: shipped themes only, a keymap path that does not exist unless a test writes it."""
+    kwargs.setdefault("theme_folders", [SHIPPED_THEMES])
+    return LayerscopeApp(lm=lm, keymap_path=tmp_path / "keymap.toml", continuation_tokens=2, **kwargs)
+
+
+async def settle(pilot) -> None:
+    """Wait until no worker runs and every message they posted has been handled."""
+    app = pilot.app
+    for _ in range(2400):
+        await pilot.pause(0.05)
+        if not any(worker.is_running for worker in app.workers) and not app.running:
+            break
+    await pilot.pause(0.1)
+
+
+async def type_text(pilot, text: str) -> None:
+    await pilot.press(*["space" if c == " " else c for c in text])
+
+
+def notices(app) -> list[str]:
+    return [n.message for n in app._notifications]
+
+
+def screen_text(app) -> str:
+    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+
+
+async def test_main_flow(demo_lm, tmp_path):
+    """Type, run, move the cursor, drop a block (grid and chart change), refuse a conflicting swap,
+    mask a head, save the session and load it into a fresh app."""
+    from layerscope.analyses.lens import logit_lens
+    from layerscope.interventions import DropBlocks, MaskHeads
+
+    app = make_app(demo_lm, tmp_path)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await settle(pilot)
+        await type_text(pilot, "Paris is the capital of")
+        await pilot.press("ctrl+r")
+        await settle(pilot)
+        ids = demo_lm.encode("Paris is the capital of")
+        expected = logit_lens(demo_lm, ids, top_k=5)
+        grid = app.query_one(DecodeGridView)
+        assert app.results.baseline.tokens == expected.tokens
+        assert [[c.top[0].id for c in row] for row in app.results.baseline.cells] == \
+               [[c.top[0].id for c in row] for row in expected.cells]
+        assert app.results.intervened is None and "baseline" in app.results.continuation
+
+        await pilot.press("1", "down", "down", "right", "right", "right")
+        assert (grid.cursor_layer, grid.cursor_position) == (3, 2)
+        cell = expected.cells[3][2]
+        assert app.detail.plain.startswith(f"2 @ 2 {expected.tokens[2].replace(' ', '·')}")
+        assert f"{cell.top[0].prob:5.1%}" in app.detail.plain
+        await pilot.pause(0.5)
+        chart_before = str(app.query_one(ChartPane).render())
+        assert "KL to final @2" in chart_before and "KL(base‖int)" not in chart_before
+
+        await pilot.press("2", "right", "down", "down", "down", "space")  # drop block 3
+        await settle(pilot)
+        assert app.toggles.drop == {3}
+        dropped = logit_lens(demo_lm, ids, top_k=5, interventions=[DropBlocks((3,))])
+        assert [[c.top[0].id for c in row] for row in app.results.intervened.cells] == \
+               [[c.top[0].id for c in row] for row in dropped.cells]
+        changed = [(l, t) for l in range(len(dropped.cells)) for t in range(len(ids[0]))
+                   if dropped.top1(l, t).id != expected.top1(l, t).id]
+        assert changed and all(grid.changed(l, t) for l, t in changed)
+        await pilot.press("1")
+        await pilot.pause(0.5)
+        assert "≠" in screen_text(app)
+        chart_after = str(app.query_one(ChartPane).render())
+        assert "KL(base‖int) @2" in chart_after and chart_after != chart_before
+
+        await pilot.press("2", "right", "space")  # swap 3<>4 conflicts with the drop: refused with a notice
+        await pilot.pause(0.2)
+        assert app.toggles.swap == frozenset() and any("dropped" in n for n in notices(app))
+
+        await pilot.press("3", "space")  # mask head 0.0; applies to the next run
+        assert app.toggles.masked_heads == {(0, 0)}
+        assert app.query_one("#head-table", DataTable).get_cell("0.0", "mask") == "[x] zero"
+        await pilot.press("ctrl+r")
+        await settle(pilot)
+        masked = logit_lens(demo_lm, ids, top_k=5, interventions=[DropBlocks((3,)), MaskHeads(((0, 0),), "zero")])
+        assert [[c.top[0].id for c in row] for row in app.results.intervened.cells] == \
+               [[c.top[0].id for c in row] for row in masked.cells]
+
+        path = tmp_path / "session.json"
+        await pilot.press("ctrl+s")
+        app.screen.query_one(Input).value = str(path)
+        await pilot.press("enter")
+        await pilot.pause(0.1)
+        assert path.is_file()
+        saved = app.results
+
+    again = make_app(demo_lm, tmp_path)
+    async with again.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        await pilot.press("1", "ctrl+o")
+        again.screen.query_one(Input).value = str(path)
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        assert again.query_one("#prompt").text == "Paris is the capital of"
+        assert again.toggles == app.toggles
+        assert again.results.baseline == saved.baseline and again.results.intervened == saved.intervened
+        assert again.results.kl_base_int == saved.kl_base_int
+        assert "≠" in screen_text(again)
+
+
+async def test_empty_prompt_and_keymap(demo_lm, tmp_path):
+    """The run key, remapped by id in the keymap file, refuses an empty prompt with a notice."""
+    (tmp_path / "keymap.toml").write_text('run = "f6"', encoding="utf-8")
+    app = make_app(demo_lm, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("f6")
+        await pilot.pause(0.1)
+        assert any("prompt is empty" in n for n in notices(app)) and app.run_id == 0
+        assert ("f6", "Run", "run") in app.binding_rows()
+        await pilot.press("escape", "question_mark")
+        assert type(app.screen).__name__ == "HelpScreen"
+        await pilot.press("escape")
+        assert app.is_running
+
+
+async def test_bad_model_id_keeps_the_app_up(tmp_path):
+    app = LayerscopeApp(model=str(tmp_path / "no-such-model"), theme_folders=[SHIPPED_THEMES],
+                        keymap_path=tmp_path / "keymap.toml")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        assert app.lm is None and app.is_running
+        assert any("No model directory" in n for n in notices(app))
+        await type_text(pilot, "hi")
+        await pilot.press("ctrl+r")
+        assert any("not loaded" in n for n in notices(app))
+
+
+async def test_malformed_theme_falls_back(demo_lm, tmp_path):
+    (tmp_path / "mine.toml").write_text("primary = [", encoding="utf-8")
+    app = make_app(demo_lm, tmp_path, theme_folders=[tmp_path], theme="mine")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.1)
+        assert app.theme == FALLBACK_THEME
+        assert any("mine.toml" in n for n in notices(app)) and any("Unknown theme 'mine'" in n for n in notices(app))
+        await pilot.press("escape", "t")  # leave the prompt, next theme
+        assert app.theme != FALLBACK_THEME
