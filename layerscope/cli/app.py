@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from layerscope.cli import heads as heads_commands
 from layerscope.cli import lens as lens_commands
 from layerscope.cli import tui_command
 
@@ -17,6 +18,8 @@ app = typer.Typer(
 
 app.command("lens")(lens_commands.lens)
 app.command("run")(lens_commands.run)
+app.command("patchscope")(heads_commands.patchscope)
+app.add_typer(heads_commands.heads_app, name="heads")
 app.command("tui")(tui_command.tui)
 
 

@@ -1,0 +1,105 @@
+"""One score per query head, with its KV group: the result of every head analysis."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from layerscope.errors import LayerscopeError
+from layerscope.models.loading import LoadedModel
+
+HeadKind = Literal["retrieval", "induction", "previous_token"]
+KINDS = ("retrieval", "induction", "previous_token")
+RETRIEVAL_THRESHOLD = 0.1
+"""A head scoring above this is a retrieval head (Retrieval Head paper)."""
+
+
+@dataclass
+class HeadScore:
+    layer: int
+    head: int
+    kv_group: int
+    score: float
+
+
+@dataclass
+class HeadScores:
+    model: str
+    kind: HeadKind
+    n_blocks: int
+    n_heads: int
+    heads: list[HeadScore]  # every head, layer-major
+    meta: dict = field(default_factory=dict)  # kind-specific settings and per-test details
+
+    @classmethod
+    def from_matrix(cls, lm: LoadedModel, kind: HeadKind, scores: torch.Tensor, meta: dict | None = None) -> HeadScores:
+        """From a (blocks, heads) tensor."""
+        adapter = lm.adapter
+        heads = [HeadScore(layer, head, adapter.kv_group(head), float(scores[layer, head]))
+                 for layer in range(adapter.n_blocks) for head in range(adapter.n_heads)]
+        return cls(lm.name, kind, adapter.n_blocks, adapter.n_heads, heads, meta or {})
+
+    def matrix(self) -> torch.Tensor:
+        scores = torch.zeros(self.n_blocks, self.n_heads)
+        for head in self.heads:
+            scores[head.layer, head.head] = head.score
+        return scores
+
+    def top(self, k: int) -> list[HeadScore]:
+        """The k highest-scoring heads, ties broken by position."""
+        return sorted(self.heads, key=lambda h: (-h.score, h.layer, h.head))[:k]
+
+    def above(self, threshold: float = RETRIEVAL_THRESHOLD) -> list[HeadScore]:
+        return [h for h in self.heads if h.score > threshold]
+
+    def share_above(self, threshold: float = RETRIEVAL_THRESHOLD) -> float:
+        return len(self.above(threshold)) / len(self.heads)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "kind": self.kind, "n_blocks": self.n_blocks, "n_heads": self.n_heads,
+                "share_above_0.1": self.share_above(), "heads": [asdict(h) for h in self.heads], "meta": self.meta}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> HeadScores:
+        try:
+            heads = [HeadScore(int(h["layer"]), int(h["head"]), int(h["kv_group"]), float(h["score"]))
+                     for h in data["heads"]]
+            scores = cls(str(data["model"]), data["kind"], int(data["n_blocks"]), int(data["n_heads"]), heads,
+                         dict(data.get("meta") or {}))
+        except (KeyError, TypeError, ValueError) as error:
+            raise LayerscopeError(f"Not a head scores file: missing or bad field {error}.") from error
+        if scores.kind not in KINDS:
+            raise LayerscopeError(f"Unknown head score kind '{scores.kind}' (expected one of {', '.join(KINDS)}).")
+        return scores
+
+    def check_model(self, lm: LoadedModel) -> None:
+        """Scores from another model would name heads that do not exist or mean something else."""
+        shape = (lm.adapter.n_blocks, lm.adapter.n_heads)
+        if (self.n_blocks, self.n_heads) != shape:
+            raise LayerscopeError(
+                f"The scores are for {self.model} ({self.n_blocks} blocks x {self.n_heads} heads), "
+                f"but {lm.name} has {shape[0]} blocks x {shape[1]} heads."
+            )
+        for head in self.heads:
+            if not (0 <= head.layer < shape[0] and 0 <= head.head < shape[1]):
+                raise LayerscopeError(f"The scores name head {head.layer}.{head.head}, which {lm.name} does not have.")
+
+
+def load_head_scores(path: Path, lm: LoadedModel | None = None) -> HeadScores:
+    """Read a scores JSON file written by a head command; with `lm`, check it fits that model."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise LayerscopeError(f"Cannot read scores file '{path}': {error}") from error
+    except json.JSONDecodeError as error:
+        raise LayerscopeError(f"Scores file '{path}' is not valid JSON: {error}") from error
+    if not isinstance(data, dict):
+        raise LayerscopeError(f"Scores file '{path}' does not hold a JSON object.")
+    scores = HeadScores.from_dict(data)
+    if lm is not None:
+        scores.check_model(lm)
+    return scores

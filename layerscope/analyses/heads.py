@@ -1,0 +1,39 @@
+"""Attention-head analyses in one place: the scores type, induction, previous-token and retrieval heads,
+the activity trace and the masking experiment."""
+
+from layerscope.analyses.head_scores import RETRIEVAL_THRESHOLD, HeadScore, HeadScores, load_head_scores
+from layerscope.analyses.induction import induction_scores, previous_token_scores, repeated_random_tokens
+from layerscope.analyses.retrieval import (
+    AblationReport,
+    ActivityTrace,
+    Needle,
+    NeedleResult,
+    ablation_experiment,
+    activity_trace,
+    build_tests,
+    copy_paste,
+    needle_results,
+    retrieval_from_results,
+    retrieval_scores,
+)
+
+__all__ = [
+    "RETRIEVAL_THRESHOLD",
+    "AblationReport",
+    "ActivityTrace",
+    "HeadScore",
+    "HeadScores",
+    "Needle",
+    "NeedleResult",
+    "ablation_experiment",
+    "activity_trace",
+    "build_tests",
+    "copy_paste",
+    "induction_scores",
+    "load_head_scores",
+    "needle_results",
+    "previous_token_scores",
+    "repeated_random_tokens",
+    "retrieval_from_results",
+    "retrieval_scores",
+]

@@ -1,0 +1,257 @@
+"""Patchscopes (token identity): have the model say what a hidden state encodes.
+
+The residual state at grid row l and source position t is written over the
+placeholder of a target prompt at row l (or a fixed target row), and the model
+decodes the next token at the end of the target prompt. The target prompt's
+prefix before the placeholder is the same for every cell, so it is computed
+once (KV cache) and every forward pass carries many cells, one per batch
+element: whole grid rows at a time.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+
+import torch
+
+from layerscope.analyses.grid import DecodeGrid, build_grid
+from layerscope.analyses.lens import logit_lens
+from layerscope.analyses.residual import layer_labels, trace_residuals
+from layerscope.errors import LayerscopeError
+from layerscope.models.loading import LoadedModel
+from layerscope.progress import ProgressFn, no_progress
+
+DEFAULT_TARGET_PROMPT = "cat -> cat\n1135 -> 1135\nhello -> hello\n?"
+"""The few-shot identity prompt of the Patchscopes authors; its last token is the placeholder."""
+
+CELLS_PER_FORWARD = 256
+
+
+@dataclass(frozen=True)
+class TargetPrompt:
+    """Token ids (1, S) of the target prompt and the position whose state is overwritten."""
+
+    text: str
+    ids: torch.Tensor
+    placeholder: int
+
+
+def parse_target(lm: LoadedModel, text: str | None = None, placeholder: str | None = None) -> TargetPrompt:
+    """Tokenise a target prompt and find its placeholder token.
+
+    Without `placeholder` the last token is the placeholder (the default prompt's `?`);
+    with one, the token that holds that marker (a whole word, once) is.
+    """
+    text = DEFAULT_TARGET_PROMPT if text is None else text
+    if not text.strip():
+        raise LayerscopeError("The target prompt is empty.")
+    encoding = lm.tokenizer(text, return_offsets_mapping=True)
+    ids = encoding.input_ids
+    if placeholder is None:
+        position = len(ids) - 1
+    else:
+        position = _marker_token(text, placeholder, encoding.offset_mapping)
+    if position <= 0:
+        raise LayerscopeError("The placeholder is the first token of the target prompt; put some text before it.")
+    return TargetPrompt(text, torch.tensor([ids], device=lm.adapter.input_device), position)
+
+
+def _marker_token(text: str, marker: str, offsets: list[tuple[int, int]]) -> int:
+    if not marker.strip():
+        raise LayerscopeError("The placeholder marker is empty.")
+    found = list(re.finditer(rf"(?<!\w){re.escape(marker)}(?!\w)", text))
+    if not found:
+        raise LayerscopeError(f"The placeholder '{marker}' does not occur in the target prompt {text!r}.")
+    if len(found) > 1:
+        raise LayerscopeError(f"The placeholder '{marker}' occurs {len(found)} times in the target prompt; use it once.")
+    start, end = found[0].span()
+    tokens = [i for i, (a, b) in enumerate(offsets) if a < end and b > start]
+    if len(tokens) != 1:
+        raise LayerscopeError(
+            f"The placeholder '{marker}' spans {len(tokens)} tokens; choose a marker that is a single token."
+        )
+    return tokens[0]
+
+
+def check_target_layer(lm: LoadedModel, target_layer: int | None) -> None:
+    if target_layer is not None and not 0 <= target_layer <= lm.n_blocks:
+        raise LayerscopeError(f"Target layer {target_layer} is out of range 0..{lm.n_blocks} (grid rows).")
+
+
+def _write_at(adapter, stack: ExitStack, row: int, batch: torch.Tensor, vectors: torch.Tensor) -> None:
+    """Overwrite position 0 of the fed tokens (the placeholder) at grid row `row` for these batch elements."""
+
+    def write(hidden: torch.Tensor) -> torch.Tensor:
+        hidden = hidden.clone()
+        hidden[batch, 0] = vectors.to(hidden.device, hidden.dtype)
+        return hidden
+
+    def pre_hook(module, args, kwargs):
+        if args:
+            return (write(args[0]), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": write(kwargs["hidden_states"])}
+
+    def post_hook(module, args, output):
+        if isinstance(output, tuple):
+            return (write(output[0]), *output[1:])
+        return write(output)
+
+    if row < adapter.n_blocks:
+        handle = adapter.blocks[row].register_forward_pre_hook(pre_hook, with_kwargs=True)
+    else:
+        handle = adapter.blocks[row - 1].register_forward_hook(post_hook)
+    stack.callback(handle.remove)
+
+
+@dataclass
+class PatchedRow:
+    """One source row: next-token logits (positions, vocab) at the end of the target prompt,
+    and the greedy continuation ids (positions, max_new_tokens)."""
+
+    row: int
+    logits: torch.Tensor
+    continuation: torch.Tensor
+
+
+def patched_rows(
+    lm: LoadedModel,
+    source_states: torch.Tensor,
+    target: TargetPrompt,
+    target_layer: int | None = None,
+    max_new_tokens: int = 0,
+    cells_per_forward: int = CELLS_PER_FORWARD,
+    only_rows: Sequence[int] | None = None,
+) -> Iterator[PatchedRow]:
+    """Patch every (row, position) of `source_states` (rows, positions, hidden), row by row
+    (or the rows in `only_rows`). Stop iterating to cancel; the rows already yielded stay valid.
+    """
+    adapter, model = lm.adapter, lm.model
+    n_positions = source_states.shape[1]
+    wanted = list(range(source_states.shape[0]) if only_rows is None else only_rows)
+    rows_per_forward = max(1, cells_per_forward // n_positions)
+    prefix, fed = target.ids[:, : target.placeholder], target.ids[:, target.placeholder:]
+    with torch.inference_mode():
+        prefix_cache = model(input_ids=prefix, use_cache=True).past_key_values
+        for first in range(0, len(wanted), rows_per_forward):
+            rows = wanted[first:first + rows_per_forward]
+            batch = len(rows) * n_positions
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(batch)
+            with ExitStack() as stack:
+                for index, row in enumerate(rows):
+                    elements = torch.arange(index * n_positions, (index + 1) * n_positions)
+                    _write_at(adapter, stack, row if target_layer is None else target_layer, elements,
+                              source_states[row])
+                output = model(input_ids=fed.expand(batch, -1), past_key_values=cache, use_cache=True,
+                               logits_to_keep=1)
+            logits = output.logits[:, -1]
+            continuation = _greedy(model, logits, output.past_key_values, max_new_tokens)
+            for index, row in enumerate(rows):
+                cells = slice(index * n_positions, (index + 1) * n_positions)
+                yield PatchedRow(row, logits[cells], continuation[cells])
+
+
+def _greedy(model, logits: torch.Tensor, cache, max_new_tokens: int) -> torch.Tensor:
+    """Greedy continuation of a batch after the patched prefill pass (no patch on later steps)."""
+    tokens = []
+    for step in range(max_new_tokens):
+        token = logits.argmax(-1, keepdim=True)
+        tokens.append(token)
+        if step + 1 < max_new_tokens:
+            output = model(input_ids=token.to(model.device), past_key_values=cache, use_cache=True)
+            logits, cache = output.logits[:, -1], output.past_key_values
+    if not tokens:
+        return torch.empty(logits.shape[0], 0, dtype=torch.long)
+    return torch.cat(tokens, dim=1).cpu()
+
+
+def _source(lm: LoadedModel, input_ids: torch.Tensor):
+    trace = trace_residuals(lm.adapter, input_ids)
+    return trace.states[:, 0], trace.logits[0]
+
+
+def patchscope_grid(
+    lm: LoadedModel,
+    input_ids: torch.Tensor,
+    top_k: int = 5,
+    target_prompt: str | None = None,
+    target_layer: int | None = None,
+    placeholder: str | None = None,
+    progress: ProgressFn = no_progress,
+) -> DecodeGrid:
+    """The Patchscopes decode grid: same rows (`emb`, 0..L-1) and positions as the logit lens grid.
+
+    `target_layer` None writes each state at its own row; a number writes every state at that row.
+    """
+    target = parse_target(lm, target_prompt, placeholder)
+    check_target_layer(lm, target_layer)
+    return _grid(lm, input_ids, top_k, target, target_layer, 0, progress)[0]
+
+
+def _grid(lm, input_ids, top_k, target, target_layer, max_new_tokens, progress) -> tuple[DecodeGrid, list[list[str]]]:
+    states, final_logits = _source(lm, input_ids)
+    descriptions: list[list[str]] = []
+    n_rows = states.shape[0]
+
+    def row_logits() -> Iterator[torch.Tensor]:
+        progress(0, n_rows, "patchscope")
+        for patched in patched_rows(lm, states, target, target_layer, max_new_tokens):
+            descriptions.append([lm.tokenizer.decode(ids) for ids in patched.continuation.tolist()])
+            progress(patched.row + 1, n_rows, "patchscope")
+            yield patched.logits
+
+    grid = build_grid(lm, "patchscope", input_ids, row_logits(), final_logits, layer_labels(lm.n_blocks), top_k)
+    return grid, descriptions
+
+
+@dataclass
+class LayerPrecision:
+    """precision@1 per grid row: how often the top-1 equals the model's own prediction at that position."""
+
+    layers: list[str]
+    patchscope: list[float]
+    logit_lens: list[float]
+
+
+def precision_at_1(grid: DecodeGrid, reference_ids: list[int]) -> list[float]:
+    """Share of positions per row whose top-1 id equals `reference_ids[position]`."""
+    return [sum(cell.top[0].id == ref for cell, ref in zip(row, reference_ids)) / len(reference_ids)
+            for row in grid.cells]
+
+
+def compare_precision(patchscope: DecodeGrid, lens: DecodeGrid) -> LayerPrecision:
+    """Both methods on the same cells; the reference is the lens's last row, the model's own prediction."""
+    reference = [cell.top[0].id for cell in lens.cells[-1]]
+    return LayerPrecision(lens.layers, precision_at_1(patchscope, reference), precision_at_1(lens, reference))
+
+
+@dataclass
+class PatchscopeReport:
+    grid: DecodeGrid
+    precision: LayerPrecision
+    target_prompt: str
+    placeholder_position: int
+    target_layer: int | None  # None: same as the source row
+    descriptions: list[list[str]] | None  # [row][position] greedy text, with max_new_tokens
+
+    def to_dict(self) -> dict:
+        return {**self.grid.to_dict(), "precision_at_1": asdict(self.precision), "target_prompt": self.target_prompt,
+                "placeholder_position": self.placeholder_position,
+                "target_layer": "same" if self.target_layer is None else self.target_layer,
+                "descriptions": self.descriptions}
+
+
+def run_patchscope(
+    lm: LoadedModel, input_ids: torch.Tensor, target: TargetPrompt, target_layer: int | None = None,
+    top_k: int = 5, max_new_tokens: int = 0, progress: ProgressFn = no_progress,
+) -> PatchscopeReport:
+    """The grid, precision@1 next to the logit lens, and with `max_new_tokens` the greedy descriptions."""
+    check_target_layer(lm, target_layer)
+    grid, descriptions = _grid(lm, input_ids, top_k, target, target_layer, max_new_tokens, progress)
+    lens = logit_lens(lm, input_ids, top_k)
+    return PatchscopeReport(grid, compare_precision(grid, lens), target.text, target.placeholder, target_layer,
+                            descriptions if max_new_tokens else None)

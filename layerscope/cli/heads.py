@@ -1,0 +1,334 @@
+"""`layerscope patchscope` and `layerscope heads retrieval|activity|induction|ablate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from layerscope.cli.common import (
+    DebugOption,
+    DeviceMapOption,
+    DeviceOption,
+    DtypeOption,
+    Format,
+    FormatOption,
+    ModelOption,
+    OutOption,
+    PromptFileOption,
+    PromptOption,
+    StderrProgress,
+    TopKOption,
+    TrustOption,
+    check_writable,
+    handles_errors,
+    load,
+    parse_blocks,
+    read_prompt,
+    shorten,
+    to_csv,
+    to_json,
+    write_atomic,
+)
+
+if TYPE_CHECKING:
+    from layerscope.analyses.head_scores import HeadScores
+    from layerscope.analyses.patchscope import PatchscopeReport
+    from layerscope.analyses.retrieval import AblationReport, ActivityTrace
+
+heads_app = typer.Typer(help="Attention-head analyses: retrieval, induction and previous-token heads, masking.",
+                        no_args_is_help=True)
+
+HaystackOption = Annotated[Path | None, typer.Option(help="Haystack text file (default: the shipped one).")]
+NeedlesOption = Annotated[Path | None, typer.Option(help="Needles JSONL: needle, question, answer (default: shipped).")]
+DepthsOption = Annotated[str, typer.Option(help="Needle depths in percent, e.g. 0,25,50,75,100.")]
+AnswerTokensOption = Annotated[int, typer.Option("--max-new-tokens", min=1, max=200,
+                                                 help="Greedy answer length limit; decoding also stops at a newline.")]
+ScoresOption = Annotated[Path, typer.Option("--scores", help="Head scores JSON written by `heads retrieval`.")]
+ShowOption = Annotated[int, typer.Option("--show", min=1, help="Heads listed in the table.")]
+
+
+def render(format: Format, data: dict, rows: list[dict], table: str, out: Path | None) -> None:
+    rendered = {Format.json: lambda: to_json(data), Format.csv: lambda: to_csv(rows), Format.table: lambda: table}
+    write_atomic(rendered[format](), out)
+
+
+def patchscope_table(report: PatchscopeReport) -> str:
+    from layerscope.cli.lens import grid_table
+
+    target = "same as source" if report.target_layer is None else str(report.target_layer)
+    lines = [f"target prompt: {report.target_prompt!r}  (placeholder at token {report.placeholder_position}, "
+             f"target layer: {target})", "", grid_table(report.grid), "",
+             "precision@1 against the model's own next token:", f"{'layer':>5} {'patchscope':>10} {'logit lens':>10}"]
+    precision = report.precision
+    for label, patch, lens in zip(precision.layers, precision.patchscope, precision.logit_lens):
+        lines.append(f"{label:>5} {patch:>10.2f} {lens:>10.2f}{'  <- patchscope better' if patch > lens else ''}")
+    if report.descriptions is not None:
+        lines += ["", "descriptions (greedy, per layer; columns are prompt tokens):"]
+        for label, row in zip(report.grid.layers, report.descriptions):
+            lines.append(f"{label:>5} | " + " | ".join(shorten(text, 16) for text in row))
+    return "\n".join(lines)
+
+
+def patchscope(
+    model: ModelOption = "demo",
+    prompt: PromptOption = None,
+    prompt_file: PromptFileOption = None,
+    target_prompt: Annotated[str | None, typer.Option(
+        help="Target prompt (default: the few-shot identity prompt 'cat -> cat\\n1135 -> 1135\\nhello -> hello\\n?').")
+    ] = None,
+    placeholder: Annotated[str | None, typer.Option(
+        help="Marker word in --target-prompt whose token is overwritten (default 'x'; the default prompt uses its "
+             "last token).")] = None,
+    target_layer: Annotated[str, typer.Option(help="'same' (target row = source row) or a grid row 0..L.")] = "same",
+    max_new_tokens: Annotated[int, typer.Option(min=0, max=50, help="Greedy description length per cell.")] = 0,
+    top_k: TopKOption = 5,
+    format: FormatOption = Format.table,
+    out: OutOption = None,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    device_map: DeviceMapOption = None,
+    trust_remote_code: TrustOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Patchscopes: the model says what each layer's state at each token encodes, with precision@1 beside the lens.
+
+    Example: layerscope patchscope --model demo --prompt "The Eiffel Tower is in Paris"
+    Example: layerscope patchscope -p "France" --target-prompt "The capital city of x is" --target-layer 8
+    """
+    run_patchscope_command(**locals())
+
+
+@handles_errors
+def run_patchscope_command(model, prompt, prompt_file, target_prompt, placeholder, target_layer, max_new_tokens,
+                           top_k, format, out, device, dtype, device_map, trust_remote_code, debug):
+    from layerscope.analyses.patchscope import check_target_layer, parse_target, run_patchscope
+
+    text = read_prompt(prompt, prompt_file)
+    check_writable(out)
+    if target_layer != "same" and not target_layer.isdigit():
+        raise ValueError(f"--target-layer must be 'same' or a row number, not '{target_layer}'.")
+    layer = None if target_layer == "same" else int(target_layer)
+    if target_prompt is not None and placeholder is None:
+        placeholder = "x"
+    lm = load(model, device, dtype, device_map, trust_remote_code)
+    target = parse_target(lm, target_prompt, placeholder)
+    check_target_layer(lm, layer)
+    ids = lm.encode(text)
+    progress = StderrProgress()
+    try:
+        report = run_patchscope(lm, ids, target, layer, top_k, max_new_tokens, progress)
+    finally:
+        progress.close()
+    render(format, report.to_dict(), list(report.grid.csv_rows()), patchscope_table(report), out)
+
+
+def heads_table(scores: HeadScores, show: int) -> str:
+    lines = [f"{scores.kind} scores, {scores.model}: {scores.n_blocks} blocks x {scores.n_heads} query heads; "
+             f"share of heads above 0.1: {scores.share_above():.1%}", f"{'layer':>5} {'head':>4} {'kv':>3} {'score':>7}"]
+    lines += [f"{h.layer:>5} {h.head:>4} {h.kv_group:>3} {h.score:>7.3f}" for h in scores.top(show)]
+    return "\n".join(lines)
+
+
+def head_rows(scores: HeadScores) -> list[dict]:
+    return [{"kind": scores.kind, "layer": h.layer, "head": h.head, "kv_group": h.kv_group, "score": h.score}
+            for h in scores.heads]
+
+
+def needle_tests(lm, haystack: Path | None, needles: Path | None, lengths: str, depths: str):
+    from layerscope.analyses.retrieval import build_tests, load_haystack, load_needles
+
+    return build_tests(lm, load_haystack(haystack) if haystack else load_haystack(),
+                       load_needles(needles) if needles else load_needles(),
+                       parse_blocks(lengths, "length"), parse_blocks(depths, "depth"))
+
+
+@heads_app.command("retrieval")
+def retrieval(
+    model: ModelOption = "demo",
+    haystack: HaystackOption = None,
+    needles: NeedlesOption = None,
+    lengths: Annotated[str, typer.Option(help="Haystack lengths in tokens, e.g. 512,1024,2048.")] = "512,1024,2048",
+    depths: DepthsOption = "0,25,50,75,100",
+    max_new_tokens: AnswerTokensOption = 50,
+    show: ShowOption = 20,
+    format: FormatOption = Format.table,
+    out: OutOption = None,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    device_map: DeviceMapOption = None,
+    trust_remote_code: TrustOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Retrieval heads: needle-in-a-haystack tests scored per query head with the copy-paste rule.
+
+    Example: layerscope heads retrieval --model demo --lengths 512,1024 --format json --out scores.json
+    """
+    run_retrieval(**locals())
+
+
+@handles_errors
+def run_retrieval(model, haystack, needles, lengths, depths, max_new_tokens, show, format, out, device, dtype,
+                  device_map, trust_remote_code, debug):
+    from layerscope.analyses.retrieval import needle_results, retrieval_from_results
+
+    check_writable(out)
+    lm = load(model, device, dtype, device_map, trust_remote_code)
+    tests = needle_tests(lm, haystack, needles, lengths, depths)
+    progress = StderrProgress()
+    try:
+        results = list(needle_results(lm, tests, max_new_tokens, progress))
+    finally:
+        progress.close()
+    settings = {"lengths": list(parse_blocks(lengths)), "depths": list(parse_blocks(depths)),
+                "max_new_tokens": max_new_tokens}
+    scores = retrieval_from_results(lm, results, settings)
+    lines = [f"{'length':>6} {'depth':>5} {'recall':>6}  answer"]
+    lines += [f"{r.length:>6} {r.depth:>5} {r.recall:>6.2f}  {shorten(r.answer, 60)}"
+              f"{'' if r.answered else '  (failed: excluded)'}" for r in results]
+    lines += ["", f"answered {scores.meta['answered']} of {len(results)} tests", heads_table(scores, show)]
+    render(format, scores.to_dict(), head_rows(scores), "\n".join(lines), out)
+
+
+def activity_table(trace: ActivityTrace) -> str:
+    lines = [f"{len(trace.heads)} known retrieval heads (score > 0.1)", f"{'step':>4} {'token':<16} active"]
+    lines += [f"{i:>4} {shorten(step.token, 16):<16} {step.active:>3} {'#' * step.active}"
+              for i, step in enumerate(trace.steps)]
+    return "\n".join(lines)
+
+
+@heads_app.command("activity")
+def activity(
+    scores: ScoresOption,
+    model: ModelOption = "demo",
+    prompt: PromptOption = None,
+    prompt_file: PromptFileOption = None,
+    max_new_tokens: AnswerTokensOption = 30,
+    format: FormatOption = Format.table,
+    out: OutOption = None,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    device_map: DeviceMapOption = None,
+    trust_remote_code: TrustOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Per generated token, how many known retrieval heads copy-pasted it from the prompt (quiet heads can
+    signal hallucination).
+
+    Example: layerscope heads activity --model demo --scores scores.json --prompt-file question.txt
+    """
+    run_activity(**locals())
+
+
+@handles_errors
+def run_activity(scores, model, prompt, prompt_file, max_new_tokens, format, out, device, dtype, device_map,
+                 trust_remote_code, debug):
+    from layerscope.analyses.head_scores import load_head_scores
+    from layerscope.analyses.retrieval import activity_trace
+
+    text = read_prompt(prompt, prompt_file)
+    check_writable(out)
+    lm = load(model, device, dtype, device_map, trust_remote_code)
+    head_scores = load_head_scores(scores, lm)
+    trace = activity_trace(lm, lm.encode(text), head_scores, max_new_tokens)
+    rows = [{"step": i, "token": s.token, "id": s.id, "active": s.active} for i, s in enumerate(trace.steps)]
+    render(format, trace.to_dict(), rows, activity_table(trace), out)
+
+
+@heads_app.command("induction")
+def induction(
+    model: ModelOption = "demo",
+    seq_len: Annotated[int, typer.Option(min=2, help="Length of the random token block.")] = 50,
+    repeats: Annotated[int, typer.Option(min=2, help="Times the block is repeated.")] = 2,
+    samples: Annotated[int, typer.Option(min=1, help="Random sequences averaged.")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed of the random tokens.")] = 0,
+    show: ShowOption = 10,
+    format: FormatOption = Format.table,
+    out: OutOption = None,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    device_map: DeviceMapOption = None,
+    trust_remote_code: TrustOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Induction (prefix-matching) heads on repeated random tokens, and previous-token heads on ordinary text.
+
+    Example: layerscope heads induction --model demo --seq-len 50 --repeats 2 --samples 10 --format json
+    """
+    run_induction(**locals())
+
+
+@handles_errors
+def run_induction(model, seq_len, repeats, samples, seed, show, format, out, device, dtype, device_map,
+                  trust_remote_code, debug):
+    from layerscope.analyses.induction import induction_scores, previous_token_scores
+
+    check_writable(out)
+    lm = load(model, device, dtype, device_map, trust_remote_code)
+    progress = StderrProgress()
+    try:
+        prefix = induction_scores(lm, seq_len, repeats, samples, seed, progress)
+        previous = previous_token_scores(lm, progress=progress)
+    finally:
+        progress.close()
+    table = heads_table(prefix, show) + "\n\n" + heads_table(previous, show)
+    render(format, {**prefix.to_dict(), "previous_token": previous.to_dict()},
+           head_rows(prefix) + head_rows(previous), table, out)
+
+
+def ablation_table(report: AblationReport) -> str:
+    lines = [f"NIAH accuracy over {report.tests} tests (answered = ROUGE-1 recall > 0.5)",
+             "zero = the head's output removed; uniform = the head attends evenly to all visible tokens",
+             f"top-{report.k} heads: {', '.join(f'{h.layer}.{h.head}' for h in report.heads)}",
+             f"random-{report.k} heads (seed {report.seed}): "
+             f"{', '.join(f'{h.layer}.{h.head}' for h in report.random_heads)}",
+             ""]
+    lines += [f"{name:<22} {accuracy:>6.0%}" for name, accuracy in report.accuracy.items()]
+    return "\n".join(lines)
+
+
+@heads_app.command("ablate")
+def ablate(
+    scores: ScoresOption,
+    top: Annotated[int, typer.Option("--top", help="K: how many top heads (and random heads) to mask.")],
+    model: ModelOption = "demo",
+    seed: Annotated[int, typer.Option(help="Seed for the random heads.")] = 0,
+    haystack: HaystackOption = None,
+    needles: NeedlesOption = None,
+    lengths: Annotated[str, typer.Option(help="Haystack lengths in tokens.")] = "512,1024",
+    depths: DepthsOption = "0,50,100",
+    max_new_tokens: AnswerTokensOption = 50,
+    format: FormatOption = Format.table,
+    out: OutOption = None,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    device_map: DeviceMapOption = None,
+    trust_remote_code: TrustOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Mask the top-K heads of a scores file, then K random heads, in both modes; NIAH accuracy for each.
+
+    Example: layerscope heads ablate --model demo --scores scores.json --top 10
+    """
+    run_ablate(**locals())
+
+
+@handles_errors
+def run_ablate(scores, top, model, seed, haystack, needles, lengths, depths, max_new_tokens, format, out, device,
+               dtype, device_map, trust_remote_code, debug):
+    from layerscope.analyses.head_scores import load_head_scores
+    from layerscope.analyses.retrieval import ablation_experiment, ablation_heads
+
+    check_writable(out)
+    lm = load(model, device, dtype, device_map, trust_remote_code)
+    head_scores = load_head_scores(scores, lm)
+    ablation_heads(head_scores, top, seed)
+    tests = needle_tests(lm, haystack, needles, lengths, depths)
+    progress = StderrProgress()
+    try:
+        report = ablation_experiment(lm, head_scores, top, tests, seed, max_new_tokens, progress)
+    finally:
+        progress.close()
+    rows = [{"run": name, "accuracy": accuracy} for name, accuracy in report.accuracy.items()]
+    render(format, report.to_dict(), rows, ablation_table(report), out)
