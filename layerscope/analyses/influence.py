@@ -1,0 +1,177 @@
+"""Block Influence and layer pruning (ShortGPT, arXiv 2403.03853).
+
+BI_b = 1 - mean over tokens of cos(x_in_b, x_out_b). Every state is taken
+before the final norm, the last block's output included (the official code
+compares a pre-norm input with a post-norm output there). Pruning removes the
+blocks for real: a shorter ModuleList, attention layer indices renumbered and
+the config updated, so `generate` with a KV cache works on the pruned model.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from layerscope.analyses.residual import trace_residuals
+from layerscope.errors import LayerscopeError
+from layerscope.models.loading import LoadedModel
+from layerscope.progress import ProgressFn, no_progress
+
+
+def text_windows(lm: LoadedModel, text: str, window: int) -> list[torch.Tensor]:
+    """The text's tokens cut into (1, window) pieces; a last piece shorter than 2 tokens is dropped."""
+    if not text.strip():
+        raise LayerscopeError("The text is empty.")
+    window = min(window, lm.adapter.max_context or window)
+    ids = lm.tokenizer(text, return_tensors="pt").input_ids.to(lm.adapter.input_device)
+    pieces = [ids[:, start : start + window] for start in range(0, ids.shape[1], window)]
+    pieces = [piece for piece in pieces if piece.shape[1] >= 2]
+    if not pieces:
+        raise LayerscopeError("The text is too short: it needs at least 2 tokens.")
+    return pieces
+
+
+def block_influence(lm: LoadedModel, windows: list[torch.Tensor], progress: ProgressFn = no_progress) -> list[float]:
+    """BI per block, each token of every window counting once."""
+    total = torch.zeros(lm.n_blocks, dtype=torch.float64)
+    tokens = 0
+    for done, ids in enumerate(windows):
+        progress(done, len(windows), "block influence")
+        states = trace_residuals(lm.adapter, ids).states.float()  # (L + 1, 1, T, D)
+        total += F.cosine_similarity(states[:-1], states[1:], dim=-1).sum(dim=(1, 2)).double().cpu()
+        tokens += ids.shape[1]
+    progress(len(windows), len(windows), "block influence")
+    return (1 - total / tokens).tolist()
+
+
+def perplexity(lm: LoadedModel, windows: list[torch.Tensor], progress: ProgressFn = no_progress,
+               description: str = "perplexity") -> float:
+    """exp of the mean next-token loss over every predicted token of every window."""
+    nll, count = 0.0, 0
+    with torch.inference_mode():
+        for done, ids in enumerate(windows):
+            progress(done, len(windows), description)
+            logits = lm.model(input_ids=ids, use_cache=False).logits[0].float()
+            target = ids[0, 1:].to(logits.device)
+            nll += F.cross_entropy(logits[:-1], target, reduction="sum").item()
+            count += target.numel()
+    progress(len(windows), len(windows), description)
+    return float(torch.tensor(nll / count).exp())
+
+
+def check_prune(n_prune: int, n_blocks: int) -> None:
+    if not 0 < n_prune < n_blocks:
+        raise LayerscopeError(f"--prune must be between 1 and {n_blocks - 1} for this {n_blocks}-block model.")
+
+
+def _indexed_modules(blocks: Iterable[nn.Module]) -> list[tuple[nn.Module, int]]:
+    """Every submodule that knows its layer index (attention modules: they address the KV cache)."""
+    return [(module, module.layer_idx) for block in blocks for module in block.modules()
+            if isinstance(getattr(module, "layer_idx", None), int)]
+
+
+@contextmanager
+def pruned(lm: LoadedModel, removed: Iterable[int]) -> Iterator[None]:
+    """The model without the `removed` blocks for the duration of the block; restored exactly after."""
+    removed = sorted(set(removed))
+    n_blocks = lm.n_blocks
+    if any(not 0 <= b < n_blocks for b in removed):
+        raise LayerscopeError(f"Blocks to remove must be in 0..{n_blocks - 1}.")
+    check_prune(len(removed), n_blocks)
+    adapter, config = lm.adapter, lm.adapter.config
+    original = adapter.blocks
+    kept = [b for b in range(n_blocks) if b not in removed]
+    indexed = _indexed_modules(original)
+    layer_types = getattr(config, "layer_types", None)
+    try:
+        adapter.set_blocks(nn.ModuleList([original[b] for b in kept]))
+        for new_index, block in enumerate(kept):
+            for module, _ in _indexed_modules([original[block]]):
+                module.layer_idx = new_index
+        config.num_hidden_layers = len(kept)
+        if layer_types is not None:
+            config.layer_types = [layer_types[b] for b in kept]
+        yield
+    finally:
+        adapter.set_blocks(original)
+        for module, index in indexed:
+            module.layer_idx = index
+        config.num_hidden_layers = n_blocks
+        if layer_types is not None:
+            config.layer_types = layer_types
+
+
+def save_pruned(lm: LoadedModel, removed: Iterable[int], directory: Path) -> None:
+    """safetensors weights, config and tokenizer that plain transformers loads."""
+    with pruned(lm, removed):
+        lm.model.save_pretrained(directory, safe_serialization=True)
+    lm.tokenizer.save_pretrained(directory)
+
+
+@dataclass
+class PruneReport:
+    removed: list[int]  # the lowest-BI blocks
+    random_removed: list[int]
+    last_removed: list[int]
+    perplexity: dict[str, float]  # baseline, block_influence, random, last
+    eval_tokens: int
+
+
+@dataclass
+class InfluenceReport:
+    model: str
+    calibration_tokens: int
+    bi: list[float]
+    prune: PruneReport | None = field(default=None)
+
+    @property
+    def ranking(self) -> list[int]:
+        """Blocks from the least to the most influential: the pruning order."""
+        return sorted(range(len(self.bi)), key=lambda b: self.bi[b])
+
+    def to_dict(self) -> dict:
+        data = {"model": self.model, "calibration_tokens": self.calibration_tokens,
+                "blocks": [{"block": b, "bi": value} for b, value in enumerate(self.bi)], "ranking": self.ranking}
+        if self.prune is not None:
+            data.update(vars(self.prune))
+        return data
+
+
+def influence(
+    lm: LoadedModel,
+    calibration_text: str,
+    window: int = 256,
+    n_prune: int = 0,
+    eval_text: str | None = None,
+    seed: int = 0,
+    progress: ProgressFn = no_progress,
+) -> InfluenceReport:
+    """BI per block; with n_prune, held-out perplexity after removing the lowest-BI, random and last blocks."""
+    if n_prune:
+        check_prune(n_prune, lm.n_blocks)
+        if eval_text is None:
+            raise LayerscopeError("--prune needs held-out text for the perplexity check (--eval-text).")
+    windows = text_windows(lm, calibration_text, window)
+    report = InfluenceReport(lm.name, sum(w.shape[1] for w in windows), block_influence(lm, windows, progress))
+    if not n_prune:
+        return report
+    held_out = text_windows(lm, eval_text or "", window)
+    choices = {
+        "block_influence": sorted(report.ranking[:n_prune]),
+        "random": sorted(random.Random(seed).sample(range(lm.n_blocks), n_prune)),
+        "last": list(range(lm.n_blocks - n_prune, lm.n_blocks)),
+    }
+    scores = {"baseline": perplexity(lm, held_out, progress, "perplexity: baseline")}
+    for name, removed in choices.items():
+        with pruned(lm, removed):
+            scores[name] = perplexity(lm, held_out, progress, f"perplexity: {name}")
+    report.prune = PruneReport(choices["block_influence"], choices["random"], choices["last"], scores,
+                               sum(w.shape[1] for w in held_out))
+    return report

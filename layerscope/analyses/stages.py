@@ -1,0 +1,191 @@
+"""Stage map (Stages of Inference, arXiv 2406.19384): per-block signatures and a heuristic segmentation.
+
+Signatures per block, each averaged over the prompts (every prompt counts once):
+- drop_kl, swap_kl: set-average KL(base || intervened) of the drop sweep and the
+  swap sweep (swap of b and b+1; none for the last block);
+- lens_kl, lens_entropy: logit lens of the block's OUTPUT, KL to the model's
+  final distribution (nats) and entropy (bits), mean over positions;
+- attn_norm, mlp_norm, attn_mlp_ratio: mean L2 norm per token of the attention
+  and MLP outputs, and their ratio;
+- prev5_attention: attention mass a query puts on the previous five tokens
+  (keys t-5..t-1), mean over heads and over queries t >= 1.
+
+The segmentation (RULE below) is a HEURISTIC: a simple documented rule over
+those numbers, shown with its evidence per block, not a finding.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+
+import torch
+
+from layerscope.analyses.grid import distribution_stats
+from layerscope.analyses.prompt_sets import PromptItem
+from layerscope.analyses.residual import trace_residuals
+from layerscope.analyses.sweep import sweep
+from layerscope.interventions.attention import install_edited_attention, read_attention
+from layerscope.models.loading import LoadedModel
+from layerscope.progress import ProgressFn, no_progress
+
+STAGES = ("detokenisation", "feature engineering", "prediction ensembling", "residual sharpening")
+DETOK_FACTOR = 2.0
+SHARPEN_FACTOR = 2.0
+ENSEMBLE_FACTOR = 0.75
+PREVIOUS = 5
+RULE = (
+    "Heuristic. 1 detokenisation: block 0, then each next block while its drop-KL >= 2 x the median drop-KL, "
+    "within the first quarter of the blocks. 4 residual sharpening: the last block, then each earlier block while "
+    "its MLP output norm >= 2 x the median MLP norm, within the last quarter. 3 prediction ensembling: between "
+    "those, from the first block after the logit-lens-KL peak whose lens KL to final is <= 0.75 x the peak. "
+    "2 feature engineering: the blocks between detokenisation and ensembling."
+)
+
+
+@dataclass
+class BlockSignature:
+    block: int
+    drop_kl: float
+    swap_kl: float | None
+    lens_kl: float
+    lens_entropy: float
+    attn_norm: float
+    mlp_norm: float
+    attn_mlp_ratio: float
+    prev5_attention: float
+    stage: str = ""
+    reason: str = ""
+
+
+@dataclass
+class StageMap:
+    model: str
+    n_prompts: int
+    blocks: list[BlockSignature]
+    rule: str = RULE
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "n_prompts": self.n_prompts, "heuristic": True, "rule": self.rule,
+                "stages": {name: [b.block for b in self.blocks if b.stage == name] for name in STAGES},
+                "blocks": [asdict(b) for b in self.blocks]}
+
+
+def previous_tokens_share(probs: torch.Tensor, previous: int = PREVIOUS) -> torch.Tensor:
+    """(batch, heads, queries, keys) -> per head, the mean over queries t >= 1 of the mass on keys t-5..t-1."""
+    queries, keys = probs.shape[-2], probs.shape[-1]
+    query_pos = torch.arange(queries, device=probs.device)[:, None] + (keys - queries)
+    key_pos = torch.arange(keys, device=probs.device)[None, :]
+    window = (key_pos < query_pos) & (key_pos >= query_pos - previous)
+    share = (probs * window).sum(-1)  # (batch, heads, queries)
+    has_previous = query_pos[:, 0] >= 1
+    return share[..., has_previous].mean(dim=(0, 2))
+
+
+def _norm_hook(store: list[float], count: list[int]):
+    def hook(module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        store[0] += hidden.float().norm(dim=-1).sum().item()
+        count[0] += hidden.shape[0] * hidden.shape[1]
+
+    return hook
+
+
+def _forward_signatures(lm: LoadedModel, input_ids: torch.Tensor) -> dict[str, list[float]]:
+    """One forward: lens KL and entropy of each block's output, output norms, previous-token attention."""
+    adapter, n = lm.adapter, lm.n_blocks
+    install_edited_attention(lm.model)
+    attn = [[0.0] for _ in range(n)]
+    mlp = [[0.0] for _ in range(n)]
+    tokens = [[0] for _ in range(2 * n)]
+    prev5 = [0.0] * n
+
+    def read(block: int, probs: torch.Tensor) -> None:
+        prev5[block] = previous_tokens_share(probs).mean().item()
+
+    with ExitStack() as stack:
+        for b in range(n):
+            stack.callback(adapter.attention(b).register_forward_hook(_norm_hook(attn[b], tokens[b])).remove)
+            stack.callback(adapter.mlp(b).register_forward_hook(_norm_hook(mlp[b], tokens[n + b])).remove)
+        stack.enter_context(read_attention({b: adapter.attention(b) for b in range(n)}, read))
+        trace = trace_residuals(adapter, input_ids)
+    final = torch.log_softmax(trace.logits[0].float(), dim=-1)
+    lens_kl, lens_entropy = [], []
+    with torch.inference_mode():
+        for state in trace.states[1:]:
+            entropy, kl = distribution_stats(torch.log_softmax(adapter.decode(state[0]).float(), dim=-1), final)
+            lens_kl.append(kl.clamp_min(0).mean().item())
+            lens_entropy.append(entropy.mean().item())
+    attn_norm = [attn[b][0] / tokens[b][0] for b in range(n)]
+    mlp_norm = [mlp[b][0] / tokens[n + b][0] for b in range(n)]
+    return {"lens_kl": lens_kl, "lens_entropy": lens_entropy, "attn_norm": attn_norm, "mlp_norm": mlp_norm,
+            "prev5_attention": prev5}
+
+
+def _leading_run(values: list[float], threshold: float, limit: int) -> int:
+    """How many blocks from the start (at least one, at most `limit`) have a value >= threshold."""
+    count = 1
+    while count < limit and values[count] >= threshold:
+        count += 1
+    return count
+
+
+def _ensemble_start(middle: list[BlockSignature], default: int) -> tuple[int, float]:
+    """The first block after the lens-KL peak whose lens KL is <= ENSEMBLE_FACTOR x the peak; and that limit."""
+    if not middle:
+        return default, 0.0
+    peak = max(middle, key=lambda b: b.lens_kl)
+    limit = ENSEMBLE_FACTOR * peak.lens_kl
+    return next((b.block for b in middle if b.block > peak.block and b.lens_kl <= limit), default), limit
+
+
+def segment(blocks: list[BlockSignature]) -> None:
+    """Assign each block its stage and the evidence, by RULE."""
+    n = len(blocks)
+    quarter = max(1, math.ceil(n / 4))
+    drop_threshold = DETOK_FACTOR * statistics.median(b.drop_kl for b in blocks)
+    mlp_threshold = SHARPEN_FACTOR * statistics.median(b.mlp_norm for b in blocks)
+    detok = _leading_run([b.drop_kl for b in blocks], drop_threshold, min(quarter, n - 1))
+    sharpen = _leading_run([b.mlp_norm for b in reversed(blocks)], mlp_threshold, min(quarter, n - detok))
+    ensemble_from, limit = _ensemble_start(blocks[detok : n - sharpen], n - sharpen)
+    for b in blocks:
+        if b.block < detok:
+            b.stage = STAGES[0]
+            b.reason = f"drop-KL {b.drop_kl:.3g} >= {drop_threshold:.3g}" if b.block else "block 0"
+        elif b.block >= n - sharpen:
+            b.stage = STAGES[3]
+            b.reason = f"MLP norm {b.mlp_norm:.3g} >= {mlp_threshold:.3g}" if b.block < n - 1 else "last block"
+        elif b.block >= ensemble_from:
+            b.stage = STAGES[2]
+            b.reason = f"lens KL {b.lens_kl:.3g}; from block {ensemble_from}, past the peak, it fell <= {limit:.3g}"
+        else:
+            b.stage = STAGES[1]
+            b.reason = f"lens KL {b.lens_kl:.3g}; before block {ensemble_from}, where it first fell <= {limit:.3g}"
+
+
+def stage_map(lm: LoadedModel, prompts: list[PromptItem], seed: int = 0, batch_size: int = 8,
+              progress: ProgressFn = no_progress) -> StageMap:
+    """All signatures over the prompt set, then the heuristic segmentation."""
+    n = lm.n_blocks
+    drop = [r.kl for r in sweep(lm, prompts, "drop", seed=seed, batch_size=batch_size, progress=progress)
+            if r.prompt_index is None]
+    swap = [r.kl for r in sweep(lm, prompts, "swap", seed=seed, batch_size=batch_size, progress=progress)
+            if r.prompt_index is None] if n > 1 else []
+    sums: dict[str, list[float]] = {}
+    for index, item in enumerate(prompts):
+        progress(index, len(prompts), "stage signatures")
+        for name, values in _forward_signatures(lm, lm.encode(item.text)).items():
+            sums[name] = [a + v for a, v in zip(sums.get(name, [0.0] * n), values)]
+    progress(len(prompts), len(prompts), "stage signatures")
+    mean = {name: [v / len(prompts) for v in values] for name, values in sums.items()}
+    blocks = [
+        BlockSignature(b, drop[b], swap[b] if b < n - 1 else None, mean["lens_kl"][b], mean["lens_entropy"][b],
+                       mean["attn_norm"][b], mean["mlp_norm"][b],
+                       mean["attn_norm"][b] / mean["mlp_norm"][b] if mean["mlp_norm"][b] else float("inf"),
+                       mean["prev5_attention"][b])
+        for b in range(n)
+    ]
+    segment(blocks)
+    return StageMap(lm.name, len(prompts), blocks)

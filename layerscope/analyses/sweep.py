@@ -1,0 +1,301 @@
+"""Intervention sweeps: one intervention at every layer, over a prompt set.
+
+Why it is fast: for drop, swap, freeze, random and skip-attn at block b, the
+blocks before b compute exactly what the baseline computed. One baseline pass
+per prompt records each block's input and the arguments it was called with;
+each intervention then runs only blocks b..L-1 by hand, and the interventions
+of a chunk of layers share one batched call of each block (each batch row
+carries its own edit). The edits mirror the engine's intervention objects, and
+the tests check every row against `intervene` plus a plain forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from layerscope.analyses.compare import compare_logits, greedy_continuation
+from layerscope.analyses.prompt_sets import PromptItem, answer_matches
+from layerscope.errors import LayerscopeError
+from layerscope.interventions import (DropBlocks, FreezeFrom, Intervention, RandomizeAt, SkipAttention, SwapBlocks,
+                                      intervene)
+from layerscope.models.adapter import ModelAdapter
+from layerscope.models.loading import LoadedModel
+from layerscope.progress import ProgressFn, no_progress
+
+KINDS = ("drop", "swap", "freeze", "random", "skip-attn")
+LAST_POSITION_KINDS = frozenset({"freeze", "random", "skip-attn"})
+"""Attend-First manipulations touch the previous tokens; they are measured at the last position only."""
+TOKENS_PER_BATCH = 4096
+
+
+def check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise LayerscopeError(f"Unknown intervention '{kind}': use one of {', '.join(KINDS)}, swap-token.")
+
+
+def sweep_layers(kind: str, n_blocks: int) -> list[int]:
+    """Every block; for swap, the lower block of every adjacent pair."""
+    return list(range(n_blocks - 1 if kind == "swap" else n_blocks))
+
+
+def check_layers(kind: str, layers: Iterable[int], n_blocks: int) -> list[int]:
+    valid = sweep_layers(kind, n_blocks)
+    layers = sorted(set(layers))
+    bad = [layer for layer in layers if layer not in valid]
+    if bad:
+        raise LayerscopeError(f"{kind}: layer {bad[0]} is out of range 0..{valid[-1]} for this model.")
+    return layers
+
+
+def make_intervention(kind: str, layer: int, n_blocks: int, seed: int = 0) -> Intervention:
+    """The engine object that one sweep row stands for."""
+    check_kind(kind)
+    return {
+        "drop": lambda: DropBlocks((layer,)),
+        "swap": lambda: SwapBlocks(layer),
+        "freeze": lambda: FreezeFrom(layer),
+        "random": lambda: RandomizeAt(layer, seed),
+        "skip-attn": lambda: SkipAttention.from_block(layer, n_blocks),
+    }[kind]()
+
+
+@dataclass(frozen=True)
+class _RowPlan:
+    """How one batch row departs from the baseline; before `start` it IS the baseline."""
+
+    start: int
+    order: dict[int, int] = field(default_factory=dict)  # depth -> module index, where a swap moves it
+    drop: int | None = None
+    freeze: int | None = None
+    random: int | None = None
+    skip_from: int | None = None
+
+
+def _plan(kind: str, layer: int) -> _RowPlan:
+    return {
+        "drop": lambda: _RowPlan(layer, drop=layer),
+        "swap": lambda: _RowPlan(layer, order={layer: layer + 1, layer + 1: layer}),
+        "freeze": lambda: _RowPlan(layer, freeze=layer),
+        "random": lambda: _RowPlan(layer, random=layer),
+        "skip-attn": lambda: _RowPlan(layer, skip_from=layer),
+    }[kind]()
+
+
+@dataclass
+class _BlockCall:
+    args: tuple  # positional arguments after the hidden state
+    kwargs: dict
+    positional: bool  # the hidden state came as args[0], not as hidden_states=
+
+
+@dataclass
+class BaselinePass:
+    """One unmodified forward: the residual entering each block, each block's call, the logits."""
+
+    inputs: list[torch.Tensor]  # per depth, (1, tokens, hidden)
+    calls: list[_BlockCall]  # per depth: every supported family chooses masks by depth, not by module
+    logits: torch.Tensor  # (tokens, vocab)
+
+
+def capture_baseline(adapter: ModelAdapter, input_ids: torch.Tensor) -> BaselinePass:
+    """Forward pre-hooks with kwargs see what the model hands each block (masks, rotary tables, ...)."""
+    blocks = adapter.blocks
+    inputs: list[torch.Tensor | None] = [None] * len(blocks)
+    calls: list[_BlockCall | None] = [None] * len(blocks)
+
+    def keep(depth: int):
+        def hook(module, args, kwargs):
+            positional = bool(args)
+            inputs[depth] = args[0] if positional else kwargs["hidden_states"]
+            rest = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+            calls[depth] = _BlockCall(tuple(args[1:]), rest, positional)
+
+        return hook
+
+    handles = [block.register_forward_pre_hook(keep(i), with_kwargs=True) for i, block in enumerate(blocks)]
+    try:
+        with torch.inference_mode():
+            logits = adapter.model(input_ids=input_ids, use_cache=False).logits
+    finally:
+        for handle in handles:
+            handle.remove()
+    return BaselinePass(inputs, calls, logits[0])
+
+
+def _zero_last_token(rows: torch.Tensor):
+    def hook(module, args, output):
+        first = output[0] if isinstance(output, tuple) else output
+        first = first.clone()
+        first[rows, -1] = 0
+        return (first, *output[1:]) if isinstance(output, tuple) else first
+
+    return hook
+
+
+def _run_block(block: nn.Module, attention: nn.Module, call: _BlockCall, hidden: torch.Tensor,
+               skip_rows: torch.Tensor) -> torch.Tensor:
+    handle = attention.register_forward_hook(_zero_last_token(skip_rows)) if skip_rows.any() else None
+    try:
+        if call.positional:
+            output = block(hidden, *call.args, **call.kwargs)
+        else:
+            output = block(*call.args, hidden_states=hidden, **call.kwargs)
+    finally:
+        if handle is not None:
+            handle.remove()
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _noise_like(previous: torch.Tensor, seed: int) -> torch.Tensor:
+    """Exactly RandomizeAt's noise: seeded Gaussian rescaled to each state's norm."""
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(previous.shape, generator=generator, dtype=torch.float32).to(previous.device, previous.dtype)
+    return noise / noise.norm(dim=-1, keepdim=True) * previous.norm(dim=-1, keepdim=True)
+
+
+def run_plans(adapter: ModelAdapter, base: BaselinePass, plans: list[_RowPlan], seed: int = 0) -> torch.Tensor:
+    """Final logits (rows, tokens, vocab), running only the blocks from each row's start on."""
+    blocks = list(adapter.blocks)
+    attentions = [getattr(block, adapter.paths.attention) for block in blocks]
+    first = min(plan.start for plan in plans)
+    state = base.inputs[first].expand(len(plans), -1, -1).clone()
+    frozen: dict[int, torch.Tensor] = {}
+    with torch.inference_mode():
+        for depth in range(first, len(blocks)):
+            groups: dict[int, list[int]] = {}
+            for row, plan in enumerate(plans):
+                if plan.start == depth:
+                    state[row] = base.inputs[depth][0]
+                if plan.random == depth:
+                    state[row, :-1] = _noise_like(state[row : row + 1, :-1], seed)[0]
+                if plan.freeze == depth:
+                    frozen[row] = state[row, :-1].clone()
+                if depth >= plan.start and plan.drop != depth:
+                    groups.setdefault(plan.order.get(depth, depth), []).append(row)
+            new_state = state.clone()
+            for index, rows in groups.items():
+                skip = torch.tensor([plans[r].skip_from is not None and depth >= plans[r].skip_from for r in rows])
+                new_state[rows] = _run_block(blocks[index], attentions[index], base.calls[depth], state[rows], skip)
+            for row, previous in frozen.items():
+                new_state[row, :-1] = previous
+            state = new_state
+        return adapter.decode(state)
+
+
+@dataclass
+class SweepRow:
+    """One JSONL row: a prompt's metrics, or their mean over the set when prompt_index is None."""
+
+    intervention: str
+    layer: int
+    prompt_index: int | None
+    kl: float  # KL(base || intervened), nats, mean over measured positions
+    top1_agree: float
+    entropy_delta: float  # bits, intervened minus base
+    loss_delta: float | None  # next-token loss change; None where no next token is known
+    accuracy: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _metrics(kind: str, layer: int, index: int, base: BaselinePass, logits: torch.Tensor,
+             input_ids: torch.Tensor) -> SweepRow:
+    tensors = compare_logits(base.logits, logits, input_ids[0])
+    if kind in LAST_POSITION_KINDS:
+        kl, agree, entropy, loss = tensors.kl[-1:], tensors.top1_agree[-1:], tensors.entropy_delta[-1:], None
+    else:
+        kl, agree, entropy = tensors.kl, tensors.top1_agree, tensors.entropy_delta
+        loss = tensors.loss_delta.double().mean().item() if tensors.loss_delta.numel() else None
+    return SweepRow(kind, layer, index, kl.double().mean().item(), agree.double().mean().item(),
+                    entropy.double().mean().item(), loss)
+
+
+def mean_of(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
+def average_rows(kind: str, layer: int, rows: list[SweepRow]) -> SweepRow:
+    """The set average: each prompt counts once, whatever its length."""
+    return SweepRow(kind, layer, None, mean_of([r.kl for r in rows]), mean_of([r.top1_agree for r in rows]),
+                    mean_of([r.entropy_delta for r in rows]), mean_of([r.loss_delta for r in rows]),
+                    mean_of([r.accuracy for r in rows]))
+
+
+def sweep(
+    lm: LoadedModel,
+    prompts: list[PromptItem],
+    kind: str,
+    layers: Iterable[int] | None = None,
+    seed: int = 0,
+    accuracy: bool = False,
+    max_new_tokens: int = 6,
+    batch_size: int = 8,
+    done: Iterable[SweepRow] = (),
+    progress: ProgressFn = no_progress,
+) -> Iterator[SweepRow]:
+    """Yield a row per (prompt, layer), prompt by prompt, then the set average per layer.
+
+    Rows in `done` (from an interrupted run) are not recomputed or yielded again, but count in the
+    averages. Chunks of layers are fixed by `layers` and `batch_size` alone, so a resumed run
+    computes every row in the same batch as an uninterrupted one and gives the same numbers.
+    Accuracy (prompts with answers) greedily decodes under the intervention through the engine.
+    """
+    check_kind(kind)
+    layers = check_layers(kind, sweep_layers(kind, lm.n_blocks) if layers is None else layers, lm.n_blocks)
+    finished = {(r.prompt_index, r.layer): r for r in done if r.prompt_index is not None}
+    total = len(prompts) * len(layers)
+    count = len([key for key in finished if key[1] in layers])
+    progress(count, total, f"sweep {kind}")
+    for index, item in enumerate(prompts):
+        if all((index, layer) in finished for layer in layers):
+            continue
+        input_ids = lm.encode(item.text)
+        base = capture_baseline(lm.adapter, input_ids)
+        chunk_size = max(1, min(batch_size, TOKENS_PER_BATCH // input_ids.shape[1]))
+        for at in range(0, len(layers), chunk_size):
+            chunk = layers[at : at + chunk_size]
+            if all((index, layer) in finished for layer in chunk):
+                continue
+            logits = run_plans(lm.adapter, base, [_plan(kind, layer) for layer in chunk], seed)
+            for layer, row_logits in zip(chunk, logits):
+                if (index, layer) in finished:
+                    continue
+                row = _metrics(kind, layer, index, base, row_logits, input_ids)
+                if accuracy:
+                    intervention = make_intervention(kind, layer, lm.n_blocks, seed)
+                    text = greedy_continuation(lm, input_ids, max_new_tokens, [intervention]).text
+                    row.accuracy = float(answer_matches(text, item.answer or ""))
+                finished[(index, layer)] = row
+                count += 1
+                progress(count, total, f"sweep {kind}")
+                yield row
+    for layer in layers:
+        yield average_rows(kind, layer, [finished[(index, layer)] for index in range(len(prompts))])
+
+
+def naive_logits(lm: LoadedModel, input_ids: torch.Tensor, interventions: Sequence[Intervention] = ()) -> torch.Tensor:
+    """The reference: one full hooked forward through the engine, (tokens, vocab)."""
+    with intervene(lm.adapter, interventions, seq_len=input_ids.shape[1]), torch.inference_mode():
+        return lm.model(input_ids=input_ids, use_cache=False).logits[0]
+
+
+def naive_sweep(lm: LoadedModel, prompts: list[PromptItem], kind: str, layers: Iterable[int] | None = None,
+                seed: int = 0) -> Iterator[SweepRow]:
+    """The slow way, for benchmarks and tests: a full forward per intervention, no accuracy."""
+    layers = check_layers(kind, sweep_layers(kind, lm.n_blocks) if layers is None else layers, lm.n_blocks)
+    finished: dict[tuple[int, int], SweepRow] = {}
+    for index, item in enumerate(prompts):
+        input_ids = lm.encode(item.text)
+        base = BaselinePass([], [], naive_logits(lm, input_ids))
+        for layer in layers:
+            logits = naive_logits(lm, input_ids, [make_intervention(kind, layer, lm.n_blocks, seed)])
+            finished[(index, layer)] = row = _metrics(kind, layer, index, base, logits, input_ids)
+            yield row
+    for layer in layers:
+        yield average_rows(kind, layer, [finished[(index, layer)] for index in range(len(prompts))])

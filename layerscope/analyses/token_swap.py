@@ -1,0 +1,133 @@
+"""Cross-prompt token swap (Attend First, Consolidate Later, arXiv 2409.03621).
+
+The residual state of a donor word ("Italy" in "The country Italy") is written
+over the subject word of each target prompt ("France" in "The capital of France
+is") at one grid row, and the greedy answer is checked: does it follow the
+donor (Rome) or the original (Paris)? Row l is the input of block l (row 0 the
+embeddings, row L the last block's output), as in the engine's PatchState.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+
+from layerscope.analyses.compare import compare_logits, greedy_continuation
+from layerscope.analyses.prompt_sets import PromptItem, answer_matches
+from layerscope.analyses.residual import trace_residuals
+from layerscope.analyses.sweep import mean_of, naive_logits
+from layerscope.errors import LayerscopeError
+from layerscope.interventions import PatchState
+from layerscope.models.loading import LoadedModel
+from layerscope.progress import ProgressFn, no_progress
+
+
+@dataclass(frozen=True)
+class Donor:
+    prompt: str = "The country Italy"
+    word: str = "Italy"
+    answer: str = "Rome"
+
+
+@dataclass(frozen=True)
+class WordTokens:
+    position: int  # the word's last token: the one that is read from or written over
+    n_tokens: int
+
+
+def locate_word(lm: LoadedModel, text: str, word: str) -> WordTokens:
+    """The tokens covering the first whole-word occurrence of `word`, found by character offsets."""
+    match = re.search(rf"(?<!\w){re.escape(word)}(?!\w)", text)
+    if match is None:
+        raise LayerscopeError(f"The word '{word}' does not occur in the prompt '{text}'.")
+    offsets = lm.tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
+    covering = [i for i, (start, end) in enumerate(offsets) if end > start and start < match.end() and end > match.start()]
+    return WordTokens(covering[-1], len(covering))
+
+
+@dataclass
+class TokenSwapRow:
+    """Per prompt follows_* are 0 or 1; in the set average (prompt_index None) they are shares."""
+
+    intervention: str
+    layer: int  # grid row: the state is written at the input of block `layer`
+    prompt_index: int | None
+    kl: float  # at the last position, KL(base || patched), nats
+    top1_agree: float
+    entropy_delta: float
+    loss_delta: float | None  # always None: no next token is known at the last position
+    accuracy: float | None  # = follows_original
+    follows_donor: float
+    follows_original: float
+    continuation: str | None = None
+    word_tokens: int | None = None  # how many tokens the subject word spans (the last one is patched)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _average(layer: int, rows: list[TokenSwapRow]) -> TokenSwapRow:
+    return TokenSwapRow("swap-token", layer, None, mean_of([r.kl for r in rows]), mean_of([r.top1_agree for r in rows]),
+                        mean_of([r.entropy_delta for r in rows]), None, mean_of([r.accuracy for r in rows]),
+                        mean_of([r.follows_donor for r in rows]), mean_of([r.follows_original for r in rows]))
+
+
+def usable_targets(prompts: list[PromptItem], donor: Donor) -> list[int]:
+    """Indices of prompts with a subject and an answer that differs from the donor's."""
+    for index, item in enumerate(prompts):
+        if item.subject is None or item.answer is None:
+            raise LayerscopeError(f"swap-token: prompt {index + 1} needs both \"subject\" and \"answer\" "
+                                  "(see sample_prompts/capitals.jsonl).")
+    usable = [i for i, item in enumerate(prompts) if item.answer.strip().lower() != donor.answer.strip().lower()]
+    if not usable:
+        raise LayerscopeError("swap-token: every prompt has the donor's answer, so none can tell them apart.")
+    return usable
+
+
+def token_swap_sweep(
+    lm: LoadedModel,
+    prompts: list[PromptItem],
+    donor: Donor = Donor(),
+    layers: Iterable[int] | None = None,
+    max_new_tokens: int = 4,
+    done: Iterable[TokenSwapRow] = (),
+    progress: ProgressFn = no_progress,
+) -> Iterator[TokenSwapRow]:
+    """Yield a row per (target prompt, row), prompt by prompt, then the average per row.
+
+    Prompts whose answer is the donor's answer are left out: they cannot tell the two apart.
+    """
+    rows_range = range(lm.n_blocks + 1)
+    layers = sorted(set(rows_range if layers is None else layers))
+    if any(layer not in rows_range for layer in layers):
+        raise LayerscopeError(f"swap-token: rows must be in 0..{lm.n_blocks}.")
+    targets = usable_targets(prompts, donor)
+    donor_ids = lm.encode(donor.prompt)
+    donor_word = locate_word(lm, donor.prompt, donor.word)
+    donor_states = trace_residuals(lm.adapter, donor_ids).states[:, 0, donor_word.position]
+    finished = {(r.prompt_index, r.layer): r for r in done if r.prompt_index is not None}
+    total, count = len(targets) * len(layers), len([k for k in finished if k[1] in layers])
+    progress(count, total, "swap-token")
+    for index in targets:
+        item = prompts[index]
+        input_ids = lm.encode(item.text)
+        word = locate_word(lm, item.text, item.subject or "")
+        base_logits = naive_logits(lm, input_ids)
+        for layer in layers:
+            if (index, layer) in finished:
+                continue
+            patch = PatchState(layer, word.position, donor_states[layer])
+            tensors = compare_logits(base_logits, naive_logits(lm, input_ids, [patch]), input_ids[0])
+            text = greedy_continuation(lm, input_ids, max_new_tokens, [patch]).text
+            follows_original = float(answer_matches(text, item.answer or ""))
+            row = TokenSwapRow("swap-token", layer, index, tensors.kl[-1].item(),
+                               tensors.top1_agree[-1].float().item(), tensors.entropy_delta[-1].item(), None,
+                               follows_original, float(answer_matches(text, donor.answer)), follows_original,
+                               text, word.n_tokens)
+            finished[(index, layer)] = row
+            count += 1
+            progress(count, total, "swap-token")
+            yield row
+    for layer in layers:
+        yield _average(layer, [finished[(index, layer)] for index in targets])
