@@ -133,6 +133,8 @@ async def test_empty_prompt_and_keymap(demo_lm, tmp_path):
         assert ("f6", "Run", "run") in app.binding_rows()
         await pilot.press("escape", "question_mark")
         assert type(app.screen).__name__ == "HelpScreen"
+        app._charts_dirty = True
+        await pilot.pause(0.3)  # the chart timer fires under the modal screen without harm
         await pilot.press("escape")
         assert app.is_running
 
@@ -158,3 +160,34 @@ async def test_malformed_theme_falls_back(demo_lm, tmp_path):
         assert any("mine.toml" in n for n in notices(app)) and any("Unknown theme 'mine'" in n for n in notices(app))
         await pilot.press("escape", "t")  # leave the prompt, next theme
         assert app.theme != FALLBACK_THEME
+
+
+async def test_head_scores_compute_sort_and_load(demo_lm, tmp_path):
+    """Induction scores computed in the background fill the table and sort it; a scores JSON loads."""
+    import json
+
+    from layerscope.analyses.induction import induction_scores
+
+    app = make_app(demo_lm, tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        await pilot.press("escape", "3", "i")
+        await settle(pilot)
+        table = app.query_one("#head-table", DataTable)
+        want = {(h.layer, h.head): h.score for h in induction_scores(demo_lm).heads}
+        assert app.query_one("HeadPane").scores["induction"] == pytest.approx(want)
+        await pilot.press("o", "o")  # layer -> retrieval -> induction
+        best = max(want, key=want.get)
+        assert table.get_row_at(0)[:2] == list(best)
+        assert table.get_row_at(0)[4] == f"{want[best]:.3f}"
+
+        heads = [{"layer": l, "head": h, "kv_group": h // 3, "score": (l * 9 + h) / 1000}
+                 for l in range(demo_lm.n_blocks) for h in range(demo_lm.adapter.n_heads)]
+        path = tmp_path / "scores.json"
+        path.write_text(json.dumps({"model": demo_lm.name, "kind": "previous_token", "n_blocks": demo_lm.n_blocks,
+                                    "n_heads": demo_lm.adapter.n_heads, "heads": heads}), encoding="utf-8")
+        await pilot.press("l")
+        app.screen.query_one(Input).value = str(path)
+        await pilot.press("enter")
+        await pilot.pause(0.1)
+        assert table.get_cell("2.1", "previous_token") == f"{(2 * 9 + 1) / 1000:.3f}"

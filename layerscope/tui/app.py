@@ -21,7 +21,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, Static, TabbedContent, TabPane, TextArea
+from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane, TextArea
 from textual.worker import get_current_worker
 
 from layerscope.errors import LayerscopeError
@@ -29,7 +29,7 @@ from layerscope.tui.grid_view import VIEWS, DecodeGridView, token_label
 from layerscope.tui.keymap import load_keymap, user_keymap_path
 from layerscope.tui.panes import ChartPane, HeadPane, LayerPane, chart_text, detail_text
 from layerscope.tui.screens import HelpScreen, InputScreen, PickScreen
-from layerscope.tui.state import Results, Session, Toggles
+from layerscope.tui.state import Results, Session, Toggles, sample_prompts
 from layerscope.tui.themes import DEFAULT_THEME, FALLBACK_THEME, SHIPPED_THEMES, load_themes, user_theme_folder
 
 if TYPE_CHECKING:
@@ -39,6 +39,10 @@ if TYPE_CHECKING:
 SAMPLE_PROMPTS = Path(__file__).resolve().parents[2] / "sample_prompts"
 METHODS = ("logit_lens", "patchscope")
 TABS = ("tab-lens", "tab-layers", "tab-heads", "tab-output")
+SCORERS = {"induction": ("layerscope.analyses.induction", "induction_scores"),
+           "previous_token": ("layerscope.analyses.induction", "previous_token_scores"),
+           "retrieval": ("layerscope.analyses.retrieval", "retrieval_scores")}
+"""Head score kind -> (module, function(lm, progress=...) -> HeadScores)."""
 
 
 class _Cancelled(Exception):
@@ -87,7 +91,7 @@ class LayerscopeApp(App):
     #prompt:focus { border: round $primary; }
     #lens-body { height: 1fr; }
     #grid { width: 1fr; height: 1fr; }
-    #side { width: 36; height: 1fr; border-left: vkey $panel; }
+    #side { width: 38%; min-width: 30; max-width: 48; height: 1fr; border-left: vkey $panel; }
     #detail { height: auto; max-height: 60%; }
     #chart { height: 1fr; }
     #status { height: 1; background: $panel; color: $foreground; padding: 0 1; }
@@ -165,33 +169,38 @@ class LayerscopeApp(App):
 
     # layout -------------------------------------------------------------
     def compose(self) -> ComposeResult:
-        yield TextArea(self.initial_prompt or "", id="prompt", soft_wrap=True, show_line_numbers=False)
-        with TabbedContent(id="tabs"):
+        """Widgets are kept as attributes: handlers and timers reach them even while a modal screen is up."""
+        self.prompt = TextArea(self.initial_prompt or "", id="prompt", soft_wrap=True, show_line_numbers=False)
+        self.grid, self.detail_view, self.chart = DecodeGridView(id="grid"), Static(id="detail"), ChartPane(id="chart")
+        self.layer_pane, self.head_pane, self.output = LayerPane(id="layers"), HeadPane(id="heads"), Static(id="output")
+        self.tabs, self.status = TabbedContent(id="tabs"), Static(id="status")
+        yield self.prompt
+        with self.tabs:
             with TabPane("Lens", id="tab-lens"), Horizontal(id="lens-body"):
-                yield DecodeGridView(id="grid")
+                yield self.grid
                 with Vertical(id="side"):
-                    yield Static(id="detail")
-                    yield ChartPane(id="chart")
+                    yield self.detail_view
+                    yield self.chart
             with TabPane("Layers", id="tab-layers"):
-                yield LayerPane(id="layers")
+                yield self.layer_pane
             with TabPane("Heads", id="tab-heads"):
-                yield HeadPane(id="heads")
+                yield self.head_pane
             with TabPane("Output", id="tab-output"), VerticalScroll():
-                yield Static(id="output")
-        yield Static(id="status")
+                yield self.output
+        yield self.status
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#prompt", TextArea).border_title = "prompt (Ctrl+R runs, p: samples)"
+        self.prompt.border_title = "prompt (Ctrl+R runs, p: samples)"
         for message, severity in self._startup_notices:
             self.notify(message, severity=severity, timeout=8)
         self._apply_keymap()
         self._install_hangup()
         self.set_interval(0.2, self.flush_charts)
-        self.query_one(DecodeGridView).focus() if self.initial_prompt else self.query_one("#prompt").focus()
-        if self.lm is None:
+        self.grid.focus() if self.initial_prompt else self.prompt.focus()
+        if self.lm is None:  # after the first paint: importing torch in the worker holds the GIL for a while
             self.set_status(f"loading {self.model_source} …")
-            self.load_model_worker(self.model_source)
+            self.call_after_refresh(self.load_model_worker, self.model_source)
         else:
             self.post_message(ModelLoaded(self.lm, None))
 
@@ -217,8 +226,8 @@ class LayerscopeApp(App):
     def set_status(self, text: str) -> None:
         self.status_text = text
         model = self.lm.name if self.lm else self.model_source
-        view = self.query_one(DecodeGridView).view
-        self.query_one("#status", Static).update(
+        view = self.grid.view
+        self.status.update(
             Text(f"{model} · {self.method} · view {view} · {self.toggles.describe()} · {text}", no_wrap=True,
                  overflow="ellipsis"))
 
@@ -250,15 +259,15 @@ class LayerscopeApp(App):
         self.model_source = self.lm.name
         self.refresh_panes()
         self.set_status("ready")
-        if self.query_one("#prompt", TextArea).text.strip():
+        if self.prompt.text.strip():
             self.action_run()
 
     def refresh_panes(self) -> None:
         if self.lm is None:
             return
         adapter = self.lm.adapter
-        self.query_one(LayerPane).show(self.toggles, adapter.n_blocks)
-        self.query_one(HeadPane).show(self.toggles, adapter.n_blocks, adapter.n_heads, adapter.n_kv_heads)
+        self.layer_pane.show(self.toggles, adapter.n_blocks)
+        self.head_pane.show(self.toggles, adapter.n_blocks, adapter.n_heads, adapter.n_kv_heads)
         self.set_status(self.status_text)
 
     # runs ---------------------------------------------------------------
@@ -266,15 +275,15 @@ class LayerscopeApp(App):
         if self.lm is None:
             self.notify("The model is not loaded yet.", severity="warning")
             return
-        text = self.query_one("#prompt", TextArea).text
+        text = self.prompt.text
         if not text.strip():
             self.notify("The prompt is empty: type one, or press p for samples.", severity="error")
             return
         self.run_id += 1
         self.running = True
         self.set_status("running …")
-        if self.focused is self.query_one("#prompt"):  # from typing to reading: e goes back to the prompt
-            self.query_one(DecodeGridView).focus()
+        if self.focused is self.prompt:  # from typing to reading: e goes back to the prompt
+            self.grid.focus()
         self.run_worker_thread(self.run_id, text, self.method, self.toggles)
 
     @work(thread=True, exclusive=True, group="run", exit_on_error=False)
@@ -338,7 +347,7 @@ class LayerscopeApp(App):
             self.results.intervened.layers.append(row.label)
             self.results.intervened.cells.append(row.intervened)
             self.results.kl_base_int.append(row.kl_base_int)
-        self.query_one(DecodeGridView).rows_added()
+        self.grid.rows_added()
         self._charts_dirty = True
         self.update_detail()
 
@@ -365,25 +374,25 @@ class LayerscopeApp(App):
         if self.running:
             self.workers.cancel_group(self, "run")
             self.workers.cancel_group(self, "scores")
-        elif self.focused is self.query_one("#prompt"):
-            self.query_one(DecodeGridView).focus()
+        elif self.focused is self.prompt:
+            self.grid.focus()
 
     # showing results ----------------------------------------------------
     def show_results(self) -> None:
-        self.query_one(DecodeGridView).set_grids(self.results.baseline, self.results.intervened)
+        self.grid.set_grids(self.results.baseline, self.results.intervened)
         self._charts_dirty = True
         self.update_detail()
         self.update_output()
 
     def update_detail(self) -> None:
-        grid = self.query_one(DecodeGridView)
+        grid = self.grid
         self.detail = detail_text(self.results.baseline, self.results.intervened, self.results.kl_base_int,
                                   grid.cursor_layer, grid.cursor_position)
-        self.query_one("#detail", Static).update(self.detail)
+        self.detail_view.update(self.detail)
 
     def chart_series(self) -> list[tuple[str, list[float], str]]:
         """Per-layer KL to final and entropy at the cursor's position, and KL(base‖int) with interventions."""
-        grid = self.query_one(DecodeGridView)
+        grid = self.grid
         shown, position = grid.shown, grid.cursor_position
         if shown is None or not shown.cells or position >= len(shown.tokens):
             return []
@@ -396,7 +405,7 @@ class LayerscopeApp(App):
 
     def flush_charts(self) -> None:
         """Called on a timer: at most one chart build per tick, however fast rows or keys arrive."""
-        chart = self.query_one(ChartPane)
+        chart = self.chart
         if not self._charts_dirty or not chart.size.area:  # hidden tab: draw when it shows again
             return
         self._charts_dirty = False
@@ -413,7 +422,7 @@ class LayerscopeApp(App):
                          f"top-1 agreement {agree}/{len(last)}")
         for name, continuation in results.continuation.items():
             lines.append(f"{name:>10} continuation: {continuation!r}")
-        self.query_one("#output", Static).update(Text("\n".join(lines)))
+        self.output.update(Text("\n".join(lines)))
 
     @on(DecodeGridView.CursorMoved)
     def cursor_moved(self) -> None:
@@ -438,7 +447,7 @@ class LayerscopeApp(App):
         self.refresh_panes()
         if self.method != "logit_lens" and not toggles.is_empty:
             self.notify("Interventions apply to the logit lens; press m to switch.", severity="warning")
-        if self.query_one("#prompt", TextArea).text.strip():
+        if self.prompt.text.strip():
             self.action_run()
 
     def on_layer_pane_toggled(self, message: LayerPane.Toggled) -> None:
@@ -469,19 +478,21 @@ class LayerscopeApp(App):
 
         if self.lm is None:
             self.notify("The model is not loaded yet.", severity="warning")
-        elif find_spec("layerscope.analyses.heads") is None:
-            self.notify("Head scores are not available in this build (layerscope.analyses.heads is missing).",
-                        severity="warning")
+        elif find_spec(SCORERS[message.kind][0]) is None:
+            self.notify(f"{message.kind} scores are not available in this build ({SCORERS[message.kind][0]} is "
+                        "missing).", severity="warning")
         else:
             self.run_id += 1
             self.running = True
+            self.set_status(f"{message.kind} scores …")
             self.scores_worker(self.run_id, message.kind)
 
     @work(thread=True, exclusive=True, group="scores", exit_on_error=False)
     def scores_worker(self, run_id: int, kind: str) -> None:
-        import torch
+        """Scores take a while (retrieval runs needle tests): progress shows, Esc stops between steps."""
+        import importlib
 
-        from layerscope.analyses import heads
+        import torch
 
         worker = get_current_worker()
 
@@ -490,10 +501,11 @@ class LayerscopeApp(App):
                 raise _Cancelled
             self.post_message(RunProgress(run_id, done=done, total=total, description=f"{kind} scores"))
 
+        module, function = SCORERS[kind]
         try:
             with self.model_lock, torch.inference_mode():
-                result = getattr(heads, f"{kind}_scores")(self.lm, progress=progress)
-            scores = {(h["layer"], h["head"]): float(h["score"]) for h in result.to_dict()["heads"]}
+                result = getattr(importlib.import_module(module), function)(self.lm, progress=progress)
+            scores = {(h.layer, h.head): h.score for h in result.heads}
             self.post_message(ScoresComputed(run_id, kind=kind, scores=scores))
         except _Cancelled:
             self.post_message(RunFailed(run_id, error=f"{kind} scores cancelled", severity="warning"))
@@ -501,19 +513,32 @@ class LayerscopeApp(App):
             self.post_message(RunFailed(run_id, error=str(error).splitlines()[0], severity="error"))
 
     def on_scores_computed(self, message: ScoresComputed) -> None:
+        """Scores are kept even when a newer run started: they do not depend on the prompt."""
         self.running = False if self._current(message) else self.running
-        self.query_one(HeadPane).set_scores(message.data["kind"], message.data["scores"])
+        self.head_pane.set_scores(message.data["kind"], message.data["scores"])
         self.set_status(f"{message.data['kind']} scores ready")
+
+    def on_head_pane_load_wanted(self) -> None:
+        self._ask_path("Load head scores (JSON from a head command):", "head-scores.json", self.load_scores)
+
+    def load_scores(self, path: Path) -> None:
+        if self.lm is None:
+            raise LayerscopeError("Load a model before its head scores.")
+        from layerscope.analyses.head_scores import load_head_scores
+
+        scores = load_head_scores(path, self.lm)
+        self.head_pane.set_scores(scores.kind, {(h.layer, h.head): h.score for h in scores.heads})
+        self.notify(f"{scores.kind} scores loaded from {path}")
 
     # actions ------------------------------------------------------------
     def action_tab(self, index: int) -> None:
-        self.query_one(TabbedContent).active = TABS[index]
-        target = {0: DecodeGridView, 1: LayerPane, 2: HeadPane}.get(index)
-        if target is not None:
-            self.set_focus(self.query_one(target).query("DataTable").first() if index else self.query_one(target))
+        self.tabs.active = TABS[index]
+        target = {0: self.grid, 1: self.layer_pane.query_one(DataTable), 2: self.head_pane.query_one(DataTable)}
+        if index in target:
+            target[index].focus()
 
     def action_edit_prompt(self) -> None:
-        self.query_one("#prompt", TextArea).focus()
+        self.prompt.focus()
 
     def action_switch_method(self) -> None:
         from importlib.util import find_spec
@@ -524,11 +549,11 @@ class LayerscopeApp(App):
             return
         self.method = wanted
         self.set_status(self.status_text)
-        if self.lm is not None and self.query_one("#prompt", TextArea).text.strip():
+        if self.lm is not None and self.prompt.text.strip():
             self.action_run()
 
     def action_cycle_view(self) -> None:
-        grid = self.query_one(DecodeGridView)
+        grid = self.grid
         grid.view = VIEWS[(VIEWS.index(grid.view) + 1) % len(VIEWS)]
         self._charts_dirty = True
         self.update_detail()
@@ -552,21 +577,16 @@ class LayerscopeApp(App):
         self.notify(f"theme: {self.theme}", timeout=2)
 
     def action_samples(self) -> None:
-        files = sorted(p for p in SAMPLE_PROMPTS.rglob("*") if p.is_file()) if SAMPLE_PROMPTS.is_dir() else []
-        if not files:
+        choices = sample_prompts(SAMPLE_PROMPTS)
+        if not choices:
             self.notify(f"No sample prompts in {SAMPLE_PROMPTS}.", severity="warning")
             return
 
-        def chosen(path: str | None) -> None:
-            if path:
-                try:
-                    text = Path(path).read_text(encoding="utf-8").rstrip("\n")
-                except (OSError, UnicodeDecodeError) as error:
-                    self.notify(f"Cannot read {path}: {error}", severity="error")
-                    return
-                self.query_one("#prompt", TextArea).text = text
+        def chosen(index: int | None) -> None:
+            if index is not None:
+                self.prompt.text = choices[index][1]
 
-        self.push_screen(PickScreen("Sample prompts", [str(p) for p in files]), chosen)
+        self.push_screen(PickScreen("Sample prompts", [label for label, _ in choices]), chosen)
 
     def action_open_model(self) -> None:
         def chosen(source: str | None) -> None:
@@ -587,7 +607,7 @@ class LayerscopeApp(App):
         self.push_screen(InputScreen(title, default), chosen)
 
     def session(self) -> Session:
-        return Session(self.lm.name if self.lm else self.model_source, self.query_one("#prompt", TextArea).text,
+        return Session(self.lm.name if self.lm else self.model_source, self.prompt.text,
                        self.method, self.toggles, self.results)
 
     def action_save_session(self) -> None:
@@ -605,7 +625,7 @@ class LayerscopeApp(App):
         self.workers.cancel_group(self, "run")
         self.run_id += 1
         self.running = False
-        self.query_one("#prompt", TextArea).text = session.prompt
+        self.prompt.text = session.prompt
         self.method, self.toggles, self.results = session.method, session.toggles, session.results
         self.refresh_panes()
         self.show_results()
@@ -620,7 +640,7 @@ class LayerscopeApp(App):
     def export_csv(self, path: Path) -> None:
         from layerscope.cli.common import to_csv, write_atomic
 
-        grid = self.query_one(DecodeGridView).shown
+        grid = self.grid.shown
         if grid is None:
             raise LayerscopeError("Nothing to export yet: run a prompt first.")
         write_atomic(to_csv(grid.csv_rows()), path)
@@ -632,7 +652,7 @@ class LayerscopeApp(App):
 
     def grid_text(self) -> str:
         """The shown grid as tab-separated top-1 tokens: a row per prompt token, a column per layer."""
-        grid = self.query_one(DecodeGridView).shown
+        grid = self.grid.shown
         if grid is None:
             return ""
         lines = ["\t".join(["token", *grid.layers])]

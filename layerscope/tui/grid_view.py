@@ -8,7 +8,7 @@ model) and scrolls sideways. The token column and the layer header stay put.
 Only visible lines are drawn (`render_line`), and each row's full strip is
 cached until the data, the view or the theme changes; a cursor move redraws
 two rows. Every cell carries a glyph for its probability and a mark when its
-top-1 changed, so the grid reads without colour (NO_COLOR, 16 colours).
+top-1 changed (a leading ≠), so the grid reads without colour (NO_COLOR, 16 colours).
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ class DecodeGridView(ScrollView, can_focus=True):
                 style = self.get_component_rich_style(f"decode-grid--p{prob_bin(top.prob)}")
             if layer == self.cursor_layer and position == self.cursor_position:
                 style = self.get_component_rich_style("decode-grid--cursor")
-            segments.append(Segment(text, style))
             mark_style = self.get_component_rich_style("decode-grid--changed") if changed else style
             segments.append(Segment("≠" if changed else " ", mark_style))
+            segments.append(Segment(text, style))
         return Strip(segments)

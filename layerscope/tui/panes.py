@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 TOGGLE_MARKS = {"on": "[x]", "covered": "[·]", "off": "[ ]"}
 KIND_TITLES = {"drop": "drop", "swap": "swap↔next", "freeze": "freeze-from", "random": "random-at",
                "skip_attn": "skip-attn-from"}
-SCORE_KINDS = ("retrieval", "induction")
+SCORE_KINDS = ("retrieval", "induction", "previous_token")
 
 
 class LayerPane(Vertical):
@@ -91,8 +91,10 @@ class HeadPane(Vertical):
         Binding("u", "mask_mode", "Mask mode", id="heads.mask_mode"),
         Binding("i", "score('induction')", "Induction scores", id="heads.induction"),
         Binding("r", "score('retrieval')", "Retrieval scores", id="heads.retrieval"),
+        Binding("b", "score('previous_token')", "Previous-token scores", id="heads.previous_token"),
+        Binding("l", "load_scores", "Load scores JSON", id="heads.load"),
     ]
-    SORTS = ("layer", "retrieval", "induction")
+    SORTS = ("layer", *SCORE_KINDS)
 
     class MaskToggled(Message):
         def __init__(self, layer: int, head: int) -> None:
@@ -100,6 +102,9 @@ class HeadPane(Vertical):
             self.layer, self.head = layer, head
 
     class ModeToggled(Message):
+        pass
+
+    class LoadWanted(Message):
         pass
 
     class ScoresWanted(Message):
@@ -126,7 +131,7 @@ class HeadPane(Vertical):
             self._shape = (n_blocks, n_heads, n_kv_heads)
             table.clear(columns=True)
             for name in ("layer", "head", "kv", *SCORE_KINDS, "mask"):
-                table.add_column(name, key=name)
+                table.add_column(name.replace("previous_token", "prev-token"), key=name)
             per_group = max(1, n_heads // max(1, n_kv_heads))
             for layer in range(n_blocks):
                 for head in range(n_heads):
@@ -140,8 +145,8 @@ class HeadPane(Vertical):
 
     def _hint(self) -> None:
         self.query_one("#head-hint", Static).update(
-            f"Space: mask · u: mode ({self._toggles.mask_mode}) · o: sort ({self.sort}) · i/r: induction/retrieval "
-            f"scores · masked: {len(self._toggles.masked_heads)}")
+            f"Space: mask · u: mode ({self._toggles.mask_mode}) · o: sort ({self.sort}) · r/i/b: retrieval/induction/"
+            f"previous-token scores · l: load JSON · masked: {len(self._toggles.masked_heads)}")
 
     def _mask_cell(self, toggles: Toggles, layer: int, head: int) -> str:
         return f"[x] {toggles.mask_mode}" if (layer, head) in toggles.masked_heads else "[ ]"
@@ -164,7 +169,7 @@ class HeadPane(Vertical):
             table.sort("layer", "head")
         else:
             scores = self.scores[self.sort]
-            table.sort(key=lambda row: -scores.get((row[0], row[1]), -1.0), columns=("layer", "head"))
+            table.sort("layer", "head", key=lambda row: (-scores.get((row[0], row[1]), -1.0), row[0], row[1]))
 
     def action_cycle_sort(self) -> None:
         self.sort = self.SORTS[(self.SORTS.index(self.sort) + 1) % len(self.SORTS)]
@@ -186,6 +191,9 @@ class HeadPane(Vertical):
 
     def action_score(self, kind: str) -> None:
         self.post_message(self.ScoresWanted(kind))
+
+    def action_load_scores(self) -> None:
+        self.post_message(self.LoadWanted())
 
 
 def detail_text(baseline: DecodeGrid | None, intervened: DecodeGrid | None, kl_base_int: list[list[float]] | None,

@@ -54,6 +54,8 @@ class InputScreen(_Modal):
 
 
 class PickScreen(_Modal):
+    """Answers the index of the chosen line."""
+
     def __init__(self, title: str, choices: list[str]) -> None:
         super().__init__()
         self.title_text, self.choices = title, choices
@@ -64,4 +66,4 @@ class PickScreen(_Modal):
             yield OptionList(*self.choices)
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
-        self.dismiss(self.choices[event.option_index])
+        self.dismiss(event.option_index)

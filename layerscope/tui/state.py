@@ -166,3 +166,22 @@ class Session:
                        Toggles.from_dict(data.get("interventions") or {}), results)
         except (KeyError, TypeError, ValueError) as error:
             raise LayerscopeError(f"Session '{path}' is damaged: {error!r}") from error
+
+
+def sample_prompts(folder: Path, longest: int = 300) -> list[tuple[str, str]]:
+    """(label, prompt) for every prompt of every prompt-set file in the folder; other files are skipped."""
+    from importlib.util import find_spec
+
+    if not folder.is_dir() or find_spec("layerscope.analyses.prompt_sets") is None:
+        return []
+    from layerscope.analyses.prompt_sets import load_prompt_set
+
+    choices = []
+    for path in sorted(folder.iterdir()):
+        try:
+            items = load_prompt_set(path) if path.suffix in (".txt", ".jsonl") else []
+        except LayerscopeError:
+            continue
+        if all(len(item.text) <= longest for item in items):
+            choices += [(f"{path.name}: {item.text}", item.text) for item in items]
+    return choices

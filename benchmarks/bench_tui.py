@@ -1,0 +1,163 @@
+"""The explorer's responsiveness, measured with Textual's own test driver (App.run_test / Pilot), in one run:
+
+1. Time to first frame, in a fresh process (imports included): the app as shipped (torch and the model
+   load in a worker after the first paint) vs the naive way (import the engine and load the model,
+   then start the app). Target < 1 s.
+2. Keypress-to-repaint latency (cursor moves in the decode grid): idle; while a long computation over all
+   layers (baseline + intervened lens of a 200-token prompt, then continuations) runs in the thread
+   worker; and the naive way, the same computation run on the UI thread. Target < 100 ms median.
+
+A repaint is the decode grid drawing the cursor's row again after the key. The grid the app shows is checked
+equal to `logit_lens` on the same prompt. Run: python benchmarks/bench_tui.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).parent))
+FIRST_FRAME_RUNS = 5
+KEYS = 30
+LONG_PROMPT = " ".join(["In the quiet town by the river, the baker opened her shop before dawn and the smell of",
+                        "fresh bread drifted down the street, waking the children who ran to the window."] * 6)
+
+
+def first_frame_child(way: str) -> None:
+    """Runs in a fresh process: prints seconds from process start to the end of the first screen refresh."""
+    start = time.perf_counter()
+    lm = None
+    if way == "naive":
+        from layerscope.models.loading import load_model
+
+        lm = load_model("demo", device="cpu")
+    from textual.app import App
+    from textual.widgets import Static
+
+    from layerscope.tui.app import LayerscopeApp
+
+    class Bare(App):
+        def compose(self):
+            yield Static("hello")
+
+    painted: list[float] = []
+
+    async def main() -> None:
+        app = Bare() if way == "bare" else LayerscopeApp(lm=lm)
+        async with app.run_test(size=(120, 40)) as pilot:
+            app.call_after_refresh(lambda: painted.append(time.perf_counter()))
+            while not painted:
+                await asyncio.sleep(0.001)
+            print(painted[0] - start)
+            app.workers.cancel_all()
+
+    asyncio.run(main())
+
+
+def first_frame(way: str) -> float:
+    times = []
+    for _ in range(FIRST_FRAME_RUNS):
+        out = subprocess.run([sys.executable, __file__, "--first-frame", way], capture_output=True, text=True,
+                             check=True, cwd=ROOT).stdout
+        times.append(float(out.strip().splitlines()[-1]))
+    return statistics.median(times)
+
+
+async def key_latencies(app, pilot, keys: int, busy) -> list[float]:
+    """Press keys one at a time; each latency ends when the grid draws the cursor's row again."""
+    from layerscope.tui.grid_view import DecodeGridView
+
+    grid = app.query_one(DecodeGridView)
+    drawn: list[float] = []
+    original = grid.render_line
+
+    def recording(y: int):
+        drawn.append(time.perf_counter())
+        return original(y)
+
+    grid.render_line = recording
+    latencies = []
+    for index in range(keys):
+        if not busy():
+            break
+        drawn.clear()
+        start = time.perf_counter()
+        await pilot.press("down" if index % 4 < 2 else "up")
+        while not drawn and time.perf_counter() - start < 5:
+            await asyncio.sleep(0.001)
+        latencies.append((drawn[0] if drawn else time.perf_counter()) - start)
+        await asyncio.sleep(0.02)
+    grid.render_line = original
+    return latencies
+
+
+async def latency_run(lm) -> dict[str, list[float]]:
+    from layerscope.analyses.lens import logit_lens
+    from layerscope.tui.app import LayerscopeApp
+    from layerscope.tui.state import Toggles
+
+    results: dict[str, list[float]] = {}
+    app = LayerscopeApp(lm=lm, prompt=LONG_PROMPT, continuation_tokens=8)
+    async with app.run_test(size=(120, 40)) as pilot:
+        while app.running or app.results.baseline is None:  # the first (baseline) run, unmeasured
+            await pilot.pause(0.05)
+        expected = logit_lens(lm, lm.encode(LONG_PROMPT))
+        assert [[c.top[0].id for c in r] for r in app.results.baseline.cells] == \
+               [[c.top[0].id for c in r] for r in expected.cells], "the grid differs from logit_lens"
+        await pilot.press("escape", "1")
+        results["idle"] = await key_latencies(app, pilot, KEYS, lambda: True)
+
+        app.toggles = Toggles(drop=frozenset({3}))
+        app.action_run()  # baseline + intervened over all layers, then two continuations
+        while not app.results.baseline.cells:  # before the first row there is no cursor to move
+            await pilot.pause(0.01)
+        results["during background run (worker)"] = await key_latencies(app, pilot, KEYS, lambda: app.running)
+        while app.running:
+            await pilot.pause(0.05)
+
+        def blocking() -> None:  # the naive way: the same kind of work on the UI thread
+            from layerscope.interventions import DropBlocks
+
+            logit_lens(lm, lm.encode(LONG_PROMPT), interventions=[DropBlocks((3,))])
+
+        latencies = []
+        for _ in range(3):
+            app.call_later(blocking)
+            latencies += await key_latencies(app, pilot, 1, lambda: True)
+        results["during run on the UI thread (naive)"] = latencies
+    return results
+
+
+def main() -> None:
+    import torch
+
+    from common import report
+
+    from layerscope.models.loading import load_model
+
+    torch.set_num_threads(1)  # leave the UI thread a core on a 2-core machine
+    print(f"first frame, {FIRST_FRAME_RUNS} fresh processes each (median):")
+    frames = {"lazy engine import (shipped)": first_frame("shipped"),
+              "engine + model before app (naive)": first_frame("naive"),
+              "bare Textual app (reference)": first_frame("bare")}
+    report("time to first frame (target < 1 s)", frames, "engine + model before app (naive)")
+
+    lm = load_model("demo", device="cpu")
+    latencies = asyncio.run(latency_run(lm))
+    medians = {name: statistics.median(values) for name, values in latencies.items()}
+    report("keypress-to-repaint latency (target < 100 ms median)", medians, "during run on the UI thread (naive)")
+    for name, values in latencies.items():
+        print(f"  {name}: {len(values)} keys, max {max(values) * 1000:.1f} ms")
+
+
+if __name__ == "__main__":
+    if "--first-frame" in sys.argv:
+        first_frame_child(sys.argv[-1])
+    else:
+        main()
