@@ -47,18 +47,24 @@ def repeated_random_tokens(lm: LoadedModel, seq_len: int = 50, repeats: int = 2,
     return ids
 
 
-def diagonal_attention(lm: LoadedModel, ids: torch.Tensor, queries: torch.Tensor, offset: int) -> torch.Tensor:
-    """(blocks, heads): attention from each query position q to q - offset, summed over batch and queries."""
+def diagonal_attention(lm: LoadedModel, ids: torch.Tensor, counted: torch.Tensor, offset: int,
+                       attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(blocks, heads): attention from t to t - offset, summed over the batch and the query positions t
+    where `counted` (batch, tokens) is true. Pad on the right only."""
     install_edited_attention(lm.model)
     adapter = lm.adapter
     totals = torch.zeros(adapter.n_blocks, adapter.n_heads)
+    weights = counted[:, offset:].float()
 
     def reader(block: int, probs: torch.Tensor) -> None:
-        totals[block] += probs[:, :, queries, queries - offset].sum(dim=(0, 2)).cpu()
+        diagonal = probs.diagonal(offset=-offset, dim1=2, dim2=3).cpu()  # (batch, heads, tokens - offset)
+        totals[block] += (diagonal * weights[:, None]).sum(dim=(0, 2))
 
     modules = {block: adapter.attention(block) for block in range(adapter.n_blocks)}
+    device = adapter.input_device
+    mask = None if attention_mask is None else attention_mask.to(device)
     with read_attention(modules, reader), torch.inference_mode():
-        lm.model(input_ids=ids.to(adapter.input_device), use_cache=False, logits_to_keep=1)
+        lm.model(input_ids=ids.to(device), attention_mask=mask, use_cache=False, logits_to_keep=1)
     return totals
 
 
@@ -66,16 +72,14 @@ def induction_scores(lm: LoadedModel, seq_len: int = 50, repeats: int = 2, sampl
                      progress: ProgressFn = no_progress) -> HeadScores:
     """Prefix-matching score per head: mean attention from t to t - seq_len + 1, second and later repeats only."""
     ids = repeated_random_tokens(lm, seq_len, repeats, samples, seed)
-    start = ids.shape[1] - seq_len * (repeats - 1)
-    queries = torch.arange(start, ids.shape[1])
-    progress(0, samples, "induction")
-    totals = torch.zeros(lm.n_blocks, lm.adapter.n_heads)
-    for sample in range(samples):
-        totals += diagonal_attention(lm, ids[sample:sample + 1], queries, seq_len - 1)
-        progress(sample + 1, samples, "induction")
+    counted = torch.zeros(ids.shape, dtype=torch.bool)
+    counted[:, ids.shape[1] - seq_len * (repeats - 1):] = True
+    progress(0, 1, "induction")
+    totals = diagonal_attention(lm, ids, counted, seq_len - 1)
+    progress(1, 1, "induction")
     meta = {"seq_len": seq_len, "repeats": repeats, "samples": samples, "seed": seed,
             "bos": lm.tokenizer.bos_token_id is not None}
-    return HeadScores.from_matrix(lm, "induction", totals / (samples * len(queries)), meta)
+    return HeadScores.from_matrix(lm, "induction", totals / counted.sum(), meta)
 
 
 def general_texts() -> list[str]:
@@ -92,16 +96,15 @@ def previous_token_scores(lm: LoadedModel, texts: list[str] | None = None,
                           progress: ProgressFn = no_progress) -> HeadScores:
     """Previous-token score per head: mean attention from t to t - 1 over every position t >= 1 of ordinary text."""
     texts = general_texts() if texts is None else texts
-    totals = torch.zeros(lm.n_blocks, lm.adapter.n_heads)
-    count = 0
-    progress(0, len(texts), "previous-token")
-    for index, text in enumerate(texts):
-        ids = lm.encode(text)
-        if ids.shape[1] > 1:
-            queries = torch.arange(1, ids.shape[1])
-            totals += diagonal_attention(lm, ids, queries, 1)
-            count += len(queries)
-        progress(index + 1, len(texts), "previous-token")
-    if count == 0:
+    encoded = [lm.encode(text)[0].cpu() for text in texts]
+    ids = torch.nn.utils.rnn.pad_sequence(encoded, batch_first=True)
+    mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(e) for e in encoded], batch_first=True)
+    counted = mask.bool()
+    counted[:, 0] = False
+    if not counted.any():
         raise LayerscopeError("The previous-token texts are all shorter than two tokens.")
-    return HeadScores.from_matrix(lm, "previous_token", totals / count, {"texts": len(texts), "positions": count})
+    progress(0, 1, "previous-token")
+    totals = diagonal_attention(lm, ids, counted, 1, mask)
+    progress(1, 1, "previous-token")
+    positions = int(counted.sum())
+    return HeadScores.from_matrix(lm, "previous_token", totals / positions, {"texts": len(texts), "positions": positions})
