@@ -73,6 +73,15 @@ def _average(layer: int, rows: list[TokenSwapRow]) -> TokenSwapRow:
                         mean_of([r.follows_donor for r in rows]), mean_of([r.follows_original for r in rows]))
 
 
+def check_rows(layers: Iterable[int] | None, n_blocks: int) -> list[int]:
+    """Grid rows 0..L (all of them by default), sorted."""
+    layers = sorted(set(range(n_blocks + 1) if layers is None else layers))
+    bad = [layer for layer in layers if not 0 <= layer <= n_blocks]
+    if bad:
+        raise LayerscopeError(f"swap-token: row {bad[0]} is out of range 0..{n_blocks} for this model.")
+    return layers
+
+
 def usable_targets(prompts: list[PromptItem], donor: Donor) -> list[int]:
     """Indices of prompts with a subject and an answer that differs from the donor's."""
     for index, item in enumerate(prompts):
@@ -98,10 +107,7 @@ def token_swap_sweep(
 
     Prompts whose answer is the donor's answer are left out: they cannot tell the two apart.
     """
-    rows_range = range(lm.n_blocks + 1)
-    layers = sorted(set(rows_range if layers is None else layers))
-    if any(layer not in rows_range for layer in layers):
-        raise LayerscopeError(f"swap-token: rows must be in 0..{lm.n_blocks}.")
+    layers = check_rows(layers, lm.n_blocks)
     targets = usable_targets(prompts, donor)
     donor_ids = lm.encode(donor.prompt)
     donor_word = locate_word(lm, donor.prompt, donor.word)

@@ -6,6 +6,7 @@ import typer
 
 from layerscope.cli import heads as heads_commands
 from layerscope.cli import lens as lens_commands
+from layerscope.cli import studies
 from layerscope.cli import tui_command
 
 app = typer.Typer(
@@ -20,6 +21,9 @@ app.command("lens")(lens_commands.lens)
 app.command("run")(lens_commands.run)
 app.command("patchscope")(heads_commands.patchscope)
 app.add_typer(heads_commands.heads_app, name="heads")
+app.command("sweep")(studies.sweep)
+app.command("influence")(studies.influence)
+app.command("stages")(studies.stages)
 app.command("tui")(tui_command.tui)
 
 

@@ -1,0 +1,331 @@
+"""`layerscope sweep`, `influence` and `stages`: the layer studies, one command each."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import nullcontext
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from layerscope.cli.common import (
+    DebugOption,
+    DeviceMapOption,
+    DeviceOption,
+    DtypeOption,
+    Format,
+    FormatOption,
+    ModelOption,
+    OutOption,
+    StderrProgress,
+    TrustOption,
+    check_writable,
+    handles_errors,
+    load,
+    parse_blocks,
+    to_csv,
+    to_json,
+    write_atomic,
+)
+from layerscope.errors import LayerscopeError
+
+if TYPE_CHECKING:
+    from layerscope.analyses.influence import InfluenceReport
+    from layerscope.analyses.stages import StageMap
+
+SAMPLES = Path(__file__).resolve().parents[2] / "sample_prompts"
+SWEEP_KINDS = ("drop", "swap", "freeze", "random", "skip-attn", "swap-token")
+
+
+class SweepFormat(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+    jsonl = "jsonl"
+
+
+def _sample(name: str) -> Path:
+    path = SAMPLES / name
+    if not path.is_file():
+        raise LayerscopeError(f"The sample file '{name}' is not here ({SAMPLES}); give the file explicitly.")
+    return path
+
+
+def _number(value: float | None, width: int = 8, digits: int = 4) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:{width}.{digits}f}"
+
+
+def sweep_table(kind: str, rows: list[dict]) -> str:
+    """The set average per layer; per-prompt rows are in json, csv and jsonl."""
+    follows = kind == "swap-token"
+    head = f"{'layer':>5} {'KL':>8} {'top1':>6} {'dH bits':>8} {'dloss':>8} {'acc':>6}"
+    head += f" {'donor':>6} {'orig':>6}" if follows else ""
+    lines = [f"{kind} sweep, mean over prompts (KL nats, KL(base || intervened))", head, "-" * len(head)]
+    for row in (r for r in rows if r["prompt_index"] is None):
+        line = (f"{row['layer']:>5} {_number(row['kl'])} {_number(row['top1_agree'], 6, 2)} "
+                f"{_number(row['entropy_delta'], 8, 3)} {_number(row['loss_delta'], 8, 3)} "
+                f"{_number(row['accuracy'], 6, 2)}")
+        if follows:
+            line += f" {_number(row['follows_donor'], 6, 2)} {_number(row['follows_original'], 6, 2)}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def read_done(path: Path, kind: str) -> list[dict]:
+    """Rows of an interrupted JSONL sweep; a last line cut off mid-write is removed from the file."""
+    if not path.is_file():
+        return []
+    text = path.read_text(encoding="utf-8")
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+        path.write_text(text, encoding="utf-8")
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise LayerscopeError(f"--resume: {path} line {number} is not valid JSON.") from None
+        if not isinstance(row, dict) or row.get("intervention") != kind:
+            raise LayerscopeError(f"--resume: {path} line {number} is not a row of a '{kind}' sweep.")
+        rows.append(row)
+    return rows
+
+
+def _rows_from(dicts: list[dict], row_type: type, path: Path) -> list:
+    try:
+        return [row_type(**row) for row in dicts]
+    except TypeError:
+        raise LayerscopeError(f"--resume: {path} holds rows of another layerscope version or command.") from None
+
+
+def sweep(
+    model: ModelOption = "demo",
+    intervention: Annotated[str, typer.Option("--intervention", "-i", help=f"One of {', '.join(SWEEP_KINDS)}.")] = "drop",
+    prompts: Annotated[Path | None, typer.Option(help="Prompt set: .txt one prompt a line, or .jsonl with answers. "
+                                                      "Default: sample_prompts/general.txt (capitals.jsonl for swap-token).")] = None,
+    layers: Annotated[str | None, typer.Option(help="Blocks to sweep, e.g. 0-29 or 3,5 (swap: lower block of a pair; "
+                                                    "swap-token: grid rows 0..L). Default: all.")] = None,
+    accuracy: Annotated[bool | None, typer.Option("--accuracy/--no-accuracy", help="Greedy answer accuracy. Default: "
+                                                  "on when every prompt has an answer.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Greedy tokens decoded for accuracy.")] = 6,
+    seed: Annotated[int, typer.Option(help="Seed of the noise for 'random'.")] = 0,
+    batch_size: Annotated[int, typer.Option(min=1, help="Interventions run together in one batched pass.")] = 8,
+    donor_prompt: Annotated[str, typer.Option(help="swap-token: the donor prompt.")] = "The country Italy",
+    donor_word: Annotated[str, typer.Option(help="swap-token: the donor word whose state is copied.")] = "Italy",
+    donor_answer: Annotated[str, typer.Option(help="swap-token: the answer that shows the donor won.")] = "Rome",
+    format: Annotated[SweepFormat, typer.Option("--format", "-f", help="table, json, csv or jsonl.")] = SweepFormat.table,
+    out: OutOption = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted --format jsonl --out FILE sweep.")] = False,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    device_map: DeviceMapOption = None,
+    trust_remote_code: TrustOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Apply one intervention at every layer over a prompt set: KL, top-1 agreement, entropy, loss, accuracy.
+
+    jsonl streams one row per (prompt, layer) as it is computed, then the set average per layer
+    (prompt_index null); Ctrl-C keeps every finished row and --resume continues the file.
+
+    Example: layerscope sweep --model demo --intervention drop --format jsonl --out drop.jsonl
+    """
+    run_sweep(**locals())
+
+
+@handles_errors
+def run_sweep(model, intervention, prompts, layers, accuracy, max_new_tokens, seed, batch_size, donor_prompt,
+              donor_word, donor_answer, format, out, resume, device, dtype, device_map, trust_remote_code, debug):
+    from layerscope.analyses.prompt_sets import load_prompt_set, require_answers
+
+    if intervention not in SWEEP_KINDS:
+        raise LayerscopeError(f"Unknown intervention '{intervention}': use one of {', '.join(SWEEP_KINDS)}.")
+    swap_token = intervention == "swap-token"
+    path = prompts or _sample("capitals.jsonl" if swap_token else "general.txt")
+    items = load_prompt_set(path)
+    with_answers = all(item.answer is not None for item in items)
+    if accuracy and not swap_token:
+        require_answers(items, path)
+    measure_accuracy = with_answers if accuracy is None else accuracy
+    if resume and (out is None or format is not SweepFormat.jsonl):
+        raise LayerscopeError("--resume needs --format jsonl and --out FILE (the file to continue).")
+    check_writable(out)
+    chosen = parse_blocks(layers, "layer") if layers else None
+    done = read_done(out, intervention) if resume else []
+    lm = load(model, device, dtype, device_map, trust_remote_code)
+    progress = StderrProgress()
+    try:
+        rows = _sweep_rows(lm, items, intervention, chosen, measure_accuracy, max_new_tokens, seed, batch_size,
+                           (donor_prompt, donor_word, donor_answer), done, out, progress)
+        _write_sweep(rows, intervention, format, out, resume)
+    finally:
+        progress.close()
+
+
+def _sweep_rows(lm, items, kind, layers, accuracy, max_new_tokens, seed, batch_size, donor, done, out, progress):
+    """Row dicts not yet in `done`, in the order an uninterrupted run writes them. Checks the input first:
+    the generators only start when the first row is asked for, after the output file is opened."""
+    from layerscope.analyses.sweep import SweepRow, check_layers, sweep, sweep_layers
+    from layerscope.analyses.token_swap import Donor, TokenSwapRow, check_rows, token_swap_sweep, usable_targets
+
+    seen = {(row["prompt_index"], row["layer"]) for row in done}
+    if kind == "swap-token":
+        check_rows(layers, lm.n_blocks)
+        usable_targets(items, Donor(*donor))
+        rows = token_swap_sweep(lm, items, Donor(*donor), layers, max_new_tokens,
+                                _rows_from(done, TokenSwapRow, out), progress)
+    else:
+        check_layers(kind, sweep_layers(kind, lm.n_blocks) if layers is None else layers, lm.n_blocks)
+        rows = sweep(lm, items, kind, layers, seed, accuracy, max_new_tokens, batch_size,
+                     _rows_from(done, SweepRow, out), progress)
+    return (row.to_dict() for row in rows if (row.prompt_index, row.layer) not in seen)
+
+
+def _write_sweep(rows, kind: str, format: SweepFormat, out: Path | None, resume: bool) -> None:
+    if format is SweepFormat.jsonl:
+        written = 0
+        with open(out, "a" if resume else "w", encoding="utf-8") if out else nullcontext(sys.stdout) as file:
+            try:
+                for row in rows:
+                    file.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    file.flush()
+                    written += 1
+            except KeyboardInterrupt:
+                where = f"; continue with --resume --out {out}" if out else ""
+                raise LayerscopeError(f"interrupted after {written} new rows, all kept{where}.") from None
+        return
+    rows = list(rows)
+    rendered = {SweepFormat.json: lambda: to_json({"intervention": kind, "rows": rows}),
+                SweepFormat.csv: lambda: to_csv(rows), SweepFormat.table: lambda: sweep_table(kind, rows)}[format]()
+    write_atomic(rendered, out)
+
+
+def influence_table(report: InfluenceReport) -> str:
+    lines = [f"Block Influence (1 - mean cos(in, out)), {report.calibration_tokens} calibration tokens",
+             f"{'block':>5} {'BI':>9} {'rank':>5}"]
+    rank = {block: r for r, block in enumerate(report.ranking)}
+    lines += [f"{b:>5} {value:9.5f} {rank[b]:>5}" for b, value in enumerate(report.bi)]
+    lines.append(f"least influential first: {', '.join(map(str, report.ranking))}")
+    if report.prune:
+        prune = report.prune
+        lines += ["", f"held-out perplexity ({prune.eval_tokens} tokens)",
+                  f"  baseline                 {prune.perplexity['baseline']:10.3f}",
+                  f"  lowest BI {str(prune.removed):<14} {prune.perplexity['block_influence']:10.3f}",
+                  f"  random    {str(prune.random_removed):<14} {prune.perplexity['random']:10.3f}",
+                  f"  last      {str(prune.last_removed):<14} {prune.perplexity['last']:10.3f}"]
+    return "\n".join(lines)
+
+
+def influence(
+    model: ModelOption = "demo",
+    text: Annotated[Path | None, typer.Option(help="Calibration text. Default: sample_prompts/calibration.txt.")] = None,
+    prune: Annotated[int, typer.Option(min=0, help="Remove the N lowest-BI blocks and compare perplexity.")] = 0,
+    eval_text: Annotated[Path | None, typer.Option(help="Held-out text for --prune. Default: sample_prompts/heldout.txt.")] = None,
+    window: Annotated[int, typer.Option(min=2, help="Tokens per forward pass.")] = 256,
+    seed: Annotated[int, typer.Option(help="Seed of the random blocks removed for comparison.")] = 0,
+    save: Annotated[Path | None, typer.Option(help="With --prune: save the pruned model here (safetensors).")] = None,
+    format: FormatOption = Format.table,
+    out: OutOption = None,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    device_map: DeviceMapOption = None,
+    trust_remote_code: TrustOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Block Influence per block (ShortGPT) and, with --prune N, held-out perplexity after removing the N
+    lowest-BI blocks, next to N random blocks and the last N.
+
+    Example: layerscope influence --model demo --prune 4 --format json
+    """
+    run_influence(**locals())
+
+
+def _read_text(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise LayerscopeError(f"Cannot read '{path}': {error}") from error
+    if not text.strip():
+        raise LayerscopeError(f"{path}: the file is empty.")
+    return text
+
+
+@handles_errors
+def run_influence(model, text, prune, eval_text, window, seed, save, format, out, device, dtype, device_map,
+                  trust_remote_code, debug):
+    from layerscope.analyses.influence import check_prune, influence, save_pruned
+
+    if save is not None and not prune:
+        raise LayerscopeError("--save needs --prune N: there is nothing to save otherwise.")
+    if save is not None and save.exists() and any(save.iterdir()):
+        raise LayerscopeError(f"--save: '{save}' exists and is not empty.")
+    check_writable(out)
+    check_writable(save)
+    calibration = _read_text(text or _sample("calibration.txt"))
+    held_out = _read_text(eval_text or _sample("heldout.txt")) if prune else None
+    lm = load(model, device, dtype, device_map, trust_remote_code)
+    if prune:
+        check_prune(prune, lm.n_blocks)
+    progress = StderrProgress()
+    try:
+        report = influence(lm, calibration, window, prune, held_out, seed, progress)
+    finally:
+        progress.close()
+    if save is not None and report.prune:
+        save_pruned(lm, report.prune.removed, save)
+    rendered = {Format.json: lambda: to_json(report.to_dict()),
+                Format.csv: lambda: to_csv({"block": b, "bi": v} for b, v in enumerate(report.bi)),
+                Format.table: lambda: influence_table(report)}[format]()
+    write_atomic(rendered, out)
+
+
+def stages_table(stage_map: StageMap) -> str:
+    head = (f"{'block':>5} {'dropKL':>7} {'swapKL':>7} {'lensKL':>7} {'H bits':>6} {'attn/mlp':>8} {'mlp norm':>9} "
+            f"{'prev5':>5}  stage (heuristic) - evidence")
+    lines = [head, "-" * len(head)]
+    for b in stage_map.blocks:
+        lines.append(f"{b.block:>5} {_number(b.drop_kl, 7, 3)} {_number(b.swap_kl, 7, 3)} {_number(b.lens_kl, 7, 2)} "
+                     f"{_number(b.lens_entropy, 6, 2)} {_number(b.attn_mlp_ratio, 8, 3)} {_number(b.mlp_norm, 9, 1)} "
+                     f"{_number(b.prev5_attention, 5, 2)}  {b.stage} - {b.reason}")
+    lines += ["", stage_map.rule]
+    return "\n".join(lines)
+
+
+def stages(
+    model: ModelOption = "demo",
+    prompts: Annotated[Path | None, typer.Option(help="Prompt set. Default: sample_prompts/general.txt.")] = None,
+    format: FormatOption = Format.table,
+    out: OutOption = None,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    device_map: DeviceMapOption = None,
+    trust_remote_code: TrustOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Stage map: per-block signatures (drop/swap KL, lens KL and entropy, attention/MLP norms, attention to the
+    previous five tokens) and a heuristic split into the four stages of inference, with the evidence.
+
+    Example: layerscope stages --model demo --prompts sample_prompts/general.txt
+    """
+    run_stages(**locals())
+
+
+@handles_errors
+def run_stages(model, prompts, format, out, device, dtype, device_map, trust_remote_code, debug):
+    from layerscope.analyses.prompt_sets import load_prompt_set
+    from layerscope.analyses.stages import stage_map
+
+    items = load_prompt_set(prompts or _sample("general.txt"))
+    check_writable(out)
+    lm = load(model, device, dtype, device_map, trust_remote_code)
+    progress = StderrProgress()
+    try:
+        result = stage_map(lm, items, progress=progress)
+    finally:
+        progress.close()
+    rendered = {Format.json: lambda: to_json(result.to_dict()),
+                Format.csv: lambda: to_csv(vars(b) for b in result.blocks),
+                Format.table: lambda: stages_table(result)}[format]()
+    write_atomic(rendered, out)

@@ -1,0 +1,168 @@
+"""Sweeps: every row equals the same intervention run alone through the engine; resume; bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from layerscope.analyses.compare import greedy_continuation
+from layerscope.analyses.prompt_sets import PromptItem, answer_matches, load_prompt_set
+from layerscope.analyses.sweep import KINDS, LAST_POSITION_KINDS, make_intervention, sweep, sweep_layers
+from layerscope.analyses.token_swap import Donor, locate_word, token_swap_sweep
+from layerscope.errors import LayerscopeError
+from layerscope.interventions import PatchState, intervene
+from layerscope.analyses.residual import trace_residuals
+from tests.studies import TINY_TEXT, cli_demo, hand_metrics, invoke, tiny_dir  # noqa: F401 (fixtures)
+from tests.tiny import tiny_model
+
+TINY_PROMPTS = [PromptItem(TINY_TEXT), PromptItem("red blue green the city is big"), PromptItem("one two three four five six seven eight nine ten")]
+
+
+def engine_logits(lm, ids, interventions):
+    """The reference: the engine's hooks and one plain forward."""
+    with intervene(lm.adapter, interventions, seq_len=ids.shape[1]), torch.inference_mode():
+        return lm.model(input_ids=ids, use_cache=False).logits[0]
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gpt2", "gpt_neox", "phi"])
+def test_every_row_equals_the_engine_run_alone(family):
+    lm = tiny_model(family)
+    for kind in KINDS:
+        # batch_size 3 over 4 (or 3) layers: rows of one batch start at different blocks
+        rows = list(sweep(lm, TINY_PROMPTS, kind, batch_size=3))
+        per_prompt = [r for r in rows if r.prompt_index is not None]
+        assert len(per_prompt) == len(TINY_PROMPTS) * len(sweep_layers(kind, lm.n_blocks))
+        for row in per_prompt:
+            ids = lm.encode(TINY_PROMPTS[row.prompt_index].text)
+            base = engine_logits(lm, ids, [])
+            other = engine_logits(lm, ids, [make_intervention(kind, row.layer, lm.n_blocks)])
+            expected = hand_metrics(base, other, ids[0], kind in LAST_POSITION_KINDS)
+            got = (row.kl, row.top1_agree, row.entropy_delta, row.loss_delta)
+            assert got[0] == pytest.approx(expected[0], abs=1e-4), (kind, row)
+            assert got[1] == expected[1], (kind, row)
+            assert got[2] == pytest.approx(expected[2], abs=1e-3), (kind, row)
+            assert (got[3] is None) == (expected[3] is None)
+            if expected[3] is not None:
+                assert got[3] == pytest.approx(expected[3], abs=1e-4)
+        for average in (r for r in rows if r.prompt_index is None):
+            mine = [r.kl for r in per_prompt if r.layer == average.layer]
+            assert average.kl == pytest.approx(sum(mine) / len(mine))
+
+
+def test_interrupted_sweep_continues_to_the_same_rows():
+    lm = tiny_model("qwen2")
+    full = [r.to_dict() for r in sweep(lm, TINY_PROMPTS, "freeze", batch_size=3)]
+    generator = sweep(lm, TINY_PROMPTS, "freeze", batch_size=3)
+    first = [next(generator) for _ in range(5)]  # stops in the middle of a prompt and of a batch
+    generator.close()
+    rest = [r.to_dict() for r in sweep(lm, TINY_PROMPTS, "freeze", batch_size=3, done=first)]
+    assert [r.to_dict() for r in first] + rest == full
+
+
+def test_demo_block_zero_is_among_the_most_damaging(demo_lm):
+    prompts = [PromptItem("The capital of France is"), PromptItem("Monday, Tuesday, Wednesday, Thursday,")]
+    kl = {r.layer: r.kl for r in sweep(demo_lm, prompts, "drop") if r.prompt_index is None}
+    worst = sorted(kl, key=kl.get, reverse=True)
+    assert 0 in worst[:3]
+    middle = [kl[b] for b in range(8, 23)]
+    assert sum(v < kl[0] / 5 for v in middle) >= 0.8 * len(middle)
+
+
+def test_demo_accuracy_is_the_engine_greedy_answer(demo_lm):
+    item = PromptItem("The capital of France is", answer="Paris")
+    rows = [r for r in sweep(demo_lm, [item], "drop", layers=[0, 15], accuracy=True, max_new_tokens=3)
+            if r.prompt_index is not None]
+    ids = demo_lm.encode(item.text)
+    for row in rows:
+        text = greedy_continuation(demo_lm, ids, 3, [make_intervention("drop", row.layer, demo_lm.n_blocks)]).text
+        assert row.accuracy == float(answer_matches(text, "Paris"))
+    assert [r.accuracy for r in rows] == [0.0, 1.0]  # block 0 is catastrophic; block 15 barely matters
+
+
+def test_swap_token_follows_donor_early_and_original_late(demo_lm):
+    item = PromptItem("The capital of France is", answer="Paris", subject="France")
+    rows = {r.layer: r for r in token_swap_sweep(demo_lm, [item], Donor(), layers=[0, 30]) if r.prompt_index == 0}
+    # the patched state at row 30 is after every block: the answer cannot change
+    assert rows[30].follows_original == 1.0 and rows[30].kl == pytest.approx(0, abs=1e-5)
+    # at row 0 the donor's embedding replaces "France": the model answers for Italy
+    assert rows[0].follows_donor == 1.0
+    ids = demo_lm.encode(item.text)
+    donor_ids = demo_lm.encode("The country Italy")
+    vector = trace_residuals(demo_lm.adapter, donor_ids).states[0, 0, -1]
+    expected = greedy_continuation(demo_lm, ids, 4, [PatchState(0, 3, vector)]).text
+    assert rows[0].continuation == expected
+
+
+def test_locate_word_uses_offsets(demo_lm):
+    assert locate_word(demo_lm, "The capital of France is", "France").position == 3
+    spanned = locate_word(demo_lm, "The capital of Kyrgyzstan is", "Kyrgyzstan")
+    assert spanned.n_tokens > 1 and demo_lm.token_texts(demo_lm.encode("The capital of Kyrgyzstan is")[0])[
+        spanned.position].endswith("stan")
+    with pytest.raises(LayerscopeError, match="does not occur"):
+        locate_word(demo_lm, "The capital of France is", "Italy")
+
+
+def test_prompt_files(tmp_path):
+    good = tmp_path / "set.jsonl"
+    good.write_text('{"prompt": "a", "answer": "b"}\n\n# note\n{"prompt": "c"}\n')
+    assert load_prompt_set(good) == [PromptItem("a", "b"), PromptItem("c")]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a"}\n{"prompt": 3}\n')
+    with pytest.raises(LayerscopeError, match="line 2"):
+        load_prompt_set(bad)
+
+
+def test_cli_jsonl_resume_gives_the_same_file(tiny_dir, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(p.text for p in TINY_PROMPTS) + "\n")
+    full, part = tmp_path / "full.jsonl", tmp_path / "part.jsonl"
+    common = ["sweep", "--model", str(tiny_dir), "-i", "drop", "--prompts", str(prompts), "--format", "jsonl",
+              "--batch-size", "3"]
+    assert invoke(*common, "--out", str(full)).exit_code == 0
+    lines = full.read_text().splitlines(keepends=True)
+    assert len(lines) == 3 * 4 + 4
+    # what Ctrl-C leaves: the rows flushed so far, and maybe half a row being written
+    part.write_text("".join(lines[:5]) + lines[5][:20])
+    result = invoke(*common, "--out", str(part), "--resume")
+    assert result.exit_code == 0, result.output
+    assert part.read_text() == full.read_text()
+    assert all(json.loads(line).keys() >= {"intervention", "layer", "prompt_index", "kl", "top1_agree",
+                                           "entropy_delta", "loss_delta", "accuracy"} for line in lines)
+
+
+def test_cli_table_csv_json(tiny_dir, tmp_path):
+    args = ["sweep", "--model", str(tiny_dir), "-i", "swap", "--layers", "0-1"]
+    prompts = tmp_path / "p.txt"
+    prompts.write_text(TINY_TEXT + "\n")
+    table = invoke(*args, "--prompts", str(prompts))
+    assert table.exit_code == 0 and table.stdout.splitlines()[-1].split()[0] == "1"
+    data = json.loads(invoke(*args, "--prompts", str(prompts), "--format", "json").stdout)
+    assert [(r["layer"], r["prompt_index"]) for r in data["rows"]] == [(0, 0), (1, 0), (0, None), (1, None)]
+    csv_lines = invoke(*args, "--prompts", str(prompts), "--format", "csv").stdout.splitlines()
+    assert csv_lines[0].startswith("intervention,layer,prompt_index,kl") and len(csv_lines) == 5
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-i", "dropp"], "Unknown intervention 'dropp'"),
+    (["--prompts", "{empty}"], "no prompts"),
+    (["--prompts", "{bad}"], "line 2: not valid JSON"),
+    (["--prompts", "{plain}", "--accuracy"], "has no \"answer\""),
+    (["--out", "{nowhere}"], "not writable"),
+    (["--layers", "0-40"], "out of range"),
+    (["--resume"], "--resume needs"),
+    (["-i", "swap-token", "--prompts", "{plain}"], "needs both \"subject\" and \"answer\""),
+])
+def test_cli_bad_input_is_one_line(cli_demo, tmp_path, args, message):
+    files = {"empty": tmp_path / "empty.txt", "bad": tmp_path / "bad.jsonl", "plain": tmp_path / "plain.txt",
+             "nowhere": tmp_path / "missing" / "out.jsonl"}
+    files["empty"].write_text("# only a comment\n\n")
+    files["bad"].write_text('{"prompt": "a", "answer": "b"}\n{"prompt": "c"\n')
+    files["plain"].write_text("The capital of France is\n")
+    args = [a.format(**files) for a in args]
+    result = invoke("sweep", "--model", "demo", *args, "--format", "jsonl")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and message in result.stderr and len(result.stderr.splitlines()) == 1
+    assert result.stdout == ""
+    assert not files["nowhere"].parent.exists()
