@@ -107,6 +107,19 @@ async def test_main_flow(demo_lm, tmp_path):
         assert path.is_file()
         saved = app.results
 
+        await pilot.press("1", "y")  # copy the cell (OSC 52), the grid, and export the grid as CSV
+        assert app.clipboard == app.detail.plain and "KL(base‖int)" in app.clipboard
+        await pilot.press("Y")
+        assert app.clipboard.splitlines()[0] == "\t".join(["token", *saved.intervened.layers])
+        assert len(app.clipboard.splitlines()) == len(ids[0]) + 1
+        csv_path = tmp_path / "grid.csv"
+        await pilot.press("x")
+        app.screen.query_one(Input).value = str(csv_path)
+        await pilot.press("enter")
+        await pilot.pause(0.1)
+        from layerscope.cli.common import to_csv
+        assert csv_path.read_bytes().decode("utf-8") == to_csv(saved.intervened.csv_rows())
+
     again = make_app(demo_lm, tmp_path)
     async with again.run_test(size=(100, 30)) as pilot:
         await settle(pilot)
@@ -191,3 +204,29 @@ async def test_head_scores_compute_sort_and_load(demo_lm, tmp_path):
         await pilot.press("enter")
         await pilot.pause(0.1)
         assert table.get_cell("2.1", "previous_token") == f"{(2 * 9 + 1) / 1000:.3f}"
+
+
+async def test_patchscope_switch_and_cancel(demo_lm, tmp_path):
+    """m switches the grid to Patchscope decoding (the engine's grid, shown as is); Esc cancels a run,
+    which ends with a notice and leaves the app usable."""
+    from layerscope.analyses.patchscope import patchscope_grid
+
+    app = make_app(demo_lm, tmp_path, prompt="Paris is")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        await pilot.press("m")
+        await settle(pilot)
+        want = patchscope_grid(demo_lm, demo_lm.encode("Paris is"), top_k=5)
+        assert app.method == "patchscope" and app.results.baseline.method == "patchscope"
+        assert [[c.top[0].id for c in row] for row in app.results.baseline.cells] == \
+               [[c.top[0].id for c in row] for row in want.cells]
+
+        await pilot.press("m")
+        with app.model_lock:  # the worker waits for the model, so the cancel lands before its first row
+            app.action_run()
+            await pilot.press("escape")
+        await settle(pilot)
+        assert any("cancelled" in n for n in notices(app)) and app.results.baseline.cells == []
+        await pilot.press("ctrl+r")
+        await settle(pilot)
+        assert len(app.results.baseline.cells) == demo_lm.n_blocks + 1

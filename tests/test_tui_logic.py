@@ -144,3 +144,12 @@ def test_bad_session_files(tmp_path):
     path.write_text('{"layerscope_session": 1, "prompt": "x"}', encoding="utf-8")
     with pytest.raises(LayerscopeError, match="damaged"):
         Session.load(path)
+
+
+def test_tui_command_is_registered():
+    from typer.testing import CliRunner
+
+    from layerscope.cli.app import app
+
+    result = CliRunner().invoke(app, ["tui", "--help"])
+    assert result.exit_code == 0 and "--theme" in result.output and "--prompt" in result.output

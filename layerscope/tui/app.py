@@ -39,10 +39,6 @@ if TYPE_CHECKING:
 SAMPLE_PROMPTS = Path(__file__).resolve().parents[2] / "sample_prompts"
 METHODS = ("logit_lens", "patchscope")
 TABS = ("tab-lens", "tab-layers", "tab-heads", "tab-output")
-SCORERS = {"induction": ("layerscope.analyses.induction", "induction_scores"),
-           "previous_token": ("layerscope.analyses.induction", "previous_token_scores"),
-           "retrieval": ("layerscope.analyses.retrieval", "retrieval_scores")}
-"""Head score kind -> (module, function(lm, progress=...) -> HeadScores)."""
 
 
 class _Cancelled(Exception):
@@ -474,13 +470,8 @@ class LayerscopeApp(App):
 
     # head scores --------------------------------------------------------
     def on_head_pane_scores_wanted(self, message: HeadPane.ScoresWanted) -> None:
-        from importlib.util import find_spec
-
         if self.lm is None:
             self.notify("The model is not loaded yet.", severity="warning")
-        elif find_spec(SCORERS[message.kind][0]) is None:
-            self.notify(f"{message.kind} scores are not available in this build ({SCORERS[message.kind][0]} is "
-                        "missing).", severity="warning")
         else:
             self.run_id += 1
             self.running = True
@@ -489,10 +480,11 @@ class LayerscopeApp(App):
 
     @work(thread=True, exclusive=True, group="scores", exit_on_error=False)
     def scores_worker(self, run_id: int, kind: str) -> None:
-        """Scores take a while (retrieval runs needle tests): progress shows, Esc stops between steps."""
-        import importlib
-
+        """Scores take a while (retrieval runs needle tests): progress shows, Esc stops between steps.
+        Any `{kind}_scores(lm, progress=...) -> HeadScores` in analyses.heads plugs in here."""
         import torch
+
+        from layerscope.analyses import heads
 
         worker = get_current_worker()
 
@@ -501,10 +493,9 @@ class LayerscopeApp(App):
                 raise _Cancelled
             self.post_message(RunProgress(run_id, done=done, total=total, description=f"{kind} scores"))
 
-        module, function = SCORERS[kind]
         try:
             with self.model_lock, torch.inference_mode():
-                result = getattr(importlib.import_module(module), function)(self.lm, progress=progress)
+                result = getattr(heads, f"{kind}_scores")(self.lm, progress=progress)
             scores = {(h.layer, h.head): h.score for h in result.heads}
             self.post_message(ScoresComputed(run_id, kind=kind, scores=scores))
         except _Cancelled:
@@ -524,7 +515,7 @@ class LayerscopeApp(App):
     def load_scores(self, path: Path) -> None:
         if self.lm is None:
             raise LayerscopeError("Load a model before its head scores.")
-        from layerscope.analyses.head_scores import load_head_scores
+        from layerscope.analyses.heads import load_head_scores
 
         scores = load_head_scores(path, self.lm)
         self.head_pane.set_scores(scores.kind, {(h.layer, h.head): h.score for h in scores.heads})
@@ -541,13 +532,7 @@ class LayerscopeApp(App):
         self.prompt.focus()
 
     def action_switch_method(self) -> None:
-        from importlib.util import find_spec
-
-        wanted = METHODS[(METHODS.index(self.method) + 1) % len(METHODS)]
-        if wanted == "patchscope" and find_spec("layerscope.analyses.patchscope") is None:
-            self.notify("Patchscopes are not available in this build.", severity="warning")
-            return
-        self.method = wanted
+        self.method = METHODS[(METHODS.index(self.method) + 1) % len(METHODS)]
         self.set_status(self.status_text)
         if self.lm is not None and self.prompt.text.strip():
             self.action_run()

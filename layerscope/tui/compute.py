@@ -12,6 +12,7 @@ import torch
 
 from layerscope.analyses.grid import DecodeGrid, GridCell, build_grid, distribution_stats
 from layerscope.analyses.lens import lens_logits
+from layerscope.analyses.patchscope import patchscope_grid
 from layerscope.analyses.residual import layer_labels
 from layerscope.interventions import Intervention
 from layerscope.models.loading import LoadedModel
@@ -67,19 +68,11 @@ def patchscope_rows(
     lm: LoadedModel, input_ids: torch.Tensor, top_k: int, cancelled: Callable[[], bool], progress: ProgressFn
 ) -> Iterator[LayerRow]:
     """Patchscope identity decoding (no interventions: it patches states into its own target prompt)."""
-    from layerscope.analyses.patchscope import patchscope_grid
-
     grid = patchscope_grid(lm, input_ids, top_k=top_k, progress=progress)
     for row, (label, cells) in enumerate(zip(grid.layers, grid.cells)):
         if cancelled():
             return
         yield LayerRow(row, label, cells)
-
-
-def patchscope_available() -> bool:
-    from importlib.util import find_spec
-
-    return find_spec("layerscope.analyses.patchscope") is not None
 
 
 def decode_rows(

@@ -170,11 +170,10 @@ class Session:
 
 def sample_prompts(folder: Path, longest: int = 300) -> list[tuple[str, str]]:
     """(label, prompt) for every prompt of every prompt-set file in the folder; other files are skipped."""
-    from importlib.util import find_spec
-
-    if not folder.is_dir() or find_spec("layerscope.analyses.prompt_sets") is None:
-        return []
     from layerscope.analyses.prompt_sets import load_prompt_set
+
+    if not folder.is_dir():
+        return []
 
     choices = []
     for path in sorted(folder.iterdir()):
