@@ -114,8 +114,9 @@ async def latency_run(lm) -> dict[str, list[float]]:
         results["idle"] = await key_latencies(app, pilot, KEYS, lambda: True)
 
         app.toggles = Toggles(drop=frozenset({3}))
+        first = app.results
         app.action_run()  # baseline + intervened over all layers, then two continuations
-        while not app.results.baseline.cells:  # before the first row there is no cursor to move
+        while app.results is first:  # measure from the new run's first row on
             await pilot.pause(0.01)
         results["during background run (worker)"] = await key_latencies(app, pilot, KEYS, lambda: app.running)
         while app.running:

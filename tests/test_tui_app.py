@@ -208,7 +208,7 @@ async def test_head_scores_compute_sort_and_load(demo_lm, tmp_path):
 
 async def test_patchscope_switch_and_cancel(demo_lm, tmp_path):
     """m switches the grid to Patchscope decoding (the engine's grid, shown as is); Esc cancels a run,
-    which ends with a notice and leaves the app usable."""
+    which ends with a notice, keeps the results shown and leaves the app usable."""
     from layerscope.analyses.patchscope import patchscope_grid
 
     app = make_app(demo_lm, tmp_path, prompt="Paris is")
@@ -221,12 +221,14 @@ async def test_patchscope_switch_and_cancel(demo_lm, tmp_path):
         assert [[c.top[0].id for c in row] for row in app.results.baseline.cells] == \
                [[c.top[0].id for c in row] for row in want.cells]
 
-        await pilot.press("m")
-        with app.model_lock:  # the worker waits for the model, so the cancel lands before its first row
-            app.action_run()
+        with app.model_lock:  # the workers wait for the model, so the cancels land before their first row
+            await pilot.press("m")  # back to the lens: starts a run ...
+            app.action_run()  # ... which this one replaces
             await pilot.press("escape")
         await settle(pilot)
-        assert any("cancelled" in n for n in notices(app)) and app.results.baseline.cells == []
+        assert any("cancelled" in n for n in notices(app))
+        assert app.results.baseline.method == "patchscope" and len(app.results.baseline.cells) == len(want.cells)
         await pilot.press("ctrl+r")
         await settle(pilot)
+        assert app.results.baseline.method == "logit_lens"
         assert len(app.results.baseline.cells) == demo_lm.n_blocks + 1

@@ -142,6 +142,7 @@ class LayerscopeApp(App):
         self.initial_prompt = prompt
         self.toggles = Toggles()
         self.results = Results()
+        self._pending: Results | None = None
         self.method = "logit_lens"
         self.run_id = 0
         self.running = False
@@ -328,14 +329,17 @@ class LayerscopeApp(App):
         return message.run_id == self.run_id
 
     def on_run_started(self, message: RunStarted) -> None:
+        """The new results wait for their first row: until then the grid keeps showing the last ones."""
         if self._current(message):
-            self.results = Results(message.data["baseline"], message.data["intervened"],
-                                   [] if message.data["intervened"] is not None else None)
-            self.show_results()
+            self._pending = Results(message.data["baseline"], message.data["intervened"],
+                                    [] if message.data["intervened"] is not None else None)
 
     def on_row_arrived(self, message: RowArrived) -> None:
         if not self._current(message):
             return
+        if self._pending is not None:
+            self.results, self._pending = self._pending, None
+            self.show_results()
         row: LayerRow = message.data["row"]
         self.results.baseline.layers.append(row.label)
         self.results.baseline.cells.append(row.baseline)
