@@ -1,0 +1,108 @@
+"""Stage map: signatures against independent computations, the segmentation rule, several families."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from layerscope.analyses.lens import logit_lens
+from layerscope.analyses.prompt_sets import PromptItem
+from layerscope.analyses.stages import STAGES, BlockSignature, _forward_signatures, segment, stage_map
+from layerscope.analyses.sweep import sweep
+from tests.studies import TINY_TEXT, invoke, one_thread, tiny_dir  # noqa: F401 (fixtures)
+from tests.tiny import tiny_model
+
+PROMPTS = [PromptItem(TINY_TEXT), PromptItem("red blue green the city is big and small")]
+
+
+def stages_in_order(stage_map_blocks) -> bool:
+    order = [STAGES.index(b.stage) for b in stage_map_blocks]
+    return order == sorted(order)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text", "gpt2", "gpt_neox", "phi"])
+def test_stage_map_runs_on_each_family(family):
+    lm = tiny_model(family)
+    result = stage_map(lm, PROMPTS)
+    assert [b.block for b in result.blocks] == list(range(lm.n_blocks))
+    assert result.blocks[0].stage == STAGES[0] and result.blocks[-1].stage == STAGES[3]
+    assert stages_in_order(result.blocks) and all(b.reason for b in result.blocks)
+    drop = {r.layer: r.kl for r in sweep(lm, PROMPTS, "drop") if r.prompt_index is None}
+    swap = {r.layer: r.kl for r in sweep(lm, PROMPTS, "swap") if r.prompt_index is None}
+    assert [b.drop_kl for b in result.blocks] == [drop[b] for b in range(lm.n_blocks)]
+    assert [b.swap_kl for b in result.blocks] == [swap[b] for b in range(lm.n_blocks - 1)] + [None]
+    data = json.loads(json.dumps(result.to_dict()))
+    assert data["heuristic"] is True and sum(len(v) for v in data["stages"].values()) == lm.n_blocks
+
+
+def test_signatures_equal_independent_computations():
+    lm = tiny_model("llama")
+    ids = lm.encode(TINY_TEXT)
+    signatures = _forward_signatures(lm, ids)
+    # lens: the engine's logit-lens grid, rows 1..L, mean over positions
+    grid = logit_lens(lm, ids)
+    for b in range(lm.n_blocks):
+        assert signatures["lens_kl"][b] == pytest.approx(sum(grid.column(t, "kl_to_final")[b + 1]
+                                                             for t in range(ids.shape[1])) / ids.shape[1], abs=1e-4)
+    # previous-five attention from an eager copy of the same weights, by loops
+    eager = tiny_model("llama")
+    eager.model.set_attn_implementation("eager")
+    with torch.no_grad():
+        attentions = eager.model(input_ids=ids, output_attentions=True).attentions
+    for b, probs in enumerate(attentions):
+        shares = [float(probs[0, :, t, max(0, t - 5):t].sum(-1).mean()) for t in range(1, ids.shape[1])]
+        assert signatures["prev5_attention"][b] == pytest.approx(sum(shares) / len(shares), abs=1e-5)
+    # MLP output = block output - block input - attention output (llama blocks are sequential residual)
+    seen = {}
+    hooks = [lm.adapter.blocks[b].register_forward_hook(
+        lambda m, a, k, o, b=b: seen.__setitem__(("block", b), (a[0] if a else k["hidden_states"], o)),
+        with_kwargs=True) for b in range(lm.n_blocks)]
+    hooks += [lm.adapter.attention(b).register_forward_hook(
+        lambda m, a, o, b=b: seen.__setitem__(("attn", b), o[0])) for b in range(lm.n_blocks)]
+    with torch.no_grad():
+        lm.model(input_ids=ids)
+    for hook in hooks:
+        hook.remove()
+    for b in range(lm.n_blocks):
+        hidden_in, hidden_out = seen[("block", b)]
+        hidden_out = hidden_out[0] if isinstance(hidden_out, tuple) else hidden_out
+        mlp = hidden_out - hidden_in - seen[("attn", b)]
+        assert signatures["mlp_norm"][b] == pytest.approx(mlp[0].norm(dim=-1).mean().item(), rel=1e-4)
+        assert signatures["attn_norm"][b] == pytest.approx(seen[("attn", b)][0].norm(dim=-1).mean().item(), rel=1e-4)
+
+
+def signature(block, drop=0.1, lens=1.0, mlp=1.0):
+    return BlockSignature(block, drop, 0.0, lens, 1.0, 1.0, mlp, 1.0, 0.5)
+
+
+def test_segmentation_rule_by_hand():
+    # 12 blocks: drop-KL high at 0-2 (quarter = 3, so all three), MLP norm high at 9-11,
+    # lens KL peaks at block 5 (8.0) and first falls to <= 6.0 at block 7
+    drops = [9, 5, 3, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]
+    lens = [9, 9, 9, 4, 5, 8, 7, 6, 3, 2, 1, 0]
+    mlps = [1, 1, 1, 1, 1, 1, 1, 1, 1, 5, 5, 9]
+    blocks = [signature(b, drops[b], lens[b], mlps[b]) for b in range(12)]
+    segment(blocks)
+    assert [b.stage for b in blocks] == [STAGES[0]] * 3 + [STAGES[1]] * 4 + [STAGES[2]] * 2 + [STAGES[3]] * 3
+    # a model with no outstanding block: only block 0 and the last block are pinned by the rule
+    flat = [signature(b) for b in range(8)]
+    segment(flat)
+    assert flat[0].stage == STAGES[0] and flat[-1].stage == STAGES[3] and stages_in_order(flat)
+
+
+def test_cli_stages_json_and_table(tiny_dir, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text(TINY_TEXT + "\n")
+    result = invoke("stages", "--model", str(tiny_dir), "--prompts", str(prompts), "--format", "json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert len(data["blocks"]) == 4 and {"drop_kl", "swap_kl", "lens_kl", "prev5_attention", "stage", "reason"} <= set(
+        data["blocks"][0])
+    table = invoke("stages", "--model", str(tiny_dir), "--prompts", str(prompts)).stdout
+    assert "heuristic" in table.lower() and "detokenisation" in table
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    bad = invoke("stages", "--model", str(tiny_dir), "--prompts", str(empty))
+    assert bad.exit_code == 1 and "no prompts" in bad.stderr
