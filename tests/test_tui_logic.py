@@ -153,3 +153,38 @@ def test_tui_command_is_registered():
 
     result = CliRunner().invoke(app, ["tui", "--help"])
     assert result.exit_code == 0 and "--theme" in result.output and "--prompt" in result.output
+
+
+def test_sighup_ends_the_explorer(tmp_path):
+    """In a real terminal (a pty), SIGHUP ends `layerscope tui` promptly with exit code 1."""
+    import os
+    import pty
+    import select
+    import signal
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TERM": "xterm-256color", "XDG_CONFIG_HOME": str(tmp_path)}
+    main, child = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-c", "from layerscope.cli.app import main; main()", "tui",
+                                "--model", str(tmp_path / "no-model")], stdin=child, stdout=child, stderr=child,
+                               env=env, start_new_session=True)
+    os.close(child)
+    seen = b""
+    try:
+        while b"prompt" not in seen:  # the first frame has been written
+            ready, _, _ = select.select([main], [], [], 30)
+            assert ready, "the explorer wrote nothing"
+            seen += os.read(main, 65536)
+        process.send_signal(signal.SIGHUP)
+        for _ in range(300):  # up to 30 s, keeping the pty drained so the app never blocks on a write
+            if process.poll() is not None:
+                break
+            if select.select([main], [], [], 0.1)[0]:
+                try:
+                    os.read(main, 65536)
+                except OSError:
+                    break
+        assert process.poll() == 1
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(main)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -25,5 +26,8 @@ def tui(
     """
     from layerscope.tui.app import LayerscopeApp
 
-    LayerscopeApp(model=model, prompt=prompt, theme=theme, device=device, dtype=dtype, keymap_path=keymap,
-                  top_k=top_k).run()
+    app = LayerscopeApp(model=model, prompt=prompt, theme=theme, device=device, dtype=dtype, keymap_path=keymap,
+                        top_k=top_k)
+    app.run()
+    if app.hung_up:  # SIGHUP: do not wait for a worker mid-step; ending the process frees the GPU now
+        os._exit(1)

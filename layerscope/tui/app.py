@@ -143,6 +143,7 @@ class LayerscopeApp(App):
         self.toggles = Toggles()
         self.results = Results()
         self._pending: Results | None = None
+        self.hung_up = False
         self.method = "logit_lens"
         self.run_id = 0
         self.running = False
@@ -217,6 +218,8 @@ class LayerscopeApp(App):
             pass
 
     def action_quit_now(self) -> None:
+        """The terminal is gone: exit at once; `layerscope tui` then ends the process (see `hung_up`)."""
+        self.hung_up = True
         self.workers.cancel_all()
         self.exit()
 

@@ -125,7 +125,7 @@ class HeadPane(Vertical):
 
     def show(self, toggles: Toggles, n_blocks: int, n_heads: int, n_kv_heads: int) -> None:
         table = self.query_one(DataTable)
-        self._toggles = toggles
+        previous, self._toggles = self._toggles, toggles
         self._hint()
         if self._shape != (n_blocks, n_heads, n_kv_heads) or table.row_count != n_blocks * n_heads:
             self._shape = (n_blocks, n_heads, n_kv_heads)
@@ -139,9 +139,9 @@ class HeadPane(Vertical):
                                   self._mask_cell(toggles, layer, head), key=f"{layer}.{head}")
             self._sort()
             return
-        for key in table.rows:
-            layer, head = map(int, key.value.split("."))
-            table.update_cell(key, "mask", self._mask_cell(toggles, layer, head))
+        for layer, head in previous.masked_heads ^ toggles.masked_heads | (
+                toggles.masked_heads if previous.mask_mode != toggles.mask_mode else set()):
+            table.update_cell(f"{layer}.{head}", "mask", self._mask_cell(toggles, layer, head))
 
     def _hint(self) -> None:
         self.query_one("#head-hint", Static).update(
