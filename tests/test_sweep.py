@@ -128,6 +128,9 @@ def test_cli_jsonl_resume_gives_the_same_file(tiny_dir, tmp_path):
     result = invoke(*common, "--out", str(part), "--resume")
     assert result.exit_code == 0, result.output
     assert part.read_text() == full.read_text()
+    other = invoke(*common, "--out", str(part), "--resume", "--layers", "0-1")
+    assert other.exit_code == 1 and "other prompts or layers" in other.stderr
+    assert part.read_text() == full.read_text()
     assert all(json.loads(line).keys() >= {"intervention", "layer", "prompt_index", "kl", "top1_agree",
                                            "entropy_delta", "loss_delta", "accuracy"} for line in lines)
 

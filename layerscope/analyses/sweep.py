@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from layerscope.analyses.compare import compare_logits, greedy_continuation
-from layerscope.analyses.prompt_sets import PromptItem, answer_matches
+from layerscope.analyses.prompt_sets import PromptItem, answer_matches, require_answers
 from layerscope.errors import LayerscopeError
 from layerscope.interventions import (DropBlocks, FreezeFrom, Intervention, RandomizeAt, SkipAttention, SwapBlocks,
                                       intervene)
@@ -178,7 +178,8 @@ def run_plans(adapter: ModelAdapter, base: BaselinePass, plans: list[_RowPlan], 
                     groups.setdefault(plan.order.get(depth, depth), []).append(row)
             new_state = state.clone()
             for index, rows in groups.items():
-                skip = torch.tensor([plans[r].skip_from is not None and depth >= plans[r].skip_from for r in rows])
+                skip = torch.tensor([plans[r].skip_from is not None and depth >= plans[r].skip_from for r in rows],
+                                    device=state.device)
                 new_state[rows] = _run_block(blocks[index], attentions[index], base.calls[depth], state[rows], skip)
             for row, previous in frozen.items():
                 new_state[row, :-1] = previous
@@ -248,6 +249,8 @@ def sweep(
     """
     check_kind(kind)
     layers = check_layers(kind, sweep_layers(kind, lm.n_blocks) if layers is None else layers, lm.n_blocks)
+    if accuracy:
+        require_answers(prompts, "the prompt set")
     finished = {(r.prompt_index, r.layer): r for r in done if r.prompt_index is not None}
     total = len(prompts) * len(layers)
     count = len([key for key in finished if key[1] in layers])

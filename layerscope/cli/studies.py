@@ -170,14 +170,20 @@ def _sweep_rows(lm, items, kind, layers, accuracy, max_new_tokens, seed, batch_s
     from layerscope.analyses.sweep import SweepRow, check_layers, sweep, sweep_layers
     from layerscope.analyses.token_swap import Donor, TokenSwapRow, check_rows, token_swap_sweep, usable_targets
 
+    if kind == "swap-token":
+        valid = check_rows(layers, lm.n_blocks)
+        usable_targets(items, Donor(*donor))
+    else:
+        valid = check_layers(kind, sweep_layers(kind, lm.n_blocks) if layers is None else layers, lm.n_blocks)
+    for row in done:
+        index = row.get("prompt_index", -1)
+        if row.get("layer") not in valid or not (index is None or (isinstance(index, int) and 0 <= index < len(items))):
+            raise LayerscopeError(f"--resume: {out} was written by a sweep over other prompts or layers.")
     seen = {(row["prompt_index"], row["layer"]) for row in done}
     if kind == "swap-token":
-        check_rows(layers, lm.n_blocks)
-        usable_targets(items, Donor(*donor))
         rows = token_swap_sweep(lm, items, Donor(*donor), layers, max_new_tokens,
                                 _rows_from(done, TokenSwapRow, out), progress)
     else:
-        check_layers(kind, sweep_layers(kind, lm.n_blocks) if layers is None else layers, lm.n_blocks)
         rows = sweep(lm, items, kind, layers, seed, accuracy, max_new_tokens, batch_size,
                      _rows_from(done, SweepRow, out), progress)
     return (row.to_dict() for row in rows if (row.prompt_index, row.layer) not in seen)
