@@ -1,0 +1,84 @@
+"""Peak memory of retrieval-head scoring at two context lengths 4x apart: it must grow linearly.
+
+layerscope prefills on the model's fast attention path and then reads one attention row per head per
+decoding step. The naive way asks the model for every attention weight (eager attention with
+output_attentions=True over the whole prompt), which holds T x T per head and layer. Each measurement runs
+in a fresh process; the figure is the growth of peak resident memory (ru_maxrss) over the process's peak
+after loading the model and a short warm-up.
+
+Run: python benchmarks/bench_retrieval_memory.py [--lengths 512,2048] [--steps 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+
+LENGTHS = (512, 2048)
+
+
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def child(length: int, way: str, steps: int) -> dict:
+    import itertools
+
+    import torch
+
+    from layerscope.analyses.retrieval import build_tests, copy_paste, greedy_steps, load_haystack, load_needles
+    from layerscope.models.loading import load_model
+
+    lm = load_model("demo", device="cpu")
+    haystack, needle = load_haystack(), load_needles()[3]
+    test = build_tests(lm, haystack, [needle], [length], [50])[0]
+    warmup = build_tests(lm, haystack, [needle], [64], [50])[0]
+    if way == "naive":
+        lm.model.set_attn_implementation("eager")
+
+    def run(ids: torch.Tensor) -> int:
+        if way == "naive":
+            with torch.inference_mode():
+                attentions = lm.model(input_ids=ids, output_attentions=True, use_cache=False).attentions
+            return len(attentions)
+        copies = 0
+        for token, rows in itertools.islice(greedy_steps(lm, ids), steps):
+            copies += int(copy_paste(rows, token, ids[0], test.span).sum())
+        return copies
+
+    run(warmup.ids)
+    before = peak_mib()
+    run(test.ids)
+    return {"tokens": test.ids.shape[1], "way": way, "growth_mib": peak_mib() - before, "baseline_mib": before}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--child", nargs=2, metavar=("LENGTH", "WAY"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(int(args.child[0]), args.child[1], args.steps)))
+        return
+    lengths = [int(n) for n in args.lengths.split(",")]
+    results = {}
+    for way in ("layerscope", "naive"):
+        for length in lengths:
+            output = subprocess.run([sys.executable, __file__, "--child", str(length), way, "--steps", str(args.steps)],
+                                    capture_output=True, text=True, check=True).stdout
+            results[way, length] = json.loads(output.strip().splitlines()[-1])
+    print(f"{'way':<12} {'haystack':>8} {'prompt':>7} {'peak growth':>12}")
+    for (way, length), result in results.items():
+        print(f"{way:<12} {length:>8} {result['tokens']:>7} {result['growth_mib']:>9.1f} MiB")
+    for way in ("layerscope", "naive"):
+        small, large = results[way, lengths[0]], results[way, lengths[-1]]
+        ratio = large["growth_mib"] / max(small["growth_mib"], 1e-9)
+        print(f"{way}: {large['tokens'] / small['tokens']:.1f}x the tokens -> {ratio:.1f}x the peak growth")
+
+
+if __name__ == "__main__":
+    main()
