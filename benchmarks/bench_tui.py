@@ -3,7 +3,9 @@
 1. Time to first frame, in a fresh process (imports included): the app as shipped (torch and the model
    load in a worker after the first paint) vs the naive way (import the engine and load the model,
    then start the app). Target < 1 s.
-2. Keypress-to-repaint latency (cursor moves in the decode grid): idle; while a long computation over all
+2. Keypress-to-repaint latency of the decode grid alone at 200 tokens x 31 and x 81 rows: the line-rendered
+   DecodeGridView vs a DataTable holding the same cells (the naive way).
+3. Keypress-to-repaint latency (cursor moves in the decode grid): idle; while a long computation over all
    layers (baseline + intervened lens of a 200-token prompt, then continuations) runs in the thread
    worker; and the naive way, the same computation run on the UI thread. Target < 100 ms median.
 
@@ -69,31 +71,35 @@ def first_frame(way: str) -> float:
     return statistics.median(times)
 
 
-async def key_latencies(app, pilot, keys: int, busy) -> list[float]:
-    """Press keys one at a time; each latency ends when the grid draws the cursor's row again."""
-    from layerscope.tui.grid_view import DecodeGridView
-
-    grid = app.query_one(DecodeGridView)
+async def press_and_repaint(pilot, widget, key: str) -> float:
+    """Seconds from pressing the key to the end of the widget's repaint (its last line drawn in that pass:
+    lines of one pass are drawn back to back, so 5 ms without a new line ends it)."""
     drawn: list[float] = []
-    original = grid.render_line
+    original = widget.render_line
 
     def recording(y: int):
         drawn.append(time.perf_counter())
         return original(y)
 
-    grid.render_line = recording
+    widget.render_line = recording
+    start = time.perf_counter()
+    await pilot.press(key)
+    while not drawn and time.perf_counter() - start < 5:
+        await asyncio.sleep(0.001)
+    while drawn and time.perf_counter() - drawn[-1] < 0.005:
+        await asyncio.sleep(0.001)
+    widget.render_line = original
+    return (drawn[-1] if drawn else time.perf_counter()) - start
+
+
+async def key_latencies(app, pilot, keys: int, busy) -> list[float]:
+    """Cursor moves in the app's decode grid, one at a time, while `busy()` holds."""
     latencies = []
     for index in range(keys):
         if not busy():
             break
-        drawn.clear()
-        start = time.perf_counter()
-        await pilot.press("down" if index % 4 < 2 else "up")
-        while not drawn and time.perf_counter() - start < 5:
-            await asyncio.sleep(0.001)
-        latencies.append((drawn[0] if drawn else time.perf_counter()) - start)
+        latencies.append(await press_and_repaint(pilot, app.grid, "down" if index % 4 < 2 else "up"))
         await asyncio.sleep(0.02)
-    grid.render_line = original
     return latencies
 
 
@@ -135,6 +141,53 @@ async def latency_run(lm) -> dict[str, list[float]]:
     return results
 
 
+def synthetic_grid(rows: int, tokens: int):
+    """A decode grid of the given size with varied tokens and probabilities (no model needed)."""
+    from layerscope.analyses.grid import DecodeGrid, GridCell, TopToken
+
+    words = [f" w{i}" for i in range(97)]
+    cells = [[GridCell([TopToken(words[(r * 7 + t) % 97], (r * 7 + t) % 97, ((r + t) % 10) / 10 + 0.05)], 1.0, 0.5)
+              for t in range(tokens)] for r in range(rows)]
+    return DecodeGrid("synthetic", "logit_lens", words[:1] * tokens, [0] * tokens, [str(r) for r in range(rows)],
+                      cells)
+
+
+async def grid_latency(widget_kind: str, rows: int, tokens: int) -> list[float]:
+    """Cursor keys on a grid of rows x tokens: DecodeGridView, or a DataTable holding the same cells (naive)."""
+    from textual.app import App
+    from textual.widgets import DataTable
+
+    from layerscope.tui.grid_view import DecodeGridView
+
+    grid = synthetic_grid(rows, tokens)
+
+    class GridApp(App):
+        def compose(self):
+            if widget_kind == "DecodeGridView":
+                yield DecodeGridView(id="grid")
+            else:
+                yield DataTable(id="grid", cursor_type="cell")
+
+        def on_mount(self) -> None:
+            widget = self.query_one("#grid")
+            if isinstance(widget, DecodeGridView):
+                widget.set_grids(grid, None)
+            else:
+                widget.add_columns("token", *grid.layers)
+                for position in range(tokens):
+                    widget.add_row(grid.tokens[position], *(f"{row[position].top[0].token} {row[position].top[0].prob:.2f}"
+                                                            for row in grid.cells))
+            widget.focus()
+
+    app = GridApp()
+    async with app.run_test(size=(160, 50)) as pilot:
+        await pilot.pause()
+        widget = app.query_one("#grid")
+        latencies = [await press_and_repaint(pilot, widget, ("right", "down", "pagedown", "left")[index % 4])
+                     for index in range(KEYS)]
+    return latencies
+
+
 def main() -> None:
     import torch
 
@@ -148,6 +201,13 @@ def main() -> None:
               "engine + model before app (naive)": first_frame("naive"),
               "bare Textual app (reference)": first_frame("bare")}
     report("time to first frame (target < 1 s)", frames, "engine + model before app (naive)")
+
+    for rows, tokens in ((31, 200), (81, 200)):
+        runs = {kind: asyncio.run(grid_latency(kind, rows, tokens)) for kind in ("DecodeGridView", "DataTable")}
+        report(f"grid of {tokens} tokens x {rows} rows: keypress-to-repaint (right, down, pagedown, left)",
+               {kind: statistics.median(values) for kind, values in runs.items()}, "DataTable")
+        for kind, values in runs.items():
+            print(f"  {kind}: {len(values)} keys, max {max(values) * 1000:.1f} ms")
 
     lm = load_model("demo", device="cpu")
     latencies = asyncio.run(latency_run(lm))

@@ -150,6 +150,14 @@ async def test_empty_prompt_and_keymap(demo_lm, tmp_path):
         await pilot.pause(0.3)  # the chart timer fires under the modal screen without harm
         await pilot.press("escape")
         assert app.is_running
+        assert {"Run", "Save session", "Export grid as CSV", "Theme"} <= \
+               {command.title for command in app.get_system_commands(app.screen)}
+
+        await pilot.press("p")  # the sample picker: Enter takes the highlighted (first) prompt
+        await pilot.pause(0.1)
+        await pilot.press("down", "enter")
+        await pilot.pause(0.1)
+        assert app.prompt.text == "The capital of Italy is"  # second line of sample_prompts/capitals.jsonl
 
 
 async def test_bad_model_id_keeps_the_app_up(tmp_path):

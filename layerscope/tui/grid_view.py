@@ -5,9 +5,9 @@ tokens and reads top to bottom like the text itself, so it takes the long,
 vertical axis; the layer count is bounded (31 for the demo, 81 for an 80-block
 model) and scrolls sideways. The token column and the layer header stay put.
 
-Only visible lines are drawn (`render_line`), and each row's full strip is
-cached until the data, the view or the theme changes; a cursor move redraws
-two rows. Every cell carries a glyph for its probability and a mark when its
+Only visible lines are drawn (`render_line`). Each row's full strip is cached,
+with its drawn lines per scroll offset, until the data, the view or the theme
+changes; a cursor move rebuilds and redraws two rows and the header. Every cell carries a glyph for its probability and a mark when its
 top-1 changed (a leading ≠), so the grid reads without colour (NO_COLOR, 16 colours).
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rich.segment import Segment
+from rich.style import Style
 from textual.binding import Binding
 from textual.geometry import Size
 from textual.message import Message
@@ -89,7 +90,8 @@ class DecodeGridView(ScrollView, can_focus=True):
         super().__init__(id=id)
         self.baseline: DecodeGrid | None = None
         self.intervened: DecodeGrid | None = None
-        self._cache: dict[int, Strip] = {}
+        self._cache: dict[int, tuple[Strip, dict[tuple[int, int], Strip]]] = {}  # row strip, drawn lines
+        self._styles: dict[str, Style] = {}
 
     def on_mount(self) -> None:
         self.app.theme_changed_signal.subscribe(self, lambda _theme: self.invalidate())
@@ -108,7 +110,15 @@ class DecodeGridView(ScrollView, can_focus=True):
 
     def invalidate(self) -> None:
         self._cache.clear()
+        self._styles.clear()
         self.refresh()
+
+    def _style(self, name: str) -> Style:
+        """Component styles, looked up once per theme or data change (a CSS lookup per cell is slow)."""
+        style = self._styles.get(name)
+        if style is None:
+            style = self._styles[name] = self.get_component_rich_style(f"decode-grid--{name}")
+        return style
 
     @property
     def shown(self) -> DecodeGrid | None:
@@ -148,13 +158,17 @@ class DecodeGridView(ScrollView, can_focus=True):
         self.rows_added()
 
     def _cursor_changed(self, old_position: int, new_position: int) -> None:
+        """Redraw the cursor's old and new rows and the header; a scroll redraws everything anyway."""
         for position in {old_position, new_position}:
             self._cache.pop(position, None)
-        self._scroll_to_cursor()
-        self.refresh()
+        if not self._scroll_to_cursor():
+            for position in {old_position, new_position}:
+                self.refresh_line(position + 1)
+            self.refresh_line(self.scroll_offset.y)  # the header (sticky on the first screen line)
         self.post_message(self.CursorMoved(self.cursor_layer, self.cursor_position))
 
-    def _scroll_to_cursor(self) -> None:
+    def _scroll_to_cursor(self) -> bool:
+        """Scroll the cursor's cell into view; True when the view moved."""
         visible_rows = max(1, self.size.height - 1)
         visible_width = max(CELL_WIDTH, self.size.width - LABEL_WIDTH)
         x, y = self.scroll_offset
@@ -167,7 +181,10 @@ class DecodeGridView(ScrollView, can_focus=True):
             y = self.cursor_position
         elif self.cursor_position >= y + visible_rows:
             y = self.cursor_position - visible_rows + 1
+        if (x, y) == tuple(self.scroll_offset):
+            return False
         self.scroll_to(x, y, animate=False, immediate=True)
+        return True
 
     # drawing ------------------------------------------------------------
     def render_line(self, y: int) -> Strip:
@@ -181,25 +198,31 @@ class DecodeGridView(ScrollView, can_focus=True):
             position = scroll_y + y - 1
             if position >= self.n_positions:
                 return Strip.blank(width, self.rich_style)
-            label = self._label(position)
-            cells = self._cache.get(position)
-            if cells is None:
-                cells = self._cache[position] = self._row(position)
+            cells, lines = self._cache.get(position) or self._cache.setdefault(position, (self._row(position), {}))
+            line = lines.get((scroll_x, width))
+            if line is None:
+                if len(lines) > 8:  # drawn at scroll offsets long left
+                    lines.clear()
+                line = lines[scroll_x, width] = self._join(self._label(position), cells, scroll_x, width)
+            return line
+        return self._join(label, cells, scroll_x, width)
+
+    def _join(self, label: Strip, cells: Strip, scroll_x: int, width: int) -> Strip:
         body = cells.crop(scroll_x, scroll_x + width - LABEL_WIDTH)
         return Strip.join([label, body]).adjust_cell_length(width, self.rich_style)
 
     def _header(self) -> tuple[Strip, Strip]:
-        style = self.get_component_rich_style("decode-grid--header")
-        cursor = self.get_component_rich_style("decode-grid--cursor")
+        style = self._style("header")
+        cursor = self._style("cursor")
         label = Strip([Segment(f"{'pos token':<{LABEL_WIDTH - 1}}│", style)])
         cells = [Segment(f"{name:^{CELL_WIDTH}}", cursor if layer == self.cursor_layer else style)
                  for layer, name in enumerate(self.shown.layers)]
         return label, Strip(cells)
 
     def _label(self, position: int) -> Strip:
-        name = "decode-grid--cursor" if position == self.cursor_position else "decode-grid--label"
+        name = "cursor" if position == self.cursor_position else "label"
         text = f"{position:>4} {token_label(self.baseline.tokens[position], LABEL_WIDTH - 6)}"
-        return Strip([Segment(f"{text:<{LABEL_WIDTH - 1}}│", self.get_component_rich_style(name))])
+        return Strip([Segment(f"{text:<{LABEL_WIDTH - 1}}│", self._style(name))])
 
     def _row(self, position: int) -> Strip:
         diff = self.view == "diff" and self.intervened is not None
@@ -210,13 +233,13 @@ class DecodeGridView(ScrollView, can_focus=True):
             changed = self.changed(layer, position)
             text = f"{prob_glyph(top.prob)}{token_label(top.token, CELL_WIDTH - 2):<{CELL_WIDTH - 2}}"
             if diff and not changed:
-                style = self.get_component_rich_style("decode-grid--same")
+                style = self._style("same")
                 text = f"{'=':^{CELL_WIDTH - 1}}"
             else:
-                style = self.get_component_rich_style(f"decode-grid--p{prob_bin(top.prob)}")
+                style = self._style(f"p{prob_bin(top.prob)}")
             if layer == self.cursor_layer and position == self.cursor_position:
-                style = self.get_component_rich_style("decode-grid--cursor")
-            mark_style = self.get_component_rich_style("decode-grid--changed") if changed else style
+                style = self._style("cursor")
+            mark_style = self._style("changed") if changed else style
             segments.append(Segment("≠" if changed else " ", mark_style))
             segments.append(Segment(text, style))
         return Strip(segments)
