@@ -29,7 +29,8 @@ from layerscope.progress import ProgressFn, no_progress
 KINDS = ("drop", "swap", "freeze", "random", "skip-attn")
 LAST_POSITION_KINDS = frozenset({"freeze", "random", "skip-attn"})
 """Attend-First manipulations touch the previous tokens; they are measured at the last position only."""
-TOKENS_PER_BATCH = 4096
+LOGITS_PER_BATCH = 2**27
+"""A batch's final logits stay under this many numbers (512 MiB in fp32), whatever the vocabulary."""
 
 
 def check_kind(kind: str) -> None:
@@ -243,7 +244,7 @@ def sweep(
     """Yield a row per (prompt, layer), prompt by prompt, then the set average per layer.
 
     Rows in `done` (from an interrupted run) are not recomputed or yielded again, but count in the
-    averages. Chunks of layers are fixed by `layers` and `batch_size` alone, so a resumed run
+    averages. Chunks of layers depend only on `layers`, `batch_size` and the prompt, so a resumed run
     computes every row in the same batch as an uninterrupted one and gives the same numbers.
     Accuracy (prompts with answers) greedily decodes under the intervention through the engine.
     """
@@ -260,7 +261,7 @@ def sweep(
             continue
         input_ids = lm.encode(item.text)
         base = capture_baseline(lm.adapter, input_ids)
-        chunk_size = max(1, min(batch_size, TOKENS_PER_BATCH // input_ids.shape[1]))
+        chunk_size = max(1, min(batch_size, LOGITS_PER_BATCH // base.logits.numel()))
         for at in range(0, len(layers), chunk_size):
             chunk = layers[at : at + chunk_size]
             if all((index, layer) in finished for layer in chunk):
