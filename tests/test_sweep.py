@@ -169,3 +169,20 @@ def test_cli_bad_input_is_one_line(cli_demo, tmp_path, args, message):
     assert result.stderr.startswith("error: ") and message in result.stderr and len(result.stderr.splitlines()) == 1
     assert result.stdout == ""
     assert not files["nowhere"].parent.exists()
+
+
+def test_ctrl_c_keeps_every_finished_row(tmp_path):
+    from layerscope.cli.studies import SweepFormat, _write_sweep
+
+    lm = tiny_model("llama")
+    out = tmp_path / "rows.jsonl"
+
+    def interrupted():
+        for number, row in enumerate(sweep(lm, TINY_PROMPTS, "drop")):
+            if number == 3:
+                raise KeyboardInterrupt
+            yield row.to_dict()
+
+    with pytest.raises(LayerscopeError, match="interrupted after 3 new rows, all kept; continue with --resume"):
+        _write_sweep(interrupted(), "drop", SweepFormat.jsonl, out, resume=False)
+    assert [json.loads(line)["layer"] for line in out.read_text().splitlines()] == [0, 1, 2]
