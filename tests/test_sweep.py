@@ -17,7 +17,8 @@ from layerscope.analyses.residual import trace_residuals
 from tests.studies import TINY_TEXT, cli_demo, hand_metrics, invoke, one_thread, tiny_dir  # noqa: F401 (fixtures)
 from tests.tiny import tiny_model
 
-TINY_PROMPTS = [PromptItem(TINY_TEXT), PromptItem("red blue green the city is big"), PromptItem("one two three four five six seven eight nine ten")]
+TINY_PROMPTS = [PromptItem(TINY_TEXT), PromptItem("red blue green the city is big"),
+                PromptItem("one two three four five six seven eight nine ten")]
 
 
 def engine_logits(lm, ids, interventions):

@@ -42,7 +42,8 @@ def locate_word(lm: LoadedModel, text: str, word: str) -> WordTokens:
     if match is None:
         raise LayerscopeError(f"The word '{word}' does not occur in the prompt '{text}'.")
     offsets = lm.tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
-    covering = [i for i, (start, end) in enumerate(offsets) if end > start and start < match.end() and end > match.start()]
+    covering = [i for i, (start, end) in enumerate(offsets)
+                if end > start and start < match.end() and end > match.start()]
     return WordTokens(covering[-1], len(covering))
 
 
