@@ -9,8 +9,8 @@
    layers (baseline + intervened lens of a 200-token prompt, then continuations) runs in the thread
    worker; and the naive way, the same computation run on the UI thread. Target < 100 ms median.
 
-A repaint is the decode grid drawing the cursor's row again after the key. The grid the app shows is checked
-equal to `logit_lens` on the same prompt. Run: python benchmarks/bench_tui.py
+A repaint is the widget drawing its lines after the key moved its cursor (until the pass ends). The grid the
+app shows is checked equal to `logit_lens` on the same prompt. Run: python benchmarks/bench_tui.py
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
 FIRST_FRAME_RUNS = 5
 KEYS = 30
+CAPPED = " (the 5 s wait ran out: no repaint seen by then)"
 LONG_PROMPT = " ".join(["In the quiet town by the river, the baker opened her shop before dawn and the smell of",
                         "fresh bread drifted down the street, waking the children who ran to the window."] * 6)
 
@@ -71,25 +72,37 @@ def first_frame(way: str) -> float:
     return statistics.median(times)
 
 
+def cursor_of(widget):
+    """The widget's cursor: what a key press changes and a repaint must show."""
+    return getattr(widget, "cursor_coordinate", None) or (widget.cursor_layer, widget.cursor_position)
+
+
 async def press_and_repaint(pilot, widget, key: str) -> float:
-    """Seconds from pressing the key to the end of the widget's repaint (its last line drawn in that pass:
-    lines of one pass are drawn back to back, so 5 ms without a new line ends it)."""
+    """Seconds from pressing the key to the end of the first repaint that shows the moved cursor (lines of
+    one pass are drawn back to back, so 5 ms without a new line ends it).
+
+    The press runs as a task: Pilot.press then waits for the whole app to go idle, which a busy worker
+    delays by seconds, while the repaint itself happens long before."""
+    before = cursor_of(widget)
     drawn: list[float] = []
     original = widget.render_line
 
     def recording(y: int):
-        drawn.append(time.perf_counter())
+        if cursor_of(widget) != before:
+            drawn.append(time.perf_counter())
         return original(y)
 
     widget.render_line = recording
     start = time.perf_counter()
-    await pilot.press(key)
+    press = asyncio.create_task(pilot.press(key))
     while not drawn and time.perf_counter() - start < 5:
         await asyncio.sleep(0.001)
     while drawn and time.perf_counter() - drawn[-1] < 0.005:
         await asyncio.sleep(0.001)
+    latency = (drawn[-1] if drawn else time.perf_counter()) - start
+    await press
     widget.render_line = original
-    return (drawn[-1] if drawn else time.perf_counter()) - start
+    return latency
 
 
 async def key_latencies(app, pilot, keys: int, busy) -> list[float]:
@@ -207,14 +220,14 @@ def main() -> None:
         report(f"grid of {tokens} tokens x {rows} rows: keypress-to-repaint (right, down, pagedown, left)",
                {kind: statistics.median(values) for kind, values in runs.items()}, "DataTable")
         for kind, values in runs.items():
-            print(f"  {kind}: {len(values)} keys, max {max(values) * 1000:.1f} ms")
+            print(f"  {kind}: {len(values)} keys, max {max(values) * 1000:.1f} ms{CAPPED * (max(values) >= 5)}")
 
     lm = load_model("demo", device="cpu")
     latencies = asyncio.run(latency_run(lm))
     medians = {name: statistics.median(values) for name, values in latencies.items()}
     report("keypress-to-repaint latency (target < 100 ms median)", medians, "during run on the UI thread (naive)")
     for name, values in latencies.items():
-        print(f"  {name}: {len(values)} keys, max {max(values) * 1000:.1f} ms")
+        print(f"  {name}: {len(values)} keys, max {max(values) * 1000:.1f} ms{CAPPED * (max(values) >= 5)}")
 
 
 if __name__ == "__main__":

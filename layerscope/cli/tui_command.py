@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from layerscope.cli.common import DeviceOption, DtypeOption, ModelOption, PromptOption, TopKOption
+from layerscope.cli.common import (DeviceMapOption, DeviceOption, DtypeOption, ModelOption, PromptOption, TopKOption,
+                                   TrustOption)
 
 
 def tui(
@@ -18,6 +19,8 @@ def tui(
     keymap: Annotated[Path | None, typer.Option(help="Keymap TOML file (binding id = keys); default: user config.")] = None,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
+    device_map: DeviceMapOption = None,
+    trust_remote_code: TrustOption = False,
     top_k: TopKOption = 5,
 ) -> None:
     """Open the explorer: decode grid, layer and head toggles, charts.
@@ -26,8 +29,8 @@ def tui(
     """
     from layerscope.tui.app import LayerscopeApp
 
-    app = LayerscopeApp(model=model, prompt=prompt, theme=theme, device=device, dtype=dtype, keymap_path=keymap,
-                        top_k=top_k)
+    app = LayerscopeApp(model=model, prompt=prompt, theme=theme, device=device, dtype=dtype, device_map=device_map,
+                        trust_remote_code=trust_remote_code, keymap_path=keymap, top_k=top_k)
     app.run()
     if app.hung_up:  # SIGHUP: do not wait for a worker mid-step; ending the process frees the GPU now
         os._exit(1)

@@ -129,6 +129,8 @@ class LayerscopeApp(App):
         theme: str | None = None,
         device: str = "auto",
         dtype: str = "auto",
+        device_map: str | None = None,
+        trust_remote_code: bool = False,
         lm: LoadedModel | None = None,
         theme_folders: list[Path] | None = None,
         keymap_path: Path | None = None,
@@ -138,6 +140,7 @@ class LayerscopeApp(App):
         super().__init__()
         self.model_source, self.device, self.dtype, self.top_k = model, device, dtype, top_k
         self.continuation_tokens = continuation_tokens
+        self.device_map, self.trust_remote_code = device_map, trust_remote_code
         self.lm: LoadedModel | None = lm
         self.initial_prompt = prompt
         self.toggles = Toggles()
@@ -241,7 +244,8 @@ class LayerscopeApp(App):
             from layerscope.models.loading import load_model
 
             with self.model_lock:
-                lm = load_model(source, device=self.device, dtype=self.dtype, progress=progress)
+                lm = load_model(source, device=self.device, dtype=self.dtype, device_map=self.device_map,
+                                trust_remote_code=self.trust_remote_code, progress=progress)
         except LayerscopeError as error:
             self.post_message(ModelLoaded(None, str(error)))
             return
@@ -255,6 +259,8 @@ class LayerscopeApp(App):
             self.notify(message.error, severity="error", timeout=10)
             self.set_status("no model (L: load another)")
             return
+        if self.lm is not None and self.lm is not message.lm:  # another model: its blocks and heads differ
+            self.toggles = Toggles(seed=self.toggles.seed)
         self.lm = message.lm
         self.model_source = self.lm.name
         self.refresh_panes()
