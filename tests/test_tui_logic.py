@@ -183,7 +183,7 @@ def test_sighup_ends_the_explorer(tmp_path):
                     os.read(main, 65536)
                 except OSError:
                     break
-        assert process.poll() == 1
+        assert process.wait(timeout=30) == 1
     finally:
         if process.poll() is None:
             process.kill()
