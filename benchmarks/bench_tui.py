@@ -16,6 +16,7 @@ app shows is checked equal to `logit_lens` on the same prompt. Run: python bench
 from __future__ import annotations
 
 import asyncio
+import math
 import statistics
 import subprocess
 import sys
@@ -27,7 +28,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
 FIRST_FRAME_RUNS = 5
 KEYS = 30
-CAPPED = " (the 5 s wait ran out: no repaint seen by then)"
 LONG_PROMPT = " ".join(["In the quiet town by the river, the baker opened her shop before dawn and the smell of",
                         "fresh bread drifted down the street, waking the children who ran to the window."] * 6)
 
@@ -45,16 +45,23 @@ def first_frame_child(way: str) -> None:
 
     from layerscope.tui.app import LayerscopeApp
 
+    painted: list[float] = []
+
     class Bare(App):
         def compose(self):
             yield Static("hello")
 
-    painted: list[float] = []
+        def on_mount(self) -> None:
+            self.call_after_refresh(lambda: painted.append(time.perf_counter()))
+
+    class Timed(LayerscopeApp):
+        def on_mount(self) -> None:
+            """Textual runs this before LayerscopeApp.on_mount, so the mark comes before the model load starts."""
+            self.call_after_refresh(lambda: painted.append(time.perf_counter()))
 
     async def main() -> None:
-        app = Bare() if way == "bare" else LayerscopeApp(lm=lm)
-        async with app.run_test(size=(120, 40)) as pilot:
-            app.call_after_refresh(lambda: painted.append(time.perf_counter()))
+        app = Bare() if way == "bare" else Timed(lm=lm)
+        async with app.run_test(size=(120, 40)):
             while not painted:
                 await asyncio.sleep(0.001)
             print(painted[0] - start)
@@ -99,7 +106,7 @@ async def press_and_repaint(pilot, widget, key: str) -> float:
         await asyncio.sleep(0.001)
     while drawn and time.perf_counter() - drawn[-1] < 0.005:
         await asyncio.sleep(0.001)
-    latency = (drawn[-1] if drawn else time.perf_counter()) - start
+    latency = drawn[-1] - start if drawn else math.inf
     await press
     widget.render_line = original
     return latency
@@ -201,6 +208,11 @@ async def grid_latency(widget_kind: str, rows: int, tokens: int) -> list[float]:
     return latencies
 
 
+def slowest(values: list[float]) -> str:
+    worst = max(values)
+    return "no repaint within 5 s" if math.isinf(worst) else f"{worst * 1000:.1f} ms"
+
+
 def main() -> None:
     import torch
 
@@ -220,14 +232,14 @@ def main() -> None:
         report(f"grid of {tokens} tokens x {rows} rows: keypress-to-repaint (right, down, pagedown, left)",
                {kind: statistics.median(values) for kind, values in runs.items()}, "DataTable")
         for kind, values in runs.items():
-            print(f"  {kind}: {len(values)} keys, max {max(values) * 1000:.1f} ms{CAPPED * (max(values) >= 5)}")
+            print(f"  {kind}: {len(values)} keys, max {slowest(values)}")
 
     lm = load_model("demo", device="cpu")
     latencies = asyncio.run(latency_run(lm))
     medians = {name: statistics.median(values) for name, values in latencies.items()}
     report("keypress-to-repaint latency (target < 100 ms median)", medians, "during run on the UI thread (naive)")
     for name, values in latencies.items():
-        print(f"  {name}: {len(values)} keys, max {max(values) * 1000:.1f} ms{CAPPED * (max(values) >= 5)}")
+        print(f"  {name}: {len(values)} keys, max {slowest(values)}")
 
 
 if __name__ == "__main__":
