@@ -82,7 +82,7 @@ def check_target_layer(lm: LoadedModel, target_layer: int | None) -> None:
         raise LayerscopeError(f"Target layer {target_layer} is out of range 0..{lm.n_blocks} (grid rows).")
 
 
-def _write_at(adapter, stack: ExitStack, row: int, batch: torch.Tensor, vectors: torch.Tensor) -> None:
+def _write_at(adapter, stack: ExitStack, row: int, batch: slice, vectors: torch.Tensor) -> None:
     """Overwrite position 0 of the fed tokens (the placeholder) at grid row `row` for these batch elements."""
 
     def write(hidden: torch.Tensor) -> torch.Tensor:
@@ -143,26 +143,26 @@ def patched_rows(
             cache.batch_repeat_interleave(batch)
             with ExitStack() as stack:
                 for index, row in enumerate(rows):
-                    elements = torch.arange(index * n_positions, (index + 1) * n_positions)
+                    elements = slice(index * n_positions, (index + 1) * n_positions)
                     _write_at(adapter, stack, row if target_layer is None else target_layer, elements,
                               source_states[row])
                 output = model(input_ids=fed.expand(batch, -1), past_key_values=cache, use_cache=True,
                                logits_to_keep=1)
             logits = output.logits[:, -1]
-            continuation = _greedy(model, logits, output.past_key_values, max_new_tokens)
+            continuation = _greedy(lm, logits, output.past_key_values, max_new_tokens)
             for index, row in enumerate(rows):
                 cells = slice(index * n_positions, (index + 1) * n_positions)
                 yield PatchedRow(row, logits[cells], continuation[cells])
 
 
-def _greedy(model, logits: torch.Tensor, cache, max_new_tokens: int) -> torch.Tensor:
+def _greedy(lm: LoadedModel, logits: torch.Tensor, cache, max_new_tokens: int) -> torch.Tensor:
     """Greedy continuation of a batch after the patched prefill pass (no patch on later steps)."""
     tokens = []
     for step in range(max_new_tokens):
         token = logits.argmax(-1, keepdim=True)
         tokens.append(token)
         if step + 1 < max_new_tokens:
-            output = model(input_ids=token.to(model.device), past_key_values=cache, use_cache=True)
+            output = lm.model(input_ids=token.to(lm.adapter.input_device), past_key_values=cache, use_cache=True)
             logits, cache = output.logits[:, -1], output.past_key_values
     if not tokens:
         return torch.empty(logits.shape[0], 0, dtype=torch.long)

@@ -42,14 +42,14 @@ class Needle:
 
 
 def load_needles(path: Path = DEFAULT_NEEDLES) -> list[Needle]:
-    """JSON lines with `needle`, `question` and `answer`."""
+    """JSON lines with `needle`, `question` and `answer`; blank and `#` lines are skipped."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
         raise LayerscopeError(f"Cannot read needles file '{path}': {error}") from error
     needles = []
     for number, line in enumerate(lines, start=1):
-        if not line.strip():
+        if not line.strip() or line.lstrip().startswith("#"):
             continue
         try:
             data = json.loads(line)

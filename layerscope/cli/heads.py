@@ -125,8 +125,9 @@ def run_patchscope_command(model, prompt, prompt_file, target_prompt, placeholde
 
 
 def heads_table(scores: HeadScores, show: int) -> str:
-    lines = [f"{scores.kind} scores, {scores.model}: {scores.n_blocks} blocks x {scores.n_heads} query heads; "
-             f"share of heads above 0.1: {scores.share_above():.1%}", f"{'layer':>5} {'head':>4} {'kv':>3} {'score':>7}"]
+    share = f"; share of heads above 0.1: {scores.share_above():.1%}" if scores.kind == "retrieval" else ""
+    lines = [f"{scores.kind} scores, {scores.model}: {scores.n_blocks} blocks x {scores.n_heads} query heads{share}",
+             f"{'layer':>5} {'head':>4} {'kv':>3} {'score':>7}"]
     lines += [f"{h.layer:>5} {h.head:>4} {h.kv_group:>3} {h.score:>7.3f}" for h in scores.top(show)]
     return "\n".join(lines)
 
