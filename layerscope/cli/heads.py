@@ -178,17 +178,23 @@ def run_retrieval(model, haystack, needles, lengths, depths, max_new_tokens, sho
     lm = load(model, device, dtype, device_map, trust_remote_code)
     tests = needle_tests(lm, haystack, needles, lengths, depths)
     progress = StderrProgress()
+    results = []
     try:
-        results = list(needle_results(lm, tests, max_new_tokens, progress))
+        for result in needle_results(lm, tests, max_new_tokens, progress):
+            results.append(result)
+    except KeyboardInterrupt:
+        if not results:
+            raise
     finally:
         progress.close()
     settings = {"lengths": list(parse_blocks(lengths)), "depths": list(parse_blocks(depths)),
-                "max_new_tokens": max_new_tokens}
+                "max_new_tokens": max_new_tokens, "interrupted": len(results) < len(tests)}
     scores = retrieval_from_results(lm, results, settings)
     lines = [f"{'length':>6} {'depth':>5} {'recall':>6}  answer"]
     lines += [f"{r.length:>6} {r.depth:>5} {r.recall:>6.2f}  {shorten(r.answer, 60)}"
               f"{'' if r.answered else '  (failed: excluded)'}" for r in results]
-    lines += ["", f"answered {scores.meta['answered']} of {len(results)} tests", heads_table(scores, show)]
+    stopped = f" (interrupted: {len(results)} of {len(tests)} tests ran)" if len(results) < len(tests) else ""
+    lines += ["", f"answered {scores.meta['answered']} of {len(results)} tests{stopped}", heads_table(scores, show)]
     render(format, scores.to_dict(), head_rows(scores), "\n".join(lines), out)
 
 
