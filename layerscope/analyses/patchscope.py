@@ -136,23 +136,23 @@ def patched_rows(
     prefix, fed = target.ids[:, : target.placeholder], target.ids[:, target.placeholder:]
     with torch.inference_mode():
         prefix_cache = model(input_ids=prefix, use_cache=True).past_key_values
-        for first in range(0, len(wanted), rows_per_forward):
-            rows = wanted[first:first + rows_per_forward]
-            batch = len(rows) * n_positions
-            cache = copy.deepcopy(prefix_cache)
-            cache.batch_repeat_interleave(batch)
-            with ExitStack() as stack:
-                for index, row in enumerate(rows):
-                    elements = slice(index * n_positions, (index + 1) * n_positions)
-                    _write_at(adapter, stack, row if target_layer is None else target_layer, elements,
-                              source_states[row])
-                output = model(input_ids=fed.expand(batch, -1), past_key_values=cache, use_cache=True,
-                               logits_to_keep=1)
+    for first in range(0, len(wanted), rows_per_forward):
+        rows = wanted[first:first + rows_per_forward]
+        batch = len(rows) * n_positions
+        cache = copy.deepcopy(prefix_cache)
+        cache.batch_repeat_interleave(batch)
+        with ExitStack() as stack, torch.inference_mode():
+            for index, row in enumerate(rows):
+                elements = slice(index * n_positions, (index + 1) * n_positions)
+                _write_at(adapter, stack, row if target_layer is None else target_layer, elements,
+                          source_states[row])
+            output = model(input_ids=fed.expand(batch, -1), past_key_values=cache, use_cache=True, logits_to_keep=1)
+            stack.close()  # the patch is for the prefill pass only
             logits = output.logits[:, -1]
             continuation = _greedy(lm, logits, output.past_key_values, max_new_tokens)
-            for index, row in enumerate(rows):
-                cells = slice(index * n_positions, (index + 1) * n_positions)
-                yield PatchedRow(row, logits[cells], continuation[cells])
+        for index, row in enumerate(rows):  # yielded outside inference mode and hooks
+            cells = slice(index * n_positions, (index + 1) * n_positions)
+            yield PatchedRow(row, logits[cells], continuation[cells])
 
 
 def _greedy(lm: LoadedModel, logits: torch.Tensor, cache, max_new_tokens: int) -> torch.Tensor:

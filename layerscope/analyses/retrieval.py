@@ -157,9 +157,10 @@ def greedy_steps(lm: LoadedModel, ids: torch.Tensor, read_rows: bool = True) -> 
         modules = {block: adapter.attention(block) for block in range(adapter.n_blocks)}
     else:
         modules = {}
-    with read_attention(modules, reader), torch.inference_mode():
+    with read_attention(modules, reader):  # readers stay attached until the caller stops iterating
         while True:
-            output = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            with torch.inference_mode():
+                output = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
             cache = output.past_key_values
             token = int(output.logits[0, -1].argmax())
             yield token, torch.stack(rows) if read_rows else None
