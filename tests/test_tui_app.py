@@ -170,6 +170,11 @@ async def test_bad_model_id_keeps_the_app_up(tmp_path):
         await type_text(pilot, "hi")
         await pilot.press("ctrl+r")
         assert any("not loaded" in n for n in notices(app))
+        await pilot.press("escape", "L")  # another try, with a hub id that cannot be had (offline)
+        app.screen.query_one(Input).value = "no-such-org/no-such-model"
+        await pilot.press("enter")
+        await settle(pilot)
+        assert app.lm is None and any("no-such-org/no-such-model" in n for n in notices(app)[1:])
 
 
 async def test_malformed_theme_falls_back(demo_lm, tmp_path):

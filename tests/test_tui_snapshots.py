@@ -64,3 +64,9 @@ def test_main_screen_160x50(snap_compare, demo_lm, tmp_path, session_file):
 @pytest.mark.parametrize("theme", ["layerscope-dark", "layerscope-light", "layerscope-high-contrast"])
 def test_theme(snap_compare, demo_lm, tmp_path, session_file, theme):
     assert snapshot(snap_compare, demo_lm, tmp_path, session_file, (100, 30), theme=theme, keys=("down",))
+
+
+def test_no_color(snap_compare, demo_lm, tmp_path, session_file, monkeypatch):
+    """NO_COLOR: Textual draws in monochrome; probability glyphs and the ≠ marks still carry the values."""
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert snapshot(snap_compare, demo_lm, tmp_path, session_file, (80, 24), keys=("down",))

@@ -191,7 +191,7 @@ class DecodeGridView(ScrollView, can_focus=True):
         scroll_x, scroll_y = self.scroll_offset
         width = self.size.width
         if self.shown is None:
-            return Strip.blank(width)
+            return Strip.blank(width, self.rich_style)
         if y == 0:
             label, cells = self._header()
         else:
