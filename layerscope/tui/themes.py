@@ -7,7 +7,10 @@ with the shipped themes or Textual's own.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 from pathlib import Path
 
 from textual.color import Color, ColorParseError
