@@ -9,6 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from layerscope.analyses import retrieval
 from layerscope.analyses.compare import greedy_continuation
 from layerscope.analyses.heads import (
     HeadScores,
@@ -99,7 +100,8 @@ def test_rouge1_recall():
     assert rouge1_recall("7319", "The number is 7391.") == 0.0
 
 
-def test_rows_read_while_decoding_equal_eager_attention():
+def test_rows_read_while_decoding_equal_eager_attention(monkeypatch):
+    monkeypatch.setattr(retrieval, "PREFILL_CHUNK", 4)  # the prefill runs in 3 chunks
     lm, reference = tiny_model("llama"), eager_twin("llama")
     ids = torch.randint(2, 100, (1, 10), generator=torch.Generator().manual_seed(3))
     steps = list(itertools.islice(greedy_steps(lm, ids), 4))

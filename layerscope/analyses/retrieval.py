@@ -30,6 +30,7 @@ SAMPLES = Path(__file__).resolve().parents[2] / "sample_prompts"
 DEFAULT_HAYSTACK = SAMPLES / "haystack.txt"
 DEFAULT_NEEDLES = SAMPLES / "needles.jsonl"
 INSTRUCTION = "Read the text below, then answer the question after it.\n\n"
+PREFILL_CHUNK = 256
 ANSWERED_RECALL = 0.5
 """A test counts as answered when the ROUGE-1 recall of the expected answer is above this (as the authors)."""
 
@@ -150,10 +151,13 @@ def greedy_steps(lm: LoadedModel, ids: torch.Tensor, read_rows: bool = True) -> 
     cache = None
     if read_rows:
         install_edited_attention(model)
-        if ids.shape[1] > 1:  # the fast path: everything but the last token, no attention read
+        # The fast path for everything but the last token, no attention read, in chunks so that no
+        # pass holds more than PREFILL_CHUNK x T of anything.
+        for start in range(0, ids.shape[1] - 1, PREFILL_CHUNK):
+            chunk = ids[:, start:min(start + PREFILL_CHUNK, ids.shape[1] - 1)]
             with torch.inference_mode():
-                cache = model(input_ids=ids[:, :-1], use_cache=True, logits_to_keep=1).past_key_values
-            ids = ids[:, -1:]
+                cache = model(input_ids=chunk, past_key_values=cache, use_cache=True, logits_to_keep=1).past_key_values
+        ids = ids[:, -1:]
         modules = {block: adapter.attention(block) for block in range(adapter.n_blocks)}
     else:
         modules = {}
