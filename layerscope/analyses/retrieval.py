@@ -20,6 +20,7 @@ import torch
 
 from layerscope.analyses.head_scores import RETRIEVAL_THRESHOLD, HeadScore, HeadScores
 from layerscope.errors import LayerscopeError
+from layerscope.textfiles import read_text_file
 from layerscope.interventions import MaskHeads, intervene
 from layerscope.interventions.core import HeadMaskMode
 from layerscope.interventions.attention import install_edited_attention, read_attention
@@ -65,13 +66,7 @@ def load_needles(path: Path = DEFAULT_NEEDLES) -> list[Needle]:
 
 
 def load_haystack(path: Path = DEFAULT_HAYSTACK) -> str:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise LayerscopeError(f"Cannot read haystack file '{path}': {error}") from error
-    if not text.strip():
-        raise LayerscopeError(f"Haystack file '{path}' is empty.")
-    return text
+    return read_text_file(path, "haystack file")
 
 
 @dataclass

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from layerscope.errors import LayerscopeError
+from layerscope.textfiles import read_text_file
 
 if TYPE_CHECKING:
     from layerscope.models.loading import LoadedModel
@@ -72,10 +73,7 @@ def read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
     if prompt is not None and prompt_file is not None:
         raise LayerscopeError("Give --prompt or --prompt-file, not both.")
     if prompt_file is not None:
-        try:
-            text = prompt_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise LayerscopeError(f"Cannot read prompt file '{prompt_file}': {error}") from error
+        text = read_text_file(prompt_file, "prompt file")
     elif prompt is not None:
         text = prompt
     elif not sys.stdin.isatty():

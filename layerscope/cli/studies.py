@@ -31,6 +31,7 @@ from layerscope.cli.common import (
     write_atomic,
 )
 from layerscope.errors import LayerscopeError
+from layerscope.textfiles import read_text_file
 
 if TYPE_CHECKING:
     from layerscope.analyses.influence import InfluenceReport
@@ -248,16 +249,6 @@ def influence(
     run_influence(**locals())
 
 
-def _read_text(path: Path) -> str:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise LayerscopeError(f"Cannot read '{path}': {error}") from error
-    if not text.strip():
-        raise LayerscopeError(f"{path}: the file is empty.")
-    return text
-
-
 @handles_errors
 def run_influence(model, text, prune, eval_text, window, seed, save, format, out, device, dtype, device_map,
                   trust_remote_code, debug):
@@ -269,8 +260,8 @@ def run_influence(model, text, prune, eval_text, window, seed, save, format, out
         raise LayerscopeError(f"--save: '{save}' exists and is not empty.")
     check_writable(out)
     check_writable(save)
-    calibration = _read_text(text or _sample("calibration.txt"))
-    held_out = _read_text(eval_text or _sample("heldout.txt")) if prune else None
+    calibration = read_text_file(text or _sample("calibration.txt"), "calibration text")
+    held_out = read_text_file(eval_text or _sample("heldout.txt"), "held-out text") if prune else None
     lm = load(model, device, dtype, device_map, trust_remote_code)
     if prune:
         check_prune(prune, lm.n_blocks)
