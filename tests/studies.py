@@ -58,12 +58,3 @@ def hand_metrics(base_logits: torch.Tensor, other_logits: torch.Tensor, ids: tor
     nxt = ids[1:]
     loss = (-q[:-1].gather(-1, nxt[:, None]) + p[:-1].gather(-1, nxt[:, None])).mean().item()
     return kl.mean().item(), agree.mean().item(), dh.mean().item(), loss
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small matrices on a shared 2-core machine: one torch thread is several times faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -16,7 +16,7 @@ from layerscope.analyses.influence import block_influence, influence, perplexity
 from layerscope.analyses.sweep import naive_logits
 from layerscope.errors import LayerscopeError
 from layerscope.interventions import DropBlocks
-from tests.studies import TINY_TEXT, invoke, one_thread, tiny_dir  # noqa: F401 (fixtures)
+from tests.studies import TINY_TEXT, invoke, tiny_dir
 from tests.tiny import random_ids, tiny_model
 
 FAMILIES = ["llama", "gemma2", "gpt2", "gpt_neox"]

@@ -14,7 +14,7 @@ from layerscope.analyses.token_swap import Donor, locate_word, token_swap_sweep
 from layerscope.errors import LayerscopeError
 from layerscope.interventions import PatchState, intervene
 from layerscope.analyses.residual import trace_residuals
-from tests.studies import TINY_TEXT, cli_demo, hand_metrics, invoke, one_thread, tiny_dir  # noqa: F401 (fixtures)
+from tests.studies import TINY_TEXT, cli_demo, hand_metrics, invoke, tiny_dir
 from tests.tiny import tiny_model
 
 TINY_PROMPTS = [PromptItem(TINY_TEXT), PromptItem("red blue green the city is big"),

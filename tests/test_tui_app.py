@@ -9,7 +9,6 @@ from layerscope.tui.app import LayerscopeApp
 from layerscope.tui.grid_view import DecodeGridView
 from layerscope.tui.panes import ChartPane
 from layerscope.tui.themes import FALLBACK_THEME, SHIPPED_THEMES
-from tests.test_tui_logic import one_torch_thread  # noqa: F401  (module fixture: steady CPU timing)
 
 pytestmark = pytest.mark.demo
 

@@ -16,15 +16,6 @@ from layerscope.tui.state import Results, Session, Toggles, grid_from_dict
 from layerscope.tui.themes import SHIPPED_THEMES, load_themes
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Two intra-op threads on two shared cores spin against each other (10x slower here); one is steady."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_tui_and_cli_import_no_torch():
     """The first frame must not wait for torch: importing the app and the CLI pulls in no engine."""
     code = ("import sys, layerscope.cli.app, layerscope.tui.app; "

@@ -12,7 +12,6 @@ import pytest
 from layerscope.tui.app import LayerscopeApp
 from layerscope.tui.state import Results, Session, Toggles
 from layerscope.tui.themes import SHIPPED_THEMES
-from tests.test_tui_logic import one_torch_thread  # noqa: F401  (module fixture: steady CPU timing)
 
 pytestmark = pytest.mark.demo
 PROMPT = "The capital of France is"
