@@ -114,9 +114,15 @@ def test_bad_input_is_one_clear_line(args, message):
 def test_every_command_has_help_with_an_example():
     import typer.main
 
-    group = typer.main.get_command(app)
-    for name, command in group.commands.items():
-        if hasattr(command, "commands"):
-            continue
-        result = invoke(name, "--help")
-        assert result.exit_code == 0 and "Example" in result.stdout, name
+    def leaves(group, path):
+        for name, command in group.commands.items():
+            if hasattr(command, "commands"):
+                yield from leaves(command, [*path, name])
+            else:
+                yield [*path, name]
+
+    commands = list(leaves(typer.main.get_command(app), []))
+    assert ["heads", "retrieval"] in commands and ["tui"] in commands and len(commands) >= 10
+    for command in commands:
+        result = invoke(*command, "--help")
+        assert result.exit_code == 0 and "Example" in result.stdout, command
