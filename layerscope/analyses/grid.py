@@ -83,6 +83,32 @@ def distribution_stats(
     return entropy_bits, kl
 
 
+class GridRows:
+    """Turns one row's log-probabilities into cells against a final distribution computed once."""
+
+    def __init__(self, lm: LoadedModel, final_logits: torch.Tensor, top_k: int):
+        self.lm = lm
+        self.top_k = top_k
+        self.final_log_probs = torch.log_softmax(final_logits.float(), dim=-1)
+        self.final_probs = self.final_log_probs.exp()
+
+    def cells(self, log_probs: torch.Tensor) -> list[GridCell]:
+        """log_probs: (tokens, vocab) of one row."""
+        entropy, kl = distribution_stats(log_probs, self.final_log_probs, self.final_probs)
+        top_log_probs, top_ids = log_probs.topk(self.top_k, dim=-1)
+        top_probs, top_ids_list = top_log_probs.exp().tolist(), top_ids.tolist()
+        entropy_list, kl_list = entropy.tolist(), kl.clamp_min(0).tolist()
+        return [
+            GridCell(
+                top=[TopToken(text, token_id, prob) for text, token_id, prob in
+                     zip(self.lm.token_texts(top_ids_list[t]), top_ids_list[t], top_probs[t])],
+                entropy_bits=entropy_list[t],
+                kl_to_final=kl_list[t],
+            )
+            for t in range(len(top_ids_list))
+        ]
+
+
 def build_grid(
     lm: LoadedModel,
     method: str,
@@ -93,26 +119,7 @@ def build_grid(
     top_k: int,
 ) -> DecodeGrid:
     """Reduce each row's (tokens, vocab) logits to top-k, entropy and KL as soon as it arrives."""
-    final_log_probs = torch.log_softmax(final_logits.float(), dim=-1)
-    final_probs = final_log_probs.exp()
-    cells: list[list[GridCell]] = []
-    for logits in row_logits:
-        log_probs = torch.log_softmax(logits.float(), dim=-1)
-        entropy, kl = distribution_stats(log_probs, final_log_probs, final_probs)
-        top_log_probs, top_ids = log_probs.topk(top_k, dim=-1)
-        top_probs = top_log_probs.exp().tolist()
-        top_ids_list = top_ids.tolist()
-        entropy_list, kl_list = entropy.tolist(), kl.clamp_min(0).tolist()
-        cells.append(
-            [
-                GridCell(
-                    top=[TopToken(text, token_id, prob) for text, token_id, prob in
-                         zip(lm.token_texts(top_ids_list[t]), top_ids_list[t], top_probs[t])],
-                    entropy_bits=entropy_list[t],
-                    kl_to_final=kl_list[t],
-                )
-                for t in range(len(top_ids_list))
-            ]
-        )
+    rows = GridRows(lm, final_logits, top_k)
+    cells = [rows.cells(torch.log_softmax(logits.float(), dim=-1)) for logits in row_logits]
     ids = input_ids[0].tolist()
     return DecodeGrid(lm.name, method, lm.token_texts(ids), ids, layers, cells)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from layerscope.analyses.grid import DecodeGrid, GridCell, build_grid, distribution_stats
+from layerscope.analyses.grid import DecodeGrid, GridCell, GridRows, distribution_stats
 from layerscope.analyses.lens import lens_logits
 from layerscope.analyses.patchscope import patchscope_grid
 from layerscope.analyses.residual import layer_labels
@@ -36,10 +36,6 @@ def empty_grid(lm: LoadedModel, method: str, input_ids: torch.Tensor) -> DecodeG
     return DecodeGrid(lm.name, method, lm.token_texts(ids), ids, [], [])
 
 
-def _cells(lm: LoadedModel, input_ids, logits, final, label, top_k) -> list[GridCell]:
-    return build_grid(lm, "logit_lens", input_ids, [logits], final, [label], top_k).cells[0]
-
-
 def lens_rows(
     lm: LoadedModel,
     input_ids: torch.Tensor,
@@ -49,17 +45,18 @@ def lens_rows(
 ) -> Iterator[LayerRow]:
     """Logit-lens rows of the baseline and the intervened run together, with their per-layer KL."""
     base_rows, base_final = lens_logits(lm, input_ids)
-    int_rows, int_final = lens_logits(lm, input_ids, interventions) if interventions else (None, None)
+    base_cells = GridRows(lm, base_final, top_k)
+    if interventions:
+        int_rows, int_final = lens_logits(lm, input_ids, interventions)
+        int_cells = GridRows(lm, int_final, top_k)
     for row, label in enumerate(layer_labels(lm.n_blocks)):
         if cancelled():
             return
-        base_logits = next(base_rows)
-        result = LayerRow(row, label, _cells(lm, input_ids, base_logits, base_final, label, top_k))
-        if int_rows is not None:
-            int_logits = next(int_rows)
-            result.intervened = _cells(lm, input_ids, int_logits, int_final, label, top_k)
-            base_log_probs = torch.log_softmax(base_logits.float(), dim=-1)
-            int_log_probs = torch.log_softmax(int_logits.float(), dim=-1)
+        base_log_probs = torch.log_softmax(next(base_rows).float(), dim=-1)
+        result = LayerRow(row, label, base_cells.cells(base_log_probs))
+        if interventions:
+            int_log_probs = torch.log_softmax(next(int_rows).float(), dim=-1)
+            result.intervened = int_cells.cells(int_log_probs)
             result.kl_base_int = distribution_stats(int_log_probs, base_log_probs)[1].clamp_min(0).tolist()
         yield result
 
