@@ -55,8 +55,8 @@ def compare_logits(base_logits: torch.Tensor, other_logits: torch.Tensor, input_
     """base/other: (tokens, vocab); input_ids: (tokens,)."""
     base = torch.log_softmax(base_logits.float(), dim=-1)
     other = torch.log_softmax(other_logits.float(), dim=-1)
-    base_entropy, kl = distribution_stats(base, base)[0], distribution_stats(other, base)[1]
-    other_entropy = distribution_stats(other, other)[0]
+    base_entropy = distribution_stats(base, base)[0]
+    other_entropy, kl = distribution_stats(other, base)
     next_ids = input_ids[1:].to(base.device)[:, None]
     loss_base = -base[:-1].gather(-1, next_ids)[:, 0]
     loss_other = -other[:-1].gather(-1, next_ids)[:, 0]
