@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import socket
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 from functools import lru_cache
 from pathlib import Path
+from typing import overload
+from urllib.parse import urlsplit
 
 import torch
 from transformers import utils as transformers_utils
@@ -58,6 +60,46 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
+@dataclass(frozen=True)
+class PromptBatch:
+    """Several prompts as one right-padded batch: `ids` (B, T) and `attention_mask` (B, T), 1 on real tokens.
+
+    Prompt b's real tokens are `ids[b, :lengths[b]]`; what follows them is padding that the analyses
+    never read.
+    """
+
+    ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+    @classmethod
+    def of(cls, prompts: Sequence[torch.Tensor], tokenizer: PreTrainedTokenizerBase | None = None) -> PromptBatch:
+        """Right-pad 1-D id tensors (with the tokenizer's pad token where it has one; the value never matters)."""
+        if not prompts:
+            raise LayerscopeError("The list of prompts is empty.")
+        pad = getattr(tokenizer, "pad_token_id", None)
+        pad = pad if pad is not None else getattr(tokenizer, "eos_token_id", None) or 0
+        ids = torch.nn.utils.rnn.pad_sequence(list(prompts), batch_first=True, padding_value=pad)
+        mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(p) for p in prompts], batch_first=True)
+        return cls(ids, mask)
+
+    @classmethod
+    def from_ids(cls, input_ids: torch.Tensor) -> PromptBatch:
+        """Unpadded ids (B, T): every position is real."""
+        return cls(input_ids, torch.ones_like(input_ids))
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+    @property
+    def lengths(self) -> list[int]:
+        """The number of real tokens of each prompt."""
+        return self.attention_mask.sum(dim=1).tolist()
+
+    def prompt(self, index: int) -> torch.Tensor:
+        """The ids (1, T_b) of prompt `index` without its padding, as `encode` gives them for it alone."""
+        return self.ids[index : index + 1, : self.lengths[index]]
+
+
 @dataclass
 class LoadedModel:
     """A model ready for analysis: weights, tokenizer, and the architecture adapter."""
@@ -72,8 +114,25 @@ class LoadedModel:
     def n_blocks(self) -> int:
         return self.adapter.n_blocks
 
-    def encode(self, prompt: str) -> torch.Tensor:
-        """Token ids (1, T) on the input device; rejects prompts the model cannot take."""
+    @overload
+    def encode(self, prompt: str) -> torch.Tensor: ...
+
+    @overload
+    def encode(self, prompt: Sequence[str]) -> PromptBatch: ...
+
+    def encode(self, prompt: str | Sequence[str]) -> torch.Tensor | PromptBatch:
+        """One prompt: token ids (1, T) on the input device. A list of prompts: a `PromptBatch`, right-padded
+        to the longest (with causal attention the real tokens then compute as they do alone, at the same
+        positions). Prompts the model cannot take are refused."""
+        if isinstance(prompt, str):
+            return self._encode_one(prompt)
+        if not prompt:
+            raise LayerscopeError("The list of prompts is empty.")
+        return PromptBatch.of([self._encode_one(text)[0] for text in prompt], self.tokenizer)
+
+    def _encode_one(self, prompt: str) -> torch.Tensor:
+        if not isinstance(prompt, str):
+            raise LayerscopeError(f"A prompt must be a string, not {type(prompt).__name__}.")
         if not prompt or not prompt.strip():
             raise LayerscopeError("The prompt is empty.")
         require_utf8(prompt, "The prompt")
