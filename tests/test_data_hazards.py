@@ -17,7 +17,7 @@ from layerscope.analyses.head_scores import HeadScores, load_head_scores
 from layerscope.analyses.influence import MIN_TOKENS, influence
 from layerscope.analyses.lens import lens_grid_rows, lens_states, logit_lens
 from layerscope.analyses.residual import trace_residuals
-from layerscope.cli.common import write_atomic
+from layerscope.outputs import write_atomic
 from layerscope.errors import LayerscopeError
 from layerscope.interventions import DropBlocks
 from tests.studies import TINY_TEXT, invoke, tiny_dir  # noqa: F401  (tiny_dir is a fixture)

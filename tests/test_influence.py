@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from layerscope.analyses.compare import greedy_continuation
 from layerscope.analyses.influence import block_influence, influence, perplexity, pruned, save_pruned, text_windows
+from layerscope.analyses.residual import trace_residuals
 from layerscope.analyses.sweep import naive_logits
 from layerscope.errors import LayerscopeError
 from layerscope.interventions import DropBlocks
@@ -86,6 +87,21 @@ def test_pruned_model_equals_the_engine_drop(family):
     assert len(lm.adapter.blocks) == 4 and lm.model.config.num_hidden_layers == 4
     assert [_layer_index(lm, b) for b in range(4)] == [0, 1, 2, 3]
     torch.testing.assert_close(naive_logits(lm, ids), before, rtol=0, atol=0)
+
+
+def test_the_residual_trace_inside_pruned_follows_the_shorter_model():
+    """`n_blocks` is counted from the live block list: read before pruning, it must not stay at 4."""
+    lm = tiny_model("llama")
+    ids = random_ids(10)
+    assert lm.n_blocks == 4
+    with pruned(lm, [1]):
+        trace = trace_residuals(lm.adapter, ids)
+        with torch.no_grad():
+            hidden = lm.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states
+    assert trace.states.shape[0] == 4  # emb + 3 kept blocks
+    for row in range(3):  # HF's last entry is after the final norm
+        torch.testing.assert_close(trace.states[row], hidden[row], rtol=0, atol=1e-6)
+    assert lm.n_blocks == 4
 
 
 def test_saved_pruned_model_loads_in_plain_transformers(tmp_path):

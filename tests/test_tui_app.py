@@ -99,7 +99,7 @@ async def test_main_flow(demo_lm, tmp_path):
         app.screen.query_one(Input).value = str(csv_path)
         await pilot.press("enter")
         await pilot.pause(0.1)
-        from layerscope.cli.common import to_csv
+        from layerscope.outputs import to_csv
         assert csv_path.read_bytes().decode("utf-8") == to_csv(saved.intervened.csv_rows())
 
     again = make_app(demo_lm, tmp_path)

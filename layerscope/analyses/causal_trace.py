@@ -25,6 +25,7 @@ import torch
 from layerscope.analyses.patchscope import repeated_cache, write_at_output, write_at_row
 from layerscope.analyses.residual import layer_labels
 from layerscope.errors import LayerscopeError
+from layerscope.models.hooks import hook_input, hook_output
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
 
@@ -96,21 +97,19 @@ def _noised(lm: LoadedModel, corruption: Corruption, offset: int = 0) -> Iterato
         yield
         return
 
-    def add_noise(module, args, output):
+    def add_noise(output: torch.Tensor) -> torch.Tensor | None:
         fed = range(offset, offset + output.shape[1])
         kept = [i for i, p in enumerate(corruption.noise_positions) if p in fed]
         if not kept:
-            return output
+            return None
         output = output.clone()
         output[:, [corruption.noise_positions[i] - offset for i in kept]] += \
             corruption.noise[kept].to(output.device, output.dtype)
         return output
 
-    handle = lm.adapter.embed.register_forward_hook(add_noise)
-    try:
+    with ExitStack() as stack:
+        hook_output(stack, lm.adapter.embed, add_noise)
         yield
-    finally:
-        handle.remove()
 
 
 def site_modules(lm: LoadedModel, site: Site) -> list[torch.nn.Module]:
@@ -129,21 +128,17 @@ def capture_sites(lm: LoadedModel, ids: torch.Tensor, site: Site, corruption: Co
     backward pass reaches every state even where the weights do not require grad."""
     states: list[torch.Tensor] = []
 
-    def keep_input(module, args, kwargs):
-        hidden = args[0] if args else kwargs["hidden_states"]
+    def keep_input(hidden: torch.Tensor) -> torch.Tensor:
         if leaf_input:
             hidden = hidden.detach().requires_grad_()
         if site == "resid":
             states.append(hidden)
-        return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
-
-    def keep_output(module, args, output):
-        states.append(output[0] if isinstance(output, tuple) else output)
+        return hidden
 
     with ExitStack() as stack, _noised(lm, corruption) if corruption else nullcontext():
-        stack.callback(lm.adapter.blocks[0].register_forward_pre_hook(keep_input, with_kwargs=True).remove)
+        hook_input(stack, lm.adapter.blocks[0], keep_input)
         for module in site_modules(lm, site):
-            stack.callback(module.register_forward_hook(keep_output).remove)
+            hook_output(stack, module, states.append)
         logits = lm.model(input_ids=(corruption.ids if corruption else ids), use_cache=False, logits_to_keep=1).logits
     return states, logits[0, -1]
 

@@ -22,6 +22,7 @@ from layerscope.analyses.grid import DecodeGrid, build_grid
 from layerscope.analyses.lens import logit_lens
 from layerscope.analyses.residual import layer_labels, trace_residuals
 from layerscope.errors import LayerscopeError
+from layerscope.models.hooks import hook_input, hook_output
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
 
@@ -102,29 +103,15 @@ def write_at_output(module, stack: ExitStack, batch, vectors: torch.Tensor, posi
     """Overwrite output[batch, positions] of `module` (the first element where it returns a tuple) in the
     forward passes inside `stack`. `batch` and `positions` index like a tensor subscript: a slice and a
     position, or two index tensors that pair each batch element with its own position."""
-    write = _overwriter(batch, positions, vectors)
-
-    def post_hook(module, args, output):
-        if isinstance(output, tuple):
-            return (write(output[0]), *output[1:])
-        return write(output)
-
-    stack.callback(module.register_forward_hook(post_hook).remove)
+    hook_output(stack, module, _overwriter(batch, positions, vectors))
 
 
 def write_at_row(adapter, stack: ExitStack, row: int, batch, vectors: torch.Tensor, positions=0) -> None:
     """Like `write_at_output`, at grid row `row`: the input of block `row`, or the last block's output."""
     if row == adapter.n_blocks:
         write_at_output(adapter.blocks[row - 1], stack, batch, vectors, positions)
-        return
-    write = _overwriter(batch, positions, vectors)
-
-    def pre_hook(module, args, kwargs):
-        if args:
-            return (write(args[0]), *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": write(kwargs["hidden_states"])}
-
-    stack.callback(adapter.blocks[row].register_forward_pre_hook(pre_hook, with_kwargs=True).remove)
+    else:
+        hook_input(stack, adapter.blocks[row], _overwriter(batch, positions, vectors))
 
 
 @dataclass

@@ -7,12 +7,14 @@ same way (final norm, then unembedding) and the norm is never applied twice.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
 
 from layerscope.models.adapter import ModelAdapter
+from layerscope.models.hooks import hook_input, hook_output
 
 
 @dataclass
@@ -31,20 +33,16 @@ def trace_residuals(adapter: ModelAdapter, input_ids: torch.Tensor, **forward_op
     rows: list[torch.Tensor | None] = [None] * (adapter.n_blocks + 1)
     target = adapter.output_device
 
-    def keep_input(module, args, kwargs):
-        rows[0] = (args[0] if args else kwargs["hidden_states"]).detach().to(target)
-
-    def keep_output(row: int):
-        def hook(module, args, output):
-            hidden = output[0] if isinstance(output, tuple) else output
+    def keep(row: int) -> Callable[[torch.Tensor], None]:
+        def store(hidden: torch.Tensor) -> None:
             rows[row] = hidden.detach().to(target)
 
-        return hook
+        return store
 
     with ExitStack() as stack, torch.inference_mode():
         blocks = adapter.blocks
-        stack.callback(blocks[0].register_forward_pre_hook(keep_input, with_kwargs=True).remove)
+        hook_input(stack, blocks[0], keep(0))
         for block in range(adapter.n_blocks):
-            stack.callback(blocks[block].register_forward_hook(keep_output(block + 1)).remove)
+            hook_output(stack, blocks[block], keep(block + 1))
         logits = adapter.model(input_ids=input_ids, use_cache=False, **forward_options).logits
     return ResidualTrace(states=torch.stack(rows), logits=logits.to(target))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 
@@ -29,6 +30,7 @@ from layerscope.analyses.residual import trace_residuals
 from layerscope.analyses.sweep import sweep
 from layerscope.distributed import mapped
 from layerscope.interventions.attention import install_edited_attention, read_attention
+from layerscope.models.hooks import hook_output
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
 
@@ -85,13 +87,12 @@ def previous_tokens_share(probs: torch.Tensor, previous: int = PREVIOUS) -> torc
     return share[..., has_previous].mean(dim=(0, 2))
 
 
-def _norm_hook(store: list[float], count: list[int]):
-    def hook(module, args, output):
-        hidden = output[0] if isinstance(output, tuple) else output
+def _add_norms(store: list[float], count: list[int]) -> Callable[[torch.Tensor], None]:
+    def add(hidden: torch.Tensor) -> None:
         store[0] += hidden.float().norm(dim=-1).sum().item()
         count[0] += hidden.shape[0] * hidden.shape[1]
 
-    return hook
+    return add
 
 
 def _forward_signatures(lm: LoadedModel, input_ids: torch.Tensor) -> dict[str, list[float]]:
@@ -108,8 +109,8 @@ def _forward_signatures(lm: LoadedModel, input_ids: torch.Tensor) -> dict[str, l
 
     with ExitStack() as stack:
         for b in range(n):
-            stack.callback(adapter.attention(b).register_forward_hook(_norm_hook(attn[b], tokens[b])).remove)
-            stack.callback(adapter.mlp(b).register_forward_hook(_norm_hook(mlp[b], tokens[n + b])).remove)
+            hook_output(stack, adapter.attention(b), _add_norms(attn[b], tokens[b]))
+            hook_output(stack, adapter.mlp(b), _add_norms(mlp[b], tokens[n + b]))
         stack.enter_context(read_attention({b: adapter.attention(b) for b in range(n)}, read))
         trace = trace_residuals(adapter, input_ids)
     final = torch.log_softmax(trace.logits[0].float(), dim=-1)

@@ -21,17 +21,13 @@ from layerscope.cli.common import (
     StderrProgress,
     TopKOption,
     TrustOption,
-    check_not_input,
-    check_writable,
     handles_errors,
     load,
     parse_blocks,
     read_prompt,
     shorten,
-    to_csv,
-    to_json,
-    write_atomic,
 )
+from layerscope.outputs import check_not_input, check_writable, to_csv, to_json, write_atomic
 
 if TYPE_CHECKING:
     from layerscope.analyses.head_scores import HeadScores

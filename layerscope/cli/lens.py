@@ -22,18 +22,14 @@ from layerscope.cli.common import (
     PromptOption,
     TopKOption,
     TrustOption,
-    check_not_input,
-    check_writable,
     handles_errors,
     load,
     parse_blocks,
     parse_heads,
     read_prompt,
     shorten,
-    to_csv,
-    to_json,
-    write_atomic,
 )
+from layerscope.outputs import check_not_input, check_writable, to_csv, to_json, write_atomic
 from layerscope.errors import LayerscopeError
 
 if TYPE_CHECKING:

@@ -24,16 +24,12 @@ from layerscope.cli.common import (
     OutOption,
     StderrProgress,
     TrustOption,
-    check_not_input,
-    check_writable,
     command_line_with,
     handles_errors,
     load,
     parse_blocks,
-    to_csv,
-    to_json,
-    write_atomic,
 )
+from layerscope.outputs import check_not_input, check_writable, to_csv, to_json, write_atomic
 from layerscope.errors import LayerscopeError
 from layerscope.locations import SAMPLE_PROMPTS, sample_file
 from layerscope.textfiles import read_text_file

@@ -20,16 +20,12 @@ from layerscope.cli.common import (
     PromptOption,
     StderrProgress,
     TrustOption,
-    check_not_input,
-    check_writable,
     handles_errors,
     load,
     read_prompt,
     shorten,
-    to_csv,
-    to_json,
-    write_atomic,
 )
+from layerscope.outputs import check_not_input, check_writable, to_csv, to_json, write_atomic
 from layerscope.errors import LayerscopeError
 
 if TYPE_CHECKING:

@@ -18,14 +18,10 @@ from layerscope.cli.common import (
     OutOption,
     StderrProgress,
     TrustOption,
-    check_not_input,
-    check_writable,
     handles_errors,
     load,
-    to_csv,
-    to_json,
-    write_atomic,
 )
+from layerscope.outputs import check_not_input, check_writable, to_csv, to_json, write_atomic
 from layerscope.locations import sample_file
 from layerscope.textfiles import read_text_file
 

@@ -8,6 +8,7 @@ otherwise: a wrong guess would give a silently wrong lens.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Literal
@@ -17,6 +18,7 @@ from torch import nn
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from layerscope.errors import UnsupportedArchitecture
+from layerscope.models.hooks import hook_output
 
 
 @dataclass(frozen=True)
@@ -185,12 +187,14 @@ class ModelAdapter:
         self.paths = known if known and _has_paths(model, known) else discover_paths(model)
         self.verify_lens()
 
-    def _get(self, path: str) -> nn.Module:
+    def _get(self, path: str, root: nn.Module | None = None) -> nn.Module:
+        """The submodule at `path` (of the model, or of `root`), or one clear refusal naming what is missing."""
+        root = self.model if root is None else root
         try:
-            return self.model.get_submodule(path)
+            return root.get_submodule(path)
         except AttributeError as error:
             raise UnsupportedArchitecture(
-                f"A {self.family} model was expected to have '{path}', but {type(self.model).__name__} does not."
+                f"A {self.family} model was expected to have '{path}', but {type(root).__name__} does not."
             ) from error
 
     @property
@@ -202,8 +206,9 @@ class ModelAdapter:
         parent_path, _, name = self.paths.blocks.rpartition(".")
         setattr(self._get(parent_path), name, blocks)
 
-    @cached_property
+    @property
     def n_blocks(self) -> int:
+        """Counted each time: pruning (`influence.pruned`) shortens the block list for a while."""
         return len(self.blocks)
 
     @cached_property
@@ -229,10 +234,10 @@ class ModelAdapter:
         return self._get(self.paths.embed)
 
     def attention(self, block: int) -> nn.Module:
-        return self.blocks[block].get_submodule(self.paths.attention)
+        return self._get(self.paths.attention, self.blocks[block])
 
     def mlp(self, block: int) -> nn.Module:
-        return self.blocks[block].get_submodule(self.paths.mlp)
+        return self._get(self.paths.mlp, self.blocks[block])
 
     @cached_property
     def n_heads(self) -> int:
@@ -313,15 +318,10 @@ class ModelAdapter:
         """Refuse, in one line, a model whose last block output does not decode to its own logits."""
         probe = (torch.arange(8) % int(self.config.vocab_size))[None].to(self.input_device)
         outputs: list[torch.Tensor] = []
-        handle = self.blocks[-1].register_forward_hook(
-            lambda module, args, output: outputs.append(output[0] if isinstance(output, tuple) else output)
-        )
-        try:
-            with torch.inference_mode():
-                logits = self.model(input_ids=probe, use_cache=False).logits.float()
-                decoded = self.decode(outputs[-1]).float() if outputs else None
-        finally:
-            handle.remove()
+        with ExitStack() as stack, torch.inference_mode():
+            hook_output(stack, self.blocks[-1], outputs.append)
+            logits = self.model(input_ids=probe, use_cache=False).logits.float()
+            decoded = self.decode(outputs[-1]).float() if outputs else None
         tolerance = 1e-4 if self.unembed.weight.dtype == torch.float32 else 2e-2
         difference = float((decoded - logits).abs().max()) if decoded is not None else float("inf")
         if not difference <= tolerance * (1 + float(logits.abs().max())):

@@ -962,7 +962,7 @@ class LayerscopeApp(App):
         self._ask_path("Export the grid (CSV) to:", "layerscope-grid.csv", self.export_csv)
 
     def export_csv(self, path: Path) -> None:
-        from layerscope.cli.common import to_csv, write_atomic
+        from layerscope.outputs import to_csv, write_atomic
 
         grid = self.grid.shown
         if grid is None:

@@ -169,7 +169,7 @@ class Session:
                 "method": self.method, "interventions": self.toggles.to_dict(), "results": self.results.to_dict()}
 
     def save(self, path: Path) -> None:
-        from layerscope.cli.common import to_json, write_atomic
+        from layerscope.outputs import to_json, write_atomic
 
         write_atomic(to_json(self.to_dict()), path)
 

@@ -1,0 +1,77 @@
+"""Writing results: atomic files, JSON and CSV text. Engine side, so the CLI and the explorer share it."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import secrets
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from layerscope.errors import LayerscopeError
+
+
+def write_atomic(text: str, out: Path | None) -> None:
+    """stdout, or a temporary file renamed over `out` so a failure leaves no partial file; rank 0 only."""
+    from layerscope.distributed import is_writer
+
+    if not is_writer():
+        return
+    if out is None:
+        sys.stdout.write(text)
+        if not text.endswith("\n"):
+            sys.stdout.write("\n")
+        return
+    directory = out.parent if str(out.parent) else Path(".")
+    if not directory.is_dir() or not os.access(directory, os.W_OK):
+        raise LayerscopeError(f"Cannot write '{out}': the folder does not exist or is not writable.")
+    temp = directory / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}"
+    handle = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as with open()
+    try:
+        if out.is_file():
+            os.chmod(handle, out.stat().st_mode & 0o7777)  # rewriting a file keeps its mode
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as file:
+            file.write(text)
+        os.replace(temp, out)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def check_writable(out: Path | None) -> None:
+    """Fail before the compute, not after it."""
+    if out is None:
+        if sys.stdout is None:
+            raise LayerscopeError("Standard output is closed: give --out FILE for the result.")
+        return
+    directory = out.parent if str(out.parent) else Path(".")
+    if not directory.is_dir() or not os.access(directory, os.W_OK):
+        raise LayerscopeError(f"Cannot write '{out}': the folder does not exist or is not writable.")
+
+
+def check_not_input(out: Path | None, model: str, inputs: dict[str, Path | None] | None = None) -> None:
+    """--out must not be a file the command reads (symlinks, ./x and hard links included): the results would
+    replace it. `inputs` maps each file option to its path (None where not given); a .gguf model is a file too."""
+    if out is None or not out.exists():
+        return
+    model_file = {"--model": Path(model)} if model.endswith(".gguf") else {}
+    for option, path in {**model_file, **(inputs or {})}.items():
+        if path is not None and Path(path).is_file() and os.path.samefile(out, path):
+            raise LayerscopeError(f"--out '{out}' is the {option} file this command reads; write the result elsewhere.")
+
+
+def to_json(data: dict) -> str:
+    return json.dumps(data, ensure_ascii=False, indent=1)
+
+
+def to_csv(rows: Iterable[dict]) -> str:
+    rows = list(rows)
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return buffer.getvalue()
