@@ -15,6 +15,9 @@ from importlib import import_module
 _EXPORTS = {
     "LayerscopeError": "layerscope.errors",
     "LoadedModel": "layerscope.models.loading",
+    "PromptBatch": "layerscope.models.loading",
+    "trace": "layerscope.analyses.activations",
+    "Activations": "layerscope.analyses.activations",
     "load_model": "layerscope.models.loading",
     "DecodeGrid": "layerscope.analyses.grid",
     "logit_lens": "layerscope.analyses.lens",

@@ -1,0 +1,136 @@
+"""`trace` against plain forward hooks written here, Hugging Face's hidden states and the residual sum."""
+
+from __future__ import annotations
+
+import pytest
+import safetensors.torch
+import torch
+
+import layerscope as ls
+from layerscope.analyses.activations import Activations, site_names, trace
+from layerscope.errors import LayerscopeError
+from tests.tiny import tiny_model
+
+TEXTS = ["the cat sat on the mat", "a dog", "one two three four five six seven eight nine"]
+FAMILIES = ("llama", "gemma2", "qwen2_moe", "gpt2", "gpt_neox", "bloom", "opt", "falcon", "phi", "mpt")
+
+
+def hooked_reference(lm, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every site of one unpadded prompt (1, T), with hooks written out by hand."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def first(output):
+        return output[0] if isinstance(output, tuple) else output
+
+    def block_input(name):
+        def hook(module, args, kwargs):
+            seen[name] = (args[0] if args else kwargs["hidden_states"]).detach().clone()
+        return hook
+
+    def module_output(name):
+        def hook(module, args, output):
+            seen[name] = first(output).detach().clone().reshape(*ids.shape, -1)  # OPT's fc2: (T, hidden)
+        return hook
+
+    handles = []
+    blocks = lm.adapter.blocks
+    for b, block in enumerate(blocks):
+        handles.append(block.register_forward_pre_hook(block_input(f"resid.{b}"), with_kwargs=True))
+        handles.append(lm.adapter.attention(b).register_forward_hook(module_output(f"attn.{b}")))
+        handles.append(lm.adapter.mlp(b).register_forward_hook(module_output(f"mlp.{b}")))
+    handles.append(blocks[-1].register_forward_hook(module_output(f"resid.{len(blocks)}")))
+    try:
+        with torch.no_grad():
+            lm.model(input_ids=ids, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_site_matches_hand_hooks_alone_and_in_a_batch(family):
+    lm = tiny_model(family)
+    batch = lm.encode(TEXTS)
+    assert batch.lengths == [6, 2, 9] and batch.ids.shape == (3, 9)
+    traced = trace(lm, batch, ["resid", "attn", "mlp"])
+    assert len(traced.sites) == 3 * lm.n_blocks + 1
+    for index in range(len(TEXTS)):
+        reference = hooked_reference(lm, lm.encode(TEXTS[index]))
+        alone = trace(lm, TEXTS[index], ["resid", "attn", "mlp"]).prompt(0)
+        batched = traced.prompt(index)
+        assert set(reference) == set(alone) == set(batched)
+        for site, expected in reference.items():
+            torch.testing.assert_close(alone[site], expected[0], rtol=0, atol=1e-6)
+            torch.testing.assert_close(batched[site], expected[0], rtol=0, atol=1e-5)
+
+
+def test_residual_rows_are_hf_hidden_states(tiny_lm):
+    """Rows 0..L-1 are output_hidden_states; HF's last one is after the final norm, row L before it."""
+    ids = tiny_lm.encode("the cat sat on the mat a dog ran to the park")
+    traced = trace(tiny_lm, ids)
+    with torch.no_grad():
+        hf = tiny_lm.model(ids, output_hidden_states=True).hidden_states
+    rows = traced.stacked("resid")
+    assert rows.shape == (tiny_lm.n_blocks + 1, 1, ids.shape[1], tiny_lm.model.config.get_text_config().hidden_size)
+    for row in range(tiny_lm.n_blocks):
+        torch.testing.assert_close(rows[row], hf[row], rtol=0, atol=1e-6)
+    torch.testing.assert_close(tiny_lm.adapter.after_norm(tiny_lm.adapter.final_norm(rows[-1])), hf[-1],
+                               rtol=0, atol=1e-5)
+
+
+def test_demo_block_adds_its_attention_and_mlp(demo_lm):
+    """Llama blocks are x + attn(norm x) + mlp(norm(...)): each traced row is the previous plus both outputs."""
+    traced = ls.trace(demo_lm, ["The capital of France is", "Paris"], ["resid", "attn", "mlp"])
+    with torch.no_grad():
+        hf = demo_lm.model(**{"input_ids": traced.input_ids, "attention_mask": traced.attention_mask},
+                           output_hidden_states=True).hidden_states
+    for block in range(demo_lm.n_blocks):
+        total = traced[f"resid.{block}"] + traced[f"attn.{block}"] + traced[f"mlp.{block}"]
+        torch.testing.assert_close(traced[f"resid.{block + 1}"], total, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(traced[f"resid.{block}"], hf[block], rtol=0, atol=1e-5)
+
+
+def test_only_the_requested_sites_are_kept_and_the_hooks_removed(tiny_lm):
+    def hook_count():
+        return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in tiny_lm.model.modules())
+
+    before = hook_count()
+    traced = trace(tiny_lm, "the cat", ["mlp.1", "resid.-1", "resid.0", "attn.0"])
+    assert list(traced.sites) == ["resid.0", f"resid.{tiny_lm.n_blocks}", "attn.0", "mlp.1"]
+    assert hook_count() == before
+
+
+def test_save_load_and_export(tmp_path, tiny_lm):
+    traced = trace(tiny_lm, ["the cat sat", "a dog"], ["resid.2", "mlp"])
+    path = tmp_path / "acts.safetensors"
+    traced.save(path)
+    plain = safetensors.torch.load_file(path)  # a plain safetensors file: no pickle
+    assert set(plain) == {"input_ids", "attention_mask", "resid.2", *(f"mlp.{b}" for b in range(tiny_lm.n_blocks))}
+    loaded = Activations.load(path)
+    assert loaded.model == traced.model and list(loaded.sites) == list(traced.sites)
+    for name, values in traced.to_dict().items():
+        torch.testing.assert_close(loaded.to_dict()[name], values, rtol=0, atol=0)
+    half = traced.to("cpu", torch.float16)
+    assert half["resid.2"].dtype == torch.float16 and half.input_ids.dtype == traced.input_ids.dtype
+    assert traced.lengths == [3, 2]
+
+
+@pytest.mark.parametrize("sites, message", [
+    ("embed", "Unknown site"), ("resid.x", "not a whole number"), (["attn.4"], "out of range"),
+    (["resid.5"], "out of range"), ([], "No sites"),
+])
+def test_bad_sites(sites, message):
+    with pytest.raises(LayerscopeError, match=message):
+        site_names(sites, n_blocks=4)
+
+
+def test_bad_inputs(tmp_path, tiny_lm):
+    with pytest.raises(LayerscopeError, match="empty"):
+        trace(tiny_lm, [])
+    with pytest.raises(LayerscopeError, match="not traced"):
+        trace(tiny_lm, "the cat", "resid.1")["mlp.0"]
+    not_ours = tmp_path / "other.safetensors"
+    safetensors.torch.save_file({"x": torch.zeros(2)}, not_ours)
+    with pytest.raises(LayerscopeError, match="not an activations file"):
+        Activations.load(not_ours)
