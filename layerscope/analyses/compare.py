@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import overload
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from layerscope.analyses.grid import DecodeGrid, build_grid, distribution_stats
-from layerscope.analyses.lens import lens_logits
+from layerscope.analyses.lens import batch_lens_logits, one_prompt
 from layerscope.analyses.residual import layer_labels
 from layerscope.interventions import Intervention, intervene
-from layerscope.models.loading import LoadedModel
+from layerscope.models.loading import LoadedModel, PromptBatch
 from layerscope.progress import ProgressFn, no_progress
 
 
@@ -147,28 +148,45 @@ class InterventionReport:
         }
 
 
+@overload
+def run_interventions(lm: LoadedModel, input_ids: torch.Tensor, interventions: Sequence[Intervention],
+                      top_k: int = 5, max_new_tokens: int = 0) -> InterventionReport: ...
+
+
+@overload
+def run_interventions(lm: LoadedModel, input_ids: PromptBatch, interventions: Sequence[Intervention],
+                      top_k: int = 5, max_new_tokens: int = 0) -> list[InterventionReport]: ...
+
+
 def run_interventions(
     lm: LoadedModel,
-    input_ids: torch.Tensor,
+    input_ids: torch.Tensor | PromptBatch,
     interventions: Sequence[Intervention],
     top_k: int = 5,
     max_new_tokens: int = 0,
-) -> InterventionReport:
-    """Lens grids of the baseline and the intervened run, their comparison, and both continuations."""
-    lm.check_generation(input_ids.shape[1], max_new_tokens)  # before the grids, not after them
+) -> InterventionReport | list[InterventionReport]:
+    """Lens grids of the baseline and the intervened run of ids (1, T), their comparison, and both continuations.
+
+    A `PromptBatch` gives one report per prompt, as if it had run alone: the two lens passes carry the whole
+    batch, the continuations are decoded prompt by prompt."""
+    batch = input_ids if isinstance(input_ids, PromptBatch) else one_prompt(input_ids)
+    for length in batch.lengths:  # before the grids, not after them
+        lm.check_generation(length, max_new_tokens)
     labels = layer_labels(lm.n_blocks)
-    base_rows, base_final = lens_logits(lm, input_ids)
-    baseline = build_grid(lm, "logit_lens", input_ids, base_rows, base_final, labels, top_k)
-    rows, final = lens_logits(lm, input_ids, interventions)
-    intervened = build_grid(lm, "logit_lens", input_ids, rows, final, labels, top_k)
-    tensors = compare_logits(base_final, final, input_ids[0])
-    return InterventionReport(
-        interventions=[i.to_dict() for i in interventions],
-        baseline=baseline,
-        intervened=intervened,
-        comparison=comparison_of(baseline.tokens, tensors),
-        continuation={
-            "baseline": greedy_continuation(lm, input_ids, max_new_tokens),
-            "intervened": greedy_continuation(lm, input_ids, max_new_tokens, interventions),
-        },
-    )
+    runs = zip(batch_lens_logits(lm, batch), batch_lens_logits(lm, batch, interventions))
+    reports = []
+    for index, ((base_rows, base_final), (rows, final)) in enumerate(runs):
+        ids = batch.prompt(index)
+        baseline = build_grid(lm, "logit_lens", ids, base_rows, base_final, labels, top_k)
+        intervened = build_grid(lm, "logit_lens", ids, rows, final, labels, top_k)
+        reports.append(InterventionReport(
+            interventions=[i.to_dict() for i in interventions],
+            baseline=baseline,
+            intervened=intervened,
+            comparison=comparison_of(baseline.tokens, compare_logits(base_final, final, ids[0])),
+            continuation={
+                "baseline": greedy_continuation(lm, ids, max_new_tokens),
+                "intervened": greedy_continuation(lm, ids, max_new_tokens, interventions),
+            },
+        ))
+    return reports if isinstance(input_ids, PromptBatch) else reports[0]

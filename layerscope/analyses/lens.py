@@ -6,16 +6,18 @@ exist only for a tile of rows x positions at a time, and each cell keeps its top
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import torch
 
+from layerscope.analyses.activations import last_logits_only
 from layerscope.analyses.grid import DecodeGrid, GridCell, GridRows, distribution_stats
-from layerscope.analyses.residual import layer_labels, trace_residuals
+from layerscope.analyses.residual import ResidualTrace, layer_labels, trace_residuals
+from layerscope.errors import LayerscopeError
 from layerscope.interventions import Intervention, intervene
-from layerscope.models.loading import LoadedModel
+from layerscope.models.loading import LoadedModel, PromptBatch
 
 DECODE_BUDGET = 32 * 2**20
 """Bytes of float32 logits decoded at once per run: several rows per matmul where they fit, a slice of the
@@ -25,14 +27,25 @@ FINAL_ROW_BUDGET = 256 * 2**20
 a longer prompt is decoded in position tiles instead, and its rows come out together at the end."""
 
 
+def one_prompt(input_ids: torch.Tensor) -> PromptBatch:
+    """Ids (1, T) of one prompt as a batch of one; a batch must come padded, with its mask, from `lm.encode`."""
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise LayerscopeError(f"Token ids of one prompt are shaped (1, tokens), not {tuple(input_ids.shape)}: "
+                              "encode several prompts with lm.encode([...]).")
+    return PromptBatch.from_ids(input_ids)
+
+
+def batch_residuals(lm: LoadedModel, batch: PromptBatch, interventions: Sequence[Intervention] = (),
+                    **forward_options) -> ResidualTrace:
+    """The residual rows of a (right-padded) batch under the interventions: states (L + 1, B, T, hidden)."""
+    with intervene(lm.adapter, interventions, seq_len=batch.ids.shape[1]):
+        return trace_residuals(lm.adapter, batch.ids, attention_mask=batch.attention_mask, **forward_options)
+
+
 def lens_states(lm: LoadedModel, input_ids: torch.Tensor, interventions: Sequence[Intervention] = ()) -> torch.Tensor:
-    """(L + 1, tokens, hidden): the residual rows before the final norm. The last row decodes to the model's own
-    logits, so the model is asked for the last position's logits only (where its forward allows it)."""
-    model_forward = inspect.signature(lm.model.forward).parameters
-    keep = {"logits_to_keep": 1} if "logits_to_keep" in model_forward else {}
-    with intervene(lm.adapter, interventions, seq_len=input_ids.shape[1]):
-        trace = trace_residuals(lm.adapter, input_ids, **keep)
-    return trace.states[:, 0]
+    """(L + 1, tokens, hidden) for ids (1, tokens): the residual rows before the final norm. The last row decodes
+    to the model's own logits, so the model is asked for the last position's logits only (where it can be)."""
+    return batch_residuals(lm, one_prompt(input_ids), interventions, **last_logits_only(lm)).states[:, 0]
 
 
 @dataclass
@@ -86,29 +99,55 @@ def _decode(lm: LoadedModel, states: torch.Tensor) -> torch.Tensor:
         return lm.adapter.decode(states)
 
 
+@overload
+def logit_lens(lm: LoadedModel, input_ids: torch.Tensor, top_k: int = 5,
+               interventions: Sequence[Intervention] = (), budget: int = DECODE_BUDGET) -> DecodeGrid: ...
+
+
+@overload
+def logit_lens(lm: LoadedModel, input_ids: PromptBatch, top_k: int = 5,
+               interventions: Sequence[Intervention] = (), budget: int = DECODE_BUDGET) -> list[DecodeGrid]: ...
+
+
 def logit_lens(
     lm: LoadedModel,
-    input_ids: torch.Tensor,
+    input_ids: torch.Tensor | PromptBatch,
     top_k: int = 5,
     interventions: Sequence[Intervention] = (),
     budget: int = DECODE_BUDGET,
-) -> DecodeGrid:
-    """The decode grid of the logit lens: L+1 rows by every prompt position."""
-    states = lens_states(lm, input_ids, interventions)
-    cells = [row.cells[0] for row in lens_grid_rows(lm, [states], top_k, budget, final_budget=0)]
-    ids = input_ids[0].tolist()
-    return DecodeGrid(lm.name, "logit_lens", lm.token_texts(ids), ids, layer_labels(lm.n_blocks), cells)
+) -> DecodeGrid | list[DecodeGrid]:
+    """The decode grid of the logit lens: L+1 rows by every prompt position, for ids (1, T).
+
+    A `PromptBatch` (`lm.encode([...])`) runs in one forward pass and gives one grid per prompt, each over
+    that prompt's own tokens, as if it had run alone."""
+    batch = input_ids if isinstance(input_ids, PromptBatch) else one_prompt(input_ids)
+    states = batch_residuals(lm, batch, interventions, **last_logits_only(lm)).states
+    grids = []
+    for index, length in enumerate(batch.lengths):
+        rows = lens_grid_rows(lm, [states[:, index, :length]], top_k, budget, final_budget=0)
+        ids = batch.ids[index, :length].tolist()
+        grids.append(DecodeGrid(lm.name, "logit_lens", lm.token_texts(ids), ids, layer_labels(lm.n_blocks),
+                                [row.cells[0] for row in rows]))
+    return grids if isinstance(input_ids, PromptBatch) else grids[0]
+
+
+RowLogits = tuple[Iterator[torch.Tensor], torch.Tensor]
+"""A lens run of one prompt: its rows' logits (tokens, vocab) one by one, and the model's logits (tokens, vocab)."""
 
 
 def lens_logits(lm: LoadedModel, input_ids: torch.Tensor, interventions: Sequence[Intervention] = (),
-                translate: Callable[[torch.Tensor], torch.Tensor] | None = None):
-    """(row logits generator, final logits) for one prompt under the given interventions.
+                translate: Callable[[torch.Tensor], torch.Tensor] | None = None) -> RowLogits:
+    """(row logits generator, final logits) for ids (1, T) under the given interventions.
     `translate` maps the states (rows, tokens, hidden) before decoding (the tuned lens)."""
-    with intervene(lm.adapter, interventions, seq_len=input_ids.shape[1]):
-        trace = trace_residuals(lm.adapter, input_ids)
+    return batch_lens_logits(lm, one_prompt(input_ids), interventions, translate)[0]
 
-    def rows():
-        states = trace.states[:, 0]
+
+def batch_lens_logits(lm: LoadedModel, batch: PromptBatch, interventions: Sequence[Intervention] = (),
+                      translate: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[RowLogits]:
+    """`lens_logits` of each prompt of a batch, from one forward pass, each over its own tokens only."""
+    trace = batch_residuals(lm, batch, interventions)
+
+    def rows(states: torch.Tensor) -> Iterator[torch.Tensor]:
         chunk = max(1, DECODE_BUDGET // (states.shape[1] * lm.model.config.get_text_config().vocab_size * 4))
         with torch.inference_mode():
             if translate is not None:
@@ -116,4 +155,5 @@ def lens_logits(lm: LoadedModel, input_ids: torch.Tensor, interventions: Sequenc
             for start in range(0, len(states), chunk):
                 yield from lm.adapter.decode(states[start : start + chunk])
 
-    return rows(), trace.logits[0]
+    return [(rows(trace.states[:, index, :length]), trace.logits[index, :length])
+            for index, length in enumerate(batch.lengths)]

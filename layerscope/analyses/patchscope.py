@@ -15,15 +15,16 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
+from typing import overload
 
 import torch
 
-from layerscope.analyses.grid import DecodeGrid, build_grid
-from layerscope.analyses.lens import logit_lens
-from layerscope.analyses.residual import layer_labels, trace_residuals
+from layerscope.analyses.grid import DecodeGrid, GridCell, GridRows
+from layerscope.analyses.lens import batch_residuals, logit_lens, one_prompt
+from layerscope.analyses.residual import layer_labels
 from layerscope.errors import LayerscopeError
 from layerscope.models.hooks import hook_input, hook_output
-from layerscope.models.loading import LoadedModel
+from layerscope.models.loading import LoadedModel, PromptBatch
 from layerscope.progress import ProgressFn, no_progress
 
 DEFAULT_TARGET_PROMPT = "cat -> cat\n1135 -> 1135\nhello -> hello\n?"
@@ -176,43 +177,63 @@ def _greedy(lm: LoadedModel, logits: torch.Tensor, cache, max_new_tokens: int) -
     return torch.cat(tokens, dim=1).cpu()
 
 
-def _source(lm: LoadedModel, input_ids: torch.Tensor):
-    trace = trace_residuals(lm.adapter, input_ids)
-    return trace.states[:, 0], trace.logits[0]
+@overload
+def patchscope_grid(lm: LoadedModel, input_ids: torch.Tensor, top_k: int = 5, target_prompt: str | None = None,
+                    target_layer: int | None = None, placeholder: str | None = None,
+                    progress: ProgressFn = no_progress) -> DecodeGrid: ...
+
+
+@overload
+def patchscope_grid(lm: LoadedModel, input_ids: PromptBatch, top_k: int = 5, target_prompt: str | None = None,
+                    target_layer: int | None = None, placeholder: str | None = None,
+                    progress: ProgressFn = no_progress) -> list[DecodeGrid]: ...
 
 
 def patchscope_grid(
     lm: LoadedModel,
-    input_ids: torch.Tensor,
+    input_ids: torch.Tensor | PromptBatch,
     top_k: int = 5,
     target_prompt: str | None = None,
     target_layer: int | None = None,
     placeholder: str | None = None,
     progress: ProgressFn = no_progress,
-) -> DecodeGrid:
-    """The Patchscopes decode grid: same rows (`emb`, 0..L-1) and positions as the logit lens grid.
+) -> DecodeGrid | list[DecodeGrid]:
+    """The Patchscopes decode grid of ids (1, T): same rows (`emb`, 0..L-1) and positions as the logit lens grid.
+    A `PromptBatch` gives one grid per prompt, over its own tokens.
 
     `target_layer` None writes each state at its own row; a number writes every state at that row.
     """
     target = parse_target(lm, target_prompt, placeholder)
     check_target_layer(lm, target_layer)
-    return _grid(lm, input_ids, top_k, target, target_layer, 0, progress)[0]
+    batch = input_ids if isinstance(input_ids, PromptBatch) else one_prompt(input_ids)
+    grids = [grid for grid, _ in _grids(lm, batch, top_k, target, target_layer, 0, progress)]
+    return grids if isinstance(input_ids, PromptBatch) else grids[0]
 
 
-def _grid(lm, input_ids, top_k, target, target_layer, max_new_tokens, progress) -> tuple[DecodeGrid, list[list[str]]]:
-    states, final_logits = _source(lm, input_ids)
-    descriptions: list[list[str]] = []
+def _grids(lm: LoadedModel, batch: PromptBatch, top_k: int, target: TargetPrompt, target_layer: int | None,
+           max_new_tokens: int, progress: ProgressFn) -> list[tuple[DecodeGrid, list[list[str]]]]:
+    """Each prompt's grid and greedy descriptions [row][position]. The positions of all prompts are patched
+    together, so a batch of short prompts fills the target's forward passes as one long prompt would."""
+    source = batch_residuals(lm, batch)
+    lengths = batch.lengths
+    states = torch.cat([source.states[:, index, :length] for index, length in enumerate(lengths)], dim=1)
+    finals = [GridRows(lm, source.logits[index, :length], top_k) for index, length in enumerate(lengths)]
+    cells: list[list[list[GridCell]]] = [[] for _ in lengths]
+    descriptions: list[list[list[str]]] = [[] for _ in lengths]
     n_rows = states.shape[0]
-
-    def row_logits() -> Iterator[torch.Tensor]:
-        progress(0, n_rows, "patchscope")
-        for patched in patched_rows(lm, states, target, target_layer, max_new_tokens):
-            descriptions.append([lm.tokenizer.decode(ids) for ids in patched.continuation.tolist()])
-            progress(patched.row + 1, n_rows, "patchscope")
-            yield patched.logits
-
-    grid = build_grid(lm, "patchscope", input_ids, row_logits(), final_logits, layer_labels(lm.n_blocks), top_k)
-    return grid, descriptions
+    progress(0, n_rows, "patchscope")
+    for patched in patched_rows(lm, states, target, target_layer, max_new_tokens):
+        for index, (logits, continuation) in enumerate(zip(patched.logits.split(lengths),
+                                                           patched.continuation.split(lengths))):
+            cells[index].append(finals[index].cells(torch.log_softmax(logits.float(), dim=-1)))
+            descriptions[index].append([lm.tokenizer.decode(ids) for ids in continuation.tolist()])
+        progress(patched.row + 1, n_rows, "patchscope")
+    results = []
+    for index, length in enumerate(lengths):
+        ids = batch.ids[index, :length].tolist()
+        grid = DecodeGrid(lm.name, "patchscope", lm.token_texts(ids), ids, layer_labels(lm.n_blocks), cells[index])
+        results.append((grid, descriptions[index]))
+    return results
 
 
 @dataclass
@@ -252,13 +273,29 @@ class PatchscopeReport:
                 "descriptions": self.descriptions}
 
 
+@overload
+def run_patchscope(lm: LoadedModel, input_ids: torch.Tensor, target: TargetPrompt, target_layer: int | None = None,
+                   top_k: int = 5, max_new_tokens: int = 0,
+                   progress: ProgressFn = no_progress) -> PatchscopeReport: ...
+
+
+@overload
+def run_patchscope(lm: LoadedModel, input_ids: PromptBatch, target: TargetPrompt, target_layer: int | None = None,
+                   top_k: int = 5, max_new_tokens: int = 0,
+                   progress: ProgressFn = no_progress) -> list[PatchscopeReport]: ...
+
+
 def run_patchscope(
-    lm: LoadedModel, input_ids: torch.Tensor, target: TargetPrompt, target_layer: int | None = None,
+    lm: LoadedModel, input_ids: torch.Tensor | PromptBatch, target: TargetPrompt, target_layer: int | None = None,
     top_k: int = 5, max_new_tokens: int = 0, progress: ProgressFn = no_progress,
-) -> PatchscopeReport:
-    """The grid, precision@1 next to the logit lens, and with `max_new_tokens` the greedy descriptions."""
+) -> PatchscopeReport | list[PatchscopeReport]:
+    """The grid of ids (1, T), precision@1 next to the logit lens, and with `max_new_tokens` the greedy
+    descriptions. A `PromptBatch` gives one report per prompt."""
     check_target_layer(lm, target_layer)
-    grid, descriptions = _grid(lm, input_ids, top_k, target, target_layer, max_new_tokens, progress)
-    lens = logit_lens(lm, input_ids, top_k)
-    return PatchscopeReport(grid, compare_precision(grid, lens), target.text, target.placeholder, target_layer,
-                            descriptions if max_new_tokens else None)
+    batch = input_ids if isinstance(input_ids, PromptBatch) else one_prompt(input_ids)
+    results = _grids(lm, batch, top_k, target, target_layer, max_new_tokens, progress)
+    lenses = logit_lens(lm, batch, top_k)
+    reports = [PatchscopeReport(grid, compare_precision(grid, lens), target.text, target.placeholder, target_layer,
+                                descriptions if max_new_tokens else None)
+               for (grid, descriptions), lens in zip(results, lenses)]
+    return reports if isinstance(input_ids, PromptBatch) else reports[0]
