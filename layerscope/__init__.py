@@ -4,52 +4,74 @@
     lm = ls.load_model("demo")
     ids = lm.encode("The capital of France is")
     grid = ls.logit_lens(lm, ids)
+    grids = ls.logit_lens(lm, lm.encode(["The capital of France is", "Rome is in"]))  # one grid per prompt
+    acts = ls.trace(lm, "The capital of France is", ["resid.12", "mlp"])
     with ls.intervene(lm.adapter, [ls.DropBlocks((3,))]):
         out = lm.model.generate(ids, max_new_tokens=5)
 
-Names are imported lazily so that `layerscope` (the TUI) paints before torch loads.
+Names are imported lazily so that `layerscope` (the TUI) paints before torch loads; the TYPE_CHECKING
+imports below show them to editors and type checkers (a test keeps the two lists equal).
 """
 
 from importlib import import_module
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from layerscope.analyses.activations import Activations, trace
+    from layerscope.analyses.causal_trace import CausalTrace, causal_trace, trace_prompt
+    from layerscope.analyses.compare import InterventionReport, compare_logits, greedy_continuation, run_interventions
+    from layerscope.analyses.grid import DecodeGrid
+    from layerscope.analyses.lens import logit_lens
+    from layerscope.analyses.patchscope import parse_target, patchscope_grid, run_patchscope
+    from layerscope.analyses.tuned_lens import TunedLens, compare_lenses, load_tuned_lens, train_tuned_lens, tuned_lens
+    from layerscope.errors import LayerscopeError
+    from layerscope.interventions.core import (DropBlocks, FreezeFrom, Intervention, MaskHeads, PatchState,
+                                               RandomizeAt, SkipAttention, SwapBlocks, intervene)
+    from layerscope.models.loading import LoadedModel, PromptBatch, load_model
 
 _EXPORTS = {
-    "LayerscopeError": "layerscope.errors",
-    "LoadedModel": "layerscope.models.loading",
-    "PromptBatch": "layerscope.models.loading",
-    "trace": "layerscope.analyses.activations",
     "Activations": "layerscope.analyses.activations",
-    "load_model": "layerscope.models.loading",
-    "DecodeGrid": "layerscope.analyses.grid",
-    "logit_lens": "layerscope.analyses.lens",
+    "trace": "layerscope.analyses.activations",
+    "CausalTrace": "layerscope.analyses.causal_trace",
+    "causal_trace": "layerscope.analyses.causal_trace",
+    "trace_prompt": "layerscope.analyses.causal_trace",
+    "InterventionReport": "layerscope.analyses.compare",
     "compare_logits": "layerscope.analyses.compare",
     "greedy_continuation": "layerscope.analyses.compare",
     "run_interventions": "layerscope.analyses.compare",
-    "InterventionReport": "layerscope.analyses.compare",
+    "DecodeGrid": "layerscope.analyses.grid",
+    "logit_lens": "layerscope.analyses.lens",
+    "parse_target": "layerscope.analyses.patchscope",
     "patchscope_grid": "layerscope.analyses.patchscope",
     "run_patchscope": "layerscope.analyses.patchscope",
-    "parse_target": "layerscope.analyses.patchscope",
-    "causal_trace": "layerscope.analyses.causal_trace",
-    "trace_prompt": "layerscope.analyses.causal_trace",
-    "CausalTrace": "layerscope.analyses.causal_trace",
     "TunedLens": "layerscope.analyses.tuned_lens",
-    "tuned_lens": "layerscope.analyses.tuned_lens",
-    "train_tuned_lens": "layerscope.analyses.tuned_lens",
-    "load_tuned_lens": "layerscope.analyses.tuned_lens",
     "compare_lenses": "layerscope.analyses.tuned_lens",
-    "intervene": "layerscope.interventions.core",
+    "load_tuned_lens": "layerscope.analyses.tuned_lens",
+    "train_tuned_lens": "layerscope.analyses.tuned_lens",
+    "tuned_lens": "layerscope.analyses.tuned_lens",
+    "LayerscopeError": "layerscope.errors",
     "DropBlocks": "layerscope.interventions.core",
-    "SwapBlocks": "layerscope.interventions.core",
     "FreezeFrom": "layerscope.interventions.core",
+    "Intervention": "layerscope.interventions.core",
+    "MaskHeads": "layerscope.interventions.core",
+    "PatchState": "layerscope.interventions.core",
     "RandomizeAt": "layerscope.interventions.core",
     "SkipAttention": "layerscope.interventions.core",
-    "PatchState": "layerscope.interventions.core",
-    "MaskHeads": "layerscope.interventions.core",
+    "SwapBlocks": "layerscope.interventions.core",
+    "intervene": "layerscope.interventions.core",
+    "LoadedModel": "layerscope.models.loading",
+    "PromptBatch": "layerscope.models.loading",
+    "load_model": "layerscope.models.loading",
 }
 
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     if name in _EXPORTS:
         return getattr(import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'layerscope' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

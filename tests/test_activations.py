@@ -134,3 +134,16 @@ def test_bad_inputs(tmp_path, tiny_lm):
     safetensors.torch.save_file({"x": torch.zeros(2)}, not_ours)
     with pytest.raises(LayerscopeError, match="not an activations file"):
         Activations.load(not_ours)
+
+
+def test_package_names_are_lazy_listed_and_seen_by_type_checkers():
+    """`dir(layerscope)` lists every export; the TYPE_CHECKING imports name exactly the lazy exports."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(ls))
+    guarded = next(node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING")
+    imported = {alias.name: node.module for node in guarded.body for alias in node.names}
+    assert imported == ls._EXPORTS
+    assert set(ls.__all__) <= set(dir(ls))
+    assert all(getattr(ls, name) is not None for name in ls.__all__)
