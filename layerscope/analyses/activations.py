@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 import torch
 from safetensors import safe_open
@@ -31,7 +32,7 @@ SITE_KINDS = ("resid", "attn", "mlp")
 _IDS, _MASK = "input_ids", "attention_mask"
 _FORMAT = "layerscope.activations"
 
-Prompts = str | Sequence[str] | torch.Tensor | PromptBatch
+Prompts: TypeAlias = str | Sequence[str] | torch.Tensor | PromptBatch
 """What `trace` reads: a text, a list of texts, ids (B, T) with no padding, or a `PromptBatch`."""
 
 

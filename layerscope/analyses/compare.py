@@ -149,13 +149,13 @@ class InterventionReport:
 
 
 @overload
-def run_interventions(lm: LoadedModel, input_ids: torch.Tensor, interventions: Sequence[Intervention],
-                      top_k: int = 5, max_new_tokens: int = 0) -> InterventionReport: ...
+def run_interventions(lm: LoadedModel, input_ids: PromptBatch, interventions: Sequence[Intervention],
+                      top_k: int = 5, max_new_tokens: int = 0) -> list[InterventionReport]: ...
 
 
 @overload
-def run_interventions(lm: LoadedModel, input_ids: PromptBatch, interventions: Sequence[Intervention],
-                      top_k: int = 5, max_new_tokens: int = 0) -> list[InterventionReport]: ...
+def run_interventions(lm: LoadedModel, input_ids: torch.Tensor, interventions: Sequence[Intervention],
+                      top_k: int = 5, max_new_tokens: int = 0) -> InterventionReport: ...
 
 
 def run_interventions(

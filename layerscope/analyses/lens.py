@@ -100,13 +100,13 @@ def _decode(lm: LoadedModel, states: torch.Tensor) -> torch.Tensor:
 
 
 @overload
-def logit_lens(lm: LoadedModel, input_ids: torch.Tensor, top_k: int = 5,
-               interventions: Sequence[Intervention] = (), budget: int = DECODE_BUDGET) -> DecodeGrid: ...
+def logit_lens(lm: LoadedModel, input_ids: PromptBatch, top_k: int = 5,
+               interventions: Sequence[Intervention] = (), budget: int = DECODE_BUDGET) -> list[DecodeGrid]: ...
 
 
 @overload
-def logit_lens(lm: LoadedModel, input_ids: PromptBatch, top_k: int = 5,
-               interventions: Sequence[Intervention] = (), budget: int = DECODE_BUDGET) -> list[DecodeGrid]: ...
+def logit_lens(lm: LoadedModel, input_ids: torch.Tensor, top_k: int = 5,
+               interventions: Sequence[Intervention] = (), budget: int = DECODE_BUDGET) -> DecodeGrid: ...
 
 
 def logit_lens(

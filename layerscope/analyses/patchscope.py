@@ -178,15 +178,15 @@ def _greedy(lm: LoadedModel, logits: torch.Tensor, cache, max_new_tokens: int) -
 
 
 @overload
-def patchscope_grid(lm: LoadedModel, input_ids: torch.Tensor, top_k: int = 5, target_prompt: str | None = None,
-                    target_layer: int | None = None, placeholder: str | None = None,
-                    progress: ProgressFn = no_progress) -> DecodeGrid: ...
-
-
-@overload
 def patchscope_grid(lm: LoadedModel, input_ids: PromptBatch, top_k: int = 5, target_prompt: str | None = None,
                     target_layer: int | None = None, placeholder: str | None = None,
                     progress: ProgressFn = no_progress) -> list[DecodeGrid]: ...
+
+
+@overload
+def patchscope_grid(lm: LoadedModel, input_ids: torch.Tensor, top_k: int = 5, target_prompt: str | None = None,
+                    target_layer: int | None = None, placeholder: str | None = None,
+                    progress: ProgressFn = no_progress) -> DecodeGrid: ...
 
 
 def patchscope_grid(
@@ -274,15 +274,15 @@ class PatchscopeReport:
 
 
 @overload
-def run_patchscope(lm: LoadedModel, input_ids: torch.Tensor, target: TargetPrompt, target_layer: int | None = None,
-                   top_k: int = 5, max_new_tokens: int = 0,
-                   progress: ProgressFn = no_progress) -> PatchscopeReport: ...
-
-
-@overload
 def run_patchscope(lm: LoadedModel, input_ids: PromptBatch, target: TargetPrompt, target_layer: int | None = None,
                    top_k: int = 5, max_new_tokens: int = 0,
                    progress: ProgressFn = no_progress) -> list[PatchscopeReport]: ...
+
+
+@overload
+def run_patchscope(lm: LoadedModel, input_ids: torch.Tensor, target: TargetPrompt, target_layer: int | None = None,
+                   top_k: int = 5, max_new_tokens: int = 0,
+                   progress: ProgressFn = no_progress) -> PatchscopeReport: ...
 
 
 def run_patchscope(
