@@ -95,7 +95,7 @@ class _ProgressCriterion(StoppingCriteria):
     def __init__(self, prompt_length: int, total: int, progress: ProgressFn) -> None:
         self.prompt_length, self.total, self.progress = prompt_length, total, progress
 
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object) -> torch.BoolTensor:
         self.progress(input_ids.shape[1] - self.prompt_length, self.total, "continuation")
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
@@ -107,7 +107,7 @@ def greedy_continuation(
     interventions: Sequence[Intervention] = (),
     progress: ProgressFn = no_progress,
 ) -> Continuation:
-    """Greedy decoding; position edits act on the prompt pass, block and head edits on every step.
+    """Greedy decoding of ids (1, T); position edits act on the prompt pass, block and head edits on every step.
     `progress(tokens so far, max_new_tokens, "continuation")` is called after each token (it may raise to stop).
     Zero new tokens is an empty continuation; more than the model's context leaves room for is refused."""
     lm.check_generation(input_ids.shape[1], max_new_tokens)

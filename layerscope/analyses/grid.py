@@ -19,6 +19,8 @@ LN2 = math.log(2.0)
 
 @dataclass
 class TopToken:
+    """One of a cell's top-k tokens and its probability."""
+
     token: str
     id: int
     prob: float
@@ -26,6 +28,8 @@ class TopToken:
 
 @dataclass
 class GridCell:
+    """What one row says at one position: its top-k, entropy (bits) and KL(final || row) (nats)."""
+
     top: list[TopToken]
     entropy_bits: float
     kl_to_final: float
@@ -33,6 +37,8 @@ class GridCell:
 
 @dataclass
 class DecodeGrid:
+    """A decode grid of one prompt: `cells[row][position]`, rows labelled by `layers` (`emb`, 0..L-1)."""
+
     model: str
     method: str
     tokens: list[str]
@@ -118,7 +124,8 @@ def build_grid(
     layers: list[str],
     top_k: int,
 ) -> DecodeGrid:
-    """Reduce each row's (tokens, vocab) logits to top-k, entropy and KL as soon as it arrives."""
+    """Reduce each row's (tokens, vocab) logits to top-k, entropy and KL as soon as it arrives; `final_logits`
+    (tokens, vocab) are the model's own, `input_ids` (1, tokens) the prompt."""
     rows = GridRows(lm, final_logits, top_k)
     cells = [rows.cells(torch.log_softmax(logits.float(), dim=-1)) for logits in row_logits]
     ids = input_ids[0].tolist()

@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
-from typing import overload
+from typing import TypeAlias, overload
 
 import torch
+from torch import nn
+from transformers import Cache
 
 from layerscope.analyses.grid import DecodeGrid, GridCell, GridRows
 from layerscope.analyses.lens import batch_residuals, logit_lens, one_prompt
 from layerscope.analyses.residual import layer_labels
 from layerscope.errors import LayerscopeError
+from layerscope.models.adapter import ModelAdapter
 from layerscope.models.hooks import hook_input, hook_output
 from layerscope.models.loading import LoadedModel, PromptBatch
 from layerscope.progress import ProgressFn, no_progress
@@ -84,14 +87,18 @@ def check_target_layer(lm: LoadedModel, target_layer: int | None) -> None:
         raise LayerscopeError(f"Target layer {target_layer} is out of range 0..{lm.n_blocks} (grid rows).")
 
 
-def repeated_cache(prefix_cache, batch: int):
+Index: TypeAlias = int | slice | torch.Tensor
+"""A tensor subscript along one dimension: a position, a slice, or an index tensor."""
+
+
+def repeated_cache(prefix_cache: Cache, batch: int) -> Cache:
     """A copy of a prefix's KV cache for `batch` sequences: the prefix is computed once, not per cell."""
     cache = copy.deepcopy(prefix_cache)
     cache.batch_repeat_interleave(batch)
     return cache
 
 
-def _overwriter(batch, positions, vectors: torch.Tensor):
+def _overwriter(batch: Index, positions: Index, vectors: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     def write(hidden: torch.Tensor) -> torch.Tensor:
         hidden = hidden.clone()
         hidden[batch, positions] = vectors.to(hidden.device, hidden.dtype)
@@ -100,14 +107,16 @@ def _overwriter(batch, positions, vectors: torch.Tensor):
     return write
 
 
-def write_at_output(module, stack: ExitStack, batch, vectors: torch.Tensor, positions=0) -> None:
+def write_at_output(module: nn.Module, stack: ExitStack, batch: Index, vectors: torch.Tensor,
+                    positions: Index = 0) -> None:
     """Overwrite output[batch, positions] of `module` (the first element where it returns a tuple) in the
     forward passes inside `stack`. `batch` and `positions` index like a tensor subscript: a slice and a
     position, or two index tensors that pair each batch element with its own position."""
     hook_output(stack, module, _overwriter(batch, positions, vectors))
 
 
-def write_at_row(adapter, stack: ExitStack, row: int, batch, vectors: torch.Tensor, positions=0) -> None:
+def write_at_row(adapter: ModelAdapter, stack: ExitStack, row: int, batch: Index, vectors: torch.Tensor,
+                 positions: Index = 0) -> None:
     """Like `write_at_output`, at grid row `row`: the input of block `row`, or the last block's output."""
     if row == adapter.n_blocks:
         write_at_output(adapter.blocks[row - 1], stack, batch, vectors, positions)
@@ -163,7 +172,7 @@ def patched_rows(
             yield PatchedRow(row, logits[cells], continuation[cells])
 
 
-def _greedy(lm: LoadedModel, logits: torch.Tensor, cache, max_new_tokens: int) -> torch.Tensor:
+def _greedy(lm: LoadedModel, logits: torch.Tensor, cache: Cache, max_new_tokens: int) -> torch.Tensor:
     """Greedy continuation of a batch after the patched prefill pass (no patch on later steps)."""
     tokens = []
     for step in range(max_new_tokens):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -160,7 +160,7 @@ class LoadedModel:
             raise LayerscopeError(f"{new_tokens} new tokens after a {prompt_tokens}-token prompt exceed this model's "
                                   f"context of {limit} tokens: ask for at most {max(limit - prompt_tokens, 0)}.")
 
-    def token_texts(self, ids) -> list[str]:
+    def token_texts(self, ids: Iterable[int] | torch.Tensor) -> list[str]:
         """Readable text of each token id (' Paris', not 'ĠParis')."""
         return [_token_text(self.tokenizer, int(i)) for i in ids]
 
@@ -333,7 +333,8 @@ def hub_local_only(repo_id: str) -> bool:
                           f"{repo_id}'), or point --model at a local directory.")
 
 
-def _load_pretrained(source, dtype, device_map, trust_remote_code, label) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _load_pretrained(source: str, dtype: torch.dtype, device_map: str | None, trust_remote_code: bool,
+                     label: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     path = Path(source).expanduser()
     looks_local = source.startswith((".", "/", "~")) or source.count("/") > 1 or path.exists()
     if looks_local and not path.exists():
