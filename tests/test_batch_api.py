@@ -45,7 +45,8 @@ def assert_same_report(batched: ls.InterventionReport, alone: ls.InterventionRep
     for a, b in zip(batched.comparison.positions, alone.comparison.positions, strict=True):
         assert (a.position, a.token, a.top1_agree) == (b.position, b.token, b.top1_agree)
         assert a.kl == pytest.approx(b.kl, rel=ATOL, abs=ATOL)
-        assert a.entropy_delta == pytest.approx(b.entropy_delta, abs=ATOL)
+        # a difference of two entropies of a 49k-token softmax: fp32 noise between batch shapes reaches 2e-5 bits
+        assert a.entropy_delta == pytest.approx(b.entropy_delta, abs=10 * ATOL)
         assert (a.loss_delta is None) == (b.loss_delta is None)
         assert a.loss_delta is None or a.loss_delta == pytest.approx(b.loss_delta, abs=ATOL)
 
