@@ -23,7 +23,7 @@ TINY_PROMPTS = [PromptItem(TINY_TEXT), PromptItem("red blue green the city is bi
 
 def engine_logits(lm, ids, interventions):
     """The reference: the engine's hooks and one plain forward."""
-    with intervene(lm.adapter, interventions, seq_len=ids.shape[1]), torch.inference_mode():
+    with intervene(lm, interventions, seq_len=ids.shape[1]), torch.inference_mode():
         return lm.model(input_ids=ids, use_cache=False).logits[0]
 
 

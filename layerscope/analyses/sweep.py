@@ -316,7 +316,7 @@ def sweep(
 
 def naive_logits(lm: LoadedModel, input_ids: torch.Tensor, interventions: Sequence[Intervention] = ()) -> torch.Tensor:
     """The reference: one full hooked forward through the engine, (tokens, vocab)."""
-    with intervene(lm.adapter, interventions, seq_len=input_ids.shape[1]), torch.inference_mode():
+    with intervene(lm, interventions, seq_len=input_ids.shape[1]), torch.inference_mode():
         return lm.model(input_ids=input_ids, use_cache=False).logits[0]
 
 
