@@ -175,6 +175,11 @@ class Intervention(ABC):
     def edit_attention(self, depth: int, attention_out: torch.Tensor, at: Positions) -> torch.Tensor | None:
         return None
 
+    @classmethod
+    def makes(cls, edit: str) -> bool:
+        """Whether this kind makes an edit ('edit_input', 'edit_output', 'edit_attention'): hooks go only there."""
+        return getattr(cls, edit) is not getattr(Intervention, edit)
+
     def attach(self, run: InterventionRun) -> None:
         """Hooks for what it declares; a kind with edits of another sort (head masks) attaches its own."""
         run.apply(self)
@@ -223,10 +228,6 @@ def check_interventions(interventions: Sequence[Intervention], shape: ModelShape
                 raise InterventionError(earlier[0].refusal)
 
 
-def _overrides(intervention: Intervention, method: str) -> bool:
-    return getattr(type(intervention), method) is not getattr(Intervention, method)
-
-
 class InterventionRun:
     """The hooks of one `intervene` block; removes them all on exit."""
 
@@ -260,14 +261,14 @@ class InterventionRun:
             hook_block_output(self.stack, blocks[depth], lambda hidden_in, hidden_out: hidden_in)
         memo: dict = {}
         for depth in touched:
-            if _overrides(intervention, "edit_input"):
+            if intervention.makes("edit_input"):
                 hook_input(self.stack, blocks[depth], self._fresh_only(
                     lambda hidden, depth=depth: intervention.edit_input(depth, hidden, self.positions(hidden), memo)))
-            if _overrides(intervention, "edit_output"):
+            if intervention.makes("edit_output"):
                 hook_block_output(self.stack, blocks[depth], self._fresh_only(
                     lambda hidden_in, hidden_out, depth=depth: intervention.edit_output(
                         depth, hidden_in, hidden_out, self.positions(hidden_out), memo)))
-            if _overrides(intervention, "edit_attention"):
+            if intervention.makes("edit_attention"):
                 hook_output(self.stack, self.adapter.attention(depth), self._fresh_only(
                     lambda out, depth=depth: intervention.edit_attention(depth, out, self.positions(out))))
 
