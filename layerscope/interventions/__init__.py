@@ -1,5 +1,9 @@
 """What can be done to a forward pass, applied with `intervene`. Each kind is one class; defining it
-registers it in `REGISTRY` (see `core.Intervention` and the README's "Adding an intervention kind")."""
+registers it in `REGISTRY` (see `core.Intervention` and the README's "Adding an intervention kind").
+
+Importing this package loads no torch (the CLI and the explorer read the kinds' spellings at start);
+`intervene` and `InterventionRun` load it when first used.
+"""
 
 from layerscope.interventions.core import (
     REGISTRY,
@@ -11,7 +15,6 @@ from layerscope.interventions.core import (
     Positions,
     check_interventions,
     chosen_by_block,
-    intervene,
     intervention_class,
 )
 from layerscope.interventions.kinds import (
@@ -24,6 +27,21 @@ from layerscope.interventions.kinds import (
     SwapBlocks,
 )
 
+_RUN = ("intervene", "InterventionRun")
+
+
+def __getattr__(name: str):
+    if name in _RUN:
+        from layerscope.interventions import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module 'layerscope.interventions' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_RUN])
+
+
 __all__ = [
     "REGISTRY",
     "BlockChoice",
@@ -32,6 +50,7 @@ __all__ = [
     "DropBlocks",
     "FreezeFrom",
     "Intervention",
+    "InterventionRun",
     "MaskHeads",
     "ModelShape",
     "PatchState",

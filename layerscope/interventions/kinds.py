@@ -1,16 +1,21 @@
-"""The intervention kinds: each is one class, and defining it registers it (see `core.Intervention`)."""
+"""The intervention kinds: each is one class, and defining it registers it (see `core.Intervention`).
+
+torch is imported inside the edits, so that the CLI and the explorer can read the kinds' spellings at once.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from layerscope.errors import InterventionError
-from layerscope.interventions.attention import edits_of, install_edited_attention
-from layerscope.interventions.core import BlockChoice, Claim, CliOption, Intervention, InterventionRun, check_block
+from layerscope.interventions.core import BlockChoice, Claim, CliOption, Intervention, check_block
 from layerscope.specs import parse_heads
+
+if TYPE_CHECKING:  # torch is imported where an edit runs: declaring the kinds must not load it
+    import torch
+
+    from layerscope.interventions.run import InterventionRun
 
 
 def _from_block(block: int, n_blocks: int) -> range | tuple[int]:
@@ -129,6 +134,8 @@ class RandomizeAt(Intervention):
 
     def edit_input(self, depth, hidden, at, memo):
         """Each row draws its noise alone, so a prompt gets the same noise in a batch as on its own."""
+        import torch
+
         hidden = hidden.clone()
         previous = at.previous.to(hidden.device)
         for row in range(hidden.shape[0]):
@@ -167,6 +174,8 @@ class SkipAttention(Intervention):
         return self.blocks
 
     def edit_attention(self, depth, attention_out, at):
+        import torch
+
         attention_out = attention_out.clone()
         attention_out[torch.arange(attention_out.shape[0]), at.last.to(attention_out.device)] = 0
         return attention_out
@@ -268,6 +277,8 @@ class MaskHeads(Intervention):
 
 
 def _mask_head(run: InterventionRun, block: int, head: int, mode: HeadMaskMode) -> None:
+    from layerscope.interventions.attention import edits_of, install_edited_attention
+
     install_edited_attention(run.adapter.model)
     attention = run.adapter.attention(block)
     edits = edits_of(attention)

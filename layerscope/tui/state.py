@@ -3,22 +3,22 @@
 The toggles are the user's view (a checkbox per block and head); `interventions()`
 turns them into the engine's value objects, so there is one source of truth
 for what a run does. Which toggles exist, their columns and how they reach
-over blocks come from the intervention registry (`BlockChoice` of each kind),
-read only once a kind is named, so an empty `Toggles()` imports no torch.
+over blocks come from the intervention registry (`BlockChoice` of each kind;
+declaring the kinds imports no torch).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from layerscope.errors import LayerscopeError
+from layerscope.interventions import REGISTRY, BlockChoice, Intervention, MaskHeads, chosen_by_block, intervention_class
 
 if TYPE_CHECKING:
     from layerscope.analyses.grid import DecodeGrid
-    from layerscope.interventions import BlockChoice, Intervention
 
 SESSION_VERSION = 1
 INTERVENABLE = ("logit_lens", "tuned_lens")
@@ -27,15 +27,11 @@ INTERVENABLE = ("logit_lens", "tuned_lens")
 
 def block_kinds() -> dict[str, BlockChoice]:
     """The per-block toggles, in the column order of the layer pane: every kind chosen by block."""
-    from layerscope.interventions import chosen_by_block
-
     return {kind: cls.chosen_by for kind, cls in chosen_by_block().items()}
 
 
 def _kind(name: str) -> str:
     """A kind's spelling from its own, an old one (`skip_attn`) or its Python name."""
-    from layerscope.interventions import intervention_class
-
     return intervention_class(name).kind
 
 
@@ -53,8 +49,7 @@ class Toggles:
     def __init__(self, blocks: Any = (), seed: int = 0, masked_heads: frozenset[tuple[int, int]] = frozenset(),
                  mask_mode: str = "zero", **by_kind: Any) -> None:
         chosen = {_kind(kind): _as_blocks(value) for kind, value in {**dict(blocks), **by_kind}.items()}
-        ordered = tuple((kind, chosen[kind]) for kind in block_kinds() if chosen.get(kind)) if chosen else ()
-        object.__setattr__(self, "blocks", ordered)  # no kinds named: the registry (torch) is not imported
+        object.__setattr__(self, "blocks", tuple((kind, chosen[kind]) for kind in block_kinds() if chosen.get(kind)))
         object.__setattr__(self, "seed", seed)
         object.__setattr__(self, "masked_heads", frozenset(masked_heads))
         object.__setattr__(self, "mask_mode", mask_mode)
@@ -98,8 +93,6 @@ class Toggles:
         return "covered" if block_kinds()[kind].reach == "from" and chosen and block > min(chosen) else "off"
 
     def _uses_seed(self) -> bool:
-        from layerscope.interventions import REGISTRY
-
         return any(REGISTRY[kind].uses_seed for kind, _ in self.blocks)
 
     def effective(self) -> Toggles:
@@ -113,8 +106,6 @@ class Toggles:
         return not (self.blocks or self.masked_heads)
 
     def interventions(self, n_blocks: int) -> list[Intervention]:
-        from layerscope.interventions import REGISTRY, MaskHeads
-
         chosen: list[Intervention] = []
         for kind, blocks in self.blocks:
             chosen += REGISTRY[kind].for_blocks(sorted(blocks), n_blocks, self.seed)
@@ -123,8 +114,6 @@ class Toggles:
 
     def describe(self) -> str:
         """Every intervention by name and place: 'drop 2 · swap 5↔6 · freeze ≥20 · mask 17.3, 18.6 (uniform)'."""
-        from layerscope.interventions import REGISTRY, MaskHeads
-
         parts = []
         for kind, blocks in self.blocks:
             if block_kinds()[kind].reach == "from":
@@ -144,8 +133,6 @@ class Toggles:
     @classmethod
     def from_dict(cls, data: dict) -> Toggles:
         """Reads sessions of any version: a kind under its spelling or an old one (`skip_attn`)."""
-        from layerscope.interventions import intervention_class
-
         try:
             blocks = {}
             for key, value in data.items():
