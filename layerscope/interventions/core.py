@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from layerscope.errors import InterventionError
+from layerscope.specs import parse_blocks
 
 if TYPE_CHECKING:  # the declarations import no torch, so the CLI and the explorer read the registry at once
     import torch
@@ -90,6 +91,11 @@ class CliOption:
     type: type = str
     default: Any = None
     parse: Callable[[str], Any] | None = None  # text -> value, for specs such as '4.2,7.1'
+    chooses: bool = False  # giving it asks for an intervention (`--mask-heads`), unlike a setting (`--seed`)
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
 
 
 REGISTRY: dict[str, type[Intervention]] = {}
@@ -108,6 +114,33 @@ def intervention_class(kind: str) -> type[Intervention]:
 def chosen_by_block() -> dict[str, type[Intervention]]:
     """The kinds the CLI and the explorer choose by block, and the sweep runs at every block."""
     return {kind: cls for kind, cls in REGISTRY.items() if cls.chosen_by is not None}
+
+
+def cli_options() -> list[CliOption]:
+    """Every registered kind's CLI options, its block choice first, each name once: what `run` offers."""
+    options: dict[str, CliOption] = {}
+    for cls in REGISTRY.values():
+        choice = cls.chosen_by
+        if choice is not None:
+            spec = choice.reach == "set"
+            options.setdefault(choice.option_name, CliOption(choice.option_name, choice.help, str if spec else int,
+                                                             parse=parse_blocks if spec else None, chooses=True))
+        for option in cls.options:
+            options.setdefault(option.name, option)
+    return list(options.values())
+
+
+def interventions_from_options(values: dict[str, Any], n_blocks: int) -> list[Intervention]:
+    """What the CLI options ask for, in registry order; `values` by option name, as typed (specs are parsed
+    here, so a bad one is refused by the same words everywhere)."""
+    parsed = {option.name: option.parse(values[option.name]) if option.parse and values.get(option.name) is not None
+              else values.get(option.name, option.default) for option in cli_options()}
+    return [intervention for cls in REGISTRY.values() for intervention in cls.from_cli(parsed, n_blocks)]
+
+
+def options_given(values: dict[str, Any]) -> bool:
+    """Whether any option that asks for an intervention was given."""
+    return any(values.get(option.name) is not None for option in cli_options() if option.chooses)
 
 
 class Intervention(ABC):

@@ -245,7 +245,7 @@ class MaskHeads(Intervention):
     mode: HeadMaskMode = "zero"
     kind = "mask-heads"
     aliases = ("mask_heads",)
-    options = (CliOption("mask_heads", "Heads to mask as block.head, e.g. 4.2,7.1.", parse=parse_heads),
+    options = (CliOption("mask_heads", "Heads to mask as block.head, e.g. 4.2,7.1.", parse=parse_heads, chooses=True),
                CliOption("mask_mode", "zero (remove the head's output) or uniform (attend evenly).", str, "zero"))
 
     def touched(self, n_blocks):
