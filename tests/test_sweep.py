@@ -84,7 +84,7 @@ def test_demo_accuracy_is_the_engine_greedy_answer(demo_lm):
 
 def test_swap_token_follows_donor_early_and_original_late(demo_lm):
     item = PromptItem("The capital of France is", answer="Paris", subject="France")
-    rows = {r.layer: r for r in token_swap_sweep(demo_lm, [item], Donor(), layers=[0, 30]) if r.prompt_index == 0}
+    rows = {r.row: r for r in token_swap_sweep(demo_lm, [item], Donor(), rows=[0, 30]) if r.prompt_index == 0}
     # the patched state at row 30 is after every block: the answer cannot change
     assert rows[30].follows_original == 1.0 and rows[30].kl == pytest.approx(0, abs=1e-5)
     # at row 0 the donor's embedding replaces "France": the model answers for Italy
@@ -187,3 +187,20 @@ def test_ctrl_c_keeps_every_finished_row(tmp_path):
     with pytest.raises(LayerscopeError, match="interrupted after 3 new rows, all kept; to continue, run: .*--resume"):
         _write_sweep(interrupted(), {"intervention": "drop"}, SweepFormat.jsonl, out, append=False)
     assert [json.loads(line)["layer"] for line in out.read_text().splitlines()[1:]] == [0, 1, 2]
+
+
+def test_swap_token_rows_name_the_grid_row_and_old_files_still_resume(tmp_path):
+    """token-swap's rows are grid rows (`row`), not blocks (`layer`); a file written with `layer` resumes."""
+    from layerscope.analyses.token_swap import TokenSwapRow
+    from layerscope.cli.studies import _sweep_rows
+
+    lm = tiny_model("llama")
+    items = [PromptItem("the capital of france is", "paris", "france"), PromptItem("the city of italy is", "rome", "italy")]
+    donor = ("the city rome", "rome", "rome")
+    full = [r.to_dict() for r in token_swap_sweep(lm, items, Donor(*donor), rows=[0, 4], max_new_tokens=2)]
+    assert all("row" in r and "layer" not in r for r in full)
+    old = [{("layer" if k == "row" else k): v for k, v in r.items()} for r in full[:1]]
+    assert TokenSwapRow.from_dict(old[0]).to_dict() == full[0]
+    rest = list(_sweep_rows(lm, items, "swap-token", [0, 4], [0, 4], None, 2, 0, 1, donor, old, tmp_path / "x.jsonl",
+                            lambda *a: None))
+    assert rest == full[1:]

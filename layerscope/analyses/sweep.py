@@ -177,8 +177,16 @@ class SweepRow:
     loss_delta: float | None  # next-token loss change; None where no next token is known
     accuracy: float | None = None
 
+    @property
+    def key(self) -> tuple[int | None, int]:
+        return self.prompt_index, self.layer
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SweepRow:
+        return cls(**data)
 
 
 def _metrics(kind: str, layer: int, index: int, base: BaselinePass, logits: torch.Tensor,
@@ -212,22 +220,24 @@ def average_rows(kind: str, layer: int, rows: list[SweepRow]) -> SweepRow:
 
 
 def finished_rows(done: Iterable) -> dict[tuple[int, int], Any]:
-    """Per-prompt rows of an interrupted run by (prompt, layer); rank 0's under torchrun (only it has the file)."""
-    return {(r.prompt_index, r.layer): r for r in from_writer(list(done)) if r.prompt_index is not None}
+    """Per-prompt rows of an interrupted run by `key` (prompt, layer or grid row); rank 0's under torchrun (only it
+    has the file)."""
+    return {r.key: r for r in from_writer(list(done)) if r.prompt_index is not None}
 
 
-def missing_rows(indices: Iterable[int], layers: list[int], finished: dict, prompt_rows: Callable[[int], Iterable],
+def missing_rows(indices: Iterable[int], steps: list[int], finished: dict, prompt_rows: Callable[[int], Iterable],
                  progress: ProgressFn, label: str) -> Iterator:
-    """The rows of every prompt not all in `finished`, prompt by prompt, each also added to `finished`.
+    """The rows of every prompt not all in `finished`, prompt by prompt, each also added to `finished`; `steps`
+    are a sweep's layers (or token-swap's grid rows).
 
     Under torchrun the prompts are shared out over the ranks and every rank gets every row in this order.
     """
     indices = list(indices)
-    total, count = len(indices) * len(layers), len([key for key in finished if key[1] in layers])
+    total, count = len(indices) * len(steps), len([key for key in finished if key[1] in steps])
     progress(count, total, label)
-    todo = [index for index in indices if not all((index, layer) in finished for layer in layers)]
+    todo = [index for index in indices if not all((index, step) in finished for step in steps)]
     for row in ordered_results(todo, prompt_rows):
-        finished[(row.prompt_index, row.layer)] = row
+        finished[row.key] = row
         count += 1
         progress(count, total, label)
         yield row
