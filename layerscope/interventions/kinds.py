@@ -292,18 +292,16 @@ def _mask_head(run: InterventionRun, block: int, head: int, mode: HeadMaskMode) 
 
 def _require_edits_applied(run: InterventionRun, block: int, attention, edits) -> None:
     """Never a silent no-op: fail if a masked layer ran without layerscope's attention function."""
+    from layerscope.models.hooks import watch_calls
+
     calls_before: list[int] = []
 
-    def before(module, args, kwargs):
-        calls_before.append(edits.applied)
-
-    def after(module, args, kwargs, output):
+    def after(args: tuple, kwargs: dict, output) -> None:
         if edits.applied == calls_before.pop():
             raise InterventionError(
                 f"mask-heads: the attention of block {block} did not run through layerscope's attention "
                 "function, so the head mask could not be applied."
             )
 
-    run.add_hook(attention, before, pre=True)
-    run.add_hook(attention, after, pre=False)
+    watch_calls(run.stack, attention, before=lambda args, kwargs: calls_before.append(edits.applied), after=after)
 

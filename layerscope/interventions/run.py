@@ -10,7 +10,7 @@ from torch import nn
 
 from layerscope.interventions.core import Intervention, ModelShape, Positions, check_interventions
 from layerscope.models.adapter import ModelAdapter
-from layerscope.models.hooks import hook_block_output, hook_input, hook_output
+from layerscope.models.hooks import hook_block_output, hook_input, hook_output, watch_calls
 from layerscope.models.loading import LoadedModel
 
 
@@ -23,10 +23,9 @@ class InterventionRun:
         self.stack = stack
         self.fresh_pass = True
         self.attention_mask: torch.Tensor | None = None
-        handle = self.adapter.model.register_forward_pre_hook(self._note_pass, with_kwargs=True)
-        stack.callback(handle.remove)
+        watch_calls(stack, self.adapter.model, before=self._note_pass)
 
-    def _note_pass(self, module, args, kwargs) -> None:
+    def _note_pass(self, args: tuple, kwargs: dict) -> None:
         cache = kwargs.get("past_key_values")
         self.fresh_pass = cache is None or cache.get_seq_length() == 0
         self.attention_mask = kwargs.get("attention_mask")
@@ -81,14 +80,6 @@ class InterventionRun:
                 if isinstance(getattr(module, "layer_idx", None), int):
                     self.stack.callback(setattr, module, "layer_idx", module.layer_idx)
                     module.layer_idx = depth
-
-    def add_hook(self, module: nn.Module, hook, pre: bool) -> None:
-        """A raw forward (pre-)hook with kwargs, removed on exit: for kinds that watch a module run."""
-        if pre:
-            handle = module.register_forward_pre_hook(hook, with_kwargs=True)
-        else:
-            handle = module.register_forward_hook(hook, with_kwargs=True)
-        self.stack.callback(handle.remove)
 
 
 def _moves_blocks(intervention: Intervention, n_blocks: int) -> bool:
