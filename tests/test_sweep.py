@@ -9,7 +9,8 @@ import torch
 
 from layerscope.analyses.compare import greedy_continuation
 from layerscope.analyses.prompt_sets import PromptItem, answer_matches, load_prompt_set
-from layerscope.analyses.sweep import KINDS, LAST_POSITION_KINDS, make_intervention, sweep, sweep_layers
+from layerscope.analyses.sweep import make_intervention, sweep, sweep_kinds, sweep_layers
+from layerscope.interventions import REGISTRY
 from layerscope.analyses.token_swap import Donor, locate_word, token_swap_sweep
 from layerscope.errors import LayerscopeError
 from layerscope.interventions import PatchState, intervene
@@ -30,7 +31,7 @@ def engine_logits(lm, ids, interventions):
 @pytest.mark.parametrize("family", ["llama", "gemma2", "gemma3_text", "gpt2", "gpt_neox", "phi", "falcon", "mixtral", "bloom"])
 def test_every_row_equals_the_engine_run_alone(family):
     lm = tiny_model(family)
-    for kind in KINDS:
+    for kind in sweep_kinds():
         # batch_size 3 over 4 (or 3) layers: rows of one batch start at different blocks
         rows = list(sweep(lm, TINY_PROMPTS, kind, batch_size=3))
         per_prompt = [r for r in rows if r.prompt_index is not None]
@@ -39,7 +40,7 @@ def test_every_row_equals_the_engine_run_alone(family):
             ids = lm.encode(TINY_PROMPTS[row.prompt_index].text)
             base = engine_logits(lm, ids, [])
             other = engine_logits(lm, ids, [make_intervention(kind, row.layer, lm.n_blocks)])
-            expected = hand_metrics(base, other, ids[0], kind in LAST_POSITION_KINDS)
+            expected = hand_metrics(base, other, ids[0], REGISTRY[kind].measured_at_last_token)
             got = (row.kl, row.top1_agree, row.entropy_delta, row.loss_delta)
             assert got[0] == pytest.approx(expected[0], abs=1e-4), (kind, row)
             assert got[1] == expected[1], (kind, row)

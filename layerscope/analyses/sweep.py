@@ -33,17 +33,18 @@ from layerscope.models.hooks import BlockCall, hook_output, record_calls
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
 
-KINDS = tuple(chosen_by_block())
-"""The kinds chosen by block (drop, swap, freeze, random, skip-attn, and any kind registered later)."""
-LAST_POSITION_KINDS = frozenset(kind for kind, cls in REGISTRY.items() if cls.measured_at_last_token)
-"""Attend-First manipulations touch the previous tokens; they are measured at the last position only."""
 LOGITS_PER_BATCH = 2**27
 """A batch's final logits stay under this many numbers (512 MiB in fp32), whatever the vocabulary."""
 
 
+def sweep_kinds() -> list[str]:
+    """The kinds chosen by block (drop, swap, freeze, random, skip-attn, and any kind registered since)."""
+    return list(chosen_by_block())
+
+
 def check_kind(kind: str) -> None:
-    if kind not in KINDS:
-        raise LayerscopeError(f"Unknown intervention '{kind}': use one of {', '.join(KINDS)}, swap-token.")
+    if kind not in chosen_by_block():
+        raise LayerscopeError(f"Unknown intervention '{kind}': use one of {', '.join(sweep_kinds())}, swap-token.")
 
 
 def make_intervention(kind: str, layer: int, n_blocks: int, seed: int = 0) -> Intervention:
@@ -192,7 +193,7 @@ class SweepRow:
 def _metrics(kind: str, layer: int, index: int, base: BaselinePass, logits: torch.Tensor,
              input_ids: torch.Tensor) -> SweepRow:
     tensors = compare_logits(base.logits, logits, input_ids[0])
-    if kind in LAST_POSITION_KINDS:
+    if REGISTRY[kind].measured_at_last_token:  # Attend-First edits change the previous tokens on purpose
         kl, agree, entropy, loss = tensors.kl[-1:], tensors.top1_agree[-1:], tensors.entropy_delta[-1:], None
     else:
         kl, agree, entropy = tensors.kl, tensors.top1_agree, tensors.entropy_delta

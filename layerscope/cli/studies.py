@@ -31,6 +31,7 @@ from layerscope.cli.common import (
 )
 from layerscope.outputs import check_not_input, check_writable, to_csv, to_json, write_atomic
 from layerscope.errors import LayerscopeError
+from layerscope.interventions import chosen_by_block
 from layerscope.locations import SAMPLE_PROMPTS, sample_file
 from layerscope.textfiles import read_text_file
 
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from layerscope.analyses.influence import InfluenceReport
     from layerscope.analyses.stages import StageMap
 
-SWEEP_KINDS = ("drop", "swap", "freeze", "random", "skip-attn", "swap-token")
+SWEEP_KINDS = (*chosen_by_block(), "swap-token")
 
 
 class SweepFormat(str, Enum):

@@ -151,14 +151,21 @@ class Intervention(ABC):
     aliases: ClassVar[tuple[str, ...]] = ()  # older spellings that files may still use
     chosen_by: ClassVar[BlockChoice | None] = None  # offered by block in the CLI, the explorer and the sweep
     options: ClassVar[tuple[CliOption, ...]] = ()  # its CLI options besides `chosen_by`
+    every_pass: ClassVar[bool] = False  # edits act on cached decoding steps too, not only on a fresh pass
     uses_seed: ClassVar[bool] = False  # a run's seed changes what it does
     measured_at_last_token: ClassVar[bool] = False  # sweeps compare the last position only (it edits the others)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A class that declares its own `kind` is registered (a subclass of a kind is not, unless it names its
+        own); a name two different classes declare is refused (defining the same class again replaces it)."""
         super().__init_subclass__(**kwargs)
-        if cls.kind:
-            REGISTRY[cls.kind] = cls
-            _ALIASES.update({alias: cls.kind for alias in cls.aliases})
+        if "kind" not in cls.__dict__:
+            return
+        other = REGISTRY.get(cls.kind) or REGISTRY.get(_ALIASES.get(cls.kind, ""))
+        if other is not None and (other.__module__, other.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise InterventionError(f"Intervention kind '{cls.kind}' is already {other.__qualname__}'s.")
+        REGISTRY[cls.kind] = cls
+        _ALIASES.update({alias: cls.kind for alias in cls.aliases})
 
     # --- what it touches -------------------------------------------------------------------------------
     def touched(self, n_blocks: int) -> Sequence[int]:
@@ -206,6 +213,7 @@ class Intervention(ABC):
         return None
 
     def edit_attention(self, depth: int, attention_out: torch.Tensor, at: Positions) -> torch.Tensor | None:
+        """The attention output of the block at `depth` (before it joins the residual stream)."""
         return None
 
     @classmethod
