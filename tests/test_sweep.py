@@ -32,25 +32,29 @@ def engine_logits(lm, ids, interventions):
 def test_every_row_equals_the_engine_run_alone(family):
     lm = tiny_model(family)
     for kind in sweep_kinds():
-        # batch_size 3 over 4 (or 3) layers: rows of one batch start at different blocks
-        rows = list(sweep(lm, TINY_PROMPTS, kind, batch_size=3))
-        per_prompt = [r for r in rows if r.prompt_index is not None]
-        assert len(per_prompt) == len(TINY_PROMPTS) * len(sweep_layers(kind, lm.n_blocks))
-        for row in per_prompt:
-            ids = lm.encode(TINY_PROMPTS[row.prompt_index].text)
-            base = engine_logits(lm, ids, [])
-            other = engine_logits(lm, ids, [make_intervention(kind, row.layer, lm.n_blocks)])
-            expected = hand_metrics(base, other, ids[0], REGISTRY[kind].measured_at_last_token)
-            got = (row.kl, row.top1_agree, row.entropy_delta, row.loss_delta)
-            assert got[0] == pytest.approx(expected[0], abs=1e-4), (kind, row)
-            assert got[1] == expected[1], (kind, row)
-            assert got[2] == pytest.approx(expected[2], abs=1e-3), (kind, row)
-            assert (got[3] is None) == (expected[3] is None)
-            if expected[3] is not None:
-                assert got[3] == pytest.approx(expected[3], abs=1e-4)
-        for average in (r for r in rows if r.prompt_index is None):
-            mine = [r.kl for r in per_prompt if r.layer == average.layer]
-            assert average.kl == pytest.approx(sum(mine) / len(mine))
+        assert_rows_equal_the_engine(lm, kind)
+
+
+def assert_rows_equal_the_engine(lm, kind: str) -> None:
+    # batch_size 3 over 4 (or 3) layers: rows of one batch start at different blocks
+    rows = list(sweep(lm, TINY_PROMPTS, kind, batch_size=3))
+    per_prompt = [r for r in rows if r.prompt_index is not None]
+    assert len(per_prompt) == len(TINY_PROMPTS) * len(sweep_layers(kind, lm.n_blocks))
+    for row in per_prompt:
+        ids = lm.encode(TINY_PROMPTS[row.prompt_index].text)
+        base = engine_logits(lm, ids, [])
+        other = engine_logits(lm, ids, [make_intervention(kind, row.layer, lm.n_blocks)])
+        expected = hand_metrics(base, other, ids[0], REGISTRY[kind].measured_at_last_token)
+        got = (row.kl, row.top1_agree, row.entropy_delta, row.loss_delta)
+        assert got[0] == pytest.approx(expected[0], abs=1e-4), (kind, row)
+        assert got[1] == expected[1], (kind, row)
+        assert got[2] == pytest.approx(expected[2], abs=1e-3), (kind, row)
+        assert (got[3] is None) == (expected[3] is None)
+        if expected[3] is not None:
+            assert got[3] == pytest.approx(expected[3], abs=1e-4)
+    for average in (r for r in rows if r.prompt_index is None):
+        mine = [r.kl for r in per_prompt if r.layer == average.layer]
+        assert average.kl == pytest.approx(sum(mine) / len(mine))
 
 
 def test_interrupted_sweep_continues_to_the_same_rows():
