@@ -298,6 +298,7 @@ def _padded_batch_equals_each_prompt_alone(lm, prompts: list[torch.Tensor], inte
     ids, mask = _right_padded(prompts, lm.tokenizer.pad_token_id or 0)
     with intervene(lm, interventions, seq_len=ids.shape[1]), torch.no_grad():
         batched = lm.model(input_ids=ids, attention_mask=mask).logits
+        torch.testing.assert_close(lm.model(ids, mask).logits, batched, rtol=0, atol=0)  # the mask by position too
     for index, alone in enumerate(prompts):
         expected = logits_under(lm, alone, interventions)
         torch.testing.assert_close(batched[index, : alone.shape[1]], expected, rtol=0, atol=atol)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 
@@ -23,19 +24,23 @@ class InterventionRun:
         self.stack = stack
         self.fresh_pass = True
         self.attention_mask: torch.Tensor | None = None
+        self._forward = inspect.signature(self.adapter.model.forward)
         watch_calls(stack, self.adapter.model, before=self._note_pass)
 
     def _note_pass(self, args: tuple, kwargs: dict) -> None:
-        cache = kwargs.get("past_key_values")
+        """Whether this forward starts from an empty cache, and its attention mask (by keyword or position)."""
+        given = self._forward.bind_partial(*args, **kwargs).arguments
+        cache = given.get("past_key_values")
         self.fresh_pass = cache is None or cache.get_seq_length() == 0
-        self.attention_mask = kwargs.get("attention_mask")
+        self.attention_mask = given.get("attention_mask")
 
     def positions(self, hidden: torch.Tensor) -> Positions:
         """The real tokens of this pass's rows, from the attention mask the model was called with."""
         return Positions.of(self.attention_mask, hidden.shape[0], hidden.shape[1], hidden.device)
 
     def apply(self, intervention: Intervention) -> None:
-        """Hooks for what an intervention declares: its block order, then its edits (fresh passes only)."""
+        """Hooks for what an intervention declares: its block order, then its edits (on fresh passes only, unless
+        the kind says `every_pass`)."""
         touched = list(intervention.touched(self.adapter.n_blocks))
         order = {depth: intervention.module_at(depth) for depth in touched}
         moved = {depth: module for depth, module in order.items() if module is not None and module != depth}
