@@ -1,4 +1,5 @@
-"""Block and head specs as people type them ("3,5,10-12", "4.2,7.1"): plain Python, no torch, for the CLI and the intervention kinds."""
+"""Block and head specs as people type them ("3,5,10-12", "4.2,7.1"); plain Python (no torch), for the CLI and
+the intervention kinds."""
 
 from __future__ import annotations
 

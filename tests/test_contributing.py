@@ -14,7 +14,8 @@ from layerscope.analyses.compare import greedy_continuation
 from layerscope.analyses.sweep import sweep_kinds
 from layerscope.cli.lens import with_intervention_options
 from layerscope.errors import InterventionError, LayerscopeError
-from layerscope.interventions import REGISTRY, DropBlocks, ModelShape, check_interventions, intervene, intervention_class
+from layerscope.interventions import (REGISTRY, DropBlocks, ModelShape, check_interventions, intervene,
+                                      intervention_class)
 from layerscope.interventions.core import cli_options, interventions_from_options
 from layerscope.tui.state import Toggles, block_kinds
 from tests.manual import manual_logits
@@ -76,8 +77,9 @@ def test_range_and_conflict_checks_come_from_what_it_declares(ScaleBlocks):
         check_interventions([ScaleBlocks((1,)), ScaleBlocks((1, 2), 0.25)], shape)
     check_interventions([ScaleBlocks((1,)), ScaleBlocks((2,)), DropBlocks((3,))], shape)
     lm = tiny_model("llama")
-    with pytest.raises(InterventionError, match="already scaled"), intervene(lm, [ScaleBlocks((1,)), ScaleBlocks((1,))]):
-        pass
+    with pytest.raises(InterventionError, match="already scaled"):
+        with intervene(lm, [ScaleBlocks((1,)), ScaleBlocks((1,))]):
+            pass
 
 
 def test_cli_option_parses_its_spec(ScaleBlocks):

@@ -320,8 +320,8 @@ def test_right_padded_batch_equals_each_prompt_alone(interventions):
     _padded_batch_equals_each_prompt_alone(lm, prompts, interventions)
 
 
-@pytest.mark.parametrize("interventions", [[FreezeFrom(10)], [RandomizeAt(12, seed=1)], [SkipAttention.from_block(20, 30)]],
-                         ids=lambda c: c[0].kind)
+@pytest.mark.parametrize("interventions", [[FreezeFrom(10)], [RandomizeAt(12, seed=1)],
+                                           [SkipAttention.from_block(20, 30)]], ids=lambda c: c[0].kind)
 def test_demo_right_padded_batch_equals_each_prompt_alone(demo_lm, interventions):
     """Padding alone moves the demo's logits by about 3e-5 (other kernel shapes), hence the tolerance."""
     texts = ["The capital of France is", "Monday, Tuesday,", "One, two, three, four, five, six"]

@@ -200,7 +200,8 @@ def test_swap_token_rows_name_the_grid_row_and_old_files_still_resume(tmp_path):
     from layerscope.cli.studies import _sweep_rows
 
     lm = tiny_model("llama")
-    items = [PromptItem("the capital of france is", "paris", "france"), PromptItem("the city of italy is", "rome", "italy")]
+    items = [PromptItem("the capital of france is", "paris", "france"),
+             PromptItem("the city of italy is", "rome", "italy")]
     donor = ("the city rome", "rome", "rome")
     full = [r.to_dict() for r in token_swap_sweep(lm, items, Donor(*donor), rows=[0, 4], max_new_tokens=2)]
     assert all("row" in r and "layer" not in r for r in full)

@@ -125,7 +125,8 @@ def with_intervention_options(command: Callable[..., None]) -> Callable[..., Non
 
     parameters = [inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=option.default,
                                     annotation=typed(option)) for option in cli_options()]
-    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in inspect.signature(command, eval_str=True).parameters.values()
+    declared = inspect.signature(command, eval_str=True).parameters.values()
+    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in declared
            if p.kind is not inspect.Parameter.VAR_KEYWORD]
     at = [p.name for p in own].index("prompt_file") + 1
     command.__signature__ = inspect.Signature([*own[:at], *parameters, *own[at:]])

@@ -2,9 +2,9 @@
 
 Each kind is one class (see `kinds.py`): it declares the blocks it touches, how each block's place in
 the run order changes (drop, swap), the state edits it makes (`edit_input`, `edit_output`,
-`edit_attention`) and the parts of the pass it claims (`claims`). From these, `intervene` attaches hooks
-(through `models/hooks.py`, in `run.py`), `check_interventions` refuses conflicting sets, the batched sweep runs the
-same edits on hand-run blocks, and the CLI and the explorer offer the kind (`chosen_by`).
+`edit_attention`) and the parts of the pass it claims (`claims`). From these, `intervene` (`run.py`)
+attaches hooks through `models/hooks.py`, `check_interventions` refuses conflicting sets, the batched
+sweep runs the same edits on hand-run blocks, and the CLI and the explorer offer the kind (`chosen_by`).
 
 Block indices mean depth in the run order (after any swap). Edits that touch positions (freeze, random,
 skip attention, patch) act on a fresh pass only, that is, a forward with no cached tokens: when
@@ -15,7 +15,6 @@ position edits act on each row's own last real token and its own previous tokens
 
 from __future__ import annotations
 
-from abc import ABC
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -143,7 +142,7 @@ def options_given(values: dict[str, Any]) -> bool:
     return any(values.get(option.name) is not None for option in cli_options() if option.chooses)
 
 
-class Intervention(ABC):
+class Intervention:
     """What can be done to a forward pass. A kind is a frozen dataclass subclass with a `kind`;
     defining it registers it. Everything below has a default, so a kind overrides only what it does."""
 
