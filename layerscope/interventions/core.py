@@ -169,7 +169,7 @@ class Intervention:
     # --- what it touches -------------------------------------------------------------------------------
     def touched(self, n_blocks: int) -> Sequence[int]:
         """The depths whose run it changes; range-checked, and where its hooks go."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must say which blocks it touches (`touched`).")
 
     def first_block(self, n_blocks: int) -> int:
         """Before this depth the run is the baseline's (the batched sweep starts here)."""
