@@ -31,8 +31,9 @@ def block_kinds() -> dict[str, BlockChoice]:
 
 
 def _kind(name: str) -> str:
-    """A kind's spelling from its own, an old one (`skip_attn`) or its Python name."""
-    return intervention_class(name).kind
+    """A kind's spelling from its own, an old one (`skip_attn`) or its Python name (`my_kind` for `my-kind`)."""
+    python_name = name.replace("_", "-")
+    return intervention_class(python_name if python_name in REGISTRY else name).kind
 
 
 @dataclass(frozen=True, init=False)
