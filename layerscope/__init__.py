@@ -6,7 +6,7 @@
     grid = ls.logit_lens(lm, ids)
     grids = ls.logit_lens(lm, lm.encode(["The capital of France is", "Rome is in"]))  # one grid per prompt
     acts = ls.trace(lm, "The capital of France is", ["resid.12", "mlp"])
-    with ls.intervene(lm.adapter, [ls.DropBlocks((3,))]):
+    with ls.intervene(lm, [ls.DropBlocks((3,))]):
         out = lm.model.generate(ids, max_new_tokens=5)
 
 Names are imported lazily so that `layerscope` (the TUI) paints before torch loads; the TYPE_CHECKING
@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     from layerscope.analyses.patchscope import parse_target, patchscope_grid, run_patchscope
     from layerscope.analyses.tuned_lens import TunedLens, compare_lenses, load_tuned_lens, train_tuned_lens, tuned_lens
     from layerscope.errors import LayerscopeError
-    from layerscope.interventions.core import (DropBlocks, FreezeFrom, Intervention, MaskHeads, PatchState,
-                                               RandomizeAt, SkipAttention, SwapBlocks, intervene)
+    from layerscope.interventions import (DropBlocks, FreezeFrom, Intervention, MaskHeads, PatchState, RandomizeAt,
+                                          SkipAttention, SwapBlocks, intervene)
     from layerscope.models.loading import LoadedModel, PromptBatch, load_model
 
 _EXPORTS = {
@@ -50,15 +50,15 @@ _EXPORTS = {
     "train_tuned_lens": "layerscope.analyses.tuned_lens",
     "tuned_lens": "layerscope.analyses.tuned_lens",
     "LayerscopeError": "layerscope.errors",
-    "DropBlocks": "layerscope.interventions.core",
-    "FreezeFrom": "layerscope.interventions.core",
-    "Intervention": "layerscope.interventions.core",
-    "MaskHeads": "layerscope.interventions.core",
-    "PatchState": "layerscope.interventions.core",
-    "RandomizeAt": "layerscope.interventions.core",
-    "SkipAttention": "layerscope.interventions.core",
-    "SwapBlocks": "layerscope.interventions.core",
-    "intervene": "layerscope.interventions.core",
+    "DropBlocks": "layerscope.interventions",
+    "FreezeFrom": "layerscope.interventions",
+    "Intervention": "layerscope.interventions",
+    "MaskHeads": "layerscope.interventions",
+    "PatchState": "layerscope.interventions",
+    "RandomizeAt": "layerscope.interventions",
+    "SkipAttention": "layerscope.interventions",
+    "SwapBlocks": "layerscope.interventions",
+    "intervene": "layerscope.interventions",
     "LoadedModel": "layerscope.models.loading",
     "PromptBatch": "layerscope.models.loading",
     "load_model": "layerscope.models.loading",

@@ -14,7 +14,8 @@ from layerscope.analyses.patchscope import parse_target, patchscope_grid, run_pa
 from layerscope.analyses.prompt_sets import PromptItem
 from layerscope.analyses.sweep import sweep
 from layerscope.errors import LayerscopeError
-from layerscope.interventions import DropBlocks, MaskHeads, PatchState, SwapBlocks
+from layerscope.interventions import (DropBlocks, FreezeFrom, MaskHeads, PatchState, RandomizeAt, SkipAttention,
+                                      SwapBlocks)
 from layerscope.interventions.attention import routes_attention
 from layerscope.models.loading import PromptBatch
 from tests.tiny import tiny_model
@@ -147,3 +148,34 @@ def test_prompt_batch_from_ids_and_of():
     batch = PromptBatch.of([torch.tensor([5, 6, 7]), torch.tensor([8])])
     assert batch.ids.tolist() == [[5, 6, 7], [8, 0, 0]] and batch.lengths == [3, 1]
     assert PromptBatch.from_ids(torch.ones(2, 3, dtype=torch.long)).lengths == [3, 3]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2", "falcon", "bloom"])
+def test_position_interventions_act_on_each_prompts_own_last_token(family):
+    """Freeze, random and skip-attention edit each prompt's last real token, not the padded end."""
+    lm = tiny_model(family)
+    batch = lm.encode(TINY_TEXTS)
+    for interventions in ([FreezeFrom(1)], [RandomizeAt(2, seed=3)], [SkipAttention((1, 2))]):
+        reports = run_interventions(lm, batch, interventions, top_k=3, max_new_tokens=2)
+        for batched, text in zip(reports, TINY_TEXTS, strict=True):
+            alone = run_interventions(lm, lm.encode(text), interventions, top_k=3, max_new_tokens=2)
+            assert_same_report(batched, alone)
+
+
+def test_demo_position_interventions_in_a_batch(demo_lm):
+    batch = demo_lm.encode(DEMO_TEXTS)
+    interventions = [FreezeFrom(20), SkipAttention((25,))]
+    for batched, text in zip(ls.run_interventions(demo_lm, batch, interventions, max_new_tokens=2), DEMO_TEXTS,
+                             strict=True):
+        assert_same_report(batched, ls.run_interventions(demo_lm, demo_lm.encode(text), interventions,
+                                                         max_new_tokens=2))
+
+
+def test_trace_runs_under_interventions():
+    """`trace` inside `intervene` reads the intervened pass: a dropped block's output is its input."""
+    lm = tiny_model("llama")
+    with ls.intervene(lm, [DropBlocks((1,))]):
+        traced = ls.trace(lm, TINY_TEXTS, ["resid.1", "resid.2"])
+    torch.testing.assert_close(traced["resid.2"], traced["resid.1"], rtol=0, atol=0)
+    plain = ls.trace(lm, TINY_TEXTS, ["resid.1", "resid.2"])
+    assert not torch.allclose(plain["resid.2"], plain["resid.1"])

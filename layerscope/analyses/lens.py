@@ -38,7 +38,7 @@ def one_prompt(input_ids: torch.Tensor) -> PromptBatch:
 def batch_residuals(lm: LoadedModel, batch: PromptBatch, interventions: Sequence[Intervention] = (),
                     **forward_options: object) -> ResidualTrace:
     """The residual rows of a (right-padded) batch under the interventions: states (L + 1, B, T, hidden)."""
-    with intervene(lm.adapter, interventions, seq_len=batch.ids.shape[1]):
+    with intervene(lm, interventions, seq_len=batch.ids.shape[1]):
         return trace_residuals(lm.adapter, batch.ids, attention_mask=batch.attention_mask, **forward_options)
 
 
