@@ -179,3 +179,29 @@ def test_trace_runs_under_interventions():
     torch.testing.assert_close(traced["resid.2"], traced["resid.1"], rtol=0, atol=0)
     plain = ls.trace(lm, TINY_TEXTS, ["resid.1", "resid.2"])
     assert not torch.allclose(plain["resid.2"], plain["resid.1"])
+
+
+def test_readme_custom_intervention(demo_lm):
+    """The README's own intervention runs as written (after the first example), steers each prompt at its own
+    last token (as it does alone) and is range-checked like a shipped kind."""
+    import re
+    from pathlib import Path
+
+    from layerscope.errors import InterventionError
+    from layerscope.interventions import REGISTRY
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    example = re.search(r"### Your own intervention\n.*?```python\n(.*?)```", readme, re.S)[1]
+    batch = demo_lm.encode(["The capital of France is", "The capital of Italy is"])
+    namespace = {"ls": ls, "lm": demo_lm, "batch": batch}
+    try:
+        exec(compile(example, "README.md", "exec"), namespace)
+        steer, reports = namespace["steer"], namespace["reports"]
+        base, steered = reports[0].baseline.top1(-1, -1), reports[0].intervened.top1(-1, -1)
+        assert base.token == steered.token == " Paris" and steered.prob < base.prob - 0.1
+        alone = ls.run_interventions(demo_lm, demo_lm.encode("The capital of France is"), [steer])
+        assert_same_report(reports[0], alone)
+        with pytest.raises(InterventionError, match="out of range"):
+            ls.run_interventions(demo_lm, demo_lm.encode("Hi"), [namespace["Steer"](99, steer.vector)])
+    finally:
+        REGISTRY.pop("steer", None)  # other tests see the shipped kinds only
