@@ -65,6 +65,19 @@ def test_every_site_matches_hand_hooks_alone_and_in_a_batch(family):
             torch.testing.assert_close(batched[site], expected[0], rtol=0, atol=1e-5)
 
 
+def test_demo_sites_match_hand_hooks_alone_and_in_a_batch(demo_lm):
+    texts = ["The capital of France is", "Hi", "One, two, three, four"]
+    sites = ["resid.0", "resid.17", "resid.30", "attn.0", "attn.29", "mlp.5", "mlp.29"]
+    traced = ls.trace(demo_lm, texts, sites)
+    assert list(traced.sites) == ["resid.0", "resid.17", "resid.30", "attn.0", "attn.29", "mlp.5", "mlp.29"]
+    for index, text in enumerate(texts):
+        reference = hooked_reference(demo_lm, demo_lm.encode(text))
+        for site, values in traced.prompt(index).items():
+            # the residual stream holds outliers of ~2e4 ("massive activations"): fp32 noise scales with them
+            expected = reference[site][0]
+            torch.testing.assert_close(values, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+
+
 def test_residual_rows_are_hf_hidden_states(tiny_lm):
     """Rows 0..L-1 are output_hidden_states; HF's last one is after the final norm, row L before it."""
     ids = tiny_lm.encode("the cat sat on the mat a dog ran to the park")
