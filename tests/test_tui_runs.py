@@ -136,71 +136,53 @@ def make_app(lm, tmp_path) -> LayerscopeApp:
                          continuation_tokens=1)
 
 
-async def assert_failed_then_recovers(pilot, lm, wanted: str, undo) -> None:
-    """The failure is a notice and the status line, nothing runs any more; once the fault is gone, Ctrl+R gives
-    the engine's grid."""
+async def start_run(pilot) -> None:
+    pilot.app.prompt.text = PROMPT
+    await pilot.press("ctrl+r")
+
+
+async def start_scores(pilot) -> None:
+    await pilot.press("escape", "3", "i")
+
+
+async def start_trace(pilot) -> None:
+    pilot.app.start_trace(PROMPT, "cat", None)
+
+
+@pytest.mark.parametrize(("module", "name", "error", "wanted", "start"), [
+    ("layerscope.tui.compute", "lens_states", KeyError("model.layers"), "KeyError: 'model.layers'", start_run),
+    ("layerscope.analyses.heads", "induction_scores", ValueError("scores"), "ValueError: scores", start_scores),
+    ("layerscope.analyses.causal_trace", "trace_prompt", TypeError("trace"), "TypeError: trace", start_trace),
+], ids=["run", "scores", "trace"])
+async def test_a_worker_that_raises_any_exception_leaves_a_notice_and_a_usable_app(
+        lm, tmp_path, monkeypatch, module, name, error, wanted, start):
+    """An engine function the worker calls raises (not a LayerscopeError): a notice, the status says it, nothing
+    stays running and the model is free; once the fault is gone, Ctrl+R gives the engine's grid."""
+    import importlib
+
     from layerscope.analyses.lens import logit_lens
 
-    app = pilot.app
-    await settle(pilot)
-    status = str(app.status.render())
-    assert any(n == wanted for n in notices(app)), notices(app)
-    assert wanted in status and "Esc cancels" not in status and not app.runs.running
-    assert not app.model_lock.locked() and not any(w.is_running for w in app.workers)
-    undo()
-    app.prompt.text = PROMPT
-    await pilot.press("ctrl+r")
-    await settle(pilot)
-    want = logit_lens(lm, lm.encode(PROMPT), top_k=5)
-    got = app.runs.results.baseline
-    assert [[c.top[0].id for c in row] for row in got.cells] == [[c.top[0].id for c in row] for row in want.cells]
-    assert "done in" in str(app.status.render())
-
-
-async def test_a_run_that_raises_any_exception_leaves_a_notice_and_a_usable_app(lm, tmp_path, monkeypatch):
-    from layerscope.tui import compute
-
     def broken(*_args, **_kwargs):
-        raise KeyError("model.layers")
+        raise error
 
-    monkeypatch.setattr(compute, "lens_states", broken)
+    monkeypatch.setattr(importlib.import_module(module), name, broken)
     app = make_app(lm, tmp_path)
     async with app.run_test(size=(160, 40)) as pilot:
         await settle(pilot)
-        app.prompt.text = PROMPT
-        await pilot.press("ctrl+r")
-        await assert_failed_then_recovers(pilot, lm, "KeyError: 'model.layers'", monkeypatch.undo)
-
-
-async def test_head_scores_that_raise_leave_a_notice_and_a_usable_app(lm, tmp_path, monkeypatch):
-    from layerscope.analyses import heads
-
-    def broken(*_args, **_kwargs):
-        raise ValueError("scores went wrong")
-
-    monkeypatch.setattr(heads, "induction_scores", broken)
-    app = make_app(lm, tmp_path)
-    async with app.run_test(size=(160, 40)) as pilot:
+        await start(pilot)
         await settle(pilot)
-        await pilot.press("escape", "3", "i")
-        await assert_failed_then_recovers(pilot, lm, "ValueError: scores went wrong", monkeypatch.undo)
+        status = str(app.status.render())
+        assert wanted in notices(app) and wanted in status, (notices(app), status)
+        assert "Esc cancels" not in status and not app.runs.running and app.runs.trace is None
+        assert not app.model_lock.locked() and not any(w.is_running for w in app.workers)
         assert app.head_pane.scores["induction"] == {}
-
-
-async def test_a_causal_trace_that_raises_leaves_a_notice_and_a_usable_app(lm, tmp_path, monkeypatch):
-    from layerscope.analyses import causal_trace
-
-    def broken(*_args, **_kwargs):
-        raise TypeError("trace went wrong")
-
-    monkeypatch.setattr(causal_trace, "trace_prompt", broken)
-    app = make_app(lm, tmp_path)
-    async with app.run_test(size=(160, 40)) as pilot:
+        monkeypatch.undo()
+        await start_run(pilot)
         await settle(pilot)
-        app.prompt.text = PROMPT
-        app.start_trace(PROMPT, "cat", None)
-        await assert_failed_then_recovers(pilot, lm, "TypeError: trace went wrong", monkeypatch.undo)
-        assert app.runs.trace is None
+        want = logit_lens(lm, lm.encode(PROMPT), top_k=5)
+        got = app.runs.results.baseline
+        assert [[c.top[0].id for c in row] for row in got.cells] == [[c.top[0].id for c in row] for row in want.cells]
+        assert "done in" in str(app.status.render())
 
 
 async def test_a_load_that_raises_keeps_the_loaded_model(lm, tmp_path, monkeypatch):

@@ -29,19 +29,18 @@ from textual.worker import Worker, WorkerState, get_current_worker
 
 from layerscope.errors import LayerscopeError
 from layerscope.locations import SAMPLE_PROMPTS
-from layerscope.tui.charts import overview_text
 from layerscope.tui.export import byte_size, export_csv, grid_shape, grid_text
 from layerscope.tui.grid_view import VIEWS, DecodeGridView, visible
 from layerscope.tui.keymap import load_keymap, user_keymap_path
 from layerscope.tui.messages import (LoadFailed, ModelLoaded, RowComputed, RunFailed, RunFinished, RunProgress,
                                      RunStarted, ScoresComputed, TraceComputed)
-from layerscope.tui.panes import (OVERVIEW_TITLES, SCORE_SOURCES, ChartPane, HeadPane, LayerPane, OverviewPane,
+from layerscope.tui.panes import (SCORE_SOURCES, ChartPane, HeadPane, LayerPane, OverviewPane,
                                   detail_text, trace_detail_text)
 from layerscope.tui.runs import Cancelled, Job, RunController, stop_between_blocks
 from layerscope.tui.screens import HelpScreen, InputScreen, PickScreen
 from layerscope.tui.state import INTERVENABLE, RunOrigin, Session, Toggles, sample_prompts
 from layerscope.tui.themes import DEFAULT_THEME, FALLBACK_THEME, SHIPPED_THEMES, load_themes, user_theme_folder
-from layerscope.tui.views import lens_charts, output_text, trace_chart
+from layerscope.tui.views import lens_charts, output_text, overview, trace_chart
 
 if TYPE_CHECKING:
     from layerscope.analyses.tuned_lens import TunedLens
@@ -195,7 +194,7 @@ class LayerscopeApp(App):
         if self.lm is None:  # after the first paint: importing torch in the worker holds the GIL for a while
             self.call_after_refresh(self.start_load, self.model_source)
         else:
-            self.post_message(ModelLoaded(self.lm, self.model_source, self.runs.load_id))
+            self.post_message(ModelLoaded(self.model_source, self.runs.load_id, self.lm))
 
     def _apply_keymap(self) -> None:
         try:
@@ -270,7 +269,7 @@ class LayerscopeApp(App):
             return
         error, severity = job.failure(event.worker.error if event.state is WorkerState.ERROR else None)
         if job.kind == "load":
-            self.post_message(LoadFailed(error, job.source, job.ident))
+            self.post_message(LoadFailed(job.source, job.ident, error))
         else:
             self.post_message(RunFailed(job.ident, error, severity))
 
@@ -300,7 +299,7 @@ class LayerscopeApp(App):
 
         lm = load_model(source, device=self.device, dtype=self.dtype, device_map=self.device_map,
                         trust_remote_code=self.trust_remote_code, progress=progress)
-        self.post_message(ModelLoaded(lm, source, load_id))
+        self.post_message(ModelLoaded(source, load_id, lm))
 
     def on_load_failed(self, message: LoadFailed) -> None:
         if not self.runs.load_ended(message.load_id):  # cancelled with Esc, or replaced by a later load
@@ -495,24 +494,15 @@ class LayerscopeApp(App):
             self.update_overview()
 
     def update_overview(self) -> None:
-        results, grid, metric = self.runs.results, self.grid, self.overview.metric
-        if metric == "kl_base_int" and not results.kl_base_int:
-            metric = self.overview.metric = "kl_to_final"
-        shown = grid.shown
-        if shown is None or not shown.cells:
-            self.overview.update("No results yet: type a prompt and press Ctrl+R.")
-            return
+        if self.overview.metric == "kl_base_int" and not self.runs.results.kl_base_int:
+            self.overview.metric = "kl_to_final"
         if self.showing_trace():
             self.overview.update("The overview maps the lens grids; the causal trace is in the Lens tab (1).")
             return
-        values = results.kl_base_int if metric == "kl_base_int" else [
-            [getattr(cell, metric) for cell in row] for row in shown.cells]
-        text = Text(f"overview · {OVERVIEW_TITLES[metric]} · {grid.view} · v: metric, Enter: open in the grid\n",
-                    "bold", no_wrap=True)
-        text.append(overview_text(values, shown.tokens, shown.layers, (grid.cursor_layer, grid.cursor_position),
-                                  self.overview.size.width, self.overview.size.height - 1, metric != "entropy_bits",
-                                  self.current_theme.primary))
-        self.overview.update(text)
+        grid, size = self.grid, self.overview.size
+        self.overview.update(overview(self.runs.results, grid.shown, grid.view, self.overview.metric,
+                                      (grid.cursor_layer, grid.cursor_position), size.width, size.height,
+                                      self.current_theme.primary))
 
     def on_overview_pane_moved(self, message: OverviewPane.Moved) -> None:
         self.grid.move_to(self.grid.cursor_layer + message.dx, self.grid.cursor_position + message.dy)

@@ -21,21 +21,31 @@ if TYPE_CHECKING:
 
 
 @dataclass(eq=False)
-class ModelLoaded(Message):
-    lm: LoadedModel
+class LoadMessage(Message):
+    """A load worker's answer; the app drops it when its load id is no longer the latest (cancelled, replaced)."""
+
     source: str
     load_id: int
 
 
 @dataclass(eq=False)
-class LoadFailed(Message):
+class ModelLoaded(LoadMessage):
+    """The model is loaded and checked: it replaces the app's model."""
+
+    lm: LoadedModel
+
+
+@dataclass(eq=False)
+class LoadFailed(LoadMessage):
+    """The load worker ended without a model (any exception); the loaded model, if any, stays."""
+
     error: str
-    source: str
-    load_id: int
 
 
 @dataclass(eq=False)
 class RunMessage(Message):
+    """A message of one run (lens rows, head scores or a causal trace), dropped once a newer run began."""
+
     run_id: int
 
 
@@ -50,11 +60,15 @@ class RunStarted(RunMessage):
 
 @dataclass(eq=False)
 class RowComputed(RunMessage):
+    """One residual row of the baseline (and the intervened run): appended to the shown results."""
+
     row: LayerRow
 
 
 @dataclass(eq=False)
 class RunProgress(RunMessage):
+    """The running phase and its count, for the status line."""
+
     description: str
     done: int
     total: int
@@ -62,21 +76,29 @@ class RunProgress(RunMessage):
 
 @dataclass(eq=False)
 class RunFinished(RunMessage):
+    """The last step of a lens run: the greedy continuation of each run (baseline, intervened)."""
+
     continuation: dict[str, str]
 
 
 @dataclass(eq=False)
 class RunFailed(RunMessage):
+    """The run's worker ended without its result: cancelled, a user mistake, or any other exception."""
+
     error: str
     severity: str  # 'warning' for a cancel, 'error' otherwise
 
 
 @dataclass(eq=False)
 class ScoresComputed(RunMessage):
+    """A head score per (block, head) of one kind (induction, retrieval, previous_token)."""
+
     kind: str
     scores: dict[tuple[int, int], float]
 
 
 @dataclass(eq=False)
 class TraceComputed(RunMessage):
+    """A causal trace of the prompt: shown in the grid until the next lens results."""
+
     trace: CausalTrace

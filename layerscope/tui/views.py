@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 
 from rich.text import Text
 
-from layerscope.tui.charts import MIN_PLOT_HEIGHT, Series, first_final_bars, layer_chart
+from layerscope.tui.charts import MIN_PLOT_HEIGHT, Series, first_final_bars, layer_chart, overview_text
 from layerscope.tui.grid_view import visible
-from layerscope.tui.panes import first_final_rows
+from layerscope.tui.panes import OVERVIEW_TITLES, first_final_rows
 
 if TYPE_CHECKING:
     from textual.theme import Theme
@@ -60,6 +60,20 @@ def trace_chart(trace: CausalTrace, cursor: tuple[int, int], theme: Theme, width
     series = [Series("IE", trace.column(position), theme.primary, "●"),
               Series("p", trace.column(position, "p_answer"), theme.accent or theme.secondary, "○")]
     return layer_chart(f"indirect effect @{position}", series, len(trace.layers), layer, width, height - 1, log=False)
+
+
+def overview(results: Results, shown: DecodeGrid | None, view: str, metric: str, cursor: tuple[int, int],
+             width: int, height: int, colour: str) -> Text:
+    """The Overview pane: one metric of the shown grid as a heatmap, a character per cell, under a title line."""
+    if shown is None or not shown.cells:
+        return Text("No results yet: type a prompt and press Ctrl+R.")
+    values = results.kl_base_int if metric == "kl_base_int" else [
+        [getattr(cell, metric) for cell in row] for row in shown.cells]
+    text = Text(f"overview · {OVERVIEW_TITLES[metric]} · {view} · v: metric, Enter: open in the grid\n", "bold",
+                no_wrap=True)
+    text.append(overview_text(values, shown.tokens, shown.layers, cursor, width, height - 1, metric != "entropy_bits",
+                              colour))
+    return text
 
 
 def continuation_text(continuations: dict[str, str]) -> Text:
