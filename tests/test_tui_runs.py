@@ -113,8 +113,8 @@ def test_export_csv_writes_every_cell_and_rank(tmp_path):
     last = grid.cells[-1][-1].top[0]
     final = [r for r in rows if r["layer"] == LAYERS[-1] and r["position"] == str(len(TOKENS) - 1) and r["rank"] == "0"]
     assert len(final) == 1 and int(final[0]["id"]) == last.id and float(final[0]["prob"]) == pytest.approx(last.prob)
-    size = (tmp_path / "grid.csv").stat().st_size
-    assert notice == f"exported grid · {len(LAYERS)}x{len(TOKENS)} · {byte_size('x' * size)} CSV → {tmp_path / 'grid.csv'}"
+    size = byte_size("x" * (tmp_path / "grid.csv").stat().st_size)
+    assert notice == f"exported grid · {len(LAYERS)}x{len(TOKENS)} · {size} CSV → {tmp_path / 'grid.csv'}"
     with pytest.raises(LayerscopeError, match="Nothing to export"):
         export_csv(None, tmp_path / "none.csv")
     assert not (tmp_path / "none.csv").exists()

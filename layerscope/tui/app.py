@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.text import Text
-from textual import on, work
+from textual import on
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -29,23 +30,24 @@ from textual.worker import Worker, WorkerState, get_current_worker
 
 from layerscope.errors import LayerscopeError
 from layerscope.locations import SAMPLE_PROMPTS
+from layerscope.tui import workers
 from layerscope.tui.export import byte_size, export_csv, grid_shape, grid_text
 from layerscope.tui.grid_view import VIEWS, DecodeGridView, visible
 from layerscope.tui.keymap import load_keymap, user_keymap_path
 from layerscope.tui.messages import (LoadFailed, ModelLoaded, RowComputed, RunFailed, RunFinished, RunProgress,
                                      RunStarted, ScoresComputed, TraceComputed)
-from layerscope.tui.panes import (SCORE_SOURCES, ChartPane, HeadPane, LayerPane, OverviewPane,
-                                  detail_text, trace_detail_text)
-from layerscope.tui.runs import Cancelled, Job, RunController, stop_between_blocks
+from layerscope.tui.panes import (SCORE_SOURCES, ChartPane, HeadPane, LayerPane, OverviewPane, detail_text,
+                                  trace_detail_text)
+from layerscope.tui.runs import Job, RunController
 from layerscope.tui.screens import HelpScreen, InputScreen, PickScreen
 from layerscope.tui.state import INTERVENABLE, RunOrigin, Session, Toggles, sample_prompts
 from layerscope.tui.themes import DEFAULT_THEME, FALLBACK_THEME, SHIPPED_THEMES, load_themes, user_theme_folder
 from layerscope.tui.views import lens_charts, output_text, overview, trace_chart
+from layerscope.tui.workers import RunContext
 
 if TYPE_CHECKING:
     from layerscope.analyses.tuned_lens import TunedLens
     from layerscope.models.loading import LoadedModel
-    from layerscope.progress import ProgressFn
 
 METHODS = ("logit_lens", "tuned_lens", "patchscope")
 TABS = ("tab-lens", "tab-layers", "tab-heads", "tab-output", "tab-overview")
@@ -273,24 +275,29 @@ class LayerscopeApp(App):
         else:
             self.post_message(RunFailed(job.ident, error, severity))
 
-    def phase_progress(self, run_id: int, worker: Worker, name: str) -> ProgressFn:
-        """A progress callback that names its phase; raising Cancelled stops the step it is called from."""
-        def progress(done: int, total: int, description: str) -> None:
-            if worker.is_cancelled:
-                raise Cancelled
-            self.post_message(RunProgress(run_id, name, done, total))
-        return progress
+    def start_worker(self, job: Job, group: str, work: Callable[[Worker], None]) -> None:
+        """Run `work` in a thread worker of `group` (a new run or scores worker replaces its group's old one) and
+        remember its job, so that its end is told whatever happens (on_worker_state_changed)."""
+        worker = self.run_worker(lambda: work(get_current_worker()), group=group, exclusive=group != "load",
+                                 thread=True, exit_on_error=False)
+        self.runs.track(worker, job)
+
+    def start_run(self, kind: str, status: str, cancelled: str, work: Callable[[RunContext], None]) -> None:
+        """A new run (older runs' messages are dropped from now on) doing `work` (see tui/workers.py)."""
+        run_id, lm = self.runs.begin(), self.lm
+        self.set_status(status)
+        self.start_worker(Job(kind, run_id, cancelled), "scores" if kind == "scores" else "run",
+                          lambda worker: work(RunContext(self.post_message, worker, run_id, lm, self.model_lock)))
 
     # model loading ------------------------------------------------------
     def start_load(self, source: str) -> None:
         load_id = self.runs.begin_load(source)
         self.set_status(f"loading {source} … (Esc cancels)")
-        worker = self.load_model_worker(source, load_id)
-        self.runs.track(worker, Job("load", load_id, f"loading {source} cancelled", source))
+        self.start_worker(Job("load", load_id, f"loading {source} cancelled", source), "load",
+                          lambda _worker: self.load_model(source, load_id))
 
-    @work(thread=True, group="load", exit_on_error=False)
-    def load_model_worker(self, source: str, load_id: int) -> None:
-        """Loads without the model lock: the loaded model keeps running until the new one replaces it."""
+    def load_model(self, source: str, load_id: int) -> None:
+        """In a thread, without the model lock: the loaded model keeps running until the new one replaces it."""
         from layerscope.models.loading import load_model
 
         def progress(done: int, total: int, description: str) -> None:
@@ -348,52 +355,15 @@ class LayerscopeApp(App):
             return None
         return text
 
-    def begin_run(self, status: str) -> int:
-        """A new run id (older runs' messages are dropped from now on), the clock and the status reset."""
-        run_id = self.runs.begin()
-        self.set_status(status)
-        return run_id
-
     def action_run(self) -> None:
         text = self.runnable_prompt()
         if text is None:
             return
-        run_id = self.begin_run("starting …")
         if self.focused is self.prompt:  # from typing to reading: e goes back to the prompt
             self.grid.focus()
-        worker = self.run_worker_thread(run_id, text, self.method, self.toggles)
-        self.runs.track(worker, Job("run", run_id, RUN_CANCELLED))
-
-    @work(thread=True, exclusive=True, group="run", exit_on_error=False)
-    def run_worker_thread(self, run_id: int, text: str, method: str, toggles: Toggles) -> None:
-        """Rows go to the UI as they are computed; the continuation comes last."""
-        import torch
-
-        from layerscope.analyses.compare import greedy_continuation
-        from layerscope.tui.compute import decode_rows, empty_grid
-
-        worker = get_current_worker()
-        lm = self.lm
-        with self.model_lock, torch.inference_mode(), stop_between_blocks(lm, lambda: worker.is_cancelled):
-            ids = lm.encode(text)
-            interventions = toggles.interventions(lm.n_blocks) if method in INTERVENABLE else []
-            baseline = empty_grid(lm, method, ids)
-            intervened = empty_grid(lm, method, ids) if interventions else None
-            self.post_message(RunStarted(run_id, baseline, intervened, RunOrigin(lm.name, text, method, toggles)))
-            rows_phase = self.phase_progress(run_id, worker, {"logit_lens": "lens rows",
-                                                              "tuned_lens": "tuned lens rows"}.get(method,
-                                                                                                   "patchscope rows"))
-            total = lm.n_blocks + 1
-            rows_phase(0, total, "")
-            for row in decode_rows(lm, method, ids, interventions, self.top_k, lambda: worker.is_cancelled,
-                                   rows_phase, self.tuned):
-                self.post_message(RowComputed(run_id, row))
-                rows_phase(row.row + 1, total, "")
-            runs = {"baseline": [], "intervened": interventions} if interventions else {"baseline": []}
-            continuation = {name: greedy_continuation(lm, ids, self.continuation_tokens, edits,
-                                                      self.phase_progress(run_id, worker, f"generating {name}")).text
-                            for name, edits in runs.items()}
-            self.post_message(RunFinished(run_id, continuation))
+        method, toggles, tuned, length = self.method, self.toggles, self.tuned, self.continuation_tokens
+        self.start_run("run", "starting …", RUN_CANCELLED,
+                       lambda run: workers.lens_run(run, text, method, toggles, self.top_k, tuned, length))
 
     def on_run_started(self, message: RunStarted) -> None:
         self.runs.start_results(message.run_id, message.baseline, message.intervened, message.origin)
@@ -565,23 +535,9 @@ class LayerscopeApp(App):
         if self.lm is None:
             self.notify("The model is not loaded yet.", severity="warning")
             return
-        run_id = self.begin_run(f"{message.kind} scores …")
-        worker = self.scores_worker(run_id, message.kind)
-        self.runs.track(worker, Job("scores", run_id, f"{message.kind} scores cancelled"))
-
-    @work(thread=True, exclusive=True, group="scores", exit_on_error=False)
-    def scores_worker(self, run_id: int, kind: str) -> None:
-        """Scores take a while (retrieval runs needle tests): progress shows, Esc stops between steps.
-        Any `{kind}_scores(lm, progress=...) -> HeadScores` in analyses.heads plugs in here."""
-        import torch
-
-        from layerscope.analyses import heads
-
-        worker = get_current_worker()
-        progress = self.phase_progress(run_id, worker, f"{kind} scores")
-        with self.model_lock, torch.inference_mode(), stop_between_blocks(self.lm, lambda: worker.is_cancelled):
-            result = getattr(heads, f"{kind}_scores")(self.lm, progress=progress)
-        self.post_message(ScoresComputed(run_id, kind, {(h.layer, h.head): h.score for h in result.heads}))
+        kind = message.kind
+        self.start_run("scores", f"{kind} scores …", f"{kind} scores cancelled",
+                       lambda run: workers.head_scores(run, kind))
 
     def on_scores_computed(self, message: ScoresComputed) -> None:
         """Scores are kept even when a newer run started: they do not depend on the prompt."""
@@ -619,20 +575,9 @@ class LayerscopeApp(App):
                          got_subject)
 
     def start_trace(self, text: str, subject: str, answer: str | None) -> None:
-        run_id = self.begin_run("causal trace … (Esc cancels)")
-        worker = self.trace_worker(run_id, text, subject, None if answer is None else f" {answer}")
-        self.runs.track(worker, Job("trace", run_id, "causal trace cancelled"))
-
-    @work(thread=True, exclusive=True, group="run", exit_on_error=False)
-    def trace_worker(self, run_id: int, text: str, subject: str, answer: str | None) -> None:
-        """Noise on the subject's embeddings, every (row, position) of the residual restored in turn."""
-        from layerscope.analyses.causal_trace import trace_prompt
-
-        worker = get_current_worker()
-        progress = self.phase_progress(run_id, worker, "causal trace cells")
-        with self.model_lock, stop_between_blocks(self.lm, lambda: worker.is_cancelled):
-            trace = trace_prompt(self.lm, text, subject, answer, progress=progress)
-        self.post_message(TraceComputed(run_id, trace))
+        answer = None if answer is None else f" {answer}"
+        self.start_run("trace", "causal trace … (Esc cancels)", "causal trace cancelled",
+                       lambda run: workers.causal_trace(run, text, subject, answer))
 
     def on_trace_computed(self, message: TraceComputed) -> None:
         if not self.runs.end(message.run_id):
