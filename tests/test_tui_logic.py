@@ -213,3 +213,10 @@ def test_sighup_ends_the_explorer(tmp_path):
         if process.poll() is None:
             process.kill()
         os.close(main)
+
+
+def test_every_palette_entry_runs_an_app_action():
+    from layerscope.tui.app import LayerscopeApp
+    from layerscope.tui.screens import PALETTE
+
+    assert [action for *_, action in PALETTE if not callable(getattr(LayerscopeApp, f"action_{action}", None))] == []

@@ -39,7 +39,7 @@ from layerscope.tui.messages import (LoadFailed, ModelLoaded, RowComputed, RunFa
 from layerscope.tui.panes import (SCORE_SOURCES, ChartPane, HeadPane, LayerPane, OverviewPane, detail_text,
                                   trace_detail_text)
 from layerscope.tui.runs import Job, RunController
-from layerscope.tui.screens import HelpScreen, InputScreen, PickScreen
+from layerscope.tui.screens import PALETTE, HelpScreen, InputScreen, PickScreen
 from layerscope.tui.state import INTERVENABLE, RunOrigin, Session, Toggles, sample_prompts
 from layerscope.tui.themes import DEFAULT_THEME, FALLBACK_THEME, SHIPPED_THEMES, load_themes, user_theme_folder
 from layerscope.tui.views import lens_charts, output_text, overview, trace_chart
@@ -286,7 +286,8 @@ class LayerscopeApp(App):
         """A new run (older runs' messages are dropped from now on) doing `work` (see tui/workers.py)."""
         run_id, lm = self.runs.begin(), self.lm
         self.set_status(status)
-        self.start_worker(Job(kind, run_id, cancelled), "scores" if kind == "scores" else "run",
+        group = "scores" if kind == "scores" else "run"  # a causal trace replaces the lens run: one grid shows either
+        self.start_worker(Job(kind, run_id, cancelled), group,
                           lambda worker: work(RunContext(self.post_message, worker, run_id, lm, self.model_lock)))
 
     # model loading ------------------------------------------------------
@@ -361,9 +362,10 @@ class LayerscopeApp(App):
             return
         if self.focused is self.prompt:  # from typing to reading: e goes back to the prompt
             self.grid.focus()
-        method, toggles, tuned, length = self.method, self.toggles, self.tuned, self.continuation_tokens
+        method, toggles, top_k, tuned, length = (self.method, self.toggles, self.top_k, self.tuned,
+                                                 self.continuation_tokens)
         self.start_run("run", "starting …", RUN_CANCELLED,
-                       lambda run: workers.lens_run(run, text, method, toggles, self.top_k, tuned, length))
+                       lambda run: workers.lens_run(run, text, method, toggles, top_k, tuned, length))
 
     def on_run_started(self, message: RunStarted) -> None:
         self.runs.start_results(message.run_id, message.baseline, message.intervened, message.origin)
@@ -758,23 +760,5 @@ class LayerscopeApp(App):
 
     def get_system_commands(self, screen: Screen):
         yield from super().get_system_commands(screen)
-        for title, help_text, callback in (
-            ("Run", "Run the prompt with the current toggles", self.action_run),
-            ("Cancel", "Stop the running computation, keeping its rows", self.action_cancel),
-            ("Switch method", "Logit lens / tuned lens / Patchscope", self.action_switch_method),
-            ("Causal trace", "Noise the subject, restore each state: the answer's probability per cell",
-             self.action_causal_trace),
-            ("Load tuned lens", "A folder from `layerscope tunedlens train` (or a published lens)",
-             self.action_open_lens),
-            ("Cycle view", "Intervened / baseline / diff", self.action_cycle_view),
-            ("Clear interventions", "Remove every toggle and head mask", self.action_clear_interventions),
-            ("Save session", "Prompt, model, interventions and results as JSON", self.action_save_session),
-            ("Open session", "Load a saved session", self.action_load_session),
-            ("Export grid as CSV", "The shown grid, one line per cell and rank", self.action_export_csv),
-            ("Copy cell", "The cell's detail, through the terminal (OSC 52)", self.action_copy_cell),
-            ("Copy grid", "Top-1 tokens as TSV, through the terminal (OSC 52)", self.action_copy_grid),
-            ("Sample prompts", "Pick a prompt from sample_prompts/", self.action_samples),
-            ("Load model", "Load another model", self.action_open_model),
-            ("Help", "All key bindings", self.action_help),
-        ):
-            yield SystemCommand(title, help_text, callback)
+        for title, help_text, action in PALETTE:
+            yield SystemCommand(title, help_text, getattr(self, f"action_{action}"))
