@@ -204,3 +204,18 @@ async def test_a_load_that_raises_keeps_the_loaded_model(lm, tmp_path, monkeypat
         await pilot.press("ctrl+r")
         await settle(pilot)
         assert len(app.runs.results.baseline.cells) == lm.n_blocks + 1
+
+
+async def test_a_late_failure_of_a_finished_run_is_dropped(lm, tmp_path):
+    """A cancel that lands just after the run finished (its worker's end comes last) says nothing: the run is done."""
+    from layerscope.tui.messages import RunFailed
+
+    app = make_app(lm, tmp_path)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await settle(pilot)
+        await start_run(pilot)
+        await settle(pilot)
+        app.post_message(RunFailed(app.runs.run_id, "late cancel", "warning"))
+        await pilot.pause(0.2)
+        assert "late cancel" not in notices(app) and "done in" in str(app.status.render())
+        assert len(app.runs.results.baseline.cells) == lm.n_blocks + 1
