@@ -219,3 +219,28 @@ async def test_a_late_failure_of_a_finished_run_is_dropped(lm, tmp_path):
         await pilot.pause(0.2)
         assert "late cancel" not in notices(app) and "done in" in str(app.status.render())
         assert len(app.runs.results.baseline.cells) == lm.n_blocks + 1
+
+
+@pytest.mark.parametrize("key", ["ctrl+s", "x"], ids=["save session", "export csv"])
+async def test_a_file_error_in_a_dialog_is_a_notice(lm, tmp_path, key):
+    """A folder given where a file goes (the write fails with an OSError, not a user-mistake error): one notice,
+    and the app stays up and usable."""
+    from textual.widgets import Input
+
+    target = tmp_path / "taken"
+    target.mkdir()
+    app = make_app(lm, tmp_path)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await settle(pilot)
+        await start_run(pilot)
+        await settle(pilot)
+        await pilot.press(key)
+        await pilot.pause(0.1)
+        app.screen.query_one(Input).value = str(target)
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        assert app.is_running and any(n.startswith(f"Cannot use '{target}': ") for n in notices(app)), notices(app)
+        assert target.is_dir() and list(target.iterdir()) == [] and not list(tmp_path.glob(".taken.*"))
+        await start_run(pilot)
+        await settle(pilot)
+        assert "done in" in str(app.status.render())

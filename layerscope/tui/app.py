@@ -681,13 +681,18 @@ class LayerscopeApp(App):
         self.lens_dir = folder
         self.notify(f"tuned lens loaded from {folder}: m switches to it")
 
-    def _ask_path(self, title: str, default: str, then) -> None:
-        def chosen(path: str | None) -> None:
-            if path:
+    def _ask_path(self, title: str, default: str, then: Callable[[Path], None]) -> None:
+        """Ask for a path and pass it on; a user mistake or a file error (a folder given as the file, a full disk)
+        is one error notice and the app stays up."""
+        def chosen(answer: str | None) -> None:
+            if answer:
+                path = Path(answer).expanduser()
                 try:
-                    then(Path(path).expanduser())
+                    then(path)
                 except LayerscopeError as error:
                     self.notify(str(error), severity="error")
+                except OSError as error:
+                    self.notify(f"Cannot use '{path}': {error.strerror or error}", severity="error")
 
         self.push_screen(InputScreen(title, default), chosen)
 
