@@ -220,3 +220,20 @@ def test_every_palette_entry_runs_an_app_action():
     from layerscope.tui.screens import PALETTE
 
     assert [action for *_, action in PALETTE if not callable(getattr(LayerscopeApp, f"action_{action}", None))] == []
+
+
+def test_choose_theme_falls_back_and_says_so_only_when_asked():
+    from layerscope.tui.themes import DEFAULT_THEME, FALLBACK_THEME, choose_theme
+
+    assert choose_theme("mine", ["mine", DEFAULT_THEME]) == ("mine", [])
+    assert choose_theme(None, [DEFAULT_THEME]) == (DEFAULT_THEME, [])
+    assert choose_theme(None, [FALLBACK_THEME]) == (FALLBACK_THEME, [])  # the shipped themes are missing: no notice
+    assert choose_theme("nope", [DEFAULT_THEME]) == (FALLBACK_THEME, [f"Unknown theme 'nope'; using {FALLBACK_THEME}."])
+
+
+def test_status_line_leads_with_what_is_stale():
+    from layerscope.tui.views import status_line
+
+    line = status_line(["prompt", "interventions"], "demo · logit_lens · esc\x1b")
+    assert line.plain == "STALE: prompt, interventions changed · Ctrl+R reruns · demo · logit_lens · esc␛"
+    assert status_line([], "demo").plain == "demo"

@@ -33,7 +33,7 @@ from layerscope.locations import SAMPLE_PROMPTS
 from layerscope.tui import workers
 from layerscope.tui.export import byte_size, export_csv, grid_shape, grid_text
 from layerscope.tui.grid_view import VIEWS, DecodeGridView, visible
-from layerscope.tui.keymap import load_keymap, user_keymap_path
+from layerscope.tui.keymap import binding_rows, load_keymap, user_keymap_path
 from layerscope.tui.messages import (LoadFailed, ModelLoaded, RowComputed, RunFailed, RunFinished, RunProgress,
                                      RunStarted, ScoresComputed, TraceComputed)
 from layerscope.tui.panes import (SCORE_SOURCES, ChartPane, HeadPane, LayerPane, OverviewPane, detail_text,
@@ -41,8 +41,8 @@ from layerscope.tui.panes import (SCORE_SOURCES, ChartPane, HeadPane, LayerPane,
 from layerscope.tui.runs import Job, RunController
 from layerscope.tui.screens import PALETTE, HelpScreen, InputScreen, PickScreen
 from layerscope.tui.state import INTERVENABLE, RunOrigin, Session, Toggles, sample_prompts
-from layerscope.tui.themes import DEFAULT_THEME, FALLBACK_THEME, SHIPPED_THEMES, load_themes, user_theme_folder
-from layerscope.tui.views import lens_charts, output_text, overview, trace_chart
+from layerscope.tui.themes import SHIPPED_THEMES, choose_theme, load_themes, user_theme_folder
+from layerscope.tui.views import lens_charts, output_text, overview, status_line, trace_chart
 from layerscope.tui.workers import RunContext
 
 if TYPE_CHECKING:
@@ -145,17 +145,12 @@ class LayerscopeApp(App):
         self.output_text = Text()
         self._keymap_path = keymap_path if keymap_path is not None else user_keymap_path()
         self._startup_notices: list[tuple[str, str]] = []
-        folders = theme_folders if theme_folders is not None else [SHIPPED_THEMES, user_theme_folder()]
-        themes, problems = load_themes(folders)
+        themes, problems = load_themes(theme_folders if theme_folders is not None else
+                                       [SHIPPED_THEMES, user_theme_folder()])
         for loaded in themes:
             self.register_theme(loaded)
-        self._startup_notices += [(problem, "warning") for problem in problems]
-        wanted = theme or DEFAULT_THEME
-        if wanted not in self.available_themes:
-            if theme is not None:
-                self._startup_notices.append((f"Unknown theme '{theme}'; using {FALLBACK_THEME}.", "warning"))
-            wanted = FALLBACK_THEME
-        self.theme = wanted
+        self.theme, unknown = choose_theme(theme, self.available_themes)
+        self._startup_notices += [(problem, "warning") for problem in [*problems, *unknown]]
 
     # layout -------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -225,16 +220,11 @@ class LayerscopeApp(App):
         self.exit()
 
     def set_status(self, text: str) -> None:
-        """Stale results lead the line; then model, method, view, interventions and `text`."""
+        """Stale results (not while a run replaces them) lead the line; then what is shown, and `text`."""
         self.status_text = text
         model = self.lm.name if self.lm else self.model_source
-        line = Text(no_wrap=True, overflow="ellipsis")
-        changes = self.stale_changes()
-        if changes and not self.runs.running:
-            line.append(f"STALE: {', '.join(changes)} changed · Ctrl+R reruns", "bold reverse")
-            line.append(" · ")
-        line.append(visible(f"{model} · {self.method} · view {self.grid.view} · {self.toggles.describe()} · {text}"))
-        self.status.update(line)
+        shown = f"{model} · {self.method} · view {self.grid.view} · {self.toggles.describe()}"
+        self.status.update(status_line([] if self.runs.running else self.stale_changes(), f"{shown} · {text}"))
 
     def current_origin(self) -> RunOrigin:
         return RunOrigin(self.lm.name if self.lm else self.model_source, self.prompt.text, self.method, self.toggles)
@@ -628,12 +618,7 @@ class LayerscopeApp(App):
 
     def binding_rows(self) -> list[tuple[str, str, str]]:
         """(keys, description, id) of every binding, with the user's keymap applied."""
-        rows = []
-        for owner in (type(self), DecodeGridView, LayerPane, HeadPane):
-            for binding in owner.BINDINGS:
-                keys = self._keymap.get(binding.id, binding.key) if binding.id else binding.key
-                rows.append((keys, binding.description or binding.action, binding.id or ""))
-        return rows
+        return binding_rows([type(self), DecodeGridView, LayerPane, HeadPane], self._keymap)
 
     def action_next_theme(self) -> None:
         names = sorted(self.available_themes)

@@ -22,6 +22,16 @@ if TYPE_CHECKING:
     from layerscope.tui.state import Results, RunOrigin
 
 
+def status_line(stale: list[str], text: str) -> Text:
+    """One line, cut with an ellipsis: what changed since the shown results (if anything) leads, then `text`."""
+    line = Text(no_wrap=True, overflow="ellipsis")
+    if stale:
+        line.append(f"STALE: {', '.join(stale)} changed · Ctrl+R reruns", "bold reverse")
+        line.append(" · ")
+    line.append(visible(text))
+    return line
+
+
 def lens_charts(results: Results, shown: DecodeGrid, cursor: tuple[int, int], n_rows: int, theme: Theme,
                 width: int, height: int) -> Text:
     """At the cursor's position: KL to final (log scale), KL(base‖int) with interventions, the first row where
