@@ -2,11 +2,11 @@
 
 This module imports no torch, transformers or engine code at the top, so the
 first frame paints at once; the model loads in a thread worker. All model
-work runs in thread workers under one lock. Workers post typed messages
-(tui/messages.py) that carry their run id; the run controller (tui/runs.py)
-says which are current and holds the results. However a worker ends (an
-exception of any type, a cancel), `on_worker_state_changed` turns it into a
-notice, a status line and a clean state.
+work runs in thread workers (tui/workers.py) under one lock. Workers post
+typed messages (tui/messages.py) that carry their run id; the run controller
+(tui/runs.py) says which are current and holds the results. However a worker
+ends (an exception of any type, a cancel), `on_worker_state_changed` turns it
+into a notice, a status line and a clean state.
 """
 
 from __future__ import annotations
