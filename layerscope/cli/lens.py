@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -24,8 +26,6 @@ from layerscope.cli.common import (
     TrustOption,
     handles_errors,
     load,
-    parse_blocks,
-    parse_heads,
     read_prompt,
     shorten,
 )
@@ -114,18 +114,30 @@ def report_table(report: InterventionReport) -> str:
     return "\n".join(lines)
 
 
+def with_intervention_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Declare one option per way of choosing a registered intervention kind (`--drop`, `--freeze-from`, ...,
+    and each kind's settings such as `--seed`), after `--prompt-file`; `command` gets them in **chosen."""
+    from layerscope.interventions.core import cli_options
+
+    def typed(option):
+        kind = option.type if option.default is not None else option.type | None
+        return Annotated[kind, typer.Option(option.flag, help=option.help)]
+
+    parameters = [inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=option.default,
+                                    annotation=typed(option)) for option in cli_options()]
+    declared = inspect.signature(command, eval_str=True).parameters.values()
+    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in declared
+           if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    at = [p.name for p in own].index("prompt_file") + 1
+    command.__signature__ = inspect.Signature([*own[:at], *parameters, *own[at:]])
+    return command
+
+
+@with_intervention_options
 def run(
     model: ModelOption = "demo",
     prompt: PromptOption = None,
     prompt_file: PromptFileOption = None,
-    drop: Annotated[str | None, typer.Option(help="Blocks to drop, e.g. 3,5 or 10-12.")] = None,
-    swap: Annotated[str | None, typer.Option(help="Swap block b with b+1, e.g. 10 (or 4,10).")] = None,
-    freeze_from: Annotated[int | None, typer.Option(help="From block K on, previous tokens keep their state.")] = None,
-    random_at: Annotated[int | None, typer.Option(help="At block K, previous tokens become norm-matched noise.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for --random-at.")] = 0,
-    skip_attn_from: Annotated[int | None, typer.Option(help="From block K on, the last token skips attention.")] = None,
-    mask_heads: Annotated[str | None, typer.Option(help="Heads to mask as block.head, e.g. 4.2,7.1.")] = None,
-    mask_mode: Annotated[str, typer.Option(help="zero (remove the head's output) or uniform (attend evenly).")] = "zero",
     max_new_tokens: Annotated[int, typer.Option(min=0, help="Greedy continuation length for both runs.")] = 20,
     top_k: TopKOption = 5,
     format: FormatOption = Format.table,
@@ -136,6 +148,7 @@ def run(
     device_map: DeviceMapOption = None,
     trust_remote_code: TrustOption = False,
     debug: DebugOption = False,
+    **chosen: Any,
 ) -> None:
     """Run with interventions: the intervened lens, its comparison with the baseline, and both continuations.
 
@@ -145,28 +158,22 @@ def run(
 
 
 @handles_errors
-def run_run(model, prompt, prompt_file, drop, swap, freeze_from, random_at, seed, skip_attn_from, mask_heads,
-            mask_mode, max_new_tokens, top_k, format, out, bos, device, dtype, device_map, trust_remote_code, debug):
+def run_run(model, prompt, prompt_file, max_new_tokens, top_k, format, out, bos, device, dtype, device_map,
+            trust_remote_code, debug, chosen):
     from layerscope.analyses.compare import run_interventions
-    from layerscope.interventions import (DropBlocks, FreezeFrom, MaskHeads, RandomizeAt, SkipAttention,
-                                          SwapBlocks, check_interventions, ModelShape)
+    from layerscope.interventions import ModelShape, check_interventions
+    from layerscope.interventions.core import cli_options, interventions_from_options, options_given
 
     text = read_prompt(prompt, prompt_file)
     check_writable(out)
     check_not_input(out, model, {"--prompt-file": prompt_file})
-    dropped = parse_blocks(drop) if drop else ()
-    swapped = parse_blocks(swap) if swap else ()
-    heads = parse_heads(mask_heads) if mask_heads else ()
-    if not (dropped or swapped or heads) and freeze_from is None and random_at is None and skip_attn_from is None:
-        raise ValueError("No intervention given: use --drop, --swap, --freeze-from, --random-at, --skip-attn-from "
-                         "or --mask-heads (or 'layerscope lens' for the plain lens).")
+    interventions_from_options(chosen, 0)  # a bad spec is refused before the model loads
+    if not options_given(chosen):
+        flags = [option.flag for option in cli_options() if option.chooses]
+        raise LayerscopeError(f"No intervention given: use {', '.join(flags[:-1])} or {flags[-1]} "
+                              "(or 'layerscope lens' for the plain lens).")
     lm = load(model, device, dtype, device_map, trust_remote_code, bos)
-    interventions = [DropBlocks(dropped)] if dropped else []
-    interventions += [SwapBlocks(b) for b in swapped]
-    interventions += [FreezeFrom(freeze_from)] if freeze_from is not None else []
-    interventions += [RandomizeAt(random_at, seed)] if random_at is not None else []
-    interventions += [SkipAttention.from_block(skip_attn_from, lm.n_blocks)] if skip_attn_from is not None else []
-    interventions += [MaskHeads(heads, mask_mode)] if heads else []
+    interventions = interventions_from_options(chosen, lm.n_blocks)
     ids = lm.encode(text)
     check_interventions(interventions, ModelShape(lm.n_blocks, lm.adapter.n_heads, ids.shape[1]))
     report = run_interventions(lm, ids, interventions, top_k=top_k, max_new_tokens=max_new_tokens)
