@@ -14,18 +14,8 @@ PROMPT = "The capital of France is"
 
 
 @pytest.fixture(autouse=True)
-def reuse_demo_model(demo_lm, monkeypatch):
-    """The CLI loads the demo model through `load`; hand it the session's copy to keep tests fast."""
-    import layerscope.cli.common as common
-
-    real_load = common.load
-
-    def load(model, *args, **kwargs):
-        return demo_lm if model == "demo" else real_load(model, *args, **kwargs)
-
-    monkeypatch.setattr(common, "load", load)
-    for name in ("layerscope.cli.lens",):
-        monkeypatch.setattr(f"{name}.load", load)
+def reuse_demo_model(cli_demo_lm):
+    """The CLI loads the demo model through `ModelOptions.load`; hand it the session's copy to keep tests fast."""
 
 
 def invoke(*args, input=None):

@@ -57,17 +57,9 @@ def cli(*args: str | bytes, stdin=None, env: dict | None = None, close: tuple[in
 
 
 @pytest.fixture
-def demo_cli(demo_lm, monkeypatch):
+def demo_cli(cli_demo_lm):
     """CLI commands reuse the session's demo model instead of loading their own."""
-    import layerscope.cli.common as common
-
-    def load(model, *args, **kwargs):
-        assert model == "demo"
-        return demo_lm
-
-    for module in ("layerscope.cli.common", "layerscope.cli.lens", "layerscope.cli.heads", "layerscope.cli.studies"):
-        monkeypatch.setattr(f"{module}.load", load)
-    return common
+    return cli_demo_lm
 
 
 @pytest.fixture(scope="module")

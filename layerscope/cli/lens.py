@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -9,27 +10,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from layerscope.cli.common import (
-    BosOption,
-    DebugOption,
-    DeviceMapOption,
-    DeviceOption,
-    DtypeOption,
-    Format,
-    FormatOption,
-    ModelOption,
-    OutOption,
-    PromptFileOption,
-    PromptOption,
+    BosModelOptions,
+    Output,
+    PromptInput,
     TopKOption,
-    TrustOption,
-    handles_errors,
-    load,
+    command,
     parse_blocks,
     parse_heads,
-    read_prompt,
     shorten,
 )
-from layerscope.outputs import check_not_input, check_writable, to_csv, to_json, write_atomic
 from layerscope.errors import LayerscopeError
 
 if TYPE_CHECKING:
@@ -54,49 +43,34 @@ class LensMethod(str, Enum):
     tuned = "tuned"
 
 
+@command
 def lens(
-    model: ModelOption = "demo",
-    prompt: PromptOption = None,
-    prompt_file: PromptFileOption = None,
+    *,
+    model: BosModelOptions,
+    prompt: PromptInput,
     method: Annotated[LensMethod, typer.Option(help="logit, or tuned (needs --lens).")] = LensMethod.logit,
     lens_dir: Annotated[Path | None, typer.Option("--lens", help="Tuned lens folder for --method tuned "
                                                                  "(layerscope tunedlens train).")] = None,
     top_k: TopKOption = 5,
-    format: FormatOption = Format.table,
-    out: OutOption = None,
-    bos: BosOption = False,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
-    device_map: DeviceMapOption = None,
-    trust_remote_code: TrustOption = False,
-    debug: DebugOption = False,
+    output: Output,
 ) -> None:
     """Logit lens: decode every layer's residual stream at every prompt token.
 
     Example: layerscope lens --model demo --prompt "The capital of France is" --format json
     """
-    run_lens(**locals())
-
-
-@handles_errors
-def run_lens(model, prompt, prompt_file, method, lens_dir, top_k, format, out, bos, device, dtype, device_map,
-             trust_remote_code, debug):
     from layerscope.analyses.lens import logit_lens
     from layerscope.analyses.tuned_lens import load_tuned_lens, tuned_lens
 
-    text = read_prompt(prompt, prompt_file)
-    check_writable(out)
+    text = prompt.read()
     if (method is LensMethod.tuned) != (lens_dir is not None):
         raise LayerscopeError("--method tuned needs --lens DIR, and --lens goes with --method tuned.")
-    check_not_input(out, model, {"--prompt-file": prompt_file})
-    lm = load(model, device, dtype, device_map, trust_remote_code, bos)
+    output.check(model, prompt.files)
+    lm = model.load()
     if lens_dir is None:
         grid = logit_lens(lm, lm.encode(text), top_k=top_k)
     else:
         grid = tuned_lens(lm, lm.encode(text), load_tuned_lens(lm, lens_dir), top_k=top_k)
-    rendered = {Format.json: lambda: to_json(grid.to_dict()), Format.csv: lambda: to_csv(grid.csv_rows()),
-                Format.table: lambda: grid_table(grid)}[format]()
-    write_atomic(rendered, out)
+    output.write(grid.to_dict, grid.csv_rows, lambda: grid_table(grid))
 
 
 def report_table(report: InterventionReport) -> str:
@@ -114,10 +88,11 @@ def report_table(report: InterventionReport) -> str:
     return "\n".join(lines)
 
 
+@command
 def run(
-    model: ModelOption = "demo",
-    prompt: PromptOption = None,
-    prompt_file: PromptFileOption = None,
+    *,
+    model: BosModelOptions,
+    prompt: PromptInput,
     drop: Annotated[str | None, typer.Option(help="Blocks to drop, e.g. 3,5 or 10-12.")] = None,
     swap: Annotated[str | None, typer.Option(help="Swap block b with b+1, e.g. 10 (or 4,10).")] = None,
     freeze_from: Annotated[int | None, typer.Option(help="From block K on, previous tokens keep their state.")] = None,
@@ -128,54 +103,50 @@ def run(
     mask_mode: Annotated[str, typer.Option(help="zero (remove the head's output) or uniform (attend evenly).")] = "zero",
     max_new_tokens: Annotated[int, typer.Option(min=0, help="Greedy continuation length for both runs.")] = 20,
     top_k: TopKOption = 5,
-    format: FormatOption = Format.table,
-    out: OutOption = None,
-    bos: BosOption = False,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
-    device_map: DeviceMapOption = None,
-    trust_remote_code: TrustOption = False,
-    debug: DebugOption = False,
+    output: Output,
 ) -> None:
     """Run with interventions: the intervened lens, its comparison with the baseline, and both continuations.
 
     Example: layerscope run --model demo --prompt "The capital of France is" --drop 3,5 --swap 10
     """
-    run_run(**locals())
-
-
-@handles_errors
-def run_run(model, prompt, prompt_file, drop, swap, freeze_from, random_at, seed, skip_attn_from, mask_heads,
-            mask_mode, max_new_tokens, top_k, format, out, bos, device, dtype, device_map, trust_remote_code, debug):
     from layerscope.analyses.compare import run_interventions
-    from layerscope.interventions import (DropBlocks, FreezeFrom, MaskHeads, RandomizeAt, SkipAttention,
-                                          SwapBlocks, check_interventions, ModelShape)
+    from layerscope.interventions import ModelShape, check_interventions
 
-    text = read_prompt(prompt, prompt_file)
-    check_writable(out)
-    check_not_input(out, model, {"--prompt-file": prompt_file})
+    text = prompt.read()
+    output.check(model, prompt.files)
+    make_interventions = interventions_from_options(drop, swap, freeze_from, random_at, seed, skip_attn_from,
+                                                    mask_heads, mask_mode)
+    lm = model.load()
+    interventions = make_interventions(lm.n_blocks)
+    ids = lm.encode(text)
+    check_interventions(interventions, ModelShape(lm.n_blocks, lm.adapter.n_heads, ids.shape[1]))
+    report = run_interventions(lm, ids, interventions, top_k=top_k, max_new_tokens=max_new_tokens)
+    output.write(report.to_dict, lambda: ({"position": p.position, "token": p.token, "kl": p.kl,
+                                           "top1_agree": p.top1_agree, "entropy_delta": p.entropy_delta,
+                                           "loss_delta": p.loss_delta} for p in report.comparison.positions),
+                 lambda: report_table(report))
+
+
+def interventions_from_options(drop, swap, freeze_from, random_at, seed, skip_attn_from, mask_heads,
+                               mask_mode) -> Callable[[int], list]:
+    """`run`'s options as interventions, checked for spelling before the model loads; the function returned
+    builds them once the model's block count is known."""
+    from layerscope.interventions import DropBlocks, FreezeFrom, MaskHeads, RandomizeAt, SkipAttention, SwapBlocks
+
     dropped = parse_blocks(drop) if drop else ()
     swapped = parse_blocks(swap) if swap else ()
     heads = parse_heads(mask_heads) if mask_heads else ()
     if not (dropped or swapped or heads) and freeze_from is None and random_at is None and skip_attn_from is None:
-        raise ValueError("No intervention given: use --drop, --swap, --freeze-from, --random-at, --skip-attn-from "
-                         "or --mask-heads (or 'layerscope lens' for the plain lens).")
-    lm = load(model, device, dtype, device_map, trust_remote_code, bos)
-    interventions = [DropBlocks(dropped)] if dropped else []
-    interventions += [SwapBlocks(b) for b in swapped]
-    interventions += [FreezeFrom(freeze_from)] if freeze_from is not None else []
-    interventions += [RandomizeAt(random_at, seed)] if random_at is not None else []
-    interventions += [SkipAttention.from_block(skip_attn_from, lm.n_blocks)] if skip_attn_from is not None else []
-    interventions += [MaskHeads(heads, mask_mode)] if heads else []
-    ids = lm.encode(text)
-    check_interventions(interventions, ModelShape(lm.n_blocks, lm.adapter.n_heads, ids.shape[1]))
-    report = run_interventions(lm, ids, interventions, top_k=top_k, max_new_tokens=max_new_tokens)
-    if format is Format.json:
-        rendered = to_json(report.to_dict())
-    elif format is Format.csv:
-        rendered = to_csv({"position": p.position, "token": p.token, "kl": p.kl, "top1_agree": p.top1_agree,
-                           "entropy_delta": p.entropy_delta, "loss_delta": p.loss_delta}
-                          for p in report.comparison.positions)
-    else:
-        rendered = report_table(report)
-    write_atomic(rendered, out)
+        raise LayerscopeError("No intervention given: use --drop, --swap, --freeze-from, --random-at, "
+                              "--skip-attn-from or --mask-heads (or 'layerscope lens' for the plain lens).")
+
+    def build(n_blocks: int) -> list:
+        interventions = [DropBlocks(dropped)] if dropped else []
+        interventions += [SwapBlocks(b) for b in swapped]
+        interventions += [FreezeFrom(freeze_from)] if freeze_from is not None else []
+        interventions += [RandomizeAt(random_at, seed)] if random_at is not None else []
+        interventions += [SkipAttention.from_block(skip_attn_from, n_blocks)] if skip_attn_from is not None else []
+        interventions += [MaskHeads(heads, mask_mode)] if heads else []
+        return interventions
+
+    return build
