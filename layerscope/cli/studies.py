@@ -195,7 +195,7 @@ def sweep(
     try:
         rows = _sweep_rows(lm, items, intervention, chosen, valid, measure_accuracy, max_new_tokens, seed,
                            batch_size, donor, done, output.out, progress)
-        _write_sweep(rows, source, output, append=written is not None)
+        _write_sweep(rows, source, output.format, output.out, append=written is not None)
     finally:
         progress.close()
 
@@ -232,7 +232,7 @@ def _sweep_rows(lm, items, kind, layers, valid, accuracy, max_new_tokens, seed, 
     return (row.to_dict() for row in rows if (row.prompt_index, row.layer) not in seen)
 
 
-def _write_sweep(rows, source: dict, output: SweepOutput, append: bool) -> None:
+def _write_sweep(rows, source: dict, format: SweepFormat, out: Path | None, append: bool) -> None:
     """jsonl: the source line (unless appending to a file that has it), then each row as it comes."""
     kind = source["intervention"]
     from layerscope.distributed import is_writer
@@ -240,8 +240,7 @@ def _write_sweep(rows, source: dict, output: SweepOutput, append: bool) -> None:
     if not is_writer():  # under torchrun the other ranks compute their share of the rows; rank 0 writes
         deque(rows, maxlen=0)
         return
-    out = output.out
-    if output.format is SweepFormat.jsonl:
+    if format is SweepFormat.jsonl:
         written = 0
         with open(out, "a" if append else "w", encoding="utf-8") if out else nullcontext(sys.stdout) as file:
             try:
@@ -256,8 +255,8 @@ def _write_sweep(rows, source: dict, output: SweepOutput, append: bool) -> None:
                 raise LayerscopeError(f"interrupted after {written} new rows, all kept{where}") from None
         return
     rows = list(rows)
-    output.write(lambda: {"intervention": kind, "source": source, "rows": rows}, lambda: rows,
-                 lambda: sweep_table(kind, rows))
+    SweepOutput(format, out).write(lambda: {"intervention": kind, "source": source, "rows": rows}, lambda: rows,
+                                   lambda: sweep_table(kind, rows))
 
 
 def influence_table(report: InfluenceReport) -> str:
