@@ -36,6 +36,16 @@ def test_lens_json_contract():
     assert cell["top"][0]["token"] == " Paris"
 
 
+def test_lens_json_reads_back_as_the_engine_grid(demo_lm):
+    from layerscope.analyses.grid import DecodeGrid
+    from layerscope.analyses.lens import logit_lens
+
+    data = json.loads(invoke("lens", "--prompt", PROMPT, "--top-k", "3", "--format", "json").stdout)
+    grid = DecodeGrid.from_dict(data)
+    assert grid == logit_lens(demo_lm, demo_lm.encode(PROMPT), top_k=3)  # JSON keeps every float exactly
+    assert grid.to_dict() == data and grid.top1(30, 4).token == " Paris"
+
+
 def test_lens_table_and_csv():
     table = invoke("lens", "--prompt", PROMPT)
     assert table.exit_code == 0 and "Paris" in table.stdout.splitlines()[-1]
