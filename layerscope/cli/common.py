@@ -95,7 +95,7 @@ class PromptInput:
     prompt_file: PromptFileOption = None
 
     def read(self) -> str:
-        """Read as bytes from stdin: it need not be UTF-8, nor open."""
+        """The prompt's text; stdin is read as bytes (it need not be UTF-8, nor open)."""
         if self.prompt is not None and self.prompt_file is not None:
             raise LayerscopeError("Give --prompt or --prompt-file, not both.")
         if self.prompt_file is not None:
@@ -132,8 +132,8 @@ class Output:
 
     def write(self, data: Callable[[], dict], rows: Callable[[], Iterable[dict]], table: Callable[[], str]) -> None:
         """Only the asked format is rendered: json of `data()`, csv of `rows()`, or `table()`."""
-        render = {Format.json: lambda: to_json(data()), Format.csv: lambda: to_csv(rows()), Format.table: table}
-        write_atomic(render[self.format](), self.out)
+        render = {"json": lambda: to_json(data()), "csv": lambda: to_csv(rows()), "table": table}
+        write_atomic(render[self.format.value](), self.out)
 
 
 def _is_group(annotation) -> bool:
