@@ -126,3 +126,25 @@ def test_every_command_has_help_with_an_example():
     for command in commands:
         result = invoke(*command, "--help")
         assert result.exit_code == 0 and "Example" in result.stdout, command
+
+
+def test_every_command_shows_the_shared_options_with_their_help():
+    """The shared options are declared once (cli/common.py) and still reach every command's --help."""
+    import typer.main
+
+    shared = {"--model": "a hub id", "--device": "cuda:N", "--dtype": "float32", "--device-map": "accelerate",
+              "--trust-remote-code": "Off unless asked"}
+    for path, command in [(("tui",), None), *_leaf_commands(typer.main.get_command(app))]:
+        text = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "400"}).stdout  # one line per option
+        lines = {line.split()[1]: line for line in text.splitlines() if line.startswith("│ --")}
+        for option, words in shared.items():
+            assert words in lines[option], (path, option)
+        assert ("--debug" in lines) == (path != ("tui",)), path
+
+
+def _leaf_commands(group, path=()):
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from _leaf_commands(command, (*path, name))
+        elif name != "tui":
+            yield (*path, name), command
