@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -136,7 +137,7 @@ def test_every_command_shows_the_shared_options_with_their_help():
               "--trust-remote-code": "Off unless asked"}
     for path, command in [(("tui",), None), *_leaf_commands(typer.main.get_command(app))]:
         text = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "400"}).stdout  # one line per option
-        lines = {line.split()[1]: line for line in text.splitlines() if line.startswith("│ --")}
+        lines = {match[1]: line for line in text.splitlines() if (match := re.match(r"│[\s*]*(--[\w-]+)", line))}
         for option, words in shared.items():
             assert words in lines[option], (path, option)
         assert ("--debug" in lines) == (path != ("tui",)), path
