@@ -88,6 +88,11 @@ def report_table(report: InterventionReport) -> str:
     return "\n".join(lines)
 
 
+def comparison_rows(report: InterventionReport) -> list[dict]:
+    return [{"position": p.position, "token": p.token, "kl": p.kl, "top1_agree": p.top1_agree,
+             "entropy_delta": p.entropy_delta, "loss_delta": p.loss_delta} for p in report.comparison.positions]
+
+
 @command
 def run(
     *,
@@ -121,10 +126,7 @@ def run(
     ids = lm.encode(text)
     check_interventions(interventions, ModelShape(lm.n_blocks, lm.adapter.n_heads, ids.shape[1]))
     report = run_interventions(lm, ids, interventions, top_k=top_k, max_new_tokens=max_new_tokens)
-    output.write(report.to_dict, lambda: ({"position": p.position, "token": p.token, "kl": p.kl,
-                                           "top1_agree": p.top1_agree, "entropy_delta": p.entropy_delta,
-                                           "loss_delta": p.loss_delta} for p in report.comparison.positions),
-                 lambda: report_table(report))
+    output.write(report.to_dict, lambda: comparison_rows(report), lambda: report_table(report))
 
 
 def interventions_from_options(drop, swap, freeze_from, random_at, seed, skip_attn_from, mask_heads,
