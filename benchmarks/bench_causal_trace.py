@@ -52,7 +52,7 @@ def per_cell(lm, ids, corruption, answer_id) -> torch.Tensor:
         with torch.inference_mode():
             for row in range(states.shape[0]):
                 for position in range(states.shape[1]):
-                    with intervene(lm.adapter, [PatchState(row, position, states[row, position])], ids.shape[1]):
+                    with intervene(lm, [PatchState(row, position, states[row, position])], ids.shape[1]):
                         logits = lm.model(input_ids=ids, use_cache=False, logits_to_keep=1).logits[0, -1]
                     grid[row, position] = torch.softmax(logits.float(), -1)[answer_id]
     finally:

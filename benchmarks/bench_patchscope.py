@@ -37,7 +37,7 @@ def per_cell(lm, states, target) -> torch.Tensor:
             cells = []
             for position in range(states.shape[1]):
                 patch = PatchState(row, target.placeholder, states[row, position])
-                with intervene(lm.adapter, [patch], seq_len=target.ids.shape[1]):
+                with intervene(lm, [patch], seq_len=target.ids.shape[1]):
                     cells.append(lm.model(input_ids=target.ids, use_cache=False, logits_to_keep=1).logits[0, -1])
             rows.append(torch.stack(cells))
     return torch.stack(rows)

@@ -4,7 +4,7 @@
     lm = ls.load_model("demo")
     ids = lm.encode("The capital of France is")
     grid = ls.logit_lens(lm, ids)
-    with ls.intervene(lm.adapter, [ls.DropBlocks((3,))]):
+    with ls.intervene(lm, [ls.DropBlocks((3,))]):
         out = lm.model.generate(ids, max_new_tokens=5)
 
 Names are imported lazily so that `layerscope` (the TUI) paints before torch loads.
@@ -29,14 +29,14 @@ _EXPORTS = {
     "train_tuned_lens": "layerscope.analyses.tuned_lens",
     "load_tuned_lens": "layerscope.analyses.tuned_lens",
     "compare_lenses": "layerscope.analyses.tuned_lens",
-    "intervene": "layerscope.interventions.core",
-    "DropBlocks": "layerscope.interventions.core",
-    "SwapBlocks": "layerscope.interventions.core",
-    "FreezeFrom": "layerscope.interventions.core",
-    "RandomizeAt": "layerscope.interventions.core",
-    "SkipAttention": "layerscope.interventions.core",
-    "PatchState": "layerscope.interventions.core",
-    "MaskHeads": "layerscope.interventions.core",
+    "intervene": "layerscope.interventions",
+    "DropBlocks": "layerscope.interventions",
+    "SwapBlocks": "layerscope.interventions",
+    "FreezeFrom": "layerscope.interventions",
+    "RandomizeAt": "layerscope.interventions",
+    "SkipAttention": "layerscope.interventions",
+    "PatchState": "layerscope.interventions",
+    "MaskHeads": "layerscope.interventions",
 }
 
 __all__ = sorted(_EXPORTS)

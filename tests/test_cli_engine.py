@@ -86,7 +86,7 @@ def test_run_table_with_several_interventions():
     result = invoke("run", "-p", PROMPT, "--swap", "10", "--freeze-from", "25", "--skip-attn-from", "28",
                     "--mask-heads", "4.2,7.1", "--mask-mode", "uniform", "--max-new-tokens", "3")
     assert result.exit_code == 0, result.output
-    assert "swap, freeze, skip_attn, mask_heads" in result.stdout and "mean KL" in result.stdout
+    assert "swap, freeze, skip-attn, mask-heads" in result.stdout and "mean KL" in result.stdout
 
 
 @pytest.mark.parametrize(

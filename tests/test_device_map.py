@@ -18,7 +18,7 @@ from layerscope.analyses.patchscope import parse_target, run_patchscope
 from layerscope.analyses.prompt_sets import PromptItem
 from layerscope.analyses.retrieval import Needle, build_tests, run_test
 from layerscope.analyses.stages import stage_map
-from layerscope.analyses.sweep import KINDS, sweep
+from layerscope.analyses.sweep import sweep, sweep_kinds
 from layerscope.interventions import (DropBlocks, FreezeFrom, MaskHeads, RandomizeAt, SkipAttention, SwapBlocks)
 from layerscope.models.adapter import ModelAdapter
 from layerscope.models.loading import LoadedModel, load_model
@@ -89,7 +89,7 @@ def _close_rows(rows, expected) -> None:
             assert getattr(row, field) == pytest.approx(getattr(want, field), rel=1e-3, abs=1e-5), field
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", sweep_kinds())
 def test_sweeps_match_the_unsplit_model(models, kind):
     plain, split = models
     _close_rows(list(sweep(split, PROMPTS, kind, seed=1, batch_size=3)),

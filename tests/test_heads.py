@@ -176,7 +176,7 @@ def test_masking_restores_the_model_bit_for_bit(demo_lm):
     with torch.inference_mode():
         before = demo_lm.model(input_ids=ids).logits
         for mode in ("zero", "uniform"):
-            with intervene(demo_lm.adapter, [MaskHeads(((3, 1), (17, 3), (18, 6)), mode)]):
+            with intervene(demo_lm, [MaskHeads(((3, 1), (17, 3), (18, 6)), mode)]):
                 masked = demo_lm.model(input_ids=ids).logits
             assert not torch.equal(masked, before)
             assert torch.equal(demo_lm.model(input_ids=ids).logits, before)
@@ -210,7 +210,7 @@ def test_uniform_mask_equals_hand_computation():
     finally:
         for handle in handles:
             handle.remove()
-    with intervene(lm.adapter, [MaskHeads(((block, head),), "uniform")]), torch.inference_mode():
+    with intervene(lm, [MaskHeads(((block, head),), "uniform")]), torch.inference_mode():
         got = lm.model(input_ids=ids).logits
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 

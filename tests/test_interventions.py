@@ -22,7 +22,7 @@ ATOL = 1e-5
 
 
 def logits_under(lm, ids, interventions):
-    with intervene(lm.adapter, interventions, seq_len=ids.shape[1]), torch.no_grad():
+    with intervene(lm, interventions, seq_len=ids.shape[1]), torch.no_grad():
         return lm.model(ids).logits[0]
 
 
@@ -223,7 +223,7 @@ def test_model_is_restored_bit_for_bit_even_after_an_error(tiny_lm):
     if routes_attention(tiny_lm.model):
         everything += [MaskHeads(((1, 1),), "uniform"), MaskHeads(((2, 0),), "zero")]
     with pytest.raises(RuntimeError, match="boom"):
-        with intervene(tiny_lm.adapter, everything, seq_len=8):
+        with intervene(tiny_lm, everything, seq_len=8):
             assert not torch.equal(tiny_lm.model(ids).logits, before)
             raise RuntimeError("boom")
     assert tiny_lm.adapter.blocks is blocks
@@ -267,7 +267,7 @@ def test_bad_interventions_fail_before_any_compute(interventions, message):
     calls = []
     handle = lm.model.register_forward_pre_hook(lambda *a: calls.append(1))
     with pytest.raises(InterventionError, match=message):
-        with intervene(lm.adapter, interventions, seq_len=8):
+        with intervene(lm, interventions, seq_len=8):
             lm.model(random_ids(8))
     handle.remove()
     assert not calls
@@ -282,3 +282,53 @@ def test_demo_dropping_block_0_hurts_far_more_than_a_middle_block(demo_lm):
     kl_middle = compare_logits(base, logits_under(demo_lm, ids, [DropBlocks((15,))]), ids[0]).kl.mean()
     assert kl_first > 10 * kl_middle
     assert logits_under(demo_lm, ids, [DropBlocks((15,))])[-1].argmax() == base[-1].argmax()
+
+
+def _right_padded(rows: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(row.shape[1] for row in rows)
+    ids = torch.full((len(rows), width), pad)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for index, row in enumerate(rows):
+        ids[index, : row.shape[1]] = row[0]
+        mask[index, : row.shape[1]] = 1
+    return ids, mask
+
+
+def _padded_batch_equals_each_prompt_alone(lm, prompts: list[torch.Tensor], interventions, atol=ATOL) -> None:
+    ids, mask = _right_padded(prompts, lm.tokenizer.pad_token_id or 0)
+    with intervene(lm, interventions, seq_len=ids.shape[1]), torch.no_grad():
+        batched = lm.model(input_ids=ids, attention_mask=mask).logits
+        torch.testing.assert_close(lm.model(ids, mask).logits, batched, rtol=0, atol=0)  # the mask by position too
+    for index, alone in enumerate(prompts):
+        expected = logits_under(lm, alone, interventions)
+        torch.testing.assert_close(batched[index, : alone.shape[1]], expected, rtol=0, atol=atol)
+        if any(i.measured_at_last_token for i in interventions):  # acting at the padded end would be far off
+            assert not torch.allclose(expected[-1], logits_under(lm, alone, [])[-1], atol=100 * atol)
+
+
+BATCH_CASES = [[DropBlocks((1,))], [SwapBlocks(1)], [FreezeFrom(1)], [RandomizeAt(2, seed=3)],
+               [SkipAttention.from_block(1, 4)], [MaskHeads(((1, 2),), "uniform")], [PatchState(2, 1, torch.ones(64))],
+               [FreezeFrom(2), RandomizeAt(1, seed=5), SkipAttention((3,))]]
+
+
+@pytest.mark.parametrize("interventions", BATCH_CASES, ids=lambda c: "+".join(i.kind for i in c))
+def test_right_padded_batch_equals_each_prompt_alone(interventions):
+    """Freeze, random and skip-attn act on each row's own last real token and its own previous tokens;
+    each row's noise is the noise that prompt gets alone with the same seed."""
+    lm = tiny_model("llama")
+    prompts = [random_ids(7, seed=1), random_ids(4, seed=2), random_ids(10, seed=3)]
+    _padded_batch_equals_each_prompt_alone(lm, prompts, interventions)
+
+
+@pytest.mark.parametrize("interventions", [[FreezeFrom(10)], [RandomizeAt(12, seed=1)],
+                                           [SkipAttention.from_block(20, 30)]], ids=lambda c: c[0].kind)
+def test_demo_right_padded_batch_equals_each_prompt_alone(demo_lm, interventions):
+    """Padding alone moves the demo's logits by about 3e-5 (other kernel shapes), hence the tolerance."""
+    texts = ["The capital of France is", "Monday, Tuesday,", "One, two, three, four, five, six"]
+    _padded_batch_equals_each_prompt_alone(demo_lm, [demo_lm.encode(text) for text in texts], interventions, 1e-4)
+
+
+def test_intervene_takes_the_loaded_model_only(tiny_lm):
+    with pytest.raises(TypeError, match="loaded model"):
+        with intervene(tiny_lm.adapter, [DropBlocks((1,))]):
+            pass

@@ -9,7 +9,8 @@ import torch
 
 from layerscope.analyses.compare import greedy_continuation
 from layerscope.analyses.prompt_sets import PromptItem, answer_matches, load_prompt_set
-from layerscope.analyses.sweep import KINDS, LAST_POSITION_KINDS, make_intervention, sweep, sweep_layers
+from layerscope.analyses.sweep import make_intervention, sweep, sweep_kinds, sweep_layers
+from layerscope.interventions import REGISTRY
 from layerscope.analyses.token_swap import Donor, locate_word, token_swap_sweep
 from layerscope.errors import LayerscopeError
 from layerscope.interventions import PatchState, intervene
@@ -23,33 +24,37 @@ TINY_PROMPTS = [PromptItem(TINY_TEXT), PromptItem("red blue green the city is bi
 
 def engine_logits(lm, ids, interventions):
     """The reference: the engine's hooks and one plain forward."""
-    with intervene(lm.adapter, interventions, seq_len=ids.shape[1]), torch.inference_mode():
+    with intervene(lm, interventions, seq_len=ids.shape[1]), torch.inference_mode():
         return lm.model(input_ids=ids, use_cache=False).logits[0]
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma2", "gemma3_text", "gpt2", "gpt_neox", "phi", "falcon", "mixtral", "bloom"])
 def test_every_row_equals_the_engine_run_alone(family):
     lm = tiny_model(family)
-    for kind in KINDS:
-        # batch_size 3 over 4 (or 3) layers: rows of one batch start at different blocks
-        rows = list(sweep(lm, TINY_PROMPTS, kind, batch_size=3))
-        per_prompt = [r for r in rows if r.prompt_index is not None]
-        assert len(per_prompt) == len(TINY_PROMPTS) * len(sweep_layers(kind, lm.n_blocks))
-        for row in per_prompt:
-            ids = lm.encode(TINY_PROMPTS[row.prompt_index].text)
-            base = engine_logits(lm, ids, [])
-            other = engine_logits(lm, ids, [make_intervention(kind, row.layer, lm.n_blocks)])
-            expected = hand_metrics(base, other, ids[0], kind in LAST_POSITION_KINDS)
-            got = (row.kl, row.top1_agree, row.entropy_delta, row.loss_delta)
-            assert got[0] == pytest.approx(expected[0], abs=1e-4), (kind, row)
-            assert got[1] == expected[1], (kind, row)
-            assert got[2] == pytest.approx(expected[2], abs=1e-3), (kind, row)
-            assert (got[3] is None) == (expected[3] is None)
-            if expected[3] is not None:
-                assert got[3] == pytest.approx(expected[3], abs=1e-4)
-        for average in (r for r in rows if r.prompt_index is None):
-            mine = [r.kl for r in per_prompt if r.layer == average.layer]
-            assert average.kl == pytest.approx(sum(mine) / len(mine))
+    for kind in sweep_kinds():
+        assert_rows_equal_the_engine(lm, kind)
+
+
+def assert_rows_equal_the_engine(lm, kind: str) -> None:
+    # batch_size 3 over 4 (or 3) layers: rows of one batch start at different blocks
+    rows = list(sweep(lm, TINY_PROMPTS, kind, batch_size=3))
+    per_prompt = [r for r in rows if r.prompt_index is not None]
+    assert len(per_prompt) == len(TINY_PROMPTS) * len(sweep_layers(kind, lm.n_blocks))
+    for row in per_prompt:
+        ids = lm.encode(TINY_PROMPTS[row.prompt_index].text)
+        base = engine_logits(lm, ids, [])
+        other = engine_logits(lm, ids, [make_intervention(kind, row.layer, lm.n_blocks)])
+        expected = hand_metrics(base, other, ids[0], REGISTRY[kind].measured_at_last_token)
+        got = (row.kl, row.top1_agree, row.entropy_delta, row.loss_delta)
+        assert got[0] == pytest.approx(expected[0], abs=1e-4), (kind, row)
+        assert got[1] == expected[1], (kind, row)
+        assert got[2] == pytest.approx(expected[2], abs=1e-3), (kind, row)
+        assert (got[3] is None) == (expected[3] is None)
+        if expected[3] is not None:
+            assert got[3] == pytest.approx(expected[3], abs=1e-4)
+    for average in (r for r in rows if r.prompt_index is None):
+        mine = [r.kl for r in per_prompt if r.layer == average.layer]
+        assert average.kl == pytest.approx(sum(mine) / len(mine))
 
 
 def test_interrupted_sweep_continues_to_the_same_rows():
@@ -84,7 +89,7 @@ def test_demo_accuracy_is_the_engine_greedy_answer(demo_lm):
 
 def test_swap_token_follows_donor_early_and_original_late(demo_lm):
     item = PromptItem("The capital of France is", answer="Paris", subject="France")
-    rows = {r.layer: r for r in token_swap_sweep(demo_lm, [item], Donor(), layers=[0, 30]) if r.prompt_index == 0}
+    rows = {r.row: r for r in token_swap_sweep(demo_lm, [item], Donor(), rows=[0, 30]) if r.prompt_index == 0}
     # the patched state at row 30 is after every block: the answer cannot change
     assert rows[30].follows_original == 1.0 and rows[30].kl == pytest.approx(0, abs=1e-5)
     # at row 0 the donor's embedding replaces "France": the model answers for Italy
@@ -187,3 +192,21 @@ def test_ctrl_c_keeps_every_finished_row(tmp_path):
     with pytest.raises(LayerscopeError, match="interrupted after 3 new rows, all kept; to continue, run: .*--resume"):
         _write_sweep(interrupted(), {"intervention": "drop"}, SweepFormat.jsonl, out, append=False)
     assert [json.loads(line)["layer"] for line in out.read_text().splitlines()[1:]] == [0, 1, 2]
+
+
+def test_swap_token_rows_name_the_grid_row_and_old_files_still_resume(tmp_path):
+    """token-swap's rows are grid rows (`row`), not blocks (`layer`); a file written with `layer` resumes."""
+    from layerscope.analyses.token_swap import TokenSwapRow
+    from layerscope.cli.studies import _sweep_rows
+
+    lm = tiny_model("llama")
+    items = [PromptItem("the capital of france is", "paris", "france"),
+             PromptItem("the city of italy is", "rome", "italy")]
+    donor = ("the city rome", "rome", "rome")
+    full = [r.to_dict() for r in token_swap_sweep(lm, items, Donor(*donor), rows=[0, 4], max_new_tokens=2)]
+    assert all("row" in r and "layer" not in r for r in full)
+    old = [{("layer" if k == "row" else k): v for k, v in r.items()} for r in full[:1]]
+    assert TokenSwapRow.from_dict(old[0]).to_dict() == full[0]
+    rest = list(_sweep_rows(lm, items, "swap-token", [0, 4], [0, 4], None, 2, 0, 1, donor, old, tmp_path / "x.jsonl",
+                            lambda *a: None))
+    assert rest == full[1:]

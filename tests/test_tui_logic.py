@@ -214,3 +214,19 @@ def test_sighup_ends_the_explorer(tmp_path):
         if process.poll() is None:
             process.kill()
         os.close(main)
+
+
+def test_sessions_with_the_old_kind_spellings_still_load():
+    """Sessions saved before one spelling per kind wrote `skip_attn`; they load, and are saved as `skip-attn`."""
+    from layerscope.interventions import SkipAttention
+
+    old = {"drop": [3], "swap": [], "freeze": None, "random": 2, "seed": 4, "skip_attn": 20,
+           "masked_heads": [[4, 1]], "mask_mode": "uniform"}
+    toggles = Toggles.from_dict(old)
+    assert toggles.skip_attn == 20 and toggles.random == 2 and toggles.drop == {3} and toggles.seed == 4
+    assert SkipAttention(tuple(range(20, 30))) in toggles.interventions(30)
+    saved = toggles.to_dict()
+    assert saved["skip-attn"] == 20 and "skip_attn" not in saved
+    assert Toggles.from_dict(saved) == toggles
+    with pytest.raises(LayerscopeError, match="Unknown intervention 'dropp'"):
+        Toggles.from_dict({"dropp": [1]})

@@ -113,7 +113,7 @@ def greedy_continuation(
     if max_new_tokens == 0:
         return Continuation("", [])
     prompt_length = input_ids.shape[1]
-    with intervene(lm.adapter, interventions, seq_len=prompt_length), torch.inference_mode():
+    with intervene(lm, interventions, seq_len=prompt_length), torch.inference_mode():
         output = lm.model.generate(
             input_ids,
             attention_mask=torch.ones_like(input_ids),

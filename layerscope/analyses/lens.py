@@ -30,7 +30,7 @@ def lens_states(lm: LoadedModel, input_ids: torch.Tensor, interventions: Sequenc
     logits, so the model is asked for the last position's logits only (where its forward allows it)."""
     model_forward = inspect.signature(lm.model.forward).parameters
     keep = {"logits_to_keep": 1} if "logits_to_keep" in model_forward else {}
-    with intervene(lm.adapter, interventions, seq_len=input_ids.shape[1]):
+    with intervene(lm, interventions, seq_len=input_ids.shape[1]):
         trace = trace_residuals(lm.adapter, input_ids, **keep)
     return trace.states[:, 0]
 
@@ -104,7 +104,7 @@ def lens_logits(lm: LoadedModel, input_ids: torch.Tensor, interventions: Sequenc
                 translate: Callable[[torch.Tensor], torch.Tensor] | None = None):
     """(row logits generator, final logits) for one prompt under the given interventions.
     `translate` maps the states (rows, tokens, hidden) before decoding (the tuned lens)."""
-    with intervene(lm.adapter, interventions, seq_len=input_ids.shape[1]):
+    with intervene(lm, interventions, seq_len=input_ids.shape[1]):
         trace = trace_residuals(lm.adapter, input_ids)
 
     def rows():

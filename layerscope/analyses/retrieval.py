@@ -24,7 +24,7 @@ from layerscope.distributed import mapped
 from layerscope.errors import LayerscopeError
 from layerscope.textfiles import read_text_file
 from layerscope.interventions import MaskHeads, intervene
-from layerscope.interventions.core import HeadMaskMode
+from layerscope.interventions.kinds import HeadMaskMode
 from layerscope.interventions.attention import install_edited_attention, read_attention
 from layerscope.locations import sample_file
 from layerscope.models.loading import LoadedModel
@@ -376,7 +376,7 @@ def niah_accuracy(lm: LoadedModel, tests: Sequence[NeedleTest], max_new_tokens: 
         answer = lm.tokenizer.decode(tokens, skip_special_tokens=True)
         return rouge1_recall(test.needle.answer, answer) > ANSWERED_RECALL
 
-    with intervene(lm.adapter, masks):
+    with intervene(lm, masks):
         return sum(mapped(tests, answered)) / len(tests)  # tests shared out over torchrun ranks
 
 

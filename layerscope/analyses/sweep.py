@@ -5,8 +5,9 @@ blocks before b compute exactly what the baseline computed. One baseline pass
 per prompt records each block's input and the arguments it was called with;
 each intervention then runs only blocks b..L-1 by hand, and the interventions
 of a chunk of layers share one batched call of each block (each batch row
-carries its own edit). The edits mirror the engine's intervention objects, and
-the tests check every row against `intervene` plus a plain forward.
+carries its own edit). Each row runs its intervention's own block order and
+state edits (the methods `intervene`'s hooks call), and the tests check every
+row against `intervene` plus a plain forward.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -24,27 +26,44 @@ from layerscope.analyses.compare import compare_logits, greedy_continuation
 from layerscope.analyses.prompt_sets import PromptItem, answer_matches, require_answers
 from layerscope.distributed import from_writer, ordered_results
 from layerscope.errors import LayerscopeError
-from layerscope.interventions import (DropBlocks, FreezeFrom, Intervention, RandomizeAt, SkipAttention, SwapBlocks,
-                                      intervene)
+from layerscope.errors import InterventionError
+from layerscope.interventions import REGISTRY, Intervention, ModelShape, Positions, chosen_by_block, intervene
 from layerscope.models.adapter import ModelAdapter
+from layerscope.models.hooks import BlockCall, hook_output, record_calls
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
 
-KINDS = ("drop", "swap", "freeze", "random", "skip-attn")
-LAST_POSITION_KINDS = frozenset({"freeze", "random", "skip-attn"})
-"""Attend-First manipulations touch the previous tokens; they are measured at the last position only."""
 LOGITS_PER_BATCH = 2**27
 """A batch's final logits stay under this many numbers (512 MiB in fp32), whatever the vocabulary."""
 
 
+def sweep_kinds() -> list[str]:
+    """The kinds chosen by block (drop, swap, freeze, random, skip-attn, and any kind registered since)."""
+    return list(chosen_by_block())
+
+
 def check_kind(kind: str) -> None:
-    if kind not in KINDS:
-        raise LayerscopeError(f"Unknown intervention '{kind}': use one of {', '.join(KINDS)}, swap-token.")
+    if kind not in chosen_by_block():
+        raise LayerscopeError(f"Unknown intervention '{kind}': use one of {', '.join(sweep_kinds())}, swap-token.")
+
+
+def make_intervention(kind: str, layer: int, n_blocks: int, seed: int = 0) -> Intervention:
+    """The engine object that one sweep row stands for: the kind chosen at block `layer`."""
+    check_kind(kind)
+    [intervention] = REGISTRY[kind].for_blocks([layer], n_blocks, seed)
+    return intervention
 
 
 def sweep_layers(kind: str, n_blocks: int) -> list[int]:
-    """Every block; for swap, the lower block of every adjacent pair."""
-    return list(range(n_blocks - 1 if kind == "swap" else n_blocks))
+    """Every block where the kind passes its range check (for swap, the lower block of every adjacent pair)."""
+    def valid(block: int) -> bool:
+        try:
+            make_intervention(kind, block, n_blocks).check(ModelShape(n_blocks, 1))
+        except InterventionError:
+            return False
+        return True
+
+    return [block for block in range(n_blocks) if valid(block)]
 
 
 def check_layers(kind: str, layers: Iterable[int], n_blocks: int) -> list[int]:
@@ -56,141 +75,94 @@ def check_layers(kind: str, layers: Iterable[int], n_blocks: int) -> list[int]:
     return layers
 
 
-def make_intervention(kind: str, layer: int, n_blocks: int, seed: int = 0) -> Intervention:
-    """The engine object that one sweep row stands for."""
-    check_kind(kind)
-    return {
-        "drop": lambda: DropBlocks((layer,)),
-        "swap": lambda: SwapBlocks(layer),
-        "freeze": lambda: FreezeFrom(layer),
-        "random": lambda: RandomizeAt(layer, seed),
-        "skip-attn": lambda: SkipAttention.from_block(layer, n_blocks),
-    }[kind]()
-
-
-@dataclass(frozen=True)
-class _RowPlan:
-    """How one batch row departs from the baseline; before `start` it IS the baseline."""
-
-    start: int
-    order: dict[int, int] = field(default_factory=dict)  # depth -> module index, where a swap moves it
-    drop: int | None = None
-    freeze: int | None = None
-    random: int | None = None
-    skip_from: int | None = None
-
-
-def _plan(kind: str, layer: int) -> _RowPlan:
-    return {
-        "drop": lambda: _RowPlan(layer, drop=layer),
-        "swap": lambda: _RowPlan(layer, order={layer: layer + 1, layer + 1: layer}),
-        "freeze": lambda: _RowPlan(layer, freeze=layer),
-        "random": lambda: _RowPlan(layer, random=layer),
-        "skip-attn": lambda: _RowPlan(layer, skip_from=layer),
-    }[kind]()
-
-
-@dataclass
-class _BlockCall:
-    args: tuple  # positional arguments after the hidden state
-    kwargs: dict
-    positional: bool  # the hidden state came as args[0], not as hidden_states=
-
-
 @dataclass
 class BaselinePass:
     """One unmodified forward: the residual entering each block, each block's call, the logits."""
 
     inputs: list[torch.Tensor]  # per depth, (1, tokens, hidden)
-    calls: list[_BlockCall]  # per block: its mask type (sliding or full) and rotary table, which a swap keeps
+    calls: list[BlockCall]  # per block: its mask type (sliding or full) and rotary table, which a swap keeps
     logits: torch.Tensor  # (tokens, vocab)
 
 
 def capture_baseline(adapter: ModelAdapter, input_ids: torch.Tensor) -> BaselinePass:
     """Forward pre-hooks with kwargs see what the model hands each block (masks, rotary tables, ...)."""
-    blocks = adapter.blocks
-    inputs: list[torch.Tensor | None] = [None] * len(blocks)
-    calls: list[_BlockCall | None] = [None] * len(blocks)
-
-    def keep(depth: int):
-        def hook(module, args, kwargs):
-            positional = bool(args)
-            inputs[depth] = args[0] if positional else kwargs["hidden_states"]
-            rest = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-            calls[depth] = _BlockCall(tuple(args[1:]), rest, positional)
-
-        return hook
-
-    handles = [block.register_forward_pre_hook(keep(i), with_kwargs=True) for i, block in enumerate(blocks)]
-    try:
-        with torch.inference_mode():
-            logits = adapter.model(input_ids=input_ids, use_cache=False).logits
-    finally:
-        for handle in handles:
-            handle.remove()
+    inputs: list[torch.Tensor | None] = [None] * len(adapter.blocks)
+    calls: list[BlockCall | None] = [None] * len(adapter.blocks)
+    with ExitStack() as stack, torch.inference_mode():
+        record_calls(stack, adapter.blocks, calls, inputs)
+        logits = adapter.model(input_ids=input_ids, use_cache=False).logits
     return BaselinePass(inputs, calls, logits[0])
 
 
-def _zero_last_token(rows: torch.Tensor):
-    def hook(module, args, output):
-        first = output[0] if isinstance(output, tuple) else output
-        first = first.clone()
-        first[rows.to(first.device), -1] = 0
-        return (first, *output[1:]) if isinstance(output, tuple) else first
+def _run_block(block: nn.Module, attention: nn.Module, call: BlockCall, hidden: torch.Tensor, depth: int,
+               rows: list[_Row], at: Positions) -> torch.Tensor:
+    """One batched call of a block; each row's intervention edits its own row of the attention output."""
+    editing = [index for index, row in enumerate(rows) if depth in row.touched_blocks]
 
-    return hook
+    def edit_rows(attention_out: torch.Tensor) -> torch.Tensor:
+        attention_out = attention_out.clone()
+        for index in editing:
+            edited = rows[index].intervention.edit_attention(depth, attention_out[index : index + 1], at)
+            if edited is not None:
+                attention_out[index] = edited[0]
+        return attention_out
 
-
-def _run_block(block: nn.Module, attention: nn.Module, call: _BlockCall, hidden: torch.Tensor,
-               skip_rows: torch.Tensor) -> torch.Tensor:
-    handle = attention.register_forward_hook(_zero_last_token(skip_rows)) if skip_rows.any() else None
-    try:
-        if call.positional:
-            output = block(hidden, *call.args, **call.kwargs)
-        else:
-            output = block(*call.args, hidden_states=hidden, **call.kwargs)
-    finally:
-        if handle is not None:
-            handle.remove()
-    return output[0] if isinstance(output, tuple) else output
+    with ExitStack() as stack:
+        if any(row.edits_attention for row in (rows[index] for index in editing)):
+            hook_output(stack, attention, edit_rows)
+        return call(block, hidden)
 
 
-def _noise_like(previous: torch.Tensor, seed: int) -> torch.Tensor:
-    """Exactly RandomizeAt's noise: seeded Gaussian rescaled to each state's norm."""
-    generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn(previous.shape, generator=generator, dtype=torch.float32).to(previous.device, previous.dtype)
-    return noise / noise.norm(dim=-1, keepdim=True) * previous.norm(dim=-1, keepdim=True)
-
-
-def run_plans(adapter: ModelAdapter, base: BaselinePass, plans: list[_RowPlan], seed: int = 0) -> torch.Tensor:
-    """Final logits (rows, tokens, vocab), running only the blocks from each row's start on."""
+def run_plans(adapter: ModelAdapter, base: BaselinePass, interventions: Sequence[Intervention]) -> torch.Tensor:
+    """Final logits (rows, tokens, vocab), one row per intervention, running only the blocks from each
+    row's first block on, with each intervention's own block order and state edits."""
     blocks = list(adapter.blocks)
+    n_blocks = len(blocks)
     attentions = [block.get_submodule(adapter.paths.attention) for block in blocks]
-    first = min(plan.start for plan in plans)
-    state = base.inputs[first].expand(len(plans), -1, -1).clone()
-    frozen: dict[int, torch.Tensor] = {}
+    rows = [_Row(intervention, n_blocks) for intervention in interventions]
+    first = min(row.start for row in rows)
+    state = base.inputs[first].expand(len(rows), -1, -1).clone()
+    at = Positions.of(None, 1, state.shape[1], state.device)
     with torch.inference_mode():
-        for depth in range(first, len(blocks)):
+        for depth in range(first, n_blocks):
             groups: dict[int, list[int]] = {}
-            for row, plan in enumerate(plans):
-                if plan.start == depth:
-                    state[row] = base.inputs[depth][0]
-                if plan.random == depth:
-                    state[row, :-1] = _noise_like(state[row : row + 1, :-1], seed)[0]
-                if plan.freeze == depth:
-                    frozen[row] = state[row, :-1].clone()
-                if depth >= plan.start and plan.drop != depth:
-                    groups.setdefault(plan.order.get(depth, depth), []).append(row)
+            for index, row in enumerate(rows):
+                if depth < row.start:
+                    continue
+                if depth == row.start:
+                    state[index] = base.inputs[depth][0]
+                module = depth
+                if depth in row.touched_blocks:
+                    edited = row.intervention.edit_input(depth, state[index : index + 1], at, row.memo)
+                    if edited is not None:
+                        state[index] = edited[0]
+                    module = row.intervention.module_at(depth)
+                if module is not None:
+                    groups.setdefault(module, []).append(index)
             new_state = state.clone()
-            for index, rows in groups.items():
-                skip = torch.tensor([plans[r].skip_from is not None and depth >= plans[r].skip_from for r in rows],
-                                    device=state.device)
-                output = _run_block(blocks[index], attentions[index], base.calls[index], state[rows], skip)
-                new_state[rows] = output.to(state.device)  # with a device map, blocks compute on several devices
-            for row, previous in frozen.items():
-                new_state[row, :-1] = previous
+            for module, members in groups.items():
+                output = _run_block(blocks[module], attentions[module], base.calls[module], state[members], depth,
+                                    [rows[i] for i in members], at)
+                new_state[members] = output.to(state.device)  # with a device map, blocks compute on several devices
+            for index, row in enumerate(rows):
+                if depth >= row.start and depth in row.touched_blocks:
+                    edited = row.intervention.edit_output(depth, state[index : index + 1],
+                                                          new_state[index : index + 1], at, row.memo)
+                    if edited is not None:
+                        new_state[index] = edited[0]
             state = new_state
         return adapter.decode(state)
+
+
+class _Row:
+    """One batch row of `run_plans`: its intervention, the blocks it touches, its scratch for the pass."""
+
+    def __init__(self, intervention: Intervention, n_blocks: int):
+        self.intervention = intervention
+        self.touched_blocks = frozenset(intervention.touched(n_blocks))
+        self.start = intervention.first_block(n_blocks)
+        self.edits_attention = intervention.makes("edit_attention")
+        self.memo: dict = {}
 
 
 @dataclass
@@ -206,14 +178,22 @@ class SweepRow:
     loss_delta: float | None  # next-token loss change; None where no next token is known
     accuracy: float | None = None
 
+    @property
+    def key(self) -> tuple[int | None, int]:
+        return self.prompt_index, self.layer
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SweepRow:
+        return cls(**data)
 
 
 def _metrics(kind: str, layer: int, index: int, base: BaselinePass, logits: torch.Tensor,
              input_ids: torch.Tensor) -> SweepRow:
     tensors = compare_logits(base.logits, logits, input_ids[0])
-    if kind in LAST_POSITION_KINDS:
+    if REGISTRY[kind].measured_at_last_token:  # Attend-First edits change the previous tokens on purpose
         kl, agree, entropy, loss = tensors.kl[-1:], tensors.top1_agree[-1:], tensors.entropy_delta[-1:], None
     else:
         kl, agree, entropy = tensors.kl, tensors.top1_agree, tensors.entropy_delta
@@ -241,22 +221,24 @@ def average_rows(kind: str, layer: int, rows: list[SweepRow]) -> SweepRow:
 
 
 def finished_rows(done: Iterable) -> dict[tuple[int, int], Any]:
-    """Per-prompt rows of an interrupted run by (prompt, layer); rank 0's under torchrun (only it has the file)."""
-    return {(r.prompt_index, r.layer): r for r in from_writer(list(done)) if r.prompt_index is not None}
+    """Per-prompt rows of an interrupted run by `key` (prompt, layer or grid row); rank 0's under torchrun (only it
+    has the file)."""
+    return {r.key: r for r in from_writer(list(done)) if r.prompt_index is not None}
 
 
-def missing_rows(indices: Iterable[int], layers: list[int], finished: dict, prompt_rows: Callable[[int], Iterable],
+def missing_rows(indices: Iterable[int], steps: list[int], finished: dict, prompt_rows: Callable[[int], Iterable],
                  progress: ProgressFn, label: str) -> Iterator:
-    """The rows of every prompt not all in `finished`, prompt by prompt, each also added to `finished`.
+    """The rows of every prompt not all in `finished`, prompt by prompt, each also added to `finished`; `steps`
+    are a sweep's layers (or token-swap's grid rows).
 
     Under torchrun the prompts are shared out over the ranks and every rank gets every row in this order.
     """
     indices = list(indices)
-    total, count = len(indices) * len(layers), len([key for key in finished if key[1] in layers])
+    total, count = len(indices) * len(steps), len([key for key in finished if key[1] in steps])
     progress(count, total, label)
-    todo = [index for index in indices if not all((index, layer) in finished for layer in layers)]
+    todo = [index for index in indices if not all((index, step) in finished for step in steps)]
     for row in ordered_results(todo, prompt_rows):
-        finished[(row.prompt_index, row.layer)] = row
+        finished[row.key] = row
         count += 1
         progress(count, total, label)
         yield row
@@ -298,7 +280,7 @@ def sweep(
             chunk = layers[at : at + chunk_size]
             if all((index, layer) in finished for layer in chunk):
                 continue
-            logits = run_plans(lm.adapter, base, [_plan(kind, layer) for layer in chunk], seed)
+            logits = run_plans(lm.adapter, base, [make_intervention(kind, layer, lm.n_blocks, seed) for layer in chunk])
             for layer, row_logits in zip(chunk, logits):
                 if (index, layer) in finished:
                     continue
@@ -316,7 +298,7 @@ def sweep(
 
 def naive_logits(lm: LoadedModel, input_ids: torch.Tensor, interventions: Sequence[Intervention] = ()) -> torch.Tensor:
     """The reference: one full hooked forward through the engine, (tokens, vocab)."""
-    with intervene(lm.adapter, interventions, seq_len=input_ids.shape[1]), torch.inference_mode():
+    with intervene(lm, interventions, seq_len=input_ids.shape[1]), torch.inference_mode():
         return lm.model(input_ids=input_ids, use_cache=False).logits[0]
 
 

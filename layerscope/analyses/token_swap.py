@@ -52,7 +52,7 @@ class TokenSwapRow:
     """Per prompt follows_* are 0 or 1; in the set average (prompt_index None) they are shares."""
 
     intervention: str
-    layer: int  # grid row: the state is written at the input of block `layer`
+    row: int  # grid row: the state is written at the input of block `row` (row L: the last block's output)
     prompt_index: int | None
     kl: float  # at the last position, KL(base || patched), nats
     top1_agree: float
@@ -64,23 +64,35 @@ class TokenSwapRow:
     continuation: str | None = None
     word_tokens: int | None = None  # how many tokens the subject word spans (the last one is patched)
 
+    @property
+    def key(self) -> tuple[int | None, int]:
+        return self.prompt_index, self.row
+
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> TokenSwapRow:
+        """Also rows written before the grid row had its own name (`layer`)."""
+        data = dict(data)
+        old = data.pop("layer", None)
+        data.setdefault("row", old)
+        return cls(**data)
 
-def _average(layer: int, rows: list[TokenSwapRow]) -> TokenSwapRow:
-    return TokenSwapRow("swap-token", layer, None, mean_of([r.kl for r in rows]), mean_of([r.top1_agree for r in rows]),
+
+def _average(row: int, rows: list[TokenSwapRow]) -> TokenSwapRow:
+    return TokenSwapRow("swap-token", row, None, mean_of([r.kl for r in rows]), mean_of([r.top1_agree for r in rows]),
                         mean_of([r.entropy_delta for r in rows]), None, mean_of([r.accuracy for r in rows]),
                         mean_of([r.follows_donor for r in rows]), mean_of([r.follows_original for r in rows]))
 
 
-def check_rows(layers: Iterable[int] | None, n_blocks: int) -> list[int]:
+def check_rows(rows: Iterable[int] | None, n_blocks: int) -> list[int]:
     """Grid rows 0..L (all of them by default), sorted."""
-    layers = sorted(set(range(n_blocks + 1) if layers is None else layers))
-    bad = [layer for layer in layers if not 0 <= layer <= n_blocks]
+    rows = sorted(set(range(n_blocks + 1) if rows is None else rows))
+    bad = [row for row in rows if not 0 <= row <= n_blocks]
     if bad:
         raise LayerscopeError(f"swap-token: row {bad[0]} is out of range 0..{n_blocks} for this model.")
-    return layers
+    return rows
 
 
 def usable_targets(prompts: list[PromptItem], donor: Donor) -> list[int]:
@@ -99,7 +111,7 @@ def token_swap_sweep(
     lm: LoadedModel,
     prompts: list[PromptItem],
     donor: Donor = Donor(),
-    layers: Iterable[int] | None = None,
+    rows: Iterable[int] | None = None,
     max_new_tokens: int = 4,
     done: Iterable[TokenSwapRow] = (),
     progress: ProgressFn = no_progress,
@@ -108,7 +120,7 @@ def token_swap_sweep(
 
     Prompts whose answer is the donor's answer are left out: they cannot tell the two apart.
     """
-    layers = check_rows(layers, lm.n_blocks)
+    grid_rows = check_rows(rows, lm.n_blocks)
     targets = usable_targets(prompts, donor)
     donor_ids = lm.encode(donor.prompt)
     donor_word = locate_word(lm, donor.prompt, donor.word)
@@ -120,18 +132,18 @@ def token_swap_sweep(
         input_ids = lm.encode(item.text)
         word = locate_word(lm, item.text, item.subject or "")
         base_logits = naive_logits(lm, input_ids)
-        for layer in layers:
-            if (index, layer) in finished:
+        for row in grid_rows:
+            if (index, row) in finished:
                 continue
-            patch = PatchState(layer, word.position, donor_states[layer])
+            patch = PatchState(row, word.position, donor_states[row])
             tensors = compare_logits(base_logits, naive_logits(lm, input_ids, [patch]), input_ids[0])
             text = greedy_continuation(lm, input_ids, max_new_tokens, [patch]).text
             follows_original = float(answer_matches(text, item.answer or ""))
-            yield TokenSwapRow("swap-token", layer, index, tensors.kl[-1].item(),
+            yield TokenSwapRow("swap-token", row, index, tensors.kl[-1].item(),
                                tensors.top1_agree[-1].float().item(), tensors.entropy_delta[-1].item(), None,
                                follows_original, float(answer_matches(text, donor.answer)), follows_original,
                                text, word.n_tokens)
 
-    yield from missing_rows(targets, layers, finished, prompt_rows, progress, "swap-token")
-    for layer in layers:
-        yield _average(layer, [finished[(index, layer)] for index in targets])
+    yield from missing_rows(targets, grid_rows, finished, prompt_rows, progress, "swap-token")
+    for row in grid_rows:
+        yield _average(row, [finished[(index, row)] for index in targets])

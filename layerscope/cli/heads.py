@@ -14,10 +14,10 @@ from layerscope.cli.common import (
     StderrProgress,
     TopKOption,
     command,
-    parse_blocks,
     shorten,
 )
 from layerscope.errors import LayerscopeError
+from layerscope.specs import parse_blocks
 
 if TYPE_CHECKING:
     from layerscope.analyses.head_scores import HeadScores

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -15,8 +16,6 @@ from layerscope.cli.common import (
     PromptInput,
     TopKOption,
     command,
-    parse_blocks,
-    parse_heads,
     shorten,
 )
 from layerscope.errors import LayerscopeError
@@ -93,22 +92,34 @@ def comparison_rows(report: InterventionReport) -> list[dict]:
              "entropy_delta": p.entropy_delta, "loss_delta": p.loss_delta} for p in report.comparison.positions]
 
 
+def with_intervention_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Declare one option per way of choosing a registered intervention kind (`--drop`, `--freeze-from`, ...,
+    and each kind's settings such as `--seed`), after the prompt options; `command` gets them in **chosen."""
+    from layerscope.interventions.core import cli_options
+
+    def typed(option):
+        kind = option.type if option.default is not None else option.type | None
+        return Annotated[kind, typer.Option(option.flag, help=option.help)]
+
+    parameters = [inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=option.default,
+                                    annotation=typed(option)) for option in cli_options()]
+    declared = inspect.signature(command, eval_str=True).parameters.values()
+    own = [p for p in declared if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    at = 1 + max(i for i, p in enumerate(own) if p.name in ("prompt", "prompt_file"))  # a PromptInput, or its options
+    command.__signature__ = inspect.Signature([*own[:at], *parameters, *own[at:]])
+    return command
+
+
 @command
+@with_intervention_options
 def run(
     *,
     model: BosModelOptions,
     prompt: PromptInput,
-    drop: Annotated[str | None, typer.Option(help="Blocks to drop, e.g. 3,5 or 10-12.")] = None,
-    swap: Annotated[str | None, typer.Option(help="Swap block b with b+1, e.g. 10 (or 4,10).")] = None,
-    freeze_from: Annotated[int | None, typer.Option(help="From block K on, previous tokens keep their state.")] = None,
-    random_at: Annotated[int | None, typer.Option(help="At block K, previous tokens become norm-matched noise.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for --random-at.")] = 0,
-    skip_attn_from: Annotated[int | None, typer.Option(help="From block K on, the last token skips attention.")] = None,
-    mask_heads: Annotated[str | None, typer.Option(help="Heads to mask as block.head, e.g. 4.2,7.1.")] = None,
-    mask_mode: Annotated[str, typer.Option(help="zero (remove the head's output) or uniform (attend evenly).")] = "zero",
     max_new_tokens: Annotated[int, typer.Option(min=0, help="Greedy continuation length for both runs.")] = 20,
     top_k: TopKOption = 5,
     output: Output,
+    **chosen: Any,
 ) -> None:
     """Run with interventions: the intervened lens, its comparison with the baseline, and both continuations.
 
@@ -116,39 +127,18 @@ def run(
     """
     from layerscope.analyses.compare import run_interventions
     from layerscope.interventions import ModelShape, check_interventions
+    from layerscope.interventions.core import cli_options, interventions_from_options, options_given
 
     text = prompt.read()
     output.check(model, prompt.files)
-    make_interventions = interventions_from_options(drop, swap, freeze_from, random_at, seed, skip_attn_from,
-                                                    mask_heads, mask_mode)
+    interventions_from_options(chosen, 0)  # a bad spec is refused before the model loads
+    if not options_given(chosen):
+        flags = [option.flag for option in cli_options() if option.chooses]
+        raise LayerscopeError(f"No intervention given: use {', '.join(flags[:-1])} or {flags[-1]} "
+                              "(or 'layerscope lens' for the plain lens).")
     lm = model.load()
-    interventions = make_interventions(lm.n_blocks)
+    interventions = interventions_from_options(chosen, lm.n_blocks)
     ids = lm.encode(text)
     check_interventions(interventions, ModelShape(lm.n_blocks, lm.adapter.n_heads, ids.shape[1]))
     report = run_interventions(lm, ids, interventions, top_k=top_k, max_new_tokens=max_new_tokens)
     output.write(report.to_dict, lambda: comparison_rows(report), lambda: report_table(report))
-
-
-def interventions_from_options(drop, swap, freeze_from, random_at, seed, skip_attn_from, mask_heads,
-                               mask_mode) -> Callable[[int], list]:
-    """`run`'s options as interventions, checked for spelling before the model loads; the function returned
-    builds them once the model's block count is known."""
-    from layerscope.interventions import DropBlocks, FreezeFrom, MaskHeads, RandomizeAt, SkipAttention, SwapBlocks
-
-    dropped = parse_blocks(drop) if drop else ()
-    swapped = parse_blocks(swap) if swap else ()
-    heads = parse_heads(mask_heads) if mask_heads else ()
-    if not (dropped or swapped or heads) and freeze_from is None and random_at is None and skip_attn_from is None:
-        raise LayerscopeError("No intervention given: use --drop, --swap, --freeze-from, --random-at, "
-                              "--skip-attn-from or --mask-heads (or 'layerscope lens' for the plain lens).")
-
-    def build(n_blocks: int) -> list:
-        interventions = [DropBlocks(dropped)] if dropped else []
-        interventions += [SwapBlocks(b) for b in swapped]
-        interventions += [FreezeFrom(freeze_from)] if freeze_from is not None else []
-        interventions += [RandomizeAt(random_at, seed)] if random_at is not None else []
-        interventions += [SkipAttention.from_block(skip_attn_from, n_blocks)] if skip_attn_from is not None else []
-        interventions += [MaskHeads(heads, mask_mode)] if heads else []
-        return interventions
-
-    return build

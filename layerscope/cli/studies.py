@@ -20,18 +20,19 @@ from layerscope.cli.common import (
     StderrProgress,
     command,
     command_line_with,
-    parse_blocks,
 )
 from layerscope.outputs import check_writable
 from layerscope.errors import LayerscopeError
+from layerscope.interventions import chosen_by_block
 from layerscope.locations import SAMPLE_PROMPTS, sample_file
+from layerscope.specs import parse_blocks
 from layerscope.textfiles import read_text_file
 
 if TYPE_CHECKING:
     from layerscope.analyses.influence import InfluenceReport
     from layerscope.analyses.stages import StageMap
 
-SWEEP_KINDS = ("drop", "swap", "freeze", "random", "skip-attn", "swap-token")
+SWEEP_KINDS = (*chosen_by_block(), "swap-token")
 
 
 class SweepFormat(str, Enum):
@@ -62,11 +63,12 @@ def _number(value: float | None, width: int = 8, digits: int = 4) -> str:
 def sweep_table(kind: str, rows: list[dict]) -> str:
     """The set average per layer; per-prompt rows are in json, csv and jsonl."""
     follows = kind == "swap-token"
-    head = f"{'layer':>5} {'KL':>8} {'top1':>6} {'dH bits':>8} {'dloss':>8} {'acc':>6}"
+    where = "row" if follows else "layer"  # token-swap patches a grid row, the other sweeps act at a block
+    head = f"{where:>5} {'KL':>8} {'top1':>6} {'dH bits':>8} {'dloss':>8} {'acc':>6}"
     head += f" {'donor':>6} {'orig':>6}" if follows else ""
     lines = [f"{kind} sweep, mean over prompts (KL nats, KL(base || intervened))", head, "-" * len(head)]
     for row in (r for r in rows if r["prompt_index"] is None):
-        line = (f"{row['layer']:>5} {_number(row['kl'])} {_number(row['top1_agree'], 6, 2)} "
+        line = (f"{row[where]:>5} {_number(row['kl'])} {_number(row['top1_agree'], 6, 2)} "
                 f"{_number(row['entropy_delta'], 8, 3)} {_number(row['loss_delta'], 8, 3)} "
                 f"{_number(row['accuracy'], 6, 2)}")
         if follows:
@@ -134,7 +136,7 @@ def check_same_source(path: Path, written: dict, now: dict) -> None:
 
 def _rows_from(dicts: list[dict], row_type: type, path: Path) -> list:
     try:
-        return [row_type(**row) for row in dicts]
+        return [row_type.from_dict(row) for row in dicts]
     except TypeError:
         raise LayerscopeError(f"--resume: {path} holds rows of another layerscope version or command.") from None
 
@@ -218,18 +220,20 @@ def _sweep_rows(lm, items, kind, layers, valid, accuracy, max_new_tokens, seed, 
     from layerscope.analyses.sweep import SweepRow, sweep
     from layerscope.analyses.token_swap import Donor, TokenSwapRow, token_swap_sweep
 
+    where = "row" if kind == "swap-token" else "layer"
+    done = [{**row, where: row.get(where, row.get("layer"))} for row in done]  # old swap-token files wrote "layer"
     for row in done:
         index = row.get("prompt_index", -1)
-        if row.get("layer") not in valid or not (index is None or (isinstance(index, int) and 0 <= index < len(items))):
+        if row.get(where) not in valid or not (index is None or (isinstance(index, int) and 0 <= index < len(items))):
             raise LayerscopeError(f"--resume: {out} was written by a sweep over other prompts or layers.")
-    seen = {(row["prompt_index"], row["layer"]) for row in done}
+    seen = {(row["prompt_index"], row[where]) for row in done}
     if kind == "swap-token":
         rows = token_swap_sweep(lm, items, Donor(*donor), layers, max_new_tokens,
                                 _rows_from(done, TokenSwapRow, out), progress)
     else:
         rows = sweep(lm, items, kind, layers, seed, accuracy, max_new_tokens, batch_size,
                      _rows_from(done, SweepRow, out), progress)
-    return (row.to_dict() for row in rows if (row.prompt_index, row.layer) not in seen)
+    return (row.to_dict() for row in rows if row.key not in seen)
 
 
 def _write_sweep(rows, source: dict, format: SweepFormat, out: Path | None, append: bool) -> None:

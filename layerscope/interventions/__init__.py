@@ -1,29 +1,65 @@
-"""What can be done to a forward pass, applied with `intervene`."""
+"""What can be done to a forward pass, applied with `intervene`. Each kind is one class; defining it
+registers it in `REGISTRY` (see `core.Intervention` and the README's "Adding an intervention kind").
+
+Importing this package loads no torch (the CLI and the explorer read the kinds' spellings at start);
+`intervene` and `InterventionRun` load it when first used.
+"""
 
 from layerscope.interventions.core import (
+    REGISTRY,
+    BlockChoice,
+    Claim,
+    CliOption,
+    Intervention,
+    ModelShape,
+    Positions,
+    check_interventions,
+    chosen_by_block,
+    intervention_class,
+)
+from layerscope.interventions.kinds import (
     DropBlocks,
     FreezeFrom,
-    Intervention,
     MaskHeads,
-    ModelShape,
     PatchState,
     RandomizeAt,
     SkipAttention,
     SwapBlocks,
-    check_interventions,
-    intervene,
 )
 
+_RUN = ("intervene", "InterventionRun")
+
+
+def __getattr__(name: str):
+    if name in _RUN:
+        from layerscope.interventions import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module 'layerscope.interventions' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_RUN])
+
+
 __all__ = [
+    "REGISTRY",
+    "BlockChoice",
+    "Claim",
+    "CliOption",
     "DropBlocks",
     "FreezeFrom",
     "Intervention",
+    "InterventionRun",
     "MaskHeads",
     "ModelShape",
     "PatchState",
+    "Positions",
     "RandomizeAt",
     "SkipAttention",
     "SwapBlocks",
     "check_interventions",
+    "chosen_by_block",
     "intervene",
+    "intervention_class",
 ]

@@ -1,26 +1,31 @@
-"""Interventions on a forward pass: small value objects, applied by `intervene`.
+"""Interventions on a forward pass: what every kind declares, and the registry of kinds (`run.py` applies them).
 
-Block indices mean depth in the run order (after any swap). Edits that touch
-positions (freeze, random, skip attention, patch) act on a fresh pass only,
-that is, a forward with no cached tokens: when generating, the prompt pass is
-intervened on and decoding continues from the intervened cache. Drops, swaps
-and head masks act on every pass.
+Each kind is one class (see `kinds.py`): it declares the blocks it touches, how each block's place in
+the run order changes (drop, swap), the state edits it makes (`edit_input`, `edit_output`,
+`edit_attention`) and the parts of the pass it claims (`claims`). From these, `intervene` (`run.py`)
+attaches hooks through `models/hooks.py`, `check_interventions` refuses conflicting sets, the batched
+sweep runs the same edits on hand-run blocks, and the CLI and the explorer offer the kind (`chosen_by`).
+
+Block indices mean depth in the run order (after any swap). Edits that touch positions (freeze, random,
+skip attention, patch) act on a fresh pass only, that is, a forward with no cached tokens: when
+generating, the prompt pass is intervened on and decoding continues from the intervened cache. Drops,
+swaps and head masks act on every pass. In a padded batch (an `attention_mask` given to the model) the
+position edits act on each row's own last real token and its own previous tokens.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Literal
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from layerscope.errors import InterventionError
-from layerscope.interventions.attention import edits_of, install_edited_attention
-from layerscope.models.adapter import ModelAdapter
+from layerscope.specs import parse_blocks
+
+if TYPE_CHECKING:  # the declarations import no torch, so the CLI and the explorer read the registry at once
+    import torch
+
+    from layerscope.interventions.run import InterventionRun
 
 
 @dataclass(frozen=True)
@@ -30,357 +35,234 @@ class ModelShape:
     seq_len: int | None = None
 
 
-def _check_block(name: str, block: int, shape: ModelShape, allow_output_row: bool = False) -> None:
+@dataclass(frozen=True)
+class Positions:
+    """Each batch row's real tokens: its last one, and the ones before it (the "previous tokens")."""
+
+    last: torch.Tensor  # (batch,) position of each row's last real token
+    previous: torch.Tensor  # (batch, tokens) bool: real tokens before each row's last
+
+    @classmethod
+    def of(cls, attention_mask: torch.Tensor | None, batch: int, tokens: int, device: torch.device) -> Positions:
+        """Real tokens are where the 2-D mask is set (right or left padding); without a mask, every token."""
+        import torch
+
+        if attention_mask is None or attention_mask.dim() != 2:
+            real = torch.ones(batch, tokens, dtype=torch.bool, device=device)
+        else:
+            real = attention_mask[:, -tokens:].to(device=device, dtype=torch.bool)
+        index = torch.arange(tokens, device=device)
+        last = torch.where(real, index, -1).amax(dim=1).clamp(min=0)
+        return cls(last, real & (index < last[:, None]))
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A part of the forward pass an intervention sets. Two interventions claiming one `site` conflict,
+    unless both give the same `setting` (two drops of a block agree; a head masked twice in one mode).
+    `refusal` is the error a later intervention gets when its claim meets this one."""
+
+    site: Hashable
+    refusal: str
+    setting: Hashable = None
+
+
+@dataclass(frozen=True)
+class BlockChoice:
+    """How the CLI and the explorer choose a kind by block: its flag, its help, its layer-pane column."""
+
+    flag: str  # "--freeze-from"; the spec is parsed by `reach`
+    help: str
+    title: str  # the explorer's layer-pane column
+    reach: Literal["set", "from", "at"]  # any blocks ("3,5-7"); one block and every block after it; one block
+
+    @property
+    def option_name(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+
+@dataclass(frozen=True)
+class CliOption:
+    """A CLI option of a kind beyond its block choice (`--seed`, `--mask-mode`): plain data, no typer."""
+
+    name: str  # the parameter name; the flag is --name with dashes
+    help: str
+    type: type = str
+    default: Any = None
+    parse: Callable[[str], Any] | None = None  # text -> value, for specs such as '4.2,7.1'
+    chooses: bool = False  # giving it asks for an intervention (`--mask-heads`), unlike a setting (`--seed`)
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+REGISTRY: dict[str, type[Intervention]] = {}
+"""Every intervention kind by its one spelling (`skip-attn`), in the order the kinds were defined."""
+_ALIASES: dict[str, str] = {}
+
+
+def intervention_class(kind: str) -> type[Intervention]:
+    """The class of a kind, by its spelling or an old one (`skip_attn`, from files written before)."""
+    name = _ALIASES.get(kind, kind)
+    if name not in REGISTRY:
+        raise InterventionError(f"Unknown intervention '{kind}': use one of {', '.join(REGISTRY)}.")
+    return REGISTRY[name]
+
+
+def chosen_by_block() -> dict[str, type[Intervention]]:
+    """The kinds the CLI and the explorer choose by block, and the sweep runs at every block."""
+    return {kind: cls for kind, cls in REGISTRY.items() if cls.chosen_by is not None}
+
+
+def cli_options() -> list[CliOption]:
+    """Every registered kind's CLI options, its block choice first, each name once: what `run` offers."""
+    options: dict[str, CliOption] = {}
+    for cls in REGISTRY.values():
+        choice = cls.chosen_by
+        if choice is not None:
+            spec = choice.reach == "set"
+            options.setdefault(choice.option_name, CliOption(choice.option_name, choice.help, str if spec else int,
+                                                             parse=parse_blocks if spec else None, chooses=True))
+        for option in cls.options:
+            options.setdefault(option.name, option)
+    return list(options.values())
+
+
+def interventions_from_options(values: dict[str, Any], n_blocks: int) -> list[Intervention]:
+    """What the CLI options ask for, in registry order; `values` by option name, as typed (specs are parsed
+    here, so a bad one is refused by the same words everywhere)."""
+    parsed = {option.name: option.parse(values[option.name]) if option.parse and values.get(option.name) is not None
+              else values.get(option.name, option.default) for option in cli_options()}
+    return [intervention for cls in REGISTRY.values() for intervention in cls.from_cli(parsed, n_blocks)]
+
+
+def options_given(values: dict[str, Any]) -> bool:
+    """Whether any option that asks for an intervention was given."""
+    return any(values.get(option.name) is not None for option in cli_options() if option.chooses)
+
+
+class Intervention:
+    """What can be done to a forward pass. A kind is a frozen dataclass subclass with a `kind`;
+    defining it registers it. Everything below has a default, so a kind overrides only what it does."""
+
+    kind: ClassVar[str] = ""
+    aliases: ClassVar[tuple[str, ...]] = ()  # older spellings that files may still use
+    chosen_by: ClassVar[BlockChoice | None] = None  # offered by block in the CLI, the explorer and the sweep
+    options: ClassVar[tuple[CliOption, ...]] = ()  # its CLI options besides `chosen_by`
+    every_pass: ClassVar[bool] = False  # edits act on cached decoding steps too, not only on a fresh pass
+    uses_seed: ClassVar[bool] = False  # a run's seed changes what it does
+    measured_at_last_token: ClassVar[bool] = False  # sweeps compare the last position only (it edits the others)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A class that declares its own `kind` is registered (a subclass of a kind is not, unless it names its
+        own); a name two different classes declare is refused (defining the same class again replaces it)."""
+        super().__init_subclass__(**kwargs)
+        if "kind" not in cls.__dict__:
+            return
+        other = REGISTRY.get(cls.kind) or REGISTRY.get(_ALIASES.get(cls.kind, ""))
+        if other is not None and (other.__module__, other.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise InterventionError(f"Intervention kind '{cls.kind}' is already {other.__qualname__}'s.")
+        REGISTRY[cls.kind] = cls
+        _ALIASES.update({alias: cls.kind for alias in cls.aliases})
+
+    # --- what it touches -------------------------------------------------------------------------------
+    def touched(self, n_blocks: int) -> Sequence[int]:
+        """The depths whose run it changes; range-checked, and where its hooks go."""
+        raise NotImplementedError(f"{type(self).__name__} must say which blocks it touches (`touched`).")
+
+    def first_block(self, n_blocks: int) -> int:
+        """Before this depth the run is the baseline's (the batched sweep starts here)."""
+        return min(self.touched(n_blocks))
+
+    def module_at(self, depth: int) -> int | None:
+        """Which block module runs at this depth (of the order before it), or None to skip it (its output
+        is its input). Only asked for touched depths."""
+        return depth
+
+    def claims(self, n_blocks: int) -> list[Claim]:
+        """What it sets, for the conflict checks: each block it drops or moves, by default."""
+        claims = []
+        for depth in self.touched(n_blocks):
+            module = self.module_at(depth)
+            if module is None:
+                claims.append(Claim(("order", depth), f"block {depth} is also dropped ({self.describe()}).",
+                                    "dropped"))
+            elif module != depth:
+                claims.append(Claim(("order", depth),
+                                    f"block {depth} is already part of another swap or move ({self.describe()})."))
+        return claims
+
+    def check(self, shape: ModelShape) -> None:
+        """Range checks, before any compute."""
+        blocks = self.touched(shape.n_blocks)
+        if not blocks:
+            raise InterventionError(f"{self.kind}: no blocks given.")
+        for block in blocks:
+            check_block(self.kind, block, shape)
+
+    # --- the state edits, shared by `intervene`'s hooks and the batched sweep ---------------------------
+    # hidden states are (batch, tokens, hidden); `memo` is this intervention's scratch for one pass;
+    # None means "leave it as it is".
+    def edit_input(self, depth: int, hidden: torch.Tensor, at: Positions, memo: dict) -> torch.Tensor | None:
+        return None
+
+    def edit_output(self, depth: int, hidden_in: torch.Tensor, hidden_out: torch.Tensor, at: Positions,
+                    memo: dict) -> torch.Tensor | None:
+        return None
+
+    def edit_attention(self, depth: int, attention_out: torch.Tensor, at: Positions) -> torch.Tensor | None:
+        """The attention output of the block at `depth` (before it joins the residual stream)."""
+        return None
+
+    @classmethod
+    def makes(cls, edit: str) -> bool:
+        """Whether this kind makes an edit ('edit_input', 'edit_output', 'edit_attention'): hooks go only there."""
+        return getattr(cls, edit) is not getattr(Intervention, edit)
+
+    def attach(self, run: InterventionRun) -> None:
+        """Hooks for what it declares; a kind with edits of another sort (head masks) attaches its own."""
+        run.apply(self)
+
+    # --- how people choose it and read it ---------------------------------------------------------------
+    @classmethod
+    def for_blocks(cls, blocks: Sequence[int], n_blocks: int, seed: int = 0) -> list[Intervention]:
+        """The interventions a choice of blocks stands for (a CLI spec, the explorer's toggles, a sweep row);
+        for a 'from' or 'at' kind, `blocks` is one block."""
+        raise NotImplementedError(f"{cls.kind} is not chosen by block")
+
+    @classmethod
+    def from_cli(cls, values: dict[str, Any], n_blocks: int) -> list[Intervention]:
+        """The interventions the CLI options ask for (parsed values by option name; None: not given)."""
+        if cls.chosen_by is None:
+            return []
+        value = values.get(cls.chosen_by.option_name)
+        if value is None:
+            return []
+        blocks = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+        return cls.for_blocks(blocks, n_blocks, values.get("seed", 0)) if blocks else []
+
+    def describe(self) -> str:
+        """Short and human: 'drop 3,5', 'swap 5↔6', 'random 4 (seed 0)'."""
+        return f"{self.kind} {','.join(map(str, self.touched(0)))}"
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, **dict(vars(self).items())}
+
+
+def check_block(name: str, block: int, shape: ModelShape, allow_output_row: bool = False) -> None:
     last = shape.n_blocks if allow_output_row else shape.n_blocks - 1
     if not 0 <= block <= last:
         raise InterventionError(f"{name}: block {block} is out of range 0..{last} for this model.")
 
 
-def _check_blocks(name: str, blocks: tuple[int, ...], shape: ModelShape) -> None:
-    if not blocks:
-        raise InterventionError(f"{name}: no blocks given.")
-    for block in blocks:
-        _check_block(name, block, shape)
-
-
-class Intervention(ABC):
-    """What can be done to a forward pass. `check` runs before any compute."""
-
-    kind: str = ""
-
-    @abstractmethod
-    def check(self, shape: ModelShape) -> None: ...
-
-    @abstractmethod
-    def attach(self, run: InterventionRun) -> None: ...
-
-    def to_dict(self) -> dict:
-        return {"kind": self.kind, **{k: v for k, v in vars(self).items()}}
-
-
-@dataclass(frozen=True)
-class DropBlocks(Intervention):
-    """The residual stream skips these blocks: their attention and MLP outputs are zero."""
-
-    blocks: tuple[int, ...]
-    kind = "drop"
-
-    def check(self, shape):
-        _check_blocks("drop", self.blocks, shape)
-
-    def attach(self, run):
-        for block in self.blocks:
-            run.replace_block_output(block, lambda hidden_in, hidden_out: hidden_in, fresh_only=False)
-
-
-@dataclass(frozen=True)
-class SwapBlocks(Intervention):
-    """Run block b+1 before block b (whole blocks, norms included)."""
-
-    block: int
-    kind = "swap"
-
-    def check(self, shape):
-        if not 0 <= self.block < shape.n_blocks - 1:
-            raise InterventionError(
-                f"swap: block {self.block} has no next block to swap with (valid: 0..{shape.n_blocks - 2})."
-            )
-
-    def attach(self, run):
-        run.swap_adjacent(self.block)
-
-
-@dataclass(frozen=True)
-class FreezeFrom(Intervention):
-    """From block k on, previous tokens keep the state they had at the input of block k."""
-
-    block: int
-    kind = "freeze"
-
-    def check(self, shape):
-        _check_block("freeze", self.block, shape)
-
-    def attach(self, run):
-        frozen: dict[str, torch.Tensor] = {}
-
-        def capture(hidden: torch.Tensor) -> torch.Tensor:
-            frozen["previous"] = hidden[:, :-1]
-            return hidden
-
-        def restore(hidden_in: torch.Tensor, hidden_out: torch.Tensor) -> torch.Tensor:
-            return torch.cat([frozen["previous"], hidden_out[:, -1:]], dim=1)
-
-        run.replace_block_input(self.block, capture)
-        for block in range(self.block, run.adapter.n_blocks):
-            run.replace_block_output(block, restore)
-
-
-@dataclass(frozen=True)
-class RandomizeAt(Intervention):
-    """At the input of block k, each previous token's state becomes a Gaussian vector of the same norm."""
-
-    block: int
-    seed: int = 0
-    kind = "random"
-
-    def check(self, shape):
-        _check_block("random", self.block, shape)
-
-    def attach(self, run):
-        def randomize(hidden: torch.Tensor) -> torch.Tensor:
-            previous = hidden[:, :-1]
-            generator = torch.Generator().manual_seed(self.seed)
-            noise = torch.randn(previous.shape, generator=generator, dtype=torch.float32)
-            noise = noise.to(previous.device, previous.dtype)
-            noise = noise / noise.norm(dim=-1, keepdim=True) * previous.norm(dim=-1, keepdim=True)
-            return torch.cat([noise, hidden[:, -1:]], dim=1)
-
-        run.replace_block_input(self.block, randomize)
-
-
-@dataclass(frozen=True)
-class SkipAttention(Intervention):
-    """In these blocks the last token skips attention: residual plus MLP only."""
-
-    blocks: tuple[int, ...]
-    kind = "skip_attn"
-
-    @classmethod
-    def from_block(cls, block: int, n_blocks: int) -> SkipAttention:
-        return cls(tuple(range(block, n_blocks)) if 0 <= block < n_blocks else (block,))
-
-    def check(self, shape):
-        _check_blocks("skip-attn", self.blocks, shape)
-
-    def attach(self, run):
-        def zero_last(attention_out: torch.Tensor) -> torch.Tensor:
-            attention_out = attention_out.clone()
-            attention_out[:, -1] = 0
-            return attention_out
-
-        for block in self.blocks:
-            run.replace_attention_output(block, zero_last)
-
-
-@dataclass(frozen=True, eq=False)
-class PatchState(Intervention):
-    """Write a residual state at grid row `row` (the input of block `row`; row L is the last block's output).
-
-    `vector` is (hidden,) or (batch, hidden); it can come from another prompt.
-    """
-
-    row: int
-    position: int
-    vector: torch.Tensor
-    kind = "patch"
-
-    def check(self, shape):
-        _check_block("patch", self.row, shape, allow_output_row=True)
-        if self.position < 0 or (shape.seq_len is not None and self.position >= shape.seq_len):
-            raise InterventionError(
-                f"patch: position {self.position} is outside the prompt (0..{(shape.seq_len or 1) - 1})."
-            )
-
-    def attach(self, run):
-        def write(hidden: torch.Tensor) -> torch.Tensor:
-            if self.position >= hidden.shape[1]:
-                raise InterventionError(f"patch: position {self.position} is past the prompt ({hidden.shape[1]} tokens).")
-            hidden = hidden.clone()
-            hidden[:, self.position] = self.vector.to(hidden.device, hidden.dtype)
-            return hidden
-
-        if self.row < run.adapter.n_blocks:
-            run.replace_block_input(self.row, write)
-        else:
-            run.replace_block_output(self.row - 1, lambda hidden_in, hidden_out: write(hidden_out))
-
-    def to_dict(self) -> dict:
-        return {"kind": self.kind, "row": self.row, "position": self.position}
-
-
-HeadMaskMode = Literal["zero", "uniform"]
-
-
-@dataclass(frozen=True)
-class MaskHeads(Intervention):
-    """Mask query heads: `zero` removes the head's output; `uniform` makes it attend equally to all
-    visible keys (how the Retrieval Head authors ablate)."""
-
-    heads: tuple[tuple[int, int], ...]
-    mode: HeadMaskMode = "zero"
-    kind = "mask_heads"
-
-    def check(self, shape):
-        if self.mode not in ("zero", "uniform"):
-            raise InterventionError(f"mask-heads: mode must be 'zero' or 'uniform', not '{self.mode}'.")
-        for block, head in self.heads:
-            _check_block("mask-heads", block, shape)
-            if not 0 <= head < shape.n_heads:
-                raise InterventionError(f"mask-heads: head {head} is out of range 0..{shape.n_heads - 1}.")
-
-    def attach(self, run):
-        for block, head in self.heads:
-            run.mask_head(block, head, self.mode)
-
-
 def check_interventions(interventions: Sequence[Intervention], shape: ModelShape) -> None:
-    """Range checks and conflicts, before anything touches the model."""
+    """Range checks, then conflicts between what the interventions claim, before anything touches the model."""
     for intervention in interventions:
         intervention.check(shape)
-    dropped = {b for i in interventions if isinstance(i, DropBlocks) for b in i.blocks}
-    moved: set[int] = set()
-    for swap in (i for i in interventions if isinstance(i, SwapBlocks)):
-        pair = {swap.block, swap.block + 1}
-        if pair & moved:
-            raise InterventionError(f"swap: block {swap.block} or {swap.block + 1} is already part of another swap.")
-        if pair & dropped:
-            raise InterventionError(f"swap {swap.block}: a swapped block is also dropped.")
-        moved |= pair
-    freezes = [i.block for i in interventions if isinstance(i, FreezeFrom)]
-    if len(freezes) > 1:
-        raise InterventionError("freeze: give one freeze block, not several.")
-    randoms = [i.block for i in interventions if isinstance(i, RandomizeAt)]
-    if len(set(randoms)) < len(randoms):
-        raise InterventionError("random: the same block is randomised twice.")
-    if set(freezes) & set(randoms):
-        raise InterventionError("freeze and random at the same block would overwrite each other.")
-    patches = [(i.row, i.position) for i in interventions if isinstance(i, PatchState)]
-    if len(set(patches)) < len(patches):
-        raise InterventionError("patch: the same row and position are patched twice.")
-    modes: dict[tuple[int, int], str] = {}
-    for mask in (i for i in interventions if isinstance(i, MaskHeads)):
-        for head in mask.heads:
-            if modes.setdefault(head, mask.mode) != mask.mode:
-                raise InterventionError(f"mask-heads: head {head[0]}.{head[1]} is masked in two modes.")
-
-
-def _hidden_of(args: tuple, kwargs: dict) -> torch.Tensor:
-    return args[0] if args else kwargs["hidden_states"]
-
-
-def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
-    if args:
-        return (hidden, *args[1:]), kwargs
-    return args, {**kwargs, "hidden_states": hidden}
-
-
-def _first(output):
-    return output[0] if isinstance(output, tuple) else output
-
-
-def _with_first(output, value):
-    return (value, *output[1:]) if isinstance(output, tuple) else value
-
-
-class InterventionRun:
-    """The hooks of one `intervene` block; removes them all on exit."""
-
-    def __init__(self, adapter: ModelAdapter, stack: ExitStack):
-        self.adapter = adapter
-        self.stack = stack
-        self.fresh_pass = True
-        handle = adapter.model.register_forward_pre_hook(self._note_pass, with_kwargs=True)
-        stack.callback(handle.remove)
-
-    def _note_pass(self, module, args, kwargs) -> None:
-        cache = kwargs.get("past_key_values")
-        self.fresh_pass = cache is None or cache.get_seq_length() == 0
-
-    def _active(self, fresh_only: bool) -> bool:
-        return self.fresh_pass or not fresh_only
-
-    def _hook(self, module: nn.Module, hook, pre: bool) -> None:
-        if pre:
-            handle = module.register_forward_pre_hook(hook, with_kwargs=True)
-        else:
-            handle = module.register_forward_hook(hook, with_kwargs=True)
-        self.stack.callback(handle.remove)
-
-    def replace_block_input(self, block: int, edit: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        def hook(module, args, kwargs):
-            if self._active(fresh_only=True):
-                return _with_hidden(args, kwargs, edit(_hidden_of(args, kwargs)))
-            return None
-
-        self._hook(self.adapter.blocks[block], hook, pre=True)
-
-    def replace_block_output(
-        self, block: int, edit: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], fresh_only: bool = True
-    ) -> None:
-        def hook(module, args, kwargs, output):
-            if self._active(fresh_only):
-                return _with_first(output, edit(_hidden_of(args, kwargs), _first(output)))
-            return None
-
-        self._hook(self.adapter.blocks[block], hook, pre=False)
-
-    def replace_attention_output(self, block: int, edit: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        def hook(module, args, kwargs, output):
-            if self._active(fresh_only=True):
-                return _with_first(output, edit(_first(output)))
-            return None
-
-        self._hook(self.adapter.attention(block), hook, pre=False)
-
-    def swap_adjacent(self, block: int) -> None:
-        """Families that pick each layer's mask and rotary table by depth (`config.layer_types[i]`: Gemma 2/3,
-        Qwen2 sliding windows, ...) get those entries swapped too, with the layers' cache indices, so each
-        swapped block keeps the attention type its weights were trained with."""
-        original = self.adapter.blocks
-        order = list(range(len(original)))
-        order[block], order[block + 1] = order[block + 1], order[block]
-        self.adapter.set_blocks(nn.ModuleList([original[i] for i in order]))
-        self.stack.callback(self.adapter.set_blocks, original)
-        config = self.adapter.config
-        layer_types = getattr(config, "layer_types", None)
-        if layer_types:
-            config.layer_types = [layer_types[i] for i in order]
-            self.stack.callback(setattr, config, "layer_types", layer_types)
-        for index, depth in ((block, block + 1), (block + 1, block)):
-            for module in original[index].modules():
-                if isinstance(getattr(module, "layer_idx", None), int):
-                    self.stack.callback(setattr, module, "layer_idx", module.layer_idx)
-                    module.layer_idx = depth
-
-    def mask_head(self, block: int, head: int, mode: HeadMaskMode) -> None:
-        install_edited_attention(self.adapter.model)
-        attention = self.adapter.attention(block)
-        edits = edits_of(attention)
-        heads = edits.zero_heads if mode == "zero" else edits.uniform_heads
-        if head not in heads:
-            heads.add(head)
-            self.stack.callback(heads.discard, head)
-        if not (edits.zero_heads | edits.uniform_heads) - {head}:  # one guard per attention module
-            self._require_edits_applied(block, attention, edits)
-
-    def _require_edits_applied(self, block: int, attention: nn.Module, edits) -> None:
-        """Never a silent no-op: fail if a masked layer ran without layerscope's attention function."""
-        calls_before: list[int] = []
-
-        def before(module, args, kwargs):
-            calls_before.append(edits.applied)
-
-        def after(module, args, kwargs, output):
-            if edits.applied == calls_before.pop():
-                raise InterventionError(
-                    f"mask-heads: the attention of block {block} did not run through layerscope's attention "
-                    "function, so the head mask could not be applied."
-                )
-
-        self._hook(attention, before, pre=True)
-        self._hook(attention, after, pre=False)
-
-
-@contextmanager
-def intervene(
-    adapter: ModelAdapter, interventions: Sequence[Intervention], seq_len: int | None = None
-) -> Iterator[InterventionRun]:
-    """Apply interventions for the duration of the block; the model is restored exactly on exit,
-    also after an exception. Swaps are applied first so that other block indices mean depth."""
-    check_interventions(interventions, ModelShape(adapter.n_blocks, adapter.n_heads, seq_len))
-    ordered = sorted(interventions, key=lambda i: not isinstance(i, SwapBlocks))
-    with ExitStack() as stack:
-        run = InterventionRun(adapter, stack)
-        for intervention in ordered:
-            intervention.attach(run)
-        yield run
+    held: dict[Hashable, tuple[Claim, Intervention]] = {}
+    for intervention in interventions:
+        for claim in intervention.claims(shape.n_blocks):
+            earlier = held.setdefault(claim.site, (claim, intervention))
+            if earlier[1] is not intervention and (claim.setting is None or claim.setting != earlier[0].setting):
+                raise InterventionError(earlier[0].refusal)

@@ -73,6 +73,18 @@ def hook_block_output(stack: ExitStack, block: nn.Module, edit: BlockOutputEdit)
     stack.callback(block.register_forward_hook(hook, with_kwargs=True).remove)
 
 
+def watch_calls(stack: ExitStack, module: nn.Module, before: Callable[[tuple, dict], None] | None = None,
+                after: Callable[[tuple, dict, Any], None] | None = None) -> None:
+    """Call `before(args, kwargs)` and `after(args, kwargs, output)` around every forward of `module` inside
+    `stack`, changing nothing: for reading how a module is called (a mask, a cache) or checking it ran."""
+    if before is not None:
+        stack.callback(module.register_forward_pre_hook(lambda m, args, kwargs: before(args, kwargs),
+                                                        with_kwargs=True).remove)
+    if after is not None:
+        stack.callback(module.register_forward_hook(lambda m, args, kwargs, output: after(args, kwargs, output),
+                                                    with_kwargs=True).remove)
+
+
 @dataclass
 class BlockCall:
     """How a block was called, less its hidden state (masks, rotary tables, cache positions, ...), so that

@@ -15,7 +15,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Static
 
 from layerscope.tui.grid_view import prob_glyph, token_label
-from layerscope.tui.state import BLOCK_KINDS, Toggles
+from layerscope.tui.state import Toggles, block_kinds
 
 if TYPE_CHECKING:
     from layerscope.analyses.causal_trace import CausalTrace
@@ -26,8 +26,6 @@ TOGGLE_MARKS = {"on": "[x]", "covered": "[·]", "off": "[ ]"}
 SCORE_SOURCES = {"induction": "random tokens repeated twice, 10 samples (not your prompt)",
                  "retrieval": "needle-in-a-haystack tests, 512-2048 tokens (not your prompt)",
                  "previous_token": "sample_prompts/general.txt (not your prompt)"}
-KIND_TITLES = {"drop": "drop", "swap": "swap↔next", "freeze": "freeze-from", "random": "random-at",
-               "skip_attn": "skip-attn-from"}
 SCORE_KINDS = ("retrieval", "induction", "previous_token")
 
 
@@ -61,17 +59,17 @@ class LayerPane(Vertical):
         table = self.query_one(DataTable)
         self.query_one("#layer-hint", Static).update(
             f"Space: toggle · s: next seed (random seed {toggles.seed}) · interventions: {toggles.describe()}")
+        kinds = block_kinds()
         if table.row_count != n_blocks:
             table.clear(columns=True)
             table.add_column("block", key="block")
-            for kind in BLOCK_KINDS:
-                table.add_column(KIND_TITLES[kind], key=kind)
+            for kind, choice in kinds.items():
+                table.add_column(choice.title, key=kind)
             for block in range(n_blocks):
-                table.add_row(str(block), *[toggle_mark(toggles.state_of(k, block)) for k in BLOCK_KINDS],
-                              key=str(block))
+                table.add_row(str(block), *[toggle_mark(toggles.state_of(k, block)) for k in kinds], key=str(block))
             return
         for block in range(n_blocks):
-            for kind in BLOCK_KINDS:
+            for kind in kinds:
                 table.update_cell(str(block), kind, toggle_mark(toggles.state_of(kind, block)))
 
     def action_toggle(self) -> None:
@@ -81,7 +79,7 @@ class LayerPane(Vertical):
         row, column = table.cursor_coordinate
         if column == 0:
             return
-        self.post_message(self.Toggled(BLOCK_KINDS[column - 1], row))
+        self.post_message(self.Toggled(list(block_kinds())[column - 1], row))
 
     def on_data_table_cell_selected(self, event: DataTable.CellSelected) -> None:
         event.stop()

@@ -2,118 +2,157 @@
 
 The toggles are the user's view (a checkbox per block and head); `interventions()`
 turns them into the engine's value objects, so there is one source of truth
-for what a run does.
+for what a run does. Which toggles exist, their columns and how they reach
+over blocks come from the intervention registry (`BlockChoice` of each kind;
+declaring the kinds imports no torch).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from layerscope.errors import LayerscopeError
+from layerscope.interventions import REGISTRY, BlockChoice, Intervention, MaskHeads, chosen_by_block, intervention_class
 
 if TYPE_CHECKING:
     from layerscope.analyses.grid import DecodeGrid
-    from layerscope.interventions import Intervention
 
 SESSION_VERSION = 1
-BLOCK_KINDS = ("drop", "swap", "freeze", "random", "skip_attn")
-"""The per-block toggles, in the column order of the layer pane."""
 INTERVENABLE = ("logit_lens", "tuned_lens")
 """The grid methods that run with the interventions (Patchscope patches into its own target prompt)."""
 
 
-@dataclass(frozen=True)
-class Toggles:
-    """Drops and swaps are sets of blocks; freeze, random and skip-attention act from one block on."""
+def block_kinds() -> dict[str, BlockChoice]:
+    """The per-block toggles, in the column order of the layer pane: every kind chosen by block."""
+    return {kind: cls.chosen_by for kind, cls in chosen_by_block().items()}
 
-    drop: frozenset[int] = frozenset()
-    swap: frozenset[int] = frozenset()
-    freeze: int | None = None
-    random: int | None = None
+
+def _kind(name: str) -> str:
+    """A kind's spelling from its own, an old one (`skip_attn`) or its Python name (`my_kind` for `my-kind`)."""
+    python_name = name.replace("_", "-")
+    return intervention_class(python_name if python_name in REGISTRY else name).kind
+
+
+@dataclass(frozen=True, init=False)
+class Toggles:
+    """The blocks toggled per kind: a 'set' kind (drop, swap) any blocks; a 'from' (freeze, skip-attn) or 'at'
+    kind (random) one block. `Toggles(drop={2}, freeze=8)` or the mapping; `toggles.drop`, `toggles.freeze`
+    read them back (a set, or a block or None)."""
+
+    blocks: tuple[tuple[str, frozenset[int]], ...] = ()  # (kind, blocks) in column order, none empty
     seed: int = 0
-    skip_attn: int | None = None
     masked_heads: frozenset[tuple[int, int]] = frozenset()
     mask_mode: str = "zero"
 
+    def __init__(self, blocks: Any = (), seed: int = 0, masked_heads: frozenset[tuple[int, int]] = frozenset(),
+                 mask_mode: str = "zero", **by_kind: Any) -> None:
+        chosen = {_kind(kind): _as_blocks(value) for kind, value in {**dict(blocks), **by_kind}.items()}
+        object.__setattr__(self, "blocks", tuple((kind, chosen[kind]) for kind in block_kinds() if chosen.get(kind)))
+        object.__setattr__(self, "seed", seed)
+        object.__setattr__(self, "masked_heads", frozenset(masked_heads))
+        object.__setattr__(self, "mask_mode", mask_mode)
+
+    def chosen(self, kind: str) -> frozenset[int]:
+        return dict(self.blocks).get(_kind(kind), frozenset())
+
+    def __getattr__(self, name: str) -> Any:
+        """`toggles.drop` (a set) or `toggles.freeze` (a block or None): a kind's toggles by its Python name."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            kind = _kind(name)
+        except LayerscopeError:
+            raise AttributeError(name) from None
+        chosen = self.chosen(kind)
+        return chosen if block_kinds()[kind].reach == "set" else next(iter(chosen), None)
+
+    def _with(self, kind: str, chosen: frozenset[int]) -> Toggles:
+        return replace(self, blocks={**dict(self.blocks), kind: chosen})
+
     def toggle(self, kind: str, block: int) -> Toggles:
-        """Flip one checkbox; a 'from' toggle moves to this block, or clears when it is already here."""
-        if kind in ("drop", "swap"):
-            return replace(self, **{kind: getattr(self, kind) ^ {block}})
-        if kind in ("freeze", "random", "skip_attn"):
-            return replace(self, **{kind: None if getattr(self, kind) == block else block})
-        raise ValueError(f"unknown toggle '{kind}'")
+        """Flip one checkbox; a 'from' or 'at' toggle moves to this block, or clears when it is already here."""
+        kind = _kind(kind)
+        if kind not in block_kinds():
+            raise ValueError(f"unknown toggle '{kind}'")
+        chosen = self.chosen(kind)
+        if block_kinds()[kind].reach == "set":
+            return self._with(kind, chosen ^ {block})
+        return self._with(kind, frozenset() if block in chosen else frozenset({block}))
 
     def toggle_head(self, block: int, head: int) -> Toggles:
         return replace(self, masked_heads=self.masked_heads ^ {(block, head)})
 
     def state_of(self, kind: str, block: int) -> str:
         """'on', 'covered' (a block after a 'from' toggle) or 'off'."""
-        value = getattr(self, kind)
-        if kind in ("drop", "swap"):
-            return "on" if block in value else "off"
-        if value is None:
-            return "off"
-        if block == value:
+        kind = _kind(kind)
+        chosen = self.chosen(kind)
+        if block in chosen:
             return "on"
-        return "covered" if kind in ("freeze", "skip_attn") and block > value else "off"
+        return "covered" if block_kinds()[kind].reach == "from" and chosen and block > min(chosen) else "off"
+
+    def _uses_seed(self) -> bool:
+        return any(REGISTRY[kind].uses_seed for kind, _ in self.blocks)
 
     def effective(self) -> Toggles:
-        """The same toggles with the settings that change nothing reset: the seed without a random block, the mask
+        """The same toggles with the settings that change nothing reset: the seed without a seeded kind, the mask
         mode without masked heads."""
-        return replace(self, seed=self.seed if self.random is not None else 0,
+        return replace(self, seed=self.seed if self._uses_seed() else 0,
                        mask_mode=self.mask_mode if self.masked_heads else "zero")
 
     @property
     def is_empty(self) -> bool:
-        return not (self.drop or self.swap or self.masked_heads) and \
-            self.freeze is None and self.random is None and self.skip_attn is None
+        return not (self.blocks or self.masked_heads)
 
     def interventions(self, n_blocks: int) -> list[Intervention]:
-        from layerscope.interventions import (DropBlocks, FreezeFrom, MaskHeads, RandomizeAt, SkipAttention,
-                                              SwapBlocks)
-
-        chosen: list[Intervention] = [DropBlocks(tuple(sorted(self.drop)))] if self.drop else []
-        chosen += [SwapBlocks(block) for block in sorted(self.swap)]
-        chosen += [FreezeFrom(self.freeze)] if self.freeze is not None else []
-        chosen += [RandomizeAt(self.random, self.seed)] if self.random is not None else []
-        chosen += [SkipAttention.from_block(self.skip_attn, n_blocks)] if self.skip_attn is not None else []
+        chosen: list[Intervention] = []
+        for kind, blocks in self.blocks:
+            chosen += REGISTRY[kind].for_blocks(sorted(blocks), n_blocks, self.seed)
         chosen += [MaskHeads(tuple(sorted(self.masked_heads)), self.mask_mode)] if self.masked_heads else []
         return chosen
 
     def describe(self) -> str:
         """Every intervention by name and place: 'drop 2 · swap 5↔6 · freeze ≥20 · mask 17.3, 18.6 (uniform)'."""
-        heads = ", ".join(f"{block}.{head}" for block, head in sorted(self.masked_heads))
-        parts = [f"drop {','.join(map(str, sorted(self.drop)))}" if self.drop else "",
-                 *(f"swap {b}↔{b + 1}" for b in sorted(self.swap)),
-                 f"freeze ≥{self.freeze}" if self.freeze is not None else "",
-                 f"random {self.random} (seed {self.seed})" if self.random is not None else "",
-                 f"skip-attn ≥{self.skip_attn}" if self.skip_attn is not None else "",
-                 f"mask {heads} ({self.mask_mode})" if self.masked_heads else ""]
-        return " · ".join(p for p in parts if p) or "no interventions"
+        parts = []
+        for kind, blocks in self.blocks:
+            if block_kinds()[kind].reach == "from":
+                parts.append(f"{kind} ≥{min(blocks)}")
+            else:
+                parts += [i.describe() for i in REGISTRY[kind].for_blocks(sorted(blocks), max(blocks) + 2, self.seed)]
+        if self.masked_heads:
+            parts.append(MaskHeads(tuple(sorted(self.masked_heads)), self.mask_mode).describe())
+        return " · ".join(parts) or "no interventions"
 
     def to_dict(self) -> dict:
-        data = asdict(self)
-        data["drop"], data["swap"] = sorted(self.drop), sorted(self.swap)
-        data["masked_heads"] = [list(h) for h in sorted(self.masked_heads)]
-        return data
+        data: dict[str, Any] = {kind: sorted(self.chosen(kind)) if choice.reach == "set" else next(
+            iter(self.chosen(kind)), None) for kind, choice in block_kinds().items()}
+        return {**data, "seed": self.seed, "masked_heads": [list(h) for h in sorted(self.masked_heads)],
+                "mask_mode": self.mask_mode}
 
     @classmethod
     def from_dict(cls, data: dict) -> Toggles:
+        """Reads sessions of any version: a kind under its spelling or an old one (`skip_attn`)."""
         try:
-            return cls(drop=frozenset(map(int, data.get("drop", []))), swap=frozenset(map(int, data.get("swap", []))),
-                       freeze=_optional_int(data.get("freeze")), random=_optional_int(data.get("random")),
-                       seed=int(data.get("seed", 0)), skip_attn=_optional_int(data.get("skip_attn")),
+            blocks = {}
+            for key, value in data.items():
+                if key in ("seed", "masked_heads", "mask_mode") or value is None:
+                    continue
+                kind = intervention_class(key).kind
+                blocks[kind] = frozenset(map(int, value)) if block_kinds()[kind].reach == "set" else {int(value)}
+            return cls(blocks, seed=int(data.get("seed", 0)),
                        masked_heads=frozenset((int(b), int(h)) for b, h in data.get("masked_heads", [])),
                        mask_mode=str(data.get("mask_mode", "zero")))
-        except (TypeError, ValueError, AttributeError) as error:
+        except (TypeError, ValueError, AttributeError, KeyError) as error:
             raise LayerscopeError(f"Bad interventions in the session: {error}") from error
 
 
-def _optional_int(value: Any) -> int | None:
-    return None if value is None else int(value)
+def _as_blocks(value: Any) -> frozenset[int]:
+    """A toggle's blocks from a set of blocks, one block, or None."""
+    if value is None:
+        return frozenset()
+    return frozenset({value}) if isinstance(value, int) else frozenset(value)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,307 @@
+"""The intervention kinds: each is one class, and defining it registers it (see `core.Intervention`).
+
+torch is imported inside the edits, so that the CLI and the explorer can read the kinds' spellings at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from layerscope.errors import InterventionError
+from layerscope.interventions.core import BlockChoice, Claim, CliOption, Intervention, check_block
+from layerscope.specs import parse_heads
+
+if TYPE_CHECKING:  # torch is imported where an edit runs: declaring the kinds must not load it
+    import torch
+
+    from layerscope.interventions.run import InterventionRun
+
+
+def _from_block(block: int, n_blocks: int) -> range | tuple[int]:
+    """Block `block` and every block after it; an out-of-range block alone, for the range check to name."""
+    return range(block, n_blocks) if 0 <= block < n_blocks else (block,)
+
+
+@dataclass(frozen=True)
+class DropBlocks(Intervention):
+    """The residual stream skips these blocks: their attention and MLP outputs are zero."""
+
+    blocks: tuple[int, ...]
+    kind = "drop"
+    chosen_by = BlockChoice("--drop", "Blocks to drop, e.g. 3,5 or 10-12.", "drop", "set")
+
+    def touched(self, n_blocks):
+        return self.blocks
+
+    def module_at(self, depth):
+        return None
+
+    @classmethod
+    def for_blocks(cls, blocks, n_blocks, seed=0):
+        return [cls(tuple(blocks))]
+
+    def describe(self):
+        return f"drop {','.join(map(str, self.blocks))}"
+
+
+@dataclass(frozen=True)
+class SwapBlocks(Intervention):
+    """Run block b+1 before block b (whole blocks, norms included)."""
+
+    block: int
+    kind = "swap"
+    chosen_by = BlockChoice("--swap", "Swap block b with b+1, e.g. 10 (or 4,10).", "swap↔next", "set")
+
+    def touched(self, n_blocks):
+        return (self.block, self.block + 1)
+
+    def module_at(self, depth):
+        return self.block + 1 if depth == self.block else self.block
+
+    def check(self, shape):
+        if not 0 <= self.block < shape.n_blocks - 1:
+            raise InterventionError(
+                f"swap: block {self.block} has no next block to swap with (valid: 0..{shape.n_blocks - 2})."
+            )
+
+    @classmethod
+    def for_blocks(cls, blocks, n_blocks, seed=0):
+        return [cls(block) for block in blocks]
+
+    def describe(self):
+        return f"swap {self.block}↔{self.block + 1}"
+
+
+def _previous_claim(block: int, refusal: str) -> Claim:
+    """The previous tokens' states at the input of a block: one edit there, or they overwrite each other."""
+    return Claim(("previous tokens at", block), refusal)
+
+
+@dataclass(frozen=True)
+class FreezeFrom(Intervention):
+    """From block k on, previous tokens keep the state they had at the input of block k."""
+
+    block: int
+    kind = "freeze"
+    chosen_by = BlockChoice("--freeze-from", "From block K on, previous tokens keep their state.", "freeze-from",
+                            "from")
+    measured_at_last_token = True
+
+    def touched(self, n_blocks):
+        return _from_block(self.block, n_blocks)
+
+    def claims(self, n_blocks):
+        return [Claim(("previous tokens restored",), "freeze: give one freeze block, not several."),
+                _previous_claim(self.block, "freeze and random at the same block would overwrite each other.")]
+
+    def edit_input(self, depth, hidden, at, memo):
+        if depth == self.block:
+            memo["previous"] = hidden[at.previous.to(hidden.device)]
+        return None
+
+    def edit_output(self, depth, hidden_in, hidden_out, at, memo):
+        hidden_out = hidden_out.clone()
+        hidden_out[at.previous.to(hidden_out.device)] = memo["previous"].to(hidden_out.device)
+        return hidden_out
+
+    @classmethod
+    def for_blocks(cls, blocks, n_blocks, seed=0):
+        return [cls(block) for block in blocks]
+
+    def describe(self):
+        return f"freeze ≥{self.block}"
+
+
+@dataclass(frozen=True)
+class RandomizeAt(Intervention):
+    """At the input of block k, each previous token's state becomes a Gaussian vector of the same norm."""
+
+    block: int
+    seed: int = 0
+    kind = "random"
+    chosen_by = BlockChoice("--random-at", "At block K, previous tokens become norm-matched noise.", "random-at", "at")
+    options = (CliOption("seed", "Seed for --random-at.", int, 0),)
+    uses_seed = True
+    measured_at_last_token = True
+
+    def touched(self, n_blocks):
+        return (self.block,)
+
+    def claims(self, n_blocks):
+        return [_previous_claim(self.block, "random: the same block is randomised twice (or also frozen): the "
+                                            "edits would overwrite each other.")]
+
+    def edit_input(self, depth, hidden, at, memo):
+        """Each row draws its noise alone, so a prompt gets the same noise in a batch as on its own."""
+        import torch
+
+        hidden = hidden.clone()
+        previous = at.previous.to(hidden.device)
+        for row in range(hidden.shape[0]):
+            states = hidden[row, previous[row]][None]
+            generator = torch.Generator().manual_seed(self.seed)
+            noise = torch.randn(states.shape, generator=generator, dtype=torch.float32)
+            noise = noise.to(states.device, states.dtype)
+            hidden[row, previous[row]] = (noise / noise.norm(dim=-1, keepdim=True)
+                                          * states.norm(dim=-1, keepdim=True))[0]
+        return hidden
+
+    @classmethod
+    def for_blocks(cls, blocks, n_blocks, seed=0):
+        return [cls(block, seed) for block in blocks]
+
+    def describe(self):
+        return f"random {self.block} (seed {self.seed})"
+
+
+@dataclass(frozen=True)
+class SkipAttention(Intervention):
+    """In these blocks the last token skips attention: residual plus MLP only."""
+
+    blocks: tuple[int, ...]
+    kind = "skip-attn"
+    aliases = ("skip_attn",)
+    chosen_by = BlockChoice("--skip-attn-from", "From block K on, the last token skips attention.", "skip-attn-from",
+                            "from")
+    measured_at_last_token = True
+
+    @classmethod
+    def from_block(cls, block: int, n_blocks: int) -> SkipAttention:
+        return cls(tuple(_from_block(block, n_blocks)))
+
+    def touched(self, n_blocks):
+        return self.blocks
+
+    def edit_attention(self, depth, attention_out, at):
+        import torch
+
+        attention_out = attention_out.clone()
+        attention_out[torch.arange(attention_out.shape[0]), at.last.to(attention_out.device)] = 0
+        return attention_out
+
+    @classmethod
+    def for_blocks(cls, blocks, n_blocks, seed=0):
+        return [cls.from_block(block, n_blocks) for block in blocks]
+
+    def describe(self):
+        return f"skip-attn {','.join(map(str, self.blocks))}"
+
+
+@dataclass(frozen=True, eq=False)
+class PatchState(Intervention):
+    """Write a residual state at grid row `row` (the input of block `row`; row L is the last block's output).
+
+    `vector` is (hidden,) or (batch, hidden); it can come from another prompt.
+    """
+
+    row: int
+    position: int
+    vector: torch.Tensor
+    kind = "patch"
+
+    def touched(self, n_blocks):
+        return (min(self.row, n_blocks - 1),) if n_blocks else (self.row,)
+
+    def claims(self, n_blocks):
+        return [Claim(("state", self.row, self.position), "patch: the same row and position are patched twice.")]
+
+    def check(self, shape):
+        check_block("patch", self.row, shape, allow_output_row=True)
+        if self.position < 0 or (shape.seq_len is not None and self.position >= shape.seq_len):
+            raise InterventionError(
+                f"patch: position {self.position} is outside the prompt (0..{(shape.seq_len or 1) - 1})."
+            )
+
+    def _write(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.position >= hidden.shape[1]:
+            raise InterventionError(f"patch: position {self.position} is past the prompt ({hidden.shape[1]} tokens).")
+        hidden = hidden.clone()
+        hidden[:, self.position] = self.vector.to(hidden.device, hidden.dtype)
+        return hidden
+
+    def edit_input(self, depth, hidden, at, memo):
+        return self._write(hidden) if depth == self.row else None
+
+    def edit_output(self, depth, hidden_in, hidden_out, at, memo):
+        return self._write(hidden_out) if depth + 1 == self.row else None
+
+    def describe(self):
+        return f"patch row {self.row} position {self.position}"
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "row": self.row, "position": self.position}
+
+
+HeadMaskMode = Literal["zero", "uniform"]
+
+
+@dataclass(frozen=True)
+class MaskHeads(Intervention):
+    """Mask query heads: `zero` removes the head's output; `uniform` makes it attend equally to all
+    visible keys (how the Retrieval Head authors ablate)."""
+
+    heads: tuple[tuple[int, int], ...]
+    mode: HeadMaskMode = "zero"
+    kind = "mask-heads"
+    aliases = ("mask_heads",)
+    options = (CliOption("mask_heads", "Heads to mask as block.head, e.g. 4.2,7.1.", parse=parse_heads, chooses=True),
+               CliOption("mask_mode", "zero (remove the head's output) or uniform (attend evenly).", str, "zero"))
+
+    def touched(self, n_blocks):
+        return tuple(dict.fromkeys(block for block, _ in self.heads))
+
+    def claims(self, n_blocks):
+        return [Claim(("head", block, head), f"mask-heads: head {block}.{head} is masked in two modes.", self.mode)
+                for block, head in self.heads]
+
+    def check(self, shape):
+        if self.mode not in ("zero", "uniform"):
+            raise InterventionError(f"mask-heads: mode must be 'zero' or 'uniform', not '{self.mode}'.")
+        for block, head in self.heads:
+            check_block("mask-heads", block, shape)
+            if not 0 <= head < shape.n_heads:
+                raise InterventionError(f"mask-heads: head {head} is out of range 0..{shape.n_heads - 1}.")
+
+    def attach(self, run):
+        for block, head in self.heads:
+            _mask_head(run, block, head, self.mode)
+
+    @classmethod
+    def from_cli(cls, values, n_blocks):
+        heads = values.get("mask_heads")
+        return [cls(tuple(heads), values.get("mask_mode", "zero"))] if heads else []
+
+    def describe(self):
+        return f"mask {', '.join(f'{block}.{head}' for block, head in self.heads)} ({self.mode})"
+
+
+def _mask_head(run: InterventionRun, block: int, head: int, mode: HeadMaskMode) -> None:
+    from layerscope.interventions.attention import edits_of, install_edited_attention
+
+    install_edited_attention(run.adapter.model)
+    attention = run.adapter.attention(block)
+    edits = edits_of(attention)
+    heads = edits.zero_heads if mode == "zero" else edits.uniform_heads
+    if head not in heads:
+        heads.add(head)
+        run.stack.callback(heads.discard, head)
+    if not (edits.zero_heads | edits.uniform_heads) - {head}:  # one guard per attention module
+        _require_edits_applied(run, block, attention, edits)
+
+
+def _require_edits_applied(run: InterventionRun, block: int, attention, edits) -> None:
+    """Never a silent no-op: fail if a masked layer ran without layerscope's attention function."""
+    from layerscope.models.hooks import watch_calls
+
+    calls_before: list[int] = []
+
+    def after(args: tuple, kwargs: dict, output) -> None:
+        if edits.applied == calls_before.pop():
+            raise InterventionError(
+                f"mask-heads: the attention of block {block} did not run through layerscope's attention "
+                "function, so the head mask could not be applied."
+            )
+
+    watch_calls(run.stack, attention, before=lambda args, kwargs: calls_before.append(edits.applied), after=after)
+

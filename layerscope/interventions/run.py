@@ -1,0 +1,110 @@
+"""`intervene`: apply interventions to a forward pass through hooks, and undo them all on exit."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+
+import torch
+from torch import nn
+
+from layerscope.interventions.core import Intervention, ModelShape, Positions, check_interventions
+from layerscope.models.adapter import ModelAdapter
+from layerscope.models.hooks import hook_block_output, hook_input, hook_output, watch_calls
+from layerscope.models.loading import LoadedModel
+
+
+class InterventionRun:
+    """The hooks of one `intervene` block; removes them all on exit."""
+
+    def __init__(self, lm: LoadedModel, stack: ExitStack):
+        self.lm = lm
+        self.adapter: ModelAdapter = lm.adapter
+        self.stack = stack
+        self.fresh_pass = True
+        self.attention_mask: torch.Tensor | None = None
+        self._forward = inspect.signature(self.adapter.model.forward)
+        watch_calls(stack, self.adapter.model, before=self._note_pass)
+
+    def _note_pass(self, args: tuple, kwargs: dict) -> None:
+        """Whether this forward starts from an empty cache, and its attention mask (by keyword or position)."""
+        given = self._forward.bind_partial(*args, **kwargs).arguments
+        cache = given.get("past_key_values")
+        self.fresh_pass = cache is None or cache.get_seq_length() == 0
+        self.attention_mask = given.get("attention_mask")
+
+    def positions(self, hidden: torch.Tensor) -> Positions:
+        """The real tokens of this pass's rows, from the attention mask the model was called with."""
+        return Positions.of(self.attention_mask, hidden.shape[0], hidden.shape[1], hidden.device)
+
+    def apply(self, intervention: Intervention) -> None:
+        """Hooks for what an intervention declares: its block order, then its edits (on fresh passes only, unless
+        the kind says `every_pass`)."""
+        touched = list(intervention.touched(self.adapter.n_blocks))
+        order = {depth: intervention.module_at(depth) for depth in touched}
+        moved = {depth: module for depth, module in order.items() if module is not None and module != depth}
+        if moved:
+            self.reorder(moved)
+        blocks = self.adapter.blocks
+        for depth in (depth for depth, module in order.items() if module is None):
+            hook_block_output(self.stack, blocks[depth], lambda hidden_in, hidden_out: hidden_in)
+        memo: dict = {}
+        when = (lambda edit: edit) if intervention.every_pass else self._fresh_only
+        for depth in touched:
+            if intervention.makes("edit_input"):
+                hook_input(self.stack, blocks[depth], when(
+                    lambda hidden, depth=depth: intervention.edit_input(depth, hidden, self.positions(hidden), memo)))
+            if intervention.makes("edit_output"):
+                hook_block_output(self.stack, blocks[depth], when(
+                    lambda hidden_in, hidden_out, depth=depth: intervention.edit_output(
+                        depth, hidden_in, hidden_out, self.positions(hidden_out), memo)))
+            if intervention.makes("edit_attention"):
+                hook_output(self.stack, self.adapter.attention(depth), when(
+                    lambda out, depth=depth: intervention.edit_attention(depth, out, self.positions(out))))
+
+    def _fresh_only(self, edit: Callable[..., torch.Tensor | None]) -> Callable[..., torch.Tensor | None]:
+        return lambda *hidden: edit(*hidden) if self.fresh_pass else None
+
+    def reorder(self, moved: dict[int, int]) -> None:
+        """Run module `moved[d]` at depth d. Families that pick each layer's mask and rotary table by depth
+        (`config.layer_types[i]`: Gemma 2/3, Qwen2 sliding windows, ...) get those entries moved too, with the
+        layers' cache indices, so each moved block keeps the attention type its weights were trained with."""
+        original = self.adapter.blocks
+        order = list(range(len(original)))
+        for depth, module in moved.items():
+            order[depth] = module
+        self.adapter.set_blocks(nn.ModuleList([original[i] for i in order]))
+        self.stack.callback(self.adapter.set_blocks, original)
+        config = self.adapter.config
+        layer_types = getattr(config, "layer_types", None)
+        if layer_types:
+            config.layer_types = [layer_types[i] for i in order]
+            self.stack.callback(setattr, config, "layer_types", layer_types)
+        for depth, index in moved.items():
+            for module in original[index].modules():
+                if isinstance(getattr(module, "layer_idx", None), int):
+                    self.stack.callback(setattr, module, "layer_idx", module.layer_idx)
+                    module.layer_idx = depth
+
+
+def _moves_blocks(intervention: Intervention, n_blocks: int) -> bool:
+    return any(intervention.module_at(depth) not in (None, depth) for depth in intervention.touched(n_blocks))
+
+
+@contextmanager
+def intervene(
+    lm: LoadedModel, interventions: Sequence[Intervention], seq_len: int | None = None
+) -> Iterator[InterventionRun]:
+    """Apply interventions for the duration of the block; the model is restored exactly on exit,
+    also after an exception. Reorderings (swaps) are applied first so that other block indices mean depth."""
+    if not isinstance(lm, LoadedModel):
+        raise TypeError(f"intervene takes the loaded model (lm), not {type(lm).__name__}.")
+    n_blocks = lm.adapter.n_blocks
+    check_interventions(interventions, ModelShape(n_blocks, lm.adapter.n_heads, seq_len))
+    ordered = sorted(interventions, key=lambda i: not _moves_blocks(i, n_blocks))
+    with ExitStack() as stack:
+        run = InterventionRun(lm, stack)
+        for intervention in ordered:
+            intervention.attach(run)
+        yield run
