@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch import nn
 
+from layerscope.analyses.grid import DecodeGrid
 from layerscope.errors import LayerscopeError
 from layerscope.tui.keymap import load_keymap
 from layerscope.tui.charts import LABEL, SHADES, Series, layer_chart, overview_text
-from layerscope.tui.state import Results, Session, Toggles, grid_from_dict
+from layerscope.tui.state import Results, Session, Toggles
 from layerscope.tui.themes import SHIPPED_THEMES, load_themes
 
 
@@ -155,7 +156,7 @@ def test_rows_match_the_lens_and_kl_is_the_formula(demo_lm, tmp_path):
             Results(baseline, intervened, [r.kl_base_int for r in rows], {"baseline": " France"})).save(path)
     loaded = Session.load(path)
     assert loaded.toggles.drop == {3} and loaded.prompt == "Paris is the capital of"
-    assert loaded.results.baseline == grid_from_dict(baseline.to_dict()) == baseline
+    assert loaded.results.baseline == DecodeGrid.from_dict(baseline.to_dict()) == baseline
     assert loaded.results.intervened == intervened and loaded.results.continuation == {"baseline": " France"}
 
 
