@@ -16,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import median_seconds, report  # noqa: E402
 
 from layerscope.models.demo import DEMO_GGUF_MEMBER, DEMO_WHEEL, prepare_demo  # noqa: E402
-from layerscope.models.loading import load_gguf, load_model  # noqa: E402
+from layerscope.models.gguf import load_gguf  # noqa: E402
+from layerscope.models.loading import load_model  # noqa: E402
 
 
 def main() -> None:

@@ -43,3 +43,18 @@ def demo_lm():
 @pytest.fixture(scope="session", params=FAMILIES)
 def tiny_lm(request):
     return tiny_model(request.param)
+
+
+@pytest.fixture
+def cli_demo_lm(demo_lm, monkeypatch):
+    """CLI commands given `--model demo` (without --bos) get the session's demo model instead of loading their
+    own; any other model goes through the real loader. Restored after the test."""
+    from layerscope.cli.common import ModelOptions
+
+    real_load = ModelOptions.load
+
+    def load(options: ModelOptions):
+        return demo_lm if options.model == "demo" and not options.bos else real_load(options)
+
+    monkeypatch.setattr(ModelOptions, "load", load)
+    return demo_lm

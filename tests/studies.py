@@ -22,17 +22,9 @@ def invoke(*args: str):
 
 
 @pytest.fixture
-def cli_demo(demo_lm, monkeypatch):
+def cli_demo(cli_demo_lm):
     """`layerscope ... --model demo` gets the session's model; any other id goes through the real loader."""
-    import layerscope.cli.common as common
-    import layerscope.cli.studies as studies
-
-    real_load = common.load
-
-    def load(model, *args, **kwargs):
-        return demo_lm if model == "demo" else real_load(model, *args, **kwargs)
-
-    monkeypatch.setattr(studies, "load", load)
+    return cli_demo_lm
 
 
 @pytest.fixture(scope="session")

@@ -202,8 +202,7 @@ def test_demo_fact_subject_and_last_position(demo_lm):
     assert effects[1:10, 3].max() > 0.5 * gap  # the subject token's early states carry the fact
 
 
-def test_cli_json_and_one_line_errors(demo_lm, monkeypatch):
-    monkeypatch.setattr("layerscope.cli.trace.load", lambda model, *a, **k: demo_lm)
+def test_cli_json_and_one_line_errors(cli_demo_lm):
     runner = CliRunner()
     result = runner.invoke(app, ["trace", "-p", "The capital of France is", "--subject", "France", "--answer",
                                  " Paris", "--site", "mlp", "--window", "5", "--approx", "-f", "json"])

@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -14,18 +15,8 @@ PROMPT = "The capital of France is"
 
 
 @pytest.fixture(autouse=True)
-def reuse_demo_model(demo_lm, monkeypatch):
-    """The CLI loads the demo model through `load`; hand it the session's copy to keep tests fast."""
-    import layerscope.cli.common as common
-
-    real_load = common.load
-
-    def load(model, *args, **kwargs):
-        return demo_lm if model == "demo" else real_load(model, *args, **kwargs)
-
-    monkeypatch.setattr(common, "load", load)
-    for name in ("layerscope.cli.lens",):
-        monkeypatch.setattr(f"{name}.load", load)
+def reuse_demo_model(cli_demo_lm):
+    """The CLI loads the demo model through `ModelOptions.load`; hand it the session's copy to keep tests fast."""
 
 
 def invoke(*args, input=None):
@@ -46,6 +37,16 @@ def test_lens_json_contract():
     assert cell["top"][0]["token"] == " Paris"
 
 
+def test_lens_json_reads_back_as_the_engine_grid(demo_lm):
+    from layerscope.analyses.grid import DecodeGrid
+    from layerscope.analyses.lens import logit_lens
+
+    data = json.loads(invoke("lens", "--prompt", PROMPT, "--top-k", "3", "--format", "json").stdout)
+    grid = DecodeGrid.from_dict(data)
+    assert grid == logit_lens(demo_lm, demo_lm.encode(PROMPT), top_k=3)  # JSON keeps every float exactly
+    assert grid.to_dict() == data and grid.top1(30, 4).token == " Paris"
+
+
 def test_lens_table_and_csv():
     table = invoke("lens", "--prompt", PROMPT)
     assert table.exit_code == 0 and "Paris" in table.stdout.splitlines()[-1]
@@ -63,7 +64,7 @@ def test_prompt_from_stdin_and_file(tmp_path):
     result = invoke("lens", "--prompt-file", str(path), "-f", "json", "--out", str(out))
     assert result.exit_code == 0 and result.stdout == ""
     assert json.loads(out.read_text())["tokens"][1] == " capital"
-    assert [p.name for p in tmp_path.iterdir()] == sorted(["p.txt", "grid.json"]) or len(list(tmp_path.iterdir())) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.json", "p.txt"]  # no temporary file left
 
 
 def test_run_json_contract():
@@ -126,3 +127,25 @@ def test_every_command_has_help_with_an_example():
     for command in commands:
         result = invoke(*command, "--help")
         assert result.exit_code == 0 and "Example" in result.stdout, command
+
+
+def test_every_command_shows_the_shared_options_with_their_help():
+    """The shared options are declared once (cli/common.py) and still reach every command's --help."""
+    import typer.main
+
+    shared = {"--model": "a hub id", "--device": "cuda:N", "--dtype": "float32", "--device-map": "accelerate",
+              "--trust-remote-code": "Off unless asked"}
+    for path, command in [(("tui",), None), *_leaf_commands(typer.main.get_command(app))]:
+        text = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "400"}).stdout  # one line per option
+        lines = {match[1]: line for line in text.splitlines() if (match := re.match(r"│[\s*]*(--[\w-]+)", line))}
+        for option, words in shared.items():
+            assert words in lines[option], (path, option)
+        assert ("--debug" in lines) == (path != ("tui",)), path
+
+
+def _leaf_commands(group, path=()):
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from _leaf_commands(command, (*path, name))
+        elif name != "tui":
+            yield (*path, name), command

@@ -57,17 +57,9 @@ def cli(*args: str | bytes, stdin=None, env: dict | None = None, close: tuple[in
 
 
 @pytest.fixture
-def demo_cli(demo_lm, monkeypatch):
+def demo_cli(cli_demo_lm):
     """CLI commands reuse the session's demo model instead of loading their own."""
-    import layerscope.cli.common as common
-
-    def load(model, *args, **kwargs):
-        assert model == "demo"
-        return demo_lm
-
-    for module in ("layerscope.cli.common", "layerscope.cli.lens", "layerscope.cli.heads", "layerscope.cli.studies"):
-        monkeypatch.setattr(f"{module}.load", load)
-    return common
+    return cli_demo_lm
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +146,41 @@ def test_installed_command_follows_the_rule_too():
     result = cli("lens", "--top-k", "0")
     assert result.returncode == 1
     assert_one_error_line(result.stderr.decode(), "--top-k")
+
+
+# A bug is not a user mistake: it keeps its traceback.
+
+BUGGY_LENS = """
+import sys
+import layerscope.analyses.lens as lens
+
+def logit_lens(*args, **kwargs):
+    raise ValueError("deliberate bug deep in the engine")
+
+lens.logit_lens = logit_lens
+sys.argv = ["layerscope", *sys.argv[1:]]
+from layerscope.cli.app import main
+main()
+"""
+
+
+def test_a_bug_in_the_engine_shows_its_traceback_not_an_error_line(tiny_dir):
+    """Only LayerscopeError and OSError are the user's: a ValueError raised by the engine is a bug, and a
+    one-line `error:` would hide where it happened."""
+    result = subprocess.run([sys.executable, "-c", BUGGY_LENS, "lens", "--model", str(tiny_dir), "--prompt", PROMPT],
+                            capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    stderr = result.stderr.decode()
+    assert result.returncode == 1
+    assert "Traceback (most recent call last)" in stderr and "in logit_lens" in stderr
+    assert stderr.rstrip().splitlines()[-1] == "ValueError: deliberate bug deep in the engine"
+    assert not any(line.startswith("error: ") for line in stderr.splitlines())
+
+
+def test_user_mistakes_and_file_errors_stay_one_line_and_debug_shows_their_traceback(tmp_path):
+    missing = str(tmp_path / "missing.txt")
+    assert_one_error_line(invoke("lens", "--prompt-file", missing).stderr, "missing.txt")
+    result = invoke("lens", "--prompt-file", missing, "--debug")
+    assert result.exit_code == 1 and isinstance(result.exception, LayerscopeError)
 
 
 # GGUF files that are not whole.

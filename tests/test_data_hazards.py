@@ -254,12 +254,11 @@ def test_influence_save_follows_the_umask(tmp_path, tiny_dir, umask_022):  # noq
 def test_demo_cache_follows_the_umask(tmp_path, monkeypatch, umask_022):
     """The cache is written by the real code; only the download and the GGUF reader are stood in for."""
     import layerscope.models.demo as demo
-    import layerscope.models.loading as loading
 
     lm = tiny_model("llama")
     monkeypatch.setenv("LAYERSCOPE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(demo, "_download_gguf", lambda workdir, progress: workdir / "x.gguf")
-    monkeypatch.setattr(loading, "load_gguf", lambda path: (lm.model, lm.tokenizer))
+    monkeypatch.setattr(demo, "load_gguf", lambda path: (lm.model, lm.tokenizer))
     target = demo.prepare_demo()
     assert demo.is_demo_cached()
     assert mode(target) == mode(target.parent) == 0o755

@@ -293,7 +293,7 @@ def tiny_scores_file(tmp_path_factory):
         (["heads", "ablate", "--scores", "TINY", "--top", "2"], "4 blocks x 4 heads"),
     ],
 )
-def test_cli_bad_input_is_one_clear_line(args, message, demo_scores_file, tiny_scores_file):
+def test_cli_bad_input_is_one_clear_line(args, message, demo_scores_file, tiny_scores_file, cli_demo_lm):
     args = [{"DEMO": str(demo_scores_file), "TINY": str(tiny_scores_file)}.get(a, a) for a in args]
     result = runner.invoke(app, args)
     assert result.exit_code == 1, result.output
@@ -301,7 +301,7 @@ def test_cli_bad_input_is_one_clear_line(args, message, demo_scores_file, tiny_s
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
 
 
-def test_cli_context_longer_than_window(tmp_path):
+def test_cli_context_longer_than_window(tmp_path, cli_demo_lm):
     haystack = tmp_path / "hay.txt"
     haystack.write_text("The bridge has three arches of different sizes. " * 1000)  # about 10k tokens
     result = runner.invoke(app, ["heads", "retrieval", "--haystack", str(haystack), "--lengths", "8190"])
@@ -310,6 +310,8 @@ def test_cli_context_longer_than_window(tmp_path):
 
 
 def test_cli_induction_json(tmp_path):
+    """Loads the demo model through the real loader, as the installed command does (the other CLI tests here
+    reuse the session's copy)."""
     out = tmp_path / "induction.json"
     result = runner.invoke(app, ["heads", "induction", "--seq-len", "8", "--samples", "1", "--format", "json",
                                  "--out", str(out)])

@@ -39,10 +39,10 @@ async def test_main_flow(demo_lm, tmp_path):
         ids = demo_lm.encode("Paris is the capital of")
         expected = logit_lens(demo_lm, ids, top_k=5)
         grid = app.query_one(DecodeGridView)
-        assert app.results.baseline.tokens == expected.tokens
-        assert [[c.top[0].id for c in row] for row in app.results.baseline.cells] == \
+        assert app.runs.results.baseline.tokens == expected.tokens
+        assert [[c.top[0].id for c in row] for row in app.runs.results.baseline.cells] == \
                [[c.top[0].id for c in row] for row in expected.cells]
-        assert app.results.intervened is None and "baseline" in app.results.continuation
+        assert app.runs.results.intervened is None and "baseline" in app.runs.results.continuation
 
         await pilot.press("1", "ctrl+home", "home", "down", "down", "right", "right", "right")
         assert (grid.cursor_layer, grid.cursor_position) == (3, 2)
@@ -57,7 +57,7 @@ async def test_main_flow(demo_lm, tmp_path):
         await settle(pilot)
         assert app.toggles.drop == {3}
         dropped = logit_lens(demo_lm, ids, top_k=5, interventions=[DropBlocks((3,))])
-        assert [[c.top[0].id for c in row] for row in app.results.intervened.cells] == \
+        assert [[c.top[0].id for c in row] for row in app.runs.results.intervened.cells] == \
                [[c.top[0].id for c in row] for row in dropped.cells]
         changed = [(l, t) for l in range(len(dropped.cells)) for t in range(len(ids[0]))
                    if dropped.top1(l, t).id != expected.top1(l, t).id]
@@ -78,7 +78,7 @@ async def test_main_flow(demo_lm, tmp_path):
         await pilot.press("ctrl+r")
         await settle(pilot)
         masked = logit_lens(demo_lm, ids, top_k=5, interventions=[DropBlocks((3,)), MaskHeads(((0, 0),), "zero")])
-        assert [[c.top[0].id for c in row] for row in app.results.intervened.cells] == \
+        assert [[c.top[0].id for c in row] for row in app.runs.results.intervened.cells] == \
                [[c.top[0].id for c in row] for row in masked.cells]
 
         path = tmp_path / "session.json"
@@ -87,7 +87,7 @@ async def test_main_flow(demo_lm, tmp_path):
         await pilot.press("enter")
         await pilot.pause(0.1)
         assert path.is_file()
-        saved = app.results
+        saved = app.runs.results
 
         await pilot.press("1", "y")  # copy the cell (OSC 52), the grid, and export the grid as CSV
         assert app.clipboard == app.detail.plain and "KL(base‖int)" in app.clipboard
@@ -111,8 +111,8 @@ async def test_main_flow(demo_lm, tmp_path):
         await pilot.pause(0.2)
         assert again.query_one("#prompt").text == "Paris is the capital of"
         assert again.toggles == app.toggles
-        assert again.results.baseline == saved.baseline and again.results.intervened == saved.intervened
-        assert again.results.kl_base_int == saved.kl_base_int
+        assert again.runs.results.baseline == saved.baseline and again.runs.results.intervened == saved.intervened
+        assert again.runs.results.kl_base_int == saved.kl_base_int
         assert "≠" in screen_text(again)
 
 
@@ -124,7 +124,7 @@ async def test_empty_prompt_and_keymap(demo_lm, tmp_path):
         await settle(pilot)
         await pilot.press("f6")
         await pilot.pause(0.1)
-        assert any("prompt is empty" in n for n in notices(app)) and app.run_id == 0
+        assert any("prompt is empty" in n for n in notices(app)) and app.runs.run_id == 0
         assert ("f6", "Run", "run") in app.binding_rows()
         await pilot.press("escape", "question_mark")
         assert type(app.screen).__name__ == "HelpScreen"
@@ -212,8 +212,8 @@ async def test_patchscope_switch_and_cancel(demo_lm, tmp_path):
         await pilot.press("m")
         await settle(pilot)
         want = patchscope_grid(demo_lm, demo_lm.encode("Paris is"), top_k=5)
-        assert app.method == "patchscope" and app.results.baseline.method == "patchscope"
-        assert [[c.top[0].id for c in row] for row in app.results.baseline.cells] == \
+        assert app.method == "patchscope" and app.runs.results.baseline.method == "patchscope"
+        assert [[c.top[0].id for c in row] for row in app.runs.results.baseline.cells] == \
                [[c.top[0].id for c in row] for row in want.cells]
 
         with app.model_lock:  # the workers wait for the model, so the cancels land before their first row
@@ -222,11 +222,11 @@ async def test_patchscope_switch_and_cancel(demo_lm, tmp_path):
             await pilot.press("escape")
         await settle(pilot)
         assert any("cancelled" in n for n in notices(app))
-        assert app.results.baseline.method == "patchscope" and len(app.results.baseline.cells) == len(want.cells)
+        assert app.runs.results.baseline.method == "patchscope" and len(app.runs.results.baseline.cells) == len(want.cells)
         await pilot.press("ctrl+r")
         await settle(pilot)
-        assert app.results.baseline.method == "logit_lens"
-        assert len(app.results.baseline.cells) == demo_lm.n_blocks + 1
+        assert app.runs.results.baseline.method == "logit_lens"
+        assert len(app.runs.results.baseline.cells) == demo_lm.n_blocks + 1
 
 
 async def test_printed_numbers_match_the_engine(demo_lm, tmp_path):

@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch import nn
 
+from layerscope.analyses.grid import DecodeGrid
 from layerscope.errors import LayerscopeError
 from layerscope.tui.keymap import load_keymap
 from layerscope.tui.charts import LABEL, SHADES, Series, layer_chart, overview_text
-from layerscope.tui.state import Results, Session, Toggles, grid_from_dict
+from layerscope.tui.state import Results, Session, Toggles
 from layerscope.tui.themes import SHIPPED_THEMES, load_themes
 
 
@@ -155,7 +156,7 @@ def test_rows_match_the_lens_and_kl_is_the_formula(demo_lm, tmp_path):
             Results(baseline, intervened, [r.kl_base_int for r in rows], {"baseline": " France"})).save(path)
     loaded = Session.load(path)
     assert loaded.toggles.drop == {3} and loaded.prompt == "Paris is the capital of"
-    assert loaded.results.baseline == grid_from_dict(baseline.to_dict()) == baseline
+    assert loaded.results.baseline == DecodeGrid.from_dict(baseline.to_dict()) == baseline
     assert loaded.results.intervened == intervened and loaded.results.continuation == {"baseline": " France"}
 
 
@@ -213,6 +214,30 @@ def test_sighup_ends_the_explorer(tmp_path):
         if process.poll() is None:
             process.kill()
         os.close(main)
+
+
+def test_every_palette_entry_runs_an_app_action():
+    from layerscope.tui.app import LayerscopeApp
+    from layerscope.tui.screens import PALETTE
+
+    assert [action for *_, action in PALETTE if not callable(getattr(LayerscopeApp, f"action_{action}", None))] == []
+
+
+def test_choose_theme_falls_back_and_says_so_only_when_asked():
+    from layerscope.tui.themes import DEFAULT_THEME, FALLBACK_THEME, choose_theme
+
+    assert choose_theme("mine", ["mine", DEFAULT_THEME]) == ("mine", [])
+    assert choose_theme(None, [DEFAULT_THEME]) == (DEFAULT_THEME, [])
+    assert choose_theme(None, [FALLBACK_THEME]) == (FALLBACK_THEME, [])  # the shipped themes are missing: no notice
+    assert choose_theme("nope", [DEFAULT_THEME]) == (FALLBACK_THEME, [f"Unknown theme 'nope'; using {FALLBACK_THEME}."])
+
+
+def test_status_line_leads_with_what_is_stale():
+    from layerscope.tui.views import status_line
+
+    line = status_line(["prompt", "interventions"], "demo · logit_lens · esc\x1b")
+    assert line.plain == "STALE: prompt, interventions changed · Ctrl+R reruns · demo · logit_lens · esc␛"
+    assert status_line([], "demo").plain == "demo"
 
 
 def test_sessions_with_the_old_kind_spellings_still_load():

@@ -40,7 +40,7 @@ async def test_control_characters_never_reach_the_terminal(lm, tmp_path):
     app = make_app(lm, tmp_path)
     async with app.run_test(size=(160, 50)) as pilot:
         await open_session(app, pilot, tmp_path)
-        app.results.continuation["baseline"] = " bell\x07 nul\x00 esc\x1b[2J [INST]"
+        app.runs.results.continuation["baseline"] = " bell\x07 nul\x00 esc\x1b[2J [INST]"
         app.update_output()
         app.grid.cursor_layer, app.grid.cursor_position = 3, 0  # top-1 there is '\x1b[31mred'
         app.set_status("prompt \x1b]52;c;bad\x07")
@@ -102,7 +102,7 @@ async def test_stale_results_are_marked_until_rerun(lm, tmp_path):
         await pilot.press("ctrl+r")
         await settle(pilot)
         assert not app.stale_changes() and not app.grid.has_class("-stale") and "STALE" not in str(app.status.render())
-        assert app.origin.prompt == "The capital of France is big"
+        assert app.runs.origin.prompt == "The capital of France is big"
         await pilot.press("3", "space")  # a head mask waits for Ctrl+R: the shown results are stale till then
         await pilot.pause(0.1)
         assert app.stale_changes() == ["interventions"]
@@ -111,7 +111,7 @@ async def test_stale_results_are_marked_until_rerun(lm, tmp_path):
         await pilot.pause(0.1)
         await pilot.press("down", "enter")
         await settle(pilot)
-        assert app.origin.prompt == app.prompt.text == "The capital of Italy is" and not app.stale_changes()
+        assert app.runs.origin.prompt == app.prompt.text == "The capital of Italy is" and not app.stale_changes()
 
 
 async def test_run_reports_each_phase_with_counts_and_time(lm, tmp_path):
@@ -191,7 +191,7 @@ async def test_cursor_stays_where_the_user_put_it(lm, tmp_path):
         assert (grid.cursor_layer, grid.cursor_position) == (2, 1)
         await pilot.press("m")
         await settle(pilot)
-        assert app.results.baseline.method == "patchscope" and (grid.cursor_layer, grid.cursor_position) == (2, 1)
+        assert app.runs.results.baseline.method == "patchscope" and (grid.cursor_layer, grid.cursor_position) == (2, 1)
         await pilot.press("m")
         await settle(pilot)
         await pilot.press("v", "v")
@@ -296,7 +296,7 @@ async def test_sample_picker_filters_as_you_type(lm, tmp_path):
         assert [app.screen.choices[i] for i in app.screen.shown] == ["capitals.jsonl: The capital of Italy is"]
         await pilot.press("enter")
         await settle(pilot)
-        assert app.prompt.text == "The capital of Italy is" and app.origin.prompt == "The capital of Italy is"
+        assert app.prompt.text == "The capital of Italy is" and app.runs.origin.prompt == "The capital of Italy is"
 
 
 async def test_ramp_never_reads_as_an_error_in_16_colours(lm, tmp_path):
@@ -408,11 +408,11 @@ def test_a_cancelled_worker_stops_at_the_next_block(lm):
     """The hook a run installs raises before the next block once cancelled, and is gone afterwards."""
     import torch
 
-    from layerscope.tui.app import _Cancelled, stop_between_blocks
+    from layerscope.tui.runs import Cancelled, stop_between_blocks
 
     ids = torch.tensor([[2, 3, 4, 5]])
     seen = []
-    with stop_between_blocks(lm, lambda: len(seen) > 0), pytest.raises(_Cancelled):
+    with stop_between_blocks(lm, lambda: len(seen) > 0), pytest.raises(Cancelled):
         lm.adapter.blocks[0].register_forward_hook(lambda *_: seen.append(1))
         lm.model(ids)
     assert seen == [1]  # block 0 ran, block 1 did not

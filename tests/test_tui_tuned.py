@@ -57,8 +57,8 @@ async def test_identity_lens_grid_is_the_logit_lens(lm, tmp_path):
         await settle(pilot)
         await pilot.press("m")
         await settle(pilot)
-        assert app.method == "tuned_lens" and app.results.baseline.method == "tuned_lens"
-        assert_same_grid(app.results.baseline, logit_lens(lm, lm.encode(PROMPT)))
+        assert app.method == "tuned_lens" and app.runs.results.baseline.method == "tuned_lens"
+        assert_same_grid(app.runs.results.baseline, logit_lens(lm, lm.encode(PROMPT)))
         await pilot.press("m")
         await settle(pilot)
         assert app.method == "patchscope"
@@ -75,14 +75,14 @@ async def test_trained_lens_grid_is_the_engines_with_interventions(lm, tmp_path)
         await pilot.press("m")
         await settle(pilot)
         want = tuned_lens(lm, ids, lens)
-        assert_same_grid(app.results.baseline, want)
+        assert_same_grid(app.runs.results.baseline, want)
         assert [c.top[0].id for c in want.cells[1]] != [c.top[0].id for c in logit_lens(lm, ids).cells[1]]
         app.apply_toggles(app.toggles.toggle("drop", 1))
         await settle(pilot)
         rows, final = lens_logits(lm, ids, [DropBlocks((1,))], translate=lens.translate_rows)
         dropped = build_grid(lm, "tuned_lens", ids, rows, final, layer_labels(lm.n_blocks), 5)
-        assert_same_grid(app.results.intervened, dropped)
-        assert_same_grid(app.results.baseline, want)
+        assert_same_grid(app.runs.results.intervened, dropped)
+        assert_same_grid(app.runs.results.baseline, want)
         await pilot.press("down", "right")
         await pilot.pause(0.3)
         layer, position = app.grid.cursor_layer, app.grid.cursor_position
@@ -111,4 +111,4 @@ async def test_without_a_lens_m_skips_it_and_a_bad_folder_is_one_notice(lm, tmp_
         assert app.method == "logit_lens"
         await pilot.press("m")
         await settle(pilot)
-        assert app.method == "tuned_lens" and app.results.baseline.method == "tuned_lens"
+        assert app.method == "tuned_lens" and app.runs.results.baseline.method == "tuned_lens"

@@ -130,8 +130,7 @@ def test_lens_that_does_not_fit_the_model_is_a_clear_error(tmp_path):
 
 def test_cli_train_lens_and_eval(tmp_path, monkeypatch):
     lm = tiny_model("llama")
-    for module in ("lens", "tunedlens"):
-        monkeypatch.setattr(f"layerscope.cli.{module}.load", lambda model, *a, **k: lm)
+    monkeypatch.setattr("layerscope.cli.common.ModelOptions.load", lambda options: lm)
     calibration, heldout = tmp_path / "cal.txt", tmp_path / "held.txt"
     calibration.write_text(word_text(300, 4))
     heldout.write_text(word_text(100, 5))

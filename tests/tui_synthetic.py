@@ -92,7 +92,7 @@ async def settle(pilot) -> None:
     app = pilot.app
     for _ in range(2400):
         await pilot.pause(0.05)
-        if not any(worker.is_running for worker in app.workers) and not app.running:
+        if not any(worker.is_running for worker in app.workers) and not app.runs.running:
             break
     await pilot.pause(0.1)
 

@@ -49,6 +49,13 @@ class DecodeGrid:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> DecodeGrid:
+        """The grid `to_dict` wrote (a saved session, `layerscope lens --format json`); other keys are ignored."""
+        cells = [[GridCell(top=[TopToken(**top) for top in cell["top"]], entropy_bits=cell["entropy_bits"],
+                           kl_to_final=cell["kl_to_final"]) for cell in row] for row in data["cells"]]
+        return cls(data["model"], data["method"], data["tokens"], data["token_ids"], data["layers"], cells)
+
     def top1(self, row: int, position: int) -> TopToken:
         return self.cells[row][position].top[0]
 

@@ -1,15 +1,22 @@
 """What every command shares: options, prompt input, progress, output, errors.
 
-Engine modules are imported inside functions so `--help` and the TUI start fast.
+A command declares the option groups it takes as parameters typed with the dataclasses below
+(`ModelOptions`, `PromptInput`, `Output`, ...); `@command` turns each group into its options for typer,
+adds --debug, and hands the command the filled dataclass. Engine modules are imported inside functions so
+`--help` and the TUI start fast.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import re
 import shlex
 import sys
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -17,7 +24,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from layerscope.errors import LayerscopeError, require_utf8
-from layerscope.specs import parse_blocks, parse_heads  # noqa: F401  (re-exported for the commands)
+from layerscope.outputs import check_not_input, check_writable, to_csv, to_json, write_atomic
 from layerscope.textfiles import read_text_file
 
 if TYPE_CHECKING:
@@ -45,6 +52,149 @@ BosOption = Annotated[bool, typer.Option("--bos", help="Start every prompt with 
                                                        "Stages of Inference scripts do); an error if it has none.")]
 
 
+@dataclass(frozen=True)
+class ModelOptions:
+    """Which model, and where and how it runs: the options every command takes."""
+
+    model: ModelOption = "demo"
+    device: DeviceOption = "auto"
+    dtype: DtypeOption = "auto"
+    device_map: DeviceMapOption = None
+    trust_remote_code: TrustOption = False
+    bos = False  # not a field: BosModelOptions makes it an option for the commands that take --bos
+
+    def load(self) -> LoadedModel:
+        """The model, with progress on stderr; under torchrun this rank joins the job first."""
+        from layerscope.distributed import start
+        from layerscope.models.loading import load_model
+
+        device = start(self.device, self.device_map)  # under torchrun: this rank's device
+        progress = StderrProgress()
+        try:
+            lm = load_model(self.model, device=device, dtype=self.dtype, device_map=self.device_map,
+                            trust_remote_code=self.trust_remote_code, progress=progress)
+        finally:
+            progress.close()
+        if self.bos:
+            lm.prepend_bos()
+        return lm
+
+
+@dataclass(frozen=True)
+class BosModelOptions(ModelOptions):
+    """The model options and --bos, for the commands whose prompts can start with BOS."""
+
+    bos: BosOption = False
+
+
+@dataclass(frozen=True)
+class PromptInput:
+    """The prompt: from --prompt, --prompt-file, or stdin when it is piped."""
+
+    prompt: PromptOption = None
+    prompt_file: PromptFileOption = None
+
+    def read(self) -> str:
+        """The prompt's text; stdin is read as bytes (it need not be UTF-8, nor open)."""
+        if self.prompt is not None and self.prompt_file is not None:
+            raise LayerscopeError("Give --prompt or --prompt-file, not both.")
+        if self.prompt_file is not None:
+            text = read_text_file(self.prompt_file, "prompt file")
+        elif self.prompt is not None:
+            text = self.prompt
+        elif sys.stdin is not None and not sys.stdin.isatty():
+            stream = getattr(sys.stdin, "buffer", None)
+            text = require_utf8(stream.read(), "The prompt on stdin") if stream else sys.stdin.read()
+        else:
+            raise LayerscopeError("No prompt: give --prompt, --prompt-file, or pipe text on stdin.")
+        text = text.rstrip("\n")
+        if not text.strip():
+            raise LayerscopeError("The prompt is empty.")
+        return text
+
+    @property
+    def files(self) -> dict[str, Path | None]:
+        """The files read, for `Output.check`."""
+        return {"--prompt-file": self.prompt_file}
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where the result goes (--out, else stdout) and in which format."""
+
+    format: FormatOption = Format.table
+    out: OutOption = None
+
+    def check(self, model: ModelOptions, inputs: dict[str, Path | None] | None = None) -> None:
+        """Before any compute: the folder of --out is writable, and --out is none of the files read."""
+        check_writable(self.out)
+        check_not_input(self.out, model.model, inputs)
+
+    def write(self, data: Callable[[], dict], rows: Callable[[], Iterable[dict]], table: Callable[[], str]) -> None:
+        """Only the asked format is rendered: json of `data()`, csv of `rows()`, or `table()`."""
+        render = {"json": lambda: to_json(data()), "csv": lambda: to_csv(rows()), "table": table}
+        write_atomic(render[self.format.value](), self.out)
+
+
+def _is_group(annotation) -> bool:
+    return isinstance(annotation, type) and dataclasses.is_dataclass(annotation)
+
+
+def with_option_groups(function: Callable) -> Callable:
+    """Typer sees each parameter typed with an option dataclass as that dataclass's options, in its place;
+    the function receives the dataclass, filled."""
+    signature = inspect.signature(function, eval_str=True)
+    groups = {name: p.annotation for name, p in signature.parameters.items() if _is_group(p.annotation)}
+    parameters = []
+    for name, parameter in signature.parameters.items():
+        if name not in groups:
+            parameters.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+            continue
+        hints = typing.get_type_hints(groups[name], include_extras=True)
+        parameters += [inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=field.default,
+                                         annotation=hints[field.name]) for field in dataclasses.fields(groups[name])]
+
+    signature = inspect.Signature(parameters)
+
+    @functools.wraps(function)
+    def wrapper(**options):
+        bound = signature.bind(**options)  # also callable from Python, with the options' defaults
+        bound.apply_defaults()
+        options = bound.arguments
+        for name, group in groups.items():
+            options[name] = group(**{field.name: options.pop(field.name) for field in dataclasses.fields(group)})
+        return function(**options)
+
+    wrapper.__signature__ = signature
+    wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+    return wrapper
+
+
+def command(function: Callable) -> Callable:
+    """A command: its option groups expanded (`with_option_groups`), --debug added, and the user's mistakes
+    (LayerscopeError, and OSError from the files named) shown as one `error:` line with exit code 1. Any other
+    exception is a bug and keeps its traceback."""
+    grouped = with_option_groups(function)
+
+    @functools.wraps(grouped)
+    def wrapper(*, debug: bool = False, **options):
+        try:
+            check_text_options(options)
+            return grouped(**options)
+        except (LayerscopeError, OSError) as error:
+            if debug:
+                raise
+            raise fail(str(error) or type(error).__name__) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted") from None
+
+    debug = inspect.Parameter("debug", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=DebugOption)
+    parameters = [*inspect.signature(grouped).parameters.values(), debug]
+    wrapper.__signature__ = inspect.Signature(parameters)
+    wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+    return wrapper
+
+
 def fail(message: str) -> typer.Exit:
     """One line, whatever the message quotes from the user's input."""
     typer.echo(f"error: {visible(message)}", err=True)
@@ -59,47 +209,10 @@ def check_text_options(options: dict) -> None:
             require_utf8(value, "--" + name.replace("_", "-"))
 
 
-def handles_errors(command: Callable) -> Callable:
-    """User errors become one line on stderr and exit code 1; --debug shows the traceback."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            check_text_options(kwargs)
-            return command(*args, **kwargs)
-        except (LayerscopeError, OSError, ValueError) as error:
-            if kwargs.get("debug"):
-                raise
-            raise fail(str(error) or type(error).__name__) from None
-        except KeyboardInterrupt:
-            raise fail("interrupted") from None
-
-    return wrapper
-
-
 def command_line_with(flag: str) -> str:
     """This run's command line with `flag` added, quoted so that it can be pasted back as printed."""
     args = sys.argv[1:]
     return shlex.join(["layerscope", *args, *([] if flag in args else [flag])])
-
-
-def read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
-    """From --prompt, --prompt-file, or stdin when it is piped (read as bytes: it need not be UTF-8, nor open)."""
-    if prompt is not None and prompt_file is not None:
-        raise LayerscopeError("Give --prompt or --prompt-file, not both.")
-    if prompt_file is not None:
-        text = read_text_file(prompt_file, "prompt file")
-    elif prompt is not None:
-        text = prompt
-    elif sys.stdin is not None and not sys.stdin.isatty():
-        stream = getattr(sys.stdin, "buffer", None)
-        text = require_utf8(stream.read(), "The prompt on stdin") if stream else sys.stdin.read()
-    else:
-        raise LayerscopeError("No prompt: give --prompt, --prompt-file, or pipe text on stdin.")
-    text = text.rstrip("\n")
-    if not text.strip():
-        raise LayerscopeError("The prompt is empty.")
-    return text
 
 
 class StderrProgress:
@@ -137,21 +250,6 @@ class StderrProgress:
             self._bar.stop()
 
 
-def load(model: str, device: str, dtype: str, device_map: str | None, trust_remote_code: bool,
-         bos: bool = False) -> LoadedModel:
-    from layerscope.distributed import start
-    from layerscope.models.loading import load_model
-
-    device = start(device, device_map)  # under torchrun: join the job, this rank's device
-    progress = StderrProgress()
-    try:
-        lm = load_model(model, device=device, dtype=dtype, device_map=device_map,
-                        trust_remote_code=trust_remote_code, progress=progress)
-    finally:
-        progress.close()
-    if bos:
-        lm.prepend_bos()
-    return lm
 
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")

@@ -8,26 +8,16 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from layerscope.cli.common import (
-    DebugOption,
-    DeviceMapOption,
-    DeviceOption,
-    DtypeOption,
-    Format,
-    FormatOption,
-    ModelOption,
-    OutOption,
-    PromptFileOption,
-    PromptOption,
+    ModelOptions,
+    Output,
+    PromptInput,
     StderrProgress,
     TopKOption,
-    TrustOption,
-    handles_errors,
-    load,
-    parse_blocks,
-    read_prompt,
+    command,
     shorten,
 )
-from layerscope.outputs import check_not_input, check_writable, to_csv, to_json, write_atomic
+from layerscope.errors import LayerscopeError
+from layerscope.specs import parse_blocks
 
 if TYPE_CHECKING:
     from layerscope.analyses.head_scores import HeadScores
@@ -44,11 +34,6 @@ AnswerTokensOption = Annotated[int, typer.Option("--max-new-tokens", min=1, max=
                                                  help="Greedy answer length limit; decoding also stops at a newline.")]
 ScoresOption = Annotated[Path, typer.Option("--scores", help="Head scores JSON written by `heads retrieval`.")]
 ShowOption = Annotated[int, typer.Option("--show", min=1, help="Heads listed in the table.")]
-
-
-def render(format: Format, data: dict, rows: list[dict], table: str, out: Path | None) -> None:
-    rendered = {Format.json: lambda: to_json(data), Format.csv: lambda: to_csv(rows), Format.table: lambda: table}
-    write_atomic(rendered[format](), out)
 
 
 def patchscope_table(report: PatchscopeReport) -> str:
@@ -68,10 +53,11 @@ def patchscope_table(report: PatchscopeReport) -> str:
     return "\n".join(lines)
 
 
+@command
 def patchscope(
-    model: ModelOption = "demo",
-    prompt: PromptOption = None,
-    prompt_file: PromptFileOption = None,
+    *,
+    model: ModelOptions,
+    prompt: PromptInput,
     target_prompt: Annotated[str | None, typer.Option(
         help="Target prompt (default: the few-shot identity prompt 'cat -> cat\\n1135 -> 1135\\nhello -> hello\\n?').")
     ] = None,
@@ -81,36 +67,23 @@ def patchscope(
     target_layer: Annotated[str, typer.Option(help="'same' (target row = source row) or a grid row 0..L.")] = "same",
     max_new_tokens: Annotated[int, typer.Option(min=0, max=50, help="Greedy description length per cell.")] = 0,
     top_k: TopKOption = 5,
-    format: FormatOption = Format.table,
-    out: OutOption = None,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
-    device_map: DeviceMapOption = None,
-    trust_remote_code: TrustOption = False,
-    debug: DebugOption = False,
+    output: Output,
 ) -> None:
     """Patchscopes: the model says what each layer's state at each token encodes, with precision@1 beside the lens.
 
     Example: layerscope patchscope --model demo --prompt "The Eiffel Tower is in Paris"
     Example: layerscope patchscope -p "France" --target-prompt "The capital city of x is" --target-layer 8
     """
-    run_patchscope_command(**locals())
-
-
-@handles_errors
-def run_patchscope_command(model, prompt, prompt_file, target_prompt, placeholder, target_layer, max_new_tokens,
-                           top_k, format, out, device, dtype, device_map, trust_remote_code, debug):
     from layerscope.analyses.patchscope import check_target_layer, parse_target, run_patchscope
 
-    text = read_prompt(prompt, prompt_file)
-    check_writable(out)
-    check_not_input(out, model, {"--prompt-file": prompt_file})
+    text = prompt.read()
+    output.check(model, prompt.files)
     if target_layer != "same" and not target_layer.isdigit():
-        raise ValueError(f"--target-layer must be 'same' or a row number, not '{target_layer}'.")
+        raise LayerscopeError(f"--target-layer must be 'same' or a row number, not '{target_layer}'.")
     layer = None if target_layer == "same" else int(target_layer)
     if target_prompt is not None and placeholder is None:
         placeholder = "x"
-    lm = load(model, device, dtype, device_map, trust_remote_code)
+    lm = model.load()
     target = parse_target(lm, target_prompt, placeholder)
     check_target_layer(lm, layer)
     ids = lm.encode(text)
@@ -119,7 +92,7 @@ def run_patchscope_command(model, prompt, prompt_file, target_prompt, placeholde
         report = run_patchscope(lm, ids, target, layer, top_k, max_new_tokens, progress)
     finally:
         progress.close()
-    render(format, report.to_dict(), list(report.grid.csv_rows()), patchscope_table(report), out)
+    output.write(report.to_dict, report.grid.csv_rows, lambda: patchscope_table(report))
 
 
 def heads_table(scores: HeadScores, show: int) -> str:
@@ -151,8 +124,10 @@ def needle_tests(lm, haystack: Path | None, needles: Path | None, lengths: str, 
 
 
 @heads_app.command("retrieval")
+@command
 def retrieval(
-    model: ModelOption = "demo",
+    *,
+    model: ModelOptions,
     haystack: HaystackOption = None,
     needles: NeedlesOption = None,
     lengths: Annotated[str, typer.Option(help="Haystack lengths in tokens, e.g. 512,1024,2048.")] = "512,1024,2048",
@@ -162,30 +137,17 @@ def retrieval(
                                            "the paper's formula) or 'answer' (only the answer words inside it, as "
                                            "the authors' code and its published figures).")] = "needle",
     show: ShowOption = 20,
-    format: FormatOption = Format.table,
-    out: OutOption = None,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
-    device_map: DeviceMapOption = None,
-    trust_remote_code: TrustOption = False,
-    debug: DebugOption = False,
+    output: Output,
 ) -> None:
     """Retrieval heads: needle-in-a-haystack tests scored per query head with the copy-paste rule.
 
     Example: layerscope heads retrieval --model demo --lengths 512,1024 --format json --out scores.json
     """
-    run_retrieval(**locals())
-
-
-@handles_errors
-def run_retrieval(model, haystack, needles, lengths, depths, max_new_tokens, span, show, format, out, device, dtype,
-                  device_map, trust_remote_code, debug):
     from layerscope.analyses.retrieval import check_span, needle_results, retrieval_from_results
 
     check_span(span)
-    check_writable(out)
-    check_not_input(out, model, needle_files(haystack, needles))
-    lm = load(model, device, dtype, device_map, trust_remote_code)
+    output.check(model, needle_files(haystack, needles))
+    lm = model.load()
     tests = needle_tests(lm, haystack, needles, lengths, depths, span)
     lm.check_generation(max(test.ids.shape[1] for test in tests), max_new_tokens)
     progress = StderrProgress()
@@ -207,7 +169,7 @@ def run_retrieval(model, haystack, needles, lengths, depths, max_new_tokens, spa
     stopped = f" (interrupted: {len(results)} of {len(tests)} tests ran)" if len(results) < len(tests) else ""
     lines += ["", f"answered {scores.meta['answered']} of {len(results)} tests{stopped}; scored span: {span}",
               heads_table(scores, show)]
-    render(format, scores.to_dict(), head_rows(scores), "\n".join(lines), out)
+    output.write(scores.to_dict, lambda: head_rows(scores), lambda: "\n".join(lines))
 
 
 def activity_table(trace: ActivityTrace) -> str:
@@ -218,84 +180,61 @@ def activity_table(trace: ActivityTrace) -> str:
 
 
 @heads_app.command("activity")
+@command
 def activity(
+    *,
     scores: ScoresOption,
-    model: ModelOption = "demo",
-    prompt: PromptOption = None,
-    prompt_file: PromptFileOption = None,
+    model: ModelOptions,
+    prompt: PromptInput,
     max_new_tokens: AnswerTokensOption = 30,
-    format: FormatOption = Format.table,
-    out: OutOption = None,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
-    device_map: DeviceMapOption = None,
-    trust_remote_code: TrustOption = False,
-    debug: DebugOption = False,
+    output: Output,
 ) -> None:
     """Per generated token, how many known retrieval heads copy-pasted it from the prompt (quiet heads can
     signal hallucination).
 
     Example: layerscope heads activity --model demo --scores scores.json --prompt-file question.txt
     """
-    run_activity(**locals())
-
-
-@handles_errors
-def run_activity(scores, model, prompt, prompt_file, max_new_tokens, format, out, device, dtype, device_map,
-                 trust_remote_code, debug):
     from layerscope.analyses.head_scores import load_head_scores
     from layerscope.analyses.retrieval import activity_trace
 
-    text = read_prompt(prompt, prompt_file)
-    check_writable(out)
-    check_not_input(out, model, {"--scores": scores, "--prompt-file": prompt_file})
-    lm = load(model, device, dtype, device_map, trust_remote_code)
+    text = prompt.read()
+    output.check(model, {"--scores": scores, **prompt.files})
+    lm = model.load()
     head_scores = load_head_scores(scores, lm)
     trace = activity_trace(lm, lm.encode(text), head_scores, max_new_tokens)
-    rows = [{"step": i, "token": s.token, "id": s.id, "active": s.active} for i, s in enumerate(trace.steps)]
-    render(format, trace.to_dict(), rows, activity_table(trace), out)
+    output.write(trace.to_dict, lambda: ({"step": i, "token": s.token, "id": s.id, "active": s.active}
+                                         for i, s in enumerate(trace.steps)), lambda: activity_table(trace))
 
 
 @heads_app.command("induction")
+@command
 def induction(
-    model: ModelOption = "demo",
+    *,
+    model: ModelOptions,
     seq_len: Annotated[int, typer.Option(min=2, help="Length of the random token block.")] = 50,
     repeats: Annotated[int, typer.Option(min=2, help="Times the block is repeated.")] = 2,
     samples: Annotated[int, typer.Option(min=1, help="Random sequences averaged.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the random tokens.")] = 0,
     show: ShowOption = 10,
-    format: FormatOption = Format.table,
-    out: OutOption = None,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
-    device_map: DeviceMapOption = None,
-    trust_remote_code: TrustOption = False,
-    debug: DebugOption = False,
+    output: Output,
 ) -> None:
     """Induction (prefix-matching) heads on repeated random tokens, and previous-token heads on ordinary text.
 
     Example: layerscope heads induction --model demo --seq-len 50 --repeats 2 --samples 10 --format json
     """
-    run_induction(**locals())
-
-
-@handles_errors
-def run_induction(model, seq_len, repeats, samples, seed, show, format, out, device, dtype, device_map,
-                  trust_remote_code, debug):
     from layerscope.analyses.induction import induction_scores, previous_token_scores
 
-    check_writable(out)
-    check_not_input(out, model)
-    lm = load(model, device, dtype, device_map, trust_remote_code)
+    output.check(model)
+    lm = model.load()
     progress = StderrProgress()
     try:
         prefix = induction_scores(lm, seq_len, repeats, samples, seed, progress)
         previous = previous_token_scores(lm, progress=progress)
     finally:
         progress.close()
-    table = heads_table(prefix, show) + "\n\n" + heads_table(previous, show)
-    render(format, {**prefix.to_dict(), "previous_token": previous.to_dict()},
-           head_rows(prefix) + head_rows(previous), table, out)
+    output.write(lambda: {**prefix.to_dict(), "previous_token": previous.to_dict()},
+                 lambda: head_rows(prefix) + head_rows(previous),
+                 lambda: heads_table(prefix, show) + "\n\n" + heads_table(previous, show))
 
 
 def ablation_table(report: AblationReport) -> str:
@@ -310,40 +249,29 @@ def ablation_table(report: AblationReport) -> str:
 
 
 @heads_app.command("ablate")
+@command
 def ablate(
+    *,
     scores: ScoresOption,
     top: Annotated[int, typer.Option("--top", min=1, help="K: how many top heads (and random heads) to mask.")],
-    model: ModelOption = "demo",
+    model: ModelOptions,
     seed: Annotated[int, typer.Option(help="Seed for the random heads.")] = 0,
     haystack: HaystackOption = None,
     needles: NeedlesOption = None,
     lengths: Annotated[str, typer.Option(help="Haystack lengths in tokens.")] = "512,1024",
     depths: DepthsOption = "0,50,100",
     max_new_tokens: AnswerTokensOption = 50,
-    format: FormatOption = Format.table,
-    out: OutOption = None,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
-    device_map: DeviceMapOption = None,
-    trust_remote_code: TrustOption = False,
-    debug: DebugOption = False,
+    output: Output,
 ) -> None:
     """Mask the top-K heads of a scores file, then K random heads, in both modes; NIAH accuracy for each.
 
     Example: layerscope heads ablate --model demo --scores scores.json --top 10
     """
-    run_ablate(**locals())
-
-
-@handles_errors
-def run_ablate(scores, top, model, seed, haystack, needles, lengths, depths, max_new_tokens, format, out, device,
-               dtype, device_map, trust_remote_code, debug):
     from layerscope.analyses.head_scores import load_head_scores
     from layerscope.analyses.retrieval import ablation_experiment, ablation_heads
 
-    check_writable(out)
-    check_not_input(out, model, {"--scores": scores, **needle_files(haystack, needles)})
-    lm = load(model, device, dtype, device_map, trust_remote_code)
+    output.check(model, {"--scores": scores, **needle_files(haystack, needles)})
+    lm = model.load()
     head_scores = load_head_scores(scores, lm)
     ablation_heads(head_scores, top, seed)
     tests = needle_tests(lm, haystack, needles, lengths, depths)
@@ -353,5 +281,5 @@ def run_ablate(scores, top, model, seed, haystack, needles, lengths, depths, max
         report = ablation_experiment(lm, head_scores, top, tests, seed, max_new_tokens, progress)
     finally:
         progress.close()
-    rows = [{"run": name, "accuracy": accuracy} for name, accuracy in report.accuracy.items()]
-    render(format, report.to_dict(), rows, ablation_table(report), out)
+    output.write(report.to_dict, lambda: ({"run": name, "accuracy": accuracy} for name, accuracy in report.accuracy.items()),
+                 lambda: ablation_table(report))

@@ -11,25 +11,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from layerscope.cli.common import (
-    BosOption,
-    DebugOption,
-    DeviceMapOption,
-    DeviceOption,
-    DtypeOption,
-    Format,
-    FormatOption,
-    ModelOption,
-    OutOption,
-    PromptFileOption,
-    PromptOption,
+    BosModelOptions,
+    Output,
+    PromptInput,
     TopKOption,
-    TrustOption,
-    handles_errors,
-    load,
-    read_prompt,
+    command,
     shorten,
 )
-from layerscope.outputs import check_not_input, check_writable, to_csv, to_json, write_atomic
 from layerscope.errors import LayerscopeError
 
 if TYPE_CHECKING:
@@ -54,49 +42,34 @@ class LensMethod(str, Enum):
     tuned = "tuned"
 
 
+@command
 def lens(
-    model: ModelOption = "demo",
-    prompt: PromptOption = None,
-    prompt_file: PromptFileOption = None,
+    *,
+    model: BosModelOptions,
+    prompt: PromptInput,
     method: Annotated[LensMethod, typer.Option(help="logit, or tuned (needs --lens).")] = LensMethod.logit,
     lens_dir: Annotated[Path | None, typer.Option("--lens", help="Tuned lens folder for --method tuned "
                                                                  "(layerscope tunedlens train).")] = None,
     top_k: TopKOption = 5,
-    format: FormatOption = Format.table,
-    out: OutOption = None,
-    bos: BosOption = False,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
-    device_map: DeviceMapOption = None,
-    trust_remote_code: TrustOption = False,
-    debug: DebugOption = False,
+    output: Output,
 ) -> None:
     """Logit lens: decode every layer's residual stream at every prompt token.
 
     Example: layerscope lens --model demo --prompt "The capital of France is" --format json
     """
-    run_lens(**locals())
-
-
-@handles_errors
-def run_lens(model, prompt, prompt_file, method, lens_dir, top_k, format, out, bos, device, dtype, device_map,
-             trust_remote_code, debug):
     from layerscope.analyses.lens import logit_lens
     from layerscope.analyses.tuned_lens import load_tuned_lens, tuned_lens
 
-    text = read_prompt(prompt, prompt_file)
-    check_writable(out)
+    text = prompt.read()
     if (method is LensMethod.tuned) != (lens_dir is not None):
         raise LayerscopeError("--method tuned needs --lens DIR, and --lens goes with --method tuned.")
-    check_not_input(out, model, {"--prompt-file": prompt_file})
-    lm = load(model, device, dtype, device_map, trust_remote_code, bos)
+    output.check(model, prompt.files)
+    lm = model.load()
     if lens_dir is None:
         grid = logit_lens(lm, lm.encode(text), top_k=top_k)
     else:
         grid = tuned_lens(lm, lm.encode(text), load_tuned_lens(lm, lens_dir), top_k=top_k)
-    rendered = {Format.json: lambda: to_json(grid.to_dict()), Format.csv: lambda: to_csv(grid.csv_rows()),
-                Format.table: lambda: grid_table(grid)}[format]()
-    write_atomic(rendered, out)
+    output.write(grid.to_dict, grid.csv_rows, lambda: grid_table(grid))
 
 
 def report_table(report: InterventionReport) -> str:
@@ -114,9 +87,14 @@ def report_table(report: InterventionReport) -> str:
     return "\n".join(lines)
 
 
+def comparison_rows(report: InterventionReport) -> list[dict]:
+    return [{"position": p.position, "token": p.token, "kl": p.kl, "top1_agree": p.top1_agree,
+             "entropy_delta": p.entropy_delta, "loss_delta": p.loss_delta} for p in report.comparison.positions]
+
+
 def with_intervention_options(command: Callable[..., None]) -> Callable[..., None]:
     """Declare one option per way of choosing a registered intervention kind (`--drop`, `--freeze-from`, ...,
-    and each kind's settings such as `--seed`), after `--prompt-file`; `command` gets them in **chosen."""
+    and each kind's settings such as `--seed`), after the prompt options; `command` gets them in **chosen."""
     from layerscope.interventions.core import cli_options
 
     def typed(option):
@@ -126,63 +104,41 @@ def with_intervention_options(command: Callable[..., None]) -> Callable[..., Non
     parameters = [inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=option.default,
                                     annotation=typed(option)) for option in cli_options()]
     declared = inspect.signature(command, eval_str=True).parameters.values()
-    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in declared
-           if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    at = [p.name for p in own].index("prompt_file") + 1
+    own = [p for p in declared if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    at = 1 + max(i for i, p in enumerate(own) if p.name in ("prompt", "prompt_file"))  # a PromptInput, or its options
     command.__signature__ = inspect.Signature([*own[:at], *parameters, *own[at:]])
     return command
 
 
+@command
 @with_intervention_options
 def run(
-    model: ModelOption = "demo",
-    prompt: PromptOption = None,
-    prompt_file: PromptFileOption = None,
+    *,
+    model: BosModelOptions,
+    prompt: PromptInput,
     max_new_tokens: Annotated[int, typer.Option(min=0, help="Greedy continuation length for both runs.")] = 20,
     top_k: TopKOption = 5,
-    format: FormatOption = Format.table,
-    out: OutOption = None,
-    bos: BosOption = False,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
-    device_map: DeviceMapOption = None,
-    trust_remote_code: TrustOption = False,
-    debug: DebugOption = False,
+    output: Output,
     **chosen: Any,
 ) -> None:
     """Run with interventions: the intervened lens, its comparison with the baseline, and both continuations.
 
     Example: layerscope run --model demo --prompt "The capital of France is" --drop 3,5 --swap 10
     """
-    run_run(**locals())
-
-
-@handles_errors
-def run_run(model, prompt, prompt_file, max_new_tokens, top_k, format, out, bos, device, dtype, device_map,
-            trust_remote_code, debug, chosen):
     from layerscope.analyses.compare import run_interventions
     from layerscope.interventions import ModelShape, check_interventions
     from layerscope.interventions.core import cli_options, interventions_from_options, options_given
 
-    text = read_prompt(prompt, prompt_file)
-    check_writable(out)
-    check_not_input(out, model, {"--prompt-file": prompt_file})
+    text = prompt.read()
+    output.check(model, prompt.files)
     interventions_from_options(chosen, 0)  # a bad spec is refused before the model loads
     if not options_given(chosen):
         flags = [option.flag for option in cli_options() if option.chooses]
         raise LayerscopeError(f"No intervention given: use {', '.join(flags[:-1])} or {flags[-1]} "
                               "(or 'layerscope lens' for the plain lens).")
-    lm = load(model, device, dtype, device_map, trust_remote_code, bos)
+    lm = model.load()
     interventions = interventions_from_options(chosen, lm.n_blocks)
     ids = lm.encode(text)
     check_interventions(interventions, ModelShape(lm.n_blocks, lm.adapter.n_heads, ids.shape[1]))
     report = run_interventions(lm, ids, interventions, top_k=top_k, max_new_tokens=max_new_tokens)
-    if format is Format.json:
-        rendered = to_json(report.to_dict())
-    elif format is Format.csv:
-        rendered = to_csv({"position": p.position, "token": p.token, "kl": p.kl, "top1_agree": p.top1_agree,
-                           "entropy_delta": p.entropy_delta, "loss_delta": p.loss_delta}
-                          for p in report.comparison.positions)
-    else:
-        rendered = report_table(report)
-    write_atomic(rendered, out)
+    output.write(report.to_dict, lambda: comparison_rows(report), lambda: report_table(report))

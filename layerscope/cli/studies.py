@@ -6,6 +6,7 @@ import json
 import sys
 from collections import deque
 from contextlib import nullcontext
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -13,26 +14,18 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from layerscope.cli.common import (
-    BosOption,
-    DebugOption,
-    DeviceMapOption,
-    DeviceOption,
-    DtypeOption,
-    Format,
-    FormatOption,
-    ModelOption,
-    OutOption,
+    BosModelOptions,
+    ModelOptions,
+    Output,
     StderrProgress,
-    TrustOption,
+    command,
     command_line_with,
-    handles_errors,
-    load,
-    parse_blocks,
 )
-from layerscope.outputs import check_not_input, check_writable, to_csv, to_json, write_atomic
+from layerscope.outputs import check_writable
 from layerscope.errors import LayerscopeError
 from layerscope.interventions import chosen_by_block
 from layerscope.locations import SAMPLE_PROMPTS, sample_file
+from layerscope.specs import parse_blocks
 from layerscope.textfiles import read_text_file
 
 if TYPE_CHECKING:
@@ -47,6 +40,13 @@ class SweepFormat(str, Enum):
     json = "json"
     csv = "csv"
     jsonl = "jsonl"
+
+
+@dataclass(frozen=True)
+class SweepOutput(Output):
+    """A sweep can also stream jsonl: one row a line as it is computed, which --resume continues."""
+
+    format: Annotated[SweepFormat, typer.Option("--format", "-f", help="table, json, csv or jsonl.")] = SweepFormat.table
 
 
 def _sample(name: str) -> Path:
@@ -141,8 +141,10 @@ def _rows_from(dicts: list[dict], row_type: type, path: Path) -> list:
         raise LayerscopeError(f"--resume: {path} holds rows of another layerscope version or command.") from None
 
 
+@command
 def sweep(
-    model: ModelOption = "demo",
+    *,
+    model: BosModelOptions,
     intervention: Annotated[str, typer.Option("--intervention", "-i", help=f"One of {', '.join(SWEEP_KINDS)}.")] = "drop",
     prompts: Annotated[Path | None, typer.Option(help="Prompt set: .txt one prompt a line, or .jsonl with answers. "
                                                       "Default: sample_prompts/general.txt (capitals.jsonl for swap-token).")] = None,
@@ -156,15 +158,8 @@ def sweep(
     donor_prompt: Annotated[str, typer.Option(help="swap-token: the donor prompt.")] = "The country Italy",
     donor_word: Annotated[str, typer.Option(help="swap-token: the donor word whose state is copied.")] = "Italy",
     donor_answer: Annotated[str, typer.Option(help="swap-token: the answer that shows the donor won.")] = "Rome",
-    format: Annotated[SweepFormat, typer.Option("--format", "-f", help="table, json, csv or jsonl.")] = SweepFormat.table,
-    out: OutOption = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted --format jsonl --out FILE sweep.")] = False,
-    bos: BosOption = False,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
-    device_map: DeviceMapOption = None,
-    trust_remote_code: TrustOption = False,
-    debug: DebugOption = False,
+    output: SweepOutput,
 ) -> None:
     """Apply one intervention at every layer over a prompt set: KL, top-1 agreement, entropy, loss, accuracy.
 
@@ -173,18 +168,12 @@ def sweep(
 
     Example: layerscope sweep --model demo --intervention drop --format jsonl --out drop.jsonl
     """
-    run_sweep(**locals())
-
-
-@handles_errors
-def run_sweep(model, intervention, prompts, layers, accuracy, max_new_tokens, seed, batch_size, donor_prompt,
-              donor_word, donor_answer, format, out, resume, bos, device, dtype, device_map, trust_remote_code, debug):
     from layerscope.analyses.prompt_sets import load_prompt_set, require_answers
 
     if intervention not in SWEEP_KINDS:
         raise LayerscopeError(f"Unknown intervention '{intervention}': use one of {', '.join(SWEEP_KINDS)}.")
     swap_token = intervention == "swap-token"
-    if swap_token and bos:
+    if swap_token and model.bos:
         raise LayerscopeError("--bos is not available with swap-token: its word positions are found without BOS.")
     path = prompts or _sample("capitals.jsonl" if swap_token else "general.txt")
     items = load_prompt_set(path)
@@ -192,24 +181,23 @@ def run_sweep(model, intervention, prompts, layers, accuracy, max_new_tokens, se
     if accuracy and not swap_token:
         require_answers(items, path)
     measure_accuracy = with_answers if accuracy is None else accuracy
-    if resume and (out is None or format is not SweepFormat.jsonl):
+    if resume and (output.out is None or output.format is not SweepFormat.jsonl):
         raise LayerscopeError("--resume needs --format jsonl and --out FILE (the file to continue).")
-    check_writable(out)
-    check_not_input(out, model, {"--prompts": path})
+    output.check(model, {"--prompts": path})
     chosen = parse_blocks(layers, "layer") if layers else None
-    written, done = read_done(out, intervention) if resume else (None, [])
-    lm = load(model, device, dtype, device_map, trust_remote_code, bos)
+    written, done = read_done(output.out, intervention) if resume else (None, [])
+    lm = model.load()
     donor = (donor_prompt, donor_word, donor_answer)
     valid = _sweep_layers(lm, items, intervention, chosen, donor)
     source = sweep_source(lm, intervention, valid, items, path, measure_accuracy, max_new_tokens, seed, batch_size,
                           donor)
     if written is not None:
-        check_same_source(out, written, source)
+        check_same_source(output.out, written, source)
     progress = StderrProgress()
     try:
         rows = _sweep_rows(lm, items, intervention, chosen, valid, measure_accuracy, max_new_tokens, seed,
-                           batch_size, donor, done, out, progress)
-        _write_sweep(rows, source, format, out, append=written is not None)
+                           batch_size, donor, done, output.out, progress)
+        _write_sweep(rows, source, output.format, output.out, append=written is not None)
     finally:
         progress.close()
 
@@ -271,9 +259,8 @@ def _write_sweep(rows, source: dict, format: SweepFormat, out: Path | None, appe
                 raise LayerscopeError(f"interrupted after {written} new rows, all kept{where}") from None
         return
     rows = list(rows)
-    rendered = {SweepFormat.json: lambda: to_json({"intervention": kind, "source": source, "rows": rows}),
-                SweepFormat.csv: lambda: to_csv(rows), SweepFormat.table: lambda: sweep_table(kind, rows)}[format]()
-    write_atomic(rendered, out)
+    SweepOutput(format, out).write(lambda: {"intervention": kind, "source": source, "rows": rows}, lambda: rows,
+                                   lambda: sweep_table(kind, rows))
 
 
 def influence_table(report: InfluenceReport) -> str:
@@ -292,33 +279,23 @@ def influence_table(report: InfluenceReport) -> str:
     return "\n".join(lines)
 
 
+@command
 def influence(
-    model: ModelOption = "demo",
+    *,
+    model: ModelOptions,
     text: Annotated[Path | None, typer.Option(help="Calibration text. Default: sample_prompts/calibration.txt.")] = None,
     prune: Annotated[int, typer.Option(min=0, help="Remove the N lowest-BI blocks and compare perplexity.")] = 0,
     eval_text: Annotated[Path | None, typer.Option(help="Held-out text for --prune. Default: sample_prompts/heldout.txt.")] = None,
     window: Annotated[int, typer.Option(min=2, help="Tokens per forward pass.")] = 256,
     seed: Annotated[int, typer.Option(help="Seed of the random blocks removed for comparison.")] = 0,
     save: Annotated[Path | None, typer.Option(help="With --prune: save the pruned model here (safetensors).")] = None,
-    format: FormatOption = Format.table,
-    out: OutOption = None,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
-    device_map: DeviceMapOption = None,
-    trust_remote_code: TrustOption = False,
-    debug: DebugOption = False,
+    output: Output,
 ) -> None:
     """Block Influence per block (ShortGPT) and, with --prune N, held-out perplexity after removing the N
     lowest-BI blocks, next to N random blocks and the last N.
 
     Example: layerscope influence --model demo --prune 4 --format json
     """
-    run_influence(**locals())
-
-
-@handles_errors
-def run_influence(model, text, prune, eval_text, window, seed, save, format, out, device, dtype, device_map,
-                  trust_remote_code, debug):
     from layerscope.analyses.influence import check_prune, influence, save_pruned
     from layerscope.distributed import is_writer
 
@@ -326,13 +303,12 @@ def run_influence(model, text, prune, eval_text, window, seed, save, format, out
         raise LayerscopeError("--save needs --prune N: there is nothing to save otherwise.")
     if save is not None and save.exists() and any(save.iterdir()):
         raise LayerscopeError(f"--save: '{save}' exists and is not empty.")
-    check_writable(out)
     check_writable(save)
     text, eval_text = text or _sample("calibration.txt"), eval_text or _sample("heldout.txt")
-    check_not_input(out, model, {"--text": text, "--eval-text": eval_text if prune else None})
+    output.check(model, {"--text": text, "--eval-text": eval_text if prune else None})
     calibration = read_text_file(text, "calibration text")
     held_out = read_text_file(eval_text, "held-out text") if prune else None
-    lm = load(model, device, dtype, device_map, trust_remote_code)
+    lm = model.load()
     if prune:
         check_prune(prune, lm.n_blocks)
     progress = StderrProgress()
@@ -344,10 +320,8 @@ def run_influence(model, text, prune, eval_text, window, seed, save, format, out
         print(f"warning: {warning}", file=sys.stderr)
     if save is not None and report.prune and is_writer():
         save_pruned(lm, report.prune.removed, save)
-    rendered = {Format.json: lambda: to_json(report.to_dict()),
-                Format.csv: lambda: to_csv({"block": b, "bi": v} for b, v in enumerate(report.bi)),
-                Format.table: lambda: influence_table(report)}[format]()
-    write_atomic(rendered, out)
+    output.write(report.to_dict, lambda: ({"block": b, "bi": v} for b, v in enumerate(report.bi)),
+                 lambda: influence_table(report))
 
 
 def stages_table(stage_map: StageMap) -> str:
@@ -362,42 +336,28 @@ def stages_table(stage_map: StageMap) -> str:
     return "\n".join(lines)
 
 
+@command
 def stages(
-    model: ModelOption = "demo",
+    *,
+    model: BosModelOptions,
     prompts: Annotated[Path | None, typer.Option(help="Prompt set. Default: sample_prompts/general.txt.")] = None,
-    format: FormatOption = Format.table,
-    out: OutOption = None,
-    bos: BosOption = False,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
-    device_map: DeviceMapOption = None,
-    trust_remote_code: TrustOption = False,
-    debug: DebugOption = False,
+    output: Output,
 ) -> None:
     """Stage map: per-block signatures (drop/swap KL, lens KL and entropy, attention/MLP norms, attention to the
     previous five tokens) and a heuristic split into the four stages of inference, with the evidence.
 
     Example: layerscope stages --model demo --prompts sample_prompts/general.txt
     """
-    run_stages(**locals())
-
-
-@handles_errors
-def run_stages(model, prompts, format, out, bos, device, dtype, device_map, trust_remote_code, debug):
     from layerscope.analyses.prompt_sets import load_prompt_set
     from layerscope.analyses.stages import stage_map
 
     prompts = prompts or _sample("general.txt")
     items = load_prompt_set(prompts)
-    check_writable(out)
-    check_not_input(out, model, {"--prompts": prompts})
-    lm = load(model, device, dtype, device_map, trust_remote_code, bos)
+    output.check(model, {"--prompts": prompts})
+    lm = model.load()
     progress = StderrProgress()
     try:
         result = stage_map(lm, items, progress=progress)
     finally:
         progress.close()
-    rendered = {Format.json: lambda: to_json(result.to_dict()),
-                Format.csv: lambda: to_csv(vars(b) for b in result.blocks),
-                Format.table: lambda: stages_table(result)}[format]()
-    write_atomic(rendered, out)
+    output.write(result.to_dict, lambda: (vars(b) for b in result.blocks), lambda: stages_table(result))

@@ -7,25 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from layerscope.cli.common import (
-    DebugOption,
-    DeviceMapOption,
-    DeviceOption,
-    DtypeOption,
-    Format,
-    FormatOption,
-    ModelOption,
-    OutOption,
-    PromptFileOption,
-    PromptOption,
-    StderrProgress,
-    TrustOption,
-    handles_errors,
-    load,
-    read_prompt,
-    shorten,
-)
-from layerscope.outputs import check_not_input, check_writable, to_csv, to_json, write_atomic
+from layerscope.cli.common import ModelOptions, Output, PromptInput, StderrProgress, command, shorten
 from layerscope.errors import LayerscopeError
 
 if TYPE_CHECKING:
@@ -66,10 +48,11 @@ def trace_table(trace: CausalTrace) -> str:
     return "\n".join(lines)
 
 
+@command
 def trace(
-    model: ModelOption = "demo",
-    prompt: PromptOption = None,
-    prompt_file: PromptFileOption = None,
+    *,
+    model: ModelOptions,
+    prompt: PromptInput,
     subject: Annotated[str | None, typer.Option(help="The subject, as it appears in the prompt (noise corrupts it).")] = None,
     answer: Annotated[str | None, typer.Option(help="The answer's text as it follows the prompt, e.g. ' Paris' "
                                                      "(its first token counts). Default: the model's own top token.")] = None,
@@ -84,41 +67,26 @@ def trace(
     seed: Annotated[int, typer.Option(help="Seed of the noise.")] = 0,
     approx: Annotated[bool, typer.Option("--approx", help="Attribution patching: gradient x activation "
                                                           "difference, one backward pass.")] = False,
-    format: FormatOption = Format.table,
-    out: OutOption = None,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
-    device_map: DeviceMapOption = None,
-    trust_remote_code: TrustOption = False,
-    debug: DebugOption = False,
+    output: Output,
 ) -> None:
     """Causal tracing (Meng et al. 2022): restore each clean state into a corrupted run and see how much of the
     answer comes back.
 
     Example: layerscope trace --prompt "The Eiffel Tower is in the city of" --subject "Eiffel Tower" --answer " Paris"
     """
-    run_trace(**locals())
-
-
-@handles_errors
-def run_trace(model, prompt, prompt_file, subject, answer, corrupt, corrupt_prompt, site, window, noise_scale, seed,
-              approx, format, out, device, dtype, device_map, trust_remote_code, debug):
     from layerscope.analyses.causal_trace import trace_prompt
 
-    text = read_prompt(prompt, prompt_file)
-    check_writable(out)
-    check_not_input(out, model, {"--prompt-file": prompt_file})
+    text = prompt.read()
+    output.check(model, prompt.files)
     if corrupt is Corrupt.noise and subject is None:
         raise LayerscopeError("Noise corruption needs the subject: give --subject (a part of the prompt).")
     if corrupt is Corrupt.swap and corrupt_prompt is None:
         raise LayerscopeError("Swap corruption needs the counterfactual prompt: give --corrupt-prompt.")
-    lm = load(model, device, dtype, device_map, trust_remote_code)
+    lm = model.load()
     progress = StderrProgress()
     try:
         result = trace_prompt(lm, text, subject, answer, corrupt.value, corrupt_prompt, site.value, window, approx,
                               seed, noise_scale, progress)
     finally:
         progress.close()
-    rendered = {Format.json: lambda: to_json(result.to_dict()), Format.csv: lambda: to_csv(result.csv_rows()),
-                Format.table: lambda: trace_table(result)}[format]()
-    write_atomic(rendered, out)
+    output.write(result.to_dict, result.csv_rows, lambda: trace_table(result))

@@ -9,19 +9,16 @@ from typing import Annotated
 
 import typer
 
-from layerscope.cli.common import (DeviceMapOption, DeviceOption, DtypeOption, ModelOption, PromptOption, TopKOption,
-                                   TrustOption)
+from layerscope.cli.common import ModelOptions, PromptOption, TopKOption, with_option_groups
 
 
+@with_option_groups
 def tui(
-    model: ModelOption = "demo",
+    *,
+    model: ModelOptions,
     prompt: PromptOption = None,
     theme: Annotated[str | None, typer.Option(help="Theme name (themes/ folder, user theme folder, or Textual's).")] = None,
     keymap: Annotated[Path | None, typer.Option(help="Keymap TOML file (binding id = keys); default: user config.")] = None,
-    device: DeviceOption = "auto",
-    dtype: DtypeOption = "auto",
-    device_map: DeviceMapOption = None,
-    trust_remote_code: TrustOption = False,
     top_k: TopKOption = 5,
     lens: Annotated[Path | None, typer.Option("--lens", help="A tuned lens folder: m then cycles logit lens, "
                                               "tuned lens, Patchscope.")] = None,
@@ -40,8 +37,9 @@ def tui(
         raise typer.Exit(1)
     from layerscope.tui.app import LayerscopeApp
 
-    app = LayerscopeApp(model=model, prompt=prompt, theme=theme, device=device, dtype=dtype, device_map=device_map,
-                        trust_remote_code=trust_remote_code, keymap_path=keymap, top_k=top_k, lens_dir=lens)
+    app = LayerscopeApp(model=model.model, prompt=prompt, theme=theme, device=model.device, dtype=model.dtype,
+                        device_map=model.device_map, trust_remote_code=model.trust_remote_code, keymap_path=keymap,
+                        top_k=top_k, lens_dir=lens)
     app.run()
     # The terminal is restored and nothing is left to write (sessions and exports are saved when asked).
     # A worker thread may be inside a forward pass that cannot be interrupted, and tearing down torch takes

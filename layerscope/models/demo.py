@@ -17,6 +17,7 @@ from pathlib import Path
 
 from layerscope.errors import LayerscopeError
 from layerscope.locations import cache_dir
+from layerscope.models.gguf import load_gguf
 from layerscope.progress import ProgressFn, no_progress
 
 DEMO_NAME = "SmolLM2-135M-Instruct"
@@ -59,8 +60,6 @@ def prepare_demo(progress: ProgressFn = no_progress) -> Path:
     target = demo_dir()
     if is_demo_cached():
         return target
-    from layerscope.models.loading import load_gguf
-
     with tempfile.TemporaryDirectory(prefix="layerscope-demo-") as tmp:
         gguf_path = _download_gguf(Path(tmp), progress)
         progress(2, 3, "dequantising to float32 (about 20 s, once)")

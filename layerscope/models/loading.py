@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -18,6 +17,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Pretra
 
 from layerscope.errors import LayerscopeError, require_utf8
 from layerscope.models.adapter import ModelAdapter, is_supported, unsupported
+from layerscope.models.demo import DEMO_NAME, prepare_demo
+from layerscope.models.gguf import check_gguf_header, load_gguf
 from layerscope.progress import ProgressFn, no_progress
 
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's placement strategies
@@ -174,43 +175,6 @@ def _token_text_cache(tokenizer_key: int, tokenizer: PreTrainedTokenizerBase, to
     return tokenizer.decode([token_id])
 
 
-GGUF_HEADER_BYTES = 24  # b"GGUF", the version (u32), the tensor count and the metadata count (u64 each)
-
-
-def check_gguf_header(path: Path) -> None:
-    """An empty, foreign or cut-off file is named as such before transformers parses it."""
-    with open(path, "rb") as file:
-        header = file.read(GGUF_HEADER_BYTES)
-    if not header:
-        raise LayerscopeError(f"GGUF file '{path}' is empty.")
-    if not header.startswith(b"GGUF") and not b"GGUF".startswith(header):
-        raise LayerscopeError(f"'{path}' is not a GGUF file: it does not start with the bytes 'GGUF'.")
-    if len(header) < GGUF_HEADER_BYTES:
-        raise LayerscopeError(f"GGUF file '{path}' is truncated: {len(header)} bytes, less than its "
-                              f"{GGUF_HEADER_BYTES}-byte header. Download it again.")
-
-
-def load_gguf(path: Path, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Dequantise a GGUF file into a plain model that `save_pretrained` accepts."""
-    check_gguf_header(path)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
-    except (struct.error, UnicodeDecodeError, IndexError, OverflowError, MemoryError) as error:
-        # transformers' reader walks the metadata with struct and runs off the end of a cut-off file
-        raise LayerscopeError(f"GGUF file '{path}' is truncated or corrupt ({path.stat().st_size} bytes; "
-                              f"{type(error).__name__}: {error}). Download it again.") from error
-    except KeyError as error:
-        raise LayerscopeError(f"Could not read GGUF file '{path}': its metadata lacks {error}.") from error
-    except (OSError, ValueError) as error:
-        raise LayerscopeError(f"Could not read GGUF file '{path}': {error}") from error
-    # The weights are dequantised; clear the quantisation marker so the model behaves as a plain one.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    return model, tokenizer
-
-
 def load_model(
     source: str = "demo",
     device: str = "auto",
@@ -220,8 +184,6 @@ def load_model(
     progress: ProgressFn = no_progress,
 ) -> LoadedModel:
     """Load `demo`, a hub id, a local directory (safetensors only) or a .gguf file."""
-    from layerscope.models.demo import DEMO_NAME, prepare_demo
-
     transformers_utils.logging.disable_progress_bar()
     if device_map is not None and device_map not in DEVICE_MAPS:
         raise LayerscopeError(f"Unknown device map '{device_map}': use {', '.join(DEVICE_MAPS)}.")

@@ -67,6 +67,13 @@ def cell_text(cell: GridCell | TraceCell, width: int = CELL_WIDTH - 2) -> tuple[
     return cell.top[0].prob, token_label(cell.top[0].token, width)
 
 
+def arrow_bindings(prefix: str) -> list[Binding]:
+    """The arrows as `move(dx, dy)` by one cell, with ids '{prefix}.up' ... for the keymap: the grid and the
+    overview move their cursor the same way."""
+    return [Binding(key, f"move({dx}, {dy})", key.capitalize(), show=False, id=f"{prefix}.{key}")
+            for key, dx, dy in (("up", 0, -1), ("down", 0, 1), ("left", -1, 0), ("right", 1, 0))]
+
+
 class DecodeGridView(ScrollView, can_focus=True):
     """Tokens down, layers across; a cell shows the top-1 token, a probability glyph and a change mark.
     It also shows a causal trace (same rows and columns): its cells show the indirect effect."""
@@ -87,10 +94,7 @@ class DecodeGridView(ScrollView, can_focus=True):
     DecodeGridView > .decode-grid--same { color: $foreground 35%; }
     """
     BINDINGS = [
-        Binding("up", "move(0, -1)", "Up", show=False, id="grid.up"),
-        Binding("down", "move(0, 1)", "Down", show=False, id="grid.down"),
-        Binding("left", "move(-1, 0)", "Left", show=False, id="grid.left"),
-        Binding("right", "move(1, 0)", "Right", show=False, id="grid.right"),
+        *arrow_bindings("grid"),
         Binding("pageup", "move(0, -10)", "Page up", show=False, id="grid.page_up"),
         Binding("pagedown", "move(0, 10)", "Page down", show=False, id="grid.page_down"),
         Binding("home", "move(-100000, 0)", "First layer", show=False, id="grid.first_layer"),

@@ -6,6 +6,7 @@ try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
+from collections.abc import Iterable
 from pathlib import Path
 
 from layerscope.errors import LayerscopeError
@@ -39,3 +40,10 @@ def key_display(keys: str) -> str:
         return "+".join([*(m.capitalize() for m in modifiers), name])
 
     return ", ".join(one(key) for key in keys.split(","))
+
+
+def binding_rows(owners: Iterable[type], keymap: dict[str, str]) -> list[tuple[str, str, str]]:
+    """(keys, description, id) of every binding of the owners (classes with BINDINGS), with `keymap` applied."""
+    return [(keymap.get(binding.id, binding.key) if binding.id else binding.key,
+             binding.description or binding.action, binding.id or "")
+            for owner in owners for binding in owner.BINDINGS]

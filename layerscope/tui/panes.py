@@ -14,7 +14,7 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
-from layerscope.tui.grid_view import prob_glyph, token_label
+from layerscope.tui.grid_view import arrow_bindings, prob_glyph, token_label
 from layerscope.tui.state import Toggles, block_kinds
 
 if TYPE_CHECKING:
@@ -300,10 +300,7 @@ class OverviewPane(Static, can_focus=True):
     cursor (the two stay in step), v cycles the metric, Enter opens the cell in the grid."""
 
     BINDINGS = [
-        Binding("up", "move(0, -1)", "Up", show=False, id="overview.up"),
-        Binding("down", "move(0, 1)", "Down", show=False, id="overview.down"),
-        Binding("left", "move(-1, 0)", "Left", show=False, id="overview.left"),
-        Binding("right", "move(1, 0)", "Right", show=False, id="overview.right"),
+        *arrow_bindings("overview"),
         Binding("v", "next_metric", "Metric", id="overview.metric"),
         Binding("enter", "open_cell", "Open in grid", id="overview.open"),
     ]

@@ -10,6 +10,25 @@ from textual.widgets import DataTable, Input, Label, OptionList
 
 from layerscope.tui.keymap import key_display
 
+PALETTE = (
+    ("Run", "Run the prompt with the current toggles", "run"),
+    ("Cancel", "Stop the running computation, keeping its rows", "cancel"),
+    ("Switch method", "Logit lens / tuned lens / Patchscope", "switch_method"),
+    ("Causal trace", "Noise the subject, restore each state: the answer's probability per cell", "causal_trace"),
+    ("Load tuned lens", "A folder from `layerscope tunedlens train` (or a published lens)", "open_lens"),
+    ("Cycle view", "Intervened / baseline / diff", "cycle_view"),
+    ("Clear interventions", "Remove every toggle and head mask", "clear_interventions"),
+    ("Save session", "Prompt, model, interventions and results as JSON", "save_session"),
+    ("Open session", "Load a saved session", "load_session"),
+    ("Export grid as CSV", "The shown grid, one line per cell and rank", "export_csv"),
+    ("Copy cell", "The cell's detail, through the terminal (OSC 52)", "copy_cell"),
+    ("Copy grid", "Top-1 tokens as TSV, through the terminal (OSC 52)", "copy_grid"),
+    ("Sample prompts", "Pick a prompt from sample_prompts/", "samples"),
+    ("Load model", "Load another model", "open_model"),
+    ("Help", "All key bindings", "help"),
+)
+"""The command palette's entries (Ctrl+P): title, help, and the app action (without 'action_') they run."""
+
 
 class _Modal(ModalScreen):
     DEFAULT_CSS = """

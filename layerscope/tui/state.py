@@ -187,14 +187,6 @@ class Results:
                 "kl_base_int": self.kl_base_int, "continuation": self.continuation}
 
 
-def grid_from_dict(data: dict) -> DecodeGrid:
-    from layerscope.analyses.grid import DecodeGrid, GridCell, TopToken
-
-    cells = [[GridCell(top=[TopToken(**t) for t in cell["top"]], entropy_bits=cell["entropy_bits"],
-                       kl_to_final=cell["kl_to_final"]) for cell in row] for row in data["cells"]]
-    return DecodeGrid(data["model"], data["method"], data["tokens"], data["token_ids"], data["layers"], cells)
-
-
 @dataclass
 class Session:
     model: str
@@ -214,6 +206,8 @@ class Session:
 
     @classmethod
     def load(cls, path: Path) -> Session:
+        from layerscope.analyses.grid import DecodeGrid
+
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -223,8 +217,8 @@ class Session:
         try:
             saved = data.get("results") or {}
             results = Results(
-                baseline=grid_from_dict(saved["baseline"]) if saved.get("baseline") else None,
-                intervened=grid_from_dict(saved["intervened"]) if saved.get("intervened") else None,
+                baseline=DecodeGrid.from_dict(saved["baseline"]) if saved.get("baseline") else None,
+                intervened=DecodeGrid.from_dict(saved["intervened"]) if saved.get("intervened") else None,
                 kl_base_int=saved.get("kl_base_int"),
                 continuation=dict(saved.get("continuation") or {}),
             )

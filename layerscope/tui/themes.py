@@ -11,6 +11,7 @@ try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
+from collections.abc import Iterable
 from pathlib import Path
 
 from textual.color import Color, ColorParseError
@@ -63,3 +64,12 @@ def load_themes(folders: list[Path]) -> tuple[list[Theme], list[str]]:
                 continue
             themes[theme.name] = theme
     return list(themes.values()), problems
+
+
+def choose_theme(requested: str | None, available: Iterable[str]) -> tuple[str, list[str]]:
+    """The theme to start with: the one asked for, else layerscope's own, else Textual's; plus the notice for an
+    unknown name that was asked for."""
+    wanted = requested or DEFAULT_THEME
+    if wanted in available:
+        return wanted, []
+    return FALLBACK_THEME, [f"Unknown theme '{requested}'; using {FALLBACK_THEME}."] if requested is not None else []

@@ -1,0 +1,51 @@
+"""The shown grid as text for the clipboard and as a CSV file, and how big that text is. Plain Python.
+
+A grid here is a DecodeGrid or a CausalTrace: both have tokens, layers, cells and csv_rows().
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from layerscope.errors import LayerscopeError
+from layerscope.tui.grid_view import cell_text, token_label
+
+if TYPE_CHECKING:
+    from layerscope.analyses.causal_trace import CausalTrace
+    from layerscope.analyses.grid import DecodeGrid
+
+
+def byte_size(text: str) -> str:
+    """'161 B', '36 KB', '2.4 MB': the UTF-8 size of what was copied or written."""
+    size = len(text.encode("utf-8"))
+    if size < 1000:
+        return f"{size} B"
+    return f"{size / 1000:.0f} KB" if size < 1_000_000 else f"{size / 1_000_000:.1f} MB"
+
+
+def grid_shape(grid: DecodeGrid | CausalTrace) -> str:
+    """'31x5': layers (the rows computed so far) by positions."""
+    return f"{len(grid.cells)}x{len(grid.tokens)}"
+
+
+def grid_text(grid: DecodeGrid | CausalTrace | None) -> str:
+    """Top-1 tokens (a causal trace's indirect effects) as tab-separated text: a line per prompt token, a column
+    per layer, as the grid shows them; empty without a grid."""
+    if grid is None:
+        return ""
+    lines = ["\t".join(["token", *grid.layers])]
+    for position, token in enumerate(grid.tokens):
+        lines.append("\t".join([token_label(token, 40), *(cell_text(row[position], 40)[1] for row in grid.cells)]))
+    return "\n".join(lines)
+
+
+def export_csv(grid: DecodeGrid | CausalTrace | None, path: Path) -> str:
+    """Write the grid's CSV (one line per cell and rank) atomically; the notice that says what was written."""
+    from layerscope.outputs import to_csv, write_atomic
+
+    if grid is None:
+        raise LayerscopeError("Nothing to export yet: run a prompt first.")
+    text = to_csv(grid.csv_rows())
+    write_atomic(text, path)
+    return f"exported grid · {grid_shape(grid)} · {byte_size(text)} CSV → {path}"

@@ -1,0 +1,173 @@
+"""The explorer's runs as plain data: which run is current, what it has produced, which worker does what.
+
+The app asks the controller and renders; nothing here touches a widget or imports textual or torch, so the
+rules (a stale message is dropped, a new run's results replace the shown ones at its first row, every worker's
+end is told in words) are tested without a terminal.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from layerscope.errors import LayerscopeError
+from layerscope.tui.state import Results, RunOrigin
+
+if TYPE_CHECKING:
+    from layerscope.analyses.causal_trace import CausalTrace
+    from layerscope.analyses.grid import DecodeGrid
+    from layerscope.models.loading import LoadedModel
+    from layerscope.tui.compute import LayerRow
+
+
+class Cancelled(Exception):
+    """Raised inside a worker when the user cancelled a step that has no row boundary of its own."""
+
+
+@contextmanager
+def stop_between_blocks(lm: LoadedModel, cancelled: Callable[[], bool]) -> Iterator[None]:
+    """While inside, every block checks `cancelled()` before it runs and raises Cancelled: a quit or Esc lands
+    within one block's time even in the middle of a forward pass (the process cannot exit before the worker)."""
+    def check(_module, _args) -> None:
+        if cancelled():
+            raise Cancelled
+
+    handles = [block.register_forward_pre_hook(check) for block in lm.adapter.blocks]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@dataclass(frozen=True)
+class Job:
+    """What one worker does, so that its end, however it comes, is tied to its run (or load) and told in words."""
+
+    kind: str  # 'run', 'scores', 'trace' or 'load'
+    ident: int  # the run id; for 'load', the load id
+    cancelled: str = ""  # the notice when the user stops it
+    source: str = ""  # for 'load': what was loading
+
+    def failure(self, error: BaseException | None) -> tuple[str, str]:
+        """(notice, severity) for a worker that ended without its result: cancelled (error None or Cancelled), a
+        user mistake (LayerscopeError, its own words) or anything else (a bug or a device error: its type and
+        first line, so the user can report it)."""
+        if error is None or isinstance(error, Cancelled):
+            return self.cancelled, "warning"
+        if isinstance(error, LayerscopeError):
+            return str(error), "error"
+        text = f"{type(error).__name__}: {error}".splitlines()[0]
+        return (f"Could not load '{self.source}': {text}" if self.kind == "load" else text), "error"
+
+
+class RunController:
+    """Run ids, the run in progress (its clock, phase and pending results), the shown results with their origin,
+    the last causal trace, model loads, and the job of every live worker."""
+
+    def __init__(self) -> None:
+        self.run_id = 0
+        self.running = False
+        self.started = 0.0
+        self.progress: tuple[str, int, int] | None = None  # the running phase: description, done, total
+        self.results = Results()
+        self.origin: RunOrigin | None = None  # what `results` were computed from
+        self.pending: tuple[Results, RunOrigin] | None = None  # a started run's results, shown from its first row
+        self.trace: CausalTrace | None = None  # the last causal trace; shown until the next lens results
+        self.load_id = 0  # a cancelled load's result is dropped by its id
+        self.loading: str | None = None  # the source a load worker is loading, None when none is
+        self._jobs: dict[object, Job] = {}
+
+    # runs ---------------------------------------------------------------
+    def begin(self) -> int:
+        """A new run id: messages of older runs are dropped from now on."""
+        self.run_id += 1
+        self.running = True
+        self.started, self.progress = time.monotonic(), None
+        return self.run_id
+
+    def is_current(self, run_id: int) -> bool:
+        return run_id == self.run_id
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def start_results(self, run_id: int, baseline: DecodeGrid, intervened: DecodeGrid | None,
+                      origin: RunOrigin) -> None:
+        """The new results wait for their first row: until then the last ones stay shown."""
+        if self.is_current(run_id):
+            self.pending = (Results(baseline, intervened, [] if intervened is not None else None), origin)
+
+    def take_pending(self) -> bool:
+        """At a run's first row its results replace the shown ones; True when that happened now."""
+        if self.pending is None:
+            return False
+        (self.results, self.origin), self.pending = self.pending, None
+        return True
+
+    def add_row(self, row: LayerRow) -> None:
+        """Append a row of the current run to the shown results."""
+        results = self.results
+        results.baseline.layers.append(row.label)
+        results.baseline.cells.append(row.baseline)
+        if results.intervened is not None and row.intervened is not None:
+            results.intervened.layers.append(row.label)
+            results.intervened.cells.append(row.intervened)
+            results.kl_base_int.append(row.kl_base_int)
+
+    def set_progress(self, run_id: int, description: str, done: int, total: int) -> bool:
+        """Record the phase of the current, running run; False for any other."""
+        if not (self.is_current(run_id) and self.running):
+            return False
+        self.progress = (description, done, total)
+        return True
+
+    def end(self, run_id: int) -> bool:
+        """The run stopped (done, failed or cancelled); True when it is the current one."""
+        if not self.is_current(run_id):
+            return False
+        self.running = False
+        return True
+
+    def adopt(self, results: Results, origin: RunOrigin) -> None:
+        """Results from elsewhere (a session file) replace the shown ones; whatever still runs becomes stale."""
+        self.run_id += 1
+        self.running, self.pending = False, None
+        self.results, self.origin = results, origin
+
+    def changes(self, now: RunOrigin) -> list[str]:
+        """What changed since the shown results were computed (prompt, model, method, interventions)."""
+        if self.origin is None or self.results.baseline is None:
+            return []
+        return self.origin.changes(now)
+
+    # model loads --------------------------------------------------------
+    def begin_load(self, source: str) -> int:
+        self.load_id += 1
+        self.loading = source
+        return self.load_id
+
+    def load_ended(self, load_id: int) -> bool:
+        """A load's worker ended; True when its result counts (it was neither cancelled nor replaced)."""
+        if load_id != self.load_id:
+            return False
+        self.loading = None
+        return True
+
+    def cancel_load(self) -> str | None:
+        """Drop the running load's result (the loader cannot be interrupted); the source it was loading, if any."""
+        source, self.loading = self.loading, None
+        if source is not None:
+            self.load_id += 1
+        return source
+
+    # workers ------------------------------------------------------------
+    def track(self, worker: object, job: Job) -> None:
+        self._jobs[worker] = job
+
+    def job_ended(self, worker: object) -> Job | None:
+        """The job of a worker that just ended (and forget it); None for a worker not tracked here."""
+        return self._jobs.pop(worker, None)

@@ -1,0 +1,106 @@
+"""What the explorer's thread workers do: each function runs in a worker's thread and tells the app by messages.
+
+None of them catches anything: whatever a function raises (a cancel, a user mistake, a bug) ends its worker, and
+the app's `on_worker_state_changed` tells it. Torch and the engine are imported inside, in the thread, so the
+first frame never waits for them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from textual.message import Message
+from textual.worker import Worker
+
+from layerscope.tui.messages import (RowComputed, RunFinished, RunProgress, RunStarted, ScoresComputed,
+                                     TraceComputed)
+from layerscope.tui.runs import Cancelled, stop_between_blocks
+from layerscope.tui.state import INTERVENABLE, RunOrigin, Toggles
+
+if TYPE_CHECKING:
+    from layerscope.analyses.tuned_lens import TunedLens
+    from layerscope.models.loading import LoadedModel
+    from layerscope.progress import ProgressFn
+
+ROW_PHASES = {"logit_lens": "lens rows", "tuned_lens": "tuned lens rows", "patchscope": "patchscope rows"}
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a run's work needs besides its inputs: where its messages go, its worker (cancelled yet?), its run id,
+    and the model with the lock that lets one run use it at a time."""
+
+    post: Callable[[Message], object]
+    worker: Worker
+    run_id: int
+    lm: LoadedModel
+    lock: threading.Lock
+
+    def cancelled(self) -> bool:
+        return self.worker.is_cancelled
+
+    def progress(self, name: str) -> ProgressFn:
+        """A progress callback that names its phase; raising Cancelled stops the step it is called from."""
+        def progress(done: int, total: int, description: str) -> None:
+            if self.cancelled():
+                raise Cancelled
+            self.post(RunProgress(self.run_id, name, done, total))
+        return progress
+
+    @contextmanager
+    def using_model(self) -> Iterator[LoadedModel]:
+        """The model, with its lock held and every block checking for a cancel before it runs."""
+        with self.lock, stop_between_blocks(self.lm, self.cancelled):
+            yield self.lm
+
+
+def lens_run(run: RunContext, text: str, method: str, toggles: Toggles, top_k: int, tuned: TunedLens | None,
+             continuation_tokens: int) -> None:
+    """The grid's rows as they are computed (baseline and, with interventions, intervened), then the greedy
+    continuation of each."""
+    import torch
+
+    from layerscope.analyses.compare import greedy_continuation
+    from layerscope.tui.compute import decode_rows, empty_grid
+
+    with run.using_model() as lm, torch.inference_mode():
+        ids = lm.encode(text)
+        interventions = toggles.interventions(lm.n_blocks) if method in INTERVENABLE else []
+        baseline = empty_grid(lm, method, ids)
+        intervened = empty_grid(lm, method, ids) if interventions else None
+        run.post(RunStarted(run.run_id, baseline, intervened, RunOrigin(lm.name, text, method, toggles)))
+        rows_phase, total = run.progress(ROW_PHASES[method]), lm.n_blocks + 1
+        rows_phase(0, total, "")
+        for row in decode_rows(lm, method, ids, interventions, top_k, run.cancelled, rows_phase, tuned):
+            run.post(RowComputed(run.run_id, row))
+            rows_phase(row.row + 1, total, "")
+        runs = {"baseline": [], "intervened": interventions} if interventions else {"baseline": []}
+        continuation = {name: greedy_continuation(lm, ids, continuation_tokens, edits,
+                                                  run.progress(f"generating {name}")).text
+                        for name, edits in runs.items()}
+    run.post(RunFinished(run.run_id, continuation))
+
+
+def head_scores(run: RunContext, kind: str) -> None:
+    """Scores take a while (retrieval runs needle tests): progress shows, Esc stops between steps.
+    Any `{kind}_scores(lm, progress=...) -> HeadScores` in analyses.heads plugs in here."""
+    import torch
+
+    from layerscope.analyses import heads
+
+    with run.using_model() as lm, torch.inference_mode():
+        result = getattr(heads, f"{kind}_scores")(lm, progress=run.progress(f"{kind} scores"))
+    run.post(ScoresComputed(run.run_id, kind, {(h.layer, h.head): h.score for h in result.heads}))
+
+
+def causal_trace(run: RunContext, text: str, subject: str, answer: str | None) -> None:
+    """Noise on the subject's embeddings, every (row, position) of the residual restored in turn."""
+    from layerscope.analyses.causal_trace import trace_prompt
+
+    with run.using_model() as lm:
+        trace = trace_prompt(lm, text, subject, answer, progress=run.progress("causal trace cells"))
+    run.post(TraceComputed(run.run_id, trace))
