@@ -138,6 +138,13 @@ def test_bad_sites(sites, message):
         site_names(sites, n_blocks=4)
 
 
+def test_a_site_that_does_not_run_is_named(monkeypatch):
+    lm = tiny_model("llama")
+    monkeypatch.setattr(lm.adapter, "mlp", lambda block: torch.nn.Identity())  # a module the model never calls
+    with pytest.raises(LayerscopeError, match="mlp.1, mlp.2 did not run"):
+        trace(lm, "the cat", ["resid.1", "mlp.1", "mlp.2"])
+
+
 def test_bad_inputs(tmp_path, tiny_lm):
     with pytest.raises(LayerscopeError, match="empty"):
         trace(tiny_lm, [])

@@ -165,6 +165,9 @@ def trace(lm: LoadedModel, prompts: Prompts, sites: str | Iterable[str] = "resid
             else:
                 hook_output(stack, adapter.attention(index) if kind == "attn" else adapter.mlp(index), keep(name))
         lm.model(input_ids=batch.ids, attention_mask=batch.attention_mask, use_cache=False, **last_logits_only(lm))
+    missing = [name for name in names if name not in kept]
+    if missing:  # a module that an intervention skipped, or one this family never calls
+        raise LayerscopeError(f"Sites {', '.join(missing)} did not run in this forward pass.")
     return Activations(lm.name, batch.ids, batch.attention_mask, {name: kept[name] for name in names})
 
 
