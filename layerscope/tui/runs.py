@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -31,16 +31,16 @@ class Cancelled(Exception):
 def stop_between_blocks(lm: LoadedModel, cancelled: Callable[[], bool]) -> Iterator[None]:
     """While inside, every block checks `cancelled()` before it runs and raises Cancelled: a quit or Esc lands
     within one block's time even in the middle of a forward pass (the process cannot exit before the worker)."""
-    def check(_module, _args) -> None:
+    from layerscope.models.hooks import hook_input  # torch: loaded with the model, not at start
+
+    def check(_hidden) -> None:
         if cancelled():
             raise Cancelled
 
-    handles = [block.register_forward_pre_hook(check) for block in lm.adapter.blocks]
-    try:
+    with ExitStack() as stack:
+        for block in lm.adapter.blocks:
+            hook_input(stack, block, check)
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @dataclass(frozen=True)
