@@ -67,6 +67,12 @@ def test_interrupted_sweep_continues_to_the_same_rows():
     assert [r.to_dict() for r in first] + rest == full
 
 
+def test_an_empty_prompt_list_is_refused_not_averaged_to_none():
+    # mypy found it: the set averages of no prompts had kl/top1/entropy None, which SweepRow types as float
+    with pytest.raises(LayerscopeError, match="empty"):
+        list(sweep(tiny_model("qwen2"), [], "drop"))
+
+
 def test_demo_block_zero_is_among_the_most_damaging(demo_lm):
     prompts = [PromptItem("The capital of France is"), PromptItem("Monday, Tuesday, Wednesday, Thursday,")]
     kl = {r.layer: r.kl for r in sweep(demo_lm, prompts, "drop") if r.prompt_index is None}

@@ -93,7 +93,8 @@ def swap_corruption(ids: torch.Tensor, corrupt_ids: torch.Tensor) -> Corruption:
 def _noised(lm: LoadedModel, corruption: Corruption, offset: int = 0) -> Iterator[None]:
     """Add the corruption's noise to the embeddings of the tokens fed from position `offset` on
     (the noise of positions before `offset` is in the KV cache those tokens attend to)."""
-    if corruption.noise is None:
+    noise = corruption.noise
+    if noise is None:
         yield
         return
 
@@ -104,7 +105,7 @@ def _noised(lm: LoadedModel, corruption: Corruption, offset: int = 0) -> Iterato
             return None
         output = output.clone()
         output[:, [corruption.noise_positions[i] - offset for i in kept]] += \
-            corruption.noise[kept].to(output.device, output.dtype)
+            noise[kept].to(output.device, output.dtype)
         return output
 
     with ExitStack() as stack:

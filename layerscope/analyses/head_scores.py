@@ -95,8 +95,8 @@ class HeadScores:
             seen.add((head.layer, head.head))
         total = self.n_blocks * self.n_heads
         if len(seen) < total:
-            layer, head = next((b, h) for b in range(self.n_blocks) for h in range(self.n_heads) if (b, h) not in seen)
-            raise LayerscopeError(f"The scores list {len(seen)} of the {total} heads ({layer}.{head} is missing): "
+            block, index = next((b, h) for b in range(self.n_blocks) for h in range(self.n_heads) if (b, h) not in seen)
+            raise LayerscopeError(f"The scores list {len(seen)} of the {total} heads ({block}.{index} is missing): "
                                   f"a scores file must score every head, or its top heads are not the model's.")
 
     def check_model(self, lm: LoadedModel) -> None:

@@ -12,7 +12,7 @@ import json
 import random
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -164,7 +164,8 @@ def rouge1_recall(reference: str, candidate: str) -> float:
     return sum(min(n, got[w]) for w, n in ref.items()) / max(1, sum(ref.values()))
 
 
-def greedy_steps(lm: LoadedModel, ids: torch.Tensor, read_rows: bool = True) -> Iterator[tuple[int, torch.Tensor | None]]:
+def greedy_steps(lm: LoadedModel, ids: torch.Tensor, read_rows: bool = True
+                 ) -> Generator[tuple[int, torch.Tensor | None], None, None]:
     """Greedy decoding without end: yields (token id, attention rows (blocks, heads, keys) of the query that
     produced it, or None). The caller stops iterating."""
     model, adapter = lm.model, lm.adapter
@@ -385,10 +386,11 @@ def ablation_experiment(lm: LoadedModel, scores: HeadScores, k: int, tests: Sequ
     """NIAH accuracy for the baseline, then top-K and random-K heads masked in both modes."""
     scores.check_model(lm)
     top, rand = ablation_heads(scores, k, seed)
-    runs = {"baseline": ((), "zero")}
-    for name, heads in (("top", top), ("random", rand)):
-        for mode in ("zero", "uniform"):
-            runs[f"{name}-{k} {mode}"] = (heads, mode)
+    runs: dict[str, tuple[Sequence[HeadScore], HeadMaskMode]] = {"baseline": ((), "zero")}
+    modes: tuple[HeadMaskMode, ...] = ("zero", "uniform")
+    for name, chosen in (("top", top), ("random", rand)):
+        for mode in modes:
+            runs[f"{name}-{k} {mode}"] = (chosen, mode)
     accuracy = {}
     for index, (name, (heads, mode)) in enumerate(runs.items()):
         progress(index, len(runs), f"ablation: {name}")

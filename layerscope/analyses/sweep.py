@@ -91,7 +91,10 @@ def capture_baseline(adapter: ModelAdapter, input_ids: torch.Tensor) -> Baseline
     with ExitStack() as stack, torch.inference_mode():
         record_calls(stack, adapter.blocks, calls, inputs)
         logits = adapter.model(input_ids=input_ids, use_cache=False).logits
-    return BaselinePass(inputs, calls, logits[0])
+    recorded = [call for call in calls if call is not None]
+    if len(recorded) != len(calls):
+        raise LayerscopeError(f"Block {calls.index(None)} did not run in the baseline forward pass.")
+    return BaselinePass(inputs, recorded, logits[0])
 
 
 def _run_block(block: nn.Module, attention: nn.Module, call: BlockCall, hidden: torch.Tensor, depth: int,
@@ -131,7 +134,7 @@ def run_plans(adapter: ModelAdapter, base: BaselinePass, interventions: Sequence
                     continue
                 if depth == row.start:
                     state[index] = base.inputs[depth][0]
-                module = depth
+                module: int | None = depth
                 if depth in row.touched_blocks:
                     edited = row.intervention.edit_input(depth, state[index : index + 1], at, row.memo)
                     if edited is not None:
@@ -208,15 +211,21 @@ def prompts_fingerprint(prompts: Sequence[PromptItem]) -> str:
     return hashlib.sha256(data.encode("utf-8")).hexdigest()
 
 
-def mean_of(values: list[float | None]) -> float | None:
+def mean(values: Sequence[float]) -> float:
+    """The mean of a metric every row has (the callers average at least one row)."""
+    return sum(values) / len(values)
+
+
+def mean_of(values: Sequence[float | None]) -> float | None:
+    """The mean of the rows that have the metric; None when none has it."""
     known = [v for v in values if v is not None]
     return sum(known) / len(known) if known else None
 
 
 def average_rows(kind: str, layer: int, rows: list[SweepRow]) -> SweepRow:
     """The set average: each prompt counts once, whatever its length."""
-    return SweepRow(kind, layer, None, mean_of([r.kl for r in rows]), mean_of([r.top1_agree for r in rows]),
-                    mean_of([r.entropy_delta for r in rows]), mean_of([r.loss_delta for r in rows]),
+    return SweepRow(kind, layer, None, mean([r.kl for r in rows]), mean([r.top1_agree for r in rows]),
+                    mean([r.entropy_delta for r in rows]), mean_of([r.loss_delta for r in rows]),
                     mean_of([r.accuracy for r in rows]))
 
 
@@ -265,6 +274,8 @@ def sweep(
     Under torchrun the prompts are shared out over the ranks (layerscope.distributed).
     """
     check_kind(kind)
+    if not prompts:
+        raise LayerscopeError("The list of prompts is empty.")
     layers = check_layers(kind, sweep_layers(kind, lm.n_blocks) if layers is None else layers, lm.n_blocks)
     if accuracy:
         require_answers(prompts, "the prompt set")

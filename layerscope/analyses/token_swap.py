@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from layerscope.analyses.compare import compare_logits, greedy_continuation
 from layerscope.analyses.prompt_sets import PromptItem, answer_matches
 from layerscope.analyses.residual import trace_residuals
-from layerscope.analyses.sweep import finished_rows, mean_of, missing_rows, naive_logits
+from layerscope.analyses.sweep import finished_rows, mean, mean_of, missing_rows, naive_logits
 from layerscope.errors import LayerscopeError
 from layerscope.interventions import PatchState
 from layerscope.models.loading import LoadedModel
@@ -81,9 +81,9 @@ class TokenSwapRow:
 
 
 def _average(row: int, rows: list[TokenSwapRow]) -> TokenSwapRow:
-    return TokenSwapRow("swap-token", row, None, mean_of([r.kl for r in rows]), mean_of([r.top1_agree for r in rows]),
-                        mean_of([r.entropy_delta for r in rows]), None, mean_of([r.accuracy for r in rows]),
-                        mean_of([r.follows_donor for r in rows]), mean_of([r.follows_original for r in rows]))
+    return TokenSwapRow("swap-token", row, None, mean([r.kl for r in rows]), mean([r.top1_agree for r in rows]),
+                        mean([r.entropy_delta for r in rows]), None, mean_of([r.accuracy for r in rows]),
+                        mean([r.follows_donor for r in rows]), mean([r.follows_original for r in rows]))
 
 
 def check_rows(rows: Iterable[int] | None, n_blocks: int) -> list[int]:
@@ -97,11 +97,13 @@ def check_rows(rows: Iterable[int] | None, n_blocks: int) -> list[int]:
 
 def usable_targets(prompts: list[PromptItem], donor: Donor) -> list[int]:
     """Indices of prompts with a subject and an answer that differs from the donor's."""
+    usable = []
     for index, item in enumerate(prompts):
         if item.subject is None or item.answer is None:
             raise LayerscopeError(f"swap-token: prompt {index + 1} needs both \"subject\" and \"answer\" "
                                   "(see sample_prompts/capitals.jsonl).")
-    usable = [i for i, item in enumerate(prompts) if item.answer.strip().lower() != donor.answer.strip().lower()]
+        if item.answer.strip().lower() != donor.answer.strip().lower():
+            usable.append(index)
     if not usable:
         raise LayerscopeError("swap-token: every prompt has the donor's answer, so none can tell them apart.")
     return usable

@@ -167,7 +167,7 @@ def discover_paths(model: nn.Module) -> ModulePaths:
     embed = _path_of(model, model.get_input_embeddings())
     found = (f"blocks '{blocks_path}', final norm {norms}, unembedding '{unembed}', attention '{attention}', "
              f"MLP '{mlp}'")
-    if len(norms) != 1 or None in (attention, mlp, unembed, embed):
+    if len(norms) != 1 or attention is None or mlp is None or unembed is None or embed is None:
         raise UnsupportedArchitecture(f"Architecture '{family}' is not in layerscope's table; found {found}.")
     prefix = f"{parent_path}." if parent_path else ""
     return ModulePaths(blocks_path, prefix + norms[0], unembed, embed, attention, mlp)
