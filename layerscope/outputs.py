@@ -8,7 +8,7 @@ import json
 import os
 import secrets
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from layerscope.errors import LayerscopeError
@@ -52,7 +52,7 @@ def check_writable(out: Path | None) -> None:
         raise LayerscopeError(f"Cannot write '{out}': the folder does not exist or is not writable.")
 
 
-def check_not_input(out: Path | None, model: str, inputs: dict[str, Path | None] | None = None) -> None:
+def check_not_input(out: Path | None, model: str, inputs: Mapping[str, Path | None] | None = None) -> None:
     """--out must not be a file the command reads (symlinks, ./x and hard links included): the results would
     replace it. `inputs` maps each file option to its path (None where not given); a .gguf model is a file too."""
     if out is None or not out.exists():

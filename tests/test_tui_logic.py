@@ -43,6 +43,13 @@ def test_toggles_flip_and_become_interventions():
         Toggles.from_dict({"drop": ["x"]})
 
 
+def test_a_session_with_an_unknown_mask_mode_is_refused_when_read():
+    # mypy found it: any string was kept as the mode, and the session only failed at its first run
+    with pytest.raises(LayerscopeError, match="mask mode 'half'"):
+        Toggles.from_dict({"masked_heads": [[4, 1]], "mask_mode": "half"})
+    assert Toggles.from_dict({"masked_heads": [[4, 1]], "mask_mode": "uniform"}).mask_mode == "uniform"
+
+
 def test_theme_files_load_and_bad_ones_are_reported(tmp_path):
     themes, problems = load_themes([SHIPPED_THEMES])
     assert {"layerscope-dark", "layerscope-light", "layerscope-high-contrast"} <= {t.name for t in themes}

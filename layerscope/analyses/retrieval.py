@@ -24,7 +24,7 @@ from layerscope.distributed import mapped
 from layerscope.errors import LayerscopeError
 from layerscope.textfiles import read_text_file
 from layerscope.interventions import MaskHeads, intervene
-from layerscope.interventions.kinds import HeadMaskMode
+from layerscope.interventions.kinds import HEAD_MASK_MODES, HeadMaskMode
 from layerscope.interventions.attention import install_edited_attention, read_attention
 from layerscope.locations import sample_file
 from layerscope.models.loading import LoadedModel
@@ -97,9 +97,12 @@ def _chat_frame(lm: LoadedModel) -> tuple[str, str]:
     return before, after
 
 
-def check_span(span: str) -> None:
-    if span not in SPANS:
-        raise LayerscopeError(f"Unknown span '{span}': use needle or answer.")
+def check_span(span: str) -> Span:
+    """The span a user named, or one error that names the choices."""
+    for known in SPANS:
+        if span == known:
+            return known
+    raise LayerscopeError(f"Unknown span '{span}': use needle or answer.")
 
 
 def answer_span(lm: LoadedModel, text: str, answer: str) -> range:
@@ -387,9 +390,8 @@ def ablation_experiment(lm: LoadedModel, scores: HeadScores, k: int, tests: Sequ
     scores.check_model(lm)
     top, rand = ablation_heads(scores, k, seed)
     runs: dict[str, tuple[Sequence[HeadScore], HeadMaskMode]] = {"baseline": ((), "zero")}
-    modes: tuple[HeadMaskMode, ...] = ("zero", "uniform")
     for name, chosen in (("top", top), ("random", rand)):
-        for mode in modes:
+        for mode in HEAD_MASK_MODES:
             runs[f"{name}-{k} {mode}"] = (chosen, mode)
     accuracy = {}
     for index, (name, (heads, mode)) in enumerate(runs.items()):

@@ -11,9 +11,9 @@ from typer.core import TyperGroup
 try:  # typer 0.29 parses with its own copy of click
     from typer._click import Context
     from typer._click.exceptions import ClickException
-except ImportError:
-    from click import Context
-    from click.exceptions import ClickException
+except ImportError:  # older typer uses click itself; mypy checks against the installed typer's copy
+    from click import Context  # type: ignore[assignment]  # the same class, from the other package
+    from click.exceptions import ClickException  # type: ignore[assignment]  # the same class, from the other package
 
 from layerscope.cli import heads as heads_commands
 from layerscope.cli import lens as lens_commands

@@ -15,7 +15,7 @@ import re
 import shlex
 import sys
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -28,6 +28,8 @@ from layerscope.outputs import check_not_input, check_writable, to_csv, to_json,
 from layerscope.textfiles import read_text_file
 
 if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
     from layerscope.models.loading import LoadedModel
 
 
@@ -125,7 +127,7 @@ class Output:
     format: FormatOption = Format.table
     out: OutOption = None
 
-    def check(self, model: ModelOptions, inputs: dict[str, Path | None] | None = None) -> None:
+    def check(self, model: ModelOptions, inputs: Mapping[str, Path | None] | None = None) -> None:
         """Before any compute: the folder of --out is writable, and --out is none of the files read."""
         check_writable(self.out)
         check_not_input(self.out, model.model, inputs)
@@ -165,7 +167,7 @@ def with_option_groups(function: Callable) -> Callable:
             options[name] = group(**{field.name: options.pop(field.name) for field in dataclasses.fields(group)})
         return function(**options)
 
-    wrapper.__signature__ = signature
+    setattr(wrapper, "__signature__", signature)  # read by inspect (and so typer); typeshed does not declare it
     wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
     return wrapper
 
@@ -190,7 +192,7 @@ def command(function: Callable) -> Callable:
 
     debug = inspect.Parameter("debug", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=DebugOption)
     parameters = [*inspect.signature(grouped).parameters.values(), debug]
-    wrapper.__signature__ = inspect.Signature(parameters)
+    setattr(wrapper, "__signature__", inspect.Signature(parameters))  # as in with_option_groups
     wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
     return wrapper
 
@@ -222,8 +224,8 @@ class StderrProgress:
         from layerscope.distributed import is_writer
 
         self._last = ""
-        self._bar = None
-        self._task = None
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
         self._quiet = not is_writer()  # under torchrun only rank 0 reports
         if sys.stderr is not None and sys.stderr.isatty() and not self._quiet:
             from rich.console import Console

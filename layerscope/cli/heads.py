@@ -22,7 +22,7 @@ from layerscope.specs import parse_blocks
 if TYPE_CHECKING:
     from layerscope.analyses.head_scores import HeadScores
     from layerscope.analyses.patchscope import PatchscopeReport
-    from layerscope.analyses.retrieval import AblationReport, ActivityTrace
+    from layerscope.analyses.retrieval import AblationReport, ActivityTrace, Span
 
 heads_app = typer.Typer(help="Attention-head analyses: retrieval, induction and previous-token heads, masking.",
                         no_args_is_help=True)
@@ -115,7 +115,7 @@ def needle_files(haystack: Path | None, needles: Path | None) -> dict[str, Path]
     return {"--haystack": haystack or DEFAULT_HAYSTACK, "--needles": needles or DEFAULT_NEEDLES}
 
 
-def needle_tests(lm, haystack: Path | None, needles: Path | None, lengths: str, depths: str, span: str = "needle"):
+def needle_tests(lm, haystack: Path | None, needles: Path | None, lengths: str, depths: str, span: Span = "needle"):
     from layerscope.analyses.retrieval import build_tests, load_haystack, load_needles
 
     return build_tests(lm, load_haystack(haystack) if haystack else load_haystack(),
@@ -145,10 +145,10 @@ def retrieval(
     """
     from layerscope.analyses.retrieval import check_span, needle_results, retrieval_from_results
 
-    check_span(span)
+    checked_span = check_span(span)
     output.check(model, needle_files(haystack, needles))
     lm = model.load()
-    tests = needle_tests(lm, haystack, needles, lengths, depths, span)
+    tests = needle_tests(lm, haystack, needles, lengths, depths, checked_span)
     lm.check_generation(max(test.ids.shape[1] for test in tests), max_new_tokens)
     progress = StderrProgress()
     results = []

@@ -106,7 +106,7 @@ def with_intervention_options(command: Callable[..., None]) -> Callable[..., Non
     declared = inspect.signature(command, eval_str=True).parameters.values()
     own = [p for p in declared if p.kind is not inspect.Parameter.VAR_KEYWORD]
     at = 1 + max(i for i, p in enumerate(own) if p.name in ("prompt", "prompt_file"))  # a PromptInput, or its options
-    command.__signature__ = inspect.Signature([*own[:at], *parameters, *own[at:]])
+    setattr(command, "__signature__", inspect.Signature([*own[:at], *parameters, *own[at:]]))  # typeshed lacks it
     return command
 
 

@@ -5,17 +5,20 @@ from __future__ import annotations
 import json
 import sys
 from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
 from layerscope.cli.common import (
     BosModelOptions,
+    Format,
     ModelOptions,
+    OutOption,
     Output,
     StderrProgress,
     command,
@@ -43,10 +46,15 @@ class SweepFormat(str, Enum):
 
 
 @dataclass(frozen=True)
-class SweepOutput(Output):
-    """A sweep can also stream jsonl: one row a line as it is computed, which --resume continues."""
+class SweepOutput:
+    """`Output`, whose formats a sweep extends with jsonl: one row a line as it is computed, which --resume
+    continues. Not a subclass: its format is another enum."""
 
     format: Annotated[SweepFormat, typer.Option("--format", "-f", help="table, json, csv or jsonl.")] = SweepFormat.table
+    out: OutOption = None
+
+    def check(self, model: ModelOptions, inputs: Mapping[str, Path | None] | None = None) -> None:
+        Output(out=self.out).check(model, inputs)
 
 
 def _sample(name: str) -> Path:
@@ -134,9 +142,12 @@ def check_same_source(path: Path, written: dict, now: dict) -> None:
                                   f"now {json.dumps(now.get(key))}); give the same settings or a new --out file.")
 
 
-def _rows_from(dicts: list[dict], row_type: type, path: Path) -> list:
+Row = TypeVar("Row")
+
+
+def _rows_from(dicts: list[dict], from_dict: Callable[[dict], Row], path: Path) -> list[Row]:
     try:
-        return [row_type.from_dict(row) for row in dicts]
+        return [from_dict(row) for row in dicts]
     except TypeError:
         raise LayerscopeError(f"--resume: {path} holds rows of another layerscope version or command.") from None
 
@@ -185,14 +196,15 @@ def sweep(
         raise LayerscopeError("--resume needs --format jsonl and --out FILE (the file to continue).")
     output.check(model, {"--prompts": path})
     chosen = parse_blocks(layers, "layer") if layers else None
-    written, done = read_done(output.out, intervention) if resume else (None, [])
+    resumed = output.out if resume else None  # never None with --resume: checked above
+    written, done = read_done(resumed, intervention) if resumed is not None else (None, [])
     lm = model.load()
     donor = (donor_prompt, donor_word, donor_answer)
     valid = _sweep_layers(lm, items, intervention, chosen, donor)
     source = sweep_source(lm, intervention, valid, items, path, measure_accuracy, max_new_tokens, seed, batch_size,
                           donor)
-    if written is not None:
-        check_same_source(output.out, written, source)
+    if resumed is not None and written is not None:
+        check_same_source(resumed, written, source)
     progress = StderrProgress()
     try:
         rows = _sweep_rows(lm, items, intervention, chosen, valid, measure_accuracy, max_new_tokens, seed,
@@ -227,12 +239,13 @@ def _sweep_rows(lm, items, kind, layers, valid, accuracy, max_new_tokens, seed, 
         if row.get(where) not in valid or not (index is None or (isinstance(index, int) and 0 <= index < len(items))):
             raise LayerscopeError(f"--resume: {out} was written by a sweep over other prompts or layers.")
     seen = {(row["prompt_index"], row[where]) for row in done}
+    rows: Iterator[SweepRow] | Iterator[TokenSwapRow]
     if kind == "swap-token":
         rows = token_swap_sweep(lm, items, Donor(*donor), layers, max_new_tokens,
-                                _rows_from(done, TokenSwapRow, out), progress)
+                                _rows_from(done, TokenSwapRow.from_dict, out), progress)
     else:
         rows = sweep(lm, items, kind, layers, seed, accuracy, max_new_tokens, batch_size,
-                     _rows_from(done, SweepRow, out), progress)
+                     _rows_from(done, SweepRow.from_dict, out), progress)
     return (row.to_dict() for row in rows if row.key not in seen)
 
 
@@ -259,7 +272,7 @@ def _write_sweep(rows, source: dict, format: SweepFormat, out: Path | None, appe
                 raise LayerscopeError(f"interrupted after {written} new rows, all kept{where}") from None
         return
     rows = list(rows)
-    SweepOutput(format, out).write(lambda: {"intervention": kind, "source": source, "rows": rows}, lambda: rows,
+    Output(Format(format.value), out).write(lambda: {"intervention": kind, "source": source, "rows": rows}, lambda: rows,
                                    lambda: sweep_table(kind, rows))
 
 

@@ -43,8 +43,8 @@ def trace_table(trace: CausalTrace) -> str:
     lines.append("")
     positions = [("last subject token", trace.subject_positions[1] - 1)] if trace.subject_positions else []
     for name, position in [*positions, ("last position", len(trace.tokens) - 1)]:
-        row, effect = trace.peak(position)
-        lines.append(f"strongest at the {name} ({trace.tokens[position]!r}): row {row}, {effect:.3f}")
+        peak_row, effect = trace.peak(position)
+        lines.append(f"strongest at the {name} ({trace.tokens[position]!r}): row {peak_row}, {effect:.3f}")
     return "\n".join(lines)
 
 

@@ -234,6 +234,7 @@ class PatchState(Intervention):
 
 
 HeadMaskMode = Literal["zero", "uniform"]
+HEAD_MASK_MODES: tuple[HeadMaskMode, ...] = ("zero", "uniform")
 
 
 @dataclass(frozen=True)
@@ -256,7 +257,7 @@ class MaskHeads(Intervention):
                 for block, head in self.heads]
 
     def check(self, shape):
-        if self.mode not in ("zero", "uniform"):
+        if self.mode not in HEAD_MASK_MODES:
             raise InterventionError(f"mask-heads: mode must be 'zero' or 'uniform', not '{self.mode}'.")
         for block, head in self.heads:
             check_block("mask-heads", block, shape)

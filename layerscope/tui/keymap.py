@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
+
+from textual.binding import Binding
+from textual.dom import DOMNode
 
 from layerscope.errors import LayerscopeError
 from layerscope.locations import user_keymap_path  # noqa: F401 (the app imports it from here)
@@ -42,8 +47,9 @@ def key_display(keys: str) -> str:
     return ", ".join(one(key) for key in keys.split(","))
 
 
-def binding_rows(owners: Iterable[type], keymap: dict[str, str]) -> list[tuple[str, str, str]]:
-    """(keys, description, id) of every binding of the owners (classes with BINDINGS), with `keymap` applied."""
+def binding_rows(owners: Iterable[type[DOMNode]], keymap: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """(keys, description, id) of every binding of the owners, with `keymap` applied. Textual also allows
+    tuples in BINDINGS; layerscope writes only Binding objects, which alone have an id."""
     return [(keymap.get(binding.id, binding.key) if binding.id else binding.key,
              binding.description or binding.action, binding.id or "")
-            for owner in owners for binding in owner.BINDINGS]
+            for owner in owners for binding in owner.BINDINGS if isinstance(binding, Binding)]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from layerscope.errors import LayerscopeError
 from layerscope.interventions import REGISTRY, BlockChoice, Intervention, MaskHeads, chosen_by_block, intervention_class
+from layerscope.interventions.kinds import HEAD_MASK_MODES, HeadMaskMode
 
 if TYPE_CHECKING:
     from layerscope.analyses.grid import DecodeGrid
@@ -27,7 +28,7 @@ INTERVENABLE = ("logit_lens", "tuned_lens")
 
 def block_kinds() -> dict[str, BlockChoice]:
     """The per-block toggles, in the column order of the layer pane: every kind chosen by block."""
-    return {kind: cls.chosen_by for kind, cls in chosen_by_block().items()}
+    return {kind: cls.chosen_by for kind, cls in chosen_by_block().items() if cls.chosen_by is not None}
 
 
 def _kind(name: str) -> str:
@@ -45,10 +46,10 @@ class Toggles:
     blocks: tuple[tuple[str, frozenset[int]], ...] = ()  # (kind, blocks) in column order, none empty
     seed: int = 0
     masked_heads: frozenset[tuple[int, int]] = frozenset()
-    mask_mode: str = "zero"
+    mask_mode: HeadMaskMode = "zero"
 
     def __init__(self, blocks: Any = (), seed: int = 0, masked_heads: frozenset[tuple[int, int]] = frozenset(),
-                 mask_mode: str = "zero", **by_kind: Any) -> None:
+                 mask_mode: HeadMaskMode = "zero", **by_kind: Any) -> None:
         chosen = {_kind(kind): _as_blocks(value) for kind, value in {**dict(blocks), **by_kind}.items()}
         object.__setattr__(self, "blocks", tuple((kind, chosen[kind]) for kind in block_kinds() if chosen.get(kind)))
         object.__setattr__(self, "seed", seed)
@@ -70,7 +71,7 @@ class Toggles:
         return chosen if block_kinds()[kind].reach == "set" else next(iter(chosen), None)
 
     def _with(self, kind: str, chosen: frozenset[int]) -> Toggles:
-        return replace(self, blocks={**dict(self.blocks), kind: chosen})
+        return replace(self, blocks=tuple({**dict(self.blocks), kind: chosen}.items()))
 
     def toggle(self, kind: str, block: int) -> Toggles:
         """Flip one checkbox; a 'from' or 'at' toggle moves to this block, or clears when it is already here."""
@@ -143,9 +144,17 @@ class Toggles:
                 blocks[kind] = frozenset(map(int, value)) if block_kinds()[kind].reach == "set" else {int(value)}
             return cls(blocks, seed=int(data.get("seed", 0)),
                        masked_heads=frozenset((int(b), int(h)) for b, h in data.get("masked_heads", [])),
-                       mask_mode=str(data.get("mask_mode", "zero")))
+                       mask_mode=_mask_mode(data.get("mask_mode", "zero")))
         except (TypeError, ValueError, AttributeError, KeyError) as error:
             raise LayerscopeError(f"Bad interventions in the session: {error}") from error
+
+
+def _mask_mode(value: object) -> HeadMaskMode:
+    """A session's mask mode, checked when the session is read (not first when a run installs the mask)."""
+    for mode in HEAD_MASK_MODES:
+        if value == mode:
+            return mode
+    raise ValueError(f"mask mode {value!r} is neither 'zero' nor 'uniform'")
 
 
 def _as_blocks(value: Any) -> frozenset[int]:

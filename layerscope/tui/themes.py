@@ -7,12 +7,14 @@ with the shipped themes or Textual's own.
 from __future__ import annotations
 
 import dataclasses
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
+import sys
 from collections.abc import Iterable
 from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
 
 from textual.color import Color, ColorParseError
 from textual.theme import Theme
