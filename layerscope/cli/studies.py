@@ -272,8 +272,8 @@ def _write_sweep(rows, source: dict, format: SweepFormat, out: Path | None, appe
                 raise LayerscopeError(f"interrupted after {written} new rows, all kept{where}") from None
         return
     rows = list(rows)
-    Output(Format(format.value), out).write(lambda: {"intervention": kind, "source": source, "rows": rows}, lambda: rows,
-                                   lambda: sweep_table(kind, rows))
+    Output(Format(format.value), out).write(lambda: {"intervention": kind, "source": source, "rows": rows},
+                                           lambda: rows, lambda: sweep_table(kind, rows))
 
 
 def influence_table(report: InfluenceReport) -> str:

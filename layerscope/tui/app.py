@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from rich.text import Text
 from textual import on
@@ -46,6 +46,8 @@ from layerscope.tui.views import lens_charts, output_text, overview, status_line
 from layerscope.tui.workers import RunContext
 
 if TYPE_CHECKING:
+    from layerscope.analyses.causal_trace import CausalTrace
+    from layerscope.analyses.grid import DecodeGrid
     from layerscope.analyses.tuned_lens import TunedLens
     from layerscope.models.loading import LoadedModel
 
@@ -275,6 +277,7 @@ class LayerscopeApp(App):
     def start_run(self, kind: str, status: str, cancelled: str, work: Callable[[RunContext], None]) -> None:
         """A new run (older runs' messages are dropped from now on) doing `work` (see tui/workers.py)."""
         run_id, lm = self.runs.begin(), self.lm
+        assert lm is not None, "every caller checks first that the model is loaded"
         self.set_status(status)
         group = "scores" if kind == "scores" else "run"  # a causal trace replaces the lens run: one grid shows either
         self.start_worker(Job(kind, run_id, cancelled), group,
@@ -416,13 +419,23 @@ class LayerscopeApp(App):
         self.update_detail()
         self.update_output()
 
+    def shown_trace(self) -> CausalTrace | None:
+        """The causal trace, while the grid shows it."""
+        trace = self.runs.trace
+        return trace if trace is not None and self.grid.baseline is trace else None
+
     def showing_trace(self) -> bool:
-        return self.runs.trace is not None and self.grid.baseline is self.runs.trace
+        return self.shown_trace() is not None
+
+    def shown_lens(self) -> DecodeGrid | None:
+        """The lens grid the grid shows, if any: the grid shows either that or the causal trace."""
+        return None if self.showing_trace() else cast("DecodeGrid | None", self.grid.shown)
 
     def update_detail(self) -> None:
         grid, results = self.grid, self.runs.results
-        if self.showing_trace():
-            self.detail = trace_detail_text(self.runs.trace, grid.cursor_layer, grid.cursor_position)
+        trace = self.shown_trace()
+        if trace is not None:
+            self.detail = trace_detail_text(trace, grid.cursor_layer, grid.cursor_position)
         else:
             self.detail = detail_text(results.baseline, results.intervened, results.kl_base_int,
                                       grid.cursor_layer, grid.cursor_position, self.n_rows())
@@ -438,9 +451,10 @@ class LayerscopeApp(App):
     def charts(self, width: int, height: int) -> Text:
         """The side charts at the cursor: the causal trace's, or the lens grids' (see views.lens_charts)."""
         cursor = (self.grid.cursor_layer, self.grid.cursor_position)
-        if self.showing_trace() and width >= 20:
-            return trace_chart(self.runs.trace, cursor, self.current_theme, width, height)
-        return lens_charts(self.runs.results, self.grid.shown, cursor, self.n_rows(), self.current_theme, width,
+        trace = self.shown_trace()
+        if trace is not None:
+            return trace_chart(trace, cursor, self.current_theme, width, height) if width >= 20 else Text()
+        return lens_charts(self.runs.results, self.shown_lens(), cursor, self.n_rows(), self.current_theme, width,
                            height)
 
     def flush_charts(self) -> None:
@@ -462,7 +476,7 @@ class LayerscopeApp(App):
             self.overview.update("The overview maps the lens grids; the causal trace is in the Lens tab (1).")
             return
         grid, size = self.grid, self.overview.size
-        self.overview.update(overview(self.runs.results, grid.shown, grid.view, self.overview.metric,
+        self.overview.update(overview(self.runs.results, self.shown_lens(), grid.view, self.overview.metric,
                                       (grid.cursor_layer, grid.cursor_position), size.width, size.height,
                                       self.current_theme.primary))
 
@@ -534,6 +548,7 @@ class LayerscopeApp(App):
     def on_scores_computed(self, message: ScoresComputed) -> None:
         """Scores are kept even when a newer run started: they do not depend on the prompt."""
         self.runs.end(message.run_id)
+        assert self.lm is not None, "scores come from a run, and runs start only with a model loaded"
         self.head_pane.set_scores(message.kind, message.scores, f"{self.lm.name}, {SCORE_SOURCES[message.kind]}")
         self.set_status(f"{message.kind} scores ready")
 
@@ -717,18 +732,19 @@ class LayerscopeApp(App):
         self.notify(export_csv(self.grid.shown, path))
 
     def action_copy_cell(self) -> None:
-        text, grid = self.detail.plain, self.grid
+        text, grid, shown = self.detail.plain, self.grid, self.grid.shown
         self.copy_to_clipboard(text)
-        label = grid.shown.layers[grid.cursor_layer] if grid.n_layers else "-"
+        label = shown.layers[grid.cursor_layer] if shown is not None and grid.n_layers else "-"
         self.notify(f"copied cell {label}@{grid.cursor_position} · {byte_size(text)} (OSC 52)", timeout=3)
 
     def action_copy_grid(self) -> None:
-        text = grid_text(self.grid.shown)
-        if not text:
+        shown = self.grid.shown
+        text = grid_text(shown)
+        if shown is None or not text:
             self.notify("Nothing to copy yet: run a prompt first.", severity="warning")
             return
         self.copy_to_clipboard(text)
-        self.notify(f"copied grid · {grid_shape(self.grid.shown)} · {byte_size(text)} TSV (OSC 52)", timeout=3)
+        self.notify(f"copied grid · {grid_shape(shown)} · {byte_size(text)} TSV (OSC 52)", timeout=3)
 
     def action_toggle_side(self) -> None:
         """Hide or show the detail and chart panel: the grid gets the room."""

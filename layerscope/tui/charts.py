@@ -23,7 +23,7 @@ SHADES = " ░▒▓█"
 class Series:
     name: str
     values: list[float]  # one per row so far
-    style: str  # a Rich style: the theme's colour for this series
+    style: str | None  # a Rich style: the theme's colour for this series (None where the theme has none)
     mark: str
 
 
@@ -58,7 +58,7 @@ def layer_chart(title: str, series: list[Series], n_rows: int, cursor: int, widt
         return round(row * (plot_width - 1) / last)
 
     top = max((_scale(v, log) for one in series for v in one.values), default=0.0) or 1.0
-    cells: list[list[tuple[str, str]]] = [[(" ", "")] * plot_width for _ in range(plot_height)]
+    cells: list[list[tuple[str, str | None]]] = [[(" ", "")] * plot_width for _ in range(plot_height)]
     for line in range(plot_height):
         cells[line][column(cursor)] = ("│", "dim")
     for one in series:
@@ -91,7 +91,7 @@ def layer_chart(title: str, series: list[Series], n_rows: int, cursor: int, widt
 
 
 def first_final_bars(first_rows: list[int], tokens: list[str], n_rows: int, cursor_position: int, width: int,
-                     height: int, style: str) -> Text:
+                     height: int, style: str | None) -> Text:
     """Per position, the first row whose top-1 is the final one, as a bar: the positions around the cursor."""
     text = Text("top-1 = final from row (per position)"[:width] + "\n", "bold", no_wrap=True, overflow="crop")
     lines = height - 1

@@ -13,7 +13,8 @@ top-1 changed (a leading ≠), so the grid reads without colour (NO_COLOR, 16 co
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 from rich.segment import Segment
 from rich.style import Style
@@ -35,7 +36,7 @@ VIEWS = ("intervened", "baseline", "diff")
 
 
 _WHITESPACE = str.maketrans({" ": "·", "\n": "⏎", "\t": "⇥"})
-_CONTROLS = str.maketrans({**{code: 0x2400 + code for code in range(0x20) if code != 0x0A}, 0x7F: "␡",
+_CONTROLS = str.maketrans({**{code: chr(0x2400 + code) for code in range(0x20) if code != 0x0A}, 0x7F: "␡",
                            **{code: f"\\x{code:02x}" for code in range(0x80, 0xA0)}})
 
 
@@ -62,9 +63,9 @@ def prob_bin(prob: float) -> int:
 def cell_text(cell: GridCell | TraceCell, width: int = CELL_WIDTH - 2) -> tuple[float, str]:
     """(probability for the glyph and shade, text) of a cell: a lens cell's top-1 token, or a causal trace
     cell's indirect effect (shaded by the answer's restored probability)."""
-    if hasattr(cell, "indirect_effect"):
-        return cell.p_answer, f"{cell.indirect_effect:+.3f}"
-    return cell.top[0].prob, token_label(cell.top[0].token, width)
+    if hasattr(cell, "top"):
+        return cell.top[0].prob, token_label(cell.top[0].token, width)
+    return cell.p_answer, f"{cell.indirect_effect:+.3f}"
 
 
 def arrow_bindings(prefix: str) -> list[Binding]:
@@ -115,7 +116,7 @@ class DecodeGridView(ScrollView, can_focus=True):
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
-        self.baseline: DecodeGrid | None = None
+        self.baseline: DecodeGrid | CausalTrace | None = None  # a causal trace has no intervened grid
         self.intervened: DecodeGrid | None = None
         self._cache: dict[int, tuple[Strip, dict[tuple[int, int], Strip]]] = {}  # row strip, drawn lines
         self._styles: dict[str, Style] = {}
@@ -158,7 +159,7 @@ class DecodeGridView(ScrollView, can_focus=True):
         return style
 
     @property
-    def shown(self) -> DecodeGrid | None:
+    def shown(self) -> DecodeGrid | CausalTrace | None:
         """The grid whose tokens the cells show."""
         if self.view == "baseline" or self.intervened is None:
             return self.baseline
@@ -176,7 +177,8 @@ class DecodeGridView(ScrollView, can_focus=True):
         """Whether the intervened top-1 differs from the baseline's at this cell."""
         if self.intervened is None or self.baseline is None or layer >= len(self.intervened.cells):
             return False
-        return self.intervened.top1(layer, position).id != self.baseline.top1(layer, position).id
+        baseline = cast("DecodeGrid", self.baseline)  # an intervened grid comes only with a lens baseline
+        return self.intervened.top1(layer, position).id != baseline.top1(layer, position).id
 
     # cursor -------------------------------------------------------------
     def action_move(self, dx: int, dy: int) -> None:
@@ -234,20 +236,24 @@ class DecodeGridView(ScrollView, can_focus=True):
         scroll_x, scroll_y = self.scroll_offset
         scroll_x -= scroll_x % CELL_WIDTH  # whole cells, however the scrollbar or the mouse moved
         width = self.size.width
-        if self.shown is None:
+        shown, baseline = self.shown, self.baseline
+        if shown is None:
             return Strip.blank(width, self.rich_style)
         if y == 0:
-            label, cells = self._header()
+            label, cells = self._header(shown)
         else:
             position = scroll_y + y - 1
-            if position >= self.n_positions:
+            if baseline is None or position >= len(baseline.tokens):
                 return Strip.blank(width, self.rich_style)
-            cells, lines = self._cache.get(position) or self._cache.setdefault(position, (self._row(position), {}))
+            if position not in self._cache:
+                self._cache[position] = (self._row(shown, position), {})
+            cells, lines = self._cache[position]
             line = lines.get((scroll_x, width))
             if line is None:
                 if len(lines) > 8:  # drawn at scroll offsets long left
                     lines.clear()
-                line = lines[scroll_x, width] = self._join(self._label(position), cells, scroll_x, width)
+                line = lines[scroll_x, width] = self._join(self._label(position, baseline.tokens[position]), cells,
+                                                           scroll_x, width)
             return line
         return self._join(label, cells, scroll_x, width)
 
@@ -255,24 +261,25 @@ class DecodeGridView(ScrollView, can_focus=True):
         body = cells.crop(scroll_x, scroll_x + width - LABEL_WIDTH)
         return Strip.join([label, body]).adjust_cell_length(width, self.rich_style)
 
-    def _header(self) -> tuple[Strip, Strip]:
+    def _header(self, shown: DecodeGrid | CausalTrace) -> tuple[Strip, Strip]:
         style = self._style("header")
         cursor = self._style("cursor")
         label = Strip([Segment(f"{'pos token':<{LABEL_WIDTH - 1}}│", style)])
         cells = [Segment(f"{name:^{CELL_WIDTH}}", cursor if layer == self.cursor_layer else style)
-                 for layer, name in enumerate(self.shown.layers)]
+                 for layer, name in enumerate(shown.layers)]
         return label, Strip(cells)
 
-    def _label(self, position: int) -> Strip:
+    def _label(self, position: int, token: str) -> Strip:
         name = "cursor" if position == self.cursor_position else "label"
-        text = f"{position:>4} {token_label(self.baseline.tokens[position], LABEL_WIDTH - 6)}"
+        text = f"{position:>4} {token_label(token, LABEL_WIDTH - 6)}"
         return Strip([Segment(f"{text:<{LABEL_WIDTH - 1}}│", self._style(name))])
 
-    def _row(self, position: int) -> Strip:
+    def _row(self, shown: DecodeGrid | CausalTrace, position: int) -> Strip:
         diff = self.view == "diff" and self.intervened is not None
         segments = []
-        for layer, row in enumerate(self.shown.cells):
-            cell: GridCell | TraceCell = row[position]
+        rows: Sequence[Sequence[GridCell | TraceCell]] = shown.cells
+        for layer, row in enumerate(rows):
+            cell = row[position]
             prob, label = cell_text(cell)
             changed = self.changed(layer, position)
             text = f"{prob_glyph(prob)}{label:<{CELL_WIDTH - 2}}"

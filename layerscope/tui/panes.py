@@ -6,13 +6,14 @@ asks; none of them touches the model.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from rich.text import Text
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import DataTable, Static
+from textual.widgets.data_table import RowKey
 
 from layerscope.tui.grid_view import arrow_bindings, prob_glyph, token_label
 from layerscope.tui.state import Toggles, block_kinds
@@ -20,6 +21,7 @@ from layerscope.tui.state import Toggles, block_kinds
 if TYPE_CHECKING:
     from layerscope.analyses.causal_trace import CausalTrace
     from layerscope.analyses.grid import DecodeGrid
+    from layerscope.tui.app import LayerscopeApp
 
 TOGGLE_MARKS = {"on": "[x]", "covered": "[·]", "off": "[ ]"}
 """Shown as Text, never as a string: a DataTable reads a string as Rich markup, and '[x]' is a tag to it."""
@@ -33,11 +35,18 @@ def toggle_mark(state: str) -> Text:
     return Text(TOGGLE_MARKS[state], style="bold" if state == "on" else "")
 
 
+def head_of(key: RowKey) -> tuple[int, int]:
+    """(layer, head) of a head table row, added with the key 'layer.head'."""
+    assert key.value is not None, "every head row has its key"
+    layer, head = key.value.split(".")
+    return int(layer), int(head)
+
+
 class LayerPane(Vertical):
     """One row per block; a column per toggle. Space or Enter flips the cell under the cursor."""
 
     BINDINGS = [
-        Binding("space", "toggle", "Toggle", id="layers.toggle"),
+        Binding("space", "toggle_cell", "Toggle", id="layers.toggle"),
         Binding("s", "next_seed", "Next seed", id="layers.next_seed"),
     ]
 
@@ -51,8 +60,7 @@ class LayerPane(Vertical):
 
     def compose(self):
         yield Static(id="layer-hint")
-        table = DataTable(id="layer-table", cursor_type="cell", zebra_stripes=True)
-        yield table
+        yield DataTable(id="layer-table", cursor_type="cell", zebra_stripes=True)
 
     def show(self, toggles: Toggles, n_blocks: int) -> None:
         """Rebuild the rows when the model changes; otherwise update the marks in place."""
@@ -72,7 +80,7 @@ class LayerPane(Vertical):
             for kind in kinds:
                 table.update_cell(str(block), kind, toggle_mark(toggles.state_of(kind, block)))
 
-    def action_toggle(self) -> None:
+    def action_toggle_cell(self) -> None:  # not action_toggle: that is DOMNode's own (toggle an attribute)
         table = self.query_one(DataTable)
         if not table.row_count:
             return
@@ -83,7 +91,7 @@ class LayerPane(Vertical):
 
     def on_data_table_cell_selected(self, event: DataTable.CellSelected) -> None:
         event.stop()
-        self.action_toggle()
+        self.action_toggle_cell()
 
     def action_next_seed(self) -> None:
         self.post_message(self.SeedChanged())
@@ -174,7 +182,7 @@ class HeadPane(Vertical):
         self._hint()
         table = self.query_one(DataTable)
         for key in table.rows:
-            layer, head = map(int, key.value.split("."))
+            layer, head = head_of(key)
             table.update_cell(key, kind, self._score_cells(layer, head)[SCORE_KINDS.index(kind)])
         self._sort()
 
@@ -199,7 +207,7 @@ class HeadPane(Vertical):
     def action_toggle_mask(self) -> None:
         table = self.query_one(DataTable)
         if table.row_count:
-            layer, head = map(int, table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value.split("."))
+            layer, head = head_of(table.coordinate_to_cell_key(table.cursor_coordinate).row_key)
             self.post_message(self.MaskToggled(layer, head))
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
@@ -287,7 +295,8 @@ class ChartPane(Static):
     """Redrawn by the app at most a few times a second (see `LayerscopeApp.flush_charts`), and on resize."""
 
     def on_resize(self) -> None:
-        self.app._charts_dirty = True
+        app = cast("LayerscopeApp", self.app)  # a ChartPane is only ever mounted in LayerscopeApp
+        app._charts_dirty = True
 
 
 OVERVIEW_METRICS = ("kl_to_final", "entropy_bits", "kl_base_int")

@@ -109,14 +109,17 @@ class RunController:
         return True
 
     def add_row(self, row: LayerRow) -> None:
-        """Append a row of the current run to the shown results."""
-        results = self.results
-        results.baseline.layers.append(row.label)
-        results.baseline.cells.append(row.baseline)
-        if results.intervened is not None and row.intervened is not None:
-            results.intervened.layers.append(row.label)
-            results.intervened.cells.append(row.intervened)
-            results.kl_base_int.append(row.kl_base_int)
+        """Append a row of the current run to the shown results. Its KL comes with its intervened row, as
+        the results' KL rows came with their intervened grid (`start_results`)."""
+        baseline, intervened, kl_rows = self.results.baseline, self.results.intervened, self.results.kl_base_int
+        assert baseline is not None, "a run's rows arrive after take_pending showed its results, which have a baseline"
+        baseline.layers.append(row.label)
+        baseline.cells.append(row.baseline)
+        if (intervened is not None and kl_rows is not None
+                and row.intervened is not None and row.kl_base_int is not None):
+            intervened.layers.append(row.label)
+            intervened.cells.append(row.intervened)
+            kl_rows.append(row.kl_base_int)
 
     def set_progress(self, run_id: int, description: str, done: int, total: int) -> bool:
         """Record the phase of the current, running run; False for any other."""

@@ -53,7 +53,7 @@ class HelpScreen(_Modal):
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label("Key bindings (remap by id in keymap.toml; Ctrl+P: command palette; Esc closes)")
-            table = DataTable(cursor_type="row", zebra_stripes=True)
+            table: DataTable[str] = DataTable(cursor_type="row", zebra_stripes=True)
             table.add_columns("keys", "action", "id")
             for keys, action, binding_id in self.rows:
                 table.add_row(key_display(keys), action, binding_id)

@@ -32,14 +32,14 @@ def status_line(stale: list[str], text: str) -> Text:
     return line
 
 
-def lens_charts(results: Results, shown: DecodeGrid, cursor: tuple[int, int], n_rows: int, theme: Theme,
+def lens_charts(results: Results, shown: DecodeGrid | None, cursor: tuple[int, int], n_rows: int, theme: Theme,
                 width: int, height: int) -> Text:
     """At the cursor's position: KL to final (log scale), KL(base‖int) with interventions, the first row where
     each position's final top-1 appears, entropy; baseline and intervened on one plot each. As many as fit at
     their minimum height, in that order."""
     base, intervened = results.baseline, results.intervened
     layer, position = cursor
-    if base is None or not base.cells or position >= len(base.tokens) or width < 20:
+    if base is None or shown is None or not base.cells or position >= len(base.tokens) or width < 20:
         return Text()
     colours = {"base": theme.primary, "int.": theme.accent or theme.warning or theme.secondary}
     grids = [("base", base)] + ([("int.", intervened)] if intervened is not None and intervened.cells else [])
@@ -77,7 +77,7 @@ def overview(results: Results, shown: DecodeGrid | None, view: str, metric: str,
     """The Overview pane: one metric of the shown grid as a heatmap, a character per cell, under a title line."""
     if shown is None or not shown.cells:
         return Text("No results yet: type a prompt and press Ctrl+R.")
-    values = results.kl_base_int if metric == "kl_base_int" else [
+    values = (results.kl_base_int or []) if metric == "kl_base_int" else [
         [getattr(cell, metric) for cell in row] for row in shown.cells]
     text = Text(f"overview · {OVERVIEW_TITLES[metric]} · {view} · v: metric, Enter: open in the grid\n", "bold",
                 no_wrap=True)
@@ -111,7 +111,7 @@ def output_text(results: Results, origin: RunOrigin | None, changes: list[str], 
         lines.append(f"prompt: \"{origin.prompt.replace(chr(10), '⏎')}\"")
         if changes:
             lines.append(f"STALE: {', '.join(changes)} changed since; Ctrl+R reruns (now: {interventions_now})")
-    if results.kl_base_int:
+    if results.kl_base_int and results.baseline is not None and results.intervened is not None:
         last, row = results.kl_base_int[-1], len(results.kl_base_int) - 1
         agree = sum(results.baseline.top1(row, t).id == results.intervened.top1(row, t).id for t in range(len(last)))
         lines.append(f"row {results.intervened.layers[-1]}: mean KL(base‖int) {sum(last) / len(last):.4f} nats, "
