@@ -141,23 +141,23 @@ async def latency_run(lm) -> tuple[dict[str, list[float]], float]:
     results: dict[str, list[float]] = {}
     app = LayerscopeApp(lm=lm, prompt=LONG_PROMPT, continuation_tokens=8)
     async with app.run_test(size=(120, 40)) as pilot:
-        while app.running or app.results.baseline is None:  # the first (baseline) run, unmeasured
+        while app.runs.running or app.runs.results.baseline is None:  # the first (baseline) run, unmeasured
             await pilot.pause(0.05)
         expected = logit_lens(lm, lm.encode(LONG_PROMPT))
-        assert [[c.top[0].id for c in r] for r in app.results.baseline.cells] == \
+        assert [[c.top[0].id for c in r] for r in app.runs.results.baseline.cells] == \
                [[c.top[0].id for c in r] for r in expected.cells], "the grid differs from logit_lens"
         await pilot.press("escape", "1", "ctrl+home", "home")  # from the answer cell (the last) to the first
         results["idle"] = await key_latencies(app, pilot, KEYS, lambda: True)
 
         app.toggles = Toggles(drop=frozenset({3}))
-        first = app.results
+        first = app.runs.results
         started = time.perf_counter()
         await pilot.press("ctrl+r")  # baseline + intervened over all layers, then two continuations
-        while app.results is first:  # measure from the new run's first row on
+        while app.runs.results is first:  # measure from the new run's first row on
             await asyncio.sleep(0.001)
         first_row = time.perf_counter() - started
-        results["during background run (worker)"] = await key_latencies(app, pilot, KEYS, lambda: app.running)
-        while app.running:
+        results["during background run (worker)"] = await key_latencies(app, pilot, KEYS, lambda: app.runs.running)
+        while app.runs.running:
             await pilot.pause(0.05)
 
         def blocking() -> None:  # the naive way: the same kind of work on the UI thread
