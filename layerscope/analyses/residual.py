@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -27,9 +28,9 @@ def layer_labels(n_blocks: int) -> list[str]:
     return ["emb", *(str(b) for b in range(n_blocks))]
 
 
-def trace_residuals(adapter: ModelAdapter, input_ids: torch.Tensor, **forward_options) -> ResidualTrace:
-    """One forward pass; the residual state at each row, and the model's logits (`forward_options` go to the
-    model, e.g. logits_to_keep=1 where only the last position's logits are wanted)."""
+def trace_residuals(adapter: ModelAdapter, input_ids: torch.Tensor, **forward_options: Any) -> ResidualTrace:
+    """One forward pass of `input_ids` (batch, tokens); the residual state at each row, and the model's logits
+    (`forward_options` go to the model, e.g. logits_to_keep=1 where only the last position's logits are wanted)."""
     rows: list[torch.Tensor | None] = [None] * (adapter.n_blocks + 1)
     target = adapter.output_device
 

@@ -208,8 +208,11 @@ def _frozen(model: nn.Module) -> Iterator[None]:
             parameter.requires_grad_(flag)
 
 
-def _train_steps(lm, lens, chunks, settings, optimizer, start, out, recipe, progress, save_every) -> None:
-    """Steps `start`.. of the training; an interrupt saves the last finished step before it propagates."""
+def _train_steps(lm: LoadedModel, lens: TunedLens, chunks: torch.Tensor, settings: TrainSettings,
+                 optimizer: torch.optim.Optimizer, start: int, out: Path, recipe: dict, progress: ProgressFn,
+                 save_every: int) -> None:
+    """Steps `start`.. of the training, on `chunks` (chunks, context); an interrupt saves the last finished step
+    before it propagates."""
     unembed_weight = lm.adapter.unembed.weight.detach().to(torch.bfloat16) if settings.bf16_unembed else None
     done = start
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import typer
 from typer.core import TyperGroup
@@ -42,11 +43,11 @@ class OneLineErrorsGroup(TyperGroup):
     """Parses the top-level options (make_context) and every subcommand's (inside invoke) under
     `one_line_usage_errors`, so the rule holds in the installed command and under CliRunner alike."""
 
-    def make_context(self, *args, **kwargs) -> Context:
+    def make_context(self, *args: Any, **kwargs: Any) -> Context:
         with one_line_usage_errors():
             return super().make_context(*args, **kwargs)
 
-    def invoke(self, ctx: Context):
+    def invoke(self, ctx: Context) -> Any:
         with one_line_usage_errors():
             return super().invoke(ctx)
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -138,7 +138,7 @@ class Output:
         write_atomic(render[self.format.value](), self.out)
 
 
-def _is_group(annotation) -> bool:
+def _is_group(annotation: object) -> bool:
     return isinstance(annotation, type) and dataclasses.is_dataclass(annotation)
 
 
@@ -159,7 +159,7 @@ def with_option_groups(function: Callable) -> Callable:
     signature = inspect.Signature(parameters)
 
     @functools.wraps(function)
-    def wrapper(**options):
+    def wrapper(**options: Any) -> Any:
         bound = signature.bind(**options)  # also callable from Python, with the options' defaults
         bound.apply_defaults()
         options = bound.arguments
@@ -179,7 +179,7 @@ def command(function: Callable) -> Callable:
     grouped = with_option_groups(function)
 
     @functools.wraps(grouped)
-    def wrapper(*, debug: bool = False, **options):
+    def wrapper(*, debug: bool = False, **options: Any) -> Any:
         try:
             check_text_options(options)
             return grouped(**options)

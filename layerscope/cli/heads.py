@@ -22,7 +22,8 @@ from layerscope.specs import parse_blocks
 if TYPE_CHECKING:
     from layerscope.analyses.head_scores import HeadScores
     from layerscope.analyses.patchscope import PatchscopeReport
-    from layerscope.analyses.retrieval import AblationReport, ActivityTrace, Span
+    from layerscope.analyses.retrieval import AblationReport, ActivityTrace, NeedleTest, Span
+    from layerscope.models.loading import LoadedModel
 
 heads_app = typer.Typer(help="Attention-head analyses: retrieval, induction and previous-token heads, masking.",
                         no_args_is_help=True)
@@ -115,7 +116,8 @@ def needle_files(haystack: Path | None, needles: Path | None) -> dict[str, Path]
     return {"--haystack": haystack or DEFAULT_HAYSTACK, "--needles": needles or DEFAULT_NEEDLES}
 
 
-def needle_tests(lm, haystack: Path | None, needles: Path | None, lengths: str, depths: str, span: Span = "needle"):
+def needle_tests(lm: LoadedModel, haystack: Path | None, needles: Path | None, lengths: str, depths: str,
+                 span: Span = "needle") -> list[NeedleTest]:
     from layerscope.analyses.retrieval import build_tests, load_haystack, load_needles
 
     return build_tests(lm, load_haystack(haystack) if haystack else load_haystack(),

@@ -23,6 +23,7 @@ from layerscope.errors import LayerscopeError
 if TYPE_CHECKING:
     from layerscope.analyses.compare import InterventionReport
     from layerscope.analyses.grid import DecodeGrid
+    from layerscope.interventions.core import CliOption
 
 CELL = 12
 
@@ -97,7 +98,7 @@ def with_intervention_options(command: Callable[..., None]) -> Callable[..., Non
     and each kind's settings such as `--seed`), after the prompt options; `command` gets them in **chosen."""
     from layerscope.interventions.core import cli_options
 
-    def typed(option):
+    def typed(option: CliOption) -> object:
         kind = option.type if option.default is not None else option.type | None
         return Annotated[kind, typer.Option(option.flag, help=option.help)]
 

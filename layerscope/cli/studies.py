@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from enum import Enum
@@ -33,7 +33,10 @@ from layerscope.textfiles import read_text_file
 
 if TYPE_CHECKING:
     from layerscope.analyses.influence import InfluenceReport
+    from layerscope.analyses.prompt_sets import PromptItem
     from layerscope.analyses.stages import StageMap
+    from layerscope.models.loading import LoadedModel
+    from layerscope.progress import ProgressFn
 
 SWEEP_KINDS = (*chosen_by_block(), "swap-token")
 
@@ -85,8 +88,8 @@ def sweep_table(kind: str, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def sweep_source(lm, kind: str, layers: list[int], items: list, prompts: Path, accuracy: bool, max_new_tokens: int,
-                 seed: int, batch_size: int, donor: tuple[str, str, str]) -> dict:
+def sweep_source(lm: LoadedModel, kind: str, layers: list[int], items: list[PromptItem], prompts: Path,
+                 accuracy: bool, max_new_tokens: int, seed: int, batch_size: int, donor: tuple[str, str, str]) -> dict:
     """What a sweep's rows are computed from: the first line of a jsonl file, checked by --resume.
 
     Only settings that change the numbers count: the seed for `random`, the batch for the batched kinds
@@ -145,7 +148,7 @@ def check_same_source(path: Path, written: dict, now: dict) -> None:
 Row = TypeVar("Row")
 
 
-def _rows_from(dicts: list[dict], from_dict: Callable[[dict], Row], path: Path) -> list[Row]:
+def _rows_from(dicts: list[dict], from_dict: Callable[[dict], Row], path: Path | None) -> list[Row]:
     try:
         return [from_dict(row) for row in dicts]
     except TypeError:
@@ -214,7 +217,8 @@ def sweep(
         progress.close()
 
 
-def _sweep_layers(lm, items, kind, layers, donor) -> list[int]:
+def _sweep_layers(lm: LoadedModel, items: list[PromptItem], kind: str, layers: Sequence[int] | None,
+                  donor: tuple[str, str, str]) -> list[int]:
     """The layers (grid rows for swap-token) the sweep covers; checks the input before anything is written."""
     from layerscope.analyses.sweep import check_layers, sweep_layers
     from layerscope.analyses.token_swap import Donor, check_rows, usable_targets
@@ -225,8 +229,9 @@ def _sweep_layers(lm, items, kind, layers, donor) -> list[int]:
     return check_layers(kind, sweep_layers(kind, lm.n_blocks) if layers is None else layers, lm.n_blocks)
 
 
-def _sweep_rows(lm, items, kind, layers, valid, accuracy, max_new_tokens, seed, batch_size, donor, done, out,
-                progress):
+def _sweep_rows(lm: LoadedModel, items: list[PromptItem], kind: str, layers: Sequence[int] | None, valid: list[int],
+                accuracy: bool, max_new_tokens: int, seed: int, batch_size: int, donor: tuple[str, str, str],
+                done: list[dict], out: Path | None, progress: ProgressFn) -> Iterator[dict]:
     """Row dicts not yet in `done`, in the order an uninterrupted run writes them. The generators only start
     when the first row is asked for, after the output file is opened."""
     from layerscope.analyses.sweep import SweepRow, sweep
@@ -249,7 +254,7 @@ def _sweep_rows(lm, items, kind, layers, valid, accuracy, max_new_tokens, seed, 
     return (row.to_dict() for row in rows if row.key not in seen)
 
 
-def _write_sweep(rows, source: dict, format: SweepFormat, out: Path | None, append: bool) -> None:
+def _write_sweep(rows: Iterable[dict], source: dict, format: SweepFormat, out: Path | None, append: bool) -> None:
     """jsonl: the source line (unless appending to a file that has it), then each row as it comes."""
     kind = source["intervention"]
     from layerscope.distributed import is_writer

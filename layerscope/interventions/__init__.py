@@ -5,6 +5,8 @@ Importing this package loads no torch (the CLI and the explorer read the kinds' 
 `intervene` and `InterventionRun` load it when first used.
 """
 
+from typing import TYPE_CHECKING
+
 from layerscope.interventions.core import (
     REGISTRY,
     BlockChoice,
@@ -27,10 +29,13 @@ from layerscope.interventions.kinds import (
     SwapBlocks,
 )
 
+if TYPE_CHECKING:  # loaded on first use, by __getattr__
+    from layerscope.interventions.run import InterventionRun, intervene
+
 _RUN = ("intervene", "InterventionRun")
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     if name in _RUN:
         from layerscope.interventions import run
 

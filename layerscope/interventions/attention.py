@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,7 +52,8 @@ def _repeat_kv(states: torch.Tensor, n_heads: int) -> torch.Tensor:
     return states.repeat_interleave(n_heads // states.shape[1], dim=1)
 
 
-def allowed_keys(attention_mask: torch.Tensor | None, n_queries: int, n_keys: int, device) -> torch.Tensor:
+def allowed_keys(attention_mask: torch.Tensor | None, n_queries: int, n_keys: int,
+                 device: torch.device) -> torch.Tensor:
     """Boolean (batch|1, 1, queries, keys): which keys each query may attend to."""
     if attention_mask is None:
         offset = n_keys - n_queries
@@ -91,8 +93,16 @@ def _uniform_output(value: torch.Tensor, heads: list[int], allowed: torch.Tensor
     return out.transpose(1, 2).to(value.dtype)
 
 
-def _edited_attention(base: Callable) -> Callable:
-    def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+AttentionFunction = Callable[..., "tuple[torch.Tensor, torch.Tensor | None]"]
+"""transformers' attention function: (module, query, key, value, attention_mask, ...) -> (output, weights or None)."""
+
+
+def _edited_attention(base: AttentionFunction) -> AttentionFunction:
+    def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                  **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """query (batch, heads, queries, dim), key and value (batch, kv_heads, keys, dim); the output is
+        (batch, queries, heads, dim)."""
         output, weights = base(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
         edits: AttentionEdits | None = getattr(module, EDITS_ATTRIBUTE, None)
         if edits is None or edits.is_empty():
@@ -115,7 +125,7 @@ def _edited_attention(base: Callable) -> Callable:
     return attention
 
 
-def _eager_of(module, *args, **kwargs):
+def _eager_of(module: nn.Module, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The model family's own eager attention (Gemma-2 adds soft-capping, for example)."""
     family_eager = sys.modules[type(module).__module__].eager_attention_forward
     return family_eager(module, *args, **kwargs)

@@ -44,7 +44,8 @@ class Positions:
 
     @classmethod
     def of(cls, attention_mask: torch.Tensor | None, batch: int, tokens: int, device: torch.device) -> Positions:
-        """Real tokens are where the 2-D mask is set (right or left padding); without a mask, every token."""
+        """Real tokens are where the 2-D mask is set (right or left padding); without a mask, every token.
+        `attention_mask` is (batch, cached + tokens), or anything not 2-D (read as no mask)."""
         import torch
 
         if attention_mask is None or attention_mask.dim() != 2:
@@ -205,14 +206,18 @@ class Intervention:
     # hidden states are (batch, tokens, hidden); `memo` is this intervention's scratch for one pass;
     # None means "leave it as it is".
     def edit_input(self, depth: int, hidden: torch.Tensor, at: Positions, memo: dict) -> torch.Tensor | None:
+        """The state entering the block at `depth`, `hidden` (batch, tokens, hidden)."""
         return None
 
     def edit_output(self, depth: int, hidden_in: torch.Tensor, hidden_out: torch.Tensor, at: Positions,
                     memo: dict) -> torch.Tensor | None:
+        """The state the block at `depth` returns, `hidden_out`, given its input `hidden_in`; both (batch, tokens,
+        hidden)."""
         return None
 
     def edit_attention(self, depth: int, attention_out: torch.Tensor, at: Positions) -> torch.Tensor | None:
-        """The attention output of the block at `depth` (before it joins the residual stream)."""
+        """The attention output of the block at `depth` (before it joins the residual stream), (batch, tokens,
+        hidden)."""
         return None
 
     @classmethod

@@ -6,15 +6,26 @@ torch is imported inside the edits, so that the CLI and the explorer can read th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from layerscope.errors import InterventionError
-from layerscope.interventions.core import BlockChoice, Claim, CliOption, Intervention, check_block
+from layerscope.interventions.core import (
+    BlockChoice,
+    Claim,
+    CliOption,
+    Intervention,
+    ModelShape,
+    Positions,
+    check_block,
+)
 from layerscope.specs import parse_heads
 
 if TYPE_CHECKING:  # torch is imported where an edit runs: declaring the kinds must not load it
     import torch
+    from torch import nn
 
+    from layerscope.interventions.attention import AttentionEdits
     from layerscope.interventions.run import InterventionRun
 
 
@@ -31,17 +42,17 @@ class DropBlocks(Intervention):
     kind = "drop"
     chosen_by = BlockChoice("--drop", "Blocks to drop, e.g. 3,5 or 10-12.", "drop", "set")
 
-    def touched(self, n_blocks):
+    def touched(self, n_blocks: int) -> tuple[int, ...]:
         return self.blocks
 
-    def module_at(self, depth):
+    def module_at(self, depth: int) -> int | None:
         return None
 
     @classmethod
-    def for_blocks(cls, blocks, n_blocks, seed=0):
+    def for_blocks(cls, blocks: Sequence[int], n_blocks: int, seed: int = 0) -> list[Intervention]:
         return [cls(tuple(blocks))]
 
-    def describe(self):
+    def describe(self) -> str:
         return f"drop {','.join(map(str, self.blocks))}"
 
 
@@ -53,23 +64,23 @@ class SwapBlocks(Intervention):
     kind = "swap"
     chosen_by = BlockChoice("--swap", "Swap block b with b+1, e.g. 10 (or 4,10).", "swap↔next", "set")
 
-    def touched(self, n_blocks):
+    def touched(self, n_blocks: int) -> tuple[int, int]:
         return (self.block, self.block + 1)
 
-    def module_at(self, depth):
+    def module_at(self, depth: int) -> int | None:
         return self.block + 1 if depth == self.block else self.block
 
-    def check(self, shape):
+    def check(self, shape: ModelShape) -> None:
         if not 0 <= self.block < shape.n_blocks - 1:
             raise InterventionError(
                 f"swap: block {self.block} has no next block to swap with (valid: 0..{shape.n_blocks - 2})."
             )
 
     @classmethod
-    def for_blocks(cls, blocks, n_blocks, seed=0):
+    def for_blocks(cls, blocks: Sequence[int], n_blocks: int, seed: int = 0) -> list[Intervention]:
         return [cls(block) for block in blocks]
 
-    def describe(self):
+    def describe(self) -> str:
         return f"swap {self.block}↔{self.block + 1}"
 
 
@@ -88,28 +99,29 @@ class FreezeFrom(Intervention):
                             "from")
     measured_at_last_token = True
 
-    def touched(self, n_blocks):
+    def touched(self, n_blocks: int) -> range | tuple[int]:
         return _from_block(self.block, n_blocks)
 
-    def claims(self, n_blocks):
+    def claims(self, n_blocks: int) -> list[Claim]:
         return [Claim(("previous tokens restored",), "freeze: give one freeze block, not several."),
                 _previous_claim(self.block, "freeze and random at the same block would overwrite each other.")]
 
-    def edit_input(self, depth, hidden, at, memo):
+    def edit_input(self, depth: int, hidden: torch.Tensor, at: Positions, memo: dict) -> torch.Tensor | None:
         if depth == self.block:
             memo["previous"] = hidden[at.previous.to(hidden.device)]
         return None
 
-    def edit_output(self, depth, hidden_in, hidden_out, at, memo):
+    def edit_output(self, depth: int, hidden_in: torch.Tensor, hidden_out: torch.Tensor, at: Positions,
+                    memo: dict) -> torch.Tensor | None:
         hidden_out = hidden_out.clone()
         hidden_out[at.previous.to(hidden_out.device)] = memo["previous"].to(hidden_out.device)
         return hidden_out
 
     @classmethod
-    def for_blocks(cls, blocks, n_blocks, seed=0):
+    def for_blocks(cls, blocks: Sequence[int], n_blocks: int, seed: int = 0) -> list[Intervention]:
         return [cls(block) for block in blocks]
 
-    def describe(self):
+    def describe(self) -> str:
         return f"freeze ≥{self.block}"
 
 
@@ -125,14 +137,14 @@ class RandomizeAt(Intervention):
     uses_seed = True
     measured_at_last_token = True
 
-    def touched(self, n_blocks):
+    def touched(self, n_blocks: int) -> tuple[int]:
         return (self.block,)
 
-    def claims(self, n_blocks):
+    def claims(self, n_blocks: int) -> list[Claim]:
         return [_previous_claim(self.block, "random: the same block is randomised twice (or also frozen): the "
                                             "edits would overwrite each other.")]
 
-    def edit_input(self, depth, hidden, at, memo):
+    def edit_input(self, depth: int, hidden: torch.Tensor, at: Positions, memo: dict) -> torch.Tensor | None:
         """Each row draws its noise alone, so a prompt gets the same noise in a batch as on its own."""
         import torch
 
@@ -148,10 +160,10 @@ class RandomizeAt(Intervention):
         return hidden
 
     @classmethod
-    def for_blocks(cls, blocks, n_blocks, seed=0):
+    def for_blocks(cls, blocks: Sequence[int], n_blocks: int, seed: int = 0) -> list[Intervention]:
         return [cls(block, seed) for block in blocks]
 
-    def describe(self):
+    def describe(self) -> str:
         return f"random {self.block} (seed {self.seed})"
 
 
@@ -170,10 +182,10 @@ class SkipAttention(Intervention):
     def from_block(cls, block: int, n_blocks: int) -> SkipAttention:
         return cls(tuple(_from_block(block, n_blocks)))
 
-    def touched(self, n_blocks):
+    def touched(self, n_blocks: int) -> tuple[int, ...]:
         return self.blocks
 
-    def edit_attention(self, depth, attention_out, at):
+    def edit_attention(self, depth: int, attention_out: torch.Tensor, at: Positions) -> torch.Tensor | None:
         import torch
 
         attention_out = attention_out.clone()
@@ -181,10 +193,10 @@ class SkipAttention(Intervention):
         return attention_out
 
     @classmethod
-    def for_blocks(cls, blocks, n_blocks, seed=0):
+    def for_blocks(cls, blocks: Sequence[int], n_blocks: int, seed: int = 0) -> list[Intervention]:
         return [cls.from_block(block, n_blocks) for block in blocks]
 
-    def describe(self):
+    def describe(self) -> str:
         return f"skip-attn {','.join(map(str, self.blocks))}"
 
 
@@ -200,13 +212,13 @@ class PatchState(Intervention):
     vector: torch.Tensor
     kind = "patch"
 
-    def touched(self, n_blocks):
+    def touched(self, n_blocks: int) -> tuple[int]:
         return (min(self.row, n_blocks - 1),) if n_blocks else (self.row,)
 
-    def claims(self, n_blocks):
+    def claims(self, n_blocks: int) -> list[Claim]:
         return [Claim(("state", self.row, self.position), "patch: the same row and position are patched twice.")]
 
-    def check(self, shape):
+    def check(self, shape: ModelShape) -> None:
         check_block("patch", self.row, shape, allow_output_row=True)
         if self.position < 0 or (shape.seq_len is not None and self.position >= shape.seq_len):
             raise InterventionError(
@@ -220,13 +232,14 @@ class PatchState(Intervention):
         hidden[:, self.position] = self.vector.to(hidden.device, hidden.dtype)
         return hidden
 
-    def edit_input(self, depth, hidden, at, memo):
+    def edit_input(self, depth: int, hidden: torch.Tensor, at: Positions, memo: dict) -> torch.Tensor | None:
         return self._write(hidden) if depth == self.row else None
 
-    def edit_output(self, depth, hidden_in, hidden_out, at, memo):
+    def edit_output(self, depth: int, hidden_in: torch.Tensor, hidden_out: torch.Tensor, at: Positions,
+                    memo: dict) -> torch.Tensor | None:
         return self._write(hidden_out) if depth + 1 == self.row else None
 
-    def describe(self):
+    def describe(self) -> str:
         return f"patch row {self.row} position {self.position}"
 
     def to_dict(self) -> dict:
@@ -249,14 +262,14 @@ class MaskHeads(Intervention):
     options = (CliOption("mask_heads", "Heads to mask as block.head, e.g. 4.2,7.1.", parse=parse_heads, chooses=True),
                CliOption("mask_mode", "zero (remove the head's output) or uniform (attend evenly).", str, "zero"))
 
-    def touched(self, n_blocks):
+    def touched(self, n_blocks: int) -> tuple[int, ...]:
         return tuple(dict.fromkeys(block for block, _ in self.heads))
 
-    def claims(self, n_blocks):
+    def claims(self, n_blocks: int) -> list[Claim]:
         return [Claim(("head", block, head), f"mask-heads: head {block}.{head} is masked in two modes.", self.mode)
                 for block, head in self.heads]
 
-    def check(self, shape):
+    def check(self, shape: ModelShape) -> None:
         if self.mode not in HEAD_MASK_MODES:
             raise InterventionError(f"mask-heads: mode must be 'zero' or 'uniform', not '{self.mode}'.")
         for block, head in self.heads:
@@ -264,16 +277,16 @@ class MaskHeads(Intervention):
             if not 0 <= head < shape.n_heads:
                 raise InterventionError(f"mask-heads: head {head} is out of range 0..{shape.n_heads - 1}.")
 
-    def attach(self, run):
+    def attach(self, run: InterventionRun) -> None:
         for block, head in self.heads:
             _mask_head(run, block, head, self.mode)
 
     @classmethod
-    def from_cli(cls, values, n_blocks):
+    def from_cli(cls, values: dict[str, Any], n_blocks: int) -> list[Intervention]:
         heads = values.get("mask_heads")
         return [cls(tuple(heads), values.get("mask_mode", "zero"))] if heads else []
 
-    def describe(self):
+    def describe(self) -> str:
         return f"mask {', '.join(f'{block}.{head}' for block, head in self.heads)} ({self.mode})"
 
 
@@ -291,13 +304,13 @@ def _mask_head(run: InterventionRun, block: int, head: int, mode: HeadMaskMode) 
         _require_edits_applied(run, block, attention, edits)
 
 
-def _require_edits_applied(run: InterventionRun, block: int, attention, edits) -> None:
+def _require_edits_applied(run: InterventionRun, block: int, attention: nn.Module, edits: AttentionEdits) -> None:
     """Never a silent no-op: fail if a masked layer ran without layerscope's attention function."""
     from layerscope.models.hooks import watch_calls
 
     calls_before: list[int] = []
 
-    def after(args: tuple, kwargs: dict, output) -> None:
+    def after(args: tuple, kwargs: dict, output: Any) -> None:
         if edits.applied == calls_before.pop():
             raise InterventionError(
                 f"mask-heads: the attention of block {block} did not run through layerscope's attention "

@@ -26,27 +26,31 @@ BlockOutputEdit = Callable[[torch.Tensor, torch.Tensor], "torch.Tensor | None"]
 
 
 def input_hidden(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The hidden state (batch, tokens, hidden) a module is called with."""
     return args[0] if args else kwargs["hidden_states"]
 
 
 def with_input_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
+    """The call's arguments with `hidden` (batch, tokens, hidden) in place of its hidden state."""
     if args:
         return (hidden, *args[1:]), kwargs
     return args, {**kwargs, "hidden_states": hidden}
 
 
 def output_hidden(output: Any) -> torch.Tensor:
+    """The hidden state (batch, tokens, hidden) in a module's output."""
     return output[0] if isinstance(output, tuple) else output
 
 
 def with_output_hidden(output: Any, hidden: torch.Tensor) -> Any:
+    """The module's output with `hidden` (batch, tokens, hidden) in place of its hidden state."""
     return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
 
 def hook_input(stack: ExitStack, module: nn.Module, edit: InputEdit) -> None:
     """Run `edit` on the hidden state entering `module` in every forward inside `stack`."""
 
-    def hook(module, args, kwargs):
+    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
         hidden = edit(input_hidden(args, kwargs))
         return None if hidden is None else with_input_hidden(args, kwargs, hidden)
 
@@ -56,7 +60,7 @@ def hook_input(stack: ExitStack, module: nn.Module, edit: InputEdit) -> None:
 def hook_output(stack: ExitStack, module: nn.Module, edit: OutputEdit) -> None:
     """Run `edit` on the hidden state `module` returns in every forward inside `stack`."""
 
-    def hook(module, args, output):
+    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         hidden = edit(output_hidden(output))
         return None if hidden is None else with_output_hidden(output, hidden)
 
@@ -66,7 +70,7 @@ def hook_output(stack: ExitStack, module: nn.Module, edit: OutputEdit) -> None:
 def hook_block_output(stack: ExitStack, block: nn.Module, edit: BlockOutputEdit) -> None:
     """Like `hook_output`, for edits that also need the block's input (a dropped block returns its input)."""
 
-    def hook(module, args, kwargs, output):
+    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
         hidden = edit(input_hidden(args, kwargs), output_hidden(output))
         return None if hidden is None else with_output_hidden(output, hidden)
 
@@ -100,6 +104,7 @@ class BlockCall:
         return cls(tuple(args[1:]), rest, bool(args))
 
     def __call__(self, block: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """Run `block` on `hidden` (batch, tokens, hidden) as it was called; its output hidden state, same shape."""
         if self.positional:
             return output_hidden(block(hidden, *self.args, **self.kwargs))
         return output_hidden(block(*self.args, hidden_states=hidden, **self.kwargs))
@@ -107,10 +112,11 @@ class BlockCall:
 
 def record_calls(stack: ExitStack, blocks: nn.ModuleList, calls: list[BlockCall | None],
                  inputs: list[torch.Tensor | None]) -> None:
-    """Keep each block's call and input hidden state, by depth, from the forwards inside `stack`."""
+    """Keep each block's call and input hidden state (batch, tokens, hidden), by depth, from the forwards inside
+    `stack`."""
     for depth, block in enumerate(blocks):
 
-        def keep(module, args, kwargs, depth: int = depth) -> None:
+        def keep(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], depth: int = depth) -> None:
             inputs[depth] = input_hidden(args, kwargs)
             calls[depth] = BlockCall.of(args, kwargs)
 

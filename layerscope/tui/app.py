@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -23,6 +23,7 @@ from rich.text import Text
 from textual import on
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
+from textual.notifications import SeverityLevel
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane, TextArea
@@ -146,7 +147,7 @@ class LayerscopeApp(App):
         self.detail = Text()
         self.output_text = Text()
         self._keymap_path = keymap_path if keymap_path is not None else user_keymap_path()
-        self._startup_notices: list[tuple[str, str]] = []
+        self._startup_notices: list[tuple[str, SeverityLevel]] = []
         themes, problems = load_themes(theme_folders if theme_folders is not None else
                                        [SHIPPED_THEMES, user_theme_folder()])
         for loaded in themes:
@@ -246,8 +247,8 @@ class LayerscopeApp(App):
     def prompt_changed(self) -> None:
         self.refresh_stale()
 
-    def notify(self, message: str, *, title: str = "", severity="information", timeout: float | None = None,
-               markup: bool = False) -> None:
+    def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information",
+               timeout: float | None = None, markup: bool = False) -> None:
         """Messages quote prompts, paths and errors: shown as plain text ('[INST]' stays), control characters
         escaped."""
         super().notify(visible(message), title=title, severity=severity, timeout=timeout, markup=markup)
@@ -764,7 +765,7 @@ class LayerscopeApp(App):
 
         self.push_screen(InputScreen("Continuation tokens (0-512):", str(self.continuation_tokens)), chosen)
 
-    def get_system_commands(self, screen: Screen):
+    def get_system_commands(self, screen: Screen) -> Iterator[SystemCommand]:
         yield from super().get_system_commands(screen)
         for title, help_text, action in PALETTE:
             yield SystemCommand(title, help_text, getattr(self, f"action_{action}"))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from textual.message import Message
+from textual.notifications import SeverityLevel
 
 if TYPE_CHECKING:
     from layerscope.analyses.causal_trace import CausalTrace
@@ -86,7 +87,7 @@ class RunFailed(RunMessage):
     """The run's worker ended without its result: cancelled, a user mistake, or any other exception."""
 
     error: str
-    severity: str  # 'warning' for a cancel, 'error' otherwise
+    severity: SeverityLevel  # 'warning' for a cancel, 'error' otherwise
 
 
 @dataclass(eq=False)

@@ -6,9 +6,10 @@ asks; none of them touches the model.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from rich.text import Text
+from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
@@ -58,7 +59,7 @@ class LayerPane(Vertical):
     class SeedChanged(Message):
         pass
 
-    def compose(self):
+    def compose(self) -> ComposeResult:
         yield Static(id="layer-hint")
         yield DataTable(id="layer-table", cursor_type="cell", zebra_stripes=True)
 
@@ -127,7 +128,7 @@ class HeadPane(Vertical):
             super().__init__()
             self.kind = kind
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.scores: dict[str, dict[tuple[int, int], float]] = {kind: {} for kind in SCORE_KINDS}
         self.sources: dict[str, str] = {}  # kind -> where its scores came from
@@ -135,7 +136,7 @@ class HeadPane(Vertical):
         self._shape: tuple[int, int, int] = (0, 0, 1)
         self._toggles = Toggles()
 
-    def compose(self):
+    def compose(self) -> ComposeResult:
         yield Static(id="head-hint")
         yield DataTable(id="head-table", cursor_type="row", zebra_stripes=True)
 

@@ -11,12 +11,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from layerscope.errors import LayerscopeError
 from layerscope.tui.state import Results, RunOrigin
 
 if TYPE_CHECKING:
+    import torch
+
     from layerscope.analyses.causal_trace import CausalTrace
     from layerscope.analyses.grid import DecodeGrid
     from layerscope.models.loading import LoadedModel
@@ -33,7 +35,7 @@ def stop_between_blocks(lm: LoadedModel, cancelled: Callable[[], bool]) -> Itera
     within one block's time even in the middle of a forward pass (the process cannot exit before the worker)."""
     from layerscope.models.hooks import hook_input  # torch: loaded with the model, not at start
 
-    def check(_hidden) -> None:
+    def check(_hidden: torch.Tensor) -> None:
         if cancelled():
             raise Cancelled
 
@@ -52,7 +54,7 @@ class Job:
     cancelled: str = ""  # the notice when the user stops it
     source: str = ""  # for 'load': what was loading
 
-    def failure(self, error: BaseException | None) -> tuple[str, str]:
+    def failure(self, error: BaseException | None) -> tuple[str, Literal["warning", "error"]]:
         """(notice, severity) for a worker that ended without its result: cancelled (error None or Cancelled), a
         user mistake (LayerscopeError, its own words) or anything else (a bug or a device error: its type and
         first line, so the user can report it)."""
