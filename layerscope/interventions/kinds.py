@@ -10,15 +10,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from layerscope.errors import InterventionError
-from layerscope.interventions.core import (
-    BlockChoice,
-    Claim,
-    CliOption,
-    Intervention,
-    ModelShape,
-    Positions,
-    check_block,
-)
+from layerscope.interventions.core import (BlockChoice, Claim, CliOption, Intervention, ModelShape, Positions,
+                                           check_block)
 from layerscope.specs import parse_heads
 
 if TYPE_CHECKING:  # torch is imported where an edit runs: declaring the kinds must not load it

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 InputEdit = Callable[[torch.Tensor], "torch.Tensor | None"]
-"""Gets the hidden state a module is called with; returns its replacement, or None to keep it."""
+"""Gets the hidden state (batch, tokens, hidden) a module is called with; returns its replacement, or None."""
 OutputEdit = Callable[[torch.Tensor], "torch.Tensor | None"]
-"""Gets the hidden state a module returns; returns its replacement, or None to keep it."""
+"""Gets the hidden state (batch, tokens, hidden) a module returns; returns its replacement, or None to keep it."""
 BlockOutputEdit = Callable[[torch.Tensor, torch.Tensor], "torch.Tensor | None"]
 """Gets a block's input and output hidden states; returns the output's replacement, or None to keep it."""
 
