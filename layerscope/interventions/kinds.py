@@ -5,8 +5,8 @@ torch is imported inside the edits, so that the CLI and the explorer can read th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from layerscope.errors import InterventionError
