@@ -73,7 +73,8 @@ def tiny_dir(tmp_path_factory) -> Path:
 
 # Option values: every bounded int, every enum, every int of every command, through the parser.
 
-REQUIRED = {("heads", "activity"): ["--scores", "s.json"], ("heads", "ablate"): ["--scores", "s.json", "--top", "1"]}
+REQUIRED = {("heads", "activity"): ["--scores", "s.json"], ("heads", "ablate"): ["--scores", "s.json", "--top", "1"],
+            ("tunedlens", "train"): ["--out", "lens-out"], ("tunedlens", "eval"): ["--lens", "lens-in"]}
 
 
 def _commands(group, path=()):
@@ -116,6 +117,67 @@ def test_every_bad_option_value_is_one_error_line(path, option, value):
     result = invoke(*path, *REQUIRED.get(path, []), option, value)
     assert result.exit_code == 1
     assert_one_error_line(result.stderr, option, f"layerscope {' '.join(path)} --help")
+
+
+def _number_kind(param) -> type | None:
+    """int or float for a number option (bool is neither), else None."""
+    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)  # typer 0.29
+    if annotation is None:  # older typer: click's own types
+        annotation = {"integer": int, "integer range": int, "float": float, "float range": float}.get(
+            getattr(getattr(param, "type", None), "name", ""))
+    return annotation if annotation in (int, float) else None
+
+
+NOT_NUMBERS = {float: ["nan", "inf", "-inf", "1e999", "NaN", "infinity"], int: ["99999999999999999999", "-1", "²", "٣", "1_0"]}
+
+
+def _bad_numbers():
+    """(command path, option, bad value) for every number option of every command, found in the app itself:
+    an option added later is walked too."""
+    for path, command in _commands(typer.main.get_command(app)):
+        for param in command.params:
+            kind = _number_kind(param)
+            for value in NOT_NUMBERS.get(kind, []):  # type: ignore[arg-type]
+                yield path, param.opts[0], value
+
+
+BAD_NUMBERS = list(_bad_numbers())
+
+
+def test_the_bad_numbers_cover_every_number_option():
+    options = {(path, option) for path, option, _ in BAD_NUMBERS}
+    assert {(("trace",), "--noise-scale"), (("tunedlens", "train"), "--lr"), (("trace",), "--seed"),
+            (("run",), "--freeze-from"), (("tunedlens", "eval"), "--tokens"), (("tui",), "--top-k"),
+            (("heads", "induction"), "--seq-len")} <= options
+    assert {path for path, _ in options} == {path for path, _ in _commands(typer.main.get_command(app))} - {("stages",)}
+
+
+@pytest.mark.parametrize("path, option, value", BAD_NUMBERS, ids=lambda part: " ".join(part) if isinstance(part, tuple) else part)
+def test_every_number_option_refuses_non_finite_huge_negative_and_odd_digits_before_the_model(tmp_path, path, option, value):
+    """The model named does not exist: the refusal names the flag, so it came before any loading."""
+    result = invoke(*path, *REQUIRED.get(path, []), "--model", str(tmp_path / "no-model"), option, value)
+    assert result.exit_code == 1
+    assert_one_error_line(result.stderr, f"'{option}'", value.lstrip("-") if value != "99999999999999999999" else value)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["trace", "-p", PROMPT, "--noise-scale", "101"], "--noise-scale"),
+    (["patchscope", "-p", PROMPT, "--target-layer", "²"], "--target-layer"),
+    (["patchscope", "-p", PROMPT, "--target-layer", "٣"], "--target-layer"),
+    (["patchscope", "-p", PROMPT, "--target-layer", "99999999999999999999"], "--target-layer"),
+    (["run", "-p", PROMPT, "--drop", "0-99999999999"], "--drop"),
+    (["run", "-p", PROMPT, "--swap", "1-99999999999"], "--swap"),
+    (["run", "-p", PROMPT, "--mask-heads", "٣.1"], "--mask-heads"),
+    (["sweep", "--layers", "0-99999999999"], "--layers"),
+    (["sweep", "--layers", "²"], "--layers"),
+    (["heads", "retrieval", "--lengths", "512-99999999999"], "--lengths"),
+    (["heads", "retrieval", "--depths", "0-101"], "--depths"),
+    (["heads", "ablate", "--scores", "s.json", "--top", "1", "--depths", "0-9999999999"], "--depths"),
+])
+def test_number_specs_are_strict_and_bounded_before_the_model(tmp_path, args, fragment):
+    result = invoke(*args, "--model", str(tmp_path / "no-model"))
+    assert result.exit_code == 1
+    assert_one_error_line(result.stderr, fragment)
 
 
 @pytest.mark.parametrize("args, fragment", [

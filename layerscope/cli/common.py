@@ -8,6 +8,7 @@ adds --debug, and hands the command the filled dataclass. Engine modules are imp
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import inspect
@@ -22,9 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from typer.models import OptionInfo
 
 from layerscope.errors import LayerscopeError, require_utf8
 from layerscope.outputs import check_not_input, check_writable, to_csv, to_json, write_atomic
+from layerscope.specs import parse_blocks, parse_number
 from layerscope.textfiles import read_text_file
 
 if TYPE_CHECKING:
@@ -142,19 +145,67 @@ def _is_group(annotation: object) -> bool:
     return isinstance(annotation, type) and dataclasses.is_dataclass(annotation)
 
 
+INT_MAX = 2**31 - 1
+"""The largest whole number any option takes (a seed, a count, a block): torch's int32 tensors and seeds end
+near it, and no model or run needs more."""
+NUMBER_BOUNDS: dict[type, tuple[float | None, float | None]] = {int: (0, INT_MAX), float: (None, None)}
+"""Every int and float option's bounds where it declares none (`min=`, `max=`); floats must also be finite."""
+
+
+def strict_number(annotation: object) -> object:
+    """An int or float option's annotation, parsed by `parse_number` within its bounds (its own `min`/`max`, else
+    `NUMBER_BOUNDS`): one rule for every option of every command, so `--noise-scale inf`, `--seed ²` and
+    `--steps 99999999999` are refused by the parser, naming the flag, before anything loads."""
+    if typing.get_origin(annotation) is not Annotated:
+        return annotation
+    base, *extras = typing.get_args(annotation)
+    kind = next((number for number in (int, float) if base in (number, number | None)), None)
+    info = next((extra for extra in extras if isinstance(extra, OptionInfo)), None)
+    if kind is None or info is None or info.parser is not None:
+        return annotation
+    info = copy.copy(info)
+    low, high = NUMBER_BOUNDS[kind]
+    info.min = low if info.min is None else info.min
+    info.max = high if info.max is None else info.max
+
+    def parse(text: str | int | float) -> int | float:
+        try:
+            value = text if isinstance(text, kind) else parse_number(str(text), kind)  # a default comes as it is
+        except ValueError as error:
+            raise typer.BadParameter(str(error)) from None
+        if (info.min is not None and value < info.min) or (info.max is not None and value > info.max):
+            bounds = f"from {info.min}" if info.max is None else \
+                     f"at most {info.max}" if info.min is None else f"from {info.min} to {info.max}"
+            raise typer.BadParameter(f"{value} is out of range: give a number {bounds}")
+        return value
+
+    info.parser = parse
+    return Annotated[base, info]
+
+
+def spec_option(flag: str, spec: str, what: str, count: int | None = None) -> tuple[int, ...]:
+    """A number spec option ('3,5,10-12', `parse_blocks`) parsed before the work; its error names the flag."""
+    try:
+        return parse_blocks(spec, what, count)
+    except LayerscopeError as error:
+        raise LayerscopeError(f"{flag}: {error}") from None
+
+
 def with_option_groups(function: Callable) -> Callable:
     """Typer sees each parameter typed with an option dataclass as that dataclass's options, in its place;
-    the function receives the dataclass, filled."""
+    the function receives the dataclass, filled. Number options are made strict (`strict_number`)."""
     signature = inspect.signature(function, eval_str=True)
     groups = {name: p.annotation for name, p in signature.parameters.items() if _is_group(p.annotation)}
     parameters = []
     for name, parameter in signature.parameters.items():
         if name not in groups:
-            parameters.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+            parameters.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY,
+                                                annotation=strict_number(parameter.annotation)))
             continue
         hints = typing.get_type_hints(groups[name], include_extras=True)
         parameters += [inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=field.default,
-                                         annotation=hints[field.name]) for field in dataclasses.fields(groups[name])]
+                                         annotation=strict_number(hints[field.name]))
+                       for field in dataclasses.fields(groups[name])]
 
     signature = inspect.Signature(parameters)
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from layerscope.cli.common import (
+    INT_MAX,
     ModelOptions,
     Output,
     PromptInput,
@@ -15,9 +16,10 @@ from layerscope.cli.common import (
     TopKOption,
     command,
     shorten,
+    spec_option,
 )
 from layerscope.errors import LayerscopeError
-from layerscope.specs import parse_blocks
+from layerscope.specs import whole_number_in
 
 if TYPE_CHECKING:
     from layerscope.analyses.head_scores import HeadScores
@@ -79,9 +81,7 @@ def patchscope(
 
     text = prompt.read()
     output.check(model, prompt.files)
-    if target_layer != "same" and not target_layer.isdigit():
-        raise LayerscopeError(f"--target-layer must be 'same' or a row number, not '{target_layer}'.")
-    layer = None if target_layer == "same" else int(target_layer)
+    layer = None if target_layer == "same" else row_number(target_layer)
     if target_prompt is not None and placeholder is None:
         placeholder = "x"
     lm = model.load()
@@ -94,6 +94,14 @@ def patchscope(
     finally:
         progress.close()
     output.write(report.to_dict, report.grid.csv_rows, lambda: patchscope_table(report))
+
+
+def row_number(text: str) -> int:
+    """--target-layer's row: ASCII digits, within what any option takes (checked against the model later)."""
+    row = whole_number_in(text, 0, INT_MAX)
+    if row is None:
+        raise LayerscopeError(f"--target-layer must be 'same' or a row number, not '{text}'.")
+    return row
 
 
 def heads_table(scores: HeadScores, show: int) -> str:
@@ -116,13 +124,17 @@ def needle_files(haystack: Path | None, needles: Path | None) -> dict[str, Path]
     return {"--haystack": haystack or DEFAULT_HAYSTACK, "--needles": needles or DEFAULT_NEEDLES}
 
 
-def needle_tests(lm: LoadedModel, haystack: Path | None, needles: Path | None, lengths: str, depths: str,
-                 span: Span = "needle") -> list[NeedleTest]:
+def needle_grid(lengths: str, depths: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """--lengths and --depths (percent, 0..100) parsed before the model loads."""
+    return spec_option("--lengths", lengths, "length"), spec_option("--depths", depths, "depth", 101)
+
+
+def needle_tests(lm: LoadedModel, haystack: Path | None, needles: Path | None, lengths: tuple[int, ...],
+                 depths: tuple[int, ...], span: Span = "needle") -> list[NeedleTest]:
     from layerscope.analyses.retrieval import build_tests, load_haystack, load_needles
 
     return build_tests(lm, load_haystack(haystack) if haystack else load_haystack(),
-                       load_needles(needles) if needles else load_needles(),
-                       parse_blocks(lengths, "length"), parse_blocks(depths, "depth"), span)
+                       load_needles(needles) if needles else load_needles(), lengths, depths, span)
 
 
 @heads_app.command("retrieval")
@@ -148,9 +160,10 @@ def retrieval(
     from layerscope.analyses.retrieval import check_span, needle_results, retrieval_from_results
 
     checked_span = check_span(span)
+    grid = needle_grid(lengths, depths)
     output.check(model, needle_files(haystack, needles))
     lm = model.load()
-    tests = needle_tests(lm, haystack, needles, lengths, depths, checked_span)
+    tests = needle_tests(lm, haystack, needles, *grid, checked_span)
     lm.check_generation(max(test.ids.shape[1] for test in tests), max_new_tokens)
     progress = StderrProgress()
     results = []
@@ -162,7 +175,7 @@ def retrieval(
             raise
     finally:
         progress.close()
-    settings = {"lengths": list(parse_blocks(lengths)), "depths": list(parse_blocks(depths)),
+    settings = {"lengths": list(grid[0]), "depths": list(grid[1]),
                 "max_new_tokens": max_new_tokens, "span": span, "interrupted": len(results) < len(tests)}
     scores = retrieval_from_results(lm, results, settings)
     lines = [f"{'length':>6} {'depth':>5} {'recall':>6}  answer"]
@@ -272,11 +285,12 @@ def ablate(
     from layerscope.analyses.head_scores import load_head_scores
     from layerscope.analyses.retrieval import ablation_experiment, ablation_heads
 
+    grid = needle_grid(lengths, depths)
     output.check(model, {"--scores": scores, **needle_files(haystack, needles)})
     lm = model.load()
     head_scores = load_head_scores(scores, lm)
     ablation_heads(head_scores, top, seed)
-    tests = needle_tests(lm, haystack, needles, lengths, depths)
+    tests = needle_tests(lm, haystack, needles, *grid)
     lm.check_generation(max(test.ids.shape[1] for test in tests), max_new_tokens)
     progress = StderrProgress()
     try:

@@ -23,12 +23,12 @@ from layerscope.cli.common import (
     StderrProgress,
     command,
     command_line_with,
+    spec_option,
 )
 from layerscope.outputs import check_writable
 from layerscope.errors import LayerscopeError
 from layerscope.interventions import chosen_by_block
 from layerscope.locations import SAMPLE_PROMPTS, sample_file
-from layerscope.specs import parse_blocks
 from layerscope.textfiles import read_text_file
 
 if TYPE_CHECKING:
@@ -198,7 +198,7 @@ def sweep(
     if resume and (output.out is None or output.format is not SweepFormat.jsonl):
         raise LayerscopeError("--resume needs --format jsonl and --out FILE (the file to continue).")
     output.check(model, {"--prompts": path})
-    chosen = parse_blocks(layers, "layer") if layers else None
+    chosen = spec_option("--layers", layers, "layer") if layers else None
     resumed = output.out if resume else None  # never None with --resume: checked above
     written, done = read_done(resumed, intervention) if resumed is not None else (None, [])
     lm = model.load()
