@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import secrets
 import sys
@@ -63,12 +64,43 @@ def check_not_input(out: Path | None, model: str, inputs: Mapping[str, Path | No
             raise LayerscopeError(f"--out '{out}' is the {option} file this command reads; write the result elsewhere.")
 
 
-def to_json(data: dict) -> str:
-    return json.dumps(data, ensure_ascii=False, indent=1)
+def non_finite(data: object, where: str = "") -> str | None:
+    """Where in `data` (dicts, lists, numbers) the first NaN or infinity is, as `cells[3][2].kl = nan`; None if
+    nowhere."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return f"{where or 'the value'} = {data}"
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, (list, tuple)) else ()
+    for key, value in items:
+        found = non_finite(value, f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else key)
+        if found is not None:
+            return found
+    return None
+
+
+def check_finite(data: object) -> None:
+    """A result with a NaN or an infinity is an error, not an output: JSON has no such numbers, and a table of
+    them answers nothing."""
+    found = non_finite(data)
+    if found is not None:
+        raise LayerscopeError(f"The result is not finite ({found}): the computation overflowed, so nothing is "
+                              "written; try float32 or gentler settings.")
+
+
+def to_json(data: object) -> str:
+    """Strict JSON (no NaN or Infinity, which JSON does not have): a result that holds them is refused."""
+    check_finite(data)
+    return json.dumps(data, ensure_ascii=False, indent=1, allow_nan=False)
+
+
+def json_line(data: object) -> str:
+    """One line of a JSONL file, as strict as `to_json`."""
+    check_finite(data)
+    return json.dumps(data, ensure_ascii=False, allow_nan=False) + "\n"
 
 
 def to_csv(rows: Iterable[dict]) -> str:
     rows = list(rows)
+    check_finite(rows)
     buffer = io.StringIO()
     if rows:
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))

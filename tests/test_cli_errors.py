@@ -245,6 +245,46 @@ def test_user_mistakes_and_file_errors_stay_one_line_and_debug_shows_their_trace
     assert result.exit_code == 1 and isinstance(result.exception, LayerscopeError)
 
 
+# Results that are not finite: an error, never an output.
+
+def test_non_finite_numbers_are_found_and_named():
+    from layerscope.outputs import json_line, non_finite, to_csv, to_json
+
+    data = {"cells": [[{"kl": 1.0}, {"kl": 2.5}], [{"kl": 0.0}, {"kl": float("nan")}]], "tokens": ["a", "b"]}
+    assert non_finite(data) == "cells[1][1].kl = nan"
+    assert non_finite([{"x": 1, "y": None}, {"x": float("-inf")}]) == "[1].x = -inf"
+    assert non_finite({"a": [1, 2.0, "inf"], "b": True}) is None  # text and bool are not numbers
+    for render in (to_json, json_line, lambda d: to_csv(d["cells"][1])):
+        with pytest.raises(LayerscopeError, match=r"not finite \((cells\[1\]\[1\]\.kl|\[1\]\.kl) = nan\)"):
+            render(data)
+    clean = {"x": [1.5, 2], "y": {"z": -0.0}}
+    assert json.loads(to_json(clean)) == clean
+
+
+@pytest.mark.parametrize("format", ["json", "csv", "table"])
+def test_a_result_that_is_not_finite_is_an_error_and_writes_nothing(tmp_path, tiny_dir, monkeypatch, format):
+    """A lens grid with one NaN probability (the real grid of a real model, one number changed after): every
+    format refuses it, names the number, and the file at --out is left as it was."""
+    import layerscope.analyses.lens as lens_module
+
+    real = lens_module.logit_lens
+
+    def with_nan(*args, **kwargs):
+        grid = real(*args, **kwargs)
+        grid.cells[2][1].top[0].prob = float("nan")
+        return grid
+
+    monkeypatch.setattr(lens_module, "logit_lens", with_nan)
+    out = tmp_path / "out.txt"
+    out.write_text("the user's earlier result")
+    result = invoke("lens", "--model", str(tiny_dir), "--prompt", "the cat sat", "--format", format, "--out", str(out))
+    assert result.exit_code == 1
+    assert_one_error_line(result.stderr, "not finite", "= nan")
+    assert out.read_text() == "the user's earlier result"
+    monkeypatch.setattr(lens_module, "logit_lens", real)
+    assert invoke("lens", "--model", str(tiny_dir), "--prompt", "the cat sat", "--format", format).exit_code == 0
+
+
 # GGUF files that are not whole.
 
 def _small_gguf(path: Path) -> bytes:

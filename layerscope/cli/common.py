@@ -26,7 +26,7 @@ import typer
 from typer.models import OptionInfo
 
 from layerscope.errors import LayerscopeError, require_utf8
-from layerscope.outputs import check_not_input, check_writable, to_csv, to_json, write_atomic
+from layerscope.outputs import check_finite, check_not_input, check_writable, to_csv, to_json, write_atomic
 from layerscope.specs import parse_blocks, parse_number
 from layerscope.textfiles import read_text_file
 
@@ -137,6 +137,8 @@ class Output:
 
     def write(self, data: Callable[[], dict], rows: Callable[[], Iterable[dict]], table: Callable[[], str]) -> None:
         """Only the asked format is rendered: json of `data()`, csv of `rows()`, or `table()`."""
+        if self.format is Format.table:
+            check_finite(data())  # json and csv check what they render
         render = {"json": lambda: to_json(data()), "csv": lambda: to_csv(rows()), "table": table}
         write_atomic(render[self.format.value](), self.out)
 

@@ -25,7 +25,7 @@ from layerscope.cli.common import (
     command_line_with,
     spec_option,
 )
-from layerscope.outputs import check_writable
+from layerscope.outputs import check_writable, json_line
 from layerscope.errors import LayerscopeError
 from layerscope.interventions import chosen_by_block
 from layerscope.locations import SAMPLE_PROMPTS, sample_file
@@ -267,9 +267,9 @@ def _write_sweep(rows: Iterable[dict], source: dict, format: SweepFormat, out: P
         with open(out, "a" if append else "w", encoding="utf-8") if out else nullcontext(sys.stdout) as file:
             try:
                 if not append:
-                    file.write(json.dumps({"source": source}, ensure_ascii=False) + "\n")
+                    file.write(json_line({"source": source}))
                 for row in rows:
-                    file.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    file.write(json_line(row))
                     file.flush()
                     written += 1
             except KeyboardInterrupt:
