@@ -160,6 +160,38 @@ def test_every_number_option_refuses_non_finite_huge_negative_and_odd_digits_bef
     assert_one_error_line(result.stderr, f"'{option}'", value.lstrip("-") if value != "99999999999999999999" else value)
 
 
+def _text_options():
+    """(command path, option) for every text option of every command but the explorer (which opens with an empty
+    prompt box), found in the app itself."""
+    for path, command in _commands(typer.main.get_command(app)):
+        for param in command.params:
+            if getattr(getattr(param, "type_descriptor", None), "annotation", None) is str and path != ("tui",):
+                yield path, param.opts[0]
+
+
+TEXT_OPTIONS = list(_text_options())
+
+
+def test_the_text_options_cover_the_prompts_of_every_command():
+    assert {(("trace",), "--corrupt-prompt"), (("trace",), "--subject"), (("patchscope",), "--target-prompt"),
+            (("sweep",), "--donor-prompt"), (("lens",), "--model"), (("heads", "retrieval"), "--span")} <= set(TEXT_OPTIONS)
+
+
+EMPTY_TEXTS = [(path, option, value) for path, option in TEXT_OPTIONS
+               for value in ["", "   "] if not value or option.endswith("prompt")]
+
+
+@pytest.mark.parametrize("path, option, value", EMPTY_TEXTS, ids=lambda part: " ".join(part) if isinstance(part, tuple) else repr(part))
+def test_an_empty_text_option_is_refused_by_its_name_before_the_model(tmp_path, path, option, value):
+    """Empty is refused everywhere; only whitespace is refused for prompts (an answer may be a newline)."""
+    args = [*path, *REQUIRED.get(path, []), option, value]
+    if option != "--model":
+        args += ["--model", str(tmp_path / "no-model")]
+    result = invoke(*args)
+    assert result.exit_code == 1
+    assert_one_error_line(result.stderr, f"{option} is empty")
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["trace", "-p", PROMPT, "--noise-scale", "101"], "--noise-scale"),
     (["patchscope", "-p", PROMPT, "--target-layer", "²"], "--target-layer"),

@@ -114,7 +114,7 @@ class PromptInput:
             raise LayerscopeError("No prompt: give --prompt, --prompt-file, or pipe text on stdin.")
         text = text.rstrip("\n")
         if not text.strip():
-            raise LayerscopeError("The prompt is empty.")
+            raise LayerscopeError("The prompt on stdin is empty.")
         return text
 
     @property
@@ -257,11 +257,17 @@ def fail(message: str) -> typer.Exit:
 
 
 def check_text_options(options: dict) -> None:
-    """Text options are checked for bytes that are not UTF-8 before anything is loaded. --model is left
-    alone: it can be a path, and a path need not be UTF-8."""
+    """Text options are checked before anything is loaded, and the error names the option: none may be empty,
+    a prompt (an option named *prompt: --prompt, --corrupt-prompt, --target-prompt, ...) may not be only
+    whitespace, and none but --model (a path need not be UTF-8) may hold bytes that are not UTF-8."""
     for name, value in options.items():
-        if isinstance(value, str) and name != "model":
-            require_utf8(value, "--" + name.replace("_", "-"))
+        if not isinstance(value, str):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if not value or (name.endswith("prompt") and not value.strip()):
+            raise LayerscopeError(f"{flag} is empty{'' if not value else ' (only whitespace)'}: give its text.")
+        if name != "model":
+            require_utf8(value, flag)
 
 
 def command_line_with(flag: str) -> str:
