@@ -12,6 +12,7 @@ from layerscope.cli.common import (
     ModelOptions,
     Output,
     PromptInput,
+    Reads,
     StderrProgress,
     TopKOption,
     command,
@@ -19,6 +20,7 @@ from layerscope.cli.common import (
     spec_option,
 )
 from layerscope.errors import LayerscopeError
+from layerscope.locations import DEFAULT_HAYSTACK, DEFAULT_NEEDLES
 from layerscope.specs import whole_number_in
 
 if TYPE_CHECKING:
@@ -30,12 +32,14 @@ if TYPE_CHECKING:
 heads_app = typer.Typer(help="Attention-head analyses: retrieval, induction and previous-token heads, masking.",
                         no_args_is_help=True)
 
-HaystackOption = Annotated[Path | None, typer.Option(help="Haystack text file (default: the shipped one).")]
-NeedlesOption = Annotated[Path | None, typer.Option(help="Needles JSONL: needle, question, answer (default: shipped).")]
+HaystackOption = Annotated[Path | None, typer.Option(help="Haystack text file (default: the shipped one)."),
+                           Reads((DEFAULT_HAYSTACK,))]
+NeedlesOption = Annotated[Path | None, typer.Option(help="Needles JSONL: needle, question, answer (default: shipped)."),
+                          Reads((DEFAULT_NEEDLES,))]
 DepthsOption = Annotated[str, typer.Option(help="Needle depths in percent, e.g. 0,25,50,75,100.")]
 AnswerTokensOption = Annotated[int, typer.Option("--max-new-tokens", min=1, max=200,
                                                  help="Greedy answer length limit; decoding also stops at a newline.")]
-ScoresOption = Annotated[Path, typer.Option("--scores", help="Head scores JSON written by `heads retrieval`.")]
+ScoresOption = Annotated[Path, typer.Option("--scores", help="Head scores JSON written by `heads retrieval`."), Reads()]
 ShowOption = Annotated[int, typer.Option("--show", min=1, help="Heads listed in the table.")]
 
 
@@ -80,7 +84,6 @@ def patchscope(
     from layerscope.analyses.patchscope import check_target_layer, parse_target, run_patchscope
 
     text = prompt.read()
-    output.check(model, prompt.files)
     layer = None if target_layer == "same" else row_number(target_layer)
     if target_prompt is not None and placeholder is None:
         placeholder = "x"
@@ -115,13 +118,6 @@ def heads_table(scores: HeadScores, show: int) -> str:
 def head_rows(scores: HeadScores) -> list[dict]:
     return [{"kind": scores.kind, "layer": h.layer, "head": h.head, "kv_group": h.kv_group, "score": h.score}
             for h in scores.heads]
-
-
-def needle_files(haystack: Path | None, needles: Path | None) -> dict[str, Path]:
-    """The haystack and needles files a command reads, the shipped ones where none is given."""
-    from layerscope.analyses.retrieval import DEFAULT_HAYSTACK, DEFAULT_NEEDLES
-
-    return {"--haystack": haystack or DEFAULT_HAYSTACK, "--needles": needles or DEFAULT_NEEDLES}
 
 
 def needle_grid(lengths: str, depths: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -161,7 +157,6 @@ def retrieval(
 
     checked_span = check_span(span)
     grid = needle_grid(lengths, depths)
-    output.check(model, needle_files(haystack, needles))
     lm = model.load()
     tests = needle_tests(lm, haystack, needles, *grid, checked_span)
     lm.check_generation(max(test.ids.shape[1] for test in tests), max_new_tokens)
@@ -213,7 +208,6 @@ def activity(
     from layerscope.analyses.retrieval import activity_trace
 
     text = prompt.read()
-    output.check(model, {"--scores": scores, **prompt.files})
     lm = model.load()
     head_scores = load_head_scores(scores, lm)
     trace = activity_trace(lm, lm.encode(text), head_scores, max_new_tokens)
@@ -239,7 +233,6 @@ def induction(
     """
     from layerscope.analyses.induction import induction_scores, previous_token_scores
 
-    output.check(model)
     lm = model.load()
     progress = StderrProgress()
     try:
@@ -286,7 +279,6 @@ def ablate(
     from layerscope.analyses.retrieval import ablation_experiment, ablation_heads
 
     grid = needle_grid(lengths, depths)
-    output.check(model, {"--scores": scores, **needle_files(haystack, needles)})
     lm = model.load()
     head_scores = load_head_scores(scores, lm)
     ablation_heads(head_scores, top, seed)

@@ -77,7 +77,6 @@ def trace(
     from layerscope.analyses.causal_trace import trace_prompt
 
     text = prompt.read()
-    output.check(model, prompt.files)
     if corrupt is Corrupt.noise and subject is None:
         raise LayerscopeError("Noise corruption needs the subject: give --subject (a part of the prompt).")
     if corrupt is Corrupt.swap and corrupt_prompt is None:
