@@ -47,7 +47,7 @@ def train(
                     Reads((sample_file("calibration.txt"),))] = None,
     steps: Annotated[int, typer.Option(min=1, help="Optimizer steps, one chunk of --context tokens each.")] = 40,
     context: Annotated[int, typer.Option(min=2, help="Tokens per step.")] = 64,
-    lr: Annotated[float, typer.Option(min=0.0, help="Adam learning rate.")] = 1e-3,
+    lr: Annotated[float, typer.Option(min=0.0, max=1.0, help="Adam learning rate.")] = 1e-3,
 ) -> None:
     """Train a tuned lens; run it again with the same options to resume an interrupted training.
 
