@@ -279,7 +279,9 @@ def file_options(function: Callable) -> dict[str, tuple[str, Reads | Writes]]:
     for name, parameter in inspect.signature(function).parameters.items():
         extras = typing.get_args(parameter.annotation)[1:] if typing.get_origin(parameter.annotation) is Annotated else ()
         for mark in (extra for extra in extras if isinstance(extra, (Reads, Writes))):
-            declared = [d for extra in extras for d in getattr(extra, "param_decls", None) or () if d.startswith("--")]
+            # typer.Option("--lens", ...) in Annotated holds its first flag as `default` until typer reads it
+            declared = [d for extra in extras if isinstance(extra, typer.models.OptionInfo)
+                        for d in map(str, (extra.default, *(extra.param_decls or ()))) if d.startswith("--")]
             marks[name] = (declared[0] if declared else "--" + name.replace("_", "-"), mark)
     return marks
 
