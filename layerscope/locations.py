@@ -34,6 +34,10 @@ def sample_file(name: str) -> Path:
     return SAMPLE_PROMPTS / name
 
 
+DEFAULT_HAYSTACK = sample_file("haystack.txt")
+DEFAULT_NEEDLES = sample_file("needles.jsonl")
+
+
 def user_config_folder() -> Path:
     return Path(user_config_dir(APP_NAME))
 

@@ -92,7 +92,7 @@ def test_run_table_with_several_interventions():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["lens", "--prompt", "   "], "The prompt is empty."),
+        (["lens", "--prompt", "   "], "--prompt is empty (only whitespace)"),
         (["lens", "--prompt-file", "/nonexistent/p.txt"], "Cannot read prompt file"),
         (["lens", "--prompt", "x", "--model", "./no/such/dir"], "No model directory"),
         (["lens", "--prompt", "x", "--out", "/nonexistent/dir/out.json"], "not writable"),

@@ -73,7 +73,8 @@ def tiny_dir(tmp_path_factory) -> Path:
 
 # Option values: every bounded int, every enum, every int of every command, through the parser.
 
-REQUIRED = {("heads", "activity"): ["--scores", "s.json"], ("heads", "ablate"): ["--scores", "s.json", "--top", "1"]}
+REQUIRED = {("heads", "activity"): ["--scores", "s.json"], ("heads", "ablate"): ["--scores", "s.json", "--top", "1"],
+            ("tunedlens", "train"): ["--out", "lens-out"], ("tunedlens", "eval"): ["--lens", "lens-in"]}
 
 
 def _commands(group, path=()):
@@ -116,6 +117,99 @@ def test_every_bad_option_value_is_one_error_line(path, option, value):
     result = invoke(*path, *REQUIRED.get(path, []), option, value)
     assert result.exit_code == 1
     assert_one_error_line(result.stderr, option, f"layerscope {' '.join(path)} --help")
+
+
+def _number_kind(param) -> type | None:
+    """int or float for a number option (bool is neither), else None."""
+    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)  # typer 0.29
+    if annotation is None:  # older typer: click's own types
+        annotation = {"integer": int, "integer range": int, "float": float, "float range": float}.get(
+            getattr(getattr(param, "type", None), "name", ""))
+    return annotation if annotation in (int, float) else None
+
+
+NOT_NUMBERS = {float: ["nan", "inf", "-inf", "1e999", "NaN", "infinity"], int: ["99999999999999999999", "-1", "²", "٣", "1_0"]}
+
+
+def _bad_numbers():
+    """(command path, option, bad value) for every number option of every command, found in the app itself:
+    an option added later is walked too."""
+    for path, command in _commands(typer.main.get_command(app)):
+        for param in command.params:
+            kind = _number_kind(param)
+            for value in NOT_NUMBERS.get(kind, []):  # type: ignore[arg-type]
+                yield path, param.opts[0], value
+
+
+BAD_NUMBERS = list(_bad_numbers())
+
+
+def test_the_bad_numbers_cover_every_number_option():
+    options = {(path, option) for path, option, _ in BAD_NUMBERS}
+    assert {(("trace",), "--noise-scale"), (("tunedlens", "train"), "--lr"), (("trace",), "--seed"),
+            (("run",), "--freeze-from"), (("tunedlens", "eval"), "--tokens"), (("tui",), "--top-k"),
+            (("heads", "induction"), "--seq-len")} <= options
+    assert {path for path, _ in options} == {path for path, _ in _commands(typer.main.get_command(app))} - {("stages",)}
+
+
+@pytest.mark.parametrize("path, option, value", BAD_NUMBERS, ids=lambda part: " ".join(part) if isinstance(part, tuple) else part)
+def test_every_number_option_refuses_non_finite_huge_negative_and_odd_digits_before_the_model(tmp_path, path, option, value):
+    """The model named does not exist: the refusal names the flag, so it came before any loading."""
+    result = invoke(*path, *REQUIRED.get(path, []), "--model", str(tmp_path / "no-model"), option, value)
+    assert result.exit_code == 1
+    assert_one_error_line(result.stderr, f"'{option}'", value.lstrip("-") if value != "99999999999999999999" else value)
+
+
+def _text_options():
+    """(command path, option) for every text option of every command but the explorer (which opens with an empty
+    prompt box), found in the app itself."""
+    for path, command in _commands(typer.main.get_command(app)):
+        for param in command.params:
+            if getattr(getattr(param, "type_descriptor", None), "annotation", None) is str and path != ("tui",):
+                yield path, param.opts[0]
+
+
+TEXT_OPTIONS = list(_text_options())
+
+
+def test_the_text_options_cover_the_prompts_of_every_command():
+    assert {(("trace",), "--corrupt-prompt"), (("trace",), "--subject"), (("patchscope",), "--target-prompt"),
+            (("sweep",), "--donor-prompt"), (("lens",), "--model"), (("heads", "retrieval"), "--span")} <= set(TEXT_OPTIONS)
+
+
+EMPTY_TEXTS = [(path, option, value) for path, option in TEXT_OPTIONS
+               for value in ["", "   "] if not value or option.endswith("prompt")]
+
+
+@pytest.mark.parametrize("path, option, value", EMPTY_TEXTS, ids=lambda part: " ".join(part) if isinstance(part, tuple) else repr(part))
+def test_an_empty_text_option_is_refused_by_its_name_before_the_model(tmp_path, path, option, value):
+    """Empty is refused everywhere; only whitespace is refused for prompts (an answer may be a newline)."""
+    args = [*path, *REQUIRED.get(path, []), option, value]
+    if option != "--model":
+        args += ["--model", str(tmp_path / "no-model")]
+    result = invoke(*args)
+    assert result.exit_code == 1
+    assert_one_error_line(result.stderr, f"{option} is empty")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["trace", "-p", PROMPT, "--noise-scale", "101"], "--noise-scale"),
+    (["patchscope", "-p", PROMPT, "--target-layer", "²"], "--target-layer"),
+    (["patchscope", "-p", PROMPT, "--target-layer", "٣"], "--target-layer"),
+    (["patchscope", "-p", PROMPT, "--target-layer", "99999999999999999999"], "--target-layer"),
+    (["run", "-p", PROMPT, "--drop", "0-99999999999"], "--drop"),
+    (["run", "-p", PROMPT, "--swap", "1-99999999999"], "--swap"),
+    (["run", "-p", PROMPT, "--mask-heads", "٣.1"], "--mask-heads"),
+    (["sweep", "--layers", "0-99999999999"], "--layers"),
+    (["sweep", "--layers", "²"], "--layers"),
+    (["heads", "retrieval", "--lengths", "512-99999999999"], "--lengths"),
+    (["heads", "retrieval", "--depths", "0-101"], "--depths"),
+    (["heads", "ablate", "--scores", "s.json", "--top", "1", "--depths", "0-9999999999"], "--depths"),
+])
+def test_number_specs_are_strict_and_bounded_before_the_model(tmp_path, args, fragment):
+    result = invoke(*args, "--model", str(tmp_path / "no-model"))
+    assert result.exit_code == 1
+    assert_one_error_line(result.stderr, fragment)
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -181,6 +275,46 @@ def test_user_mistakes_and_file_errors_stay_one_line_and_debug_shows_their_trace
     assert_one_error_line(invoke("lens", "--prompt-file", missing).stderr, "missing.txt")
     result = invoke("lens", "--prompt-file", missing, "--debug")
     assert result.exit_code == 1 and isinstance(result.exception, LayerscopeError)
+
+
+# Results that are not finite: an error, never an output.
+
+def test_non_finite_numbers_are_found_and_named():
+    from layerscope.outputs import json_line, non_finite, to_csv, to_json
+
+    data = {"cells": [[{"kl": 1.0}, {"kl": 2.5}], [{"kl": 0.0}, {"kl": float("nan")}]], "tokens": ["a", "b"]}
+    assert non_finite(data) == "cells[1][1].kl = nan"
+    assert non_finite([{"x": 1, "y": None}, {"x": float("-inf")}]) == "[1].x = -inf"
+    assert non_finite({"a": [1, 2.0, "inf"], "b": True}) is None  # text and bool are not numbers
+    for render in (to_json, json_line, lambda d: to_csv(d["cells"][1])):
+        with pytest.raises(LayerscopeError, match=r"not finite \((cells\[1\]\[1\]\.kl|\[1\]\.kl) = nan\)"):
+            render(data)
+    clean = {"x": [1.5, 2], "y": {"z": -0.0}}
+    assert json.loads(to_json(clean)) == clean
+
+
+@pytest.mark.parametrize("format", ["json", "csv", "table"])
+def test_a_result_that_is_not_finite_is_an_error_and_writes_nothing(tmp_path, tiny_dir, monkeypatch, format):
+    """A lens grid with one NaN probability (the real grid of a real model, one number changed after): every
+    format refuses it, names the number, and the file at --out is left as it was."""
+    import layerscope.analyses.lens as lens_module
+
+    real = lens_module.logit_lens
+
+    def with_nan(*args, **kwargs):
+        grid = real(*args, **kwargs)
+        grid.cells[2][1].top[0].prob = float("nan")
+        return grid
+
+    monkeypatch.setattr(lens_module, "logit_lens", with_nan)
+    out = tmp_path / "out.txt"
+    out.write_text("the user's earlier result")
+    result = invoke("lens", "--model", str(tiny_dir), "--prompt", "the cat sat", "--format", format, "--out", str(out))
+    assert result.exit_code == 1
+    assert_one_error_line(result.stderr, "not finite", "= nan")
+    assert out.read_text() == "the user's earlier result"
+    monkeypatch.setattr(lens_module, "logit_lens", real)
+    assert invoke("lens", "--model", str(tiny_dir), "--prompt", "the cat sat", "--format", format).exit_code == 0
 
 
 # GGUF files that are not whole.

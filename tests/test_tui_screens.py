@@ -268,10 +268,11 @@ async def test_help_toasts_side_panel_and_continuation(lm, tmp_path):
         app.screen.query_one(Input).value = "3"
         await pilot.press("enter")
         assert app.continuation_tokens == 3
-        await pilot.press("n")
-        app.screen.query_one(Input).value = "lots"
-        await pilot.press("enter")
-        assert app.continuation_tokens == 3 and "not 'lots'" in notices(app)[-1]
+        for bad in ("lots", "²", "513"):  # '²'.isdigit() holds, and int('²') raises
+            await pilot.press("n")
+            app.screen.query_one(Input).value = bad
+            await pilot.press("enter")
+            assert app.continuation_tokens == 3 and f"not '{bad}'" in notices(app)[-1]
 
         output = app.output_text
         diverged = [span for span in output.spans if span.style == "bold reverse"]

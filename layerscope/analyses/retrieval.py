@@ -26,13 +26,11 @@ from layerscope.textfiles import read_text_file
 from layerscope.interventions import MaskHeads, intervene
 from layerscope.interventions.kinds import HEAD_MASK_MODES, HeadMaskMode
 from layerscope.interventions.attention import install_edited_attention, read_attention
-from layerscope.locations import sample_file
+from layerscope.locations import DEFAULT_HAYSTACK, DEFAULT_NEEDLES
 from layerscope.models.cache import cached_forward
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
 
-DEFAULT_HAYSTACK = sample_file("haystack.txt")
-DEFAULT_NEEDLES = sample_file("needles.jsonl")
 INSTRUCTION = "Read the text below, then answer the question after it.\n\n"
 PREFILL_CHUNK = 256
 ANSWERED_RECALL = 0.5

@@ -6,7 +6,7 @@ Signatures per block, each averaged over the prompts (every prompt counts once):
 - lens_kl, lens_entropy: logit lens of the block's OUTPUT, KL to the model's
   final distribution (nats) and entropy (bits), mean over positions;
 - attn_norm, mlp_norm, attn_mlp_ratio: mean L2 norm per token of the attention
-  and MLP outputs, and their ratio;
+  and MLP outputs, and their ratio (none where the MLP output is zero);
 - prev5_attention: attention mass a query puts on the previous five tokens
   (keys t-5..t-1), mean over heads and over queries t >= 1.
 
@@ -57,7 +57,7 @@ class BlockSignature:
     lens_entropy: float
     attn_norm: float
     mlp_norm: float
-    attn_mlp_ratio: float
+    attn_mlp_ratio: float | None  # None where the MLP adds nothing
     prev5_attention: float
     stage: str = ""
     reason: str = ""
@@ -186,7 +186,7 @@ def stage_map(lm: LoadedModel, prompts: list[PromptItem], seed: int = 0, batch_s
     blocks = [
         BlockSignature(b, drop[b], swap[b] if b < n - 1 else None, mean["lens_kl"][b], mean["lens_entropy"][b],
                        mean["attn_norm"][b], mean["mlp_norm"][b],
-                       mean["attn_norm"][b] / mean["mlp_norm"][b] if mean["mlp_norm"][b] else float("inf"),
+                       mean["attn_norm"][b] / mean["mlp_norm"][b] if mean["mlp_norm"][b] else None,
                        mean["prev5_attention"][b])
         for b in range(n)
     ]

@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
+import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from layerscope.analyses.grid import DecodeGrid, build_grid, distribution_stats
@@ -32,7 +36,9 @@ from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
 
 WEIGHTS, CONFIG = "lens.safetensors", "config.json"
-CHECKPOINT, CHECKPOINT_STATE = "checkpoint.safetensors", "checkpoint.json"
+CHECKPOINT = "checkpoint.safetensors"  # the step and recipe in its metadata, under CHECKPOINT_KEY
+CHECKPOINT_KEY = "layerscope_checkpoint"
+CHECKPOINT_STATE = "checkpoint.json"  # where checkpoints written before kept the step and recipe
 PUBLISHED_WEIGHTS = "params.pt"
 FORMAT = "layerscope-tuned-lens"
 
@@ -69,20 +75,72 @@ class TunedLens(nn.Module):
         """(rows, ..., hidden) -> the same, every row translated."""
         return torch.stack([self.translate(row, state) for row, state in enumerate(states)])
 
-    def check_fits(self, lm: LoadedModel, source: str) -> None:
-        hidden = lm.adapter.config.hidden_size
-        if (self.hidden_size, self.n_blocks) != (hidden, lm.n_blocks):
-            raise LayerscopeError(
-                f"The lens in {source} is for a model with hidden size {self.hidden_size} and {self.n_blocks} "
-                f"blocks; {lm.name} has hidden size {hidden} and {lm.n_blocks} blocks.")
-
     def save(self, directory: Path, extra: dict | None = None) -> None:
+        """lens.safetensors, then config.json, each written whole or not at all; weights that are not finite are
+        refused (the training diverged)."""
+        state = {k: v.detach().contiguous().cpu() for k, v in self.translators.state_dict().items()}
+        check_finite_weights(state, "The tuned lens")
         directory.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.translators.state_dict().items()},
-                  directory / WEIGHTS)
+        replace_file(directory / WEIGHTS, lambda temp: save_file(state, temp))
         config = {"format": FORMAT, "base_model_name_or_path": self.model_name, "d_model": self.hidden_size,
                   "num_hidden_layers": self.n_blocks, **(extra or {})}
-        (directory / CONFIG).write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
+        text = json.dumps(config, indent=1) + "\n"
+        replace_file(directory / CONFIG, lambda temp: temp.write_text(text, encoding="utf-8"))
+
+
+def check_fits(lm: LoadedModel, hidden_size: int, n_blocks: int, source: str) -> None:
+    """A lens of `hidden_size` and `n_blocks` translators fits `lm`; checked before the lens is built."""
+    hidden = lm.adapter.config.hidden_size
+    if (hidden_size, n_blocks) != (hidden, lm.n_blocks):
+        raise LayerscopeError(
+            f"The lens in {source} is for a model with hidden size {hidden_size} and {n_blocks} "
+            f"blocks; {lm.name} has hidden size {hidden} and {lm.n_blocks} blocks.")
+
+
+def check_finite_weights(tensors: dict[str, torch.Tensor], what: str) -> None:
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise LayerscopeError(f"{what} has weights that are not finite ({name}): the training diverged; "
+                                  "train again with a lower learning rate.")
+
+
+def replace_file(path: Path, write: Callable[[Path], object]) -> None:
+    """`write(temp)` writes a temporary file beside `path`, which is flushed to disk and renamed over `path`: a
+    kill at any moment leaves the old file or the new one, whole."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    try:
+        write(temp)
+        with open(temp, "rb") as file:
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def read_safetensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of a safetensors file, or one LayerscopeError naming it."""
+    try:
+        with safe_open(str(path), "pt") as file:
+            return {key: file.get_tensor(key) for key in file.keys()}, file.metadata() or {}
+    except (SafetensorError, OSError) as error:
+        raise LayerscopeError(f"{what} '{path}' cannot be read ({error}); it may have been cut short while "
+                              "being written.") from None
+
+
+def _lens_config(path: Path) -> tuple[int, int, str]:
+    """(hidden size, translators, model name) from a lens's config.json."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise LayerscopeError(f"'{path}' cannot be read as a tuned lens config ({error}).") from None
+    if not isinstance(config, dict):
+        raise LayerscopeError(f"'{path}' is not a tuned lens config (a JSON object).")
+    hidden, n_blocks = config.get("d_model"), config.get("num_hidden_layers")
+    if type(hidden) is not int or type(n_blocks) is not int or min(hidden, n_blocks) < 1:  # bool is not a size
+        raise LayerscopeError(f"'{path}' is not a tuned lens config: d_model and num_hidden_layers must be positive "
+                              f"whole numbers, not {hidden!r} and {n_blocks!r}.")
+    name = config.get("base_model_name_or_path", "")
+    return hidden, n_blocks, name if isinstance(name, str) else ""
 
 
 def load_tuned_lens(lm: LoadedModel, directory: Path | str) -> TunedLens:
@@ -91,19 +149,16 @@ def load_tuned_lens(lm: LoadedModel, directory: Path | str) -> TunedLens:
     config_path = directory / CONFIG
     if not config_path.is_file():
         raise LayerscopeError(f"No tuned lens in '{directory}': {CONFIG} is missing.")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-        hidden, n_blocks = int(config["d_model"]), int(config["num_hidden_layers"])
-    except (ValueError, KeyError, TypeError) as error:
-        raise LayerscopeError(f"'{config_path}' is not a tuned lens config ({error}).") from None
+    hidden, n_blocks, name = _lens_config(config_path)
+    check_fits(lm, hidden, n_blocks, str(directory))
     if (directory / WEIGHTS).is_file():
-        state = load_file(directory / WEIGHTS)
+        state, _ = read_safetensors(directory / WEIGHTS, "The tuned lens weights")
     elif (directory / PUBLISHED_WEIGHTS).is_file():
         state = _published_state(directory / PUBLISHED_WEIGHTS)
     else:
         raise LayerscopeError(f"No tuned lens weights in '{directory}' ({WEIGHTS} or {PUBLISHED_WEIGHTS}).")
-    lens = TunedLens(hidden, n_blocks, config.get("base_model_name_or_path", ""))
-    lens.check_fits(lm, str(directory))
+    check_finite_weights(state, f"The tuned lens in '{directory}'")
+    lens = TunedLens(hidden, n_blocks, name)
     try:
         lens.translators.load_state_dict(state, strict=True)
     except RuntimeError as error:
@@ -119,7 +174,7 @@ def _published_state(path: Path) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # weights_only refuses anything but plain tensors and containers
         raise LayerscopeError(f"'{path}' cannot be read as plain tensors ({type(error).__name__}).") from None
-    if not isinstance(state, dict):
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
         raise LayerscopeError(f"'{path}' does not hold a state dict of translators.")
     state = {key.removeprefix("layer_translators."): value.float() for key, value in state.items()}
     for key in [k for k in state if k.endswith(".weight")]:
@@ -152,8 +207,8 @@ class TrainSettings:
     def check(self) -> None:
         if self.steps < 1 or self.context < 2:
             raise LayerscopeError("Training needs at least 1 step and a context of at least 2 tokens.")
-        if self.lr <= 0:
-            raise LayerscopeError("The learning rate must be positive.")
+        if not 0 < self.lr <= 1:  # Adam's steps are about lr: past 1 the lens runs off, past float32 torch fails
+            raise LayerscopeError(f"The learning rate must be positive and at most 1, not {self.lr}.")
 
 
 def _row_losses(lm: LoadedModel, lens: TunedLens, ids: torch.Tensor,
@@ -220,8 +275,13 @@ def _train_steps(lm: LoadedModel, lens: TunedLens, chunks: torch.Tensor, setting
             for group in optimizer.param_groups:
                 group["lr"] = settings.lr * (1 - step / settings.steps)  # linear decay, a function of the step
             optimizer.zero_grad()
+            total = 0.0
             for loss in _row_losses(lm, lens, chunks[step % len(chunks)][None], unembed_weight):
                 loss.backward()  # row by row: one row's logits in memory at a time
+                total += loss.item()
+            if not math.isfinite(total):
+                raise LayerscopeError(f"The training diverged at step {step + 1} (the loss is {total}); the last "
+                                      "checkpoint is kept: train again with a lower learning rate.")
             optimizer.step()
             done = step + 1
             progress(done, settings.steps, "tuned lens")
@@ -233,33 +293,66 @@ def _train_steps(lm: LoadedModel, lens: TunedLens, chunks: torch.Tensor, setting
 
 
 def _save_checkpoint(out: Path, recipe: dict, lens: TunedLens, optimizer: torch.optim.Optimizer, step: int) -> None:
-    """The translators and the optimizer's per-parameter state, as safetensors, and the step and recipe as JSON."""
-    out.mkdir(parents=True, exist_ok=True)
+    """The translators and the optimizer's per-parameter state, with the step and recipe in the metadata: one file,
+    replaced whole, so a kill while saving leaves the previous checkpoint."""
     tensors = {f"lens.{k}": v.detach().contiguous().cpu() for k, v in lens.translators.state_dict().items()}
     for name, parameter in lens.translators.named_parameters():
         for key, value in optimizer.state.get(parameter, {}).items():
             tensors[f"optimizer.{name}.{key}"] = torch.as_tensor(value).contiguous().cpu()
-    save_file(tensors, out / CHECKPOINT)
-    (out / CHECKPOINT_STATE).write_text(json.dumps({"step": step, "recipe": recipe}) + "\n", encoding="utf-8")
+    check_finite_weights(tensors, f"The checkpoint of step {step}")
+    out.mkdir(parents=True, exist_ok=True)
+    metadata = {CHECKPOINT_KEY: json.dumps({"step": step, "recipe": recipe})}
+    replace_file(out / CHECKPOINT, lambda temp: save_file(tensors, temp, metadata))
+    (out / CHECKPOINT_STATE).unlink(missing_ok=True)  # an older layerscope's, for the checkpoint just replaced
+
+
+def _checkpoint_state(out: Path, metadata: dict[str, str]) -> tuple[int, object]:
+    """The step and recipe of the checkpoint in `out`: from its metadata, or from the checkpoint.json that
+    layerscope wrote beside it before."""
+    source = out / CHECKPOINT if CHECKPOINT_KEY in metadata else out / CHECKPOINT_STATE
+    try:
+        text = metadata.get(CHECKPOINT_KEY) or source.read_text(encoding="utf-8")
+        state = json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise LayerscopeError(f"The checkpoint's step and recipe ('{source}') cannot be read ({error}); delete the "
+                              "checkpoint files to start over.") from None
+    step = state.get("step") if isinstance(state, dict) else None
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0 or "recipe" not in state:
+        raise LayerscopeError(f"'{source}' does not hold a checkpoint's step and recipe; delete the checkpoint files "
+                              "to start over.")
+    return step, state["recipe"]
 
 
 def _resume(out: Path, recipe: dict, lens: TunedLens, optimizer: torch.optim.Optimizer) -> int:
     """The step to start from: 0, or where a checkpoint in `out` with the same recipe stopped."""
-    if not (out / CHECKPOINT_STATE).is_file():
+    path = out / CHECKPOINT
+    if not path.is_file():
         return 0
-    state = json.loads((out / CHECKPOINT_STATE).read_text(encoding="utf-8"))
-    if state.get("recipe") != recipe:
+    tensors, metadata = read_safetensors(path, "The checkpoint")
+    step, written = _checkpoint_state(out, metadata)
+    if written != recipe:
         raise LayerscopeError(f"'{out}' holds a checkpoint of a different training (model, text or settings); "
                               "use another --out or delete its checkpoint files.")
-    tensors = load_file(out / CHECKPOINT)
+    if step > recipe["steps"]:
+        raise LayerscopeError(f"The checkpoint '{path}' is at step {step}, past the training's {recipe['steps']}.")
+    check_finite_weights(tensors, f"The checkpoint '{path}'")
+    try:
+        lens.translators.load_state_dict({k.removeprefix("lens."): v for k, v in tensors.items()
+                                          if k.startswith("lens.")})
+    except RuntimeError as error:
+        raise LayerscopeError(f"The checkpoint '{path}' does not fit this lens: "
+                              f"{' '.join(str(error).strip().splitlines()[:2])}") from None
     device = lens.translators[0].weight.device
-    lens.translators.load_state_dict({k.removeprefix("lens."): v for k, v in tensors.items() if k.startswith("lens.")})
     for name, parameter in lens.translators.named_parameters():
         prefix = f"optimizer.{name}."
         found = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+        for key, value in found.items():
+            if value.shape != (() if key == "step" else parameter.shape):
+                raise LayerscopeError(f"The checkpoint '{path}' holds optimizer state {name}.{key} of shape "
+                                      f"{tuple(value.shape)}, which does not fit the lens.")
         if found:
             optimizer.state[parameter] = {k: v if k == "step" else v.to(device) for k, v in found.items()}
-    return int(state["step"])
+    return step
 
 
 @dataclass

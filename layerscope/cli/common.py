@@ -2,29 +2,43 @@
 
 A command declares the option groups it takes as parameters typed with the dataclasses below
 (`ModelOptions`, `PromptInput`, `Output`, ...); `@command` turns each group into its options for typer,
-adds --debug, and hands the command the filled dataclass. Engine modules are imported inside functions so
-`--help` and the TUI start fast.
+adds --debug, and hands the command the filled dataclass. Every path option says in its type whether the
+command reads it (`Reads`) or writes it (`Writes`); `@command` checks the outputs against the inputs before
+any work. Engine modules are imported inside functions so `--help` and the TUI start fast.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import inspect
+import os
 import re
 import shlex
 import sys
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from typer.models import OptionInfo
 
 from layerscope.errors import LayerscopeError, require_utf8
-from layerscope.outputs import check_not_input, check_writable, to_csv, to_json, write_atomic
+from layerscope.outputs import (
+    check_finite,
+    check_output,
+    check_output_folder,
+    check_stdout,
+    files_read,
+    to_csv,
+    to_json,
+    write_atomic,
+)
+from layerscope.specs import parse_blocks, parse_number
 from layerscope.textfiles import read_text_file
 
 if TYPE_CHECKING:
@@ -33,21 +47,40 @@ if TYPE_CHECKING:
     from layerscope.models.loading import LoadedModel
 
 
+@dataclass(frozen=True)
+class Reads:
+    """In a path option's Annotated type: the command reads this file, or every file in this folder (a model's,
+    a lens's); `defaults` are the files read when the option is not given. No output may replace one."""
+
+    defaults: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class Writes:
+    """In a path option's Annotated type: the command writes here. A file (not given, or '-': standard output),
+    or with `folder`, a folder that gets the files `files()` names (None: any files, so it must be new or empty)."""
+
+    folder: bool = False
+    files: Callable[[], Collection[str]] | None = None
+
+
 class Format(str, Enum):
     table = "table"
     json = "json"
     csv = "csv"
 
 
-ModelOption = Annotated[str, typer.Option("--model", "-m", help="'demo', a hub id, a local directory, or a .gguf file.")]
+ModelOption = Annotated[str, typer.Option("--model", "-m", help="'demo', a hub id, a local directory, or a .gguf file."),
+                        Reads()]
 DeviceOption = Annotated[str, typer.Option(help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.")]
 DtypeOption = Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16.")]
 DeviceMapOption = Annotated[str | None, typer.Option("--device-map", help="'auto' spreads a large model over GPUs (accelerate).")]
 TrustOption = Annotated[bool, typer.Option("--trust-remote-code", help="Run the model repository's own code. Off unless asked.")]
 PromptOption = Annotated[str | None, typer.Option("--prompt", "-p", help="The prompt text.")]
-PromptFileOption = Annotated[Path | None, typer.Option("--prompt-file", help="Read the prompt from a file.")]
+PromptFileOption = Annotated[Path | None, typer.Option("--prompt-file", help="Read the prompt from a file."), Reads()]
 FormatOption = Annotated[Format, typer.Option("--format", "-f", help="table, json or csv.")]
-OutOption = Annotated[Path | None, typer.Option("--out", "-o", help="Write the result here (atomically) instead of stdout.")]
+OutOption = Annotated[Path | None, typer.Option("--out", "-o", help="Write the result to this file (atomically; a device "
+                                                                   "or pipe is written through; '-': stdout)."), Writes()]
 TopKOption = Annotated[int, typer.Option("--top-k", "-k", min=1, max=100, help="Tokens kept per cell.")]
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")]
 BosOption = Annotated[bool, typer.Option("--bos", help="Start every prompt with the tokenizer's BOS token (as the "
@@ -111,13 +144,8 @@ class PromptInput:
             raise LayerscopeError("No prompt: give --prompt, --prompt-file, or pipe text on stdin.")
         text = text.rstrip("\n")
         if not text.strip():
-            raise LayerscopeError("The prompt is empty.")
+            raise LayerscopeError("The prompt on stdin is empty.")
         return text
-
-    @property
-    def files(self) -> dict[str, Path | None]:
-        """The files read, for `Output.check`."""
-        return {"--prompt-file": self.prompt_file}
 
 
 @dataclass(frozen=True)
@@ -127,13 +155,10 @@ class Output:
     format: FormatOption = Format.table
     out: OutOption = None
 
-    def check(self, model: ModelOptions, inputs: Mapping[str, Path | None] | None = None) -> None:
-        """Before any compute: the folder of --out is writable, and --out is none of the files read."""
-        check_writable(self.out)
-        check_not_input(self.out, model.model, inputs)
-
     def write(self, data: Callable[[], dict], rows: Callable[[], Iterable[dict]], table: Callable[[], str]) -> None:
         """Only the asked format is rendered: json of `data()`, csv of `rows()`, or `table()`."""
+        if self.format is Format.table:
+            check_finite(data())  # json and csv check what they render
         render = {"json": lambda: to_json(data()), "csv": lambda: to_csv(rows()), "table": table}
         write_atomic(render[self.format.value](), self.out)
 
@@ -142,19 +167,68 @@ def _is_group(annotation: object) -> bool:
     return isinstance(annotation, type) and dataclasses.is_dataclass(annotation)
 
 
+INT_MAX = 2**31 - 1
+"""The largest whole number any option takes (a seed, a count, a block): torch's int32 tensors and seeds end
+near it, and no model or run needs more."""
+NUMBER_BOUNDS: dict[type, tuple[float | None, float | None]] = {int: (0, INT_MAX), float: (None, None)}
+"""Every int and float option's bounds where it declares none (`min=`, `max=`); floats must also be finite."""
+
+
+def strict_number(annotation: object) -> object:
+    """An int or float option's annotation, parsed by `parse_number` within its bounds (its own `min`/`max`, else
+    `NUMBER_BOUNDS`): one rule for every option of every command, so `--noise-scale inf`, `--seed ²` and
+    `--steps 99999999999` are refused by the parser, naming the flag, before anything loads."""
+    if typing.get_origin(annotation) is not Annotated:
+        return annotation
+    base, *extras = typing.get_args(annotation)
+    kind = next((number for number in (int, float) if base in (number, number | None)), None)
+    declared = next((extra for extra in extras if isinstance(extra, OptionInfo)), None)
+    if kind is None or declared is None or declared.parser is not None:
+        return annotation
+    info = copy.copy(declared)
+    low, high = NUMBER_BOUNDS[kind]
+    info.min = low if info.min is None else info.min
+    info.max = high if info.max is None else info.max
+
+    def parse(text: str | int | float) -> int | float:
+        try:
+            value = text if isinstance(text, kind) else parse_number(str(text), kind)  # a default comes as it is
+        except ValueError as error:
+            raise typer.BadParameter(str(error)) from None
+        if (info.min is not None and value < info.min) or (info.max is not None and value > info.max):
+            bounds = f"from {info.min}" if info.max is None else \
+                     f"at most {info.max}" if info.min is None else f"from {info.min} to {info.max}"
+            raise typer.BadParameter(f"{value} is out of range: give a number {bounds}")
+        return value
+
+    info.parser = parse
+    arguments = (base, *(info if extra is declared else extra for extra in extras))
+    return Annotated.__class_getitem__(arguments)  # Annotated[base, *extras], written so for Python 3.10
+
+
+def spec_option(flag: str, spec: str, what: str, count: int | None = None) -> tuple[int, ...]:
+    """A number spec option ('3,5,10-12', `parse_blocks`) parsed before the work; its error names the flag."""
+    try:
+        return parse_blocks(spec, what, count)
+    except LayerscopeError as error:
+        raise LayerscopeError(f"{flag}: {error}") from None
+
+
 def with_option_groups(function: Callable) -> Callable:
     """Typer sees each parameter typed with an option dataclass as that dataclass's options, in its place;
-    the function receives the dataclass, filled."""
+    the function receives the dataclass, filled. Number options are made strict (`strict_number`)."""
     signature = inspect.signature(function, eval_str=True)
     groups = {name: p.annotation for name, p in signature.parameters.items() if _is_group(p.annotation)}
     parameters = []
     for name, parameter in signature.parameters.items():
         if name not in groups:
-            parameters.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+            parameters.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY,
+                                                annotation=strict_number(parameter.annotation)))
             continue
         hints = typing.get_type_hints(groups[name], include_extras=True)
         parameters += [inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=field.default,
-                                         annotation=hints[field.name]) for field in dataclasses.fields(groups[name])]
+                                         annotation=strict_number(hints[field.name]))
+                       for field in dataclasses.fields(groups[name])]
 
     signature = inspect.Signature(parameters)
 
@@ -173,15 +247,17 @@ def with_option_groups(function: Callable) -> Callable:
 
 
 def command(function: Callable) -> Callable:
-    """A command: its option groups expanded (`with_option_groups`), --debug added, and the user's mistakes
-    (LayerscopeError, and OSError from the files named) shown as one `error:` line with exit code 1. Any other
-    exception is a bug and keeps its traceback."""
+    """A command: its option groups expanded (`with_option_groups`), --debug added, its outputs checked before
+    any work (`check_files`), and the user's mistakes (LayerscopeError, and OSError from the files named) shown
+    as one `error:` line with exit code 1. Any other exception is a bug and keeps its traceback."""
     grouped = with_option_groups(function)
+    marks = file_options(grouped)
 
     @functools.wraps(grouped)
     def wrapper(*, debug: bool = False, **options: Any) -> Any:
         try:
             check_text_options(options)
+            check_files(options, marks)
             return grouped(**options)
         except (LayerscopeError, OSError) as error:
             if debug:
@@ -197,6 +273,48 @@ def command(function: Callable) -> Callable:
     return wrapper
 
 
+def file_options(function: Callable) -> dict[str, tuple[str, Reads | Writes]]:
+    """Each path option of `function` (its expanded signature) with its flag and its `Reads` or `Writes` mark."""
+    marks = {}
+    for name, parameter in inspect.signature(function).parameters.items():
+        extras = typing.get_args(parameter.annotation)[1:] if typing.get_origin(parameter.annotation) is Annotated else ()
+        for mark in (extra for extra in extras if isinstance(extra, (Reads, Writes))):
+            # typer.Option("--lens", ...) in Annotated holds its first flag as `default` until typer reads it
+            declared = [d for extra in extras if isinstance(extra, typer.models.OptionInfo)
+                        for d in map(str, (extra.default, *(extra.param_decls or ()))) if d.startswith("--")]
+            marks[name] = (declared[0] if declared else "--" + name.replace("_", "-"), mark)
+    return marks
+
+
+def check_files(options: dict[str, Any], marks: dict[str, tuple[str, Reads | Writes]]) -> None:
+    """Before any work: every output can be written and replaces no file read (an option's file, each file of
+    its folder, the default files, a local model's files). Sets a file output given as '-' to None (stdout)."""
+    inputs = [read for name, (flag, mark) in marks.items() if isinstance(mark, Reads)
+              for path in ((Path(options[name]),) if options.get(name) is not None else mark.defaults)
+              for read in files_read(flag, path)]
+    files, folders = [], []
+    for name, (flag, mark) in marks.items():
+        out = options.get(name)
+        if not isinstance(mark, Writes):
+            continue
+        if mark.folder:
+            if out is not None:
+                if str(out) == "-":
+                    raise LayerscopeError(f"{flag} is a folder: '-' (standard output) cannot be one.")
+                check_output_folder(out, flag, None if mark.files is None else mark.files(), inputs)
+                folders.append((flag, os.path.realpath(out)))
+        elif out is None or str(out) == "-":
+            options[name] = None
+            check_stdout()
+        else:
+            check_output(out, flag, inputs)
+            files.append((flag, out))
+    for flag, out in files:  # e.g. --out in the --save folder: the second write would replace the first's file
+        for folder_flag, folder in folders:
+            if folder in (os.path.realpath(out), os.path.dirname(os.path.realpath(out))):
+                raise LayerscopeError(f"{flag} '{out}' is in the {folder_flag} folder; write it elsewhere.")
+
+
 def fail(message: str) -> typer.Exit:
     """One line, whatever the message quotes from the user's input."""
     typer.echo(f"error: {visible(message)}", err=True)
@@ -204,11 +322,17 @@ def fail(message: str) -> typer.Exit:
 
 
 def check_text_options(options: dict) -> None:
-    """Text options are checked for bytes that are not UTF-8 before anything is loaded. --model is left
-    alone: it can be a path, and a path need not be UTF-8."""
+    """Text options are checked before anything is loaded, and the error names the option: none may be empty,
+    a prompt (an option named *prompt: --prompt, --corrupt-prompt, --target-prompt, ...) may not be only
+    whitespace, and none but --model (a path need not be UTF-8) may hold bytes that are not UTF-8."""
     for name, value in options.items():
-        if isinstance(value, str) and name != "model":
-            require_utf8(value, "--" + name.replace("_", "-"))
+        if not isinstance(value, str):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if not value or (name.endswith("prompt") and not value.strip()):
+            raise LayerscopeError(f"{flag} is empty{'' if not value else ' (only whitespace)'}: give its text.")
+        if name != "model":
+            require_utf8(value, flag)
 
 
 def command_line_with(flag: str) -> str:

@@ -8,16 +8,20 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from layerscope.cli.common import (
+    INT_MAX,
     ModelOptions,
     Output,
     PromptInput,
+    Reads,
     StderrProgress,
     TopKOption,
     command,
     shorten,
+    spec_option,
 )
 from layerscope.errors import LayerscopeError
-from layerscope.specs import parse_blocks
+from layerscope.locations import DEFAULT_HAYSTACK, DEFAULT_NEEDLES
+from layerscope.specs import whole_number_in
 
 if TYPE_CHECKING:
     from layerscope.analyses.head_scores import HeadScores
@@ -28,12 +32,14 @@ if TYPE_CHECKING:
 heads_app = typer.Typer(help="Attention-head analyses: retrieval, induction and previous-token heads, masking.",
                         no_args_is_help=True)
 
-HaystackOption = Annotated[Path | None, typer.Option(help="Haystack text file (default: the shipped one).")]
-NeedlesOption = Annotated[Path | None, typer.Option(help="Needles JSONL: needle, question, answer (default: shipped).")]
+HaystackOption = Annotated[Path | None, typer.Option(help="Haystack text file (default: the shipped one)."),
+                           Reads((DEFAULT_HAYSTACK,))]
+NeedlesOption = Annotated[Path | None, typer.Option(help="Needles JSONL: needle, question, answer (default: shipped)."),
+                          Reads((DEFAULT_NEEDLES,))]
 DepthsOption = Annotated[str, typer.Option(help="Needle depths in percent, e.g. 0,25,50,75,100.")]
 AnswerTokensOption = Annotated[int, typer.Option("--max-new-tokens", min=1, max=200,
                                                  help="Greedy answer length limit; decoding also stops at a newline.")]
-ScoresOption = Annotated[Path, typer.Option("--scores", help="Head scores JSON written by `heads retrieval`.")]
+ScoresOption = Annotated[Path, typer.Option("--scores", help="Head scores JSON written by `heads retrieval`."), Reads()]
 ShowOption = Annotated[int, typer.Option("--show", min=1, help="Heads listed in the table.")]
 
 
@@ -78,10 +84,7 @@ def patchscope(
     from layerscope.analyses.patchscope import check_target_layer, parse_target, run_patchscope
 
     text = prompt.read()
-    output.check(model, prompt.files)
-    if target_layer != "same" and not target_layer.isdigit():
-        raise LayerscopeError(f"--target-layer must be 'same' or a row number, not '{target_layer}'.")
-    layer = None if target_layer == "same" else int(target_layer)
+    layer = None if target_layer == "same" else row_number(target_layer)
     if target_prompt is not None and placeholder is None:
         placeholder = "x"
     lm = model.load()
@@ -94,6 +97,14 @@ def patchscope(
     finally:
         progress.close()
     output.write(report.to_dict, report.grid.csv_rows, lambda: patchscope_table(report))
+
+
+def row_number(text: str) -> int:
+    """--target-layer's row: ASCII digits, within what any option takes (checked against the model later)."""
+    row = whole_number_in(text, 0, INT_MAX)
+    if row is None:
+        raise LayerscopeError(f"--target-layer must be 'same' or a row number, not '{text}'.")
+    return row
 
 
 def heads_table(scores: HeadScores, show: int) -> str:
@@ -109,20 +120,17 @@ def head_rows(scores: HeadScores) -> list[dict]:
             for h in scores.heads]
 
 
-def needle_files(haystack: Path | None, needles: Path | None) -> dict[str, Path]:
-    """The haystack and needles files a command reads, the shipped ones where none is given."""
-    from layerscope.analyses.retrieval import DEFAULT_HAYSTACK, DEFAULT_NEEDLES
-
-    return {"--haystack": haystack or DEFAULT_HAYSTACK, "--needles": needles or DEFAULT_NEEDLES}
+def needle_grid(lengths: str, depths: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """--lengths and --depths (percent, 0..100) parsed before the model loads."""
+    return spec_option("--lengths", lengths, "length"), spec_option("--depths", depths, "depth", 101)
 
 
-def needle_tests(lm: LoadedModel, haystack: Path | None, needles: Path | None, lengths: str, depths: str,
-                 span: Span = "needle") -> list[NeedleTest]:
+def needle_tests(lm: LoadedModel, haystack: Path | None, needles: Path | None, lengths: tuple[int, ...],
+                 depths: tuple[int, ...], span: Span = "needle") -> list[NeedleTest]:
     from layerscope.analyses.retrieval import build_tests, load_haystack, load_needles
 
     return build_tests(lm, load_haystack(haystack) if haystack else load_haystack(),
-                       load_needles(needles) if needles else load_needles(),
-                       parse_blocks(lengths, "length"), parse_blocks(depths, "depth"), span)
+                       load_needles(needles) if needles else load_needles(), lengths, depths, span)
 
 
 @heads_app.command("retrieval")
@@ -148,9 +156,9 @@ def retrieval(
     from layerscope.analyses.retrieval import check_span, needle_results, retrieval_from_results
 
     checked_span = check_span(span)
-    output.check(model, needle_files(haystack, needles))
+    grid = needle_grid(lengths, depths)
     lm = model.load()
-    tests = needle_tests(lm, haystack, needles, lengths, depths, checked_span)
+    tests = needle_tests(lm, haystack, needles, *grid, checked_span)
     lm.check_generation(max(test.ids.shape[1] for test in tests), max_new_tokens)
     progress = StderrProgress()
     results = []
@@ -162,7 +170,7 @@ def retrieval(
             raise
     finally:
         progress.close()
-    settings = {"lengths": list(parse_blocks(lengths)), "depths": list(parse_blocks(depths)),
+    settings = {"lengths": list(grid[0]), "depths": list(grid[1]),
                 "max_new_tokens": max_new_tokens, "span": span, "interrupted": len(results) < len(tests)}
     scores = retrieval_from_results(lm, results, settings)
     lines = [f"{'length':>6} {'depth':>5} {'recall':>6}  answer"]
@@ -200,7 +208,6 @@ def activity(
     from layerscope.analyses.retrieval import activity_trace
 
     text = prompt.read()
-    output.check(model, {"--scores": scores, **prompt.files})
     lm = model.load()
     head_scores = load_head_scores(scores, lm)
     trace = activity_trace(lm, lm.encode(text), head_scores, max_new_tokens)
@@ -226,7 +233,6 @@ def induction(
     """
     from layerscope.analyses.induction import induction_scores, previous_token_scores
 
-    output.check(model)
     lm = model.load()
     progress = StderrProgress()
     try:
@@ -272,11 +278,11 @@ def ablate(
     from layerscope.analyses.head_scores import load_head_scores
     from layerscope.analyses.retrieval import ablation_experiment, ablation_heads
 
-    output.check(model, {"--scores": scores, **needle_files(haystack, needles)})
+    grid = needle_grid(lengths, depths)
     lm = model.load()
     head_scores = load_head_scores(scores, lm)
     ablation_heads(head_scores, top, seed)
-    tests = needle_tests(lm, haystack, needles, lengths, depths)
+    tests = needle_tests(lm, haystack, needles, *grid)
     lm.check_generation(max(test.ids.shape[1] for test in tests), max_new_tokens)
     progress = StderrProgress()
     try:

@@ -14,6 +14,7 @@ from layerscope.cli.common import (
     BosModelOptions,
     Output,
     PromptInput,
+    Reads,
     TopKOption,
     command,
     shorten,
@@ -50,7 +51,7 @@ def lens(
     prompt: PromptInput,
     method: Annotated[LensMethod, typer.Option(help="logit, or tuned (needs --lens).")] = LensMethod.logit,
     lens_dir: Annotated[Path | None, typer.Option("--lens", help="Tuned lens folder for --method tuned "
-                                                                 "(layerscope tunedlens train).")] = None,
+                                                                 "(layerscope tunedlens train)."), Reads()] = None,
     top_k: TopKOption = 5,
     output: Output,
 ) -> None:
@@ -64,7 +65,6 @@ def lens(
     text = prompt.read()
     if (method is LensMethod.tuned) != (lens_dir is not None):
         raise LayerscopeError("--method tuned needs --lens DIR, and --lens goes with --method tuned.")
-    output.check(model, prompt.files)
     lm = model.load()
     if lens_dir is None:
         grid = logit_lens(lm, lm.encode(text), top_k=top_k)
@@ -131,7 +131,6 @@ def run(
     from layerscope.interventions.core import cli_options, interventions_from_options, options_given
 
     text = prompt.read()
-    output.check(model, prompt.files)
     interventions_from_options(chosen, 0)  # a bad spec is refused before the model loads
     if not options_given(chosen):
         flags = [option.flag for option in cli_options() if option.chooses]

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -20,15 +19,17 @@ from layerscope.cli.common import (
     ModelOptions,
     OutOption,
     Output,
+    Reads,
     StderrProgress,
+    Writes,
     command,
     command_line_with,
+    spec_option,
 )
-from layerscope.outputs import check_writable
 from layerscope.errors import LayerscopeError
+from layerscope.outputs import json_line, streamed_lines
 from layerscope.interventions import chosen_by_block
 from layerscope.locations import SAMPLE_PROMPTS, sample_file
-from layerscope.specs import parse_blocks
 from layerscope.textfiles import read_text_file
 
 if TYPE_CHECKING:
@@ -55,9 +56,6 @@ class SweepOutput:
 
     format: Annotated[SweepFormat, typer.Option("--format", "-f", help="table, json, csv or jsonl.")] = SweepFormat.table
     out: OutOption = None
-
-    def check(self, model: ModelOptions, inputs: Mapping[str, Path | None] | None = None) -> None:
-        Output(out=self.out).check(model, inputs)
 
 
 def _sample(name: str) -> Path:
@@ -110,15 +108,17 @@ def sweep_source(lm: LoadedModel, kind: str, layers: list[int], items: list[Prom
     return source
 
 
-def read_done(path: Path, kind: str) -> tuple[dict | None, list[dict]]:
-    """The source line and rows of an interrupted JSONL sweep, (None, []) for a new or empty file.
-    A last line cut off mid-write is removed from the file."""
+def read_done(path: Path, kind: str) -> tuple[dict | None, list[dict], int]:
+    """The source line and rows of an interrupted JSONL sweep, (None, [], 0) for a new or empty file, and the
+    bytes that hold them: a last line cut off mid-write is not counted (the rows written next replace it)."""
     if not path.is_file():
-        return None, []
-    text = path.read_text(encoding="utf-8")
-    if text and not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
-        path.write_text(text, encoding="utf-8")
+        return None, [], 0
+    data = path.read_bytes()
+    whole = data[: data.rfind(b"\n") + 1]
+    try:
+        text = whole.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise LayerscopeError(f"--resume: {path} is not UTF-8 text ({error.reason} at byte {error.start}).") from None
     lines = []
     for number, line in enumerate(text.splitlines(), start=1):
         try:
@@ -126,7 +126,7 @@ def read_done(path: Path, kind: str) -> tuple[dict | None, list[dict]]:
         except json.JSONDecodeError:
             raise LayerscopeError(f"--resume: {path} line {number} is not valid JSON.") from None
     if not lines:
-        return None, []
+        return None, [], 0
     first = lines[0]
     if not (isinstance(first, dict) and isinstance(first.get("source"), dict)):
         raise LayerscopeError(f"--resume: {path} does not start with the source line of a layerscope sweep; "
@@ -134,7 +134,7 @@ def read_done(path: Path, kind: str) -> tuple[dict | None, list[dict]]:
     for number, row in enumerate(lines[1:], start=2):
         if not isinstance(row, dict) or row.get("intervention") != kind:
             raise LayerscopeError(f"--resume: {path} line {number} is not a row of a '{kind}' sweep.")
-    return first["source"], lines[1:]
+    return first["source"], lines[1:], len(whole)
 
 
 def check_same_source(path: Path, written: dict, now: dict) -> None:
@@ -161,7 +161,8 @@ def sweep(
     model: BosModelOptions,
     intervention: Annotated[str, typer.Option("--intervention", "-i", help=f"One of {', '.join(SWEEP_KINDS)}.")] = "drop",
     prompts: Annotated[Path | None, typer.Option(help="Prompt set: .txt one prompt a line, or .jsonl with answers. "
-                                                      "Default: sample_prompts/general.txt (capitals.jsonl for swap-token).")] = None,
+                                                      "Default: sample_prompts/general.txt (capitals.jsonl for swap-token)."),
+                       Reads((sample_file("general.txt"), sample_file("capitals.jsonl")))] = None,
     layers: Annotated[str | None, typer.Option(help="Blocks to sweep, e.g. 0-29 or 3,5 (swap: lower block of a pair; "
                                                     "swap-token: grid rows 0..L). Default: all.")] = None,
     accuracy: Annotated[bool | None, typer.Option("--accuracy/--no-accuracy", help="Greedy answer accuracy. Default: "
@@ -197,10 +198,9 @@ def sweep(
     measure_accuracy = with_answers if accuracy is None else accuracy
     if resume and (output.out is None or output.format is not SweepFormat.jsonl):
         raise LayerscopeError("--resume needs --format jsonl and --out FILE (the file to continue).")
-    output.check(model, {"--prompts": path})
-    chosen = parse_blocks(layers, "layer") if layers else None
+    chosen = spec_option("--layers", layers, "layer") if layers else None
     resumed = output.out if resume else None  # never None with --resume: checked above
-    written, done = read_done(resumed, intervention) if resumed is not None else (None, [])
+    written, done, keep = read_done(resumed, intervention) if resumed is not None else (None, [], 0)
     lm = model.load()
     donor = (donor_prompt, donor_word, donor_answer)
     valid = _sweep_layers(lm, items, intervention, chosen, donor)
@@ -212,7 +212,7 @@ def sweep(
     try:
         rows = _sweep_rows(lm, items, intervention, chosen, valid, measure_accuracy, max_new_tokens, seed,
                            batch_size, donor, done, output.out, progress)
-        _write_sweep(rows, source, output.format, output.out, append=written is not None)
+        _write_sweep(rows, source, output.format, output.out, keep if written is not None else None)
     finally:
         progress.close()
 
@@ -254,8 +254,9 @@ def _sweep_rows(lm: LoadedModel, items: list[PromptItem], kind: str, layers: Seq
     return (row.to_dict() for row in rows if row.key not in seen)
 
 
-def _write_sweep(rows: Iterable[dict], source: dict, format: SweepFormat, out: Path | None, append: bool) -> None:
-    """jsonl: the source line (unless appending to a file that has it), then each row as it comes."""
+def _write_sweep(rows: Iterable[dict], source: dict, format: SweepFormat, out: Path | None, keep: int | None) -> None:
+    """jsonl: the source line (unless continuing a file that has it, after its first `keep` bytes), then each
+    row as it comes; a failure other than Ctrl-C leaves --out as it was."""
     kind = source["intervention"]
     from layerscope.distributed import is_writer
 
@@ -264,17 +265,16 @@ def _write_sweep(rows: Iterable[dict], source: dict, format: SweepFormat, out: P
         return
     if format is SweepFormat.jsonl:
         written = 0
-        with open(out, "a" if append else "w", encoding="utf-8") if out else nullcontext(sys.stdout) as file:
-            try:
-                if not append:
-                    file.write(json.dumps({"source": source}, ensure_ascii=False) + "\n")
+        try:
+            with streamed_lines(out, keep) as write:
+                if keep is None:
+                    write(json_line({"source": source}))
                 for row in rows:
-                    file.write(json.dumps(row, ensure_ascii=False) + "\n")
-                    file.flush()
+                    write(json_line(row))
                     written += 1
-            except KeyboardInterrupt:
-                where = f"; to continue, run: {command_line_with('--resume')}" if out else "."
-                raise LayerscopeError(f"interrupted after {written} new rows, all kept{where}") from None
+        except KeyboardInterrupt:
+            where = f"; to continue, run: {command_line_with('--resume')}" if out else "."
+            raise LayerscopeError(f"interrupted after {written} new rows, all kept{where}") from None
         return
     rows = list(rows)
     Output(Format(format.value), out).write(lambda: {"intervention": kind, "source": source, "rows": rows},
@@ -301,12 +301,15 @@ def influence_table(report: InfluenceReport) -> str:
 def influence(
     *,
     model: ModelOptions,
-    text: Annotated[Path | None, typer.Option(help="Calibration text. Default: sample_prompts/calibration.txt.")] = None,
+    text: Annotated[Path | None, typer.Option(help="Calibration text. Default: sample_prompts/calibration.txt."),
+                    Reads((sample_file("calibration.txt"),))] = None,
     prune: Annotated[int, typer.Option(min=0, help="Remove the N lowest-BI blocks and compare perplexity.")] = 0,
-    eval_text: Annotated[Path | None, typer.Option(help="Held-out text for --prune. Default: sample_prompts/heldout.txt.")] = None,
+    eval_text: Annotated[Path | None, typer.Option(help="Held-out text for --prune. Default: sample_prompts/heldout.txt."),
+                         Reads((sample_file("heldout.txt"),))] = None,
     window: Annotated[int, typer.Option(min=2, help="Tokens per forward pass.")] = 256,
     seed: Annotated[int, typer.Option(help="Seed of the random blocks removed for comparison.")] = 0,
-    save: Annotated[Path | None, typer.Option(help="With --prune: save the pruned model here (safetensors).")] = None,
+    save: Annotated[Path | None, typer.Option(help="With --prune: save the pruned model in this new or empty folder "
+                                                   "(safetensors)."), Writes(folder=True)] = None,
     output: Output,
 ) -> None:
     """Block Influence per block (ShortGPT) and, with --prune N, held-out perplexity after removing the N
@@ -319,11 +322,7 @@ def influence(
 
     if save is not None and not prune:
         raise LayerscopeError("--save needs --prune N: there is nothing to save otherwise.")
-    if save is not None and save.exists() and any(save.iterdir()):
-        raise LayerscopeError(f"--save: '{save}' exists and is not empty.")
-    check_writable(save)
     text, eval_text = text or _sample("calibration.txt"), eval_text or _sample("heldout.txt")
-    output.check(model, {"--text": text, "--eval-text": eval_text if prune else None})
     calibration = read_text_file(text, "calibration text")
     held_out = read_text_file(eval_text, "held-out text") if prune else None
     lm = model.load()
@@ -358,7 +357,8 @@ def stages_table(stage_map: StageMap) -> str:
 def stages(
     *,
     model: BosModelOptions,
-    prompts: Annotated[Path | None, typer.Option(help="Prompt set. Default: sample_prompts/general.txt.")] = None,
+    prompts: Annotated[Path | None, typer.Option(help="Prompt set. Default: sample_prompts/general.txt."),
+                       Reads((sample_file("general.txt"),))] = None,
     output: Output,
 ) -> None:
     """Stage map: per-block signatures (drop/swap KL, lens KL and entropy, attention/MLP norms, attention to the
@@ -371,7 +371,6 @@ def stages(
 
     prompts = prompts or _sample("general.txt")
     items = load_prompt_set(prompts)
-    output.check(model, {"--prompts": prompts})
     lm = model.load()
     progress = StderrProgress()
     try:

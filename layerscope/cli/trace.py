@@ -63,7 +63,7 @@ def trace(
     site: Annotated[Site, typer.Option(help="resid: one residual state; attn or mlp: that module's outputs in a "
                                             "window of blocks.")] = Site.resid,
     window: Annotated[int, typer.Option(min=1, help="Blocks restored together for --site attn|mlp.")] = 10,
-    noise_scale: Annotated[float, typer.Option(min=0.0, help="Noise std in units of the embeddings' std.")] = 3.0,
+    noise_scale: Annotated[float, typer.Option(min=0.0, max=100.0, help="Noise std in units of the embeddings' std.")] = 3.0,
     seed: Annotated[int, typer.Option(help="Seed of the noise.")] = 0,
     approx: Annotated[bool, typer.Option("--approx", help="Attribution patching: gradient x activation "
                                                           "difference, one backward pass.")] = False,
@@ -77,7 +77,6 @@ def trace(
     from layerscope.analyses.causal_trace import trace_prompt
 
     text = prompt.read()
-    output.check(model, prompt.files)
     if corrupt is Corrupt.noise and subject is None:
         raise LayerscopeError("Noise corruption needs the subject: give --subject (a part of the prompt).")
     if corrupt is Corrupt.swap and corrupt_prompt is None:

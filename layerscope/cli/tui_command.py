@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from layerscope.cli.common import ModelOptions, PromptOption, TopKOption, with_option_groups
+from layerscope.cli.common import ModelOptions, PromptOption, Reads, TopKOption, with_option_groups
 
 
 @with_option_groups
@@ -18,10 +18,11 @@ def tui(
     model: ModelOptions,
     prompt: PromptOption = None,
     theme: Annotated[str | None, typer.Option(help="Theme name (themes/ folder, user theme folder, or Textual's).")] = None,
-    keymap: Annotated[Path | None, typer.Option(help="Keymap TOML file (binding id = keys); default: user config.")] = None,
+    keymap: Annotated[Path | None, typer.Option(help="Keymap TOML file (binding id = keys); default: user config."),
+                      Reads()] = None,
     top_k: TopKOption = 5,
     lens: Annotated[Path | None, typer.Option("--lens", help="A tuned lens folder: m then cycles logit lens, "
-                                              "tuned lens, Patchscope.")] = None,
+                                              "tuned lens, Patchscope."), Reads()] = None,
     list_themes: Annotated[bool, typer.Option("--list-themes", help="Print the theme names --theme accepts and exit.")] = False,
 ) -> None:
     """Open the explorer: decode grid, layer and head toggles, charts.

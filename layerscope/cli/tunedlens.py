@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from layerscope.cli.common import ModelOptions, Output, StderrProgress, command
+from layerscope.cli.common import ModelOptions, Output, Reads, StderrProgress, Writes, command
 from layerscope.locations import sample_file
 from layerscope.textfiles import read_text_file
 
@@ -18,7 +18,14 @@ tunedlens_app = typer.Typer(help="Tuned lens (Belrose et al. 2023): train one, c
                             no_args_is_help=True)
 
 LensOption = Annotated[Path, typer.Option("--lens", help="A tuned lens folder (ours, or the tuned-lens project's "
-                                                         "params.pt + config.json).")]
+                                                         "params.pt + config.json)."), Reads()]
+
+
+def lens_files() -> tuple[str, ...]:
+    """The files `tunedlens train` writes in its folder."""
+    from layerscope.analyses.tuned_lens import CHECKPOINT, CHECKPOINT_STATE, CONFIG, WEIGHTS
+
+    return WEIGHTS, CONFIG, CHECKPOINT, CHECKPOINT_STATE
 
 
 def comparison_table(comparison: LensComparison) -> str:
@@ -33,12 +40,14 @@ def comparison_table(comparison: LensComparison) -> str:
 @command
 def train(
     *,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the lens (and its checkpoint while training).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the lens (and its checkpoint while training)."),
+                   Writes(folder=True, files=lens_files)],
     model: ModelOptions,
-    text: Annotated[Path | None, typer.Option(help="Calibration text. Default: sample_prompts/calibration.txt.")] = None,
+    text: Annotated[Path | None, typer.Option(help="Calibration text. Default: sample_prompts/calibration.txt."),
+                    Reads((sample_file("calibration.txt"),))] = None,
     steps: Annotated[int, typer.Option(min=1, help="Optimizer steps, one chunk of --context tokens each.")] = 40,
     context: Annotated[int, typer.Option(min=2, help="Tokens per step.")] = 64,
-    lr: Annotated[float, typer.Option(min=0.0, help="Adam learning rate.")] = 1e-3,
+    lr: Annotated[float, typer.Option(min=0.0, max=1.0, help="Adam learning rate.")] = 1e-3,
 ) -> None:
     """Train a tuned lens; run it again with the same options to resume an interrupted training.
 
@@ -64,7 +73,8 @@ def evaluate(
     *,
     lens: LensOption,
     model: ModelOptions,
-    text: Annotated[Path | None, typer.Option(help="Held-out text. Default: sample_prompts/heldout.txt.")] = None,
+    text: Annotated[Path | None, typer.Option(help="Held-out text. Default: sample_prompts/heldout.txt."),
+                    Reads((sample_file("heldout.txt"),))] = None,
     tokens: Annotated[int, typer.Option(min=2, help="Held-out tokens used (the first N).")] = 256,
     output: Output,
 ) -> None:
@@ -75,7 +85,6 @@ def evaluate(
     from layerscope.analyses.tuned_lens import compare_lenses, load_tuned_lens
 
     heldout = read_text_file(text or sample_file("heldout.txt"), "held-out text")
-    output.check(model, {"--text": text})
     lm = model.load()
     comparison = compare_lenses(lm, load_tuned_lens(lm, lens), heldout, tokens)
     rows = [{"layer": layer, "logit_lens_kl": logit, "tuned_lens_kl": tuned} for layer, logit, tuned in

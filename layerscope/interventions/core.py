@@ -19,7 +19,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from layerscope.errors import InterventionError
+from layerscope.errors import InterventionError, LayerscopeError
 from layerscope.specs import parse_blocks
 
 if TYPE_CHECKING:  # the declarations import no torch, so the CLI and the explorer read the registry at once
@@ -133,9 +133,19 @@ def cli_options() -> list[CliOption]:
 def interventions_from_options(values: dict[str, Any], n_blocks: int) -> list[Intervention]:
     """What the CLI options ask for, in registry order; `values` by option name, as typed (specs are parsed
     here, so a bad one is refused by the same words everywhere)."""
-    parsed = {option.name: option.parse(values[option.name]) if option.parse and values.get(option.name) is not None
-              else values.get(option.name, option.default) for option in cli_options()}
+    parsed = {option.name: _option_value(option, values) for option in cli_options()}
     return [intervention for cls in REGISTRY.values() for intervention in cls.from_cli(parsed, n_blocks)]
+
+
+def _option_value(option: CliOption, values: dict[str, Any]) -> Any:
+    """An option's value as typed (its default if not given), a spec parsed; a bad spec's error names the flag."""
+    value = values.get(option.name, option.default)
+    if option.parse is None or value is None:
+        return value
+    try:
+        return option.parse(value)
+    except LayerscopeError as error:
+        raise InterventionError(f"{option.flag}: {error}") from None
 
 
 def options_given(values: dict[str, Any]) -> bool:

@@ -31,6 +31,7 @@ from textual.worker import Worker, WorkerState, get_current_worker
 
 from layerscope.errors import LayerscopeError
 from layerscope.locations import SAMPLE_PROMPTS
+from layerscope.specs import whole_number_in
 from layerscope.tui import workers
 from layerscope.tui.export import byte_size, export_csv, grid_shape, grid_text
 from layerscope.tui.grid_view import VIEWS, DecodeGridView, visible
@@ -756,11 +757,12 @@ class LayerscopeApp(App):
         def chosen(answer: str | None) -> None:
             if answer is None:
                 return
-            if not answer.isdigit() or not 0 <= int(answer) <= 512:
+            tokens = whole_number_in(answer, 0, 512)
+            if tokens is None:
                 self.notify(f"Continuation length must be a whole number from 0 to 512, not '{answer}'.",
                             severity="error")
                 return
-            self.continuation_tokens = int(answer)
+            self.continuation_tokens = tokens
             self.notify(f"continuation: {self.continuation_tokens} tokens from the next run (Ctrl+R)")
 
         self.push_screen(InputScreen("Continuation tokens (0-512):", str(self.continuation_tokens)), chosen)

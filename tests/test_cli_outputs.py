@@ -1,0 +1,389 @@
+"""What an output option may name, and what a run leaves there, walked over every command of the app: an output
+never replaces a file the command reads, a folder is refused before any work, a device or a pipe is written
+through (never renamed over), '-' is standard output, and a run that fails leaves an existing output as it was.
+
+Devices are twins of /dev/null and /dev/full made in the test's folder when the tests run as root (code that
+renames over a device would then replace the twin, not the system's node); otherwise the real ones, which a
+user cannot rename over."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import stat
+import subprocess
+import sys
+import threading
+import typing
+from pathlib import Path
+
+import pytest
+import typer.main
+from typer.testing import CliRunner
+
+from layerscope.analyses.head_scores import HeadScores
+from layerscope.analyses.tuned_lens import TunedLens
+from layerscope.cli.app import app
+from layerscope.cli.common import Reads, Writes, file_options
+from layerscope.errors import LayerscopeError
+from layerscope.locations import sample_file
+from layerscope.models.loading import load_model
+from layerscope.outputs import streamed_lines, write_atomic, writes_through
+from tests.studies import TINY_TEXT, tiny_dir  # noqa: F401  (tiny_dir is a fixture)
+
+runner = CliRunner()
+
+
+def invoke(*args: str | Path):
+    return runner.invoke(app, [str(arg) for arg in args])
+
+
+def refused(result, *fragments: str) -> str:
+    """One `error:` line, exit 1; the line."""
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("[layerscope] ")]
+    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def commands(group, path: tuple[str, ...] = ()):
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from commands(command, (*path, name))
+        else:
+            yield (*path, name), command
+
+
+COMMANDS = dict(commands(typer.main.get_command(app)))
+MARKS = {path: file_options(command.callback) for path, command in COMMANDS.items()}
+FILE_OUTPUTS = {path: flag for path, marks in MARKS.items() for flag, mark in marks.values()
+                if isinstance(mark, Writes) and not mark.folder}
+WRITERS = {path for path, marks in MARKS.items() if any(isinstance(mark, Writes) for _, mark in marks.values())}
+READS = [(path, flag) for path, marks in MARKS.items() if path in WRITERS
+         for flag, mark in marks.values() if isinstance(mark, Reads)]
+
+
+def takes_path(path: tuple[str, ...], name: str) -> bool:
+    annotation = inspect.signature(COMMANDS[path].callback).parameters[name].annotation
+    return Path in typing.get_args(typing.get_args(annotation)[0]) + (typing.get_args(annotation)[0],)
+
+
+def required(path: tuple[str, ...], fill: Path) -> list[str]:
+    """Values for the options the parser insists on (a path for paths, 1 for numbers), so that the command
+    reaches its own checks."""
+    args = []
+    for param in COMMANDS[path].params:
+        if param.required:
+            args += [param.opts[0], str(fill) if takes_path(path, param.name) else "1"]
+    return args
+
+
+def test_every_path_option_of_every_command_says_whether_it_is_read_or_written():
+    for path, command in COMMANDS.items():
+        for param in command.params:
+            if takes_path(path, param.name) or param.name == "model":
+                assert param.name in MARKS[path], f"{' '.join(path)} {param.opts[0]}"
+    assert set(FILE_OUTPUTS) >= {("lens",), ("run",), ("sweep",), ("trace",), ("tunedlens", "eval"),
+                                 ("heads", "retrieval"), ("heads", "activity")}
+    assert ("tunedlens", "train") not in FILE_OUTPUTS  # its --out is a folder
+
+
+# --- an output is never a file the command reads, checked before anything else ---------------------------
+
+
+@pytest.fixture
+def read_files(tmp_path: Path) -> tuple[Path, Path]:
+    """A file, and a folder with a model's and a lens's files, to give any read option."""
+    file = tmp_path / "input.txt"
+    file.write_text("the cat sat\n")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "lens.safetensors"):
+        (folder / name).write_text(name)
+    return file, folder
+
+
+@pytest.mark.parametrize("path, read_flag", READS, ids=lambda part: " ".join(part) if isinstance(part, tuple) else part)
+def test_no_output_replaces_a_file_read_or_a_file_of_a_folder_read(path, read_flag, read_files, tmp_path):
+    file, folder = read_files
+    for out_flag, mark in [(flag, mark) for flag, mark in MARKS[path].values() if isinstance(mark, Writes)]:
+        base = [*path, *required(path, tmp_path / "absent"), "--model", str(tmp_path / "no-model")]
+        if mark.folder:  # a folder output: a file it would write is the one read
+            name = "config.json" if mark.files is None else next(iter(mark.files()))
+            if mark.files is None:  # any files: the folder must be new or empty, so it cannot hold an input
+                continue
+            for given in (folder, folder / name):
+                args = [*base, read_flag, given, out_flag, folder]
+                refused(invoke(*args), f"its {name}", "this command reads")
+            assert (folder / name).read_text() == name
+            continue
+        refused(invoke(*base, read_flag, file, out_flag, file), "this command reads")
+        assert file.read_text() == "the cat sat\n"
+        for name in ("config.json", "lens.safetensors"):
+            line = refused(invoke(*base, read_flag, folder, out_flag, folder / name), "this command reads")
+            assert f"{name} of the {read_flag} folder" in line
+            assert (folder / name).read_text() == name
+        os.symlink(file, tmp_path / "link")
+        os.link(file, tmp_path / "hard")
+        for same in (tmp_path / "link", tmp_path / "hard", tmp_path / "." / file.name):
+            refused(invoke(*base, read_flag, file, out_flag, same), "this command reads")
+        assert file.read_text() == "the cat sat\n"
+        (tmp_path / "link").unlink()
+        (tmp_path / "hard").unlink()
+
+
+def shipped_defaults() -> list[tuple[tuple[str, ...], str, Path]]:
+    return [(path, flag, default) for path, marks in MARKS.items() for flag, mark in marks.values()
+            if isinstance(mark, Reads) for default in mark.defaults if path in FILE_OUTPUTS]
+
+
+@pytest.mark.parametrize("path, flag, default", shipped_defaults(), ids=str)
+def test_no_output_replaces_a_shipped_file_read_by_default(path, flag, default, tmp_path):
+    before = default.read_bytes()
+    try:
+        refused(invoke(*path, *required(path, tmp_path / "absent"), "--model", tmp_path / "no-model",
+                       FILE_OUTPUTS[path], default), f"the {flag} file this command reads")
+    finally:
+        if default.read_bytes() != before:
+            default.write_bytes(before)
+            pytest.fail(f"{default} was replaced")
+
+
+@pytest.mark.parametrize("path", FILE_OUTPUTS, ids=" ".join)
+def test_an_output_that_is_a_folder_is_refused_before_the_model_or_any_input(path, tmp_path):
+    """The model folder does not exist: the error about --out shows the check came first."""
+    result = invoke(*path, *required(path, tmp_path / "absent"), "--model", tmp_path / "no-model",
+                    FILE_OUTPUTS[path], tmp_path)
+    refused(result, f"{FILE_OUTPUTS[path]} '{tmp_path}' is a folder")
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def test_a_model_folder_and_a_gguf_model_are_inputs(tmp_path, tiny_dir):  # noqa: F811
+    before = {file.name: file.read_bytes() for file in tiny_dir.iterdir()}
+    for name in before:
+        refused(invoke("lens", "--model", tiny_dir, "-p", "the cat", "--out", tiny_dir / name),
+                f"{name} of the --model folder")
+    assert {file.name: file.read_bytes() for file in tiny_dir.iterdir()} == before
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    refused(invoke("heads", "induction", "--model", gguf, "--out", gguf), "--model file")
+    assert gguf.read_bytes() == b"GGUF"
+
+
+# --- the tuned lens folder, and the pruned model folder ------------------------------------------------------
+
+
+def test_tunedlens_train_checks_its_folder_before_training(tmp_path, tiny_dir):  # noqa: F811
+    file = tmp_path / "lens"
+    file.write_text("mine")
+    refused(invoke("tunedlens", "train", "--model", tmp_path / "no-model", "--out", file), "exists and is not a folder")
+    assert file.read_text() == "mine"
+    config = (tiny_dir / "config.json").read_bytes()
+    refused(invoke("tunedlens", "train", "--model", tiny_dir, "--out", tiny_dir),
+            "(its config.json) is the config.json of the --model folder")
+    assert (tiny_dir / "config.json").read_bytes() == config
+    refused(invoke("tunedlens", "train", "--model", tiny_dir, "--out", "-"), "'-' (standard output) cannot be one")
+    calibration = tmp_path / "text"
+    calibration.mkdir()
+    (calibration / "config.json").write_text("{}")
+    refused(invoke("tunedlens", "train", "--model", tmp_path / "no-model", "--text", calibration / "config.json",
+                   "--out", calibration), "is the --text file this command reads")
+
+
+def test_influence_save_is_a_new_folder_that_holds_no_other_output(tmp_path):
+    save = tmp_path / "pruned"
+    save.mkdir()
+    refused(invoke("influence", "--model", tmp_path / "no-model", "--prune", "1", "--save", save,
+                   "--out", save / "bi.json"), "is in the --save folder")
+    (save / "kept").write_text("kept")
+    refused(invoke("influence", "--model", tmp_path / "no-model", "--prune", "1", "--save", save), "is not empty")
+    file = tmp_path / "file"
+    file.write_text("x")
+    refused(invoke("influence", "--model", tmp_path / "no-model", "--prune", "1", "--save", file), "not a folder")
+    assert (save / "kept").read_text() == "kept" and file.read_text() == "x"
+
+
+# --- every command with a file output, run for real on a tiny model ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def inputs(tiny_dir, tmp_path_factory) -> dict[str, Path]:  # noqa: F811
+    folder = tmp_path_factory.mktemp("inputs")
+    lm = load_model(str(tiny_dir), device="cpu")
+    (folder / "prompts.txt").write_text("the cat sat on the\none two three four\n")
+    (folder / "text.txt").write_text(" ".join([TINY_TEXT] * 20))
+    scores = HeadScores.from_matrix(lm, "retrieval", __import__("torch").rand(lm.n_blocks, lm.adapter.n_heads))
+    (folder / "scores.json").write_text(json.dumps(scores.to_dict()))
+    TunedLens(lm.adapter.config.hidden_size, lm.n_blocks, lm.name).save(folder / "lens")
+    return {"model": tiny_dir, **{path.stem: path for path in folder.iterdir()}}
+
+
+RUNS = {  # a quick run of each command that writes a file, on the tiny model
+    ("lens",): ["-p", "the cat sat"],
+    ("run",): ["-p", "the cat sat", "--drop", "1", "--max-new-tokens", "2"],
+    ("patchscope",): ["-p", "the cat sat"],
+    ("sweep",): ["--prompts", "{prompts}", "--no-accuracy"],
+    ("influence",): ["--text", "{text}", "--window", "16"],
+    ("stages",): ["--prompts", "{prompts}"],
+    ("trace",): ["-p", "the cat sat on the", "--subject", "cat", "--answer", " mat"],
+    ("tunedlens", "eval"): ["--lens", "{lens}", "--text", "{text}", "--tokens", "16"],
+    ("heads", "retrieval"): ["--lengths", "64", "--depths", "50", "--max-new-tokens", "2"],
+    ("heads", "activity"): ["--scores", "{scores}", "-p", "the cat sat", "--max-new-tokens", "2"],
+    ("heads", "induction"): ["--seq-len", "4", "--samples", "1"],
+    ("heads", "ablate"): ["--scores", "{scores}", "--top", "1", "--lengths", "64", "--depths", "50",
+                          "--max-new-tokens", "2"],
+}
+
+
+def test_every_command_with_a_file_output_has_a_run():
+    assert set(RUNS) == set(FILE_OUTPUTS)
+
+
+def run_args(path: tuple[str, ...], inputs: dict[str, Path]) -> list[str]:
+    return [*path, "--model", str(inputs["model"]), *(arg.format(**inputs) for arg in RUNS[path])]
+
+
+def device(tmp_path: Path, name: str, minor: int) -> Path:
+    """A twin of /dev/<name> (char 1, minor) in tmp_path as root; the real node otherwise."""
+    if os.geteuid() != 0:
+        return Path("/dev") / name
+    twin = tmp_path / name
+    os.mknod(twin, stat.S_IFCHR | 0o666, os.makedev(1, minor))
+    return twin
+
+
+@pytest.mark.parametrize("path", RUNS, ids=" ".join)
+def test_devices_are_written_through_and_dash_is_stdout(path, inputs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = run_args(path, inputs)
+    null = device(tmp_path, "null", 3)
+    result = invoke(*args, "--out", null)
+    assert result.exit_code == 0, result.output
+    assert stat.S_ISCHR(os.stat(null).st_mode) and os.stat(null).st_rdev == os.makedev(1, 3)
+    full = device(tmp_path, "full", 7)
+    refused(invoke(*args, "--out", full), f"Cannot write '{full}': No space left on device")
+    assert stat.S_ISCHR(os.stat(full).st_mode)
+    stdout = invoke(*args, "-f", "json", "--out", "-")
+    assert stdout.exit_code == 0, stdout.output
+    assert json.loads(stdout.stdout) and not (tmp_path / "-").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+
+
+@pytest.mark.parametrize("path", RUNS, ids=" ".join)
+def test_a_failed_run_leaves_an_existing_output_as_it_was(path, inputs, tmp_path):
+    """The model folder's config.json is not JSON: the run fails after the checks, when the model loads."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for file in inputs["model"].iterdir():
+        (broken / file.name).write_bytes(file.read_bytes())
+    (broken / "config.json").write_text("{not json")
+    out = tmp_path / "result.json"
+    out.write_bytes(b"earlier result\n")
+    args = run_args(path, {**inputs, "model": broken})
+    assert invoke(*args, "--out", out).exit_code == 1
+    assert out.read_bytes() == b"earlier result\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken", "result.json"]
+
+
+# --- one mechanism, shown once: symlinks, descriptors, pipes, modes ------------------------------------------
+
+
+def test_a_symlink_to_a_file_keeps_the_link_and_writes_its_target(tmp_path, inputs):
+    target = tmp_path / "target.csv"
+    target.write_text("old")
+    link = tmp_path / "link.csv"
+    link.symlink_to(target.name)
+    result = invoke(*run_args(("lens",), inputs), "-f", "csv", "--out", link)
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and os.readlink(link) == target.name
+    assert target.read_text().startswith("method,layer,position")
+
+
+def test_a_link_to_an_open_descriptor_appends_to_what_it_names(tmp_path, inputs):
+    """`--out /dev/stdout >> log`: the log keeps its lines, the result follows them (no rename, no truncation).
+    The link lives in tmp_path: code that renames over it replaces the link, not the system's /dev/stdout."""
+    link = tmp_path / "stdout"
+    link.symlink_to("/proc/self/fd/1")
+    assert writes_through(link) and writes_through(Path("/dev/stdout"))
+    log = tmp_path / "log.txt"
+    log.write_text("earlier line\n")
+    with open(log, "ab") as stdout:
+        result = subprocess.run([sys.executable, "-m", "layerscope.cli.app", *run_args(("lens",), inputs),
+                                 "-f", "csv", "--out", str(link)], stdout=stdout, stderr=subprocess.PIPE,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert link.is_symlink()
+    lines = log.read_text().splitlines()
+    assert lines[0] == "earlier line" and lines[1].startswith("method,layer,position")
+
+
+def test_a_named_pipe_is_written_through(tmp_path):
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(pipe.read_text()))
+    reader.start()
+    write_atomic('{"a": 1}', pipe)
+    reader.join(timeout=60)
+    assert received == ['{"a": 1}'] and stat.S_ISFIFO(os.stat(pipe).st_mode)
+
+
+def test_a_socket_or_a_folder_is_refused_by_the_writer_too(tmp_path):
+    with pytest.raises(LayerscopeError, match="is a folder"):
+        write_atomic("x", tmp_path)
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(tmp_path / "sock"))
+        with pytest.raises(LayerscopeError, match="not a regular file, a character device or a pipe"):
+            write_atomic("x", tmp_path / "sock")
+
+
+def test_stdout_closed_or_full_is_one_error_line(inputs):
+    args = [sys.executable, "-m", "layerscope.cli.app", *run_args(("lens",), inputs)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run(args, stdout=full, stderr=subprocess.PIPE, env=env, timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.decode().splitlines()[-1] == "error: Cannot write standard output: No space left on device."
+
+
+# --- a sweep's JSONL, streamed row by row --------------------------------------------------------------------
+
+
+def test_a_jsonl_sweep_refused_midway_leaves_the_old_file_and_creates_none(tmp_path, inputs):
+    """The second prompt is longer than the tiny model's context: refused after the first prompt's rows."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("the cat sat\n" + " ".join(["cat"] * 400) + "\n")
+    out = tmp_path / "rows.jsonl"
+    out.write_bytes(b'{"earlier": "rows"}\n')
+    args = ["sweep", "--model", inputs["model"], "--prompts", prompts, "--no-accuracy", "-f", "jsonl"]
+    refused(invoke(*args, "--out", out), "this model's context is 256")
+    assert out.read_bytes() == b'{"earlier": "rows"}\n'
+    refused(invoke(*args, "--out", tmp_path / "new.jsonl"), "this model's context is 256")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts.txt", "rows.jsonl"]
+
+
+@pytest.mark.parametrize("keep", [None, 6])
+def test_streamed_lines_keep_lines_on_ctrl_c_and_restore_the_file_on_failure(tmp_path, keep):
+    out = tmp_path / "rows.jsonl"
+    out.write_bytes(b"line1\nhalf")  # a last line cut off mid-write
+    with pytest.raises(ValueError):
+        with streamed_lines(out, keep) as write:
+            write("new")
+            raise ValueError("a failure")
+    assert out.read_bytes() == b"line1\nhalf"
+    with pytest.raises(KeyboardInterrupt):
+        with streamed_lines(out, keep) as write:
+            write("new")
+            raise KeyboardInterrupt
+    assert out.read_bytes() == (b"line1\nnew\n" if keep else b"new\n")
+    fresh = tmp_path / "fresh.jsonl"
+    with pytest.raises(ValueError):
+        with streamed_lines(fresh) as write:
+            write("new")
+            assert fresh.read_bytes() == b"new\n"  # written in place as it comes: a killed run leaves it
+            raise ValueError("a failure")
+    assert not fresh.exists()
