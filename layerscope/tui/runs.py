@@ -19,7 +19,6 @@ from layerscope.tui.state import Results, RunOrigin
 if TYPE_CHECKING:
     import torch
 
-    from layerscope.analyses.causal_trace import CausalTrace
     from layerscope.analyses.grid import DecodeGrid
     from layerscope.models.loading import LoadedModel
     from layerscope.tui.compute import LayerRow
@@ -68,7 +67,7 @@ class Job:
 
 class RunController:
     """Run ids, the run in progress (its clock, phase and pending results), the shown results with their origin,
-    the last causal trace, model loads, and the job of every live worker."""
+    the last grid of a method Ctrl+R does not run, model loads, and the job of every live worker."""
 
     def __init__(self) -> None:
         self.run_id = 0
@@ -78,7 +77,9 @@ class RunController:
         self.results = Results()
         self.origin: RunOrigin | None = None  # what `results` were computed from
         self.pending: tuple[Results, RunOrigin] | None = None  # a started run's results, shown from its first row
-        self.trace: CausalTrace | None = None  # the last causal trace; shown until the next lens results
+        self.other: tuple[str, Results] | None = None
+        """The last grid of a method that Ctrl+R does not run (a causal trace, a head pattern): its method's name
+        and results, shown until the next lens results."""
         self.load_id = 0  # a cancelled load's result is dropped by its id
         self.loading: str | None = None  # the source a load worker is loading, None when none is
         self._jobs: dict[object, Job] = {}

@@ -18,16 +18,15 @@ from textual.worker import Worker
 
 from layerscope.tui.messages import (RowComputed, RunFinished, RunProgress, RunStarted, ScoresComputed,
                                      TraceComputed)
+from layerscope.errors import LayerscopeError
+from layerscope.tui.methods import REGISTRY
 from layerscope.tui.runs import Cancelled, stop_between_blocks
-from layerscope.tui.state import INTERVENABLE, RunOrigin, Toggles
+from layerscope.tui.state import RunOrigin, Toggles
 
 if TYPE_CHECKING:
     from layerscope.analyses.tuned_lens import TunedLens
     from layerscope.models.loading import LoadedModel
     from layerscope.progress import ProgressFn
-
-ROW_PHASES = {"logit_lens": "lens rows", "tuned_lens": "tuned lens rows", "patchscope": "patchscope rows"}
-
 
 @dataclass(frozen=True)
 class RunContext:
@@ -65,17 +64,22 @@ def lens_run(run: RunContext, text: str, method: str, toggles: Toggles, top_k: i
     import torch
 
     from layerscope.analyses.compare import greedy_continuation
-    from layerscope.tui.compute import decode_rows, empty_grid
+    from layerscope.tui.compute import empty_grid
 
+    grid_method = REGISTRY[method]
+    if grid_method.rows is None:
+        raise ValueError(f"{method} has no rows to run")
+    if grid_method.needs_lens and tuned is None:
+        raise LayerscopeError("No tuned lens is loaded: start with --lens DIR or press T to load one.")
     with run.using_model() as lm, torch.inference_mode():
         ids = lm.encode(text)
-        interventions = toggles.interventions(lm.n_blocks) if method in INTERVENABLE else []
+        interventions = toggles.interventions(lm.n_blocks) if grid_method.intervenable else []
         baseline = empty_grid(lm, method, ids)
         intervened = empty_grid(lm, method, ids) if interventions else None
         run.post(RunStarted(run.run_id, baseline, intervened, RunOrigin(lm.name, text, method, toggles)))
-        rows_phase, total = run.progress(ROW_PHASES[method]), lm.n_blocks + 1
+        rows_phase, total = run.progress(grid_method.phase), lm.n_blocks + 1
         rows_phase(0, total, "")
-        for row in decode_rows(lm, method, ids, interventions, top_k, run.cancelled, rows_phase, tuned):
+        for row in grid_method.rows(lm, ids, interventions, top_k, run.cancelled, rows_phase, tuned):
             run.post(RowComputed(run.run_id, row))
             rows_phase(row.row + 1, total, "")
         runs = {"baseline": [], "intervened": interventions} if interventions else {"baseline": []}
@@ -102,5 +106,5 @@ def causal_trace(run: RunContext, text: str, subject: str, answer: str | None) -
     from layerscope.analyses.causal_trace import trace_prompt
 
     with run.using_model() as lm:
-        trace = trace_prompt(lm, text, subject, answer, progress=run.progress("causal trace cells"))
+        trace = trace_prompt(lm, text, subject, answer, progress=run.progress(REGISTRY["causal_trace"].phase))
     run.post(TraceComputed(run.run_id, trace))
