@@ -226,6 +226,6 @@ def overview_text(values: list[list[float]], tokens: list[str], layers: list[str
         text.append("\n")
     legend = (f"░▒▓█ {'log ' if log else ''}0-{_unscale(top, log):.3g} · "
               + (f"{n_positions} positions in {lines} lines · " if lines < n_positions else "")
-              + f"rows {layers[0]}..{layers[-1]} in {columns} columns, ┬ at blocks 0, 10, 20..")
+              + f"rows {layers[0]}..{layers[-1]} in {columns} columns, ┬ blocks 0, 10..")
     text.append(f"{'':<{label_width - 1}}│{legend[: width - label_width]}", "dim")
     return text
