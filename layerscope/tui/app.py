@@ -35,10 +35,10 @@ from layerscope.tui import workers
 from layerscope.tui.export import byte_size, export_csv, grid_shape, grid_text
 from layerscope.tui.grid_view import VIEWS, DecodeGridView, visible
 from layerscope.tui.keymap import binding_rows, load_keymap, user_keymap_path
-from layerscope.tui.messages import (LoadFailed, ModelLoaded, RowComputed, RunFailed, RunFinished, RunProgress,
-                                     RunStarted, ScoresComputed, TraceComputed)
+from layerscope.tui.messages import (LoadFailed, ModelLoaded, PatternComputed, RowComputed, RunFailed, RunFinished,
+                                     RunProgress, RunStarted, ScoresComputed, TraceComputed)
 from layerscope.tui.charts import Chart, stack
-from layerscope.tui.methods import REGISTRY, Cursor, GridMethod, cycled
+from layerscope.tui.methods import REGISTRY, Cursor, GridMethod, PatternGrid, cycled
 from layerscope.tui.panes import SCORE_SOURCES, ChartPane, HeadPane, LayerPane, OverviewPane
 from layerscope.tui.runs import Job, RunController
 from layerscope.tui.screens import PALETTE, HelpScreen, InputScreen, PickScreen
@@ -571,6 +571,47 @@ class LayerscopeApp(App):
         self.head_pane.set_scores(scores.kind, {(h.layer, h.head): h.score for h in scores.heads},
                                   f"{scores.model}, loaded from {path}")
         self.notify(f"{scores.kind} scores loaded from {path}")
+
+    # a head's attention pattern ---------------------------------------
+    def on_head_pane_pattern_wanted(self, message: HeadPane.PatternWanted) -> None:
+        self.show_pattern((message.layer, message.head))
+
+    def show_pattern(self, head: tuple[int, int]) -> None:
+        """Read the head's attention over the prompt (with the current interventions, if any) in the run worker's
+        group; its grid takes the lens grid's place."""
+        text = self.runnable_prompt()
+        if text is None:
+            return
+        toggles = self.toggles
+        self.start_run("pattern", f"head {head[0]}.{head[1]} attention … (Esc cancels)",
+                       "attention pattern cancelled", lambda run: workers.head_pattern(run, text, head, toggles))
+
+    def on_pattern_computed(self, message: PatternComputed) -> None:
+        if not self.runs.end(message.run_id):
+            return
+        method = REGISTRY["head_pattern"]
+        baseline = PatternGrid.of(message.baseline, message.head)
+        intervened = PatternGrid.of(message.intervened, message.head) if message.intervened is not None else None
+        self.runs.other = (method.name, Results(baseline, intervened))
+        self.grid.set_grids(method, baseline, intervened)
+        self.action_tab(0)
+        self._charts_dirty = True
+        self.update_detail()
+        layer, head = message.head
+        self.set_status(f"head {layer}.{head} attention pattern · {self.toggles.describe()}; Space masks it, "
+                        "Ctrl+R returns to the lens")
+
+    def action_mask_shown_head(self) -> None:
+        """Space on a head's pattern: mask (or unmask) that head, then show its pattern again with the mask."""
+        method, results = self.shown()
+        if method.name != "head_pattern":
+            return
+        head = results.baseline.head
+        self.toggles = self.toggles.toggle_head(*head)
+        self.refresh_panes()
+        self.notify(f"head {head[0]}.{head[1]} {'masked' if head in self.toggles.masked_heads else 'unmasked'} "
+                    f"({self.toggles.mask_mode}); the pattern reruns with it")
+        self.show_pattern(head)
 
     # causal trace -------------------------------------------------------
     def action_causal_trace(self) -> None:

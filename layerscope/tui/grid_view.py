@@ -92,6 +92,7 @@ class DecodeGridView(ScrollView, can_focus=True):
         Binding("end", "move(100000, 0)", "Last layer", show=False, id="grid.last_layer"),
         Binding("ctrl+home", "move(0, -100000)", "First position", show=False, id="grid.first_position"),
         Binding("ctrl+end", "move(0, 100000)", "Last position", show=False, id="grid.last_position"),
+        Binding("space", "app.mask_shown_head", "Mask the head (pattern)", show=False, id="grid.mask_head"),
     ]
 
     cursor_layer: reactive[int] = reactive(0, init=False)

@@ -6,6 +6,7 @@ rows. A method that `m` cycles (and `Ctrl+R` runs) also gives its engine functio
 grid's rows one by one; the others are started by their own key (`C`: the causal trace; `Enter` on a head:
 its attention pattern). Adding a method is one declaration, `register(...)`, plus its engine function: see the
 README's Contributing section.
+The head pattern is a grid too: rows are the prompt's positions as queries, columns the keys.
 
 No torch at import: `rows` functions import the engine when they run, in the worker.
 """
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
     from layerscope.analyses.causal_trace import CausalTrace, TraceCell
     from layerscope.analyses.grid import DecodeGrid, GridCell
+    from layerscope.analyses.head_pattern import AttentionPattern
     from layerscope.analyses.tuned_lens import TunedLens
     from layerscope.interventions import Intervention
     from layerscope.models.loading import LoadedModel
@@ -264,3 +266,75 @@ def trace_charts(results: Results, shown: Grid, cursor: Cursor, theme: Theme) ->
 
 
 register(GridMethod("causal_trace", False, "causal trace cells", trace_summary, trace_detail, trace_charts))
+
+
+# a head's attention pattern: queries down (the prompt's positions), keys across ----------------------------------
+@dataclass
+class PatternCell:
+    weight: float  # the attention of the row's query on the column's key (0 for a key after the query)
+
+
+@dataclass
+class PatternGrid:
+    """One head's attention pattern as the grid shows it: rows are the queries (the prompt's positions), columns
+    the keys (`layers` are their labels), `cells[key][query]`."""
+
+    pattern: AttentionPattern
+    head: tuple[int, int]
+    tokens: list[str]
+    layers: list[str]
+    cells: list[list[PatternCell]]
+
+    @classmethod
+    def of(cls, pattern: AttentionPattern, head: tuple[int, int]) -> PatternGrid:
+        rows = pattern.weights[head]
+        labels = [f"{key} {token_label(token, CELL_LABEL - len(str(key)) - 1)}" for key, token in enumerate(pattern.tokens)]
+        cells = [[PatternCell(rows[query][key]) for query in range(len(rows))] for key in range(len(rows))]
+        return cls(pattern, head, pattern.tokens, labels, cells)
+
+    def csv_rows(self) -> Iterable[dict]:
+        return (row for row in self.pattern.csv_rows() if (row["block"], row["head"]) == self.head)
+
+
+CELL_LABEL = 8  # a column label's width in the grid's header (its cells are 10 wide)
+
+
+def pattern_summary(cell: PatternCell, width: int) -> CellSummary:
+    """The weight, to two decimals: the `≠` mark shows where the interventions change it by 0.01 or more."""
+    text = f"{cell.weight:.2f}"[:width]
+    return CellSummary(cell.weight, text, text)
+
+
+def pattern_detail(results: Results, cursor: Cursor) -> Text:
+    """The head and the query under the cursor, then the keys it attends to most: baseline and intervened."""
+    baseline: PatternGrid = results.baseline
+    block, head = baseline.head
+    query, key = cursor.position, cursor.row
+    text = Text(f"head {block}.{head} · attention pattern\n", "bold")
+    text.append("Space: mask this head · 3: the Heads pane\n")
+    if query >= len(baseline.tokens):
+        return text
+    text.append(f"query {query} {token_label(baseline.tokens[query], 12)}\n", "bold")
+    grids = [("base", baseline)] + ([("int.", results.intervened)] if results.intervened is not None else [])
+    for name, grid in grids:
+        text.append(f"{name} on key {key}: {grid.cells[key][query].weight:.3f}; strongest keys\n", "bold")
+        for strongest, weight in grid.pattern.strongest(grid.head, query, 3):
+            text.append(f" {weight:5.1%} {prob_glyph(weight)} {strongest:>3} "
+                        f"{token_label(grid.tokens[strongest], 14)}\n")
+    return text
+
+
+def pattern_charts(results: Results, shown: Grid, cursor: Cursor, theme: Theme) -> list[Chart]:
+    """The query's attention over the keys, baseline and intervened on one plot."""
+    query = cursor.position
+    grids: list[tuple[str, PatternGrid, str | None, str]] = [("base", results.baseline, theme.primary, "●")]
+    if results.intervened is not None:
+        grids.append(("int.", results.intervened, theme.accent or theme.warning or theme.secondary, "○"))
+    series = [Series(name, [row[query].weight for row in grid.cells], colour, mark)
+              for name, grid, colour, mark in grids]
+    keys = [str(key) for key in range(len(results.baseline.tokens))]
+    block, head = results.baseline.head
+    return [LayerChart(f"head {block}.{head}: query {query} over keys", series, keys, cursor.row, log=False)]
+
+
+register(GridMethod("head_pattern", True, "attention pattern", pattern_summary, pattern_detail, pattern_charts))

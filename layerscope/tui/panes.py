@@ -97,7 +97,8 @@ class LayerPane(Vertical):
 
 
 class HeadPane(Vertical):
-    """Every (layer, head) with its scores; sortable; Space masks the head for the next run."""
+    """Every (layer, head) with its scores; sortable; Space masks the head for the next run, Enter shows its
+    attention pattern over the prompt."""
 
     BINDINGS = [
         Binding("space", "toggle_mask", "Mask head", id="heads.toggle_mask"),
@@ -117,6 +118,11 @@ class HeadPane(Vertical):
 
     class ModeToggled(Message):
         pass
+
+    class PatternWanted(Message):
+        def __init__(self, layer: int, head: int) -> None:
+            super().__init__()
+            self.layer, self.head = layer, head
 
     class LoadWanted(Message):
         pass
@@ -160,7 +166,7 @@ class HeadPane(Vertical):
 
     def _hint(self) -> None:
         masked = ", ".join(f"{layer}.{head}" for layer, head in sorted(self._toggles.masked_heads)) or "none"
-        hint = Text(f"Space: mask · u: mode ({self._toggles.mask_mode}) · o: sort ({self.sort}) · r/i/b: retrieval/"
+        hint = Text(f"Enter: pattern · Space: mask · u: mode ({self._toggles.mask_mode}) · o: sort ({self.sort}) · r/i/b: retrieval/"
                     f"induction/previous-token scores · l: load JSON · masked: {masked}")
         for kind, source in self.sources.items():
             hint.append(f"\n{kind.replace('_', '-')} scores: {source}")
@@ -210,8 +216,9 @@ class HeadPane(Vertical):
             self.post_message(self.MaskToggled(layer, head))
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        """Enter: the head's attention pattern over the prompt (Space masks it)."""
         event.stop()
-        self.action_toggle_mask()
+        self.post_message(self.PatternWanted(*head_of(event.row_key)))
 
     def action_mask_mode(self) -> None:
         self.post_message(self.ModeToggled())

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 from textual.message import Message
 from textual.worker import Worker
 
-from layerscope.tui.messages import (RowComputed, RunFinished, RunProgress, RunStarted, ScoresComputed,
-                                     TraceComputed)
+from layerscope.tui.messages import (PatternComputed, RowComputed, RunFinished, RunProgress, RunStarted,
+                                     ScoresComputed, TraceComputed)
 from layerscope.errors import LayerscopeError
 from layerscope.tui.methods import REGISTRY
 from layerscope.tui.runs import Cancelled, stop_between_blocks
@@ -108,3 +108,15 @@ def causal_trace(run: RunContext, text: str, subject: str, answer: str | None) -
     with run.using_model() as lm:
         trace = trace_prompt(lm, text, subject, answer, progress=run.progress(REGISTRY["causal_trace"].phase))
     run.post(TraceComputed(run.run_id, trace))
+
+
+def head_pattern(run: RunContext, text: str, head: tuple[int, int], toggles: Toggles) -> None:
+    """One head's attention over the prompt: the baseline, and with the interventions when there are any."""
+    from layerscope.analyses.heads import attention_pattern
+
+    with run.using_model() as lm:
+        ids = lm.encode(text)
+        interventions = toggles.interventions(lm.n_blocks)
+        baseline = attention_pattern(lm, ids, [head])
+        intervened = attention_pattern(lm, ids, [head], interventions) if interventions else None
+    run.post(PatternComputed(run.run_id, head, baseline, intervened))
