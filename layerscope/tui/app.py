@@ -39,12 +39,12 @@ from layerscope.tui.messages import (LoadFailed, ModelLoaded, PatternComputed, R
                                      RunProgress, RunStarted, ScoresComputed, TraceComputed)
 from layerscope.tui.charts import Chart, stack
 from layerscope.tui.methods import REGISTRY, Cursor, GridMethod, PatternGrid, cycled
-from layerscope.tui.panes import SCORE_SOURCES, ChartPane, HeadPane, LayerPane, OverviewPane
+from layerscope.tui.panes import QUICK_SOURCES, SCORE_SOURCES, ChartPane, HeadPane, LayerPane, OverviewPane
 from layerscope.tui.runs import Job, RunController
 from layerscope.tui.screens import PALETTE, HelpScreen, InputScreen, PickScreen
 from layerscope.tui.state import Results, RunOrigin, Session, Toggles, sample_prompts
 from layerscope.tui.themes import SHIPPED_THEMES, choose_theme, load_themes, user_theme_folder
-from layerscope.tui.views import output_text, overview, status_line
+from layerscope.tui.views import duration, output_text, overview, status_line
 from layerscope.tui.workers import RunContext
 
 if TYPE_CHECKING:
@@ -386,7 +386,9 @@ class LayerscopeApp(App):
             self.set_status(f"starting … {elapsed} (Esc cancels)")
         else:
             name, done, total = self.runs.progress
-            self.set_status(f"{name} {done}/{total} · {elapsed} (Esc cancels)")
+            left = self.runs.time_left()
+            estimate = f" · ~{duration(left)} left" if left is not None else ""
+            self.set_status(f"{name} {done}/{total} · {elapsed}{estimate} (Esc cancels)")
 
     def on_run_finished(self, message: RunFinished) -> None:
         if self.runs.end(message.run_id):
@@ -548,15 +550,16 @@ class LayerscopeApp(App):
         if self.lm is None:
             self.notify("The model is not loaded yet.", severity="warning")
             return
-        kind = message.kind
-        self.start_run("scores", f"{kind} scores …", f"{kind} scores cancelled",
-                       lambda run: workers.head_scores(run, kind))
+        kind, quick = message.kind, message.quick
+        self.start_run("scores", f"{kind} scores{' (quick)' if quick else ''} … (Esc cancels)",
+                       f"{kind} scores cancelled", lambda run: workers.head_scores(run, kind, quick))
 
     def on_scores_computed(self, message: ScoresComputed) -> None:
         """Scores are kept even when a newer run started: they do not depend on the prompt."""
         self.runs.end(message.run_id)
         assert self.lm is not None, "scores come from a run, and runs start only with a model loaded"
-        self.head_pane.set_scores(message.kind, message.scores, f"{self.lm.name}, {SCORE_SOURCES[message.kind]}")
+        sources = QUICK_SOURCES if message.quick else SCORE_SOURCES
+        self.head_pane.set_scores(message.kind, message.scores, f"{self.lm.name}, {sources[message.kind]}")
         self.set_status(f"{message.kind} scores ready")
 
     def on_head_pane_load_wanted(self) -> None:

@@ -97,6 +97,7 @@ class ScoresComputed(RunMessage):
 
     kind: str
     scores: dict[tuple[int, int], float]
+    quick: bool  # computed with the Heads pane's quick setting
 
 
 @dataclass(eq=False)

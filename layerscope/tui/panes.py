@@ -28,6 +28,13 @@ SCORE_SOURCES = {"induction": "random tokens repeated twice, 10 samples (not you
                  "retrieval": "needle-in-a-haystack tests, 512-2048 tokens (not your prompt)",
                  "previous_token": "sample_prompts/general.txt (not your prompt)"}
 SCORE_KINDS = ("retrieval", "induction", "previous_token")
+QUICK_SETTINGS: dict[str, dict[str, Any]] = {"retrieval": {"lengths": (512,), "depths": (0, 50, 100)},
+                                             "induction": {"samples": 3}, "previous_token": {}}
+"""The Heads pane's quick setting (`f`), a first look in a fraction of the time: retrieval from 15 needle tests
+instead of 75 (one length, three depths), induction from 3 samples instead of 10."""
+QUICK_SOURCES = {"induction": "random tokens repeated twice, 3 samples, quick (not your prompt)",
+                 "retrieval": "needle-in-a-haystack tests, 512 tokens, depths 0/50/100, quick (not your prompt)",
+                 "previous_token": SCORE_SOURCES["previous_token"]}
 
 
 def toggle_mark(state: str) -> Text:
@@ -108,6 +115,7 @@ class HeadPane(Vertical):
         Binding("r", "score('retrieval')", "Retrieval scores", id="heads.retrieval"),
         Binding("b", "score('previous_token')", "Previous-token scores", id="heads.previous_token"),
         Binding("l", "load_scores", "Load scores JSON", id="heads.load"),
+        Binding("f", "quick", "Quick scores on/off", id="heads.quick"),
     ]
     SORTS = ("layer", *SCORE_KINDS)
 
@@ -128,15 +136,16 @@ class HeadPane(Vertical):
         pass
 
     class ScoresWanted(Message):
-        def __init__(self, kind: str) -> None:
+        def __init__(self, kind: str, quick: bool) -> None:
             super().__init__()
-            self.kind = kind
+            self.kind, self.quick = kind, quick
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.scores: dict[str, dict[tuple[int, int], float]] = {kind: {} for kind in SCORE_KINDS}
         self.sources: dict[str, str] = {}  # kind -> where its scores came from
         self.sort = "layer"
+        self.quick = False  # scores with QUICK_SETTINGS
         self._shape: tuple[int, int, int] = (0, 0, 1)
         self._toggles = Toggles()
 
@@ -167,7 +176,7 @@ class HeadPane(Vertical):
     def _hint(self) -> None:
         masked = ", ".join(f"{layer}.{head}" for layer, head in sorted(self._toggles.masked_heads)) or "none"
         hint = Text(f"Enter: pattern · Space: mask · u: mode ({self._toggles.mask_mode}) · o: sort ({self.sort}) · r/i/b: retrieval/"
-                    f"induction/previous-token scores · l: load JSON · masked: {masked}")
+                    f"induction/previous-token scores · f: quick ({'on' if self.quick else 'off'}) · l: load JSON · masked: {masked}")
         for kind, source in self.sources.items():
             hint.append(f"\n{kind.replace('_', '-')} scores: {source}")
         self.query_one("#head-hint", Static).update(hint)
@@ -224,7 +233,11 @@ class HeadPane(Vertical):
         self.post_message(self.ModeToggled())
 
     def action_score(self, kind: str) -> None:
-        self.post_message(self.ScoresWanted(kind))
+        self.post_message(self.ScoresWanted(kind, self.quick))
+
+    def action_quick(self) -> None:
+        self.quick = not self.quick
+        self._hint()
 
     def action_load_scores(self) -> None:
         self.post_message(self.LoadWanted())

@@ -74,6 +74,7 @@ class RunController:
         self.running = False
         self.started = 0.0
         self.progress: tuple[str, int, int] | None = None  # the running phase: description, done, total
+        self._phase_start: tuple[float, int] = (0.0, 0)  # when the running phase began, and its count then
         self.results = Results()
         self.origin: RunOrigin | None = None  # what `results` were computed from
         self.pending: tuple[Results, RunOrigin] | None = None  # a started run's results, shown from its first row
@@ -128,8 +129,21 @@ class RunController:
         """Record the phase of the current, running run; False for any other."""
         if not (self.is_current(run_id) and self.running):
             return False
+        if self.progress is None or self.progress[0] != description or done < self.progress[1]:
+            self._phase_start = (time.monotonic(), done)
         self.progress = (description, done, total)
         return True
+
+    def time_left(self) -> float | None:
+        """Seconds the running phase still needs at its pace so far (steps done since it began); None before
+        its first step is done."""
+        if self.progress is None:
+            return None
+        _, done, total = self.progress
+        started, done_then = self._phase_start
+        if done <= done_then:
+            return None
+        return (time.monotonic() - started) / (done - done_then) * (total - done)
 
     def end(self, run_id: int) -> bool:
         """The run stopped (done, failed or cancelled); True when it is the current one."""

@@ -29,6 +29,14 @@ def status_line(stale: list[str], text: str) -> Text:
     return line
 
 
+def duration(seconds: float) -> str:
+    """A time left as people say it: '40 s', '27 min', '2 h 5 min'."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
+
+
 def overview(results: Results, shown: DecodeGrid | None, view: str, metric: str, cursor: tuple[int, int],
              width: int, height: int, colour: str) -> Text:
     """The Overview pane: one metric of the shown grid as a heatmap, a character per cell, under a title line."""

@@ -89,16 +89,19 @@ def lens_run(run: RunContext, text: str, method: str, toggles: Toggles, top_k: i
     run.post(RunFinished(run.run_id, continuation))
 
 
-def head_scores(run: RunContext, kind: str) -> None:
-    """Scores take a while (retrieval runs needle tests): progress shows, Esc stops between steps.
-    Any `{kind}_scores(lm, progress=...) -> HeadScores` in analyses.heads plugs in here."""
+def head_scores(run: RunContext, kind: str, quick: bool) -> None:
+    """Scores take a while (retrieval runs needle tests): progress shows, Esc stops between steps; `quick` uses
+    the Heads pane's quick setting (panes.QUICK_SETTINGS). Any `{kind}_scores(lm, progress=...) -> HeadScores`
+    in analyses.heads plugs in here."""
     import torch
 
     from layerscope.analyses import heads
+    from layerscope.tui.panes import QUICK_SETTINGS
 
+    options = QUICK_SETTINGS[kind] if quick else {}
     with run.using_model() as lm, torch.inference_mode():
-        result = getattr(heads, f"{kind}_scores")(lm, progress=run.progress(f"{kind} scores"))
-    run.post(ScoresComputed(run.run_id, kind, {(h.layer, h.head): h.score for h in result.heads}))
+        result = getattr(heads, f"{kind}_scores")(lm, progress=run.progress(f"{kind} scores"), **options)
+    run.post(ScoresComputed(run.run_id, kind, {(h.layer, h.head): h.score for h in result.heads}, quick))
 
 
 def causal_trace(run: RunContext, text: str, subject: str, answer: str | None) -> None:
