@@ -2,6 +2,7 @@
 entry, the range and conflict checks, a CLI option, a toggle of the explorer and a sweep, all checked here
 against independent computations."""
 
+import math
 import re
 from pathlib import Path
 
@@ -111,3 +112,60 @@ def test_explorer_toggle(ScaleBlocks):
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2"])
 def test_sweep_rows_equal_the_engine_run_alone(ScaleBlocks, family):
     assert_rows_equal_the_engine(tiny_model(family), "scale")
+
+
+# the README's worked example of a new grid method in the explorer ------------------------------------------------
+METHOD_EXAMPLE = re.search(r"## Contributing: adding a grid method to the explorer\n.*?```python\n(.*?)```", README,
+                           re.S)[1]
+
+
+@pytest.fixture
+def raw_lens():
+    """The README's method, registered as a user would; unregistered afterwards."""
+    from layerscope.tui.methods import REGISTRY
+
+    exec(compile(METHOD_EXAMPLE, "README.md", "exec"), {"__name__": "readme_grid_method"})
+    yield REGISTRY["raw_lens"]
+    del REGISTRY["raw_lens"]
+
+
+async def test_a_new_grid_method_runs_in_the_explorer(raw_lens, tmp_path):
+    """`m` cycles to the README's method; its grid is each residual row, taken from blocks run by hand, through
+    the unembedding alone; the side panel and the charts show it like any lens."""
+    from layerscope.tui.app import LayerscopeApp
+    from layerscope.tui.methods import cycled
+    from layerscope.tui.themes import SHIPPED_THEMES
+    from tests.manual import block_kwargs
+    from tests.tui_synthetic import settle
+
+    lm = tiny_model("llama")
+    prompt = "the capital of france is"
+    app = LayerscopeApp(lm=lm, prompt=prompt, theme_folders=[SHIPPED_THEMES], keymap_path=tmp_path / "keymap.toml",
+                        continuation_tokens=1)
+    assert cycled()[-1] == "raw_lens" and not raw_lens.intervenable
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        while app.method != "raw_lens":
+            await pilot.press("m")
+        await settle(pilot)
+        grid = app.runs.results.baseline
+        assert grid.method == "raw_lens" and app.grid.method is raw_lens and app.runs.results.intervened is None
+        assert "raw lens rows" not in str(app.status.render())  # finished: the phase is gone from the status
+        assert "KL→final" in app.charts(40, 30).plain and app.detail.plain.startswith("answer ")
+
+    ids = lm.encode(prompt)
+    hidden, calls = block_kwargs(lm.adapter, ids)
+    states = [hidden]
+    with torch.no_grad():
+        for index, block in enumerate(lm.adapter.blocks):
+            args, kwargs = calls[index]
+            out = block(states[-1], *args[1:], **{k: v for k, v in kwargs.items() if k != "hidden_states"})
+            states.append(out[0] if isinstance(out, tuple) else out)
+        for row, state in enumerate(states):
+            log_probs = torch.log_softmax(lm.model.lm_head(state)[0].float(), dim=-1)
+            top = log_probs.topk(len(grid.cells[row][0].top), dim=-1)
+            entropy = -(log_probs.exp() * log_probs).sum(-1) / math.log(2)
+            for position, cell in enumerate(grid.cells[row]):
+                assert [t.id for t in cell.top] == top.indices[position].tolist()
+                assert [t.prob for t in cell.top] == pytest.approx(top.values[position].exp().tolist(), abs=1e-5)
+                assert cell.entropy_bits == pytest.approx(entropy[position].item(), abs=1e-4)

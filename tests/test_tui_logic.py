@@ -1,4 +1,4 @@
-"""The explorer's plain parts: toggles, sessions, theme and keymap files, row-by-row compute, charts."""
+"""The explorer's plain parts: toggles, sessions, theme and keymap files, row-by-row compute, the overview."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torch import nn
 from layerscope.analyses.grid import DecodeGrid
 from layerscope.errors import LayerscopeError
 from layerscope.tui.keymap import load_keymap
-from layerscope.tui.charts import LABEL, SHADES, Series, layer_chart, overview_text
+from layerscope.tui.charts import SHADES, overview_text
 from layerscope.tui.state import Results, Session, Toggles
 from layerscope.tui.themes import SHIPPED_THEMES, load_themes
 
@@ -74,26 +74,6 @@ def test_keymap_file(tmp_path):
         load_keymap(path)
 
 
-def test_layer_chart_axis_scale_and_cursor():
-    """x is the whole run's row axis with whole-number ticks, the same while rows arrive; the cursor's row is
-    marked; on the log scale a 96-nat embedding row leaves the other rows apart; both series are drawn."""
-    base = Series("base", [96.0, 8.0, 4.0, 2.0, 1.0, 0.5, 0.0], "blue", "●")
-    partial = Series("base", base.values[:3], "blue", "●")
-    intervened = Series("int.", [96.0, 9.0, 6.0, 5.0, 4.0, 3.0, 2.0], "red", "○")
-    whole = layer_chart("KL", [base, intervened], 31, 6, 60, 12, log=True).plain.splitlines()
-    growing = layer_chart("KL", [partial], 31, 6, 60, 12, log=True).plain.splitlines()
-    assert len(whole) == 12 and all(len(line) <= 60 for line in whole)
-    assert whole[-1] == growing[-1] and whole[-1].split() == [str(t) for t in range(0, 31, 2)]
-    assert "●base" in whole[0] and "○int." in whole[0]
-    axis = whole[-2]
-    assert axis.index("▲") == LABEL + round(6 * (60 - LABEL - 1) / 30)
-    plot = whole[1:-2]
-    rows_of = {mark: {i for i, line in enumerate(plot) if mark in line[LABEL:]} for mark in "●○◉"}
-    assert len(rows_of["●"] | rows_of["◉"]) >= 4  # log scale: the small values do not all sit on the floor
-    linear = layer_chart("KL", [base], 31, 6, 60, 12, log=False).plain.splitlines()[1:-2]
-    assert sum("●" in line[LABEL:] for line in linear[-2:]) >= 1 and sum("●" in line[LABEL:] for line in linear) <= 4
-
-
 def test_overview_fits_80_columns_and_bins_80_layers():
     tokens = [f" t{i}" for i in range(40)]
     for n_rows in (31, 81):
@@ -106,15 +86,6 @@ def test_overview_fits_80_columns_and_bins_80_layers():
         assert len(text) == 30 and "40 positions in 28 lines" in text[-1]  # positions binned to the height too
         assert text[-2].split("│")[1].endswith("◆")  # the cursor: last row, last position
         assert set(text[3].split("│")[1]) <= set(SHADES)
-
-
-def test_first_final_bars():
-    from layerscope.tui.charts import first_final_bars
-
-    bars = first_final_bars([9, 5, 11, 3, 7], ["The", " capital", " of", " France", " is"], 13, 4, 40, 6, "blue")
-    lines = bars.plain.splitlines()
-    assert [int(line.split()[-1]) for line in lines[1:]] == [9, 5, 11, 3, 7]
-    assert lines[3].count("█") > lines[4].count("█")
 
 
 def _manual_drop_logits(lm, ids, block):

@@ -12,6 +12,7 @@ from layerscope.errors import LayerscopeError
 from layerscope.tui.app import LayerscopeApp
 from layerscope.tui.compute import LayerRow
 from layerscope.tui.export import byte_size, export_csv, grid_shape, grid_text
+from layerscope.tui.methods import REGISTRY
 from layerscope.tui.runs import Cancelled, Job, RunController
 from layerscope.tui.state import Results, RunOrigin, Toggles
 from layerscope.tui.themes import SHIPPED_THEMES
@@ -95,19 +96,22 @@ def test_each_worker_end_is_told_in_words():
 
 
 # export ----------------------------------------------------------------------------------------------------------
+LENS = REGISTRY["logit_lens"]
+
+
 def test_grid_text_has_a_line_per_token_and_a_column_per_layer():
     grid = synthetic_results().baseline
-    lines = [line.split("\t") for line in grid_text(grid).splitlines()]
+    lines = [line.split("\t") for line in grid_text(LENS, grid).splitlines()]
     assert lines[0] == ["token", *LAYERS]
     assert [line[0] for line in lines[1:]] == [token.replace(" ", "·") for token in TOKENS]
     for position, line in enumerate(lines[1:]):
         assert line[1:] == [row[position].top[0].token.replace(" ", "·").replace("\x1b", "␛") for row in grid.cells]
-    assert grid_text(None) == "" and grid_shape(grid) == f"{len(LAYERS)}x{len(TOKENS)}"
+    assert grid_text(LENS, None) == "" and grid_shape(grid) == f"{len(LAYERS)}x{len(TOKENS)}"
 
 
 def test_export_csv_writes_every_cell_and_rank(tmp_path):
     grid = synthetic_results().intervened
-    notice = export_csv(grid, tmp_path / "grid.csv")
+    notice = export_csv(LENS, grid, tmp_path / "grid.csv")
     rows = list(csv.DictReader((tmp_path / "grid.csv").open(encoding="utf-8")))
     assert len(rows) == len(LAYERS) * len(TOKENS) * 3  # three ranks per cell
     last = grid.cells[-1][-1].top[0]
@@ -116,7 +120,7 @@ def test_export_csv_writes_every_cell_and_rank(tmp_path):
     size = byte_size("x" * (tmp_path / "grid.csv").stat().st_size)
     assert notice == f"exported grid · {len(LAYERS)}x{len(TOKENS)} · {size} CSV → {tmp_path / 'grid.csv'}"
     with pytest.raises(LayerscopeError, match="Nothing to export"):
-        export_csv(None, tmp_path / "none.csv")
+        export_csv(LENS, None, tmp_path / "none.csv")
     assert not (tmp_path / "none.csv").exists()
 
 
@@ -173,7 +177,7 @@ async def test_a_worker_that_raises_any_exception_leaves_a_notice_and_a_usable_a
         await settle(pilot)
         status = str(app.status.render())
         assert wanted in notices(app) and wanted in status, (notices(app), status)
-        assert "Esc cancels" not in status and not app.runs.running and app.runs.trace is None
+        assert "Esc cancels" not in status and not app.runs.running and app.runs.other is None
         assert not app.model_lock.locked() and not any(w.is_running for w in app.workers)
         assert app.head_pane.scores["induction"] == {}
         monkeypatch.undo()

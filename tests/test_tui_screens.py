@@ -167,13 +167,13 @@ def header_line(app) -> str:
 
 async def test_first_view_is_the_answer_cell(lm, tmp_path):
     """Without any key, the cursor sits on the last row at the last position, scrolled into view, and the detail
-    pane pins the model's answer and the layer it first becomes top-1."""
+    pane pins the model's answer and the row from which it stays top-1."""
     app = make_app(lm, tmp_path)
     async with app.run_test(size=(100, 30)) as pilot:
         await open_session(app, pilot, tmp_path)
         assert (app.grid.cursor_layer, app.grid.cursor_position) == (12, 4)
         assert header_line(app).split()[-1] == "11"  # the last layer's column is on screen
-        assert app.detail.plain.startswith("answer ·Paris 88% (top-1 ≥L6)\nint.   ·Lyon 50% (top-1 ≥L5)")
+        assert app.detail.plain.startswith("answer ·Paris 88% (stays top-1 from 6)\nint.   ·Lyon 50% (stays top-1 from 5)")
 
 
 async def test_cursor_stays_where_the_user_put_it(lm, tmp_path):
@@ -330,8 +330,9 @@ async def test_charts_fit_and_redraw_on_resize(lm, tmp_path):
             await pilot.pause(0.5)
             lines = str(app.chart.render()).splitlines()
             assert lines and all(len(line) <= app.chart.size.width for line in lines), size
-            axis = next(i for i, line in enumerate(lines) if "▲" in line)
-            assert lines[0].startswith("KL→final @4 (log)") and lines[axis + 1].split()[-1] == "12"
+            axis = next(i for i, line in enumerate(lines) if "└" in line)
+            # the x axis is labelled as the grid's header: the last row is block 11's output, the cursor is on it
+            assert lines[0].startswith("KL→final @4 (log)") and lines[axis + 1].split()[-1] == "11"
             assert len(lines) >= 8  # a plot keeps its minimum height; the detail pane gives way
 
 

@@ -10,7 +10,7 @@ import torch
 from layerscope.analyses.causal_trace import trace_prompt
 from layerscope.tui.app import LayerscopeApp
 from layerscope.tui.export import grid_text
-from layerscope.tui.grid_view import cell_text
+from layerscope.tui.methods import REGISTRY
 from layerscope.tui.themes import SHIPPED_THEMES
 from tests.tui_synthetic import notices, settle, tiny_llama
 
@@ -46,7 +46,7 @@ async def test_trace_grid_detail_and_chart_match_the_engine(lm, tmp_path):
         await ask_trace(pilot, "france", "")
         await settle(pilot)
         want = trace_prompt(lm, PROMPT, "france")  # the answer: the model's own next token
-        trace = app.runs.trace
+        trace = app.runs.other[1].baseline
         assert app.grid.baseline is trace and trace.answer_id == want.answer_id and trace.layers == want.layers
         torch.testing.assert_close(trace.values("p_answer"), want.values("p_answer"), atol=1e-6, rtol=0)
         torch.testing.assert_close(trace.values(), want.values(), atol=1e-6, rtol=0)
@@ -65,16 +65,16 @@ async def test_trace_grid_detail_and_chart_match_the_engine(lm, tmp_path):
         effect = float(re.search(r"indirect effect ([+-][\d.]+)", detail).group(1))
         assert p_answer == pytest.approx(cell.p_answer, abs=6e-5) and effect == pytest.approx(cell.indirect_effect,
                                                                                              abs=6e-5)
-        assert cell_text(trace.cells[layer][position])[1] == f"{cell.indirect_effect:+.3f}"
+        assert REGISTRY["causal_trace"].summary(trace.cells[layer][position], 8).text == f"{cell.indirect_effect:+.3f}"
         assert f"indirect effect @{position}" in app.charts(40, 30).plain
-        assert grid_text(app.grid.shown).splitlines()[1].split("\t")[1] == f"{want.cells[0][0].indirect_effect:+.3f}"
+        assert grid_text(app.grid.method, app.grid.shown).splitlines()[1].split("\t")[1] == f"{want.cells[0][0].indirect_effect:+.3f}"
         app.export_csv(tmp_path / "trace.csv")
         lines = (tmp_path / "trace.csv").read_text().splitlines()
         assert "indirect_effect" in lines[0] and len(lines) == 1 + len(want.layers) * len(want.tokens)
 
         await ask_trace(pilot, "paris", "rome")  # a given answer goes after a space: ' rome'
         await settle(pilot)
-        assert app.runs.trace.answer_id == trace_prompt(lm, PROMPT, "paris", " rome").answer_id
+        assert app.runs.other[1].baseline.answer_id == trace_prompt(lm, PROMPT, "paris", " rome").answer_id
 
         await pilot.press("ctrl+r")  # the lens grid comes back
         await settle(pilot)
@@ -87,11 +87,11 @@ async def test_trace_errors_and_cancel_keep_the_app_up(lm, tmp_path):
         await settle(pilot)
         await ask_trace(pilot, "rome", "")
         await settle(pilot)
-        assert sum("does not occur in the prompt" in n for n in notices(app)) == 1 and app.runs.trace is None
+        assert sum("does not occur in the prompt" in n for n in notices(app)) == 1 and app.runs.other is None
         with app.model_lock:  # the worker waits for the model, so Esc lands before its first cell
             await ask_trace(pilot, "france", "")
             await pilot.pause(0.1)
             await pilot.press("escape")
         await settle(pilot)
-        assert any("causal trace cancelled" in n for n in notices(app)) and app.runs.trace is None
+        assert any("causal trace cancelled" in n for n in notices(app)) and app.runs.other is None
         assert not app.runs.running and app.grid.baseline is app.runs.results.baseline

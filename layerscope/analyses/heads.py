@@ -1,6 +1,7 @@
 """Attention-head analyses in one place: the scores type, induction, previous-token and retrieval heads,
-the activity trace and the masking experiment."""
+the activity trace, the masking experiment and a head's attention pattern over a prompt."""
 
+from layerscope.analyses.head_pattern import AttentionPattern, attention_pattern
 from layerscope.analyses.head_scores import RETRIEVAL_THRESHOLD, HeadScore, HeadScores, load_head_scores
 from layerscope.analyses.induction import induction_scores, previous_token_scores, repeated_random_tokens
 from layerscope.analyses.retrieval import (
@@ -20,6 +21,7 @@ from layerscope.analyses.retrieval import (
 __all__ = [
     "RETRIEVAL_THRESHOLD",
     "AblationReport",
+    "AttentionPattern",
     "ActivityTrace",
     "HeadScore",
     "HeadScores",
@@ -27,6 +29,7 @@ __all__ = [
     "NeedleResult",
     "ablation_experiment",
     "activity_trace",
+    "attention_pattern",
     "build_tests",
     "copy_paste",
     "induction_scores",

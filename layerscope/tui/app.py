@@ -36,24 +36,23 @@ from layerscope.tui import workers
 from layerscope.tui.export import byte_size, export_csv, grid_shape, grid_text
 from layerscope.tui.grid_view import VIEWS, DecodeGridView, visible
 from layerscope.tui.keymap import binding_rows, load_keymap, user_keymap_path
-from layerscope.tui.messages import (LoadFailed, ModelLoaded, RowComputed, RunFailed, RunFinished, RunProgress,
-                                     RunStarted, ScoresComputed, TraceComputed)
-from layerscope.tui.panes import (SCORE_SOURCES, ChartPane, HeadPane, LayerPane, OverviewPane, detail_text,
-                                  trace_detail_text)
+from layerscope.tui.messages import (LoadFailed, ModelLoaded, PatternComputed, RowComputed, RunFailed, RunFinished,
+                                     RunProgress, RunStarted, ScoresComputed, TraceComputed)
+from layerscope.tui.charts import Chart, stack
+from layerscope.tui.methods import REGISTRY, Cursor, GridMethod, PatternGrid, cycled
+from layerscope.tui.panes import QUICK_SOURCES, SCORE_SOURCES, ChartPane, HeadPane, LayerPane, OverviewPane
 from layerscope.tui.runs import Job, RunController
 from layerscope.tui.screens import PALETTE, HelpScreen, InputScreen, PickScreen
-from layerscope.tui.state import INTERVENABLE, RunOrigin, Session, Toggles, sample_prompts
+from layerscope.tui.state import Results, RunOrigin, Session, Toggles, sample_prompts
 from layerscope.tui.themes import SHIPPED_THEMES, choose_theme, load_themes, user_theme_folder
-from layerscope.tui.views import lens_charts, output_text, overview, status_line, trace_chart
+from layerscope.tui.views import duration, output_text, overview, status_line
 from layerscope.tui.workers import RunContext
 
 if TYPE_CHECKING:
-    from layerscope.analyses.causal_trace import CausalTrace
     from layerscope.analyses.grid import DecodeGrid
     from layerscope.analyses.tuned_lens import TunedLens
     from layerscope.models.loading import LoadedModel
 
-METHODS = ("logit_lens", "tuned_lens", "patchscope")
 TABS = ("tab-lens", "tab-layers", "tab-heads", "tab-output", "tab-overview")
 RUN_CANCELLED = "cancelled; rows computed so far are kept"
 
@@ -323,7 +322,7 @@ class LayerscopeApp(App):
         self.tuned = None
         if self.lens_dir is not None:
             self.load_lens(self.lens_dir)
-        if self.tuned is None and self.method == "tuned_lens":
+        if self.tuned is None and REGISTRY[self.method].needs_lens:
             self.method = "logit_lens"
         self.refresh_panes()
         self.set_status("ready")
@@ -388,7 +387,9 @@ class LayerscopeApp(App):
             self.set_status(f"starting … {elapsed} (Esc cancels)")
         else:
             name, done, total = self.runs.progress
-            self.set_status(f"{name} {done}/{total} · {elapsed} (Esc cancels)")
+            left = self.runs.time_left()
+            estimate = f" · ~{duration(left)} left" if left is not None else ""
+            self.set_status(f"{name} {done}/{total} · {elapsed}{estimate} (Esc cancels)")
 
     def on_run_finished(self, message: RunFinished) -> None:
         if self.runs.end(message.run_id):
@@ -416,48 +417,52 @@ class LayerscopeApp(App):
 
     # showing results ----------------------------------------------------
     def show_results(self) -> None:
-        self.grid.set_grids(self.runs.results.baseline, self.runs.results.intervened)
+        results, origin = self.runs.results, self.runs.origin
+        self.grid.set_grids(REGISTRY[origin.method if origin else self.method], results.baseline, results.intervened)
         self._charts_dirty = True
         self.update_detail()
         self.update_output()
 
-    def shown_trace(self) -> CausalTrace | None:
-        """The causal trace, while the grid shows it."""
-        trace = self.runs.trace
-        return trace if trace is not None and self.grid.baseline is trace else None
-
-    def showing_trace(self) -> bool:
-        return self.shown_trace() is not None
+    def shown(self) -> tuple[GridMethod, Results]:
+        """The method the grid shows and its results: the lens results, or the last grid of another method (a
+        causal trace, a head pattern) while the grid shows that."""
+        method = self.grid.method or REGISTRY[self.method]
+        other = self.runs.other
+        if other is not None and other[0] == method.name:
+            return method, other[1]
+        return method, self.runs.results
 
     def shown_lens(self) -> DecodeGrid | None:
-        """The lens grid the grid shows, if any: the grid shows either that or the causal trace."""
-        return None if self.showing_trace() else cast("DecodeGrid | None", self.grid.shown)
+        """The lens grid the grid shows, if any (None while it shows a causal trace or a head pattern)."""
+        method = self.grid.method
+        return cast("DecodeGrid | None", self.grid.shown) if method is None or method.rows is not None else None
+
+    def cursor(self) -> Cursor:
+        """The grid's cursor and the row labels of the whole run (`emb`, 0..L-1 for a lens, however many rows
+        have arrived), as the detail text and the charts use them."""
+        method, results = self.shown()
+        baseline = results.baseline
+        if method.rows is not None and self.lm is not None:
+            from layerscope.analyses.residual import layer_labels  # torch: loaded with the model
+
+            rows = layer_labels(self.lm.n_blocks)
+        else:
+            rows = list(baseline.layers) if baseline is not None else []
+        return Cursor(self.grid.cursor_layer, self.grid.cursor_position, rows)
 
     def update_detail(self) -> None:
-        grid, results = self.grid, self.runs.results
-        trace = self.shown_trace()
-        if trace is not None:
-            self.detail = trace_detail_text(trace, grid.cursor_layer, grid.cursor_position)
-        else:
-            self.detail = detail_text(results.baseline, results.intervened, results.kl_base_int,
-                                      grid.cursor_layer, grid.cursor_position, self.n_rows())
+        method, results = self.shown()
+        self.detail = method.detail(results, self.cursor())
         self.detail_view.update(self.detail)
 
-    def n_rows(self) -> int:
-        """Rows of a complete grid: the embedding row and one per block."""
-        if self.lm is not None:
-            return self.lm.n_blocks + 1
-        baseline = self.runs.results.baseline
-        return len(baseline.cells) if baseline is not None else 0
+    def chart_data(self) -> list[Chart]:
+        """The side charts at the cursor, as the shown method makes them (tui/methods.py)."""
+        method, results = self.shown()
+        shown = self.grid.shown
+        return [] if shown is None else method.charts(results, shown, self.cursor(), self.current_theme)
 
     def charts(self, width: int, height: int) -> Text:
-        """The side charts at the cursor: the causal trace's, or the lens grids' (see views.lens_charts)."""
-        cursor = (self.grid.cursor_layer, self.grid.cursor_position)
-        trace = self.shown_trace()
-        if trace is not None:
-            return trace_chart(trace, cursor, self.current_theme, width, height) if width >= 20 else Text()
-        return lens_charts(self.runs.results, self.shown_lens(), cursor, self.n_rows(), self.current_theme, width,
-                           height)
+        return stack(self.chart_data(), width, height)
 
     def flush_charts(self) -> None:
         """Called on a timer: at most one chart build per tick, however fast rows or keys arrive."""
@@ -474,11 +479,13 @@ class LayerscopeApp(App):
     def update_overview(self) -> None:
         if self.overview.metric == "kl_base_int" and not self.runs.results.kl_base_int:
             self.overview.metric = "kl_to_final"
-        if self.showing_trace():
-            self.overview.update("The overview maps the lens grids; the causal trace is in the Lens tab (1).")
+        shown = self.shown_lens()
+        if shown is None and self.grid.method is not None:
+            self.overview.update(f"The overview maps the lens grids; the {self.grid.method.name.replace('_', ' ')} "
+                                 "is in the Lens tab (1).")
             return
         grid, size = self.grid, self.overview.size
-        self.overview.update(overview(self.runs.results, self.shown_lens(), grid.view, self.overview.metric,
+        self.overview.update(overview(self.runs.results, shown, grid.view, self.overview.metric,
                                       (grid.cursor_layer, grid.cursor_position), size.width, size.height,
                                       self.current_theme.primary))
 
@@ -515,8 +522,9 @@ class LayerscopeApp(App):
             return
         self.toggles = toggles
         self.refresh_panes()
-        if self.method not in INTERVENABLE and not toggles.is_empty:
-            self.notify("Interventions apply to the logit and tuned lenses; press m to switch.", severity="warning")
+        if not REGISTRY[self.method].intervenable and not toggles.is_empty:
+            lenses = " and ".join(name.replace("_", " ") for name, m in REGISTRY.items() if m.intervenable)
+            self.notify(f"Interventions apply to the {lenses}; press m to switch.", severity="warning")
         if self.prompt.text.strip():
             self.action_run()
 
@@ -543,15 +551,16 @@ class LayerscopeApp(App):
         if self.lm is None:
             self.notify("The model is not loaded yet.", severity="warning")
             return
-        kind = message.kind
-        self.start_run("scores", f"{kind} scores …", f"{kind} scores cancelled",
-                       lambda run: workers.head_scores(run, kind))
+        kind, quick = message.kind, message.quick
+        self.start_run("scores", f"{kind} scores{' (quick)' if quick else ''} … (Esc cancels)",
+                       f"{kind} scores cancelled", lambda run: workers.head_scores(run, kind, quick))
 
     def on_scores_computed(self, message: ScoresComputed) -> None:
         """Scores are kept even when a newer run started: they do not depend on the prompt."""
         self.runs.end(message.run_id)
         assert self.lm is not None, "scores come from a run, and runs start only with a model loaded"
-        self.head_pane.set_scores(message.kind, message.scores, f"{self.lm.name}, {SCORE_SOURCES[message.kind]}")
+        sources = QUICK_SOURCES if message.quick else SCORE_SOURCES
+        self.head_pane.set_scores(message.kind, message.scores, f"{self.lm.name}, {sources[message.kind]}")
         self.set_status(f"{message.kind} scores ready")
 
     def on_head_pane_load_wanted(self) -> None:
@@ -566,6 +575,47 @@ class LayerscopeApp(App):
         self.head_pane.set_scores(scores.kind, {(h.layer, h.head): h.score for h in scores.heads},
                                   f"{scores.model}, loaded from {path}")
         self.notify(f"{scores.kind} scores loaded from {path}")
+
+    # a head's attention pattern ---------------------------------------
+    def on_head_pane_pattern_wanted(self, message: HeadPane.PatternWanted) -> None:
+        self.show_pattern((message.layer, message.head))
+
+    def show_pattern(self, head: tuple[int, int]) -> None:
+        """Read the head's attention over the prompt (with the current interventions, if any) in the run worker's
+        group; its grid takes the lens grid's place."""
+        text = self.runnable_prompt()
+        if text is None:
+            return
+        toggles = self.toggles
+        self.start_run("pattern", f"head {head[0]}.{head[1]} attention … (Esc cancels)",
+                       "attention pattern cancelled", lambda run: workers.head_pattern(run, text, head, toggles))
+
+    def on_pattern_computed(self, message: PatternComputed) -> None:
+        if not self.runs.end(message.run_id):
+            return
+        method = REGISTRY["head_pattern"]
+        baseline = PatternGrid.of(message.baseline, message.head)
+        intervened = PatternGrid.of(message.intervened, message.head) if message.intervened is not None else None
+        self.runs.other = (method.name, Results(baseline, intervened))
+        self.grid.set_grids(method, baseline, intervened)
+        self.action_tab(0)
+        self._charts_dirty = True
+        self.update_detail()
+        layer, head = message.head
+        self.set_status(f"head {layer}.{head} attention pattern · {self.toggles.describe()}; Space masks it, "
+                        "Ctrl+R returns to the lens")
+
+    def action_mask_shown_head(self) -> None:
+        """Space on a head's pattern: mask (or unmask) that head, then show its pattern again with the mask."""
+        method, results = self.shown()
+        if method.name != "head_pattern":
+            return
+        head = results.baseline.head
+        self.toggles = self.toggles.toggle_head(*head)
+        self.refresh_panes()
+        self.notify(f"head {head[0]}.{head[1]} {'masked' if head in self.toggles.masked_heads else 'unmasked'} "
+                    f"({self.toggles.mask_mode}); the pattern reruns with it")
+        self.show_pattern(head)
 
     # causal trace -------------------------------------------------------
     def action_causal_trace(self) -> None:
@@ -591,8 +641,9 @@ class LayerscopeApp(App):
     def on_trace_computed(self, message: TraceComputed) -> None:
         if not self.runs.end(message.run_id):
             return
-        self.runs.trace = message.trace
-        self.grid.set_grids(message.trace, None)
+        method = REGISTRY["causal_trace"]
+        self.runs.other = (method.name, Results(message.trace))
+        self.grid.set_grids(method, message.trace, None)
         self._charts_dirty = True
         self.update_detail()
         self.set_status(f"causal trace done in {self.runs.elapsed():.1f} s; the lens grid returns with Ctrl+R")
@@ -611,10 +662,12 @@ class LayerscopeApp(App):
         self.prompt.move_cursor(self.prompt.document.end)
 
     def action_switch_method(self) -> None:
-        """logit lens -> tuned lens -> Patchscope; the tuned lens is skipped (said once) while none is loaded."""
-        method = METHODS[(METHODS.index(self.method) + 1) % len(METHODS)]
-        if method == "tuned_lens" and self.tuned is None:
-            method = METHODS[(METHODS.index(method) + 1) % len(METHODS)]
+        """The next method `m` cycles (logit lens -> tuned lens -> Patchscope); the tuned lens is skipped (said
+        once) while none is loaded."""
+        methods = cycled()
+        method = methods[(methods.index(self.method) + 1) % len(methods)]
+        if REGISTRY[method].needs_lens and self.tuned is None:
+            method = methods[(methods.index(method) + 1) % len(methods)]
             if not self._said_no_lens:
                 self._said_no_lens = True
                 self.notify("No tuned lens loaded, so m skips it: press T (or start with --lens DIR) to load one.")
@@ -731,7 +784,7 @@ class LayerscopeApp(App):
         self._ask_path("Export the grid (CSV) to:", "layerscope-grid.csv", self.export_csv)
 
     def export_csv(self, path: Path) -> None:
-        self.notify(export_csv(self.grid.shown, path))
+        self.notify(export_csv(self.grid.method, self.grid.shown, path))
 
     def action_copy_cell(self) -> None:
         text, grid, shown = self.detail.plain, self.grid, self.grid.shown
@@ -741,7 +794,7 @@ class LayerscopeApp(App):
 
     def action_copy_grid(self) -> None:
         shown = self.grid.shown
-        text = grid_text(shown)
+        text = grid_text(self.grid.method, shown)
         if shown is None or not text:
             self.notify("Nothing to copy yet: run a prompt first.", severity="warning")
             return

@@ -1,8 +1,19 @@
-"""Text charts over the layer axis, and the overview heatmap. Plain Rich Text: no plotting library.
+"""Charts over the layer axis, drawn with plotext, and the overview heatmap.
 
-Every chart's x axis is the row axis of the whole run (0 = emb .. L), fixed while rows arrive, with whole
-numbers as ticks and a marker at the cursor's row. KL is drawn on a log scale (log10(1 + nats)): the
-embedding row's 60-100 nats would otherwise flatten every other layer.
+A chart is first data (`LayerChart`, `PositionBars`: the series with the result's own numbers, the whole run's
+row axis, the cursor's row), then a drawing. The data is what the tests check; `render` draws it with plotext.
+
+Why plotext 6 through its string output, not `textual-plotext`: textual-plotext 1.0 pins plotext below 6 and
+is one widget per plot that redraws itself on every refresh. The side panel is one Static that the app redraws
+at most five times a second, and on resize, however fast rows arrive (`LayerscopeApp.flush_charts`): plotext's
+`figure.build().string()` gives the ANSI text of a plot, which `rich.text.Text.from_ansi` turns into the Rich
+Text the Static shows. One dependency, no widget per chart, and the charts stack with their titles as text.
+
+Every chart's x axis is the row axis of the whole run (`emb`, then the blocks 0..L-1, labelled as the grid's
+header labels them), fixed while rows arrive, with a dotted line at the cursor's row (whose label is always one of
+the ticks). KL is drawn on a log scale, log10(1 + nats): the embedding row's 60-100 nats would otherwise
+flatten every other layer, and the last row's KL to final is 0, which a plain log axis cannot show. Colours
+are the theme's, read with Textual's Color, so ANSI themes (`ansi_blue`) give ANSI colour codes.
 """
 
 from __future__ import annotations
@@ -10,21 +21,119 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import plotext
 from rich.text import Text
+from textual.color import Color, ColorParseError
 
 from layerscope.tui.grid_view import token_label
 
-LABEL = 6  # y-axis label width, the axis line included
-MIN_PLOT_HEIGHT = 8  # title, at least four plot lines, axis, ticks, a blank line
+MIN_PLOT_HEIGHT = 8  # title, frame, at least four plot lines, ticks
 SHADES = " ░▒▓█"
+PlotextColour = str | int | tuple[int, int, int]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Series:
     name: str
-    values: list[float]  # one per row so far
-    style: str | None  # a Rich style: the theme's colour for this series (None where the theme has none)
-    mark: str
+    values: list[float]  # one per row so far: the result's own numbers
+    colour: str | None  # a theme colour ('#0178d4', 'ansi_blue'); None: the terminal's default
+    marker: str
+
+
+@dataclass(frozen=True)
+class LayerChart:
+    """Series over the whole run's rows: `rows` are the axis labels (fixed while rows arrive), `cursor` the
+    index of the cursor's row; `log`: y is log10(1 + value)."""
+
+    title: str
+    series: list[Series]
+    rows: list[str]
+    cursor: int
+    log: bool
+
+    def render(self, width: int, height: int) -> Text:
+        figure = _figure(width, height - 1)
+        scaled = [_scale(value, self.log) for one in self.series for value in one.values]
+        low = min([0.0, *scaled])
+        top = max(scaled, default=0.0)
+        top = top if top > low else low + 1.0  # a flat zero series still gets an axis
+        steps = 2 * height  # the cursor's row, first (points are drawn over it): a dotted line made of points,
+        # since plotext's own lines paint a background of their own
+        figure.draw(figure.signal([self.cursor] * (steps + 1), [low + (top - low) * i / steps for i in range(steps + 1)],
+                                  marker=plotext.marker("┊", plotext.pixel("default", "default", "dim"))))
+        for one in self.series:
+            if one.values:
+                figure.draw(figure.signal(list(range(len(one.values))), [_scale(v, self.log) for v in one.values],
+                                          marker=plotext.marker(one.marker, _pixel(one.colour))))
+        ticks = _value_ticks(low, top, self.log)
+        figure.ruler("y").lim(low, top)
+        figure.ruler("y").ticks(*ticks)
+        plot_width = width - 2 - max(map(len, ticks[1]))
+        figure.ruler("x").lim(0, max(1, len(self.rows) - 1))
+        figure.ruler("x").ticks(*row_ticks(self.rows, self.cursor, plot_width))
+        return _titled(self.title, self.series, width, figure.build().string())
+
+
+@dataclass(frozen=True)
+class PositionBars:
+    """Per position (`labels`), a row of the run (`values`, indices into `rows`) as a horizontal bar; the
+    positions around `cursor` that fit."""
+
+    title: str
+    labels: list[str]
+    values: list[int]
+    rows: list[str]
+    cursor: int
+    colour: str | None
+
+    def shown(self, lines: int) -> range:
+        """The positions drawn in `lines` plot lines: a window around the cursor."""
+        start = max(0, min(self.cursor - lines // 2, len(self.values) - lines))
+        return range(start, min(len(self.values), start + lines))
+
+    def render(self, width: int, height: int) -> Text:
+        figure = _figure(width, height - 1)
+        shown = self.shown(max(1, height - 4))
+        labels = [("▶" if p == self.cursor else " ") + self.labels[p] for p in shown]
+        figure.draw(figure.bar(labels[::-1], [self.values[p] for p in shown][::-1], orientation="horizontal",
+                               marker=plotext.marker("█", _pixel(self.colour)), width=0.5))
+        plot_width = width - 2 - max(map(len, labels), default=1)
+        figure.ruler("x").lim(0, max(1, len(self.rows) - 1))
+        figure.ruler("x").ticks(*row_ticks(self.rows, self.values[self.cursor], plot_width))
+        return _titled(self.title, [], width, figure.build().string())
+
+
+Chart = LayerChart | PositionBars
+
+
+def stack(charts: list[Chart], width: int, height: int) -> Text:
+    """As many charts as fit at their minimum height, in order, sharing the height."""
+    if width < 20 or not charts:
+        return Text()
+    fit = max(1, min(len(charts), height // MIN_PLOT_HEIGHT))
+    return Text("\n", no_wrap=True).join(chart.render(width, max(MIN_PLOT_HEIGHT, height // fit) - 1)
+                                         for chart in charts[:fit])
+
+
+def row_ticks(rows: list[str], cursor: int, plot_width: int) -> tuple[list[int], list[str]]:
+    """Rows to label on an axis of `plot_width` columns: `emb`, every 1/2/5/10.. blocks, the last row and the
+    cursor's row, each labelled as the grid labels it, spaced so no two labels touch."""
+    last = max(1, len(rows) - 1)
+    room = max(map(len, rows), default=1) + 1
+    step = next((s for s in (1, 2, 5, 10, 20, 50, 100) if s * (plot_width - 1) / last >= room), 200)
+    wanted = [cursor, last, 0] + [row for row in range(1, last) if rows[row].isdigit() and int(rows[row]) % step == 0]
+    chosen: list[int] = []
+    for row in wanted:
+        if row < len(rows) and all(abs(row - other) * (plot_width - 1) / last >= room for other in chosen):
+            chosen.append(row)
+    chosen.sort()
+    return chosen, [rows[row] for row in chosen]
+
+
+def _value_ticks(low: float, top: float, log: bool) -> tuple[list[float], list[str]]:
+    """Three y ticks (bottom, middle, top), labelled in the data's units (nats, not log10(1 + nats))."""
+    positions = [low, (low + top) / 2, top]
+    return positions, [f"{_unscale(p, log):.3g}" for p in positions]
 
 
 def _scale(value: float, log: bool) -> float:
@@ -35,76 +144,52 @@ def _unscale(value: float, log: bool) -> float:
     return 10**value - 1.0 if log else value
 
 
-def _ticks(n_rows: int, plot_width: int) -> list[int]:
-    """Whole-number rows to label, spaced so their labels never touch."""
-    last = max(1, n_rows - 1)
-    room = len(str(last)) + 1
-    step = next((s for s in (1, 2, 5, 10, 20, 50, 100) if s * (plot_width - 1) / last >= room), 100)
-    return list(range(0, last + 1, step))
+def plotext_colour(colour: str | None) -> PlotextColour:
+    """A theme colour as plotext takes it: an ANSI code for an ANSI colour ('ansi_blue' -> 4), else (r, g, b);
+    'default' where the theme has none."""
+    if not colour:
+        return "default"
+    try:
+        parsed = Color.parse(colour)
+    except ColorParseError:
+        return "default"
+    if parsed.ansi is not None:
+        return "default" if parsed.ansi < 0 else parsed.ansi
+    return parsed.rgb
 
 
-def layer_chart(title: str, series: list[Series], n_rows: int, cursor: int, width: int, height: int,
-                log: bool) -> Text:
-    """One plot of `height` lines: the title with a legend, the plot, the axis with ticks and the cursor (▲)."""
-    plot_width, plot_height = width - LABEL, height - 3
-    text = Text(title, "bold", no_wrap=True, overflow="crop")
+def _pixel(colour: str | None) -> plotext.pixel:
+    return plotext.pixel(plotext_colour(colour), "default")
+
+
+def _figure(width: int, height: int) -> plotext.figure:
+    """plotext's one figure, cleared, without colours of its own and sized: charts are drawn on the UI thread
+    only, one at a time."""
+    figure = plotext.figure
+    figure.clear()
+    figure.theme("colorless")
+    figure.plot_size(width, max(4, height))
+    return figure
+
+
+def _titled(title: str, series: list[Series], width: int, plot: str) -> Text:
+    """The title line with a legend in the series' colours, above the plot."""
+    text = Text(no_wrap=True, overflow="crop")
+    text.append(title, "bold")
     for one in series:
-        text.append(f" {one.mark}{one.name}", one.style)
+        text.append(f" {one.marker}{one.name}", _rich_colour(one.colour))
     text.truncate(width)
     text.append("\n")
-    last = max(1, n_rows - 1)
-
-    def column(row: int) -> int:
-        return round(row * (plot_width - 1) / last)
-
-    top = max((_scale(v, log) for one in series for v in one.values), default=0.0) or 1.0
-    cells: list[list[tuple[str, str | None]]] = [[(" ", "")] * plot_width for _ in range(plot_height)]
-    for line in range(plot_height):
-        cells[line][column(cursor)] = ("│", "dim")
-    for one in series:
-        for row, value in enumerate(one.values):
-            line = min(plot_height - 1, round((1 - _scale(value, log) / top) * (plot_height - 1)))  # < 0 at 0
-            here = cells[line][column(row)][0]
-            cells[line][column(row)] = ("◉" if here in "●○◆" and here != one.mark else one.mark, one.style)
-    labels = {0: _unscale(top, log), plot_height // 2: _unscale(top / 2, log), plot_height - 1: 0.0}
-    for line, row_cells in enumerate(cells):
-        label = f"{labels[line]:.3g}" if line in labels else ""
-        text.append(f"{label:>{LABEL - 1}}┤" if line in labels else " " * (LABEL - 1) + "│", "dim")
-        for char, style in row_cells:
-            text.append(char, style)
-        text.append("\n")
-    axis = ["─"] * plot_width
-    numbers = [" "] * plot_width
-    free_until = plot_width  # labels are placed from the right, so the last row's always shows
-    for row in reversed(_ticks(n_rows, plot_width)):
-        axis[column(row)] = "┬"
-        label = str(row)
-        start = min(column(row), plot_width - len(label))
-        if start + len(label) < free_until or start + len(label) == plot_width:
-            numbers[start:start + len(label)] = label
-            free_until = start
-    text.append(" " * (LABEL - 1) + "└" + "".join(axis[: column(cursor)]), "dim")
-    text.append("▲", "bold")
-    text.append("".join(axis[column(cursor) + 1:]) + "\n", "dim")
-    text.append(" " * LABEL + "".join(numbers), "dim")
+    text.append(Text.from_ansi(plot, no_wrap=True))
     return text
 
 
-def first_final_bars(first_rows: list[int], tokens: list[str], n_rows: int, cursor_position: int, width: int,
-                     height: int, style: str | None) -> Text:
-    """Per position, the first row whose top-1 is the final one, as a bar: the positions around the cursor."""
-    text = Text("top-1 = final from row (per position)"[:width] + "\n", "bold", no_wrap=True, overflow="crop")
-    lines = height - 1
-    start = max(0, min(cursor_position - lines // 2, len(first_rows) - lines))
-    bar_width = max(1, width - 18)
-    for position in range(start, min(len(first_rows), start + lines)):
-        row = first_rows[position]
-        marked = "bold reverse" if position == cursor_position else ""
-        text.append(f"{position:>4} {token_label(tokens[position], 8):<8} ", marked)
-        length = round(row / max(1, n_rows - 1) * bar_width)
-        text.append("█" * length, style)
-        text.append(f"{' ' * (bar_width - length)} {row:>3}\n", "dim")
-    return text
+def _rich_colour(colour: str | None) -> str:
+    """A Rich style of a theme colour ('color(4)' for 'ansi_blue': Rich has no style named 'ansi_blue')."""
+    code = plotext_colour(colour)
+    if code == "default":
+        return ""
+    return f"color({code})" if isinstance(code, int) else "rgb({},{},{})".format(*code)
 
 
 def overview_text(values: list[list[float]], tokens: list[str], layers: list[str], cursor: tuple[int, int],
@@ -123,10 +208,12 @@ def overview_text(values: list[list[float]], tokens: list[str], layers: list[str
     position_bins = [range(p * n_positions // lines, max(p * n_positions // lines + 1, (p + 1) * n_positions // lines))
                      for p in range(lines)]
     top = max((_scale(v, log) for row in values for v in row), default=0.0) or 1.0
-    header = "".join("┬" if any(r % 10 == 0 for r in b) else "─" for b in row_bins)
+    header = "".join("┬" if any(layers[r].isdigit() and int(layers[r]) % 10 == 0 for r in b) else "─"
+                     for b in row_bins)
     text.append(f"{'pos token':<{label_width - 1}}│", "bold")
     text.append(f"{header}\n", "dim")
     layer, position = cursor
+    colour = _rich_colour(style)
     for bin_positions in position_bins:
         first = bin_positions.start
         label = f"{first:>4} {token_label(tokens[first], label_width - 6)}"
@@ -135,10 +222,10 @@ def overview_text(values: list[list[float]], tokens: list[str], layers: list[str
             cell = [_scale(values[r][p], log) for r in bin_rows for p in bin_positions]
             shade = SHADES[min(len(SHADES) - 1, round(sum(cell) / len(cell) / top * (len(SHADES) - 1)))]
             on_cursor = layer in bin_rows and position in bin_positions
-            text.append(shade if not on_cursor else "◆", "bold reverse" if on_cursor else style)
+            text.append(shade if not on_cursor else "◆", "bold reverse" if on_cursor else colour)
         text.append("\n")
     legend = (f"░▒▓█ {'log ' if log else ''}0-{_unscale(top, log):.3g} · "
               + (f"{n_positions} positions in {lines} lines · " if lines < n_positions else "")
-              + f"rows {layers[0]}..{layers[-1]} in {columns} columns, ┬ every 10")
+              + f"rows {layers[0]}..{layers[-1]} in {columns} columns, ┬ blocks 0, 10..")
     text.append(f"{'':<{label_width - 1}}│{legend[: width - label_width]}", "dim")
     return text

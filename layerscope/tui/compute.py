@@ -15,10 +15,9 @@ from layerscope.analyses.grid import DecodeGrid, GridCell
 from layerscope.analyses.lens import lens_grid_rows, lens_states
 from layerscope.analyses.patchscope import patchscope_grid
 from layerscope.analyses.residual import layer_labels
-from layerscope.errors import LayerscopeError
 from layerscope.interventions import Intervention
 from layerscope.models.loading import LoadedModel
-from layerscope.progress import ProgressFn, no_progress
+from layerscope.progress import ProgressFn
 
 if TYPE_CHECKING:
     from layerscope.analyses.tuned_lens import TunedLens
@@ -74,21 +73,3 @@ def patchscope_rows(
         if cancelled():
             return
         yield LayerRow(row, label, cells)
-
-
-def decode_rows(
-    lm: LoadedModel,
-    method: str,
-    input_ids: torch.Tensor,
-    interventions: Sequence[Intervention],
-    top_k: int,
-    cancelled: Callable[[], bool],
-    progress: ProgressFn = no_progress,
-    tuned: TunedLens | None = None,
-) -> Iterator[LayerRow]:
-    """The rows of `method`: 'logit_lens', 'tuned_lens' (needs `tuned`) or 'patchscope'."""
-    if method == "patchscope":
-        return patchscope_rows(lm, input_ids, top_k, cancelled, progress)
-    if method == "tuned_lens" and tuned is None:
-        raise LayerscopeError("No tuned lens is loaded: start with --lens DIR or press T to load one.")
-    return lens_rows(lm, input_ids, interventions, top_k, cancelled, tuned if method == "tuned_lens" else None)

@@ -13,8 +13,7 @@ top-1 changed (a leading ≠), so the grid reads without colour (NO_COLOR, 16 co
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from rich.segment import Segment
 from rich.style import Style
@@ -26,8 +25,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 if TYPE_CHECKING:
-    from layerscope.analyses.causal_trace import CausalTrace, TraceCell
-    from layerscope.analyses.grid import DecodeGrid, GridCell
+    from layerscope.tui.methods import Grid, GridMethod
 
 CELL_WIDTH = 10
 LABEL_WIDTH = 15
@@ -60,14 +58,6 @@ def prob_bin(prob: float) -> int:
     return min(3, int(prob * 4))
 
 
-def cell_text(cell: GridCell | TraceCell, width: int = CELL_WIDTH - 2) -> tuple[float, str]:
-    """(probability for the glyph and shade, text) of a cell: a lens cell's top-1 token, or a causal trace
-    cell's indirect effect (shaded by the answer's restored probability)."""
-    if hasattr(cell, "top"):
-        return cell.top[0].prob, token_label(cell.top[0].token, width)
-    return cell.p_answer, f"{cell.indirect_effect:+.3f}"
-
-
 def arrow_bindings(prefix: str) -> list[Binding]:
     """The arrows as `move(dx, dy)` by one cell, with ids '{prefix}.up' ... for the keymap: the grid and the
     overview move their cursor the same way."""
@@ -76,8 +66,8 @@ def arrow_bindings(prefix: str) -> list[Binding]:
 
 
 class DecodeGridView(ScrollView, can_focus=True):
-    """Tokens down, layers across; a cell shows the top-1 token, a probability glyph and a change mark.
-    It also shows a causal trace (same rows and columns): its cells show the indirect effect."""
+    """Tokens down, layers across; a cell shows what its method's summary says (a lens: the top-1 token and a
+    probability glyph; a causal trace: the indirect effect) and a change mark."""
 
     COMPONENT_CLASSES = {"decode-grid--header", "decode-grid--label", "decode-grid--cursor", "decode-grid--p0",
                          "decode-grid--p1", "decode-grid--p2", "decode-grid--p3", "decode-grid--changed",
@@ -102,6 +92,7 @@ class DecodeGridView(ScrollView, can_focus=True):
         Binding("end", "move(100000, 0)", "Last layer", show=False, id="grid.last_layer"),
         Binding("ctrl+home", "move(0, -100000)", "First position", show=False, id="grid.first_position"),
         Binding("ctrl+end", "move(0, 100000)", "Last position", show=False, id="grid.last_position"),
+        Binding("space", "app.mask_shown_head", "Mask the head (pattern)", show=False, id="grid.mask_head"),
     ]
 
     cursor_layer: reactive[int] = reactive(0, init=False)
@@ -116,8 +107,9 @@ class DecodeGridView(ScrollView, can_focus=True):
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
-        self.baseline: DecodeGrid | CausalTrace | None = None  # a causal trace has no intervened grid
-        self.intervened: DecodeGrid | None = None
+        self.method: GridMethod | None = None  # the method whose grids these are (tui/methods.py)
+        self.baseline: Grid | None = None
+        self.intervened: Grid | None = None
         self._cache: dict[int, tuple[Strip, dict[tuple[int, int], Strip]]] = {}  # row strip, drawn lines
         self._styles: dict[str, Style] = {}
         self.wanted: tuple[int, int] | None = None
@@ -131,9 +123,9 @@ class DecodeGridView(ScrollView, can_focus=True):
         self._scroll_to_cursor()
 
     # data ---------------------------------------------------------------
-    def set_grids(self, baseline: DecodeGrid | CausalTrace | None, intervened: DecodeGrid | None) -> None:
-        """Show these grids (they may still be growing: call `rows_added` as rows arrive)."""
-        self.baseline, self.intervened = baseline, intervened
+    def set_grids(self, method: GridMethod, baseline: Grid | None, intervened: Grid | None) -> None:
+        """Show these grids of `method` (they may still be growing: call `rows_added` as rows arrive)."""
+        self.method, self.baseline, self.intervened = method, baseline, intervened
         self.rows_added()
 
     def rows_added(self) -> None:
@@ -159,7 +151,7 @@ class DecodeGridView(ScrollView, can_focus=True):
         return style
 
     @property
-    def shown(self) -> DecodeGrid | CausalTrace | None:
+    def shown(self) -> Grid | None:
         """The grid whose tokens the cells show."""
         if self.view == "baseline" or self.intervened is None:
             return self.baseline
@@ -174,11 +166,14 @@ class DecodeGridView(ScrollView, can_focus=True):
         return len(self.baseline.tokens) if self.baseline else 0
 
     def changed(self, layer: int, position: int) -> bool:
-        """Whether the intervened top-1 differs from the baseline's at this cell."""
-        if self.intervened is None or self.baseline is None or layer >= len(self.intervened.cells):
+        """Whether the intervened cell differs from the baseline's (the method's summary says what to compare:
+        a lens's top-1 token)."""
+        if self.method is None or self.intervened is None or self.baseline is None \
+                or layer >= len(self.intervened.cells):
             return False
-        baseline = cast("DecodeGrid", self.baseline)  # an intervened grid comes only with a lens baseline
-        return self.intervened.top1(layer, position).id != baseline.top1(layer, position).id
+        summary = self.method.summary
+        identity = summary(self.intervened.cells[layer][position], 1).identity
+        return identity is not None and identity != summary(self.baseline.cells[layer][position], 1).identity
 
     # cursor -------------------------------------------------------------
     def action_move(self, dx: int, dy: int) -> None:
@@ -261,7 +256,7 @@ class DecodeGridView(ScrollView, can_focus=True):
         body = cells.crop(scroll_x, scroll_x + width - LABEL_WIDTH)
         return Strip.join([label, body]).adjust_cell_length(width, self.rich_style)
 
-    def _header(self, shown: DecodeGrid | CausalTrace) -> tuple[Strip, Strip]:
+    def _header(self, shown: Grid) -> tuple[Strip, Strip]:
         style = self._style("header")
         cursor = self._style("cursor")
         label = Strip([Segment(f"{'pos token':<{LABEL_WIDTH - 1}}│", style)])
@@ -274,13 +269,13 @@ class DecodeGridView(ScrollView, can_focus=True):
         text = f"{position:>4} {token_label(token, LABEL_WIDTH - 6)}"
         return Strip([Segment(f"{text:<{LABEL_WIDTH - 1}}│", self._style(name))])
 
-    def _row(self, shown: DecodeGrid | CausalTrace, position: int) -> Strip:
+    def _row(self, shown: Grid, position: int) -> Strip:
         diff = self.view == "diff" and self.intervened is not None
         segments = []
-        rows: Sequence[Sequence[GridCell | TraceCell]] = shown.cells
-        for layer, row in enumerate(rows):
-            cell = row[position]
-            prob, label = cell_text(cell)
+        assert self.method is not None, "a grid is shown with its method (set_grids)"
+        for layer, row in enumerate(shown.cells):
+            summary = self.method.summary(row[position], CELL_WIDTH - 2)
+            prob, label = summary.shade, summary.text
             changed = self.changed(layer, position)
             text = f"{prob_glyph(prob)}{label:<{CELL_WIDTH - 2}}"
             if diff and not changed:

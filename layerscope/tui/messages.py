@@ -15,6 +15,7 @@ from textual.notifications import SeverityLevel
 
 if TYPE_CHECKING:
     from layerscope.analyses.causal_trace import CausalTrace
+    from layerscope.analyses.head_pattern import AttentionPattern
     from layerscope.analyses.grid import DecodeGrid
     from layerscope.models.loading import LoadedModel
     from layerscope.tui.compute import LayerRow
@@ -96,6 +97,7 @@ class ScoresComputed(RunMessage):
 
     kind: str
     scores: dict[tuple[int, int], float]
+    quick: bool  # computed with the Heads pane's quick setting
 
 
 @dataclass(eq=False)
@@ -103,3 +105,12 @@ class TraceComputed(RunMessage):
     """A causal trace of the prompt: shown in the grid until the next lens results."""
 
     trace: CausalTrace
+
+
+@dataclass(eq=False)
+class PatternComputed(RunMessage):
+    """A head's attention pattern over the prompt, without and (if any apply) with the interventions."""
+
+    head: tuple[int, int]
+    baseline: AttentionPattern
+    intervened: AttentionPattern | None

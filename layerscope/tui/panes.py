@@ -16,12 +16,10 @@ from textual.message import Message
 from textual.widgets import DataTable, Static
 from textual.widgets.data_table import RowKey
 
-from layerscope.tui.grid_view import arrow_bindings, prob_glyph, token_label
+from layerscope.tui.grid_view import arrow_bindings
 from layerscope.tui.state import Toggles, block_kinds
 
 if TYPE_CHECKING:
-    from layerscope.analyses.causal_trace import CausalTrace
-    from layerscope.analyses.grid import DecodeGrid
     from layerscope.tui.app import LayerscopeApp
 
 TOGGLE_MARKS = {"on": "[x]", "covered": "[·]", "off": "[ ]"}
@@ -30,6 +28,13 @@ SCORE_SOURCES = {"induction": "random tokens repeated twice, 10 samples (not you
                  "retrieval": "needle-in-a-haystack tests, 512-2048 tokens (not your prompt)",
                  "previous_token": "sample_prompts/general.txt (not your prompt)"}
 SCORE_KINDS = ("retrieval", "induction", "previous_token")
+QUICK_SETTINGS: dict[str, dict[str, Any]] = {"retrieval": {"lengths": (512,), "depths": (0, 50, 100)},
+                                             "induction": {"samples": 3}, "previous_token": {}}
+"""The Heads pane's quick setting (`f`), a first look in a fraction of the time: retrieval from 15 needle tests
+instead of 75 (one length, three depths), induction from 3 samples instead of 10."""
+QUICK_SOURCES = {"induction": "random tokens repeated twice, 3 samples, quick (not your prompt)",
+                 "retrieval": "needle-in-a-haystack tests, 512 tokens, depths 0/50/100, quick (not your prompt)",
+                 "previous_token": SCORE_SOURCES["previous_token"]}
 
 
 def toggle_mark(state: str) -> Text:
@@ -99,7 +104,8 @@ class LayerPane(Vertical):
 
 
 class HeadPane(Vertical):
-    """Every (layer, head) with its scores; sortable; Space masks the head for the next run."""
+    """Every (layer, head) with its scores; sortable; Space masks the head for the next run, Enter shows its
+    attention pattern over the prompt."""
 
     BINDINGS = [
         Binding("space", "toggle_mask", "Mask head", id="heads.toggle_mask"),
@@ -109,6 +115,7 @@ class HeadPane(Vertical):
         Binding("r", "score('retrieval')", "Retrieval scores", id="heads.retrieval"),
         Binding("b", "score('previous_token')", "Previous-token scores", id="heads.previous_token"),
         Binding("l", "load_scores", "Load scores JSON", id="heads.load"),
+        Binding("f", "quick", "Quick scores on/off", id="heads.quick"),
     ]
     SORTS = ("layer", *SCORE_KINDS)
 
@@ -120,19 +127,25 @@ class HeadPane(Vertical):
     class ModeToggled(Message):
         pass
 
+    class PatternWanted(Message):
+        def __init__(self, layer: int, head: int) -> None:
+            super().__init__()
+            self.layer, self.head = layer, head
+
     class LoadWanted(Message):
         pass
 
     class ScoresWanted(Message):
-        def __init__(self, kind: str) -> None:
+        def __init__(self, kind: str, quick: bool) -> None:
             super().__init__()
-            self.kind = kind
+            self.kind, self.quick = kind, quick
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.scores: dict[str, dict[tuple[int, int], float]] = {kind: {} for kind in SCORE_KINDS}
         self.sources: dict[str, str] = {}  # kind -> where its scores came from
         self.sort = "layer"
+        self.quick = False  # scores with QUICK_SETTINGS
         self._shape: tuple[int, int, int] = (0, 0, 1)
         self._toggles = Toggles()
 
@@ -162,8 +175,8 @@ class HeadPane(Vertical):
 
     def _hint(self) -> None:
         masked = ", ".join(f"{layer}.{head}" for layer, head in sorted(self._toggles.masked_heads)) or "none"
-        hint = Text(f"Space: mask · u: mode ({self._toggles.mask_mode}) · o: sort ({self.sort}) · r/i/b: retrieval/"
-                    f"induction/previous-token scores · l: load JSON · masked: {masked}")
+        hint = Text(f"Enter: pattern · Space: mask · u: mode ({self._toggles.mask_mode}) · o: sort ({self.sort}) · r/i/b: retrieval/"
+                    f"induction/previous-token scores · f: quick ({'on' if self.quick else 'off'}) · l: load JSON · masked: {masked}")
         for kind, source in self.sources.items():
             hint.append(f"\n{kind.replace('_', '-')} scores: {source}")
         self.query_one("#head-hint", Static).update(hint)
@@ -212,84 +225,22 @@ class HeadPane(Vertical):
             self.post_message(self.MaskToggled(layer, head))
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        """Enter: the head's attention pattern over the prompt (Space masks it)."""
         event.stop()
-        self.action_toggle_mask()
+        self.post_message(self.PatternWanted(*head_of(event.row_key)))
 
     def action_mask_mode(self) -> None:
         self.post_message(self.ModeToggled())
 
     def action_score(self, kind: str) -> None:
-        self.post_message(self.ScoresWanted(kind))
+        self.post_message(self.ScoresWanted(kind, self.quick))
+
+    def action_quick(self) -> None:
+        self.quick = not self.quick
+        self._hint()
 
     def action_load_scores(self) -> None:
         self.post_message(self.LoadWanted())
-
-
-def first_final_rows(grid: DecodeGrid) -> list[int]:
-    """Per position, the first row whose top-1 is the final row's top-1 (the last row itself at worst)."""
-    final = len(grid.cells) - 1
-    return [next(row for row in range(final + 1) if grid.top1(row, position).id == grid.top1(final, position).id)
-            for position in range(len(grid.tokens))] if grid.cells else []
-
-
-def answer_text(baseline: DecodeGrid, intervened: DecodeGrid | None, n_rows: int) -> Text:
-    """The first question answered, pinned above the cell: what the model predicts after the prompt and from
-    which layer on the logit lens already has it top-1. Shown once every row has arrived."""
-    text = Text()
-    for name, grid in (("answer", baseline), ("int.  ", intervened)):
-        if grid is None or len(grid.cells) < n_rows or not grid.cells:
-            continue
-        last = len(grid.tokens) - 1
-        top = grid.top1(len(grid.cells) - 1, last)
-        first = grid.layers[first_final_rows(grid)[last]]
-        text.append(f"{name} ", "bold")
-        text.append(token_label(top.token, 14), "bold reverse")
-        text.append(f" {top.prob:.0%} (top-1 ≥L{first})\n")
-    return text
-
-
-def detail_text(baseline: DecodeGrid | None, intervened: DecodeGrid | None, kl_base_int: list[list[float]] | None,
-                layer: int, position: int, n_rows: int = 0) -> Text:
-    """The answer (see `answer_text`), then the cell under the cursor: top-k with probabilities, entropy and KL,
-    baseline beside intervened."""
-    if baseline is None or layer >= len(baseline.cells) or position >= len(baseline.tokens):
-        return Text("No results yet: type a prompt and press Ctrl+R.")
-    text = answer_text(baseline, intervened, n_rows)
-    text.append(f"{baseline.layers[layer]} @ {position} {token_label(baseline.tokens[position], 12)}\n", "bold")
-    grids = [("base", baseline)]
-    if intervened is not None and layer < len(intervened.cells):
-        grids.append(("int.", intervened))
-    for name, grid in grids:
-        cell = grid.cells[layer][position]
-        text.append(f"{name} H {cell.entropy_bits:.2f} bits KL→final {cell.kl_to_final:.3f}\n", "bold")
-        for top in cell.top:
-            changed = name == "int." and top is cell.top[0] and top.id != baseline.top1(layer, position).id
-            text.append(f" {top.prob:5.1%} {prob_glyph(top.prob)} {token_label(top.token, 14)}{' ≠' if changed else ''}\n")
-    if kl_base_int is not None and layer < len(kl_base_int):
-        text.append(f"KL(base‖int) {kl_base_int[layer][position]:.4f} nats\n", "bold")
-    return text
-
-
-def trace_detail_text(trace: CausalTrace, layer: int, position: int) -> Text:
-    """The trace's question and baselines, then the cell under the cursor: the answer's probability with that
-    one state restored and its indirect effect (that minus the corrupted run's)."""
-    start, end = (trace.subject_positions + [0, 0])[:2]
-    text = Text("causal trace · answer ", "bold")
-    text.append(token_label(trace.answer, 14), "bold reverse")
-    text.append(f"\n{trace.corrupt} on {trace.subject!r} (pos {start}..{end - 1})\n")
-    clean, corrupted = trace.clean["p_answer"], trace.corrupted["p_answer"]
-    text.append(f"clean p {clean:.4f} · corr. p {corrupted:.4f}\n")
-    if layer >= len(trace.cells) or position >= len(trace.tokens):
-        return text
-    cell = trace.cells[layer][position]
-    text.append(f"{trace.layers[layer]} @ {position} {token_label(trace.tokens[position], 12)} restored\n", "bold")
-    text.append(f" p_answer {cell.p_answer:.4f} {prob_glyph(cell.p_answer)}\n")
-    text.append(f" indirect effect {cell.indirect_effect:+.4f}\n")
-    if clean - corrupted > 1e-9:
-        text.append(f"  = {cell.indirect_effect / (clean - corrupted):.0%} of clean − corr.\n")
-    peak_row, peak = trace.peak(position)
-    text.append(f" peak @{position}: row {peak_row} {peak:+.4f}\n")
-    return text
 
 
 class ChartPane(Static):

@@ -19,7 +19,6 @@ from layerscope.tui.state import Results, RunOrigin
 if TYPE_CHECKING:
     import torch
 
-    from layerscope.analyses.causal_trace import CausalTrace
     from layerscope.analyses.grid import DecodeGrid
     from layerscope.models.loading import LoadedModel
     from layerscope.tui.compute import LayerRow
@@ -68,17 +67,20 @@ class Job:
 
 class RunController:
     """Run ids, the run in progress (its clock, phase and pending results), the shown results with their origin,
-    the last causal trace, model loads, and the job of every live worker."""
+    the last grid of a method Ctrl+R does not run, model loads, and the job of every live worker."""
 
     def __init__(self) -> None:
         self.run_id = 0
         self.running = False
         self.started = 0.0
         self.progress: tuple[str, int, int] | None = None  # the running phase: description, done, total
+        self._phase_start: tuple[float, int] = (0.0, 0)  # when the running phase began, and its count then
         self.results = Results()
         self.origin: RunOrigin | None = None  # what `results` were computed from
         self.pending: tuple[Results, RunOrigin] | None = None  # a started run's results, shown from its first row
-        self.trace: CausalTrace | None = None  # the last causal trace; shown until the next lens results
+        self.other: tuple[str, Results] | None = None
+        """The last grid of a method that Ctrl+R does not run (a causal trace, a head pattern): its method's name
+        and results, shown until the next lens results."""
         self.load_id = 0  # a cancelled load's result is dropped by its id
         self.loading: str | None = None  # the source a load worker is loading, None when none is
         self._jobs: dict[object, Job] = {}
@@ -127,8 +129,21 @@ class RunController:
         """Record the phase of the current, running run; False for any other."""
         if not (self.is_current(run_id) and self.running):
             return False
+        if self.progress is None or self.progress[0] != description or done < self.progress[1]:
+            self._phase_start = (time.monotonic(), done)
         self.progress = (description, done, total)
         return True
+
+    def time_left(self) -> float | None:
+        """Seconds the running phase still needs at its pace so far (steps done since it began); None before
+        its first step is done."""
+        if self.progress is None:
+            return None
+        _, done, total = self.progress
+        started, done_then = self._phase_start
+        if done <= done_then:
+            return None
+        return (time.monotonic() - started) / (done - done_then) * (total - done)
 
     def end(self, run_id: int) -> bool:
         """The run stopped (done, failed or cancelled); True when it is the current one."""

@@ -12,18 +12,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from layerscope.errors import LayerscopeError
 from layerscope.interventions import REGISTRY, BlockChoice, Intervention, MaskHeads, chosen_by_block, intervention_class
 from layerscope.interventions.kinds import HEAD_MASK_MODES, HeadMaskMode
 
-if TYPE_CHECKING:
-    from layerscope.analyses.grid import DecodeGrid
-
 SESSION_VERSION = 1
-INTERVENABLE = ("logit_lens", "tuned_lens")
-"""The grid methods that run with the interventions (Patchscope patches into its own target prompt)."""
 
 
 def block_kinds() -> dict[str, BlockChoice]:
@@ -175,8 +170,12 @@ class RunOrigin:
 
     def changes(self, now: RunOrigin) -> list[str]:
         """What differs from `now`, in words ('prompt', 'model', 'method', 'interventions')."""
+        from layerscope.tui.methods import REGISTRY
+
         changed = [name for name in ("prompt", "model", "method") if getattr(self, name) != getattr(now, name)]
-        if self.method == now.method in INTERVENABLE and self.toggles.effective() != now.toggles.effective():
+        method = REGISTRY.get(self.method)
+        if (self.method == now.method and method is not None and method.intervenable
+                and self.toggles.effective() != now.toggles.effective()):
             changed.append("interventions")
         return changed
 
@@ -185,8 +184,8 @@ class RunOrigin:
 class Results:
     """What a run produced; any part may be missing (cancelled, or not asked for)."""
 
-    baseline: DecodeGrid | None = None
-    intervened: DecodeGrid | None = None
+    baseline: Any = None  # a DecodeGrid (the lenses), a CausalTrace or a head pattern: the method's grid
+    intervened: Any = None  # the same with the interventions, where they apply
     kl_base_int: list[list[float]] | None = None  # [row][position], KL(baseline || intervened), nats
     continuation: dict[str, str] = field(default_factory=dict)
 

@@ -1,4 +1,4 @@
-"""The text of the side chart and the Output pane, built from results: no widget, no app state.
+"""The text of the status line, the Overview and the Output pane, built from results: no widget, no app state.
 
 The app passes what it shows (results, the cursor, the theme) and puts the returned Text in its widget.
 """
@@ -10,14 +10,11 @@ from typing import TYPE_CHECKING
 
 from rich.text import Text
 
-from layerscope.tui.charts import MIN_PLOT_HEIGHT, Series, first_final_bars, layer_chart, overview_text
+from layerscope.tui.charts import overview_text
 from layerscope.tui.grid_view import visible
-from layerscope.tui.panes import OVERVIEW_TITLES, first_final_rows
+from layerscope.tui.panes import OVERVIEW_TITLES
 
 if TYPE_CHECKING:
-    from textual.theme import Theme
-
-    from layerscope.analyses.causal_trace import CausalTrace
     from layerscope.analyses.grid import DecodeGrid
     from layerscope.tui.state import Results, RunOrigin
 
@@ -32,44 +29,12 @@ def status_line(stale: list[str], text: str) -> Text:
     return line
 
 
-def lens_charts(results: Results, shown: DecodeGrid | None, cursor: tuple[int, int], n_rows: int, theme: Theme,
-                width: int, height: int) -> Text:
-    """At the cursor's position: KL to final (log scale), KL(base‖int) with interventions, the first row where
-    each position's final top-1 appears, entropy; baseline and intervened on one plot each. As many as fit at
-    their minimum height, in that order."""
-    base, intervened = results.baseline, results.intervened
-    layer, position = cursor
-    if base is None or shown is None or not base.cells or position >= len(base.tokens) or width < 20:
-        return Text()
-    colours = {"base": theme.primary, "int.": theme.accent or theme.warning or theme.secondary}
-    grids = [("base", base)] + ([("int.", intervened)] if intervened is not None and intervened.cells else [])
-    marks = {"base": "●", "int.": "○"}
-
-    def lines(field: str) -> list[Series]:
-        return [Series(name, g.column(position, field), colours[name], marks[name]) for name, g in grids]
-
-    plots = [
-        lambda h: layer_chart(f"KL→final @{position} (log)", lines("kl_to_final"), n_rows, layer, width, h, log=True),
-        lambda h: first_final_bars(first_final_rows(shown), shown.tokens, n_rows, position, width, h,
-                                   colours["int." if shown is intervened else "base"]),
-        lambda h: layer_chart(f"entropy @{position} (bits)", lines("entropy_bits"), n_rows, layer, width, h,
-                              log=False),
-    ]
-    if results.kl_base_int:
-        kl = [row[position] for row in results.kl_base_int]
-        plots.insert(1, lambda h: layer_chart(f"KL(base‖int) @{position} (log)",
-                                           [Series("KL", kl, theme.secondary or theme.primary, "◆")], n_rows,
-                                           layer, width, h, log=True))
-    fit = max(1, min(len(plots), height // MIN_PLOT_HEIGHT))
-    return Text("\n\n", no_wrap=True).join(plot(height // fit - 1) for plot in plots[:fit])
-
-
-def trace_chart(trace: CausalTrace, cursor: tuple[int, int], theme: Theme, width: int, height: int) -> Text:
-    """The causal trace at the cursor's position: per row, the indirect effect and the restored p_answer."""
-    layer, position = cursor
-    series = [Series("IE", trace.column(position), theme.primary, "●"),
-              Series("p", trace.column(position, "p_answer"), theme.accent or theme.secondary, "○")]
-    return layer_chart(f"indirect effect @{position}", series, len(trace.layers), layer, width, height - 1, log=False)
+def duration(seconds: float) -> str:
+    """A time left as people say it: '40 s', '27 min', '2 h 5 min'."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
 
 
 def overview(results: Results, shown: DecodeGrid | None, view: str, metric: str, cursor: tuple[int, int],

@@ -16,18 +16,17 @@ from typing import TYPE_CHECKING
 from textual.message import Message
 from textual.worker import Worker
 
-from layerscope.tui.messages import (RowComputed, RunFinished, RunProgress, RunStarted, ScoresComputed,
-                                     TraceComputed)
+from layerscope.tui.messages import (PatternComputed, RowComputed, RunFinished, RunProgress, RunStarted,
+                                     ScoresComputed, TraceComputed)
+from layerscope.errors import LayerscopeError
+from layerscope.tui.methods import REGISTRY
 from layerscope.tui.runs import Cancelled, stop_between_blocks
-from layerscope.tui.state import INTERVENABLE, RunOrigin, Toggles
+from layerscope.tui.state import RunOrigin, Toggles
 
 if TYPE_CHECKING:
     from layerscope.analyses.tuned_lens import TunedLens
     from layerscope.models.loading import LoadedModel
     from layerscope.progress import ProgressFn
-
-ROW_PHASES = {"logit_lens": "lens rows", "tuned_lens": "tuned lens rows", "patchscope": "patchscope rows"}
-
 
 @dataclass(frozen=True)
 class RunContext:
@@ -65,17 +64,22 @@ def lens_run(run: RunContext, text: str, method: str, toggles: Toggles, top_k: i
     import torch
 
     from layerscope.analyses.compare import greedy_continuation
-    from layerscope.tui.compute import decode_rows, empty_grid
+    from layerscope.tui.compute import empty_grid
 
+    grid_method = REGISTRY[method]
+    if grid_method.rows is None:
+        raise ValueError(f"{method} has no rows to run")
+    if grid_method.needs_lens and tuned is None:
+        raise LayerscopeError("No tuned lens is loaded: start with --lens DIR or press T to load one.")
     with run.using_model() as lm, torch.inference_mode():
         ids = lm.encode(text)
-        interventions = toggles.interventions(lm.n_blocks) if method in INTERVENABLE else []
+        interventions = toggles.interventions(lm.n_blocks) if grid_method.intervenable else []
         baseline = empty_grid(lm, method, ids)
         intervened = empty_grid(lm, method, ids) if interventions else None
         run.post(RunStarted(run.run_id, baseline, intervened, RunOrigin(lm.name, text, method, toggles)))
-        rows_phase, total = run.progress(ROW_PHASES[method]), lm.n_blocks + 1
+        rows_phase, total = run.progress(grid_method.phase), lm.n_blocks + 1
         rows_phase(0, total, "")
-        for row in decode_rows(lm, method, ids, interventions, top_k, run.cancelled, rows_phase, tuned):
+        for row in grid_method.rows(lm, ids, interventions, top_k, run.cancelled, rows_phase, tuned):
             run.post(RowComputed(run.run_id, row))
             rows_phase(row.row + 1, total, "")
         runs = {"baseline": [], "intervened": interventions} if interventions else {"baseline": []}
@@ -85,16 +89,19 @@ def lens_run(run: RunContext, text: str, method: str, toggles: Toggles, top_k: i
     run.post(RunFinished(run.run_id, continuation))
 
 
-def head_scores(run: RunContext, kind: str) -> None:
-    """Scores take a while (retrieval runs needle tests): progress shows, Esc stops between steps.
-    Any `{kind}_scores(lm, progress=...) -> HeadScores` in analyses.heads plugs in here."""
+def head_scores(run: RunContext, kind: str, quick: bool) -> None:
+    """Scores take a while (retrieval runs needle tests): progress shows, Esc stops between steps; `quick` uses
+    the Heads pane's quick setting (panes.QUICK_SETTINGS). Any `{kind}_scores(lm, progress=...) -> HeadScores`
+    in analyses.heads plugs in here."""
     import torch
 
     from layerscope.analyses import heads
+    from layerscope.tui.panes import QUICK_SETTINGS
 
+    options = QUICK_SETTINGS[kind] if quick else {}
     with run.using_model() as lm, torch.inference_mode():
-        result = getattr(heads, f"{kind}_scores")(lm, progress=run.progress(f"{kind} scores"))
-    run.post(ScoresComputed(run.run_id, kind, {(h.layer, h.head): h.score for h in result.heads}))
+        result = getattr(heads, f"{kind}_scores")(lm, progress=run.progress(f"{kind} scores"), **options)
+    run.post(ScoresComputed(run.run_id, kind, {(h.layer, h.head): h.score for h in result.heads}, quick))
 
 
 def causal_trace(run: RunContext, text: str, subject: str, answer: str | None) -> None:
@@ -102,5 +109,17 @@ def causal_trace(run: RunContext, text: str, subject: str, answer: str | None) -
     from layerscope.analyses.causal_trace import trace_prompt
 
     with run.using_model() as lm:
-        trace = trace_prompt(lm, text, subject, answer, progress=run.progress("causal trace cells"))
+        trace = trace_prompt(lm, text, subject, answer, progress=run.progress(REGISTRY["causal_trace"].phase))
     run.post(TraceComputed(run.run_id, trace))
+
+
+def head_pattern(run: RunContext, text: str, head: tuple[int, int], toggles: Toggles) -> None:
+    """One head's attention over the prompt: the baseline, and with the interventions when there are any."""
+    from layerscope.analyses.heads import attention_pattern
+
+    with run.using_model() as lm:
+        ids = lm.encode(text)
+        interventions = toggles.interventions(lm.n_blocks)
+        baseline = attention_pattern(lm, ids, [head])
+        intervened = attention_pattern(lm, ids, [head], interventions) if interventions else None
+    run.post(PatternComputed(run.run_id, head, baseline, intervened))

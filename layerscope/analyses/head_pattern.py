@@ -1,0 +1,76 @@
+"""A head's attention pattern over one prompt: which keys each query attends to, as the model computes it.
+
+Read through layerscope's attention function (`read_attention`), so it works for every family whose attention
+goes through transformers' attention functions, with or without interventions (a head mask acts on the head's
+output, and a drop discards its block's output: the pattern is what the head computes either way).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from layerscope.analyses.activations import last_logits_only
+from layerscope.errors import LayerscopeError
+from layerscope.interventions import Intervention, intervene
+from layerscope.interventions.attention import install_edited_attention, read_attention
+from layerscope.models.loading import LoadedModel
+
+
+@dataclass
+class AttentionPattern:
+    """Attention probabilities of chosen query heads over one prompt: `weights[(block, head)][query][key]`
+    (a key after its query has 0)."""
+
+    model: str
+    tokens: list[str]
+    token_ids: list[int]
+    weights: dict[tuple[int, int], list[list[float]]]
+
+    def strongest(self, head: tuple[int, int], query: int, k: int = 3) -> list[tuple[int, float]]:
+        """The k keys the head attends to most from `query`, as (key position, weight), strongest first."""
+        row = self.weights[head][query]
+        return sorted(enumerate(row), key=lambda item: (-item[1], item[0]))[:k]
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "tokens": self.tokens, "token_ids": self.token_ids,
+                "weights": {f"{block}.{head}": rows for (block, head), rows in self.weights.items()}}
+
+    def csv_rows(self) -> Iterator[dict]:
+        for (block, head), rows in self.weights.items():
+            for query, row in enumerate(rows):
+                for key, weight in enumerate(row[: query + 1]):
+                    yield {"block": block, "head": head, "query": query, "query_token": self.tokens[query],
+                           "key": key, "key_token": self.tokens[key], "weight": weight}
+
+
+def attention_pattern(lm: LoadedModel, input_ids: torch.Tensor, heads: Sequence[tuple[int, int]],
+                      interventions: Sequence[Intervention] = ()) -> AttentionPattern:
+    """The attention of each (block, head) in `heads` over the prompt `input_ids` (1, tokens), in one forward
+    pass with the interventions applied. Raises LayerscopeError for a head outside the model or a family whose
+    attention layers do not go through transformers' attention functions."""
+    adapter = lm.adapter
+    for block, head in heads:
+        if not (0 <= block < adapter.n_blocks and 0 <= head < adapter.n_heads):
+            raise LayerscopeError(f"Head {block}.{head} is outside the model's {adapter.n_blocks} blocks x "
+                                  f"{adapter.n_heads} heads.")
+    install_edited_attention(lm.model)
+    wanted: dict[int, list[int]] = {}
+    for block, head in heads:
+        wanted.setdefault(block, []).append(head)
+    weights: dict[tuple[int, int], list[list[float]]] = {}
+
+    def reader(block: int, probs: torch.Tensor) -> None:
+        """probs: (1, heads, queries, keys)."""
+        for head in wanted[block]:
+            weights[block, head] = probs[0, head].float().cpu().tolist()
+
+    ids = input_ids.to(adapter.input_device)
+    with (read_attention({block: adapter.attention(block) for block in wanted}, reader),
+          intervene(lm, interventions, seq_len=ids.shape[1]), torch.inference_mode()):
+        lm.model(input_ids=ids, use_cache=False, **last_logits_only(lm))
+    ordered = {head: weights[head] for head in heads}
+    token_ids = input_ids[0].tolist()
+    return AttentionPattern(lm.name, lm.token_texts(token_ids), token_ids, ordered)

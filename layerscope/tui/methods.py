@@ -1,0 +1,340 @@
+"""The explorer's grid methods, in one registry: each method is one declaration of everything the app asks of it.
+
+A `GridMethod` says its name, whether the interventions apply, the phase its progress names, how a cell is
+summarised in the grid (and compared for the `≠` mark), its detail text and charts at the cursor, and its CSV
+rows. A method that `m` cycles (and `Ctrl+R` runs) also gives its engine function, `rows`, which yields the
+grid's rows one by one; the others are started by their own key (`C`: the causal trace; `Enter` on a head:
+its attention pattern). Adding a method is one declaration, `register(...)`, plus its engine function: see the
+README's Contributing section.
+The head pattern is a grid too: rows are the prompt's positions as queries, columns the keys.
+
+No torch at import: `rows` functions import the engine when they run, in the worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from rich.text import Text
+
+from layerscope.tui.charts import Chart, LayerChart, PositionBars, Series
+from layerscope.tui.grid_view import prob_glyph, token_label
+
+if TYPE_CHECKING:
+    import torch
+    from textual.theme import Theme
+
+    from layerscope.analyses.causal_trace import CausalTrace, TraceCell
+    from layerscope.analyses.grid import DecodeGrid, GridCell
+    from layerscope.analyses.head_pattern import AttentionPattern
+    from layerscope.analyses.tuned_lens import TunedLens
+    from layerscope.interventions import Intervention
+    from layerscope.models.loading import LoadedModel
+    from layerscope.progress import ProgressFn
+    from layerscope.tui.compute import LayerRow
+    from layerscope.tui.state import Results
+
+
+@dataclass(frozen=True)
+class CellSummary:
+    """What a grid cell shows: a value in 0..1 for its glyph and shade, its text, and what the `≠` mark compares
+    between the baseline and the intervened cell (None: never marked)."""
+
+    shade: float
+    text: str
+    identity: object = None
+
+
+class Grid(Protocol):
+    """A method's result as the grid shows it: `cells[row][position]`, rows labelled by `layers`."""
+
+    tokens: list[str]
+    layers: list[str]
+
+    @property
+    def cells(self) -> Sequence[Sequence[Any]]: ...
+
+    def csv_rows(self) -> Iterable[dict]: ...
+
+
+RowsFunction = Callable[["LoadedModel", "torch.Tensor", "Sequence[Intervention]", int, Callable[[], bool],
+                         "ProgressFn", "TunedLens | None"], "Iterator[LayerRow]"]
+"""(lm, input_ids, interventions, top_k, cancelled, progress, tuned lens) -> the grid's rows as computed."""
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where the charts and the detail look: the cursor's row and position, and the whole run's row labels."""
+
+    row: int
+    position: int
+    rows: list[str]
+
+
+@dataclass(frozen=True)
+class GridMethod:
+    name: str  # as sessions and the status line spell it: 'logit_lens'
+    intervenable: bool  # whether a run applies the interventions (else the intervened grid is never made)
+    phase: str  # what the progress names while its rows come: 'lens rows'
+    summary: Callable[[Any, int], CellSummary]  # (cell, width) -> what the grid shows
+    detail: Callable[[Results, Cursor], Text]  # the side panel's text at the cursor
+    charts: Callable[[Results, Grid, Cursor, Theme], list[Chart]]  # (results, the grid shown, cursor, theme)
+    rows: RowsFunction | None = None  # the engine, for a method that `m` cycles and Ctrl+R runs
+    needs_lens: bool = False  # runs only with a tuned lens loaded
+
+    def csv_rows(self, grid: Grid) -> Iterable[dict]:
+        """The export (`x`): the long format of the grid's own `csv_rows`."""
+        return grid.csv_rows()
+
+
+REGISTRY: dict[str, GridMethod] = {}
+
+
+def register(method: GridMethod) -> GridMethod:
+    REGISTRY[method.name] = method
+    return method
+
+
+def cycled() -> list[str]:
+    """The methods `m` cycles through, in registration order."""
+    return [name for name, method in REGISTRY.items() if method.rows is not None]
+
+
+# the lenses and Patchscope: rows of top-k tokens ------------------------------------------------------------
+def lens_summary(cell: GridCell, width: int) -> CellSummary:
+    top = cell.top[0]
+    return CellSummary(top.prob, token_label(top.token, width), top.id)
+
+
+def stays_top1_from(grid: DecodeGrid) -> list[int]:
+    """Per position, the first row from which the top-1 stays the final row's top-1 to the end (the last row
+    itself at worst): a row that has it and loses it again does not count."""
+    if not grid.cells:
+        return []
+    final = len(grid.cells) - 1
+    rows = []
+    for position in range(len(grid.tokens)):
+        answer = grid.top1(final, position).id
+        row = final
+        while row > 0 and grid.top1(row - 1, position).id == answer:
+            row -= 1
+        rows.append(row)
+    return rows
+
+
+def answer_text(baseline: DecodeGrid, intervened: DecodeGrid | None, n_rows: int) -> Text:
+    """The first question answered, pinned above the cell: what the model predicts after the prompt and the row
+    from which the lens keeps it top-1. Shown once every row has arrived."""
+    text = Text()
+    for name, grid in (("answer", baseline), ("int.  ", intervened)):
+        if grid is None or len(grid.cells) < n_rows or not grid.cells:
+            continue
+        last = len(grid.tokens) - 1
+        top = grid.top1(len(grid.cells) - 1, last)
+        text.append(f"{name} ", "bold")
+        text.append(token_label(top.token, 14), "bold reverse")
+        text.append(f" {top.prob:.0%} (stays top-1 from {grid.layers[stays_top1_from(grid)[last]]})\n")
+    return text
+
+
+def lens_detail(results: Results, cursor: Cursor) -> Text:
+    """The answer (see `answer_text`), then the cell under the cursor: top-k with probabilities, entropy and KL,
+    baseline beside intervened."""
+    baseline, intervened, kl_base_int = results.baseline, results.intervened, results.kl_base_int
+    layer, position = cursor.row, cursor.position
+    if baseline is None or layer >= len(baseline.cells) or position >= len(baseline.tokens):
+        return Text("No results yet: type a prompt and press Ctrl+R.")
+    text = answer_text(baseline, intervened, len(cursor.rows))
+    text.append(f"{baseline.layers[layer]} @ {position} {token_label(baseline.tokens[position], 12)}\n", "bold")
+    grids = [("base", baseline)]
+    if intervened is not None and layer < len(intervened.cells):
+        grids.append(("int.", intervened))
+    for name, grid in grids:
+        cell = grid.cells[layer][position]
+        text.append(f"{name} H {cell.entropy_bits:.2f} bits KL→final {cell.kl_to_final:.3f}\n", "bold")
+        for top in cell.top:
+            changed = name == "int." and top is cell.top[0] and top.id != baseline.top1(layer, position).id
+            text.append(f" {top.prob:5.1%} {prob_glyph(top.prob)} {token_label(top.token, 14)}{' ≠' if changed else ''}\n")
+    if kl_base_int is not None and layer < len(kl_base_int):
+        text.append(f"KL(base‖int) {kl_base_int[layer][position]:.4f} nats\n", "bold")
+    return text
+
+
+def lens_charts(results: Results, shown: Grid, cursor: Cursor, theme: Theme) -> list[Chart]:
+    """At the cursor's position: KL to final (log), KL(base‖int) with interventions, the row from which each
+    position's final top-1 stays top-1, entropy (bits); baseline and intervened on one plot each."""
+    base, intervened, position = results.baseline, results.intervened, cursor.position
+    if base is None or not base.cells or position >= len(base.tokens):
+        return []
+    colours = {"base": theme.primary, "int.": theme.accent or theme.warning or theme.secondary}
+    grids = [("base", base)] + ([("int.", intervened)] if intervened is not None and intervened.cells else [])
+    marks = {"base": "●", "int.": "○"}
+
+    def lines(field: str) -> list[Series]:
+        return [Series(name, grid.column(position, field), colours[name], marks[name]) for name, grid in grids]
+
+    shown_grid: DecodeGrid = shown  # type: ignore[assignment]  # a lens method's grid is a DecodeGrid
+    charts: list[Chart] = [
+        LayerChart(f"KL→final @{position} (log)", lines("kl_to_final"), cursor.rows, cursor.row, log=True),
+        PositionBars("stays top-1 from (per position)",
+                     [f"{p} {token_label(t, 6)}" for p, t in enumerate(shown_grid.tokens)],
+                     stays_top1_from(shown_grid), cursor.rows, position,
+                     colours["int." if shown is intervened else "base"]),
+        LayerChart(f"entropy @{position} (bits)", lines("entropy_bits"), cursor.rows, cursor.row, log=False),
+    ]
+    if results.kl_base_int:
+        kl = [row[position] for row in results.kl_base_int]
+        charts.insert(1, LayerChart(f"KL(base‖int) @{position} (log)",
+                                    [Series("KL", kl, theme.secondary or theme.primary, "◆")], cursor.rows,
+                                    cursor.row, log=True))
+    return charts
+
+
+def lens_method(name: str, phase: str, rows: RowsFunction, intervenable: bool = True,
+                needs_lens: bool = False) -> GridMethod:
+    """A method whose grid is a DecodeGrid of top-k tokens: it shows and exports like the logit lens."""
+    return GridMethod(name, intervenable, phase, lens_summary, lens_detail, lens_charts, rows, needs_lens)
+
+
+def _logit_lens_rows(lm: LoadedModel, input_ids: torch.Tensor, interventions: Sequence[Intervention], top_k: int,
+                     cancelled: Callable[[], bool], progress: ProgressFn, tuned: TunedLens | None
+                     ) -> Iterator[LayerRow]:
+    from layerscope.tui.compute import lens_rows
+
+    return lens_rows(lm, input_ids, interventions, top_k, cancelled)
+
+
+def _tuned_lens_rows(lm: LoadedModel, input_ids: torch.Tensor, interventions: Sequence[Intervention], top_k: int,
+                     cancelled: Callable[[], bool], progress: ProgressFn, tuned: TunedLens | None
+                     ) -> Iterator[LayerRow]:
+    from layerscope.tui.compute import lens_rows
+
+    assert tuned is not None, "the app runs the tuned lens only with a lens loaded (needs_lens)"
+    return lens_rows(lm, input_ids, interventions, top_k, cancelled, tuned)
+
+
+def _patchscope_rows(lm: LoadedModel, input_ids: torch.Tensor, interventions: Sequence[Intervention], top_k: int,
+                     cancelled: Callable[[], bool], progress: ProgressFn, tuned: TunedLens | None
+                     ) -> Iterator[LayerRow]:
+    from layerscope.tui.compute import patchscope_rows
+
+    return patchscope_rows(lm, input_ids, top_k, cancelled, progress)
+
+
+register(lens_method("logit_lens", "lens rows", _logit_lens_rows))
+register(lens_method("tuned_lens", "tuned lens rows", _tuned_lens_rows, needs_lens=True))
+register(lens_method("patchscope", "patchscope rows", _patchscope_rows, intervenable=False))
+
+
+# the causal trace: per state, the answer's probability restored ---------------------------------------------
+def trace_summary(cell: TraceCell, width: int) -> CellSummary:
+    return CellSummary(cell.p_answer, f"{cell.indirect_effect:+.3f}"[:width])
+
+
+def trace_detail(results: Results, cursor: Cursor) -> Text:
+    """The trace's question and baselines, then the cell under the cursor: the answer's probability with that
+    one state restored and its indirect effect (that minus the corrupted run's)."""
+    trace: CausalTrace = results.baseline  # the trace's results hold the trace
+    layer, position = cursor.row, cursor.position
+    start, end = (trace.subject_positions + [0, 0])[:2]
+    text = Text("causal trace · answer ", "bold")
+    text.append(token_label(trace.answer, 14), "bold reverse")
+    text.append(f"\n{trace.corrupt} on {trace.subject!r} (pos {start}..{end - 1})\n")
+    clean, corrupted = trace.clean["p_answer"], trace.corrupted["p_answer"]
+    text.append(f"clean p {clean:.4f} · corr. p {corrupted:.4f}\n")
+    if layer >= len(trace.cells) or position >= len(trace.tokens):
+        return text
+    cell = trace.cells[layer][position]
+    text.append(f"{trace.layers[layer]} @ {position} {token_label(trace.tokens[position], 12)} restored\n", "bold")
+    text.append(f" p_answer {cell.p_answer:.4f} {prob_glyph(cell.p_answer)}\n")
+    text.append(f" indirect effect {cell.indirect_effect:+.4f}\n")
+    if clean - corrupted > 1e-9:
+        text.append(f"  = {cell.indirect_effect / (clean - corrupted):.0%} of clean − corr.\n")
+    peak_row, peak = trace.peak(position)
+    text.append(f" peak @{position}: row {peak_row} {peak:+.4f}\n")
+    return text
+
+
+def trace_charts(results: Results, shown: Grid, cursor: Cursor, theme: Theme) -> list[Chart]:
+    """The causal trace at the cursor's position: per row, the indirect effect and the restored p_answer."""
+    trace: CausalTrace = results.baseline
+    series = [Series("IE", trace.column(cursor.position), theme.primary, "●"),
+              Series("p", trace.column(cursor.position, "p_answer"), theme.accent or theme.secondary, "○")]
+    return [LayerChart(f"indirect effect @{cursor.position}", series, trace.layers, cursor.row, log=False)]
+
+
+register(GridMethod("causal_trace", False, "causal trace cells", trace_summary, trace_detail, trace_charts))
+
+
+# a head's attention pattern: queries down (the prompt's positions), keys across ----------------------------------
+@dataclass
+class PatternCell:
+    weight: float  # the attention of the row's query on the column's key (0 for a key after the query)
+
+
+@dataclass
+class PatternGrid:
+    """One head's attention pattern as the grid shows it: rows are the queries (the prompt's positions), columns
+    the keys (`layers` are their labels), `cells[key][query]`."""
+
+    pattern: AttentionPattern
+    head: tuple[int, int]
+    tokens: list[str]
+    layers: list[str]
+    cells: list[list[PatternCell]]
+
+    @classmethod
+    def of(cls, pattern: AttentionPattern, head: tuple[int, int]) -> PatternGrid:
+        rows = pattern.weights[head]
+        labels = [f"{key} {token_label(token, CELL_LABEL - len(str(key)) - 1)}" for key, token in enumerate(pattern.tokens)]
+        cells = [[PatternCell(rows[query][key]) for query in range(len(rows))] for key in range(len(rows))]
+        return cls(pattern, head, pattern.tokens, labels, cells)
+
+    def csv_rows(self) -> Iterable[dict]:
+        return (row for row in self.pattern.csv_rows() if (row["block"], row["head"]) == self.head)
+
+
+CELL_LABEL = 8  # a column label's width in the grid's header (its cells are 10 wide)
+
+
+def pattern_summary(cell: PatternCell, width: int) -> CellSummary:
+    """The weight, to two decimals: the `≠` mark shows where the interventions change it by 0.01 or more."""
+    text = f"{cell.weight:.2f}"[:width]
+    return CellSummary(cell.weight, text, text)
+
+
+def pattern_detail(results: Results, cursor: Cursor) -> Text:
+    """The head and the query under the cursor, then the keys it attends to most: baseline and intervened."""
+    baseline: PatternGrid = results.baseline
+    block, head = baseline.head
+    query, key = cursor.position, cursor.row
+    text = Text(f"head {block}.{head} · attention pattern\n", "bold")
+    text.append("Space: mask this head · 3: the Heads pane\n")
+    if query >= len(baseline.tokens):
+        return text
+    text.append(f"query {query} {token_label(baseline.tokens[query], 12)}\n", "bold")
+    grids = [("base", baseline)] + ([("int.", results.intervened)] if results.intervened is not None else [])
+    for name, grid in grids:
+        text.append(f"{name} on key {key}: {grid.cells[key][query].weight:.3f}; strongest keys\n", "bold")
+        for strongest, weight in grid.pattern.strongest(grid.head, query, 3):
+            text.append(f" {weight:5.1%} {prob_glyph(weight)} {strongest:>3} "
+                        f"{token_label(grid.tokens[strongest], 14)}\n")
+    return text
+
+
+def pattern_charts(results: Results, shown: Grid, cursor: Cursor, theme: Theme) -> list[Chart]:
+    """The query's attention over the keys, baseline and intervened on one plot."""
+    query = cursor.position
+    grids: list[tuple[str, PatternGrid, str | None, str]] = [("base", results.baseline, theme.primary, "●")]
+    if results.intervened is not None:
+        grids.append(("int.", results.intervened, theme.accent or theme.warning or theme.secondary, "○"))
+    series = [Series(name, [row[query].weight for row in grid.cells], colour, mark)
+              for name, grid, colour, mark in grids]
+    keys = [str(key) for key in range(len(results.baseline.tokens))]
+    block, head = results.baseline.head
+    return [LayerChart(f"head {block}.{head}: query {query} over keys", series, keys, cursor.row, log=False)]
+
+
+register(GridMethod("head_pattern", True, "attention pattern", pattern_summary, pattern_detail, pattern_charts))

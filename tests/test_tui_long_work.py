@@ -1,0 +1,52 @@
+"""Long work in the explorer: an estimate of the time left, and the Heads pane's quick setting."""
+
+from __future__ import annotations
+
+import pytest
+
+from layerscope.analyses.induction import induction_scores
+from layerscope.tui import runs as runs_module
+from layerscope.tui.app import LayerscopeApp
+from layerscope.tui.runs import RunController
+from layerscope.tui.themes import SHIPPED_THEMES
+from layerscope.tui.views import duration
+from tests.tui_synthetic import settle, tiny_llama
+
+
+def test_time_left_is_the_phase_pace_so_far(monkeypatch):
+    """10 of 75 retrieval tests in 218 s: 65 to go at 21.8 s each. A new phase starts its own clock."""
+    now = [100.0]
+    monkeypatch.setattr(runs_module.time, "monotonic", lambda: now[0])
+    runs = RunController()
+    run = runs.begin()
+    runs.set_progress(run, "retrieval scores", 0, 75)
+    assert runs.time_left() is None  # no step done yet: no pace to go by
+    now[0] += 218.0
+    runs.set_progress(run, "retrieval scores", 10, 75)
+    assert runs.time_left() == pytest.approx(218.0 / 10 * 65)
+    assert duration(runs.time_left()) == "24 min"
+    now[0] += 5.0
+    runs.set_progress(run, "generating baseline", 1, 12)  # another phase: its first step is no pace yet
+    assert runs.time_left() is None
+    now[0] += 2.0
+    runs.set_progress(run, "generating baseline", 3, 12)
+    assert runs.time_left() == pytest.approx(2.0 / 2 * 9)
+
+
+def test_duration_reads_as_people_say_it():
+    assert [duration(s) for s in (4.4, 59.4, 61, 1417, 3600, 7500)] == ["4 s", "59 s", "1 min", "24 min",
+                                                                        "1 h 0 min", "2 h 5 min"]
+
+
+async def test_quick_setting_scores_with_fewer_samples(tmp_path):
+    lm = tiny_llama()
+    app = LayerscopeApp(lm=lm, theme_folders=[SHIPPED_THEMES], keymap_path=tmp_path / "keymap.toml")
+    async with app.run_test(size=(160, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("escape", "3", "f", "i")  # from the prompt (no prompt given) to the Heads pane
+        await settle(pilot)
+        want = {(h.layer, h.head): h.score for h in induction_scores(lm, samples=3).heads}
+        assert app.head_pane.scores["induction"] == pytest.approx(want)
+        assert app.head_pane.sources["induction"].endswith("3 samples, quick (not your prompt)")
+        assert app.head_pane.scores["induction"] != pytest.approx(
+            {(h.layer, h.head): h.score for h in induction_scores(lm).heads})
