@@ -24,6 +24,7 @@ import torch
 
 from layerscope.analyses.patchscope import repeated_cache, write_at_output, write_at_row
 from layerscope.analyses.residual import layer_labels
+from layerscope.analyses.spans import token_span
 from layerscope.errors import LayerscopeError
 from layerscope.models.hooks import hook_input, hook_output
 from layerscope.models.loading import LoadedModel
@@ -47,20 +48,6 @@ class Corruption:
     noise_positions: tuple[int, ...] = ()
     noise: torch.Tensor | None = None  # (len(noise_positions), hidden)
     first: int = 0
-
-
-def subject_span(lm: LoadedModel, text: str, subject: str) -> tuple[int, int]:
-    """Token positions [start, end) that cover the first occurrence of `subject` in `text`."""
-    if not subject.strip():
-        raise LayerscopeError("The subject is empty.")
-    where = text.find(subject)
-    if where < 0:
-        raise LayerscopeError(f"The subject {subject!r} does not occur in the prompt {text!r}.")
-    offsets = lm.tokenizer(text, return_offsets_mapping=True).offset_mapping
-    tokens = [i for i, (a, b) in enumerate(offsets) if a < where + len(subject) and b > where]
-    if not tokens:
-        raise LayerscopeError(f"The subject {subject!r} covers no token of the prompt.")
-    return tokens[0], tokens[-1] + 1
 
 
 def embedding_noise(lm: LoadedModel, n_tokens: int, seed: int = 0, scale: float = NOISE_SCALE) -> torch.Tensor:
@@ -342,17 +329,20 @@ def trace_prompt(
     seed: int = 0,
     noise_scale: float = NOISE_SCALE,
     progress: ProgressFn = no_progress,
+    occurrence: int | None = None,
 ) -> CausalTrace:
-    """Causal trace from text: the answer defaults to the model's own next token."""
+    """Causal trace from text: the answer defaults to the model's own next token. The subject's tokens are
+    found by `token_span`'s rule; `occurrence` (1 = the first) chooses one where the subject occurs more than once."""
     ids = lm.encode(prompt)
-    span = subject_span(lm, prompt, subject) if subject is not None else None
+    found = token_span(lm, prompt, subject, "subject", occurrence) if subject is not None else None
+    span = (found.start, found.stop) if found is not None else None
     if corrupt == "noise":
         if span is None:
-            raise LayerscopeError("Noise corruption needs the subject: give --subject (a part of the prompt).")
+            raise LayerscopeError("Noise corruption needs the subject: give subject= (a part of the prompt).")
         corruption = noise_corruption(lm, ids, span, seed, noise_scale)
     elif corrupt == "swap":
         if corrupt_prompt is None:
-            raise LayerscopeError("Swap corruption needs the counterfactual prompt: give --corrupt-prompt.")
+            raise LayerscopeError("Swap corruption needs the counterfactual prompt: give corrupt_prompt=.")
         corruption = swap_corruption(ids, lm.encode(corrupt_prompt))
     else:
         raise LayerscopeError(f"The corruption must be 'noise' or 'swap', not '{corrupt}'.")

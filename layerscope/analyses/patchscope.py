@@ -11,7 +11,6 @@ element: whole grid rows at a time.
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
@@ -24,6 +23,7 @@ from transformers import Cache
 from layerscope.analyses.grid import DecodeGrid, GridCell, GridRows
 from layerscope.analyses.lens import batch_residuals, logit_lens, one_prompt
 from layerscope.analyses.residual import layer_labels
+from layerscope.analyses.spans import token_span
 from layerscope.errors import LayerscopeError
 from layerscope.models.adapter import ModelAdapter
 from layerscope.models.hooks import hook_input, hook_output
@@ -45,41 +45,29 @@ class TargetPrompt:
     placeholder: int
 
 
-def parse_target(lm: LoadedModel, text: str | None = None, placeholder: str | None = None) -> TargetPrompt:
+def parse_target(lm: LoadedModel, text: str | None = None, placeholder: str | None = None,
+                 occurrence: int | None = None) -> TargetPrompt:
     """Tokenise a target prompt and find its placeholder token.
 
-    Without `placeholder` the last token is the placeholder (the default prompt's `?`);
-    with one, the token that holds that marker (a whole word, once) is.
+    Without `placeholder` the last token is the placeholder (the default prompt's `?`); with one, the single
+    token that marker covers, found by `token_span`'s rule (`occurrence`, 1 = the first, chooses where it
+    occurs more than once).
     """
     text = DEFAULT_TARGET_PROMPT if text is None else text
     if not text.strip():
         raise LayerscopeError("The target prompt is empty.")
-    encoding = lm.tokenizer(text, return_offsets_mapping=True)
-    ids = encoding.input_ids
+    ids = lm.encode(text)
     if placeholder is None:
-        position = len(ids) - 1
+        position = ids.shape[1] - 1
     else:
-        position = _marker_token(text, placeholder, encoding.offset_mapping)
+        span = token_span(lm, text, placeholder, "placeholder", occurrence, where="the target prompt")
+        if len(span) != 1:
+            raise LayerscopeError(f"placeholder={placeholder!r} spans {len(span)} tokens of the target prompt; "
+                                  "choose a marker that is a single token.")
+        position = span[0]
     if position <= 0:
         raise LayerscopeError("The placeholder is the first token of the target prompt; put some text before it.")
-    return TargetPrompt(text, torch.tensor([ids], device=lm.adapter.input_device), position)
-
-
-def _marker_token(text: str, marker: str, offsets: list[tuple[int, int]]) -> int:
-    if not marker.strip():
-        raise LayerscopeError("The placeholder marker is empty.")
-    found = list(re.finditer(rf"(?<!\w){re.escape(marker)}(?!\w)", text))
-    if not found:
-        raise LayerscopeError(f"The placeholder '{marker}' does not occur in the target prompt {text!r}.")
-    if len(found) > 1:
-        raise LayerscopeError(f"The placeholder '{marker}' occurs {len(found)} times in the target prompt; use it once.")
-    start, end = found[0].span()
-    tokens = [i for i, (a, b) in enumerate(offsets) if a < end and b > start]
-    if len(tokens) != 1:
-        raise LayerscopeError(
-            f"The placeholder '{marker}' spans {len(tokens)} tokens; choose a marker that is a single token."
-        )
-    return tokens[0]
+    return TargetPrompt(text, ids, position)
 
 
 def check_target_layer(lm: LoadedModel, target_layer: int | None) -> None:

@@ -250,7 +250,7 @@ def _resume(out: Path, recipe: dict, lens: TunedLens, optimizer: torch.optim.Opt
     state = json.loads((out / CHECKPOINT_STATE).read_text(encoding="utf-8"))
     if state.get("recipe") != recipe:
         raise LayerscopeError(f"'{out}' holds a checkpoint of a different training (model, text or settings); "
-                              "use another --out or delete its checkpoint files.")
+                              "use another out= or delete its checkpoint files.")
     tensors = load_file(out / CHECKPOINT)
     device = lens.translators[0].weight.device
     lens.translators.load_state_dict({k.removeprefix("lens."): v for k, v in tensors.items() if k.startswith("lens.")})

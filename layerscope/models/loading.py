@@ -149,7 +149,7 @@ class LoadedModel:
         """Start every encoded prompt with the tokenizer's BOS token, as the Stages of Inference scripts do
         (SmolLM2's tokenizer adds none by itself). A tokenizer without one is refused."""
         if self.tokenizer.bos_token_id is None:
-            raise LayerscopeError(f"--bos: the tokenizer of '{self.name}' has no BOS token.")
+            raise LayerscopeError(f"prepend_bos(): the tokenizer of '{self.name}' has no BOS token.")
         self.add_bos = True
 
     def check_generation(self, prompt_tokens: int, new_tokens: int) -> None:
@@ -225,7 +225,7 @@ def check_model_dir(directory: Path) -> None:
         pickled = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLED_SUFFIXES)
         gguf = sorted(p.name for p in directory.glob("*.gguf"))
         note = (f" (it has pickled weights, {pickled[0]}, which layerscope never loads)" if pickled else
-                f" (it has {gguf[0]}: pass that file to --model)" if gguf else "")
+                f" (it has {gguf[0]}: pass that file as source=)" if gguf else "")
         missing.append(f"weights (*.safetensors){note}")
     if not any((directory / name).is_file() for name in TOKENIZER_FILES):
         missing.append("tokenizer (tokenizer.json, tokenizer.model or vocab.json)")
@@ -292,7 +292,7 @@ def hub_local_only(repo_id: str) -> bool:
     why = "the hub is offline (HF_HUB_OFFLINE is set)" if offline else f"{constants.ENDPOINT} cannot be reached"
     raise LayerscopeError(f"Model '{repo_id}' is not in the local Hugging Face cache and {why}: fetch it where "
                           f"there is network with 'hf download {repo_id}' (older: 'huggingface-cli download "
-                          f"{repo_id}'), or point --model at a local directory.")
+                          f"{repo_id}'), or give source= a local directory.")
 
 
 def _load_pretrained(source: str, dtype: torch.dtype, device_map: str | None, trust_remote_code: bool,
