@@ -25,7 +25,8 @@ import torch
 from layerscope.analyses.patchscope import repeated_cache, write_at_output, write_at_row
 from layerscope.analyses.residual import layer_labels
 from layerscope.analyses.spans import token_span
-from layerscope.errors import LayerscopeError
+from layerscope.arguments import check_ids, check_int, check_lm, check_number, check_text
+from layerscope.errors import ArgumentTypeError, LayerscopeError
 from layerscope.models.hooks import hook_input, hook_output
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
@@ -274,13 +275,18 @@ def causal_trace(
 ) -> CausalTrace:
     """The causal trace grid of one prompt. Cells before `corruption.first` restore a state that both
     runs share, so they equal the corrupted run's probability without being computed."""
+    check_ids(check_lm(lm), input_ids)
+    if not isinstance(corruption, Corruption):
+        raise ArgumentTypeError(f"corruption= must be a Corruption (noise_corruption, swap_corruption), not "
+                                f"{type(corruption).__name__}.")
+    check_ids(lm, corruption.ids, "corruption.ids")
+    if corruption.ids.shape != input_ids.shape:
+        raise LayerscopeError(f"corruption= is of {corruption.ids.shape[1]} tokens and input_ids= of "
+                              f"{input_ids.shape[1]}; they must have the same token length.")
     if site not in SITES:
-        raise LayerscopeError(f"The site must be one of {', '.join(SITES)}, not '{site}'.")
-    if window < 1:
-        raise LayerscopeError("The window must be at least 1 block.")
-    vocab = lm.model.config.get_text_config().vocab_size
-    if not 0 <= answer_id < vocab:
-        raise LayerscopeError(f"The answer token id {answer_id} is outside the vocabulary (0..{vocab - 1}).")
+        raise LayerscopeError(f"site= must be one of {', '.join(SITES)}, not '{site}'.")
+    check_int(window, "window", 1)
+    check_int(answer_id, "answer_id", 0, lm.adapter.embed.weight.shape[0] - 1)
     with torch.inference_mode():
         clean, clean_logits = capture_sites(lm, input_ids, site)
         p_clean = answer_probability(clean_logits, answer_id).item()
@@ -333,6 +339,14 @@ def trace_prompt(
 ) -> CausalTrace:
     """Causal trace from text: the answer defaults to the model's own next token. The subject's tokens are
     found by `token_span`'s rule; `occurrence` (1 = the first) chooses one where the subject occurs more than once."""
+    check_lm(lm)
+    check_text(prompt, "prompt")
+    for name, value in (("subject", subject), ("answer", answer), ("corrupt_prompt", corrupt_prompt)):
+        if value is not None:
+            check_text(value, name)
+    check_int(window, "window", 1)
+    check_int(seed, "seed")
+    check_number(noise_scale, "noise_scale")
     ids = lm.encode(prompt)
     found = token_span(lm, prompt, subject, "subject", occurrence) if subject is not None else None
     span = (found.start, found.stop) if found is not None else None
@@ -345,7 +359,7 @@ def trace_prompt(
             raise LayerscopeError("Swap corruption needs the counterfactual prompt: give corrupt_prompt=.")
         corruption = swap_corruption(ids, lm.encode(corrupt_prompt))
     else:
-        raise LayerscopeError(f"The corruption must be 'noise' or 'swap', not '{corrupt}'.")
+        raise LayerscopeError(f"corrupt= must be 'noise' or 'swap', not '{corrupt}'.")
     if answer is None:
         with torch.inference_mode():
             answer_id = int(lm.model(input_ids=ids, logits_to_keep=1).logits[0, -1].argmax())

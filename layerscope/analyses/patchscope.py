@@ -21,10 +21,11 @@ from torch import nn
 from transformers import Cache
 
 from layerscope.analyses.grid import DecodeGrid, GridCell, GridRows
-from layerscope.analyses.lens import batch_residuals, logit_lens, one_prompt
+from layerscope.analyses.lens import batch_residuals, logit_lens
 from layerscope.analyses.residual import layer_labels
 from layerscope.analyses.spans import token_span
-from layerscope.errors import LayerscopeError
+from layerscope.arguments import check_int, check_lm, check_text, prompt_batch
+from layerscope.errors import ArgumentTypeError, LayerscopeError
 from layerscope.models.adapter import ModelAdapter
 from layerscope.models.hooks import hook_input, hook_output
 from layerscope.models.loading import LoadedModel, PromptBatch
@@ -53,7 +54,8 @@ def parse_target(lm: LoadedModel, text: str | None = None, placeholder: str | No
     token that marker covers, found by `token_span`'s rule (`occurrence`, 1 = the first, chooses where it
     occurs more than once).
     """
-    text = DEFAULT_TARGET_PROMPT if text is None else text
+    check_lm(lm)
+    text = DEFAULT_TARGET_PROMPT if text is None else check_text(text, "text")
     if not text.strip():
         raise LayerscopeError("The target prompt is empty.")
     ids = lm.encode(text)
@@ -71,6 +73,8 @@ def parse_target(lm: LoadedModel, text: str | None = None, placeholder: str | No
 
 
 def check_target_layer(lm: LoadedModel, target_layer: int | None) -> None:
+    if target_layer is not None:
+        check_int(target_layer, "target_layer")
     if target_layer is not None and not 0 <= target_layer <= lm.n_blocks:
         raise LayerscopeError(f"Target layer {target_layer} is out of range 0..{lm.n_blocks} (grid rows).")
 
@@ -200,9 +204,10 @@ def patchscope_grid(
 
     `target_layer` None writes each state at its own row; a number writes every state at that row.
     """
+    batch = prompt_batch(lm, input_ids)
+    check_int(top_k, "top_k", 1)
     target = parse_target(lm, target_prompt, placeholder)
     check_target_layer(lm, target_layer)
-    batch = input_ids if isinstance(input_ids, PromptBatch) else one_prompt(input_ids)
     grids = [grid for grid, _ in _grids(lm, batch, top_k, target, target_layer, 0, progress)]
     return grids if isinstance(input_ids, PromptBatch) else grids[0]
 
@@ -288,8 +293,12 @@ def run_patchscope(
 ) -> PatchscopeReport | list[PatchscopeReport]:
     """The grid of ids (1, T), precision@1 next to the logit lens, and with `max_new_tokens` the greedy
     descriptions. A `PromptBatch` gives one report per prompt."""
+    batch = prompt_batch(lm, input_ids)
+    if not isinstance(target, TargetPrompt):
+        raise ArgumentTypeError(f"target= must be a TargetPrompt (from parse_target), not {type(target).__name__}.")
+    check_int(top_k, "top_k", 1)
+    check_int(max_new_tokens, "max_new_tokens", 0)
     check_target_layer(lm, target_layer)
-    batch = input_ids if isinstance(input_ids, PromptBatch) else one_prompt(input_ids)
     results = _grids(lm, batch, top_k, target, target_layer, max_new_tokens, progress)
     lenses = logit_lens(lm, batch, top_k)
     reports = [PatchscopeReport(grid, compare_precision(grid, lens), target.text, target.placeholder, target_layer,

@@ -15,7 +15,7 @@ import torch
 from transformers import utils as transformers_utils
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from layerscope.errors import LayerscopeError, require_utf8
+from layerscope.errors import ArgumentTypeError, LayerscopeError, require_utf8
 from layerscope.models.adapter import ModelAdapter, is_supported, unsupported
 from layerscope.models.demo import DEMO_NAME, prepare_demo
 from layerscope.models.gguf import check_gguf_header, load_gguf
@@ -176,14 +176,23 @@ def _token_text_cache(tokenizer_key: int, tokenizer: PreTrainedTokenizerBase, to
 
 
 def load_model(
-    source: str = "demo",
+    source: str | os.PathLike[str] = "demo",
     device: str = "auto",
     dtype: str = "auto",
     device_map: str | None = None,
     trust_remote_code: bool = False,
     progress: ProgressFn = no_progress,
 ) -> LoadedModel:
-    """Load `demo`, a hub id, a local directory (safetensors only) or a .gguf file."""
+    """Load `demo`, a hub id, a local directory (safetensors only) or a .gguf file (a str or a path)."""
+    if not isinstance(source, (str, os.PathLike)):
+        raise ArgumentTypeError(f"source= must be a str or os.PathLike ('demo', a hub id, a directory or a .gguf "
+                                f"file), not {type(source).__name__}.")
+    source = os.fspath(source)
+    for name, value in (("device", device), ("dtype", dtype)):
+        if not isinstance(value, str):
+            raise ArgumentTypeError(f"{name}= must be a str, not {type(value).__name__}.")
+    if not isinstance(trust_remote_code, bool):
+        raise ArgumentTypeError(f"trust_remote_code= must be a bool, not {type(trust_remote_code).__name__}.")
     transformers_utils.logging.disable_progress_bar()
     if device_map is not None and device_map not in DEVICE_MAPS:
         raise LayerscopeError(f"Unknown device map '{device_map}': use {', '.join(DEVICE_MAPS)}.")
