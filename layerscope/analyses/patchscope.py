@@ -76,7 +76,7 @@ def check_target_layer(lm: LoadedModel, target_layer: int | None) -> None:
     if target_layer is not None:
         check_int(target_layer, "target_layer")
     if target_layer is not None and not 0 <= target_layer <= lm.n_blocks:
-        raise LayerscopeError(f"Target layer {target_layer} is out of range 0..{lm.n_blocks} (grid rows).")
+        raise LayerscopeError(f"target_layer={target_layer} is out of range 0..{lm.n_blocks} (grid rows).")
 
 
 Index: TypeAlias = int | slice | torch.Tensor

@@ -90,7 +90,8 @@ def token_span(lm: LoadedModel, text: str, part: str, name: str, occurrence: int
         raise LayerscopeError(f"{name}={part!r} does not occur in {where} {text!r}.")
     if occurrence is None and len(spans) == 1:
         return spans[0]
-    described = f"{name}={part!r} occurs {len(spans)} times in {where} (tokens {_describe(spans)})"
+    times = "once" if len(spans) == 1 else f"{len(spans)} times"
+    described = f"{name}={part!r} occurs {times} in {where} (tokens {_describe(spans)})"
     if chooser is None:
         raise LayerscopeError(f"{described}; it must occur once.")
     if occurrence is None:

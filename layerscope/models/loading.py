@@ -127,13 +127,15 @@ class LoadedModel:
         positions). Prompts the model cannot take are refused."""
         if isinstance(prompt, str):
             return self._encode_one(prompt)
+        if not isinstance(prompt, (list, tuple)):
+            raise ArgumentTypeError(f"prompt= must be a str or a list of str, not {type(prompt).__name__}.")
         if not prompt:
             raise LayerscopeError("The list of prompts is empty.")
         return PromptBatch.of([self._encode_one(text)[0] for text in prompt], self.tokenizer)
 
     def _encode_one(self, prompt: str) -> torch.Tensor:
         if not isinstance(prompt, str):
-            raise LayerscopeError(f"A prompt must be a string, not {type(prompt).__name__}.")
+            raise ArgumentTypeError(f"prompt= must be a str or a list of str, not one holding {type(prompt).__name__}.")
         if not prompt or not prompt.strip():
             raise LayerscopeError("The prompt is empty.")
         require_utf8(prompt, "The prompt")
