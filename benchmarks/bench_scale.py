@@ -46,17 +46,27 @@ def build(dtype_name: str):
     """The random model with the demo model's tokenizer (its ids are all inside the larger vocabulary)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
     from layerscope.models.adapter import ModelAdapter
     from layerscope.models.demo import demo_dir, prepare_demo
     from layerscope.models.loading import LoadedModel
 
     prepare_demo(lambda *_: None)
-    torch.manual_seed(0)
-    dtype = getattr(torch, dtype_name)
     config = LlamaConfig(**LLAMA_3_2_1B)
     config._attn_implementation = "sdpa"
-    model = LlamaForCausalLM(config).to(dtype).eval()
+    with torch.device("meta"):  # built without memory, then given it once in the chosen dtype
+        model = LlamaForCausalLM(config)
+    model = model.to(getattr(torch, dtype_name)).to_empty(device="cpu").eval()
+    model.tie_weights()  # Llama-3.2-1B's unembedding is its embedding
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("norm.weight"):
+                parameter.fill_(1.0)
+            else:
+                parameter.normal_(0.0, config.initializer_range, generator=generator)
+    model.model.rotary_emb = LlamaRotaryEmbedding(config)  # its inverse frequencies: a buffer, not a weight
     tokenizer = AutoTokenizer.from_pretrained(str(demo_dir()))
     weights = sum(p.numel() * p.element_size() for p in model.parameters())  # tied: counted once
     return LoadedModel("random Llama-3.2-1B shape", model, tokenizer, ModelAdapter(model)), weights

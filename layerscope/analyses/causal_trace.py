@@ -27,7 +27,7 @@ from layerscope.analyses.residual import layer_labels
 from layerscope.analyses.spans import token_span
 from layerscope.arguments import check_ids, check_int, check_lm, check_number, check_text
 from layerscope.errors import ArgumentTypeError, LayerscopeError
-from layerscope.models.cache import cached_forward
+from layerscope.models.cache import cache_bytes, cached_forward
 from layerscope.models.hooks import hook_input, hook_output
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
@@ -38,6 +38,9 @@ NOISE_SCALE = 3.0
 """Noise standard deviation in units of the embeddings' standard deviation (the paper's 3 sigma)."""
 TOKENS_PER_FORWARD = 4096
 """Fed tokens (cells x corrupted suffix length) per batched forward."""
+CACHE_SHARE = 0.25
+"""The copies of the corrupted run's KV cache one batched forward carries (one per cell) take at most this share
+of the weights' bytes (one copy at least): on a long prompt the cache, not the fed tokens, sets the memory."""
 
 
 @dataclass(frozen=True)
@@ -207,6 +210,7 @@ def _restored_probabilities(lm: LoadedModel, corruption: Corruption, clean: list
     n_positions = ids.shape[1]
     modules = site_modules(lm, site)
     grid = torch.empty(rows, n_positions - first)
+    copies_budget = CACHE_SHARE * sum(p.numel() * p.element_size() for p in model.parameters())
     corrupted_cache = None  # the corrupted run's KV cache of the positions before `position`
     with torch.inference_mode():
         if first:
@@ -214,6 +218,8 @@ def _restored_probabilities(lm: LoadedModel, corruption: Corruption, clean: list
         for position in range(first, n_positions):
             fed = ids[:, position:]
             per_forward = max(1, TOKENS_PER_FORWARD // fed.shape[1])
+            if corrupted_cache is not None:
+                per_forward = max(1, min(per_forward, int(copies_budget // max(cache_bytes(corrupted_cache), 1))))
             for start in range(0, rows, per_forward):
                 chunk = range(start, min(rows, start + per_forward))
                 cache = repeated_cache(corrupted_cache, len(chunk)) if corrupted_cache is not None else None
