@@ -27,9 +27,9 @@ from layerscope.analyses.causal_trace import (  # noqa: E402
     causal_trace,
     noise_corruption,
     rank_correlation,
-    subject_span,
 )
 from layerscope.analyses.residual import trace_residuals  # noqa: E402
+from layerscope.analyses.spans import token_span  # noqa: E402
 from layerscope.interventions import PatchState, intervene  # noqa: E402
 from layerscope.models.loading import load_model  # noqa: E402
 
@@ -68,7 +68,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     lm = load_model("demo", device="cpu")
     ids = lm.encode(PROMPT)
-    span = subject_span(lm, PROMPT, SUBJECT)
+    found = token_span(lm, PROMPT, SUBJECT, "subject")
+    span = (found.start, found.stop)
     corruption = noise_corruption(lm, ids, span)
     answer_id = answer_token(lm, ANSWER)
     print(f"model {lm.name}, prompt {ids.shape[1]} tokens, {(lm.n_blocks + 1) * ids.shape[1]} cells, "
@@ -93,7 +94,8 @@ def main() -> None:
     facts = [json.loads(line) for line in CAPITALS.read_text(encoding="utf-8").splitlines()[:5]]
     for fact in facts:
         fact_ids = lm.encode(fact["prompt"])
-        fact_corruption = noise_corruption(lm, fact_ids, subject_span(lm, fact["prompt"], fact["subject"]))
+        subject = token_span(lm, fact["prompt"], fact["subject"], "subject")
+        fact_corruption = noise_corruption(lm, fact_ids, (subject.start, subject.stop))
         fact_answer = answer_token(lm, " " + fact["answer"])
         exact = causal_trace(lm, fact_ids, fact_corruption, fact_answer)
         estimate = causal_trace(lm, fact_ids, fact_corruption, fact_answer, approx=True)

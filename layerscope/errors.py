@@ -13,6 +13,14 @@ class InterventionError(LayerscopeError):
     pass
 
 
+class ArgumentTypeError(LayerscopeError, TypeError):
+    """A Python API argument of the wrong type; the message names the parameter (`top_k=`)."""
+
+
+class ArgumentValueError(LayerscopeError, ValueError):
+    """A Python API argument out of its range; the message names the parameter (`top_k=`)."""
+
+
 def require_utf8(text: str | bytes, what: str) -> str:
     """`text` as a str the tokenizer accepts, or one error naming the first byte that is not UTF-8.
 

@@ -141,6 +141,28 @@ def test_swap_trace_matches_hand_written_loop_and_small_batches():
     torch.testing.assert_close(trace.values("p_answer"), reference, atol=2e-5, rtol=1e-4)
 
 
+def test_cache_copies_per_forward_stay_within_their_share_of_the_weights(monkeypatch):
+    """A long prompt's cache copies, one per cell, are what fills memory: with a share that fits one copy, every
+    forward carries one cell, and the grid is the hand-written loop's."""
+    import layerscope.analyses.causal_trace as engine
+    from layerscope.models.cache import cache_bytes
+
+    lm = tiny_model("llama")
+    ids = random_ids(8, seed=6)
+    corruption = noise_corruption(lm, ids, (5, 6), seed=4)
+    weights = sum(p.numel() * p.element_size() for p in lm.model.parameters())
+    batches: list[int] = []
+    lm.model.register_forward_pre_hook(lambda module, args, kwargs: batches.append(kwargs["input_ids"].shape[0]),
+                                       with_kwargs=True)
+    with torch.inference_mode():
+        one_copy = cache_bytes(engine.cached_forward(lm.model, None, input_ids=ids[:, :5])[1])  # the shortest
+    monkeypatch.setattr(engine, "CACHE_SHARE", 1.5 * one_copy / weights)
+    trace = causal_trace(lm, ids, corruption, ANSWER)
+    assert batches and max(batches) == 1  # 5 grid rows, one per forward
+    torch.testing.assert_close(trace.values("p_answer"), reference_grid(lm, ids, corruption, "resid"),
+                               atol=2e-5, rtol=1e-4)
+
+
 def test_window_is_the_papers():
     assert list(window_blocks(0, 30, 10)) == list(range(0, 5))
     assert list(window_blocks(15, 30, 10)) == list(range(10, 20))

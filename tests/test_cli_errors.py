@@ -554,7 +554,7 @@ def test_ablation_head_counts_say_what_is_wrong(demo_lm):
 
     scores = HeadScores.from_matrix(demo_lm, "retrieval", torch.rand(demo_lm.n_blocks, demo_lm.adapter.n_heads))
     for k in (0, -3):
-        with pytest.raises(LayerscopeError, match=f"--top must be at least 1 .*not {k}"):
+        with pytest.raises(LayerscopeError, match=f"^k= must be at least 1 .*not {k}"):
             ablation_heads(scores, k, 0)
     with pytest.raises(LayerscopeError, match="has 270 heads.*K at most 135"):
         ablation_heads(scores, 136, 0)

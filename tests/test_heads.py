@@ -222,7 +222,7 @@ def test_ablation_heads_are_seeded_and_disjoint():
     assert [(h.layer, h.head) for h in top] == [(3, 3), (3, 2), (3, 1)]
     assert not {(h.layer, h.head) for h in top} & {(h.layer, h.head) for h in rand}
     assert rand == ablation_heads(scores, 3, seed=1)[1] and len(rand) == 3
-    with pytest.raises(LayerscopeError, match="--top 9"):
+    with pytest.raises(LayerscopeError, match="^k=9 is not possible"):
         ablation_heads(scores, 9, seed=1)
 
 

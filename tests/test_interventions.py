@@ -5,6 +5,7 @@ import torch
 
 from layerscope.errors import InterventionError, LayerscopeError
 from layerscope.interventions.attention import routes_attention
+from layerscope.interventions.core import REGISTRY
 from layerscope.interventions import (
     DropBlocks,
     FreezeFrom,
@@ -230,6 +231,42 @@ def test_model_is_restored_bit_for_bit_even_after_an_error(tiny_lm):
     assert tiny_lm.adapter.blocks is blocks
     assert torch.equal(tiny_lm.model(ids).logits, before)
     assert _hooks(tiny_lm.model) == hooks_before  # transformers keeps hooks of its own (output capture)
+
+
+EXAMPLES = {
+    "drop": lambda hidden: DropBlocks((0,)),
+    "swap": lambda hidden: SwapBlocks(1),
+    "freeze": lambda hidden: FreezeFrom(2),
+    "random": lambda hidden: RandomizeAt(3),
+    "skip-attn": lambda hidden: SkipAttention((3,)),
+    "patch": lambda hidden: PatchState(1, 2, torch.zeros(hidden)),
+    "mask-heads": lambda hidden: MaskHeads(((1, 1),), "uniform"),
+}
+
+
+def _model_settings(lm) -> tuple:
+    config = lm.model.config
+    return config.to_dict(), config._attn_implementation, config.get_text_config()._attn_implementation
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_every_kind_gives_back_the_config_and_attention_implementation(tiny_lm, fail):
+    """Also the attention implementation a head mask switches to layerscope's, with or without an error."""
+    assert set(EXAMPLES) == set(REGISTRY)  # a new kind gets an example here
+    ids = random_ids(8)
+    before = _model_settings(tiny_lm)
+    hidden = tiny_lm.model.config.get_text_config().hidden_size
+    for kind, example in EXAMPLES.items():
+        if kind == "mask-heads" and not routes_attention(tiny_lm.model):
+            continue
+        try:
+            with intervene(tiny_lm, [example(hidden)], seq_len=8), torch.no_grad():
+                tiny_lm.model(ids)
+                if fail:
+                    raise RuntimeError("boom")
+        except RuntimeError as error:
+            assert fail and str(error) == "boom"
+        assert _model_settings(tiny_lm) == before, kind
 
 
 def _hooks(model) -> list:

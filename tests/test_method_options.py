@@ -81,7 +81,7 @@ def test_answer_span_covers_the_answer_words_on_a_tiny_tokenizer():
 
 def test_span_answer_refuses_an_answer_outside_its_needle():
     lm = tiny_model("llama")
-    with pytest.raises(LayerscopeError, match="not part of its needle"):
+    with pytest.raises(LayerscopeError, match="does not occur in its needle"):
         build_tests(lm, "one two three " * 10, [Needle("the cat sat", "q", "dog")], [10], [50], span="answer")
     with pytest.raises(LayerscopeError, match="Unknown span"):
         build_tests(lm, "one two three " * 10, [Needle("the cat sat", "q", "cat")], [10], [50], span="words")

@@ -11,7 +11,7 @@ from layerscope.analyses.compare import greedy_continuation
 from layerscope.analyses.prompt_sets import PromptItem, answer_matches, load_prompt_set
 from layerscope.analyses.sweep import make_intervention, sweep, sweep_kinds, sweep_layers
 from layerscope.interventions import REGISTRY
-from layerscope.analyses.token_swap import Donor, locate_word, token_swap_sweep
+from layerscope.analyses.token_swap import Donor, token_swap_sweep
 from layerscope.errors import LayerscopeError
 from layerscope.interventions import PatchState, intervene
 from layerscope.analyses.residual import trace_residuals
@@ -105,15 +105,6 @@ def test_swap_token_follows_donor_early_and_original_late(demo_lm):
     vector = trace_residuals(demo_lm.adapter, donor_ids).states[0, 0, -1]
     expected = greedy_continuation(demo_lm, ids, 4, [PatchState(0, 3, vector)]).text
     assert rows[0].continuation == expected
-
-
-def test_locate_word_uses_offsets(demo_lm):
-    assert locate_word(demo_lm, "The capital of France is", "France").position == 3
-    spanned = locate_word(demo_lm, "The capital of Kyrgyzstan is", "Kyrgyzstan")
-    assert spanned.n_tokens > 1 and demo_lm.token_texts(demo_lm.encode("The capital of Kyrgyzstan is")[0])[
-        spanned.position].endswith("stan")
-    with pytest.raises(LayerscopeError, match="does not occur"):
-        locate_word(demo_lm, "The capital of France is", "Italy")
 
 
 def test_prompt_files(tmp_path):

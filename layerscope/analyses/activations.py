@@ -24,7 +24,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from layerscope.errors import LayerscopeError
+from layerscope.arguments import check_ids, check_lm
+from layerscope.errors import ArgumentTypeError, LayerscopeError
 from layerscope.models.hooks import hook_input, hook_output
 from layerscope.models.loading import LoadedModel, PromptBatch
 
@@ -130,13 +131,18 @@ def site_names(sites: str | Iterable[str], n_blocks: int) -> list[str]:
 
 def as_batch(lm: LoadedModel, prompts: Prompts) -> PromptBatch:
     """A text or a list of texts is encoded; ids (B, T) are taken as unpadded prompts."""
+    check_lm(lm)
     if isinstance(prompts, PromptBatch):
+        check_ids(lm, prompts.ids, "prompts", one=False)
         return prompts
     if isinstance(prompts, torch.Tensor):
-        if prompts.dim() != 2:
-            raise LayerscopeError(f"Token ids must be shaped (batch, tokens), not {tuple(prompts.shape)}.")
-        return PromptBatch.from_ids(prompts)
-    return lm.encode([prompts] if isinstance(prompts, str) else prompts)
+        return PromptBatch.from_ids(check_ids(lm, prompts, "prompts", one=False))
+    if isinstance(prompts, str):
+        return lm.encode([prompts])
+    if not isinstance(prompts, (list, tuple)) or not all(isinstance(text, str) for text in prompts):
+        raise ArgumentTypeError("prompts= must be a text, a list of texts, token ids (batch, tokens) or "
+                                f"lm.encode([...]), not {type(prompts).__name__}.")
+    return lm.encode(prompts)
 
 
 def trace(lm: LoadedModel, prompts: Prompts, sites: str | Iterable[str] = "resid") -> Activations:

@@ -24,8 +24,10 @@ import torch
 
 from layerscope.analyses.patchscope import repeated_cache, write_at_output, write_at_row
 from layerscope.analyses.residual import layer_labels
-from layerscope.errors import LayerscopeError
-from layerscope.models.cache import cached_forward
+from layerscope.analyses.spans import token_span
+from layerscope.arguments import check_ids, check_int, check_lm, check_number, check_text
+from layerscope.errors import ArgumentTypeError, LayerscopeError
+from layerscope.models.cache import cache_bytes, cached_forward
 from layerscope.models.hooks import hook_input, hook_output
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
@@ -36,6 +38,9 @@ NOISE_SCALE = 3.0
 """Noise standard deviation in units of the embeddings' standard deviation (the paper's 3 sigma)."""
 TOKENS_PER_FORWARD = 4096
 """Fed tokens (cells x corrupted suffix length) per batched forward."""
+CACHE_SHARE = 0.25
+"""The copies of the corrupted run's KV cache one batched forward carries (one per cell) take at most this share
+of the weights' bytes (one copy at least): on a long prompt the cache, not the fed tokens, sets the memory."""
 
 
 @dataclass(frozen=True)
@@ -48,20 +53,6 @@ class Corruption:
     noise_positions: tuple[int, ...] = ()
     noise: torch.Tensor | None = None  # (len(noise_positions), hidden)
     first: int = 0
-
-
-def subject_span(lm: LoadedModel, text: str, subject: str) -> tuple[int, int]:
-    """Token positions [start, end) that cover the first occurrence of `subject` in `text`."""
-    if not subject.strip():
-        raise LayerscopeError("The subject is empty.")
-    where = text.find(subject)
-    if where < 0:
-        raise LayerscopeError(f"The subject {subject!r} does not occur in the prompt {text!r}.")
-    offsets = lm.tokenizer(text, return_offsets_mapping=True).offset_mapping
-    tokens = [i for i, (a, b) in enumerate(offsets) if a < where + len(subject) and b > where]
-    if not tokens:
-        raise LayerscopeError(f"The subject {subject!r} covers no token of the prompt.")
-    return tokens[0], tokens[-1] + 1
 
 
 def embedding_noise(lm: LoadedModel, n_tokens: int, seed: int = 0, scale: float = NOISE_SCALE) -> torch.Tensor:
@@ -219,6 +210,7 @@ def _restored_probabilities(lm: LoadedModel, corruption: Corruption, clean: list
     n_positions = ids.shape[1]
     modules = site_modules(lm, site)
     grid = torch.empty(rows, n_positions - first)
+    copies_budget = CACHE_SHARE * sum(p.numel() * p.element_size() for p in model.parameters())
     corrupted_cache = None  # the corrupted run's KV cache of the positions before `position`
     with torch.inference_mode():
         if first:
@@ -226,6 +218,8 @@ def _restored_probabilities(lm: LoadedModel, corruption: Corruption, clean: list
         for position in range(first, n_positions):
             fed = ids[:, position:]
             per_forward = max(1, TOKENS_PER_FORWARD // fed.shape[1])
+            if corrupted_cache is not None:
+                per_forward = max(1, min(per_forward, int(copies_budget // max(cache_bytes(corrupted_cache), 1))))
             for start in range(0, rows, per_forward):
                 chunk = range(start, min(rows, start + per_forward))
                 cache = repeated_cache(corrupted_cache, len(chunk)) if corrupted_cache is not None else None
@@ -288,13 +282,18 @@ def causal_trace(
 ) -> CausalTrace:
     """The causal trace grid of one prompt. Cells before `corruption.first` restore a state that both
     runs share, so they equal the corrupted run's probability without being computed."""
+    check_ids(check_lm(lm), input_ids)
+    if not isinstance(corruption, Corruption):
+        raise ArgumentTypeError(f"corruption= must be a Corruption (noise_corruption, swap_corruption), not "
+                                f"{type(corruption).__name__}.")
+    check_ids(lm, corruption.ids, "corruption.ids")
+    if corruption.ids.shape != input_ids.shape:
+        raise LayerscopeError(f"corruption= is of {corruption.ids.shape[1]} tokens and input_ids= of "
+                              f"{input_ids.shape[1]}; they must have the same token length.")
     if site not in SITES:
-        raise LayerscopeError(f"The site must be one of {', '.join(SITES)}, not '{site}'.")
-    if window < 1:
-        raise LayerscopeError("The window must be at least 1 block.")
-    vocab = lm.model.config.get_text_config().vocab_size
-    if not 0 <= answer_id < vocab:
-        raise LayerscopeError(f"The answer token id {answer_id} is outside the vocabulary (0..{vocab - 1}).")
+        raise LayerscopeError(f"site= must be one of {', '.join(SITES)}, not '{site}'.")
+    check_int(window, "window", 1)
+    check_int(answer_id, "answer_id", 0, lm.adapter.embed.weight.shape[0] - 1)
     with torch.inference_mode():
         clean, clean_logits = capture_sites(lm, input_ids, site)
         p_clean = answer_probability(clean_logits, answer_id).item()
@@ -343,20 +342,31 @@ def trace_prompt(
     seed: int = 0,
     noise_scale: float = NOISE_SCALE,
     progress: ProgressFn = no_progress,
+    occurrence: int | None = None,
 ) -> CausalTrace:
-    """Causal trace from text: the answer defaults to the model's own next token."""
+    """Causal trace from text: the answer defaults to the model's own next token. The subject's tokens are
+    found by `token_span`'s rule; `occurrence` (1 = the first) chooses one where the subject occurs more than once."""
+    check_lm(lm)
+    check_text(prompt, "prompt")
+    for name, value in (("subject", subject), ("answer", answer), ("corrupt_prompt", corrupt_prompt)):
+        if value is not None:
+            check_text(value, name)
+    check_int(window, "window", 1)
+    check_int(seed, "seed")
+    check_number(noise_scale, "noise_scale")
     ids = lm.encode(prompt)
-    span = subject_span(lm, prompt, subject) if subject is not None else None
+    found = token_span(lm, prompt, subject, "subject", occurrence) if subject is not None else None
+    span = (found.start, found.stop) if found is not None else None
     if corrupt == "noise":
         if span is None:
-            raise LayerscopeError("Noise corruption needs the subject: give --subject (a part of the prompt).")
+            raise LayerscopeError("Noise corruption needs the subject: give subject= (a part of the prompt).")
         corruption = noise_corruption(lm, ids, span, seed, noise_scale)
     elif corrupt == "swap":
         if corrupt_prompt is None:
-            raise LayerscopeError("Swap corruption needs the counterfactual prompt: give --corrupt-prompt.")
+            raise LayerscopeError("Swap corruption needs the counterfactual prompt: give corrupt_prompt=.")
         corruption = swap_corruption(ids, lm.encode(corrupt_prompt))
     else:
-        raise LayerscopeError(f"The corruption must be 'noise' or 'swap', not '{corrupt}'.")
+        raise LayerscopeError(f"corrupt= must be 'noise' or 'swap', not '{corrupt}'.")
     if answer is None:
         with torch.inference_mode():
             answer_id = int(lm.model(input_ids=ids, logits_to_keep=1).logits[0, -1].argmax())

@@ -10,8 +10,10 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from layerscope.analyses.grid import DecodeGrid, build_grid, distribution_stats
-from layerscope.analyses.lens import batch_lens_logits, one_prompt
+from layerscope.analyses.lens import batch_lens_logits
 from layerscope.analyses.residual import layer_labels
+from layerscope.arguments import check_ids, check_int, check_intervention_list, check_lm, prompt_batch
+from layerscope.errors import ArgumentTypeError, ArgumentValueError
 from layerscope.interventions import Intervention, intervene
 from layerscope.models.loading import LoadedModel, PromptBatch
 from layerscope.progress import ProgressFn, no_progress
@@ -56,6 +58,15 @@ class ComparisonTensors:
 
 def compare_logits(base_logits: torch.Tensor, other_logits: torch.Tensor, input_ids: torch.Tensor) -> ComparisonTensors:
     """base/other: (tokens, vocab); input_ids: (tokens,)."""
+    for name, value in (("base_logits", base_logits), ("other_logits", other_logits), ("input_ids", input_ids)):
+        if not isinstance(value, torch.Tensor):
+            raise ArgumentTypeError(f"{name}= must be a tensor, not {type(value).__name__}.")
+    if base_logits.dim() != 2 or other_logits.shape != base_logits.shape:
+        raise ArgumentValueError(f"base_logits= and other_logits= must both be shaped (tokens, vocab), not "
+                                 f"{tuple(base_logits.shape)} and {tuple(other_logits.shape)}.")
+    if input_ids.shape != base_logits.shape[:1] or input_ids.is_floating_point():
+        raise ArgumentValueError(f"input_ids= must be the {base_logits.shape[0]} integer token ids (tokens,) the "
+                                 f"logits are of, not {input_ids.dtype} {tuple(input_ids.shape)}.")
     base = torch.log_softmax(base_logits.float(), dim=-1)
     other = torch.log_softmax(other_logits.float(), dim=-1)
     base_entropy = distribution_stats(base, base)[0]
@@ -110,6 +121,8 @@ def greedy_continuation(
     """Greedy decoding of ids (1, T); position edits act on the prompt pass, block and head edits on every step.
     `progress(tokens so far, max_new_tokens, "continuation")` is called after each token (it may raise to stop).
     Zero new tokens is an empty continuation; more than the model's context leaves room for is refused."""
+    check_ids(check_lm(lm), input_ids)
+    check_int(max_new_tokens, "max_new_tokens", 0)
     lm.check_generation(input_ids.shape[1], max_new_tokens)
     if max_new_tokens == 0:
         return Continuation("", [])
@@ -169,7 +182,10 @@ def run_interventions(
 
     A `PromptBatch` gives one report per prompt, as if it had run alone: the two lens passes carry the whole
     batch, the continuations are decoded prompt by prompt."""
-    batch = input_ids if isinstance(input_ids, PromptBatch) else one_prompt(input_ids)
+    batch = prompt_batch(lm, input_ids)
+    check_intervention_list(interventions)
+    check_int(top_k, "top_k", 1)
+    check_int(max_new_tokens, "max_new_tokens", 0)
     for length in batch.lengths:  # before the grids, not after them
         lm.check_generation(length, max_new_tokens)
     labels = layer_labels(lm.n_blocks)

@@ -19,7 +19,7 @@ import torch
 from layerscope.analyses.head_scores import HeadScores
 from layerscope.distributed import mapped
 from layerscope.errors import LayerscopeError
-from layerscope.interventions.attention import install_edited_attention, read_attention
+from layerscope.interventions.attention import read_attention
 from layerscope.locations import sample_file
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
@@ -37,7 +37,7 @@ def repeated_random_tokens(lm: LoadedModel, seq_len: int = 50, repeats: int = 2,
                            seed: int = 0) -> torch.Tensor:
     """(samples, [BOS] + seq_len * repeats): random ordinary tokens repeated; BOS only if the tokenizer has one."""
     if seq_len < 2 or repeats < 2 or samples < 1:
-        raise LayerscopeError("Induction needs --seq-len >= 2, --repeats >= 2 and --samples >= 1.")
+        raise LayerscopeError("Induction needs seq_len=2 or more, repeats=2 or more and samples=1 or more.")
     bos = lm.tokenizer.bos_token_id
     length = seq_len * repeats + (bos is not None)
     if lm.adapter.max_context is not None and length > lm.adapter.max_context:
@@ -57,7 +57,6 @@ def diagonal_attention(lm: LoadedModel, ids: torch.Tensor, counted: torch.Tensor
                        attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """(blocks, heads): attention from t to t - offset, summed over the batch and the query positions t
     where `counted` (batch, tokens) is true. Pad on the right only."""
-    install_edited_attention(lm.model)
     adapter = lm.adapter
     totals = torch.zeros(adapter.n_blocks, adapter.n_heads)
     weights = counted[:, offset:].float()
@@ -69,7 +68,7 @@ def diagonal_attention(lm: LoadedModel, ids: torch.Tensor, counted: torch.Tensor
     modules = {block: adapter.attention(block) for block in range(adapter.n_blocks)}
     device = adapter.input_device
     mask = None if attention_mask is None else attention_mask.to(device)
-    with read_attention(modules, reader), torch.inference_mode():
+    with read_attention(lm.model, modules, reader), torch.inference_mode():
         lm.model(input_ids=ids.to(device), attention_mask=mask, use_cache=False, logits_to_keep=1)
     return totals
 

@@ -81,7 +81,7 @@ def perplexity(lm: LoadedModel, windows: list[torch.Tensor], progress: ProgressF
 
 def check_prune(n_prune: int, n_blocks: int) -> None:
     if not 0 < n_prune < n_blocks:
-        raise LayerscopeError(f"--prune must be between 1 and {n_blocks - 1} for this {n_blocks}-block model.")
+        raise LayerscopeError(f"n_prune= must be between 1 and {n_blocks - 1} for this {n_blocks}-block model.")
 
 
 def _indexed_modules(blocks: Iterable[nn.Module]) -> list[tuple[nn.Module, int]]:
@@ -178,7 +178,7 @@ def influence(
     if n_prune:
         check_prune(n_prune, lm.n_blocks)
         if eval_text is None:
-            raise LayerscopeError("--prune needs held-out text for the perplexity check (--eval-text).")
+            raise LayerscopeError("n_prune= needs held-out text for the perplexity check (eval_text=).")
     windows = text_windows(lm, calibration_text, window)
     report = InfluenceReport(lm.name, sum(w.shape[1] for w in windows), block_influence(lm, windows, progress))
     if not n_prune:

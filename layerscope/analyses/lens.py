@@ -15,6 +15,7 @@ import torch
 from layerscope.analyses.activations import last_logits_only
 from layerscope.analyses.grid import DecodeGrid, GridCell, GridRows, distribution_stats
 from layerscope.analyses.residual import ResidualTrace, layer_labels, trace_residuals
+from layerscope.arguments import check_int, prompt_batch
 from layerscope.errors import LayerscopeError
 from layerscope.interventions import Intervention, intervene
 from layerscope.models.loading import LoadedModel, PromptBatch
@@ -120,7 +121,9 @@ def logit_lens(
 
     A `PromptBatch` (`lm.encode([...])`) runs in one forward pass and gives one grid per prompt, each over
     that prompt's own tokens, as if it had run alone."""
-    batch = input_ids if isinstance(input_ids, PromptBatch) else one_prompt(input_ids)
+    batch = prompt_batch(lm, input_ids)
+    check_int(top_k, "top_k", 1)
+    check_int(budget, "budget", 1)
     states = batch_residuals(lm, batch, interventions, **last_logits_only(lm)).states
     grids = []
     for index, length in enumerate(batch.lengths):

@@ -11,7 +11,6 @@ element: whole grid rows at a time.
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
@@ -22,9 +21,11 @@ from torch import nn
 from transformers import Cache
 
 from layerscope.analyses.grid import DecodeGrid, GridCell, GridRows
-from layerscope.analyses.lens import batch_residuals, logit_lens, one_prompt
+from layerscope.analyses.lens import batch_residuals, logit_lens
 from layerscope.analyses.residual import layer_labels
-from layerscope.errors import LayerscopeError
+from layerscope.analyses.spans import token_span
+from layerscope.arguments import check_int, check_lm, check_text, prompt_batch
+from layerscope.errors import ArgumentTypeError, LayerscopeError
 from layerscope.models.adapter import ModelAdapter
 from layerscope.models.cache import cached_forward
 from layerscope.models.hooks import hook_input, hook_output
@@ -46,46 +47,37 @@ class TargetPrompt:
     placeholder: int
 
 
-def parse_target(lm: LoadedModel, text: str | None = None, placeholder: str | None = None) -> TargetPrompt:
+def parse_target(lm: LoadedModel, text: str | None = None, placeholder: str | None = None,
+                 occurrence: int | None = None) -> TargetPrompt:
     """Tokenise a target prompt and find its placeholder token.
 
-    Without `placeholder` the last token is the placeholder (the default prompt's `?`);
-    with one, the token that holds that marker (a whole word, once) is.
+    Without `placeholder` the last token is the placeholder (the default prompt's `?`); with one, the single
+    token that marker covers, found by `token_span`'s rule (`occurrence`, 1 = the first, chooses where it
+    occurs more than once).
     """
-    text = DEFAULT_TARGET_PROMPT if text is None else text
+    check_lm(lm)
+    text = DEFAULT_TARGET_PROMPT if text is None else check_text(text, "text")
     if not text.strip():
         raise LayerscopeError("The target prompt is empty.")
-    encoding = lm.tokenizer(text, return_offsets_mapping=True)
-    ids = encoding.input_ids
+    ids = lm.encode(text)
     if placeholder is None:
-        position = len(ids) - 1
+        position = ids.shape[1] - 1
     else:
-        position = _marker_token(text, placeholder, encoding.offset_mapping)
+        span = token_span(lm, text, placeholder, "placeholder", occurrence, where="the target prompt")
+        if len(span) != 1:
+            raise LayerscopeError(f"placeholder={placeholder!r} spans {len(span)} tokens of the target prompt; "
+                                  "choose a marker that is a single token.")
+        position = span[0]
     if position <= 0:
         raise LayerscopeError("The placeholder is the first token of the target prompt; put some text before it.")
-    return TargetPrompt(text, torch.tensor([ids], device=lm.adapter.input_device), position)
-
-
-def _marker_token(text: str, marker: str, offsets: list[tuple[int, int]]) -> int:
-    if not marker.strip():
-        raise LayerscopeError("The placeholder marker is empty.")
-    found = list(re.finditer(rf"(?<!\w){re.escape(marker)}(?!\w)", text))
-    if not found:
-        raise LayerscopeError(f"The placeholder '{marker}' does not occur in the target prompt {text!r}.")
-    if len(found) > 1:
-        raise LayerscopeError(f"The placeholder '{marker}' occurs {len(found)} times in the target prompt; use it once.")
-    start, end = found[0].span()
-    tokens = [i for i, (a, b) in enumerate(offsets) if a < end and b > start]
-    if len(tokens) != 1:
-        raise LayerscopeError(
-            f"The placeholder '{marker}' spans {len(tokens)} tokens; choose a marker that is a single token."
-        )
-    return tokens[0]
+    return TargetPrompt(text, ids, position)
 
 
 def check_target_layer(lm: LoadedModel, target_layer: int | None) -> None:
+    if target_layer is not None:
+        check_int(target_layer, "target_layer")
     if target_layer is not None and not 0 <= target_layer <= lm.n_blocks:
-        raise LayerscopeError(f"Target layer {target_layer} is out of range 0..{lm.n_blocks} (grid rows).")
+        raise LayerscopeError(f"target_layer={target_layer} is out of range 0..{lm.n_blocks} (grid rows).")
 
 
 Index: TypeAlias = int | slice | torch.Tensor
@@ -213,9 +205,10 @@ def patchscope_grid(
 
     `target_layer` None writes each state at its own row; a number writes every state at that row.
     """
+    batch = prompt_batch(lm, input_ids)
+    check_int(top_k, "top_k", 1)
     target = parse_target(lm, target_prompt, placeholder)
     check_target_layer(lm, target_layer)
-    batch = input_ids if isinstance(input_ids, PromptBatch) else one_prompt(input_ids)
     grids = [grid for grid, _ in _grids(lm, batch, top_k, target, target_layer, 0, progress)]
     return grids if isinstance(input_ids, PromptBatch) else grids[0]
 
@@ -301,8 +294,12 @@ def run_patchscope(
 ) -> PatchscopeReport | list[PatchscopeReport]:
     """The grid of ids (1, T), precision@1 next to the logit lens, and with `max_new_tokens` the greedy
     descriptions. A `PromptBatch` gives one report per prompt."""
+    batch = prompt_batch(lm, input_ids)
+    if not isinstance(target, TargetPrompt):
+        raise ArgumentTypeError(f"target= must be a TargetPrompt (from parse_target), not {type(target).__name__}.")
+    check_int(top_k, "top_k", 1)
+    check_int(max_new_tokens, "max_new_tokens", 0)
     check_target_layer(lm, target_layer)
-    batch = input_ids if isinstance(input_ids, PromptBatch) else one_prompt(input_ids)
     results = _grids(lm, batch, top_k, target, target_layer, max_new_tokens, progress)
     lenses = logit_lens(lm, batch, top_k)
     reports = [PatchscopeReport(grid, compare_precision(grid, lens), target.text, target.placeholder, target_layer,

@@ -20,12 +20,13 @@ from typing import Literal
 import torch
 
 from layerscope.analyses.head_scores import RETRIEVAL_THRESHOLD, HeadScore, HeadScores
+from layerscope.analyses.spans import token_span
 from layerscope.distributed import mapped
 from layerscope.errors import LayerscopeError
 from layerscope.textfiles import read_text_file
 from layerscope.interventions import MaskHeads, intervene
 from layerscope.interventions.kinds import HEAD_MASK_MODES, HeadMaskMode
-from layerscope.interventions.attention import install_edited_attention, read_attention
+from layerscope.interventions.attention import read_attention
 from layerscope.locations import DEFAULT_HAYSTACK, DEFAULT_NEEDLES
 from layerscope.models.cache import cached_forward
 from layerscope.models.loading import LoadedModel
@@ -104,21 +105,6 @@ def check_span(span: str) -> Span:
     raise LayerscopeError(f"Unknown span '{span}': use needle or answer.")
 
 
-def answer_span(lm: LoadedModel, text: str, answer: str) -> range:
-    """Positions of the tokens of `text` (encoded without special tokens) that overlap the first occurrence of
-    `answer` in it, case-insensitively."""
-    start = text.lower().find(answer.strip().lower())
-    if not answer.strip() or start < 0:
-        raise LayerscopeError(f"--span answer: the answer '{answer}' is not part of its needle '{text.strip()}'.")
-    end = start + len(answer.strip())
-    try:
-        offsets = lm.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    except NotImplementedError as error:
-        raise LayerscopeError("--span answer needs a tokenizer that reports character offsets.") from error
-    inside = [i for i, (first, last) in enumerate(offsets) if first < end and last > start]
-    return range(inside[0], inside[-1] + 1)
-
-
 def build_tests(
     lm: LoadedModel, haystack: str, needles: Sequence[Needle], lengths: Sequence[int], depths: Sequence[float],
     span: Span = "needle",
@@ -143,7 +129,8 @@ def build_tests(
     for needle in needles:
         body_text = " " + needle.needle.strip() + " "
         body = tokenizer(body_text, add_special_tokens=False).input_ids
-        scored = answer_span(lm, body_text, needle.answer) if span == "answer" else range(len(body))
+        scored = (token_span(lm, body_text, needle.answer, "answer", where=f"its needle {needle.needle.strip()!r}",
+                             special_tokens=False, chooser=None) if span == "answer" else range(len(body)))
         tail = tokenizer(f"\n\nQuestion: {needle.question}{after}", add_special_tokens=False).input_ids
         for length in lengths:
             total = len(head) + length + len(body) + len(tail)
@@ -179,7 +166,6 @@ def greedy_steps(lm: LoadedModel, ids: torch.Tensor, read_rows: bool = True
 
     cache = None
     if read_rows:
-        install_edited_attention(model)
         # The fast path for everything but the last token, no attention read, in chunks so that no
         # pass holds more than PREFILL_CHUNK x T of anything.
         for start in range(0, ids.shape[1] - 1, PREFILL_CHUNK):
@@ -190,7 +176,7 @@ def greedy_steps(lm: LoadedModel, ids: torch.Tensor, read_rows: bool = True
         modules = {block: adapter.attention(block) for block in range(adapter.n_blocks)}
     else:
         modules = {}
-    with read_attention(modules, reader):  # readers stay attached until the caller stops iterating
+    with read_attention(model, modules, reader):  # readers stay attached until the caller stops iterating
         while True:
             with torch.inference_mode():
                 output, cache = cached_forward(model, cache, input_ids=ids, logits_to_keep=1)
@@ -356,10 +342,10 @@ def ablation_heads(scores: HeadScores, k: int, seed: int) -> tuple[list[HeadScor
     """The top-k heads, and k random heads (seeded) drawn from the rest."""
     total = len(scores.heads)
     if k < 1:
-        raise LayerscopeError(f"--top must be at least 1 (one head or more to mask), not {k}.")
+        raise LayerscopeError(f"k= must be at least 1 (one head or more to mask), not {k}.")
     if k > total // 2:
         raise LayerscopeError(
-            f"--top {k} is not possible: the model has {total} heads, and K random heads must be drawn "
+            f"k={k} is not possible: the model has {total} heads, and K random heads must be drawn "
             f"from the heads outside the top K (K at most {total // 2})."
         )
     top = scores.top(k)

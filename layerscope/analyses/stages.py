@@ -29,7 +29,7 @@ from layerscope.analyses.prompt_sets import PromptItem
 from layerscope.analyses.residual import trace_residuals
 from layerscope.analyses.sweep import sweep
 from layerscope.distributed import mapped
-from layerscope.interventions.attention import install_edited_attention, read_attention
+from layerscope.interventions.attention import read_attention
 from layerscope.models.hooks import hook_output
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
@@ -98,7 +98,6 @@ def _add_norms(store: list[float], count: list[int]) -> Callable[[torch.Tensor],
 def _forward_signatures(lm: LoadedModel, input_ids: torch.Tensor) -> dict[str, list[float]]:
     """One forward: lens KL and entropy of each block's output, output norms, previous-token attention."""
     adapter, n = lm.adapter, lm.n_blocks
-    install_edited_attention(lm.model)
     attn = [[0.0] for _ in range(n)]
     mlp = [[0.0] for _ in range(n)]
     tokens = [[0] for _ in range(2 * n)]
@@ -111,7 +110,7 @@ def _forward_signatures(lm: LoadedModel, input_ids: torch.Tensor) -> dict[str, l
         for b in range(n):
             hook_output(stack, adapter.attention(b), _add_norms(attn[b], tokens[b]))
             hook_output(stack, adapter.mlp(b), _add_norms(mlp[b], tokens[n + b]))
-        stack.enter_context(read_attention({b: adapter.attention(b) for b in range(n)}, read))
+        stack.enter_context(read_attention(lm.model, {b: adapter.attention(b) for b in range(n)}, read))
         trace = trace_residuals(adapter, input_ids)
     final = torch.log_softmax(trace.logits[0].float(), dim=-1)
     lens_kl, lens_entropy = [], []

@@ -9,13 +9,13 @@ embeddings, row L the last block's output), as in the engine's PatchState.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 from layerscope.analyses.compare import compare_logits, greedy_continuation
 from layerscope.analyses.prompt_sets import PromptItem, answer_matches
 from layerscope.analyses.residual import trace_residuals
+from layerscope.analyses.spans import token_span
 from layerscope.analyses.sweep import finished_rows, mean, mean_of, missing_rows, naive_logits
 from layerscope.errors import LayerscopeError
 from layerscope.interventions import PatchState
@@ -28,23 +28,6 @@ class Donor:
     prompt: str = "The country Italy"
     word: str = "Italy"
     answer: str = "Rome"
-
-
-@dataclass(frozen=True)
-class WordTokens:
-    position: int  # the word's last token: the one that is read from or written over
-    n_tokens: int
-
-
-def locate_word(lm: LoadedModel, text: str, word: str) -> WordTokens:
-    """The tokens covering the first whole-word occurrence of `word`, found by character offsets."""
-    match = re.search(rf"(?<!\w){re.escape(word)}(?!\w)", text)
-    if match is None:
-        raise LayerscopeError(f"The word '{word}' does not occur in the prompt '{text}'.")
-    offsets = lm.tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
-    covering = [i for i, (start, end) in enumerate(offsets)
-                if end > start and start < match.end() and end > match.start()]
-    return WordTokens(covering[-1], len(covering))
 
 
 @dataclass
@@ -125,26 +108,26 @@ def token_swap_sweep(
     grid_rows = check_rows(rows, lm.n_blocks)
     targets = usable_targets(prompts, donor)
     donor_ids = lm.encode(donor.prompt)
-    donor_word = locate_word(lm, donor.prompt, donor.word)
-    donor_states = trace_residuals(lm.adapter, donor_ids).states[:, 0, donor_word.position]
+    donor_word = token_span(lm, donor.prompt, donor.word, "donor.word", where="the donor prompt", chooser=None)
+    donor_states = trace_residuals(lm.adapter, donor_ids).states[:, 0, donor_word[-1]]
     finished = finished_rows(done)
 
     def prompt_rows(index: int) -> Iterator[TokenSwapRow]:
         item = prompts[index]
         input_ids = lm.encode(item.text)
-        word = locate_word(lm, item.text, item.subject or "")
+        word = token_span(lm, item.text, item.subject or "", "subject", where=f"prompt {index + 1}", chooser=None)
         base_logits = naive_logits(lm, input_ids)
         for row in grid_rows:
             if (index, row) in finished:
                 continue
-            patch = PatchState(row, word.position, donor_states[row])
+            patch = PatchState(row, word[-1], donor_states[row])
             tensors = compare_logits(base_logits, naive_logits(lm, input_ids, [patch]), input_ids[0])
             text = greedy_continuation(lm, input_ids, max_new_tokens, [patch]).text
             follows_original = float(answer_matches(text, item.answer or ""))
             yield TokenSwapRow("swap-token", row, index, tensors.kl[-1].item(),
                                tensors.top1_agree[-1].float().item(), tensors.entropy_delta[-1].item(), None,
                                follows_original, float(answer_matches(text, donor.answer)), follows_original,
-                               text, word.n_tokens)
+                               text, len(word))
 
     yield from missing_rows(targets, grid_rows, finished, prompt_rows, progress, "swap-token")
     for row in grid_rows:

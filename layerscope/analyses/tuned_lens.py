@@ -31,7 +31,8 @@ from torch import nn
 from layerscope.analyses.grid import DecodeGrid, build_grid, distribution_stats
 from layerscope.analyses.lens import lens_logits
 from layerscope.analyses.residual import layer_labels, trace_residuals
-from layerscope.errors import LayerscopeError
+from layerscope.arguments import check_ids, check_int, check_lm, check_path, check_text
+from layerscope.errors import ArgumentTypeError, LayerscopeError
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
 
@@ -93,7 +94,7 @@ def check_fits(lm: LoadedModel, hidden_size: int, n_blocks: int, source: str) ->
     hidden = lm.adapter.config.hidden_size
     if (hidden_size, n_blocks) != (hidden, lm.n_blocks):
         raise LayerscopeError(
-            f"The lens in {source} is for a model with hidden size {hidden_size} and {n_blocks} "
+            f"{source} is for a model with hidden size {hidden_size} and {n_blocks} "
             f"blocks; {lm.name} has hidden size {hidden} and {lm.n_blocks} blocks.")
 
 
@@ -143,14 +144,24 @@ def _lens_config(path: Path) -> tuple[int, int, str]:
     return hidden, n_blocks, name if isinstance(name, str) else ""
 
 
+def check_lens(lm: LoadedModel, lens: object) -> TunedLens:
+    """A tuned lens of this model's shape, named `lens=` where it is not."""
+    if not isinstance(lens, TunedLens):
+        raise ArgumentTypeError(f"lens= must be a TunedLens (load_tuned_lens, train_tuned_lens), not "
+                                f"{type(lens).__name__}.")
+    check_fits(lm, lens.hidden_size, lens.n_blocks, "lens=")
+    return lens
+
+
 def load_tuned_lens(lm: LoadedModel, directory: Path | str) -> TunedLens:
     """Our lens (lens.safetensors) or the tuned-lens project's (params.pt), checked against the model."""
-    directory = Path(directory)
+    check_lm(lm)
+    directory = check_path(directory, "directory")
     config_path = directory / CONFIG
     if not config_path.is_file():
         raise LayerscopeError(f"No tuned lens in '{directory}': {CONFIG} is missing.")
     hidden, n_blocks, name = _lens_config(config_path)
-    check_fits(lm, hidden, n_blocks, str(directory))
+    check_fits(lm, hidden, n_blocks, f"The lens in '{directory}'")
     if (directory / WEIGHTS).is_file():
         state, _ = read_safetensors(directory / WEIGHTS, "The tuned lens weights")
     elif (directory / PUBLISHED_WEIGHTS).is_file():
@@ -184,6 +195,9 @@ def _published_state(path: Path) -> dict[str, torch.Tensor]:
 
 def tuned_lens(lm: LoadedModel, input_ids: torch.Tensor, lens: TunedLens, top_k: int = 5) -> DecodeGrid:
     """The decode grid of the tuned lens: the logit lens's rows and positions, each state translated first."""
+    check_ids(check_lm(lm), input_ids)
+    check_lens(lm, lens)
+    check_int(top_k, "top_k", 1)
     rows, final = lens_logits(lm, input_ids, translate=lens.translate_rows)
     return build_grid(lm, "tuned_lens", input_ids, rows, final, layer_labels(lm.n_blocks), top_k)
 
@@ -205,10 +219,12 @@ class TrainSettings:
     bf16_unembed: bool = True  # the unembedding matmul in bfloat16 while training: 5x faster on AVX-512 BF16
 
     def check(self) -> None:
-        if self.steps < 1 or self.context < 2:
-            raise LayerscopeError("Training needs at least 1 step and a context of at least 2 tokens.")
+        check_int(self.steps, "steps", 1)
+        check_int(self.context, "context", 2)
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)):
+            raise ArgumentTypeError(f"lr= must be a number, not {type(self.lr).__name__}.")
         if not 0 < self.lr <= 1:  # Adam's steps are about lr: past 1 the lens runs off, past float32 torch fails
-            raise LayerscopeError(f"The learning rate must be positive and at most 1, not {self.lr}.")
+            raise LayerscopeError(f"lr= (the learning rate) must be positive and at most 1, not {self.lr}.")
 
 
 def _row_losses(lm: LoadedModel, lens: TunedLens, ids: torch.Tensor,
@@ -234,8 +250,13 @@ def train_tuned_lens(
 ) -> TunedLens:
     """Train (or resume from `out`'s checkpoint) and save the lens in `out`. Step s trains on chunk
     s mod chunks, so a resumed run takes the same steps as an uninterrupted one."""
+    check_lm(lm)
+    check_text(text, "text")
+    out = check_path(out, "out")
+    if not isinstance(settings, TrainSettings):
+        raise ArgumentTypeError(f"settings= must be a TrainSettings, not {type(settings).__name__}.")
     settings.check()
-    out = Path(out)
+    check_int(save_every, "save_every", 1)
     chunks = calibration_chunks(lm, text, settings.context)
     recipe = {**asdict(settings), "model": lm.name, "text_sha256": hashlib.sha256(text.encode()).hexdigest()}
     lens = TunedLens(lm.adapter.config.hidden_size, lm.n_blocks, lm.name).to(lm.adapter.output_device)
@@ -332,7 +353,7 @@ def _resume(out: Path, recipe: dict, lens: TunedLens, optimizer: torch.optim.Opt
     step, written = _checkpoint_state(out, metadata)
     if written != recipe:
         raise LayerscopeError(f"'{out}' holds a checkpoint of a different training (model, text or settings); "
-                              "use another --out or delete its checkpoint files.")
+                              "use another out= or delete its checkpoint files.")
     if step > recipe["steps"]:
         raise LayerscopeError(f"The checkpoint '{path}' is at step {step}, past the training's {recipe['steps']}.")
     check_finite_weights(tensors, f"The checkpoint '{path}'")
@@ -371,6 +392,9 @@ class LensComparison:
 def compare_lenses(lm: LoadedModel, lens: TunedLens, text: str, max_tokens: int = 256,
                    progress: ProgressFn = no_progress) -> LensComparison:
     """The paper's first figure as a table: both lenses on the same held-out tokens, in the model's dtype."""
+    check_lens(check_lm(lm), lens)
+    check_text(text, "text")
+    check_int(max_tokens, "max_tokens", 2)
     ids = lm.tokenizer(text, return_tensors="pt").input_ids[:, :max_tokens].to(lm.adapter.input_device)
     if ids.shape[1] < 2:
         raise LayerscopeError("The held-out text is too short (fewer than 2 tokens).")

@@ -82,6 +82,9 @@ FormatOption = Annotated[Format, typer.Option("--format", "-f", help="table, jso
 OutOption = Annotated[Path | None, typer.Option("--out", "-o", help="Write the result to this file (atomically; a device "
                                                                    "or pipe is written through; '-': stdout)."), Writes()]
 TopKOption = Annotated[int, typer.Option("--top-k", "-k", min=1, max=100, help="Tokens kept per cell.")]
+OccurrenceOption = Annotated[int | None, typer.Option(
+    "--occurrence", min=1, help="Where the word (--subject, --placeholder) occurs more than once as whole tokens: "
+                                "which one, 1 = the first.")]
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")]
 BosOption = Annotated[bool, typer.Option("--bos", help="Start every prompt with the tokenizer's BOS token (as the "
                                                        "Stages of Inference scripts do); an error if it has none.")]
@@ -246,12 +249,39 @@ def with_option_groups(function: Callable) -> Callable:
     return wrapper
 
 
+ENGINE_NAMES = {"source": "model", "n_prune": "prune", "k": "top", "donor.word": "donor_word", "prepend_bos": "bos"}
+"""Engine parameters (and methods) whose option has another name; any other parameter `name=` is `--name`."""
+
+
+def option_flags(signature: inspect.Signature) -> dict[str, str]:
+    """Each engine parameter a command's options stand for, and the flag of that option."""
+    flags = {}
+    for name, parameter in signature.parameters.items():
+        options = [info for info in getattr(parameter.annotation, "__metadata__", ())
+                   if isinstance(info, typer.models.OptionInfo)]
+        declared = [d for info in options for d in (info.default, *(info.param_decls or ()))
+                    if isinstance(d, str) and d.startswith("--")]
+        flags[name] = declared[0] if declared else "--" + name.replace("_", "-")
+    flags.update({engine: flags[option] for engine, option in ENGINE_NAMES.items() if option in flags})
+    return flags
+
+
+def flag_message(message: str, flags: Mapping[str, str]) -> str:
+    """An engine message in the command line's words: each parameter it names as `subject=` (with or without a
+    value after it), or method as `prepend_bos()`, becomes the flag of this command's option, `--subject`."""
+    names = "|".join(re.escape(name) for name in sorted(flags, key=len, reverse=True))
+    pattern = re.compile(rf"(?<![\w.-])({names})(=|\(\))(?=([^\s.,;:)]?))")
+    return pattern.sub(lambda match: flags[match[1]] + (" " if match[2] == "=" and match[3] else ""), message)
+
+
 def command(function: Callable) -> Callable:
     """A command: its option groups expanded (`with_option_groups`), --debug added, its outputs checked before
     any work (`check_files`), and the user's mistakes (LayerscopeError, and OSError from the files named) shown
-    as one `error:` line with exit code 1. Any other exception is a bug and keeps its traceback."""
+    as one `error:` line with exit code 1, the engine's parameters named as this command's flags
+    (`flag_message`). Any other exception is a bug and keeps its traceback."""
     grouped = with_option_groups(function)
     marks = file_options(grouped)
+    flags = option_flags(inspect.signature(grouped))
 
     @functools.wraps(grouped)
     def wrapper(*, debug: bool = False, **options: Any) -> Any:
@@ -262,7 +292,7 @@ def command(function: Callable) -> Callable:
         except (LayerscopeError, OSError) as error:
             if debug:
                 raise
-            raise fail(str(error) or type(error).__name__) from None
+            raise fail(flag_message(str(error), flags) or type(error).__name__) from None
         except KeyboardInterrupt:
             raise fail("interrupted") from None
 

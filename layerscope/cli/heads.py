@@ -10,6 +10,7 @@ import typer
 from layerscope.cli.common import (
     INT_MAX,
     ModelOptions,
+    OccurrenceOption,
     Output,
     PromptInput,
     Reads,
@@ -71,6 +72,7 @@ def patchscope(
     placeholder: Annotated[str | None, typer.Option(
         help="Marker word in --target-prompt whose token is overwritten (default 'x'; the default prompt uses its "
              "last token).")] = None,
+    occurrence: OccurrenceOption = None,
     target_layer: Annotated[str, typer.Option(help="'same' (target row = source row) or a grid row 0..L.")] = "same",
     max_new_tokens: Annotated[int, typer.Option(min=0, max=50, help="Greedy description length per cell.")] = 0,
     top_k: TopKOption = 5,
@@ -88,7 +90,7 @@ def patchscope(
     if target_prompt is not None and placeholder is None:
         placeholder = "x"
     lm = model.load()
-    target = parse_target(lm, target_prompt, placeholder)
+    target = parse_target(lm, target_prompt, placeholder, occurrence)
     check_target_layer(lm, layer)
     ids = lm.encode(text)
     progress = StderrProgress()

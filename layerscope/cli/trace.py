@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from layerscope.cli.common import ModelOptions, Output, PromptInput, StderrProgress, command, shorten
+from layerscope.cli.common import (ModelOptions, OccurrenceOption, Output, PromptInput, StderrProgress, command,
+                                   shorten)
 from layerscope.errors import LayerscopeError
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ def trace(
     model: ModelOptions,
     prompt: PromptInput,
     subject: Annotated[str | None, typer.Option(help="The subject, as it appears in the prompt (noise corrupts it).")] = None,
+    occurrence: OccurrenceOption = None,
     answer: Annotated[str | None, typer.Option(help="The answer's text as it follows the prompt, e.g. ' Paris' "
                                                      "(its first token counts). Default: the model's own top token.")] = None,
     corrupt: Annotated[Corrupt, typer.Option(help="noise: Gaussian noise on the subject's embeddings; swap: a "
@@ -85,7 +87,7 @@ def trace(
     progress = StderrProgress()
     try:
         result = trace_prompt(lm, text, subject, answer, corrupt.value, corrupt_prompt, site.value, window, approx,
-                              seed, noise_scale, progress)
+                              seed, noise_scale, progress, occurrence)
     finally:
         progress.close()
     output.write(result.to_dict, result.csv_rows, lambda: trace_table(result))

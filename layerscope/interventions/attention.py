@@ -147,8 +147,11 @@ def routes_attention(model: nn.Module) -> bool:
     return hasattr(sys.modules[type(model).__module__], "ALL_ATTENTION_FUNCTIONS")
 
 
-def install_edited_attention(model: nn.Module) -> None:
-    """Route the model's attention through layerscope's function; numerics are unchanged."""
+@contextmanager
+def edited_attention(model: nn.Module) -> Iterator[None]:
+    """Route the model's attention through layerscope's function for the duration of the block (numerics are
+    unchanged), and give the model back its own implementation on exit, also after an exception. Inside a block
+    that already routes it, nothing changes."""
     if not routes_attention(model):
         family = model.config.get_text_config().model_type
         raise LayerscopeError(
@@ -157,17 +160,27 @@ def install_edited_attention(model: nn.Module) -> None:
         )
     current = model.config.get_text_config()._attn_implementation
     if current.startswith("layerscope_"):
+        yield
         return
     if current not in ("sdpa", "eager"):
         raise LayerscopeError(
             f"Head masking and attention scores need 'sdpa' or 'eager' attention; this model uses '{current}'."
         )
     model.set_attn_implementation(f"layerscope_{current}")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(current)
 
 
 @contextmanager
-def read_attention(attention_modules: dict[int, nn.Module], reader: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
-    """Call reader(block, probabilities) each time one of the given attention modules runs."""
+def read_attention(model: nn.Module, attention_modules: dict[int, nn.Module],
+                   reader: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
+    """Call reader(block, probabilities) each time one of the given attention modules of `model` runs (through
+    layerscope's attention function for the duration of the block)."""
+    if not attention_modules:
+        yield
+        return
     added = []
     for block, module in attention_modules.items():
         def per_block(probs: torch.Tensor, block: int = block) -> None:
@@ -176,7 +189,8 @@ def read_attention(attention_modules: dict[int, nn.Module], reader: Callable[[in
         edits_of(module).readers.append(per_block)
         added.append((module, per_block))
     try:
-        yield
+        with edited_attention(model):
+            yield
     finally:
         for module, per_block in added:
             edits_of(module).readers.remove(per_block)

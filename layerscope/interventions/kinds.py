@@ -284,9 +284,9 @@ class MaskHeads(Intervention):
 
 
 def _mask_head(run: InterventionRun, block: int, head: int, mode: HeadMaskMode) -> None:
-    from layerscope.interventions.attention import edits_of, install_edited_attention
+    from layerscope.interventions.attention import edits_of, edited_attention
 
-    install_edited_attention(run.adapter.model)
+    run.stack.enter_context(edited_attention(run.adapter.model))
     attention = run.adapter.attention(block)
     edits = edits_of(attention)
     heads = edits.zero_heads if mode == "zero" else edits.uniform_heads

@@ -9,6 +9,7 @@ from contextlib import ExitStack, contextmanager
 import torch
 from torch import nn
 
+from layerscope.arguments import check_int, check_intervention_list, check_lm
 from layerscope.interventions.core import Intervention, ModelShape, Positions, check_interventions
 from layerscope.models.adapter import ModelAdapter
 from layerscope.models.cache import given_cache
@@ -99,8 +100,10 @@ def intervene(
 ) -> Iterator[InterventionRun]:
     """Apply interventions for the duration of the block; the model is restored exactly on exit,
     also after an exception. Reorderings (swaps) are applied first so that other block indices mean depth."""
-    if not isinstance(lm, LoadedModel):
-        raise TypeError(f"intervene takes the loaded model (lm), not {type(lm).__name__}.")
+    check_lm(lm)
+    interventions = check_intervention_list(interventions)
+    if seq_len is not None:
+        check_int(seq_len, "seq_len", 1)
     n_blocks = lm.adapter.n_blocks
     check_interventions(interventions, ModelShape(n_blocks, lm.adapter.n_heads, seq_len))
     ordered = sorted(interventions, key=lambda i: not _moves_blocks(i, n_blocks))

@@ -43,6 +43,12 @@ def output_cache(output: Mapping[str, Any]) -> Cache:
     return next(output[name] for name in _NAMES if output.get(name) is not None)
 
 
+def cache_bytes(cache: Cache) -> int:
+    """The bytes of a cache's keys and values, every layer."""
+    tensors = [getattr(layer, name, None) for layer in cache.layers for name in ("keys", "values")]
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None and hasattr(t, "numel"))
+
+
 def cached_forward(model: nn.Module, cache: Cache | None, **inputs: Any) -> tuple[Any, Cache]:
     """model(**inputs) continuing from `cache` (None: from an empty one); the output and the grown cache."""
     output = model(**inputs, **{cache_keyword(model): cache}, use_cache=True)

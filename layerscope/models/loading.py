@@ -15,7 +15,7 @@ import torch
 from transformers import utils as transformers_utils
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from layerscope.errors import LayerscopeError, require_utf8
+from layerscope.errors import ArgumentTypeError, LayerscopeError, require_utf8
 from layerscope.models.adapter import ModelAdapter, is_supported, unsupported
 from layerscope.models.demo import DEMO_NAME, prepare_demo
 from layerscope.models.gguf import check_gguf_header, load_gguf
@@ -127,13 +127,15 @@ class LoadedModel:
         positions). Prompts the model cannot take are refused."""
         if isinstance(prompt, str):
             return self._encode_one(prompt)
+        if not isinstance(prompt, (list, tuple)):
+            raise ArgumentTypeError(f"prompt= must be a str or a list of str, not {type(prompt).__name__}.")
         if not prompt:
             raise LayerscopeError("The list of prompts is empty.")
         return PromptBatch.of([self._encode_one(text)[0] for text in prompt], self.tokenizer)
 
     def _encode_one(self, prompt: str) -> torch.Tensor:
         if not isinstance(prompt, str):
-            raise LayerscopeError(f"A prompt must be a string, not {type(prompt).__name__}.")
+            raise ArgumentTypeError(f"prompt= must be a str or a list of str, not one holding {type(prompt).__name__}.")
         if not prompt or not prompt.strip():
             raise LayerscopeError("The prompt is empty.")
         require_utf8(prompt, "The prompt")
@@ -149,7 +151,7 @@ class LoadedModel:
         """Start every encoded prompt with the tokenizer's BOS token, as the Stages of Inference scripts do
         (SmolLM2's tokenizer adds none by itself). A tokenizer without one is refused."""
         if self.tokenizer.bos_token_id is None:
-            raise LayerscopeError(f"--bos: the tokenizer of '{self.name}' has no BOS token.")
+            raise LayerscopeError(f"prepend_bos(): the tokenizer of '{self.name}' has no BOS token.")
         self.add_bos = True
 
     def check_generation(self, prompt_tokens: int, new_tokens: int) -> None:
@@ -176,14 +178,23 @@ def _token_text_cache(tokenizer_key: int, tokenizer: PreTrainedTokenizerBase, to
 
 
 def load_model(
-    source: str = "demo",
+    source: str | os.PathLike[str] = "demo",
     device: str = "auto",
     dtype: str = "auto",
     device_map: str | None = None,
     trust_remote_code: bool = False,
     progress: ProgressFn = no_progress,
 ) -> LoadedModel:
-    """Load `demo`, a hub id, a local directory (safetensors only) or a .gguf file."""
+    """Load `demo`, a hub id, a local directory (safetensors only) or a .gguf file (a str or a path)."""
+    if not isinstance(source, (str, os.PathLike)):
+        raise ArgumentTypeError(f"source= must be a str or os.PathLike ('demo', a hub id, a directory or a .gguf "
+                                f"file), not {type(source).__name__}.")
+    source = os.fspath(source)
+    for name, value in (("device", device), ("dtype", dtype)):
+        if not isinstance(value, str):
+            raise ArgumentTypeError(f"{name}= must be a str, not {type(value).__name__}.")
+    if not isinstance(trust_remote_code, bool):
+        raise ArgumentTypeError(f"trust_remote_code= must be a bool, not {type(trust_remote_code).__name__}.")
     transformers_utils.logging.disable_progress_bar()
     if device_map is not None and device_map not in DEVICE_MAPS:
         raise LayerscopeError(f"Unknown device map '{device_map}': use {', '.join(DEVICE_MAPS)}.")
@@ -225,7 +236,7 @@ def check_model_dir(directory: Path) -> None:
         pickled = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLED_SUFFIXES)
         gguf = sorted(p.name for p in directory.glob("*.gguf"))
         note = (f" (it has pickled weights, {pickled[0]}, which layerscope never loads)" if pickled else
-                f" (it has {gguf[0]}: pass that file to --model)" if gguf else "")
+                f" (it has {gguf[0]}: pass that file as source=)" if gguf else "")
         missing.append(f"weights (*.safetensors){note}")
     if not any((directory / name).is_file() for name in TOKENIZER_FILES):
         missing.append("tokenizer (tokenizer.json, tokenizer.model or vocab.json)")
@@ -292,7 +303,7 @@ def hub_local_only(repo_id: str) -> bool:
     why = "the hub is offline (HF_HUB_OFFLINE is set)" if offline else f"{constants.ENDPOINT} cannot be reached"
     raise LayerscopeError(f"Model '{repo_id}' is not in the local Hugging Face cache and {why}: fetch it where "
                           f"there is network with 'hf download {repo_id}' (older: 'huggingface-cli download "
-                          f"{repo_id}'), or point --model at a local directory.")
+                          f"{repo_id}'), or give source= a local directory.")
 
 
 def _load_pretrained(source: str, dtype: torch.dtype, device_map: str | None, trust_remote_code: bool,
