@@ -15,7 +15,7 @@ import torch
 from layerscope.analyses.activations import last_logits_only
 from layerscope.errors import LayerscopeError
 from layerscope.interventions import Intervention, intervene
-from layerscope.interventions.attention import install_edited_attention, read_attention
+from layerscope.interventions.attention import read_attention
 from layerscope.models.loading import LoadedModel
 
 
@@ -56,7 +56,6 @@ def attention_pattern(lm: LoadedModel, input_ids: torch.Tensor, heads: Sequence[
         if not (0 <= block < adapter.n_blocks and 0 <= head < adapter.n_heads):
             raise LayerscopeError(f"Head {block}.{head} is outside the model's {adapter.n_blocks} blocks x "
                                   f"{adapter.n_heads} heads.")
-    install_edited_attention(lm.model)
     wanted: dict[int, list[int]] = {}
     for block, head in heads:
         wanted.setdefault(block, []).append(head)
@@ -68,7 +67,7 @@ def attention_pattern(lm: LoadedModel, input_ids: torch.Tensor, heads: Sequence[
             weights[block, head] = probs[0, head].float().cpu().tolist()
 
     ids = input_ids.to(adapter.input_device)
-    with (read_attention({block: adapter.attention(block) for block in wanted}, reader),
+    with (read_attention(lm.model, {block: adapter.attention(block) for block in wanted}, reader),
           intervene(lm, interventions, seq_len=ids.shape[1]), torch.inference_mode()):
         lm.model(input_ids=ids, use_cache=False, **last_logits_only(lm))
     ordered = {head: weights[head] for head in heads}

@@ -18,7 +18,7 @@ import re
 import shlex
 import sys
 import typing
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -253,15 +253,17 @@ ENGINE_NAMES = {"source": "model", "n_prune": "prune", "k": "top", "donor.word":
 """Engine parameters (and methods) whose option has another name; any other parameter `name=` is `--name`."""
 
 
+def flag_of(name: str, annotation: object) -> str:
+    """The long flag of a parameter's option (`--lens`), from its Annotated typer.Option, else from its name.
+    typer.Option("--lens", ...) in Annotated holds its first flag as `default` until typer reads it."""
+    declared = [d for info in getattr(annotation, "__metadata__", ()) if isinstance(info, typer.models.OptionInfo)
+                for d in (info.default, *(info.param_decls or ())) if isinstance(d, str) and d.startswith("--")]
+    return declared[0] if declared else "--" + name.replace("_", "-")
+
+
 def option_flags(signature: inspect.Signature) -> dict[str, str]:
     """Each engine parameter a command's options stand for, and the flag of that option."""
-    flags = {}
-    for name, parameter in signature.parameters.items():
-        options = [info for info in getattr(parameter.annotation, "__metadata__", ())
-                   if isinstance(info, typer.models.OptionInfo)]
-        declared = [d for info in options for d in (info.default, *(info.param_decls or ()))
-                    if isinstance(d, str) and d.startswith("--")]
-        flags[name] = declared[0] if declared else "--" + name.replace("_", "-")
+    flags = {name: flag_of(name, parameter.annotation) for name, parameter in signature.parameters.items()}
     flags.update({engine: flags[option] for engine, option in ENGINE_NAMES.items() if option in flags})
     return flags
 
@@ -309,10 +311,7 @@ def file_options(function: Callable) -> dict[str, tuple[str, Reads | Writes]]:
     for name, parameter in inspect.signature(function).parameters.items():
         extras = typing.get_args(parameter.annotation)[1:] if typing.get_origin(parameter.annotation) is Annotated else ()
         for mark in (extra for extra in extras if isinstance(extra, (Reads, Writes))):
-            # typer.Option("--lens", ...) in Annotated holds its first flag as `default` until typer reads it
-            declared = [d for extra in extras if isinstance(extra, typer.models.OptionInfo)
-                        for d in map(str, (extra.default, *(extra.param_decls or ()))) if d.startswith("--")]
-            marks[name] = (declared[0] if declared else "--" + name.replace("_", "-"), mark)
+            marks[name] = (flag_of(name, parameter.annotation), mark)
     return marks
 
 
