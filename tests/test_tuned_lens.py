@@ -329,5 +329,5 @@ def test_a_diverging_training_is_refused_and_keeps_the_last_checkpoint(tmp_path,
 
 @pytest.mark.parametrize("lr", [0.0, -1.0, 1.5, float("inf"), float("nan"), 1e39])
 def test_learning_rates_past_what_adam_takes_are_refused(lr):
-    with pytest.raises(LayerscopeError, match=r"learning rate\) must be positive and at most 1"):
+    with pytest.raises(LayerscopeError, match="learning rate must be positive and at most 1"):
         TrainSettings(lr=lr).check()

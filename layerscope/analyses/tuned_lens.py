@@ -32,7 +32,7 @@ from layerscope.analyses.grid import DecodeGrid, build_grid, distribution_stats
 from layerscope.analyses.lens import lens_logits
 from layerscope.analyses.residual import layer_labels, trace_residuals
 from layerscope.arguments import check_ids, check_int, check_lm, check_path, check_text
-from layerscope.errors import ArgumentTypeError, LayerscopeError
+from layerscope.errors import ArgumentTypeError, ArgumentValueError, LayerscopeError
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
 
@@ -224,7 +224,7 @@ class TrainSettings:
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)):
             raise ArgumentTypeError(f"lr= must be a number, not {type(self.lr).__name__}.")
         if not 0 < self.lr <= 1:  # Adam's steps are about lr: past 1 the lens runs off, past float32 torch fails
-            raise LayerscopeError(f"lr= (the learning rate) must be positive and at most 1, not {self.lr}.")
+            raise ArgumentValueError(f"lr={self.lr} is not allowed: the learning rate must be positive and at most 1.")
 
 
 def _row_losses(lm: LoadedModel, lens: TunedLens, ids: torch.Tensor,
