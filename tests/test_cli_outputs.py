@@ -172,6 +172,30 @@ def test_a_model_folder_and_a_gguf_model_are_inputs(tmp_path, tiny_dir):  # noqa
     assert gguf.read_bytes() == b"GGUF"
 
 
+def test_the_demo_and_a_cached_hub_model_are_inputs_too(tmp_path, monkeypatch):
+    """Their folders are in caches: the demo's in layerscope's, a hub id's snapshot in Hugging Face's."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("LAYERSCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    demo = tmp_path / "cache" / "demo" / "SmolLM2-135M-Instruct"
+    demo.mkdir(parents=True)
+    (demo / "config.json").write_text("{}")
+    refused(invoke("lens", "-p", "x", "--out", demo / "config.json"), "config.json of the --model folder")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    repo = tmp_path / "hub" / "models--someone--model"
+    snapshot = repo / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "blobs").mkdir()
+    (repo / "blobs" / "f00d").write_text("{}")
+    (snapshot / "config.json").symlink_to(repo / "blobs" / "f00d")
+    for out in (snapshot / "config.json", repo / "blobs" / "f00d"):
+        refused(invoke("lens", "-m", "someone/model", "-p", "x", "--out", out), "config.json of the --model folder")
+    assert (repo / "blobs" / "f00d").read_text() == "{}" and (snapshot / "config.json").is_symlink()
+    assert demo.joinpath("config.json").read_text() == "{}"
+
+
 # --- the tuned lens folder, and the pruned model folder ------------------------------------------------------
 
 
