@@ -19,6 +19,7 @@ import typing
 from pathlib import Path
 
 import pytest
+import torch
 import typer.main
 from typer.testing import CliRunner
 
@@ -27,7 +28,6 @@ from layerscope.analyses.tuned_lens import TunedLens
 from layerscope.cli.app import app
 from layerscope.cli.common import Reads, Writes, file_options
 from layerscope.errors import LayerscopeError
-from layerscope.locations import sample_file
 from layerscope.models.loading import load_model
 from layerscope.outputs import streamed_lines, write_atomic, writes_through
 from tests.studies import TINY_TEXT, tiny_dir  # noqa: F401  (tiny_dir is a fixture)
@@ -238,7 +238,7 @@ def inputs(tiny_dir, tmp_path_factory) -> dict[str, Path]:  # noqa: F811
     lm = load_model(str(tiny_dir), device="cpu")
     (folder / "prompts.txt").write_text("the cat sat on the\none two three four\n")
     (folder / "text.txt").write_text(" ".join([TINY_TEXT] * 20))
-    scores = HeadScores.from_matrix(lm, "retrieval", __import__("torch").rand(lm.n_blocks, lm.adapter.n_heads))
+    scores = HeadScores.from_matrix(lm, "retrieval", torch.rand(lm.n_blocks, lm.adapter.n_heads))
     (folder / "scores.json").write_text(json.dumps(scores.to_dict()))
     TunedLens(lm.adapter.config.hidden_size, lm.n_blocks, lm.name).save(folder / "lens")
     return {"model": tiny_dir, **{path.stem: path for path in folder.iterdir()}}

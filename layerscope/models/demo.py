@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 
 from layerscope.errors import LayerscopeError
-from layerscope.locations import DEMO_NAME, demo_dir
+from layerscope.locations import demo_dir
 from layerscope.models.gguf import load_gguf
 from layerscope.progress import ProgressFn, no_progress
 
