@@ -347,7 +347,7 @@ def test_a_named_pipe_is_written_through(tmp_path):
     pipe = tmp_path / "pipe"
     os.mkfifo(pipe)
     received = []
-    reader = threading.Thread(target=lambda: received.append(pipe.read_text()))
+    reader = threading.Thread(target=lambda: received.append(pipe.read_text()), daemon=True)
     reader.start()
     write_atomic('{"a": 1}', pipe)
     reader.join(timeout=60)
