@@ -115,6 +115,15 @@ def test_resume_of_an_empty_or_missing_file_starts_it(sweep_files):
     assert out.read_text() == full
 
 
+def test_a_resumed_row_that_is_not_finite_is_refused_by_its_line(sweep_files):
+    a, _, out, base = sweep_files
+    assert invoke(*base, "-i", "drop", "--prompts", str(a)).exit_code == 0
+    lines = out.read_text().splitlines()
+    lines[2] = lines[2].replace('"kl": ', '"kl": NaN, "was": ', 1)
+    out.write_text("\n".join(lines[:3]) + "\n")
+    one_error_line(invoke(*base, "-i", "drop", "--prompts", str(a), "--resume"), "line 3 is not valid JSON", "NaN")
+
+
 # --- head score files: every head exactly once, finite, this model's shape -------------------------------
 
 
