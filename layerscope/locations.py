@@ -15,6 +15,7 @@ from pathlib import Path
 from platformdirs import user_cache_dir, user_config_dir
 
 APP_NAME = "layerscope"
+DEMO_NAME = "SmolLM2-135M-Instruct"
 
 
 def _shipped(folder: str) -> Path:
@@ -53,3 +54,25 @@ def user_keymap_path() -> Path:
 def cache_dir() -> Path:
     """The user cache; LAYERSCOPE_CACHE_DIR overrides it."""
     return Path(os.environ.get("LAYERSCOPE_CACHE_DIR") or user_cache_dir(APP_NAME))
+
+
+def demo_dir() -> Path:
+    """The demo model's safetensors folder, once prepared."""
+    return cache_dir() / "demo" / DEMO_NAME
+
+
+def model_path(source: str) -> Path:
+    """Where a model source's files are on this machine, without the network: the demo's folder, a hub id's
+    cached snapshot, or the path as given (a folder or a .gguf file; it may not exist)."""
+    path = Path(source)
+    if source == "demo":
+        return demo_dir()
+    if path.exists() or source.count("/") != 1 or source.startswith((".", "/")):
+        return path
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(source, "config.json")
+    except ValueError:  # not a hub id after all
+        return path
+    return Path(cached).parent if isinstance(cached, str) else path

@@ -38,24 +38,24 @@ def files_read(what: str, path: Path) -> list[tuple[str, Path]]:
 
 
 def writes_through(out: Path) -> bool:
-    """Whether `out` is written in place: a character device, a named pipe, or a name for an open descriptor."""
-    hop = os.path.abspath(out)
+    """Whether `out` is written in place: a character device, a named pipe, or a name for an open descriptor
+    (a path in /proc or /dev/fd, or a symlink to one: /dev/stdout), which a rename would not reach."""
+    hop, descriptor = os.path.abspath(out), False
     for _ in range(40):  # the kernel's limit on links followed
-        if hop.startswith(("/proc/", "/dev/fd/")):
-            return True
+        descriptor = descriptor or hop.startswith(("/proc/", "/dev/fd/"))
         if not os.path.islink(hop):
             break
         hop = os.path.abspath(os.path.join(os.path.dirname(hop), os.readlink(hop)))
     try:
         mode = os.stat(out).st_mode
     except OSError:
-        return False
-    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+        return descriptor  # a closed descriptor: refused when opened
+    return not stat.S_ISDIR(mode) and (descriptor or stat.S_ISCHR(mode) or stat.S_ISFIFO(mode))
 
 
 def _target(out: Path, name: str = "") -> Path:
     """The regular file a result replaces (a symlink's target), after checking it can: refuses folders, block
-    devices, sockets, and a missing or read-only folder. `name`: the option that gave `out`, for messages."""
+    devices, sockets, and a folder that is missing or not writable. `name`: the option that gave `out`."""
     what = f"{name} '{out}'".lstrip()
     if out.is_dir():
         raise LayerscopeError(f"{what} is a folder; name a file (in it, or elsewhere).")
@@ -76,7 +76,7 @@ def _check_not_read(path: Path, what: str, inputs: Inputs) -> None:
             raise LayerscopeError(f"{what} is the {name} this command reads; write the result elsewhere.")
 
 
-def check_output(out: Path, name: str = "--out", inputs: Inputs = ()) -> None:
+def check_output(out: Path, name: str, inputs: Inputs = ()) -> None:
     """Before any work: a result can be written to `out` (given as option `name`), and replaces no input."""
     if writes_through(out):
         if not os.access(out, os.W_OK):
@@ -115,7 +115,7 @@ def write_atomic(text: str, out: Path | None) -> None:
     if not is_writer():
         return
     if out is None:
-        _stdout_write((text if text.endswith("\n") else text + "\n").encode("utf-8"))
+        _stdout_write(text if text.endswith("\n") else text + "\n")
         return
     with _writing(out) as write:
         write(text.encode("utf-8"))
@@ -133,7 +133,7 @@ def streamed_lines(out: Path | None, keep: int | None = None) -> Iterator[Callab
         return lambda line: write(line.encode("utf-8") + b"\n")
 
     if out is None:
-        yield lines(_stdout_write)
+        yield lambda line: _stdout_write(line + "\n")
         return
     if writes_through(out) or (keep is None and out.is_file()):
         with _writing(out, keep_on_interrupt=True) as write:
@@ -170,9 +170,9 @@ def _errors_name(out: Path | str) -> Iterator[None]:
         raise LayerscopeError(f"Cannot write {where}: {error.strerror or error}.") from error
 
 
-def _stdout_write(data: bytes) -> None:
+def _stdout_write(text: str) -> None:
     with _errors_name("standard output"):
-        sys.stdout.write(data.decode("utf-8"))
+        sys.stdout.write(text)
         sys.stdout.flush()
 
 

@@ -19,6 +19,7 @@ import typing
 from pathlib import Path
 
 import pytest
+import torch
 import typer.main
 from typer.testing import CliRunner
 
@@ -27,7 +28,6 @@ from layerscope.analyses.tuned_lens import TunedLens
 from layerscope.cli.app import app
 from layerscope.cli.common import Reads, Writes, file_options
 from layerscope.errors import LayerscopeError
-from layerscope.locations import sample_file
 from layerscope.models.loading import load_model
 from layerscope.outputs import streamed_lines, write_atomic, writes_through
 from tests.studies import TINY_TEXT, tiny_dir  # noqa: F401  (tiny_dir is a fixture)
@@ -172,6 +172,30 @@ def test_a_model_folder_and_a_gguf_model_are_inputs(tmp_path, tiny_dir):  # noqa
     assert gguf.read_bytes() == b"GGUF"
 
 
+def test_the_demo_and_a_cached_hub_model_are_inputs_too(tmp_path, monkeypatch):
+    """Their folders are in caches: the demo's in layerscope's, a hub id's snapshot in Hugging Face's."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("LAYERSCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    demo = tmp_path / "cache" / "demo" / "SmolLM2-135M-Instruct"
+    demo.mkdir(parents=True)
+    (demo / "config.json").write_text("{}")
+    refused(invoke("lens", "-p", "x", "--out", demo / "config.json"), "config.json of the --model folder")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    repo = tmp_path / "hub" / "models--someone--model"
+    snapshot = repo / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "blobs").mkdir()
+    (repo / "blobs" / "f00d").write_text("{}")
+    (snapshot / "config.json").symlink_to(repo / "blobs" / "f00d")
+    for out in (snapshot / "config.json", repo / "blobs" / "f00d"):
+        refused(invoke("lens", "-m", "someone/model", "-p", "x", "--out", out), "config.json of the --model folder")
+    assert (repo / "blobs" / "f00d").read_text() == "{}" and (snapshot / "config.json").is_symlink()
+    assert demo.joinpath("config.json").read_text() == "{}"
+
+
 # --- the tuned lens folder, and the pruned model folder ------------------------------------------------------
 
 
@@ -214,7 +238,7 @@ def inputs(tiny_dir, tmp_path_factory) -> dict[str, Path]:  # noqa: F811
     lm = load_model(str(tiny_dir), device="cpu")
     (folder / "prompts.txt").write_text("the cat sat on the\none two three four\n")
     (folder / "text.txt").write_text(" ".join([TINY_TEXT] * 20))
-    scores = HeadScores.from_matrix(lm, "retrieval", __import__("torch").rand(lm.n_blocks, lm.adapter.n_heads))
+    scores = HeadScores.from_matrix(lm, "retrieval", torch.rand(lm.n_blocks, lm.adapter.n_heads))
     (folder / "scores.json").write_text(json.dumps(scores.to_dict()))
     TunedLens(lm.adapter.config.hidden_size, lm.n_blocks, lm.name).save(folder / "lens")
     return {"model": tiny_dir, **{path.stem: path for path in folder.iterdir()}}
@@ -341,13 +365,13 @@ def test_a_socket_or_a_folder_is_refused_by_the_writer_too(tmp_path):
             write_atomic("x", tmp_path / "sock")
 
 
-def test_stdout_closed_or_full_is_one_error_line(inputs):
+def test_a_full_stdout_is_one_error_line(inputs):
     args = [sys.executable, "-m", "layerscope.cli.app", *run_args(("lens",), inputs)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     with open("/dev/full", "wb") as full:
         result = subprocess.run(args, stdout=full, stderr=subprocess.PIPE, env=env, timeout=300)
-    assert result.returncode == 1
-    assert result.stderr.decode().splitlines()[-1] == "error: Cannot write standard output: No space left on device."
+    lines = [line for line in result.stderr.decode().splitlines() if not line.startswith("[layerscope] ")]
+    assert result.returncode == 1 and lines == ["error: Cannot write standard output: No space left on device."]
 
 
 # --- a sweep's JSONL, streamed row by row --------------------------------------------------------------------

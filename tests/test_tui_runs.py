@@ -223,8 +223,8 @@ async def test_a_late_failure_of_a_finished_run_is_dropped(lm, tmp_path):
 
 @pytest.mark.parametrize("key", ["ctrl+s", "x"], ids=["save session", "export csv"])
 async def test_a_file_error_in_a_dialog_is_a_notice(lm, tmp_path, key):
-    """A folder given where a file goes (the write fails with an OSError, not a user-mistake error): one notice,
-    and the app stays up and usable."""
+    """A folder given where a file goes (refused by the writer, as --out is): one notice, and the app stays up
+    and usable."""
     from textual.widgets import Input
 
     target = tmp_path / "taken"
@@ -239,7 +239,7 @@ async def test_a_file_error_in_a_dialog_is_a_notice(lm, tmp_path, key):
         app.screen.query_one(Input).value = str(target)
         await pilot.press("enter")
         await pilot.pause(0.2)
-        assert app.is_running and any(n.startswith(f"Cannot use '{target}': ") for n in notices(app)), notices(app)
+        assert app.is_running and any(n.startswith(f"'{target}' is a folder") for n in notices(app)), notices(app)
         assert target.is_dir() and list(target.iterdir()) == [] and not list(tmp_path.glob(".taken.*"))
         await start_run(pilot)
         await settle(pilot)

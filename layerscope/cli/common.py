@@ -28,6 +28,7 @@ import typer
 from typer.models import OptionInfo
 
 from layerscope.errors import LayerscopeError, require_utf8
+from layerscope.locations import model_path
 from layerscope.outputs import (
     check_finite,
     check_output,
@@ -50,9 +51,11 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Reads:
     """In a path option's Annotated type: the command reads this file, or every file in this folder (a model's,
-    a lens's); `defaults` are the files read when the option is not given. No output may replace one."""
+    a lens's); `defaults` are the files read when the option is not given, `locate` finds the file or folder
+    a value names (`--model demo` or a hub id: in a cache). No output may replace one."""
 
     defaults: tuple[Path, ...] = ()
+    locate: Callable[[str], Path] = Path
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,7 @@ class Format(str, Enum):
 
 
 ModelOption = Annotated[str, typer.Option("--model", "-m", help="'demo', a hub id, a local directory, or a .gguf file."),
-                        Reads()]
+                        Reads(locate=model_path)]
 DeviceOption = Annotated[str, typer.Option(help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.")]
 DtypeOption = Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16.")]
 DeviceMapOption = Annotated[str | None, typer.Option("--device-map", help="'auto' spreads a large model over GPUs (accelerate).")]
@@ -290,7 +293,7 @@ def check_files(options: dict[str, Any], marks: dict[str, tuple[str, Reads | Wri
     """Before any work: every output can be written and replaces no file read (an option's file, each file of
     its folder, the default files, a local model's files). Sets a file output given as '-' to None (stdout)."""
     inputs = [read for name, (flag, mark) in marks.items() if isinstance(mark, Reads)
-              for path in ((Path(options[name]),) if options.get(name) is not None else mark.defaults)
+              for path in ((mark.locate(str(options[name])),) if options.get(name) is not None else mark.defaults)
               for read in files_read(flag, path)]
     files, folders = [], []
     for name, (flag, mark) in marks.items():

