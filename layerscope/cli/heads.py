@@ -277,8 +277,8 @@ def ablate(
     from layerscope.analyses.head_scores import load_head_scores
     from layerscope.analyses.retrieval import ablation_experiment, ablation_heads, build_tests
 
-    head_scores = load_head_scores(scores, kind="retrieval")
     inputs = needle_inputs(haystack, needles, lengths, depths)
+    head_scores = load_head_scores(scores, kind="retrieval")
     lm = model.load()
     head_scores.check_model(lm)
     ablation_heads(head_scores, top, seed)
