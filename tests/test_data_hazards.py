@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -114,6 +115,15 @@ def test_resume_of_an_empty_or_missing_file_starts_it(sweep_files):
     assert out.read_text() == full
 
 
+def test_a_resumed_row_that_is_not_finite_is_refused_by_its_line(sweep_files):
+    a, _, out, base = sweep_files
+    assert invoke(*base, "-i", "drop", "--prompts", str(a)).exit_code == 0
+    lines = out.read_text().splitlines()
+    lines[2] = lines[2].replace('"kl": ', '"kl": NaN, "was": ', 1)
+    out.write_text("\n".join(lines[:3]) + "\n")
+    one_error_line(invoke(*base, "-i", "drop", "--prompts", str(a), "--resume"), "line 3 is not valid JSON", "NaN")
+
+
 # --- head score files: every head exactly once, finite, this model's shape -------------------------------
 
 
@@ -153,6 +163,108 @@ def test_ablate_refuses_a_partial_scores_file(tmp_path, tiny_dir):  # noqa: F811
     path.write_text(json.dumps(data))
     one_error_line(invoke("heads", "ablate", "--model", str(tiny_dir), "--scores", str(path), "--top", "2"),
                    "list 7 of the 16 heads")
+
+
+# --- records read from JSON Lines: every field of its type, the first bad line named, before the model ------
+
+
+GOOD_NEEDLE = {"needle": "The key is under the red mat.", "question": "Where is the key?", "answer": "under the red mat"}
+
+
+@pytest.mark.parametrize("record, message", [
+    ({**GOOD_NEEDLE, "needle": None}, '"needle" must be text, not null'),
+    ({**GOOD_NEEDLE, "answer": ""}, '"answer" must be text, not ""'),
+    ({**GOOD_NEEDLE, "question": "   "}, '"question" must be text, not "   "'),
+    ({**GOOD_NEEDLE, "answer": 42}, '"answer" must be text, not 42'),
+    ({k: v for k, v in GOOD_NEEDLE.items() if k != "question"}, 'no "question"'),
+    ({**GOOD_NEEDLE, "answr": "x"}, 'unknown "answr"'),
+    ([GOOD_NEEDLE], "expected a JSON object"),
+    ({**GOOD_NEEDLE, "answer": "in the blue box"}, "is not part of its needle"),
+    ('{"needle": "x"', "not valid JSON"),
+])
+@pytest.mark.parametrize("command", [["heads", "retrieval"], ["heads", "ablate", "--scores", "{scores}", "--top", "1"]])
+def test_a_bad_needle_record_is_named_by_its_line_before_the_model(tmp_path, tiny_dir, record, message,  # noqa: F811
+                                                                    command):
+    lm = tiny_model("llama")
+    scores = tmp_path / "scores.json"
+    scores.write_text(json.dumps(scores_dict(lm)))
+    needles = tmp_path / "needles.jsonl"
+    line = record if isinstance(record, str) else json.dumps(record)
+    needles.write_text(f"{json.dumps(GOOD_NEEDLE)}\n# a comment\n\n{line}\n")
+    args = [a.format(scores=scores) for a in command]
+    one_error_line(invoke(*args, "--needles", str(needles), "--model", str(tmp_path / "no-model")),
+                   f"Needles file '{needles}' line 4: ", message)
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"prompt": "The capital of France is", "answer": None}, '"answer" must be text, not null'),
+    ({"prompt": 3}, '"prompt" must be text, not 3'),
+    ({"promt": "x"}, 'no "prompt"'),
+    ({"prompt": "x", "answr": "y"}, 'unknown "answr"'),
+])
+@pytest.mark.parametrize("command", [["sweep"], ["stages"], ["sweep", "-i", "swap-token"]])
+def test_a_bad_prompt_record_is_named_by_its_line_before_the_model(tmp_path, record, message, command):
+    prompts = tmp_path / "capitals.jsonl"
+    prompts.write_text(json.dumps({"prompt": "The capital of Italy is", "answer": "Rome", "subject": "Italy"}) + "\n"
+                       + json.dumps(record) + "\n")
+    one_error_line(invoke(*command, "--prompts", str(prompts), "--model", str(tmp_path / "no-model")),
+                   f"'{prompts}' line 2: ", message)
+
+
+def test_scores_of_another_kind_are_not_read_as_retrieval_heads(tmp_path, tiny_dir):  # noqa: F811
+    """An induction scores file (which `heads induction --format json` writes, its previous-token scores inside)
+    is not a list of retrieval heads."""
+    lm = load_model_dir(tiny_dir)
+    induction = tmp_path / "induction.json"
+    result = invoke("heads", "induction", "--model", str(tiny_dir), "--seq-len", "4", "--samples", "1",
+                    "--format", "json", "--out", str(induction))
+    assert result.exit_code == 0, result.output
+    for command in (["heads", "activity", "-p", "the cat"], ["heads", "ablate", "--top", "1"]):
+        one_error_line(invoke(*command, "--scores", str(induction), "--model", str(tmp_path / "no-model")),
+                       f"'{induction}' holds induction scores, not retrieval scores")
+    assert load_head_scores(induction, lm).kind == "induction"  # the explorer shows any kind
+    old = {k: v for k, v in json.loads(induction.read_text()).items() if k != "kind"}
+    induction.write_text(json.dumps(old))
+    with pytest.raises(LayerscopeError, match=f"'{induction}': Not a head scores file: it does not say which kind"):
+        load_head_scores(induction)
+
+
+def load_model_dir(directory):
+    from layerscope.models.loading import load_model
+
+    return load_model(str(directory), device="cpu")
+
+
+def test_scores_of_another_model_of_the_same_shape_are_refused(tmp_path):
+    lm = tiny_model("llama")
+    path = tmp_path / "scores.json"
+    for name, fits in [("tiny-llama", True), ("org/tiny-llama", True), ("/models/tiny-llama/", True),
+                       ("tiny-llama-instruct", False), ("SmolLM2-135M", False)]:
+        path.write_text(json.dumps({**scores_dict(lm), "model": name}))
+        if fits:
+            assert load_head_scores(path, lm).model == name
+        else:
+            with pytest.raises(LayerscopeError, match=f"are for {name}, not tiny-llama"):
+                load_head_scores(path, lm)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda data: data.update(n_blocks="4"), '"n_blocks" is "4", not a whole number'),
+    (lambda data: data.update(n_blocks=True), '"n_blocks" is true, not a whole number'),
+    (lambda data: data.update(model=None), '"model" is null, not text'),
+    (lambda data: data.update(kind="retreival"), 'Unknown head score kind "retreival"'),
+    (lambda data: data["heads"][2].update(score="0.5"), 'a head\'s "score" is "0.5", not a number'),
+    (lambda data: data["heads"][2].update(layer=1.5), 'a head\'s "layer" is 1.5, not a whole number'),
+    (lambda data: data.update(meta=[1]), '"meta" is not an object'),
+    (lambda data: data.update(heads={}), '"heads" is {}, not a list'),
+])
+def test_scores_fields_of_the_wrong_type_are_named(tmp_path, edit, message):
+    data = scores_dict(tiny_model("llama"))
+    edit(data)
+    path = tmp_path / "scores.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(LayerscopeError, match=re.escape(f"Scores file '{path}': ") + ".*" + re.escape(message)):
+        load_head_scores(path)
 
 
 # --- --out never replaces a file the command reads --------------------------------------------------------

@@ -125,4 +125,4 @@ def test_cli_stages_json_and_table(tiny_dir, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n")
     bad = invoke("stages", "--model", str(tiny_dir), "--prompts", str(empty))
-    assert bad.exit_code == 1 and "no prompts" in bad.stderr
+    assert bad.exit_code == 1 and "the file is empty" in bad.stderr

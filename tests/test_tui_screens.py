@@ -442,3 +442,35 @@ async def test_quit_mid_run_cancels_the_worker(lm, tmp_path):
     finally:
         quit_pressed.set()
         hold.remove()
+
+
+async def test_a_scores_file_of_another_model_or_broken_is_one_notice(lm, tmp_path):
+    """l loads a scores file: one of another model (same shape, other name), one without its kind or not JSON
+    at all is one error notice naming what is wrong; the app stays up and shows no scores; a good one loads."""
+    import json
+
+    import torch
+    from textual.widgets import Input
+
+    from layerscope.analyses.head_scores import HeadScores
+
+    good = HeadScores.from_matrix(lm, "retrieval", torch.rand(lm.n_blocks, lm.adapter.n_heads)).to_dict()
+    cases = [(json.dumps({**good, "model": "SmolLM2-135M"}), f"for SmolLM2-135M, not {lm.name}"),
+             (json.dumps({k: v for k, v in good.items() if k != "kind"}), "does not say which kind"),
+             (json.dumps({**good, "n_heads": "4"}), "\"n_heads\" is \"4\", not a whole number"),
+             ("{", "not valid JSON")]
+    app = make_app(lm, tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.3)
+        await pilot.press("escape", "3")
+        path = tmp_path / "scores.json"
+        for content, message in [*cases, (json.dumps(good), "retrieval scores loaded")]:
+            path.write_text(content)
+            await pilot.press("l")
+            app.screen.query_one(Input).value = str(path)
+            await pilot.press("enter")
+            await pilot.pause(0.1)
+            assert message in notices(app)[-1] and app.is_running
+            loaded = app.query_one("HeadPane").scores["retrieval"]
+            assert loaded == ({} if message != "retrieval scores loaded" else
+                              {(h["layer"], h["head"]): h["score"] for h in good["heads"]})

@@ -6,7 +6,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 
@@ -66,15 +66,21 @@ class HeadScores:
 
     @classmethod
     def from_dict(cls, data: dict) -> HeadScores:
-        try:
-            heads = [HeadScore(int(h["layer"]), int(h["head"]), int(h["kv_group"]), float(h["score"]))
-                     for h in data["heads"]]
-            scores = cls(str(data["model"]), data["kind"], int(data["n_blocks"]), int(data["n_heads"]), heads,
-                         dict(data.get("meta") or {}))
-        except (KeyError, TypeError, ValueError) as error:
-            raise LayerscopeError(f"Not a head scores file: missing or bad field {error}.") from error
-        if scores.kind not in KINDS:
-            raise LayerscopeError(f"Unknown head score kind '{scores.kind}' (expected one of {', '.join(KINDS)}).")
+        """The scores `to_dict` wrote, every field of its type (a score "0.5" or a layer 1.7 is refused)."""
+        if "kind" not in data:  # every layerscope version wrote it: without it, what the scores mean is unknown
+            raise LayerscopeError(f"Not a head scores file: it does not say which kind of scores it holds "
+                                  f"(\"kind\": one of {', '.join(KINDS)}).")
+        if data["kind"] not in KINDS:
+            raise LayerscopeError(f"Unknown head score kind {json.dumps(data['kind'])} (expected one of "
+                                  f"{', '.join(KINDS)}).")
+        heads = _field(data, "heads", list)
+        meta = data.get("meta") or {}
+        if not isinstance(meta, dict):
+            raise LayerscopeError("Not a head scores file: \"meta\" is not an object.")
+        scores = cls(_field(data, "model", str), data["kind"], _field(data, "n_blocks", int),
+                     _field(data, "n_heads", int),
+                     [HeadScore(_field(h, "layer", int), _field(h, "head", int), _field(h, "kv_group", int),
+                                float(_field(h, "score", float))) for h in heads], meta)
         scores.check_complete()
         return scores
 
@@ -100,7 +106,9 @@ class HeadScores:
                                   f"a scores file must score every head, or its top heads are not the model's.")
 
     def check_model(self, lm: LoadedModel) -> None:
-        """Scores from another model would name heads that do not exist or mean something else."""
+        """Scores from another model would name heads that do not exist or mean something else: the shape, the
+        KV groups and the model's name must agree (the name by its last part, so 'org/name', a local folder
+        'models/name' and the demo's own name are one model)."""
         shape = (lm.adapter.n_blocks, lm.adapter.n_heads)
         if (self.n_blocks, self.n_heads) != shape:
             raise LayerscopeError(
@@ -112,10 +120,31 @@ class HeadScores:
                 raise LayerscopeError(
                     f"The scores put head {head.layer}.{head.head} in KV group {head.kv_group}, but in {lm.name} it "
                     f"reads KV head {lm.adapter.kv_group(head.head)}: they are for a model with other attention.")
+        if _model_id(self.model) != _model_id(lm.name):
+            raise LayerscopeError(f"The scores are for {self.model}, not {lm.name}: score this model first "
+                                  "(heads of another model mean something else, even in the same shape).")
 
 
-def load_head_scores(path: Path, lm: LoadedModel | None = None) -> HeadScores:
-    """Read a scores JSON file written by a head command; with `lm`, check it fits that model."""
+FieldType = TypeVar("FieldType")
+
+
+def _field(data: object, key: str, kind: type[FieldType]) -> FieldType:
+    """`data[key]`, of type `kind` (a float field takes an int too; bool is no number), or one error."""
+    value = data.get(key) if isinstance(data, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else kind):
+        where = "a head's" if key in ("layer", "head", "kv_group", "score") else "its"
+        raise LayerscopeError(f"Not a head scores file: {where} \"{key}\" is {json.dumps(value)}, not "
+                              f"{ {str: 'text', int: 'a whole number', float: 'a number', list: 'a list'}[kind] }.")
+    return value  # type: ignore[return-value]  # an int where a float is asked is one
+
+
+def _model_id(name: str) -> str:
+    return Path(name.rstrip("/\\")).name
+
+
+def load_head_scores(path: Path, lm: LoadedModel | None = None, kind: HeadKind | None = None) -> HeadScores:
+    """Read a scores JSON file written by a head command; with `lm`, check it fits that model; with `kind`,
+    that it holds scores of that kind."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as error:
@@ -124,7 +153,16 @@ def load_head_scores(path: Path, lm: LoadedModel | None = None) -> HeadScores:
         raise LayerscopeError(f"Scores file '{path}' is not valid JSON: {error}") from error
     if not isinstance(data, dict):
         raise LayerscopeError(f"Scores file '{path}' does not hold a JSON object.")
-    scores = HeadScores.from_dict(data)
+    try:
+        scores = HeadScores.from_dict(data)
+    except LayerscopeError as error:
+        raise LayerscopeError(f"Scores file '{path}': {error}") from None
+    if kind is not None and scores.kind != kind:
+        raise LayerscopeError(f"Scores file '{path}' holds {scores.kind} scores, not {kind} scores: write them with "
+                              f"`heads {kind}`.")
     if lm is not None:
-        scores.check_model(lm)
+        try:
+            scores.check_model(lm)
+        except LayerscopeError as error:
+            raise LayerscopeError(f"Scores file '{path}': {error}") from None
     return scores

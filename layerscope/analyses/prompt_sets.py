@@ -5,11 +5,11 @@ A bad file is reported by line number before any model work starts.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from layerscope.errors import LayerscopeError
+from layerscope.textfiles import read_records, read_text_file
 
 
 @dataclass(frozen=True)
@@ -19,31 +19,15 @@ class PromptItem:
     subject: str | None = None  # the word a token swap overwrites (e.g. "France")
 
 
-def _json_item(path: Path, number: int, line: str) -> PromptItem:
-    try:
-        data = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise LayerscopeError(f"{path} line {number}: not valid JSON ({error.msg}).") from None
-    if not isinstance(data, dict) or not isinstance(data.get("prompt"), str) or not data["prompt"].strip():
-        raise LayerscopeError(f"{path} line {number}: expected an object with a non-empty \"prompt\" string.")
-    for key in ("answer", "subject"):
-        if key in data and (not isinstance(data[key], str) or not data[key].strip()):
-            raise LayerscopeError(f"{path} line {number}: \"{key}\" must be a non-empty string.")
-    return PromptItem(data["prompt"], data.get("answer"), data.get("subject"))
-
-
 def load_prompt_set(path: Path) -> list[PromptItem]:
-    """`.jsonl`: one {"prompt", "answer"?, "subject"?} object a line. Otherwise one prompt a line.
-    Blank lines and lines starting with '#' are skipped in both."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise LayerscopeError(f"Cannot read prompt file '{path}': {error}") from error
-    items = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        items.append(_json_item(path, number, line) if path.suffix == ".jsonl" else PromptItem(line))
+    """`.jsonl`: one {"prompt", "answer"?, "subject"?} object a line (`read_records`). Otherwise one prompt a
+    line. Blank lines and lines starting with '#' are skipped in both."""
+    if path.suffix == ".jsonl":
+        items = [PromptItem(data["prompt"], data.get("answer"), data.get("subject"))
+                 for _, data in read_records(path, "prompt file", ("prompt",), ("answer", "subject"))]
+    else:
+        items = [PromptItem(line) for line in read_text_file(path, "prompt file").splitlines()
+                 if line.strip() and not line.lstrip().startswith("#")]
     if not items:
         raise LayerscopeError(f"{path}: no prompts in the file.")
     return items

@@ -8,7 +8,6 @@ with the context, never T x T.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections import Counter
@@ -23,7 +22,7 @@ from layerscope.analyses.head_scores import RETRIEVAL_THRESHOLD, HeadScore, Head
 from layerscope.analyses.spans import token_span
 from layerscope.distributed import mapped
 from layerscope.errors import LayerscopeError
-from layerscope.textfiles import read_text_file
+from layerscope.textfiles import read_records, read_text_file
 from layerscope.interventions import MaskHeads, intervene
 from layerscope.interventions.kinds import HEAD_MASK_MODES, HeadMaskMode
 from layerscope.interventions.attention import read_attention
@@ -50,22 +49,15 @@ class Needle:
 
 
 def load_needles(path: Path = DEFAULT_NEEDLES) -> list[Needle]:
-    """JSON lines with `needle`, `question` and `answer`; blank and `#` lines are skipped."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise LayerscopeError(f"Cannot read needles file '{path}': {error}") from error
+    """JSON lines with `needle`, `question` and `answer` (`read_records`), the answer a part of its needle (else
+    no model can copy it from the haystack); blank and `#` lines are skipped."""
     needles = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        try:
-            data = json.loads(line)
-            needles.append(Needle(str(data["needle"]), str(data["question"]), str(data["answer"])))
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise LayerscopeError(
-                f"Needles file '{path}', line {number}: expected JSON with needle, question and answer ({error})."
-            ) from error
+    for number, data in read_records(path, "needles file", ("needle", "question", "answer")):
+        needle = Needle(data["needle"], data["question"], data["answer"])
+        if needle.answer.strip().lower() not in needle.needle.lower():
+            raise LayerscopeError(f"Needles file '{path}' line {number}: the answer '{needle.answer}' is not part of "
+                                  "its needle, so no model can copy it from the haystack.")
+        needles.append(needle)
     if not needles:
         raise LayerscopeError(f"Needles file '{path}' holds no needles.")
     return needles

@@ -27,7 +27,7 @@ from layerscope.specs import whole_number_in
 if TYPE_CHECKING:
     from layerscope.analyses.head_scores import HeadScores
     from layerscope.analyses.patchscope import PatchscopeReport
-    from layerscope.analyses.retrieval import AblationReport, ActivityTrace, NeedleTest, Span
+    from layerscope.analyses.retrieval import AblationReport, ActivityTrace, Needle
     from layerscope.models.loading import LoadedModel
 
 heads_app = typer.Typer(help="Attention-head analyses: retrieval, induction and previous-token heads, masking.",
@@ -122,17 +122,15 @@ def head_rows(scores: HeadScores) -> list[dict]:
             for h in scores.heads]
 
 
-def needle_grid(lengths: str, depths: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """--lengths and --depths (percent, 0..100) parsed before the model loads."""
-    return spec_option("--lengths", lengths, "length"), spec_option("--depths", depths, "depth", 101)
+def needle_inputs(haystack: Path | None, needles: Path | None, lengths: str, depths: str
+                  ) -> tuple[str, list[Needle], tuple[int, ...], tuple[int, ...]]:
+    """The haystack, the needles, --lengths and --depths (percent, 0..100), read and checked before the model
+    loads: `build_tests`'s inputs."""
+    from layerscope.analyses.retrieval import load_haystack, load_needles
 
-
-def needle_tests(lm: LoadedModel, haystack: Path | None, needles: Path | None, lengths: tuple[int, ...],
-                 depths: tuple[int, ...], span: Span = "needle") -> list[NeedleTest]:
-    from layerscope.analyses.retrieval import build_tests, load_haystack, load_needles
-
-    return build_tests(lm, load_haystack(haystack) if haystack else load_haystack(),
-                       load_needles(needles) if needles else load_needles(), lengths, depths, span)
+    return (load_haystack(haystack) if haystack else load_haystack(),
+            load_needles(needles) if needles else load_needles(),
+            spec_option("--lengths", lengths, "length"), spec_option("--depths", depths, "depth", 101))
 
 
 @heads_app.command("retrieval")
@@ -155,12 +153,12 @@ def retrieval(
 
     Example: layerscope heads retrieval --model demo --lengths 512,1024 --format json --out scores.json
     """
-    from layerscope.analyses.retrieval import check_span, needle_results, retrieval_from_results
+    from layerscope.analyses.retrieval import build_tests, check_span, needle_results, retrieval_from_results
 
     checked_span = check_span(span)
-    grid = needle_grid(lengths, depths)
+    inputs = needle_inputs(haystack, needles, lengths, depths)
     lm = model.load()
-    tests = needle_tests(lm, haystack, needles, *grid, checked_span)
+    tests = build_tests(lm, *inputs, checked_span)
     lm.check_generation(max(test.ids.shape[1] for test in tests), max_new_tokens)
     progress = StderrProgress()
     results = []
@@ -172,7 +170,7 @@ def retrieval(
             raise
     finally:
         progress.close()
-    settings = {"lengths": list(grid[0]), "depths": list(grid[1]),
+    settings = {"lengths": list(inputs[2]), "depths": list(inputs[3]),
                 "max_new_tokens": max_new_tokens, "span": span, "interrupted": len(results) < len(tests)}
     scores = retrieval_from_results(lm, results, settings)
     lines = [f"{'length':>6} {'depth':>5} {'recall':>6}  answer"]
@@ -210,8 +208,9 @@ def activity(
     from layerscope.analyses.retrieval import activity_trace
 
     text = prompt.read()
+    head_scores = load_head_scores(scores, kind="retrieval")
     lm = model.load()
-    head_scores = load_head_scores(scores, lm)
+    head_scores.check_model(lm)
     trace = activity_trace(lm, lm.encode(text), head_scores, max_new_tokens)
     output.write(trace.to_dict, lambda: ({"step": i, "token": s.token, "id": s.id, "active": s.active}
                                          for i, s in enumerate(trace.steps)), lambda: activity_table(trace))
@@ -278,13 +277,14 @@ def ablate(
     Example: layerscope heads ablate --model demo --scores scores.json --top 10
     """
     from layerscope.analyses.head_scores import load_head_scores
-    from layerscope.analyses.retrieval import ablation_experiment, ablation_heads
+    from layerscope.analyses.retrieval import ablation_experiment, ablation_heads, build_tests
 
-    grid = needle_grid(lengths, depths)
+    inputs = needle_inputs(haystack, needles, lengths, depths)
+    head_scores = load_head_scores(scores, kind="retrieval")
     lm = model.load()
-    head_scores = load_head_scores(scores, lm)
+    head_scores.check_model(lm)
     ablation_heads(head_scores, top, seed)
-    tests = needle_tests(lm, haystack, needles, *grid)
+    tests = build_tests(lm, *inputs)
     lm.check_generation(max(test.ids.shape[1] for test in tests), max_new_tokens)
     progress = StderrProgress()
     try:

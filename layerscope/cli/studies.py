@@ -108,6 +108,10 @@ def sweep_source(lm: LoadedModel, kind: str, layers: list[int], items: list[Prom
     return source
 
 
+def _not_a_number(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def read_done(path: Path, kind: str) -> tuple[dict | None, list[dict], int]:
     """The source line and rows of an interrupted JSONL sweep, (None, [], 0) for a new or empty file, and the
     bytes that hold them: a last line cut off mid-write is not counted (the rows written next replace it)."""
@@ -122,9 +126,10 @@ def read_done(path: Path, kind: str) -> tuple[dict | None, list[dict], int]:
     lines = []
     for number, line in enumerate(text.splitlines(), start=1):
         try:
-            lines.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise LayerscopeError(f"--resume: {path} line {number} is not valid JSON.") from None
+            lines.append(json.loads(line, parse_constant=_not_a_number))
+        except ValueError:  # JSONDecodeError included
+            raise LayerscopeError(f"--resume: {path} line {number} is not valid JSON (NaN and Infinity are not "
+                                  "JSON numbers).") from None
     if not lines:
         return None, [], 0
     first = lines[0]
