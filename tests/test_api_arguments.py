@@ -101,6 +101,15 @@ CASES = [
     ("intervene", lambda tmp: _within(ls.intervene)(LM, ["drop"]), TypeError, "interventions="),
     ("intervene", lambda tmp: _within(ls.intervene)(LM, [ls.DropBlocks((1,))], seq_len=0), ValueError, "seq_len=0"),
     ("intervene", lambda tmp: _within(ls.intervene)(None, []), TypeError, "lm="),
+    ("intervene", lambda tmp: _within(ls.intervene)(LM, [ls.DropBlocks("3")]), TypeError, "DropBlocks: blocks="),
+    ("intervene", lambda tmp: _within(ls.intervene)(LM, [ls.FreezeFrom(1.5)]), TypeError, "FreezeFrom: block="),
+    ("intervene", lambda tmp: _within(ls.intervene)(LM, [ls.RandomizeAt(1, seed="x")]), TypeError,
+     "RandomizeAt: seed="),
+    ("intervene", lambda tmp: _within(ls.intervene)(LM, [ls.MaskHeads((1, 1))]), TypeError, "MaskHeads: heads="),
+    ("intervene", lambda tmp: _within(ls.intervene)(LM, [ls.PatchState(1, 2, torch.full((64,), NAN))]), ValueError,
+     "PatchState: vector="),
+    ("intervene", lambda tmp: ls.greedy_continuation(LM, IDS, 2, [ls.PatchState(1, 2, torch.zeros(5))]),
+     LayerscopeError, "patch: vector= has 5 entries"),
 ]
 
 

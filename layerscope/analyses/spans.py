@@ -68,13 +68,17 @@ def token_span(lm: LoadedModel, text: str, part: str, name: str, occurrence: int
     if not isinstance(part, str):
         raise ArgumentTypeError(f"{name}= must be a string, not {type(part).__name__}.")
     if occurrence is not None and (isinstance(occurrence, bool) or not isinstance(occurrence, int)):
-        raise ArgumentTypeError(f"{chooser}= must be an int (1 = the first occurrence), not {type(occurrence).__name__}.")
+        raise ArgumentTypeError(f"{chooser}= must be an int (1 = the first occurrence), not "
+                                f"{type(occurrence).__name__}.")
     word = part.strip()
     if not word:
         raise LayerscopeError(f"{name}= is empty.")
     tokens = _tokens(lm, text, special_tokens)
-    starts = {token.start: index for index, token in enumerate(tokens)}
-    ends = {token.end: index for index, token in enumerate(tokens)}
+    starts: dict[int, int] = {}  # character -> the first token that starts there (byte pieces share offsets)
+    ends: dict[int, int] = {}  # character -> the last token that ends there
+    for index, token in enumerate(tokens):
+        starts.setdefault(token.start, index)
+        ends[token.end] = index
     spans, partial = [], []
     for start in _occurrences(text, word):
         end = start + len(word)
@@ -97,5 +101,6 @@ def token_span(lm: LoadedModel, text: str, part: str, name: str, occurrence: int
     if occurrence is None:
         raise LayerscopeError(f"{described}; choose one with {chooser}=1..{len(spans)}.")
     if not 1 <= occurrence <= len(spans):
-        raise ArgumentValueError(f"{chooser}={occurrence} is out of range: {described}, so {chooser}= is 1..{len(spans)}.")
+        raise ArgumentValueError(f"{chooser}={occurrence} is out of range: {described}, so {chooser}= is "
+                                 f"1..{len(spans)}.")
     return spans[occurrence - 1]

@@ -16,10 +16,10 @@ position edits act on each row's own last real token and its own previous tokens
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from layerscope.errors import InterventionError, LayerscopeError
+from layerscope.errors import ArgumentTypeError, ArgumentValueError, InterventionError, LayerscopeError
 from layerscope.specs import parse_blocks
 
 if TYPE_CHECKING:  # the declarations import no torch, so the CLI and the explorer read the registry at once
@@ -271,9 +271,47 @@ def check_block(name: str, block: int, shape: ModelShape, allow_output_row: bool
         raise InterventionError(f"{name}: block {block} is out of range 0..{last} for this model.")
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite_tensor(value: object) -> bool:
+    import torch
+
+    return isinstance(value, torch.Tensor) and bool(torch.isfinite(value).all())
+
+
+_FIELD_TYPES: dict[str, tuple[str, Callable[[object], bool]]] = {
+    "int": ("an int", _is_int),
+    "tuple[int, ...]": ("a tuple of ints, e.g. (3, 5)", lambda v: isinstance(v, tuple) and all(map(_is_int, v))),
+    "tuple[tuple[int, int], ...]": ("a tuple of (block, head) pairs, e.g. ((4, 2),)", lambda v: isinstance(v, tuple)
+                                    and all(isinstance(p, tuple) and len(p) == 2 and all(map(_is_int, p)) for p in v)),
+    "torch.Tensor": ("a tensor of finite numbers", _is_finite_tensor),
+}
+"""A kind's field annotations (as written) and how a value of each is checked; other fields are checked by the
+kind's own `check`."""
+
+
+def check_fields(intervention: Intervention) -> None:
+    """Each field of a kind holds what its annotation says, named as the parameter (`blocks=`) where it does not."""
+    if not is_dataclass(intervention):
+        return
+    for field in fields(intervention):
+        wanted = _FIELD_TYPES.get(str(field.type))
+        value = getattr(intervention, field.name)
+        if wanted is not None and not wanted[1](value):
+            if hasattr(value, "shape"):  # a tensor with NaN or inf in it
+                raise ArgumentValueError(f"{type(intervention).__name__}: {field.name}= must be {wanted[0]}; this "
+                                         f"one {tuple(value.shape)} holds NaN or inf.")
+            raise ArgumentTypeError(f"{type(intervention).__name__}: {field.name}= must be {wanted[0]}, not "
+                                    f"{type(value).__name__} {value!r:.60}.")
+
+
 def check_interventions(interventions: Sequence[Intervention], shape: ModelShape) -> None:
-    """Range checks, then conflicts between what the interventions claim, before anything touches the model."""
+    """Field types, range checks, then conflicts between what the interventions claim, before anything touches the
+    model."""
     for intervention in interventions:
+        check_fields(intervention)
         intervention.check(shape)
     held: dict[Hashable, tuple[Claim, Intervention]] = {}
     for intervention in interventions:

@@ -221,6 +221,9 @@ class PatchState(Intervention):
     def _write(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.position >= hidden.shape[1]:
             raise InterventionError(f"patch: position {self.position} is past the prompt ({hidden.shape[1]} tokens).")
+        if self.vector.shape[-1] != hidden.shape[-1]:
+            raise InterventionError(f"patch: vector= has {self.vector.shape[-1]} entries; this model's residual "
+                                    f"states have {hidden.shape[-1]}.")
         hidden = hidden.clone()
         hidden[:, self.position] = self.vector.to(hidden.device, hidden.dtype)
         return hidden
