@@ -622,8 +622,7 @@ class LayerscopeApp(App):
         self._charts_dirty = True
         self.update_detail()
         layer, head = message.head
-        self.set_status(f"head {layer}.{head} attention pattern · {self.toggles.describe()}; Space masks it, "
-                        "Ctrl+R returns to the lens")
+        self.set_status(f"head {layer}.{head} attention pattern; Space masks it, Ctrl+R returns to the lens")
 
     def action_mask_shown_head(self) -> None:
         """Space on a head's pattern: mask (or unmask) that head, then show its pattern again with the mask."""

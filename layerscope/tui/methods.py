@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from rich.text import Text
 
-from layerscope.tui.charts import Chart, LayerChart, PositionBars, Series
+from layerscope.tui.charts import Chart, LayerChart, PositionMarks, Series
 from layerscope.tui.grid_view import prob_glyph, token_label
 
 if TYPE_CHECKING:
@@ -178,7 +178,7 @@ def lens_charts(results: Results, shown: Grid, cursor: Cursor, theme: Theme) -> 
     shown_grid: DecodeGrid = shown  # type: ignore[assignment]  # a lens method's grid is a DecodeGrid
     charts: list[Chart] = [
         LayerChart(f"KL→final @{position} (log)", lines("kl_to_final"), cursor.rows, cursor.row, log=True),
-        PositionBars("stays top-1 from (per position)",
+        PositionMarks("stays top-1 from (per position)",
                      [f"{p} {token_label(t, 6)}" for p, t in enumerate(shown_grid.tokens)],
                      stays_top1_from(shown_grid), cursor.rows, position,
                      colours["int." if shown is intervened else "base"]),
