@@ -310,14 +310,14 @@ def pattern_detail(results: Results, cursor: Cursor) -> Text:
     baseline: PatternGrid = results.baseline
     block, head = baseline.head
     query, key = cursor.position, cursor.row
-    text = Text(f"head {block}.{head} · attention pattern\n", "bold")
-    text.append("Space: mask this head · 3: the Heads pane\n")
+    text = Text(f"head {block}.{head} pattern\n", "bold")
+    text.append("Space masks it · 3: Heads\n")
     if query >= len(baseline.tokens):
         return text
     text.append(f"query {query} {token_label(baseline.tokens[query], 12)}\n", "bold")
     grids = [("base", baseline)] + ([("int.", results.intervened)] if results.intervened is not None else [])
     for name, grid in grids:
-        text.append(f"{name} on key {key}: {grid.cells[key][query].weight:.3f}; strongest keys\n", "bold")
+        text.append(f"{name} key {key}: {grid.cells[key][query].weight:.3f} · top keys\n", "bold")
         for strongest, weight in grid.pattern.strongest(grid.head, query, 3):
             text.append(f" {weight:5.1%} {prob_glyph(weight)} {strongest:>3} "
                         f"{token_label(grid.tokens[strongest], 14)}\n")
