@@ -9,15 +9,21 @@
    computation over all layers (baseline + intervened lens of a 300-token prompt, then continuations) runs
    in the thread worker; and the naive way, the same computation run on the UI thread. Target: p95 < 100 ms.
 4. Time from Ctrl+R to the first row on screen, for that 300-token run.
+5. At 160x50, where the side panel shows three plotext charts: the chart redraw (building the charts' data,
+   plotext drawing them, Rich reading its output) per arriving row during that run, median and max, and the
+   keypress-to-repaint latency during the run. Target: redraw < 20 ms median, keys p95 < 100 ms.
+6. The head pattern view (Enter on a head) on the 300-token prompt: from Enter to the pattern on screen, and
+   keypress-to-repaint in its 300 x 300 grid (checked equal to the engine's attention_pattern).
 
 A repaint is the widget drawing its lines after the key moved its cursor (until the pass ends). The grid the
-app shows is checked equal to `logit_lens` on the same prompt. Run: python benchmarks/bench_tui.py
+app shows is checked equal to `logit_lens` on the same prompt. Run: python benchmarks/bench_tui.py [--charts]
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -222,12 +228,65 @@ async def grid_latency(widget_kind: str, rows: int, tokens: int) -> list[float]:
     return latencies
 
 
+async def charts_and_pattern_run(lm) -> dict[str, list[float]]:
+    """Item 5 and 6 of the docstring, at 160x50: chart redraws per arriving row and keys during a run, then the
+    head pattern view."""
+    from layerscope.analyses.heads import attention_pattern
+    from layerscope.interventions import DropBlocks
+    from layerscope.tui.app import LayerscopeApp
+    from layerscope.tui.state import Toggles
+
+    results: dict[str, list[float]] = {}
+    app = LayerscopeApp(lm=lm, prompt=LONG_PROMPT, continuation_tokens=8)
+    async with app.run_test(size=(160, 50)) as pilot:
+        while app.runs.running or app.runs.results.baseline is None:  # the first (baseline) run, unmeasured
+            await pilot.pause(0.05)
+        await pilot.press("escape", "1", "ctrl+home", "home")
+        redraws: list[float] = []
+        charts = app.charts
+
+        def timed_charts(width: int, height: int):
+            start = time.perf_counter()
+            text = charts(width, height)
+            redraws.append(time.perf_counter() - start)
+            return text
+
+        app.charts = timed_charts
+        app.toggles = Toggles(drop=frozenset({3}))
+        first = app.runs.results
+        await pilot.press("ctrl+r")
+        while app.runs.results is first:
+            await asyncio.sleep(0.001)
+        rows_before = len(redraws)
+        results["keys during a run, 160x50 (charts shown)"] = await key_latencies(app, pilot, KEYS,
+                                                                                   lambda: app.runs.running)
+        while app.runs.running:
+            await pilot.pause(0.05)
+        assert app.chart.size.width >= 40 and len(redraws) > rows_before, "the charts were not drawn"
+        results["chart redraw per tick while rows arrive"] = redraws[rows_before:]
+        app.charts = charts
+
+        await pilot.press("3")
+        started = time.perf_counter()
+        app.show_pattern((20, 3))
+        while app.grid.method is None or app.grid.method.name != "head_pattern":
+            await asyncio.sleep(0.001)
+        results["head pattern: from Enter to its grid"] = [time.perf_counter() - started]
+        want = attention_pattern(lm, lm.encode(LONG_PROMPT), [(20, 3)], [DropBlocks((3,))]).weights[20, 3]
+        shown = app.grid.shown
+        assert all(abs(shown.cells[k][q].weight - want[q][k]) < 1e-6 for q in range(0, len(want), 37)
+                   for k in range(0, q + 1, 11)), "the pattern differs from attention_pattern"
+        await pilot.press("ctrl+home", "home")
+        results["head pattern grid: keys (300 x 300)"] = await key_latencies(app, pilot, KEYS, lambda: True)
+    return results
+
+
 def slowest(values: list[float]) -> str:
     worst = max(values)
     return "no repaint seen" if math.isinf(worst) else f"{worst * 1000:.1f} ms"
 
 
-def main() -> None:
+def main(only_charts: bool) -> None:
     import torch
 
     from common import report
@@ -235,6 +294,9 @@ def main() -> None:
     from layerscope.models.loading import load_model
 
     torch.set_num_threads(1)  # leave the UI thread a core on a 2-core machine
+    if only_charts:
+        charts_and_pattern(load_model("demo", device="cpu"))
+        return
     print(f"first frame, {FIRST_FRAME_RUNS} fresh processes each (median):")
     frames = {"lazy engine import (shipped)": first_frame("shipped"),
               "engine + model before app (naive)": first_frame("naive"),
@@ -258,9 +320,20 @@ def main() -> None:
         print(f"  {name}: {len(values)} keys, p95 {p95(values) * 1000:.1f} ms, max {slowest(values)}")
     print(f"Ctrl+R to the first row on screen (lens + intervened lens, 300 tokens): {first_row:.2f} s")
 
+    charts_and_pattern(lm)
+
+
+def charts_and_pattern(lm) -> None:
+    timings = asyncio.run(charts_and_pattern_run(lm))
+    print("\nat 160x50 (targets: chart redraw < 20 ms median, keys p95 < 100 ms during the run):")
+    for name, values in timings.items():
+        print(f"  {name}: {len(values)} times, median {statistics.median(values) * 1000:.1f} ms, "
+              f"p95 {p95(values) * 1000:.1f} ms, max {slowest(values)}")
+    print(f"machine load (1, 5, 15 min): {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
 
 if __name__ == "__main__":
     if "--first-frame" in sys.argv:
         first_frame_child(sys.argv[-1])
     else:
-        main()
+        main(only_charts="--charts" in sys.argv)  # --charts: items 5 and 6 only

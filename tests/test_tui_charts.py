@@ -7,7 +7,7 @@ import pytest
 from textual.theme import BUILTIN_THEMES
 
 from layerscope.analyses.grid import DecodeGrid, GridCell, TopToken
-from layerscope.tui.charts import LayerChart, PositionBars, Series, plotext_colour, row_ticks, stack
+from layerscope.tui.charts import LayerChart, PositionMarks, Series, plotext_colour, row_ticks, stack
 from layerscope.tui.methods import REGISTRY, Cursor, stays_top1_from
 from layerscope.tui.state import Results
 from layerscope.tui.themes import SHIPPED_THEMES, load_themes
@@ -33,7 +33,7 @@ def test_lens_chart_data_is_the_results_numbers():
         assert chart.series[1].values == [row[3].__getattribute__(field) for row in results.intervened.cells]
         assert chart.rows == LAYERS and chart.cursor == 6
     assert kl_between.series[0].values == [row[3] for row in results.kl_base_int] and kl_between.log
-    assert isinstance(bars, PositionBars) and bars.cursor == 3 and bars.rows == LAYERS
+    assert isinstance(bars, PositionMarks) and bars.cursor == 3 and bars.rows == LAYERS
     # the synthetic intervened grid keeps each position's final token from FIRST_FINAL on, except position 4,
     # which ends on ' Lyon' from row 6
     assert bars.values == [*FIRST_FINAL[:4], 6]
@@ -101,3 +101,17 @@ def test_a_log_chart_labels_its_ticks_in_the_datas_units():
     lines = chart.render(40, 10).plain.splitlines()
     assert lines[2].lstrip().startswith("99┤") and any(line.lstrip().startswith("0┤") for line in lines)
     assert any(line.lstrip().startswith("9┤") for line in lines)  # the middle: 10 ** (2 / 2) - 1
+
+
+def test_position_marks_sit_on_their_labelled_lines():
+    """Each position's mark is on the line that names it, further right for a later row (plotext's bars were
+    not: two positions shared a line)."""
+    for n, height in ((5, 10), (5, 14), (12, 12)):
+        marks = PositionMarks("stays", [f"{p} ·t" for p in range(n)], [(p * 7) % 31 for p in range(n)], ROWS,
+                              n // 2, None)
+        lines = [line for line in marks.render(46, height).plain.splitlines() if "·t┤" in line]
+        shown = marks.shown(max(1, height - 4))
+        assert [line.split("┤")[0].strip(" ▶") for line in lines] == [f"{p} ·t" for p in shown]
+        columns = [line.index("◆") for line in lines]
+        assert all(line.count("◆") == 1 for line in lines)
+        assert [c for _, c in sorted(zip([marks.values[p] for p in shown], columns))] == sorted(columns)

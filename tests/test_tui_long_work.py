@@ -50,3 +50,36 @@ async def test_quick_setting_scores_with_fewer_samples(tmp_path):
         assert app.head_pane.sources["induction"].endswith("3 samples, quick (not your prompt)")
         assert app.head_pane.scores["induction"] != pytest.approx(
             {(h.layer, h.head): h.score for h in induction_scores(lm).heads})
+
+
+async def test_while_the_model_loads_the_panes_say_so_and_ctrl_r_waits_for_it(tmp_path):
+    """The first load fails (no such folder): the panes say no model is loaded. During the next load they say
+    what is loading; Ctrl+R then is no refusal, and the prompt runs once the model is there."""
+    from tests.saved import save_tiny_llama
+
+    class Recording(LayerscopeApp):
+        """Keeps every notice's text, however soon it times out."""
+
+        said: list[str] = []
+
+        def notify(self, message: str, **options) -> None:
+            self.said.append(message)
+            super().notify(message, **options)
+
+    folder = save_tiny_llama(tmp_path / "tiny")
+    app = Recording(model=str(tmp_path / "missing"), theme_folders=[SHIPPED_THEMES],
+                        keymap_path=tmp_path / "keymap.toml", continuation_tokens=1)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle(pilot)
+        assert app.lm is None and "No model is loaded: L loads one." in str(app.detail_view.render())
+        app.prompt.text = "the capital of france is"
+        app.start_load(str(folder))  # no await until the checks: the load's answer cannot be handled before them
+        app.action_run()
+        app.flush_charts()
+        assert f"Loading {folder} … 0 s" in str(app.detail_view.render())
+        assert f"Loading {folder}" in str(app.head_pane.query_one("#head-hint").render())
+        assert app.said[-1] == f"Ctrl+R: the prompt runs as soon as {folder} is loaded."
+        await settle(pilot)
+        assert app.lm is not None and app.runs.results.baseline is not None
+        assert len(app.runs.results.baseline.cells) == app.lm.n_blocks + 1
+        assert str(app.detail_view.render()).startswith("answer ")

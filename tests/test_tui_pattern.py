@@ -56,7 +56,7 @@ async def test_enter_on_a_head_shows_its_pattern(lm, tmp_path):
         assert [s.values for s in chart.series] == [base[query], dropped[query]] and chart.cursor == key
         strongest = max(range(n), key=lambda k: (base[query][k], -k))
         detail = app.detail.plain
-        assert detail.startswith("head 2.1 · attention pattern") and f"{base[query][strongest]:5.1%}" in detail
+        assert detail.startswith("head 2.1 pattern") and f"{base[query][strongest]:5.1%}" in detail
 
         await pilot.press("space")  # mask it from here: the pattern comes again, now with the mask
         await settle(pilot)

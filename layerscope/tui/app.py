@@ -303,11 +303,19 @@ class LayerscopeApp(App):
                         trust_remote_code=self.trust_remote_code, progress=progress)
         self.post_message(ModelLoaded(source, load_id, lm))
 
+    def say_in_panes(self, text: str) -> None:
+        """Until a model is loaded, the panes say why they are empty: what is loading and for how long, or that
+        no model is."""
+        for pane in (self.detail_view, self.output, self.overview, self.layer_pane.query_one("#layer-hint", Static),
+                     self.head_pane.query_one("#head-hint", Static)):
+            pane.update(text)
+
     def on_load_failed(self, message: LoadFailed) -> None:
         if not self.runs.load_ended(message.load_id):  # cancelled with Esc, or replaced by a later load
             return
         self.notify(message.error, severity="error", timeout=10)
         if self.lm is None:
+            self.say_in_panes("No model is loaded: L loads one.")
             self.set_status("no model (L: load another)")
         else:
             self.set_status(f"could not load {message.source}; {self.lm.name} stays loaded")
@@ -325,6 +333,8 @@ class LayerscopeApp(App):
         if self.tuned is None and REGISTRY[self.method].needs_lens:
             self.method = "logit_lens"
         self.refresh_panes()
+        self.update_detail()
+        self._charts_dirty = True
         self.set_status("ready")
         self.refresh_stale()
         if self.prompt.text.strip():
@@ -342,7 +352,9 @@ class LayerscopeApp(App):
     def runnable_prompt(self) -> str | None:
         """The prompt, or None (and a notice) while no model is loaded or the prompt is empty."""
         if self.lm is None:
-            self.notify("The model is not loaded yet.", severity="warning")
+            loading = self.runs.loading
+            self.notify(f"{loading} is still loading." if loading else "No model is loaded (L loads one).",
+                        severity="warning")
             return None
         text = self.prompt.text
         if not text.strip():
@@ -351,6 +363,10 @@ class LayerscopeApp(App):
         return text
 
     def action_run(self) -> None:
+        """Run the prompt; while the first model loads, as soon as it is ready (on_model_loaded runs the prompt)."""
+        if self.lm is None and self.runs.loading is not None:
+            self.notify(f"Ctrl+R: the prompt runs as soon as {self.runs.loading} is loaded.", timeout=4)
+            return
         text = self.runnable_prompt()
         if text is None:
             return
@@ -411,6 +427,8 @@ class LayerscopeApp(App):
             self.workers.cancel_group(self, "scores")
         elif (source := self.runs.cancel_load()) is not None:  # the loader cannot be interrupted: result dropped
             kept = f"{self.lm.name} stays loaded" if self.lm else "no model"
+            if self.lm is None:
+                self.say_in_panes("No model is loaded: L loads one.")
             self.set_status(f"loading {source} cancelled; {kept}")
         elif self.focused is self.prompt:
             self.grid.focus()
@@ -468,6 +486,9 @@ class LayerscopeApp(App):
         """Called on a timer: at most one chart build per tick, however fast rows or keys arrive."""
         if self.runs.running and self.status_text.endswith("(Esc cancels)"):
             self.show_progress()
+        if self.lm is None and self.runs.loading is not None:
+            self.say_in_panes(f"Loading {self.runs.loading} … {self.runs.load_elapsed():.0f} s\n"
+                              "Ctrl+R runs the prompt as soon as it is ready.")
         if not self._charts_dirty:
             return
         self._charts_dirty = False
@@ -602,8 +623,7 @@ class LayerscopeApp(App):
         self._charts_dirty = True
         self.update_detail()
         layer, head = message.head
-        self.set_status(f"head {layer}.{head} attention pattern · {self.toggles.describe()}; Space masks it, "
-                        "Ctrl+R returns to the lens")
+        self.set_status(f"head {layer}.{head} attention pattern; Space masks it, Ctrl+R returns to the lens")
 
     def action_mask_shown_head(self) -> None:
         """Space on a head's pattern: mask (or unmask) that head, then show its pattern again with the mask."""

@@ -1,6 +1,6 @@
 """Charts over the layer axis, drawn with plotext, and the overview heatmap.
 
-A chart is first data (`LayerChart`, `PositionBars`: the series with the result's own numbers, the whole run's
+A chart is first data (`LayerChart`, `PositionMarks`: the series with the result's own numbers, the whole run's
 row axis, the cursor's row), then a drawing. The data is what the tests check; `render` draws it with plotext.
 
 Why plotext 6 through its string output, not `textual-plotext`: textual-plotext 1.0 pins plotext below 6 and
@@ -57,7 +57,7 @@ class LayerChart:
         low = min([0.0, *scaled])
         top = max(scaled, default=0.0)
         top = top if top > low else low + 1.0  # a flat zero series still gets an axis
-        steps = 2 * height  # the cursor's row, first (points are drawn over it): a dotted line made of points,
+        steps = max(1, height - 5)  # the cursor's row, first (points are drawn over it): a point per plot line,
         # since plotext's own lines paint a background of their own
         figure.draw(figure.signal([self.cursor] * (steps + 1), [low + (top - low) * i / steps for i in range(steps + 1)],
                                   marker=plotext.marker("┊", plotext.pixel("default", "default", "dim"))))
@@ -75,9 +75,9 @@ class LayerChart:
 
 
 @dataclass(frozen=True)
-class PositionBars:
-    """Per position (`labels`), a row of the run (`values`, indices into `rows`) as a horizontal bar; the
-    positions around `cursor` that fit."""
+class PositionMarks:
+    """Per position (`labels`, down), a row of the run (`values`, indices into `rows`, across) as a mark; the
+    positions around `cursor` that fit, a plot line each."""
 
     title: str
     labels: list[str]
@@ -92,18 +92,21 @@ class PositionBars:
         return range(start, min(len(self.values), start + lines))
 
     def render(self, width: int, height: int) -> Text:
-        figure = _figure(width, height - 1)
-        shown = self.shown(max(1, height - 4))
+        shown = self.shown(max(1, height - 4))  # a plot line per position: fewer positions, a shorter plot
+        figure = _figure(width, len(shown) + 3)
         labels = [("▶" if p == self.cursor else " ") + self.labels[p] for p in shown]
-        figure.draw(figure.bar(labels[::-1], [self.values[p] for p in shown][::-1], orientation="horizontal",
-                               marker=plotext.marker("█", _pixel(self.colour)), width=0.5))
+        lines = list(range(len(shown)))[::-1]  # the first position on top
+        figure.draw(figure.signal([self.values[p] for p in shown], lines,
+                                  marker=plotext.marker("◆", _pixel(self.colour))))
+        figure.ruler("y").lim(-0.5, len(shown) - 0.5)
+        figure.ruler("y").ticks(lines, labels)
         plot_width = width - 2 - max(map(len, labels), default=1)
         figure.ruler("x").lim(0, max(1, len(self.rows) - 1))
         figure.ruler("x").ticks(*row_ticks(self.rows, self.values[self.cursor], plot_width))
         return _titled(self.title, [], width, figure.build().string())
 
 
-Chart = LayerChart | PositionBars
+Chart = LayerChart | PositionMarks
 
 
 def stack(charts: list[Chart], width: int, height: int) -> Text:

@@ -13,6 +13,7 @@ top-1 changed (a leading ≠), so the grid reads without colour (NO_COLOR, 16 co
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from rich.segment import Segment
@@ -23,6 +24,8 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
+
+from layerscope.errors import LayerscopeError
 
 if TYPE_CHECKING:
     from layerscope.tui.methods import Grid, GridMethod
@@ -56,6 +59,41 @@ def prob_glyph(prob: float) -> str:
 
 def prob_bin(prob: float) -> int:
     return min(3, int(prob * 4))
+
+
+def find_cell(text_at: Callable[[int, int], str], n_rows: int, n_positions: int, start: tuple[int, int], query: str,
+              step: int = 1) -> tuple[int, int] | None:
+    """The next (`step` 1) or previous (-1) cell after `start` = (row, position), in reading order (position by
+    position, each across its rows) and around the end, whose text (`text_at(row, position)`, as the grid shows
+    it) holds `query`, ignoring case; a space in the query matches the grid's `·`. None: no cell has it."""
+    wanted = {query.lower(), query.lower().translate(_WHITESPACE)}
+    total = n_rows * n_positions
+    here = start[1] * n_rows + start[0]
+    for offset in range(1, total + 1):
+        index = (here + step * offset) % total
+        row, position = index % n_rows, index // n_rows
+        text = text_at(row, position).lower()
+        if any(part in text for part in wanted):
+            return row, position
+    return None
+
+
+def parse_jump(answer: str, rows: list[str]) -> tuple[int | None, int | None]:
+    """(row, position) from what the user typed at `:`: a number is a position, `L12` (or `emb`) the row the
+    grid labels 12 (emb); either or both, in any order. Raises LayerscopeError for anything else."""
+    row = position = None
+    for part in answer.split():
+        label = part[1:] if part[:1] in ("L", "l") and part[1:].isdigit() else part
+        if part.isdigit():
+            position = int(part)
+        elif label in rows:
+            row = rows.index(label)
+        else:
+            raise LayerscopeError(f"'{part}' is neither a position (a number) nor a row ({rows[0]}, L0..L"
+                                  f"{rows[-1]}).")
+    if row is None and position is None:
+        raise LayerscopeError("Type a position (a number), a row (L12 or emb), or both.")
+    return row, position
 
 
 def arrow_bindings(prefix: str) -> list[Binding]:
@@ -93,6 +131,10 @@ class DecodeGridView(ScrollView, can_focus=True):
         Binding("ctrl+home", "move(0, -100000)", "First position", show=False, id="grid.first_position"),
         Binding("ctrl+end", "move(0, 100000)", "Last position", show=False, id="grid.last_position"),
         Binding("space", "app.mask_shown_head", "Mask the head (pattern)", show=False, id="grid.mask_head"),
+        Binding("slash", "find", "Find a token", show=False, id="grid.find"),
+        Binding("right_square_bracket", "find_next(1)", "Next match", show=False, id="grid.next_match"),
+        Binding("left_square_bracket", "find_next(-1)", "Previous match", show=False, id="grid.previous_match"),
+        Binding("colon", "jump", "Go to a position or row", show=False, id="grid.jump"),
     ]
 
     cursor_layer: reactive[int] = reactive(0, init=False)
@@ -112,6 +154,7 @@ class DecodeGridView(ScrollView, can_focus=True):
         self.intervened: Grid | None = None
         self._cache: dict[int, tuple[Strip, dict[tuple[int, int], Strip]]] = {}  # row strip, drawn lines
         self._styles: dict[str, Style] = {}
+        self.query_text = ""  # the last search (/), for [ and ]
         self.wanted: tuple[int, int] | None = None
         """(layer, position) the user put the cursor on, kept across reruns, method and view switches even while
         the rows it needs are still coming; None: the answer cell (last row, last position), the first view."""
@@ -174,6 +217,51 @@ class DecodeGridView(ScrollView, can_focus=True):
         summary = self.method.summary
         identity = summary(self.intervened.cells[layer][position], 1).identity
         return identity is not None and identity != summary(self.baseline.cells[layer][position], 1).identity
+
+    # find and jump ------------------------------------------------------
+    def action_find(self) -> None:
+        from layerscope.tui.screens import InputScreen
+
+        def chosen(query: str | None) -> None:
+            if query:
+                self.query_text = query
+                self.action_find_next(1, from_here=True)
+
+        self.app.push_screen(InputScreen("Find a token in the grid ([ and ] go to the previous and next match):",
+                                         self.query_text), chosen)
+
+    def action_find_next(self, step: int, from_here: bool = False) -> None:
+        """Move to the next (1) or previous (-1) match of the last search; `from_here` counts the cursor's cell."""
+        shown, method = self.shown, self.method
+        if not self.query_text or shown is None or method is None or not self.n_layers:
+            self.app.notify("Nothing to find yet: / asks for a token.", severity="warning")
+            return
+        start = (self.cursor_layer, self.cursor_position)
+        if from_here:  # the search starts on the cursor's cell itself
+            start = (self.cursor_layer - 1, self.cursor_position) if self.cursor_layer else \
+                (self.n_layers - 1, self.cursor_position - 1)
+        found = find_cell(lambda row, position: method.summary(shown.cells[row][position], 200).text,
+                          self.n_layers, self.n_positions, start, self.query_text, step)
+        if found is None:
+            self.app.notify(f"No cell shows '{self.query_text}'.", severity="warning")
+            return
+        self.move_to(*found)
+
+    def action_jump(self) -> None:
+        from layerscope.tui.screens import InputScreen
+
+        def chosen(answer: str | None) -> None:
+            if not answer or self.shown is None:
+                return
+            try:
+                row, position = parse_jump(answer, self.shown.layers)
+            except LayerscopeError as error:
+                self.app.notify(str(error), severity="error")
+                return
+            self.move_to(self.cursor_layer if row is None else row,
+                         self.cursor_position if position is None else position)
+
+        self.app.push_screen(InputScreen("Go to a position (12), a row (L12, emb) or both (12 L3):", ""), chosen)
 
     # cursor -------------------------------------------------------------
     def action_move(self, dx: int, dy: int) -> None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from rich.text import Text
 
-from layerscope.tui.charts import Chart, LayerChart, PositionBars, Series
+from layerscope.tui.charts import Chart, LayerChart, PositionMarks, Series
 from layerscope.tui.grid_view import prob_glyph, token_label
 
 if TYPE_CHECKING:
@@ -178,7 +178,7 @@ def lens_charts(results: Results, shown: Grid, cursor: Cursor, theme: Theme) -> 
     shown_grid: DecodeGrid = shown  # type: ignore[assignment]  # a lens method's grid is a DecodeGrid
     charts: list[Chart] = [
         LayerChart(f"KL→final @{position} (log)", lines("kl_to_final"), cursor.rows, cursor.row, log=True),
-        PositionBars("stays top-1 from (per position)",
+        PositionMarks("stays top-1 from (per position)",
                      [f"{p} {token_label(t, 6)}" for p, t in enumerate(shown_grid.tokens)],
                      stays_top1_from(shown_grid), cursor.rows, position,
                      colours["int." if shown is intervened else "base"]),
@@ -310,14 +310,14 @@ def pattern_detail(results: Results, cursor: Cursor) -> Text:
     baseline: PatternGrid = results.baseline
     block, head = baseline.head
     query, key = cursor.position, cursor.row
-    text = Text(f"head {block}.{head} · attention pattern\n", "bold")
-    text.append("Space: mask this head · 3: the Heads pane\n")
+    text = Text(f"head {block}.{head} pattern\n", "bold")
+    text.append("Space masks it · 3: Heads\n")
     if query >= len(baseline.tokens):
         return text
     text.append(f"query {query} {token_label(baseline.tokens[query], 12)}\n", "bold")
     grids = [("base", baseline)] + ([("int.", results.intervened)] if results.intervened is not None else [])
     for name, grid in grids:
-        text.append(f"{name} on key {key}: {grid.cells[key][query].weight:.3f}; strongest keys\n", "bold")
+        text.append(f"{name} key {key}: {grid.cells[key][query].weight:.3f} · top keys\n", "bold")
         for strongest, weight in grid.pattern.strongest(grid.head, query, 3):
             text.append(f" {weight:5.1%} {prob_glyph(weight)} {strongest:>3} "
                         f"{token_label(grid.tokens[strongest], 14)}\n")

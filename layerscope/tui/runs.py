@@ -83,6 +83,7 @@ class RunController:
         and results, shown until the next lens results."""
         self.load_id = 0  # a cancelled load's result is dropped by its id
         self.loading: str | None = None  # the source a load worker is loading, None when none is
+        self.load_started = 0.0
         self._jobs: dict[object, Job] = {}
 
     # runs ---------------------------------------------------------------
@@ -167,8 +168,11 @@ class RunController:
     # model loads --------------------------------------------------------
     def begin_load(self, source: str) -> int:
         self.load_id += 1
-        self.loading = source
+        self.loading, self.load_started = source, time.monotonic()
         return self.load_id
+
+    def load_elapsed(self) -> float:
+        return time.monotonic() - self.load_started
 
     def load_ended(self, load_id: int) -> bool:
         """A load's worker ended; True when its result counts (it was neither cancelled nor replaced)."""
