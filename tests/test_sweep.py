@@ -183,11 +183,14 @@ def test_cli_bad_input_is_one_line(cli_demo, tmp_path, args, message):
     assert not files["nowhere"].parent.exists()
 
 
-def test_ctrl_c_keeps_every_finished_row(tmp_path):
+@pytest.mark.parametrize("existing", [False, True], ids=["new file", "file replaced"])
+def test_ctrl_c_keeps_every_finished_row(tmp_path, existing):
     from layerscope.cli.studies import SweepFormat, _write_sweep
 
     lm = tiny_model("llama")
     out = tmp_path / "rows.jsonl"
+    if existing:
+        out.write_text('{"an": "older sweep"}\n')
 
     def interrupted():
         for number, row in enumerate(sweep(lm, TINY_PROMPTS, "drop")):
@@ -196,8 +199,9 @@ def test_ctrl_c_keeps_every_finished_row(tmp_path):
             yield row.to_dict()
 
     with pytest.raises(LayerscopeError, match="interrupted after 3 new rows, all kept; to continue, run: .*--resume"):
-        _write_sweep(interrupted(), {"intervention": "drop"}, SweepFormat.jsonl, out, append=False)
+        _write_sweep(interrupted(), {"intervention": "drop"}, SweepFormat.jsonl, out, keep=None)
     assert [json.loads(line)["layer"] for line in out.read_text().splitlines()[1:]] == [0, 1, 2]
+    assert [p.name for p in tmp_path.iterdir()] == ["rows.jsonl"]
 
 
 def test_swap_token_rows_name_the_grid_row_and_old_files_still_resume(tmp_path):
