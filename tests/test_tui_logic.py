@@ -18,9 +18,10 @@ from layerscope.tui.themes import SHIPPED_THEMES, load_themes
 
 
 def test_tui_and_cli_import_no_torch():
-    """The first frame must not wait for torch: importing the app and the CLI pulls in no engine."""
+    """The first frame must not wait for torch: importing the app and the CLI pulls in no engine (nor plotext,
+    whose import takes a fifth of a second: the charts import it when they first draw)."""
     code = ("import sys, layerscope.cli.app, layerscope.tui.app; "
-            "print([m for m in ('torch', 'transformers', 'layerscope.models.loading') if m in sys.modules])")
+            "print([m for m in ('torch', 'transformers', 'layerscope.models.loading', 'plotext') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

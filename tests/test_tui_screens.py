@@ -132,7 +132,10 @@ async def test_run_reports_each_phase_with_counts_and_time(lm, tmp_path):
     assert "lens rows 0/13" in phases and "lens rows 13/13" in phases
     assert phases.index("lens rows 13/13") < phases.index("generating baseline 1/3")
     assert phases.index("generating baseline 3/3") < phases.index("generating intervened 1/3")
-    assert all(text.split(" · ")[1].endswith(" s (Esc cancels)") for text in seen if "(Esc cancels)" in text)
+    for text in (text.removesuffix(" (Esc cancels)") for text in seen if "(Esc cancels)" in text):
+        elapsed, *estimate = text.split(" · ")[1:]  # then, once a step of the phase is done, the time left
+        assert elapsed.endswith(" s") and all(e.startswith("~") and e.endswith(" left") for e in estimate)
+    assert any(text.startswith("generating intervened 3/3") and " left " in text for text in seen)
     assert seen[-1].startswith("done in ")
 
 

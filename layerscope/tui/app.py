@@ -449,11 +449,6 @@ class LayerscopeApp(App):
             return method, other[1]
         return method, self.runs.results
 
-    def shown_lens(self) -> DecodeGrid | None:
-        """The lens grid the grid shows, if any (None while it shows a causal trace or a head pattern)."""
-        method = self.grid.method
-        return cast("DecodeGrid | None", self.grid.shown) if method is None or method.rows is not None else None
-
     def cursor(self) -> Cursor:
         """The grid's cursor and the row labels of the whole run (`emb`, 0..L-1 for a lens, however many rows
         have arrived), as the detail text and the charts use them."""
@@ -499,12 +494,13 @@ class LayerscopeApp(App):
     def update_overview(self) -> None:
         if self.overview.metric == "kl_base_int" and not self.runs.results.kl_base_int:
             self.overview.metric = "kl_to_final"
-        shown = self.shown_lens()
-        if shown is None and self.grid.method is not None:
-            self.overview.update(f"The overview maps the lens grids; the {self.grid.method.name.replace('_', ' ')} "
-                                 "is in the Lens tab (1).")
+        method = self.grid.method
+        if method is not None and method.rows is None:  # the methods Ctrl+R runs are the lens grids it maps
+            self.overview.update(f"The overview maps the lens grids; the {method.name.replace('_', ' ')} is in the "
+                                 "Lens tab (1).")
             return
         grid, size = self.grid, self.overview.size
+        shown = cast("DecodeGrid | None", grid.shown)
         self.overview.update(overview(self.runs.results, shown, grid.view, self.overview.metric,
                                       (grid.cursor_layer, grid.cursor_position), size.width, size.height,
                                       self.current_theme.primary))
