@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -21,7 +22,7 @@ from layerscope.tui.state import Toggles, block_kinds
 
 if TYPE_CHECKING:
     from layerscope.analyses.causal_trace import CausalTrace
-    from layerscope.analyses.grid import DecodeGrid
+    from layerscope.analyses.grid import DecodeGrid, GridCell
     from layerscope.tui.app import LayerscopeApp
 
 TOGGLE_MARKS = {"on": "[x]", "covered": "[·]", "off": "[ ]"}
@@ -232,7 +233,27 @@ def first_final_rows(grid: DecodeGrid) -> list[int]:
             for position in range(len(grid.tokens))] if grid.cells else []
 
 
-def answer_text(baseline: DecodeGrid, intervened: DecodeGrid | None, n_rows: int) -> Text:
+DETAIL_WIDTH = 26
+"""The side panel's narrowest text width (its min-width, less its border): detail lines are laid out for it."""
+
+
+def flow(text: Text, pieces: list[tuple[str, str]], width: int) -> None:
+    """Append (piece, style) pairs as one line, spaced, breaking only between pieces where the next would pass
+    `width` (continuation lines indented by two): a label such as '(top-1 ≥L29)' is never cut in two."""
+    used = 0
+    for index, (piece, style) in enumerate(pieces):
+        if index and used + 1 + cell_len(piece) > width:
+            text.append("\n  ")
+            used = 2
+        elif index:
+            text.append(" ")
+            used += 1
+        text.append(piece, style)
+        used += cell_len(piece)
+    text.append("\n")
+
+
+def answer_text(baseline: DecodeGrid, intervened: DecodeGrid | None, n_rows: int, width: int = DETAIL_WIDTH) -> Text:
     """The first question answered, pinned above the cell: what the model predicts after the prompt and from
     which layer on the logit lens already has it top-1. Shown once every row has arrived."""
     text = Text()
@@ -242,43 +263,61 @@ def answer_text(baseline: DecodeGrid, intervened: DecodeGrid | None, n_rows: int
         last = len(grid.tokens) - 1
         top = grid.top1(len(grid.cells) - 1, last)
         first = grid.layers[first_final_rows(grid)[last]]
-        text.append(f"{name} ", "bold")
-        text.append(token_label(top.token, 14), "bold reverse")
-        text.append(f" {top.prob:.0%} (top-1 ≥L{first})\n")
+        flow(text, [(name, "bold"), (token_label(top.token, 14), "bold reverse"), (f"{top.prob:.0%}", ""),
+                    (f"(top-1 ≥L{first})", "")], width)
     return text
 
 
 def detail_text(baseline: DecodeGrid | None, intervened: DecodeGrid | None, kl_base_int: list[list[float]] | None,
-                layer: int, position: int, n_rows: int = 0) -> Text:
-    """The answer (see `answer_text`), then the cell under the cursor: top-k with probabilities, entropy and KL,
-    baseline beside intervened."""
+                layer: int, position: int, n_rows: int = 0, width: int = DETAIL_WIDTH) -> Text:
+    """The answer (see `answer_text`), then the cell under the cursor: entropy and KL to final of baseline and
+    intervened, their KL, then each one's top-k with probabilities. Laid out for `width` columns: the numbers
+    come first, so a short panel shows them without scrolling."""
     if baseline is None or layer >= len(baseline.cells) or position >= len(baseline.tokens):
         return Text("No results yet: type a prompt and press Ctrl+R.")
-    text = answer_text(baseline, intervened, n_rows)
+    text = answer_text(baseline, intervened, n_rows, width)
     text.append(f"{baseline.layers[layer]} @ {position} {token_label(baseline.tokens[position], 12)}\n", "bold")
     grids = [("base", baseline)]
     if intervened is not None and layer < len(intervened.cells):
         grids.append(("int.", intervened))
     for name, grid in grids:
         cell = grid.cells[layer][position]
-        text.append(f"{name} H {cell.entropy_bits:.2f} bits KL→final {cell.kl_to_final:.3f}\n", "bold")
-        for top in cell.top:
-            changed = name == "int." and top is cell.top[0] and top.id != baseline.top1(layer, position).id
-            text.append(f" {top.prob:5.1%} {prob_glyph(top.prob)} {token_label(top.token, 14)}{' ≠' if changed else ''}\n")
+        flow(text, [(f"{name} H {cell.entropy_bits:.2f} bits", "bold"), (f"KL→final {cell.kl_to_final:.3f}", "bold")],
+             width)
     if kl_base_int is not None and layer < len(kl_base_int):
         text.append(f"KL(base‖int) {kl_base_int[layer][position]:.4f} nats\n", "bold")
+    beside = len(grids) == 2 and width >= 32
+    columns = [top_lines(name, grid.cells[layer][position], baseline.top1(layer, position).id,
+                         width // 2 if beside else width, glyph=not beside) for name, grid in grids]
+    if not beside:  # one list under the other
+        columns = [[line for column in columns for line in column]]
+    for lines in zip(*columns):
+        text.append("".join(lines).rstrip() + "\n")
     return text
 
 
-def trace_detail_text(trace: CausalTrace, layer: int, position: int) -> Text:
+def top_lines(name: str, cell: GridCell, baseline_top1: int, width: int, glyph: bool = True) -> list[str]:
+    """A cell's top-k as lines of `width` under a title: probability, its glyph (unless two lists share the
+    width), token; ' ≠' marks an intervened top-1 that differs from the baseline's."""
+    lines = [f"{name} top-{len(cell.top)}".ljust(width)]
+    for top in cell.top:
+        changed = name == "int." and top is cell.top[0] and top.id != baseline_top1
+        line = f" {top.prob:5.1%} {prob_glyph(top.prob) + ' ' if glyph else ''}"
+        line += token_label(top.token, min(14, width - len(line) - 2))
+        lines.append(f"{line}{' ≠' if changed else ''}".ljust(width))
+    return lines
+
+
+def trace_detail_text(trace: CausalTrace, layer: int, position: int, width: int = DETAIL_WIDTH) -> Text:
     """The trace's question and baselines, then the cell under the cursor: the answer's probability with that
     one state restored and its indirect effect (that minus the corrupted run's)."""
     start, end = (trace.subject_positions + [0, 0])[:2]
     text = Text("causal trace · answer ", "bold")
     text.append(token_label(trace.answer, 14), "bold reverse")
-    text.append(f"\n{trace.corrupt} on {trace.subject!r} (pos {start}..{end - 1})\n")
+    text.append("\n")
+    flow(text, [(f"{trace.corrupt} on {trace.subject!r}", ""), (f"(pos {start}..{end - 1})", "")], width)
     clean, corrupted = trace.clean["p_answer"], trace.corrupted["p_answer"]
-    text.append(f"clean p {clean:.4f} · corr. p {corrupted:.4f}\n")
+    flow(text, [(f"clean p {clean:.4f}", ""), (f"· corr. p {corrupted:.4f}", "")], width)
     if layer >= len(trace.cells) or position >= len(trace.tokens):
         return text
     cell = trace.cells[layer][position]
@@ -290,6 +329,13 @@ def trace_detail_text(trace: CausalTrace, layer: int, position: int) -> Text:
     peak_row, peak = trace.peak(position)
     text.append(f" peak @{position}: row {peak_row} {peak:+.4f}\n")
     return text
+
+
+class DetailPane(Static):
+    """The cell detail: laid out again for its width when that changes."""
+
+    def on_resize(self) -> None:
+        cast("LayerscopeApp", self.app).update_detail()
 
 
 class ChartPane(Static):
