@@ -228,7 +228,6 @@ def overview_text(values: list[list[float]], tokens: list[str], layers: list[str
     text.append(f"{'pos token':<{label_width - 1}}│", "bold")
     text.append(f"{header}\n", "dim")
     layer, position = cursor
-    colour = _rich_colour(style)
     for bin_positions in position_bins:
         first = bin_positions.start
         label = f"{first:>4} {token_label(tokens[first], label_width - 6)}"
@@ -237,7 +236,7 @@ def overview_text(values: list[list[float]], tokens: list[str], layers: list[str
             cell = [_scale(values[r][p], log) for r in bin_rows for p in bin_positions]
             shade = SHADES[min(len(SHADES) - 1, round(sum(cell) / len(cell) / top * (len(SHADES) - 1)))]
             on_cursor = layer in bin_rows and position in bin_positions
-            text.append(shade if not on_cursor else "◆", "bold reverse" if on_cursor else colour)
+            text.append(shade if not on_cursor else "◆", "bold reverse" if on_cursor else style)
         text.append("\n")
     legend = (f"░▒▓█ {'log ' if log else ''}0-{_unscale(top, log):.3g} · "
               + (f"{n_positions} positions in {lines} lines · " if lines < n_positions else "")
