@@ -15,6 +15,7 @@ cell from one backward pass of the corrupted run.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
@@ -59,11 +60,20 @@ class Corruption:
     first: int = 0
 
 
+def entry_std(weight: torch.Tensor, rows: int = 4096) -> float:
+    """The standard deviation of every entry of a matrix (unbiased, as torch.std), in float64 over `rows` rows at
+    a time: a float32 copy of a 128k-token embedding would cost as much memory as a fifth of a 1B model."""
+    count = weight.numel()
+    mean = sum(chunk.double().sum().item() for chunk in weight.detach().split(rows)) / count
+    squares = sum((chunk.double() - mean).square().sum().item() for chunk in weight.detach().split(rows))
+    return math.sqrt(squares / max(count - 1, 1))
+
+
 def embedding_noise(lm: LoadedModel, n_tokens: int, seed: int = 0, scale: float = NOISE_SCALE) -> torch.Tensor:
     """(n_tokens, hidden) Gaussian noise, `scale` times the standard deviation of the embedding entries
     as the blocks see them (Gemma scales its embeddings inside the embedding module)."""
     embed = lm.adapter.embed
-    std = embed.weight.float().std().item() * float(getattr(embed, "embed_scale", 1.0))
+    std = entry_std(embed.weight) * float(getattr(embed, "embed_scale", 1.0))
     generator = torch.Generator().manual_seed(seed)
     return torch.randn((n_tokens, embed.weight.shape[1]), generator=generator) * (scale * std)
 
