@@ -177,7 +177,8 @@ async def test_first_view_is_the_answer_cell(lm, tmp_path):
         await open_session(app, pilot, tmp_path)
         assert (app.grid.cursor_layer, app.grid.cursor_position) == (12, 4)
         assert header_line(app).split()[-1] == "11"  # the last layer's column is on screen
-        assert app.detail.plain.startswith("answer ·Paris 88% (stays top-1 from 6)\nint.   ·Lyon 50% (stays top-1 from 5)")
+        assert app.detail.plain.startswith("answer ·Paris 88%\n  (stays top-1 from 6)\nint.   ·Lyon 50%\n"
+                                           "  (stays top-1 from 5)\n")  # the label never cut in two
 
 
 async def test_cursor_stays_where_the_user_put_it(lm, tmp_path):
