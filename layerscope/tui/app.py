@@ -364,9 +364,9 @@ class LayerscopeApp(App):
 
     def say_in_panes(self, text: str) -> None:
         """Until a model is loaded, the panes say why they are empty: what is loading and for how long, or that
-        no model is."""
-        for pane in (self.detail_view, self.output, self.overview, self.layer_pane.query_one("#layer-hint", Static),
-                     self.head_pane.query_one("#head-hint", Static)):
+        no model is. (A query, not query_one: the timer may tick while the app closes and its panes are gone.)"""
+        for pane in (self.detail_view, self.output, self.overview,
+                     *self.query("#layer-hint, #head-hint").results(Static)):
             pane.update(text)
 
     def on_load_failed(self, message: LoadFailed) -> None:
