@@ -53,7 +53,7 @@ async def test_main_flow(demo_lm, tmp_path):
         chart_before = str(app.query_one(ChartPane).render())
         assert "KL→final @2 (log)" in chart_before and "KL(base‖int)" not in chart_before
 
-        await pilot.press("2", "right", "down", "down", "down", "space")  # drop block 3
+        await pilot.press("2", "down", "down", "down", "space")  # drop block 3 (the cursor starts on drop)
         await settle(pilot)
         assert app.toggles.drop == {3}
         dropped = logit_lens(demo_lm, ids, top_k=5, interventions=[DropBlocks((3,))])
@@ -70,7 +70,9 @@ async def test_main_flow(demo_lm, tmp_path):
 
         await pilot.press("2", "right", "space")  # swap 3<>4 conflicts with the drop: refused with a notice
         await pilot.pause(0.2)
-        assert app.toggles.swap == frozenset() and any("dropped" in n for n in notices(app))
+        assert app.toggles.swap == frozenset()
+        assert notices(app)[-1] == "Refused: swap 3↔4 clashes with drop 3; clear the drop first. The interventions " \
+                                   "are unchanged."
 
         await pilot.press("3", "space")  # mask head 0.0; applies to the next run
         assert app.toggles.masked_heads == {(0, 0)}
@@ -90,7 +92,9 @@ async def test_main_flow(demo_lm, tmp_path):
         saved = app.runs.results
 
         await pilot.press("1", "y")  # copy the cell (OSC 52), the grid, and export the grid as CSV
-        assert app.clipboard == app.detail.plain and "KL(base‖int)" in app.clipboard
+        top = app.runs.results.intervened.top1(app.grid.cursor_layer, app.grid.cursor_position)
+        assert f"{top.prob:.4f}  {json.dumps(top.token, ensure_ascii=False)}" in app.clipboard
+        assert "KL(base‖int)" in app.clipboard
         await pilot.press("Y")
         assert app.clipboard.splitlines()[0] == "\t".join(["token", *saved.intervened.layers])
         assert len(app.clipboard.splitlines()) == len(ids[0]) + 1

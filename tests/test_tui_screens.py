@@ -247,7 +247,7 @@ async def test_help_toasts_side_panel_and_continuation(lm, tmp_path):
         keys = [table.get_row_at(i)[0] for i in range(table.row_count)]
         assert {"?", "Ctrl+R", "Ctrl+End", "Space", "z"} <= set(keys) and "question_mark" not in keys
         await pilot.press("escape", "y")
-        size = len(app.detail.plain.encode())
+        size = len(app.clipboard.encode())
         assert notices(app)[-1] == f"copied cell 11@4 · {size} B (OSC 52)"
         await pilot.press("Y")
         assert notices(app)[-1] == f"copied grid · 13x5 · {len(app.clipboard.encode())} B TSV (OSC 52)"
