@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from textual.widgets import DataTable, Input
 
@@ -176,8 +178,6 @@ async def test_malformed_theme_falls_back(demo_lm, tmp_path):
 
 async def test_head_scores_compute_sort_and_load(demo_lm, tmp_path):
     """Induction scores computed in the background fill the table and sort it; a scores JSON loads."""
-    import json
-
     from layerscope.analyses.induction import induction_scores
 
     app = make_app(demo_lm, tmp_path)
