@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
@@ -9,6 +10,48 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 import pytest
 
 from tests.tiny import FAMILIES, tiny_model
+
+
+def pytest_report_header(config):
+    """The versions a run tested (also in `-q` runs, by `pytest_sessionstart`)."""
+    return _versions()
+
+
+def _versions() -> str:
+    from importlib.metadata import version
+
+    return "layerscope tested with " + ", ".join(f"{name} {version(name)}" for name in
+                                                   ("torch", "transformers", "textual", "typer"))
+
+
+def pytest_sessionstart(session):
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and session.config.get_verbosity() < 0:
+        reporter.write_line(_versions())
+
+
+class _Deprecations(logging.Handler):
+    """transformers logs some deprecations (`warning_once`) instead of warning: collected for the autouse
+    fixture below, which fails the test that caused one."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "deprecated" in message.lower():
+            self.messages.append(message)
+
+
+@pytest.fixture(autouse=True)
+def no_logged_deprecations():
+    handler = _Deprecations()
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    yield
+    logger.removeHandler(handler)
+    assert not handler.messages, f"transformers logged a deprecation: {handler.messages}"
 
 
 def pytest_collection_modifyitems(items):

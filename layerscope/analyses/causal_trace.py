@@ -25,6 +25,7 @@ import torch
 from layerscope.analyses.patchscope import repeated_cache, write_at_output, write_at_row
 from layerscope.analyses.residual import layer_labels
 from layerscope.errors import LayerscopeError
+from layerscope.models.cache import cached_forward
 from layerscope.models.hooks import hook_input, hook_output
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
@@ -221,7 +222,7 @@ def _restored_probabilities(lm: LoadedModel, corruption: Corruption, clean: list
     corrupted_cache = None  # the corrupted run's KV cache of the positions before `position`
     with torch.inference_mode():
         if first:
-            corrupted_cache = model(input_ids=ids[:, :first], use_cache=True).past_key_values
+            corrupted_cache = cached_forward(model, None, input_ids=ids[:, :first])[1]
         for position in range(first, n_positions):
             fed = ids[:, position:]
             per_forward = max(1, TOKENS_PER_FORWARD // fed.shape[1])
@@ -231,14 +232,14 @@ def _restored_probabilities(lm: LoadedModel, corruption: Corruption, clean: list
                 with ExitStack() as stack:
                     stack.enter_context(_noised(lm, corruption, offset=position))
                     _write_clean_states(lm, stack, modules, clean, site, window, chunk, position)
-                    logits = model(input_ids=fed.expand(len(chunk), -1), past_key_values=cache,
-                                   use_cache=cache is not None, logits_to_keep=1).logits[:, -1]
+                    fed_rows = fed.expand(len(chunk), -1)
+                    logits = (cached_forward(model, cache, input_ids=fed_rows, logits_to_keep=1)[0] if cache is not None
+                              else model(input_ids=fed_rows, use_cache=False, logits_to_keep=1)).logits[:, -1]
                 grid[chunk.start:chunk.stop, position - first] = answer_probability(logits, answer_id).cpu()
                 progress((position - first) * rows + chunk.stop, (n_positions - first) * rows, "causal trace")
             if position + 1 < n_positions:  # extend the corrupted cache by this position's token
                 with _noised(lm, corruption, offset=position):
-                    corrupted_cache = model(input_ids=ids[:, position:position + 1], past_key_values=corrupted_cache,
-                                            use_cache=True).past_key_values
+                    corrupted_cache = cached_forward(model, corrupted_cache, input_ids=ids[:, position:position + 1])[1]
     return grid
 
 

@@ -26,6 +26,7 @@ from layerscope.analyses.lens import batch_residuals, logit_lens, one_prompt
 from layerscope.analyses.residual import layer_labels
 from layerscope.errors import LayerscopeError
 from layerscope.models.adapter import ModelAdapter
+from layerscope.models.cache import cached_forward
 from layerscope.models.hooks import hook_input, hook_output
 from layerscope.models.loading import LoadedModel, PromptBatch
 from layerscope.progress import ProgressFn, no_progress
@@ -153,7 +154,7 @@ def patched_rows(
     rows_per_forward = max(1, cells_per_forward // n_positions)
     prefix, fed = target.ids[:, : target.placeholder], target.ids[:, target.placeholder:]
     with torch.inference_mode():
-        prefix_cache = model(input_ids=prefix, use_cache=True).past_key_values
+        prefix_cache = cached_forward(model, None, input_ids=prefix)[1]
     for first in range(0, len(wanted), rows_per_forward):
         rows = wanted[first:first + rows_per_forward]
         batch = len(rows) * n_positions
@@ -163,10 +164,10 @@ def patched_rows(
                 elements = slice(index * n_positions, (index + 1) * n_positions)
                 write_at_row(adapter, stack, row if target_layer is None else target_layer, elements,
                              source_states[row])
-            output = model(input_ids=fed.expand(batch, -1), past_key_values=cache, use_cache=True, logits_to_keep=1)
+            output, cache = cached_forward(model, cache, input_ids=fed.expand(batch, -1), logits_to_keep=1)
             stack.close()  # the patch is for the prefill pass only
             logits = output.logits[:, -1]
-            continuation = _greedy(lm, logits, output.past_key_values, max_new_tokens)
+            continuation = _greedy(lm, logits, cache, max_new_tokens)
         for index, row in enumerate(rows):  # yielded outside inference mode and hooks
             cells = slice(index * n_positions, (index + 1) * n_positions)
             yield PatchedRow(row, logits[cells], continuation[cells])
@@ -179,8 +180,8 @@ def _greedy(lm: LoadedModel, logits: torch.Tensor, cache: Cache, max_new_tokens:
         token = logits.argmax(-1, keepdim=True)
         tokens.append(token)
         if step + 1 < max_new_tokens:
-            output = lm.model(input_ids=token.to(lm.adapter.input_device), past_key_values=cache, use_cache=True)
-            logits, cache = output.logits[:, -1], output.past_key_values
+            output, cache = cached_forward(lm.model, cache, input_ids=token.to(lm.adapter.input_device))
+            logits = output.logits[:, -1]
     if not tokens:
         return torch.empty(logits.shape[0], 0, dtype=torch.long)
     return torch.cat(tokens, dim=1).cpu()

@@ -27,6 +27,7 @@ from layerscope.interventions import MaskHeads, intervene
 from layerscope.interventions.kinds import HEAD_MASK_MODES, HeadMaskMode
 from layerscope.interventions.attention import install_edited_attention, read_attention
 from layerscope.locations import sample_file
+from layerscope.models.cache import cached_forward
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
 
@@ -186,7 +187,7 @@ def greedy_steps(lm: LoadedModel, ids: torch.Tensor, read_rows: bool = True
         for start in range(0, ids.shape[1] - 1, PREFILL_CHUNK):
             chunk = ids[:, start:min(start + PREFILL_CHUNK, ids.shape[1] - 1)]
             with torch.inference_mode():
-                cache = model(input_ids=chunk, past_key_values=cache, use_cache=True, logits_to_keep=1).past_key_values
+                cache = cached_forward(model, cache, input_ids=chunk, logits_to_keep=1)[1]
         ids = ids[:, -1:]
         modules = {block: adapter.attention(block) for block in range(adapter.n_blocks)}
     else:
@@ -194,8 +195,7 @@ def greedy_steps(lm: LoadedModel, ids: torch.Tensor, read_rows: bool = True
     with read_attention(modules, reader):  # readers stay attached until the caller stops iterating
         while True:
             with torch.inference_mode():
-                output = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            cache = output.past_key_values
+                output, cache = cached_forward(model, cache, input_ids=ids, logits_to_keep=1)
             token = int(output.logits[0, -1].argmax())
             yield token, torch.stack(rows) if read_rows else None
             ids = torch.tensor([[token]], device=adapter.input_device)

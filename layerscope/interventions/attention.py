@@ -140,8 +140,9 @@ AttentionMaskInterface.register("layerscope_eager", eager_mask)
 def routes_attention(model: nn.Module) -> bool:
     """Whether the model's attention layers call transformers' attention-function registry.
 
-    Bloom, Falcon, GPT-J, CodeGen and MPT compute attention themselves (ALiBi, their own kernels),
-    so a registered function would never run and a head mask would silently do nothing.
+    Bloom and MPT compute attention themselves (ALiBi in their own kernels), so a registered function would
+    never run and a head mask would silently do nothing (Falcon, GPT-J and CodeGen route through the registry
+    in the transformers releases layerscope supports).
     """
     return hasattr(sys.modules[type(model).__module__], "ALL_ATTENTION_FUNCTIONS")
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from layerscope.interventions.core import Intervention, ModelShape, Positions, check_interventions
 from layerscope.models.adapter import ModelAdapter
+from layerscope.models.cache import given_cache
 from layerscope.models.hooks import hook_block_output, hook_input, hook_output, watch_calls
 from layerscope.models.loading import LoadedModel
 
@@ -30,7 +31,7 @@ class InterventionRun:
     def _note_pass(self, args: tuple, kwargs: dict) -> None:
         """Whether this forward starts from an empty cache, and its attention mask (by keyword or position)."""
         given = self._forward.bind_partial(*args, **kwargs).arguments
-        cache = given.get("past_key_values")
+        cache = given_cache(given)
         self.fresh_pass = cache is None or cache.get_seq_length() == 0
         self.attention_mask = given.get("attention_mask")
 
