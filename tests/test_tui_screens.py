@@ -246,7 +246,7 @@ async def test_help_toasts_side_panel_and_continuation(lm, tmp_path):
         await pilot.press("question_mark")
         await pilot.pause(0.1)
         table = app.screen.query_one(DataTable)
-        keys = [table.get_row_at(i)[0] for i in range(table.row_count)]
+        keys = [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
         assert {"?", "Ctrl+R", "Ctrl+End", "Space", "z"} <= set(keys) and "question_mark" not in keys
         await pilot.press("escape", "y")
         size = len(app.clipboard.encode())
