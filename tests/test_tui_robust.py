@@ -362,3 +362,35 @@ async def test_palette_lists_every_action_with_its_key_and_help_is_grouped_by_pa
         assert [row for row in first if row in ("Everywhere", "Lens grid", "Layers", "Heads", "Overview")] == \
                ["Everywhere", "Lens grid", "Layers", "Heads", "Overview"]
         assert first.index("Space") > first.index("Layers") and "o" in first[first.index("Heads"):]
+
+
+@pytest.mark.parametrize("size", [(80, 24), (100, 30)])
+async def test_side_panel_shows_the_intervened_cell_without_wrapping_a_label(lm, tmp_path, size):
+    """At 80 and 100 columns, with interventions on, the side panel shows (without scrolling) the intervened
+    entropy and KL(base‖int) under the baseline's; the answer lines break between labels, never inside one."""
+    app = make_app(lm, tmp_path)
+    async with app.run_test(size=size) as pilot:
+        await open_session(app, pilot, tmp_path)
+        region = app.side.region
+        shown = [line[region.x:region.right] for line in screen_text(app).splitlines()[region.y:region.bottom]]
+        side = "\n".join(shown)
+        assert "int. H 1.25 bits" in side and "KL(base‖int) 3.5000 nats" in side, side
+        assert "(top-1 ≥L6)" in side and "(top-1 ≥L5)" in side, side
+
+
+async def test_status_line_at_80_columns_leads_with_the_running_phase(lm, tmp_path):
+    """A long head-score run at 80 columns: the phase with its count, the time and Esc are on screen in full;
+    the interventions follow, shortened."""
+    from layerscope.tui.state import Toggles
+
+    app = make_app(lm, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_session(app, pilot, tmp_path)
+        app.toggles = Toggles(drop=frozenset({2}), swap=frozenset({5}), freeze=8)
+        app.runs.begin()
+        app.runs.set_progress(app.runs.run_id, "retrieval scores", 10, 75)
+        app.show_progress()
+        await pilot.pause(0.05)
+        line = screen_text(app).splitlines()[-2]
+        assert line.lstrip().startswith("retrieval scores 10/75 · ") and " s · Esc cancels · drop 2 +2 more" in line
+        app.runs.end(app.runs.run_id)
