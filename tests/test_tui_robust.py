@@ -393,4 +393,13 @@ async def test_status_line_at_80_columns_leads_with_the_running_phase(lm, tmp_pa
         await pilot.pause(0.05)
         line = screen_text(app).splitlines()[-2]
         assert line.lstrip().startswith("retrieval scores 10/75 · ") and " s · Esc cancels · drop 2 +2 more" in line
+        from textual.widgets._toast import Toast, ToastRack
+
+        if not app.screen.query(ToastRack):  # the headless driver mounts none; a terminal does
+            await app.screen.mount(ToastRack(id="textual-toastrack"))
+        app.notify("a long notice " * 12, severity="error")  # notices stay above the status line and footer
+        await pilot.pause(0.3)
+        toasts = list(app.screen.query(Toast))
+        assert toasts and all(toast.region.bottom <= app.status.region.y for toast in toasts)
+        assert screen_text(app).splitlines()[-2].lstrip().startswith("retrieval scores 10/75 · ")
         app.runs.end(app.runs.run_id)
