@@ -106,7 +106,9 @@ async def test_main_flow(demo_lm, tmp_path):
         await pilot.press("enter")
         await pilot.pause(0.1)
         from layerscope.outputs import to_csv
-        assert csv_path.read_bytes().decode("utf-8") == to_csv(saved.intervened.csv_rows())
+        extra = {"view": "intervened", "interventions": "drop 3 · mask 0.0 (zero)"}
+        assert csv_path.read_bytes().decode("utf-8") == to_csv({"method": row["method"], **extra, **row}
+                                                               for row in saved.intervened.csv_rows())
 
     again = make_app(demo_lm, tmp_path)
     async with again.run_test(size=(100, 30)) as pilot:
@@ -138,8 +140,8 @@ async def test_empty_prompt_and_keymap(demo_lm, tmp_path):
         await pilot.pause(0.3)  # the chart timer fires under the modal screen without harm
         await pilot.press("escape")
         assert app.is_running
-        assert {"Run", "Save session", "Export grid as CSV", "Theme"} <= \
-               {command.title for command in app.get_system_commands(app.screen)}
+        assert {"Run (F6, F5)", "Save (Ctrl+S)", "Export CSV (x)", "Theme"} <= \
+               {command.title for command in app.get_system_commands(app.screen)}  # the remapped key shows
 
         await pilot.press("p")  # the sample picker: Enter takes the highlighted (first) prompt
         await pilot.pause(0.1)
@@ -248,7 +250,7 @@ async def test_printed_numbers_match_the_engine(demo_lm, tmp_path):
     app = make_app(demo_lm, tmp_path, prompt=prompt)
     async with app.run_test(size=(160, 50)) as pilot:
         await settle(pilot)
-        await pilot.press("2", "right", "down", "down", "space")  # drop block 2
+        await pilot.press("2", "down", "down", "space")  # drop block 2 (the cursor starts on drop)
         await settle(pilot)
         assert app.toggles.drop == {2}
         ids = demo_lm.encode(prompt)
@@ -266,7 +268,9 @@ async def test_printed_numbers_match_the_engine(demo_lm, tmp_path):
                 cell = grids[name].cells[layer][position]
                 assert float(h) == pytest.approx(cell.entropy_bits, abs=0.006)
                 assert float(kl_final) == pytest.approx(cell.kl_to_final, abs=0.0006)
-            probs = [float(p) / 100 for p in re.findall(r"^ *([\d.]+)% ", detail, re.M)]
+            lines = [re.findall(r"([\d.]+)% ", line) for line in detail.splitlines() if re.match(r" +[\d.]+% ", line)]
+            columns = [[float(line[i]) / 100 for line in lines if len(line) > i] for i in (0, 1)]  # side by side
+            probs = columns[0] + columns[1]
             want = [t.prob for name in ("base", "int.") for t in grids[name].cells[layer][position].top]
             assert probs == pytest.approx(want, abs=0.0006)
             shown = float(re.search(r"KL\(base‖int\) ([\d.]+) nats", detail).group(1))

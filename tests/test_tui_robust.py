@@ -226,6 +226,9 @@ async def test_focus_is_visible_and_the_side_panel_scrolls(lm, tmp_path):
         await pilot.press("shift+tab")
         await pilot.pause(0.05)
         assert app.focused is app.grid and app.grid._style("cursor") == focused_cursor
+        await pilot.press("tab", "z")  # hiding the focused side panel hands focus to the grid, not the prompt
+        await pilot.pause(0.05)
+        assert app.focused is app.grid
 
 
 async def test_a_refused_toggle_says_so_and_what_to_clear(lm, tmp_path):
