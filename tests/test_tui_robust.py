@@ -215,7 +215,8 @@ async def test_focus_is_visible_and_the_side_panel_scrolls(lm, tmp_path):
     app = make_app(lm, tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
         await open_session(app, pilot, tmp_path)
-        focused_cursor, corner, border = app.grid._style("cursor"), app.grid._style("corner"), app.side.styles.border_left
+        focused_cursor, corner = app.grid._style("cursor"), app.grid._style("corner")
+        border = app.side.styles.border_left
         await pilot.press("tab")
         await pilot.pause(0.05)
         assert app.focused is app.side and app.side.styles.border_left != border

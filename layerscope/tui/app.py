@@ -26,8 +26,8 @@ from textual import on
 from textual.actions import SkipAction
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
-from textual.dom import DOMNode
 from textual.containers import Horizontal, VerticalScroll
+from textual.dom import DOMNode
 from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane, TextArea
@@ -183,7 +183,8 @@ class LayerscopeApp(App):
     def compose(self) -> ComposeResult:
         """Widgets are kept as attributes: handlers and timers reach them even while a modal screen is up."""
         self.prompt = TextArea(self.initial_prompt or "", id="prompt", soft_wrap=True, show_line_numbers=False)
-        self.grid, self.detail_view, self.chart = DecodeGridView(id="grid"), DetailPane(id="detail"), ChartPane(id="chart")
+        self.grid, self.detail_view = DecodeGridView(id="grid"), DetailPane(id="detail")
+        self.chart = ChartPane(id="chart")
         self.side = VerticalScroll(id="side")
         self.layer_pane, self.head_pane, self.output = LayerPane(id="layers"), HeadPane(id="heads"), Static(id="output")
         self.tabs, self.status = TabbedContent(id="tabs"), Static(id="status")
@@ -514,11 +515,10 @@ class LayerscopeApp(App):
     def charts(self, width: int, height: int) -> Text:
         """The side charts at the cursor: the causal trace's, or the lens grids' (see views.lens_charts)."""
         cursor = (self.grid.cursor_layer, self.grid.cursor_position)
-        trace = self.shown_trace()
+        trace, theme = self.shown_trace(), rich_theme(self.current_theme)
         if trace is not None:
-            return trace_chart(trace, cursor, rich_theme(self.current_theme), width, height) if width >= 20 else Text()
-        return lens_charts(self.runs.results, self.shown_lens(), cursor, self.n_rows(), rich_theme(self.current_theme), width,
-                           height)
+            return trace_chart(trace, cursor, theme, width, height) if width >= 20 else Text()
+        return lens_charts(self.runs.results, self.shown_lens(), cursor, self.n_rows(), theme, width, height)
 
     def flush_charts(self) -> None:
         """Called on a timer: at most one chart build per tick, however fast rows or keys arrive."""
@@ -860,7 +860,8 @@ class LayerscopeApp(App):
     def action_toggle_side(self) -> None:
         """Hide or show the detail and chart panel: the grid gets the room."""
         self.side.toggle_class("-hidden")
-        if self.side.has_class("-hidden") and self.focused is not None and self.side in self.focused.ancestors_with_self:
+        focused = self.focused
+        if self.side.has_class("-hidden") and focused is not None and self.side in focused.ancestors_with_self:
             self.screen.set_focus(self.grid)
         self._charts_dirty = True
 
@@ -889,8 +890,9 @@ class LayerscopeApp(App):
                     keys.setdefault(binding.action, []).append(self._keymap.get(binding.id or "", binding.key))
                     titles.setdefault(binding.action, binding.description or binding.action)
             for action, its_keys in keys.items():
-                yield SystemCommand(f"{titles[action]} ({key_display(','.join(its_keys))})",
-                                    PALETTE_HELP.get(action, "anywhere" if node is self else f"in the {pane} pane"), partial(self.run_from_palette, node, action))
+                help_text = PALETTE_HELP.get(action, "anywhere" if node is self else f"in the {pane} pane")
+                yield SystemCommand(f"{titles[action]} ({key_display(','.join(its_keys))})", help_text,
+                                    partial(self.run_from_palette, node, action))
 
     def run_from_palette(self, node: DOMNode, action: str) -> None:
         """A palette command: a pane's action runs on that pane, shown and focused first."""

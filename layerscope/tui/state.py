@@ -120,7 +120,7 @@ class Toggles:
         return " · ".join(self.parts()) or "no interventions"
 
     def parts(self) -> list[str]:
-        """Each intervention by name and place: ['drop 2', 'swap 5↔6', 'freeze ≥20', 'mask 17.3, 18.6 (uniform)']."""
+        """Each intervention by name and place: ['drop 2', 'swap 5↔6', 'freeze ≥20', 'mask 17.3 (zero)']."""
         parts = []
         for kind, blocks in self.blocks:
             if block_kinds()[kind].reach == "from":
