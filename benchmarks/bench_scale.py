@@ -13,8 +13,8 @@ Each analysis is measured the layerscope way and next to a naive way:
 - patchscope: `patchscope_grid` / a full target-prompt forward per cell, with the source's output_hidden_states
   (one grid row of cells: the peak is a cell's, the time would be the grid's).
 - trace: `causal_trace` with noise on the last two tokens of a long prompt, so that every cell restores a state
-  on top of the longest KV cache (the trace's memory peak; earlier positions cost time, not memory) / the
-  clean run's output_hidden_states and a full forward without cache for one restored cell.
+  on top of the longest KV cache (all positions of a long prompt would take hours here) / the clean run's
+  output_hidden_states and a full forward without cache for one restored cell.
 - trace-start: `causal_trace` with noise on tokens 1-2, stopped (through its progress callback) after the first
   batched forward of cells, which feeds the whole prompt after the restored state, in pieces, for as many cells
   as their caches' budget allows: the early positions' memory peak (the whole grid would take hours here).

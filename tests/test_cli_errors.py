@@ -610,7 +610,7 @@ def test_generation_is_bounded_by_the_context_everywhere():
         states = torch.zeros(1, 1, lm.model.config.hidden_size)
         with pytest.raises(LayerscopeError, match="at most"):
             next(patched_rows(lm, states, target, max_new_tokens=300))
-    with pytest.raises(LayerscopeError, match="max_new_tokens=-1 is out of range"):
+    with pytest.raises(LayerscopeError, match="^max_new_tokens=-1 is out of range"):
         greedy_continuation(lm, ids, -1)
 
 

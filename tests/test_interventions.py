@@ -269,6 +269,27 @@ def test_every_kind_gives_back_the_config_and_attention_implementation(tiny_lm, 
         assert _model_settings(tiny_lm) == before, kind
 
 
+def test_attention_readers_give_back_the_attention_implementation():
+    """Induction scores, retrieval decoding and the stage signatures read attention through layerscope's function
+    only while they run."""
+    from layerscope.analyses.induction import diagonal_attention
+    from layerscope.analyses.retrieval import greedy_steps
+    from layerscope.analyses.stages import _forward_signatures
+
+    lm = tiny_model("llama")
+    ids = random_ids(8)
+    before = _model_settings(lm)
+    diagonal_attention(lm, ids, torch.ones_like(ids, dtype=torch.bool), 1)
+    assert _model_settings(lm) == before
+    steps = greedy_steps(lm, ids)
+    next(steps)
+    assert lm.model.config._attn_implementation.startswith("layerscope_")  # while decoding reads the rows
+    steps.close()
+    assert _model_settings(lm) == before
+    _forward_signatures(lm, ids)
+    assert _model_settings(lm) == before
+
+
 def _hooks(model) -> list:
     return [(name, list(m._forward_hooks), list(m._forward_pre_hooks)) for name, m in model.named_modules()]
 
