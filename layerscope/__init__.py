@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from layerscope.analyses.compare import InterventionReport, compare_logits, greedy_continuation, run_interventions
     from layerscope.analyses.grid import DecodeGrid
     from layerscope.analyses.lens import logit_lens
+    from layerscope.analyses.neurons import NeuronCensus, neuron_census
     from layerscope.analyses.patchscope import parse_target, patchscope_grid, run_patchscope
     from layerscope.analyses.tuned_lens import TunedLens, compare_lenses, load_tuned_lens, train_tuned_lens, tuned_lens
     from layerscope.errors import LayerscopeError
@@ -41,6 +42,8 @@ _EXPORTS = {
     "run_interventions": "layerscope.analyses.compare",
     "DecodeGrid": "layerscope.analyses.grid",
     "logit_lens": "layerscope.analyses.lens",
+    "NeuronCensus": "layerscope.analyses.neurons",
+    "neuron_census": "layerscope.analyses.neurons",
     "parse_target": "layerscope.analyses.patchscope",
     "patchscope_grid": "layerscope.analyses.patchscope",
     "run_patchscope": "layerscope.analyses.patchscope",
