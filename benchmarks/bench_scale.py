@@ -15,6 +15,9 @@ Each analysis is measured the layerscope way and next to a naive way:
 - trace: `causal_trace` with noise on the last two tokens of a long prompt, so that every cell restores a state
   on top of the longest KV cache (the trace's memory peak; earlier positions cost time, not memory) / the
   clean run's output_hidden_states and a full forward without cache for one restored cell.
+- trace-start: `causal_trace` with noise on tokens 1-2, stopped (through its progress callback) after the first
+  batched forward of cells, which feeds the whole prompt after the restored state, in pieces, for as many cells
+  as their caches' budget allows: the early positions' memory peak (the whole grid would take hours here).
 - retrieval: `run_test` (chunked prefill, one attention row per head per step) / eager attention with
   output_attentions over the whole prompt, which holds tokens^2 per head and layer (at --naive-retrieval-tokens:
   at 4096 tokens that is 16 GiB in bf16, more than the machine this ran on).
@@ -39,7 +42,7 @@ LLAMA_3_2_1B = dict(num_hidden_layers=16, hidden_size=2048, num_attention_heads=
                     head_dim=64, intermediate_size=8192, vocab_size=128256, tie_word_embeddings=True,
                     max_position_embeddings=131072, rope_theta=500000.0, rms_norm_eps=1e-5, bos_token_id=1,
                     eos_token_id=2, pad_token_id=2)
-ANALYSES = ("lens", "sweep", "patchscope", "trace", "retrieval")
+ANALYSES = ("lens", "sweep", "patchscope", "trace", "trace-start", "retrieval")
 
 
 def build(dtype_name: str):
@@ -155,6 +158,20 @@ def run_analysis(lm, analysis: str, way: str, args: argparse.Namespace) -> objec
             with ExitStack() as stack:  # one cell: row 8 restored at the second-to-last position
                 hook_input(stack, lm.adapter.blocks[8], _writer(tokens - 2, clean[8][0, tokens - 2]))
                 return float(lm.model(input_ids=ids, use_cache=False).logits[0, -1, 100])
+    if analysis == "trace-start":  # noise on tokens 1-2: the first positions feed the longest suffixes
+        from layerscope.analyses.causal_trace import causal_trace, noise_corruption
+
+        ids = prompt_ids(lm, args.long_tokens)
+
+        def stop_after_first_forward(done: int, total: int, description: str) -> None:
+            if done:
+                raise StopIteration(f"stopped after {done} of {total} cells")
+
+        try:
+            causal_trace(lm, ids, noise_corruption(lm, ids, (1, 3)), answer_id=100,
+                         progress=stop_after_first_forward)
+        except StopIteration as stopped:
+            return str(stopped)
     if analysis == "retrieval":
         from layerscope.analyses.retrieval import build_tests, load_haystack, load_needles, run_test
 
@@ -210,7 +227,7 @@ def main() -> None:
     print(f"load average before: {open('/proc/loadavg').read().split()[:3]}", flush=True)
     print(f"{'analysis':<11} {'way':<11} {'peak MiB':>9} {'x weights':>9} {'growth MiB':>10} {'seconds':>8}")
     for analysis in args.analyses.split(","):
-        for way in args.ways.split(","):
+        for way in args.ways.split(",") if analysis != "trace-start" else ["layerscope"]:
             done = subprocess.run([sys.executable, __file__, *forwarded, "--child", analysis, way],
                                   capture_output=True, text=True)
             if done.returncode != 0:

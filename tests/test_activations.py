@@ -156,6 +156,27 @@ def test_bad_inputs(tmp_path, tiny_lm):
     safetensors.torch.save_file({"x": torch.zeros(2)}, not_ours)
     with pytest.raises(LayerscopeError, match="not an activations file"):
         Activations.load(not_ours)
+    for site in ("resid.²", "resid.٣", "resid.1_0"):  # int() takes the last two
+        with pytest.raises(LayerscopeError, match="is not a whole number"):
+            trace(tiny_lm, "the cat", site)
+
+
+def test_an_activations_file_cut_short_or_of_other_tensors_is_one_error_naming_it(tmp_path, tiny_lm):
+    path = tmp_path / "acts.safetensors"
+    trace(tiny_lm, "the cat sat", ["resid.1", "mlp.0"]).save(path)
+    whole = path.read_bytes()
+    for length in (0, 9, len(whole) // 2, len(whole) - 1):
+        path.write_bytes(whole[:length])
+        with pytest.raises(LayerscopeError, match=f"The activations file '{path}' cannot be read"):
+            Activations.load(path)
+    path.write_bytes(whole)
+    tensors = safetensors.torch.load_file(path)
+    with safetensors.safe_open(str(path), "pt") as file:
+        metadata = file.metadata()
+    for broken in ({k: v for k, v in tensors.items() if k != "input_ids"}, {**tensors, "resid.x": torch.zeros(1)}):
+        safetensors.torch.save_file(broken, path, metadata)
+        with pytest.raises(LayerscopeError, match="not an activations file"):
+            Activations.load(path)
 
 
 def test_package_names_are_lazy_listed_and_seen_by_type_checkers():

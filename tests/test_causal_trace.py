@@ -111,6 +111,23 @@ def test_noise_trace_matches_hand_written_loop_on_tiny_models(family):
     assert trace.cells[-1][-1].p_answer == pytest.approx(trace.clean["p_answer"], abs=1e-5)
 
 
+@pytest.mark.parametrize("family, site", [("llama", "resid"), ("gemma2", "resid"), ("qwen2", "mlp")])
+def test_a_prompt_run_in_pieces_through_the_cache_gives_the_same_grid(family, site, monkeypatch):
+    """Long prompts run in pieces of PREFILL_TOKENS (the clean and corrupted runs, the corrupted prefix, the
+    restored suffixes); 3-token pieces over 11 tokens cross every boundary, sliding windows of 4 included."""
+    import layerscope.analyses.causal_trace as engine
+
+    lm = tiny_model(family)
+    ids = random_ids(11, seed=7)
+    corruption = noise_corruption(lm, ids, (4, 6), seed=5)
+    monkeypatch.setattr(engine, "PREFILL_TOKENS", 3)
+    trace = causal_trace(lm, ids, corruption, ANSWER, site=site, window=2)
+    torch.testing.assert_close(trace.values("p_answer"), reference_grid(lm, ids, corruption, site, window=2),
+                               atol=2e-5, rtol=1e-4)
+    if site == "resid":  # the last row at the last position is the clean output, run in pieces too
+        assert trace.cells[-1][-1].p_answer == pytest.approx(trace.clean["p_answer"], abs=1e-5)
+
+
 @pytest.mark.parametrize("site", ["attn", "mlp"])
 def test_module_windows_match_hand_written_loop(site):
     lm = tiny_model("llama")

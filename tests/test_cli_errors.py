@@ -529,6 +529,32 @@ def test_a_supported_family_on_a_config_of_another_is_one_error_line(tmp_path, t
     assert_one_error_line(result.stderr.decode(), "config.json of", "does not describe a valid model")
 
 
+def _cut_in_half(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "config.json").write_text("[1]"), "The config.json of '{d}' is not a JSON object"),
+    (lambda d: (d / "config.json").write_text('"llama"'), "The config.json of '{d}' is not a JSON object"),
+    (lambda d: (d / "config.json").write_text(json.dumps({**json.loads((d / "config.json").read_text()),
+                                                           "num_hidden_layers": "four"})),
+     "does not describe a valid model of its model_type: Validation error for field 'num_hidden_layers'"),
+    (lambda d: _cut_in_half(d / "model.safetensors"), "its safetensors weights cannot be read (Error while deserializing"),
+    (lambda d: (d / "model.safetensors").write_bytes(b""), "its safetensors weights cannot be read"),
+    (lambda d: (d / "tokenizer_config.json").write_text("[1]"), "The tokenizer files of '{d}' cannot be read"),
+])
+def test_a_model_folder_file_that_is_damaged_is_one_error_line(tmp_path, tiny_dir, damage, message):
+    """A model folder's files are inputs like any other: cut short or of the wrong shape, one line names them."""
+    model = tmp_path / "model"
+    model.mkdir()
+    for file in tiny_dir.iterdir():
+        (model / file.name).write_bytes(file.read_bytes())
+    damage(model)
+    result = invoke("lens", "--model", str(model), "--prompt", PROMPT)
+    assert result.exit_code == 1
+    assert_one_error_line(result.stderr, message.format(d=model))
+
+
 def test_an_uncached_hub_id_offline_fails_at_once_saying_how_to_fetch_it():
     result = cli("lens", "--model", "someone/not-cached-anywhere", "--prompt", PROMPT)
     assert result.returncode == 1

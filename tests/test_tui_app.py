@@ -151,7 +151,7 @@ async def test_bad_model_id_keeps_the_app_up(tmp_path):
         assert any("No model directory" in n for n in notices(app))
         await type_text(pilot, "hi")
         await pilot.press("ctrl+r")
-        assert any("not loaded" in n for n in notices(app))
+        assert any("No model is loaded (L loads one)." in n for n in notices(app))
         await pilot.press("escape", "L")  # another try, with a hub id that cannot be had (offline)
         app.screen.query_one(Input).value = "no-such-org/no-such-model"
         await pilot.press("enter")

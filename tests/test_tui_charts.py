@@ -61,8 +61,11 @@ def test_stays_top1_from_ignores_a_row_that_loses_it_again():
 
 def test_the_answer_line_names_the_row_it_stays_from():
     results = synthetic_results()
-    text = REGISTRY["logit_lens"].detail(results, Cursor(0, 0, list(LAYERS))).plain
-    assert text.startswith(f"answer ·Paris 88% (stays top-1 from {LAYERS[FIRST_FINAL[4]]})")
+    label = f"(stays top-1 from {LAYERS[FIRST_FINAL[4]]})"
+    wide = REGISTRY["logit_lens"].detail(results, Cursor(0, 0, list(LAYERS)), 60).plain
+    assert wide.startswith(f"answer ·Paris 88% {label}")
+    narrow = REGISTRY["logit_lens"].detail(results, Cursor(0, 0, list(LAYERS)), 26).plain
+    assert narrow.startswith(f"answer ·Paris 88%\n  {label}\n")  # never cut inside the label
 
 
 def test_row_ticks_label_rows_as_the_grid_does():

@@ -18,9 +18,10 @@ from layerscope.tui.themes import SHIPPED_THEMES, load_themes
 
 
 def test_tui_and_cli_import_no_torch():
-    """The first frame must not wait for torch: importing the app and the CLI pulls in no engine."""
+    """The first frame must not wait for torch: importing the app and the CLI pulls in no engine (nor plotext,
+    whose import takes a fifth of a second: the charts import it when they first draw)."""
     code = ("import sys, layerscope.cli.app, layerscope.tui.app; "
-            "print([m for m in ('torch', 'transformers', 'layerscope.models.loading') if m in sys.modules])")
+            "print([m for m in ('torch', 'transformers', 'layerscope.models.loading', 'plotext') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -210,12 +211,25 @@ def test_choose_theme_falls_back_and_says_so_only_when_asked():
     assert choose_theme("nope", [DEFAULT_THEME]) == (FALLBACK_THEME, [f"Unknown theme 'nope'; using {FALLBACK_THEME}."])
 
 
-def test_status_line_leads_with_what_is_stale():
+def test_status_line_leads_with_what_is_stale_then_what_is_happening():
     from layerscope.tui.views import status_line
 
-    line = status_line(["prompt", "interventions"], "demo · logit_lens · esc\x1b")
-    assert line.plain == "STALE: prompt, interventions changed · Ctrl+R reruns · demo · logit_lens · esc␛"
-    assert status_line([], "demo").plain == "demo"
+    line = status_line(["prompt", "interventions"], "ready\x1b", [], ["logit_lens", "demo"], 200)
+    assert line.plain == "STALE: prompt, interventions changed · Ctrl+R reruns · ready␛ · no interventions · " \
+                         "logit_lens · demo"
+    assert status_line([], "done", ["drop 2"], ["demo"], 80).plain == "done · drop 2 · demo"
+
+
+def test_status_line_shortens_the_interventions_that_do_not_fit():
+    """At 80 columns the phase, time and Esc come first whole; the interventions shrink to the first and a count
+    ('drop 2 +3 more') before anything else is cut."""
+    from layerscope.tui.views import status_line
+
+    activity, shown = "lens rows 12/31 · 1.4 s · Esc cancels", ["logit_lens", "view intervened", "demo"]
+    parts = ["drop 2", "swap 5↔6", "freeze ≥20", "mask 17.3, 18.6 (uniform)"]
+    line = status_line([], activity, parts, shown, 78).plain
+    assert line == "lens rows 12/31 · 1.4 s · Esc cancels · drop 2 +3 more · logit_lens · view intervened · demo"
+    assert status_line([], activity, parts, shown, 200).plain == " · ".join([activity, *parts, *shown])
 
 
 def test_sessions_with_the_old_kind_spellings_still_load():

@@ -14,6 +14,7 @@ after the MLP returns, and OPT runs its MLP on (B * T, hidden).
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -21,16 +22,18 @@ from pathlib import Path
 from typing import TypeAlias
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from layerscope.arguments import check_ids, check_lm
 from layerscope.errors import ArgumentTypeError, LayerscopeError
 from layerscope.models.hooks import hook_input, hook_output
 from layerscope.models.loading import LoadedModel, PromptBatch
+from layerscope.specs import parse_number
+from layerscope.tensorfiles import read_safetensors
 
 SITE_KINDS = ("resid", "attn", "mlp")
 _IDS, _MASK = "input_ids", "attention_mask"
+_SITE_NAME = re.compile(f"({'|'.join(SITE_KINDS)})\\.[0-9]+", re.ASCII)
 _FORMAT = "layerscope.activations"
 
 Prompts: TypeAlias = str | Sequence[str] | torch.Tensor | PromptBatch
@@ -85,11 +88,10 @@ class Activations:
 
     @classmethod
     def load(cls, path: str | Path) -> Activations:
-        with safe_open(str(path), framework="pt") as file:
-            metadata = file.metadata() or {}
-            if metadata.get("format") != _FORMAT:
-                raise LayerscopeError(f"'{path}' is not an activations file written by layerscope.")
-            tensors = {name: file.get_tensor(name) for name in file.keys()}
+        tensors, metadata = read_safetensors(Path(path), "The activations file")
+        if metadata.get("format") != _FORMAT or not {_IDS, _MASK} <= set(tensors) or \
+                not all(_SITE_NAME.fullmatch(name) for name in set(tensors) - {_IDS, _MASK}):
+            raise LayerscopeError(f"'{path}' is not an activations file written by layerscope.")
         ids, mask = tensors.pop(_IDS), tensors.pop(_MASK)
         return cls(metadata.get("model", ""), ids, mask, dict(sorted(tensors.items(), key=lambda i: _site_order(i[0]))))
 
@@ -117,7 +119,7 @@ def site_names(sites: str | Iterable[str], n_blocks: int) -> list[str]:
             names.update(f"{kind}.{index}" for index in range(count))
             continue
         try:
-            index = int(index_text)
+            index = int(parse_number(index_text, int))
         except ValueError:
             raise LayerscopeError(f"Site '{site}': '{index_text}' is not a whole number.") from None
         if not -count <= index < count:

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import torch
+from transformers import Cache
 
 from layerscope.analyses.patchscope import repeated_cache, write_at_output, write_at_row
 from layerscope.analyses.residual import layer_labels
@@ -38,9 +39,12 @@ NOISE_SCALE = 3.0
 """Noise standard deviation in units of the embeddings' standard deviation (the paper's 3 sigma)."""
 TOKENS_PER_FORWARD = 4096
 """Fed tokens (cells x corrupted suffix length) per batched forward."""
-CACHE_SHARE = 0.25
-"""The copies of the corrupted run's KV cache one batched forward carries (one per cell) take at most this share
-of the weights' bytes (one copy at least): on a long prompt the cache, not the fed tokens, sets the memory."""
+PREFILL_TOKENS = 256
+"""Tokens per forward piece of a long run (clean, corrupted, restored): a forward's attention scores grow with its
+tokens times the keys, so a long prompt runs in pieces through the KV cache."""
+CACHE_SHARE = 0.1
+"""The KV caches one batched forward of restored cells carries (one per cell, as long as the prompt) take at most
+this share of the weights' bytes (one cache at least): on a long prompt the caches set the memory."""
 
 
 @dataclass(frozen=True)
@@ -114,11 +118,11 @@ def site_modules(lm: LoadedModel, site: Site) -> list[torch.nn.Module]:
     return [adapter.attention(b) if site == "attn" else adapter.mlp(b) for b in range(lm.n_blocks)]
 
 
-def capture_sites(lm: LoadedModel, ids: torch.Tensor, site: Site, corruption: Corruption | None = None,
-                  leaf_input: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """One forward pass: every state of the site ((1, T, hidden) each, not detached) and the last
-    position's logits. `leaf_input` makes block 0's input a leaf that requires grad, so that a
-    backward pass reaches every state even where the weights do not require grad."""
+def _capture_piece(lm: LoadedModel, ids: torch.Tensor, site: Site, corruption: Corruption | None,
+                   cache: Cache | None, offset: int, leaf_input: bool = False
+                   ) -> tuple[list[torch.Tensor], torch.Tensor, Cache | None]:
+    """One forward of `ids` (the tokens from position `offset` on, after `cache`): the site's states of these
+    tokens, the last position's logits and the grown cache (None with `leaf_input`, a pass without cache)."""
     states: list[torch.Tensor] = []
 
     def keep_input(hidden: torch.Tensor) -> torch.Tensor:
@@ -128,12 +132,39 @@ def capture_sites(lm: LoadedModel, ids: torch.Tensor, site: Site, corruption: Co
             states.append(hidden)
         return hidden
 
-    with ExitStack() as stack, _noised(lm, corruption) if corruption else nullcontext():
+    with ExitStack() as stack, _noised(lm, corruption, offset) if corruption else nullcontext():
         hook_input(stack, lm.adapter.blocks[0], keep_input)
         for module in site_modules(lm, site):
             hook_output(stack, module, states.append)
-        logits = lm.model(input_ids=(corruption.ids if corruption else ids), use_cache=False, logits_to_keep=1).logits
-    return states, logits[0, -1]
+        if leaf_input:
+            output = lm.model(input_ids=ids, use_cache=False, logits_to_keep=1)
+        else:
+            output, cache = cached_forward(lm.model, cache, input_ids=ids, logits_to_keep=1)
+    return states, output.logits[0, -1], cache
+
+
+def capture_sites(lm: LoadedModel, ids: torch.Tensor, site: Site, corruption: Corruption | None = None,
+                  leaf_input: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Every state of the site ((1, T, hidden) each) and the last position's logits, of the clean run or the
+    corrupted one. The prompt runs in pieces of PREFILL_TOKENS through the KV cache, so no forward holds
+    attention scores of the whole prompt; `leaf_input` runs it in one pass without cache instead, with block
+    0's input a leaf that requires grad, so that a backward pass reaches every state (not detached) even where
+    the weights do not require grad."""
+    run_ids = corruption.ids if corruption else ids
+    if leaf_input:
+        states, logits, _ = _capture_piece(lm, run_ids, site, corruption, None, 0, leaf_input=True)
+        return states, logits
+    total = run_ids.shape[1]
+    kept: list[torch.Tensor] = []
+    cache: Cache | None = None
+    for start in range(0, total, PREFILL_TOKENS):
+        stop = min(start + PREFILL_TOKENS, total)
+        states, logits, cache = _capture_piece(lm, run_ids[:, start:stop], site, corruption, cache, start)
+        if not kept:
+            kept = [state.new_empty((state.shape[0], total, *state.shape[2:])) for state in states]
+        for whole, piece in zip(kept, states):
+            whole[:, start:stop] = piece
+    return kept, logits
 
 
 def window_blocks(block: int, n_blocks: int, window: int) -> range:
@@ -204,32 +235,35 @@ def _restored_probabilities(lm: LoadedModel, corruption: Corruption, clean: list
 
     A restoration at position p leaves every position before p as in the corrupted run, so the cells
     of one position share the corrupted run's KV cache up to p and feed only the tokens from p on,
-    many rows per forward (one batch element each). The corrupted cache grows by one token per
-    position, so no cache is ever cropped (a sliding-window layer cannot give back dropped tokens)."""
+    many rows per forward (one batch element each), in pieces of PREFILL_TOKENS, with as many rows as
+    CACHE_SHARE allows for their caches. The corrupted cache grows by one token per position, so no cache
+    is ever cropped (a sliding-window layer cannot give back dropped tokens)."""
     model, ids, first = lm.model, corruption.ids, corruption.first
     n_positions = ids.shape[1]
     modules = site_modules(lm, site)
     grid = torch.empty(rows, n_positions - first)
-    copies_budget = CACHE_SHARE * sum(p.numel() * p.element_size() for p in model.parameters())
+    budget = CACHE_SHARE * sum(p.numel() * p.element_size() for p in model.parameters())
     corrupted_cache = None  # the corrupted run's KV cache of the positions before `position`
     with torch.inference_mode():
-        if first:
-            corrupted_cache = cached_forward(model, None, input_ids=ids[:, :first])[1]
+        token_bytes = cache_bytes(cached_forward(model, None, input_ids=ids[:, :1])[1])  # one token's keys, values
+        for start in range(0, first, PREFILL_TOKENS):
+            corrupted_cache = cached_forward(model, corrupted_cache,
+                                             input_ids=ids[:, start:min(start + PREFILL_TOKENS, first)])[1]
         for position in range(first, n_positions):
-            fed = ids[:, position:]
-            per_forward = max(1, TOKENS_PER_FORWARD // fed.shape[1])
-            if corrupted_cache is not None:
-                per_forward = max(1, min(per_forward, int(copies_budget // max(cache_bytes(corrupted_cache), 1))))
-            for start in range(0, rows, per_forward):
-                chunk = range(start, min(rows, start + per_forward))
+            piece = min(n_positions - position, PREFILL_TOKENS)
+            per_forward = max(1, min(TOKENS_PER_FORWARD // piece, int(budget // (token_bytes * n_positions))))
+            for at in range(0, rows, per_forward):
+                chunk = range(at, min(rows, at + per_forward))
                 cache = repeated_cache(corrupted_cache, len(chunk)) if corrupted_cache is not None else None
-                with ExitStack() as stack:
-                    stack.enter_context(_noised(lm, corruption, offset=position))
-                    _write_clean_states(lm, stack, modules, clean, site, window, chunk, position)
-                    fed_rows = fed.expand(len(chunk), -1)
-                    logits = (cached_forward(model, cache, input_ids=fed_rows, logits_to_keep=1)[0] if cache is not None
-                              else model(input_ids=fed_rows, use_cache=False, logits_to_keep=1)).logits[:, -1]
-                grid[chunk.start:chunk.stop, position - first] = answer_probability(logits, answer_id).cpu()
+                for start in range(position, n_positions, PREFILL_TOKENS):  # the state is restored in the first
+                    with ExitStack() as stack:
+                        stack.enter_context(_noised(lm, corruption, offset=start))
+                        if start == position:
+                            _write_clean_states(lm, stack, modules, clean, site, window, chunk, position)
+                        fed = ids[:, start:min(start + PREFILL_TOKENS, n_positions)].expand(len(chunk), -1)
+                        output, cache = cached_forward(model, cache, input_ids=fed, logits_to_keep=1)
+                grid[chunk.start:chunk.stop, position - first] = answer_probability(output.logits[:, -1],
+                                                                                    answer_id).cpu()
                 progress((position - first) * rows + chunk.stop, (n_positions - first) * rows, "causal trace")
             if position + 1 < n_positions:  # extend the corrupted cache by this position's token
                 with _noised(lm, corruption, offset=position):

@@ -16,15 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -35,6 +32,7 @@ from layerscope.arguments import check_ids, check_int, check_lm, check_path, che
 from layerscope.errors import ArgumentTypeError, ArgumentValueError, LayerscopeError
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
+from layerscope.tensorfiles import read_safetensors, replace_file
 
 WEIGHTS, CONFIG = "lens.safetensors", "config.json"
 CHECKPOINT = "checkpoint.safetensors"  # the step and recipe in its metadata, under CHECKPOINT_KEY
@@ -103,29 +101,6 @@ def check_finite_weights(tensors: dict[str, torch.Tensor], what: str) -> None:
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise LayerscopeError(f"{what} has weights that are not finite ({name}): the training diverged; "
                                   "train again with a lower learning rate.")
-
-
-def replace_file(path: Path, write: Callable[[Path], object]) -> None:
-    """`write(temp)` writes a temporary file beside `path`, which is flushed to disk and renamed over `path`: a
-    kill at any moment leaves the old file or the new one, whole."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    try:
-        write(temp)
-        with open(temp, "rb") as file:
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
-def read_safetensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The tensors and metadata of a safetensors file, or one LayerscopeError naming it."""
-    try:
-        with safe_open(str(path), "pt") as file:
-            return {key: file.get_tensor(key) for key in file.keys()}, file.metadata() or {}
-    except (SafetensorError, OSError) as error:
-        raise LayerscopeError(f"{what} '{path}' cannot be read ({error}); it may have been cut short while "
-                              "being written.") from None
 
 
 def _lens_config(path: Path) -> tuple[int, int, str]:

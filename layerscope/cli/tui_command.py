@@ -52,11 +52,9 @@ def tui(
 
 def print_themes() -> None:
     """Theme files (shipped, then the user's) and Textual's own, one name a line; bad files on stderr."""
-    from textual.theme import BUILTIN_THEMES
+    from layerscope.tui.themes import SHIPPED_THEMES, theme_names, user_theme_folder
 
-    from layerscope.tui.themes import SHIPPED_THEMES, load_themes, user_theme_folder
-
-    themes, problems = load_themes([SHIPPED_THEMES, user_theme_folder()])
+    names, problems = theme_names([SHIPPED_THEMES, user_theme_folder()])
     for problem in problems:
         typer.echo(f"warning: {problem}", err=True)
-    typer.echo("\n".join(dict.fromkeys([theme.name for theme in themes] + list(BUILTIN_THEMES))))
+    typer.echo("\n".join(names))

@@ -8,10 +8,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import overload
+from typing import Any, overload
 from urllib.parse import urlsplit
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
+from safetensors import SafetensorError
 from transformers import utils as transformers_utils
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -248,7 +250,10 @@ def check_model_dir(directory: Path) -> None:
 def check_family(source: str, local_only: bool) -> None:
     """Read the family from config.json before building the model: an unsupported family can crash inside
     transformers (a falcon model_type on a llama config does) before the adapter could refuse it."""
-    config, _ = PretrainedConfig.get_config_dict(source, local_files_only=local_only)
+    loaded, _ = PretrainedConfig.get_config_dict(source, local_files_only=local_only)
+    if not isinstance(loaded, dict):
+        raise LayerscopeError(f"The config.json of '{source}' is not a JSON object.")
+    config: Any = loaded  # its values are whatever the file holds
     model_type = config.get("model_type")
     families = {model_type, (config.get("text_config") or {}).get("model_type")} - {None}
     if not any(is_supported(family) for family in families):
@@ -262,12 +267,26 @@ def read_config(source: str, trust_remote_code: bool, local_only: bool, label: s
     transformers_utils.logging.set_verbosity(transformers_utils.logging.CRITICAL)  # it logs the whole config too
     try:
         return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=local_only)
-    except (AttributeError, KeyError, TypeError, ValueError) as error:
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    except (AttributeError, KeyError, TypeError, ValueError, StrictDataclassError) as error:  # the last: mistyped
         raise LayerscopeError(f"The config.json of '{label}' does not describe a valid model of its model_type: "
-                              f"{detail}") from error
+                              f"{first_line(error)}") from error
     finally:
         transformers_utils.logging.set_verbosity(verbosity)
+
+
+def first_line(error: BaseException) -> str:
+    """An error's first line (transformers' messages run to many), or its type's name when it says nothing."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def read_tokenizer(source: str, trust_remote_code: bool, local_only: bool, label: str) -> PreTrainedTokenizerBase:
+    """The model's tokenizer; tokenizer files of the wrong shape (a tokenizer_config.json holding a list) fail
+    inside transformers with any error."""
+    try:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=local_only)
+    except (AttributeError, KeyError, TypeError) as error:
+        raise LayerscopeError(f"The tokenizer files of '{label}' cannot be read: {first_line(error)}") from error
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -321,8 +340,7 @@ def _load_pretrained(source: str, dtype: torch.dtype, device_map: str | None, tr
     try:
         check_family(source, local_only)
         config = read_config(source, trust_remote_code, local_only, label)
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code,
-                                                  local_files_only=local_only)
+        tokenizer = read_tokenizer(source, trust_remote_code, local_only, label)
         model = AutoModelForCausalLM.from_pretrained(
             source,
             config=config,
@@ -332,7 +350,9 @@ def _load_pretrained(source: str, dtype: torch.dtype, device_map: str | None, tr
             use_safetensors=True,
             local_files_only=local_only,
         )
+    except SafetensorError as error:
+        raise LayerscopeError(f"Could not load model '{label}': its safetensors weights cannot be read ({error}); "
+                              "a file may have been cut short.") from None
     except (OSError, ValueError, EnvironmentError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise LayerscopeError(f"Could not load model '{label}': {first_line}") from error
+        raise LayerscopeError(f"Could not load model '{label}': {first_line(error)}") from error
     return model, tokenizer

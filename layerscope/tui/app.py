@@ -15,15 +15,17 @@ import asyncio
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from rich.text import Text
 from textual import on
+from textual.actions import SkipAction
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, VerticalScroll
 from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane, TextArea
@@ -40,11 +42,12 @@ from layerscope.tui.messages import (LoadFailed, ModelLoaded, PatternComputed, R
                                      RunProgress, RunStarted, ScoresComputed, TraceComputed)
 from layerscope.tui.charts import Chart, stack
 from layerscope.tui.methods import REGISTRY, Cursor, GridMethod, PatternGrid, cycled
-from layerscope.tui.panes import QUICK_SOURCES, SCORE_SOURCES, ChartPane, HeadPane, LayerPane, OverviewPane
+from layerscope.tui.panes import (DETAIL_WIDTH, QUICK_SOURCES, SCORE_SOURCES, ChartPane, DetailPane, HeadPane, LayerPane,
+                                  OverviewPane)
 from layerscope.tui.runs import Job, RunController
-from layerscope.tui.screens import PALETTE, HelpScreen, InputScreen, PickScreen
+from layerscope.tui.screens import PALETTE, ConfirmScreen, HelpScreen, InputScreen, PickScreen
 from layerscope.tui.state import Results, RunOrigin, Session, Toggles, sample_prompts
-from layerscope.tui.themes import SHIPPED_THEMES, choose_theme, load_themes, user_theme_folder
+from layerscope.tui.themes import SHIPPED_THEMES, choose_theme, load_themes, rich_theme, user_theme_folder
 from layerscope.tui.views import duration, output_text, overview, status_line
 from layerscope.tui.workers import RunContext
 
@@ -55,6 +58,18 @@ if TYPE_CHECKING:
 
 TABS = ("tab-lens", "tab-layers", "tab-heads", "tab-output", "tab-overview")
 RUN_CANCELLED = "cancelled; rows computed so far are kept"
+ESC = "Esc cancels"
+
+
+class MainScreen(Screen):
+    """The explorer's screen. Focus is the app's to give (never the first focusable widget, the prompt): when a
+    dialog closes, the widget that had focus has it again; when none has, the shown pane gets it."""
+
+    AUTO_FOCUS = ""
+
+    def on_screen_resume(self) -> None:
+        if self.focused is None:
+            cast("LayerscopeApp", self.app).focus_pane()
 
 
 class LayerscopeApp(App):
@@ -63,19 +78,24 @@ class LayerscopeApp(App):
     TITLE = "layerscope"
     CSS = """
     #prompt { height: 4; border: round $primary 50%; }
-    #prompt:focus { border: round $primary; }
+    #prompt:focus { border: round $accent; border-title-style: bold; }
     #lens-body { height: 1fr; }
     #grid { width: 1fr; height: 1fr; }
     #grid.-stale { text-opacity: 55%; }
-    #side { width: 34%; min-width: 26; max-width: 48; height: 1fr; border-left: vkey $panel; }
+    #side { width: 34%; min-width: 27; max-width: 48; height: 1fr; border-left: vkey $panel;
+            scrollbar-size-vertical: 1; }
+    #side:focus-within, #output-scroll:focus, #overview:focus { border-left: vkey $accent; }
+    #output-scroll, #overview { border-left: vkey $panel; }
+    LayerPane:focus-within > Static, HeadPane:focus-within > Static { background: $accent 25%; }
     #side.-hidden { display: none; }
-    #detail { height: auto; max-height: 40%; overflow-y: auto; }
+    #detail { height: auto; }
     #chart { height: 1fr; min-height: 9; text-wrap: nowrap; text-overflow: clip; }
     #overview { height: 1fr; text-wrap: nowrap; text-overflow: clip; }
     #status { height: 1; background: $panel; color: $foreground; padding: 0 1; }
     #layer-hint, #head-hint { height: auto; color: $foreground 80%; }
     LayerPane DataTable, HeadPane DataTable { height: 1fr; }
     TabbedContent { height: 1fr; }
+    ToastRack { margin-bottom: 2; }  /* notices stay above the status line and the footer */
     TabPane { padding: 0; }
     """
     BINDINGS = [
@@ -86,7 +106,7 @@ class LayerscopeApp(App):
         Binding("ctrl+c", "quit", "Quit", show=False, id="quit_ctrl_c", priority=True),
         Binding("question_mark", "help", "Help", id="help"),
         Binding("f1", "help", "Help", show=False, id="help_f1", priority=True),
-        Binding("e", "edit_prompt", "Prompt", id="edit_prompt"),
+        Binding("e", "edit_prompt", "Prompt", id="edit_prompt", priority=True),  # see action_edit_prompt
         Binding("m", "switch_method", "Method", id="switch_method"),
         Binding("v", "cycle_view", "View", id="cycle_view"),
         Binding("c", "clear_interventions", "Clear", show=False, id="clear_interventions"),
@@ -143,6 +163,9 @@ class LayerscopeApp(App):
         self.trace_subject = ""
         self.model_lock = threading.Lock()
         self.status_text = ""
+        self.run_label = ""  # the running run's name until its first phase reports
+        self._draw_failures: set[str] = set()  # told once each (see `drawing`)
+        self.last_session: Path | None = None  # the session file last saved or opened: Ctrl+O offers it
         self._charts_dirty = False
         self.detail = Text()
         self.output_text = Text()
@@ -159,8 +182,8 @@ class LayerscopeApp(App):
     def compose(self) -> ComposeResult:
         """Widgets are kept as attributes: handlers and timers reach them even while a modal screen is up."""
         self.prompt = TextArea(self.initial_prompt or "", id="prompt", soft_wrap=True, show_line_numbers=False)
-        self.grid, self.detail_view, self.chart = DecodeGridView(id="grid"), Static(id="detail"), ChartPane(id="chart")
-        self.side = Vertical(id="side")
+        self.grid, self.detail_view, self.chart = DecodeGridView(id="grid"), DetailPane(id="detail"), ChartPane(id="chart")
+        self.side = VerticalScroll(id="side")
         self.layer_pane, self.head_pane, self.output = LayerPane(id="layers"), HeadPane(id="heads"), Static(id="output")
         self.tabs, self.status = TabbedContent(id="tabs"), Static(id="status")
         self.overview = OverviewPane(id="overview")
@@ -175,15 +198,18 @@ class LayerscopeApp(App):
                 yield self.layer_pane
             with TabPane("Heads", id="tab-heads"):
                 yield self.head_pane
-            with TabPane("Output", id="tab-output"), VerticalScroll():
+            with TabPane("Output", id="tab-output"), VerticalScroll(id="output-scroll"):
                 yield self.output
             with TabPane("Overview", id="tab-overview"):
                 yield self.overview
         yield self.status
         yield Footer()
 
+    def get_default_screen(self) -> Screen:
+        return MainScreen(id="_default")
+
     def on_mount(self) -> None:
-        self.prompt.border_title = "prompt (Ctrl+R runs, p: samples)"
+        self.mark_prompt()
         for message, severity in self._startup_notices:
             self.notify(message, severity=severity, timeout=8)
         self._apply_keymap()
@@ -223,11 +249,14 @@ class LayerscopeApp(App):
         self.exit()
 
     def set_status(self, text: str) -> None:
-        """Stale results (not while a run replaces them) lead the line; then what is shown, and `text`."""
+        """Stale results (not while a run replaces them) lead the line; then `text` (what is happening), the
+        interventions, and what is shown (see views.status_line)."""
         self.status_text = text
         model = self.lm.name if self.lm else self.model_source
-        shown = f"{model} · {self.method} · view {self.grid.view} · {self.toggles.describe()}"
-        self.status.update(status_line([] if self.runs.running else self.stale_changes(), f"{shown} · {text}"))
+        with self.drawing("status line"):
+            self.status.update(status_line([] if self.runs.running else self.stale_changes(), text,
+                                           self.toggles.parts(), [self.method, f"view {self.grid.view}", model],
+                                           self.status.content_region.width or self.size.width))
 
     def current_origin(self) -> RunOrigin:
         return RunOrigin(self.lm.name if self.lm else self.model_source, self.prompt.text, self.method, self.toggles)
@@ -243,6 +272,17 @@ class LayerscopeApp(App):
         self.set_status(self.status_text)
         self.update_output()
 
+    def mark_prompt(self) -> None:
+        """The prompt's title says whether keys go into it."""
+        self.prompt.border_title = ("prompt · editing, Esc leaves · Ctrl+R runs" if self.prompt.has_focus else
+                                    "prompt · e edits · Ctrl+R runs · p: samples")
+
+    def on_descendant_focus(self) -> None:
+        self.mark_prompt()
+
+    def on_descendant_blur(self) -> None:
+        self.mark_prompt()
+
     @on(TextArea.Changed, "#prompt")
     def prompt_changed(self) -> None:
         self.refresh_stale()
@@ -252,6 +292,24 @@ class LayerscopeApp(App):
         """Messages quote prompts, paths and errors: shown as plain text ('[INST]' stays), control characters
         escaped."""
         super().notify(visible(message), title=title, severity=severity, timeout=timeout, markup=markup)
+
+    @contextmanager
+    def drawing(self, what: str) -> Iterator[None]:
+        """Draw one pane inside: an exception (a bug, a colour Rich cannot read) becomes one notice per distinct
+        failure, and the app stays up with its results; the pane keeps what it showed before."""
+        try:
+            yield
+        except Exception as error:  # noqa: BLE001 (whatever goes wrong while drawing, the results stay)
+            self.drawing_failed(what, error)
+
+    def drawing_failed(self, what: str, error: Exception) -> None:
+        text = f"Could not draw the {what} ({type(error).__name__}: {error}".splitlines()[0] + "); results are kept."
+        if text not in self._draw_failures:
+            self._draw_failures.add(text)
+            self.notify(text, severity="error", timeout=10)
+
+    def on_decode_grid_view_draw_failed(self, message: DecodeGridView.DrawFailed) -> None:
+        self.drawing_failed("grid", message.error)
 
     # workers ------------------------------------------------------------
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
@@ -275,11 +333,13 @@ class LayerscopeApp(App):
                                  thread=True, exit_on_error=False)
         self.runs.track(worker, job)
 
-    def start_run(self, kind: str, status: str, cancelled: str, work: Callable[[RunContext], None]) -> None:
-        """A new run (older runs' messages are dropped from now on) doing `work` (see tui/workers.py)."""
+    def start_run(self, kind: str, label: str, cancelled: str, work: Callable[[RunContext], None]) -> None:
+        """A new run (older runs' messages are dropped from now on) doing `work` (see tui/workers.py); `label`
+        names it in the status line until its first phase reports."""
         run_id, lm = self.runs.begin(), self.lm
         assert lm is not None, "every caller checks first that the model is loaded"
-        self.set_status(status)
+        self.run_label = label
+        self.show_progress()
         group = "scores" if kind == "scores" else "run"  # a causal trace replaces the lens run: one grid shows either
         self.start_worker(Job(kind, run_id, cancelled), group,
                           lambda worker: work(RunContext(self.post_message, worker, run_id, lm, self.model_lock)))
@@ -287,7 +347,7 @@ class LayerscopeApp(App):
     # model loading ------------------------------------------------------
     def start_load(self, source: str) -> None:
         load_id = self.runs.begin_load(source)
-        self.set_status(f"loading {source} … (Esc cancels)")
+        self.set_status(f"loading {source} … · {ESC}")
         self.start_worker(Job("load", load_id, f"loading {source} cancelled", source), "load",
                           lambda _worker: self.load_model(source, load_id))
 
@@ -297,7 +357,7 @@ class LayerscopeApp(App):
 
         def progress(done: int, total: int, description: str) -> None:
             if load_id == self.runs.load_id:
-                self.call_from_thread(self.set_status, f"loading {source}: {description} {done}/{total} (Esc cancels)")
+                self.call_from_thread(self.set_status, f"loading {source}: {description} {done}/{total} · {ESC}")
 
         lm = load_model(source, device=self.device, dtype=self.dtype, device_map=self.device_map,
                         trust_remote_code=self.trust_remote_code, progress=progress)
@@ -344,8 +404,10 @@ class LayerscopeApp(App):
         if self.lm is None:
             return
         adapter = self.lm.adapter
-        self.layer_pane.show(self.toggles, adapter.n_blocks)
-        self.head_pane.show(self.toggles, adapter.n_blocks, adapter.n_heads, adapter.n_kv_heads)
+        with self.drawing("Layers pane"):
+            self.layer_pane.show(self.toggles, adapter.n_blocks)
+        with self.drawing("Heads pane"):
+            self.head_pane.show(self.toggles, adapter.n_blocks, adapter.n_heads, adapter.n_kv_heads)
         self.refresh_stale()
 
     # runs ---------------------------------------------------------------
@@ -371,10 +433,10 @@ class LayerscopeApp(App):
         if text is None:
             return
         if self.focused is self.prompt:  # from typing to reading: e goes back to the prompt
-            self.grid.focus()
+            self.focus_pane()
         method, toggles, top_k, tuned, length = (self.method, self.toggles, self.top_k, self.tuned,
                                                  self.continuation_tokens)
-        self.start_run("run", "starting …", RUN_CANCELLED,
+        self.start_run("run", "starting", RUN_CANCELLED,
                        lambda run: workers.lens_run(run, text, method, toggles, top_k, tuned, length))
 
     def on_run_started(self, message: RunStarted) -> None:
@@ -396,16 +458,13 @@ class LayerscopeApp(App):
             self.show_progress()
 
     def show_progress(self) -> None:
-        """The running phase with its count and the time since Ctrl+R; the chart timer refreshes it, so the
-        clock moves while a step that reports nothing (a forward pass) works."""
-        elapsed = f"{self.runs.elapsed():.1f} s"
-        if self.runs.progress is None:
-            self.set_status(f"starting … {elapsed} (Esc cancels)")
-        else:
-            name, done, total = self.runs.progress
-            left = self.runs.time_left()
-            estimate = f" · ~{duration(left)} left" if left is not None else ""
-            self.set_status(f"{name} {done}/{total} · {elapsed}{estimate} (Esc cancels)")
+        """The running phase with its count, the time since it started, once a step is done the time it still
+        needs at its pace so far, and how to stop it ('lens rows 12/31 · 1.4 s · ~0.2 s left · Esc cancels'); the
+        chart timer refreshes it, so the clock moves while a step that reports nothing (a forward pass) works."""
+        phase = self.run_label if self.runs.progress is None else "{} {}/{}".format(*self.runs.progress)
+        left = self.runs.time_left()
+        estimate = f" · ~{duration(left)} left" if left is not None else ""
+        self.set_status(f"{phase} · {self.runs.elapsed():.1f} s{estimate} · {ESC}")
 
     def on_run_finished(self, message: RunFinished) -> None:
         if self.runs.end(message.run_id):
@@ -431,7 +490,7 @@ class LayerscopeApp(App):
                 self.say_in_panes("No model is loaded: L loads one.")
             self.set_status(f"loading {source} cancelled; {kept}")
         elif self.focused is self.prompt:
-            self.grid.focus()
+            self.focus_pane()
 
     # showing results ----------------------------------------------------
     def show_results(self) -> None:
@@ -450,11 +509,6 @@ class LayerscopeApp(App):
             return method, other[1]
         return method, self.runs.results
 
-    def shown_lens(self) -> DecodeGrid | None:
-        """The lens grid the grid shows, if any (None while it shows a causal trace or a head pattern)."""
-        method = self.grid.method
-        return cast("DecodeGrid | None", self.grid.shown) if method is None or method.rows is not None else None
-
     def cursor(self) -> Cursor:
         """The grid's cursor and the row labels of the whole run (`emb`, 0..L-1 for a lens, however many rows
         have arrived), as the detail text and the charts use them."""
@@ -470,8 +524,12 @@ class LayerscopeApp(App):
 
     def update_detail(self) -> None:
         method, results = self.shown()
-        self.detail = method.detail(results, self.cursor())
-        self.detail_view.update(self.detail)
+        if self.lm is None and results.baseline is None:  # the panes say what is loading (see say_in_panes)
+            return
+        width = self.detail_view.size.width or DETAIL_WIDTH
+        with self.drawing("cell detail"):
+            self.detail = method.detail(results, self.cursor(), width)
+            self.detail_view.update(self.detail)
 
     def chart_data(self) -> list[Chart]:
         """The side charts at the cursor, as the shown method makes them (tui/methods.py)."""
@@ -484,7 +542,7 @@ class LayerscopeApp(App):
 
     def flush_charts(self) -> None:
         """Called on a timer: at most one chart build per tick, however fast rows or keys arrive."""
-        if self.runs.running and self.status_text.endswith("(Esc cancels)"):
+        if self.runs.running:
             self.show_progress()
         if self.lm is None and self.runs.loading is not None:
             self.say_in_panes(f"Loading {self.runs.loading} … {self.runs.load_elapsed():.0f} s\n"
@@ -493,22 +551,28 @@ class LayerscopeApp(App):
             return
         self._charts_dirty = False
         if self.chart.size.area:  # hidden: drawn when it shows again (its resize marks it dirty)
-            self.chart.update(self.charts(self.chart.size.width, self.chart.size.height))
+            with self.drawing("chart"):
+                self.chart.update(self.charts(self.chart.size.width, self.chart.size.height))
         if self.overview.size.area:
             self.update_overview()
 
     def update_overview(self) -> None:
+        with self.drawing("overview"):
+            self._update_overview()
+
+    def _update_overview(self) -> None:
         if self.overview.metric == "kl_base_int" and not self.runs.results.kl_base_int:
             self.overview.metric = "kl_to_final"
-        shown = self.shown_lens()
-        if shown is None and self.grid.method is not None:
-            self.overview.update(f"The overview maps the lens grids; the {self.grid.method.name.replace('_', ' ')} "
-                                 "is in the Lens tab (1).")
+        method = self.grid.method
+        if method is not None and method.rows is None:  # the methods Ctrl+R runs are the lens grids it maps
+            self.overview.update(f"The overview maps the lens grids; the {method.name.replace('_', ' ')} is in the "
+                                 "Lens tab (1).")
             return
         grid, size = self.grid, self.overview.size
+        shown = cast("DecodeGrid | None", grid.shown)
         self.overview.update(overview(self.runs.results, shown, grid.view, self.overview.metric,
                                       (grid.cursor_layer, grid.cursor_position), size.width, size.height,
-                                      self.current_theme.primary))
+                                      rich_theme(self.current_theme).primary))
 
     def on_overview_pane_moved(self, message: OverviewPane.Moved) -> None:
         self.grid.move_to(self.grid.cursor_layer + message.dx, self.grid.cursor_position + message.dy)
@@ -518,9 +582,10 @@ class LayerscopeApp(App):
         self.action_tab(0)
 
     def update_output(self) -> None:
-        self.output_text = output_text(self.runs.results, self.runs.origin, self.stale_changes(),
-                                       self.toggles.describe())
-        self.output.update(self.output_text)
+        with self.drawing("Output pane"):
+            self.output_text = output_text(self.runs.results, self.runs.origin, self.stale_changes(),
+                                           self.toggles.describe())
+            self.output.update(self.output_text)
 
     @on(DecodeGridView.CursorMoved)
     def cursor_moved(self) -> None:
@@ -573,8 +638,8 @@ class LayerscopeApp(App):
             self.notify("The model is not loaded yet.", severity="warning")
             return
         kind, quick = message.kind, message.quick
-        self.start_run("scores", f"{kind} scores{' (quick)' if quick else ''} … (Esc cancels)",
-                       f"{kind} scores cancelled", lambda run: workers.head_scores(run, kind, quick))
+        self.start_run("scores", f"{kind} scores{' (quick)' if quick else ''}", f"{kind} scores cancelled",
+                       lambda run: workers.head_scores(run, kind, quick))
 
     def on_scores_computed(self, message: ScoresComputed) -> None:
         """Scores are kept even when a newer run started: they do not depend on the prompt."""
@@ -608,7 +673,7 @@ class LayerscopeApp(App):
         if text is None:
             return
         toggles = self.toggles
-        self.start_run("pattern", f"head {head[0]}.{head[1]} attention … (Esc cancels)",
+        self.start_run("pattern", f"head {head[0]}.{head[1]} attention",
                        "attention pattern cancelled", lambda run: workers.head_pattern(run, text, head, toggles))
 
     def on_pattern_computed(self, message: PatternComputed) -> None:
@@ -655,7 +720,7 @@ class LayerscopeApp(App):
 
     def start_trace(self, text: str, subject: str, answer: str | None) -> None:
         answer = None if answer is None else f" {answer}"
-        self.start_run("trace", "causal trace … (Esc cancels)", "causal trace cancelled",
+        self.start_run("trace", "causal trace", "causal trace cancelled",
                        lambda run: workers.causal_trace(run, text, subject, answer))
 
     def on_trace_computed(self, message: TraceComputed) -> None:
@@ -671,14 +736,23 @@ class LayerscopeApp(App):
     # actions ------------------------------------------------------------
     def action_tab(self, index: int) -> None:
         self.tabs.active = TABS[index]
-        target = {0: self.grid, 1: self.layer_pane.query_one(DataTable), 2: self.head_pane.query_one(DataTable),
-                  4: self.overview}
-        if index in target:
-            target[index].focus()
+        self.focus_pane()
+
+    def focus_pane(self) -> None:
+        """Focus the shown tab's pane at once (not after the keys already typed: see `action_edit_prompt`)."""
+        target = {"tab-lens": self.grid, "tab-layers": self.layer_pane.query_one(DataTable),
+                  "tab-heads": self.head_pane.query_one(DataTable), "tab-output": self.query_one("#output-scroll"),
+                  "tab-overview": self.overview}[self.tabs.active]
+        self.screen_stack[0].set_focus(target)
 
     def action_edit_prompt(self) -> None:
-        """Focus the prompt with the cursor at its end, ready to extend it."""
-        self.prompt.focus()
+        """Focus the prompt with the cursor at its end, ready to extend it. A priority binding, handled as the
+        key arrives: a plain one runs only once the key has gone through the focused pane, and the keys typed
+        right after it would already be on their way to that pane as commands (`e x` opened the CSV export).
+        In the prompt or a dialog, `e` is text."""
+        if self.focused is self.prompt or self.screen is not self.screen_stack[0]:
+            raise SkipAction
+        self.screen.set_focus(self.prompt)
         self.prompt.move_cursor(self.prompt.document.end)
 
     def action_switch_method(self) -> None:
@@ -756,18 +830,27 @@ class LayerscopeApp(App):
         self.lens_dir = folder
         self.notify(f"tuned lens loaded from {folder}: m switches to it")
 
-    def _ask_path(self, title: str, default: str, then: Callable[[Path], None]) -> None:
+    def _ask_path(self, title: str, default: str, then: Callable[[Path], None], writes: bool = False) -> None:
         """Ask for a path and pass it on; a user mistake or a file error (a folder given as the file, a full disk)
-        is one error notice and the app stays up."""
+        is one error notice and the app stays up. With `writes`, an existing file is replaced only once the user
+        says so."""
+        def use(path: Path) -> None:
+            try:
+                then(path)
+            except LayerscopeError as error:
+                self.notify(str(error), severity="error")
+            except OSError as error:
+                self.notify(f"Cannot use '{path}': {error.strerror or error}", severity="error")
+
         def chosen(answer: str | None) -> None:
-            if answer:
-                path = Path(answer).expanduser()
-                try:
-                    then(path)
-                except LayerscopeError as error:
-                    self.notify(str(error), severity="error")
-                except OSError as error:
-                    self.notify(f"Cannot use '{path}': {error.strerror or error}", severity="error")
+            if not answer:
+                return
+            path = Path(answer).expanduser()
+            if writes and path.is_file():
+                self.push_screen(ConfirmScreen(f"'{path}' exists. Replace it?"),
+                                 lambda yes: use(path) if yes else self.notify(f"Not saved: '{path}' is unchanged."))
+            else:
+                use(path)
 
         self.push_screen(InputScreen(title, default), chosen)
 
@@ -776,14 +859,16 @@ class LayerscopeApp(App):
                        self.method, self.toggles, self.runs.results)
 
     def action_save_session(self) -> None:
-        self._ask_path("Save session to:", "layerscope-session.json", self.save_session)
+        self._ask_path("Save session to:", str(self.last_session or "layerscope-session.json"), self.save_session,
+                       writes=True)
 
     def save_session(self, path: Path) -> None:
         self.session().save(path)
+        self.last_session = path
         self.notify(f"session saved to {path}")
 
     def action_load_session(self) -> None:
-        self._ask_path("Open session:", "layerscope-session.json", self.load_session)
+        self._ask_path("Open session:", str(self.last_session or "layerscope-session.json"), self.load_session)
 
     def load_session(self, path: Path) -> None:
         """The session's prompt, method, interventions and results replace the app's; a running run is stopped."""
@@ -798,10 +883,11 @@ class LayerscopeApp(App):
         if self.lm is not None and session.model != self.lm.name:
             self.notify(f"The session was made with {session.model}; the loaded model is {self.lm.name}.",
                         severity="warning")
+        self.last_session = path
         self.notify(f"session loaded from {path}")
 
     def action_export_csv(self) -> None:
-        self._ask_path("Export the grid (CSV) to:", "layerscope-grid.csv", self.export_csv)
+        self._ask_path("Export the grid (CSV) to:", "layerscope-grid.csv", self.export_csv, writes=True)
 
     def export_csv(self, path: Path) -> None:
         self.notify(export_csv(self.grid.method, self.grid.shown, path))
@@ -824,6 +910,8 @@ class LayerscopeApp(App):
     def action_toggle_side(self) -> None:
         """Hide or show the detail and chart panel: the grid gets the room."""
         self.side.toggle_class("-hidden")
+        if self.side.has_class("-hidden") and self.focused is not None and self.side in self.focused.ancestors_with_self:
+            self.screen.set_focus(self.grid)
         self._charts_dirty = True
 
     def action_continuation_length(self) -> None:

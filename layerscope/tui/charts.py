@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import plotext
 from rich.text import Text
 from textual.color import Color, ColorParseError
 
 from layerscope.tui.grid_view import token_label
+
+if TYPE_CHECKING:
+    import plotext
 
 MIN_PLOT_HEIGHT = 8  # title, frame, at least four plot lines, ticks
 SHADES = " ░▒▓█"
@@ -52,6 +55,8 @@ class LayerChart:
     log: bool
 
     def render(self, width: int, height: int) -> Text:
+        import plotext
+
         figure = _figure(width, height - 1)
         scaled = [_scale(value, self.log) for one in self.series for value in one.values]
         low = min([0.0, *scaled])
@@ -92,6 +97,8 @@ class PositionMarks:
         return range(start, min(len(self.values), start + lines))
 
     def render(self, width: int, height: int) -> Text:
+        import plotext
+
         shown = self.shown(max(1, height - 4))  # a plot line per position: fewer positions, a shorter plot
         figure = _figure(width, len(shown) + 3)
         labels = [("▶" if p == self.cursor else " ") + self.labels[p] for p in shown]
@@ -162,12 +169,17 @@ def plotext_colour(colour: str | None) -> PlotextColour:
 
 
 def _pixel(colour: str | None) -> plotext.pixel:
+    import plotext
+
     return plotext.pixel(plotext_colour(colour), "default")
 
 
 def _figure(width: int, height: int) -> plotext.figure:
     """plotext's one figure, cleared, without colours of its own and sized: charts are drawn on the UI thread
-    only, one at a time."""
+    only, one at a time. plotext is imported here, not at start: its import takes a fifth of a second, which the
+    first frame does not wait for."""
+    import plotext
+
     figure = plotext.figure
     figure.clear()
     figure.theme("colorless")
@@ -216,7 +228,6 @@ def overview_text(values: list[list[float]], tokens: list[str], layers: list[str
     text.append(f"{'pos token':<{label_width - 1}}│", "bold")
     text.append(f"{header}\n", "dim")
     layer, position = cursor
-    colour = _rich_colour(style)
     for bin_positions in position_bins:
         first = bin_positions.start
         label = f"{first:>4} {token_label(tokens[first], label_width - 6)}"
@@ -225,7 +236,7 @@ def overview_text(values: list[list[float]], tokens: list[str], layers: list[str
             cell = [_scale(values[r][p], log) for r in bin_rows for p in bin_positions]
             shade = SHADES[min(len(SHADES) - 1, round(sum(cell) / len(cell) / top * (len(SHADES) - 1)))]
             on_cursor = layer in bin_rows and position in bin_positions
-            text.append(shade if not on_cursor else "◆", "bold reverse" if on_cursor else colour)
+            text.append(shade if not on_cursor else "◆", "bold reverse" if on_cursor else style)
         text.append("\n")
     legend = (f"░▒▓█ {'log ' if log else ''}0-{_unscale(top, log):.3g} · "
               + (f"{n_positions} positions in {lines} lines · " if lines < n_positions else "")

@@ -107,14 +107,17 @@ class DecodeGridView(ScrollView, can_focus=True):
     """Tokens down, layers across; a cell shows what its method's summary says (a lens: the top-1 token and a
     probability glyph; a causal trace: the indirect effect) and a change mark."""
 
-    COMPONENT_CLASSES = {"decode-grid--header", "decode-grid--label", "decode-grid--cursor", "decode-grid--p0",
+    COMPONENT_CLASSES = {"decode-grid--header", "decode-grid--corner", "decode-grid--label", "decode-grid--cursor", "decode-grid--p0",
                          "decode-grid--p1", "decode-grid--p2", "decode-grid--p3", "decode-grid--changed",
                          "decode-grid--same"}
     DEFAULT_CSS = """
     DecodeGridView { background: $surface; }
     DecodeGridView > .decode-grid--header { background: $panel; color: $foreground; text-style: bold; }
     DecodeGridView > .decode-grid--label { background: $panel; color: $foreground; }
-    DecodeGridView > .decode-grid--cursor { background: $foreground; color: $background; text-style: bold; }
+    DecodeGridView > .decode-grid--corner { background: $panel; color: $foreground; text-style: bold; }
+    DecodeGridView:focus > .decode-grid--corner { background: $accent; color: $background; }
+    DecodeGridView > .decode-grid--cursor { background: $foreground 45%; color: $background; text-style: bold; }
+    DecodeGridView:focus > .decode-grid--cursor { background: $foreground; }
     DecodeGridView > .decode-grid--p0 { color: $foreground 60%; }
     DecodeGridView > .decode-grid--p1 { background: $primary 20%; color: $foreground; }
     DecodeGridView > .decode-grid--p2 { background: $primary 45%; color: $foreground; }
@@ -141,6 +144,13 @@ class DecodeGridView(ScrollView, can_focus=True):
     cursor_position: reactive[int] = reactive(0, init=False)
     view: reactive[str] = reactive("intervened", init=False)
 
+    class DrawFailed(Message):
+        """A line could not be drawn (see `render_line`): the app says so once; the grid stays up."""
+
+        def __init__(self, error: Exception) -> None:
+            super().__init__()
+            self.error = error
+
     class CursorMoved(Message):
         def __init__(self, layer: int, position: int) -> None:
             super().__init__()
@@ -164,6 +174,13 @@ class DecodeGridView(ScrollView, can_focus=True):
 
     def on_resize(self) -> None:
         self._scroll_to_cursor()
+
+    def on_focus(self) -> None:
+        """Focused, the corner of the header is marked and the cursor is bright; unfocused, it dims."""
+        self.invalidate()
+
+    def on_blur(self) -> None:
+        self.invalidate()
 
     # data ---------------------------------------------------------------
     def set_grids(self, method: GridMethod, baseline: Grid | None, intervened: Grid | None) -> None:
@@ -316,6 +333,15 @@ class DecodeGridView(ScrollView, can_focus=True):
 
     # drawing ------------------------------------------------------------
     def render_line(self, y: int) -> Strip:
+        """One screen line; an exception while drawing it leaves it blank and is told once (DrawFailed)."""
+        try:
+            return self._render_line(y)
+        except Exception as error:  # noqa: BLE001 (a drawing bug must not take the results down)
+            self.app.post_message(self.DrawFailed(error))  # to the app itself: sent while the screen draws, it
+            # would stop bubbling at the screen
+            return Strip.blank(self.size.width, self.rich_style)
+
+    def _render_line(self, y: int) -> Strip:
         scroll_x, scroll_y = self.scroll_offset
         scroll_x -= scroll_x % CELL_WIDTH  # whole cells, however the scrollbar or the mouse moved
         width = self.size.width
@@ -347,7 +373,7 @@ class DecodeGridView(ScrollView, can_focus=True):
     def _header(self, shown: Grid) -> tuple[Strip, Strip]:
         style = self._style("header")
         cursor = self._style("cursor")
-        label = Strip([Segment(f"{'pos token':<{LABEL_WIDTH - 1}}│", style)])
+        label = Strip([Segment(f"{'pos token':<{LABEL_WIDTH - 1}}", self._style("corner")), Segment("│", style)])
         cells = [Segment(f"{name:^{CELL_WIDTH}}", cursor if layer == self.cursor_layer else style)
                  for layer, name in enumerate(shown.layers)]
         return label, Strip(cells)

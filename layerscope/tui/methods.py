@@ -21,6 +21,7 @@ from rich.text import Text
 
 from layerscope.tui.charts import Chart, LayerChart, PositionMarks, Series
 from layerscope.tui.grid_view import prob_glyph, token_label
+from layerscope.tui.panes import flow, top_lines
 
 if TYPE_CHECKING:
     import torch
@@ -79,7 +80,7 @@ class GridMethod:
     intervenable: bool  # whether a run applies the interventions (else the intervened grid is never made)
     phase: str  # what the progress names while its rows come: 'lens rows'
     summary: Callable[[Any, int], CellSummary]  # (cell, width) -> what the grid shows
-    detail: Callable[[Results, Cursor], Text]  # the side panel's text at the cursor
+    detail: Callable[[Results, Cursor, int], Text]  # the side panel's text at the cursor, for a width
     charts: Callable[[Results, Grid, Cursor, Theme], list[Chart]]  # (results, the grid shown, cursor, theme)
     rows: RowsFunction | None = None  # the engine, for a method that `m` cycles and Ctrl+R runs
     needs_lens: bool = False  # runs only with a tuned lens loaded
@@ -124,41 +125,47 @@ def stays_top1_from(grid: DecodeGrid) -> list[int]:
     return rows
 
 
-def answer_text(baseline: DecodeGrid, intervened: DecodeGrid | None, n_rows: int) -> Text:
+def answer_text(baseline: DecodeGrid, intervened: DecodeGrid | None, n_rows: int, width: int) -> Text:
     """The first question answered, pinned above the cell: what the model predicts after the prompt and the row
-    from which the lens keeps it top-1. Shown once every row has arrived."""
+    from which the lens keeps it top-1. Shown once every row has arrived; laid out for `width` columns."""
     text = Text()
     for name, grid in (("answer", baseline), ("int.  ", intervened)):
         if grid is None or len(grid.cells) < n_rows or not grid.cells:
             continue
         last = len(grid.tokens) - 1
         top = grid.top1(len(grid.cells) - 1, last)
-        text.append(f"{name} ", "bold")
-        text.append(token_label(top.token, 14), "bold reverse")
-        text.append(f" {top.prob:.0%} (stays top-1 from {grid.layers[stays_top1_from(grid)[last]]})\n")
+        stays = grid.layers[stays_top1_from(grid)[last]]
+        flow(text, [(name, "bold"), (token_label(top.token, 14), "bold reverse"), (f"{top.prob:.0%}", ""),
+                    (f"(stays top-1 from {stays})", "")], width)
     return text
 
 
-def lens_detail(results: Results, cursor: Cursor) -> Text:
-    """The answer (see `answer_text`), then the cell under the cursor: top-k with probabilities, entropy and KL,
-    baseline beside intervened."""
+def lens_detail(results: Results, cursor: Cursor, width: int) -> Text:
+    """The answer (see `answer_text`), then the cell under the cursor: entropy and KL to final of baseline and
+    intervened, their KL, then each one's top-k with probabilities. Laid out for `width` columns: the numbers
+    come first, so a short panel shows them without scrolling."""
     baseline, intervened, kl_base_int = results.baseline, results.intervened, results.kl_base_int
     layer, position = cursor.row, cursor.position
     if baseline is None or layer >= len(baseline.cells) or position >= len(baseline.tokens):
         return Text("No results yet: type a prompt and press Ctrl+R.")
-    text = answer_text(baseline, intervened, len(cursor.rows))
+    text = answer_text(baseline, intervened, len(cursor.rows), width)
     text.append(f"{baseline.layers[layer]} @ {position} {token_label(baseline.tokens[position], 12)}\n", "bold")
     grids = [("base", baseline)]
     if intervened is not None and layer < len(intervened.cells):
         grids.append(("int.", intervened))
     for name, grid in grids:
         cell = grid.cells[layer][position]
-        text.append(f"{name} H {cell.entropy_bits:.2f} bits KL→final {cell.kl_to_final:.3f}\n", "bold")
-        for top in cell.top:
-            changed = name == "int." and top is cell.top[0] and top.id != baseline.top1(layer, position).id
-            text.append(f" {top.prob:5.1%} {prob_glyph(top.prob)} {token_label(top.token, 14)}{' ≠' if changed else ''}\n")
+        flow(text, [(f"{name} H {cell.entropy_bits:.2f} bits", "bold"), (f"KL→final {cell.kl_to_final:.3f}", "bold")],
+             width)
     if kl_base_int is not None and layer < len(kl_base_int):
         text.append(f"KL(base‖int) {kl_base_int[layer][position]:.4f} nats\n", "bold")
+    beside = len(grids) == 2 and width >= 32
+    columns = [top_lines(name, grid.cells[layer][position], baseline.top1(layer, position).id,
+                         width // 2 if beside else width, glyph=not beside) for name, grid in grids]
+    if not beside:  # one list under the other
+        columns = [[line for column in columns for line in column]]
+    for lines in zip(*columns):
+        text.append("".join(lines).rstrip() + "\n")
     return text
 
 
@@ -233,7 +240,7 @@ def trace_summary(cell: TraceCell, width: int) -> CellSummary:
     return CellSummary(cell.p_answer, f"{cell.indirect_effect:+.3f}"[:width])
 
 
-def trace_detail(results: Results, cursor: Cursor) -> Text:
+def trace_detail(results: Results, cursor: Cursor, width: int) -> Text:
     """The trace's question and baselines, then the cell under the cursor: the answer's probability with that
     one state restored and its indirect effect (that minus the corrupted run's)."""
     trace: CausalTrace = results.baseline  # the trace's results hold the trace
@@ -241,9 +248,10 @@ def trace_detail(results: Results, cursor: Cursor) -> Text:
     start, end = (trace.subject_positions + [0, 0])[:2]
     text = Text("causal trace · answer ", "bold")
     text.append(token_label(trace.answer, 14), "bold reverse")
-    text.append(f"\n{trace.corrupt} on {trace.subject!r} (pos {start}..{end - 1})\n")
+    text.append("\n")
+    flow(text, [(f"{trace.corrupt} on {trace.subject!r}", ""), (f"(pos {start}..{end - 1})", "")], width)
     clean, corrupted = trace.clean["p_answer"], trace.corrupted["p_answer"]
-    text.append(f"clean p {clean:.4f} · corr. p {corrupted:.4f}\n")
+    flow(text, [(f"clean p {clean:.4f}", ""), (f"· corr. p {corrupted:.4f}", "")], width)
     if layer >= len(trace.cells) or position >= len(trace.tokens):
         return text
     cell = trace.cells[layer][position]
@@ -305,7 +313,7 @@ def pattern_summary(cell: PatternCell, width: int) -> CellSummary:
     return CellSummary(cell.weight, text, text)
 
 
-def pattern_detail(results: Results, cursor: Cursor) -> Text:
+def pattern_detail(results: Results, cursor: Cursor, width: int) -> Text:
     """The head and the query under the cursor, then the keys it attends to most: baseline and intervened."""
     baseline: PatternGrid = results.baseline
     block, head = baseline.head

@@ -74,6 +74,25 @@ class InputScreen(_Modal):
         self.dismiss(event.value.strip() or None)
 
 
+class ConfirmScreen(_Modal):
+    """A yes/no question: y or Enter answers True; n or Esc answers False."""
+
+    BINDINGS = [Binding("y,enter", "answer(True)", "Yes", id="confirm.yes"),
+                Binding("n,escape", "answer(False)", "No", id="confirm.no")]
+
+    def __init__(self, question: str) -> None:
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(self.question)
+            yield Label("y / Enter: yes · n / Esc: no")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+
 class PickScreen(_Modal):
     """Answers the index of the chosen line. Typing filters the list (every word must appear); Up/Down move
     in the list, Enter takes the highlighted line."""

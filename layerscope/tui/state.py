@@ -111,6 +111,10 @@ class Toggles:
 
     def describe(self) -> str:
         """Every intervention by name and place: 'drop 2 · swap 5↔6 · freeze ≥20 · mask 17.3, 18.6 (uniform)'."""
+        return " · ".join(self.parts()) or "no interventions"
+
+    def parts(self) -> list[str]:
+        """Each intervention by name and place: ['drop 2', 'swap 5↔6', 'freeze ≥20', 'mask 17.3, 18.6 (uniform)']."""
         parts = []
         for kind, blocks in self.blocks:
             if block_kinds()[kind].reach == "from":
@@ -119,7 +123,7 @@ class Toggles:
                 parts += [i.describe() for i in REGISTRY[kind].for_blocks(sorted(blocks), max(blocks) + 2, self.seed)]
         if self.masked_heads:
             parts.append(MaskHeads(tuple(sorted(self.masked_heads)), self.mask_mode).describe())
-        return " · ".join(parts) or "no interventions"
+        return parts
 
     def to_dict(self) -> dict:
         data: dict[str, Any] = {kind: sorted(self.chosen(kind)) if choice.reach == "set" else next(

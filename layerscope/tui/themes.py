@@ -10,6 +10,7 @@ import dataclasses
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -66,6 +67,22 @@ def load_themes(folders: list[Path]) -> tuple[list[Theme], list[str]]:
                 continue
             themes[theme.name] = theme
     return list(themes.values()), problems
+
+
+def theme_names(folders: list[Path]) -> tuple[list[str], list[str]]:
+    """Every name --theme accepts (the theme files in the folders, then Textual's own), and the problems."""
+    from textual.theme import BUILTIN_THEMES
+
+    themes, problems = load_themes(folders)
+    return list(dict.fromkeys([theme.name for theme in themes] + list(BUILTIN_THEMES))), problems
+
+
+def rich_theme(theme: Theme) -> Theme:
+    """The theme with every colour spelled as Rich reads it in a Text style: an ANSI theme's 'ansi_blue' is
+    'color(4)' and 'ansi_default' is 'default' (Rich knows neither name); '#0178D4' stays as it is."""
+    colours: dict[str, Any] = {name: Color.parse(value).rich_color.name for name in _COLOURS
+                               if (value := getattr(theme, name)) is not None}
+    return dataclasses.replace(theme, **colours)
 
 
 def choose_theme(requested: str | None, available: Iterable[str]) -> tuple[str, list[str]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from rich.cells import cell_len
 from rich.text import Text
 
 from layerscope.tui.charts import overview_text
@@ -19,13 +20,20 @@ if TYPE_CHECKING:
     from layerscope.tui.state import Results, RunOrigin
 
 
-def status_line(stale: list[str], text: str) -> Text:
-    """One line, cut with an ellipsis: what changed since the shown results (if anything) leads, then `text`."""
+def status_line(stale: list[str], activity: str, interventions: list[str], shown: list[str], width: int) -> Text:
+    """One line of `width`: what changed since the shown results (if anything) leads, then what is happening,
+    the interventions (the first and a count, 'drop 2 +3 more', when all of them do not fit), then what is
+    shown; cut with an ellipsis."""
     line = Text(no_wrap=True, overflow="ellipsis")
     if stale:
         line.append(f"STALE: {', '.join(stale)} changed · Ctrl+R reruns", "bold reverse")
         line.append(" · ")
-    line.append(visible(text))
+    line.append(visible(activity))
+    rest = " · " + " · ".join(shown)
+    named = " · ".join(interventions) or "no interventions"
+    if len(interventions) > 1 and line.cell_len + 3 + cell_len(named) + len(rest) > width:
+        named = f"{interventions[0]} +{len(interventions) - 1} more"
+    line.append(f" · {named}{visible(rest)}")
     return line
 
 
