@@ -159,8 +159,9 @@ def neuron_census(lm: LoadedModel, min_kurtosis: float = MIN_KURTOSIS, min_skew:
     adapter = lm.adapter
     chosen = range(adapter.n_blocks) if blocks is None else check_blocks(blocks, adapter.n_blocks)
     weights = {block: output_weights(adapter, block) for block in chosen}  # refuses before the work
-    directions = readout_matrix(adapter, norm_form(adapter))
-    directions = nn.functional.normalize(directions - directions.mean(dim=0), dim=-1)
+    with torch.inference_mode():
+        directions = readout_matrix(adapter, norm_form(adapter))
+        directions = nn.functional.normalize(directions - directions.mean(dim=0), dim=-1)
     census = []
     for done, (block, weight) in enumerate(weights.items()):
         progress(done, len(weights), "neuron census")

@@ -51,9 +51,14 @@ def _apply(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def norm_form(adapter: ModelAdapter) -> NormForm:
     """The final norm's form (see the module docstring), or the identity where the model has none."""
-    norm = adapter.final_norm
-    hidden = int(adapter.config.hidden_size)
-    device = adapter.output_device  # the final norm sits with the unembedding (and may have no parameters)
+    # the final norm sits with the unembedding (and may have no parameters)
+    return module_norm_form(adapter.final_norm, int(adapter.config.hidden_size), adapter.output_device,
+                            f"Architecture '{adapter.family}': the final norm")
+
+
+def module_norm_form(norm: nn.Module, hidden: int, device: torch.device, what: str) -> NormForm:
+    """The form of a norm module (the identity for nn.Identity), probed and checked; `what` names it in the
+    refusal of a norm of another form."""
     if isinstance(norm, nn.Identity):
         return NormForm(torch.ones(hidden, device=device), torch.zeros(hidden, device=device), centres=False)
     ones = torch.ones(hidden, device=device)
@@ -71,8 +76,8 @@ def norm_form(adapter: ModelAdapter) -> NormForm:
     tolerance = 1e-4 if next(iter(norm.parameters()), x).dtype == torch.float32 else 3e-2
     if not float((predicted - actual).abs().max()) <= tolerance * (1 + float(actual.abs().max())):
         raise UnsupportedArchitecture(
-            f"Architecture '{adapter.family}': the final norm ({type(norm).__name__}) is not an RMSNorm or "
-            "LayerNorm with an elementwise weight, so it cannot be linearised; refusing a wrong readout.")
+            f"{what} ({type(norm).__name__}) is not an RMSNorm or LayerNorm with an elementwise weight, so it "
+            "cannot be linearised; refusing a wrong readout.")
     return form
 
 
