@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from layerscope.analyses.activations import Activations, trace
+    from layerscope.analyses.attribution import LogitAttribution, logit_attribution
     from layerscope.analyses.causal_trace import CausalTrace, causal_trace, trace_prompt
     from layerscope.analyses.compare import InterventionReport, compare_logits, greedy_continuation, run_interventions
     from layerscope.analyses.grid import DecodeGrid
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "Activations": "layerscope.analyses.activations",
     "trace": "layerscope.analyses.activations",
+    "LogitAttribution": "layerscope.analyses.attribution",
+    "logit_attribution": "layerscope.analyses.attribution",
     "CausalTrace": "layerscope.analyses.causal_trace",
     "causal_trace": "layerscope.analyses.causal_trace",
     "trace_prompt": "layerscope.analyses.causal_trace",

@@ -18,7 +18,7 @@ whose attention has no output projection to split by head, are refused.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -70,6 +70,14 @@ class LogitAttribution:
             yield {"part": "head_bias", "block": block, "head": None, "contribution": self.head_bias[block]}
             yield {"part": "mlp", "block": block, "head": None, "contribution": mlp}
         yield {"part": "bias", "block": None, "head": None, "contribution": self.bias}
+
+
+def token_id(lm: LoadedModel, text: str, name: str) -> int:
+    """The one token `text` is, as it follows a prompt (give ' Paris' with its space); more is refused."""
+    ids = lm.tokenizer(text, add_special_tokens=False).input_ids
+    if len(ids) != 1:
+        raise LayerscopeError(f"{name}={text!r} is {len(ids)} tokens ({lm.token_texts(ids)}); give exactly one.")
+    return int(ids[0])
 
 
 def attention_projection(adapter: ModelAdapter, block: int) -> nn.Module:
@@ -135,7 +143,7 @@ def logit_attribution(lm: LoadedModel, input_ids: torch.Tensor, answer: int | No
     projections = [attention_projection(adapter, block) for block in range(adapter.n_blocks)]  # refuses first
     captured: dict[tuple[str, int], torch.Tensor] = {}
 
-    def keep(name: str, block: int):  # noqa: ANN202  (a hook's edit)
+    def keep(name: str, block: int) -> Callable[[torch.Tensor], None]:
         def store(hidden: torch.Tensor) -> None:
             captured[name, block] = _last(hidden)
         return store
