@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 def census_table(census: NeuronCensus, top: int) -> str:
     lines = [f"prediction / suppression neurons: kurtosis > {census.min_kurtosis:g}, skew > {census.min_skew:g} / "
-             f"< {-census.min_skew:g} (cosines of W_out with the unembedding, Pearson kurtosis)", "",
+             f"< -{census.min_skew:g} (cosines of W_out with the unembedding, Pearson kurtosis)", "",
              f"{'block':>5} {'neurons':>8} {'predict':>8} {'suppress':>8}"]
     for b in census.blocks:
         lines.append(f"{b.block:>5} {len(b.kurtosis):>8} {b.prediction:>8} {b.suppression:>8}")
