@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from layerscope.analyses.attribution import LogitAttribution, logit_attribution
     from layerscope.analyses.causal_trace import CausalTrace, causal_trace, trace_prompt
     from layerscope.analyses.compare import InterventionReport, compare_logits, greedy_continuation, run_interventions
+    from layerscope.analyses.early_exit import EarlyExit, early_exit
     from layerscope.analyses.grid import DecodeGrid
     from layerscope.analyses.lens import logit_lens
     from layerscope.analyses.neurons import NeuronCensus, neuron_census
@@ -43,6 +44,8 @@ _EXPORTS = {
     "compare_logits": "layerscope.analyses.compare",
     "greedy_continuation": "layerscope.analyses.compare",
     "run_interventions": "layerscope.analyses.compare",
+    "EarlyExit": "layerscope.analyses.early_exit",
+    "early_exit": "layerscope.analyses.early_exit",
     "DecodeGrid": "layerscope.analyses.grid",
     "logit_lens": "layerscope.analyses.lens",
     "NeuronCensus": "layerscope.analyses.neurons",

@@ -48,6 +48,8 @@ CASES = [
     ("logit_attribution", lambda tmp: ls.logit_attribution(LM, "the cat"), TypeError, "input_ids="),
     ("logit_attribution", lambda tmp: ls.logit_attribution(LM, IDS, answer=-1), ValueError, "answer=-1"),
     ("logit_attribution", lambda tmp: ls.logit_attribution(LM, IDS, contrast=2.0), TypeError, "contrast="),
+    ("early_exit", lambda tmp: ls.early_exit([]), TypeError, "grids="),
+    ("early_exit", lambda tmp: ls.early_exit([ls.logit_lens(LM, IDS)], thresholds=[0.0]), ValueError, "thresholds="),
     ("neuron_census", lambda tmp: ls.neuron_census("model"), TypeError, "lm="),
     ("neuron_census", lambda tmp: ls.neuron_census(LM, min_kurtosis=NAN), ValueError, "min_kurtosis=nan"),
     ("neuron_census", lambda tmp: ls.neuron_census(LM, min_skew=-0.5), ValueError, "min_skew=-0.5"),

@@ -252,6 +252,7 @@ RUNS = {  # a quick run of each command that writes a file, on the tiny model
     ("influence",): ["--text", "{text}", "--window", "16"],
     ("stages",): ["--prompts", "{prompts}"],
     ("neurons",): ["--blocks", "0"],
+    ("exit",): ["--prompts", "{prompts}"],
     ("attribute",): ["-p", "the cat sat", "--answer", "mat"],
     ("trace",): ["-p", "the cat sat on the", "--subject", "cat", "--answer", " mat"],
     ("tunedlens", "eval"): ["--lens", "{lens}", "--text", "{text}", "--tokens", "16"],
