@@ -196,6 +196,7 @@ async def grid_latency(widget_kind: str, rows: int, tokens: int) -> list[float]:
     from textual.widgets import DataTable
 
     from layerscope.tui.grid_view import DecodeGridView
+    from layerscope.tui.methods import REGISTRY
 
     grid = synthetic_grid(rows, tokens)
 
@@ -209,7 +210,7 @@ async def grid_latency(widget_kind: str, rows: int, tokens: int) -> list[float]:
         def on_mount(self) -> None:
             widget = self.query_one("#grid")
             if isinstance(widget, DecodeGridView):
-                widget.set_grids(grid, None)
+                widget.set_grids(REGISTRY["logit_lens"], grid, None)
                 widget.move_to(0, 0)  # it starts on the answer cell, the last one
             else:
                 widget.add_columns("token", *grid.layers)

@@ -180,6 +180,15 @@ def test_cache_copies_per_forward_stay_within_their_share_of_the_weights(monkeyp
                                atol=2e-5, rtol=1e-4)
 
 
+def test_entry_std_is_torch_std_without_a_float32_copy():
+    from layerscope.analyses.causal_trace import entry_std
+
+    generator = torch.Generator().manual_seed(0)
+    weight = (torch.randn(10, 6, generator=generator) * 0.5 + 0.2).bfloat16()
+    for rows in (1, 3, 10, 4096):  # chunks that split the rows unevenly, and one chunk
+        assert entry_std(weight, rows) == pytest.approx(weight.double().std().item(), rel=1e-12)
+
+
 def test_window_is_the_papers():
     assert list(window_blocks(0, 30, 10)) == list(range(0, 5))
     assert list(window_blocks(15, 30, 10)) == list(range(10, 20))

@@ -195,11 +195,19 @@ def test_sighup_ends_the_explorer(tmp_path):
         os.close(main)
 
 
-def test_every_palette_entry_runs_an_app_action():
-    from layerscope.tui.app import LayerscopeApp
-    from layerscope.tui.screens import PALETTE
+def test_every_binding_runs_an_action_of_its_pane_and_every_palette_help_names_one():
+    from textual.binding import Binding
 
-    assert [action for *_, action in PALETTE if not callable(getattr(LayerscopeApp, f"action_{action}", None))] == []
+    from layerscope.tui.app import LayerscopeApp
+    from layerscope.tui.grid_view import DecodeGridView
+    from layerscope.tui.panes import HeadPane, LayerPane, OverviewPane
+    from layerscope.tui.screens import PALETTE_HELP
+
+    actions = {(owner, binding.action.split("(")[0]) for owner in (LayerscopeApp, DecodeGridView, LayerPane, HeadPane,
+                                                                  OverviewPane)
+               for binding in owner.BINDINGS if isinstance(binding, Binding)}
+    assert [(owner, name) for owner, name in actions if not callable(getattr(owner, f"action_{name}", None))] == []
+    assert set(PALETTE_HELP) <= {name for owner, name in actions if owner is LayerscopeApp}
 
 
 def test_choose_theme_falls_back_and_says_so_only_when_asked():

@@ -83,3 +83,16 @@ async def test_while_the_model_loads_the_panes_say_so_and_ctrl_r_waits_for_it(tm
         assert app.lm is not None and app.runs.results.baseline is not None
         assert len(app.runs.results.baseline.cells) == app.lm.n_blocks + 1
         assert str(app.detail_view.render()).startswith("answer ")
+
+
+async def test_the_loading_notice_survives_panes_going_away(tmp_path):
+    """The chart timer may tick while the app closes and its panes are removed: saying what loads must not raise
+    (it did: the first frame benchmark's app died at exit)."""
+    app = LayerscopeApp(model=str(tmp_path / "missing"), theme_folders=[SHIPPED_THEMES],
+                        keymap_path=tmp_path / "keymap.toml")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        app.runs.begin_load("slow-model")
+        await app.layer_pane.remove()
+        app.flush_charts()
+        assert "Loading slow-model" in str(app.head_pane.query_one("#head-hint").render())

@@ -38,7 +38,6 @@ def draw_failures(app) -> list[str]:
 
 async def draw_everything(app, pilot, theme: str) -> None:
     """Every pane (with its chart, overview or table) and every kind of dialog, drawn in `theme`."""
-    app.theme = theme
     for key in "12345":
         await pilot.press(key)
         app._charts_dirty = True
@@ -57,29 +56,45 @@ async def draw_everything(app, pilot, theme: str) -> None:
     await pilot.press("n")
 
 
-async def test_every_listed_theme_draws_every_pane_chart_and_dialog(lm, tmp_path):
+THEMES, THEME_PROBLEMS = theme_names([SHIPPED_THEMES])
+
+
+def test_the_theme_list_is_what_list_themes_prints():
+    from typer.testing import CliRunner
+
+    from layerscope.cli.app import app as cli
+
+    assert not THEME_PROBLEMS and {"ansi-dark", "ansi-light", "layerscope-dark", "textual-light"} <= set(THEMES)
+    printed = CliRunner().invoke(cli, ["tui", "--list-themes"]).output.split()
+    assert set(THEMES) <= set(printed)  # the user's theme folder may add more
+
+
+@pytest.mark.parametrize("theme", THEMES)
+async def test_every_listed_theme_draws_every_pane_chart_and_dialog(lm, tmp_path, theme):
     """Each name --list-themes prints (the ANSI themes among them: their 'ansi_blue' is no Rich colour) draws the
     lens grid with its detail and charts, the Layers, Heads, Output and Overview panes, help, the palette, the
-    sample picker, a question and a confirmation, then the causal trace's grid and chart: the app stays up and
-    no drawing fails."""
-    names, problems = theme_names([SHIPPED_THEMES])
-    assert not problems and {"ansi-dark", "ansi-light", "layerscope-dark"} <= set(names)
-    app = make_app(lm, tmp_path)
-    async with app.run_test(size=(100, 30)) as pilot:
+    sample picker, a question and a confirmation: the app stays up and no drawing fails."""
+    app = make_app(lm, tmp_path, theme=theme)
+    async with app.run_test(size=(80, 24)) as pilot:
         await open_session(app, pilot, tmp_path)
-        assert set(names) <= set(app.available_themes)
-        for theme in names:
-            await draw_everything(app, pilot, theme)
-        app.prompt.text = TRACE_PROMPT
+        assert app.theme == theme
+        await draw_everything(app, pilot, theme)
+        assert app.is_running and not draw_failures(app), draw_failures(app)
+
+
+async def test_every_listed_theme_draws_the_causal_trace_chart(lm, tmp_path):
+    """The causal trace's chart in every theme's colours."""
+    app = make_app(lm, tmp_path, prompt=TRACE_PROMPT)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
         app.start_trace(TRACE_PROMPT, "france", None)
         await settle(pilot)
         assert app.grid.method.name == "causal_trace"
-        for theme in names:
-            app.theme = theme
+        for name in THEMES:
+            app.theme = name
             app._charts_dirty = True
             app.flush_charts()
-            await pilot.pause(0.02)
-            assert "indirect effect" in str(app.chart.render()), theme
+            assert "indirect effect" in str(app.chart.render()), name
         assert app.is_running and not draw_failures(app), draw_failures(app)
 
 
@@ -199,7 +214,8 @@ async def test_focus_is_visible_and_the_side_panel_scrolls(lm, tmp_path):
     app = make_app(lm, tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
         await open_session(app, pilot, tmp_path)
-        focused_cursor, corner, border = app.grid._style("cursor"), app.grid._style("corner"), app.side.styles.border_left
+        focused_cursor, corner = app.grid._style("cursor"), app.grid._style("corner")
+        border = app.side.styles.border_left
         await pilot.press("tab")
         await pilot.pause(0.05)
         assert app.focused is app.side and app.side.styles.border_left != border
@@ -210,3 +226,183 @@ async def test_focus_is_visible_and_the_side_panel_scrolls(lm, tmp_path):
         await pilot.press("shift+tab")
         await pilot.pause(0.05)
         assert app.focused is app.grid and app.grid._style("cursor") == focused_cursor
+        await pilot.press("tab", "z")  # hiding the focused side panel hands focus to the grid, not the prompt
+        await pilot.pause(0.05)
+        assert app.focused is app.grid
+
+
+async def test_a_refused_toggle_says_so_and_what_to_clear(lm, tmp_path):
+    """A toggle the engine refuses reads as refused, names the clash and what to clear, and changes nothing."""
+    from layerscope.tui.state import Toggles
+
+    app = make_app(lm, tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_session(app, pilot, tmp_path)
+        app.toggles = Toggles(swap=frozenset({10}))
+        app.refresh_panes()
+        await pilot.press("2", *["down"] * 10, "space")  # drop 10, where 10 is swapped with 11
+        await pilot.pause(0.1)
+        assert app.toggles == Toggles(swap=frozenset({10}))
+        assert notices(app)[-1] == ("Refused: drop 10 clashes with swap 10↔11; clear the swap first. The "
+                                    "interventions are unchanged.")
+
+
+async def test_layers_cursor_starts_on_a_toggle_and_space_on_block_drops(lm, tmp_path):
+    """The Layers cursor starts on the first toggle column (drop): down, Space drops block 1; on the block column,
+    Space drops too."""
+    from textual.widgets import DataTable
+
+    app = make_app(lm, tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_session(app, pilot, tmp_path)
+        app.toggles = type(app.toggles)()
+        app.refresh_panes()
+        await pilot.press("2")
+        table = app.query_one("#layer-table", DataTable)
+        assert table.cursor_coordinate == (0, 1) and table.ordered_columns[1].key.value == "drop"
+        await pilot.press("down", "space")
+        await pilot.pause(0.1)
+        assert app.toggles.drop == {1}
+        await pilot.press("left", "down", "space")
+        await pilot.pause(0.1)
+        assert app.toggles.drop == {1, 2}
+
+
+async def test_heads_sort_goes_to_the_top_names_its_column_and_skips_missing_scores(lm, tmp_path):
+    """o cycles only through the score kinds computed so far (none: it says so), the sorted column's header has
+    its arrow, and the view and cursor go to the top-ranked head."""
+    from textual.widgets import DataTable
+
+    app = make_app(lm, tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_session(app, pilot, tmp_path)
+        await pilot.press("3")
+        table = app.query_one("#head-table", DataTable)
+        assert table.ordered_columns[0].label.plain == "layer ▲"
+        await pilot.press("o")
+        assert app.head_pane.sort == "layer" and "No scores to sort by yet" in notices(app)[-1]
+        scores = {(layer, head): (layer * 7 + head * 3) % 11 / 10 for layer in range(12) for head in range(4)}
+        app.head_pane.set_scores("induction", scores, "test")
+        await pilot.press("pagedown", "pagedown", "pagedown")
+        await pilot.pause(0.05)
+        assert table.scroll_y > 0
+        await pilot.press("o")
+        await pilot.pause(0.05)
+        assert app.head_pane.sort == "induction" and table.scroll_y == 0 and table.cursor_coordinate.row == 0
+        assert [c.label.plain for c in table.ordered_columns][3:6] == ["retrieval  ", "induction ▼", "prev-token  "]
+        best = max(scores.values())
+        layer, head = map(int, table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value.split("."))
+        assert scores[(layer, head)] == best
+        await pilot.press("o")
+        assert app.head_pane.sort == "layer"  # retrieval and previous-token are skipped: not computed
+
+
+async def test_csv_export_names_method_view_and_interventions(lm, tmp_path):
+    """Every CSV line says the method, the view it shows and the interventions its numbers were computed with
+    (the baseline's: none), and its tokens are the engine's."""
+    import csv
+
+    app = make_app(lm, tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_session(app, pilot, tmp_path)
+        for view, path in (("intervened", tmp_path / "int.csv"), ("baseline", tmp_path / "base.csv")):
+            await pilot.press("x")
+            app.screen.query_one(Input).value = str(path)
+            await pilot.press("enter")
+            await pilot.pause(0.1)
+            rows = list(csv.DictReader(path.open(encoding="utf-8")))
+            grid = getattr(app.runs.results, view)
+            assert list(rows[0])[:4] == ["method", "view", "interventions", "layer"]
+            assert {(r["method"], r["view"], r["interventions"]) for r in rows} == \
+                   {("logit_lens", view, "drop 2" if view == "intervened" else "none")}
+            assert [r["token"] for r in rows] == [t.token for row in grid.cells for cell in row for t in cell.top]
+            await pilot.press("v")  # intervened -> baseline
+
+
+async def test_copy_cell_gives_raw_tokens(lm, tmp_path):
+    """y copies the cell with the tokens as the model wrote them (quoted: ' Paris' with its space, never the grid's
+    '·Paris') and no probability glyphs; with both grids and their KL."""
+    from tests.tui_synthetic import synthetic_results
+
+    app = make_app(lm, tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_session(app, pilot, tmp_path)
+        await pilot.press("y")
+        copied = app.clipboard
+        want = synthetic_results()
+        base, intervened = want.baseline.cells[12][4], want.intervened.cells[12][4]
+        assert copied.splitlines()[0] == 'row 11 · position 4 · prompt token " is"'
+        assert f'  {base.top[0].prob:.4f}  " Paris"' in copied and f'  {intervened.top[0].prob:.4f}  " Lyon"' in copied
+        assert f"KL(base‖int) {want.kl_base_int[12][4]:.4f} nats" in copied
+        assert '"·' not in copied and not any(glyph in copied for glyph in "▁▂▃▄▅▆▇█")
+        assert notices(app)[-1] == f"copied cell 11@4 · {len(copied.encode())} B (OSC 52)"
+
+
+async def test_palette_lists_every_action_with_its_key_and_help_is_grouped_by_pane(lm, tmp_path):
+    """The palette finds 'side', 'length' and 'continuation', titles carry their keys and fit at 80 columns; a
+    pane's command runs on its pane (here the Heads mask mode); help lists the keys under each pane's name."""
+    from textual.widgets import DataTable
+
+    app = make_app(lm, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_session(app, pilot, tmp_path)
+        titles = [command.title for command in app.get_system_commands(app.screen)]
+        for word, title in (("side", "Side panel (z)"), ("length", "Continuation length (n)"),
+                            ("continuation", "Continuation length (n)"), ("mask mode", "Mask mode (u)"),
+                            ("run", "Run (Ctrl+R, F5)"), ("sort", "Sort (o)")):
+            assert title in [t for t in titles if word in t.lower()], word
+        assert all(len(title) <= 40 for title in titles)
+        await pilot.press("ctrl+p", *"mask mode")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        assert app.toggles.mask_mode == "uniform" and app.tabs.active == "tab-heads"
+        await pilot.press("question_mark")
+        await pilot.pause(0.1)
+        assert "Keys by pane · remap by id in keymap.toml · Esc closes" in screen_text(app)
+        table = app.screen.query_one(DataTable)
+        first = [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
+        assert [row for row in first if row in ("Everywhere", "Lens grid", "Layers", "Heads", "Overview")] == \
+               ["Everywhere", "Lens grid", "Layers", "Heads", "Overview"]
+        assert first.index("Space") > first.index("Layers") and "o" in first[first.index("Heads"):]
+
+
+@pytest.mark.parametrize("size", [(80, 24), (100, 30)])
+async def test_side_panel_shows_the_intervened_cell_without_wrapping_a_label(lm, tmp_path, size):
+    """At 80 and 100 columns, with interventions on, the side panel shows (without scrolling) the intervened
+    entropy and KL(base‖int) under the baseline's; the answer lines break between labels, never inside one."""
+    app = make_app(lm, tmp_path)
+    async with app.run_test(size=size) as pilot:
+        await open_session(app, pilot, tmp_path)
+        region = app.side.region
+        shown = [line[region.x:region.right] for line in screen_text(app).splitlines()[region.y:region.bottom]]
+        side = "\n".join(shown)
+        assert "int. H 1.25 bits" in side and "KL(base‖int) 3.5000 nats" in side, side
+        assert "(stays top-1 from 6)" in side and "(stays top-1 from 5)" in side, side
+
+
+async def test_status_line_at_80_columns_leads_with_the_running_phase(lm, tmp_path):
+    """A long head-score run at 80 columns: the phase with its count, the time and Esc are on screen in full;
+    the interventions follow, shortened."""
+    from layerscope.tui.state import Toggles
+
+    app = make_app(lm, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_session(app, pilot, tmp_path)
+        app.toggles = Toggles(drop=frozenset({2}), swap=frozenset({5}), freeze=8)
+        app.runs.begin()
+        app.runs.set_progress(app.runs.run_id, "retrieval scores", 10, 75)
+        app.show_progress()
+        await pilot.pause(0.05)
+        line = screen_text(app).splitlines()[-2]
+        assert line.lstrip().startswith("retrieval scores 10/75 · ") and " s · Esc cancels · drop 2 +2 more" in line
+        from textual.widgets._toast import Toast, ToastRack
+
+        if not app.screen.query(ToastRack):  # the headless driver mounts none; a terminal does
+            await app.screen.mount(ToastRack(id="textual-toastrack"))
+        app.notify("a long notice " * 12, severity="error")  # notices stay above the status line and footer
+        await pilot.pause(0.3)
+        toasts = list(app.screen.query(Toast))
+        assert toasts and all(toast.region.bottom <= app.status.region.y for toast in toasts)
+        assert screen_text(app).splitlines()[-2].lstrip().startswith("retrieval scores 10/75 · ")
+        app.runs.end(app.runs.run_id)

@@ -111,16 +111,17 @@ def test_grid_text_has_a_line_per_token_and_a_column_per_layer():
 
 def test_export_csv_writes_every_cell_and_rank(tmp_path):
     grid = synthetic_results().intervened
-    notice = export_csv(LENS, grid, tmp_path / "grid.csv")
+    notice = export_csv(LENS, grid, tmp_path / "grid.csv", "intervened", "drop 2")
     rows = list(csv.DictReader((tmp_path / "grid.csv").open(encoding="utf-8")))
     assert len(rows) == len(LAYERS) * len(TOKENS) * 3  # three ranks per cell
+    assert {(r["method"], r["view"], r["interventions"]) for r in rows} == {("logit_lens", "intervened", "drop 2")}
     last = grid.cells[-1][-1].top[0]
     final = [r for r in rows if r["layer"] == LAYERS[-1] and r["position"] == str(len(TOKENS) - 1) and r["rank"] == "0"]
     assert len(final) == 1 and int(final[0]["id"]) == last.id and float(final[0]["prob"]) == pytest.approx(last.prob)
     size = byte_size("x" * (tmp_path / "grid.csv").stat().st_size)
     assert notice == f"exported grid · {len(LAYERS)}x{len(TOKENS)} · {size} CSV → {tmp_path / 'grid.csv'}"
     with pytest.raises(LayerscopeError, match="Nothing to export"):
-        export_csv(LENS, None, tmp_path / "none.csv")
+        export_csv(LENS, None, tmp_path / "none.csv", "baseline", "none")
     assert not (tmp_path / "none.csv").exists()
 
 

@@ -140,7 +140,7 @@ async def test_run_reports_each_phase_with_counts_and_time(lm, tmp_path):
     assert str(app.status.render()).startswith("done in ")  # what happened leads the line
 
 
-async def test_head_scores_name_their_source_and_sorting_keeps_the_cursor(lm, tmp_path):
+async def test_head_scores_name_their_source_and_sorting_goes_to_the_top(lm, tmp_path):
     from textual.widgets import DataTable
 
     app = make_app(lm, tmp_path)
@@ -152,9 +152,11 @@ async def test_head_scores_name_their_source_and_sorting_keeps_the_cursor(lm, tm
         table = app.query_one("#head-table", DataTable)
         await pilot.press("down", "down", "down", "down", "down")
         assert table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value == "1.1"
-        await pilot.press("o", "o")  # sort by induction score
-        assert app.head_pane.sort == "induction"
-        assert table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value == "1.1"
+        await pilot.press("o")  # sort by induction score, the only kind computed
+        assert app.head_pane.sort == "induction" and table.cursor_coordinate.row == 0
+        scores = app.head_pane.scores["induction"]
+        top = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        assert scores[tuple(map(int, top.split(".")))] == max(scores.values())
 
 
 LONG_PROMPT = " ".join(["the cat sat on the mat and a dog ran to the park"] * 6)  # 78 tokens
@@ -177,7 +179,8 @@ async def test_first_view_is_the_answer_cell(lm, tmp_path):
         await open_session(app, pilot, tmp_path)
         assert (app.grid.cursor_layer, app.grid.cursor_position) == (12, 4)
         assert header_line(app).split()[-1] == "11"  # the last layer's column is on screen
-        assert app.detail.plain.startswith("answer ·Paris 88% (stays top-1 from 6)\nint.   ·Lyon 50% (stays top-1 from 5)")
+        assert app.detail.plain.startswith("answer ·Paris 88%\n  (stays top-1 from 6)\nint.   ·Lyon 50%\n"
+                                           "  (stays top-1 from 5)\n")  # the label never cut in two
 
 
 async def test_cursor_stays_where_the_user_put_it(lm, tmp_path):
@@ -246,10 +249,10 @@ async def test_help_toasts_side_panel_and_continuation(lm, tmp_path):
         await pilot.press("question_mark")
         await pilot.pause(0.1)
         table = app.screen.query_one(DataTable)
-        keys = [table.get_row_at(i)[0] for i in range(table.row_count)]
+        keys = [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
         assert {"?", "Ctrl+R", "Ctrl+End", "Space", "z"} <= set(keys) and "question_mark" not in keys
         await pilot.press("escape", "y")
-        size = len(app.detail.plain.encode())
+        size = len(app.clipboard.encode())
         assert notices(app)[-1] == f"copied cell 11@4 · {size} B (OSC 52)"
         await pilot.press("Y")
         assert notices(app)[-1] == f"copied grid · 13x5 · {len(app.clipboard.encode())} B TSV (OSC 52)"

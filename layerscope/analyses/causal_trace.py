@@ -15,6 +15,7 @@ cell from one backward pass of the corrupted run.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
@@ -59,11 +60,20 @@ class Corruption:
     first: int = 0
 
 
+def entry_std(weight: torch.Tensor, rows: int = 4096) -> float:
+    """The standard deviation of every entry of a matrix (unbiased, as torch.std), in float64 over `rows` rows at
+    a time: a float32 copy of a 128k-token embedding would cost as much memory as a fifth of a 1B model."""
+    count = weight.numel()
+    mean = sum(chunk.double().sum().item() for chunk in weight.detach().split(rows)) / count
+    squares = sum((chunk.double() - mean).square().sum().item() for chunk in weight.detach().split(rows))
+    return math.sqrt(squares / max(count - 1, 1))
+
+
 def embedding_noise(lm: LoadedModel, n_tokens: int, seed: int = 0, scale: float = NOISE_SCALE) -> torch.Tensor:
     """(n_tokens, hidden) Gaussian noise, `scale` times the standard deviation of the embedding entries
     as the blocks see them (Gemma scales its embeddings inside the embedding module)."""
     embed = lm.adapter.embed
-    std = embed.weight.float().std().item() * float(getattr(embed, "embed_scale", 1.0))
+    std = entry_std(embed.weight) * float(getattr(embed, "embed_scale", 1.0))
     generator = torch.Generator().manual_seed(seed)
     return torch.randn((n_tokens, embed.weight.shape[1]), generator=generator) * (scale * std)
 
@@ -118,7 +128,7 @@ def site_modules(lm: LoadedModel, site: Site) -> list[torch.nn.Module]:
     return [adapter.attention(b) if site == "attn" else adapter.mlp(b) for b in range(lm.n_blocks)]
 
 
-def _capture_piece(lm: LoadedModel, ids: torch.Tensor, site: Site, corruption: Corruption | None,
+def _capture_piece(lm: LoadedModel, ids: torch.Tensor, site: Site | None, corruption: Corruption | None,
                    cache: Cache | None, offset: int, leaf_input: bool = False
                    ) -> tuple[list[torch.Tensor], torch.Tensor, Cache | None]:
     """One forward of `ids` (the tokens from position `offset` on, after `cache`): the site's states of these
@@ -134,7 +144,7 @@ def _capture_piece(lm: LoadedModel, ids: torch.Tensor, site: Site, corruption: C
 
     with ExitStack() as stack, _noised(lm, corruption, offset) if corruption else nullcontext():
         hook_input(stack, lm.adapter.blocks[0], keep_input)
-        for module in site_modules(lm, site):
+        for module in site_modules(lm, site) if site else []:
             hook_output(stack, module, states.append)
         if leaf_input:
             output = lm.model(input_ids=ids, use_cache=False, logits_to_keep=1)
@@ -143,10 +153,10 @@ def _capture_piece(lm: LoadedModel, ids: torch.Tensor, site: Site, corruption: C
     return states, output.logits[0, -1], cache
 
 
-def capture_sites(lm: LoadedModel, ids: torch.Tensor, site: Site, corruption: Corruption | None = None,
+def capture_sites(lm: LoadedModel, ids: torch.Tensor, site: Site | None, corruption: Corruption | None = None,
                   leaf_input: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Every state of the site ((1, T, hidden) each) and the last position's logits, of the clean run or the
-    corrupted one. The prompt runs in pieces of PREFILL_TOKENS through the KV cache, so no forward holds
+    """Every state of the site ((1, T, hidden) each; none for `site` None) and the last position's logits, of the
+    clean run or the corrupted one. The prompt runs in pieces of PREFILL_TOKENS through the KV cache, so no forward holds
     attention scores of the whole prompt; `leaf_input` runs it in one pass without cache instead, with block
     0's input a leaf that requires grad, so that a backward pass reaches every state (not detached) even where
     the weights do not require grad."""
@@ -160,7 +170,7 @@ def capture_sites(lm: LoadedModel, ids: torch.Tensor, site: Site, corruption: Co
     for start in range(0, total, PREFILL_TOKENS):
         stop = min(start + PREFILL_TOKENS, total)
         states, logits, cache = _capture_piece(lm, run_ids[:, start:stop], site, corruption, cache, start)
-        if not kept:
+        if not kept and states:
             kept = [state.new_empty((state.shape[0], total, *state.shape[2:])) for state in states]
         for whole, piece in zip(kept, states):
             whole[:, start:stop] = piece
@@ -264,6 +274,7 @@ def _restored_probabilities(lm: LoadedModel, corruption: Corruption, clean: list
                         output, cache = cached_forward(model, cache, input_ids=fed, logits_to_keep=1)
                 grid[chunk.start:chunk.stop, position - first] = answer_probability(output.logits[:, -1],
                                                                                     answer_id).cpu()
+                del output, cache  # before the next chunk's copies: two sets of caches are never held at once
                 progress((position - first) * rows + chunk.stop, (n_positions - first) * rows, "causal trace")
             if position + 1 < n_positions:  # extend the corrupted cache by this position's token
                 with _noised(lm, corruption, offset=position):
@@ -331,7 +342,7 @@ def causal_trace(
     with torch.inference_mode():
         clean, clean_logits = capture_sites(lm, input_ids, site)
         p_clean = answer_probability(clean_logits, answer_id).item()
-        p_corrupt = answer_probability(capture_sites(lm, input_ids, site, corruption)[1], answer_id).item()
+        p_corrupt = answer_probability(capture_sites(lm, input_ids, None, corruption)[1], answer_id).item()
     rows = len(clean) if site == "resid" else lm.n_blocks
     n_positions = input_ids.shape[1]
     grid = torch.full((rows, n_positions), p_corrupt)

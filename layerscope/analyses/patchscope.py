@@ -85,8 +85,11 @@ Index: TypeAlias = int | slice | torch.Tensor
 
 
 def repeated_cache(prefix_cache: Cache, batch: int) -> Cache:
-    """A copy of a prefix's KV cache for `batch` sequences: the prefix is computed once, not per cell."""
-    cache = copy.deepcopy(prefix_cache)
+    """A copy of a prefix's KV cache for `batch` sequences: the prefix is computed once, not per cell. The copy
+    shares the prefix's tensors until `batch_repeat_interleave` replaces them with the repeated ones (a cache
+    grows by concatenation, never in place), so the prefix is not copied once more on the way."""
+    tensors = [value for layer in prefix_cache.layers for value in vars(layer).values() if torch.is_tensor(value)]
+    cache = copy.deepcopy(prefix_cache, memo={id(tensor): tensor for tensor in tensors})
     cache.batch_repeat_interleave(batch)
     return cache
 

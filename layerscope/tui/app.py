@@ -16,6 +16,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -26,6 +27,7 @@ from textual.actions import SkipAction
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
+from textual.dom import DOMNode
 from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane, TextArea
@@ -37,7 +39,7 @@ from layerscope.specs import whole_number_in
 from layerscope.tui import workers
 from layerscope.tui.export import byte_size, export_csv, grid_shape, grid_text
 from layerscope.tui.grid_view import VIEWS, DecodeGridView, visible
-from layerscope.tui.keymap import binding_rows, load_keymap, user_keymap_path
+from layerscope.tui.keymap import binding_rows, key_display, load_keymap, user_keymap_path
 from layerscope.tui.messages import (LoadFailed, ModelLoaded, PatternComputed, RowComputed, RunFailed, RunFinished,
                                      RunProgress, RunStarted, ScoresComputed, TraceComputed)
 from layerscope.tui.charts import Chart, stack
@@ -45,8 +47,8 @@ from layerscope.tui.methods import REGISTRY, Cursor, GridMethod, PatternGrid, cy
 from layerscope.tui.panes import (DETAIL_WIDTH, QUICK_SOURCES, SCORE_SOURCES, ChartPane, DetailPane, HeadPane, LayerPane,
                                   OverviewPane)
 from layerscope.tui.runs import Job, RunController
-from layerscope.tui.screens import PALETTE, ConfirmScreen, HelpScreen, InputScreen, PickScreen
-from layerscope.tui.state import Results, RunOrigin, Session, Toggles, sample_prompts
+from layerscope.tui.screens import PALETTE_HELP, ConfirmScreen, HelpScreen, InputScreen, PickScreen
+from layerscope.tui.state import Results, RunOrigin, Session, Toggles, refusal, sample_prompts
 from layerscope.tui.themes import SHIPPED_THEMES, choose_theme, load_themes, rich_theme, user_theme_folder
 from layerscope.tui.views import duration, output_text, overview, status_line
 from layerscope.tui.workers import RunContext
@@ -182,7 +184,8 @@ class LayerscopeApp(App):
     def compose(self) -> ComposeResult:
         """Widgets are kept as attributes: handlers and timers reach them even while a modal screen is up."""
         self.prompt = TextArea(self.initial_prompt or "", id="prompt", soft_wrap=True, show_line_numbers=False)
-        self.grid, self.detail_view, self.chart = DecodeGridView(id="grid"), DetailPane(id="detail"), ChartPane(id="chart")
+        self.grid, self.detail_view = DecodeGridView(id="grid"), DetailPane(id="detail")
+        self.chart = ChartPane(id="chart")
         self.side = VerticalScroll(id="side")
         self.layer_pane, self.head_pane, self.output = LayerPane(id="layers"), HeadPane(id="heads"), Static(id="output")
         self.tabs, self.status = TabbedContent(id="tabs"), Static(id="status")
@@ -365,9 +368,9 @@ class LayerscopeApp(App):
 
     def say_in_panes(self, text: str) -> None:
         """Until a model is loaded, the panes say why they are empty: what is loading and for how long, or that
-        no model is."""
-        for pane in (self.detail_view, self.output, self.overview, self.layer_pane.query_one("#layer-hint", Static),
-                     self.head_pane.query_one("#head-hint", Static)):
+        no model is. (A query, not query_one: the timer may tick while the app closes and its panes are gone.)"""
+        for pane in (self.detail_view, self.output, self.overview,
+                     *self.query("#layer-hint, #head-hint").results(Static)):
             pane.update(text)
 
     def on_load_failed(self, message: LoadFailed) -> None:
@@ -600,11 +603,11 @@ class LayerscopeApp(App):
             return
         from layerscope.interventions import ModelShape, check_interventions
 
+        shape = ModelShape(self.lm.n_blocks, self.lm.adapter.n_heads)
         try:
-            check_interventions(toggles.interventions(self.lm.n_blocks),
-                                ModelShape(self.lm.n_blocks, self.lm.adapter.n_heads))
+            check_interventions(toggles.interventions(self.lm.n_blocks), shape)
         except LayerscopeError as error:
-            self.notify(str(error), severity="error")
+            self.notify(refusal(self.toggles, toggles, shape, error), severity="error")
             return
         self.toggles = toggles
         self.refresh_panes()
@@ -778,11 +781,17 @@ class LayerscopeApp(App):
         self.set_status(self.status_text)
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen(self.binding_rows()))
+        self.push_screen(HelpScreen([(pane, binding_rows([owner], self._keymap)) for pane, owner, _ in self.panes()]))
+
+    def panes(self) -> list[tuple[str, type[DOMNode], DOMNode]]:
+        """(name, class, instance) of every owner of bindings: the app, then each pane."""
+        return [("Everywhere", type(self), self), ("Lens grid", DecodeGridView, self.grid),
+                ("Layers", LayerPane, self.layer_pane), ("Heads", HeadPane, self.head_pane),
+                ("Overview", OverviewPane, self.overview)]
 
     def binding_rows(self) -> list[tuple[str, str, str]]:
         """(keys, description, id) of every binding, with the user's keymap applied."""
-        return binding_rows([type(self), DecodeGridView, LayerPane, HeadPane], self._keymap)
+        return binding_rows([owner for _, owner, _ in self.panes()], self._keymap)
 
     def action_next_theme(self) -> None:
         names = sorted(self.available_themes)
@@ -890,13 +899,25 @@ class LayerscopeApp(App):
         self._ask_path("Export the grid (CSV) to:", "layerscope-grid.csv", self.export_csv, writes=True)
 
     def export_csv(self, path: Path) -> None:
-        self.notify(export_csv(self.grid.method, self.grid.shown, path))
+        """The shown grid, with its view and the interventions its numbers were computed with."""
+        grid, origin = self.grid, self.runs.origin
+        method, results = self.shown()
+        intervened = grid.shown is not None and grid.shown is results.intervened
+        toggles = origin.toggles if origin is not None else self.toggles
+        self.notify(export_csv(method, grid.shown, path, "intervened" if intervened else "baseline",
+                               toggles.describe() if intervened else "none"))
 
     def action_copy_cell(self) -> None:
-        text, grid, shown = self.detail.plain, self.grid, self.grid.shown
+        """The cell under the cursor as plain text, its tokens raw, as the shown method writes it."""
+        grid, shown = self.grid, self.grid.shown
+        if shown is None or not grid.n_layers:
+            self.notify("Nothing to copy yet: run a prompt first.", severity="warning")
+            return
+        method, results = self.shown()
+        text = method.clipboard(results, self.cursor())
         self.copy_to_clipboard(text)
-        label = shown.layers[grid.cursor_layer] if shown is not None and grid.n_layers else "-"
-        self.notify(f"copied cell {label}@{grid.cursor_position} · {byte_size(text)} (OSC 52)", timeout=3)
+        self.notify(f"copied cell {shown.layers[grid.cursor_layer]}@{grid.cursor_position} · {byte_size(text)} "
+                    "(OSC 52)", timeout=3)
 
     def action_copy_grid(self) -> None:
         shown = self.grid.shown
@@ -910,7 +931,8 @@ class LayerscopeApp(App):
     def action_toggle_side(self) -> None:
         """Hide or show the detail and chart panel: the grid gets the room."""
         self.side.toggle_class("-hidden")
-        if self.side.has_class("-hidden") and self.focused is not None and self.side in self.focused.ancestors_with_self:
+        focused = self.focused
+        if self.side.has_class("-hidden") and focused is not None and self.side in focused.ancestors_with_self:
             self.screen.set_focus(self.grid)
         self._charts_dirty = True
 
@@ -929,6 +951,23 @@ class LayerscopeApp(App):
         self.push_screen(InputScreen("Continuation tokens (0-512):", str(self.continuation_tokens)), chosen)
 
     def get_system_commands(self, screen: Screen) -> Iterator[SystemCommand]:
+        """Textual's commands, then every action of every pane with its keys ('Side panel (z)'); cursor moves
+        are left to the keys. A pane's action shows its pane first."""
         yield from super().get_system_commands(screen)
-        for title, help_text, action in PALETTE:
-            yield SystemCommand(title, help_text, getattr(self, f"action_{action}"))
+        for pane, owner, node in self.panes():
+            keys: dict[str, list[str]] = {}  # action -> its keys, in binding order
+            titles: dict[str, str] = {}
+            for binding in owner.BINDINGS:
+                if isinstance(binding, Binding) and not binding.action.startswith("move("):
+                    keys.setdefault(binding.action, []).append(self._keymap.get(binding.id or "", binding.key))
+                    titles.setdefault(binding.action, binding.description or binding.action)
+            for action, its_keys in keys.items():
+                help_text = PALETTE_HELP.get(action, "anywhere" if node is self else f"in the {pane} pane")
+                yield SystemCommand(f"{titles[action]} ({key_display(','.join(its_keys))})", help_text,
+                                    partial(self.run_from_palette, node, action))
+
+    def run_from_palette(self, node: DOMNode, action: str) -> None:
+        """A palette command: a pane's action runs on that pane, shown and focused first."""
+        if node is not self:
+            self.action_tab(next(i for i, tab in enumerate(TABS) if node in self.query_one(f"#{tab}").walk_children()))
+        self.call_later(self.run_action, action, node)

@@ -5,6 +5,7 @@ A grid here is any method's grid (tui/methods.py): its method summarises its cel
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,6 +13,8 @@ from layerscope.errors import LayerscopeError
 from layerscope.tui.grid_view import token_label
 
 if TYPE_CHECKING:
+    from layerscope.analyses.causal_trace import CausalTrace
+    from layerscope.analyses.grid import DecodeGrid
     from layerscope.tui.methods import Grid, GridMethod
 
 
@@ -40,13 +43,43 @@ def grid_text(method: GridMethod | None, grid: Grid | None) -> str:
     return "\n".join(lines)
 
 
-def export_csv(method: GridMethod | None, grid: Grid | None, path: Path) -> str:
-    """Write the grid's CSV (its method's rows: a lens's one line per cell and rank) atomically; the notice that
-    says what was written."""
+def raw(token: str) -> str:
+    """A token as the model wrote it, quoted so its spaces and newlines show: '" Paris"', '"\\n"'."""
+    return json.dumps(token, ensure_ascii=False)
+
+
+def cell_clipboard(grids: list[tuple[str, DecodeGrid]], kl_base_int: list[list[float]] | None, layer: int,
+                   position: int) -> str:
+    """The cell under the cursor as plain text for the clipboard: each grid's (name, grid) entropy, KL to final
+    and top-k with the tokens' raw text (no '·' for a space, no probability glyphs), then KL(base‖int)."""
+    first = grids[0][1]
+    lines = [f"row {first.layers[layer]} · position {position} · prompt token {raw(first.tokens[position])}"]
+    for name, grid in grids:
+        cell = grid.cells[layer][position]
+        lines.append(f"{name}: entropy {cell.entropy_bits:.4f} bits · KL to final {cell.kl_to_final:.4f} nats")
+        lines += [f"  {top.prob:.4f}  {raw(top.token)}" for top in cell.top]
+    if kl_base_int is not None and layer < len(kl_base_int):
+        lines.append(f"KL(base‖int) {kl_base_int[layer][position]:.4f} nats")
+    return "\n".join(lines)
+
+
+def trace_clipboard(trace: CausalTrace, layer: int, position: int) -> str:
+    """A causal trace cell as plain text: its answer (raw), the restored probability and the indirect effect."""
+    cell = trace.cells[layer][position]
+    return (f"causal trace · answer {raw(trace.answer)} · row {trace.layers[layer]} · position {position} · prompt "
+            f"token {raw(trace.tokens[position])}\np_answer {cell.p_answer:.6f}\nindirect effect "
+            f"{cell.indirect_effect:+.6f}")
+
+
+def export_csv(method: GridMethod | None, grid: Grid | None, path: Path, view: str, interventions: str) -> str:
+    """Write the grid's CSV (its method's rows: a lens's one line per cell and rank) atomically, each line with
+    the method, the view shown (baseline or intervened) and the interventions its numbers were computed with;
+    the notice that says what was written."""
     from layerscope.outputs import to_csv, write_atomic
 
     if method is None or grid is None:
         raise LayerscopeError("Nothing to export yet: run a prompt first.")
-    text = to_csv(method.csv_rows(grid))
+    text = to_csv({"method": method.name, "view": view, "interventions": interventions, **row}
+                  for row in method.csv_rows(grid))
     write_atomic(text, path)
     return f"exported grid · {grid_shape(grid)} · {byte_size(text)} CSV → {path}"

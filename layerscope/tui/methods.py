@@ -1,8 +1,8 @@
 """The explorer's grid methods, in one registry: each method is one declaration of everything the app asks of it.
 
 A `GridMethod` says its name, whether the interventions apply, the phase its progress names, how a cell is
-summarised in the grid (and compared for the `≠` mark), its detail text and charts at the cursor, and its CSV
-rows. A method that `m` cycles (and `Ctrl+R` runs) also gives its engine function, `rows`, which yields the
+summarised in the grid (and compared for the `≠` mark), its detail text and charts at the cursor, what `y`
+copies, and its CSV rows. A method that `m` cycles (and `Ctrl+R` runs) also gives its engine function, `rows`, which yields the
 grid's rows one by one; the others are started by their own key (`C`: the causal trace; `Enter` on a head:
 its attention pattern). Adding a method is one declaration, `register(...)`, plus its engine function: see the
 README's Contributing section.
@@ -21,6 +21,7 @@ from rich.text import Text
 
 from layerscope.analyses.early_exit import stays_top1_from
 from layerscope.tui.charts import Chart, LayerChart, PositionMarks, Series
+from layerscope.tui.export import cell_clipboard, raw, trace_clipboard
 from layerscope.tui.grid_view import prob_glyph, token_label
 from layerscope.tui.panes import flow, top_lines
 
@@ -83,6 +84,7 @@ class GridMethod:
     summary: Callable[[Any, int], CellSummary]  # (cell, width) -> what the grid shows
     detail: Callable[[Results, Cursor, int], Text]  # the side panel's text at the cursor, for a width
     charts: Callable[[Results, Grid, Cursor, Theme], list[Chart]]  # (results, the grid shown, cursor, theme)
+    clipboard: Callable[[Results, Cursor], str]  # `y`: the cell under the cursor as plain text, tokens raw
     rows: RowsFunction | None = None  # the engine, for a method that `m` cycles and Ctrl+R runs
     needs_lens: bool = False  # runs only with a tuned lens loaded
 
@@ -184,10 +186,17 @@ def lens_charts(results: Results, shown: Grid, cursor: Cursor, theme: Theme) -> 
     return charts
 
 
+def lens_clipboard(results: Results, cursor: Cursor) -> str:
+    grids = [(name, grid) for name, grid in (("baseline", results.baseline), ("intervened", results.intervened))
+             if grid is not None and cursor.row < len(grid.cells)]
+    return cell_clipboard(grids, results.kl_base_int, cursor.row, cursor.position)
+
+
 def lens_method(name: str, phase: str, rows: RowsFunction, intervenable: bool = True,
                 needs_lens: bool = False) -> GridMethod:
     """A method whose grid is a DecodeGrid of top-k tokens: it shows and exports like the logit lens."""
-    return GridMethod(name, intervenable, phase, lens_summary, lens_detail, lens_charts, rows, needs_lens)
+    return GridMethod(name, intervenable, phase, lens_summary, lens_detail, lens_charts, lens_clipboard, rows,
+                      needs_lens)
 
 
 def _logit_lens_rows(lm: LoadedModel, input_ids: torch.Tensor, interventions: Sequence[Intervention], top_k: int,
@@ -258,7 +267,12 @@ def trace_charts(results: Results, shown: Grid, cursor: Cursor, theme: Theme) ->
     return [LayerChart(f"indirect effect @{cursor.position}", series, trace.layers, cursor.row, log=False)]
 
 
-register(GridMethod("causal_trace", False, "causal trace cells", trace_summary, trace_detail, trace_charts))
+def trace_copy(results: Results, cursor: Cursor) -> str:
+    return trace_clipboard(results.baseline, cursor.row, cursor.position)
+
+
+register(GridMethod("causal_trace", False, "causal trace cells", trace_summary, trace_detail, trace_charts,
+                    trace_copy))
 
 
 # a head's attention pattern: queries down (the prompt's positions), keys across ----------------------------------
@@ -330,4 +344,17 @@ def pattern_charts(results: Results, shown: Grid, cursor: Cursor, theme: Theme) 
     return [LayerChart(f"head {block}.{head}: query {query} over keys", series, keys, cursor.row, log=False)]
 
 
-register(GridMethod("head_pattern", True, "attention pattern", pattern_summary, pattern_detail, pattern_charts))
+def pattern_clipboard(results: Results, cursor: Cursor) -> str:
+    """The weight of the query on the key under the cursor, baseline and intervened, the tokens raw."""
+    baseline: PatternGrid = results.baseline
+    (block, head), key, query = baseline.head, cursor.row, cursor.position
+    lines = [f"head {block}.{head} · query {query} {raw(baseline.tokens[query])} · key {key} "
+             f"{raw(baseline.tokens[key])}"]
+    for name, grid in (("baseline", baseline), ("intervened", results.intervened)):
+        if grid is not None:
+            lines.append(f"{name}: weight {grid.cells[key][query].weight:.6f}")
+    return "\n".join(lines)
+
+
+register(GridMethod("head_pattern", True, "attention pattern", pattern_summary, pattern_detail, pattern_charts,
+                    pattern_clipboard))

@@ -51,7 +51,8 @@ def head_of(key: RowKey) -> tuple[int, int]:
 
 
 class LayerPane(Vertical):
-    """One row per block; a column per toggle. Space or Enter flips the cell under the cursor."""
+    """One row per block; a column per toggle. Space or Enter flips the cell under the cursor (on the block
+    column: the first toggle, drop). The cursor starts on the first toggle column."""
 
     BINDINGS = [
         Binding("space", "toggle_cell", "Toggle", id="layers.toggle"),
@@ -83,6 +84,7 @@ class LayerPane(Vertical):
                 table.add_column(choice.title, key=kind)
             for block in range(n_blocks):
                 table.add_row(str(block), *[toggle_mark(toggles.state_of(k, block)) for k in kinds], key=str(block))
+            table.move_cursor(row=0, column=1, animate=False)
             return
         for block in range(n_blocks):
             for kind in kinds:
@@ -93,9 +95,7 @@ class LayerPane(Vertical):
         if not table.row_count:
             return
         row, column = table.cursor_coordinate
-        if column == 0:
-            return
-        self.post_message(self.Toggled(list(block_kinds())[column - 1], row))
+        self.post_message(self.Toggled(list(block_kinds())[max(0, column - 1)], row))
 
     def on_data_table_cell_selected(self, event: DataTable.CellSelected) -> None:
         event.stop()
@@ -163,7 +163,7 @@ class HeadPane(Vertical):
             self._shape = (n_blocks, n_heads, n_kv_heads)
             table.clear(columns=True)
             for name in ("layer", "head", "kv", *SCORE_KINDS, "mask"):
-                table.add_column(name.replace("previous_token", "prev-token"), key=name)
+                table.add_column(self._title(name), key=name)
             per_group = max(1, n_heads // max(1, n_kv_heads))
             for layer in range(n_blocks):
                 for head in range(n_heads):
@@ -174,6 +174,16 @@ class HeadPane(Vertical):
         for layer, head in previous.masked_heads ^ toggles.masked_heads | (
                 toggles.masked_heads if previous.mask_mode != toggles.mask_mode else set()):
             table.update_cell(f"{layer}.{head}", "mask", self._mask_cell(toggles, layer, head), update_width=True)
+
+    def _title(self, column: str) -> Text:
+        """A column's header; the sorted one says so and which way: 'retrieval ▼' (highest first), 'layer ▲'.
+        Every sortable title keeps room for the arrow, so the columns keep their widths when the sort changes."""
+        title = column.replace("previous_token", "prev-token")
+        if column not in self.SORTS:
+            return Text(title)
+        if column != self.sort:
+            return Text(f"{title}  ")
+        return Text(f"{title} {'▲' if column == 'layer' else '▼'}", style="bold")
 
     def _hint(self) -> None:
         masked = ", ".join(f"{layer}.{head}" for layer, head in sorted(self._toggles.masked_heads)) or "none"
@@ -202,22 +212,33 @@ class HeadPane(Vertical):
             table.update_cell(key, kind, self._score_cells(layer, head)[SCORE_KINDS.index(kind)])
         self._sort()
 
-    def _sort(self) -> None:
-        """Sort by the chosen column; the cursor stays on the head it was on."""
+    def _sort(self, to_top: bool = False) -> None:
+        """Sort by the chosen column (its header says so); the cursor stays on the head it was on, or with
+        `to_top` goes to the first row, the view scrolled to the top."""
         table = self.query_one(DataTable)
         if not table.row_count:
             return
         head = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
+        for column in table.columns.values():
+            column.label = self._title(str(column.key.value))
         if self.sort == "layer":
             table.sort("layer", "head")
         else:
             scores = self.scores[self.sort]
             table.sort("layer", "head", key=lambda row: (-scores.get((row[0], row[1]), -1.0), row[0], row[1]))
-        table.move_cursor(row=table.get_row_index(head), animate=False)
+        table.move_cursor(row=0 if to_top else table.get_row_index(head), animate=False)
+        if to_top:
+            table.scroll_home(animate=False)
 
     def action_cycle_sort(self) -> None:
-        self.sort = self.SORTS[(self.SORTS.index(self.sort) + 1) % len(self.SORTS)]
-        self._sort()
+        """The next sort column among the layer order and the score kinds computed (or loaded) so far."""
+        ready = [kind for kind in self.SORTS if kind == "layer" or self.scores[kind]]
+        following = ready[(ready.index(self.sort) + 1) % len(ready)] if self.sort in ready else "layer"
+        if following == self.sort:
+            self.app.notify("No scores to sort by yet: r, i or b compute them, l loads them.", severity="warning")
+            return
+        self.sort = following
+        self._sort(to_top=True)
         self._hint()
 
     def action_toggle_mask(self) -> None:

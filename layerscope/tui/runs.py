@@ -48,7 +48,7 @@ def stop_between_blocks(lm: LoadedModel, cancelled: Callable[[], bool]) -> Itera
 class Job:
     """What one worker does, so that its end, however it comes, is tied to its run (or load) and told in words."""
 
-    kind: str  # 'run', 'scores', 'trace' or 'load'
+    kind: str  # 'run', 'scores', 'trace', 'pattern' or 'load'
     ident: int  # the run id; for 'load', the load id
     cancelled: str = ""  # the notice when the user stops it
     source: str = ""  # for 'load': what was loading

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -10,24 +11,28 @@ from textual.widgets import DataTable, Input, Label, OptionList
 
 from layerscope.tui.keymap import key_display
 
-PALETTE = (
-    ("Run", "Run the prompt with the current toggles", "run"),
-    ("Cancel", "Stop the running computation, keeping its rows", "cancel"),
-    ("Switch method", "Logit lens / tuned lens / Patchscope", "switch_method"),
-    ("Causal trace", "Noise the subject, restore each state: the answer's probability per cell", "causal_trace"),
-    ("Load tuned lens", "A folder from `layerscope tunedlens train` (or a published lens)", "open_lens"),
-    ("Cycle view", "Intervened / baseline / diff", "cycle_view"),
-    ("Clear interventions", "Remove every toggle and head mask", "clear_interventions"),
-    ("Save session", "Prompt, model, interventions and results as JSON", "save_session"),
-    ("Open session", "Load a saved session", "load_session"),
-    ("Export grid as CSV", "The shown grid, one line per cell and rank", "export_csv"),
-    ("Copy cell", "The cell's detail, through the terminal (OSC 52)", "copy_cell"),
-    ("Copy grid", "Top-1 tokens as TSV, through the terminal (OSC 52)", "copy_grid"),
-    ("Sample prompts", "Pick a prompt from sample_prompts/", "samples"),
-    ("Load model", "Load another model", "open_model"),
-    ("Help", "All key bindings", "help"),
-)
-"""The command palette's entries (Ctrl+P): title, help, and the app action (without 'action_') they run."""
+PALETTE_HELP = {
+    "run": "Run the prompt with the current toggles",
+    "cancel": "Stop the running computation, keeping its rows",
+    "switch_method": "Logit lens / tuned lens / Patchscope",
+    "causal_trace": "Noise the subject, restore each state in turn",
+    "open_lens": "A folder from `layerscope tunedlens train`",
+    "cycle_view": "Intervened / baseline / diff",
+    "clear_interventions": "Remove every toggle and head mask",
+    "save_session": "Prompt, model, interventions and results as JSON",
+    "load_session": "Load a saved session",
+    "export_csv": "The shown grid, a line per cell and rank",
+    "copy_cell": "The cell as plain text, tokens raw (OSC 52)",
+    "copy_grid": "Top-1 tokens as TSV (OSC 52)",
+    "samples": "Pick a prompt from sample_prompts/",
+    "open_model": "Load another model",
+    "help": "Every key, by pane",
+    "toggle_side": "Hide or show the cell detail and charts",
+    "continuation_length": "Tokens generated after the prompt",
+    "edit_prompt": "Type in the prompt; Esc leaves it",
+}
+"""The command palette's help line per app action; the palette lists every binding (see
+`LayerscopeApp.get_system_commands`), pane bindings under their pane's name."""
 
 
 class _Modal(ModalScreen):
@@ -44,19 +49,21 @@ class _Modal(ModalScreen):
 
 
 class HelpScreen(_Modal):
-    """Every binding with its current keys (after the user's keymap) and the id to remap it by."""
+    """Every binding by pane, with its current keys (after the user's keymap) and the id to remap it by."""
 
-    def __init__(self, rows: list[tuple[str, str, str]]) -> None:
+    def __init__(self, groups: list[tuple[str, list[tuple[str, str, str]]]]) -> None:
         super().__init__()
-        self.rows = rows
+        self.groups = groups
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label("Key bindings (remap by id in keymap.toml; Ctrl+P: command palette; Esc closes)")
-            table: DataTable[str] = DataTable(cursor_type="row", zebra_stripes=True)
+            yield Label("Keys by pane · remap by id in keymap.toml · Esc closes")
+            table: DataTable[str | Text] = DataTable(cursor_type="row", zebra_stripes=True)
             table.add_columns("keys", "action", "id")
-            for keys, action, binding_id in self.rows:
-                table.add_row(key_display(keys), action, binding_id)
+            for pane, rows in self.groups:
+                table.add_row(Text(pane, style="bold reverse"), "", "")
+                for keys, action, binding_id in rows:
+                    table.add_row(key_display(keys), action, binding_id)
             yield table
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from layerscope.errors import LayerscopeError
-from layerscope.interventions import REGISTRY, BlockChoice, Intervention, MaskHeads, chosen_by_block, intervention_class
+from layerscope.interventions import (REGISTRY, BlockChoice, Intervention, MaskHeads, ModelShape, check_interventions,
+                                      chosen_by_block, intervention_class)
 from layerscope.interventions.kinds import HEAD_MASK_MODES, HeadMaskMode
 
 SESSION_VERSION = 1
@@ -114,7 +115,7 @@ class Toggles:
         return " · ".join(self.parts()) or "no interventions"
 
     def parts(self) -> list[str]:
-        """Each intervention by name and place: ['drop 2', 'swap 5↔6', 'freeze ≥20', 'mask 17.3, 18.6 (uniform)']."""
+        """Each intervention by name and place: ['drop 2', 'swap 5↔6', 'freeze ≥20', 'mask 17.3 (zero)']."""
         parts = []
         for kind, blocks in self.blocks:
             if block_kinds()[kind].reach == "from":
@@ -146,6 +147,21 @@ class Toggles:
                        mask_mode=_mask_mode(data.get("mask_mode", "zero")))
         except (TypeError, ValueError, AttributeError, KeyError) as error:
             raise LayerscopeError(f"Bad interventions in the session: {error}") from error
+
+
+def refusal(old: Toggles, new: Toggles, shape: ModelShape, error: LayerscopeError) -> str:
+    """Why the engine refuses `new` (in `error`), in words that cannot read as applied: the intervention the
+    change adds, the one it clashes with and what to clear ('Refused: drop 10 clashes with swap 10↔11; clear
+    the swap first.'); the engine's own reason where no single one clashes (a block out of range)."""
+    kept = old.interventions(shape.n_blocks)
+    for added in (i for i in new.interventions(shape.n_blocks) if i not in kept):
+        for other in kept:
+            try:
+                check_interventions([other, added], shape)
+            except LayerscopeError:
+                return (f"Refused: {added.describe()} clashes with {other.describe()}; clear the {other.kind} first. "
+                        "The interventions are unchanged.")
+    return f"Refused: {error} The interventions are unchanged."
 
 
 def _mask_mode(value: object) -> HeadMaskMode:
