@@ -50,7 +50,7 @@ def hand_readout(lm, token: int, state: torch.Tensor, final: torch.Tensor) -> fl
                if hasattr(config, name))
     centre = (lambda x: x - x.mean()) if family in CENTRES else (lambda x: x)  # noqa: E731
     scale = config.logit_scale if family == "cohere" else 1 / config.logits_scaling if family == "granite" else 1.0
-    direction = gain * lm.model.get_output_embeddings().weight[token].double()
+    direction = (gain * lm.model.get_output_embeddings().weight[token].double()).detach()
     return float(scale * direction @ centre(state.double()) / math.sqrt(centre(final.double()).pow(2).mean() + eps))
 
 

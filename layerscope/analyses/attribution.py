@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from layerscope.analyses.activations import last_logits_only
 from layerscope.analyses.readout import NormForm, module_norm_form, norm_form, readout_bias, readout_matrix
 from layerscope.arguments import check_ids, check_int, check_lm
 from layerscope.errors import LayerscopeError
@@ -158,7 +159,8 @@ def logit_attribution(lm: LoadedModel, input_ids: torch.Tensor, answer: int | No
             hook_output(stack, post[1] if post else adapter.mlp(block), keep("mlp", block))
             if post:
                 hook_output(stack, adapter.attention(block), keep("attention_raw", block))
-        logits = adapter.model(input_ids=ids.to(adapter.input_device), use_cache=False, logits_to_keep=1).logits
+        logits = adapter.model(input_ids=ids.to(adapter.input_device), use_cache=False,
+                                **last_logits_only(lm)).logits
     final = logits[0, -1].float()
     answer = int(final.argmax()) if answer is None else answer
     form = norm_form(adapter)
