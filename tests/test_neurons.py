@@ -158,3 +158,12 @@ def test_the_demo_models_last_block_equals_numpy_and_suppresses_more_than_it_pre
     kinds = [census.kind(block, n) for n in range(len(block.kurtosis))]
     assert kinds.count("prediction") == block.prediction > 0
     assert kinds.count("suppression") == block.suppression > block.prediction
+
+
+def test_a_neuron_that_writes_nothing_has_flat_moments_not_nan():
+    lm = tiny_model("llama")
+    with torch.no_grad():
+        lm.model.model.layers[0].mlp.down_proj.weight[:, 4] = 0
+    block = neuron_census(lm, blocks=[0]).blocks[0]
+    assert (block.mean[4], block.variance[4], block.skew[4], block.kurtosis[4]) == (0.0, 0.0, 0.0, 0.0)
+    assert all(np.isfinite([block.mean, block.variance, block.skew, block.kurtosis]).ravel())
