@@ -135,7 +135,7 @@ def vocab_moments(weights: torch.Tensor, directions: torch.Tensor, min_kurtosis:
         cosines -= mean[:, None]
         squares = cosines * cosines
         variance = squares.mean(dim=-1)
-        spread = variance.clamp_min(1e-30)
+        spread = torch.where(variance > 0, variance, 1.0)  # a neuron that writes nothing: its sums are 0 too
         skew = torch.linalg.vecdot(squares, cosines) / cosines.shape[-1] / spread.pow(1.5)
         kurtosis = torch.linalg.vecdot(squares, squares) / cosines.shape[-1] / spread.pow(2)
         for part, value in zip(parts, (mean, variance, skew, kurtosis)):
