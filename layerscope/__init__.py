@@ -18,10 +18,13 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from layerscope.analyses.activations import Activations, trace
+    from layerscope.analyses.attribution import LogitAttribution, logit_attribution
     from layerscope.analyses.causal_trace import CausalTrace, causal_trace, trace_prompt
     from layerscope.analyses.compare import InterventionReport, compare_logits, greedy_continuation, run_interventions
+    from layerscope.analyses.early_exit import EarlyExit, early_exit
     from layerscope.analyses.grid import DecodeGrid
     from layerscope.analyses.lens import logit_lens
+    from layerscope.analyses.neurons import NeuronCensus, neuron_census
     from layerscope.analyses.patchscope import parse_target, patchscope_grid, run_patchscope
     from layerscope.analyses.tuned_lens import TunedLens, compare_lenses, load_tuned_lens, train_tuned_lens, tuned_lens
     from layerscope.errors import LayerscopeError
@@ -32,6 +35,8 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "Activations": "layerscope.analyses.activations",
     "trace": "layerscope.analyses.activations",
+    "LogitAttribution": "layerscope.analyses.attribution",
+    "logit_attribution": "layerscope.analyses.attribution",
     "CausalTrace": "layerscope.analyses.causal_trace",
     "causal_trace": "layerscope.analyses.causal_trace",
     "trace_prompt": "layerscope.analyses.causal_trace",
@@ -39,8 +44,12 @@ _EXPORTS = {
     "compare_logits": "layerscope.analyses.compare",
     "greedy_continuation": "layerscope.analyses.compare",
     "run_interventions": "layerscope.analyses.compare",
+    "EarlyExit": "layerscope.analyses.early_exit",
+    "early_exit": "layerscope.analyses.early_exit",
     "DecodeGrid": "layerscope.analyses.grid",
     "logit_lens": "layerscope.analyses.lens",
+    "NeuronCensus": "layerscope.analyses.neurons",
+    "neuron_census": "layerscope.analyses.neurons",
     "parse_target": "layerscope.analyses.patchscope",
     "patchscope_grid": "layerscope.analyses.patchscope",
     "run_patchscope": "layerscope.analyses.patchscope",

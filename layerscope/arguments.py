@@ -42,6 +42,15 @@ def check_number(value: object, name: str, minimum: float = 0.0, above: bool = F
     return number
 
 
+def check_blocks(blocks: object, n_blocks: int, name: str = "blocks") -> list[int]:
+    """A non-empty list or tuple of distinct block numbers of the model, in the order given."""
+    if not isinstance(blocks, (list, tuple, range)):
+        raise ArgumentTypeError(f"{name}= must be a list of block numbers, not {type(blocks).__name__}.")
+    if not blocks or len(set(blocks)) != len(blocks):
+        raise ArgumentValueError(f"{name}= must name at least one block, each once.")
+    return [check_int(block, name, 0, n_blocks - 1) for block in blocks]
+
+
 def check_text(value: object, name: str) -> str:
     if not isinstance(value, str):
         raise ArgumentTypeError(f"{name}= must be a str, not {type(value).__name__}.")

@@ -16,6 +16,7 @@ except ImportError:  # older typer uses click itself; mypy checks against the in
     from click import Context  # type: ignore[assignment]  # the same class, from the other package
     from click.exceptions import ClickException  # type: ignore[assignment]  # the same class, from the other package
 
+from layerscope.cli import direct
 from layerscope.cli import heads as heads_commands
 from layerscope.cli import lens as lens_commands
 from layerscope.cli import studies
@@ -68,6 +69,9 @@ app.add_typer(heads_commands.heads_app, name="heads")
 app.command("sweep")(studies.sweep)
 app.command("influence")(studies.influence)
 app.command("stages")(studies.stages)
+app.command("neurons")(direct.neurons)
+app.command("exit")(studies.exit_estimate)
+app.command("attribute")(direct.attribute)
 app.command("tui")(tui_command.tui)
 app.command("trace")(trace_commands.trace)
 app.add_typer(tunedlens_commands.tunedlens_app, name="tunedlens")

@@ -1,4 +1,4 @@
-"""`layerscope sweep`, `influence` and `stages`: the layer studies, one command each."""
+"""`layerscope sweep`, `influence`, `stages` and `exit`: the layer studies, one command each."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from layerscope.locations import SAMPLE_PROMPTS, sample_file
 from layerscope.textfiles import read_text_file
 
 if TYPE_CHECKING:
+    from layerscope.analyses.early_exit import EarlyExit
     from layerscope.analyses.influence import InfluenceReport
     from layerscope.analyses.prompt_sets import PromptItem
     from layerscope.analyses.stages import StageMap
@@ -383,3 +384,55 @@ def stages(
     finally:
         progress.close()
     output.write(result.to_dict, lambda: (vars(b) for b in result.blocks), lambda: stages_table(result))
+
+
+def exit_table(result: EarlyExit) -> str:
+    positions = sum(map(len, result.stays_from))
+    lines = [f"early exit over {len(result.stays_from)} prompts, {positions} positions, {result.n_blocks} blocks "
+             "(logit lens)",
+             f"oracle (exit where the top-1 stays the final top-1): {result.oracle_mean_blocks_skipped:.2f} blocks "
+             "skipped on average, same token always", "",
+             f"{'threshold':>9} {'skipped':>8} {'same top-1':>10}"]
+    lines += [f"{t.threshold:>9g} {t.mean_blocks_skipped:8.2f} {t.agreement:10.1%}" for t in result.thresholds]
+    return "\n".join(lines)
+
+
+def _thresholds(spec: str) -> list[float]:
+    from layerscope.specs import parse_number
+
+    try:
+        values = [parse_number(part.strip(), float) for part in spec.split(",")]
+    except ValueError as error:
+        raise LayerscopeError(f"--thresholds '{spec}': {error}") from None
+    if not all(0 < value <= 1 for value in values):
+        raise LayerscopeError(f"--thresholds '{spec}': each must be a probability above 0 and at most 1.")
+    return values
+
+
+@command
+def exit_estimate(
+    *,
+    model: BosModelOptions,
+    prompts: Annotated[Path | None, typer.Option(help="Prompt set. Default: sample_prompts/general.txt."),
+                       Reads((sample_file("general.txt"),))] = None,
+    thresholds: Annotated[str, typer.Option(help="Confidence thresholds: exit at the first row whose top-1 "
+                                                 "probability reaches one.")] = "0.5,0.7,0.9,0.95",
+    batch_size: Annotated[int, typer.Option(min=1, max=1024, help="Prompts per forward pass.")] = 8,
+    output: Output,
+) -> None:
+    """Early-exit estimate: per prompt and position, the grid row from which the logit lens's top-1 stays the
+    final top-1, and the blocks an oracle exit and a confidence-threshold exit would skip.
+
+    Example: layerscope exit --model demo --prompts sample_prompts/general.txt --thresholds 0.5,0.9
+    """
+    from layerscope.analyses.early_exit import early_exit
+    from layerscope.analyses.lens import logit_lens
+    from layerscope.analyses.prompt_sets import load_prompt_set
+
+    levels = _thresholds(thresholds)
+    texts = [item.text for item in load_prompt_set(prompts or _sample("general.txt"))]
+    lm = model.load()
+    grids = [grid for start in range(0, len(texts), batch_size)
+             for grid in logit_lens(lm, lm.encode(texts[start : start + batch_size]), top_k=1)]
+    result = early_exit(grids, levels)
+    output.write(result.to_dict, result.csv_rows, lambda: exit_table(result))

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from rich.text import Text
 
+from layerscope.analyses.early_exit import stays_top1_from
 from layerscope.tui.charts import Chart, LayerChart, PositionMarks, Series
 from layerscope.tui.export import cell_clipboard, raw, trace_clipboard
 from layerscope.tui.grid_view import prob_glyph, token_label
@@ -109,22 +110,6 @@ def cycled() -> list[str]:
 def lens_summary(cell: GridCell, width: int) -> CellSummary:
     top = cell.top[0]
     return CellSummary(top.prob, token_label(top.token, width), top.id)
-
-
-def stays_top1_from(grid: DecodeGrid) -> list[int]:
-    """Per position, the first row from which the top-1 stays the final row's top-1 to the end (the last row
-    itself at worst): a row that has it and loses it again does not count."""
-    if not grid.cells:
-        return []
-    final = len(grid.cells) - 1
-    rows = []
-    for position in range(len(grid.tokens)):
-        answer = grid.top1(final, position).id
-        row = final
-        while row > 0 and grid.top1(row - 1, position).id == answer:
-            row -= 1
-        rows.append(row)
-    return rows
 
 
 def answer_text(baseline: DecodeGrid, intervened: DecodeGrid | None, n_rows: int, width: int) -> Text:
