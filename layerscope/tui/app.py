@@ -693,7 +693,7 @@ class LayerscopeApp(App):
         layer, head = message.head
         self.set_status(f"head {layer}.{head} attention pattern; Space masks it, Ctrl+R returns to the lens")
 
-    def action_mask_shown_head(self) -> None:
+    def on_decode_grid_view_mask_head_wanted(self) -> None:
         """Space on a head's pattern: mask (or unmask) that head, then show its pattern again with the mask."""
         method, results = self.shown()
         if method.name != "head_pattern":

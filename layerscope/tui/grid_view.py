@@ -133,7 +133,7 @@ class DecodeGridView(ScrollView, can_focus=True):
         Binding("end", "move(100000, 0)", "Last layer", show=False, id="grid.last_layer"),
         Binding("ctrl+home", "move(0, -100000)", "First position", show=False, id="grid.first_position"),
         Binding("ctrl+end", "move(0, 100000)", "Last position", show=False, id="grid.last_position"),
-        Binding("space", "app.mask_shown_head", "Mask the head (pattern)", show=False, id="grid.mask_head"),
+        Binding("space", "mask_head", "Mask the head (pattern)", show=False, id="grid.mask_head"),
         Binding("slash", "find", "Find a token", show=False, id="grid.find"),
         Binding("right_square_bracket", "find_next(1)", "Next match", show=False, id="grid.next_match"),
         Binding("left_square_bracket", "find_next(-1)", "Previous match", show=False, id="grid.previous_match"),
@@ -150,6 +150,9 @@ class DecodeGridView(ScrollView, can_focus=True):
         def __init__(self, error: Exception) -> None:
             super().__init__()
             self.error = error
+
+    class MaskHeadWanted(Message):
+        """Space: mask (or unmask) the head whose attention pattern the grid shows."""
 
     class CursorMoved(Message):
         def __init__(self, layer: int, position: int) -> None:
@@ -234,6 +237,9 @@ class DecodeGridView(ScrollView, can_focus=True):
         summary = self.method.summary
         identity = summary(self.intervened.cells[layer][position], 1).identity
         return identity is not None and identity != summary(self.baseline.cells[layer][position], 1).identity
+
+    def action_mask_head(self) -> None:
+        self.post_message(self.MaskHeadWanted())
 
     # find and jump ------------------------------------------------------
     def action_find(self) -> None:
