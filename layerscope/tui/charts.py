@@ -19,6 +19,7 @@ are the theme's, read with Textual's Color, so ANSI themes (`ansi_blue`) give AN
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -65,18 +66,19 @@ class LayerChart:
         steps = max(1, height - 5)  # the cursor's row, first (points are drawn over it): a point per plot line,
         # since plotext's own lines paint a background of their own
         figure.draw(figure.signal([self.cursor] * (steps + 1), [low + (top - low) * i / steps for i in range(steps + 1)],
-                                  marker=plotext.marker("┊", plotext.pixel("default", "default", "dim"))))
+                                  marker="┊"))
         for one in self.series:
             if one.values:
                 figure.draw(figure.signal(list(range(len(one.values))), [_scale(v, self.log) for v in one.values],
-                                          marker=plotext.marker(one.marker, _pixel(one.colour))))
+                                          marker=one.marker))
         ticks = _value_ticks(low, top, self.log)
         figure.ruler("y").lim(low, top)
         figure.ruler("y").ticks(*ticks)
         plot_width = width - 2 - max(map(len, ticks[1]))
         figure.ruler("x").lim(0, max(1, len(self.rows) - 1))
         figure.ruler("x").ticks(*row_ticks(self.rows, self.cursor, plot_width))
-        return _titled(self.title, self.series, width, figure.build().string())
+        styles = {"┊": "dim", **{one.marker: _rich_colour(one.colour) for one in reversed(self.series)}}
+        return _titled(self.title, self.series, width, figure.build().string(), styles)
 
 
 @dataclass(frozen=True)
@@ -104,13 +106,13 @@ class PositionMarks:
         labels = [("▶" if p == self.cursor else " ") + self.labels[p] for p in shown]
         lines = list(range(len(shown)))[::-1]  # the first position on top
         figure.draw(figure.signal([self.values[p] for p in shown], lines,
-                                  marker=plotext.marker("◆", _pixel(self.colour))))
+                                  marker="◆"))
         figure.ruler("y").lim(-0.5, len(shown) - 0.5)
         figure.ruler("y").ticks(lines, labels)
         plot_width = width - 2 - max(map(len, labels), default=1)
         figure.ruler("x").lim(0, max(1, len(self.rows) - 1))
         figure.ruler("x").ticks(*row_ticks(self.rows, self.values[self.cursor], plot_width))
-        return _titled(self.title, [], width, figure.build().string())
+        return _titled(self.title, [], width, figure.build().string(), {"◆": _rich_colour(self.colour)})
 
 
 Chart = LayerChart | PositionMarks
@@ -168,12 +170,6 @@ def plotext_colour(colour: str | None) -> PlotextColour:
     return parsed.rgb
 
 
-def _pixel(colour: str | None) -> plotext.pixel:
-    import plotext
-
-    return plotext.pixel(plotext_colour(colour), "default")
-
-
 def _figure(width: int, height: int) -> plotext.figure:
     """plotext's one figure, cleared, without colours of its own and sized: charts are drawn on the UI thread
     only, one at a time. plotext is imported here, not at start: its import takes a fifth of a second, which the
@@ -187,16 +183,25 @@ def _figure(width: int, height: int) -> plotext.figure:
     return figure
 
 
-def _titled(title: str, series: list[Series], width: int, plot: str) -> Text:
-    """The title line with a legend in the series' colours, above the plot."""
+def _titled(title: str, series: list[Series], width: int, plot: str, styles: dict[str, str]) -> Text:
+    """The title line with a legend in the series' colours, above the plot, whose marks get the styles of
+    `styles` (glyph -> Rich style). plotext draws colourless: styling the marks here costs a tenth of parsing
+    plotext's ANSI colours back with `Text.from_ansi`, and a chart is redrawn as every row arrives."""
     text = Text(no_wrap=True, overflow="crop")
     text.append(title, "bold")
     for one in series:
         text.append(f" {one.marker}{one.name}", _rich_colour(one.colour))
     text.truncate(width)
     text.append("\n")
-    text.append(Text.from_ansi(plot, no_wrap=True))
+    start = len(text.plain)
+    text.append(_RESET.sub("", plot))
+    for match in re.finditer("|".join(map(re.escape, styles)), text.plain[start:]) if styles else ():
+        if styles[match[0]]:
+            text.stylize(styles[match[0]], start + match.start(), start + match.end())
     return text
+
+
+_RESET = re.compile("\x1b\\[[0-9;]*m")  # plotext's colourless output still resets the style on each line
 
 
 def _rich_colour(colour: str | None) -> str:
