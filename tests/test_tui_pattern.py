@@ -10,11 +10,10 @@ from layerscope.interventions import DropBlocks, MaskHeads
 from layerscope.tui.app import LayerscopeApp
 from layerscope.tui.methods import REGISTRY
 from layerscope.tui.state import Toggles
-from layerscope.tui.themes import SHIPPED_THEMES
 from tests.tiny import tiny_model
-from tests.tui_synthetic import notices, settle, tiny_llama
+from tests.tui_synthetic import TINY_PROMPT, notices, settle, tiny_app, tiny_llama
 
-PROMPT = "the capital of france is paris"
+PROMPT = TINY_PROMPT
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +22,7 @@ def lm():
 
 
 def make_app(lm, tmp_path) -> LayerscopeApp:
-    return LayerscopeApp(lm=lm, theme_folders=[SHIPPED_THEMES], keymap_path=tmp_path / "keymap.toml",
-                         continuation_tokens=1, prompt=PROMPT)
+    return tiny_app(lm, tmp_path, PROMPT)
 
 
 async def open_pattern(app, pilot, head: tuple[int, int]) -> None:

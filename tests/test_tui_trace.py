@@ -11,10 +11,9 @@ from layerscope.analyses.causal_trace import trace_prompt
 from layerscope.tui.app import LayerscopeApp
 from layerscope.tui.export import grid_text
 from layerscope.tui.methods import REGISTRY
-from layerscope.tui.themes import SHIPPED_THEMES
-from tests.tui_synthetic import notices, settle, tiny_llama
+from tests.tui_synthetic import TINY_PROMPT, notices, settle, tiny_app, tiny_llama
 
-PROMPT = "the capital of france is paris"
+PROMPT = TINY_PROMPT
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +22,7 @@ def lm():
 
 
 def make_app(lm, tmp_path) -> LayerscopeApp:
-    return LayerscopeApp(lm=lm, theme_folders=[SHIPPED_THEMES], keymap_path=tmp_path / "keymap.toml",
-                         continuation_tokens=1, prompt=PROMPT)
+    return tiny_app(lm, tmp_path, PROMPT)
 
 
 async def ask_trace(pilot, subject: str, answer: str) -> None:

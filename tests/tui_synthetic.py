@@ -103,3 +103,15 @@ def notices(app) -> list[str]:
 
 def screen_text(app) -> str:
     return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+
+
+TINY_PROMPT = "the capital of france is paris"
+
+
+def tiny_app(lm, tmp_path: Path, prompt: str = TINY_PROMPT):
+    """The explorer on a tiny model with the shipped themes, a keymap of its own and one continuation token."""
+    from layerscope.tui.app import LayerscopeApp
+    from layerscope.tui.themes import SHIPPED_THEMES
+
+    return LayerscopeApp(lm=lm, theme_folders=[SHIPPED_THEMES], keymap_path=tmp_path / "keymap.toml",
+                         continuation_tokens=1, prompt=prompt)
