@@ -59,6 +59,27 @@ def test_stays_top1_from_ignores_a_row_that_loses_it_again():
     assert stays_top1_from(grid) == [independent] == [4]
 
 
+def test_the_marks_chart_reads_the_positions_around_the_cursor_of_a_long_prompt():
+    """300 positions, cursor at 200: the chart holds the positions within MARKS_WINDOW of it, each with its own
+    position number and the row it stays top-1 from, as computed over the whole grid."""
+    from layerscope.tui.methods import MARKS_WINDOW
+
+    n = 300
+    ids = [[10 + (p + row) % 3 if row < p % 7 else 1 for p in range(n)] for row in range(7)]  # stays from p % 7
+    rows = [[GridCell([TopToken(str(i), i, 0.5)], 1.0, 0.0) for i in row] for row in ids]
+    grid = DecodeGrid("m", "logit_lens", [f"t{p}" for p in range(n)], list(range(n)), ROWS[:7], rows)
+    results = synthetic_results()
+    results.baseline, results.intervened, results.kl_base_int = grid, None, []
+    marks = next(chart for chart in REGISTRY["logit_lens"].charts(results, grid, Cursor(3, 200, ROWS[:7]),
+                                                                  every_theme()["nord"])
+                 if isinstance(chart, PositionMarks))
+    window = range(200 - MARKS_WINDOW, 200 + MARKS_WINDOW + 1)
+    whole = stays_top1_from(grid)
+    assert [label.split()[0] for label in marks.labels] == [str(p) for p in window]
+    assert marks.values == [whole[p] for p in window] and marks.labels[marks.cursor].startswith("200 ")
+    assert marks.values == [p % 7 for p in window]  # differs across positions: a shifted window would be caught
+
+
 def test_the_answer_line_names_the_row_it_stays_from():
     results = synthetic_results()
     label = f"(stays top-1 from {LAYERS[FIRST_FINAL[4]]})"

@@ -11,7 +11,7 @@ No torch at import: the explorer's grid methods use `stays_top1_from`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,14 +23,14 @@ if TYPE_CHECKING:
 THRESHOLDS = (0.5, 0.7, 0.9, 0.95)
 
 
-def stays_top1_from(grid: DecodeGrid) -> list[int]:
-    """Per position, the first row from which the top-1 stays the final row's top-1 to the end (the last row
-    itself at worst): a row that has it and loses it again does not count."""
+def stays_top1_from(grid: DecodeGrid, positions: Iterable[int] | None = None) -> list[int]:
+    """Per position (every one, or those of `positions`), the first row from which the top-1 stays the final
+    row's top-1 to the end (the last row itself at worst): a row that has it and loses it again does not count."""
     if not grid.cells:
         return []
     final = len(grid.cells) - 1
     rows = []
-    for position in range(len(grid.tokens)):
+    for position in range(len(grid.tokens)) if positions is None else positions:
         answer = grid.top1(final, position).id
         row = final
         while row > 0 and grid.top1(row - 1, position).id == answer:

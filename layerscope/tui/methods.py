@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from layerscope.tui.compute import LayerRow
     from layerscope.tui.state import Results
 
+MARKS_WINDOW = 64  # positions each side of the cursor in the "stays top-1 from" chart: more than a screen's lines
+
 
 @dataclass(frozen=True)
 class CellSummary:
@@ -121,7 +123,7 @@ def answer_text(baseline: DecodeGrid, intervened: DecodeGrid | None, n_rows: int
             continue
         last = len(grid.tokens) - 1
         top = grid.top1(len(grid.cells) - 1, last)
-        stays = grid.layers[stays_top1_from(grid)[last]]
+        stays = grid.layers[stays_top1_from(grid, [last])[0]]
         flow(text, [(name, "bold"), (token_label(top.token, 14), "bold reverse"), (f"{top.prob:.0%}", ""),
                     (f"(stays top-1 from {stays})", "")], width)
     return text
@@ -170,11 +172,14 @@ def lens_charts(results: Results, shown: Grid, cursor: Cursor, theme: Theme) -> 
         return [Series(name, grid.column(position, field), colours[name], marks[name]) for name, grid in grids]
 
     shown_grid: DecodeGrid = shown  # type: ignore[assignment]  # a lens method's grid is a DecodeGrid
+    # the positions the marks chart can show (a plot line each) around the cursor: the chart is redrawn as every
+    # row arrives, and reading all of a long prompt's positions took a sixth of the redraw
+    window = range(max(0, position - MARKS_WINDOW), min(len(shown_grid.tokens), position + MARKS_WINDOW + 1))
     charts: list[Chart] = [
         LayerChart(f"KL→final @{position} (log)", lines("kl_to_final"), cursor.rows, cursor.row, log=True),
         PositionMarks("stays top-1 from (per position)",
-                     [f"{p} {token_label(t, 6)}" for p, t in enumerate(shown_grid.tokens)],
-                     stays_top1_from(shown_grid), cursor.rows, position,
+                     [f"{p} {token_label(shown_grid.tokens[p], 6)}" for p in window],
+                     stays_top1_from(shown_grid, window), cursor.rows, position - window.start,
                      colours["int." if shown is intervened else "base"]),
         LayerChart(f"entropy @{position} (bits)", lines("entropy_bits"), cursor.rows, cursor.row, log=False),
     ]
