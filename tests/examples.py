@@ -65,7 +65,7 @@ def run_transcript(transcript: str) -> None:
     position = 0
     adjacent = False
     for line in (line.rstrip() for line in shown):
-        if line == ELIDED:
+        if line.strip() == ELIDED:
             adjacent = False
             continue
         if adjacent:

@@ -1,6 +1,7 @@
 """The documentation site builds with `mkdocs build --strict`, so a broken link, a link to a missing page or
 heading, a page left out of the nav or a docstring the reference cannot render fails the suite; and the docs'
-examples that claim output give it."""
+examples that claim output give it: the Python guide's, and the transcripts of the quick commands (the
+transcripts of the long studies, minutes each on a CPU, are recorded output)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.examples import ROOT, blocks, run_python, section
+import pytest
+
+from tests.examples import ROOT, blocks, run_python, run_transcript, section
 
 
 def build(root: Path, site: Path) -> subprocess.CompletedProcess:
@@ -61,3 +64,15 @@ def test_python_api_guide_runs(demo_lm):
     assert "[' Paris', ' Rome']" in printed
     assert "torch.Size([2, 5, 576]) torch.Size([2, 5])" in printed
 
+
+
+@pytest.mark.parametrize(("page", "heading"), [
+    ("docs/cli/lens-run.md", "## `layerscope lens`: the logit lens"),
+    ("docs/cli/lens-run.md", "## `layerscope run`: interventions, compared with the baseline"),
+    ("docs/cli/neurons-attribute.md", "## `layerscope attribute`: direct logit attribution"),
+    ("docs/cli/trace.md", "# trace: causal tracing (activation patching)"),
+])
+def test_cli_transcripts(page, heading, cli_demo_lm):
+    """The command pages' transcripts of quick commands on the demo model are what the commands print."""
+    (transcript,) = blocks(page, heading, "console")
+    run_transcript(transcript)
