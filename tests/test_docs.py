@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.examples import ROOT, blocks, run_python, run_transcript, section
+from tests.examples import ROOT, blocks, read, run_python, run_transcript, section
 
 
 def build(root: Path, site: Path) -> subprocess.CompletedProcess:
@@ -76,3 +76,15 @@ def test_cli_transcripts(page, heading, cli_demo_lm):
     """The command pages' transcripts of quick commands on the demo model are what the commands print."""
     (transcript,) = blocks(page, heading, "console")
     run_transcript(transcript)
+
+
+def test_cli_page_lists_every_command():
+    """docs/cli/index.md's table names every command and subcommand of the app, each in its own row."""
+    from typer.main import get_command
+
+    from layerscope.cli.app import app
+
+    first_cells = [row.split("|")[1].strip() for row in re.findall(r"^\| `.*$", read("docs/cli/index.md"), re.M)]
+    for name, command in get_command(app).commands.items():
+        (cell,) = [cell for cell in first_cells if cell.startswith(f"`{name}")]
+        assert all(f"`{sub}`" in cell or f"`{name} {sub}`" in cell for sub in getattr(command, "commands", {}))
