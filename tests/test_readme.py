@@ -1,6 +1,8 @@
 """The README runs as written: its three examples (a lens grid, an intervention, a sweep) give the output it
 shows, its two set-up commands are what CI runs, and it stays one screenful of introduction."""
 
+import re
+
 from tests.examples import ROOT, blocks, read, run_python, run_transcript
 
 README = "README.md"
@@ -34,3 +36,18 @@ def test_ci_runs_the_readme_test_command():
 
 def test_readme_is_short():
     assert len(read(README).encode()) <= 12 * 1024
+
+
+def test_readme_links_lead_somewhere():
+    """Every relative link of the README names a file of the repository, and a `#heading` one of its headings
+    (as the site's table of contents spells them); the site's own links are checked by its strict build."""
+    from markdown.extensions.toc import slugify
+
+    links = re.findall(r"\]\(([^)]+)\)", read(README))
+    assert len(links) > 10
+    for link in links:
+        path, _, anchor = link.partition("#")
+        assert (ROOT / path).is_file(), link
+        if anchor:
+            headings = re.findall(r"^#+ (.*)$", read(path), re.M)
+            assert anchor in {slugify(heading, "-") for heading in headings}, link
