@@ -202,21 +202,18 @@ def test_trace_runs_under_interventions():
     assert not torch.allclose(plain["resid.2"], plain["resid.1"])
 
 
-def test_readme_custom_intervention(demo_lm):
-    """The README's own intervention runs as written (after the first example), steers each prompt at its own
-    last token (as it does alone) and is range-checked like a shipped kind."""
-    import re
-    from pathlib import Path
-
+def test_docs_custom_intervention(demo_lm):
+    """The Python guide's own intervention (docs/python-api.md) runs as written (after the first example), steers
+    each prompt at its own last token (as it does alone) and is range-checked like a shipped kind."""
     from layerscope.errors import InterventionError
     from layerscope.interventions import REGISTRY
+    from tests.examples import blocks
 
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    example = re.search(r"### Your own intervention\n.*?```python\n(.*?)```", readme, re.S)[1]
+    (example,) = blocks("docs/python-api.md", "## Your own intervention", "python")
     batch = demo_lm.encode(["The capital of France is", "The capital of Italy is"])
     namespace = {"ls": ls, "lm": demo_lm, "batch": batch}
     try:
-        exec(compile(example, "README.md", "exec"), namespace)
+        exec(compile(example, "docs/python-api.md", "exec"), namespace)
         steer, reports = namespace["steer"], namespace["reports"]
         base, steered = reports[0].baseline.top1(-1, -1), reports[0].intervened.top1(-1, -1)
         assert base.token == steered.token == " Paris" and steered.prob < base.prob - 0.1

@@ -1,10 +1,8 @@
-"""The README's worked example of a new intervention kind works as written: the one class gives the registry
+"""The worked example of a new intervention kind in docs/contributing.md works as written: the one class gives the registry
 entry, the range and conflict checks, a CLI option, a toggle of the explorer and a sweep, all checked here
 against independent computations."""
 
 import math
-import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,19 +17,20 @@ from layerscope.interventions import (REGISTRY, DropBlocks, ModelShape, check_in
                                       intervention_class)
 from layerscope.interventions.core import cli_options, interventions_from_options
 from layerscope.tui.state import Toggles, block_kinds
+from tests.examples import blocks
 from tests.manual import manual_logits
 from tests.test_sweep import assert_rows_equal_the_engine
 from tests.tiny import random_ids, tiny_model
 
-README = (Path(__file__).parent.parent / "README.md").read_text()
-EXAMPLE = re.search(r"## Contributing: adding an intervention kind\n.*?```python\n(.*?)```", README, re.S)[1]
+PAGE = "docs/contributing.md"
+(EXAMPLE,) = blocks(PAGE, "## Adding an intervention kind", "python")
 
 
 @pytest.fixture
 def ScaleBlocks():
-    """The README's class, defined as a user would; unregistered afterwards so other tests see the shipped kinds."""
-    namespace = {"__name__": "readme_contributing"}
-    exec(compile(EXAMPLE, "README.md", "exec"), namespace)
+    """The page's class, defined as a user would; unregistered afterwards so other tests see the shipped kinds."""
+    namespace = {"__name__": "docs_contributing"}
+    exec(compile(EXAMPLE, PAGE, "exec"), namespace)
     yield namespace["ScaleBlocks"]
     del REGISTRY["scale"]
 
@@ -114,23 +113,22 @@ def test_sweep_rows_equal_the_engine_run_alone(ScaleBlocks, family):
     assert_rows_equal_the_engine(tiny_model(family), "scale")
 
 
-# the README's worked example of a new grid method in the explorer ------------------------------------------------
-METHOD_EXAMPLE = re.search(r"## Contributing: adding a grid method to the explorer\n.*?```python\n(.*?)```", README,
-                           re.S)[1]
+# the page's worked example of a new grid method in the explorer ------------------------------------------------
+(METHOD_EXAMPLE,) = blocks(PAGE, "## Adding a grid method to the explorer", "python")
 
 
 @pytest.fixture
 def raw_lens():
-    """The README's method, registered as a user would; unregistered afterwards."""
+    """The page's method, registered as a user would; unregistered afterwards."""
     from layerscope.tui.methods import REGISTRY
 
-    exec(compile(METHOD_EXAMPLE, "README.md", "exec"), {"__name__": "readme_grid_method"})
+    exec(compile(METHOD_EXAMPLE, PAGE, "exec"), {"__name__": "docs_grid_method"})
     yield REGISTRY["raw_lens"]
     del REGISTRY["raw_lens"]
 
 
 async def test_a_new_grid_method_runs_in_the_explorer(raw_lens, tmp_path):
-    """`m` cycles to the README's method; its grid is each residual row, taken from blocks run by hand, through
+    """`m` cycles to the page's method; its grid is each residual row, taken from blocks run by hand, through
     the unembedding alone; the side panel and the charts show it like any lens."""
     from layerscope.tui.app import LayerscopeApp
     from layerscope.tui.methods import cycled

@@ -194,7 +194,7 @@ class TraceCell:
 
 @dataclass
 class CausalTrace:
-    """A grid like the lens's: cells[row][position], rows `layers`, columns the prompt's tokens."""
+    """A grid like the lens's: `cells[row][position]`, rows `layers`, columns the prompt's tokens."""
 
     model: str
     method: str

@@ -1,5 +1,5 @@
 """What can be done to a forward pass, applied with `intervene`. Each kind is one class; defining it
-registers it in `REGISTRY` (see `core.Intervention` and the README's "Adding an intervention kind").
+registers it in `REGISTRY` (see `core.Intervention` and docs/contributing.md, "Adding an intervention kind").
 
 Importing this package loads no torch (the CLI and the explorer read the kinds' spellings at start);
 `intervene` and `InterventionRun` load it when first used.

@@ -1,0 +1,90 @@
+"""The documentation site builds with `mkdocs build --strict`, so a broken link, a link to a missing page or
+heading, a page left out of the nav or a docstring the reference cannot render fails the suite; and the docs'
+examples that claim output give it: the Python guide's, and the transcripts of the quick commands (the
+transcripts of the long studies, minutes each on a CPU, are recorded output)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.examples import ROOT, blocks, read, run_python, run_transcript, section
+
+
+def build(root: Path, site: Path) -> subprocess.CompletedProcess:
+    """mkdocs run from `root` (snippets and mkdocstrings read paths from there), offline."""
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file",
+                           str(root / "mkdocs.yml"), "--site-dir", str(site)],
+                          cwd=root, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+
+
+def test_site_builds_strict(tmp_path):
+    result = build(ROOT, tmp_path / "site")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "site" / "reference" / "index.html").read_text().count('class="doc doc-heading"') >= 40
+    assert "Keep a Changelog" in (tmp_path / "site" / "changelog" / "index.html").read_text()
+
+
+def test_a_broken_link_fails_the_build(tmp_path):
+    """The strict build is not a formality: a copy of the site with one link to a missing heading fails."""
+    root = tmp_path / "copy"
+    shutil.copytree(ROOT / "docs", root / "docs")
+    for name in ("mkdocs.yml", "CHANGELOG.md"):
+        shutil.copy2(ROOT / name, root / name)
+    (root / "layerscope").symlink_to(ROOT / "layerscope")
+    page = root / "docs" / "getting-started.md"
+    page.write_text(page.read_text() + "\nSee [nowhere](methods.md#no-such-heading).\n")
+    result = build(root, tmp_path / "site")
+    assert result.returncode != 0 and "no-such-heading" in result.stderr
+
+
+def test_keymap_table_lists_the_app_bindings():
+    """docs/explorer.md's table of binding ids is the app's own list, ids and default keys."""
+    from textual.binding import Binding
+
+    from layerscope.tui.app import LayerscopeApp
+
+    table = re.findall(r"^\| `(\w+)` \| `([^`]+)` \| ", section("docs/explorer.md", "### Keymaps"), re.M)
+    app = [(binding.id, binding.key) for binding in LayerscopeApp.BINDINGS if isinstance(binding, Binding)]
+    assert table == app
+
+
+def test_python_api_guide_runs(demo_lm):
+    """The guide's first example runs as written and prints what its comments say."""
+    (example, _) = blocks("docs/python-api.md", "# Python API", "python")
+    printed = run_python(example, {}, "docs/python-api.md").splitlines()
+    assert printed[0] == " Paris"  # the last row is the model's own output
+    assert "[' Paris', ' Rome']" in printed
+    assert "torch.Size([2, 5, 576]) torch.Size([2, 5])" in printed
+
+
+
+@pytest.mark.parametrize(("page", "heading"), [
+    ("docs/cli/lens-run.md", "## `layerscope lens`: the logit lens"),
+    ("docs/cli/lens-run.md", "## `layerscope run`: interventions, compared with the baseline"),
+    ("docs/cli/neurons-attribute.md", "## `layerscope attribute`: direct logit attribution"),
+    ("docs/cli/trace.md", "# trace: causal tracing (activation patching)"),
+])
+def test_cli_transcripts(page, heading, cli_demo_lm):
+    """The command pages' transcripts of quick commands on the demo model are what the commands print."""
+    (transcript,) = blocks(page, heading, "console")
+    run_transcript(transcript)
+
+
+def test_cli_page_lists_every_command():
+    """docs/cli/index.md's table names every command and subcommand of the app, each in its own row."""
+    from typer.main import get_command
+
+    from layerscope.cli.app import app
+
+    first_cells = [row.split("|")[1].strip() for row in re.findall(r"^\| `.*$", read("docs/cli/index.md"), re.M)]
+    for name, command in get_command(app).commands.items():
+        (cell,) = [cell for cell in first_cells if cell.startswith(f"`{name}")]
+        assert all(f"`{sub}`" in cell or f"`{name} {sub}`" in cell for sub in getattr(command, "commands", {}))
