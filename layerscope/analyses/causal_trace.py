@@ -306,7 +306,7 @@ def _attribution(lm: LoadedModel, corruption: Corruption, clean: list[torch.Tens
         corrupted, logits = capture_sites(lm, corruption.ids, site, corruption, leaf_input=True)
         gradients = torch.autograd.grad(answer_probability(logits, answer_id), corrupted, allow_unused=True)
     effects = []
-    for state, (clean_state, corrupted_state, gradient) in enumerate(zip(clean, corrupted, gradients)):
+    for clean_state, corrupted_state, gradient in zip(clean, corrupted, gradients):
         if gradient is None:  # a state the answer does not depend on
             gradient = torch.zeros_like(corrupted_state)
         effects.append(((clean_state - corrupted_state.detach()).float() * gradient.float()).sum(-1)[0])

@@ -342,7 +342,7 @@ class DecodeGridView(ScrollView, can_focus=True):
         """One screen line; an exception while drawing it leaves it blank and is told once (DrawFailed)."""
         try:
             return self._render_line(y)
-        except Exception as error:  # noqa: BLE001 (a drawing bug must not take the results down)
+        except Exception as error:  # a drawing bug must not take the results down
             self.app.post_message(self.DrawFailed(error))  # to the app itself: sent while the screen draws, it
             # would stop bubbling at the screen
             return Strip.blank(self.size.width, self.rich_style)
