@@ -27,7 +27,8 @@ def test_engine_imports_neither_textual_nor_rich():
 
 
 def test_package_import_is_light():
-    code = "import sys, layerscope, layerscope.cli.app; print(','.join(m for m in ('torch', 'transformers') if m in sys.modules))"
+    code = ("import sys, layerscope, layerscope.cli.app\n"
+            "print(','.join(m for m in ('torch', 'transformers') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
 

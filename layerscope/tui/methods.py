@@ -2,10 +2,10 @@
 
 A `GridMethod` says its name, whether the interventions apply, the phase its progress names, how a cell is
 summarised in the grid (and compared for the `≠` mark), its detail text and charts at the cursor, what `y`
-copies, and its CSV rows. A method that `m` cycles (and `Ctrl+R` runs) also gives its engine function, `rows`, which yields the
-grid's rows one by one; the others are started by their own key (`C`: the causal trace; `Enter` on a head:
-its attention pattern). Adding a method is one declaration, `register(...)`, plus its engine function: see the
-README's Contributing section.
+copies, and its CSV rows. A method that `m` cycles (and `Ctrl+R` runs) also gives its engine function, `rows`,
+which yields the grid's rows one by one; the others are started by their own key (`C`: the causal trace; `Enter` on
+a head: its attention pattern). Adding a method is one declaration, `register(...)`, plus its engine function: see
+the README's Contributing section.
 The head pattern is a grid too: rows are the prompt's positions as queries, columns the keys.
 
 No torch at import: `rows` functions import the engine when they run, in the worker.
