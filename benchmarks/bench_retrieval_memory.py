@@ -86,7 +86,7 @@ def main() -> None:
                                     capture_output=True, text=True, check=True).stdout
             results[way, length] = json.loads(output.strip().splitlines()[-1])
     print(f"{'way':<12} {'prompt':>7} {'peak growth':>12}")
-    for (way, length), result in results.items():
+    for (way, _), result in results.items():
         print(f"{way:<12} {result['tokens']:>7} {result['growth_mib']:>9.1f} MiB")
     for way in ("layerscope", "naive"):
         small = results[way, lengths[0]]

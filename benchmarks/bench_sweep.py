@@ -27,9 +27,9 @@ from layerscope.models.loading import load_model
 PROMPTS = Path(__file__).resolve().parent.parent / "sample_prompts" / "general.txt"
 
 
-def timed(rows_of) -> tuple[float, list]:
+def timed(rows_of, *args) -> tuple[float, list]:
     start = time.perf_counter()
-    rows = list(rows_of())
+    rows = list(rows_of(*args))
     return time.perf_counter() - start, rows
 
 
@@ -50,8 +50,8 @@ def main() -> None:
     for kind in ("drop", "swap"):
         fast_times, naive_times, worst = [], [], 0.0
         for _ in range(args.repeats):
-            fast_time, fast_rows = timed(lambda: sweep(lm, prompts, kind))
-            naive_time, naive_rows = timed(lambda: naive_sweep(lm, prompts, kind))
+            fast_time, fast_rows = timed(sweep, lm, prompts, kind)
+            naive_time, naive_rows = timed(naive_sweep, lm, prompts, kind)
             fast_times.append(fast_time)
             naive_times.append(naive_time)
             assert [(r.layer, r.prompt_index) for r in fast_rows] == [(r.layer, r.prompt_index) for r in naive_rows]

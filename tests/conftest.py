@@ -11,6 +11,8 @@ import pytest
 
 from tests.tiny import FAMILIES, tiny_model
 
+pytest_plugins = ["tests.studies"]  # its fixtures (tiny_dir, cli_demo) are every test module's
+
 
 def pytest_report_header(config):
     """The versions a run tested (also in `-q` runs, by `pytest_sessionstart`)."""

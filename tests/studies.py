@@ -43,7 +43,10 @@ def hand_metrics(base_logits: torch.Tensor, other_logits: torch.Tensor, ids: tor
     q = torch.log_softmax(other_logits.double(), -1)
     kl = (p.exp() * (p - q)).sum(-1)
     agree = (p.argmax(-1) == q.argmax(-1)).double()
-    entropy = lambda lp: -(lp.exp() * lp).sum(-1) / math.log(2)
+
+    def entropy(lp: torch.Tensor) -> torch.Tensor:
+        return -(lp.exp() * lp).sum(-1) / math.log(2)
+
     dh = entropy(q) - entropy(p)
     if last_only:
         return kl[-1].item(), agree[-1].item(), dh[-1].item(), None

@@ -11,7 +11,7 @@ import torch
 
 from layerscope.analyses.attribution import logit_attribution
 from layerscope.errors import LayerscopeError
-from tests.studies import invoke, tiny_dir  # noqa: F401  (tiny_dir is a fixture)
+from tests.studies import invoke
 from tests.tiny import random_ids, tiny_model
 
 FAMILIES = ["llama", "gpt2", "gemma2", "qwen2", "cohere", "granite", "gpt_neox"]
@@ -48,7 +48,10 @@ def hand_readout(lm, token: int, state: torch.Tensor, final: torch.Tensor) -> fl
     gain = norm.weight.double() + (1 if family == "gemma2" else 0)
     eps = next(getattr(config, name) for name in ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon")
                if hasattr(config, name))
-    centre = (lambda x: x - x.mean()) if family in CENTRES else (lambda x: x)  # noqa: E731
+
+    def centre(x: torch.Tensor) -> torch.Tensor:
+        return x - x.mean() if family in CENTRES else x
+
     scale = config.logit_scale if family == "cohere" else 1 / config.logits_scaling if family == "granite" else 1.0
     direction = (gain * lm.model.get_output_embeddings().weight[token].double()).detach()
     return float(scale * direction @ centre(state.double()) / math.sqrt(centre(final.double()).pow(2).mean() + eps))

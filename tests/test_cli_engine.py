@@ -135,7 +135,7 @@ def test_every_command_shows_the_shared_options_with_their_help():
 
     shared = {"--model": "a hub id", "--device": "cuda:N", "--dtype": "float32", "--device-map": "accelerate",
               "--trust-remote-code": "Off unless asked"}
-    for path, command in [(("tui",), None), *_leaf_commands(typer.main.get_command(app))]:
+    for path, _ in [(("tui",), None), *_leaf_commands(typer.main.get_command(app))]:
         text = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "400"}).stdout  # one line per option
         lines = {match[1]: line for line in text.splitlines() if (match := re.match(r"│[\s*]*(--[\w-]+)", line))}
         for option, words in shared.items():

@@ -30,7 +30,7 @@ from layerscope.cli.common import Reads, Writes, file_options
 from layerscope.errors import LayerscopeError
 from layerscope.models.loading import load_model
 from layerscope.outputs import streamed_lines, write_atomic, writes_through
-from tests.studies import TINY_TEXT, tiny_dir  # noqa: F401  (tiny_dir is a fixture)
+from tests.studies import TINY_TEXT
 
 runner = CliRunner()
 

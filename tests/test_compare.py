@@ -14,9 +14,12 @@ def test_comparison_formulas():
     ids = torch.tensor([3, 1, 4, 1, 5])
     result = compare_logits(base, other, ids)
     p, q = torch.softmax(base.double(), -1), torch.softmax(other.double(), -1)
+
+    def entropy(d: torch.Tensor) -> float:
+        return float(-(d * d.log2()).sum())
+
     for t in range(5):
         kl = float((p[t] * (p[t] / q[t]).log()).sum())
-        entropy = lambda d: float(-(d * d.log2()).sum())
         assert math.isclose(float(result.kl[t]), kl, rel_tol=1e-4, abs_tol=1e-6)
         assert bool(result.top1_agree[t]) == (int(p[t].argmax()) == int(q[t].argmax()))
         assert math.isclose(float(result.entropy_delta[t]), entropy(q[t]) - entropy(p[t]), rel_tol=1e-4, abs_tol=1e-6)

@@ -21,7 +21,7 @@ from layerscope.analyses.residual import trace_residuals
 from layerscope.outputs import write_atomic
 from layerscope.errors import LayerscopeError
 from layerscope.interventions import DropBlocks
-from tests.studies import TINY_TEXT, invoke, tiny_dir  # noqa: F401  (tiny_dir is a fixture)
+from tests.studies import TINY_TEXT, invoke
 from tests.tiny import random_ids, tiny_model
 
 PROMPTS_A = ["the cat sat on the mat", "a dog ran to the park", "one two three four five"]

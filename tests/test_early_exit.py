@@ -9,7 +9,7 @@ import pytest
 from layerscope.analyses.early_exit import early_exit, stays_top1_from
 from layerscope.analyses.grid import DecodeGrid, GridCell, TopToken
 from layerscope.analyses.lens import logit_lens
-from tests.studies import invoke, tiny_dir  # noqa: F401  (tiny_dir is a fixture)
+from tests.studies import invoke
 from tests.tiny import tiny_model
 
 # rows emb, 0, 1, 2 (3 blocks) x 3 positions: (top-1 id, its probability)

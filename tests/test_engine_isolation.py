@@ -3,8 +3,11 @@
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
 import layerscope
+
+ROOT = Path(__file__).parent.parent
 
 
 def engine_modules() -> list[str]:
@@ -24,6 +27,16 @@ def test_engine_imports_neither_textual_nor_rich():
 
 
 def test_package_import_is_light():
-    code = "import sys, layerscope, layerscope.cli.app; print(','.join(m for m in ('torch', 'transformers') if m in sys.modules))"
+    code = ("import sys, layerscope, layerscope.cli.app\n"
+            "print(','.join(m for m in ('torch', 'transformers') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
+
+
+def test_the_import_contracts_hold():
+    """The same split, statically, by import-linter ([tool.importlinter] in pyproject.toml): the engine imports
+    neither textual, rich, layerscope.cli nor layerscope.tui, in any function or under TYPE_CHECKING too, and the
+    explorer's widgets do not import its app."""
+    lint_imports = Path(sys.executable).with_name("lint-imports")  # import-linter's command, beside this python
+    result = subprocess.run([str(lint_imports), "--no-cache"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

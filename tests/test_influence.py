@@ -17,7 +17,7 @@ from layerscope.analyses.residual import trace_residuals
 from layerscope.analyses.sweep import naive_logits
 from layerscope.errors import LayerscopeError
 from layerscope.interventions import DropBlocks
-from tests.studies import TINY_TEXT, invoke, tiny_dir
+from tests.studies import TINY_TEXT, invoke
 from tests.tiny import FAMILIES, random_ids, tiny_model
 
 

@@ -11,7 +11,7 @@ import torch
 
 from layerscope.analyses.neurons import neuron_census
 from layerscope.errors import LayerscopeError
-from tests.studies import invoke, tiny_dir  # noqa: F401  (tiny_dir is a fixture)
+from tests.studies import invoke
 from tests.tiny import tiny_model
 
 
@@ -19,7 +19,10 @@ def family_weights(lm, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     """(W_out (neurons, hidden), unembedding (vocab, hidden), final norm gain (hidden,), centres), float64, read
     by hand from each family's own module names and conventions."""
     model, family = lm.model, lm.adapter.family
-    f64 = lambda t: t.detach().double().numpy()  # noqa: E731
+
+    def f64(t: torch.Tensor) -> np.ndarray:
+        return t.detach().double().numpy()
+
     if family == "gpt2":  # Conv1D: (in, out)
         layer = model.transformer.h[block]
         return f64(layer.mlp.c_proj.weight), f64(model.lm_head.weight), f64(model.transformer.ln_f.weight), True

@@ -11,7 +11,7 @@ from layerscope.analyses.lens import logit_lens
 from layerscope.analyses.prompt_sets import PromptItem
 from layerscope.analyses.stages import STAGES, BlockSignature, _forward_signatures, segment, stage_map
 from tests.manual import rebuilt_without, with_blocks_permuted
-from tests.studies import TINY_TEXT, hand_metrics, invoke, tiny_dir
+from tests.studies import TINY_TEXT, hand_metrics, invoke
 from tests.tiny import tiny_model
 
 PROMPTS = [PromptItem(TINY_TEXT), PromptItem("red blue green the city is big and small")]

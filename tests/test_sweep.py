@@ -15,7 +15,7 @@ from layerscope.analyses.token_swap import Donor, token_swap_sweep
 from layerscope.errors import LayerscopeError
 from layerscope.interventions import PatchState, intervene
 from layerscope.analyses.residual import trace_residuals
-from tests.studies import TINY_TEXT, cli_demo, hand_metrics, invoke, tiny_dir
+from tests.studies import TINY_TEXT, hand_metrics, invoke
 from tests.tiny import tiny_model
 
 TINY_PROMPTS = [PromptItem(TINY_TEXT), PromptItem("red blue green the city is big"),

@@ -61,9 +61,9 @@ async def test_main_flow(demo_lm, tmp_path):
         dropped = logit_lens(demo_lm, ids, top_k=5, interventions=[DropBlocks((3,))])
         assert [[c.top[0].id for c in row] for row in app.runs.results.intervened.cells] == \
                [[c.top[0].id for c in row] for row in dropped.cells]
-        changed = [(l, t) for l in range(len(dropped.cells)) for t in range(len(ids[0]))
-                   if dropped.top1(l, t).id != expected.top1(l, t).id]
-        assert changed and all(grid.changed(l, t) for l, t in changed)
+        changed = [(layer, t) for layer in range(len(dropped.cells)) for t in range(len(ids[0]))
+                   if dropped.top1(layer, t).id != expected.top1(layer, t).id]
+        assert changed and all(grid.changed(layer, t) for layer, t in changed)
         await pilot.press("1")
         await pilot.pause(0.5)
         assert "≠" in screen_text(app)
@@ -195,8 +195,8 @@ async def test_head_scores_compute_sort_and_load(demo_lm, tmp_path):
         assert table.get_row_at(0)[:2] == list(best)
         assert table.get_row_at(0)[4] == f"{want[best]:.3f}"
 
-        heads = [{"layer": l, "head": h, "kv_group": h // 3, "score": (l * 9 + h) / 1000}
-                 for l in range(demo_lm.n_blocks) for h in range(demo_lm.adapter.n_heads)]
+        heads = [{"layer": layer, "head": h, "kv_group": h // 3, "score": (layer * 9 + h) / 1000}
+                 for layer in range(demo_lm.n_blocks) for h in range(demo_lm.adapter.n_heads)]
         path = tmp_path / "scores.json"
         path.write_text(json.dumps({"model": demo_lm.name, "kind": "previous_token", "n_blocks": demo_lm.n_blocks,
                                     "n_heads": demo_lm.adapter.n_heads, "heads": heads}), encoding="utf-8")

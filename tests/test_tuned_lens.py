@@ -71,7 +71,7 @@ def test_training_lowers_heldout_kl_and_matches_hand_computation(tmp_path):
     assert comparison.tuned_lens_kl[-1] == pytest.approx(0, abs=1e-6)
     # a random tiny model is close to uniform everywhere: small KLs, but every row lower on unseen text
     assert sum(comparison.tuned_lens_kl) < 0.8 * sum(comparison.logit_lens_kl)
-    assert all(t < l for t, l in zip(comparison.tuned_lens_kl[:-1], comparison.logit_lens_kl[:-1]))
+    assert all(tuned < logit for tuned, logit in zip(comparison.tuned_lens_kl[:-1], comparison.logit_lens_kl[:-1]))
 
 
 def interrupted_at(train, out) -> int:

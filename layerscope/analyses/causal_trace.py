@@ -9,8 +9,8 @@ and `mlp`, row b restores the outputs of that module in a window of blocks aroun
 
 Fast: a restoration at position p leaves every position before p as in the corrupted run,
 so the cells of one position reuse the corrupted run's KV cache up to p and feed only the
-tokens from p on, and every forward carries many cells, one per batch element. `approx` is attribution patching: (clean - corrupted) . d p / d state, every
-cell from one backward pass of the corrupted run.
+tokens from p on, and every forward carries many cells, one per batch element. `approx` is attribution
+patching: (clean - corrupted) . d p / d state, every cell from one backward pass of the corrupted run.
 """
 
 from __future__ import annotations
@@ -156,8 +156,8 @@ def _capture_piece(lm: LoadedModel, ids: torch.Tensor, site: Site | None, corrup
 def capture_sites(lm: LoadedModel, ids: torch.Tensor, site: Site | None, corruption: Corruption | None = None,
                   leaf_input: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Every state of the site ((1, T, hidden) each; none for `site` None) and the last position's logits, of the
-    clean run or the corrupted one. The prompt runs in pieces of PREFILL_TOKENS through the KV cache, so no forward holds
-    attention scores of the whole prompt; `leaf_input` runs it in one pass without cache instead, with block
+    clean run or the corrupted one. The prompt runs in pieces of PREFILL_TOKENS through the KV cache, so no forward
+    holds attention scores of the whole prompt; `leaf_input` runs it in one pass without cache instead, with block
     0's input a leaf that requires grad, so that a backward pass reaches every state (not detached) even where
     the weights do not require grad."""
     run_ids = corruption.ids if corruption else ids
@@ -306,7 +306,7 @@ def _attribution(lm: LoadedModel, corruption: Corruption, clean: list[torch.Tens
         corrupted, logits = capture_sites(lm, corruption.ids, site, corruption, leaf_input=True)
         gradients = torch.autograd.grad(answer_probability(logits, answer_id), corrupted, allow_unused=True)
     effects = []
-    for state, (clean_state, corrupted_state, gradient) in enumerate(zip(clean, corrupted, gradients)):
+    for clean_state, corrupted_state, gradient in zip(clean, corrupted, gradients):
         if gradient is None:  # a state the answer does not depend on
             gradient = torch.zeros_like(corrupted_state)
         effects.append(((clean_state - corrupted_state.detach()).float() * gradient.float()).sum(-1)[0])

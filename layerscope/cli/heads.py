@@ -67,7 +67,8 @@ def patchscope(
     model: ModelOptions,
     prompt: PromptInput,
     target_prompt: Annotated[str | None, typer.Option(
-        help="Target prompt (default: the few-shot identity prompt 'cat -> cat\\n1135 -> 1135\\nhello -> hello\\n?').")
+        help="Target prompt (default: the few-shot identity prompt "
+             "'cat -> cat\\n1135 -> 1135\\nhello -> hello\\n?').")
     ] = None,
     placeholder: Annotated[str | None, typer.Option(
         help="Marker word in --target-prompt whose token is overwritten (default 'x'; the default prompt uses its "

@@ -302,7 +302,7 @@ class LayerscopeApp(App):
         failure, and the app stays up with its results; the pane keeps what it showed before."""
         try:
             yield
-        except Exception as error:  # noqa: BLE001 (whatever goes wrong while drawing, the results stay)
+        except Exception as error:  # whatever goes wrong while drawing, the results stay
             self.drawing_failed(what, error)
 
     def drawing_failed(self, what: str, error: Exception) -> None:

@@ -7,8 +7,8 @@ model) and scrolls sideways. The token column and the layer header stay put.
 
 Only visible lines are drawn (`render_line`). Each row's full strip is cached,
 with its drawn lines per scroll offset, until the data, the view or the theme
-changes; a cursor move rebuilds and redraws two rows and the header. Every cell carries a glyph for its probability and a mark when its
-top-1 changed (a leading ≠), so the grid reads without colour (NO_COLOR, 16 colours).
+changes; a cursor move rebuilds and redraws two rows and the header. Every cell carries a glyph for its
+probability and a mark when its top-1 changed (a leading ≠), so the grid reads without colour (NO_COLOR, 16 colours).
 """
 
 from __future__ import annotations
@@ -342,7 +342,7 @@ class DecodeGridView(ScrollView, can_focus=True):
         """One screen line; an exception while drawing it leaves it blank and is told once (DrawFailed)."""
         try:
             return self._render_line(y)
-        except Exception as error:  # noqa: BLE001 (a drawing bug must not take the results down)
+        except Exception as error:  # a drawing bug must not take the results down
             self.app.post_message(self.DrawFailed(error))  # to the app itself: sent while the screen draws, it
             # would stop bubbling at the screen
             return Strip.blank(self.size.width, self.rich_style)

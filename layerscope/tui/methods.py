@@ -2,9 +2,9 @@
 
 A `GridMethod` says its name, whether the interventions apply, the phase its progress names, how a cell is
 summarised in the grid (and compared for the `≠` mark), its detail text and charts at the cursor, what `y`
-copies, and its CSV rows. A method that `m` cycles (and `Ctrl+R` runs) also gives its engine function, `rows`, which yields the
-grid's rows one by one; the others are started by their own key (`C`: the causal trace; `Enter` on a head:
-its attention pattern). Adding a method is one declaration, `register(...)`, plus its engine function: see
+copies, and its CSV rows. A method that `m` cycles (and `Ctrl+R` runs) also gives its engine function, `rows`,
+which yields the grid's rows one by one; the others are started by their own key (`C`: the causal trace; `Enter` on
+a head: its attention pattern). Adding a method is one declaration, `register(...)`, plus its engine function: see
 docs/contributing.md, "Adding a grid method to the explorer".
 The head pattern is a grid too: rows are the prompt's positions as queries, columns the keys.
 

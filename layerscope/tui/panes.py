@@ -187,8 +187,9 @@ class HeadPane(Vertical):
 
     def _hint(self) -> None:
         masked = ", ".join(f"{layer}.{head}" for layer, head in sorted(self._toggles.masked_heads)) or "none"
-        hint = Text(f"Enter: pattern · Space: mask · u: mode ({self._toggles.mask_mode}) · o: sort ({self.sort}) · r/i/b: retrieval/"
-                    f"induction/previous-token scores · f: quick ({'on' if self.quick else 'off'}) · l: load JSON · masked: {masked}")
+        hint = Text(f"Enter: pattern · Space: mask · u: mode ({self._toggles.mask_mode}) · o: sort ({self.sort}) · "
+                    f"r/i/b: retrieval/induction/previous-token scores · f: quick ({'on' if self.quick else 'off'}) · "
+                    f"l: load JSON · masked: {masked}")
         for kind, source in self.sources.items():
             hint.append(f"\n{kind.replace('_', '-')} scores: {source}")
         self.query_one("#head-hint", Static).update(hint)
