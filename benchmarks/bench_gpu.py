@@ -38,7 +38,8 @@ from layerscope.analyses.lens import logit_lens
 from layerscope.analyses.patchscope import parse_target, patched_rows
 from layerscope.analyses.prompt_sets import PromptItem
 from layerscope.analyses.residual import trace_residuals
-from layerscope.analyses.sweep import naive_sweep, sweep
+from layerscope.analyses.sweep import sweep
+from layerscope.analyses.sweep_reference import naive_sweep
 from layerscope.models.adapter import ModelAdapter
 from layerscope.models.loading import LoadedModel
 

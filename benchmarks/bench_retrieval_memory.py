@@ -41,7 +41,9 @@ def child(tokens: int, way: str, steps: int) -> dict:
 
     import torch
 
-    from layerscope.analyses.retrieval import build_tests, copy_paste, greedy_steps, load_haystack, load_needles
+    from layerscope.analyses.decoding import greedy_steps
+    from layerscope.analyses.needles import build_tests, load_haystack, load_needles
+    from layerscope.analyses.retrieval import copy_paste
     from layerscope.models.loading import load_model
 
     lm = load_model("demo", device="cpu")

@@ -14,7 +14,7 @@ from layerscope.interventions import REGISTRY
 from layerscope.analyses.token_swap import Donor, token_swap_sweep
 from layerscope.errors import LayerscopeError
 from layerscope.interventions import PatchState, intervene
-from layerscope.analyses.residual import trace_residuals
+from layerscope.analyses.residual import capture_residuals
 from tests.studies import TINY_TEXT, cli_demo, hand_metrics, invoke, tiny_dir
 from tests.tiny import tiny_model
 
@@ -68,7 +68,7 @@ def test_interrupted_sweep_continues_to_the_same_rows():
 
 
 def test_an_empty_prompt_list_is_refused_not_averaged_to_none():
-    # mypy found it: the set averages of no prompts had kl/top1/entropy None, which SweepRow types as float
+    # mypy found it: the set averages of no prompts had kl/top1/entropy None, which SweepPoint types as float
     with pytest.raises(LayerscopeError, match="empty"):
         list(sweep(tiny_model("qwen2"), [], "drop"))
 
@@ -102,7 +102,7 @@ def test_swap_token_follows_donor_early_and_original_late(demo_lm):
     assert rows[0].follows_donor == 1.0
     ids = demo_lm.encode(item.text)
     donor_ids = demo_lm.encode("The country Italy")
-    vector = trace_residuals(demo_lm.adapter, donor_ids).states[0, 0, -1]
+    vector = capture_residuals(demo_lm.adapter, donor_ids).states[0, 0, -1]
     expected = greedy_continuation(demo_lm, ids, 4, [PatchState(0, 3, vector)]).text
     assert rows[0].continuation == expected
 
@@ -197,7 +197,7 @@ def test_ctrl_c_keeps_every_finished_row(tmp_path, existing):
 
 def test_swap_token_rows_name_the_grid_row_and_old_files_still_resume(tmp_path):
     """token-swap's rows are grid rows (`row`), not blocks (`layer`); a file written with `layer` resumes."""
-    from layerscope.analyses.token_swap import TokenSwapRow
+    from layerscope.analyses.token_swap import TokenSwapPoint
     from layerscope.cli.studies import _sweep_rows
 
     lm = tiny_model("llama")
@@ -207,7 +207,7 @@ def test_swap_token_rows_name_the_grid_row_and_old_files_still_resume(tmp_path):
     full = [r.to_dict() for r in token_swap_sweep(lm, items, Donor(*donor), rows=[0, 4], max_new_tokens=2)]
     assert all("row" in r and "layer" not in r for r in full)
     old = [{("layer" if k == "row" else k): v for k, v in r.items()} for r in full[:1]]
-    assert TokenSwapRow.from_dict(old[0]).to_dict() == full[0]
+    assert TokenSwapPoint.from_dict(old[0]).to_dict() == full[0]
     rest = list(_sweep_rows(lm, items, "swap-token", [0, 4], [0, 4], None, 2, 0, 1, donor, old, tmp_path / "x.jsonl",
                             lambda *a: None))
     assert rest == full[1:]

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from layerscope.analyses.residual import trace_residuals
+from layerscope.analyses.residual import capture_residuals
 from layerscope.distributed import mapped
 from layerscope.errors import LayerscopeError
 from layerscope.models.demo import follow_umask
@@ -48,7 +48,7 @@ def block_influence(lm: LoadedModel, windows: list[torch.Tensor], progress: Prog
     """BI per block, each token of every window counting once; windows shared out over torchrun ranks."""
 
     def cosine_sums(ids: torch.Tensor) -> torch.Tensor:
-        states = trace_residuals(lm.adapter, ids).states.float()  # (L + 1, 1, T, D)
+        states = capture_residuals(lm.adapter, ids).states.float()  # (L + 1, 1, T, D)
         return F.cosine_similarity(states[:-1], states[1:], dim=-1).sum(dim=(1, 2)).double().cpu()
 
     progress(0, len(windows), "block influence")

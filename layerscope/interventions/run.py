@@ -36,7 +36,7 @@ class InterventionRun:
         self.attention_mask = given.get("attention_mask")
 
     def positions(self, hidden: torch.Tensor) -> Positions:
-        """The real tokens of this pass's rows, from the attention mask the model was called with."""
+        """The real tokens of this pass's batch elements, from the attention mask the model was called with."""
         return Positions.of(self.attention_mask, hidden.shape[0], hidden.shape[1], hidden.device)
 
     def apply(self, intervention: Intervention) -> None:
