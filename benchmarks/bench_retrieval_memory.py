@@ -60,8 +60,8 @@ def child(tokens: int, way: str, steps: int) -> dict:
                 attentions = lm.model(input_ids=ids, output_attentions=True, use_cache=False).attentions
             return len(attentions)
         copies = 0
-        for token, rows in itertools.islice(greedy_steps(lm, ids), steps):
-            copies += int(copy_paste(rows, token, ids[0], test.span).sum())
+        for token, attention in itertools.islice(greedy_steps(lm, ids), steps):
+            copies += int(copy_paste(attention, token, ids[0], test.span).sum())
         return copies
 
     run(warmup.ids)
