@@ -28,7 +28,7 @@ from layerscope.analyses.causal_trace import (  # noqa: E402
     noise_corruption,
     rank_correlation,
 )
-from layerscope.analyses.residual import trace_residuals  # noqa: E402
+from layerscope.analyses.residual import capture_residuals  # noqa: E402
 from layerscope.analyses.spans import token_span  # noqa: E402
 from layerscope.interventions import PatchState, intervene  # noqa: E402
 from layerscope.models.loading import load_model  # noqa: E402
@@ -38,7 +38,7 @@ CAPITALS = Path(__file__).resolve().parents[1] / "sample_prompts" / "capitals.js
 
 
 def per_cell(lm, ids, corruption, answer_id) -> torch.Tensor:
-    states = trace_residuals(lm.adapter, ids).states[:, 0]
+    states = capture_residuals(lm.adapter, ids).states[:, 0]
     noise_at = list(corruption.noise_positions)
 
     def add_noise(module, args, output):

@@ -37,8 +37,9 @@ from layerscope.analyses.compare import compare_logits
 from layerscope.analyses.lens import logit_lens
 from layerscope.analyses.patchscope import parse_target, patched_rows
 from layerscope.analyses.prompt_sets import PromptItem
-from layerscope.analyses.residual import trace_residuals
-from layerscope.analyses.sweep import naive_sweep, sweep
+from layerscope.analyses.residual import capture_residuals
+from layerscope.analyses.sweep import sweep
+from layerscope.analyses.sweep_reference import naive_sweep
 from layerscope.models.adapter import ModelAdapter
 from layerscope.models.loading import LoadedModel
 
@@ -234,7 +235,7 @@ def patchscope_layerscope(lm: LoadedModel, states: torch.Tensor, target) -> torc
 def bench_patchscope(lm, wrapped, shape: Shape, tokens: int, repeats: int, table: Table) -> None:
     ids = lm.encode(random_text(tokens, shape.vocab, seed=2))
     target = parse_target(lm, "t5 t6 t7 t8 t9 t10 t11 t12 t13 t14 t15")
-    states = trace_residuals(lm.adapter, ids).states[:, 0]
+    states = capture_residuals(lm.adapter, ids).states[:, 0]
     cells = states.shape[0] * states.shape[1]
     ours = patchscope_layerscope(lm, states, target)
     reference = per_cell(lm, states, target)

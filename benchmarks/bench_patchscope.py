@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import timed  # noqa: E402
 
 from layerscope.analyses.patchscope import parse_target, patched_rows  # noqa: E402
-from layerscope.analyses.residual import trace_residuals  # noqa: E402
+from layerscope.analyses.residual import capture_residuals  # noqa: E402
 from layerscope.interventions import PatchState, intervene  # noqa: E402
 from layerscope.models.loading import load_model  # noqa: E402
 
@@ -50,7 +50,7 @@ def main() -> None:
     lm = load_model("demo", device="cpu")
     ids = lm.encode(PROMPT)
     target = parse_target(lm)
-    states = trace_residuals(lm.adapter, ids).states[:, 0]
+    states = capture_residuals(lm.adapter, ids).states[:, 0]
     cells = states.shape[0] * states.shape[1]
     print(f"model {lm.name}, prompt {ids.shape[1]} tokens, {cells} cells, target prompt {target.ids.shape[1]} tokens, "
           f"threads {torch.get_num_threads()}")

@@ -41,7 +41,9 @@ def child(tokens: int, way: str, steps: int) -> dict:
 
     import torch
 
-    from layerscope.analyses.retrieval import build_tests, copy_paste, greedy_steps, load_haystack, load_needles
+    from layerscope.analyses.decoding import greedy_steps
+    from layerscope.analyses.needles import build_tests, load_haystack, load_needles
+    from layerscope.analyses.retrieval import copy_paste
     from layerscope.models.loading import load_model
 
     lm = load_model("demo", device="cpu")
@@ -58,8 +60,8 @@ def child(tokens: int, way: str, steps: int) -> dict:
                 attentions = lm.model(input_ids=ids, output_attentions=True, use_cache=False).attentions
             return len(attentions)
         copies = 0
-        for token, rows in itertools.islice(greedy_steps(lm, ids), steps):
-            copies += int(copy_paste(rows, token, ids[0], test.span).sum())
+        for token, attention in itertools.islice(greedy_steps(lm, ids), steps):
+            copies += int(copy_paste(attention, token, ids[0], test.span).sum())
         return copies
 
     run(warmup.ids)

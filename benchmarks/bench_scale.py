@@ -120,7 +120,8 @@ def run_analysis(lm, analysis: str, way: str, args: argparse.Namespace) -> objec
         return logit_lens(lm, ids).cells[-1][-1].top[0].id
     if analysis == "sweep":
         from layerscope.analyses.prompt_sets import PromptItem
-        from layerscope.analyses.sweep import naive_sweep, sweep
+        from layerscope.analyses.sweep import sweep
+        from layerscope.analyses.sweep_reference import naive_sweep
 
         texts = [lm.tokenizer.decode(prompt_ids(lm, args.sweep_tokens)[0]) for _ in range(args.sweep_prompts)]
         prompts = [PromptItem(text) for text in texts]
@@ -173,7 +174,8 @@ def run_analysis(lm, analysis: str, way: str, args: argparse.Namespace) -> objec
         except StopIteration as stopped:
             return str(stopped)
     if analysis == "retrieval":
-        from layerscope.analyses.retrieval import build_tests, load_haystack, load_needles, run_test
+        from layerscope.analyses.needles import build_tests, load_haystack, load_needles
+        from layerscope.analyses.retrieval import run_test
 
         tokens = args.naive_retrieval_tokens if way == "naive" else args.long_tokens
         haystack, needle = load_haystack() * 4, load_needles()[3]

@@ -21,7 +21,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 from layerscope.analyses.prompt_sets import load_prompt_set
-from layerscope.analyses.sweep import naive_sweep, sweep
+from layerscope.analyses.sweep import sweep
+from layerscope.analyses.sweep_reference import naive_sweep
 from layerscope.models.loading import load_model
 
 PROMPTS = Path(__file__).resolve().parent.parent / "sample_prompts" / "general.txt"

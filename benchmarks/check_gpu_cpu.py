@@ -22,7 +22,7 @@ from tests.tolerance import model_delta  # noqa: E402
 from layerscope.analyses.causal_trace import causal_trace, noise_corruption  # noqa: E402
 from layerscope.analyses.lens import lens_logits  # noqa: E402
 from layerscope.analyses.patchscope import parse_target, patched_rows  # noqa: E402
-from layerscope.analyses.residual import trace_residuals  # noqa: E402
+from layerscope.analyses.residual import capture_residuals  # noqa: E402
 from layerscope.interventions import (DropBlocks, FreezeFrom, MaskHeads, RandomizeAt, SkipAttention,  # noqa: E402
                                       SwapBlocks)
 from layerscope.interventions.attention import routes_attention  # noqa: E402
@@ -47,7 +47,7 @@ def results(lm: LoadedModel) -> dict[str, torch.Tensor]:
     for kind in kinds:
         out[kind.kind + (f" {kind.mode}" if isinstance(kind, MaskHeads) else "")] = \
             lens_logits(lm, ids, [kind])[1].float().cpu()
-    states = trace_residuals(lm.adapter, ids[:, :4]).states[:, 0]
+    states = capture_residuals(lm.adapter, ids[:, :4]).states[:, 0]
     target = parse_target(lm, "the cat sat on mat the dog")
     out["patchscope"] = torch.stack([row.logits.float().cpu() for row in patched_rows(lm, states, target)])
     corruption = noise_corruption(lm, ids, (2, 4), seed=0)

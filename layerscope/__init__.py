@@ -5,19 +5,21 @@
     ids = lm.encode("The capital of France is")
     grid = ls.logit_lens(lm, ids)
     grids = ls.logit_lens(lm, lm.encode(["The capital of France is", "Rome is in"]))  # one grid per prompt
-    acts = ls.trace(lm, "The capital of France is", ["resid.12", "mlp"])
+    acts = ls.capture(lm, "The capital of France is", ["resid.12", "mlp"])
     with ls.intervene(lm, [ls.DropBlocks((3,))]):
         out = lm.model.generate(ids, max_new_tokens=5)
 
 Names are imported lazily so that `layerscope` (the TUI) paints before torch loads; the TYPE_CHECKING
-imports below show them to editors and type checkers (a test keeps the two lists equal).
+imports below show them to editors and type checkers (a test keeps the two lists equal). Renamed names stay
+importable for a while under their old names (`_DEPRECATED`), with a DeprecationWarning.
 """
 
+import warnings
 from importlib import import_module
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from layerscope.analyses.activations import Activations, trace
+    from layerscope.analyses.activations import Activations, capture
     from layerscope.analyses.attribution import LogitAttribution, logit_attribution
     from layerscope.analyses.causal_trace import CausalTrace, causal_trace, trace_prompt
     from layerscope.analyses.compare import InterventionReport, compare_logits, greedy_continuation, run_interventions
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
 
 _EXPORTS = {
     "Activations": "layerscope.analyses.activations",
-    "trace": "layerscope.analyses.activations",
+    "capture": "layerscope.analyses.activations",
     "LogitAttribution": "layerscope.analyses.attribution",
     "logit_attribution": "layerscope.analyses.attribution",
     "CausalTrace": "layerscope.analyses.causal_trace",
@@ -75,10 +77,18 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
+_DEPRECATED = {"trace": "capture"}
+"""Deprecated old name -> its export: still importable, with a DeprecationWarning; not in `__all__`."""
+
 
 def __getattr__(name: str) -> object:
     if name in _EXPORTS:
         return getattr(import_module(_EXPORTS[name]), name)
+    if name in _DEPRECATED:
+        new = _DEPRECATED[name]
+        warnings.warn(f"layerscope.{name} is deprecated: use layerscope.{new}, the same function under its new name.",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(import_module(_EXPORTS[new]), new)
     raise AttributeError(f"module 'layerscope' has no attribute '{name}'")
 
 

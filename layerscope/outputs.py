@@ -123,7 +123,7 @@ def write_atomic(text: str, out: Path | None) -> None:
 
 @contextmanager
 def streamed_lines(out: Path | None, keep: int | None = None) -> Iterator[Callable[[str], None]]:
-    """A function that writes one line of a result as it comes (a sweep's JSONL rows), flushed, to stdout or
+    """A function that writes one line of a result as it comes (a sweep's JSONL lines), flushed, to stdout or
     `out`: Ctrl-C keeps every line written, for `--resume`; any other failure leaves `out` as it was.
     `keep`: bytes at the start of `out` that stay, the new lines following them (None: `out` is replaced).
 

@@ -1,4 +1,4 @@
-"""`trace` against plain forward hooks written here, Hugging Face's hidden states and the residual sum."""
+"""`capture` against plain forward hooks written here, Hugging Face's hidden states and the residual sum."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import safetensors.torch
 import torch
 
 import layerscope as ls
-from layerscope.analyses.activations import Activations, site_names, trace
+from layerscope.analyses.activations import Activations, capture, site_names
 from layerscope.errors import LayerscopeError
 from tests.tolerance import model_delta
 from tests.tiny import tiny_model
@@ -54,12 +54,12 @@ def test_every_site_matches_hand_hooks_alone_and_in_a_batch(family):
     lm = tiny_model(family)
     batch = lm.encode(TEXTS)
     assert batch.lengths == [6, 2, 9] and batch.ids.shape == (3, 9)
-    traced = trace(lm, batch, ["resid", "attn", "mlp"])
-    assert len(traced.sites) == 3 * lm.n_blocks + 1
+    captured = capture(lm, batch, ["resid", "attn", "mlp"])
+    assert len(captured.sites) == 3 * lm.n_blocks + 1
     for index in range(len(TEXTS)):
         reference = hooked_reference(lm, lm.encode(TEXTS[index]))
-        alone = trace(lm, TEXTS[index], ["resid", "attn", "mlp"]).prompt(0)
-        batched = traced.prompt(index)
+        alone = capture(lm, TEXTS[index], ["resid", "attn", "mlp"]).prompt(0)
+        batched = captured.prompt(index)
         assert set(reference) == set(alone) == set(batched)
         for site, expected in reference.items():
             torch.testing.assert_close(alone[site], expected[0], rtol=0, atol=1e-6)
@@ -69,11 +69,11 @@ def test_every_site_matches_hand_hooks_alone_and_in_a_batch(family):
 def test_demo_sites_match_hand_hooks_alone_and_in_a_batch(demo_lm):
     texts = ["The capital of France is", "Hi", "One, two, three, four"]
     sites = ["resid.0", "resid.17", "resid.30", "attn.0", "attn.29", "mlp.5", "mlp.29"]
-    traced = ls.trace(demo_lm, texts, sites)
-    assert list(traced.sites) == ["resid.0", "resid.17", "resid.30", "attn.0", "attn.29", "mlp.5", "mlp.29"]
+    captured = ls.capture(demo_lm, texts, sites)
+    assert list(captured.sites) == ["resid.0", "resid.17", "resid.30", "attn.0", "attn.29", "mlp.5", "mlp.29"]
     for index, text in enumerate(texts):
         reference = hooked_reference(demo_lm, demo_lm.encode(text))
-        for site, values in traced.prompt(index).items():
+        for site, values in captured.prompt(index).items():
             # fp32 noise scales with the site's largest value (the residual stream holds outliers of ~2e4)
             expected = reference[site][0]
             atol = model_delta(demo_lm, float(expected.abs().max()))
@@ -83,10 +83,10 @@ def test_demo_sites_match_hand_hooks_alone_and_in_a_batch(demo_lm):
 def test_residual_rows_are_hf_hidden_states(tiny_lm):
     """Rows 0..L-1 are output_hidden_states; HF's last one is after the final norm, row L before it."""
     ids = tiny_lm.encode("the cat sat on the mat a dog ran to the park")
-    traced = trace(tiny_lm, ids)
+    captured = capture(tiny_lm, ids)
     with torch.no_grad():
         hf = tiny_lm.model(ids, output_hidden_states=True).hidden_states
-    rows = traced.stacked("resid")
+    rows = captured.stacked("resid")
     assert rows.shape == (tiny_lm.n_blocks + 1, 1, ids.shape[1], tiny_lm.model.config.get_text_config().hidden_size)
     for row in range(tiny_lm.n_blocks):
         torch.testing.assert_close(rows[row], hf[row], rtol=0, atol=1e-6)
@@ -95,15 +95,15 @@ def test_residual_rows_are_hf_hidden_states(tiny_lm):
 
 
 def test_demo_block_adds_its_attention_and_mlp(demo_lm):
-    """Llama blocks are x + attn(norm x) + mlp(norm(...)): each traced row is the previous plus both outputs."""
-    traced = ls.trace(demo_lm, ["The capital of France is", "Paris"], ["resid", "attn", "mlp"])
+    """Llama blocks are x + attn(norm x) + mlp(norm(...)): each captured row is the previous plus both outputs."""
+    captured = ls.capture(demo_lm, ["The capital of France is", "Paris"], ["resid", "attn", "mlp"])
     with torch.no_grad():
-        hf = demo_lm.model(**{"input_ids": traced.input_ids, "attention_mask": traced.attention_mask},
+        hf = demo_lm.model(**{"input_ids": captured.input_ids, "attention_mask": captured.attention_mask},
                            output_hidden_states=True).hidden_states
     for block in range(demo_lm.n_blocks):
-        total = traced[f"resid.{block}"] + traced[f"attn.{block}"] + traced[f"mlp.{block}"]
-        torch.testing.assert_close(traced[f"resid.{block + 1}"], total, rtol=1e-5, atol=1e-4)
-        torch.testing.assert_close(traced[f"resid.{block}"], hf[block], rtol=0, atol=1e-5)
+        total = captured[f"resid.{block}"] + captured[f"attn.{block}"] + captured[f"mlp.{block}"]
+        torch.testing.assert_close(captured[f"resid.{block + 1}"], total, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(captured[f"resid.{block}"], hf[block], rtol=0, atol=1e-5)
 
 
 def test_only_the_requested_sites_are_kept_and_the_hooks_removed(tiny_lm):
@@ -111,24 +111,24 @@ def test_only_the_requested_sites_are_kept_and_the_hooks_removed(tiny_lm):
         return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in tiny_lm.model.modules())
 
     before = hook_count()
-    traced = trace(tiny_lm, "the cat", ["mlp.1", "resid.-1", "resid.0", "attn.0"])
-    assert list(traced.sites) == ["resid.0", f"resid.{tiny_lm.n_blocks}", "attn.0", "mlp.1"]
+    captured = capture(tiny_lm, "the cat", ["mlp.1", "resid.-1", "resid.0", "attn.0"])
+    assert list(captured.sites) == ["resid.0", f"resid.{tiny_lm.n_blocks}", "attn.0", "mlp.1"]
     assert hook_count() == before
 
 
 def test_save_load_and_export(tmp_path, tiny_lm):
-    traced = trace(tiny_lm, ["the cat sat", "a dog"], ["resid.2", "mlp"])
+    captured = capture(tiny_lm, ["the cat sat", "a dog"], ["resid.2", "mlp"])
     path = tmp_path / "acts.safetensors"
-    traced.save(path)
+    captured.save(path)
     plain = safetensors.torch.load_file(path)  # a plain safetensors file: no pickle
     assert set(plain) == {"input_ids", "attention_mask", "resid.2", *(f"mlp.{b}" for b in range(tiny_lm.n_blocks))}
     loaded = Activations.load(path)
-    assert loaded.model == traced.model and list(loaded.sites) == list(traced.sites)
-    for name, values in traced.to_dict().items():
+    assert loaded.model == captured.model and list(loaded.sites) == list(captured.sites)
+    for name, values in captured.to_dict().items():
         torch.testing.assert_close(loaded.to_dict()[name], values, rtol=0, atol=0)
-    half = traced.to("cpu", torch.float16)
-    assert half["resid.2"].dtype == torch.float16 and half.input_ids.dtype == traced.input_ids.dtype
-    assert traced.lengths == [3, 2]
+    half = captured.to("cpu", torch.float16)
+    assert half["resid.2"].dtype == torch.float16 and half.input_ids.dtype == captured.input_ids.dtype
+    assert captured.lengths == [3, 2]
 
 
 @pytest.mark.parametrize("sites, message", [
@@ -144,26 +144,26 @@ def test_a_site_that_does_not_run_is_named(monkeypatch):
     lm = tiny_model("llama")
     monkeypatch.setattr(lm.adapter, "mlp", lambda block: torch.nn.Identity())  # a module the model never calls
     with pytest.raises(LayerscopeError, match="mlp.1, mlp.2 did not run"):
-        trace(lm, "the cat", ["resid.1", "mlp.1", "mlp.2"])
+        capture(lm, "the cat", ["resid.1", "mlp.1", "mlp.2"])
 
 
 def test_bad_inputs(tmp_path, tiny_lm):
     with pytest.raises(LayerscopeError, match="empty"):
-        trace(tiny_lm, [])
-    with pytest.raises(LayerscopeError, match="not traced"):
-        trace(tiny_lm, "the cat", "resid.1")["mlp.0"]
+        capture(tiny_lm, [])
+    with pytest.raises(LayerscopeError, match="not captured"):
+        capture(tiny_lm, "the cat", "resid.1")["mlp.0"]
     not_ours = tmp_path / "other.safetensors"
     safetensors.torch.save_file({"x": torch.zeros(2)}, not_ours)
     with pytest.raises(LayerscopeError, match="not an activations file"):
         Activations.load(not_ours)
     for site in ("resid.²", "resid.٣", "resid.1_0"):  # int() takes the last two
         with pytest.raises(LayerscopeError, match="is not a whole number"):
-            trace(tiny_lm, "the cat", site)
+            capture(tiny_lm, "the cat", site)
 
 
 def test_an_activations_file_cut_short_or_of_other_tensors_is_one_error_naming_it(tmp_path, tiny_lm):
     path = tmp_path / "acts.safetensors"
-    trace(tiny_lm, "the cat sat", ["resid.1", "mlp.0"]).save(path)
+    capture(tiny_lm, "the cat sat", ["resid.1", "mlp.0"]).save(path)
     whole = path.read_bytes()
     for length in (0, 9, len(whole) // 2, len(whole) - 1):
         path.write_bytes(whole[:length])
@@ -190,3 +190,11 @@ def test_package_names_are_lazy_listed_and_seen_by_type_checkers():
     assert imported == ls._EXPORTS
     assert set(ls.__all__) <= set(dir(ls))
     assert all(getattr(ls, name) is not None for name in ls.__all__)
+
+
+def test_the_old_name_trace_is_capture_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match="use layerscope.capture"):
+        old = ls.trace
+    assert old is ls.capture and "trace" not in ls.__all__
+    with pytest.raises(AttributeError, match="no attribute 'tracer'"):
+        _ = ls.tracer

@@ -192,13 +192,13 @@ def test_demo_position_interventions_in_a_batch(demo_lm):
                                                          max_new_tokens=2), tol)
 
 
-def test_trace_runs_under_interventions():
-    """`trace` inside `intervene` reads the intervened pass: a dropped block's output is its input."""
+def test_capture_runs_under_interventions():
+    """`capture` inside `intervene` reads the intervened pass: a dropped block's output is its input."""
     lm = tiny_model("llama")
     with ls.intervene(lm, [DropBlocks((1,))]):
-        traced = ls.trace(lm, TINY_TEXTS, ["resid.1", "resid.2"])
-    torch.testing.assert_close(traced["resid.2"], traced["resid.1"], rtol=0, atol=0)
-    plain = ls.trace(lm, TINY_TEXTS, ["resid.1", "resid.2"])
+        captured = ls.capture(lm, TINY_TEXTS, ["resid.1", "resid.2"])
+    torch.testing.assert_close(captured["resid.2"], captured["resid.1"], rtol=0, atol=0)
+    plain = ls.capture(lm, TINY_TEXTS, ["resid.1", "resid.2"])
     assert not torch.allclose(plain["resid.2"], plain["resid.1"])
 
 

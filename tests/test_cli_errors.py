@@ -576,7 +576,7 @@ def test_an_uncached_hub_id_without_network_fails_at_once():
 
 def test_ablation_head_counts_say_what_is_wrong(demo_lm):
     from layerscope.analyses.head_scores import HeadScores
-    from layerscope.analyses.retrieval import ablation_heads
+    from layerscope.analyses.head_ablation import ablation_heads
 
     scores = HeadScores.from_matrix(demo_lm, "retrieval", torch.rand(demo_lm.n_blocks, demo_lm.adapter.n_heads))
     for k in (0, -3):
@@ -591,7 +591,7 @@ def test_ablation_head_counts_say_what_is_wrong(demo_lm):
 def test_generation_is_bounded_by_the_context_everywhere():
     from layerscope.analyses.compare import greedy_continuation, run_interventions
     from layerscope.analyses.patchscope import parse_target, patched_rows
-    from layerscope.analyses.retrieval import answer_steps
+    from layerscope.analyses.decoding import answer_steps
     from layerscope.interventions import DropBlocks
 
     lm = tiny_model("llama")  # a context of 256 tokens

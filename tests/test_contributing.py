@@ -19,7 +19,7 @@ from layerscope.interventions.core import cli_options, interventions_from_option
 from layerscope.tui.state import Toggles, block_kinds
 from tests.examples import blocks
 from tests.manual import manual_logits
-from tests.test_sweep import assert_rows_equal_the_engine
+from tests.test_sweep import assert_points_equal_the_engine
 from tests.tiny import random_ids, tiny_model
 
 PAGE = "docs/contributing.md"
@@ -109,8 +109,8 @@ def test_explorer_toggle(ScaleBlocks):
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2"])
-def test_sweep_rows_equal_the_engine_run_alone(ScaleBlocks, family):
-    assert_rows_equal_the_engine(tiny_model(family), "scale")
+def test_sweep_points_equal_the_engine_run_alone(ScaleBlocks, family):
+    assert_points_equal_the_engine(tiny_model(family), "scale")
 
 
 # the page's worked example of a new grid method in the explorer ------------------------------------------------

@@ -17,7 +17,7 @@ from layerscope.analyses.grid import distribution_stats
 from layerscope.analyses.head_scores import HeadScores, load_head_scores
 from layerscope.analyses.influence import MIN_TOKENS, influence
 from layerscope.analyses.lens import lens_grid_rows, lens_states, logit_lens
-from layerscope.analyses.residual import trace_residuals
+from layerscope.analyses.residual import capture_residuals
 from layerscope.outputs import write_atomic
 from layerscope.errors import LayerscopeError
 from layerscope.interventions import DropBlocks
@@ -455,7 +455,7 @@ def test_two_run_rows_give_the_kl_between_runs(monkeypatch):
     runs = [lens_states(lm, ids), lens_states(lm, ids, [DropBlocks((1,))])]
     rows = list(lens_grid_rows(lm, runs, top_k=3, budget=6 * lm.model.config.vocab_size * 4, final_budget=0))
     with torch.inference_mode():
-        base = torch.log_softmax(lm.adapter.decode(trace_residuals(lm.adapter, ids).states[:, 0]).double(), -1)
+        base = torch.log_softmax(lm.adapter.decode(capture_residuals(lm.adapter, ids).states[:, 0]).double(), -1)
         dropped = logit_lens(lm, ids, top_k=3, interventions=[DropBlocks((1,))], budget=2**40)
     for row, lens_row in enumerate(rows):
         assert [c.top[0].id for c in lens_row.cells[1]] == [c.top[0].id for c in dropped.cells[row]]

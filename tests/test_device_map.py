@@ -16,7 +16,8 @@ from layerscope.analyses.influence import influence
 from layerscope.analyses.lens import lens_logits
 from layerscope.analyses.patchscope import parse_target, run_patchscope
 from layerscope.analyses.prompt_sets import PromptItem
-from layerscope.analyses.retrieval import Needle, build_tests, run_test
+from layerscope.analyses.needles import Needle, build_tests
+from layerscope.analyses.retrieval import run_test
 from layerscope.analyses.stages import stage_map
 from layerscope.analyses.sweep import sweep, sweep_kinds
 from layerscope.interventions import (DropBlocks, FreezeFrom, MaskHeads, RandomizeAt, SkipAttention, SwapBlocks)

@@ -13,7 +13,7 @@ from layerscope.analyses.causal_trace import trace_prompt
 from layerscope.analyses.head_scores import HeadScores
 from layerscope.analyses.induction import repeated_random_tokens
 from layerscope.analyses.influence import check_prune
-from layerscope.analyses.retrieval import ablation_heads
+from layerscope.analyses.head_ablation import ablation_heads
 from layerscope.cli.common import flag_message, option_flags
 from layerscope.cli.heads import ablate, induction, patchscope
 from layerscope.cli.studies import influence

@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from layerscope.analyses import retrieval
+from layerscope.analyses import decoding
 from layerscope.analyses.compare import greedy_continuation
 from layerscope.analyses.heads import (
     HeadScores,
@@ -22,15 +22,10 @@ from layerscope.analyses.heads import (
     repeated_random_tokens,
     retrieval_from_results,
 )
-from layerscope.analyses.retrieval import (
-    Needle,
-    ablation_heads,
-    greedy_steps,
-    load_haystack,
-    niah_accuracy,
-    rouge1_recall,
-    run_test,
-)
+from layerscope.analyses.decoding import greedy_steps
+from layerscope.analyses.head_ablation import ablation_heads, niah_accuracy
+from layerscope.analyses.needles import Needle, load_haystack
+from layerscope.analyses.retrieval import rouge1_recall, run_test
 from layerscope.cli.app import app
 from layerscope.errors import LayerscopeError
 from layerscope.interventions import MaskHeads, intervene
@@ -101,7 +96,7 @@ def test_rouge1_recall():
 
 
 def test_rows_read_while_decoding_equal_eager_attention(monkeypatch):
-    monkeypatch.setattr(retrieval, "PREFILL_CHUNK", 4)  # the prefill runs in 3 chunks
+    monkeypatch.setattr(decoding, "PREFILL_CHUNK", 4)  # the prefill runs in 3 chunks
     lm, reference = tiny_model("llama"), eager_twin("llama")
     ids = torch.randint(2, 100, (1, 10), generator=torch.Generator().manual_seed(3))
     steps = list(itertools.islice(greedy_steps(lm, ids), 4))

@@ -11,10 +11,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from layerscope.analyses.compare import greedy_continuation
+from layerscope.analyses.compare import greedy_continuation, intervened_logits
 from layerscope.analyses.influence import block_influence, influence, perplexity, pruned, save_pruned, text_windows
-from layerscope.analyses.residual import trace_residuals
-from layerscope.analyses.sweep import naive_logits
+from layerscope.analyses.residual import capture_residuals
 from layerscope.errors import LayerscopeError
 from layerscope.interventions import DropBlocks
 from tests.studies import TINY_TEXT, invoke
@@ -72,13 +71,13 @@ def _layer_index(lm, block: int) -> int:
 def test_pruned_model_equals_the_engine_drop(family):
     lm = tiny_model(family)
     ids = random_ids(12)
-    before = naive_logits(lm, ids)
-    dropped = naive_logits(lm, ids, [DropBlocks((1, 2))])
+    before = intervened_logits(lm, ids)
+    dropped = intervened_logits(lm, ids, [DropBlocks((1, 2))])
     expected_text = greedy_continuation(lm, ids, 5, [DropBlocks((1, 2))]).token_ids
     with pruned(lm, [2, 1]):
         assert len(lm.adapter.blocks) == 2 and lm.model.config.num_hidden_layers == 2
         assert [_layer_index(lm, b) for b in range(2)] == [0, 1]
-        torch.testing.assert_close(naive_logits(lm, ids), dropped, rtol=0, atol=1e-5)
+        torch.testing.assert_close(intervened_logits(lm, ids), dropped, rtol=0, atol=1e-5)
         # generation with a KV cache runs on the shorter model and matches the engine's drop
         with torch.no_grad():
             out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False,
@@ -86,28 +85,28 @@ def test_pruned_model_equals_the_engine_drop(family):
         assert out[0, ids.shape[1]:].tolist() == expected_text
     assert len(lm.adapter.blocks) == 4 and lm.model.config.num_hidden_layers == 4
     assert [_layer_index(lm, b) for b in range(4)] == [0, 1, 2, 3]
-    torch.testing.assert_close(naive_logits(lm, ids), before, rtol=0, atol=0)
+    torch.testing.assert_close(intervened_logits(lm, ids), before, rtol=0, atol=0)
 
 
-def test_the_residual_trace_inside_pruned_follows_the_shorter_model():
+def test_residuals_captured_inside_pruned_follow_the_shorter_model():
     """`n_blocks` is counted from the live block list: read before pruning, it must not stay at 4."""
     lm = tiny_model("llama")
     ids = random_ids(10)
     assert lm.n_blocks == 4
     with pruned(lm, [1]):
-        trace = trace_residuals(lm.adapter, ids)
+        captured = capture_residuals(lm.adapter, ids)
         with torch.no_grad():
             hidden = lm.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states
-    assert trace.states.shape[0] == 4  # emb + 3 kept blocks
+    assert captured.states.shape[0] == 4  # emb + 3 kept blocks
     for row in range(3):  # HF's last entry is after the final norm
-        torch.testing.assert_close(trace.states[row], hidden[row], rtol=0, atol=1e-6)
+        torch.testing.assert_close(captured.states[row], hidden[row], rtol=0, atol=1e-6)
     assert lm.n_blocks == 4
 
 
 def test_saved_pruned_model_loads_in_plain_transformers(tmp_path):
     lm = tiny_model("gemma2")  # gemma2 also carries per-layer types in its config
     ids = random_ids(12)
-    expected = naive_logits(lm, ids, [DropBlocks((0, 3))])
+    expected = intervened_logits(lm, ids, [DropBlocks((0, 3))])
     save_pruned(lm, [0, 3], tmp_path)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert loaded.config.num_hidden_layers == 2

@@ -273,7 +273,7 @@ def test_attention_readers_give_back_the_attention_implementation():
     """Induction scores, retrieval decoding and the stage signatures read attention through layerscope's function
     only while they run."""
     from layerscope.analyses.induction import diagonal_attention
-    from layerscope.analyses.retrieval import greedy_steps
+    from layerscope.analyses.decoding import greedy_steps
     from layerscope.analyses.stages import _forward_signatures
 
     lm = tiny_model("llama")
@@ -403,8 +403,8 @@ BATCH_CASES = [[DropBlocks((1,))], [SwapBlocks(1)], [FreezeFrom(1)], [RandomizeA
 
 @pytest.mark.parametrize("interventions", BATCH_CASES, ids=lambda c: "+".join(i.kind for i in c))
 def test_right_padded_batch_equals_each_prompt_alone(interventions):
-    """Freeze, random and skip-attn act on each row's own last real token and its own previous tokens;
-    each row's noise is the noise that prompt gets alone with the same seed."""
+    """Freeze, random and skip-attn act on each batch element's own last real token and its own previous tokens;
+    each element's noise is the noise that prompt gets alone with the same seed."""
     lm = tiny_model("llama")
     prompts = [random_ids(7, seed=1), random_ids(4, seed=2), random_ids(10, seed=3)]
     _padded_batch_equals_each_prompt_alone(lm, prompts, interventions)

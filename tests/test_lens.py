@@ -5,20 +5,20 @@ import math
 import torch
 
 from layerscope.analyses.lens import logit_lens
-from layerscope.analyses.residual import trace_residuals
+from layerscope.analyses.residual import capture_residuals
 from tests.tiny import random_ids
 
 
 def test_residual_rows_match_hf_hidden_states(tiny_lm):
     """Rows 0..L-1 equal output_hidden_states; HF's last one is post-norm, ours is pre-norm."""
     ids = random_ids(10)
-    trace = trace_residuals(tiny_lm.adapter, ids)
+    captured = capture_residuals(tiny_lm.adapter, ids)
     with torch.no_grad():
         hf = tiny_lm.model(ids, output_hidden_states=True).hidden_states
-    assert len(hf) == tiny_lm.n_blocks + 1 == trace.states.shape[0]
+    assert len(hf) == tiny_lm.n_blocks + 1 == captured.states.shape[0]
     for row in range(tiny_lm.n_blocks):
-        torch.testing.assert_close(trace.states[row], hf[row], rtol=0, atol=1e-6)
-    normed_last = tiny_lm.adapter.after_norm(tiny_lm.adapter.final_norm(trace.states[-1]))  # OPT's project_out
+        torch.testing.assert_close(captured.states[row], hf[row], rtol=0, atol=1e-6)
+    normed_last = tiny_lm.adapter.after_norm(tiny_lm.adapter.final_norm(captured.states[-1]))  # OPT's project_out
     torch.testing.assert_close(normed_last, hf[-1], rtol=0, atol=1e-5)
 
 
@@ -38,10 +38,10 @@ def test_cell_statistics_by_hand(tiny_lm):
     """Entropy (bits) and KL(final || row) (nats) of one middle cell, computed directly."""
     ids = random_ids(8, seed=3)
     grid = logit_lens(tiny_lm, ids, top_k=4)
-    trace = trace_residuals(tiny_lm.adapter, ids)
+    captured = capture_residuals(tiny_lm.adapter, ids)
     row, position = 2, 5
     with torch.no_grad():
-        normed = tiny_lm.adapter.final_norm(trace.states[row, 0, position])
+        normed = tiny_lm.adapter.final_norm(captured.states[row, 0, position])
         decoder = getattr(getattr(tiny_lm.model, "model", None), "decoder", None)
         project_out = getattr(decoder, "project_out", None)  # OPT
         if project_out is not None:

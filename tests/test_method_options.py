@@ -13,14 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from layerscope.analyses.retrieval import (
-    Needle,
-    answer_steps,
-    build_tests,
-    load_haystack,
-    retrieval_from_results,
-    run_test,
-)
+from layerscope.analyses.decoding import answer_steps
+from layerscope.analyses.needles import Needle, build_tests, load_haystack
+from layerscope.analyses.retrieval import retrieval_from_results, run_test
 from layerscope.errors import LayerscopeError
 from tests.saved import BOS, save_tiny_llama
 from tests.studies import invoke

@@ -10,6 +10,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, BertConfig
 from layerscope.errors import LayerscopeError, UnsupportedArchitecture
 from layerscope.models.adapter import FAMILIES, SUPPORTED_MODEL_TYPES, ModelAdapter, family_support, is_supported
 from layerscope.models.loading import load_model, pick_device, pick_dtype
+from tests.manual import rebuilt_without, with_blocks_permuted
 from tests.tiny import FAMILIES as TINY_FAMILIES
 from tests.tiny import VOCAB, random_ids, tiny_model
 
@@ -27,6 +28,36 @@ def test_adapter_finds_every_part(tiny_lm):
         assert adapter.attention(block) in set(adapter.blocks[block].modules())
         assert adapter.mlp(block) in set(adapter.blocks[block].modules())
     assert [adapter.kv_group(h) for h in range(4)] == [h * adapter.n_kv_heads // 4 for h in range(4)]
+
+
+def _layer_indices(adapter: ModelAdapter) -> list[int]:
+    return [next(m.layer_idx for m in block.modules() if hasattr(m, "layer_idx")) for block in adapter.blocks]
+
+
+@pytest.mark.parametrize("family", ["gemma2", "llama", "gpt2"])  # gemma2: layer types by depth; gpt2: n_layer
+def test_arranged_blocks_equal_a_model_rebuilt_in_that_order(family):
+    """The block surgery of swaps and pruning against state-dict surgery, with a KV-cached generate; restored
+    exactly after, also after an exception."""
+    lm = tiny_model(family)
+    adapter, config = lm.adapter, lm.model.config
+    ids = random_ids(12)  # longer than gemma2's sliding window (4), so its two mask types differ
+    blocks, types = list(adapter.blocks), getattr(config, "layer_types", None)
+    with torch.no_grad():
+        before = lm.model(ids).logits[0]
+    greedy = dict(attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False, pad_token_id=1)
+    for order, rebuilt in (([0, 2, 1, 3], with_blocks_permuted(lm.model, [0, 2, 1, 3])),
+                           ([0, 3], rebuilt_without(lm.model, {1, 2}))):
+        with adapter.arranged_blocks(order), torch.no_grad():
+            assert list(adapter.blocks) == [blocks[index] for index in order] and adapter.n_blocks == len(order)
+            assert config.num_hidden_layers == len(order) and _layer_indices(adapter) == list(range(len(order)))
+            torch.testing.assert_close(lm.model(ids).logits[0], rebuilt(ids).logits[0], rtol=0, atol=1e-5)
+            assert lm.model.generate(ids, **greedy).tolist() == rebuilt.generate(ids, **greedy).tolist()
+    with pytest.raises(RuntimeError, match="inside"), adapter.arranged_blocks([3, 2]):
+        raise RuntimeError("inside")
+    assert list(adapter.blocks) == blocks and config.num_hidden_layers == 4 and _layer_indices(adapter) == [0, 1, 2, 3]
+    assert getattr(config, "layer_types", None) == types
+    with torch.no_grad():
+        torch.testing.assert_close(lm.model(ids).logits[0], before, rtol=0, atol=0)
 
 
 def test_gemma_softcap_is_applied_by_the_lens():

@@ -13,7 +13,7 @@ from layerscope.analyses.patchscope import (
     patchscope_grid,
     run_patchscope,
 )
-from layerscope.analyses.residual import trace_residuals
+from layerscope.analyses.residual import capture_residuals
 from layerscope.errors import LayerscopeError
 from tests.tiny import random_ids, tiny_model
 
@@ -41,7 +41,7 @@ def reference_logits(lm, state: torch.Tensor, target_ids: torch.Tensor, placehol
 
 
 def check_cells(lm, ids, rows, target, target_layer=None, cells_per_forward=256):
-    states = trace_residuals(lm.adapter, ids).states[:, 0]
+    states = capture_residuals(lm.adapter, ids).states[:, 0]
     checked = 0
     for patched in patched_rows(lm, states, target, target_layer, cells_per_forward=cells_per_forward,
                                 only_rows=sorted(rows)):

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from layerscope.analyses.causal_trace import trace_prompt
 from layerscope.analyses.patchscope import parse_target
 from layerscope.analyses.prompt_sets import PromptItem
-from layerscope.analyses.retrieval import Needle, build_tests
+from layerscope.analyses.needles import Needle, build_tests
 from layerscope.analyses.spans import token_span
 from layerscope.analyses.token_swap import Donor, token_swap_sweep
 from layerscope.cli.app import app

@@ -14,7 +14,7 @@ from layerscope.interventions import REGISTRY
 from layerscope.analyses.token_swap import Donor, token_swap_sweep
 from layerscope.errors import LayerscopeError
 from layerscope.interventions import PatchState, intervene
-from layerscope.analyses.residual import trace_residuals
+from layerscope.analyses.residual import capture_residuals
 from tests.studies import TINY_TEXT, hand_metrics, invoke
 from tests.tiny import tiny_model
 
@@ -32,27 +32,27 @@ def engine_logits(lm, ids, interventions):
 def test_every_row_equals_the_engine_run_alone(family):
     lm = tiny_model(family)
     for kind in sweep_kinds():
-        assert_rows_equal_the_engine(lm, kind)
+        assert_points_equal_the_engine(lm, kind)
 
 
-def assert_rows_equal_the_engine(lm, kind: str) -> None:
-    # batch_size 3 over 4 (or 3) layers: rows of one batch start at different blocks
-    rows = list(sweep(lm, TINY_PROMPTS, kind, batch_size=3))
-    per_prompt = [r for r in rows if r.prompt_index is not None]
+def assert_points_equal_the_engine(lm, kind: str) -> None:
+    # batch_size 3 over 4 (or 3) layers: the plans of one batch start at different blocks
+    points = list(sweep(lm, TINY_PROMPTS, kind, batch_size=3))
+    per_prompt = [p for p in points if p.prompt_index is not None]
     assert len(per_prompt) == len(TINY_PROMPTS) * len(sweep_layers(kind, lm.n_blocks))
-    for row in per_prompt:
-        ids = lm.encode(TINY_PROMPTS[row.prompt_index].text)
+    for point in per_prompt:
+        ids = lm.encode(TINY_PROMPTS[point.prompt_index].text)
         base = engine_logits(lm, ids, [])
-        other = engine_logits(lm, ids, [make_intervention(kind, row.layer, lm.n_blocks)])
+        other = engine_logits(lm, ids, [make_intervention(kind, point.layer, lm.n_blocks)])
         expected = hand_metrics(base, other, ids[0], REGISTRY[kind].measured_at_last_token)
-        got = (row.kl, row.top1_agree, row.entropy_delta, row.loss_delta)
-        assert got[0] == pytest.approx(expected[0], abs=1e-4), (kind, row)
-        assert got[1] == expected[1], (kind, row)
-        assert got[2] == pytest.approx(expected[2], abs=1e-3), (kind, row)
+        got = (point.kl, point.top1_agree, point.entropy_delta, point.loss_delta)
+        assert got[0] == pytest.approx(expected[0], abs=1e-4), (kind, point)
+        assert got[1] == expected[1], (kind, point)
+        assert got[2] == pytest.approx(expected[2], abs=1e-3), (kind, point)
         assert (got[3] is None) == (expected[3] is None)
         if expected[3] is not None:
             assert got[3] == pytest.approx(expected[3], abs=1e-4)
-    for average in (r for r in rows if r.prompt_index is None):
+    for average in (p for p in points if p.prompt_index is None):
         mine = [r.kl for r in per_prompt if r.layer == average.layer]
         assert average.kl == pytest.approx(sum(mine) / len(mine))
 
@@ -68,7 +68,7 @@ def test_interrupted_sweep_continues_to_the_same_rows():
 
 
 def test_an_empty_prompt_list_is_refused_not_averaged_to_none():
-    # mypy found it: the set averages of no prompts had kl/top1/entropy None, which SweepRow types as float
+    # mypy found it: the set averages of no prompts had kl/top1/entropy None, which SweepPoint types as float
     with pytest.raises(LayerscopeError, match="empty"):
         list(sweep(tiny_model("qwen2"), [], "drop"))
 
@@ -102,7 +102,7 @@ def test_swap_token_follows_donor_early_and_original_late(demo_lm):
     assert rows[0].follows_donor == 1.0
     ids = demo_lm.encode(item.text)
     donor_ids = demo_lm.encode("The country Italy")
-    vector = trace_residuals(demo_lm.adapter, donor_ids).states[0, 0, -1]
+    vector = capture_residuals(demo_lm.adapter, donor_ids).states[0, 0, -1]
     expected = greedy_continuation(demo_lm, ids, 4, [PatchState(0, 3, vector)]).text
     assert rows[0].continuation == expected
 
@@ -195,10 +195,10 @@ def test_ctrl_c_keeps_every_finished_row(tmp_path, existing):
     assert [p.name for p in tmp_path.iterdir()] == ["rows.jsonl"]
 
 
-def test_swap_token_rows_name_the_grid_row_and_old_files_still_resume(tmp_path):
-    """token-swap's rows are grid rows (`row`), not blocks (`layer`); a file written with `layer` resumes."""
-    from layerscope.analyses.token_swap import TokenSwapRow
-    from layerscope.cli.studies import _sweep_rows
+def test_swap_token_points_name_the_grid_row_and_old_files_still_resume(tmp_path):
+    """token-swap's points are at grid rows (`row`), not blocks (`layer`); a file written with `layer` resumes."""
+    from layerscope.analyses.token_swap import TokenSwapPoint
+    from layerscope.cli.studies import _sweep_points
 
     lm = tiny_model("llama")
     items = [PromptItem("the capital of france is", "paris", "france"),
@@ -207,7 +207,7 @@ def test_swap_token_rows_name_the_grid_row_and_old_files_still_resume(tmp_path):
     full = [r.to_dict() for r in token_swap_sweep(lm, items, Donor(*donor), rows=[0, 4], max_new_tokens=2)]
     assert all("row" in r and "layer" not in r for r in full)
     old = [{("layer" if k == "row" else k): v for k, v in r.items()} for r in full[:1]]
-    assert TokenSwapRow.from_dict(old[0]).to_dict() == full[0]
-    rest = list(_sweep_rows(lm, items, "swap-token", [0, 4], [0, 4], None, 2, 0, 1, donor, old, tmp_path / "x.jsonl",
-                            lambda *a: None))
+    assert TokenSwapPoint.from_dict(old[0]).to_dict() == full[0]
+    rest = list(_sweep_points(lm, items, "swap-token", [0, 4], [0, 4], None, 2, 0, 1, donor, old,
+                              tmp_path / "x.jsonl", lambda *a: None))
     assert rest == full[1:]

@@ -1,4 +1,4 @@
-"""`trace`: the activations at chosen sites of one forward pass, for one prompt or a batch.
+"""`capture`: the activations at chosen sites of one forward pass, for one prompt or a batch.
 
 Sites are named after the grid. `resid.r` is the residual stream at grid row r: the input of block r, and
 row L (the number of blocks) the last block's output, all before the final norm, exactly the states the
@@ -37,7 +37,7 @@ _SITE_NAME = re.compile(f"({'|'.join(SITE_KINDS)})\\.[0-9]+", re.ASCII)
 _FORMAT = "layerscope.activations"
 
 Prompts: TypeAlias = str | Sequence[str] | torch.Tensor | PromptBatch
-"""What `trace` reads: a text, a list of texts, ids (B, T) with no padding, or a `PromptBatch`."""
+"""What `capture` reads: a text, a list of texts, ids (B, T) with no padding, or a `PromptBatch`."""
 
 
 @dataclass
@@ -52,7 +52,7 @@ class Activations:
 
     def __getitem__(self, site: str) -> torch.Tensor:
         if site not in self.sites:
-            raise LayerscopeError(f"Site '{site}' was not traced; traced: {', '.join(self.sites) or 'none'}.")
+            raise LayerscopeError(f"Site '{site}' was not captured; captured: {', '.join(self.sites) or 'none'}.")
         return self.sites[site]
 
     @property
@@ -66,10 +66,10 @@ class Activations:
         return {name: values[index, :length] for name, values in self.sites.items()}
 
     def stacked(self, kind: str = "resid") -> torch.Tensor:
-        """The traced sites of one kind in index order, stacked: (sites, B, T, hidden)."""
+        """The captured sites of one kind in index order, stacked: (sites, B, T, hidden)."""
         names = sorted((name for name in self.sites if name.split(".")[0] == kind), key=_site_index)
         if not names:
-            raise LayerscopeError(f"No '{kind}' site was traced; traced: {', '.join(self.sites) or 'none'}.")
+            raise LayerscopeError(f"No '{kind}' site was captured; captured: {', '.join(self.sites) or 'none'}.")
         return torch.stack([self.sites[name] for name in names])
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Activations:
@@ -147,9 +147,9 @@ def as_batch(lm: LoadedModel, prompts: Prompts) -> PromptBatch:
     return lm.encode(prompts)
 
 
-def trace(lm: LoadedModel, prompts: Prompts, sites: str | Iterable[str] = "resid") -> Activations:
+def capture(lm: LoadedModel, prompts: Prompts, sites: str | Iterable[str] = "resid") -> Activations:
     """One forward pass of `prompts` keeping the activations at `sites` (see the module docstring), each
-    (B, T, hidden) on the model's output device. `trace(lm, "Paris is", ["resid.5", "mlp"])`."""
+    (B, T, hidden) on the model's output device. `capture(lm, "Paris is", ["resid.5", "mlp"])`."""
     batch = as_batch(lm, prompts)
     adapter = lm.adapter
     names = site_names(sites, adapter.n_blocks)

@@ -24,14 +24,14 @@ from typing import Literal
 import torch
 from transformers import Cache
 
-from layerscope.analyses.patchscope import repeated_cache, write_at_output, write_at_row
 from layerscope.analyses.residual import layer_labels
 from layerscope.analyses.spans import token_span
 from layerscope.arguments import check_ids, check_int, check_lm, check_number, check_text
 from layerscope.errors import ArgumentTypeError, LayerscopeError
-from layerscope.models.cache import cache_bytes, cached_forward
+from layerscope.models.cache import cache_bytes, cached_forward, repeated_cache
 from layerscope.models.hooks import hook_input, hook_output
 from layerscope.models.loading import LoadedModel
+from layerscope.models.state_writes import write_at_output, write_at_row
 from layerscope.progress import ProgressFn, no_progress
 
 Site = Literal["resid", "attn", "mlp"]

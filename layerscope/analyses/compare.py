@@ -94,6 +94,13 @@ def comparison_of(tokens: list[str], tensors: ComparisonTensors) -> Comparison:
     )
 
 
+def intervened_logits(lm: LoadedModel, input_ids: torch.Tensor, interventions: Sequence[Intervention] = ()
+                      ) -> torch.Tensor:
+    """One full forward of ids (1, T) through `intervene` (no interventions: the plain model), (tokens, vocab)."""
+    with intervene(lm, interventions, seq_len=input_ids.shape[1]), torch.inference_mode():
+        return lm.model(input_ids=input_ids, use_cache=False).logits[0]
+
+
 @dataclass
 class Continuation:
     text: str

@@ -73,10 +73,10 @@ def diagonal_attention(lm: LoadedModel, ids: torch.Tensor, counted: torch.Tensor
     return totals
 
 
-def summed_rows(n_rows: int, row_totals: Callable[[int], torch.Tensor]) -> torch.Tensor:
-    """The sum of each batch row's totals, one row per forward pass: the same passes in one process as shared
-    out over torchrun ranks, so both give the same numbers."""
-    return sum(mapped(range(n_rows), row_totals), torch.zeros(()))
+def summed_elements(n_elements: int, element_totals: Callable[[int], torch.Tensor]) -> torch.Tensor:
+    """The sum of each batch element's totals, one element per forward pass: the same passes in one process as
+    shared out over torchrun ranks, so both give the same numbers."""
+    return sum(mapped(range(n_elements), element_totals), torch.zeros(()))
 
 
 def induction_scores(lm: LoadedModel, seq_len: int = 50, repeats: int = 2, samples: int = 10, seed: int = 0,
@@ -86,8 +86,8 @@ def induction_scores(lm: LoadedModel, seq_len: int = 50, repeats: int = 2, sampl
     counted = torch.zeros(ids.shape, dtype=torch.bool)
     counted[:, ids.shape[1] - seq_len * (repeats - 1):] = True
     progress(0, 1, "induction")
-    totals = summed_rows(ids.shape[0],
-                         lambda i: diagonal_attention(lm, ids[i : i + 1], counted[i : i + 1], seq_len - 1))
+    totals = summed_elements(ids.shape[0],
+                             lambda i: diagonal_attention(lm, ids[i : i + 1], counted[i : i + 1], seq_len - 1))
     progress(1, 1, "induction")
     meta = {"seq_len": seq_len, "repeats": repeats, "samples": samples, "seed": seed,
             "bos": lm.tokenizer.bos_token_id is not None}
@@ -116,8 +116,8 @@ def previous_token_scores(lm: LoadedModel, texts: list[str] | None = None,
     if not counted.any():
         raise LayerscopeError("The previous-token texts are all shorter than two tokens.")
     progress(0, 1, "previous-token")
-    totals = summed_rows(ids.shape[0], lambda i: diagonal_attention(lm, ids[i : i + 1], counted[i : i + 1], 1,
-                                                                   mask[i : i + 1]))
+    totals = summed_elements(ids.shape[0], lambda i: diagonal_attention(lm, ids[i : i + 1], counted[i : i + 1], 1,
+                                                                       mask[i : i + 1]))
     progress(1, 1, "previous-token")
     positions = int(counted.sum())
     return HeadScores.from_matrix(lm, "previous_token", totals / positions, {"texts": len(texts), "positions": positions})

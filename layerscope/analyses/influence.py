@@ -17,9 +17,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from layerscope.analyses.residual import trace_residuals
+from layerscope.analyses.residual import capture_residuals
 from layerscope.distributed import mapped
 from layerscope.errors import LayerscopeError
 from layerscope.models.demo import follow_umask
@@ -49,7 +48,7 @@ def block_influence(lm: LoadedModel, windows: list[torch.Tensor], progress: Prog
     """BI per block, each token of every window counting once; windows shared out over torchrun ranks."""
 
     def cosine_sums(ids: torch.Tensor) -> torch.Tensor:
-        states = trace_residuals(lm.adapter, ids).states.float()  # (L + 1, 1, T, D)
+        states = capture_residuals(lm.adapter, ids).states.float()  # (L + 1, 1, T, D)
         return F.cosine_similarity(states[:-1], states[1:], dim=-1).sum(dim=(1, 2)).double().cpu()
 
     progress(0, len(windows), "block influence")
@@ -84,41 +83,17 @@ def check_prune(n_prune: int, n_blocks: int) -> None:
         raise LayerscopeError(f"n_prune= must be between 1 and {n_blocks - 1} for this {n_blocks}-block model.")
 
 
-def _indexed_modules(blocks: Iterable[nn.Module]) -> list[tuple[nn.Module, int]]:
-    """Every submodule that knows its layer index (attention modules: they address the KV cache)."""
-    return [(module, module.layer_idx) for block in blocks for module in block.modules()
-            if isinstance(getattr(module, "layer_idx", None), int)]
-
-
 @contextmanager
 def pruned(lm: LoadedModel, removed: Iterable[int]) -> Iterator[None]:
-    """The model without the `removed` blocks for the duration of the block; restored exactly after."""
+    """The model without the `removed` blocks for the duration of the block (`ModelAdapter.arranged_blocks`: layer
+    indices renumbered, the config updated); restored exactly after."""
     removed = sorted(set(removed))
     n_blocks = lm.n_blocks
     if any(not 0 <= b < n_blocks for b in removed):
         raise LayerscopeError(f"Blocks to remove must be in 0..{n_blocks - 1}.")
     check_prune(len(removed), n_blocks)
-    adapter, config = lm.adapter, lm.adapter.config
-    original = adapter.blocks
-    kept = [b for b in range(n_blocks) if b not in removed]
-    indexed = _indexed_modules(original)
-    layer_types = getattr(config, "layer_types", None)
-    try:
-        adapter.set_blocks(nn.ModuleList([original[b] for b in kept]))
-        for new_index, block in enumerate(kept):
-            for module, _ in _indexed_modules([original[block]]):
-                module.layer_idx = new_index
-        config.num_hidden_layers = len(kept)
-        if layer_types is not None:
-            config.layer_types = [layer_types[b] for b in kept]
+    with lm.adapter.arranged_blocks([b for b in range(n_blocks) if b not in removed]):
         yield
-    finally:
-        adapter.set_blocks(original)
-        for module, index in indexed:
-            module.layer_idx = index
-        config.num_hidden_layers = n_blocks
-        if layer_types is not None:
-            config.layer_types = layer_types
 
 
 def save_pruned(lm: LoadedModel, removed: Iterable[int], directory: Path) -> None:

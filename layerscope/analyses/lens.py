@@ -14,7 +14,7 @@ import torch
 
 from layerscope.analyses.activations import last_logits_only
 from layerscope.analyses.grid import DecodeGrid, GridCell, GridRows, distribution_stats
-from layerscope.analyses.residual import ResidualTrace, layer_labels, trace_residuals
+from layerscope.analyses.residual import CapturedResiduals, layer_labels, capture_residuals
 from layerscope.arguments import check_int, prompt_batch
 from layerscope.errors import LayerscopeError
 from layerscope.interventions import Intervention, intervene
@@ -37,10 +37,10 @@ def one_prompt(input_ids: torch.Tensor) -> PromptBatch:
 
 
 def batch_residuals(lm: LoadedModel, batch: PromptBatch, interventions: Sequence[Intervention] = (),
-                    **forward_options: object) -> ResidualTrace:
+                    **forward_options: object) -> CapturedResiduals:
     """The residual rows of a (right-padded) batch under the interventions: states (L + 1, B, T, hidden)."""
     with intervene(lm, interventions, seq_len=batch.ids.shape[1]):
-        return trace_residuals(lm.adapter, batch.ids, attention_mask=batch.attention_mask, **forward_options)
+        return capture_residuals(lm.adapter, batch.ids, attention_mask=batch.attention_mask, **forward_options)
 
 
 def lens_states(lm: LoadedModel, input_ids: torch.Tensor, interventions: Sequence[Intervention] = ()) -> torch.Tensor:
@@ -148,7 +148,7 @@ def lens_logits(lm: LoadedModel, input_ids: torch.Tensor, interventions: Sequenc
 def batch_lens_logits(lm: LoadedModel, batch: PromptBatch, interventions: Sequence[Intervention] = (),
                       translate: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[RowLogits]:
     """`lens_logits` of each prompt of a batch, from one forward pass, each over its own tokens only."""
-    trace = batch_residuals(lm, batch, interventions)
+    captured = batch_residuals(lm, batch, interventions)
 
     def rows(states: torch.Tensor) -> Iterator[torch.Tensor]:
         chunk = max(1, DECODE_BUDGET // (states.shape[1] * lm.model.config.get_text_config().vocab_size * 4))
@@ -158,5 +158,5 @@ def batch_lens_logits(lm: LoadedModel, batch: PromptBatch, interventions: Sequen
             for start in range(0, len(states), chunk):
                 yield from lm.adapter.decode(states[start : start + chunk])
 
-    return [(rows(trace.states[:, index, :length]), trace.logits[index, :length])
+    return [(rows(captured.states[:, index, :length]), captured.logits[index, :length])
             for index, length in enumerate(batch.lengths)]

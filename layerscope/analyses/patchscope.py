@@ -10,14 +10,12 @@ element: whole grid rows at a time.
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
-from typing import TypeAlias, overload
+from typing import overload
 
 import torch
-from torch import nn
 from transformers import Cache
 
 from layerscope.analyses.grid import DecodeGrid, GridCell, GridRows
@@ -26,10 +24,9 @@ from layerscope.analyses.residual import layer_labels
 from layerscope.analyses.spans import token_span
 from layerscope.arguments import check_int, check_lm, check_text, prompt_batch
 from layerscope.errors import ArgumentTypeError, LayerscopeError
-from layerscope.models.adapter import ModelAdapter
-from layerscope.models.cache import cached_forward
-from layerscope.models.hooks import hook_input, hook_output
+from layerscope.models.cache import cached_forward, repeated_cache
 from layerscope.models.loading import LoadedModel, PromptBatch
+from layerscope.models.state_writes import write_at_row
 from layerscope.progress import ProgressFn, no_progress
 
 DEFAULT_TARGET_PROMPT = "cat -> cat\n1135 -> 1135\nhello -> hello\n?"
@@ -78,46 +75,6 @@ def check_target_layer(lm: LoadedModel, target_layer: int | None) -> None:
         check_int(target_layer, "target_layer")
     if target_layer is not None and not 0 <= target_layer <= lm.n_blocks:
         raise LayerscopeError(f"target_layer={target_layer} is out of range 0..{lm.n_blocks} (grid rows).")
-
-
-Index: TypeAlias = int | slice | torch.Tensor
-"""A tensor subscript along one dimension: a position, a slice, or an index tensor."""
-
-
-def repeated_cache(prefix_cache: Cache, batch: int) -> Cache:
-    """A copy of a prefix's KV cache for `batch` sequences: the prefix is computed once, not per cell. The copy
-    shares the prefix's tensors until `batch_repeat_interleave` replaces them with the repeated ones (a cache
-    grows by concatenation, never in place), so the prefix is not copied once more on the way."""
-    tensors = [value for layer in prefix_cache.layers for value in vars(layer).values() if torch.is_tensor(value)]
-    cache = copy.deepcopy(prefix_cache, memo={id(tensor): tensor for tensor in tensors})
-    cache.batch_repeat_interleave(batch)
-    return cache
-
-
-def _overwriter(batch: Index, positions: Index, vectors: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    def write(hidden: torch.Tensor) -> torch.Tensor:
-        hidden = hidden.clone()
-        hidden[batch, positions] = vectors.to(hidden.device, hidden.dtype)
-        return hidden
-
-    return write
-
-
-def write_at_output(module: nn.Module, stack: ExitStack, batch: Index, vectors: torch.Tensor,
-                    positions: Index = 0) -> None:
-    """Overwrite output[batch, positions] of `module` (the first element where it returns a tuple) in the
-    forward passes inside `stack`. `batch` and `positions` index like a tensor subscript: a slice and a
-    position, or two index tensors that pair each batch element with its own position."""
-    hook_output(stack, module, _overwriter(batch, positions, vectors))
-
-
-def write_at_row(adapter: ModelAdapter, stack: ExitStack, row: int, batch: Index, vectors: torch.Tensor,
-                 positions: Index = 0) -> None:
-    """Like `write_at_output`, at grid row `row`: the input of block `row`, or the last block's output."""
-    if row == adapter.n_blocks:
-        write_at_output(adapter.blocks[row - 1], stack, batch, vectors, positions)
-    else:
-        hook_input(stack, adapter.blocks[row], _overwriter(batch, positions, vectors))
 
 
 @dataclass

@@ -19,7 +19,7 @@ from layerscope.models.hooks import hook_input, hook_output
 
 
 @dataclass
-class ResidualTrace:
+class CapturedResiduals:
     states: torch.Tensor  # (rows = L + 1, batch, tokens, hidden), on the output device
     logits: torch.Tensor  # (batch, tokens, vocab): the model's own output
 
@@ -28,7 +28,7 @@ def layer_labels(n_blocks: int) -> list[str]:
     return ["emb", *(str(b) for b in range(n_blocks))]
 
 
-def trace_residuals(adapter: ModelAdapter, input_ids: torch.Tensor, **forward_options: Any) -> ResidualTrace:
+def capture_residuals(adapter: ModelAdapter, input_ids: torch.Tensor, **forward_options: Any) -> CapturedResiduals:
     """One forward pass of `input_ids` (batch, tokens); the residual state at each row, and the model's logits
     (`forward_options` go to the model, e.g. logits_to_keep=1 where only the last position's logits are wanted)."""
     rows: list[torch.Tensor | None] = [None] * (adapter.n_blocks + 1)
@@ -46,4 +46,4 @@ def trace_residuals(adapter: ModelAdapter, input_ids: torch.Tensor, **forward_op
         for block in range(adapter.n_blocks):
             hook_output(stack, blocks[block], keep(block + 1))
         logits = adapter.model(input_ids=input_ids, use_cache=False, **forward_options).logits
-    return ResidualTrace(states=torch.stack(rows), logits=logits.to(target))
+    return CapturedResiduals(states=torch.stack(rows), logits=logits.to(target))

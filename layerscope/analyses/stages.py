@@ -26,7 +26,7 @@ import torch
 
 from layerscope.analyses.grid import distribution_stats
 from layerscope.analyses.prompt_sets import PromptItem
-from layerscope.analyses.residual import trace_residuals
+from layerscope.analyses.residual import capture_residuals
 from layerscope.analyses.sweep import sweep
 from layerscope.distributed import mapped
 from layerscope.interventions.attention import read_attention
@@ -111,11 +111,11 @@ def _forward_signatures(lm: LoadedModel, input_ids: torch.Tensor) -> dict[str, l
             hook_output(stack, adapter.attention(b), _add_norms(attn[b], tokens[b]))
             hook_output(stack, adapter.mlp(b), _add_norms(mlp[b], tokens[n + b]))
         stack.enter_context(read_attention(lm.model, {b: adapter.attention(b) for b in range(n)}, read))
-        trace = trace_residuals(adapter, input_ids)
-    final = torch.log_softmax(trace.logits[0].float(), dim=-1)
+        captured = capture_residuals(adapter, input_ids)
+    final = torch.log_softmax(captured.logits[0].float(), dim=-1)
     lens_kl, lens_entropy = [], []
     with torch.inference_mode():
-        for state in trace.states[1:]:
+        for state in captured.states[1:]:
             entropy, kl = distribution_stats(torch.log_softmax(adapter.decode(state[0]).float(), dim=-1), final)
             lens_kl.append(kl.clamp_min(0).mean().item())
             lens_entropy.append(entropy.mean().item())

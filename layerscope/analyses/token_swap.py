@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 
-from layerscope.analyses.compare import compare_logits, greedy_continuation
+from layerscope.analyses.compare import compare_logits, greedy_continuation, intervened_logits
 from layerscope.analyses.prompt_sets import PromptItem, answer_matches
-from layerscope.analyses.residual import trace_residuals
+from layerscope.analyses.residual import capture_residuals
 from layerscope.analyses.spans import token_span
-from layerscope.analyses.sweep import finished_rows, mean, mean_of, missing_rows, naive_logits
+from layerscope.analyses.resumable import finished_points, mean, mean_of, missing_points
 from layerscope.errors import LayerscopeError
 from layerscope.interventions import PatchState
 from layerscope.models.loading import LoadedModel
@@ -31,7 +31,7 @@ class Donor:
 
 
 @dataclass
-class TokenSwapRow:
+class TokenSwapPoint:
     """Per prompt follows_* are 0 or 1; in the set average (prompt_index None) they are shares."""
 
     intervention: str
@@ -55,18 +55,18 @@ class TokenSwapRow:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> TokenSwapRow:
-        """Also rows written before the grid row had its own name (`layer`)."""
+    def from_dict(cls, data: dict) -> TokenSwapPoint:
+        """Also points written before the grid row had its own name (`layer`)."""
         data = dict(data)
         old = data.pop("layer", None)
         data.setdefault("row", old)
         return cls(**data)
 
 
-def _average(row: int, rows: list[TokenSwapRow]) -> TokenSwapRow:
-    return TokenSwapRow("swap-token", row, None, mean([r.kl for r in rows]), mean([r.top1_agree for r in rows]),
-                        mean([r.entropy_delta for r in rows]), None, mean_of([r.accuracy for r in rows]),
-                        mean([r.follows_donor for r in rows]), mean([r.follows_original for r in rows]))
+def _average(row: int, points: list[TokenSwapPoint]) -> TokenSwapPoint:
+    return TokenSwapPoint("swap-token", row, None, mean([p.kl for p in points]), mean([p.top1_agree for p in points]),
+                          mean([p.entropy_delta for p in points]), None, mean_of([p.accuracy for p in points]),
+                          mean([p.follows_donor for p in points]), mean([p.follows_original for p in points]))
 
 
 def check_rows(rows: Iterable[int] | None, n_blocks: int) -> list[int]:
@@ -98,10 +98,10 @@ def token_swap_sweep(
     donor: Donor = Donor(),
     rows: Iterable[int] | None = None,
     max_new_tokens: int = 4,
-    done: Iterable[TokenSwapRow] = (),
+    done: Iterable[TokenSwapPoint] = (),
     progress: ProgressFn = no_progress,
-) -> Iterator[TokenSwapRow]:
-    """Yield a row per (target prompt, row), prompt by prompt, then the average per row.
+) -> Iterator[TokenSwapPoint]:
+    """Yield a point per (target prompt, grid row), prompt by prompt, then the average per grid row.
 
     Prompts whose answer is the donor's answer are left out: they cannot tell the two apart.
     """
@@ -109,26 +109,26 @@ def token_swap_sweep(
     targets = usable_targets(prompts, donor)
     donor_ids = lm.encode(donor.prompt)
     donor_word = token_span(lm, donor.prompt, donor.word, "donor.word", where="the donor prompt", chooser=None)
-    donor_states = trace_residuals(lm.adapter, donor_ids).states[:, 0, donor_word[-1]]
-    finished = finished_rows(done)
+    donor_states = capture_residuals(lm.adapter, donor_ids).states[:, 0, donor_word[-1]]
+    finished = finished_points(done)
 
-    def prompt_rows(index: int) -> Iterator[TokenSwapRow]:
+    def prompt_points(index: int) -> Iterator[TokenSwapPoint]:
         item = prompts[index]
         input_ids = lm.encode(item.text)
         word = token_span(lm, item.text, item.subject or "", "subject", where=f"prompt {index + 1}", chooser=None)
-        base_logits = naive_logits(lm, input_ids)
+        base_logits = intervened_logits(lm, input_ids)
         for row in grid_rows:
             if (index, row) in finished:
                 continue
             patch = PatchState(row, word[-1], donor_states[row])
-            tensors = compare_logits(base_logits, naive_logits(lm, input_ids, [patch]), input_ids[0])
+            tensors = compare_logits(base_logits, intervened_logits(lm, input_ids, [patch]), input_ids[0])
             text = greedy_continuation(lm, input_ids, max_new_tokens, [patch]).text
             follows_original = float(answer_matches(text, item.answer or ""))
-            yield TokenSwapRow("swap-token", row, index, tensors.kl[-1].item(),
-                               tensors.top1_agree[-1].float().item(), tensors.entropy_delta[-1].item(), None,
-                               follows_original, float(answer_matches(text, donor.answer)), follows_original,
-                               text, len(word))
+            yield TokenSwapPoint("swap-token", row, index, tensors.kl[-1].item(),
+                                 tensors.top1_agree[-1].float().item(), tensors.entropy_delta[-1].item(), None,
+                                 follows_original, float(answer_matches(text, donor.answer)), follows_original,
+                                 text, len(word))
 
-    yield from missing_rows(targets, grid_rows, finished, prompt_rows, progress, "swap-token")
+    yield from missing_points(targets, grid_rows, finished, prompt_points, progress, "swap-token")
     for row in grid_rows:
         yield _average(row, [finished[(index, row)] for index in targets])

@@ -27,7 +27,7 @@ from torch import nn
 
 from layerscope.analyses.grid import DecodeGrid, build_grid, distribution_stats
 from layerscope.analyses.lens import lens_logits
-from layerscope.analyses.residual import layer_labels, trace_residuals
+from layerscope.analyses.residual import layer_labels, capture_residuals
 from layerscope.arguments import check_ids, check_int, check_lm, check_path, check_text
 from layerscope.errors import ArgumentTypeError, ArgumentValueError, LayerscopeError
 from layerscope.models.loading import LoadedModel
@@ -205,11 +205,11 @@ class TrainSettings:
 def _row_losses(lm: LoadedModel, lens: TunedLens, ids: torch.Tensor,
                 unembed_weight: torch.Tensor | None) -> Iterator[torch.Tensor]:
     """KL(final || tuned lens) at each row with a translator, mean over positions, with its graph."""
-    trace = trace_residuals(lm.adapter, ids)
-    final_log_probs = torch.log_softmax(trace.logits[0].float(), dim=-1)
+    captured = capture_residuals(lm.adapter, ids)
+    final_log_probs = torch.log_softmax(captured.logits[0].float(), dim=-1)
     final_probs = final_log_probs.exp()
     for row in range(lens.n_blocks):
-        hidden = trace.states[row, 0].float().clone()
+        hidden = captured.states[row, 0].float().clone()
         logits = lm.adapter.decode(hidden + lens.translators[row](hidden), unembed_weight)
         log_probs = torch.log_softmax(logits.float(), dim=-1)
         yield torch.linalg.vecdot(final_probs, final_log_probs - log_probs).mean()

@@ -27,7 +27,9 @@ from layerscope.specs import whole_number_in
 if TYPE_CHECKING:
     from layerscope.analyses.head_scores import HeadScores
     from layerscope.analyses.patchscope import PatchscopeReport
-    from layerscope.analyses.retrieval import AblationReport, ActivityTrace, Needle
+    from layerscope.analyses.head_ablation import AblationReport
+    from layerscope.analyses.head_activity import HeadActivity
+    from layerscope.analyses.needles import Needle
     from layerscope.models.loading import LoadedModel
 
 heads_app = typer.Typer(help="Attention-head analyses: retrieval, induction and previous-token heads, masking.",
@@ -127,7 +129,7 @@ def needle_inputs(haystack: Path | None, needles: Path | None, lengths: str, dep
                   ) -> tuple[str, list[Needle], tuple[int, ...], tuple[int, ...]]:
     """The haystack, the needles, --lengths and --depths (percent, 0..100), read and checked before the model
     loads: `build_tests`'s inputs."""
-    from layerscope.analyses.retrieval import load_haystack, load_needles
+    from layerscope.analyses.needles import load_haystack, load_needles
 
     return (load_haystack(haystack) if haystack else load_haystack(),
             load_needles(needles) if needles else load_needles(),
@@ -154,7 +156,8 @@ def retrieval(
 
     Example: layerscope heads retrieval --model demo --lengths 512,1024 --format json --out scores.json
     """
-    from layerscope.analyses.retrieval import build_tests, check_span, needle_results, retrieval_from_results
+    from layerscope.analyses.needles import build_tests, check_span
+    from layerscope.analyses.retrieval import needle_results, retrieval_from_results
 
     checked_span = check_span(span)
     inputs = needle_inputs(haystack, needles, lengths, depths)
@@ -183,10 +186,10 @@ def retrieval(
     output.write(scores.to_dict, lambda: head_rows(scores), lambda: "\n".join(lines))
 
 
-def activity_table(trace: ActivityTrace) -> str:
-    lines = [f"{len(trace.heads)} known retrieval heads (score > 0.1)", f"{'step':>4} {'token':<16} active"]
+def activity_table(activity: HeadActivity) -> str:
+    lines = [f"{len(activity.heads)} known retrieval heads (score > 0.1)", f"{'step':>4} {'token':<16} active"]
     lines += [f"{i:>4} {shorten(step.token, 16):<16} {step.active:>3} {'#' * step.active}"
-              for i, step in enumerate(trace.steps)]
+              for i, step in enumerate(activity.steps)]
     return "\n".join(lines)
 
 
@@ -205,16 +208,16 @@ def activity(
 
     Example: layerscope heads activity --model demo --scores scores.json --prompt-file question.txt
     """
+    from layerscope.analyses.head_activity import head_activity
     from layerscope.analyses.head_scores import load_head_scores
-    from layerscope.analyses.retrieval import activity_trace
 
     text = prompt.read()
     head_scores = load_head_scores(scores, kind="retrieval")
     lm = model.load()
     head_scores.check_model(lm)
-    trace = activity_trace(lm, lm.encode(text), head_scores, max_new_tokens)
-    output.write(trace.to_dict, lambda: ({"step": i, "token": s.token, "id": s.id, "active": s.active}
-                                         for i, s in enumerate(trace.steps)), lambda: activity_table(trace))
+    result = head_activity(lm, lm.encode(text), head_scores, max_new_tokens)
+    output.write(result.to_dict, lambda: ({"step": i, "token": s.token, "id": s.id, "active": s.active}
+                                          for i, s in enumerate(result.steps)), lambda: activity_table(result))
 
 
 @heads_app.command("induction")
@@ -278,7 +281,8 @@ def ablate(
     Example: layerscope heads ablate --model demo --scores scores.json --top 10
     """
     from layerscope.analyses.head_scores import load_head_scores
-    from layerscope.analyses.retrieval import ablation_experiment, ablation_heads, build_tests
+    from layerscope.analyses.head_ablation import ablation_experiment, ablation_heads
+    from layerscope.analyses.needles import build_tests
 
     inputs = needle_inputs(haystack, needles, lengths, depths)
     head_scores = load_head_scores(scores, kind="retrieval")

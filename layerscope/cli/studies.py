@@ -52,7 +52,7 @@ class SweepFormat(str, Enum):
 
 @dataclass(frozen=True)
 class SweepOutput:
-    """`Output`, whose formats a sweep extends with jsonl: one row a line as it is computed, which --resume
+    """`Output`, whose formats a sweep extends with jsonl: one sweep point a line as it is computed, which --resume
     continues. Not a subclass: its format is another enum."""
 
     format: Annotated[SweepFormat, typer.Option("--format", "-f", help="table, json, csv or jsonl.")] = SweepFormat.table
@@ -93,7 +93,7 @@ def sweep_source(lm: LoadedModel, kind: str, layers: list[int], items: list[Prom
 
     Only settings that change the numbers count: the seed for `random`, the batch for the batched kinds
     (float sums in another batch differ in the last bits), the decode length where something is decoded."""
-    from layerscope.analyses.sweep import prompts_fingerprint
+    from layerscope.analyses.resumable import prompts_fingerprint
 
     source = {"model": lm.name, "dtype": str(lm.model.dtype).removeprefix("torch."), "bos": lm.add_bos,
               "intervention": kind,
@@ -151,12 +151,12 @@ def check_same_source(path: Path, written: dict, now: dict) -> None:
                                   f"now {json.dumps(now.get(key))}); give the same settings or a new --out file.")
 
 
-Row = TypeVar("Row")
+Point = TypeVar("Point")
 
 
-def _rows_from(dicts: list[dict], from_dict: Callable[[dict], Row], path: Path | None) -> list[Row]:
+def _points_from(dicts: list[dict], from_dict: Callable[[dict], Point], path: Path | None) -> list[Point]:
     try:
-        return [from_dict(row) for row in dicts]
+        return [from_dict(point) for point in dicts]
     except TypeError:
         raise LayerscopeError(f"--resume: {path} holds rows of another layerscope version or command.") from None
 
@@ -216,8 +216,8 @@ def sweep(
         check_same_source(resumed, written, source)
     progress = StderrProgress()
     try:
-        rows = _sweep_rows(lm, items, intervention, chosen, valid, measure_accuracy, max_new_tokens, seed,
-                           batch_size, donor, done, output.out, progress)
+        rows = _sweep_points(lm, items, intervention, chosen, valid, measure_accuracy, max_new_tokens, seed,
+                             batch_size, donor, done, output.out, progress)
         _write_sweep(rows, source, output.format, output.out, keep if written is not None else None)
     finally:
         progress.close()
@@ -235,13 +235,14 @@ def _sweep_layers(lm: LoadedModel, items: list[PromptItem], kind: str, layers: S
     return check_layers(kind, sweep_layers(kind, lm.n_blocks) if layers is None else layers, lm.n_blocks)
 
 
-def _sweep_rows(lm: LoadedModel, items: list[PromptItem], kind: str, layers: Sequence[int] | None, valid: list[int],
-                accuracy: bool, max_new_tokens: int, seed: int, batch_size: int, donor: tuple[str, str, str],
-                done: list[dict], out: Path | None, progress: ProgressFn) -> Iterator[dict]:
-    """Row dicts not yet in `done`, in the order an uninterrupted run writes them. The generators only start
-    when the first row is asked for, after the output file is opened."""
-    from layerscope.analyses.sweep import SweepRow, sweep
-    from layerscope.analyses.token_swap import Donor, TokenSwapRow, token_swap_sweep
+def _sweep_points(lm: LoadedModel, items: list[PromptItem], kind: str, layers: Sequence[int] | None,
+                  valid: list[int], accuracy: bool, max_new_tokens: int, seed: int, batch_size: int,
+                  donor: tuple[str, str, str], done: list[dict], out: Path | None, progress: ProgressFn
+                  ) -> Iterator[dict]:
+    """Sweep points (as dicts) not yet in `done`, in the order an uninterrupted run writes them. The generators
+    only start when the first point is asked for, after the output file is opened."""
+    from layerscope.analyses.sweep import SweepPoint, sweep
+    from layerscope.analyses.token_swap import Donor, TokenSwapPoint, token_swap_sweep
 
     where = "row" if kind == "swap-token" else "layer"
     done = [{**row, where: row.get(where, row.get("layer"))} for row in done]  # old swap-token files wrote "layer"
@@ -250,14 +251,14 @@ def _sweep_rows(lm: LoadedModel, items: list[PromptItem], kind: str, layers: Seq
         if row.get(where) not in valid or not (index is None or (isinstance(index, int) and 0 <= index < len(items))):
             raise LayerscopeError(f"--resume: {out} was written by a sweep over other prompts or layers.")
     seen = {(row["prompt_index"], row[where]) for row in done}
-    rows: Iterator[SweepRow] | Iterator[TokenSwapRow]
+    points: Iterator[SweepPoint] | Iterator[TokenSwapPoint]
     if kind == "swap-token":
-        rows = token_swap_sweep(lm, items, Donor(*donor), layers, max_new_tokens,
-                                _rows_from(done, TokenSwapRow.from_dict, out), progress)
+        points = token_swap_sweep(lm, items, Donor(*donor), layers, max_new_tokens,
+                                  _points_from(done, TokenSwapPoint.from_dict, out), progress)
     else:
-        rows = sweep(lm, items, kind, layers, seed, accuracy, max_new_tokens, batch_size,
-                     _rows_from(done, SweepRow.from_dict, out), progress)
-    return (row.to_dict() for row in rows if row.key not in seen)
+        points = sweep(lm, items, kind, layers, seed, accuracy, max_new_tokens, batch_size,
+                       _points_from(done, SweepPoint.from_dict, out), progress)
+    return (point.to_dict() for point in points if point.key not in seen)
 
 
 def _write_sweep(rows: Iterable[dict], source: dict, format: SweepFormat, out: Path | None, keep: int | None) -> None:

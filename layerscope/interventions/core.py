@@ -10,7 +10,7 @@ Block indices mean depth in the run order (after any swap). Edits that touch pos
 skip attention, patch) act on a fresh pass only, that is, a forward with no cached tokens: when
 generating, the prompt pass is intervened on and decoding continues from the intervened cache. Drops,
 swaps and head masks act on every pass. In a padded batch (an `attention_mask` given to the model) the
-position edits act on each row's own last real token and its own previous tokens.
+position edits act on each batch element's own last real token and its own previous tokens.
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ class ModelShape:
 
 @dataclass(frozen=True)
 class Positions:
-    """Each batch row's real tokens: its last one, and the ones before it (the "previous tokens")."""
+    """Each batch element's real tokens: its last one, and the ones before it (the "previous tokens")."""
 
-    last: torch.Tensor  # (batch,) position of each row's last real token
-    previous: torch.Tensor  # (batch, tokens) bool: real tokens before each row's last
+    last: torch.Tensor  # (batch,) position of each element's last real token
+    previous: torch.Tensor  # (batch, tokens) bool: real tokens before each element's last
 
     @classmethod
     def of(cls, attention_mask: torch.Tensor | None, batch: int, tokens: int, device: torch.device) -> Positions:
@@ -242,7 +242,7 @@ class Intervention:
     # --- how people choose it and read it ---------------------------------------------------------------
     @classmethod
     def for_blocks(cls, blocks: Sequence[int], n_blocks: int, seed: int = 0) -> list[Intervention]:
-        """The interventions a choice of blocks stands for (a CLI spec, the explorer's toggles, a sweep row);
+        """The interventions a choice of blocks stands for (a CLI spec, the explorer's toggles, a sweep point);
         for a 'from' or 'at' kind, `blocks` is one block."""
         raise NotImplementedError(f"{cls.kind} is not chosen by block")
 

@@ -138,7 +138,7 @@ class RandomizeAt(Intervention):
                                             "edits would overwrite each other.")]
 
     def edit_input(self, depth: int, hidden: torch.Tensor, at: Positions, memo: dict) -> torch.Tensor | None:
-        """Each row draws its noise alone, so a prompt gets the same noise in a batch as on its own."""
+        """Each batch element draws its noise alone, so a prompt gets the same noise in a batch as on its own."""
         import torch
 
         hidden = hidden.clone()

@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 
 import torch
-from torch import nn
 
 from layerscope.arguments import check_int, check_intervention_list, check_lm
 from layerscope.interventions.core import Intervention, ModelShape, Positions, check_interventions
@@ -37,7 +36,7 @@ class InterventionRun:
         self.attention_mask = given.get("attention_mask")
 
     def positions(self, hidden: torch.Tensor) -> Positions:
-        """The real tokens of this pass's rows, from the attention mask the model was called with."""
+        """The real tokens of this pass's batch elements, from the attention mask the model was called with."""
         return Positions.of(self.attention_mask, hidden.shape[0], hidden.shape[1], hidden.device)
 
     def apply(self, intervention: Intervention) -> None:
@@ -69,25 +68,12 @@ class InterventionRun:
         return lambda *hidden: edit(*hidden) if self.fresh_pass else None
 
     def reorder(self, moved: dict[int, int]) -> None:
-        """Run module `moved[d]` at depth d. Families that pick each layer's mask and rotary table by depth
-        (`config.layer_types[i]`: Gemma 2/3, Qwen2 sliding windows, ...) get those entries moved too, with the
-        layers' cache indices, so each moved block keeps the attention type its weights were trained with."""
-        original = self.adapter.blocks
-        order = list(range(len(original)))
+        """Run module `moved[d]` at depth d until the `intervene` block ends (`ModelAdapter.arranged_blocks`: the
+        moved blocks keep their attention types and take their new depths' cache indices)."""
+        order = list(range(self.adapter.n_blocks))
         for depth, module in moved.items():
             order[depth] = module
-        self.adapter.set_blocks(nn.ModuleList([original[i] for i in order]))
-        self.stack.callback(self.adapter.set_blocks, original)
-        config = self.adapter.config
-        layer_types = getattr(config, "layer_types", None)
-        if layer_types:
-            config.layer_types = [layer_types[i] for i in order]
-            self.stack.callback(setattr, config, "layer_types", layer_types)
-        for depth, index in moved.items():
-            for module in original[index].modules():
-                if isinstance(getattr(module, "layer_idx", None), int):
-                    self.stack.callback(setattr, module, "layer_idx", module.layer_idx)
-                    module.layer_idx = depth
+        self.stack.enter_context(self.adapter.arranged_blocks(order))
 
 
 def _moves_blocks(intervention: Intervention, n_blocks: int) -> bool:

@@ -8,7 +8,8 @@ otherwise: a wrong guess would give a silently wrong lens.
 
 from __future__ import annotations
 
-from contextlib import ExitStack
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Literal
@@ -199,17 +200,48 @@ class ModelAdapter:
 
     @property
     def blocks(self) -> nn.ModuleList:
-        """The live block list; interventions that reorder blocks replace it temporarily."""
+        """The live block list; `arranged_blocks` replaces it for a while (swaps, pruning)."""
         return self._get(self.paths.blocks)
 
-    def set_blocks(self, blocks: nn.ModuleList) -> None:
+    def _set_blocks(self, blocks: nn.ModuleList) -> None:
         parent_path, _, name = self.paths.blocks.rpartition(".")
         setattr(self._get(parent_path), name, blocks)
 
     @property
     def n_blocks(self) -> int:
-        """Counted each time: pruning (`influence.pruned`) shortens the block list for a while."""
+        """Counted each time: pruning (`arranged_blocks` with fewer blocks) shortens the block list for a while."""
         return len(self.blocks)
+
+    @contextmanager
+    def arranged_blocks(self, order: Sequence[int]) -> Iterator[None]:
+        """Run the blocks `order` names (indices into the live block list), in that order, inside the `with`
+        block: a permutation moves blocks (a swap), a shorter list removes them (pruning). What each layer's
+        place decides moves with its block: `config.layer_types` (families that pick a layer's mask and rotary
+        table by depth: Gemma 2/3, Qwen2 sliding windows, ...), so a moved block keeps the attention type its
+        weights were trained with; every module's `layer_idx` (its KV cache slot) becomes its new place; and
+        `config.num_hidden_layers` the new count, so `generate` with a KV cache runs. Restored exactly on exit,
+        also after an exception."""
+        original, config = self.blocks, self.config
+        indexed = [(module, module.layer_idx) for block in original for module in block.modules()
+                   if isinstance(getattr(module, "layer_idx", None), int)]
+        n_layers, layer_types = config.num_hidden_layers, getattr(config, "layer_types", None)
+        try:
+            self._set_blocks(nn.ModuleList([original[index] for index in order]))
+            for place, index in enumerate(order):
+                for module in original[index].modules():
+                    if isinstance(getattr(module, "layer_idx", None), int):
+                        module.layer_idx = place
+            config.num_hidden_layers = len(order)
+            if layer_types:
+                config.layer_types = [layer_types[index] for index in order]
+            yield
+        finally:
+            self._set_blocks(original)
+            for module, layer_index in indexed:
+                module.layer_idx = layer_index
+            config.num_hidden_layers = n_layers
+            if layer_types:
+                config.layer_types = layer_types
 
     @cached_property
     def final_norm(self) -> nn.Module:

@@ -8,9 +8,12 @@ the name.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 if TYPE_CHECKING:
     from torch import nn
@@ -53,3 +56,13 @@ def cached_forward(model: nn.Module, cache: Cache | None, **inputs: Any) -> tupl
     """model(**inputs) continuing from `cache` (None: from an empty one); the output and the grown cache."""
     output = model(**inputs, **{cache_keyword(model): cache}, use_cache=True)
     return output, output_cache(output)
+
+
+def repeated_cache(prefix_cache: Cache, batch: int) -> Cache:
+    """A copy of a prefix's KV cache for `batch` sequences: the prefix is computed once, not per cell. The copy
+    shares the prefix's tensors until `batch_repeat_interleave` replaces them with the repeated ones (a cache
+    grows by concatenation, never in place), so the prefix is not copied once more on the way."""
+    tensors = [value for layer in prefix_cache.layers for value in vars(layer).values() if torch.is_tensor(value)]
+    cache = copy.deepcopy(prefix_cache, memo={id(tensor): tensor for tensor in tensors})
+    cache.batch_repeat_interleave(batch)
+    return cache

@@ -44,8 +44,8 @@ from layerscope.tui.messages import (LoadFailed, ModelLoaded, PatternComputed, R
                                      RunProgress, RunStarted, ScoresComputed, TraceComputed)
 from layerscope.tui.charts import Chart, stack
 from layerscope.tui.methods import REGISTRY, Cursor, GridMethod, PatternGrid, cycled
-from layerscope.tui.panes import (DETAIL_WIDTH, QUICK_SOURCES, SCORE_SOURCES, ChartPane, DetailPane, HeadPane, LayerPane,
-                                  OverviewPane)
+from layerscope.tui.detail_text import DETAIL_WIDTH
+from layerscope.tui.panes import QUICK_SOURCES, SCORE_SOURCES, ChartPane, DetailPane, HeadPane, LayerPane, OverviewPane
 from layerscope.tui.runs import Job, RunController
 from layerscope.tui.screens import PALETTE_HELP, ConfirmScreen, HelpScreen, InputScreen, PickScreen
 from layerscope.tui.state import Results, RunOrigin, Session, Toggles, refusal, sample_prompts
@@ -576,6 +576,12 @@ class LayerscopeApp(App):
         self.overview.update(overview(self.runs.results, shown, grid.view, self.overview.metric,
                                       (grid.cursor_layer, grid.cursor_position), size.width, size.height,
                                       rich_theme(self.current_theme).primary))
+
+    def on_detail_pane_resized(self) -> None:
+        self.update_detail()
+
+    def on_chart_pane_resized(self) -> None:
+        self._charts_dirty = True
 
     def on_overview_pane_moved(self, message: OverviewPane.Moved) -> None:
         self.grid.move_to(self.grid.cursor_layer + message.dx, self.grid.cursor_position + message.dy)

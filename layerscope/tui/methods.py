@@ -23,7 +23,7 @@ from layerscope.analyses.early_exit import stays_top1_from
 from layerscope.tui.charts import Chart, LayerChart, PositionMarks, Series
 from layerscope.tui.export import cell_clipboard, raw, trace_clipboard
 from layerscope.tui.grid_view import prob_glyph, token_label
-from layerscope.tui.panes import flow, top_lines
+from layerscope.tui.detail_text import flow, top_lines
 
 if TYPE_CHECKING:
     import torch

@@ -1,14 +1,13 @@
 """The explorer's panes besides the grid: layer toggles, head table, cell detail, charts, output.
 
-Panes render what the app hands them and post messages for what the user
-asks; none of them touches the model.
+Panes render what the app hands them and post messages for what the user asks (and when they are resized);
+none of them touches the model or the app. The detail pane's text is built in `detail_text`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
-from rich.cells import cell_len
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -17,12 +16,8 @@ from textual.message import Message
 from textual.widgets import DataTable, Static
 from textual.widgets.data_table import RowKey
 
-from layerscope.tui.grid_view import arrow_bindings, prob_glyph, token_label
+from layerscope.tui.grid_view import arrow_bindings
 from layerscope.tui.state import Toggles, block_kinds
-
-if TYPE_CHECKING:
-    from layerscope.analyses.grid import GridCell
-    from layerscope.tui.app import LayerscopeApp
 
 TOGGLE_MARKS = {"on": "[x]", "covered": "[·]", "off": "[ ]"}
 """Shown as Text, never as a string: a DataTable reads a string as Rich markup, and '[x]' is a tag to it."""
@@ -267,51 +262,25 @@ class HeadPane(Vertical):
         self.post_message(self.LoadWanted())
 
 
-DETAIL_WIDTH = 26
-"""The side panel's narrowest text width (its min-width, less its border): detail lines are laid out for it."""
-
-
-def flow(text: Text, pieces: list[tuple[str, str]], width: int) -> None:
-    """Append (piece, style) pairs as one line, spaced, breaking only between pieces where the next would pass
-    `width` (continuation lines indented by two): a label such as '(stays top-1 from 29)' is never cut in two."""
-    used = 0
-    for index, (piece, style) in enumerate(pieces):
-        if index and used + 1 + cell_len(piece) > width:
-            text.append("\n  ")
-            used = 2
-        elif index:
-            text.append(" ")
-            used += 1
-        text.append(piece, style)
-        used += cell_len(piece)
-    text.append("\n")
-
-
-def top_lines(name: str, cell: GridCell, baseline_top1: int, width: int, glyph: bool = True) -> list[str]:
-    """A cell's top-k as lines of `width` under a title: probability, its glyph (unless two lists share the
-    width), token; ' ≠' marks an intervened top-1 that differs from the baseline's."""
-    lines = [f"{name} top-{len(cell.top)}".ljust(width)]
-    for top in cell.top:
-        changed = name == "int." and top is cell.top[0] and top.id != baseline_top1
-        line = f" {top.prob:5.1%} {prob_glyph(top.prob) + ' ' if glyph else ''}"
-        line += token_label(top.token, min(14, width - len(line) - 2))
-        lines.append(f"{line}{' ≠' if changed else ''}".ljust(width))
-    return lines
-
-
 class DetailPane(Static):
-    """The cell detail: laid out again for its width when that changes."""
+    """The cell detail: the app lays it out again for its width when that changes (`Resized`)."""
+
+    class Resized(Message):
+        pass
 
     def on_resize(self) -> None:
-        cast("LayerscopeApp", self.app).update_detail()
+        self.post_message(self.Resized())
 
 
 class ChartPane(Static):
-    """Redrawn by the app at most a few times a second (see `LayerscopeApp.flush_charts`), and on resize."""
+    """Redrawn by the app at most a few times a second (see `LayerscopeApp.flush_charts`), and after it says it
+    was resized (`Resized`)."""
+
+    class Resized(Message):
+        pass
 
     def on_resize(self) -> None:
-        app = cast("LayerscopeApp", self.app)  # a ChartPane is only ever mounted in LayerscopeApp
-        app._charts_dirty = True
+        self.post_message(self.Resized())
 
 
 OVERVIEW_METRICS = ("kl_to_final", "entropy_bits", "kl_base_int")
