@@ -14,7 +14,7 @@ import copy
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
-from typing import TypeAlias, overload
+from typing import TYPE_CHECKING, TypeAlias, overload
 
 import torch
 from torch import nn
@@ -31,6 +31,10 @@ from layerscope.models.cache import cached_forward
 from layerscope.models.hooks import hook_input, hook_output
 from layerscope.models.loading import LoadedModel, PromptBatch
 from layerscope.progress import ProgressFn, no_progress
+from layerscope.records import Records
+
+if TYPE_CHECKING:
+    import pandas
 
 DEFAULT_TARGET_PROMPT = "cat -> cat\n1135 -> 1135\nhello -> hello\n?"
 """The few-shot identity prompt of the Patchscopes authors; its last token is the placeholder."""
@@ -277,6 +281,16 @@ class PatchscopeReport:
                 "placeholder_position": self.placeholder_position,
                 "target_layer": "same" if self.target_layer is None else self.target_layer,
                 "descriptions": self.descriptions}
+
+    def records(self) -> Records:
+        """The grid's lines (precision@1 and the descriptions are in the JSON)."""
+        return self.grid.records()
+
+    def to_pandas(self) -> pandas.DataFrame:
+        return self.records().to_pandas()
+
+    def _repr_html_(self) -> str:
+        return self.grid._repr_html_()
 
 
 @overload

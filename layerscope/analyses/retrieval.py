@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
@@ -30,6 +30,10 @@ from layerscope.locations import DEFAULT_HAYSTACK, DEFAULT_NEEDLES
 from layerscope.models.cache import cached_forward
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
+from layerscope.records import Records
+
+if TYPE_CHECKING:
+    import pandas
 
 INSTRUCTION = "Read the text below, then answer the question after it.\n\n"
 PREFILL_CHUNK = 256
@@ -298,6 +302,13 @@ class ActivityTrace:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def records(self) -> Records:
+        return Records.of(("step", "token", "id", "active"),
+                          ((i, s.token, s.id, s.active) for i, s in enumerate(self.steps)))
+
+    def to_pandas(self) -> pandas.DataFrame:
+        return self.records().to_pandas()
+
 
 def activity_trace(lm: LoadedModel, ids: torch.Tensor, scores: HeadScores, max_new_tokens: int = 30,
                    threshold: float = RETRIEVAL_THRESHOLD) -> ActivityTrace:
@@ -328,6 +339,12 @@ class AblationReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def records(self) -> Records:
+        return Records.of(("run", "accuracy"), self.accuracy.items())
+
+    def to_pandas(self) -> pandas.DataFrame:
+        return self.records().to_pandas()
 
 
 def ablation_heads(scores: HeadScores, k: int, seed: int) -> tuple[list[HeadScore], list[HeadScore]]:

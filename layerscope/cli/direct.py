@@ -54,12 +54,9 @@ def neurons(
         spec_option("--blocks", blocks, "block")  # a bad spec is refused before the model loads
     lm = model.load()
     chosen = list(spec_option("--blocks", blocks, "block", lm.n_blocks)) if blocks else None
-    progress = StderrProgress()
-    try:
+    with StderrProgress() as progress:
         census = neuron_census(lm, min_kurtosis, min_skew, chosen, progress=progress)
-    finally:
-        progress.close()
-    output.write(census.to_dict, census.csv_rows, lambda: census_table(census, top))
+    output.write(census.to_dict, census.records, lambda: census_table(census, top))
 
 
 def attribution_table(result: LogitAttribution, top: int) -> str:
@@ -103,4 +100,4 @@ def attribute(
     answer_id = token_id(lm, answer, "answer") if answer is not None else None
     contrast_id = token_id(lm, contrast, "contrast") if contrast is not None else None
     result = logit_attribution(lm, lm.encode(text), answer_id, contrast_id)
-    output.write(result.to_dict, result.csv_rows, lambda: attribution_table(result, top))
+    output.write(result.to_dict, result.records, lambda: attribution_table(result, top))

@@ -93,12 +93,9 @@ def patchscope(
     target = parse_target(lm, target_prompt, placeholder, occurrence)
     check_target_layer(lm, layer)
     ids = lm.encode(text)
-    progress = StderrProgress()
-    try:
+    with StderrProgress() as progress:
         report = run_patchscope(lm, ids, target, layer, top_k, max_new_tokens, progress)
-    finally:
-        progress.close()
-    output.write(report.to_dict, report.grid.csv_rows, lambda: patchscope_table(report))
+    output.write(report.to_dict, report.records, lambda: patchscope_table(report))
 
 
 def row_number(text: str) -> int:
@@ -115,11 +112,6 @@ def heads_table(scores: HeadScores, show: int) -> str:
              f"{'layer':>5} {'head':>4} {'kv':>3} {'score':>7}"]
     lines += [f"{h.layer:>5} {h.head:>4} {h.kv_group:>3} {h.score:>7.3f}" for h in scores.top(show)]
     return "\n".join(lines)
-
-
-def head_rows(scores: HeadScores) -> list[dict]:
-    return [{"kind": scores.kind, "layer": h.layer, "head": h.head, "kv_group": h.kv_group, "score": h.score}
-            for h in scores.heads]
 
 
 def needle_inputs(haystack: Path | None, needles: Path | None, lengths: str, depths: str
@@ -160,16 +152,14 @@ def retrieval(
     lm = model.load()
     tests = build_tests(lm, *inputs, checked_span)
     lm.check_generation(max(test.ids.shape[1] for test in tests), max_new_tokens)
-    progress = StderrProgress()
     results = []
-    try:
-        for result in needle_results(lm, tests, max_new_tokens, progress):
-            results.append(result)
-    except KeyboardInterrupt:
-        if not results:
-            raise
-    finally:
-        progress.close()
+    with StderrProgress() as progress:
+        try:
+            for result in needle_results(lm, tests, max_new_tokens, progress):
+                results.append(result)
+        except KeyboardInterrupt:
+            if not results:
+                raise
     settings = {"lengths": list(inputs[2]), "depths": list(inputs[3]),
                 "max_new_tokens": max_new_tokens, "span": span, "interrupted": len(results) < len(tests)}
     scores = retrieval_from_results(lm, results, settings)
@@ -179,7 +169,7 @@ def retrieval(
     stopped = f" (interrupted: {len(results)} of {len(tests)} tests ran)" if len(results) < len(tests) else ""
     lines += ["", f"answered {scores.meta['answered']} of {len(results)} tests{stopped}; scored span: {span}",
               heads_table(scores, show)]
-    output.write(scores.to_dict, lambda: head_rows(scores), lambda: "\n".join(lines))
+    output.write(scores.to_dict, scores.records, lambda: "\n".join(lines))
 
 
 def activity_table(trace: ActivityTrace) -> str:
@@ -212,8 +202,7 @@ def activity(
     lm = model.load()
     head_scores.check_model(lm)
     trace = activity_trace(lm, lm.encode(text), head_scores, max_new_tokens)
-    output.write(trace.to_dict, lambda: ({"step": i, "token": s.token, "id": s.id, "active": s.active}
-                                         for i, s in enumerate(trace.steps)), lambda: activity_table(trace))
+    output.write(trace.to_dict, trace.records, lambda: activity_table(trace))
 
 
 @heads_app.command("induction")
@@ -235,14 +224,11 @@ def induction(
     from layerscope.analyses.induction import induction_scores, previous_token_scores
 
     lm = model.load()
-    progress = StderrProgress()
-    try:
+    with StderrProgress() as progress:
         prefix = induction_scores(lm, seq_len, repeats, samples, seed, progress)
         previous = previous_token_scores(lm, progress=progress)
-    finally:
-        progress.close()
     output.write(lambda: {**prefix.to_dict(), "previous_token": previous.to_dict()},
-                 lambda: head_rows(prefix) + head_rows(previous),
+                 lambda: prefix.records() + previous.records(),
                  lambda: heads_table(prefix, show) + "\n\n" + heads_table(previous, show))
 
 
@@ -286,10 +272,6 @@ def ablate(
     ablation_heads(head_scores, top, seed)
     tests = build_tests(lm, *inputs)
     lm.check_generation(max(test.ids.shape[1] for test in tests), max_new_tokens)
-    progress = StderrProgress()
-    try:
+    with StderrProgress() as progress:
         report = ablation_experiment(lm, head_scores, top, tests, seed, max_new_tokens, progress)
-    finally:
-        progress.close()
-    output.write(report.to_dict, lambda: ({"run": name, "accuracy": accuracy} for name, accuracy in report.accuracy.items()),
-                 lambda: ablation_table(report))
+    output.write(report.to_dict, report.records, lambda: ablation_table(report))

@@ -70,7 +70,7 @@ def lens(
         grid = logit_lens(lm, lm.encode(text), top_k=top_k)
     else:
         grid = tuned_lens(lm, lm.encode(text), load_tuned_lens(lm, lens_dir), top_k=top_k)
-    output.write(grid.to_dict, grid.csv_rows, lambda: grid_table(grid))
+    output.write(grid.to_dict, grid.records, lambda: grid_table(grid))
 
 
 def report_table(report: InterventionReport) -> str:
@@ -86,11 +86,6 @@ def report_table(report: InterventionReport) -> str:
     for name, continuation in report.continuation.items():
         lines.append(f"{name:>10}: {continuation.text!r}")
     return "\n".join(lines)
-
-
-def comparison_rows(report: InterventionReport) -> list[dict]:
-    return [{"position": p.position, "token": p.token, "kl": p.kl, "top1_agree": p.top1_agree,
-             "entropy_delta": p.entropy_delta, "loss_delta": p.loss_delta} for p in report.comparison.positions]
 
 
 def with_intervention_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -141,4 +136,4 @@ def run(
     ids = lm.encode(text)
     check_interventions(interventions, ModelShape(lm.n_blocks, lm.adapter.n_heads, ids.shape[1]))
     report = run_interventions(lm, ids, interventions, top_k=top_k, max_new_tokens=max_new_tokens)
-    output.write(report.to_dict, lambda: comparison_rows(report), lambda: report_table(report))
+    output.write(report.to_dict, report.records, lambda: report_table(report))

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
     from layerscope.analyses.influence import InfluenceReport
     from layerscope.analyses.prompt_sets import PromptItem
     from layerscope.analyses.stages import StageMap
+    from layerscope.analyses.sweep import SweepRow
+    from layerscope.analyses.sweep_result import SweepResult
+    from layerscope.analyses.token_swap import TokenSwapRow
     from layerscope.models.loading import LoadedModel
     from layerscope.progress import ProgressFn
 
@@ -70,8 +73,9 @@ def _number(value: float | None, width: int = 8, digits: int = 4) -> str:
     return f"{'-':>{width}}" if value is None else f"{value:{width}.{digits}f}"
 
 
-def sweep_table(kind: str, rows: list[dict]) -> str:
+def sweep_table(result: SweepResult) -> str:
     """The set average per layer; per-prompt rows are in json, csv and jsonl."""
+    kind, rows = result.intervention, list(result.records().dicts())
     follows = kind == "swap-token"
     where = "row" if follows else "layer"  # token-swap patches a grid row, the other sweeps act at a block
     head = f"{where:>5} {'KL':>8} {'top1':>6} {'dH bits':>8} {'dloss':>8} {'acc':>6}"
@@ -214,13 +218,10 @@ def sweep(
                           donor)
     if resumed is not None and written is not None:
         check_same_source(resumed, written, source)
-    progress = StderrProgress()
-    try:
+    with StderrProgress() as progress:
         rows = _sweep_rows(lm, items, intervention, chosen, valid, measure_accuracy, max_new_tokens, seed,
                            batch_size, donor, done, output.out, progress)
         _write_sweep(rows, source, output.format, output.out, keep if written is not None else None)
-    finally:
-        progress.close()
 
 
 def _sweep_layers(lm: LoadedModel, items: list[PromptItem], kind: str, layers: Sequence[int] | None,
@@ -237,8 +238,8 @@ def _sweep_layers(lm: LoadedModel, items: list[PromptItem], kind: str, layers: S
 
 def _sweep_rows(lm: LoadedModel, items: list[PromptItem], kind: str, layers: Sequence[int] | None, valid: list[int],
                 accuracy: bool, max_new_tokens: int, seed: int, batch_size: int, donor: tuple[str, str, str],
-                done: list[dict], out: Path | None, progress: ProgressFn) -> Iterator[dict]:
-    """Row dicts not yet in `done`, in the order an uninterrupted run writes them. The generators only start
+                done: list[dict], out: Path | None, progress: ProgressFn) -> Iterator[SweepRow | TokenSwapRow]:
+    """Rows not yet in `done`, in the order an uninterrupted run writes them. The generators only start
     when the first row is asked for, after the output file is opened."""
     from layerscope.analyses.sweep import SweepRow, sweep
     from layerscope.analyses.token_swap import Donor, TokenSwapRow, token_swap_sweep
@@ -257,10 +258,11 @@ def _sweep_rows(lm: LoadedModel, items: list[PromptItem], kind: str, layers: Seq
     else:
         rows = sweep(lm, items, kind, layers, seed, accuracy, max_new_tokens, batch_size,
                      _rows_from(done, SweepRow.from_dict, out), progress)
-    return (row.to_dict() for row in rows if row.key not in seen)
+    return (row for row in rows if row.key not in seen)
 
 
-def _write_sweep(rows: Iterable[dict], source: dict, format: SweepFormat, out: Path | None, keep: int | None) -> None:
+def _write_sweep(rows: Iterable[SweepRow | TokenSwapRow], source: dict, format: SweepFormat, out: Path | None,
+                 keep: int | None) -> None:
     """jsonl: the source line (unless continuing a file that has it, after its first `keep` bytes), then each
     row as it comes; a failure other than Ctrl-C leaves --out as it was."""
     kind = source["intervention"]
@@ -276,15 +278,16 @@ def _write_sweep(rows: Iterable[dict], source: dict, format: SweepFormat, out: P
                 if keep is None:
                     write(json_line({"source": source}))
                 for row in rows:
-                    write(json_line(row))
+                    write(json_line(row.to_dict()))
                     written += 1
         except KeyboardInterrupt:
             where = f"; to continue, run: {command_line_with('--resume')}" if out else "."
             raise LayerscopeError(f"interrupted after {written} new rows, all kept{where}") from None
         return
-    rows = list(rows)
-    Output(Format(format.value), out).write(lambda: {"intervention": kind, "source": source, "rows": rows},
-                                           lambda: rows, lambda: sweep_table(kind, rows))
+    from layerscope.analyses.sweep_result import SweepResult
+
+    result = SweepResult.collect(kind, rows, source)
+    Output(Format(format.value), out).write(result.to_dict, result.records, lambda: sweep_table(result))
 
 
 def influence_table(report: InfluenceReport) -> str:
@@ -334,17 +337,13 @@ def influence(
     lm = model.load()
     if prune:
         check_prune(prune, lm.n_blocks)
-    progress = StderrProgress()
-    try:
+    with StderrProgress() as progress:
         report = influence(lm, calibration, window, prune, held_out, seed, progress)
-    finally:
-        progress.close()
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if save is not None and report.prune and is_writer():
         save_pruned(lm, report.prune.removed, save)
-    output.write(report.to_dict, lambda: ({"block": b, "bi": v} for b, v in enumerate(report.bi)),
-                 lambda: influence_table(report))
+    output.write(report.to_dict, report.records, lambda: influence_table(report))
 
 
 def stages_table(stage_map: StageMap) -> str:
@@ -378,12 +377,9 @@ def stages(
     prompts = prompts or _sample("general.txt")
     items = load_prompt_set(prompts)
     lm = model.load()
-    progress = StderrProgress()
-    try:
+    with StderrProgress() as progress:
         result = stage_map(lm, items, progress=progress)
-    finally:
-        progress.close()
-    output.write(result.to_dict, lambda: (vars(b) for b in result.blocks), lambda: stages_table(result))
+    output.write(result.to_dict, result.records, lambda: stages_table(result))
 
 
 def exit_table(result: EarlyExit) -> str:
@@ -435,4 +431,4 @@ def exit_estimate(
     grids = [grid for start in range(0, len(texts), batch_size)
              for grid in logit_lens(lm, lm.encode(texts[start : start + batch_size]), top_k=1)]
     result = early_exit(grids, levels)
-    output.write(result.to_dict, result.csv_rows, lambda: exit_table(result))
+    output.write(result.to_dict, result.records, lambda: exit_table(result))

@@ -84,10 +84,7 @@ def trace(
     if corrupt is Corrupt.swap and corrupt_prompt is None:
         raise LayerscopeError("Swap corruption needs the counterfactual prompt: give --corrupt-prompt.")
     lm = model.load()
-    progress = StderrProgress()
-    try:
+    with StderrProgress() as progress:
         result = trace_prompt(lm, text, subject, answer, corrupt.value, corrupt_prompt, site.value, window, approx,
                               seed, noise_scale, progress, occurrence)
-    finally:
-        progress.close()
-    output.write(result.to_dict, result.csv_rows, lambda: trace_table(result))
+    output.write(result.to_dict, result.records, lambda: trace_table(result))

@@ -59,11 +59,8 @@ def train(
     settings = TrainSettings(steps=steps, context=context, lr=lr)
     settings.check()
     lm = model.load()
-    progress = StderrProgress()
-    try:
+    with StderrProgress() as progress:
         train_tuned_lens(lm, calibration, out, settings, progress)
-    finally:
-        progress.close()
     typer.echo(f"tuned lens saved in {out}; compare it: layerscope tunedlens eval --model {model.model} --lens {out}")
 
 
@@ -87,6 +84,4 @@ def evaluate(
     heldout = read_text_file(text or sample_file("heldout.txt"), "held-out text")
     lm = model.load()
     comparison = compare_lenses(lm, load_tuned_lens(lm, lens), heldout, tokens)
-    rows = [{"layer": layer, "logit_lens_kl": logit, "tuned_lens_kl": tuned} for layer, logit, tuned in
-            zip(comparison.layers, comparison.logit_lens_kl, comparison.tuned_lens_kl)]
-    output.write(comparison.to_dict, lambda: rows, lambda: comparison_table(comparison))
+    output.write(comparison.to_dict, comparison.records, lambda: comparison_table(comparison))
