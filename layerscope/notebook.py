@@ -87,7 +87,7 @@ GAP = Cell("…", title="hidden positions")
 
 
 def _position_columns(tokens: Sequence[str], shown: Sequence[int | None]) -> list[Cell]:
-    return [GAP if p is None else Cell(f"{p} {token_text(tokens[p])}", title=tokens[p]) for p in shown]
+    return [GAP if p is None else Cell(f"{p} {token_text(tokens[p])}", title=repr(tokens[p])) for p in shown]
 
 
 def _hidden_note(tokens: Sequence[str], shown: Sequence[int | None], call: str) -> list[str]:
