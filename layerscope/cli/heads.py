@@ -17,17 +17,15 @@ from layerscope.cli.common import (
     StderrProgress,
     TopKOption,
     command,
-    shorten,
     spec_option,
 )
+from layerscope.cli.tables import ablation_table, activity_table, heads_table, patchscope_table, retrieval_table
 from layerscope.errors import LayerscopeError
 from layerscope.locations import DEFAULT_HAYSTACK, DEFAULT_NEEDLES
 from layerscope.specs import whole_number_in
 
 if TYPE_CHECKING:
-    from layerscope.analyses.head_scores import HeadScores
-    from layerscope.analyses.patchscope import PatchscopeReport
-    from layerscope.analyses.retrieval import AblationReport, ActivityTrace, Needle
+    from layerscope.analyses.retrieval import Needle
     from layerscope.models.loading import LoadedModel
 
 heads_app = typer.Typer(help="Attention-head analyses: retrieval, induction and previous-token heads, masking.",
@@ -42,23 +40,6 @@ AnswerTokensOption = Annotated[int, typer.Option("--max-new-tokens", min=1, max=
                                                  help="Greedy answer length limit; decoding also stops at a newline.")]
 ScoresOption = Annotated[Path, typer.Option("--scores", help="Head scores JSON written by `heads retrieval`."), Reads()]
 ShowOption = Annotated[int, typer.Option("--show", min=1, help="Heads listed in the table.")]
-
-
-def patchscope_table(report: PatchscopeReport) -> str:
-    from layerscope.cli.lens import grid_table
-
-    target = "same as source" if report.target_layer is None else str(report.target_layer)
-    lines = [f"target prompt: {report.target_prompt!r}  (placeholder at token {report.placeholder_position}, "
-             f"target layer: {target})", "", grid_table(report.grid), "",
-             "precision@1 against the model's own next token:", f"{'layer':>5} {'patchscope':>10} {'logit lens':>10}"]
-    precision = report.precision
-    for label, patch, lens in zip(precision.layers, precision.patchscope, precision.logit_lens):
-        lines.append(f"{label:>5} {patch:>10.2f} {lens:>10.2f}{'  <- patchscope better' if patch > lens else ''}")
-    if report.descriptions is not None:
-        lines += ["", "descriptions (greedy, per layer; columns are prompt tokens):"]
-        for label, row in zip(report.grid.layers, report.descriptions):
-            lines.append(f"{label:>5} | " + " | ".join(shorten(text, 16) for text in row))
-    return "\n".join(lines)
 
 
 @command
@@ -104,14 +85,6 @@ def row_number(text: str) -> int:
     if row is None:
         raise LayerscopeError(f"--target-layer must be 'same' or a row number, not '{text}'.")
     return row
-
-
-def heads_table(scores: HeadScores, show: int) -> str:
-    share = f"; share of heads above 0.1: {scores.share_above():.1%}" if scores.kind == "retrieval" else ""
-    lines = [f"{scores.kind} scores, {scores.model}: {scores.n_blocks} blocks x {scores.n_heads} query heads{share}",
-             f"{'layer':>5} {'head':>4} {'kv':>3} {'score':>7}"]
-    lines += [f"{h.layer:>5} {h.head:>4} {h.kv_group:>3} {h.score:>7.3f}" for h in scores.top(show)]
-    return "\n".join(lines)
 
 
 def needle_inputs(haystack: Path | None, needles: Path | None, lengths: str, depths: str
@@ -163,20 +136,7 @@ def retrieval(
     settings = {"lengths": list(inputs[2]), "depths": list(inputs[3]),
                 "max_new_tokens": max_new_tokens, "span": span, "interrupted": len(results) < len(tests)}
     scores = retrieval_from_results(lm, results, settings)
-    lines = [f"{'length':>6} {'depth':>5} {'recall':>6}  answer"]
-    lines += [f"{r.length:>6} {r.depth:>5} {r.recall:>6.2f}  {shorten(r.answer, 60)}"
-              f"{'' if r.answered else '  (failed: excluded)'}" for r in results]
-    stopped = f" (interrupted: {len(results)} of {len(tests)} tests ran)" if len(results) < len(tests) else ""
-    lines += ["", f"answered {scores.meta['answered']} of {len(results)} tests{stopped}; scored span: {span}",
-              heads_table(scores, show)]
-    output.write(scores.to_dict, scores.records, lambda: "\n".join(lines))
-
-
-def activity_table(trace: ActivityTrace) -> str:
-    lines = [f"{len(trace.heads)} known retrieval heads (score > 0.1)", f"{'step':>4} {'token':<16} active"]
-    lines += [f"{i:>4} {shorten(step.token, 16):<16} {step.active:>3} {'#' * step.active}"
-              for i, step in enumerate(trace.steps)]
-    return "\n".join(lines)
+    output.write(scores.to_dict, scores.records, lambda: retrieval_table(results, scores, len(tests), span, show))
 
 
 @heads_app.command("activity")
@@ -230,17 +190,6 @@ def induction(
     output.write(lambda: {**prefix.to_dict(), "previous_token": previous.to_dict()},
                  lambda: prefix.records() + previous.records(),
                  lambda: heads_table(prefix, show) + "\n\n" + heads_table(previous, show))
-
-
-def ablation_table(report: AblationReport) -> str:
-    lines = [f"NIAH accuracy over {report.tests} tests (answered = ROUGE-1 recall > 0.5)",
-             "zero = the head's output removed; uniform = the head attends evenly to all visible tokens",
-             f"top-{report.k} heads: {', '.join(f'{h.layer}.{h.head}' for h in report.heads)}",
-             f"random-{report.k} heads (seed {report.seed}): "
-             f"{', '.join(f'{h.layer}.{h.head}' for h in report.random_heads)}",
-             ""]
-    lines += [f"{name:<22} {accuracy:>6.0%}" for name, accuracy in report.accuracy.items()]
-    return "\n".join(lines)
 
 
 @heads_app.command("ablate")

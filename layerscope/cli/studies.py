@@ -26,6 +26,7 @@ from layerscope.cli.common import (
     command_line_with,
     spec_option,
 )
+from layerscope.cli.tables import exit_table, influence_table, stages_table, sweep_table
 from layerscope.errors import LayerscopeError
 from layerscope.outputs import json_line, streamed_lines
 from layerscope.interventions import chosen_by_block
@@ -33,12 +34,8 @@ from layerscope.locations import SAMPLE_PROMPTS, sample_file
 from layerscope.textfiles import read_text_file
 
 if TYPE_CHECKING:
-    from layerscope.analyses.early_exit import EarlyExit
-    from layerscope.analyses.influence import InfluenceReport
     from layerscope.analyses.prompt_sets import PromptItem
-    from layerscope.analyses.stages import StageMap
     from layerscope.analyses.sweep import SweepRow
-    from layerscope.analyses.sweep_result import SweepResult
     from layerscope.analyses.token_swap import TokenSwapRow
     from layerscope.models.loading import LoadedModel
     from layerscope.progress import ProgressFn
@@ -67,28 +64,6 @@ def _sample(name: str) -> Path:
     if not path.is_file():
         raise LayerscopeError(f"The sample file '{name}' is not here ({SAMPLE_PROMPTS}); give the file explicitly.")
     return path
-
-
-def _number(value: float | None, width: int = 8, digits: int = 4) -> str:
-    return f"{'-':>{width}}" if value is None else f"{value:{width}.{digits}f}"
-
-
-def sweep_table(result: SweepResult) -> str:
-    """The set average per layer; per-prompt rows are in json, csv and jsonl."""
-    kind, rows = result.intervention, list(result.records().dicts())
-    follows = kind == "swap-token"
-    where = "row" if follows else "layer"  # token-swap patches a grid row, the other sweeps act at a block
-    head = f"{where:>5} {'KL':>8} {'top1':>6} {'dH bits':>8} {'dloss':>8} {'acc':>6}"
-    head += f" {'donor':>6} {'orig':>6}" if follows else ""
-    lines = [f"{kind} sweep, mean over prompts (KL nats, KL(base || intervened))", head, "-" * len(head)]
-    for row in (r for r in rows if r["prompt_index"] is None):
-        line = (f"{row[where]:>5} {_number(row['kl'])} {_number(row['top1_agree'], 6, 2)} "
-                f"{_number(row['entropy_delta'], 8, 3)} {_number(row['loss_delta'], 8, 3)} "
-                f"{_number(row['accuracy'], 6, 2)}")
-        if follows:
-            line += f" {_number(row['follows_donor'], 6, 2)} {_number(row['follows_original'], 6, 2)}"
-        lines.append(line)
-    return "\n".join(lines)
 
 
 def sweep_source(lm: LoadedModel, kind: str, layers: list[int], items: list[PromptItem], prompts: Path,
@@ -290,22 +265,6 @@ def _write_sweep(rows: Iterable[SweepRow | TokenSwapRow], source: dict, format: 
     Output(Format(format.value), out).write(result.to_dict, result.records, lambda: sweep_table(result))
 
 
-def influence_table(report: InfluenceReport) -> str:
-    lines = [f"Block Influence (1 - mean cos(in, out)), {report.calibration_tokens} calibration tokens",
-             f"{'block':>5} {'BI':>9} {'rank':>5}"]
-    rank = {block: r for r, block in enumerate(report.ranking)}
-    lines += [f"{b:>5} {value:9.5f} {rank[b]:>5}" for b, value in enumerate(report.bi)]
-    lines.append(f"least influential first: {', '.join(map(str, report.ranking))}")
-    if report.prune:
-        prune = report.prune
-        lines += ["", f"held-out perplexity ({prune.eval_tokens} tokens)",
-                  f"  baseline                 {prune.perplexity['baseline']:10.3f}",
-                  f"  lowest BI {str(prune.removed):<14} {prune.perplexity['block_influence']:10.3f}",
-                  f"  random    {str(prune.random_removed):<14} {prune.perplexity['random']:10.3f}",
-                  f"  last      {str(prune.last_removed):<14} {prune.perplexity['last']:10.3f}"]
-    return "\n".join(lines)
-
-
 @command
 def influence(
     *,
@@ -346,18 +305,6 @@ def influence(
     output.write(report.to_dict, report.records, lambda: influence_table(report))
 
 
-def stages_table(stage_map: StageMap) -> str:
-    head = (f"{'block':>5} {'dropKL':>7} {'swapKL':>7} {'lensKL':>7} {'H bits':>6} {'attn/mlp':>8} {'mlp norm':>9} "
-            f"{'prev5':>5}  stage (heuristic) - evidence")
-    lines = [head, "-" * len(head)]
-    for b in stage_map.blocks:
-        lines.append(f"{b.block:>5} {_number(b.drop_kl, 7, 3)} {_number(b.swap_kl, 7, 3)} {_number(b.lens_kl, 7, 2)} "
-                     f"{_number(b.lens_entropy, 6, 2)} {_number(b.attn_mlp_ratio, 8, 3)} {_number(b.mlp_norm, 9, 1)} "
-                     f"{_number(b.prev5_attention, 5, 2)}  {b.stage} - {b.reason}")
-    lines += ["", stage_map.rule]
-    return "\n".join(lines)
-
-
 @command
 def stages(
     *,
@@ -380,17 +327,6 @@ def stages(
     with StderrProgress() as progress:
         result = stage_map(lm, items, progress=progress)
     output.write(result.to_dict, result.records, lambda: stages_table(result))
-
-
-def exit_table(result: EarlyExit) -> str:
-    positions = sum(map(len, result.stays_from))
-    lines = [f"early exit over {len(result.stays_from)} prompts, {positions} positions, {result.n_blocks} blocks "
-             "(logit lens)",
-             f"oracle (exit where the top-1 stays the final top-1): {result.oracle_mean_blocks_skipped:.2f} blocks "
-             "skipped on average, same token always", "",
-             f"{'threshold':>9} {'skipped':>8} {'same top-1':>10}"]
-    lines += [f"{t.threshold:>9g} {t.mean_blocks_skipped:8.2f} {t.agreement:10.1%}" for t in result.thresholds]
-    return "\n".join(lines)
 
 
 def _thresholds(spec: str) -> list[float]:
