@@ -20,11 +20,12 @@ import os
 import secrets
 import stat
 import sys
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from layerscope.errors import LayerscopeError
+from layerscope.records import Records
 
 Inputs = Sequence[tuple[str, Path]]
 """The files a command reads, each with what it is ('--prompts file', 'config.json of the --model folder')."""
@@ -255,12 +256,11 @@ def json_line(data: object) -> str:
     return json.dumps(data, ensure_ascii=False, allow_nan=False)
 
 
-def to_csv(rows: Iterable[dict]) -> str:
-    rows = list(rows)
-    check_finite(rows)
+def to_csv(records: Records) -> str:
+    """The header line and one line per record; a NaN or an infinity is refused, named by line and column."""
+    check_finite(list(records.dicts()))
     buffer = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    writer = csv.writer(buffer)
+    writer.writerow(records.columns)
+    writer.writerows(records.rows)
     return buffer.getvalue()

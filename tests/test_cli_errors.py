@@ -281,12 +281,13 @@ def test_user_mistakes_and_file_errors_stay_one_line_and_debug_shows_their_trace
 
 def test_non_finite_numbers_are_found_and_named():
     from layerscope.outputs import json_line, non_finite, to_csv, to_json
+    from layerscope.records import Records
 
     data = {"cells": [[{"kl": 1.0}, {"kl": 2.5}], [{"kl": 0.0}, {"kl": float("nan")}]], "tokens": ["a", "b"]}
     assert non_finite(data) == "cells[1][1].kl = nan"
     assert non_finite([{"x": 1, "y": None}, {"x": float("-inf")}]) == "[1].x = -inf"
     assert non_finite({"a": [1, 2.0, "inf"], "b": True}) is None  # text and bool are not numbers
-    for render in (to_json, json_line, lambda d: to_csv(d["cells"][1])):
+    for render in (to_json, json_line, lambda d: to_csv(Records.of(["kl"], [[c["kl"]] for c in d["cells"][1]]))):
         with pytest.raises(LayerscopeError, match=r"not finite \((cells\[1\]\[1\]\.kl|\[1\]\.kl) = nan\)"):
             render(data)
     clean = {"x": [1.5, 2], "y": {"z": -0.0}}

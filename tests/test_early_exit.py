@@ -38,7 +38,7 @@ def test_the_oracle_and_the_thresholds_by_hand():
     half, high = result.thresholds
     assert (half.mean_blocks_skipped, half.agreement) == pytest.approx((2.0, 1 / 3))
     assert (high.mean_blocks_skipped, high.agreement) == pytest.approx((4 / 3, 1 / 3))
-    rows = list(result.csv_rows())
+    rows = list(result.records().dicts())
     assert rows[2] == {"prompt": 0, "position": 2, "token": "c", "stays_top1_from": 3, "blocks_skipped": 0}
 
 

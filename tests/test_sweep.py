@@ -187,7 +187,7 @@ def test_ctrl_c_keeps_every_finished_row(tmp_path, existing):
         for number, row in enumerate(sweep(lm, TINY_PROMPTS, "drop")):
             if number == 3:
                 raise KeyboardInterrupt
-            yield row.to_dict()
+            yield row
 
     with pytest.raises(LayerscopeError, match="interrupted after 3 new rows, all kept; to continue, run: .*--resume"):
         _write_sweep(interrupted(), {"intervention": "drop"}, SweepFormat.jsonl, out, keep=None)
@@ -208,6 +208,6 @@ def test_swap_token_points_name_the_grid_row_and_old_files_still_resume(tmp_path
     assert all("row" in r and "layer" not in r for r in full)
     old = [{("layer" if k == "row" else k): v for k, v in r.items()} for r in full[:1]]
     assert TokenSwapPoint.from_dict(old[0]).to_dict() == full[0]
-    rest = list(_sweep_points(lm, items, "swap-token", [0, 4], [0, 4], None, 2, 0, 1, donor, old,
-                              tmp_path / "x.jsonl", lambda *a: None))
+    rest = [point.to_dict() for point in _sweep_points(lm, items, "swap-token", [0, 4], [0, 4], None, 2, 0, 1, donor,
+                                                       old, tmp_path / "x.jsonl", lambda *a: None)]
     assert rest == full[1:]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 
 import pytest
@@ -105,10 +107,10 @@ async def test_main_flow(demo_lm, tmp_path):
         app.screen.query_one(Input).value = str(csv_path)
         await pilot.press("enter")
         await pilot.pause(0.1)
-        from layerscope.outputs import to_csv
-        extra = {"view": "intervened", "interventions": "drop 3 · mask 0.0 (zero)"}
-        assert csv_path.read_bytes().decode("utf-8") == to_csv({"method": row["method"], **extra, **row}
-                                                               for row in saved.intervened.csv_rows())
+        lines = list(csv.reader(io.StringIO(csv_path.read_bytes().decode("utf-8"))))
+        lens = saved.intervened.records()
+        assert lines[0] == ["method", "view", "interventions", *lens.columns]
+        assert lines[1:] == [[row[0], "intervened", "drop 3 · mask 0.0 (zero)", *map(str, row)] for row in lens.rows]
 
     again = make_app(demo_lm, tmp_path)
     async with again.run_test(size=(100, 30)) as pilot:

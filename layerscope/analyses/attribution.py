@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -33,6 +34,10 @@ from layerscope.errors import LayerscopeError
 from layerscope.models.adapter import ModelAdapter
 from layerscope.models.hooks import hook_input, hook_output
 from layerscope.models.loading import LoadedModel
+from layerscope.records import Records
+
+if TYPE_CHECKING:
+    import pandas
 
 _OUTPUT_PROJECTIONS = ("o_proj", "c_proj", "dense", "out_proj")
 
@@ -62,15 +67,20 @@ class LogitAttribution:
     def to_dict(self) -> dict:
         return dict(vars(self))
 
-    def csv_rows(self) -> Iterator[dict]:
-        yield {"part": "embedding", "block": None, "head": None, "contribution": self.embedding}
-        for block, (attention, mlp) in enumerate(zip(self.attention, self.mlp)):
-            yield {"part": "attention", "block": block, "head": None, "contribution": attention}
-            for head, value in enumerate(self.heads[block]):
-                yield {"part": "head", "block": block, "head": head, "contribution": value}
-            yield {"part": "head_bias", "block": block, "head": None, "contribution": self.head_bias[block]}
-            yield {"part": "mlp", "block": block, "head": None, "contribution": mlp}
-        yield {"part": "bias", "block": None, "head": None, "contribution": self.bias}
+    def records(self) -> Records:
+        def parts() -> Iterator[tuple]:
+            yield "embedding", None, None, self.embedding
+            for block, (attention, mlp) in enumerate(zip(self.attention, self.mlp)):
+                yield "attention", block, None, attention
+                yield from (("head", block, head, value) for head, value in enumerate(self.heads[block]))
+                yield "head_bias", block, None, self.head_bias[block]
+                yield "mlp", block, None, mlp
+            yield "bias", None, None, self.bias
+
+        return Records.of(("part", "block", "head", "contribution"), parts())
+
+    def to_pandas(self) -> pandas.DataFrame:
+        return self.records().to_pandas()
 
 
 def token_id(lm: LoadedModel, text: str, name: str) -> int:

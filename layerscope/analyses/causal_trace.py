@@ -19,7 +19,7 @@ import math
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from transformers import Cache
@@ -33,6 +33,10 @@ from layerscope.models.hooks import hook_input, hook_output
 from layerscope.models.loading import LoadedModel
 from layerscope.models.state_writes import write_at_output, write_at_row
 from layerscope.progress import ProgressFn, no_progress
+from layerscope.records import Records
+
+if TYPE_CHECKING:
+    import pandas
 
 Site = Literal["resid", "attn", "mlp"]
 SITES = ("resid", "attn", "mlp")
@@ -231,12 +235,19 @@ class CausalTrace:
         best = max(range(len(column)), key=column.__getitem__)
         return self.layers[best], column[best]
 
-    def csv_rows(self) -> Iterator[dict]:
-        for layer, row in zip(self.layers, self.cells):
-            for position, cell in enumerate(row):
-                yield {"method": self.method, "site": self.site, "layer": layer, "position": position,
-                       "prompt_token": self.tokens[position], "p_answer": cell.p_answer,
-                       "indirect_effect": cell.indirect_effect}
+    def records(self) -> Records:
+        return Records.of(("method", "site", "layer", "position", "prompt_token", "p_answer", "indirect_effect"),
+                          ((self.method, self.site, layer, position, self.tokens[position], cell.p_answer,
+                            cell.indirect_effect)
+                           for layer, row in zip(self.layers, self.cells) for position, cell in enumerate(row)))
+
+    def to_pandas(self) -> pandas.DataFrame:
+        return self.records().to_pandas()
+
+    def _repr_html_(self) -> str:
+        from layerscope.notebook import trace_html
+
+        return trace_html(self)
 
 
 def _restored_probabilities(lm: LoadedModel, corruption: Corruption, clean: list[torch.Tensor], site: Site,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import overload
+from typing import TYPE_CHECKING, overload
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
@@ -17,6 +17,10 @@ from layerscope.errors import ArgumentTypeError, ArgumentValueError
 from layerscope.interventions import Intervention, intervene
 from layerscope.models.loading import LoadedModel, PromptBatch
 from layerscope.progress import ProgressFn, no_progress
+from layerscope.records import Records
+
+if TYPE_CHECKING:
+    import pandas
 
 
 @dataclass
@@ -166,6 +170,15 @@ class InterventionReport:
             "comparison": self.comparison.to_dict(),
             "continuation": {name: asdict(c) for name, c in self.continuation.items()},
         }
+
+    def records(self) -> Records:
+        """The comparison, one line per prompt position."""
+        return Records.of(("position", "token", "kl", "top1_agree", "entropy_delta", "loss_delta"),
+                          ((p.position, p.token, p.kl, p.top1_agree, p.entropy_delta, p.loss_delta)
+                           for p in self.comparison.positions))
+
+    def to_pandas(self) -> pandas.DataFrame:
+        return self.records().to_pandas()
 
 
 @overload

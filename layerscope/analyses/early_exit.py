@@ -11,13 +11,16 @@ No torch at import: the explorer's grid methods use `stays_top1_from`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from layerscope.errors import ArgumentTypeError, ArgumentValueError
+from layerscope.records import Records
 
 if TYPE_CHECKING:
+    import pandas
+
     from layerscope.analyses.grid import DecodeGrid
 
 THRESHOLDS = (0.5, 0.7, 0.9, 0.95)
@@ -72,11 +75,14 @@ class EarlyExit:
                 "prompts": [{"tokens": tokens, "stays_top1_from": rows}
                             for tokens, rows in zip(self.tokens, self.stays_from)]}
 
-    def csv_rows(self) -> Iterator[dict]:
-        for prompt, (tokens, rows) in enumerate(zip(self.tokens, self.stays_from)):
-            for position, (token, row) in enumerate(zip(tokens, rows)):
-                yield {"prompt": prompt, "position": position, "token": token, "stays_top1_from": row,
-                       "blocks_skipped": self.n_blocks - row}
+    def records(self) -> Records:
+        return Records.of(("prompt", "position", "token", "stays_top1_from", "blocks_skipped"),
+                          ((prompt, position, token, row, self.n_blocks - row)
+                           for prompt, (tokens, rows) in enumerate(zip(self.tokens, self.stays_from))
+                           for position, (token, row) in enumerate(zip(tokens, rows))))
+
+    def to_pandas(self) -> pandas.DataFrame:
+        return self.records().to_pandas()
 
 
 def early_exit(grids: Sequence[DecodeGrid], thresholds: Sequence[float] = THRESHOLDS) -> EarlyExit:

@@ -9,10 +9,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from layerscope.models.loading import LoadedModel
+from layerscope.records import Records
+
+if TYPE_CHECKING:
+    import pandas
 
 LN2 = math.log(2.0)
 
@@ -63,23 +68,23 @@ class DecodeGrid:
         """One number per row at a position: 'entropy_bits' or 'kl_to_final'."""
         return [getattr(row[position], field) for row in self.cells]
 
-    def csv_rows(self) -> Iterable[dict]:
+    def records(self) -> Records:
         """Long format: one line per (row, position, rank)."""
-        for layer, row in zip(self.layers, self.cells):
-            for position, cell in enumerate(row):
-                for rank, top in enumerate(cell.top):
-                    yield {
-                        "method": self.method,
-                        "layer": layer,
-                        "position": position,
-                        "prompt_token": self.tokens[position],
-                        "rank": rank,
-                        "token": top.token,
-                        "id": top.id,
-                        "prob": top.prob,
-                        "entropy_bits": cell.entropy_bits,
-                        "kl_to_final": cell.kl_to_final,
-                    }
+        return Records.of(
+            ("method", "layer", "position", "prompt_token", "rank", "token", "id", "prob", "entropy_bits",
+             "kl_to_final"),
+            ((self.method, layer, position, self.tokens[position], rank, top.token, top.id, top.prob,
+              cell.entropy_bits, cell.kl_to_final)
+             for layer, row in zip(self.layers, self.cells) for position, cell in enumerate(row)
+             for rank, top in enumerate(cell.top)))
+
+    def to_pandas(self) -> pandas.DataFrame:
+        return self.records().to_pandas()
+
+    def _repr_html_(self) -> str:
+        from layerscope.notebook import grid_html
+
+        return grid_html(self)
 
 
 def distribution_stats(

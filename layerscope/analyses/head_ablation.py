@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from layerscope.analyses.decoding import answer_steps
 from layerscope.analyses.head_scores import HeadScore, HeadScores
@@ -17,6 +18,10 @@ from layerscope.interventions import MaskHeads, intervene
 from layerscope.interventions.kinds import HEAD_MASK_MODES, HeadMaskMode
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
+from layerscope.records import Records
+
+if TYPE_CHECKING:
+    import pandas
 
 
 @dataclass
@@ -31,6 +36,12 @@ class AblationReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def records(self) -> Records:
+        return Records.of(("run", "accuracy"), self.accuracy.items())
+
+    def to_pandas(self) -> pandas.DataFrame:
+        return self.records().to_pandas()
 
 
 def ablation_heads(scores: HeadScores, k: int, seed: int) -> tuple[list[HeadScore], list[HeadScore]]:

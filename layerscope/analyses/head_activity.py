@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -10,6 +11,10 @@ from layerscope.analyses.decoding import answer_steps
 from layerscope.analyses.head_scores import RETRIEVAL_THRESHOLD, HeadScore, HeadScores
 from layerscope.analyses.retrieval import copy_paste
 from layerscope.models.loading import LoadedModel
+from layerscope.records import Records
+
+if TYPE_CHECKING:
+    import pandas
 
 
 @dataclass
@@ -28,6 +33,13 @@ class HeadActivity:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def records(self) -> Records:
+        return Records.of(("step", "token", "id", "active"),
+                          ((i, s.token, s.id, s.active) for i, s in enumerate(self.steps)))
+
+    def to_pandas(self) -> pandas.DataFrame:
+        return self.records().to_pandas()
 
 
 def head_activity(lm: LoadedModel, ids: torch.Tensor, scores: HeadScores, max_new_tokens: int = 30,

@@ -7,8 +7,9 @@ output, and a drop discards its block's output: the pattern is what the head com
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -17,6 +18,10 @@ from layerscope.errors import LayerscopeError
 from layerscope.interventions import Intervention, intervene
 from layerscope.interventions.attention import read_attention
 from layerscope.models.loading import LoadedModel
+from layerscope.records import Records
+
+if TYPE_CHECKING:
+    import pandas
 
 
 @dataclass
@@ -38,12 +43,14 @@ class AttentionPattern:
         return {"model": self.model, "tokens": self.tokens, "token_ids": self.token_ids,
                 "weights": {f"{block}.{head}": rows for (block, head), rows in self.weights.items()}}
 
-    def csv_rows(self) -> Iterator[dict]:
-        for (block, head), rows in self.weights.items():
-            for query, row in enumerate(rows):
-                for key, weight in enumerate(row[: query + 1]):
-                    yield {"block": block, "head": head, "query": query, "query_token": self.tokens[query],
-                           "key": key, "key_token": self.tokens[key], "weight": weight}
+    def records(self) -> Records:
+        return Records.of(("block", "head", "query", "query_token", "key", "key_token", "weight"),
+                          ((block, head, query, self.tokens[query], key, self.tokens[key], weight)
+                           for (block, head), rows in self.weights.items() for query, row in enumerate(rows)
+                           for key, weight in enumerate(row[: query + 1])))
+
+    def to_pandas(self) -> pandas.DataFrame:
+        return self.records().to_pandas()
 
 
 def attention_pattern(lm: LoadedModel, input_ids: torch.Tensor, heads: Sequence[tuple[int, int]],

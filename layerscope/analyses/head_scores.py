@@ -6,12 +6,16 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import torch
 
 from layerscope.errors import LayerscopeError
 from layerscope.models.loading import LoadedModel
+from layerscope.records import Records
+
+if TYPE_CHECKING:
+    import pandas
 
 HeadKind = Literal["retrieval", "induction", "previous_token"]
 KINDS = ("retrieval", "induction", "previous_token")
@@ -63,6 +67,18 @@ class HeadScores:
     def to_dict(self) -> dict:
         return {"model": self.model, "kind": self.kind, "n_blocks": self.n_blocks, "n_heads": self.n_heads,
                 "share_above_0.1": self.share_above(), "heads": [asdict(h) for h in self.heads], "meta": self.meta}
+
+    def records(self) -> Records:
+        return Records.of(("kind", "layer", "head", "kv_group", "score"),
+                          ((self.kind, h.layer, h.head, h.kv_group, h.score) for h in self.heads))
+
+    def to_pandas(self) -> pandas.DataFrame:
+        return self.records().to_pandas()
+
+    def _repr_html_(self) -> str:
+        from layerscope.notebook import head_scores_html
+
+        return head_scores_html(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> HeadScores:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,10 @@ from layerscope.errors import LayerscopeError
 from layerscope.models.demo import follow_umask
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
+from layerscope.records import Records
+
+if TYPE_CHECKING:
+    import pandas
 
 
 MIN_TOKENS = 256
@@ -112,6 +117,16 @@ class PruneReport:
     perplexity: dict[str, float]  # baseline, block_influence, random, last
     eval_tokens: int
 
+    def records(self) -> Records:
+        """Per way of choosing the blocks (none: the baseline), the blocks removed and the held-out perplexity."""
+        removed = {"baseline": [], "block_influence": self.removed, "random": self.random_removed,
+                   "last": self.last_removed}
+        return Records.of(("removal", "blocks", "perplexity"),
+                          ((name, " ".join(map(str, removed[name])), value) for name, value in self.perplexity.items()))
+
+    def to_pandas(self) -> pandas.DataFrame:
+        return self.records().to_pandas()
+
 
 @dataclass
 class InfluenceReport:
@@ -138,6 +153,13 @@ class InfluenceReport:
             data.update(vars(self.prune))
         data["warnings"] = self.warnings
         return data
+
+    def records(self) -> Records:
+        """Block Influence per block (the pruning's perplexities: `prune.records()`)."""
+        return Records.of(("block", "bi"), enumerate(self.bi))
+
+    def to_pandas(self) -> pandas.DataFrame:
+        return self.records().to_pandas()
 
 
 def influence(

@@ -12,8 +12,9 @@ split at 10) is a prediction neuron when its skew is above `min_skew`, a suppres
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -25,6 +26,10 @@ from layerscope.errors import LayerscopeError
 from layerscope.models.adapter import ModelAdapter
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
+from layerscope.records import Records
+
+if TYPE_CHECKING:
+    import pandas
 
 MIN_KURTOSIS = 10.0
 """Gurnee et al.'s split between high- and low-kurtosis neurons (`vocab_kurt > 10` in their analysis code)."""
@@ -80,12 +85,14 @@ class NeuronCensus:
                             "extreme_tokens": {str(n): {"id": t, "token": self.token_texts[t]}
                                                for n, t in b.extreme_tokens.items()}} for b in self.blocks]}
 
-    def csv_rows(self) -> Iterator[dict]:
-        for b in self.blocks:
-            for n in range(len(b.kurtosis)):
-                yield {"block": b.block, "neuron": n, "mean": b.mean[n], "variance": b.variance[n], "skew": b.skew[n],
-                       "kurtosis": b.kurtosis[n], "kind": self.kind(b, n), "token_id": b.extreme_tokens.get(n),
-                       "token": self.token_texts.get(b.extreme_tokens.get(n, -1))}
+    def records(self) -> Records:
+        return Records.of(("block", "neuron", "mean", "variance", "skew", "kurtosis", "kind", "token_id", "token"),
+                          ((b.block, n, b.mean[n], b.variance[n], b.skew[n], b.kurtosis[n], self.kind(b, n),
+                            b.extreme_tokens.get(n), self.token_texts.get(b.extreme_tokens.get(n, -1)))
+                           for b in self.blocks for n in range(len(b.kurtosis))))
+
+    def to_pandas(self) -> pandas.DataFrame:
+        return self.records().to_pandas()
 
 
 def neuron_kind(kurtosis: float, skew: float, min_kurtosis: float, min_skew: float) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
-from typing import overload
+from typing import TYPE_CHECKING, TypeAlias, overload
 
 import torch
 from transformers import Cache
@@ -28,6 +28,10 @@ from layerscope.models.cache import cached_forward, repeated_cache
 from layerscope.models.loading import LoadedModel, PromptBatch
 from layerscope.models.state_writes import write_at_row
 from layerscope.progress import ProgressFn, no_progress
+from layerscope.records import Records
+
+if TYPE_CHECKING:
+    import pandas
 
 DEFAULT_TARGET_PROMPT = "cat -> cat\n1135 -> 1135\nhello -> hello\n?"
 """The few-shot identity prompt of the Patchscopes authors; its last token is the placeholder."""
@@ -234,6 +238,16 @@ class PatchscopeReport:
                 "placeholder_position": self.placeholder_position,
                 "target_layer": "same" if self.target_layer is None else self.target_layer,
                 "descriptions": self.descriptions}
+
+    def records(self) -> Records:
+        """The grid's lines (precision@1 and the descriptions are in the JSON)."""
+        return self.grid.records()
+
+    def to_pandas(self) -> pandas.DataFrame:
+        return self.records().to_pandas()
+
+    def _repr_html_(self) -> str:
+        return self.grid._repr_html_()
 
 
 @overload

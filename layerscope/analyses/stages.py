@@ -20,7 +20,8 @@ import math
 import statistics
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -33,6 +34,10 @@ from layerscope.interventions.attention import read_attention
 from layerscope.models.hooks import hook_output
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
+from layerscope.records import Records
+
+if TYPE_CHECKING:
+    import pandas
 
 STAGES = ("detokenisation", "feature engineering", "prediction ensembling", "residual sharpening")
 DETOK_FACTOR = 2.0
@@ -74,6 +79,14 @@ class StageMap:
         return {"model": self.model, "n_prompts": self.n_prompts, "heuristic": True, "rule": self.rule,
                 "stages": {name: [b.block for b in self.blocks if b.stage == name] for name in STAGES},
                 "blocks": [asdict(b) for b in self.blocks]}
+
+    def records(self) -> Records:
+        """Every signature of every block, with its stage and the evidence."""
+        names = [f.name for f in fields(BlockSignature)]
+        return Records.of(names, ([getattr(b, name) for name in names] for b in self.blocks))
+
+    def to_pandas(self) -> pandas.DataFrame:
+        return self.records().to_pandas()
 
 
 def previous_tokens_share(probs: torch.Tensor, previous: int = PREVIOUS) -> torch.Tensor:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import save_file
@@ -32,7 +33,11 @@ from layerscope.arguments import check_ids, check_int, check_lm, check_path, che
 from layerscope.errors import ArgumentTypeError, ArgumentValueError, LayerscopeError
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
+from layerscope.records import Records
 from layerscope.tensorfiles import read_safetensors, replace_file
+
+if TYPE_CHECKING:
+    import pandas
 
 WEIGHTS, CONFIG = "lens.safetensors", "config.json"
 CHECKPOINT = "checkpoint.safetensors"  # the step and recipe in its metadata, under CHECKPOINT_KEY
@@ -362,6 +367,13 @@ class LensComparison:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def records(self) -> Records:
+        return Records.of(("layer", "logit_lens_kl", "tuned_lens_kl"),
+                          zip(self.layers, self.logit_lens_kl, self.tuned_lens_kl))
+
+    def to_pandas(self) -> pandas.DataFrame:
+        return self.records().to_pandas()
 
 
 def compare_lenses(lm: LoadedModel, lens: TunedLens, text: str, max_tokens: int = 256,

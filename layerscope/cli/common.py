@@ -18,7 +18,7 @@ import re
 import shlex
 import sys
 import typing
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
     from layerscope.models.loading import LoadedModel
+    from layerscope.records import Records
 
 
 @dataclass(frozen=True)
@@ -110,12 +111,9 @@ class ModelOptions:
         from layerscope.models.loading import load_model
 
         device = start(self.device, self.device_map)  # under torchrun: this rank's device
-        progress = StderrProgress()
-        try:
+        with StderrProgress() as progress:
             lm = load_model(self.model, device=device, dtype=self.dtype, device_map=self.device_map,
                             trust_remote_code=self.trust_remote_code, progress=progress)
-        finally:
-            progress.close()
         if self.bos:
             lm.prepend_bos()
         return lm
@@ -161,11 +159,11 @@ class Output:
     format: FormatOption = Format.table
     out: OutOption = None
 
-    def write(self, data: Callable[[], dict], rows: Callable[[], Iterable[dict]], table: Callable[[], str]) -> None:
-        """Only the asked format is rendered: json of `data()`, csv of `rows()`, or `table()`."""
+    def write(self, data: Callable[[], dict], records: Callable[[], Records], table: Callable[[], str]) -> None:
+        """Only the asked format is rendered: json of `data()`, csv of `records()` (a result's own), or `table()`."""
         if self.format is Format.table:
             check_finite(data())  # json and csv check what they render
-        render = {"json": lambda: to_json(data()), "csv": lambda: to_csv(rows()), "table": table}
+        render = {"json": lambda: to_json(data()), "csv": lambda: to_csv(records()), "table": table}
         write_atomic(render[self.format.value](), self.out)
 
 
@@ -406,6 +404,13 @@ class StderrProgress:
     def close(self) -> None:
         if self._bar is not None and self._task is not None:
             self._bar.stop()
+
+    def __enter__(self) -> StderrProgress:
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        """`with StderrProgress() as progress:` closes the bar however the work ends."""
+        self.close()
 
 
 

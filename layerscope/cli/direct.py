@@ -3,33 +3,12 @@ logits directly."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from layerscope.cli.common import ModelOptions, Output, PromptInput, StderrProgress, command, shorten, spec_option
-
-if TYPE_CHECKING:
-    from layerscope.analyses.attribution import LogitAttribution
-    from layerscope.analyses.neurons import NeuronCensus
-
-
-def census_table(census: NeuronCensus, top: int) -> str:
-    lines = [f"prediction / suppression neurons: kurtosis > {census.min_kurtosis:g}, skew > {census.min_skew:g} / "
-             f"< -{census.min_skew:g} (cosines of W_out with the unembedding, Pearson kurtosis)", "",
-             f"{'block':>5} {'neurons':>8} {'predict':>8} {'suppress':>8}"]
-    for b in census.blocks:
-        lines.append(f"{b.block:>5} {len(b.kurtosis):>8} {b.prediction:>8} {b.suppression:>8}")
-    for kind in ("prediction", "suppression"):
-        chosen = census.top(kind, top)
-        if chosen:
-            lines += ["", f"top {kind} neurons by kurtosis:", f"{'neuron':>10} {'kurtosis':>9} {'skew':>7}  token"]
-        for block, neuron in chosen:
-            b = census.block(block)
-            token = census.token_texts[b.extreme_tokens[neuron]]
-            lines.append(f"{f'{block}.{neuron}':>10} {b.kurtosis[neuron]:9.1f} {b.skew[neuron]:7.2f}  "
-                         f"{shorten(token, 20)}")
-    return "\n".join(lines)
+from layerscope.cli.common import ModelOptions, Output, PromptInput, StderrProgress, command, spec_option
+from layerscope.cli.tables import attribution_table, census_table
 
 
 @command
@@ -54,30 +33,9 @@ def neurons(
         spec_option("--blocks", blocks, "block")  # a bad spec is refused before the model loads
     lm = model.load()
     chosen = list(spec_option("--blocks", blocks, "block", lm.n_blocks)) if blocks else None
-    progress = StderrProgress()
-    try:
+    with StderrProgress() as progress:
         census = neuron_census(lm, min_kurtosis, min_skew, chosen, progress=progress)
-    finally:
-        progress.close()
-    output.write(census.to_dict, census.csv_rows, lambda: census_table(census, top))
-
-
-def attribution_table(result: LogitAttribution, top: int) -> str:
-    what = repr(result.answer) + (f" - {result.contrast!r}" if result.contrast is not None else "")
-    lines = [f"direct logit attribution of {what} at the last position (before any soft-cap; final norm scale "
-             f"{result.norm_scale:.4g} frozen)",
-             f"logit {result.logit:.4f} = embedding {result.embedding:.4f} + attention {sum(result.attention):.4f} "
-             f"+ MLP {sum(result.mlp):.4f} + bias {result.bias:.4f}", "",
-             f"{'block':>5} {'attention':>10} {'mlp':>10}  strongest head"]
-    for block, (attention, mlp) in enumerate(zip(result.attention, result.mlp)):
-        head = max(range(len(result.heads[block])), key=lambda h: abs(result.heads[block][h]))
-        lines.append(f"{block:>5} {attention:10.4f} {mlp:10.4f}  {block}.{head} {result.heads[block][head]:.4f}")
-    ranked = sorted(((abs(value), block, head, value) for block, heads in enumerate(result.heads)
-                     for head, value in enumerate(heads)), reverse=True)[:top]
-    if ranked:
-        lines += ["", f"top {len(ranked)} heads by |contribution|:"]
-        lines += [f"{f'{block}.{head}':>7} {value:10.4f}" for _, block, head, value in ranked]
-    return "\n".join(lines)
+    output.write(census.to_dict, census.records, lambda: census_table(census, top))
 
 
 @command
@@ -103,4 +61,4 @@ def attribute(
     answer_id = token_id(lm, answer, "answer") if answer is not None else None
     contrast_id = token_id(lm, contrast, "contrast") if contrast is not None else None
     result = logit_attribution(lm, lm.encode(text), answer_id, contrast_id)
-    output.write(result.to_dict, result.csv_rows, lambda: attribution_table(result, top))
+    output.write(result.to_dict, result.records, lambda: attribution_table(result, top))

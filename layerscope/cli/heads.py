@@ -17,18 +17,14 @@ from layerscope.cli.common import (
     StderrProgress,
     TopKOption,
     command,
-    shorten,
     spec_option,
 )
+from layerscope.cli.tables import ablation_table, activity_table, heads_table, patchscope_table, retrieval_table
 from layerscope.errors import LayerscopeError
 from layerscope.locations import DEFAULT_HAYSTACK, DEFAULT_NEEDLES
 from layerscope.specs import whole_number_in
 
 if TYPE_CHECKING:
-    from layerscope.analyses.head_scores import HeadScores
-    from layerscope.analyses.patchscope import PatchscopeReport
-    from layerscope.analyses.head_ablation import AblationReport
-    from layerscope.analyses.head_activity import HeadActivity
     from layerscope.analyses.needles import Needle
     from layerscope.models.loading import LoadedModel
 
@@ -44,23 +40,6 @@ AnswerTokensOption = Annotated[int, typer.Option("--max-new-tokens", min=1, max=
                                                  help="Greedy answer length limit; decoding also stops at a newline.")]
 ScoresOption = Annotated[Path, typer.Option("--scores", help="Head scores JSON written by `heads retrieval`."), Reads()]
 ShowOption = Annotated[int, typer.Option("--show", min=1, help="Heads listed in the table.")]
-
-
-def patchscope_table(report: PatchscopeReport) -> str:
-    from layerscope.cli.lens import grid_table
-
-    target = "same as source" if report.target_layer is None else str(report.target_layer)
-    lines = [f"target prompt: {report.target_prompt!r}  (placeholder at token {report.placeholder_position}, "
-             f"target layer: {target})", "", grid_table(report.grid), "",
-             "precision@1 against the model's own next token:", f"{'layer':>5} {'patchscope':>10} {'logit lens':>10}"]
-    precision = report.precision
-    for label, patch, lens in zip(precision.layers, precision.patchscope, precision.logit_lens):
-        lines.append(f"{label:>5} {patch:>10.2f} {lens:>10.2f}{'  <- patchscope better' if patch > lens else ''}")
-    if report.descriptions is not None:
-        lines += ["", "descriptions (greedy, per layer; columns are prompt tokens):"]
-        for label, row in zip(report.grid.layers, report.descriptions):
-            lines.append(f"{label:>5} | " + " | ".join(shorten(text, 16) for text in row))
-    return "\n".join(lines)
 
 
 @command
@@ -96,12 +75,9 @@ def patchscope(
     target = parse_target(lm, target_prompt, placeholder, occurrence)
     check_target_layer(lm, layer)
     ids = lm.encode(text)
-    progress = StderrProgress()
-    try:
+    with StderrProgress() as progress:
         report = run_patchscope(lm, ids, target, layer, top_k, max_new_tokens, progress)
-    finally:
-        progress.close()
-    output.write(report.to_dict, report.grid.csv_rows, lambda: patchscope_table(report))
+    output.write(report.to_dict, report.records, lambda: patchscope_table(report))
 
 
 def row_number(text: str) -> int:
@@ -110,19 +86,6 @@ def row_number(text: str) -> int:
     if row is None:
         raise LayerscopeError(f"--target-layer must be 'same' or a row number, not '{text}'.")
     return row
-
-
-def heads_table(scores: HeadScores, show: int) -> str:
-    share = f"; share of heads above 0.1: {scores.share_above():.1%}" if scores.kind == "retrieval" else ""
-    lines = [f"{scores.kind} scores, {scores.model}: {scores.n_blocks} blocks x {scores.n_heads} query heads{share}",
-             f"{'layer':>5} {'head':>4} {'kv':>3} {'score':>7}"]
-    lines += [f"{h.layer:>5} {h.head:>4} {h.kv_group:>3} {h.score:>7.3f}" for h in scores.top(show)]
-    return "\n".join(lines)
-
-
-def head_rows(scores: HeadScores) -> list[dict]:
-    return [{"kind": scores.kind, "layer": h.layer, "head": h.head, "kv_group": h.kv_group, "score": h.score}
-            for h in scores.heads]
 
 
 def needle_inputs(haystack: Path | None, needles: Path | None, lengths: str, depths: str
@@ -164,33 +127,18 @@ def retrieval(
     lm = model.load()
     tests = build_tests(lm, *inputs, checked_span)
     lm.check_generation(max(test.ids.shape[1] for test in tests), max_new_tokens)
-    progress = StderrProgress()
     results = []
-    try:
-        for result in needle_results(lm, tests, max_new_tokens, progress):
-            results.append(result)
-    except KeyboardInterrupt:
-        if not results:
-            raise
-    finally:
-        progress.close()
+    with StderrProgress() as progress:
+        try:
+            for result in needle_results(lm, tests, max_new_tokens, progress):
+                results.append(result)
+        except KeyboardInterrupt:
+            if not results:
+                raise
     settings = {"lengths": list(inputs[2]), "depths": list(inputs[3]),
                 "max_new_tokens": max_new_tokens, "span": span, "interrupted": len(results) < len(tests)}
     scores = retrieval_from_results(lm, results, settings)
-    lines = [f"{'length':>6} {'depth':>5} {'recall':>6}  answer"]
-    lines += [f"{r.length:>6} {r.depth:>5} {r.recall:>6.2f}  {shorten(r.answer, 60)}"
-              f"{'' if r.answered else '  (failed: excluded)'}" for r in results]
-    stopped = f" (interrupted: {len(results)} of {len(tests)} tests ran)" if len(results) < len(tests) else ""
-    lines += ["", f"answered {scores.meta['answered']} of {len(results)} tests{stopped}; scored span: {span}",
-              heads_table(scores, show)]
-    output.write(scores.to_dict, lambda: head_rows(scores), lambda: "\n".join(lines))
-
-
-def activity_table(activity: HeadActivity) -> str:
-    lines = [f"{len(activity.heads)} known retrieval heads (score > 0.1)", f"{'step':>4} {'token':<16} active"]
-    lines += [f"{i:>4} {shorten(step.token, 16):<16} {step.active:>3} {'#' * step.active}"
-              for i, step in enumerate(activity.steps)]
-    return "\n".join(lines)
+    output.write(scores.to_dict, scores.records, lambda: retrieval_table(results, scores, len(tests), span, show))
 
 
 @heads_app.command("activity")
@@ -216,8 +164,7 @@ def activity(
     lm = model.load()
     head_scores.check_model(lm)
     result = head_activity(lm, lm.encode(text), head_scores, max_new_tokens)
-    output.write(result.to_dict, lambda: ({"step": i, "token": s.token, "id": s.id, "active": s.active}
-                                          for i, s in enumerate(result.steps)), lambda: activity_table(result))
+    output.write(result.to_dict, result.records, lambda: activity_table(result))
 
 
 @heads_app.command("induction")
@@ -239,26 +186,12 @@ def induction(
     from layerscope.analyses.induction import induction_scores, previous_token_scores
 
     lm = model.load()
-    progress = StderrProgress()
-    try:
+    with StderrProgress() as progress:
         prefix = induction_scores(lm, seq_len, repeats, samples, seed, progress)
         previous = previous_token_scores(lm, progress=progress)
-    finally:
-        progress.close()
     output.write(lambda: {**prefix.to_dict(), "previous_token": previous.to_dict()},
-                 lambda: head_rows(prefix) + head_rows(previous),
+                 lambda: prefix.records() + previous.records(),
                  lambda: heads_table(prefix, show) + "\n\n" + heads_table(previous, show))
-
-
-def ablation_table(report: AblationReport) -> str:
-    lines = [f"NIAH accuracy over {report.tests} tests (answered = ROUGE-1 recall > 0.5)",
-             "zero = the head's output removed; uniform = the head attends evenly to all visible tokens",
-             f"top-{report.k} heads: {', '.join(f'{h.layer}.{h.head}' for h in report.heads)}",
-             f"random-{report.k} heads (seed {report.seed}): "
-             f"{', '.join(f'{h.layer}.{h.head}' for h in report.random_heads)}",
-             ""]
-    lines += [f"{name:<22} {accuracy:>6.0%}" for name, accuracy in report.accuracy.items()]
-    return "\n".join(lines)
 
 
 @heads_app.command("ablate")
@@ -291,10 +224,6 @@ def ablate(
     ablation_heads(head_scores, top, seed)
     tests = build_tests(lm, *inputs)
     lm.check_generation(max(test.ids.shape[1] for test in tests), max_new_tokens)
-    progress = StderrProgress()
-    try:
+    with StderrProgress() as progress:
         report = ablation_experiment(lm, head_scores, top, tests, seed, max_new_tokens, progress)
-    finally:
-        progress.close()
-    output.write(report.to_dict, lambda: ({"run": name, "accuracy": accuracy} for name, accuracy in report.accuracy.items()),
-                 lambda: ablation_table(report))
+    output.write(report.to_dict, report.records, lambda: ablation_table(report))

@@ -17,26 +17,12 @@ from layerscope.cli.common import (
     Reads,
     TopKOption,
     command,
-    shorten,
 )
+from layerscope.cli.tables import grid_table, report_table
 from layerscope.errors import LayerscopeError
 
 if TYPE_CHECKING:
-    from layerscope.analyses.compare import InterventionReport
-    from layerscope.analyses.grid import DecodeGrid
     from layerscope.interventions.core import CliOption
-
-CELL = 12
-
-
-def grid_table(grid: DecodeGrid) -> str:
-    """Rows are layers, columns are prompt tokens; each cell the top-1 token and its probability."""
-    head = f"{'layer':>5} | " + " ".join(f"{shorten(t, CELL):<{CELL}}" for t in grid.tokens)
-    lines = [head, "-" * len(head)]
-    for label, row in zip(grid.layers, grid.cells):
-        cells = " ".join(f"{shorten(c.top[0].token, CELL - 5) + f' {c.top[0].prob:.2f}':<{CELL}}" for c in row)
-        lines.append(f"{label:>5} | {cells}")
-    return "\n".join(lines)
 
 
 class LensMethod(str, Enum):
@@ -70,27 +56,7 @@ def lens(
         grid = logit_lens(lm, lm.encode(text), top_k=top_k)
     else:
         grid = tuned_lens(lm, lm.encode(text), load_tuned_lens(lm, lens_dir), top_k=top_k)
-    output.write(grid.to_dict, grid.csv_rows, lambda: grid_table(grid))
-
-
-def report_table(report: InterventionReport) -> str:
-    comparison = report.comparison
-    lines = [f"interventions: {', '.join(i['kind'] for i in report.interventions) or 'none'}", "",
-             "intervened logit lens:", grid_table(report.intervened), "",
-             f"{'pos':>4} {'token':<14} {'KL':>8} {'top1':>5} {'dH bits':>8} {'dloss':>8}"]
-    for p in comparison.positions:
-        loss = "" if p.loss_delta is None else f"{p.loss_delta:8.3f}"
-        lines.append(f"{p.position:>4} {shorten(p.token, 14):<14} {p.kl:8.4f} {'yes' if p.top1_agree else 'NO':>5} "
-                     f"{p.entropy_delta:8.3f} {loss:>8}")
-    lines.append(f"mean KL {comparison.mean_kl:.4f} nats, top-1 agreement {comparison.top1_agreement:.0%}")
-    for name, continuation in report.continuation.items():
-        lines.append(f"{name:>10}: {continuation.text!r}")
-    return "\n".join(lines)
-
-
-def comparison_rows(report: InterventionReport) -> list[dict]:
-    return [{"position": p.position, "token": p.token, "kl": p.kl, "top1_agree": p.top1_agree,
-             "entropy_delta": p.entropy_delta, "loss_delta": p.loss_delta} for p in report.comparison.positions]
+    output.write(grid.to_dict, grid.records, lambda: grid_table(grid))
 
 
 def with_intervention_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -141,4 +107,4 @@ def run(
     ids = lm.encode(text)
     check_interventions(interventions, ModelShape(lm.n_blocks, lm.adapter.n_heads, ids.shape[1]))
     report = run_interventions(lm, ids, interventions, top_k=top_k, max_new_tokens=max_new_tokens)
-    output.write(report.to_dict, lambda: comparison_rows(report), lambda: report_table(report))
+    output.write(report.to_dict, report.records, lambda: report_table(report))

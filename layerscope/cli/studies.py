@@ -26,6 +26,7 @@ from layerscope.cli.common import (
     command_line_with,
     spec_option,
 )
+from layerscope.cli.tables import exit_table, influence_table, stages_table, sweep_table
 from layerscope.errors import LayerscopeError
 from layerscope.outputs import json_line, streamed_lines
 from layerscope.interventions import chosen_by_block
@@ -33,10 +34,9 @@ from layerscope.locations import SAMPLE_PROMPTS, sample_file
 from layerscope.textfiles import read_text_file
 
 if TYPE_CHECKING:
-    from layerscope.analyses.early_exit import EarlyExit
-    from layerscope.analyses.influence import InfluenceReport
     from layerscope.analyses.prompt_sets import PromptItem
-    from layerscope.analyses.stages import StageMap
+    from layerscope.analyses.sweep import SweepPoint
+    from layerscope.analyses.token_swap import TokenSwapPoint
     from layerscope.models.loading import LoadedModel
     from layerscope.progress import ProgressFn
 
@@ -64,27 +64,6 @@ def _sample(name: str) -> Path:
     if not path.is_file():
         raise LayerscopeError(f"The sample file '{name}' is not here ({SAMPLE_PROMPTS}); give the file explicitly.")
     return path
-
-
-def _number(value: float | None, width: int = 8, digits: int = 4) -> str:
-    return f"{'-':>{width}}" if value is None else f"{value:{width}.{digits}f}"
-
-
-def sweep_table(kind: str, rows: list[dict]) -> str:
-    """The set average per layer; per-prompt rows are in json, csv and jsonl."""
-    follows = kind == "swap-token"
-    where = "row" if follows else "layer"  # token-swap patches a grid row, the other sweeps act at a block
-    head = f"{where:>5} {'KL':>8} {'top1':>6} {'dH bits':>8} {'dloss':>8} {'acc':>6}"
-    head += f" {'donor':>6} {'orig':>6}" if follows else ""
-    lines = [f"{kind} sweep, mean over prompts (KL nats, KL(base || intervened))", head, "-" * len(head)]
-    for row in (r for r in rows if r["prompt_index"] is None):
-        line = (f"{row[where]:>5} {_number(row['kl'])} {_number(row['top1_agree'], 6, 2)} "
-                f"{_number(row['entropy_delta'], 8, 3)} {_number(row['loss_delta'], 8, 3)} "
-                f"{_number(row['accuracy'], 6, 2)}")
-        if follows:
-            line += f" {_number(row['follows_donor'], 6, 2)} {_number(row['follows_original'], 6, 2)}"
-        lines.append(line)
-    return "\n".join(lines)
 
 
 def sweep_source(lm: LoadedModel, kind: str, layers: list[int], items: list[PromptItem], prompts: Path,
@@ -214,13 +193,10 @@ def sweep(
                           donor)
     if resumed is not None and written is not None:
         check_same_source(resumed, written, source)
-    progress = StderrProgress()
-    try:
-        rows = _sweep_points(lm, items, intervention, chosen, valid, measure_accuracy, max_new_tokens, seed,
-                             batch_size, donor, done, output.out, progress)
-        _write_sweep(rows, source, output.format, output.out, keep if written is not None else None)
-    finally:
-        progress.close()
+    with StderrProgress() as progress:
+        points = _sweep_points(lm, items, intervention, chosen, valid, measure_accuracy, max_new_tokens, seed,
+                               batch_size, donor, done, output.out, progress)
+        _write_sweep(points, source, output.format, output.out, keep if written is not None else None)
 
 
 def _sweep_layers(lm: LoadedModel, items: list[PromptItem], kind: str, layers: Sequence[int] | None,
@@ -238,9 +214,9 @@ def _sweep_layers(lm: LoadedModel, items: list[PromptItem], kind: str, layers: S
 def _sweep_points(lm: LoadedModel, items: list[PromptItem], kind: str, layers: Sequence[int] | None,
                   valid: list[int], accuracy: bool, max_new_tokens: int, seed: int, batch_size: int,
                   donor: tuple[str, str, str], done: list[dict], out: Path | None, progress: ProgressFn
-                  ) -> Iterator[dict]:
-    """Sweep points (as dicts) not yet in `done`, in the order an uninterrupted run writes them. The generators
-    only start when the first point is asked for, after the output file is opened."""
+                  ) -> Iterator[SweepPoint | TokenSwapPoint]:
+    """Sweep points not yet in `done`, in the order an uninterrupted run writes them. The generators only start
+    when the first point is asked for, after the output file is opened."""
     from layerscope.analyses.sweep import SweepPoint, sweep
     from layerscope.analyses.token_swap import Donor, TokenSwapPoint, token_swap_sweep
 
@@ -258,17 +234,18 @@ def _sweep_points(lm: LoadedModel, items: list[PromptItem], kind: str, layers: S
     else:
         points = sweep(lm, items, kind, layers, seed, accuracy, max_new_tokens, batch_size,
                        _points_from(done, SweepPoint.from_dict, out), progress)
-    return (point.to_dict() for point in points if point.key not in seen)
+    return (point for point in points if point.key not in seen)
 
 
-def _write_sweep(rows: Iterable[dict], source: dict, format: SweepFormat, out: Path | None, keep: int | None) -> None:
+def _write_sweep(points: Iterable[SweepPoint | TokenSwapPoint], source: dict, format: SweepFormat, out: Path | None,
+                 keep: int | None) -> None:
     """jsonl: the source line (unless continuing a file that has it, after its first `keep` bytes), then each
-    row as it comes; a failure other than Ctrl-C leaves --out as it was."""
+    point as it comes; a failure other than Ctrl-C leaves --out as it was."""
     kind = source["intervention"]
     from layerscope.distributed import is_writer
 
-    if not is_writer():  # under torchrun the other ranks compute their share of the rows; rank 0 writes
-        deque(rows, maxlen=0)
+    if not is_writer():  # under torchrun the other ranks compute their share of the points; rank 0 writes
+        deque(points, maxlen=0)
         return
     if format is SweepFormat.jsonl:
         written = 0
@@ -276,32 +253,17 @@ def _write_sweep(rows: Iterable[dict], source: dict, format: SweepFormat, out: P
             with streamed_lines(out, keep) as write:
                 if keep is None:
                     write(json_line({"source": source}))
-                for row in rows:
-                    write(json_line(row))
+                for point in points:
+                    write(json_line(point.to_dict()))
                     written += 1
         except KeyboardInterrupt:
             where = f"; to continue, run: {command_line_with('--resume')}" if out else "."
             raise LayerscopeError(f"interrupted after {written} new rows, all kept{where}") from None
         return
-    rows = list(rows)
-    Output(Format(format.value), out).write(lambda: {"intervention": kind, "source": source, "rows": rows},
-                                           lambda: rows, lambda: sweep_table(kind, rows))
+    from layerscope.analyses.sweep_result import SweepResult
 
-
-def influence_table(report: InfluenceReport) -> str:
-    lines = [f"Block Influence (1 - mean cos(in, out)), {report.calibration_tokens} calibration tokens",
-             f"{'block':>5} {'BI':>9} {'rank':>5}"]
-    rank = {block: r for r, block in enumerate(report.ranking)}
-    lines += [f"{b:>5} {value:9.5f} {rank[b]:>5}" for b, value in enumerate(report.bi)]
-    lines.append(f"least influential first: {', '.join(map(str, report.ranking))}")
-    if report.prune:
-        prune = report.prune
-        lines += ["", f"held-out perplexity ({prune.eval_tokens} tokens)",
-                  f"  baseline                 {prune.perplexity['baseline']:10.3f}",
-                  f"  lowest BI {str(prune.removed):<14} {prune.perplexity['block_influence']:10.3f}",
-                  f"  random    {str(prune.random_removed):<14} {prune.perplexity['random']:10.3f}",
-                  f"  last      {str(prune.last_removed):<14} {prune.perplexity['last']:10.3f}"]
-    return "\n".join(lines)
+    result = SweepResult.collect(kind, points, source)
+    Output(Format(format.value), out).write(result.to_dict, result.records, lambda: sweep_table(result))
 
 
 @command
@@ -335,29 +297,13 @@ def influence(
     lm = model.load()
     if prune:
         check_prune(prune, lm.n_blocks)
-    progress = StderrProgress()
-    try:
+    with StderrProgress() as progress:
         report = influence(lm, calibration, window, prune, held_out, seed, progress)
-    finally:
-        progress.close()
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if save is not None and report.prune and is_writer():
         save_pruned(lm, report.prune.removed, save)
-    output.write(report.to_dict, lambda: ({"block": b, "bi": v} for b, v in enumerate(report.bi)),
-                 lambda: influence_table(report))
-
-
-def stages_table(stage_map: StageMap) -> str:
-    head = (f"{'block':>5} {'dropKL':>7} {'swapKL':>7} {'lensKL':>7} {'H bits':>6} {'attn/mlp':>8} {'mlp norm':>9} "
-            f"{'prev5':>5}  stage (heuristic) - evidence")
-    lines = [head, "-" * len(head)]
-    for b in stage_map.blocks:
-        lines.append(f"{b.block:>5} {_number(b.drop_kl, 7, 3)} {_number(b.swap_kl, 7, 3)} {_number(b.lens_kl, 7, 2)} "
-                     f"{_number(b.lens_entropy, 6, 2)} {_number(b.attn_mlp_ratio, 8, 3)} {_number(b.mlp_norm, 9, 1)} "
-                     f"{_number(b.prev5_attention, 5, 2)}  {b.stage} - {b.reason}")
-    lines += ["", stage_map.rule]
-    return "\n".join(lines)
+    output.write(report.to_dict, report.records, lambda: influence_table(report))
 
 
 @command
@@ -379,23 +325,9 @@ def stages(
     prompts = prompts or _sample("general.txt")
     items = load_prompt_set(prompts)
     lm = model.load()
-    progress = StderrProgress()
-    try:
+    with StderrProgress() as progress:
         result = stage_map(lm, items, progress=progress)
-    finally:
-        progress.close()
-    output.write(result.to_dict, lambda: (vars(b) for b in result.blocks), lambda: stages_table(result))
-
-
-def exit_table(result: EarlyExit) -> str:
-    positions = sum(map(len, result.stays_from))
-    lines = [f"early exit over {len(result.stays_from)} prompts, {positions} positions, {result.n_blocks} blocks "
-             "(logit lens)",
-             f"oracle (exit where the top-1 stays the final top-1): {result.oracle_mean_blocks_skipped:.2f} blocks "
-             "skipped on average, same token always", "",
-             f"{'threshold':>9} {'skipped':>8} {'same top-1':>10}"]
-    lines += [f"{t.threshold:>9g} {t.mean_blocks_skipped:8.2f} {t.agreement:10.1%}" for t in result.thresholds]
-    return "\n".join(lines)
+    output.write(result.to_dict, result.records, lambda: stages_table(result))
 
 
 def _thresholds(spec: str) -> list[float]:
@@ -436,4 +368,4 @@ def exit_estimate(
     grids = [grid for start in range(0, len(texts), batch_size)
              for grid in logit_lens(lm, lm.encode(texts[start : start + batch_size]), top_k=1)]
     result = early_exit(grids, levels)
-    output.write(result.to_dict, result.csv_rows, lambda: exit_table(result))
+    output.write(result.to_dict, result.records, lambda: exit_table(result))

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from layerscope.cli.common import (ModelOptions, OccurrenceOption, Output, PromptInput, StderrProgress, command,
-                                   shorten)
+from layerscope.cli.common import ModelOptions, OccurrenceOption, Output, PromptInput, StderrProgress, command
+from layerscope.cli.tables import trace_table
 from layerscope.errors import LayerscopeError
-
-if TYPE_CHECKING:
-    from layerscope.analyses.causal_trace import CausalTrace
-
-CELL = 7
 
 
 class Corrupt(str, Enum):
@@ -26,27 +21,6 @@ class Site(str, Enum):
     resid = "resid"
     attn = "attn"
     mlp = "mlp"
-
-
-def trace_table(trace: CausalTrace) -> str:
-    """Rows are layers, columns prompt tokens (* marks the subject); each cell the indirect effect."""
-    subject = range(*trace.subject_positions) if trace.subject_positions else range(0)
-    names = [("*" if i in subject else "") + shorten(t, CELL - 1) for i, t in enumerate(trace.tokens)]
-    site = trace.site if trace.site == "resid" else f"{trace.site}, window {trace.window}"
-    kind = "attribution patching (approx)" if trace.approx else "restoring one state at a time"
-    lines = [f"causal trace of {trace.answer!r} ({site}; {kind}; corruption: {trace.corrupt})",
-             f"p(answer) clean {trace.clean['p_answer']:.4f}, corrupted {trace.corrupted['p_answer']:.4f}; "
-             "cells: indirect effect = p(answer) with the state restored - corrupted", ""]
-    head = f"{'layer':>5} | " + " ".join(f"{name:>{CELL}}" for name in names)
-    lines += [head, "-" * len(head)]
-    for label, row in zip(trace.layers, trace.cells):
-        lines.append(f"{label:>5} | " + " ".join(f"{cell.indirect_effect:>{CELL}.3f}" for cell in row))
-    lines.append("")
-    positions = [("last subject token", trace.subject_positions[1] - 1)] if trace.subject_positions else []
-    for name, position in [*positions, ("last position", len(trace.tokens) - 1)]:
-        peak_row, effect = trace.peak(position)
-        lines.append(f"strongest at the {name} ({trace.tokens[position]!r}): row {peak_row}, {effect:.3f}")
-    return "\n".join(lines)
 
 
 @command
@@ -84,10 +58,7 @@ def trace(
     if corrupt is Corrupt.swap and corrupt_prompt is None:
         raise LayerscopeError("Swap corruption needs the counterfactual prompt: give --corrupt-prompt.")
     lm = model.load()
-    progress = StderrProgress()
-    try:
+    with StderrProgress() as progress:
         result = trace_prompt(lm, text, subject, answer, corrupt.value, corrupt_prompt, site.value, window, approx,
                               seed, noise_scale, progress, occurrence)
-    finally:
-        progress.close()
-    output.write(result.to_dict, result.csv_rows, lambda: trace_table(result))
+    output.write(result.to_dict, result.records, lambda: trace_table(result))

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from layerscope.cli.common import ModelOptions, Output, Reads, StderrProgress, Writes, command
+from layerscope.cli.tables import comparison_table
 from layerscope.locations import sample_file
 from layerscope.textfiles import read_text_file
-
-if TYPE_CHECKING:
-    from layerscope.analyses.tuned_lens import LensComparison
 
 tunedlens_app = typer.Typer(help="Tuned lens (Belrose et al. 2023): train one, compare it with the logit lens.",
                             no_args_is_help=True)
@@ -26,14 +24,6 @@ def lens_files() -> tuple[str, ...]:
     from layerscope.analyses.tuned_lens import CHECKPOINT, CHECKPOINT_STATE, CONFIG, WEIGHTS
 
     return WEIGHTS, CONFIG, CHECKPOINT, CHECKPOINT_STATE
-
-
-def comparison_table(comparison: LensComparison) -> str:
-    lines = [f"mean KL(final || lens) in nats over {comparison.tokens} held-out tokens",
-             f"{'layer':>5} {'logit lens':>11} {'tuned lens':>11}", "-" * 29]
-    for layer, logit, tuned in zip(comparison.layers, comparison.logit_lens_kl, comparison.tuned_lens_kl):
-        lines.append(f"{layer:>5} {logit:>11.3f} {tuned:>11.3f}")
-    return "\n".join(lines)
 
 
 @tunedlens_app.command("train")
@@ -59,11 +49,8 @@ def train(
     settings = TrainSettings(steps=steps, context=context, lr=lr)
     settings.check()
     lm = model.load()
-    progress = StderrProgress()
-    try:
+    with StderrProgress() as progress:
         train_tuned_lens(lm, calibration, out, settings, progress)
-    finally:
-        progress.close()
     typer.echo(f"tuned lens saved in {out}; compare it: layerscope tunedlens eval --model {model.model} --lens {out}")
 
 
@@ -87,6 +74,4 @@ def evaluate(
     heldout = read_text_file(text or sample_file("heldout.txt"), "held-out text")
     lm = model.load()
     comparison = compare_lenses(lm, load_tuned_lens(lm, lens), heldout, tokens)
-    rows = [{"layer": layer, "logit_lens_kl": logit, "tuned_lens_kl": tuned} for layer, logit, tuned in
-            zip(comparison.layers, comparison.logit_lens_kl, comparison.tuned_lens_kl)]
-    output.write(comparison.to_dict, lambda: rows, lambda: comparison_table(comparison))
+    output.write(comparison.to_dict, comparison.records, lambda: comparison_table(comparison))

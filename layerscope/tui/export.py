@@ -79,7 +79,7 @@ def export_csv(method: GridMethod | None, grid: Grid | None, path: Path, view: s
 
     if method is None or grid is None:
         raise LayerscopeError("Nothing to export yet: run a prompt first.")
-    text = to_csv({"method": method.name, "view": view, "interventions": interventions, **row}
-                  for row in method.csv_rows(grid))
+    text = to_csv(method.records(grid).with_columns({"method": method.name, "view": view,
+                                                     "interventions": interventions}))
     write_atomic(text, path)
     return f"exported grid · {grid_shape(grid)} · {byte_size(text)} CSV → {path}"

@@ -13,7 +13,7 @@ No torch at import: `rows` functions import the engine when they run, in the wor
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from layerscope.interventions import Intervention
     from layerscope.models.loading import LoadedModel
     from layerscope.progress import ProgressFn
+    from layerscope.records import Records
     from layerscope.tui.compute import LayerRow
     from layerscope.tui.state import Results
 
@@ -61,7 +62,7 @@ class Grid(Protocol):
     @property
     def cells(self) -> Sequence[Sequence[Any]]: ...
 
-    def csv_rows(self) -> Iterable[dict]: ...
+    def records(self) -> Records: ...
 
 
 RowsFunction = Callable[["LoadedModel", "torch.Tensor", "Sequence[Intervention]", int, Callable[[], bool],
@@ -90,9 +91,9 @@ class GridMethod:
     rows: RowsFunction | None = None  # the engine, for a method that `m` cycles and Ctrl+R runs
     needs_lens: bool = False  # runs only with a tuned lens loaded
 
-    def csv_rows(self, grid: Grid) -> Iterable[dict]:
-        """The export (`x`): the long format of the grid's own `csv_rows`."""
-        return grid.csv_rows()
+    def records(self, grid: Grid) -> Records:
+        """The export (`x`): the long format of the grid's own `records`."""
+        return grid.records()
 
 
 REGISTRY: dict[str, GridMethod] = {}
@@ -304,8 +305,9 @@ class PatternGrid:
         cells = [[PatternCell(rows[query][key]) for query in range(len(rows))] for key in range(len(rows))]
         return cls(pattern, head, pattern.tokens, labels, cells)
 
-    def csv_rows(self) -> Iterable[dict]:
-        return (row for row in self.pattern.csv_rows() if (row["block"], row["head"]) == self.head)
+    def records(self) -> Records:
+        block, head = self.head
+        return self.pattern.records().where(block=block, head=head)
 
 
 CELL_LABEL = 8  # a column label's width in the grid's header (its cells are 10 wide)
