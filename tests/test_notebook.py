@@ -45,7 +45,9 @@ def results() -> dict[str, object]:
     from layerscope.analyses.neurons import neuron_census
     from layerscope.analyses.patchscope import parse_target, run_patchscope
     from layerscope.analyses.prompt_sets import PromptItem
-    from layerscope.analyses.retrieval import ablation_experiment, activity_trace, build_tests, load_haystack, load_needles
+    from layerscope.analyses.head_ablation import ablation_experiment
+    from layerscope.analyses.head_activity import head_activity
+    from layerscope.analyses.needles import build_tests, load_haystack, load_needles
     from layerscope.analyses.stages import stage_map
     from layerscope.analyses.sweep import sweep
     from layerscope.analyses.sweep_result import SweepResult
@@ -73,7 +75,7 @@ def results() -> dict[str, object]:
         "PatchscopeReport": run_patchscope(lm, ids, parse_target(lm), top_k=2),
         "HeadScores": scores,
         "LensComparison": compare_lenses(lm, TunedLens(64, 4, lm.name), text),
-        "ActivityTrace": activity_trace(lm, ids, scores, max_new_tokens=3),
+        "HeadActivity": head_activity(lm, ids, scores, max_new_tokens=3),
         "AblationReport": ablation_experiment(lm, scores, 2, build_tests(lm, load_haystack(), load_needles()[:1], [64],
                                                                          [50]), max_new_tokens=3),
         "SweepResult": SweepResult.collect("drop", sweep(lm, prompts, "drop", accuracy=True, max_new_tokens=2)),
@@ -105,7 +107,7 @@ def cell_text(value: object) -> str:
 
 @pytest.mark.parametrize("name", ["DecodeGrid", "InterventionReport", "CausalTrace", "NeuronCensus", "LogitAttribution",
                                   "EarlyExit", "AttentionPattern", "InfluenceReport", "PruneReport", "StageMap",
-                                  "PatchscopeReport", "HeadScores", "LensComparison", "ActivityTrace", "AblationReport",
+                                  "PatchscopeReport", "HeadScores", "LensComparison", "HeadActivity", "AblationReport",
                                   "SweepResult", "SweepResult swap-token"])
 def test_to_pandas_has_the_csv_columns_and_values(results, name):
     result = results[name]
