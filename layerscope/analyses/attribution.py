@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -33,6 +34,9 @@ from layerscope.errors import LayerscopeError
 from layerscope.models.adapter import ModelAdapter
 from layerscope.models.hooks import hook_input, hook_output
 from layerscope.models.loading import LoadedModel
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 _OUTPUT_PROJECTIONS = ("o_proj", "c_proj", "dense", "out_proj")
 
@@ -58,6 +62,12 @@ class LogitAttribution:
     heads: list[list[float]]
     head_bias: list[float]
     norm_scale: float
+
+    def plot(self) -> Figure:
+        """Each block's attention and MLP contribution, and each head's: a matplotlib Figure (layerscope[plot])."""
+        from layerscope.figures.parts import attribution_figure
+
+        return attribution_figure(self)
 
     def to_dict(self) -> dict:
         return dict(vars(self))

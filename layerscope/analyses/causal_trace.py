@@ -19,7 +19,7 @@ import math
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from transformers import Cache
@@ -33,6 +33,9 @@ from layerscope.models.cache import cache_bytes, cached_forward
 from layerscope.models.hooks import hook_input, hook_output
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 Site = Literal["resid", "attn", "mlp"]
 SITES = ("resid", "attn", "mlp")
@@ -213,6 +216,13 @@ class CausalTrace:
     answer_id: int
     clean: dict = field(default_factory=dict)  # {"p_answer": ...}
     corrupted: dict = field(default_factory=dict)
+
+    def plot(self, field: str = "indirect_effect") -> Figure:
+        """ROME's heatmap of `field` ('indirect_effect' or 'p_answer'), tokens down, rows across:
+        a matplotlib Figure (layerscope[plot])."""
+        from layerscope.figures.trace import causal_trace_figure
+
+        return causal_trace_figure([self], field)
 
     def to_dict(self) -> dict:
         return asdict(self)

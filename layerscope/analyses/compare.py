@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import overload
+from typing import TYPE_CHECKING, overload
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
@@ -17,6 +17,9 @@ from layerscope.errors import ArgumentTypeError, ArgumentValueError
 from layerscope.interventions import Intervention, intervene
 from layerscope.models.loading import LoadedModel, PromptBatch
 from layerscope.progress import ProgressFn, no_progress
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass
@@ -147,6 +150,13 @@ class InterventionReport:
     intervened: DecodeGrid
     comparison: Comparison
     continuation: dict[str, Continuation]
+
+    def plot(self, metric: str = "prob") -> Figure:
+        """Both lens grids and the per-position KL, the interventions in the title:
+        a matplotlib Figure (layerscope[plot])."""
+        from layerscope.figures.interventions import intervention_figure
+
+        return intervention_figure(self, metric)
 
     def to_dict(self) -> dict:
         return {

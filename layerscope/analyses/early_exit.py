@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 from layerscope.errors import ArgumentTypeError, ArgumentValueError
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from layerscope.analyses.grid import DecodeGrid
 
 THRESHOLDS = (0.5, 0.7, 0.9, 0.95)
@@ -64,6 +66,12 @@ class EarlyExit:
     stays_from: list[list[int]]
     oracle_mean_blocks_skipped: float
     thresholds: list[ThresholdExit]
+
+    def plot(self) -> Figure:
+        """Where the top-1 settles, and what each threshold skips and keeps: a matplotlib Figure (layerscope[plot])."""
+        from layerscope.figures.studies import early_exit_figure
+
+        return early_exit_figure(self)
 
     def to_dict(self) -> dict:
         return {"model": self.model, "n_blocks": self.n_blocks, "positions": sum(map(len, self.stays_from)),

@@ -9,10 +9,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from layerscope.models.loading import LoadedModel
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 LN2 = math.log(2.0)
 
@@ -45,6 +49,13 @@ class DecodeGrid:
     token_ids: list[int]
     layers: list[str]
     cells: list[list[GridCell]]  # [row][position]
+
+    def plot(self, metric: str = "prob", note: str = "") -> Figure:
+        """The grid as a heatmap of `metric` ('prob': the top-1's probability, 'entropy_bits', 'kl_to_final') with the
+        top-1 token in each cell, `note` a caption line: a matplotlib Figure (layerscope[plot])."""
+        from layerscope.figures.grid import decode_grid_figure
+
+        return decode_grid_figure(self, metric, note)
 
     def to_dict(self) -> dict:
         return asdict(self)

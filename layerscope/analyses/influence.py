@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,9 @@ from layerscope.errors import LayerscopeError
 from layerscope.models.demo import follow_umask
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 MIN_TOKENS = 256
@@ -155,6 +159,13 @@ class InfluenceReport:
         counts = {"calibration": self.calibration_tokens, "held-out": self.prune.eval_tokens if self.prune else None}
         return [f"only {count} {name} tokens (fewer than {MIN_TOKENS}): the numbers rest on too few tokens to "
                 f"trust; give a longer text" for name, count in counts.items() if count is not None and count < MIN_TOKENS]
+
+    def plot(self) -> Figure:
+        """Block Influence bars and, after pruning, perplexity against the random and last-N baselines:
+        a matplotlib Figure (layerscope[plot])."""
+        from layerscope.figures.studies import influence_figure
+
+        return influence_figure(self)
 
     def to_dict(self) -> dict:
         data = {"model": self.model, "calibration_tokens": self.calibration_tokens,

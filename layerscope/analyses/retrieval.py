@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
@@ -30,6 +30,9 @@ from layerscope.locations import DEFAULT_HAYSTACK, DEFAULT_NEEDLES
 from layerscope.models.cache import cached_forward
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 INSTRUCTION = "Read the text below, then answer the question after it.\n\n"
 PREFILL_CHUNK = 256
@@ -295,6 +298,12 @@ class ActivityTrace:
     heads: list[HeadScore]  # the known retrieval heads
     steps: list[ActivityStep]
 
+    def plot(self) -> Figure:
+        """Retrieval heads active per generated token: a matplotlib Figure (layerscope[plot])."""
+        from layerscope.figures.heads import activity_figure
+
+        return activity_figure(self)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -325,6 +334,12 @@ class AblationReport:
     random_heads: list[HeadScore]
     tests: int
     accuracy: dict[str, float]  # "baseline", "top-K zero", "top-K uniform", "random-K zero", "random-K uniform"
+
+    def plot(self) -> Figure:
+        """NIAH accuracy per masking: a matplotlib Figure (layerscope[plot])."""
+        from layerscope.figures.heads import ablation_figure
+
+        return ablation_figure(self)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -21,6 +21,7 @@ import statistics
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -33,6 +34,9 @@ from layerscope.interventions.attention import read_attention
 from layerscope.models.hooks import hook_output
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 STAGES = ("detokenisation", "feature engineering", "prediction ensembling", "residual sharpening")
 DETOK_FACTOR = 2.0
@@ -69,6 +73,12 @@ class StageMap:
     n_prompts: int
     blocks: list[BlockSignature]
     rule: str = RULE
+
+    def plot(self) -> Figure:
+        """The signatures per block over the stage bands: a matplotlib Figure (layerscope[plot])."""
+        from layerscope.figures.studies import stage_figure
+
+        return stage_figure(self)
 
     def to_dict(self) -> dict:
         return {"model": self.model, "n_prompts": self.n_prompts, "heuristic": True, "rule": self.rule,

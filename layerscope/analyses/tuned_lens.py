@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import save_file
@@ -33,6 +34,9 @@ from layerscope.errors import ArgumentTypeError, ArgumentValueError, LayerscopeE
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
 from layerscope.tensorfiles import read_safetensors, replace_file
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 WEIGHTS, CONFIG = "lens.safetensors", "config.json"
 CHECKPOINT = "checkpoint.safetensors"  # the step and recipe in its metadata, under CHECKPOINT_KEY
@@ -359,6 +363,13 @@ class LensComparison:
     logit_lens_kl: list[float]
     tuned_lens_kl: list[float]
     tokens: int
+
+    def plot(self, model: str = "") -> Figure:
+        """KL to the final distribution per row, both lenses, `model` in the title:
+        a matplotlib Figure (layerscope[plot])."""
+        from layerscope.figures.lenses import lens_comparison_figure
+
+        return lens_comparison_figure(self, model)
 
     def to_dict(self) -> dict:
         return asdict(self)
