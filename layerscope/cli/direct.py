@@ -59,7 +59,7 @@ def neurons(
         census = neuron_census(lm, min_kurtosis, min_skew, chosen, progress=progress)
     finally:
         progress.close()
-    output.write(census.to_dict, census.csv_rows, lambda: census_table(census, top))
+    output.write(census.to_dict, census.csv_rows, lambda: census_table(census, top), census.plot)
 
 
 def attribution_table(result: LogitAttribution, top: int) -> str:
@@ -103,4 +103,4 @@ def attribute(
     answer_id = token_id(lm, answer, "answer") if answer is not None else None
     contrast_id = token_id(lm, contrast, "contrast") if contrast is not None else None
     result = logit_attribution(lm, lm.encode(text), answer_id, contrast_id)
-    output.write(result.to_dict, result.csv_rows, lambda: attribution_table(result, top))
+    output.write(result.to_dict, result.csv_rows, lambda: attribution_table(result, top), result.plot)

@@ -98,7 +98,7 @@ def patchscope(
         report = run_patchscope(lm, ids, target, layer, top_k, max_new_tokens, progress)
     finally:
         progress.close()
-    output.write(report.to_dict, report.grid.csv_rows, lambda: patchscope_table(report))
+    output.write(report.to_dict, report.grid.csv_rows, lambda: patchscope_table(report), report.plot)
 
 
 def row_number(text: str) -> int:
@@ -179,7 +179,7 @@ def retrieval(
     stopped = f" (interrupted: {len(results)} of {len(tests)} tests ran)" if len(results) < len(tests) else ""
     lines += ["", f"answered {scores.meta['answered']} of {len(results)} tests{stopped}; scored span: {span}",
               heads_table(scores, show)]
-    output.write(scores.to_dict, lambda: head_rows(scores), lambda: "\n".join(lines))
+    output.write(scores.to_dict, lambda: head_rows(scores), lambda: "\n".join(lines), scores.plot)
 
 
 def activity_table(trace: ActivityTrace) -> str:
@@ -213,7 +213,8 @@ def activity(
     head_scores.check_model(lm)
     trace = activity_trace(lm, lm.encode(text), head_scores, max_new_tokens)
     output.write(trace.to_dict, lambda: ({"step": i, "token": s.token, "id": s.id, "active": s.active}
-                                         for i, s in enumerate(trace.steps)), lambda: activity_table(trace))
+                                         for i, s in enumerate(trace.steps)), lambda: activity_table(trace),
+                 trace.plot)
 
 
 @heads_app.command("induction")
@@ -233,6 +234,7 @@ def induction(
     Example: layerscope heads induction --model demo --seq-len 50 --repeats 2 --samples 10 --format json
     """
     from layerscope.analyses.induction import induction_scores, previous_token_scores
+    from layerscope.figures.heads import head_scores_figure
 
     lm = model.load()
     progress = StderrProgress()
@@ -243,7 +245,8 @@ def induction(
         progress.close()
     output.write(lambda: {**prefix.to_dict(), "previous_token": previous.to_dict()},
                  lambda: head_rows(prefix) + head_rows(previous),
-                 lambda: heads_table(prefix, show) + "\n\n" + heads_table(previous, show))
+                 lambda: heads_table(prefix, show) + "\n\n" + heads_table(previous, show),
+                 lambda: head_scores_figure([prefix, previous]))
 
 
 def ablation_table(report: AblationReport) -> str:
@@ -292,4 +295,4 @@ def ablate(
     finally:
         progress.close()
     output.write(report.to_dict, lambda: ({"run": name, "accuracy": accuracy} for name, accuracy in report.accuracy.items()),
-                 lambda: ablation_table(report))
+                 lambda: ablation_table(report), report.plot)

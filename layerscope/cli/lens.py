@@ -70,7 +70,7 @@ def lens(
         grid = logit_lens(lm, lm.encode(text), top_k=top_k)
     else:
         grid = tuned_lens(lm, lm.encode(text), load_tuned_lens(lm, lens_dir), top_k=top_k)
-    output.write(grid.to_dict, grid.csv_rows, lambda: grid_table(grid))
+    output.write(grid.to_dict, grid.csv_rows, lambda: grid_table(grid), grid.plot)
 
 
 def report_table(report: InterventionReport) -> str:
@@ -141,4 +141,4 @@ def run(
     ids = lm.encode(text)
     check_interventions(interventions, ModelShape(lm.n_blocks, lm.adapter.n_heads, ids.shape[1]))
     report = run_interventions(lm, ids, interventions, top_k=top_k, max_new_tokens=max_new_tokens)
-    output.write(report.to_dict, lambda: comparison_rows(report), lambda: report_table(report))
+    output.write(report.to_dict, lambda: comparison_rows(report), lambda: report_table(report), report.plot)

@@ -15,6 +15,7 @@ import typer
 
 from layerscope.cli.common import (
     BosModelOptions,
+    FigureOption,
     Format,
     ModelOptions,
     OutOption,
@@ -27,12 +28,15 @@ from layerscope.cli.common import (
     spec_option,
 )
 from layerscope.errors import LayerscopeError
+from layerscope.figures.common import save_figure
 from layerscope.outputs import json_line, streamed_lines
 from layerscope.interventions import chosen_by_block
 from layerscope.locations import SAMPLE_PROMPTS, sample_file
 from layerscope.textfiles import read_text_file
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from layerscope.analyses.early_exit import EarlyExit
     from layerscope.analyses.influence import InfluenceReport
     from layerscope.analyses.prompt_sets import PromptItem
@@ -57,6 +61,7 @@ class SweepOutput:
 
     format: Annotated[SweepFormat, typer.Option("--format", "-f", help="table, json, csv or jsonl.")] = SweepFormat.table
     out: OutOption = None
+    figure: FigureOption = None
 
 
 def _sample(name: str) -> Path:
@@ -218,7 +223,7 @@ def sweep(
     try:
         rows = _sweep_rows(lm, items, intervention, chosen, valid, measure_accuracy, max_new_tokens, seed,
                            batch_size, donor, done, output.out, progress)
-        _write_sweep(rows, source, output.format, output.out, keep if written is not None else None)
+        _write_sweep(rows, source, output, keep if written is not None else None, done)
     finally:
         progress.close()
 
@@ -260,31 +265,44 @@ def _sweep_rows(lm: LoadedModel, items: list[PromptItem], kind: str, layers: Seq
     return (row.to_dict() for row in rows if row.key not in seen)
 
 
-def _write_sweep(rows: Iterable[dict], source: dict, format: SweepFormat, out: Path | None, keep: int | None) -> None:
+def _write_sweep(new_rows: Iterable[dict], source: dict, output: SweepOutput, keep: int | None, done: list[dict]) -> None:
     """jsonl: the source line (unless continuing a file that has it, after its first `keep` bytes), then each
-    row as it comes; a failure other than Ctrl-C leaves --out as it was."""
+    row as it comes; a failure other than Ctrl-C leaves --out as it was. The figure (--figure) is drawn from the
+    rows of `done` (a resumed file's) and the new ones, after them."""
     kind = source["intervention"]
     from layerscope.distributed import is_writer
+    from layerscope.figures.interventions import sweep_figure
 
     if not is_writer():  # under torchrun the other ranks compute their share of the rows; rank 0 writes
-        deque(rows, maxlen=0)
+        deque(new_rows, maxlen=0)
         return
-    if format is SweepFormat.jsonl:
+    out = output.out
+    rows = list(done)  # the figure's
+    prompts = f"{source['prompts']['file']} ({source['prompts']['count']} prompts)"
+
+    def plot() -> Figure:
+        return sweep_figure(rows, source["model"], prompts)
+
+    if output.format is SweepFormat.jsonl:
         written = 0
         try:
             with streamed_lines(out, keep) as write:
                 if keep is None:
                     write(json_line({"source": source}))
-                for row in rows:
+                for row in new_rows:
                     write(json_line(row))
                     written += 1
+                    rows.append(row)
         except KeyboardInterrupt:
             where = f"; to continue, run: {command_line_with('--resume')}" if out else "."
             raise LayerscopeError(f"interrupted after {written} new rows, all kept{where}") from None
+        if output.figure is not None:
+            save_figure(plot(), output.figure, "--figure")
         return
-    rows = list(rows)
-    Output(Format(format.value), out).write(lambda: {"intervention": kind, "source": source, "rows": rows},
-                                           lambda: rows, lambda: sweep_table(kind, rows))
+    rows = list(new_rows)
+    Output(Format(output.format.value), out, output.figure).write(
+        lambda: {"intervention": kind, "source": source, "rows": rows}, lambda: rows, lambda: sweep_table(kind, rows),
+        plot)
 
 
 def influence_table(report: InfluenceReport) -> str:
@@ -344,7 +362,7 @@ def influence(
     if save is not None and report.prune and is_writer():
         save_pruned(lm, report.prune.removed, save)
     output.write(report.to_dict, lambda: ({"block": b, "bi": v} for b, v in enumerate(report.bi)),
-                 lambda: influence_table(report))
+                 lambda: influence_table(report), report.plot)
 
 
 def stages_table(stage_map: StageMap) -> str:
@@ -383,7 +401,7 @@ def stages(
         result = stage_map(lm, items, progress=progress)
     finally:
         progress.close()
-    output.write(result.to_dict, lambda: (vars(b) for b in result.blocks), lambda: stages_table(result))
+    output.write(result.to_dict, lambda: (vars(b) for b in result.blocks), lambda: stages_table(result), result.plot)
 
 
 def exit_table(result: EarlyExit) -> str:
@@ -435,4 +453,4 @@ def exit_estimate(
     grids = [grid for start in range(0, len(texts), batch_size)
              for grid in logit_lens(lm, lm.encode(texts[start : start + batch_size]), top_k=1)]
     result = early_exit(grids, levels)
-    output.write(result.to_dict, result.csv_rows, lambda: exit_table(result))
+    output.write(result.to_dict, result.csv_rows, lambda: exit_table(result), result.plot)

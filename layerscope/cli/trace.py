@@ -90,4 +90,4 @@ def trace(
                               seed, noise_scale, progress, occurrence)
     finally:
         progress.close()
-    output.write(result.to_dict, result.csv_rows, lambda: trace_table(result))
+    output.write(result.to_dict, result.csv_rows, lambda: trace_table(result), result.plot)

@@ -89,4 +89,5 @@ def evaluate(
     comparison = compare_lenses(lm, load_tuned_lens(lm, lens), heldout, tokens)
     rows = [{"layer": layer, "logit_lens_kl": logit, "tuned_lens_kl": tuned} for layer, logit, tuned in
             zip(comparison.layers, comparison.logit_lens_kl, comparison.tuned_lens_kl)]
-    output.write(comparison.to_dict, lambda: rows, lambda: comparison_table(comparison))
+    output.write(comparison.to_dict, lambda: rows, lambda: comparison_table(comparison),
+                 lambda: comparison.plot(lm.name))

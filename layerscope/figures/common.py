@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from layerscope.display import token_label
 from layerscope.errors import LayerscopeError
@@ -74,7 +74,8 @@ def prompt_caption(tokens: Sequence[str], width: int = 140) -> str:
 
 
 def heatmap(axes: Axes, values: Sequence[Sequence[float]], *, x_labels: Sequence[str], y_labels: Sequence[str],
-            colour: str, cmap: str = "viridis", origin: str = "lower", centre: bool = False) -> None:
+            colour: str, cmap: str = "viridis", origin: Literal["upper", "lower"] = "lower",
+            centre: bool = False) -> None:
     """values[y][x] as coloured cells with a colour bar named `colour`; `centre`: a diverging scale around 0."""
     import numpy as np
 

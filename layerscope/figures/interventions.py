@@ -65,7 +65,7 @@ def sweep_figure(rows: Iterable[SweepRow | TokenSwapRow | Mapping[str, Any]], mo
     for row in rows:
         data = row if isinstance(row, Mapping) else row.to_dict()
         if data["prompt_index"] is None:
-            averages.setdefault(data["intervention"], {})[data.get("layer", data.get("row"))] = data
+            averages.setdefault(data["intervention"], {})[data["layer"] if "layer" in data else data["row"]] = data
     if not averages:
         raise ArgumentValueError("rows= holds no set averages (rows with prompt_index None) to plot.")
     if n_blocks is not None and n_blocks < 1:
