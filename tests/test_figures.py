@@ -78,7 +78,7 @@ def ticks(axes, which: str = "x") -> list[str]:
 
 def texts(figure: Figure) -> str:
     """The title and the caption."""
-    return " ".join(text.get_text() for text in (figure._suptitle, figure._supxlabel) if text is not None)
+    return f"{figure.get_suptitle()} {figure.get_supxlabel()}"
 
 
 def bar_heights(axes) -> list[float]:

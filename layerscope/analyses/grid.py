@@ -50,12 +50,12 @@ class DecodeGrid:
     layers: list[str]
     cells: list[list[GridCell]]  # [row][position]
 
-    def plot(self, metric: str = "prob", note: str = "") -> Figure:
+    def plot(self, metric: str = "prob") -> Figure:
         """The grid as a heatmap of `metric` ('prob': the top-1's probability, 'entropy_bits', 'kl_to_final') with the
-        top-1 token in each cell, `note` a caption line: a matplotlib Figure (layerscope[plot])."""
+        top-1 token in each cell: a matplotlib Figure (layerscope[plot])."""
         from layerscope.figures.grid import decode_grid_figure
 
-        return decode_grid_figure(self, metric, note)
+        return decode_grid_figure(self, metric)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -21,6 +21,8 @@ LABEL_WIDTH = 16
 """Characters of a token in a tick label (the explorer's `token_label` cuts longer ones with '…')."""
 CELL_WIDTH = 8
 """Characters of a token written inside a heatmap cell."""
+EDITABLE_TEXT = {"svg.fonttype": "none", "pdf.fonttype": 42}
+"""Text stays text in an SVG and TrueType in a PDF, as journals ask, so a figure's labels can be edited and searched."""
 MAX_INCHES = 60
 """The longest side of a figure: a 300-token prompt stays a file that viewers open."""
 
@@ -29,7 +31,7 @@ def figure_format(path: Path, flag: str = "path=") -> str:
     """'png', 'svg' or 'pdf' from the path's suffix; any other is one error naming `flag`."""
     suffix = Path(path).suffix.lower().lstrip(".")
     if suffix not in FORMATS:
-        raise LayerscopeError(f"{flag} '{path}': a figure's format comes from its suffix; name a "
+        raise LayerscopeError(f"{flag} '{path}'".lstrip() + ": a figure's format comes from its suffix; name a "
                               f"{', '.join('.' + f for f in FORMATS[:-1])} or .{FORMATS[-1]} file.")
     return suffix
 
@@ -58,9 +60,15 @@ def new_figure(width: float, height: float) -> Figure:
 def provenance(figure: Figure, title: str, *caption: str) -> None:
     """The title on top, and a caption line under it: what the numbers were computed from."""
     figure.suptitle(title, fontsize="medium")
-    lines = [line for line in caption if line]
-    if lines:
-        figure.supxlabel("\n".join(lines), fontsize="small", ha="left", x=0.01)
+    for line in caption:
+        if line:
+            add_caption(figure, line)
+
+
+def add_caption(figure: Figure, line: str) -> None:
+    """One more caption line under those the figure has."""
+    caption = figure.get_supxlabel()
+    figure.supxlabel(f"{caption}\n{line}" if caption else line, fontsize="small", ha="left", x=0.01)
 
 
 def labels(tokens: Sequence[str], width: int = LABEL_WIDTH) -> list[str]:
@@ -91,14 +99,18 @@ def heatmap(axes: Axes, values: Sequence[Sequence[float]], *, x_labels: Sequence
 def figure_bytes(figure: Figure, path: Path, flag: str = "path=") -> bytes:
     """The figure in the format `path`'s suffix names, headless: matplotlib picks the canvas of the format (Agg
     for png), so no display is needed."""
+    from matplotlib import rc_context
+
     kind = figure_format(path, flag)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format=kind, dpi=150)
+    with rc_context(EDITABLE_TEXT):
+        figure.savefig(buffer, format=kind, dpi=150)
     return buffer.getvalue()
 
 
 def save_figure(figure: Figure, path: Path, flag: str = "path=") -> int:
-    """Write the figure to `path` atomically (a failure leaves an existing file whole); its size in bytes."""
+    """Write the figure to `path` atomically (a failure leaves an existing file whole); its size in bytes. A path
+    that names no format is one error naming `flag`."""
     from layerscope.outputs import write_atomic
 
     data = figure_bytes(figure, path, flag)

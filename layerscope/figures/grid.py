@@ -52,11 +52,11 @@ def grid_size(grid: DecodeGrid) -> tuple[float, float]:
     return 2.5 + 0.65 * len(grid.tokens), 1.8 + 0.28 * len(grid.cells)
 
 
-def decode_grid_figure(grid: DecodeGrid, metric: str = "prob", note: str = "") -> Figure:
+def decode_grid_figure(grid: DecodeGrid, metric: str = "prob") -> Figure:
     width, height = grid_size(grid)
     figure = new_figure(width, height)
     draw_grid(figure.add_subplot(), grid, metric)
-    provenance(figure, f"{grid.method.replace('_', ' ')} · {grid.model}", prompt_caption(grid.tokens), note)
+    provenance(figure, f"{grid.method.replace('_', ' ')} · {grid.model}", prompt_caption(grid.tokens))
     return figure
 
 

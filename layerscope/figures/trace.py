@@ -36,8 +36,8 @@ def causal_trace_figure(traces: Sequence[CausalTrace], field: str = "indirect_ef
     for index, trace in enumerate(traces):
         axes = figure.add_subplot(1, len(traces), index + 1)
         values = trace.values(field).T.tolist()  # (positions, rows)
-        heatmap(axes, values, x_labels=trace.layers, y_labels=token_rows(trace), colour=FIELDS[field],
-                cmap=SITE_COLOURS.get(trace.site, "viridis"), origin="upper")
+        heatmap(axes, values, x_labels=trace.layers[: len(trace.cells)], y_labels=token_rows(trace),
+                colour=FIELDS[field], cmap=SITE_COLOURS.get(trace.site, "viridis"), origin="upper")
         site = trace.site if trace.site == "resid" else f"{trace.site}, window {trace.window}"
         axes.set_title(f"restoring {site}{' (approx.)' if trace.approx else ''}", fontsize="small")
         axes.set_xlabel("row (emb, blocks)")

@@ -27,6 +27,7 @@ from layerscope.tui.panes import flow, top_lines
 
 if TYPE_CHECKING:
     import torch
+    from matplotlib.figure import Figure
     from textual.theme import Theme
 
     from layerscope.analyses.causal_trace import CausalTrace, TraceCell
@@ -60,6 +61,8 @@ class Grid(Protocol):
     def cells(self) -> Sequence[Sequence[Any]]: ...
 
     def csv_rows(self) -> Iterable[dict]: ...
+
+    def plot(self) -> Figure: ...
 
 
 RowsFunction = Callable[["LoadedModel", "torch.Tensor", "Sequence[Intervention]", int, Callable[[], bool],
@@ -301,6 +304,9 @@ class PatternGrid:
 
     def csv_rows(self) -> Iterable[dict]:
         return (row for row in self.pattern.csv_rows() if (row["block"], row["head"]) == self.head)
+
+    def plot(self) -> Figure:
+        return self.pattern.plot([self.head])
 
 
 CELL_LABEL = 8  # a column label's width in the grid's header (its cells are 10 wide)
