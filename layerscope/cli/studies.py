@@ -28,7 +28,7 @@ from layerscope.cli.common import (
     spec_option,
 )
 from layerscope.errors import LayerscopeError
-from layerscope.figures.common import save_figure
+from layerscope.figures.common import add_caption, save_figure
 from layerscope.outputs import json_line, streamed_lines
 from layerscope.interventions import chosen_by_block
 from layerscope.locations import SAMPLE_PROMPTS, sample_file
@@ -362,7 +362,8 @@ def influence(
     if save is not None and report.prune and is_writer():
         save_pruned(lm, report.prune.removed, save)
     output.write(report.to_dict, lambda: ({"block": b, "bi": v} for b, v in enumerate(report.bi)),
-                 lambda: influence_table(report), report.plot)
+                 lambda: influence_table(report), lambda: add_caption(report.plot(), f"calibration text: {text}"
+                                                                 + (f" · held-out text: {eval_text}" if prune else "")))
 
 
 def stages_table(stage_map: StageMap) -> str:
@@ -401,7 +402,8 @@ def stages(
         result = stage_map(lm, items, progress=progress)
     finally:
         progress.close()
-    output.write(result.to_dict, lambda: (vars(b) for b in result.blocks), lambda: stages_table(result), result.plot)
+    output.write(result.to_dict, lambda: (vars(b) for b in result.blocks), lambda: stages_table(result),
+                 lambda: add_caption(result.plot(), f"prompts: {prompts}"))
 
 
 def exit_table(result: EarlyExit) -> str:
@@ -448,9 +450,11 @@ def exit_estimate(
     from layerscope.analyses.prompt_sets import load_prompt_set
 
     levels = _thresholds(thresholds)
-    texts = [item.text for item in load_prompt_set(prompts or _sample("general.txt"))]
+    prompts = prompts or _sample("general.txt")
+    texts = [item.text for item in load_prompt_set(prompts)]
     lm = model.load()
     grids = [grid for start in range(0, len(texts), batch_size)
              for grid in logit_lens(lm, lm.encode(texts[start : start + batch_size]), top_k=1)]
     result = early_exit(grids, levels)
-    output.write(result.to_dict, result.csv_rows, lambda: exit_table(result), result.plot)
+    output.write(result.to_dict, result.csv_rows, lambda: exit_table(result),
+                 lambda: add_caption(result.plot(), f"prompts: {prompts}"))

@@ -21,8 +21,6 @@ LABEL_WIDTH = 16
 """Characters of a token in a tick label (the explorer's `token_label` cuts longer ones with '…')."""
 CELL_WIDTH = 8
 """Characters of a token written inside a heatmap cell."""
-EDITABLE_TEXT = {"svg.fonttype": "none", "pdf.fonttype": 42}
-"""Text stays text in an SVG and TrueType in a PDF, as journals ask, so a figure's labels can be edited and searched."""
 MAX_INCHES = 60
 """The longest side of a figure: a 300-token prompt stays a file that viewers open."""
 
@@ -65,10 +63,11 @@ def provenance(figure: Figure, title: str, *caption: str) -> None:
             add_caption(figure, line)
 
 
-def add_caption(figure: Figure, line: str) -> None:
-    """One more caption line under those the figure has."""
+def add_caption(figure: Figure, line: str) -> Figure:
+    """One more caption line under those the figure has (what it was computed from); the figure."""
     caption = figure.get_supxlabel()
     figure.supxlabel(f"{caption}\n{line}" if caption else line, fontsize="small", ha="left", x=0.01)
+    return figure
 
 
 def labels(tokens: Sequence[str], width: int = LABEL_WIDTH) -> list[str]:
@@ -98,12 +97,13 @@ def heatmap(axes: Axes, values: Sequence[Sequence[float]], *, x_labels: Sequence
 
 def figure_bytes(figure: Figure, path: Path, flag: str = "path=") -> bytes:
     """The figure in the format `path`'s suffix names, headless: matplotlib picks the canvas of the format (Agg
-    for png), so no display is needed."""
+    for png), so no display is needed. Text stays text in an SVG and TrueType in a PDF, as journals ask, so the
+    labels can be edited and searched."""
     from matplotlib import rc_context
 
     kind = figure_format(path, flag)
     buffer = io.BytesIO()
-    with rc_context(EDITABLE_TEXT):
+    with rc_context({"svg.fonttype": "none", "pdf.fonttype": 42}):
         figure.savefig(buffer, format=kind, dpi=150)
     return buffer.getvalue()
 
