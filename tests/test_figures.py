@@ -179,7 +179,7 @@ def test_the_stage_map_plots_each_signature_over_the_stage_bands(results):
     np.testing.assert_array_equal(swap, [np.nan if b.swap_kl is None else b.swap_kl for b in stage.blocks])
     bands = [patch for patch in figure.axes[0].patches]
     assert len(bands) == sum(1 for b in stage.blocks if b.stage)
-    assert [t.get_text() for t in figure.legends[0].get_texts()] == ["detokenisation", "feature engineering",
+    assert [t.get_text() for t in figure.axes[0].get_legend().get_texts()] == ["detokenisation", "feature engineering",
                                                                      "prediction ensembling", "residual sharpening"]
 
 

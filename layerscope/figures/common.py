@@ -80,6 +80,13 @@ def prompt_caption(tokens: Sequence[str], width: int = 140) -> str:
     return "prompt: " + token_label("".join(tokens), width)
 
 
+def whole_blocks(axes: Axes) -> None:
+    """Ticks on whole numbers only: blocks, layers."""
+    from matplotlib.ticker import MaxNLocator
+
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def heatmap(axes: Axes, values: Sequence[Sequence[float]], *, x_labels: Sequence[str], y_labels: Sequence[str],
             colour: str, cmap: str = "viridis", origin: Literal["upper", "lower"] = "lower",
             centre: bool = False) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from layerscope.errors import ArgumentValueError
-from layerscope.figures.common import labels, new_figure, prompt_caption, provenance
+from layerscope.figures.common import labels, new_figure, prompt_caption, provenance, whole_blocks
 from layerscope.figures.grid import draw_grid, grid_size
 
 if TYPE_CHECKING:
@@ -79,6 +79,8 @@ def sweep_figure(rows: Iterable[SweepRow | TokenSwapRow | Mapping[str, Any]], mo
             axes.plot(x, [by_layer[layer][metric] for layer in layers], marker=".", label=kind)
         axes.set_ylabel(name)
         axes.set_xlabel("relative depth (layer / blocks)" if n_blocks else "layer (block)")
+        if not n_blocks:
+            whole_blocks(axes)
     panels[0].legend(fontsize="small")
     provenance(figure, f"sweep: {', '.join(averages)} · {model}", f"prompts: {prompts}" if prompts else "",
                "mean over the prompts; KL and entropy change of the final distribution")

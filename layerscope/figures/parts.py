@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from layerscope.figures.common import heatmap, labels, new_figure, prompt_caption, provenance
+from layerscope.figures.common import heatmap, labels, new_figure, prompt_caption, provenance, whole_blocks
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -23,6 +23,7 @@ def neuron_census_figure(census: NeuronCensus) -> Figure:
     axes.axhline(0, color="black", linewidth=0.5)
     axes.set_xlabel("block")
     axes.set_ylabel("neurons (suppression below 0)")
+    whole_blocks(axes)
     axes.legend(fontsize="small")
     provenance(figure, f"prediction and suppression neurons · {census.model}",
                f"kurtosis of the vocabulary cosines > {census.min_kurtosis:g}, |skew| > {census.min_skew:g}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from layerscope.figures.common import new_figure, provenance
+from layerscope.figures.common import new_figure, provenance, whole_blocks
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -29,6 +29,7 @@ def influence_figure(report: InfluenceReport) -> Figure:
     bars.bar(range(len(report.bi)), report.bi, color="tab:blue")
     bars.set_xlabel("block")
     bars.set_ylabel("Block Influence")
+    whole_blocks(bars)
     caption = [f"{report.calibration_tokens} calibration tokens", *report.warnings]
     if report.prune:
         prune = report.prune
@@ -41,7 +42,6 @@ def influence_figure(report: InfluenceReport) -> Figure:
         lines.set_xticks([0, removed])
         lines.set_xlabel("blocks removed")
         lines.set_ylabel("held-out perplexity")
-        lines.set_yscale("log")
         lines.legend(fontsize="small")
         caption.append(f"{prune.eval_tokens} held-out tokens · removed: BI {prune.removed}, random "
                        f"{prune.random_removed}, last {prune.last_removed}")
@@ -67,10 +67,10 @@ def stage_figure(stage_map: StageMap) -> Figure:
     panels[-1].set_xlabel("block")
     from matplotlib.patches import Patch
 
-    figure.legend([Patch(color=c, alpha=0.4) for c in STAGE_COLOURS], STAGES, loc="outside upper center",
-                  ncols=len(STAGES), fontsize="small")
-    provenance(figure, f"stage map (heuristic) · {stage_map.model}", f"{stage_map.n_prompts} prompts",
-               "stages of inference (Lad et al.): " + " → ".join(STAGES))
+    panels[0].legend([Patch(color=c, alpha=0.4) for c in STAGE_COLOURS], STAGES, loc="lower center",
+                     bbox_to_anchor=(0.5, 1.02), ncols=len(STAGES), fontsize="small", frameon=False)
+    whole_blocks(panels[-1])
+    provenance(figure, f"stages of inference (heuristic stage map) · {stage_map.model}", f"{stage_map.n_prompts} prompts")
     return figure
 
 
@@ -84,6 +84,7 @@ def early_exit_figure(result: EarlyExit) -> Figure:
             counts[row] += 1
     settle.bar(range(result.n_blocks + 1), counts, color="tab:blue")
     settle.set_xlabel("row from which the top-1 stays the final one")
+    whole_blocks(settle)
     settle.set_ylabel("positions")
     thresholds = [t.threshold for t in result.thresholds]
     skipped.plot(thresholds, [t.mean_blocks_skipped for t in result.thresholds], marker="o", label="threshold exit")
