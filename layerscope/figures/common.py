@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -110,7 +111,9 @@ def figure_bytes(figure: Figure, path: Path, flag: str = "path=") -> bytes:
 
     kind = figure_format(path, flag)
     buffer = io.BytesIO()
-    with rc_context({"svg.fonttype": "none", "pdf.fonttype": 42}):
+    with rc_context({"svg.fonttype": "none", "pdf.fonttype": 42}), warnings.catch_warnings():
+        # a character the font lacks (a control picture such as ␛) is drawn as a box: no warning on the terminal
+        warnings.filterwarnings("ignore", "Glyph .* missing from", UserWarning)
         figure.savefig(buffer, format=kind, dpi=150)
     return buffer.getvalue()
 
