@@ -249,3 +249,20 @@ def test_a_missing_matplotlib_is_one_error_saying_how_to_install_it(results, mon
     with pytest.raises(LayerscopeError) as error:
         results["heads"].plot()
     assert str(error.value) == "Figures need matplotlib, which is not installed: pip install 'layerscope[plot]'"
+
+
+def test_the_explorer_exports_each_kind_of_grid_it_shows(results, tmp_path):
+    """A lens grid, a causal trace and one head's attention pattern: each its own figure, the view and the
+    interventions in the caption."""
+    from layerscope.tui.export import export_figure
+    from layerscope.tui.methods import PatternGrid
+
+    pattern = PatternGrid.of(results["pattern"], (2, 3))
+    np.testing.assert_array_equal(pattern.plot().axes[0].images[0].get_array(), results["pattern"].weights[(2, 3)])
+    for name, grid in (("grid.png", results["grid"]), ("trace.pdf", results["trace"]), ("pattern.svg", pattern)):
+        notice = export_figure(grid, tmp_path / name, "baseline", "none")
+        assert notice.startswith("exported figure · ") and notice.endswith(f"→ {tmp_path / name}")
+        assert (tmp_path / name).stat().st_size > 0
+    assert "view: baseline · interventions: none" in (tmp_path / "pattern.svg").read_text()
+    with pytest.raises(LayerscopeError, match="Nothing to export yet"):
+        export_figure(None, tmp_path / "none.png", "baseline", "none")
