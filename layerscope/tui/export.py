@@ -91,7 +91,7 @@ def export_figure(grid: Grid | None, path: Path, view: str, interventions: str) 
     from layerscope.figures.common import add_caption, figure_bytes
     from layerscope.outputs import write_atomic
 
-    if grid is None:
+    if grid is None or not grid.cells:
         raise LayerscopeError("Nothing to export yet: run a prompt first.")
     figure = grid.plot()
     add_caption(figure, f"view: {view} · interventions: {interventions} · from the layerscope explorer")
