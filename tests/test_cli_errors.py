@@ -148,7 +148,7 @@ def test_a_figure_without_matplotlib_is_one_line_saying_how_to_install_it(tmp_pa
     code = ("import sys; sys.modules['matplotlib'] = None\nfrom layerscope.cli.app import main\n"
             f"sys.argv = ['layerscope', 'lens', '-p', 'x', '--model', {str(tmp_path / 'no-model')!r}, "
             f"'--figure', {str(tmp_path / 'grid.png')!r}]\nmain()")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 1
     assert_one_error_line(result.stderr, "Figures need matplotlib, which is not installed: "
                                          "pip install 'layerscope[plot]'")

@@ -161,7 +161,8 @@ def test_no_output_replaces_a_shipped_file_read_by_default(path, flag, out_flag,
             pytest.fail(f"{default} was replaced")
 
 
-@pytest.mark.parametrize("path, flag", OUTPUT_FILES, ids=lambda part: " ".join(part) if isinstance(part, tuple) else part)
+@pytest.mark.parametrize("path, flag", OUTPUT_FILES,
+                         ids=lambda part: " ".join(part) if isinstance(part, tuple) else part)
 def test_an_output_that_is_a_folder_is_refused_before_the_model_or_any_input(path, flag, tmp_path):
     """The model folder does not exist: the error about --out (--figure) shows the check came first."""
     result = invoke(*path, *required(path, tmp_path / "absent"), "--model", tmp_path / "no-model", flag, tmp_path)

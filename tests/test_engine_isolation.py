@@ -25,6 +25,7 @@ def test_engine_imports_neither_textual_nor_rich_nor_matplotlib():
 
 
 def test_package_import_is_light():
-    code = "import sys, layerscope, layerscope.cli.app; print(','.join(m for m in ('torch', 'transformers', 'matplotlib') if m in sys.modules))"
+    code = ("import sys, layerscope, layerscope.cli.app; "
+            "print(','.join(m for m in ('torch', 'transformers', 'matplotlib') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""

@@ -106,7 +106,8 @@ def test_the_lens_grid_plots_the_metric_with_the_top1_token_in_each_cell(results
     assert ticks(axes) == [token_label(t, 16) for t in grid.tokens] and ticks(axes, "y") == grid.layers
     written = [t.get_text() for t in axes.texts]
     assert written == [token_label(c.top[0].token, 8) for row in grid.cells for c in row]
-    assert grid.model in texts(figure) and "logit lens" in texts(figure) and "prompt: thecatsatonthemat" in texts(figure)
+    assert grid.model in texts(figure) and "logit lens" in texts(figure)
+    assert "prompt: thecatsatonthemat" in texts(figure)  # the tiny tokenizer's tokens carry no spaces
     for metric in ("entropy_bits", "kl_to_final"):
         values = grid.plot(metric).axes[0].images[0].get_array()
         np.testing.assert_array_equal(values, [[getattr(c, metric) for c in row] for row in grid.cells])

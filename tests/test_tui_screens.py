@@ -287,8 +287,9 @@ async def test_help_toasts_side_panel_and_continuation(lm, tmp_path):
 
 
 async def test_x_exports_the_shown_grid_as_a_figure_and_asks_before_replacing_a_file(lm, tmp_path):
-    """Shift+X: the grid shown (here the intervened logit lens of a saved session, with block 2 dropped) as an SVG or PNG by the name,
-    its view and interventions in the caption; an existing file is replaced only once the user says so."""
+    """Shift+X: the grid shown (here the intervened logit lens of a saved session, with block 2 dropped) as an SVG
+    or PNG by the name, its view and interventions in the caption; an existing file is replaced only once the user
+    says so."""
     from textual.widgets import Input
 
     app = make_app(lm, tmp_path)
@@ -305,7 +306,8 @@ async def test_x_exports_the_shown_grid_as_a_figure_and_asks_before_replacing_a_
 
         await export("grid.svg")
         svg = (tmp_path / "grid.svg").read_text()
-        assert svg.startswith("<?xml") and "view: intervened · interventions: drop 2 · from the layerscope explorer" in svg
+        assert svg.startswith("<?xml")
+        assert "view: intervened · interventions: drop 2 · from the layerscope explorer" in svg
         assert notices(app)[-1].startswith("exported figure · 13x5 · ") and notices(app)[-1].endswith(
             f"SVG → {tmp_path / 'grid.svg'}")
         await export("grid.png")

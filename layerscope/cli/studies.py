@@ -265,7 +265,8 @@ def _sweep_rows(lm: LoadedModel, items: list[PromptItem], kind: str, layers: Seq
     return (row.to_dict() for row in rows if row.key not in seen)
 
 
-def _write_sweep(new_rows: Iterable[dict], source: dict, output: SweepOutput, keep: int | None, done: list[dict]) -> None:
+def _write_sweep(new_rows: Iterable[dict], source: dict, output: SweepOutput, keep: int | None,
+                 done: list[dict]) -> None:
     """jsonl: the source line (unless continuing a file that has it, after its first `keep` bytes), then each
     row as it comes; a failure other than Ctrl-C leaves --out as it was. The figure (--figure) is drawn from the
     rows of `done` (a resumed file's) and the new ones, after them."""
@@ -361,9 +362,9 @@ def influence(
         print(f"warning: {warning}", file=sys.stderr)
     if save is not None and report.prune and is_writer():
         save_pruned(lm, report.prune.removed, save)
+    texts = f"calibration text: {text}" + (f" · held-out text: {eval_text}" if prune else "")
     output.write(report.to_dict, lambda: ({"block": b, "bi": v} for b, v in enumerate(report.bi)),
-                 lambda: influence_table(report), lambda: add_caption(report.plot(), f"calibration text: {text}"
-                                                                 + (f" · held-out text: {eval_text}" if prune else "")))
+                 lambda: influence_table(report), lambda: add_caption(report.plot(), texts))
 
 
 def stages_table(stage_map: StageMap) -> str:

@@ -70,7 +70,8 @@ def stage_figure(stage_map: StageMap) -> Figure:
     panels[0].legend([Patch(color=c, alpha=0.4) for c in STAGE_COLOURS], STAGES, loc="lower center",
                      bbox_to_anchor=(0.5, 1.02), ncols=len(STAGES), fontsize="small", frameon=False)
     whole_blocks(panels[-1])
-    provenance(figure, f"stages of inference (heuristic stage map) · {stage_map.model}", f"{stage_map.n_prompts} prompts")
+    provenance(figure, f"stages of inference (heuristic stage map) · {stage_map.model}",
+               f"{stage_map.n_prompts} prompts")
     return figure
 
 
