@@ -120,7 +120,7 @@ def test_tokens_show_their_whitespace_as_the_explorer_grid_does(results):
     assert ticks(grid.plot().axes[0]) == ["·Paris", "⏎", "⇥", "a␛b", "x", "y"]
 
 
-def test_the_intervention_figure_shows_both_grids_the_kl_and_the_interventions(results):
+def test_the_intervention_figure_shows_both_grids_the_kl_and_the_interventions(results, lm):
     report = results["intervention"]
     figure = report.plot()
     baseline, intervened, comparison = (next(a for a in figure.axes if a.get_title() == t or a.get_label() == t)
@@ -129,6 +129,11 @@ def test_the_intervention_figure_shows_both_grids_the_kl_and_the_interventions(r
         np.testing.assert_array_equal(axes.images[0].get_array(), [[c.top[0].prob for c in r] for r in grid.cells])
     assert bar_heights(comparison) == [p.kl for p in report.comparison.positions]
     assert "interventions: drop blocks=1 ·" in texts(figure) and "mean KL" in texts(figure)
+    assert "continues" not in texts(figure)  # nothing was generated
+    continued = run_interventions(lm, lm.encode(PROMPT), [DropBlocks((1,))], top_k=1, max_new_tokens=2)
+    caption = texts(continued.plot())
+    for name in ("baseline", "intervened"):
+        assert f'{name} continues "{token_label(continued.continuation[name].text, 60)}"' in caption
 
 
 def test_the_patchscope_figure_has_its_grid_and_precision_per_row(results):

@@ -51,7 +51,9 @@ def intervention_figure(report: InterventionReport, metric: str = "prob") -> Fig
     provenance(figure, f"interventions: {describe_interventions(report.interventions)} · {report.baseline.model}",
                prompt_caption(report.baseline.tokens),
                f"mean KL {report.comparison.mean_kl:.4f} nats · top-1 agreement "
-               f"{report.comparison.top1_agreement:.0%}")
+               f"{report.comparison.top1_agreement:.0%}",
+               " · ".join(f'{name} continues "{labels([c.text], 60)[0]}"' for name, c in report.continuation.items()
+                          if c.token_ids))
     return figure
 
 
