@@ -84,10 +84,11 @@ def bar_heights(axes) -> list[float]:
     return [patch.get_height() for patch in axes.containers[0]]
 
 
-def test_every_result_plots_and_renders_headless_to_png_svg_and_pdf(results, tmp_path):
-    """In a fresh process no backend is chosen: drawing must not need a display, or pyplot."""
-    for name, result in results.items():
-        figure = result.plot()
+def test_every_result_plots_and_renders_headless_to_png_svg_and_pdf(results, lm, tmp_path):
+    """Every result's figure, and a sweep's: drawing needs no display, and no pyplot."""
+    figures = {name: result.plot() for name, result in results.items()}
+    figures["sweep"] = sweep_figure(sweep(lm, PROMPTS[:1], "drop"), lm.name, n_blocks=lm.n_blocks)
+    for name, figure in figures.items():
         assert isinstance(figure, Figure) and figure.axes, name
         for kind in ("png", "svg", "pdf"):
             path = tmp_path / f"{name}.{kind}"
