@@ -108,18 +108,21 @@ def check_stdout() -> None:
         raise LayerscopeError("Standard output is closed: give --out FILE for the result.")
 
 
-def write_atomic(text: str, out: Path | None) -> None:
+def write_atomic(text: str | bytes, out: Path | None) -> None:
     """The result to stdout, or to `out` as the module docstring says (rank 0 only, under torchrun): a
-    failure leaves a regular file as it was, and is one LayerscopeError naming the file."""
+    failure leaves a regular file as it was, and is one LayerscopeError naming the file. Bytes (a figure) go
+    to a file only."""
     from layerscope.distributed import is_writer
 
     if not is_writer():
         return
     if out is None:
+        if isinstance(text, bytes):
+            raise LayerscopeError("A figure is written to a file, not to standard output; name one.")
         _stdout_write(text if text.endswith("\n") else text + "\n")
         return
     with _writing(out) as write:
-        write(text.encode("utf-8"))
+        write(text.encode("utf-8") if isinstance(text, str) else text)
 
 
 @contextmanager

@@ -119,6 +119,41 @@ def test_every_bad_option_value_is_one_error_line(path, option, value):
     assert_one_error_line(result.stderr, option, f"layerscope {' '.join(path)} --help")
 
 
+FIGURE_COMMANDS = [path for path, command in _commands(typer.main.get_command(app))
+                   if any(param.opts[0] == "--figure" for param in command.params)]
+
+
+@pytest.mark.parametrize("path", FIGURE_COMMANDS, ids=" ".join)
+def test_a_figure_of_an_unknown_format_or_in_a_missing_folder_is_refused_before_the_model(tmp_path, path):
+    """The model does not exist: the error about --figure shows its check came first."""
+    base = [*path, *REQUIRED.get(path, []), "--model", str(tmp_path / "no-model")]
+    for name in ("figure.jpg", "figure", "-", "figure.png.txt"):
+        assert_one_error_line(invoke(*base, "--figure", str(tmp_path / name) if name != "-" else name).stderr,
+                              "--figure", "its suffix; name a .png, .svg or .pdf file")
+    missing = tmp_path / "missing" / "figure.png"
+    assert_one_error_line(invoke(*base, "--figure", str(missing)).stderr, f"Cannot write '{missing}'",
+                          "folder does not exist")
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def test_the_figure_commands_cover_every_command_that_writes_a_result():
+    assert set(FIGURE_COMMANDS) >= {("lens",), ("run",), ("patchscope",), ("sweep",), ("influence",), ("stages",),
+                                    ("exit",), ("trace",), ("neurons",), ("attribute",), ("tunedlens", "eval"),
+                                    ("heads", "retrieval"), ("heads", "induction"), ("heads", "ablate"),
+                                    ("heads", "activity")}
+
+
+def test_a_figure_without_matplotlib_is_one_line_saying_how_to_install_it(tmp_path):
+    """matplotlib blocked in the child, as if the extra were not installed; refused before the model loads."""
+    code = ("import sys; sys.modules['matplotlib'] = None\nfrom layerscope.cli.app import main\n"
+            f"sys.argv = ['layerscope', 'lens', '-p', 'x', '--model', {str(tmp_path / 'no-model')!r}, "
+            f"'--figure', {str(tmp_path / 'grid.png')!r}]\nmain()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 1
+    assert_one_error_line(result.stderr, "Figures need matplotlib, which is not installed: "
+                                         "pip install 'layerscope[plot]'")
+
+
 def _number_kind(param) -> type | None:
     """int or float for a number option (bool is neither), else None."""
     annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)  # typer 0.29

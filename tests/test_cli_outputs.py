@@ -59,7 +59,12 @@ def commands(group, path: tuple[str, ...] = ()):
 COMMANDS = dict(commands(typer.main.get_command(app)))
 MARKS = {path: file_options(command.callback) for path, command in COMMANDS.items()}
 FILE_OUTPUTS = {path: flag for path, marks in MARKS.items() for flag, mark in marks.values()
-                if isinstance(mark, Writes) and not mark.folder}
+                if isinstance(mark, Writes) and not mark.folder and mark.check is None}
+"""Each command's result file (--out)."""
+FIGURES = {path: flag for path, marks in MARKS.items() for flag, mark in marks.values()
+           if isinstance(mark, Writes) and mark.check is not None}
+"""Each command's figure file (--figure)."""
+OUTPUT_FILES = [(path, flag) for outputs in (FILE_OUTPUTS, FIGURES) for path, flag in outputs.items()]
 WRITERS = {path for path, marks in MARKS.items() if any(isinstance(mark, Writes) for _, mark in marks.values())}
 READS = [(path, flag) for path, marks in MARKS.items() if path in WRITERS
          for flag, mark in marks.values() if isinstance(mark, Reads)]
@@ -88,6 +93,10 @@ def test_every_path_option_of_every_command_says_whether_it_is_read_or_written()
     assert set(FILE_OUTPUTS) >= {("lens",), ("run",), ("sweep",), ("trace",), ("tunedlens", "eval"),
                                  ("heads", "retrieval"), ("heads", "activity")}
     assert ("tunedlens", "train") not in FILE_OUTPUTS  # its --out is a folder
+
+
+def test_every_command_that_writes_a_result_can_draw_it_as_a_figure():
+    assert set(FIGURES) == set(FILE_OUTPUTS) and set(FIGURES.values()) == {"--figure"}
 
 
 # --- an output is never a file the command reads, checked before anything else ---------------------------
@@ -134,29 +143,30 @@ def test_no_output_replaces_a_file_read_or_a_file_of_a_folder_read(path, read_fl
         (tmp_path / "hard").unlink()
 
 
-def shipped_defaults() -> list[tuple[tuple[str, ...], str, Path]]:
-    return [(path, flag, default) for path, marks in MARKS.items() for flag, mark in marks.values()
-            if isinstance(mark, Reads) for default in mark.defaults if path in FILE_OUTPUTS]
+def shipped_defaults() -> list[tuple[tuple[str, ...], str, str, Path]]:
+    return [(path, flag, out_flag, default) for path, marks in MARKS.items() for flag, mark in marks.values()
+            if isinstance(mark, Reads) for default in mark.defaults for out_path, out_flag in OUTPUT_FILES
+            if out_path == path]
 
 
-@pytest.mark.parametrize("path, flag, default", shipped_defaults(), ids=str)
-def test_no_output_replaces_a_shipped_file_read_by_default(path, flag, default, tmp_path):
+@pytest.mark.parametrize("path, flag, out_flag, default", shipped_defaults(), ids=str)
+def test_no_output_replaces_a_shipped_file_read_by_default(path, flag, out_flag, default, tmp_path):
     before = default.read_bytes()
     try:
         refused(invoke(*path, *required(path, tmp_path / "absent"), "--model", tmp_path / "no-model",
-                       FILE_OUTPUTS[path], default), f"the {flag} file this command reads")
+                       out_flag, default), f"the {flag} file this command reads")
     finally:
         if default.read_bytes() != before:
             default.write_bytes(before)
             pytest.fail(f"{default} was replaced")
 
 
-@pytest.mark.parametrize("path", FILE_OUTPUTS, ids=" ".join)
-def test_an_output_that_is_a_folder_is_refused_before_the_model_or_any_input(path, tmp_path):
-    """The model folder does not exist: the error about --out shows the check came first."""
-    result = invoke(*path, *required(path, tmp_path / "absent"), "--model", tmp_path / "no-model",
-                    FILE_OUTPUTS[path], tmp_path)
-    refused(result, f"{FILE_OUTPUTS[path]} '{tmp_path}' is a folder")
+@pytest.mark.parametrize("path, flag", OUTPUT_FILES,
+                         ids=lambda part: " ".join(part) if isinstance(part, tuple) else part)
+def test_an_output_that_is_a_folder_is_refused_before_the_model_or_any_input(path, flag, tmp_path):
+    """The model folder does not exist: the error about --out (--figure) shows the check came first."""
+    result = invoke(*path, *required(path, tmp_path / "absent"), "--model", tmp_path / "no-model", flag, tmp_path)
+    refused(result, f"{flag} '{tmp_path}' is a folder")
     assert sorted(tmp_path.iterdir()) == []
 
 
@@ -308,10 +318,41 @@ def test_a_failed_run_leaves_an_existing_output_as_it_was(path, inputs, tmp_path
     (broken / "config.json").write_text("{not json")
     out = tmp_path / "result.json"
     out.write_bytes(b"earlier result\n")
+    figure = tmp_path / "figure.png"
+    figure.write_bytes(b"earlier figure")
     args = run_args(path, {**inputs, "model": broken})
-    assert invoke(*args, "--out", out).exit_code == 1
-    assert out.read_bytes() == b"earlier result\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken", "result.json"]
+    assert invoke(*args, "--out", out, "--figure", figure).exit_code == 1
+    assert out.read_bytes() == b"earlier result\n" and figure.read_bytes() == b"earlier figure"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken", "figure.png", "result.json"]
+
+
+FIGURE_HEADERS = {"png": b"\x89PNG", "svg": b"<?xml", "pdf": b"%PDF"}
+
+
+@pytest.mark.parametrize("path", RUNS, ids=" ".join)
+def test_the_figure_is_written_with_the_result_in_the_format_its_suffix_names(path, inputs, tmp_path):
+    """Each command in one of the formats, in turn; with --out, and without it (the table still on stdout)."""
+    kind = list(FIGURE_HEADERS)[list(RUNS).index(path) % len(FIGURE_HEADERS)]
+    figure, out = tmp_path / f"figure.{kind}", tmp_path / "result.json"
+    figure.write_bytes(b"an older figure, replaced")
+    result = invoke(*run_args(path, inputs), "-f", "json", "--out", out, "--figure", figure)
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text()) and figure.read_bytes().startswith(FIGURE_HEADERS[kind])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([figure.name, out.name])  # no temporary file left
+
+
+def test_the_figure_alone_leaves_the_result_on_stdout(inputs, tmp_path):
+    figure = tmp_path / "grid.svg"
+    result = invoke(*run_args(("lens",), inputs), "--figure", figure)
+    assert result.exit_code == 0 and result.stdout.startswith("layer |"), result.output
+    assert figure.read_bytes().startswith(b"<?xml")
+
+
+def test_the_figure_and_the_result_are_two_files(inputs, tmp_path):
+    same = tmp_path / "both.svg"
+    refused(invoke(*run_args(("lens",), inputs), "--out", same, "--figure", tmp_path / "." / "both.svg"),
+            "is the --out file too")
+    assert not same.exists()
 
 
 # --- one mechanism, shown once: symlinks, descriptors, pipes, modes ------------------------------------------

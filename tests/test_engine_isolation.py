@@ -1,4 +1,5 @@
-"""The engine never imports textual or rich, and `import layerscope` pulls in no heavy module."""
+"""The engine never imports textual or rich, nor matplotlib until a figure is drawn (`.plot()`), and `import layerscope`
+pulls in no heavy module."""
 
 import pkgutil
 import subprocess
@@ -17,18 +18,18 @@ def engine_modules() -> list[str]:
     return engine
 
 
-def test_engine_imports_neither_textual_nor_rich():
+def test_engine_imports_neither_textual_nor_rich_nor_matplotlib():
     code = ("import importlib, sys\n"
             f"for name in {engine_modules()!r}: importlib.import_module(name)\n"
-            "leaks = sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'rich'))\n"
+            "leaks = sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'rich', 'matplotlib'))\n"
             "print(','.join(leaks))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
 
 
 def test_package_import_is_light():
-    code = ("import sys, layerscope, layerscope.cli.app\n"
-            "print(','.join(m for m in ('torch', 'transformers') if m in sys.modules))")
+    code = ("import sys, layerscope, layerscope.cli.app; "
+            "print(','.join(m for m in ('torch', 'transformers', 'matplotlib') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
 

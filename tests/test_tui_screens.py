@@ -286,6 +286,41 @@ async def test_help_toasts_side_panel_and_continuation(lm, tmp_path):
         assert [output.plain[span.start:span.end] for span in diverged] == ["Paris. It is the capital", "Lyon. It is a city"]
 
 
+async def test_x_exports_the_shown_grid_as_a_figure_and_asks_before_replacing_a_file(lm, tmp_path):
+    """Shift+X: the grid shown (here the intervened logit lens of a saved session, with block 2 dropped) as an SVG
+    or PNG by the name, its view and interventions in the caption; an existing file is replaced only once the user
+    says so."""
+    from textual.widgets import Input
+
+    app = make_app(lm, tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_session(app, pilot, tmp_path)
+        assert [row for row in app.binding_rows() if "X" in row[0].split(",")] == \
+            [("X", "Export figure", "export_figure")]  # the key is bound once, in no pane
+
+        async def export(name: str) -> None:
+            await pilot.press("X")
+            app.screen.query_one(Input).value = str(tmp_path / name)
+            await pilot.press("enter")
+            await pilot.pause(0.2)
+
+        await export("grid.svg")
+        svg = (tmp_path / "grid.svg").read_text()
+        assert svg.startswith("<?xml")
+        assert "view: intervened · interventions: drop 2 · from the layerscope explorer" in svg
+        assert notices(app)[-1].startswith("exported figure · 13x5 · ") and notices(app)[-1].endswith(
+            f"SVG → {tmp_path / 'grid.svg'}")
+        await export("grid.png")
+        assert (tmp_path / "grid.png").read_bytes().startswith(b"\x89PNG")
+        await export("grid.svg")  # exists: asked first, and "n" keeps it
+        await pilot.press("n")
+        await pilot.pause(0.1)
+        assert (tmp_path / "grid.svg").read_text() == svg and "is unchanged" in notices(app)[-1]
+        await export("grid.jpg")
+        assert "name a .png, .svg or .pdf file" in notices(app)[-1] and not (tmp_path / "grid.jpg").exists()
+        assert app.is_running
+
+
 async def test_side_panel_is_narrower_at_80_columns(lm, tmp_path):
     app = make_app(lm, tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:

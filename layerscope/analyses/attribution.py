@@ -39,6 +39,9 @@ from layerscope.records import Records
 if TYPE_CHECKING:
     import pandas
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 _OUTPUT_PROJECTIONS = ("o_proj", "c_proj", "dense", "out_proj")
 
 
@@ -63,6 +66,12 @@ class LogitAttribution:
     heads: list[list[float]]
     head_bias: list[float]
     norm_scale: float
+
+    def plot(self) -> Figure:
+        """Each block's attention and MLP contribution, and each head's: a matplotlib Figure (layerscope[plot])."""
+        from layerscope.figures.parts import attribution_figure
+
+        return attribution_figure(self)
 
     def to_dict(self) -> dict:
         return dict(vars(self))

@@ -38,6 +38,9 @@ from layerscope.records import Records
 if TYPE_CHECKING:
     import pandas
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 Site = Literal["resid", "attn", "mlp"]
 SITES = ("resid", "attn", "mlp")
 NOISE_SCALE = 3.0
@@ -217,6 +220,13 @@ class CausalTrace:
     answer_id: int
     clean: dict = field(default_factory=dict)  # {"p_answer": ...}
     corrupted: dict = field(default_factory=dict)
+
+    def plot(self, field: str = "indirect_effect") -> Figure:
+        """ROME's heatmap of `field` ('indirect_effect' or 'p_answer'), tokens down, rows across:
+        a matplotlib Figure (layerscope[plot])."""
+        from layerscope.figures.trace import causal_trace_figure
+
+        return causal_trace_figure([self], field)
 
     def to_dict(self) -> dict:
         return asdict(self)

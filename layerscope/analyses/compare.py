@@ -22,6 +22,9 @@ from layerscope.records import Records
 if TYPE_CHECKING:
     import pandas
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 
 @dataclass
 class PositionComparison:
@@ -158,6 +161,13 @@ class InterventionReport:
     intervened: DecodeGrid
     comparison: Comparison
     continuation: dict[str, Continuation]
+
+    def plot(self, metric: str = "prob") -> Figure:
+        """Both lens grids and the per-position KL, the interventions in the title:
+        a matplotlib Figure (layerscope[plot])."""
+        from layerscope.figures.interventions import intervention_figure
+
+        return intervention_figure(self, metric)
 
     def to_dict(self) -> dict:
         return {

@@ -20,6 +20,7 @@ from layerscope.records import Records
 
 if TYPE_CHECKING:
     import pandas
+    from matplotlib.figure import Figure
 
     from layerscope.analyses.grid import DecodeGrid
 
@@ -67,6 +68,12 @@ class EarlyExit:
     stays_from: list[list[int]]
     oracle_mean_blocks_skipped: float
     thresholds: list[ThresholdExit]
+
+    def plot(self) -> Figure:
+        """Where the top-1 settles, and what each threshold skips and keeps: a matplotlib Figure (layerscope[plot])."""
+        from layerscope.figures.studies import early_exit_figure
+
+        return early_exit_figure(self)
 
     def to_dict(self) -> dict:
         return {"model": self.model, "n_blocks": self.n_blocks, "positions": sum(map(len, self.stays_from)),

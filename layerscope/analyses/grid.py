@@ -19,6 +19,9 @@ from layerscope.records import Records
 if TYPE_CHECKING:
     import pandas
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 LN2 = math.log(2.0)
 
 
@@ -50,6 +53,13 @@ class DecodeGrid:
     token_ids: list[int]
     layers: list[str]
     cells: list[list[GridCell]]  # [row][position]
+
+    def plot(self, metric: str = "prob") -> Figure:
+        """The grid as a heatmap of `metric` ('prob': the top-1's probability, 'entropy_bits', 'kl_to_final') with the
+        top-1 token in each cell: a matplotlib Figure (layerscope[plot])."""
+        from layerscope.figures.grid import decode_grid_figure
+
+        return decode_grid_figure(self, metric)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -22,6 +22,7 @@ from layerscope.records import Records
 
 if TYPE_CHECKING:
     import pandas
+    from matplotlib.figure import Figure
 
 
 @dataclass
@@ -33,6 +34,12 @@ class AblationReport:
     random_heads: list[HeadScore]
     tests: int
     accuracy: dict[str, float]  # "baseline", "top-K zero", "top-K uniform", "random-K zero", "random-K uniform"
+
+    def plot(self) -> Figure:
+        """NIAH accuracy per masking: a matplotlib Figure (layerscope[plot])."""
+        from layerscope.figures.heads import ablation_figure
+
+        return ablation_figure(self)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -15,6 +15,7 @@ from layerscope.records import Records
 
 if TYPE_CHECKING:
     import pandas
+    from matplotlib.figure import Figure
 
 
 @dataclass
@@ -30,6 +31,12 @@ class HeadActivity:
     model: str
     heads: list[HeadScore]  # the known retrieval heads
     steps: list[ActivityStep]
+
+    def plot(self) -> Figure:
+        """Retrieval heads active per generated token: a matplotlib Figure (layerscope[plot])."""
+        from layerscope.figures.heads import activity_figure
+
+        return activity_figure(self)
 
     def to_dict(self) -> dict:
         return asdict(self)

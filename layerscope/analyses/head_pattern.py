@@ -23,6 +23,9 @@ from layerscope.records import Records
 if TYPE_CHECKING:
     import pandas
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 
 @dataclass
 class AttentionPattern:
@@ -38,6 +41,12 @@ class AttentionPattern:
         """The k keys the head attends to most from `query`, as (key position, weight), strongest first."""
         row = self.weights[head][query]
         return sorted(enumerate(row), key=lambda item: (-item[1], item[0]))[:k]
+
+    def plot(self, heads: Sequence[tuple[int, int]] | None = None) -> Figure:
+        """A query x key heatmap per head (default: every head read): a matplotlib Figure (layerscope[plot])."""
+        from layerscope.figures.heads import attention_pattern_figure
+
+        return attention_pattern_figure(self, heads)
 
     def to_dict(self) -> dict:
         return {"model": self.model, "tokens": self.tokens, "token_ids": self.token_ids,

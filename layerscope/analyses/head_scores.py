@@ -17,6 +17,9 @@ from layerscope.records import Records
 if TYPE_CHECKING:
     import pandas
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 HeadKind = Literal["retrieval", "induction", "previous_token"]
 KINDS = ("retrieval", "induction", "previous_token")
 RETRIEVAL_THRESHOLD = 0.1
@@ -63,6 +66,13 @@ class HeadScores:
 
     def share_above(self, threshold: float = RETRIEVAL_THRESHOLD) -> float:
         return len(self.above(threshold)) / len(self.heads)
+
+    def plot(self, threshold: float = RETRIEVAL_THRESHOLD) -> Figure:
+        """The layer x head heatmap, the share of heads above `threshold` in its title:
+        a matplotlib Figure (layerscope[plot])."""
+        from layerscope.figures.heads import head_scores_figure
+
+        return head_scores_figure([self], threshold)
 
     def to_dict(self) -> dict:
         return {"model": self.model, "kind": self.kind, "n_blocks": self.n_blocks, "n_heads": self.n_heads,

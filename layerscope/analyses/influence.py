@@ -30,6 +30,9 @@ from layerscope.records import Records
 if TYPE_CHECKING:
     import pandas
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 
 MIN_TOKENS = 256
 """Below this many tokens (one default window) Block Influence and perplexity are means over too few tokens
@@ -145,6 +148,13 @@ class InfluenceReport:
         counts = {"calibration": self.calibration_tokens, "held-out": self.prune.eval_tokens if self.prune else None}
         return [f"only {count} {name} tokens (fewer than {MIN_TOKENS}): the numbers rest on too few tokens to "
                 f"trust; give a longer text" for name, count in counts.items() if count is not None and count < MIN_TOKENS]
+
+    def plot(self) -> Figure:
+        """Block Influence bars and, after pruning, perplexity against the random and last-N baselines:
+        a matplotlib Figure (layerscope[plot])."""
+        from layerscope.figures.studies import influence_figure
+
+        return influence_figure(self)
 
     def to_dict(self) -> dict:
         data = {"model": self.model, "calibration_tokens": self.calibration_tokens,

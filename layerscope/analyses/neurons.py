@@ -31,6 +31,9 @@ from layerscope.records import Records
 if TYPE_CHECKING:
     import pandas
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 MIN_KURTOSIS = 10.0
 """Gurnee et al.'s split between high- and low-kurtosis neurons (`vocab_kurt > 10` in their analysis code)."""
 MIN_SKEW = 0.0
@@ -75,6 +78,12 @@ class NeuronCensus:
         found = [(b.kurtosis[n], b.block, n) for b in self.blocks for n in range(len(b.kurtosis))
                  if self.kind(b, n) == kind]
         return [(block, neuron) for _, block, neuron in sorted(found, reverse=True)[:k]]
+
+    def plot(self) -> Figure:
+        """Prediction and suppression neurons per block: a matplotlib Figure (layerscope[plot])."""
+        from layerscope.figures.parts import neuron_census_figure
+
+        return neuron_census_figure(self)
 
     def to_dict(self) -> dict:
         return {"model": self.model, "min_kurtosis": self.min_kurtosis, "min_skew": self.min_skew,

@@ -33,6 +33,9 @@ from layerscope.records import Records
 if TYPE_CHECKING:
     import pandas
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 DEFAULT_TARGET_PROMPT = "cat -> cat\n1135 -> 1135\nhello -> hello\n?"
 """The few-shot identity prompt of the Patchscopes authors; its last token is the placeholder."""
 
@@ -232,6 +235,12 @@ class PatchscopeReport:
     placeholder_position: int
     target_layer: int | None  # None: same as the source row
     descriptions: list[list[str]] | None  # [row][position] greedy text, with max_new_tokens
+
+    def plot(self, metric: str = "prob") -> Figure:
+        """The grid and precision@1 per row next to the logit lens: a matplotlib Figure (layerscope[plot])."""
+        from layerscope.figures.grid import patchscope_figure
+
+        return patchscope_figure(self, metric)
 
     def to_dict(self) -> dict:
         return {**self.grid.to_dict(), "precision_at_1": asdict(self.precision), "target_prompt": self.target_prompt,

@@ -39,6 +39,9 @@ from layerscope.records import Records
 if TYPE_CHECKING:
     import pandas
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 STAGES = ("detokenisation", "feature engineering", "prediction ensembling", "residual sharpening")
 DETOK_FACTOR = 2.0
 SHARPEN_FACTOR = 2.0
@@ -74,6 +77,12 @@ class StageMap:
     n_prompts: int
     blocks: list[BlockSignature]
     rule: str = RULE
+
+    def plot(self) -> Figure:
+        """The signatures per block over the stage bands: a matplotlib Figure (layerscope[plot])."""
+        from layerscope.figures.studies import stage_figure
+
+        return stage_figure(self)
 
     def to_dict(self) -> dict:
         return {"model": self.model, "n_prompts": self.n_prompts, "heuristic": True, "rule": self.rule,

@@ -16,6 +16,7 @@ from layerscope.records import Records
 
 if TYPE_CHECKING:
     import pandas
+    from matplotlib.figure import Figure
 
 SWAP_TOKEN = "swap-token"
 
@@ -46,6 +47,13 @@ class SweepResult:
 
     def to_pandas(self) -> pandas.DataFrame:
         return self.records().to_pandas()
+
+    def plot(self, n_blocks: int | None = None) -> Figure:
+        """The set averages per layer, a line per kind (x: relative depth given `n_blocks`): a matplotlib Figure
+        (layerscope[plot])."""
+        from layerscope.figures.interventions import sweep_figure
+
+        return sweep_figure(self.points, str(self.source.get("model", "")), n_blocks=n_blocks)
 
     def _repr_html_(self) -> str:
         from layerscope.notebook import sweep_html

@@ -38,6 +38,7 @@ from layerscope.tensorfiles import read_safetensors, replace_file
 
 if TYPE_CHECKING:
     import pandas
+    from matplotlib.figure import Figure
 
 WEIGHTS, CONFIG = "lens.safetensors", "config.json"
 CHECKPOINT = "checkpoint.safetensors"  # the step and recipe in its metadata, under CHECKPOINT_KEY
@@ -364,6 +365,13 @@ class LensComparison:
     logit_lens_kl: list[float]
     tuned_lens_kl: list[float]
     tokens: int
+
+    def plot(self, model: str = "") -> Figure:
+        """KL to the final distribution per row, both lenses, `model` in the title:
+        a matplotlib Figure (layerscope[plot])."""
+        from layerscope.figures.lenses import lens_comparison_figure
+
+        return lens_comparison_figure(self, model)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import functools
 import inspect
+import itertools
 import os
 import re
 import shlex
@@ -28,6 +29,7 @@ import typer
 from typer.models import OptionInfo
 
 from layerscope.errors import LayerscopeError, require_utf8
+from layerscope.figures.common import check_figure_path, figure_bytes
 from layerscope.locations import model_path
 from layerscope.outputs import (
     check_finite,
@@ -43,6 +45,7 @@ from layerscope.specs import parse_blocks, parse_number
 from layerscope.textfiles import read_text_file
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
     from rich.progress import Progress, TaskID
 
     from layerscope.models.loading import LoadedModel
@@ -62,10 +65,13 @@ class Reads:
 @dataclass(frozen=True)
 class Writes:
     """In a path option's Annotated type: the command writes here. A file (not given, or '-': standard output),
-    or with `folder`, a folder that gets the files `files()` names (None: any files, so it must be new or empty)."""
+    or with `folder`, a folder that gets the files `files()` names (None: any files, so it must be new or empty).
+    With `check`, a file written only when given (never standard output) that `check(flag, path)` accepts first
+    (a figure: its suffix names a format)."""
 
     folder: bool = False
     files: Callable[[], Collection[str]] | None = None
+    check: Callable[[str, Path], None] | None = None
 
 
 class Format(str, Enum):
@@ -85,6 +91,9 @@ PromptFileOption = Annotated[Path | None, typer.Option("--prompt-file", help="Re
 FormatOption = Annotated[Format, typer.Option("--format", "-f", help="table, json or csv.")]
 OutOption = Annotated[Path | None, typer.Option("--out", "-o", help="Write the result to this file (atomically; a device "
                                                                    "or pipe is written through; '-': stdout)."), Writes()]
+FigureOption = Annotated[Path | None, typer.Option("--figure", help="Also draw the result as a figure in this file: "
+                                                                   ".png, .svg or .pdf (needs layerscope[plot])."),
+                         Writes(check=check_figure_path)]
 TopKOption = Annotated[int, typer.Option("--top-k", "-k", min=1, max=100, help="Tokens kept per cell.")]
 OccurrenceOption = Annotated[int | None, typer.Option(
     "--occurrence", min=1, help="Where the word (--subject, --placeholder) occurs more than once as whole tokens: "
@@ -154,17 +163,24 @@ class PromptInput:
 
 @dataclass(frozen=True)
 class Output:
-    """Where the result goes (--out, else stdout) and in which format."""
+    """Where the result goes (--out, else stdout) and in which format, and where its figure goes (--figure)."""
 
     format: FormatOption = Format.table
     out: OutOption = None
+    figure: FigureOption = None
 
-    def write(self, data: Callable[[], dict], records: Callable[[], Records], table: Callable[[], str]) -> None:
-        """Only the asked format is rendered: json of `data()`, csv of `records()` (a result's own), or `table()`."""
+    def write(self, data: Callable[[], dict], records: Callable[[], Records], table: Callable[[], str],
+              plot: Callable[[], Figure]) -> None:
+        """Only the asked format is rendered: json of `data()`, csv of `records()` (a result's own), or `table()`;
+        with --figure, `plot()` too, drawn before anything is written so that a failure leaves both files as they
+        were."""
         if self.format is Format.table:
             check_finite(data())  # json and csv check what they render
         render = {"json": lambda: to_json(data()), "csv": lambda: to_csv(records()), "table": table}
+        drawn = None if self.figure is None else figure_bytes(plot(), self.figure, "--figure")
         write_atomic(render[self.format.value](), self.out)
+        if drawn is not None:
+            write_atomic(drawn, self.figure)
 
 
 def _is_group(annotation: object) -> bool:
@@ -333,12 +349,20 @@ def check_files(options: dict[str, Any], marks: dict[str, tuple[str, Reads | Wri
                     raise LayerscopeError(f"{flag} is a folder: '-' (standard output) cannot be one.")
                 check_output_folder(out, flag, None if mark.files is None else mark.files(), inputs)
                 folders.append((flag, os.path.realpath(out)))
+        elif mark.check is not None:
+            if out is not None:
+                check_output(out, flag, inputs)
+                mark.check(flag, out)
+                files.append((flag, out))
         elif out is None or str(out) == "-":
             options[name] = None
             check_stdout()
         else:
             check_output(out, flag, inputs)
             files.append((flag, out))
+    for (flag, out), (other_flag, other) in itertools.combinations(files, 2):
+        if os.path.realpath(out) == os.path.realpath(other):
+            raise LayerscopeError(f"{other_flag} '{other}' is the {flag} file too; write each to its own file.")
     for flag, out in files:  # e.g. --out in the --save folder: the second write would replace the first's file
         for folder_flag, folder in folders:
             if folder in (os.path.realpath(out), os.path.dirname(os.path.realpath(out))):

@@ -35,7 +35,7 @@ def neurons(
     chosen = list(spec_option("--blocks", blocks, "block", lm.n_blocks)) if blocks else None
     with StderrProgress() as progress:
         census = neuron_census(lm, min_kurtosis, min_skew, chosen, progress=progress)
-    output.write(census.to_dict, census.records, lambda: census_table(census, top))
+    output.write(census.to_dict, census.records, lambda: census_table(census, top), census.plot)
 
 
 @command
@@ -61,4 +61,4 @@ def attribute(
     answer_id = token_id(lm, answer, "answer") if answer is not None else None
     contrast_id = token_id(lm, contrast, "contrast") if contrast is not None else None
     result = logit_attribution(lm, lm.encode(text), answer_id, contrast_id)
-    output.write(result.to_dict, result.records, lambda: attribution_table(result, top))
+    output.write(result.to_dict, result.records, lambda: attribution_table(result, top), result.plot)

@@ -77,7 +77,7 @@ def patchscope(
     ids = lm.encode(text)
     with StderrProgress() as progress:
         report = run_patchscope(lm, ids, target, layer, top_k, max_new_tokens, progress)
-    output.write(report.to_dict, report.records, lambda: patchscope_table(report))
+    output.write(report.to_dict, report.records, lambda: patchscope_table(report), report.plot)
 
 
 def row_number(text: str) -> int:
@@ -138,7 +138,7 @@ def retrieval(
     settings = {"lengths": list(inputs[2]), "depths": list(inputs[3]),
                 "max_new_tokens": max_new_tokens, "span": span, "interrupted": len(results) < len(tests)}
     scores = retrieval_from_results(lm, results, settings)
-    output.write(scores.to_dict, scores.records, lambda: retrieval_table(results, scores, len(tests), span, show))
+    output.write(scores.to_dict, scores.records, lambda: retrieval_table(results, scores, len(tests), span, show), scores.plot)
 
 
 @heads_app.command("activity")
@@ -164,7 +164,7 @@ def activity(
     lm = model.load()
     head_scores.check_model(lm)
     result = head_activity(lm, lm.encode(text), head_scores, max_new_tokens)
-    output.write(result.to_dict, result.records, lambda: activity_table(result))
+    output.write(result.to_dict, result.records, lambda: activity_table(result), result.plot)
 
 
 @heads_app.command("induction")
@@ -184,6 +184,7 @@ def induction(
     Example: layerscope heads induction --model demo --seq-len 50 --repeats 2 --samples 10 --format json
     """
     from layerscope.analyses.induction import induction_scores, previous_token_scores
+    from layerscope.figures.heads import head_scores_figure
 
     lm = model.load()
     with StderrProgress() as progress:
@@ -191,7 +192,8 @@ def induction(
         previous = previous_token_scores(lm, progress=progress)
     output.write(lambda: {**prefix.to_dict(), "previous_token": previous.to_dict()},
                  lambda: prefix.records() + previous.records(),
-                 lambda: heads_table(prefix, show) + "\n\n" + heads_table(previous, show))
+                 lambda: heads_table(prefix, show) + "\n\n" + heads_table(previous, show),
+                 lambda: head_scores_figure([prefix, previous]))
 
 
 @heads_app.command("ablate")
@@ -226,4 +228,4 @@ def ablate(
     lm.check_generation(max(test.ids.shape[1] for test in tests), max_new_tokens)
     with StderrProgress() as progress:
         report = ablation_experiment(lm, head_scores, top, tests, seed, max_new_tokens, progress)
-    output.write(report.to_dict, report.records, lambda: ablation_table(report))
+    output.write(report.to_dict, report.records, lambda: ablation_table(report), report.plot)

@@ -56,7 +56,7 @@ def lens(
         grid = logit_lens(lm, lm.encode(text), top_k=top_k)
     else:
         grid = tuned_lens(lm, lm.encode(text), load_tuned_lens(lm, lens_dir), top_k=top_k)
-    output.write(grid.to_dict, grid.records, lambda: grid_table(grid))
+    output.write(grid.to_dict, grid.records, lambda: grid_table(grid), grid.plot)
 
 
 def with_intervention_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -107,4 +107,4 @@ def run(
     ids = lm.encode(text)
     check_interventions(interventions, ModelShape(lm.n_blocks, lm.adapter.n_heads, ids.shape[1]))
     report = run_interventions(lm, ids, interventions, top_k=top_k, max_new_tokens=max_new_tokens)
-    output.write(report.to_dict, report.records, lambda: report_table(report))
+    output.write(report.to_dict, report.records, lambda: report_table(report), report.plot)

@@ -15,6 +15,7 @@ import typer
 
 from layerscope.cli.common import (
     BosModelOptions,
+    FigureOption,
     Format,
     ModelOptions,
     OutOption,
@@ -28,12 +29,15 @@ from layerscope.cli.common import (
 )
 from layerscope.cli.tables import exit_table, influence_table, stages_table, sweep_table
 from layerscope.errors import LayerscopeError
+from layerscope.figures.common import add_caption, save_figure
 from layerscope.outputs import json_line, streamed_lines
 from layerscope.interventions import chosen_by_block
 from layerscope.locations import SAMPLE_PROMPTS, sample_file
 from layerscope.textfiles import read_text_file
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from layerscope.analyses.prompt_sets import PromptItem
     from layerscope.analyses.sweep import SweepPoint
     from layerscope.analyses.token_swap import TokenSwapPoint
@@ -57,6 +61,7 @@ class SweepOutput:
 
     format: Annotated[SweepFormat, typer.Option("--format", "-f", help="table, json, csv or jsonl.")] = SweepFormat.table
     out: OutOption = None
+    figure: FigureOption = None
 
 
 def _sample(name: str) -> Path:
@@ -196,7 +201,7 @@ def sweep(
     with StderrProgress() as progress:
         points = _sweep_points(lm, items, intervention, chosen, valid, measure_accuracy, max_new_tokens, seed,
                                batch_size, donor, done, output.out, progress)
-        _write_sweep(points, source, output.format, output.out, keep if written is not None else None)
+        _write_sweep(points, source, output, keep if written is not None else None, done)
 
 
 def _sweep_layers(lm: LoadedModel, items: list[PromptItem], kind: str, layers: Sequence[int] | None,
@@ -237,17 +242,27 @@ def _sweep_points(lm: LoadedModel, items: list[PromptItem], kind: str, layers: S
     return (point for point in points if point.key not in seen)
 
 
-def _write_sweep(points: Iterable[SweepPoint | TokenSwapPoint], source: dict, format: SweepFormat, out: Path | None,
-                 keep: int | None) -> None:
+def _write_sweep(points: Iterable[SweepPoint | TokenSwapPoint], source: dict, output: SweepOutput, keep: int | None,
+                 done: list[dict]) -> None:
     """jsonl: the source line (unless continuing a file that has it, after its first `keep` bytes), then each
-    point as it comes; a failure other than Ctrl-C leaves --out as it was."""
+    point as it comes; a failure other than Ctrl-C leaves --out as it was. The figure (--figure) is drawn from the
+    points of `done` (a resumed file's) and the new ones, after them."""
     kind = source["intervention"]
+    from layerscope.analyses.sweep_result import SweepResult
     from layerscope.distributed import is_writer
+    from layerscope.figures.interventions import sweep_figure
 
     if not is_writer():  # under torchrun the other ranks compute their share of the points; rank 0 writes
         deque(points, maxlen=0)
         return
-    if format is SweepFormat.jsonl:
+    out = output.out
+    drawn: list[dict | SweepPoint | TokenSwapPoint] = list(done)  # the figure's
+    prompts = f"{source['prompts']['file']} ({source['prompts']['count']} prompts)"
+
+    def plot() -> Figure:
+        return sweep_figure(drawn, source["model"], prompts)
+
+    if output.format is SweepFormat.jsonl:
         written = 0
         try:
             with streamed_lines(out, keep) as write:
@@ -256,14 +271,17 @@ def _write_sweep(points: Iterable[SweepPoint | TokenSwapPoint], source: dict, fo
                 for point in points:
                     write(json_line(point.to_dict()))
                     written += 1
+                    drawn.append(point)
         except KeyboardInterrupt:
             where = f"; to continue, run: {command_line_with('--resume')}" if out else "."
             raise LayerscopeError(f"interrupted after {written} new rows, all kept{where}") from None
+        if output.figure is not None:
+            save_figure(plot(), output.figure, "--figure")
         return
-    from layerscope.analyses.sweep_result import SweepResult
-
     result = SweepResult.collect(kind, points, source)
-    Output(Format(format.value), out).write(result.to_dict, result.records, lambda: sweep_table(result))
+    drawn.extend(result.points)
+    Output(Format(output.format.value), out, output.figure).write(result.to_dict, result.records,
+                                                                   lambda: sweep_table(result), plot)
 
 
 @command
@@ -303,7 +321,7 @@ def influence(
         print(f"warning: {warning}", file=sys.stderr)
     if save is not None and report.prune and is_writer():
         save_pruned(lm, report.prune.removed, save)
-    output.write(report.to_dict, report.records, lambda: influence_table(report))
+    output.write(report.to_dict, report.records, lambda: influence_table(report), lambda: add_caption(report.plot(), texts))
 
 
 @command
@@ -327,7 +345,7 @@ def stages(
     lm = model.load()
     with StderrProgress() as progress:
         result = stage_map(lm, items, progress=progress)
-    output.write(result.to_dict, result.records, lambda: stages_table(result))
+    output.write(result.to_dict, result.records, lambda: stages_table(result), lambda: add_caption(result.plot(), f"prompts: {prompts}"))
 
 
 def _thresholds(spec: str) -> list[float]:
@@ -363,9 +381,10 @@ def exit_estimate(
     from layerscope.analyses.prompt_sets import load_prompt_set
 
     levels = _thresholds(thresholds)
-    texts = [item.text for item in load_prompt_set(prompts or _sample("general.txt"))]
+    prompts = prompts or _sample("general.txt")
+    texts = [item.text for item in load_prompt_set(prompts)]
     lm = model.load()
     grids = [grid for start in range(0, len(texts), batch_size)
              for grid in logit_lens(lm, lm.encode(texts[start : start + batch_size]), top_k=1)]
     result = early_exit(grids, levels)
-    output.write(result.to_dict, result.records, lambda: exit_table(result))
+    output.write(result.to_dict, result.records, lambda: exit_table(result), lambda: add_caption(result.plot(), f"prompts: {prompts}"))

@@ -61,4 +61,4 @@ def trace(
     with StderrProgress() as progress:
         result = trace_prompt(lm, text, subject, answer, corrupt.value, corrupt_prompt, site.value, window, approx,
                               seed, noise_scale, progress, occurrence)
-    output.write(result.to_dict, result.records, lambda: trace_table(result))
+    output.write(result.to_dict, result.records, lambda: trace_table(result), result.plot)

@@ -74,4 +74,4 @@ def evaluate(
     heldout = read_text_file(text or sample_file("heldout.txt"), "held-out text")
     lm = model.load()
     comparison = compare_lenses(lm, load_tuned_lens(lm, lens), heldout, tokens)
-    output.write(comparison.to_dict, comparison.records, lambda: comparison_table(comparison))
+    output.write(comparison.to_dict, comparison.records, lambda: comparison_table(comparison), lambda: comparison.plot(lm.name))

@@ -37,7 +37,7 @@ from layerscope.errors import LayerscopeError
 from layerscope.locations import SAMPLE_PROMPTS
 from layerscope.specs import whole_number_in
 from layerscope.tui import workers
-from layerscope.tui.export import byte_size, export_csv, grid_shape, grid_text
+from layerscope.tui.export import byte_size, export_csv, export_figure, grid_shape, grid_text
 from layerscope.tui.grid_view import VIEWS, DecodeGridView, visible
 from layerscope.tui.keymap import binding_rows, key_display, load_keymap, user_keymap_path
 from layerscope.tui.messages import (LoadFailed, ModelLoaded, PatternComputed, RowComputed, RunFailed, RunFinished,
@@ -121,6 +121,7 @@ class LayerscopeApp(App):
         Binding("ctrl+s", "save_session", "Save", id="save_session", priority=True),
         Binding("ctrl+o", "load_session", "Open", show=False, id="load_session", priority=True),
         Binding("x", "export_csv", "Export CSV", show=False, id="export_csv"),
+        Binding("X", "export_figure", "Export figure", show=False, id="export_figure"),
         Binding("y", "copy_cell", "Copy cell", show=False, id="copy_cell"),
         Binding("Y", "copy_grid", "Copy grid", show=False, id="copy_grid"),
         Binding("t", "next_theme", "Theme", show=False, id="next_theme"),
@@ -906,12 +907,24 @@ class LayerscopeApp(App):
 
     def export_csv(self, path: Path) -> None:
         """The shown grid, with its view and the interventions its numbers were computed with."""
-        grid, origin = self.grid, self.runs.origin
-        method, results = self.shown()
-        intervened = grid.shown is not None and grid.shown is results.intervened
+        method, _ = self.shown()
+        self.notify(export_csv(method, self.grid.shown, path, *self.shown_provenance()))
+
+    def action_export_figure(self) -> None:
+        self._ask_path("Export the grid as a figure (.svg, .png or .pdf) to:", "layerscope-grid.svg",
+                       self.export_figure, writes=True)
+
+    def export_figure(self, path: Path) -> None:
+        """The shown grid as a figure, its view and interventions in the caption."""
+        self.notify(export_figure(self.grid.shown, path, *self.shown_provenance()))
+
+    def shown_provenance(self) -> tuple[str, str]:
+        """The view the grid shows (baseline or intervened) and the interventions its numbers were computed with."""
+        origin = self.runs.origin
+        _, results = self.shown()
+        intervened = self.grid.shown is not None and self.grid.shown is results.intervened
         toggles = origin.toggles if origin is not None else self.toggles
-        self.notify(export_csv(method, grid.shown, path, "intervened" if intervened else "baseline",
-                               toggles.describe() if intervened else "none"))
+        return "intervened" if intervened else "baseline", toggles.describe() if intervened else "none"
 
     def action_copy_cell(self) -> None:
         """The cell under the cursor as plain text, its tokens raw, as the shown method writes it."""

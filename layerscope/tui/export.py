@@ -1,4 +1,4 @@
-"""The shown grid as text for the clipboard and as a CSV file, and how big that text is. Plain Python.
+"""The shown grid as text for the clipboard, as a CSV file and as a figure, and how big that is. Plain Python.
 
 A grid here is any method's grid (tui/methods.py): its method summarises its cells and gives its CSV rows.
 """
@@ -18,9 +18,9 @@ if TYPE_CHECKING:
     from layerscope.tui.methods import Grid, GridMethod
 
 
-def byte_size(text: str) -> str:
-    """'161 B', '36 KB', '2.4 MB': the UTF-8 size of what was copied or written."""
-    size = len(text.encode("utf-8"))
+def byte_size(text: str | bytes) -> str:
+    """'161 B', '36 KB', '2.4 MB': the size of what was copied or written (text in UTF-8)."""
+    size = len(text.encode("utf-8") if isinstance(text, str) else text)
     if size < 1000:
         return f"{size} B"
     return f"{size / 1000:.0f} KB" if size < 1_000_000 else f"{size / 1_000_000:.1f} MB"
@@ -83,3 +83,18 @@ def export_csv(method: GridMethod | None, grid: Grid | None, path: Path, view: s
                                                      "interventions": interventions}))
     write_atomic(text, path)
     return f"exported grid · {grid_shape(grid)} · {byte_size(text)} CSV → {path}"
+
+
+def export_figure(grid: Grid | None, path: Path, view: str, interventions: str) -> str:
+    """Draw the grid (its result's `plot()`), the view and the interventions in its caption, and write it
+    atomically in the format the path's suffix names; the notice that says what was written."""
+    from layerscope.figures.common import add_caption, figure_bytes
+    from layerscope.outputs import write_atomic
+
+    if grid is None or not grid.cells:
+        raise LayerscopeError("Nothing to export yet: run a prompt first.")
+    figure = grid.plot()
+    add_caption(figure, f"view: {view} · interventions: {interventions} · from the layerscope explorer")
+    data = figure_bytes(figure, path, "")
+    write_atomic(data, path)
+    return f"exported figure · {grid_shape(grid)} · {byte_size(data)} {path.suffix.lstrip('.').upper()} → {path}"

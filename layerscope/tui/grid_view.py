@@ -25,6 +25,7 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from layerscope.display import WHITESPACE, token_label, visible  # noqa: F401 (the views import them from here)
 from layerscope.errors import LayerscopeError
 
 if TYPE_CHECKING:
@@ -34,23 +35,6 @@ CELL_WIDTH = 10
 LABEL_WIDTH = 15
 GLYPHS = "▁▂▃▄▅▆▇█"
 VIEWS = ("intervened", "baseline", "diff")
-
-
-_WHITESPACE = str.maketrans({" ": "·", "\n": "⏎", "\t": "⇥"})
-_CONTROLS = str.maketrans({**{code: chr(0x2400 + code) for code in range(0x20) if code != 0x0A}, 0x7F: "␡",
-                           **{code: f"\\x{code:02x}" for code in range(0x80, 0xA0)}})
-
-
-def visible(text: str) -> str:
-    """Control characters as their pictures (ESC -> ␛, BEL -> ␇, NUL -> ␀; C1 codes as \\x9b), so text from a
-    prompt or a model can never drive the terminal. Newlines stay: callers that need one line use token_label."""
-    return text.translate(_CONTROLS) if not text.isprintable() else text
-
-
-def token_label(text: str, width: int) -> str:
-    """Whitespace and control characters made visible (' Paris' -> '·Paris', ESC -> ␛), cut to width."""
-    text = visible(text.translate(_WHITESPACE))
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def prob_glyph(prob: float) -> str:
@@ -66,7 +50,7 @@ def find_cell(text_at: Callable[[int, int], str], n_rows: int, n_positions: int,
     """The next (`step` 1) or previous (-1) cell after `start` = (row, position), in reading order (position by
     position, each across its rows) and around the end, whose text (`text_at(row, position)`, as the grid shows
     it) holds `query`, ignoring case; a space in the query matches the grid's `·`. None: no cell has it."""
-    wanted = {query.lower(), query.lower().translate(_WHITESPACE)}
+    wanted = {query.lower(), query.lower().translate(WHITESPACE)}
     total = n_rows * n_positions
     here = start[1] * n_rows + start[0]
     for offset in range(1, total + 1):

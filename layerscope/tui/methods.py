@@ -27,6 +27,7 @@ from layerscope.tui.detail_text import flow, top_lines
 
 if TYPE_CHECKING:
     import torch
+    from matplotlib.figure import Figure
     from textual.theme import Theme
 
     from layerscope.analyses.causal_trace import CausalTrace, TraceCell
@@ -63,6 +64,8 @@ class Grid(Protocol):
     def cells(self) -> Sequence[Sequence[Any]]: ...
 
     def records(self) -> Records: ...
+
+    def plot(self) -> Figure: ...
 
 
 RowsFunction = Callable[["LoadedModel", "torch.Tensor", "Sequence[Intervention]", int, Callable[[], bool],
@@ -308,6 +311,9 @@ class PatternGrid:
     def records(self) -> Records:
         block, head = self.head
         return self.pattern.records().where(block=block, head=head)
+
+    def plot(self) -> Figure:
+        return self.pattern.plot([self.head])
 
 
 CELL_LABEL = 8  # a column label's width in the grid's header (its cells are 10 wide)
