@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from layerscope.cli.common import (ModelOptions, OccurrenceOption, Output, PromptInput, StderrProgress, command,
+from layerscope.cli.common import (ModelOptions, OccurrenceOption, Output, PromptInput, Reads, StderrProgress, command,
                                    shorten)
 from layerscope.errors import LayerscopeError
+from layerscope.locations import sample_file
 
 if TYPE_CHECKING:
     from layerscope.analyses.causal_trace import CausalTrace
@@ -26,21 +28,56 @@ class Site(str, Enum):
     resid = "resid"
     attn = "attn"
     mlp = "mlp"
+    head = "head"
+
+
+class Metric(str, Enum):
+    prob = "prob"
+    logit_diff = "logit-diff"
+    kl = "kl"
+
+
+class NoiseStd(str, Enum):
+    embedding = "embedding"
+    subjects = "subjects"
+
+
+METRIC_WORDS = {"prob": ("p(answer)", "p(answer) with the state restored - corrupted"),
+                "logit-diff": ("logit diff", "logit difference with the state restored - corrupted"),
+                "kl": ("KL(clean||run)", "KL(clean||corrupted) - KL(clean||restored), nats")}
+
+
+def _grid(trace: CausalTrace, names: list[str], number: str) -> list[str]:
+    """One grid of the table: a row per layer, a cell per prompt token, each cell's attribute `number`."""
+    head = f"{'layer':>5} | " + " ".join(f"{name:>{CELL}}" for name in names)
+    lines = [head, "-" * len(head)]
+    for label, row in zip(trace.layers, trace.cells):
+        lines.append(f"{label:>5} | " + " ".join(f"{getattr(cell, number):>{CELL}.3f}" for cell in row))
+    return lines
 
 
 def trace_table(trace: CausalTrace) -> str:
-    """Rows are layers, columns prompt tokens (* marks the subject); each cell the indirect effect."""
+    """Rows are layers, columns prompt tokens (* marks the subject); each cell the indirect effect, and with noise
+    samples a second grid of their standard errors."""
     subject = range(*trace.subject_positions) if trace.subject_positions else range(0)
     names = [("*" if i in subject else "") + shorten(t, CELL - 1) for i, t in enumerate(trace.tokens)]
-    site = trace.site if trace.site == "resid" else f"{trace.site}, window {trace.window}"
+    site = f"{trace.site}, window {trace.window}" if trace.site in ("attn", "mlp") else trace.site
     kind = "attribution patching (approx)" if trace.approx else "restoring one state at a time"
-    lines = [f"causal trace of {trace.answer!r} ({site}; {kind}; corruption: {trace.corrupt})",
-             f"p(answer) clean {trace.clean['p_answer']:.4f}, corrupted {trace.corrupted['p_answer']:.4f}; "
-             "cells: indirect effect = p(answer) with the state restored - corrupted", ""]
-    head = f"{'layer':>5} | " + " ".join(f"{name:>{CELL}}" for name in names)
-    lines += [head, "-" * len(head)]
-    for label, row in zip(trace.layers, trace.cells):
-        lines.append(f"{label:>5} | " + " ".join(f"{cell.indirect_effect:>{CELL}.3f}" for cell in row))
+    measured, effect = METRIC_WORDS[trace.metric]
+    what = repr(trace.answer) + (f" - {trace.contrast!r}" if trace.contrast is not None else "")
+    noise = trace.noise
+    corruption = trace.corrupt if noise is None else (
+        f"noise, std {noise['std']:.4g} = {noise['scale']:g} x {noise['base_std']:.4g} (rule {noise['rule']}), "
+        f"mean of {trace.samples} sample{'s' * (trace.samples > 1)}")
+    corrupted = f"{trace.corrupted['value']:.4f}" + (
+        f" ± {trace.corrupted['stderr']:.4f}" if trace.corrupted["stderr"] is not None else "")
+    lines = [f"causal trace of {what} ({site}; metric {trace.metric}; {kind})", f"corruption: {corruption}",
+             f"{measured} clean {trace.clean['value']:.4f}, corrupted {corrupted}; "
+             f"cells: indirect effect = {effect}", ""]
+    lines += _grid(trace, names, "indirect_effect")
+    if trace.samples > 1:
+        lines += ["", f"standard error of each indirect effect over the {trace.samples} noise samples", ""]
+        lines += _grid(trace, names, "stderr")
     lines.append("")
     positions = [("last subject token", trace.subject_positions[1] - 1)] if trace.subject_positions else []
     for name, position in [*positions, ("last position", len(trace.tokens) - 1)]:
@@ -63,9 +100,25 @@ def trace(
     corrupt_prompt: Annotated[str | None, typer.Option(help="The counterfactual prompt for --corrupt swap "
                                                             "(same token length).")] = None,
     site: Annotated[Site, typer.Option(help="resid: one residual state; attn or mlp: that module's outputs in a "
-                                            "window of blocks.")] = Site.resid,
+                                            "window of blocks; head: one attention head's output (rows block.head).")
+                    ] = Site.resid,
     window: Annotated[int, typer.Option(min=1, help="Blocks restored together for --site attn|mlp.")] = 10,
-    noise_scale: Annotated[float, typer.Option(min=0.0, max=100.0, help="Noise std in units of the embeddings' std.")] = 3.0,
+    metric: Annotated[Metric, typer.Option(help="What a cell measures at the last position: prob = p(answer); "
+                                                "logit-diff = logit(answer) - logit(--contrast); kl = KL(clean || "
+                                                "run) of the next-token distribution.")] = Metric.prob,
+    contrast: Annotated[str | None, typer.Option(help="The second token of --metric logit-diff, e.g. the "
+                                                      "counterfactual answer ' Rome' (its first token counts).")] = None,
+    samples: Annotated[int | None, typer.Option(min=1, max=1000, help="Noise samples, all in the same forward passes; "
+                                                                     "cells are their mean. Default: 10 (ROME's).")] = None,
+    noise_scale: Annotated[float, typer.Option(min=0.0, max=100.0, help="Noise std in units of --noise-std.")] = 3.0,
+    noise_std: Annotated[NoiseStd, typer.Option(help="The std the noise is scaled by: embedding = of the embedding "
+                                                     "matrix's entries; subjects = of the token embeddings of the "
+                                                     "--noise-subjects (ROME's s3 with --noise-scale 3).")
+                         ] = NoiseStd.embedding,
+    noise_subjects: Annotated[Path | None, typer.Option(help="The subjects for --noise-std subjects: a .jsonl with "
+                                                             "a \"subject\" a line, or one subject a line. Default: "
+                                                             "sample_prompts/capitals.jsonl."),
+                              Reads((sample_file("capitals.jsonl"),))] = None,
     seed: Annotated[int, typer.Option(help="Seed of the noise.")] = 0,
     approx: Annotated[bool, typer.Option("--approx", help="Attribution patching: gradient x activation "
                                                           "difference, one backward pass.")] = False,
@@ -83,11 +136,29 @@ def trace(
         raise LayerscopeError("Noise corruption needs the subject: give --subject (a part of the prompt).")
     if corrupt is Corrupt.swap and corrupt_prompt is None:
         raise LayerscopeError("Swap corruption needs the counterfactual prompt: give --corrupt-prompt.")
+    if (metric is Metric.logit_diff) != (contrast is not None):
+        raise LayerscopeError("--metric logit-diff needs --contrast (the second token), and --contrast is only for it.")
+    if noise_subjects is not None and noise_std is not NoiseStd.subjects:
+        raise LayerscopeError("--noise-subjects is for --noise-std subjects.")
+    subjects = _subjects(noise_subjects) if noise_subjects is not None else None
     lm = model.load()
     progress = StderrProgress()
     try:
         result = trace_prompt(lm, text, subject, answer, corrupt.value, corrupt_prompt, site.value, window, approx,
-                              seed, noise_scale, progress, occurrence)
+                              seed, noise_scale, progress, occurrence, metric.value, contrast, samples, noise_std.value,
+                              subjects)
     finally:
         progress.close()
     output.write(result.to_dict, result.csv_rows, lambda: trace_table(result))
+
+
+def _subjects(path: Path) -> list[str]:
+    """The subjects of a prompt set: each item's "subject" in a .jsonl, else each line."""
+    from layerscope.analyses.prompt_sets import load_prompt_set
+
+    items = load_prompt_set(path)
+    missing = next((number for number, item in enumerate(items, 1) if path.suffix == ".jsonl" and not item.subject),
+                   None)
+    if missing is not None:
+        raise LayerscopeError(f"{path}: prompt {missing} has no \"subject\".")
+    return [item.subject or item.text for item in items]
