@@ -314,7 +314,7 @@ def reference_head_grid(lm, family, ids, corruption):
 def test_head_site_matches_a_hand_hook_on_the_projections_head_slice(family, corrupt):
     """Restoring (noise) or patching (a counterfactual prompt) one head at one position, batched with the others."""
     lm = tiny_model(family)
-    ids = random_ids(6, seed=9)
+    ids = random_ids(5, seed=9)
     if corrupt == "noise":
         corruption = noise_corruption(lm, ids, (1, 3), seed=6)
     else:
@@ -411,10 +411,10 @@ def test_samples_are_the_mean_of_single_sample_runs_with_the_same_noise(site, ap
 
 def test_one_sample_of_a_batch_is_the_hand_written_loop_with_that_sample():
     lm = tiny_model("gemma2")
-    ids = random_ids(6, seed=2)
-    corruption = noise_corruption(lm, ids, (2, 4), seed=7, samples=3)
+    ids = random_ids(5, seed=2)
+    corruption = noise_corruption(lm, ids, (2, 4), seed=7, samples=2)
     trace = causal_trace(lm, ids, corruption, ANSWER)
-    want = torch.stack([reference_grid(lm, ids, corruption, "resid", sample=s) for s in range(3)]).mean(0)
+    want = torch.stack([reference_grid(lm, ids, corruption, "resid", sample=s) for s in range(2)]).mean(0)
     torch.testing.assert_close(trace.values("value"), want, atol=2e-5, rtol=1e-4)
 
 
@@ -488,7 +488,7 @@ def test_bad_input_is_a_clear_error():
 
 def test_demo_fact_subject_and_last_position(demo_lm):
     """A fact the demo model knows: noise on the subject destroys it, and restoring states brings it back."""
-    trace = trace_prompt(demo_lm, "The capital of France is", subject="France", answer=" Paris")
+    trace = trace_prompt(demo_lm, "The capital of France is", subject="France", answer=" Paris", samples=1)
     assert trace.subject_positions == [3, 4] and trace.answer == " Paris"
     assert trace.clean["p_answer"] > 0.3 and trace.corrupted["p_answer"] < trace.clean["p_answer"] / 3
     effects = trace.values()
@@ -506,8 +506,46 @@ def test_cli_json_and_one_line_errors(cli_demo_lm):
     data = json.loads(result.stdout)
     assert data["method"] == "causal_trace" and data["site"] == "mlp" and data["approx"] is True
     assert data["layers"] == [str(b) for b in range(30)] and len(data["cells"][0]) == len(data["tokens"]) == 5
-    assert set(data["cells"][0][0]) == {"p_answer", "indirect_effect"}
-    assert data["clean"]["p_answer"] > data["corrupted"]["p_answer"]
+    assert set(data["cells"][0][0]) == {"value", "indirect_effect", "stderr"}
+    assert data["metric"] == "prob" and data["samples"] == 10  # ROME's default
+    assert data["noise"]["rule"] == "embedding" and data["noise"]["std"] == pytest.approx(3 * data["noise"]["base_std"])
+    assert data["clean"]["p_answer"] > data["corrupted"]["p_answer"] and data["corrupted"]["stderr"] > 0
     bad = runner.invoke(app, ["trace", "-p", "The capital of France is", "--corrupt", "swap",
                               "--corrupt-prompt", "The capital of the United Kingdom is"])
     assert bad.exit_code == 1 and bad.stderr.startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_cli_head_site_logit_difference_samples_and_subject_noise(cli_demo_lm, tmp_path):
+    runner = CliRunner()
+    subjects = tmp_path / "subjects.txt"
+    subjects.write_text("France\nGermany\nthe Eiffel Tower\n")
+    args = ["trace", "-p", "The capital of France is", "--subject", "France", "--answer", " Paris", "--site", "head",
+            "--approx", "--metric", "logit-diff", "--contrast", " Rome", "--samples", "3", "--noise-std", "subjects",
+            "--noise-subjects", str(subjects)]
+    result = runner.invoke(app, [*args, "-f", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["layers"][:2] == ["0.0", "0.1"] and len(data["layers"]) == 30 * 9
+    assert data["metric"] == "logit-diff" and data["contrast"] == " Rome" and data["samples"] == 3
+    assert data["noise"]["base_std"] == pytest.approx(subject_std(cli_demo_lm, ["France", "Germany", "the Eiffel Tower"]))
+    assert data["clean"]["value"] > data["corrupted"]["value"]
+    table = runner.invoke(app, [*args, "--site", "mlp", "--window", "30"])
+    assert table.exit_code == 0, table.output
+    assert "metric logit-diff" in table.stdout and "(rule subjects), mean of 3 samples" in table.stdout
+    assert "standard error of each indirect effect over the 3 noise samples" in table.stdout
+    csv_rows = runner.invoke(app, [*args, "--site", "mlp", "--window", "30", "-f", "csv"]).stdout.splitlines()
+    assert csv_rows[0].split(",")[-4:] == ["value", "indirect_effect", "stderr", "samples"]
+    for wrong, fragment in [(["--metric", "logit-diff"], "needs --contrast"), (["--contrast", " Rome"], "only for it"),
+                            (["--noise-subjects", str(subjects)], "--noise-subjects is for --noise-std subjects"),
+                            (["--corrupt", "swap", "--corrupt-prompt", "The capital of Italy is", "--samples", "2"],
+                             "--samples draws noise"),
+                            (["--metric", "logit-diff", "--contrast", " Paris"], "--contrast is the answer's token")]:
+        bad = runner.invoke(app, ["trace", "-p", "The capital of France is", "--subject", "France", "--answer",
+                                  " Paris", *wrong])
+        assert bad.exit_code == 1 and len(bad.stderr.strip().splitlines()) == 1, bad.output
+        assert bad.stderr.startswith("error: ") and fragment in bad.stderr, bad.stderr
+    no_subject = tmp_path / "prompts.jsonl"
+    no_subject.write_text('{"prompt": "The capital of Spain is"}\n')
+    bad = runner.invoke(app, ["trace", "-p", "The capital of France is", "--subject", "France", "--noise-std",
+                              "subjects", "--noise-subjects", str(no_subject)])
+    assert bad.exit_code == 1 and 'prompt 1 has no "subject"' in bad.stderr
