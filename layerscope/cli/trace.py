@@ -63,7 +63,7 @@ def trace_table(trace: CausalTrace) -> str:
     names = [("*" if i in subject else "") + shorten(t, CELL - 1) for i, t in enumerate(trace.tokens)]
     site = f"{trace.site}, window {trace.window}" if trace.site in ("attn", "mlp") else trace.site
     kind = "attribution patching (approx)" if trace.approx else "restoring one state at a time"
-    measured, effect = METRIC_WORDS[trace.metric]
+    measured, effect_rule = METRIC_WORDS[trace.metric]
     what = repr(trace.answer) + (f" - {trace.contrast!r}" if trace.contrast is not None else "")
     noise = trace.noise
     corruption = trace.corrupt if noise is None else (
@@ -73,7 +73,7 @@ def trace_table(trace: CausalTrace) -> str:
         f" ± {trace.corrupted['stderr']:.4f}" if trace.corrupted["stderr"] is not None else "")
     lines = [f"causal trace of {what} ({site}; metric {trace.metric}; {kind})", f"corruption: {corruption}",
              f"{measured} clean {trace.clean['value']:.4f}, corrupted {corrupted}; "
-             f"cells: indirect effect = {effect}", ""]
+             f"cells: indirect effect = {effect_rule}", ""]
     lines += _grid(trace, names, "indirect_effect")
     if trace.samples > 1:
         lines += ["", f"standard error of each indirect effect over the {trace.samples} noise samples", ""]
