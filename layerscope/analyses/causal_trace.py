@@ -233,8 +233,9 @@ def _capture_piece(lm: LoadedModel, ids: torch.Tensor, site: Site | None, corrup
 
     with ExitStack() as stack, _noised(lm, corruption, offset) if corruption else nullcontext():
         hook_input(stack, lm.adapter.blocks[0], keep_input)
-        for module in site_modules(lm, site) if site else []:
-            _hook_state(stack, module, site, states.append)  # type: ignore[arg-type]
+        if site is not None:
+            for module in site_modules(lm, site):
+                _hook_state(stack, module, site, states.append)
         if leaf_input:
             output = lm.model(input_ids=ids, use_cache=False, logits_to_keep=1)
         else:
