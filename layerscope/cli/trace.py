@@ -49,8 +49,8 @@ METRIC_WORDS = {"prob": ("p(answer)", "p(answer) with the state restored - corru
 
 def _grid(trace: CausalTrace, names: list[str], number: str) -> list[str]:
     """One grid of the table: a row per layer, a cell per prompt token, each cell's attribute `number`."""
-    head = f"{'layer':>5} | " + " ".join(f"{name:>{CELL}}" for name in names)
-    lines = [head, "-" * len(head)]
+    header = f"{'layer':>5} | " + " ".join(f"{name:>{CELL}}" for name in names)
+    lines = [header, "-" * len(header)]
     for label, row in zip(trace.layers, trace.cells):
         lines.append(f"{label:>5} | " + " ".join(f"{getattr(cell, number):>{CELL}.3f}" for cell in row))
     return lines
@@ -64,7 +64,8 @@ def trace_table(trace: CausalTrace) -> str:
     site = f"{trace.site}, window {trace.window}" if trace.site in ("attn", "mlp") else trace.site
     kind = "attribution patching (approx)" if trace.approx else "restoring one state at a time"
     measured, effect_rule = METRIC_WORDS[trace.metric]
-    what = repr(trace.answer) + (f" - {trace.contrast!r}" if trace.contrast is not None else "")
+    what = "the next-token distribution" if trace.metric == "kl" else \
+        repr(trace.answer) + (f" - {trace.contrast!r}" if trace.contrast is not None else "")
     noise = trace.noise
     corruption = trace.corrupt if noise is None else (
         f"noise, std {noise['std']:.4g} = {noise['scale']:g} x {noise['base_std']:.4g} (rule {noise['rule']}), "
