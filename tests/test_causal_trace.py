@@ -549,3 +549,25 @@ def test_cli_head_site_logit_difference_samples_and_subject_noise(cli_demo_lm, t
     bad = runner.invoke(app, ["trace", "-p", "The capital of France is", "--subject", "France", "--noise-std",
                               "subjects", "--noise-subjects", str(no_subject)])
     assert bad.exit_code == 1 and 'prompt 1 has no "subject"' in bad.stderr
+
+
+def test_demo_attribution_patching_underestimates_a_probability_near_zero_but_not_a_logit_difference(demo_lm):
+    """docs/trace-options.md's example: France prompt, MLP window 10 of block 3 at ' France', one noise sample. The
+    exact effects come from one hand-hooked forward; attribution patching misses the probability's by over 20x (the
+    corrupted p is near 0, where the softmax is flat) and gets the logit difference's within a factor 2."""
+    prompt, answer, contrast = "The capital of France is", " Paris", " Rome"
+    approx = {metric: trace_prompt(demo_lm, prompt, "France", answer, site="mlp", samples=1, approx=True,
+                                   metric=metric, contrast=contrast if metric == "logit-diff" else None)
+              for metric in ("prob", "logit-diff")}
+    ids = demo_lm.encode(prompt)
+    corruption = noise_corruption(demo_lm, ids, (3, 4))
+    states = clean_states(demo_lm, ids, "mlp")
+    logits = restored_logits(demo_lm, ids, [3], corruption.noise[0], "mlp",
+                             {b: states[b] for b in window_blocks(3, 30, 10)}, 3)
+    paris, rome = (demo_lm.tokenizer(word, add_special_tokens=False).input_ids[0] for word in (answer, contrast))
+    exact = {"prob": torch.softmax(logits, -1)[paris].item() - approx["prob"].corrupted["value"],
+             "logit-diff": (logits[paris] - logits[rome]).item() - approx["logit-diff"].corrupted["value"]}
+    estimate = {metric: trace.cells[3][3].indirect_effect for metric, trace in approx.items()}
+    assert approx["prob"].corrupted["value"] < 0.01 and exact["prob"] > 0.5
+    assert 0 < estimate["prob"] < exact["prob"] / 20
+    assert exact["logit-diff"] / 2 < estimate["logit-diff"] < exact["logit-diff"] * 2
