@@ -299,7 +299,7 @@ def reference_head_grid(lm, family, ids, corruption):
         width = inputs[block].shape[-1] // heads
         for head in range(heads):
             for position in range(ids.shape[1]):
-                def write(module, args, head=head, position=position, clean=inputs[block]):
+                def write(module, args, head=head, position=position, clean=inputs[block], width=width):
                     hidden = args[0].clone()
                     hidden[0, position, head * width:(head + 1) * width] = clean[position, head * width:(head + 1) * width]
                     return (hidden, *args[1:])
@@ -346,10 +346,12 @@ def test_head_site_approx_is_the_per_head_share_of_the_projection_input():
     for block, head, position in [(0, 1, 2), (2, 3, 5), (3, 0, 4)]:
         projection = lm.adapter.blocks[block].self_attn.o_proj
         width = clean[block].shape[-1] // 4
-        def move(module, args):
+        part = slice(head * width, (head + 1) * width)
+        step = eps * (clean[block][position, part] - corrupted[block][position, part])
+
+        def move(module, args, position=position, part=part, step=step):
             hidden = args[0].clone()
-            part = slice(head * width, (head + 1) * width)
-            hidden[0, position, part] += eps * (clean[block][position, part] - corrupted[block][position, part])
+            hidden[0, position, part] += step
             return (hidden, *args[1:])
         handles = [noise_hook(lm, [1, 2], corruption.noise[0]), projection.register_forward_pre_hook(move)]
         p = p_answer(corrupted_logits(lm, ids, handles))

@@ -73,8 +73,8 @@ def trace_table(trace: CausalTrace) -> str:
     corrupted = f"{trace.corrupted['value']:.4f}" + (
         f" ± {trace.corrupted['stderr']:.4f}" if trace.corrupted["stderr"] is not None else "")
     lines = [f"causal trace of {what} ({site}; metric {trace.metric}; {kind})", f"corruption: {corruption}",
-             f"{measured} clean {trace.clean['value']:.4f}, corrupted {corrupted}; "
-             f"cells: indirect effect = {effect_rule}", ""]
+             (f"{measured} clean {trace.clean['value']:.4f}, corrupted {corrupted}; "
+              f"cells: indirect effect = {effect_rule}"), ""]
     lines += _grid(trace, names, "indirect_effect")
     if trace.samples > 1:
         lines += ["", f"standard error of each indirect effect over the {trace.samples} noise samples", ""]
