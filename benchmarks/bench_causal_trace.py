@@ -81,7 +81,7 @@ def main() -> None:
         approx_time, approx = timed(causal_trace, lm, ids, corruption, answer_id, "resid", 10, True)
         for name, seconds in zip(times, (slow_time, fast_time, approx_time)):
             times[name].append(seconds)
-    torch.testing.assert_close(fast.values("p_answer"), slow, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(fast.values("value"), slow, atol=2e-5, rtol=1e-4)
     medians = {name: statistics.median(values) for name, values in times.items()}
     print(f"per-cell loop (PatchState, full corrupted prompt): median {medians['per-cell']:.2f} s")
     print(f"batched cells + corrupted KV cache per position:   median {medians['batched']:.2f} s")

@@ -52,7 +52,7 @@ def results(lm: LoadedModel) -> dict[str, torch.Tensor]:
     out["patchscope"] = torch.stack([row.logits.float().cpu() for row in patched_rows(lm, states, target)])
     corruption = noise_corruption(lm, ids, (2, 4), seed=0)
     trace = causal_trace(lm, ids, corruption, int(final[-1].argmax()), window=2)
-    out["causal trace"] = torch.tensor([[cell.p_answer for cell in row] for row in trace.cells])
+    out["causal trace"] = torch.tensor([[cell.value for cell in row] for row in trace.cells])
     return out
 
 

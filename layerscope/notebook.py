@@ -129,13 +129,13 @@ def trace_html(trace: CausalTrace, max_positions: int | None = MAX_POSITIONS) ->
             return GAP
         value = trace.cells[row][position]
         return Cell(f"{value.indirect_effect:.3f}", shades[row * width + position],
-                    f"p(answer) restored {value.p_answer:.4f}")
+                    f"{trace.metric} restored {value.value:.4f}")
 
     columns = [GAP if p is None else Cell(("*" if p in subject else "") + column.text, title=column.title)
                for p, column in zip(shown, _position_columns(trace.tokens, shown))]
     rows = [(label, [cell(r, p) for p in shown]) for r, label in enumerate(trace.layers)]
-    title = (f"causal trace of {trace.answer!r} · {trace.site} · indirect effect (p clean "
-             f"{trace.clean['p_answer']:.4f}, corrupted {trace.corrupted['p_answer']:.4f})")
+    title = (f"causal trace of {trace.answer!r} · {trace.site} · indirect effect ({trace.metric} clean "
+             f"{trace.clean['value']:.4f}, corrupted {trace.corrupted['value']:.4f})")
     return shaded_table(title, columns, rows, _hidden_note(trace.tokens, shown, "layerscope.notebook.trace_html"))
 
 

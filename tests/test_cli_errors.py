@@ -110,6 +110,8 @@ def test_the_bad_values_cover_every_command():
                                                    ("heads", "retrieval"), ("heads", "induction"),
                                                    ("heads", "ablate"), ("heads", "activity"), ("tui",)}
     assert (("lens",), "--top-k", "0") in BAD_VALUES and (("lens",), "--top-k", "101") in BAD_VALUES
+    assert {(("trace",), "--samples", "0"), (("trace",), "--samples", "1001"), (("trace",), "--metric", "bogus"),
+            (("trace",), "--site", "bogus"), (("trace",), "--noise-std", "bogus")} <= set(BAD_VALUES)
 
 
 @pytest.mark.parametrize("path, option, value", BAD_VALUES, ids=lambda part: " ".join(part) if isinstance(part, tuple) else part)
@@ -182,6 +184,7 @@ BAD_NUMBERS = list(_bad_numbers())
 def test_the_bad_numbers_cover_every_number_option():
     options = {(path, option) for path, option, _ in BAD_NUMBERS}
     assert {(("trace",), "--noise-scale"), (("tunedlens", "train"), "--lr"), (("trace",), "--seed"),
+            (("trace",), "--samples"),
             (("run",), "--freeze-from"), (("tunedlens", "eval"), "--tokens"), (("tui",), "--top-k"),
             (("heads", "induction"), "--seq-len")} <= options
     assert {path for path, _ in options} == {path for path, _ in _commands(typer.main.get_command(app))} - {("stages",)}
@@ -208,7 +211,8 @@ TEXT_OPTIONS = list(_text_options())
 
 
 def test_the_text_options_cover_the_prompts_of_every_command():
-    assert {(("trace",), "--corrupt-prompt"), (("trace",), "--subject"), (("patchscope",), "--target-prompt"),
+    assert {(("trace",), "--corrupt-prompt"), (("trace",), "--subject"), (("trace",), "--contrast"),
+            (("patchscope",), "--target-prompt"),
             (("sweep",), "--donor-prompt"), (("lens",), "--model"), (("heads", "retrieval"), "--span")} <= set(TEXT_OPTIONS)
 
 

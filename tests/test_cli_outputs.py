@@ -93,6 +93,7 @@ def test_every_path_option_of_every_command_says_whether_it_is_read_or_written()
     assert set(FILE_OUTPUTS) >= {("lens",), ("run",), ("sweep",), ("trace",), ("tunedlens", "eval"),
                                  ("heads", "retrieval"), ("heads", "activity")}
     assert ("tunedlens", "train") not in FILE_OUTPUTS  # its --out is a folder
+    assert (("trace",), "--noise-subjects") in READS  # a file read: never an output, shipped default included
 
 
 def test_every_command_that_writes_a_result_can_draw_it_as_a_figure():

@@ -209,9 +209,9 @@ def test_the_causal_trace_has_tokens_down_with_the_subject_marked_and_rome_s_thr
     assert ticks(axes, "y") == [t + ("*" if start <= p < end else "") for p, t in enumerate(trace.tokens)]
     assert ticks(axes) == trace.layers
     sites = [trace, *(trace_prompt(lm, PROMPT, subject="cat", answer="mat", site=s, window=2) for s in ("mlp", "attn"))]
-    figure = causal_trace_figure(sites, "p_answer")
+    figure = causal_trace_figure(sites, "value")
     for axes, one in zip(figure.axes[::2], sites):  # each heatmap is followed by its colour bar
-        np.testing.assert_array_equal(axes.images[0].get_array(), one.values("p_answer").numpy().T)
+        np.testing.assert_array_equal(axes.images[0].get_array(), one.values("value").numpy().T)
     assert [a.get_title() for a in figure.axes[::2]] == ["restoring resid", "restoring mlp, window 2",
                                                          "restoring attn, window 2"]
 

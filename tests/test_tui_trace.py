@@ -46,7 +46,7 @@ async def test_trace_grid_detail_and_chart_match_the_engine(lm, tmp_path):
         want = trace_prompt(lm, PROMPT, "france")  # the answer: the model's own next token
         trace = app.runs.other[1].baseline
         assert app.grid.baseline is trace and trace.answer_id == want.answer_id and trace.layers == want.layers
-        torch.testing.assert_close(trace.values("p_answer"), want.values("p_answer"), atol=1e-6, rtol=0)
+        torch.testing.assert_close(trace.values("value"), want.values("value"), atol=1e-6, rtol=0)
         torch.testing.assert_close(trace.values(), want.values(), atol=1e-6, rtol=0)
         assert want.values().abs().max() > 1e-5  # restoring states changes the answer's probability
         assert trace.corrupted["p_answer"] == pytest.approx(want.corrupted["p_answer"], abs=1e-6)
@@ -61,7 +61,7 @@ async def test_trace_grid_detail_and_chart_match_the_engine(lm, tmp_path):
         assert corrupted == pytest.approx(want.corrupted["p_answer"], abs=6e-5)
         p_answer = float(re.search(r"p_answer ([\d.]+)", detail).group(1))
         effect = float(re.search(r"indirect effect ([+-][\d.]+)", detail).group(1))
-        assert p_answer == pytest.approx(cell.p_answer, abs=6e-5) and effect == pytest.approx(cell.indirect_effect,
+        assert p_answer == pytest.approx(cell.value, abs=6e-5) and effect == pytest.approx(cell.indirect_effect,
                                                                                              abs=6e-5)
         assert REGISTRY["causal_trace"].summary(trace.cells[layer][position], 8).text == f"{cell.indirect_effect:+.3f}"
         assert f"indirect effect @{position}" in app.charts(40, 30).plain

@@ -266,7 +266,8 @@ def with_option_groups(function: Callable) -> Callable:
     return wrapper
 
 
-ENGINE_NAMES = {"source": "model", "n_prune": "prune", "k": "top", "donor.word": "donor_word", "prepend_bos": "bos"}
+ENGINE_NAMES = {"source": "model", "n_prune": "prune", "k": "top", "donor.word": "donor_word", "prepend_bos": "bos",
+                "contrast_id": "contrast"}
 """Engine parameters (and methods) whose option has another name; any other parameter `name=` is `--name`."""
 
 

@@ -53,19 +53,43 @@ def report_table(report: InterventionReport) -> str:
     return "\n".join(lines)
 
 
+METRIC_WORDS = {"prob": ("p(answer)", "p(answer) with the state restored - corrupted"),
+                "logit-diff": ("logit diff", "logit difference with the state restored - corrupted"),
+                "kl": ("KL(clean||run)", "KL(clean||corrupted) - KL(clean||restored), nats")}
+
+
+def _grid(trace: CausalTrace, names: list[str], number: str) -> list[str]:
+    """One grid of the table: a row per layer, a cell per prompt token, each cell's attribute `number`."""
+    header = f"{'layer':>5} | " + " ".join(f"{name:>{TRACE_CELL}}" for name in names)
+    lines = [header, "-" * len(header)]
+    for label, row in zip(trace.layers, trace.cells):
+        lines.append(f"{label:>5} | " + " ".join(f"{getattr(cell, number):>{TRACE_CELL}.3f}" for cell in row))
+    return lines
+
+
 def trace_table(trace: CausalTrace) -> str:
-    """Rows are layers, columns prompt tokens (* marks the subject); each cell the indirect effect."""
+    """Rows are layers, columns prompt tokens (* marks the subject); each cell the indirect effect, and with noise
+    samples a second grid of their standard errors."""
     subject = range(*trace.subject_positions) if trace.subject_positions else range(0)
     names = [("*" if i in subject else "") + shorten(t, TRACE_CELL - 1) for i, t in enumerate(trace.tokens)]
-    site = trace.site if trace.site == "resid" else f"{trace.site}, window {trace.window}"
+    site = f"{trace.site}, window {trace.window}" if trace.site in ("attn", "mlp") else trace.site
     kind = "attribution patching (approx)" if trace.approx else "restoring one state at a time"
-    lines = [f"causal trace of {trace.answer!r} ({site}; {kind}; corruption: {trace.corrupt})",
-             f"p(answer) clean {trace.clean['p_answer']:.4f}, corrupted {trace.corrupted['p_answer']:.4f}; "
-             "cells: indirect effect = p(answer) with the state restored - corrupted", ""]
-    head = f"{'layer':>5} | " + " ".join(f"{name:>{TRACE_CELL}}" for name in names)
-    lines += [head, "-" * len(head)]
-    for label, row in zip(trace.layers, trace.cells):
-        lines.append(f"{label:>5} | " + " ".join(f"{cell.indirect_effect:>{TRACE_CELL}.3f}" for cell in row))
+    measured, effect_rule = METRIC_WORDS[trace.metric]
+    what = "the next-token distribution" if trace.metric == "kl" else \
+        repr(trace.answer) + (f" - {trace.contrast!r}" if trace.contrast is not None else "")
+    noise = trace.noise
+    corruption = trace.corrupt if noise is None else (
+        f"noise, std {noise['std']:.4g} = {noise['scale']:g} x {noise['base_std']:.4g} (rule {noise['rule']}), "
+        f"mean of {trace.samples} sample{'s' * (trace.samples > 1)}")
+    corrupted = f"{trace.corrupted['value']:.4f}" + (
+        f" ± {trace.corrupted['stderr']:.4f}" if trace.corrupted["stderr"] is not None else "")
+    lines = [f"causal trace of {what} ({site}; metric {trace.metric}; {kind})", f"corruption: {corruption}",
+             (f"{measured} clean {trace.clean['value']:.4f}, corrupted {corrupted}; "
+              f"cells: indirect effect = {effect_rule}"), ""]
+    lines += _grid(trace, names, "indirect_effect")
+    if trace.samples > 1:
+        lines += ["", f"standard error of each indirect effect over the {trace.samples} noise samples", ""]
+        lines += _grid(trace, names, "stderr")
     lines.append("")
     positions = [("last subject token", trace.subject_positions[1] - 1)] if trace.subject_positions else []
     for name, position in [*positions, ("last position", len(trace.tokens) - 1)]:

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
     from layerscope.analyses.causal_trace import CausalTrace
 
-FIELDS = {"indirect_effect": "indirect effect (p restored - p corrupted)", "p_answer": "p(answer) restored"}
+FIELDS = {"indirect_effect": "indirect effect (restored - corrupted)", "value": "the metric, restored"}
 SITE_COLOURS = {"resid": "Purples", "mlp": "Greens", "attn": "Reds"}
 """ROME's colours: the residual states purple, the MLPs green, the attention red."""
 
@@ -41,8 +41,8 @@ def causal_trace_figure(traces: Sequence[CausalTrace], field: str = "indirect_ef
         site = trace.site if trace.site == "resid" else f"{trace.site}, window {trace.window}"
         axes.set_title(f"restoring {site}{' (approx.)' if trace.approx else ''}", fontsize="small")
         axes.set_xlabel("row (emb, blocks)")
-    runs = [f"p(answer) {name} {run['p_answer']:.3f}" for name, run in (("clean", first.clean),
-                                                                         ("corrupted", first.corrupted)) if run]
+    runs = [f"{first.metric} {name} {run['value']:.3f}" for name, run in (("clean", first.clean),
+                                                                           ("corrupted", first.corrupted)) if run]
     provenance(figure, f"causal trace of {labels([first.answer])[0]} · {first.model}", prompt_caption(first.tokens),
                " · ".join([f"corruption: {first.corrupt} of {labels([first.subject or 'the subject'], 40)[0]}",
                            *runs]))

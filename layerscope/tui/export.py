@@ -67,7 +67,7 @@ def trace_clipboard(trace: CausalTrace, layer: int, position: int) -> str:
     """A causal trace cell as plain text: its answer (raw), the restored probability and the indirect effect."""
     cell = trace.cells[layer][position]
     return (f"causal trace · answer {raw(trace.answer)} · row {trace.layers[layer]} · position {position} · prompt "
-            f"token {raw(trace.tokens[position])}\np_answer {cell.p_answer:.6f}\nindirect effect "
+            f"token {raw(trace.tokens[position])}\np_answer {cell.value:.6f}\nindirect effect "
             f"{cell.indirect_effect:+.6f}")
 
 

@@ -240,7 +240,7 @@ register(lens_method("patchscope", "patchscope rows", _patchscope_rows, interven
 
 # the causal trace: per state, the answer's probability restored ---------------------------------------------
 def trace_summary(cell: TraceCell, width: int) -> CellSummary:
-    return CellSummary(cell.p_answer, f"{cell.indirect_effect:+.3f}"[:width])
+    return CellSummary(cell.value, f"{cell.indirect_effect:+.3f}"[:width])
 
 
 def trace_detail(results: Results, cursor: Cursor, width: int) -> Text:
@@ -259,7 +259,7 @@ def trace_detail(results: Results, cursor: Cursor, width: int) -> Text:
         return text
     cell = trace.cells[layer][position]
     text.append(f"{trace.layers[layer]} @ {position} {token_label(trace.tokens[position], 12)} restored\n", "bold")
-    text.append(f" p_answer {cell.p_answer:.4f} {prob_glyph(cell.p_answer)}\n")
+    text.append(f" p_answer {cell.value:.4f} {prob_glyph(cell.value)}\n")
     text.append(f" indirect effect {cell.indirect_effect:+.4f}\n")
     if clean - corrupted > 1e-9:
         text.append(f"  = {cell.indirect_effect / (clean - corrupted):.0%} of clean − corr.\n")
@@ -272,7 +272,7 @@ def trace_charts(results: Results, shown: Grid, cursor: Cursor, theme: Theme) ->
     """The causal trace at the cursor's position: per row, the indirect effect and the restored p_answer."""
     trace: CausalTrace = results.baseline
     series = [Series("IE", trace.column(cursor.position), theme.primary, "●"),
-              Series("p", trace.column(cursor.position, "p_answer"), theme.accent or theme.secondary, "○")]
+              Series("p", trace.column(cursor.position, "value"), theme.accent or theme.secondary, "○")]
     return [LayerChart(f"indirect effect @{cursor.position}", series, trace.layers, cursor.row, log=False)]
 
 
