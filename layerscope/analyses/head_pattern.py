@@ -32,7 +32,7 @@ class AttentionPattern:
     def strongest(self, head: tuple[int, int], query: int, k: int = 3) -> list[tuple[int, float]]:
         """The k keys the head attends to most from `query`, as (key position, weight), strongest first."""
         row = self.weights[head][query]
-        return sorted(enumerate(row), key=lambda item: (-item[1], item[0]))[:k]
+        return sorted(enumerate(row[: query + 1]), key=lambda item: (-item[1], item[0]))[:k]
 
     def to_dict(self) -> dict:
         return {"model": self.model, "tokens": self.tokens, "token_ids": self.token_ids,
@@ -49,25 +49,26 @@ class AttentionPattern:
 def attention_pattern(lm: LoadedModel, input_ids: torch.Tensor, heads: Sequence[tuple[int, int]],
                       interventions: Sequence[Intervention] = ()) -> AttentionPattern:
     """The attention of each (block, head) in `heads` over the prompt `input_ids` (1, tokens), in one forward
-    pass with the interventions applied. Raises LayerscopeError for a head outside the model or a family whose
-    attention layers do not go through transformers' attention functions."""
+    pass with the interventions applied; only the chosen heads' probabilities are computed (one (tokens, tokens)
+    matrix per head read, never every head's at once). Raises LayerscopeError for a head outside the model or a
+    family whose attention layers do not go through transformers' attention functions."""
     adapter = lm.adapter
     for block, head in heads:
         if not (0 <= block < adapter.n_blocks and 0 <= head < adapter.n_heads):
             raise LayerscopeError(f"Head {block}.{head} is outside the model's {adapter.n_blocks} blocks x "
                                   f"{adapter.n_heads} heads.")
-    wanted: dict[int, list[int]] = {}
-    for block, head in heads:
-        wanted.setdefault(block, []).append(head)
+    wanted: dict[int, tuple[int, ...]] = {}
+    for block, head in dict.fromkeys(heads):
+        wanted[block] = (*wanted.get(block, ()), head)
     weights: dict[tuple[int, int], list[list[float]]] = {}
 
     def reader(block: int, probs: torch.Tensor) -> None:
-        """probs: (1, heads, queries, keys)."""
-        for head in wanted[block]:
-            weights[block, head] = probs[0, head].float().cpu().tolist()
+        """probs: (1, len(wanted[block]), queries, keys): only the chosen heads' probabilities are computed."""
+        for index, head in enumerate(wanted[block]):
+            weights[block, head] = probs[0, index].cpu().tolist()
 
     ids = input_ids.to(adapter.input_device)
-    with (read_attention(lm.model, {block: adapter.attention(block) for block in wanted}, reader),
+    with (read_attention(lm.model, {block: adapter.attention(block) for block in wanted}, reader, wanted),
           intervene(lm, interventions, seq_len=ids.shape[1]), torch.inference_mode()):
         lm.model(input_ids=ids, use_cache=False, **last_logits_only(lm))
     ordered = {head: weights[head] for head in heads}

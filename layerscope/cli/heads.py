@@ -1,9 +1,9 @@
-"""`layerscope patchscope` and `layerscope heads retrieval|activity|induction|ablate`."""
+"""`layerscope patchscope` and `layerscope heads retrieval|activity|induction|ablate|pattern`."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -20,17 +20,20 @@ from layerscope.cli.common import (
     shorten,
     spec_option,
 )
+from layerscope.cli.lens import with_intervention_options
 from layerscope.errors import LayerscopeError
 from layerscope.locations import DEFAULT_HAYSTACK, DEFAULT_NEEDLES
-from layerscope.specs import whole_number_in
+from layerscope.specs import parse_heads, whole_number_in
 
 if TYPE_CHECKING:
+    from layerscope.analyses.head_pattern import AttentionPattern
     from layerscope.analyses.head_scores import HeadScores
     from layerscope.analyses.patchscope import PatchscopeReport
     from layerscope.analyses.retrieval import AblationReport, ActivityTrace, Needle
     from layerscope.models.loading import LoadedModel
 
-heads_app = typer.Typer(help="Attention-head analyses: retrieval, induction and previous-token heads, masking.",
+heads_app = typer.Typer(help="Attention-head analyses: retrieval, induction and previous-token heads, masking, "
+                                     "attention patterns.",
                         no_args_is_help=True)
 
 HaystackOption = Annotated[Path | None, typer.Option(help="Haystack text file (default: the shipped one)."),
@@ -293,3 +296,67 @@ def ablate(
         progress.close()
     output.write(report.to_dict, lambda: ({"run": name, "accuracy": accuracy} for name, accuracy in report.accuracy.items()),
                  lambda: ablation_table(report))
+
+
+def pattern_table(runs: dict[str, AttentionPattern], keys: int) -> str:
+    """Per head and run, each query's strongest keys: position, token and weight."""
+    sections = []
+    for block, head in next(iter(runs.values())).weights:
+        for name, pattern in runs.items():
+            lines = [f"head {block}.{head}, {name}: the {keys} strongest keys of each query (position token weight)",
+                     f"{'query':>5} {'token':<14} keys"]
+            for query, token in enumerate(pattern.tokens):
+                strongest = pattern.strongest((block, head), query, keys)
+                cells = " | ".join(f"{key} {shorten(pattern.tokens[key], 10)} {weight:.3f}" for key, weight in strongest)
+                lines.append(f"{query:>5} {shorten(token, 14):<14} {cells}")
+            sections.append("\n".join(lines))
+    return "\n\n".join(sections)
+
+
+def pattern_rows(runs: dict[str, AttentionPattern]) -> list[dict]:
+    return [{"run": name, **row} for name, pattern in runs.items() for row in pattern.csv_rows()]
+
+
+@heads_app.command("pattern")
+@command
+@with_intervention_options
+def pattern(
+    *,
+    heads: Annotated[str, typer.Option(help="Query heads as block.head, e.g. 18.6,17.3.")],
+    model: ModelOptions,
+    prompt: PromptInput,
+    keys: Annotated[int, typer.Option(min=1, max=100, help="Strongest keys shown per query in the table.")] = 3,
+    output: Output,
+    **chosen: Any,
+) -> None:
+    """Attention patterns: the weights of the chosen heads over the prompt (queries x keys), for the baseline and,
+    with intervention options, under them.
+
+    Example: layerscope heads pattern --heads 18.6,17.3 --prompt "The capital of France is"
+    Example: layerscope heads pattern --heads 5.0 -p "When Mary and John went out, John gave" --drop 3 -f json
+    """
+    from layerscope.analyses.heads import attention_pattern
+    from layerscope.interventions import ModelShape, check_interventions
+    from layerscope.interventions.core import interventions_from_options
+
+    text = prompt.read()
+    chosen_heads = head_option(heads)
+    interventions_from_options(chosen, 0)  # a bad spec is refused before the model loads
+    lm = model.load()
+    interventions = interventions_from_options(chosen, lm.n_blocks)
+    ids = lm.encode(text)
+    check_interventions(interventions, ModelShape(lm.n_blocks, lm.adapter.n_heads, ids.shape[1]))
+    runs = {"baseline": attention_pattern(lm, ids, chosen_heads)}
+    if interventions:
+        runs["intervened"] = attention_pattern(lm, ids, chosen_heads, interventions)
+    output.write(lambda: {**runs["baseline"].to_dict(), "interventions": [i.to_dict() for i in interventions],
+                          "intervened": runs["intervened"].to_dict()["weights"] if interventions else None},
+                 lambda: pattern_rows(runs), lambda: pattern_table(runs, keys))
+
+
+def head_option(spec: str) -> tuple[tuple[int, int], ...]:
+    """--heads parsed before the model loads; its error names the flag."""
+    try:
+        return parse_heads(spec)
+    except LayerscopeError as error:
+        raise LayerscopeError(f"--heads: {error}") from None
