@@ -349,13 +349,14 @@ def influence(
 
 def stages_table(stage_map: StageMap) -> str:
     head = (f"{'block':>5} {'dropKL':>7} {'swapKL':>7} {'lensKL':>7} {'H bits':>6} {'attn/mlp':>8} {'mlp norm':>9} "
-            f"{'prev5':>5}  stage (heuristic) - evidence")
+            f"{'prev5':>5} {'pred/supp':>9}  stage (heuristic) - evidence")
     lines = [head, "-" * len(head)]
     for b in stage_map.blocks:
+        neurons = "-" if b.prediction_neurons is None else f"{b.prediction_neurons}/{b.suppression_neurons}"
         lines.append(f"{b.block:>5} {_number(b.drop_kl, 7, 3)} {_number(b.swap_kl, 7, 3)} {_number(b.lens_kl, 7, 2)} "
                      f"{_number(b.lens_entropy, 6, 2)} {_number(b.attn_mlp_ratio, 8, 3)} {_number(b.mlp_norm, 9, 1)} "
-                     f"{_number(b.prev5_attention, 5, 2)}  {b.stage} - {b.reason}")
-    lines += ["", stage_map.rule]
+                     f"{_number(b.prev5_attention, 5, 2)} {neurons:>9}  {b.stage} - {b.reason}")
+    lines += ["", "pred/supp: the block's prediction and suppression neurons (layerscope neurons).", stage_map.rule]
     return "\n".join(lines)
 
 
@@ -368,7 +369,8 @@ def stages(
     output: Output,
 ) -> None:
     """Stage map: per-block signatures (drop/swap KL, lens KL and entropy, attention/MLP norms, attention to the
-    previous five tokens) and a heuristic split into the four stages of inference, with the evidence.
+    previous five tokens, prediction and suppression neurons) and a heuristic split into the four stages of
+    inference, with the evidence.
 
     Example: layerscope stages --model demo --prompts sample_prompts/general.txt
     """
