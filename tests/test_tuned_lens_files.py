@@ -108,8 +108,8 @@ def test_a_lens_of_another_model_warns_once_and_still_loads(tmp_path):
             warnings.simplefilter("always")
             load_tuned_lens(lm, named)
         assert [str(w.message) for w in caught if w.category is LensMismatchWarning] == (
-            [f"The lens in '{named}' was trained for 'gpt2', not tiny-llama: its readings may mean nothing for this "
-             "model."] if warns else [])
+            [(f"The lens in '{named}' was trained for 'gpt2', not tiny-llama: its readings may mean nothing for "
+              "this model.")] if warns else [])
 
 
 def test_cli_shows_the_mismatch_as_one_warning_line(tmp_path, monkeypatch):

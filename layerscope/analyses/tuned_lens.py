@@ -32,7 +32,14 @@ from torch import nn
 from layerscope.analyses.grid import DecodeGrid, build_grid, distribution_stats
 from layerscope.analyses.lens import lens_logits
 from layerscope.analyses.residual import layer_labels, trace_residuals
-from layerscope.arguments import check_choice, check_ids, check_int, check_lm, check_path, check_text
+from layerscope.arguments import (
+    check_choice,
+    check_ids,
+    check_int,
+    check_lm,
+    check_path,
+    check_text,
+)
 from layerscope.errors import ArgumentTypeError, ArgumentValueError, LayerscopeError
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress

@@ -117,8 +117,8 @@ def _edited_attention(base: AttentionFunction) -> AttentionFunction:
         if edits is None or edits.is_empty():
             return output, weights
         edits.applied += 1
-        for reader, heads in edits.readers:
-            reader(attention_probabilities(query, key, attention_mask, scaling, kwargs.get("softcap"), heads))
+        for reader, read_heads in edits.readers:
+            reader(attention_probabilities(query, key, attention_mask, scaling, kwargs.get("softcap"), read_heads))
         if edits.uniform_heads or edits.zero_heads:
             output = output.clone()
         if edits.uniform_heads:
