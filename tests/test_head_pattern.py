@@ -64,7 +64,7 @@ def test_with_interventions():
 
 
 def test_bad_heads_and_families_say_so():
-    with pytest.raises(LayerscopeError, match="Head 9.0 is outside"):
+    with pytest.raises(LayerscopeError, match="heads= holds head 9.0, outside"):
         attention_pattern(tiny_model("llama"), random_ids(5), [(9, 0)])
     with pytest.raises(LayerscopeError, match="not available for bloom"):
         attention_pattern(tiny_model("bloom"), random_ids(5), [(0, 0)])
@@ -146,8 +146,8 @@ def test_cli_pattern_equals_eager_output_attentions(family, family_dirs):
 
 
 def test_cli_pattern_mistakes_are_one_line(family_dirs):
-    for args, fragment in ((["--heads", "4.0"], "Head 4.0 is outside the model's 4 blocks x 4 heads"),
-                           (["--heads", "0.4"], "Head 0.4 is outside"),
+    for args, fragment in ((["--heads", "4.0"], "--heads holds head 4.0, outside the model's 4 blocks x 4 heads"),
+                           (["--heads", "0.4"], "--heads holds head 0.4, outside"),
                            (["--heads", "0.x"], "--heads: Bad head spec '0.x'"),
                            (["--heads", "0.0", "--model", str(family_dirs["bloom"])], "not available for bloom")):
         result = runner.invoke(app, ["heads", "pattern", "--model", str(family_dirs["llama"]), "-p", PROMPT, *args])

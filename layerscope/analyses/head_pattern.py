@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from layerscope.analyses.activations import last_logits_only
-from layerscope.errors import LayerscopeError
+from layerscope.arguments import check_ids, check_intervention_list, check_lm
+from layerscope.errors import ArgumentTypeError, ArgumentValueError
 from layerscope.interventions import Intervention, intervene
 from layerscope.interventions.attention import read_attention
 from layerscope.models.loading import LoadedModel
@@ -50,13 +51,19 @@ def attention_pattern(lm: LoadedModel, input_ids: torch.Tensor, heads: Sequence[
                       interventions: Sequence[Intervention] = ()) -> AttentionPattern:
     """The attention of each (block, head) in `heads` over the prompt `input_ids` (1, tokens), in one forward
     pass with the interventions applied; only the chosen heads' probabilities are computed (one (tokens, tokens)
-    matrix per head read, never every head's at once). Raises LayerscopeError for a head outside the model or a
-    family whose attention layers do not go through transformers' attention functions."""
-    adapter = lm.adapter
+    matrix per head read, never every head's at once). Raises LayerscopeError for a head outside the model (`heads`
+    holds (block, head) pairs) or a family whose attention layers do not go through transformers' attention
+    functions."""
+    adapter = check_lm(lm).adapter
+    input_ids = check_ids(lm, input_ids)
+    interventions = check_intervention_list(interventions)
+    if not isinstance(heads, (list, tuple)) or not heads or not all(
+            isinstance(pair, tuple) and len(pair) == 2 and all(type(n) is int for n in pair) for pair in heads):
+        raise ArgumentTypeError(f"heads= must be a non-empty list of (block, head) pairs of ints, not {heads!r:.60}.")
     for block, head in heads:
         if not (0 <= block < adapter.n_blocks and 0 <= head < adapter.n_heads):
-            raise LayerscopeError(f"Head {block}.{head} is outside the model's {adapter.n_blocks} blocks x "
-                                  f"{adapter.n_heads} heads.")
+            raise ArgumentValueError(f"heads= holds head {block}.{head}, outside the model's {adapter.n_blocks} "
+                                     f"blocks x {adapter.n_heads} heads.")
     wanted: dict[int, tuple[int, ...]] = {}
     for block, head in dict.fromkeys(heads):
         wanted[block] = (*wanted.get(block, ()), head)
