@@ -60,6 +60,8 @@ def test_tuned_lens_format_is_what_the_package_loader_expects(tmp_path):
     assert set(config) == PACKAGE_CONFIG_KEYS
     assert (config["d_model"], config["num_hidden_layers"], config["bias"]) == (64, lm.n_blocks, True)
     assert config["unembed_hash"] == package_hash(lm.model.get_output_embeddings().weight)
+    with np.printoptions(threshold=10**9, linewidth=200):  # the user's print options do not change the hash
+        assert unembed_hash(lm) == config["unembed_hash"]
     state = torch.load(tmp_path / "params.pt", weights_only=True)
     translators = torch.nn.ModuleList(torch.nn.Linear(64, 64, bias=config["bias"])
                                       for _ in range(config["num_hidden_layers"]))

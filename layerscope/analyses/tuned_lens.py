@@ -60,18 +60,26 @@ class LensMismatchWarning(UserWarning):
     """A lens loaded into a model other than the one it records."""
 
 
+NUMPY_PRINT_DEFAULTS = {"threshold": 1000, "edgeitems": 3, "linewidth": 75, "suppress": False, "sign": "-",
+                        "floatmode": "maxprec", "legacy": False}
+"""numpy's default print options, which the tuned-lens package's hash depends on (whatever the user set)."""
+
+
 def unembed_hash(lm: LoadedModel) -> str:
     """The tuned-lens package's fingerprint of the model's unembedding (`Unembed.unembedding_hash`: SHA-256 of
-    numpy's one-decimal summary of the float32 matrix), which its lenses record as `unembed_hash`."""
+    numpy's one-decimal summary of the float32 matrix, a copy on the CPU as the package makes it), which its
+    lenses record as `unembed_hash`."""
     weight = lm.adapter.unembed.weight.detach().cpu().float().numpy()
-    return hashlib.sha256(np.array_str(weight, precision=1).encode()).hexdigest()
+    with np.printoptions(**NUMPY_PRINT_DEFAULTS):  # type: ignore[arg-type]  # numpy's stubs type them one by one
+        return hashlib.sha256(np.array_str(weight, precision=1).encode()).hexdigest()
 
 
 def fast_bf16(device: torch.device) -> bool:
     """Whether `device` multiplies bfloat16 matrices in hardware: a CUDA GPU that supports bf16 (Ampere on), or a
     CPU with AVX-512 BF16 or AMX. Elsewhere bf16 is emulated and slower than float32."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
+        with torch.cuda.device(device):  # this GPU, not the current one
+            return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
         return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     return False

@@ -33,8 +33,7 @@ if TYPE_CHECKING:
     from layerscope.models.loading import LoadedModel
 
 heads_app = typer.Typer(help="Attention-head analyses: retrieval, induction and previous-token heads, masking, "
-                                     "attention patterns.",
-                        no_args_is_help=True)
+                             "attention patterns.", no_args_is_help=True)
 
 HaystackOption = Annotated[Path | None, typer.Option(help="Haystack text file (default: the shipped one)."),
                            Reads((DEFAULT_HAYSTACK,))]
