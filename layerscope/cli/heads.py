@@ -9,6 +9,7 @@ import typer
 
 from layerscope.cli.common import (
     INT_MAX,
+    BosModelOptions,
     ModelOptions,
     OccurrenceOption,
     Output,
@@ -322,7 +323,7 @@ def pattern_rows(runs: dict[str, AttentionPattern]) -> list[dict]:
 def pattern(
     *,
     heads: Annotated[str, typer.Option(help="Query heads as block.head, e.g. 18.6,17.3.")],
-    model: ModelOptions,
+    model: BosModelOptions,
     prompt: PromptInput,
     keys: Annotated[int, typer.Option(min=1, max=100, help="Strongest keys shown per query in the table.")] = 3,
     output: Output,
