@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from layerscope.analyses.compare import InterventionReport, compare_logits, greedy_continuation, run_interventions
     from layerscope.analyses.early_exit import EarlyExit, early_exit
     from layerscope.analyses.grid import DecodeGrid
+    from layerscope.analyses.head_pattern import AttentionPattern, attention_pattern
     from layerscope.analyses.lens import logit_lens
     from layerscope.analyses.neurons import NeuronCensus, neuron_census
     from layerscope.analyses.patchscope import parse_target, patchscope_grid, run_patchscope
@@ -49,6 +50,8 @@ _EXPORTS = {
     "EarlyExit": "layerscope.analyses.early_exit",
     "early_exit": "layerscope.analyses.early_exit",
     "DecodeGrid": "layerscope.analyses.grid",
+    "AttentionPattern": "layerscope.analyses.head_pattern",
+    "attention_pattern": "layerscope.analyses.head_pattern",
     "logit_lens": "layerscope.analyses.lens",
     "NeuronCensus": "layerscope.analyses.neurons",
     "neuron_census": "layerscope.analyses.neurons",

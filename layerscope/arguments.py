@@ -57,6 +57,14 @@ def check_text(value: object, name: str) -> str:
     return value
 
 
+def check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:
+    """One of `choices`, a str."""
+    check_text(value, name)
+    if value not in choices:
+        raise ArgumentValueError(f"{name}='{value}' is not one of {', '.join(choices)}.")
+    return str(value)
+
+
 def check_path(value: object, name: str) -> Path:
     """A str or os.PathLike, as a Path."""
     if not isinstance(value, (str, os.PathLike)):

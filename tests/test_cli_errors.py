@@ -74,7 +74,8 @@ def tiny_dir(tmp_path_factory) -> Path:
 # Option values: every bounded int, every enum, every int of every command, through the parser.
 
 REQUIRED = {("heads", "activity"): ["--scores", "s.json"], ("heads", "ablate"): ["--scores", "s.json", "--top", "1"],
-            ("tunedlens", "train"): ["--out", "lens-out"], ("tunedlens", "eval"): ["--lens", "lens-in"]}
+            ("tunedlens", "train"): ["--out", "lens-out"], ("tunedlens", "eval"): ["--lens", "lens-in"],
+            ("heads", "pattern"): ["--heads", "0.0"]}
 
 
 def _commands(group, path=()):
@@ -108,7 +109,8 @@ BAD_VALUES = list(_bad_values())
 def test_the_bad_values_cover_every_command():
     assert {path for path, _, _ in BAD_VALUES} >= {("lens",), ("run",), ("patchscope",), ("sweep",), ("influence",),
                                                    ("heads", "retrieval"), ("heads", "induction"),
-                                                   ("heads", "ablate"), ("heads", "activity"), ("tui",)}
+                                                   ("heads", "ablate"), ("heads", "activity"), ("heads", "pattern"),
+                                                   ("tunedlens", "train"), ("tui",)}
     assert (("lens",), "--top-k", "0") in BAD_VALUES and (("lens",), "--top-k", "101") in BAD_VALUES
     assert {(("trace",), "--samples", "0"), (("trace",), "--samples", "1001"), (("trace",), "--metric", "bogus"),
             (("trace",), "--site", "bogus"), (("trace",), "--noise-std", "bogus")} <= set(BAD_VALUES)
@@ -244,6 +246,9 @@ def test_an_empty_text_option_is_refused_by_its_name_before_the_model(tmp_path, 
     (["heads", "retrieval", "--lengths", "512-99999999999"], "--lengths"),
     (["heads", "retrieval", "--depths", "0-101"], "--depths"),
     (["heads", "ablate", "--scores", "s.json", "--top", "1", "--depths", "0-9999999999"], "--depths"),
+    (["heads", "pattern", "-p", PROMPT, "--heads", "٣.1"], "--heads"),
+    (["heads", "pattern", "-p", PROMPT, "--heads", "3"], "--heads"),
+    (["heads", "pattern", "-p", PROMPT, "--heads", "1.1", "--drop", "0-99999999999"], "--drop"),
 ])
 def test_number_specs_are_strict_and_bounded_before_the_model(tmp_path, args, fragment):
     result = invoke(*args, "--model", str(tmp_path / "no-model"))

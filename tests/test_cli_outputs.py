@@ -272,6 +272,7 @@ RUNS = {  # a quick run of each command that writes a file, on the tiny model
     ("heads", "induction"): ["--seq-len", "4", "--samples", "1"],
     ("heads", "ablate"): ["--scores", "{scores}", "--top", "1", "--lengths", "64", "--depths", "50",
                           "--max-new-tokens", "2"],
+    ("heads", "pattern"): ["--heads", "1.1", "-p", "the cat sat", "--drop", "0"],
 }
 
 

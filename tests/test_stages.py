@@ -6,13 +6,18 @@ import json
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from layerscope.analyses.lens import logit_lens
+from layerscope.analyses.neurons import neuron_census
 from layerscope.analyses.prompt_sets import PromptItem
 from layerscope.analyses.stages import STAGES, BlockSignature, _forward_signatures, segment, stage_map
+from layerscope.models.adapter import ModelAdapter
+from layerscope.models.loading import LoadedModel
 from tests.manual import rebuilt_without, with_blocks_permuted
 from tests.studies import TINY_TEXT, hand_metrics, invoke
-from tests.tiny import tiny_model
+from tests.test_neurons import plant
+from tests.tiny import tiny_config, tiny_model, tiny_tokenizer
 
 PROMPTS = [PromptItem(TINY_TEXT), PromptItem("red blue green the city is big and small")]
 
@@ -126,3 +131,58 @@ def test_cli_stages_json_and_table(tiny_dir, tmp_path):
     empty.write_text("\n")
     bad = invoke("stages", "--model", str(tiny_dir), "--prompts", str(empty))
     assert bad.exit_code == 1 and "the file is empty" in bad.stderr
+
+
+def eight_block_llama():
+    """A tiny llama of 8 blocks, so the last quarter holds two: the last block and one the rule must decide."""
+    torch.manual_seed(0)
+    config = tiny_config("llama")
+    config.num_hidden_layers = 8
+    model = AutoModelForCausalLM.from_config(config).eval()
+    return LoadedModel(name="tiny-llama-8", model=model, tokenizer=tiny_tokenizer(), adapter=ModelAdapter(model))
+
+
+def test_planted_suppression_neurons_join_the_signatures_and_make_a_sharpening_block():
+    """Block 6 gets three neurons that write minus a token's unembedding: the census counts them, the signature
+    shows them, and the rule puts block 6 into residual sharpening, saying why; without them it is not there."""
+    lm = eight_block_llama()
+    before = stage_map(lm, PROMPTS)
+    assert before.blocks[6].stage != STAGES[3]
+    assert [(b.prediction_neurons, b.suppression_neurons) for b in before.blocks] == [(0, 0)] * 8
+    token = lm.tokenizer.convert_tokens_to_ids("paris")
+    for neuron in (3, 11, 40):
+        plant(lm, 6, neuron, token, -1.0)
+    after = stage_map(lm, PROMPTS)
+    census = neuron_census(lm)
+    assert [(b.prediction_neurons, b.suppression_neurons) for b in after.blocks] == [
+        (b.prediction, b.suppression) for b in census.blocks]
+    assert (after.blocks[6].prediction_neurons, after.blocks[6].suppression_neurons) == (0, 3)
+    assert after.blocks[6].stage == STAGES[3]
+    assert after.blocks[6].reason == "suppression neurons 3 > prediction neurons 0"
+    data = after.to_dict()
+    assert data["heuristic"] is True and data["blocks"][6]["suppression_neurons"] == 3
+    assert "suppression neurons outnumber its prediction neurons" in data["rule"]
+
+
+def test_a_mixture_of_experts_has_no_counts_and_the_rule_goes_on_without_them():
+    result = stage_map(tiny_model("mixtral"), PROMPTS[:1])
+    assert all(b.prediction_neurons is None and b.suppression_neurons is None for b in result.blocks)
+    assert result.blocks[-1].stage == STAGES[3] and stages_in_order(result.blocks)
+
+
+def test_on_the_demo_model_the_last_blocks_where_suppression_outnumbers_prediction_sharpen(demo_lm):
+    """The demo model's census of its last two blocks (the others left uncounted to keep the test short) in
+    otherwise flat signatures: both have more suppression than prediction neurons (5/6 and 54/65 here), so both are
+    residual sharpening, block 28 by its neurons; the run stops at block 27, which is not counted."""
+    n = demo_lm.n_blocks
+    census = neuron_census(demo_lm, blocks=[n - 2, n - 1])
+    blocks = [signature(b) for b in range(n)]
+    for counts in census.blocks:
+        blocks[counts.block].prediction_neurons = counts.prediction
+        blocks[counts.block].suppression_neurons = counts.suppression
+    segment(blocks)
+    assert [b.block for b in blocks if b.stage == STAGES[3]] == [n - 2, n - 1]
+    assert all(b.suppression > b.prediction for b in census.blocks)
+    second_last = census.block(n - 2)
+    assert blocks[n - 2].reason == (f"suppression neurons {second_last.suppression} > prediction neurons "
+                                    f"{second_last.prediction}")

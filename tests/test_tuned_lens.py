@@ -117,7 +117,7 @@ def test_published_lens_files_load_without_unpickling(tmp_path):
     translators = torch.nn.ModuleList(torch.nn.Linear(64, 64) for _ in range(lm.n_blocks))
     torch.save(translators.state_dict(), tmp_path / "params.pt")
     (tmp_path / "config.json").write_text(json.dumps(
-        {"base_model_name_or_path": "x", "d_model": 64, "num_hidden_layers": lm.n_blocks, "bias": True,
+        {"base_model_name_or_path": "tiny-llama", "d_model": 64, "num_hidden_layers": lm.n_blocks, "bias": True,
          "lens_type": "linear_tuned_lens"}))
     lens = load_tuned_lens(lm, tmp_path)
     state = torch.randn(3, 64)

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from layerscope.analyses.activations import last_logits_only
-from layerscope.errors import LayerscopeError
+from layerscope.arguments import check_ids, check_intervention_list, check_lm
+from layerscope.errors import ArgumentTypeError, ArgumentValueError
 from layerscope.interventions import Intervention, intervene
 from layerscope.interventions.attention import read_attention
 from layerscope.models.loading import LoadedModel
@@ -40,7 +41,7 @@ class AttentionPattern:
     def strongest(self, head: tuple[int, int], query: int, k: int = 3) -> list[tuple[int, float]]:
         """The k keys the head attends to most from `query`, as (key position, weight), strongest first."""
         row = self.weights[head][query]
-        return sorted(enumerate(row), key=lambda item: (-item[1], item[0]))[:k]
+        return sorted(enumerate(row[: query + 1]), key=lambda item: (-item[1], item[0]))[:k]
 
     def plot(self, heads: Sequence[tuple[int, int]] | None = None) -> Figure:
         """A query x key heatmap per head (default: every head read): a matplotlib Figure (layerscope[plot])."""
@@ -65,25 +66,32 @@ class AttentionPattern:
 def attention_pattern(lm: LoadedModel, input_ids: torch.Tensor, heads: Sequence[tuple[int, int]],
                       interventions: Sequence[Intervention] = ()) -> AttentionPattern:
     """The attention of each (block, head) in `heads` over the prompt `input_ids` (1, tokens), in one forward
-    pass with the interventions applied. Raises LayerscopeError for a head outside the model or a family whose
-    attention layers do not go through transformers' attention functions."""
-    adapter = lm.adapter
+    pass with the interventions applied; only the chosen heads' probabilities are computed (one (tokens, tokens)
+    matrix per head read, never every head's at once). Raises LayerscopeError for a head outside the model (`heads`
+    holds (block, head) pairs) or a family whose attention layers do not go through transformers' attention
+    functions."""
+    adapter = check_lm(lm).adapter
+    input_ids = check_ids(lm, input_ids)
+    interventions = check_intervention_list(interventions)
+    if not isinstance(heads, (list, tuple)) or not heads or not all(
+            isinstance(pair, tuple) and len(pair) == 2 and all(type(n) is int for n in pair) for pair in heads):
+        raise ArgumentTypeError(f"heads= must be a non-empty list of (block, head) pairs of ints, not {heads!r:.60}.")
     for block, head in heads:
         if not (0 <= block < adapter.n_blocks and 0 <= head < adapter.n_heads):
-            raise LayerscopeError(f"Head {block}.{head} is outside the model's {adapter.n_blocks} blocks x "
-                                  f"{adapter.n_heads} heads.")
-    wanted: dict[int, list[int]] = {}
-    for block, head in heads:
-        wanted.setdefault(block, []).append(head)
+            raise ArgumentValueError(f"heads= holds head {block}.{head}, outside the model's {adapter.n_blocks} "
+                                     f"blocks x {adapter.n_heads} heads.")
+    wanted: dict[int, tuple[int, ...]] = {}
+    for block, head in dict.fromkeys(heads):
+        wanted[block] = (*wanted.get(block, ()), head)
     weights: dict[tuple[int, int], list[list[float]]] = {}
 
     def reader(block: int, probs: torch.Tensor) -> None:
-        """probs: (1, heads, queries, keys)."""
-        for head in wanted[block]:
-            weights[block, head] = probs[0, head].float().cpu().tolist()
+        """probs: (1, len(wanted[block]), queries, keys): only the chosen heads' probabilities are computed."""
+        for index, head in enumerate(wanted[block]):
+            weights[block, head] = probs[0, index].cpu().tolist()
 
     ids = input_ids.to(adapter.input_device)
-    with (read_attention(lm.model, {block: adapter.attention(block) for block in wanted}, reader),
+    with (read_attention(lm.model, {block: adapter.attention(block) for block in wanted}, reader, wanted),
           intervene(lm, interventions, seq_len=ids.shape[1]), torch.inference_mode()):
         lm.model(input_ids=ids, use_cache=False, **last_logits_only(lm))
     ordered = {head: weights[head] for head in heads}

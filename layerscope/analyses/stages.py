@@ -8,7 +8,11 @@ Signatures per block, each averaged over the prompts (every prompt counts once):
 - attn_norm, mlp_norm, attn_mlp_ratio: mean L2 norm per token of the attention
   and MLP outputs, and their ratio (none where the MLP output is zero);
 - prev5_attention: attention mass a query puts on the previous five tokens
-  (keys t-5..t-1), mean over heads and over queries t >= 1.
+  (keys t-5..t-1), mean over heads and over queries t >= 1;
+- prediction_neurons, suppression_neurons: the block's MLP neurons of each kind
+  (`neurons.neuron_census`, Gurnee et al.'s thresholds; weights only, no prompt;
+  none for a mixture of experts). The paper (Fig. 6): suppression neurons
+  outnumber prediction neurons in the last stage.
 
 The segmentation (RULE below) is a HEURISTIC: a simple documented rule over
 those numbers, shown with its evidence per block, not a finding.
@@ -26,10 +30,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from layerscope.analyses.grid import distribution_stats
+from layerscope.analyses.neurons import neuron_census
 from layerscope.analyses.prompt_sets import PromptItem
 from layerscope.analyses.residual import capture_residuals
 from layerscope.analyses.sweep import sweep
 from layerscope.distributed import mapped
+from layerscope.errors import LayerscopeError
 from layerscope.interventions.attention import read_attention
 from layerscope.models.hooks import hook_output
 from layerscope.models.loading import LoadedModel
@@ -50,7 +56,8 @@ PREVIOUS = 5
 RULE = (
     "Heuristic. 1 detokenisation: block 0, then each next block while its drop-KL >= 2 x the median drop-KL, "
     "within the first quarter of the blocks. 4 residual sharpening: the last block, then each earlier block while "
-    "its MLP output norm >= 2 x the median MLP norm, within the last quarter. 3 prediction ensembling: between "
+    "its MLP output norm >= 2 x the median MLP norm or its suppression neurons outnumber its prediction neurons, "
+    "within the last quarter. 3 prediction ensembling: between "
     "those, from the first block after the logit-lens-KL peak whose lens KL to final is <= 0.75 x the peak. "
     "2 feature engineering: the blocks between detokenisation and ensembling."
 )
@@ -67,6 +74,8 @@ class BlockSignature:
     mlp_norm: float
     attn_mlp_ratio: float | None  # None where the MLP adds nothing
     prev5_attention: float
+    prediction_neurons: int | None = None  # None: not counted (a mixture of experts)
+    suppression_neurons: int | None = None
     stage: str = ""
     reason: str = ""
 
@@ -147,12 +156,27 @@ def _forward_signatures(lm: LoadedModel, input_ids: torch.Tensor) -> dict[str, l
             "prev5_attention": prev5}
 
 
-def _leading_run(values: list[float], threshold: float, limit: int) -> int:
-    """How many blocks from the start (at least one, at most `limit`) have a value >= threshold."""
+def _leading_run(passes: list[bool], limit: int) -> int:
+    """How many blocks from the start (at least one, at most `limit`) pass."""
     count = 1
-    while count < limit and values[count] >= threshold:
+    while count < limit and passes[count]:
         count += 1
     return count
+
+
+def suppressing(b: BlockSignature) -> bool:
+    """The block's suppression neurons outnumber its prediction neurons (False where they were not counted)."""
+    return b.suppression_neurons is not None and b.suppression_neurons > (b.prediction_neurons or 0)
+
+
+def neuron_counts(lm: LoadedModel, progress: ProgressFn = no_progress) -> list[tuple[int | None, int | None]]:
+    """Per block, (prediction neurons, suppression neurons) by the census's default thresholds; (None, None) for
+    every block of a model whose MLPs have no dense output projection (a mixture of experts)."""
+    try:
+        census = neuron_census(lm, progress=progress)  # refuses a mixture of experts before any work
+    except LayerscopeError:
+        return [(None, None)] * lm.n_blocks
+    return [(b.prediction, b.suppression) for b in census.blocks]
 
 
 def _ensemble_start(middle: list[BlockSignature], default: int) -> tuple[int, float]:
@@ -170,8 +194,9 @@ def segment(blocks: list[BlockSignature]) -> None:
     quarter = max(1, math.ceil(n / 4))
     drop_threshold = DETOK_FACTOR * statistics.median(b.drop_kl for b in blocks)
     mlp_threshold = SHARPEN_FACTOR * statistics.median(b.mlp_norm for b in blocks)
-    detok = _leading_run([b.drop_kl for b in blocks], drop_threshold, min(quarter, n - 1))
-    sharpen = _leading_run([b.mlp_norm for b in reversed(blocks)], mlp_threshold, min(quarter, n - detok))
+    detok = _leading_run([b.drop_kl >= drop_threshold for b in blocks], min(quarter, n - 1))
+    sharpen = _leading_run([b.mlp_norm >= mlp_threshold or suppressing(b) for b in reversed(blocks)],
+                           min(quarter, n - detok))
     ensemble_from, limit = _ensemble_start(blocks[detok : n - sharpen], n - sharpen)
     for b in blocks:
         if b.block < detok:
@@ -179,7 +204,9 @@ def segment(blocks: list[BlockSignature]) -> None:
             b.reason = f"drop-KL {b.drop_kl:.3g} >= {drop_threshold:.3g}" if b.block else "block 0"
         elif b.block >= n - sharpen:
             b.stage = STAGES[3]
-            b.reason = f"MLP norm {b.mlp_norm:.3g} >= {mlp_threshold:.3g}" if b.block < n - 1 else "last block"
+            b.reason = ("last block" if b.block == n - 1 else f"MLP norm {b.mlp_norm:.3g} >= {mlp_threshold:.3g}"
+                        if b.mlp_norm >= mlp_threshold else f"suppression neurons {b.suppression_neurons} > "
+                        f"prediction neurons {b.prediction_neurons}")
         elif b.block >= ensemble_from:
             b.stage = STAGES[2]
             b.reason = f"lens KL {b.lens_kl:.3g}; from block {ensemble_from}, past the peak, it fell <= {limit:.3g}"
@@ -204,11 +231,12 @@ def stage_map(lm: LoadedModel, prompts: list[PromptItem], seed: int = 0, batch_s
             sums[name] = [a + v for a, v in zip(sums.get(name, [0.0] * n), values)]
         progress(done, len(prompts), "stage signatures")
     mean = {name: [v / len(prompts) for v in values] for name, values in sums.items()}
+    counts = neuron_counts(lm, progress)
     blocks = [
         BlockSignature(b, drop[b], swap[b] if b < n - 1 else None, mean["lens_kl"][b], mean["lens_entropy"][b],
                        mean["attn_norm"][b], mean["mlp_norm"][b],
                        mean["attn_norm"][b] / mean["mlp_norm"][b] if mean["mlp_norm"][b] else None,
-                       mean["prev5_attention"][b])
+                       mean["prev5_attention"][b], *counts[b])
         for b in range(n)
     ]
     segment(blocks)

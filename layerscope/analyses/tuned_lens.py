@@ -7,8 +7,10 @@ row is the model's own output and needs no translator. Departure from the paper:
 1e-3, linear decay) instead of SGD with Nesterov momentum at lr 1.0, which diverged on the
 demo model with our small CPU-sized batches (held-out KL rose from ~15 to ~250 nats).
 
-Our lenses are safetensors plus a JSON config; the tuned-lens project's published lenses
-(`params.pt` + `config.json`) load with `torch.load(weights_only=True)`, never unpickling code.
+Our lenses are safetensors plus a JSON config; the tuned-lens project's lenses (`params.pt` +
+`config.json`) load with `torch.load(weights_only=True)`, never unpickling code, and a lens can be saved in
+that format too (`lens_format="tuned-lens"`). A lens records the model it was trained for (its name and the
+tuned-lens package's `unembed_hash`); loading it into another model warns (`LensMismatchWarning`).
 """
 
 from __future__ import annotations
@@ -16,20 +18,22 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
 from layerscope.analyses.grid import DecodeGrid, build_grid, distribution_stats
 from layerscope.analyses.lens import lens_logits
-from layerscope.analyses.residual import layer_labels, capture_residuals
-from layerscope.arguments import check_ids, check_int, check_lm, check_path, check_text
+from layerscope.analyses.residual import capture_residuals, layer_labels
+from layerscope.arguments import check_choice, check_ids, check_int, check_lm, check_path, check_text
 from layerscope.errors import ArgumentTypeError, ArgumentValueError, LayerscopeError
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
@@ -46,14 +50,47 @@ CHECKPOINT_KEY = "layerscope_checkpoint"
 CHECKPOINT_STATE = "checkpoint.json"  # where checkpoints written before kept the step and recipe
 PUBLISHED_WEIGHTS = "params.pt"
 FORMAT = "layerscope-tuned-lens"
+LENS_FORMATS = ("layerscope", "tuned-lens")
+"""How a lens is saved: lens.safetensors (ours), or params.pt as the tuned-lens package writes and reads it;
+config.json either way."""
+
+
+class LensMismatchWarning(UserWarning):
+    """A lens loaded into a model other than the one it records."""
+
+
+NUMPY_PRINT_DEFAULTS = {"threshold": 1000, "edgeitems": 3, "linewidth": 75, "suppress": False, "sign": "-",
+                        "floatmode": "maxprec", "legacy": False}
+"""numpy's default print options, which the tuned-lens package's hash depends on (whatever the user set)."""
+
+
+def unembed_hash(lm: LoadedModel) -> str:
+    """The tuned-lens package's fingerprint of the model's unembedding (`Unembed.unembedding_hash`: SHA-256 of
+    numpy's one-decimal summary of the float32 matrix, a copy on the CPU as the package makes it), which its
+    lenses record as `unembed_hash`."""
+    weight = lm.adapter.unembed.weight.detach().cpu().float().numpy()
+    with np.printoptions(**NUMPY_PRINT_DEFAULTS):  # type: ignore[arg-type]  # numpy's stubs type them one by one
+        return hashlib.sha256(np.array_str(weight, precision=1).encode()).hexdigest()
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether `device` multiplies bfloat16 matrices in hardware: a CUDA GPU that supports bf16 (Ampere on), or a
+    CPU with AVX-512 BF16 or AMX. Elsewhere bf16 is emulated and slower than float32."""
+    if device.type == "cuda":
+        with torch.cuda.device(device):  # this GPU, not the current one
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return False
 
 
 class TunedLens(nn.Module):
     """Translators for rows 0..L-1 (`emb` and blocks 0..L-2's outputs); row L is left as it is."""
 
-    def __init__(self, hidden_size: int, n_blocks: int, model: str = ""):
+    def __init__(self, hidden_size: int, n_blocks: int, model: str = "", unembed: str = ""):
         super().__init__()
         self.model_name = model
+        self.unembed_hash = unembed  # `unembed_hash` of the model, where known
         self.translators = nn.ModuleList(nn.Linear(hidden_size, hidden_size) for _ in range(n_blocks))
         for translator in self.translators:
             nn.init.zeros_(translator.weight)
@@ -80,15 +117,26 @@ class TunedLens(nn.Module):
         """(rows, ..., hidden) -> the same, every row translated."""
         return torch.stack([self.translate(row, state) for row, state in enumerate(states)])
 
-    def save(self, directory: Path, extra: dict | None = None) -> None:
-        """lens.safetensors, then config.json, each written whole or not at all; weights that are not finite are
-        refused (the training diverged)."""
+    def save(self, directory: Path, extra: dict | None = None, lens_format: str = "layerscope") -> None:
+        """The weights, then config.json, each written whole or not at all; weights that are not finite are
+        refused (the training diverged). `lens_format` "layerscope": lens.safetensors and a config with `extra`;
+        "tuned-lens": params.pt (a plain tensor state dict, `torch.save`) and the tuned-lens package's config keys
+        only (it warns about any other). The other format's weights file is removed first."""
+        check_choice(lens_format, "lens_format", LENS_FORMATS)
         state = {k: v.detach().contiguous().cpu() for k, v in self.translators.state_dict().items()}
         check_finite_weights(state, "The tuned lens")
         directory.mkdir(parents=True, exist_ok=True)
-        replace_file(directory / WEIGHTS, lambda temp: save_file(state, temp))
-        config = {"format": FORMAT, "base_model_name_or_path": self.model_name, "d_model": self.hidden_size,
-                  "num_hidden_layers": self.n_blocks, **(extra or {})}
+        weights = PUBLISHED_WEIGHTS if lens_format == "tuned-lens" else WEIGHTS
+        (directory / (WEIGHTS if weights == PUBLISHED_WEIGHTS else PUBLISHED_WEIGHTS)).unlink(missing_ok=True)
+        if lens_format == "tuned-lens":
+            replace_file(directory / weights, lambda temp: torch.save(state, temp))
+            config = {"base_model_name_or_path": self.model_name, "d_model": self.hidden_size,
+                      "num_hidden_layers": self.n_blocks, "bias": True, "base_model_revision": None,
+                      "unembed_hash": self.unembed_hash or None, "lens_type": "linear_tuned_lens"}
+        else:
+            replace_file(directory / weights, lambda temp: save_file(state, temp))
+            config = {"format": FORMAT, "base_model_name_or_path": self.model_name, "d_model": self.hidden_size,
+                      "num_hidden_layers": self.n_blocks, "unembed_hash": self.unembed_hash or None, **(extra or {})}
         text = json.dumps(config, indent=1) + "\n"
         replace_file(directory / CONFIG, lambda temp: temp.write_text(text, encoding="utf-8"))
 
@@ -109,8 +157,8 @@ def check_finite_weights(tensors: dict[str, torch.Tensor], what: str) -> None:
                                   "train again with a lower learning rate.")
 
 
-def _lens_config(path: Path) -> tuple[int, int, str]:
-    """(hidden size, translators, model name) from a lens's config.json."""
+def _lens_config(path: Path) -> tuple[int, int, str, str]:
+    """(hidden size, translators, model name, unembed_hash or '') from a lens's config.json."""
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -121,8 +169,18 @@ def _lens_config(path: Path) -> tuple[int, int, str]:
     if type(hidden) is not int or type(n_blocks) is not int or min(hidden, n_blocks) < 1:  # bool is not a size
         raise LayerscopeError(f"'{path}' is not a tuned lens config: d_model and num_hidden_layers must be positive "
                               f"whole numbers, not {hidden!r} and {n_blocks!r}.")
-    name = config.get("base_model_name_or_path", "")
-    return hidden, n_blocks, name if isinstance(name, str) else ""
+    name, fingerprint = config.get("base_model_name_or_path", ""), config.get("unembed_hash", "")
+    return hidden, n_blocks, name if isinstance(name, str) else "", fingerprint if isinstance(fingerprint, str) else ""
+
+
+def lens_mismatch(lm: LoadedModel, name: str, fingerprint: str) -> str | None:
+    """What a lens records that `lm` is not, or None: its unembedding fingerprint where it has one (the weights
+    themselves), else its model name (compared by the last part of a path or hub id)."""
+    if fingerprint:
+        return None if fingerprint == unembed_hash(lm) else "a model with another unembedding (unembed_hash)"
+    if name and Path(name).name not in (Path(lm.name).name, Path(lm.model.config.name_or_path).name):
+        return f"'{name}'"
+    return None
 
 
 def check_lens(lm: LoadedModel, lens: object) -> TunedLens:
@@ -135,13 +193,23 @@ def check_lens(lm: LoadedModel, lens: object) -> TunedLens:
 
 
 def load_tuned_lens(lm: LoadedModel, directory: Path | str) -> TunedLens:
-    """Our lens (lens.safetensors) or the tuned-lens project's (params.pt), checked against the model."""
+    """Our lens (lens.safetensors) or the tuned-lens project's (params.pt), checked against the model's shape;
+    a `LensMismatchWarning` where it records another model (`lens_mismatch`)."""
+    lens, mismatch = read_tuned_lens(lm, directory)
+    if mismatch is not None:
+        warnings.warn(mismatch, LensMismatchWarning, stacklevel=2)
+    return lens
+
+
+def read_tuned_lens(lm: LoadedModel, directory: Path | str) -> tuple[TunedLens, str | None]:
+    """`load_tuned_lens`, with the mismatch returned as its one-line message (None where the lens records this
+    model or nothing) for the CLI and the explorer to show their way."""
     check_lm(lm)
     directory = check_path(directory, "directory")
     config_path = directory / CONFIG
     if not config_path.is_file():
         raise LayerscopeError(f"No tuned lens in '{directory}': {CONFIG} is missing.")
-    hidden, n_blocks, name = _lens_config(config_path)
+    hidden, n_blocks, name, fingerprint = _lens_config(config_path)
     check_fits(lm, hidden, n_blocks, f"The lens in '{directory}'")
     if (directory / WEIGHTS).is_file():
         state, _ = read_safetensors(directory / WEIGHTS, "The tuned lens weights")
@@ -150,13 +218,16 @@ def load_tuned_lens(lm: LoadedModel, directory: Path | str) -> TunedLens:
     else:
         raise LayerscopeError(f"No tuned lens weights in '{directory}' ({WEIGHTS} or {PUBLISHED_WEIGHTS}).")
     check_finite_weights(state, f"The tuned lens in '{directory}'")
-    lens = TunedLens(hidden, n_blocks, name)
+    lens = TunedLens(hidden, n_blocks, name, fingerprint)
     try:
         lens.translators.load_state_dict(state, strict=True)
     except RuntimeError as error:
         first = str(error).strip().splitlines()[0:2]
         raise LayerscopeError(f"The weights in '{directory}' do not fit the lens config: {' '.join(first)}") from None
-    return lens.to(lm.adapter.output_device)
+    mismatch = lens_mismatch(lm, name, fingerprint)
+    note = None if mismatch is None else (f"The lens in '{directory}' was trained for {mismatch}, not {lm.name}: "
+                                          "its readings may mean nothing for this model.")
+    return lens.to(lm.adapter.output_device), note
 
 
 def _published_state(path: Path) -> dict[str, torch.Tensor]:
@@ -197,11 +268,14 @@ class TrainSettings:
     steps: int = 40
     context: int = 64  # tokens per step (one chunk of the text)
     lr: float = 1e-3
-    bf16_unembed: bool = True  # the unembedding matmul in bfloat16 while training: 5x faster on AVX-512 BF16
+    bf16_unembed: bool | None = None  # the unembedding matmul in bfloat16 while training (5x faster on AVX-512
+    # BF16, many times slower where bf16 is emulated); None: where the device has fast bf16 (`fast_bf16`)
 
     def check(self) -> None:
         check_int(self.steps, "steps", 1)
         check_int(self.context, "context", 2)
+        if self.bf16_unembed is not None and not isinstance(self.bf16_unembed, bool):
+            raise ArgumentTypeError(f"bf16_unembed= must be a bool or None, not {type(self.bf16_unembed).__name__}.")
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)):
             raise ArgumentTypeError(f"lr= must be a number, not {type(self.lr).__name__}.")
         if not 0 < self.lr <= 1:  # Adam's steps are about lr: past 1 the lens runs off, past float32 torch fails
@@ -228,9 +302,11 @@ def train_tuned_lens(
     settings: TrainSettings = TrainSettings(),
     progress: ProgressFn = no_progress,
     save_every: int = 10,
+    lens_format: str = "layerscope",
 ) -> TunedLens:
-    """Train (or resume from `out`'s checkpoint) and save the lens in `out`. Step s trains on chunk
-    s mod chunks, so a resumed run takes the same steps as an uninterrupted one."""
+    """Train (or resume from `out`'s checkpoint) and save the lens in `out` (in `lens_format`, `LENS_FORMATS`).
+    Step s trains on chunk s mod chunks, so a resumed run takes the same steps as an uninterrupted one. The
+    unembedding's dtype (`settings.bf16_unembed`, chosen from the device where None) is kept in the recipe."""
     check_lm(lm)
     check_text(text, "text")
     out = check_path(out, "out")
@@ -238,15 +314,19 @@ def train_tuned_lens(
         raise ArgumentTypeError(f"settings= must be a TrainSettings, not {type(settings).__name__}.")
     settings.check()
     check_int(save_every, "save_every", 1)
+    check_choice(lens_format, "lens_format", LENS_FORMATS)
+    if settings.bf16_unembed is None:
+        settings = replace(settings, bf16_unembed=fast_bf16(lm.adapter.unembed.weight.device))
     chunks = calibration_chunks(lm, text, settings.context)
     recipe = {**asdict(settings), "model": lm.name, "text_sha256": hashlib.sha256(text.encode()).hexdigest()}
-    lens = TunedLens(lm.adapter.config.hidden_size, lm.n_blocks, lm.name).to(lm.adapter.output_device)
+    lens = TunedLens(lm.adapter.config.hidden_size, lm.n_blocks, lm.name, unembed_hash(lm))
+    lens = lens.to(lm.adapter.output_device)
     optimizer = torch.optim.Adam(lens.parameters(), lr=settings.lr)
     start = _resume(out, recipe, lens, optimizer)
     progress(start, settings.steps, "tuned lens")
     with _frozen(lm.model), torch.enable_grad():  # also when called under no_grad
         _train_steps(lm, lens, chunks, settings, optimizer, start, out, recipe, progress, save_every)
-    lens.save(out, {"training": recipe})
+    lens.save(out, {"training": recipe}, lens_format)
     for path in (out / CHECKPOINT, out / CHECKPOINT_STATE):
         path.unlink(missing_ok=True)
     return lens

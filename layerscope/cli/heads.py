@@ -1,14 +1,15 @@
-"""`layerscope patchscope` and `layerscope heads retrieval|activity|induction|ablate`."""
+"""`layerscope patchscope` and `layerscope heads retrieval|activity|induction|ablate|pattern`."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from layerscope.cli.common import (
     INT_MAX,
+    BosModelOptions,
     ModelOptions,
     OccurrenceOption,
     Output,
@@ -19,17 +20,21 @@ from layerscope.cli.common import (
     command,
     spec_option,
 )
-from layerscope.cli.tables import ablation_table, activity_table, heads_table, patchscope_table, retrieval_table
+from layerscope.cli.lens import with_intervention_options
+from layerscope.cli.tables import (ablation_table, activity_table, heads_table, patchscope_table, pattern_table,
+                                   retrieval_table)
 from layerscope.errors import LayerscopeError
 from layerscope.locations import DEFAULT_HAYSTACK, DEFAULT_NEEDLES
-from layerscope.specs import whole_number_in
+from layerscope.specs import parse_heads, whole_number_in
 
 if TYPE_CHECKING:
+    from layerscope.analyses.head_pattern import AttentionPattern
     from layerscope.analyses.needles import Needle
+    from layerscope.records import Records
     from layerscope.models.loading import LoadedModel
 
-heads_app = typer.Typer(help="Attention-head analyses: retrieval, induction and previous-token heads, masking.",
-                        no_args_is_help=True)
+heads_app = typer.Typer(help="Attention-head analyses: retrieval, induction and previous-token heads, masking, "
+                             "attention patterns.", no_args_is_help=True)
 
 HaystackOption = Annotated[Path | None, typer.Option(help="Haystack text file (default: the shipped one)."),
                            Reads((DEFAULT_HAYSTACK,))]
@@ -229,3 +234,54 @@ def ablate(
     with StderrProgress() as progress:
         report = ablation_experiment(lm, head_scores, top, tests, seed, max_new_tokens, progress)
     output.write(report.to_dict, report.records, lambda: ablation_table(report), report.plot)
+
+
+def pattern_records(runs: dict[str, AttentionPattern]) -> Records:
+    """Each run's lines, led by its name (baseline, intervened)."""
+    parts = [pattern.records().with_columns({"run": name}) for name, pattern in runs.items()]
+    return sum(parts[1:], parts[0])
+
+
+@heads_app.command("pattern")
+@command
+@with_intervention_options
+def pattern(
+    *,
+    heads: Annotated[str, typer.Option(help="Query heads as block.head, e.g. 18.6,17.3.")],
+    model: BosModelOptions,
+    prompt: PromptInput,
+    keys: Annotated[int, typer.Option(min=1, max=100, help="Strongest keys shown per query in the table.")] = 3,
+    output: Output,
+    **chosen: Any,
+) -> None:
+    """Attention patterns: the weights of the chosen heads over the prompt (queries x keys), for the baseline and,
+    with intervention options, under them.
+
+    Example: layerscope heads pattern --heads 18.6,17.3 --prompt "The capital of France is"
+    Example: layerscope heads pattern --heads 5.0 -p "When Mary and John went out, John gave" --drop 3 -f json
+    """
+    from layerscope.analyses.heads import attention_pattern
+    from layerscope.interventions import ModelShape, check_interventions
+    from layerscope.interventions.core import interventions_from_options
+
+    text = prompt.read()
+    chosen_heads = head_option(heads)
+    interventions_from_options(chosen, 0)  # a bad spec is refused before the model loads
+    lm = model.load()
+    interventions = interventions_from_options(chosen, lm.n_blocks)
+    ids = lm.encode(text)
+    check_interventions(interventions, ModelShape(lm.n_blocks, lm.adapter.n_heads, ids.shape[1]))
+    runs = {"baseline": attention_pattern(lm, ids, chosen_heads)}
+    if interventions:
+        runs["intervened"] = attention_pattern(lm, ids, chosen_heads, interventions)
+    output.write(lambda: {**runs["baseline"].to_dict(), "interventions": [i.to_dict() for i in interventions],
+                          "intervened": runs["intervened"].to_dict()["weights"] if interventions else None},
+                 lambda: pattern_records(runs), lambda: pattern_table(runs, keys), runs[list(runs)[-1]].plot)
+
+
+def head_option(spec: str) -> tuple[tuple[int, int], ...]:
+    """--heads parsed before the model loads; its error names the flag."""
+    try:
+        return parse_heads(spec)
+    except LayerscopeError as error:
+        raise LayerscopeError(f"--heads: {error}") from None

@@ -46,7 +46,8 @@ def lens(
     Example: layerscope lens --model demo --prompt "The capital of France is" --format json
     """
     from layerscope.analyses.lens import logit_lens
-    from layerscope.analyses.tuned_lens import load_tuned_lens, tuned_lens
+    from layerscope.analyses.tuned_lens import tuned_lens
+    from layerscope.cli.tunedlens import load_lens
 
     text = prompt.read()
     if (method is LensMethod.tuned) != (lens_dir is not None):
@@ -55,7 +56,7 @@ def lens(
     if lens_dir is None:
         grid = logit_lens(lm, lm.encode(text), top_k=top_k)
     else:
-        grid = tuned_lens(lm, lm.encode(text), load_tuned_lens(lm, lens_dir), top_k=top_k)
+        grid = tuned_lens(lm, lm.encode(text), load_lens(lm, lens_dir), top_k=top_k)
     output.write(grid.to_dict, grid.records, lambda: grid_table(grid), grid.plot)
 
 

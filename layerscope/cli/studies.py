@@ -333,7 +333,8 @@ def stages(
     output: Output,
 ) -> None:
     """Stage map: per-block signatures (drop/swap KL, lens KL and entropy, attention/MLP norms, attention to the
-    previous five tokens) and a heuristic split into the four stages of inference, with the evidence.
+    previous five tokens, prediction and suppression neurons) and a heuristic split into the four stages of
+    inference, with the evidence.
 
     Example: layerscope stages --model demo --prompts sample_prompts/general.txt
     """

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from layerscope.analyses.compare import InterventionReport
     from layerscope.analyses.early_exit import EarlyExit
     from layerscope.analyses.grid import DecodeGrid
+    from layerscope.analyses.head_pattern import AttentionPattern
     from layerscope.analyses.head_scores import HeadScores
     from layerscope.analyses.influence import InfluenceReport
     from layerscope.analyses.neurons import NeuronCensus
@@ -138,13 +139,14 @@ def influence_table(report: InfluenceReport) -> str:
 
 def stages_table(stage_map: StageMap) -> str:
     head = (f"{'block':>5} {'dropKL':>7} {'swapKL':>7} {'lensKL':>7} {'H bits':>6} {'attn/mlp':>8} {'mlp norm':>9} "
-            f"{'prev5':>5}  stage (heuristic) - evidence")
+            f"{'prev5':>5} {'pred/supp':>9}  stage (heuristic) - evidence")
     lines = [head, "-" * len(head)]
     for b in stage_map.blocks:
+        neurons = "-" if b.prediction_neurons is None else f"{b.prediction_neurons}/{b.suppression_neurons}"
         lines.append(f"{b.block:>5} {_number(b.drop_kl, 7, 3)} {_number(b.swap_kl, 7, 3)} {_number(b.lens_kl, 7, 2)} "
                      f"{_number(b.lens_entropy, 6, 2)} {_number(b.attn_mlp_ratio, 8, 3)} {_number(b.mlp_norm, 9, 1)} "
-                     f"{_number(b.prev5_attention, 5, 2)}  {b.stage} - {b.reason}")
-    lines += ["", stage_map.rule]
+                     f"{_number(b.prev5_attention, 5, 2)} {neurons:>9}  {b.stage} - {b.reason}")
+    lines += ["", "pred/supp: the block's prediction and suppression neurons (layerscope neurons).", stage_map.rule]
     return "\n".join(lines)
 
 
@@ -255,3 +257,18 @@ def comparison_table(comparison: LensComparison) -> str:
     for layer, logit, tuned in zip(comparison.layers, comparison.logit_lens_kl, comparison.tuned_lens_kl):
         lines.append(f"{layer:>5} {logit:>11.3f} {tuned:>11.3f}")
     return "\n".join(lines)
+
+
+def pattern_table(runs: dict[str, AttentionPattern], keys: int) -> str:
+    """Per head and run, each query's strongest keys: position, token and weight."""
+    sections = []
+    for block, head in next(iter(runs.values())).weights:
+        for name, pattern in runs.items():
+            lines = [f"head {block}.{head}, {name}: the {keys} strongest keys of each query (position token weight)",
+                     f"{'query':>5} {'token':<14} keys"]
+            for query, token in enumerate(pattern.tokens):
+                strongest = pattern.strongest((block, head), query, keys)
+                cells = " | ".join(f"{key} {shorten(pattern.tokens[key], 10)} {weight:.3f}" for key, weight in strongest)
+                lines.append(f"{query:>5} {shorten(token, 14):<14} {cells}")
+            sections.append("\n".join(lines))
+    return "\n\n".join(sections)

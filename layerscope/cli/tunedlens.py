@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from layerscope.cli.common import ModelOptions, Output, Reads, StderrProgress, Writes, command
+from layerscope.cli.common import ModelOptions, Output, Reads, StderrProgress, Writes, command, visible
 from layerscope.cli.tables import comparison_table
 from layerscope.locations import sample_file
 from layerscope.textfiles import read_text_file
+
+if TYPE_CHECKING:
+    from layerscope.analyses.tuned_lens import TunedLens
+    from layerscope.models.loading import LoadedModel
 
 tunedlens_app = typer.Typer(help="Tuned lens (Belrose et al. 2023): train one, compare it with the logit lens.",
                             no_args_is_help=True)
@@ -21,9 +26,30 @@ LensOption = Annotated[Path, typer.Option("--lens", help="A tuned lens folder (o
 
 def lens_files() -> tuple[str, ...]:
     """The files `tunedlens train` writes in its folder."""
-    from layerscope.analyses.tuned_lens import CHECKPOINT, CHECKPOINT_STATE, CONFIG, WEIGHTS
+    from layerscope.analyses.tuned_lens import CHECKPOINT, CHECKPOINT_STATE, CONFIG, PUBLISHED_WEIGHTS, WEIGHTS
 
-    return WEIGHTS, CONFIG, CHECKPOINT, CHECKPOINT_STATE
+    return WEIGHTS, PUBLISHED_WEIGHTS, CONFIG, CHECKPOINT, CHECKPOINT_STATE
+
+
+def load_lens(lm: LoadedModel, directory: Path) -> TunedLens:
+    """`load_tuned_lens`, a lens recorded for another model shown as one `warning:` line on stderr."""
+    from layerscope.analyses.tuned_lens import read_tuned_lens
+
+    lens, mismatch = read_tuned_lens(lm, directory)
+    if mismatch is not None:
+        typer.echo(f"warning: {visible(mismatch)}", err=True)
+    return lens
+
+
+class LensFormat(str, Enum):
+    layerscope = "layerscope"
+    tuned_lens = "tuned-lens"
+
+
+class UnembedDtype(str, Enum):
+    auto = "auto"
+    bfloat16 = "bfloat16"
+    float32 = "float32"
 
 
 @tunedlens_app.command("train")
@@ -38,6 +64,12 @@ def train(
     steps: Annotated[int, typer.Option(min=1, help="Optimizer steps, one chunk of --context tokens each.")] = 40,
     context: Annotated[int, typer.Option(min=2, help="Tokens per step.")] = 64,
     lr: Annotated[float, typer.Option(min=0.0, max=1.0, help="Adam learning rate.")] = 1e-3,
+    lens_format: Annotated[LensFormat, typer.Option(
+        help="layerscope (lens.safetensors) or tuned-lens (params.pt, which the tuned-lens package reads).")
+    ] = LensFormat.layerscope,
+    unembed_dtype: Annotated[UnembedDtype, typer.Option(
+        help="The unembedding's dtype while training: auto (bfloat16 where the device has fast bf16: a CUDA GPU "
+             "with bf16, a CPU with AVX-512 BF16 or AMX; else float32), bfloat16 or float32.")] = UnembedDtype.auto,
 ) -> None:
     """Train a tuned lens; run it again with the same options to resume an interrupted training.
 
@@ -46,11 +78,12 @@ def train(
     from layerscope.analyses.tuned_lens import TrainSettings, train_tuned_lens
 
     calibration = read_text_file(text or sample_file("calibration.txt"), "calibration text")
-    settings = TrainSettings(steps=steps, context=context, lr=lr)
+    bf16 = {UnembedDtype.auto: None, UnembedDtype.bfloat16: True, UnembedDtype.float32: False}[unembed_dtype]
+    settings = TrainSettings(steps=steps, context=context, lr=lr, bf16_unembed=bf16)
     settings.check()
     lm = model.load()
     with StderrProgress() as progress:
-        train_tuned_lens(lm, calibration, out, settings, progress)
+        train_tuned_lens(lm, calibration, out, settings, progress, lens_format=lens_format.value)
     typer.echo(f"tuned lens saved in {out}; compare it: layerscope tunedlens eval --model {model.model} --lens {out}")
 
 
@@ -69,9 +102,9 @@ def evaluate(
 
     Example: layerscope tunedlens eval --model demo --lens lenses/demo
     """
-    from layerscope.analyses.tuned_lens import compare_lenses, load_tuned_lens
+    from layerscope.analyses.tuned_lens import compare_lenses
 
     heldout = read_text_file(text or sample_file("heldout.txt"), "held-out text")
     lm = model.load()
-    comparison = compare_lenses(lm, load_tuned_lens(lm, lens), heldout, tokens)
+    comparison = compare_lenses(lm, load_lens(lm, lens), heldout, tokens)
     output.write(comparison.to_dict, comparison.records, lambda: comparison_table(comparison), lambda: comparison.plot(lm.name))

@@ -25,14 +25,17 @@ from layerscope.errors import LayerscopeError
 
 EDITS_ATTRIBUTE = "layerscope_attention_edits"
 AttentionReader = Callable[[torch.Tensor], None]
-"""Receives attention probabilities of one layer, shape (batch, heads, queries, keys), float32."""
+"""Receives attention probabilities of one layer, shape (batch, heads, queries, keys), float32: every query head,
+or the heads it was registered for (`ReaderHeads`), in that order."""
+ReaderHeads = tuple[int, ...] | None
+"""The query heads a reader reads (None: all); only those heads' probabilities are computed for it."""
 
 
 @dataclass
 class AttentionEdits:
     zero_heads: set[int] = field(default_factory=set)
     uniform_heads: set[int] = field(default_factory=set)
-    readers: list[AttentionReader] = field(default_factory=list)
+    readers: list[tuple[AttentionReader, ReaderHeads]] = field(default_factory=list)
     applied: int = 0  # calls that went through layerscope's attention function: the proof edits took effect
 
     def is_empty(self) -> bool:
@@ -71,10 +74,16 @@ def attention_probabilities(
     attention_mask: torch.Tensor | None,
     scaling: float | None,
     softcap: float | None = None,
+    heads: ReaderHeads = None,
 ) -> torch.Tensor:
-    """softmax(q k^T) per query head, in float32, exactly as eager attention computes it."""
-    n_heads, n_queries, head_dim = query.shape[1], query.shape[2], query.shape[3]
-    keys = _repeat_kv(key, n_heads)
+    """softmax(q k^T) per query head, in float32, exactly as eager attention computes it; only for `heads` (in
+    that order) where given, so reading one head costs one head's (queries, keys) scores, not every head's."""
+    n_queries, head_dim = query.shape[2], query.shape[3]
+    if heads is None:
+        keys = _repeat_kv(key, query.shape[1])
+    else:
+        group = query.shape[1] // key.shape[1]  # query heads per key head, as _repeat_kv lays them out
+        query, keys = query[:, list(heads)], key[:, [head // group for head in heads]]
     scores = torch.matmul(query.float(), keys.float().transpose(2, 3)) * (scaling or head_dim**-0.5)
     if softcap:
         scores = torch.tanh(scores / softcap) * softcap
@@ -108,10 +117,8 @@ def _edited_attention(base: AttentionFunction) -> AttentionFunction:
         if edits is None or edits.is_empty():
             return output, weights
         edits.applied += 1
-        if edits.readers:
-            probs = attention_probabilities(query, key, attention_mask, scaling, kwargs.get("softcap"))
-            for reader in edits.readers:
-                reader(probs)
+        for reader, read_heads in edits.readers:
+            reader(attention_probabilities(query, key, attention_mask, scaling, kwargs.get("softcap"), read_heads))
         if edits.uniform_heads or edits.zero_heads:
             output = output.clone()
         if edits.uniform_heads:
@@ -175,9 +182,11 @@ def edited_attention(model: nn.Module) -> Iterator[None]:
 
 @contextmanager
 def read_attention(model: nn.Module, attention_modules: dict[int, nn.Module],
-                   reader: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
+                   reader: Callable[[int, torch.Tensor], None],
+                   heads: dict[int, tuple[int, ...]] | None = None) -> Iterator[None]:
     """Call reader(block, probabilities) each time one of the given attention modules of `model` runs (through
-    layerscope's attention function for the duration of the block)."""
+    layerscope's attention function for the duration of the block): every query head's probabilities, or where
+    `heads` names a block's query heads, only theirs (in that order)."""
     if not attention_modules:
         yield
         return
@@ -186,11 +195,12 @@ def read_attention(model: nn.Module, attention_modules: dict[int, nn.Module],
         def per_block(probs: torch.Tensor, block: int = block) -> None:
             reader(block, probs)
 
-        edits_of(module).readers.append(per_block)
-        added.append((module, per_block))
+        entry = (per_block, None if heads is None else heads[block])
+        edits_of(module).readers.append(entry)
+        added.append((module, entry))
     try:
         with edited_attention(model):
             yield
     finally:
-        for module, per_block in added:
-            edits_of(module).readers.remove(per_block)
+        for module, entry in added:
+            edits_of(module).readers.remove(entry)

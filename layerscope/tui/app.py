@@ -836,13 +836,15 @@ class LayerscopeApp(App):
         if self.lm is None:
             self.lens_dir = folder  # loaded with the model
             return
-        from layerscope.analyses.tuned_lens import load_tuned_lens
+        from layerscope.analyses.tuned_lens import read_tuned_lens
 
         try:
-            self.tuned = load_tuned_lens(self.lm, folder)
+            self.tuned, mismatch = read_tuned_lens(self.lm, folder)
         except LayerscopeError as error:
             self.notify(str(error), severity="error", timeout=10)
             return
+        if mismatch is not None:
+            self.notify(mismatch, severity="warning", timeout=10)
         self.lens_dir = folder
         self.notify(f"tuned lens loaded from {folder}: m switches to it")
 
