@@ -108,7 +108,9 @@ BAD_VALUES = list(_bad_values())
 def test_the_bad_values_cover_every_command():
     assert {path for path, _, _ in BAD_VALUES} >= {("lens",), ("run",), ("patchscope",), ("sweep",), ("influence",),
                                                    ("heads", "retrieval"), ("heads", "induction"),
-                                                   ("heads", "ablate"), ("heads", "activity"), ("tui",)}
+                                                   ("heads", "ablate"), ("heads", "activity"), ("tui",),
+                                                   *(("reproduce", name) for name in ("stages", "afcl", "shortgpt",
+                                                                                      "retrieval", "rome"))}
     assert (("lens",), "--top-k", "0") in BAD_VALUES and (("lens",), "--top-k", "101") in BAD_VALUES
 
 

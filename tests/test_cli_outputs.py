@@ -261,6 +261,7 @@ RUNS = {  # a quick run of each command that writes a file, on the tiny model
     ("heads", "induction"): ["--seq-len", "4", "--samples", "1"],
     ("heads", "ablate"): ["--scores", "{scores}", "--top", "1", "--lengths", "64", "--depths", "50",
                           "--max-new-tokens", "2"],
+    **{("reproduce", name): ["--quick"] for name in ("stages", "afcl", "shortgpt", "retrieval", "rome")},
 }
 
 

@@ -1,0 +1,94 @@
+"""What every reproduction shares: its result, relative depth, matplotlib on demand, the files it writes."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from layerscope.errors import LayerscopeError
+from layerscope.outputs import to_json, write_atomic
+from layerscope.reproduce import PAPERS
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+INSTALL = "matplotlib is not installed: the figures need it; install it with pip install 'layerscope[plot]'."
+
+
+@dataclass
+class Reproduction:
+    """One paper's figures on one model: the numbers behind them (`data`), with the settings that made them, and
+    the summary that puts this model's result beside the paper's."""
+
+    paper: str  # a key of PAPERS
+    model: str
+    quick: bool
+    settings: dict
+    data: dict
+    summary: str
+    rows: list[dict]  # every plotted point, one a row (the csv)
+
+    def to_dict(self) -> dict:
+        return {"paper": self.paper, "title": PAPERS[self.paper].title, "model": self.model, "quick": self.quick,
+                "settings": self.settings, "data": self.data, "summary": self.summary}
+
+
+def depth(block: int, n_blocks: int) -> float:
+    """Relative depth of a block (or grid row): block / number of blocks, so block 15 of 30 is 0.5."""
+    return block / n_blocks
+
+
+def percent(value: float) -> str:
+    return f"{value:.0%}"
+
+
+def first_from(layers: Sequence[int], good: Sequence[bool]) -> int | None:
+    """The first layer from which every later layer is good (None if the last is not)."""
+    start = None
+    for layer, ok in zip(layers, good):
+        start = (layer if start is None else start) if ok else None
+    return start
+
+
+def check_plotting() -> None:
+    """Before any work: the figures can be drawn."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise LayerscopeError(INSTALL)
+
+
+def pyplot() -> ModuleType:
+    """matplotlib.pyplot on the Agg backend (no display needed), imported only when a figure is drawn."""
+    check_plotting()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def caption(figure: Figure, result: Reproduction, what: str) -> None:
+    """The provenance line under every figure: the paper, the model, the data and the setting."""
+    setting = "--quick setting" if result.quick else "full setting"
+    figure.suptitle(f"{PAPERS[result.paper].title}\n{result.model}: {what} ({setting})", fontsize=10)
+
+
+def write_files(result: Reproduction, figures: dict[str, Figure], folder: Path, format: str) -> list[Path]:
+    """Each figure as `{paper}-{name}.{format}`, the JSON and the summary, in `folder` (made if new)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    plt = pyplot()
+    written = []
+    for name, figure in figures.items():
+        path = folder / f"{result.paper}-{name}.{format}"
+        figure.savefig(path, format=format, dpi=150, bbox_inches="tight")
+        plt.close(figure)
+        written.append(path)
+    for path, text in ((folder / f"{result.paper}.json", to_json(result.to_dict())),
+                       (folder / f"{result.paper}-summary.txt", result.summary)):
+        write_atomic(text if text.endswith("\n") else text + "\n", path)
+        written.append(path)
+    return written
