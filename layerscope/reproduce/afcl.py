@@ -51,11 +51,11 @@ def run(lm: LoadedModel, quick: bool, seed: int = 0, progress: ProgressFn = no_p
                                           item.answer or "")) for item in items])
     curves: dict[str, list[dict]] = {}
     for kind in KINDS:
-        rows = (token_swap_sweep(lm, items, Donor(**chosen["donor"]), layers, tokens, progress=progress)
+        computed = (token_swap_sweep(lm, items, Donor(**chosen["donor"]), layers, tokens, progress=progress)
                 if kind == "swap-token" else
                 sweep(lm, items, kind, layers, chosen["seed"], True, tokens, progress=progress))
         curves[kind] = [{**row.to_dict(), "layer": row.key[1], "depth": depth(row.key[1], lm.n_blocks)}
-                        for row in rows if row.prompt_index is None]
+                        for row in computed if row.prompt_index is None]
     data = {"n_blocks": lm.n_blocks, "n_prompts": len(items), "layers": layers, "baseline_accuracy": baseline,
             "curves": curves}
     rows = [{"intervention": kind, "layer": row["layer"], "depth": row["depth"], "accuracy": row["accuracy"]}

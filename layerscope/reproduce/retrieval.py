@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from layerscope.analyses.head_scores import RETRIEVAL_THRESHOLD
 from layerscope.analyses.retrieval import (
+    Needle,
     ablation_experiment,
     build_tests,
     load_haystack,
@@ -24,14 +25,21 @@ from layerscope.reproduce.common import Reproduction, caption, percent, pyplot
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-QUICK = {"lengths": (192,), "depths": (50,), "max_new_tokens": 12, "fractions": (0.05,)}
-FULL = {"lengths": (512, 1024, 2048), "depths": (0, 25, 50, 75, 100), "max_new_tokens": 50,
+QUICK = {"lengths": (192,), "depths": (50,), "max_new_tokens": 16, "needles": (2, 4), "fractions": (0.05,)}
+"""Two of the five shipped needles (1 = the first line), the two the demo model answers in 16 tokens."""
+FULL = {"lengths": (512, 1024, 2048), "depths": (0, 25, 50, 75, 100), "max_new_tokens": 50, "needles": None,
         "fractions": (0.02, 0.05, 0.1)}
 
 
 def settings(quick: bool, seed: int = 0) -> dict:
     return {**(QUICK if quick else FULL), "span": "needle", "seed": seed, "haystack": "haystack.txt",
-            "needles": "needles.jsonl"}
+            "needles_file": "needles.jsonl"}
+
+
+def chosen_needles(lines: tuple[int, ...] | None) -> list[Needle]:
+    """The shipped needles, or those of them (1 = the first)."""
+    needles = load_needles()
+    return needles if lines is None else [needles[line - 1] for line in lines]
 
 
 def masked_counts(total: int, fractions: tuple[float, ...]) -> list[int]:
@@ -42,9 +50,10 @@ def masked_counts(total: int, fractions: tuple[float, ...]) -> list[int]:
 def run(lm: LoadedModel, quick: bool, seed: int = 0, progress: ProgressFn = no_progress) -> Reproduction:
     chosen = settings(quick, seed)
     lengths, depths, tokens = chosen["lengths"], chosen["depths"], chosen["max_new_tokens"]
-    scores = retrieval_scores(lm, lengths=lengths, depths=depths, max_new_tokens=tokens, span=chosen["span"],
-                              progress=progress)
-    tests = build_tests(lm, load_haystack(), load_needles(), lengths, depths)
+    needles = chosen_needles(chosen["needles"])
+    scores = retrieval_scores(lm, needles=needles, lengths=lengths, depths=depths, max_new_tokens=tokens,
+                              span=chosen["span"], progress=progress)
+    tests = build_tests(lm, load_haystack(), needles, lengths, depths)
     ablations = [ablation_experiment(lm, scores, k, tests, chosen["seed"], tokens, progress).to_dict()
                  for k in masked_counts(len(scores.heads), chosen["fractions"])]
     data = {"n_blocks": scores.n_blocks, "n_heads": scores.n_heads, "threshold": RETRIEVAL_THRESHOLD,

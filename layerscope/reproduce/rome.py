@@ -8,9 +8,9 @@ one-token subject is both its first and its last token); a group a prompt lacks 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from layerscope.analyses.causal_trace import SITES, trace_prompt
+from layerscope.analyses.causal_trace import SITES, Site, trace_prompt
 from layerscope.analyses.prompt_sets import load_prompt_set
 from layerscope.analyses.sweep import mean
 from layerscope.locations import sample_file
@@ -62,7 +62,7 @@ def run(lm: LoadedModel, quick: bool, seed: int = 0, progress: ProgressFn = no_p
     items = load_prompt_set(sample_file(PROMPTS))[: chosen["n_prompts"]]
     traces = []
     for item in items:
-        runs = {site: trace_prompt(lm, item.text, item.subject, " " + (item.answer or "").strip(), site=site,
+        runs = {site: trace_prompt(lm, item.text, item.subject, " " + (item.answer or "").strip(), site=cast(Site, site),
                                    window=chosen["window"], seed=chosen["seed"], noise_scale=chosen["noise_scale"],
                                    progress=progress)
                 for site in SITES}

@@ -45,17 +45,19 @@ def run(lm: LoadedModel, quick: bool, seed: int = 0, progress: ProgressFn = no_p
     reports = [influence(lm, calibration, chosen["window"], n, held_out, chosen["seed"], progress)
                for n in prune_counts(lm.n_blocks, chosen["fractions"])]
     first = reports[0]
-    pruning = [{"removed_blocks": len(report.prune.removed), **{f"{name}_removed": removed for name, removed in (
-        ("block_influence", report.prune.removed), ("random", report.prune.random_removed),
-        ("last", report.prune.last_removed))}, "perplexity": report.prune.perplexity}
-        for report in reports if report.prune is not None]
+    pruning: list[dict] = [{"removed_blocks": len(prune.removed), "block_influence_removed": prune.removed,
+                            "random_removed": prune.random_removed, "last_removed": prune.last_removed,
+                            "perplexity": prune.perplexity}
+                           for prune in (report.prune for report in reports) if prune is not None]
     data = {"n_blocks": lm.n_blocks, "calibration_tokens": first.calibration_tokens,
             "eval_tokens": first.prune.eval_tokens if first.prune else 0, "bi": first.bi, "ranking": first.ranking,
             "pruning": pruning}
-    rows = ([{"block": block, "bi": value, "removed_blocks": None, "choice": None, "perplexity": None}
-             for block, value in enumerate(first.bi)] +
-            [{"block": None, "bi": None, "removed_blocks": step["removed_blocks"], "choice": name,
-              "perplexity": step["perplexity"][name]} for step in pruning for name in ("baseline", *CHOICES)])
+    bi_rows: list[dict] = [{"block": block, "bi": value, "removed_blocks": None, "choice": None, "perplexity": None}
+                           for block, value in enumerate(first.bi)]
+    prune_rows: list[dict] = [{"block": None, "bi": None, "removed_blocks": step["removed_blocks"], "choice": name,
+                               "perplexity": step["perplexity"][name]}
+                              for step in pruning for name in ("baseline", *CHOICES)]
+    rows = bi_rows + prune_rows
     return Reproduction("shortgpt", lm.name, quick, chosen, data, summary(lm.name, data), rows)
 
 
