@@ -32,7 +32,7 @@ KINDS = ("freeze", "random", "swap-token", "skip-attn")
 PROMPTS = "capitals.jsonl"
 HARMLESS = 0.9
 """A manipulation is harmless at a layer where it keeps this share of the unmodified model's accuracy."""
-QUICK = {"n_prompts": 4, "layer_step": 5, "max_new_tokens": 2}
+QUICK = {"n_prompts": 3, "layer_step": 6, "max_new_tokens": 2}
 FULL = {"n_prompts": None, "layer_step": 1, "max_new_tokens": 6}
 
 
