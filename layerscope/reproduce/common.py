@@ -72,13 +72,20 @@ def pyplot() -> ModuleType:
 
 
 def caption(figure: Figure, result: Reproduction, what: str) -> None:
-    """The provenance line under every figure: the paper, the model, the data and the setting."""
+    """Every figure's title says where it comes from: the paper, the model, the data and the setting."""
     setting = "--quick setting" if result.quick else "full setting"
     figure.suptitle(f"{PAPERS[result.paper].title}\n{result.model}: {what} ({setting})", fontsize=10)
 
 
 def write_files(result: Reproduction, figures: dict[str, Figure], folder: Path, format: str) -> list[Path]:
-    """Each figure as `{paper}-{name}.{format}`, the JSON and the summary, in `folder` (made if new)."""
+    """Each figure as `{paper}-{name}.{format}`, the JSON and the summary, in `folder` (made if new); under torchrun
+    only rank 0 writes."""
+    from layerscope.distributed import is_writer
+
+    if not is_writer():
+        return []
+    texts = {f"{result.paper}.json": to_json(result.to_dict()),  # refuses a result that is not finite, first
+             f"{result.paper}-summary.txt": result.summary + "\n"}
     folder.mkdir(parents=True, exist_ok=True)
     plt = pyplot()
     written = []
@@ -87,8 +94,7 @@ def write_files(result: Reproduction, figures: dict[str, Figure], folder: Path, 
         figure.savefig(path, format=format, dpi=150, bbox_inches="tight")
         plt.close(figure)
         written.append(path)
-    for path, text in ((folder / f"{result.paper}.json", to_json(result.to_dict())),
-                       (folder / f"{result.paper}-summary.txt", result.summary)):
-        write_atomic(text if text.endswith("\n") else text + "\n", path)
-        written.append(path)
+    for name, text in texts.items():
+        write_atomic(text, folder / name)
+        written.append(folder / name)
     return written
