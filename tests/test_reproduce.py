@@ -148,6 +148,23 @@ def test_rome(cli_demo, tmp_path):  # noqa: F811
     assert f"AIE {max(values):.3f}" in data["summary"]
 
 
+def test_a_data_folder_replaces_the_shipped_files_and_must_hold_them(cli_demo, tmp_path):  # noqa: F811
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "capitals.jsonl").write_text('{"prompt": "The capital of France is", "answer": "Paris"}\n')
+    result = invoke("reproduce", "stages", "--quick", "--data", str(data), "--figure-dir", str(tmp_path / "f"))
+    assert result.exit_code == 1 and not (tmp_path / "f").exists()
+    assert result.stderr.strip() == (f"error: --data '{data}' has no general.txt: stages reads general.txt "
+                                     "(formats: sample_prompts/README.md).")
+    (data / "general.txt").write_text("The cat sat on the\nOne, two, three,\n")
+    result = invoke("reproduce", "stages", "--quick", "--data", str(data), "--figure-dir", str(tmp_path / "f"),
+                    "-f", "json")
+    assert result.exit_code == 0, result.output
+    curves = json.loads(result.stdout)["data"]["curves"]
+    items = load_prompt_set(data / "general.txt")
+    assert curves["drop"][3]["kl"] == next(r.kl for r in sweep(cli_demo, items, "drop") if r.key == (None, 3))
+
+
 def test_position_groups_follow_the_paper():
     """'The Space Needle is in downtown': subject tokens 1..3 of 7."""
     assert position_groups((1, 4), 7) == {"first subject token": [1], "middle subject tokens": [2],

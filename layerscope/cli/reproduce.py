@@ -10,7 +10,9 @@ from typing import Annotated, Callable
 
 import typer
 
-from layerscope.cli.common import ModelOptions, Output, StderrProgress, Writes, command
+from layerscope.cli.common import ModelOptions, Output, Reads, StderrProgress, Writes, command
+from layerscope.errors import LayerscopeError
+from layerscope.locations import SAMPLE_PROMPTS
 from layerscope.reproduce import FIGURE_FORMATS, PAPERS, Paper
 
 reproduce_app = typer.Typer(help="The seed papers' figures on your model: stages, afcl, shortgpt, retrieval, rome.",
@@ -28,12 +30,17 @@ def _reproduce_command(paper: Paper) -> Callable:
     FolderOption = Annotated[Path, typer.Option("--figure-dir", help="Folder for the figures, the JSON behind them and "
                                                                       "the summary (made if new)."),
                              Writes(folder=True, files=lambda: files)]
+    DataOption = Annotated[Path | None, typer.Option("--data", help=f"A folder with the data sets in the shipped formats "
+                                                                    f"and names ({', '.join(paper.data)}). Default: "
+                                                                    "the shipped sample_prompts/."),
+                           Reads(tuple(SAMPLE_PROMPTS / name for name in paper.data))]
 
     def reproduce(
         *,
         model: ModelOptions,
         quick: QuickOption = False,
         seed: SeedOption = 0,
+        data: DataOption = None,
         figure_dir: FolderOption = Path(f"reproduce-{paper.name}"),
         figure_format: FormatOption = FigureFormat("png"),
         output: Output,
@@ -41,11 +48,18 @@ def _reproduce_command(paper: Paper) -> Callable:
         from layerscope.reproduce.common import check_plotting, write_files
 
         check_plotting()
+        folder = data or SAMPLE_PROMPTS
+        if not folder.is_dir():
+            raise LayerscopeError(f"--data '{folder}' is not a folder.")
+        for name in paper.data:
+            if not (folder / name).is_file():
+                raise LayerscopeError(f"--data '{folder}' has no {name}: {paper.name} reads "
+                                      f"{', '.join(paper.data)} (formats: sample_prompts/README.md).")
         lm = model.load()
         module = paper.module()
         progress = StderrProgress()
         try:
-            result = module.run(lm, quick, seed, progress)
+            result = module.run(lm, quick, seed, folder, progress)
         finally:
             progress.close()
         write_files(result, module.draw(result), figure_dir, figure_format.value)

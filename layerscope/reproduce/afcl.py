@@ -7,13 +7,14 @@ cross-prompt token swap (`layerscope sweep -i swap-token`), whose grid row k is 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from layerscope.analyses.compare import greedy_continuation
 from layerscope.analyses.prompt_sets import answer_matches, load_prompt_set
 from layerscope.analyses.sweep import mean, sweep
 from layerscope.analyses.token_swap import Donor, token_swap_sweep
-from layerscope.locations import sample_file
+from layerscope.locations import SAMPLE_PROMPTS
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
 from layerscope.reproduce.common import (
@@ -42,9 +43,10 @@ def settings(quick: bool, seed: int = 0) -> dict:
             "donor": {"prompt": donor.prompt, "word": donor.word, "answer": donor.answer}}
 
 
-def run(lm: LoadedModel, quick: bool, seed: int = 0, progress: ProgressFn = no_progress) -> Reproduction:
+def run(lm: LoadedModel, quick: bool, seed: int = 0, folder: Path = SAMPLE_PROMPTS,
+        progress: ProgressFn = no_progress) -> Reproduction:
     chosen = settings(quick, seed)
-    items = load_prompt_set(sample_file(PROMPTS))[: chosen["n_prompts"]]
+    items = load_prompt_set(folder / PROMPTS)[: chosen["n_prompts"]]
     layers = list(range(0, lm.n_blocks, chosen["layer_step"]))
     tokens = chosen["max_new_tokens"]
     baseline = mean([float(answer_matches(greedy_continuation(lm, lm.encode(item.text), tokens).text,
@@ -52,8 +54,8 @@ def run(lm: LoadedModel, quick: bool, seed: int = 0, progress: ProgressFn = no_p
     curves: dict[str, list[dict]] = {}
     for kind in KINDS:
         computed = (token_swap_sweep(lm, items, Donor(**chosen["donor"]), layers, tokens, progress=progress)
-                if kind == "swap-token" else
-                sweep(lm, items, kind, layers, chosen["seed"], True, tokens, progress=progress))
+                    if kind == "swap-token" else
+                    sweep(lm, items, kind, layers, chosen["seed"], True, tokens, progress=progress))
         curves[kind] = [{**row.to_dict(), "layer": row.key[1], "depth": depth(row.key[1], lm.n_blocks)}
                         for row in computed if row.prompt_index is None]
     data = {"n_blocks": lm.n_blocks, "n_prompts": len(items), "layers": layers, "baseline_accuracy": baseline,

@@ -2,10 +2,11 @@
 of heads above 0.1, and NIAH accuracy with the top-K heads masked against K random heads.
 
 The numbers are the engine's `retrieval_scores` (`layerscope heads retrieval`) and `ablation_experiment`
-(`layerscope heads ablate`), on the shipped haystack and needles."""
+(`layerscope heads ablate`), on the shipped haystack and needles (or a folder's)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from layerscope.analyses.head_scores import RETRIEVAL_THRESHOLD
@@ -18,6 +19,7 @@ from layerscope.analyses.retrieval import (
     retrieval_scores,
 )
 from layerscope.interventions.kinds import HEAD_MASK_MODES
+from layerscope.locations import SAMPLE_PROMPTS
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
 from layerscope.reproduce.common import Reproduction, caption, percent, pyplot
@@ -25,6 +27,7 @@ from layerscope.reproduce.common import Reproduction, caption, percent, pyplot
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+HAYSTACK, NEEDLES = "haystack.txt", "needles.jsonl"
 QUICK = {"lengths": (192,), "depths": (50,), "max_new_tokens": 16, "needles": (2, 4), "fractions": (0.05,)}
 """Two of the five shipped needles (1 = the first line), the two the demo model answers in 16 tokens."""
 FULL = {"lengths": (512, 1024, 2048), "depths": (0, 25, 50, 75, 100), "max_new_tokens": 50, "needles": None,
@@ -32,13 +35,13 @@ FULL = {"lengths": (512, 1024, 2048), "depths": (0, 25, 50, 75, 100), "max_new_t
 
 
 def settings(quick: bool, seed: int = 0) -> dict:
-    return {**(QUICK if quick else FULL), "span": "needle", "seed": seed, "haystack": "haystack.txt",
-            "needles_file": "needles.jsonl"}
+    return {**(QUICK if quick else FULL), "span": "needle", "seed": seed, "haystack": HAYSTACK,
+            "needles_file": NEEDLES}
 
 
-def chosen_needles(lines: tuple[int, ...] | None) -> list[Needle]:
-    """The shipped needles, or those of them (1 = the first)."""
-    needles = load_needles()
+def chosen_needles(path: Path, lines: tuple[int, ...] | None) -> list[Needle]:
+    """The needles of the file, or those of them (1 = the first)."""
+    needles = load_needles(path)
     return needles if lines is None else [needles[line - 1] for line in lines]
 
 
@@ -47,13 +50,13 @@ def masked_counts(total: int, fractions: tuple[float, ...]) -> list[int]:
     return sorted({min(total // 2, max(1, round(f * total))) for f in fractions})
 
 
-def run(lm: LoadedModel, quick: bool, seed: int = 0, progress: ProgressFn = no_progress) -> Reproduction:
+def run(lm: LoadedModel, quick: bool, seed: int = 0, folder: Path = SAMPLE_PROMPTS,
+        progress: ProgressFn = no_progress) -> Reproduction:
     chosen = settings(quick, seed)
     lengths, depths, tokens = chosen["lengths"], chosen["depths"], chosen["max_new_tokens"]
-    needles = chosen_needles(chosen["needles"])
-    scores = retrieval_scores(lm, needles=needles, lengths=lengths, depths=depths, max_new_tokens=tokens,
-                              span=chosen["span"], progress=progress)
-    tests = build_tests(lm, load_haystack(), needles, lengths, depths)
+    haystack, needles = load_haystack(folder / HAYSTACK), chosen_needles(folder / NEEDLES, chosen["needles"])
+    scores = retrieval_scores(lm, haystack, needles, lengths, depths, tokens, chosen["span"], progress)
+    tests = build_tests(lm, haystack, needles, lengths, depths)
     ablations = [ablation_experiment(lm, scores, k, tests, chosen["seed"], tokens, progress).to_dict()
                  for k in masked_counts(len(scores.heads), chosen["fractions"])]
     data = {"n_blocks": scores.n_blocks, "n_heads": scores.n_heads, "threshold": RETRIEVAL_THRESHOLD,

@@ -8,12 +8,13 @@ one-token subject is both its first and its last token); a group a prompt lacks 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from layerscope.analyses.causal_trace import SITES, Site, trace_prompt
 from layerscope.analyses.prompt_sets import load_prompt_set
 from layerscope.analyses.sweep import mean
-from layerscope.locations import sample_file
+from layerscope.locations import SAMPLE_PROMPTS
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
 from layerscope.reproduce.common import Reproduction, caption, depth, pyplot
@@ -57,9 +58,10 @@ def average_traces(traces: list[dict], site: str) -> dict:
             "average": [[mean(column) for column in zip(*present[g])] for g in groups]}
 
 
-def run(lm: LoadedModel, quick: bool, seed: int = 0, progress: ProgressFn = no_progress) -> Reproduction:
+def run(lm: LoadedModel, quick: bool, seed: int = 0, folder: Path = SAMPLE_PROMPTS,
+        progress: ProgressFn = no_progress) -> Reproduction:
     chosen = settings(quick, seed)
-    items = load_prompt_set(sample_file(PROMPTS))[: chosen["n_prompts"]]
+    items = load_prompt_set(folder / PROMPTS)[: chosen["n_prompts"]]
     traces = []
     for item in items:
         runs = {site: trace_prompt(lm, item.text, item.subject, " " + (item.answer or "").strip(), site=cast(Site, site),

@@ -5,11 +5,12 @@ The numbers are the engine's `influence` (`layerscope influence --prune N`), one
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from layerscope.analyses.influence import influence
 from layerscope.analyses.sweep import mean
-from layerscope.locations import sample_file
+from layerscope.locations import SAMPLE_PROMPTS
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
 from layerscope.reproduce.common import Reproduction, caption, depth, pyplot
@@ -38,9 +39,10 @@ def settings(quick: bool, seed: int = 0) -> dict:
     return {"calibration": CALIBRATION, "held_out": HELD_OUT, **chosen, "seed": seed}
 
 
-def run(lm: LoadedModel, quick: bool, seed: int = 0, progress: ProgressFn = no_progress) -> Reproduction:
+def run(lm: LoadedModel, quick: bool, seed: int = 0, folder: Path = SAMPLE_PROMPTS,
+        progress: ProgressFn = no_progress) -> Reproduction:
     chosen = settings(quick, seed)
-    calibration, held_out = (read_text_file(sample_file(name), what)[: chosen["characters"]]
+    calibration, held_out = (read_text_file(folder / name, what)[: chosen["characters"]]
                              for name, what in ((CALIBRATION, "calibration text"), (HELD_OUT, "held-out text")))
     reports = [influence(lm, calibration, chosen["window"], n, held_out, chosen["seed"], progress)
                for n in prune_counts(lm.n_blocks, chosen["fractions"])]

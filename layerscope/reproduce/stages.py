@@ -5,11 +5,12 @@ The numbers are the engine's `sweep` set averages (`layerscope sweep -i drop|swa
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from layerscope.analyses.prompt_sets import load_prompt_set
 from layerscope.analyses.sweep import mean, sweep
-from layerscope.locations import sample_file
+from layerscope.locations import SAMPLE_PROMPTS
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
 from layerscope.reproduce.common import Reproduction, caption, depth, percent, pyplot
@@ -28,9 +29,10 @@ def settings(quick: bool, seed: int = 0) -> dict:
     return {"prompts": PROMPTS, "n_prompts": QUICK_PROMPTS if quick else None, "kinds": list(KINDS)}
 
 
-def run(lm: LoadedModel, quick: bool, seed: int = 0, progress: ProgressFn = no_progress) -> Reproduction:
+def run(lm: LoadedModel, quick: bool, seed: int = 0, folder: Path = SAMPLE_PROMPTS,
+        progress: ProgressFn = no_progress) -> Reproduction:
     chosen = settings(quick, seed)
-    items = load_prompt_set(sample_file(PROMPTS))[: chosen["n_prompts"]]
+    items = load_prompt_set(folder / PROMPTS)[: chosen["n_prompts"]]
     curves = {kind: [{**row.to_dict(), "depth": depth(row.layer, lm.n_blocks)}
                      for row in sweep(lm, items, kind, progress=progress) if row.prompt_index is None]
               for kind in KINDS}
