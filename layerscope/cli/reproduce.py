@@ -4,9 +4,10 @@ No `from __future__ import annotations` here: each command's options are built i
 its paper, so their annotations must be objects, not names to look up later."""
 
 import sys
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Callable
+from typing import Annotated
 
 import typer
 
