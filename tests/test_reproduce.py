@@ -181,8 +181,8 @@ def test_without_matplotlib_one_error_line_says_how_to_install(tmp_path):
             f"sys.argv = ['layerscope', 'reproduce', 'stages', '--figure-dir', {str(tmp_path / 'f')!r}]; main()")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 1 and result.stdout == ""
-    assert result.stderr.strip().splitlines() == ["error: matplotlib is not installed: the figures need it; install "
-                                                  "it with pip install 'layerscope[plot]'."]
+    assert result.stderr.strip().splitlines() == ["error: Figures need matplotlib, which is not installed: "
+                                                  "pip install 'layerscope[plot]'"]
     assert not (tmp_path / "f").exists()
 
 

@@ -23,7 +23,7 @@ from layerscope.reproduce.common import (
     depth,
     first_from,
     percent,
-    pyplot,
+    new_figure,
 )
 
 if TYPE_CHECKING:
@@ -92,9 +92,9 @@ def summary(model: str, data: dict) -> str:
 
 
 def draw(result: Reproduction) -> dict[str, Figure]:
-    plt = pyplot()
     data = result.data
-    figure, axis = plt.subplots(figsize=(7.5, 4.2), layout="constrained")
+    figure = new_figure(7.5, 4.2)
+    axis = figure.subplots()
     for kind, style in zip(KINDS, ("o-", "s-", "^-", "d-")):
         rows = data["curves"][kind]
         label = "cross-prompt swap (keeps own answer)" if kind == "swap-token" else kind

@@ -6,7 +6,6 @@ import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING
 
 from layerscope.errors import LayerscopeError
@@ -16,7 +15,7 @@ from layerscope.reproduce import PAPERS
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-INSTALL = "matplotlib is not installed: the figures need it; install it with pip install 'layerscope[plot]'."
+INSTALL = "Figures need matplotlib, which is not installed: pip install 'layerscope[plot]'"
 
 
 @dataclass
@@ -60,15 +59,13 @@ def check_plotting() -> None:
         raise LayerscopeError(INSTALL)
 
 
-def pyplot() -> ModuleType:
-    """matplotlib.pyplot on the Agg backend (no display needed), imported only when a figure is drawn."""
+def new_figure(width: float, height: float) -> Figure:
+    """An empty figure of width x height inches, laid out on drawing; no pyplot, so no global state or backend is
+    touched (a notebook's stays as it was)."""
     check_plotting()
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(figsize=(width, height), layout="constrained")
 
 
 def caption(figure: Figure, result: Reproduction, what: str) -> None:
@@ -87,12 +84,10 @@ def write_files(result: Reproduction, figures: dict[str, Figure], folder: Path, 
     texts = {f"{result.paper}.json": to_json(result.to_dict()),  # refuses a result that is not finite, first
              f"{result.paper}-summary.txt": result.summary + "\n"}
     folder.mkdir(parents=True, exist_ok=True)
-    plt = pyplot()
     written = []
     for name, figure in figures.items():
         path = folder / f"{result.paper}-{name}.{format}"
         figure.savefig(path, format=format, dpi=150, bbox_inches="tight")
-        plt.close(figure)
         written.append(path)
     for name, text in texts.items():
         write_atomic(text, folder / name)

@@ -22,7 +22,7 @@ from layerscope.interventions.kinds import HEAD_MASK_MODES
 from layerscope.locations import SAMPLE_PROMPTS
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
-from layerscope.reproduce.common import Reproduction, caption, percent, pyplot
+from layerscope.reproduce.common import Reproduction, caption, new_figure, percent
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -87,10 +87,9 @@ def summary(model: str, data: dict) -> str:
 
 
 def draw(result: Reproduction) -> dict[str, Figure]:
-    plt = pyplot()
     data = result.data
-    heat, axis = plt.subplots(figsize=(max(4.0, 0.35 * data["n_heads"] + 2), max(3.5, 0.22 * data["n_blocks"] + 1.5)),
-                              layout="constrained")
+    heat = new_figure(max(4.0, 0.35 * data["n_heads"] + 2), max(3.5, 0.22 * data["n_blocks"] + 1.5))
+    axis = heat.subplots()
     image = axis.imshow(data["scores"], aspect="auto", cmap="viridis", vmin=0, origin="lower")
     heat.colorbar(image, ax=axis, label="retrieval score")
     axis.set_xlabel("query head")
@@ -98,7 +97,8 @@ def draw(result: Reproduction) -> dict[str, Figure]:
     axis.set_title(f"{percent(data['share_above'])} of heads above {data['threshold']} "
                    f"({data['heads_above']} of {data['n_blocks'] * data['n_heads']})", fontsize=9)
     caption(heat, result, f"{data['answered']} of {data['tests']} needle tests answered")
-    niah, axis = plt.subplots(figsize=(6.5, 4), layout="constrained")
+    niah = new_figure(6.5, 4)
+    axis = niah.subplots()
     ks = [ablation["k"] for ablation in data["ablations"]]
     for name, colour in (("top", "tab:red"), ("random", "tab:blue")):
         for mode, style in zip(HEAD_MASK_MODES, ("o-", "s--")):

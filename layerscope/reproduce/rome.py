@@ -17,7 +17,7 @@ from layerscope.analyses.sweep import mean
 from layerscope.locations import SAMPLE_PROMPTS
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
-from layerscope.reproduce.common import Reproduction, caption, depth, pyplot
+from layerscope.reproduce.common import Reproduction, caption, depth, new_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -111,9 +111,9 @@ def summary(model: str, data: dict) -> str:
 
 
 def draw(result: Reproduction) -> dict[str, Figure]:
-    plt = pyplot()
     data = result.data
-    figure, axes = plt.subplots(1, len(SITES), figsize=(15, 3.6), layout="constrained")
+    figure = new_figure(15, 3.6)
+    axes = figure.subplots(1, len(SITES))
     titles = {"resid": "single restored state", "mlp": f"MLP, window {WINDOW}", "attn": f"attention, window {WINDOW}"}
     colours = {"resid": "Purples", "mlp": "Greens", "attn": "Reds"}
     for axis, site in zip(axes, SITES):

@@ -13,7 +13,7 @@ from layerscope.analyses.sweep import mean
 from layerscope.locations import SAMPLE_PROMPTS
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
-from layerscope.reproduce.common import Reproduction, caption, depth, pyplot
+from layerscope.reproduce.common import Reproduction, caption, depth, new_figure
 from layerscope.textfiles import read_text_file
 
 if TYPE_CHECKING:
@@ -86,17 +86,18 @@ def summary(model: str, data: dict) -> str:
 
 
 def draw(result: Reproduction) -> dict[str, Figure]:
-    plt = pyplot()
     data = result.data
     lowest = set(data["pruning"][-1]["block_influence_removed"])
-    bi_figure, axis = plt.subplots(figsize=(8, 3.6), layout="constrained")
+    bi_figure = new_figure(8, 3.6)
+    axis = bi_figure.subplots()
     colours = ["tab:red" if block in lowest else "tab:blue" for block in range(data["n_blocks"])]
     axis.bar(range(data["n_blocks"]), data["bi"], color=colours)
     axis.set_xlabel("block (red: the lowest-BI blocks, removed first)")
     axis.set_ylabel("Block Influence, 1 - mean cos(in, out)")
     axis.grid(alpha=0.3, axis="y")
     caption(bi_figure, result, f"BI over {data['calibration_tokens']} tokens of {CALIBRATION}")
-    prune_figure, axis = plt.subplots(figsize=(6.5, 4), layout="constrained")
+    prune_figure = new_figure(6.5, 4)
+    axis = prune_figure.subplots()
     counts = [step["removed_blocks"] for step in data["pruning"]]
     for name, style in zip(CHOICES, ("o-", "s--", "^:")):
         axis.plot(counts, [step["perplexity"][name] for step in data["pruning"]], style,

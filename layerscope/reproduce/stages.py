@@ -13,7 +13,7 @@ from layerscope.analyses.sweep import mean, sweep
 from layerscope.locations import SAMPLE_PROMPTS
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
-from layerscope.reproduce.common import Reproduction, caption, depth, percent, pyplot
+from layerscope.reproduce.common import Reproduction, caption, depth, new_figure, percent
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -65,8 +65,8 @@ def summary(model: str, data: dict) -> str:
 
 
 def draw(result: Reproduction) -> dict[str, Figure]:
-    plt = pyplot()
-    figure, axes = plt.subplots(1, len(METRICS), figsize=(13, 3.8), layout="constrained")
+    figure = new_figure(13, 3.8)
+    axes = figure.subplots(1, len(METRICS))
     for axis, (metric, label) in zip(axes, METRICS):
         for kind, style in zip(KINDS, ("o-", "s--")):
             rows = result.data["curves"][kind]
