@@ -47,7 +47,7 @@ def run(lm: LoadedModel, quick: bool, seed: int = 0, folder: Path = SAMPLE_PROMP
         progress: ProgressFn = no_progress) -> Reproduction:
     chosen = settings(quick, seed)
     items = load_prompt_set(folder / PROMPTS)[: chosen["n_prompts"]]
-    layers = list(range(0, lm.n_blocks, chosen["layer_step"]))
+    layers = sorted({*range(0, lm.n_blocks, chosen["layer_step"]), lm.n_blocks - 1})  # the last block too
     tokens = chosen["max_new_tokens"]
     baseline = mean([float(answer_matches(greedy_continuation(lm, lm.encode(item.text), tokens).text,
                                           item.answer or "")) for item in items])
