@@ -110,7 +110,9 @@ def test_the_bad_values_cover_every_command():
     assert {path for path, _, _ in BAD_VALUES} >= {("lens",), ("run",), ("patchscope",), ("sweep",), ("influence",),
                                                    ("heads", "retrieval"), ("heads", "induction"),
                                                    ("heads", "ablate"), ("heads", "activity"), ("heads", "pattern"),
-                                                   ("tunedlens", "train"), ("tui",)}
+                                                   ("tunedlens", "train"), ("tui",),
+                                                   *(("reproduce", name) for name in ("stages", "afcl", "shortgpt",
+                                                                                      "retrieval", "rome"))}
     assert (("lens",), "--top-k", "0") in BAD_VALUES and (("lens",), "--top-k", "101") in BAD_VALUES
     assert {(("trace",), "--samples", "0"), (("trace",), "--samples", "1001"), (("trace",), "--metric", "bogus"),
             (("trace",), "--site", "bogus"), (("trace",), "--noise-std", "bogus")} <= set(BAD_VALUES)

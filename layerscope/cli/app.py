@@ -19,6 +19,7 @@ except ImportError:  # older typer uses click itself; mypy checks against the in
 from layerscope.cli import direct
 from layerscope.cli import heads as heads_commands
 from layerscope.cli import lens as lens_commands
+from layerscope.cli import reproduce as reproduce_commands
 from layerscope.cli import studies
 from layerscope.cli import trace as trace_commands
 from layerscope.cli import tui_command
@@ -75,6 +76,7 @@ app.command("attribute")(direct.attribute)
 app.command("tui")(tui_command.tui)
 app.command("trace")(trace_commands.trace)
 app.add_typer(tunedlens_commands.tunedlens_app, name="tunedlens")
+app.add_typer(reproduce_commands.reproduce_app, name="reproduce")
 
 
 @app.callback(invoke_without_command=True)
