@@ -19,6 +19,7 @@ except ImportError:  # older typer uses click itself; mypy checks against the in
 from layerscope.cli import direct
 from layerscope.cli import heads as heads_commands
 from layerscope.cli import lens as lens_commands
+from layerscope.cli import probes
 from layerscope.cli import reproduce as reproduce_commands
 from layerscope.cli import studies
 from layerscope.cli import trace as trace_commands
@@ -72,6 +73,7 @@ app.command("influence")(studies.influence)
 app.command("stages")(studies.stages)
 app.command("neurons")(direct.neurons)
 app.command("exit")(studies.exit_estimate)
+app.command("probe")(probes.probe)
 app.command("attribute")(direct.attribute)
 app.command("tui")(tui_command.tui)
 app.command("trace")(trace_commands.trace)

@@ -1,0 +1,68 @@
+"""`layerscope probe`: a linear probe per grid row on a labelled prompt set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from layerscope.cli.common import BosModelOptions, Output, Reads, command
+from layerscope.errors import ArgumentValueError, LayerscopeError
+from layerscope.locations import sample_file
+
+if TYPE_CHECKING:
+    from layerscope.analyses.probes import ProbeReport
+
+SIGNIFICANT = 0.2  # accuracy above both the control and the majority share by this much: the table's marked row
+
+
+def probe_table(report: ProbeReport) -> str:
+    first = report.first_row_above(SIGNIFICANT)
+    lines = [f"linear probe of \"{report.label}\" at the last token: {report.prompts} prompts, classes "
+             f"{', '.join(report.classes)}; held out over {report.folds} folds (mean ± standard error); control: "
+             f"shuffled labels; majority class {report.majority:.1%}",
+             f"first row {SIGNIFICANT:.0%} above its control and the majority: {first if first else 'none'}", "",
+             f"{'row':>4} {'accuracy':>15} {'control':>15}"]
+    lines += [f"{row.row:>4} {row.accuracy:8.1%} ± {row.accuracy_se:4.1%} {row.control:8.1%} ± {row.control_se:4.1%}"
+              for row in report.rows]
+    return "\n".join(lines)
+
+
+@command
+def probe(
+    *,
+    model: BosModelOptions,
+    data: Annotated[Path | None, typer.Option(help="Labelled prompt set (.jsonl: \"prompt\", the label field, and "
+                                                   "optionally \"answer\", \"subject\"). Default: "
+                                                   "sample_prompts/continents.jsonl."),
+                    Reads((sample_file("continents.jsonl"),))] = None,
+    label: Annotated[str, typer.Option(help="The field of each record that holds its class.")] = "continent",
+    folds: Annotated[int, typer.Option(min=2, max=100, help="Held-out folds (stratified cross-validation).")] = 4,
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed of the folds and the shuffled control.")] = 0,
+    batch_size: Annotated[int, typer.Option(min=1, max=1024, help="Prompts per forward pass.")] = 16,
+    output: Output,
+) -> None:
+    """Linear probes per grid row: a logistic regression reads each prompt's label from the last token's
+    residual state at every row, held out by cross-validation, beside a shuffled-label control (needs
+    scikit-learn, the `probe` extra of layerscope).
+
+    Example: layerscope probe --model demo --data sample_prompts/continents.jsonl --label continent
+    """
+    from layerscope.analyses.probes import check_classes, probe_rows
+    from layerscope.textfiles import read_records
+
+    path = data or sample_file("continents.jsonl")
+    if label in ("prompt", "answer", "subject"):
+        raise LayerscopeError(f"--label '{label}': name the class field, not one of prompt, answer, subject.")
+    records = [record for _, record in read_records(path, "probe data", ("prompt", label), ("answer", "subject"))]
+    if not records:
+        raise LayerscopeError(f"{path}: no records in the file.")
+    labels = [record[label] for record in records]
+    try:
+        check_classes(labels, folds)  # before the model loads
+    except ArgumentValueError as error:
+        raise LayerscopeError(f"{path}: field \"{label}\" " + str(error).removeprefix("labels= ")) from None
+    report = probe_rows(model.load(), [record["prompt"] for record in records], labels, label=label, folds=folds,
+                        seed=seed, batch_size=batch_size)
+    output.write(report.to_dict, report.csv_rows, lambda: probe_table(report))
