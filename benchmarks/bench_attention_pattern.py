@@ -21,11 +21,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import report, timed  # noqa: E402
-
-from layerscope.analyses.heads import attention_pattern  # noqa: E402
-from layerscope.locations import sample_file  # noqa: E402
-from layerscope.models.loading import load_model  # noqa: E402
+from common import report, timed
+from layerscope.analyses.heads import attention_pattern
+from layerscope.locations import sample_file
+from layerscope.models.loading import load_model
 
 
 def eager_pattern(lm, ids: torch.Tensor, block: int, head: int) -> torch.Tensor:
@@ -52,8 +51,10 @@ def main() -> None:
     block, head = (int(part) for part in args.head.split("."))
     ids = lm.encode(sample_file("calibration.txt").read_text())[:, : args.tokens]
     tokens = ids.shape[1]
-    print(f"model {lm.name}, head {block}.{head}, {tokens} tokens, threads {torch.get_num_threads()}, "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"model {lm.name}, head {block}.{head}, {tokens} tokens, threads {torch.get_num_threads()}, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
     ours_times, eager_times = [], []
     eager_pattern(lm, ids, block, head)  # warm-up, both ways
     attention_pattern(lm, ids, [(block, head)])
@@ -63,13 +64,20 @@ def main() -> None:
         seconds, eager = timed(eager_pattern, lm, ids, block, head)
         eager_times.append(seconds)
     difference = float((torch.tensor(ours.weights[block, head]) - eager).abs().max())
-    report(f"one head's pattern over {tokens} tokens (median of {args.repeats}; largest difference {difference:.1e})",
-           {"eager output_attentions": statistics.median(eager_times),
-            "layerscope attention_pattern": statistics.median(ours_times)}, "eager output_attentions")
+    report(
+        f"one head's pattern over {tokens} tokens (median of {args.repeats}; largest difference {difference:.1e})",
+        {
+            "eager output_attentions": statistics.median(eager_times),
+            "layerscope attention_pattern": statistics.median(ours_times),
+        },
+        "eager output_attentions",
+    )
     per_head = tokens * tokens * 4
-    print(f"attention probabilities materialised: eager {lm.n_blocks * lm.adapter.n_heads * per_head / 2**20:.1f} MiB "
-          f"(all {lm.n_blocks} x {lm.adapter.n_heads} heads), layerscope {per_head / 2**20:.2f} MiB (the one head); "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"attention probabilities materialised: eager {lm.n_blocks * lm.adapter.n_heads * per_head / 2**20:.1f} MiB "
+        f"(all {lm.n_blocks} x {lm.adapter.n_heads} heads), layerscope {per_head / 2**20:.2f} MiB (the one head); "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
 
 
 if __name__ == "__main__":

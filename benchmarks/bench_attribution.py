@@ -20,11 +20,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import report, timed  # noqa: E402
-
-from layerscope.analyses.attribution import attention_projection, logit_attribution  # noqa: E402
-from layerscope.analyses.readout import norm_form, readout_matrix  # noqa: E402
-from layerscope.models.loading import load_model  # noqa: E402
+from common import report, timed
+from layerscope.analyses.attribution import attention_projection, logit_attribution
+from layerscope.analyses.readout import norm_form, readout_matrix
+from layerscope.models.loading import load_model
 
 
 def captured_at_last(lm, ids: torch.Tensor, module: torch.nn.Module, read_input: bool = False) -> torch.Tensor:
@@ -32,8 +31,13 @@ def captured_at_last(lm, ids: torch.Tensor, module: torch.nn.Module, read_input:
     seen = []
 
     def hook(module, args, kwargs, output):
-        value = (args[0] if args else kwargs["hidden_states"]) if read_input else \
-            output[0] if isinstance(output, tuple) else output
+        value = (
+            (args[0] if args else kwargs["hidden_states"])
+            if read_input
+            else output[0]
+            if isinstance(output, tuple)
+            else output
+        )
         seen.append(value[0, -1].float().clone())
 
     handle = module.register_forward_hook(hook, with_kwargs=True)
@@ -89,8 +93,10 @@ def main() -> None:
     ids = lm.encode(args.prompt)
     answer = logit_attribution(lm, ids).answer_id  # warm-up; the model's own next token
     components = 1 + lm.n_blocks * (2 + lm.adapter.n_heads)
-    print(f"model {lm.name}, {ids.shape[1]} tokens, {components} components, threads {torch.get_num_threads()}, "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"model {lm.name}, {ids.shape[1]} tokens, {components} components, threads {torch.get_num_threads()}, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
     ours_times, naive_times = [], []
     for _ in range(args.repeats):  # interleaved, so load changes on a shared machine hit both alike
         seconds, ours = timed(engine_parts, lm, ids, answer)
@@ -98,10 +104,15 @@ def main() -> None:
         seconds, naive = timed(per_component, lm, ids, answer)
         naive_times.append(seconds)
     difference = max(abs(a - b) for a, b in zip(ours, naive))
-    report(f"direct logit attribution of {lm.token_texts([answer])[0]!r} (median of {args.repeats}; largest "
-           f"difference {difference:.1e} in logits)",
-           {"one hooked forward per component": statistics.median(naive_times),
-            "layerscope logit_attribution": statistics.median(ours_times)}, "one hooked forward per component")
+    report(
+        f"direct logit attribution of {lm.token_texts([answer])[0]!r} (median of {args.repeats}; largest "
+        f"difference {difference:.1e} in logits)",
+        {
+            "one hooked forward per component": statistics.median(naive_times),
+            "layerscope logit_attribution": statistics.median(ours_times),
+        },
+        "one hooked forward per component",
+    )
     print(f"load average {os.getloadavg()[0]:.1f}")
 
 

@@ -20,18 +20,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import timed  # noqa: E402
-
-from layerscope.analyses.causal_trace import (  # noqa: E402
+from common import timed
+from layerscope.analyses.causal_trace import (
     answer_token,
     causal_trace,
     noise_corruption,
     rank_correlation,
 )
-from layerscope.analyses.residual import capture_residuals  # noqa: E402
-from layerscope.analyses.spans import token_span  # noqa: E402
-from layerscope.interventions import PatchState, intervene  # noqa: E402
-from layerscope.models.loading import load_model  # noqa: E402
+from layerscope.analyses.residual import capture_residuals
+from layerscope.analyses.spans import token_span
+from layerscope.interventions import PatchState, intervene
+from layerscope.models.loading import load_model
 
 PROMPT, SUBJECT, ANSWER = "The Eiffel Tower is in the city of", "Eiffel Tower", " Paris"
 CAPITALS = Path(__file__).resolve().parents[1] / "sample_prompts" / "capitals.jsonl"
@@ -72,8 +71,10 @@ def main() -> None:
     span = (found.start, found.stop)
     corruption = noise_corruption(lm, ids, span)
     answer_id = answer_token(lm, ANSWER)
-    print(f"model {lm.name}, prompt {ids.shape[1]} tokens, {(lm.n_blocks + 1) * ids.shape[1]} cells, "
-          f"subject tokens {span[0]}..{span[1] - 1}, threads {torch.get_num_threads()}")
+    print(
+        f"model {lm.name}, prompt {ids.shape[1]} tokens, {(lm.n_blocks + 1) * ids.shape[1]} cells, "
+        f"subject tokens {span[0]}..{span[1] - 1}, threads {torch.get_num_threads()}"
+    )
     times: dict[str, list[float]] = {"per-cell": [], "batched": [], "approx": []}
     for _ in range(args.repeats):  # interleaved, so load changes on a shared machine hit all alike
         slow_time, slow = timed(per_cell, lm, ids, corruption, answer_id)
@@ -86,11 +87,15 @@ def main() -> None:
     print(f"per-cell loop (PatchState, full corrupted prompt): median {medians['per-cell']:.2f} s")
     print(f"batched cells + corrupted KV cache per position:   median {medians['batched']:.2f} s")
     print(f"attribution patching (--approx, one backward):     median {medians['approx']:.2f} s")
-    print(f"grids equal (atol 2e-5); batched speed-up {medians['per-cell'] / medians['batched']:.1f}x, "
-          f"approx speed-up over batched {medians['batched'] / medians['approx']:.1f}x")
+    print(
+        f"grids equal (atol 2e-5); batched speed-up {medians['per-cell'] / medians['batched']:.1f}x, "
+        f"approx speed-up over batched {medians['batched'] / medians['approx']:.1f}x"
+    )
     after = slice(corruption.first, None)  # before the subject both grids are exactly zero: no ranks to compare
-    print(f"rank correlation approx vs exact (indirect effects, cells from the subject on): "
-          f"{rank_correlation(approx.values()[:, after], fast.values()[:, after]):.3f}")
+    print(
+        f"rank correlation approx vs exact (indirect effects, cells from the subject on): "
+        f"{rank_correlation(approx.values()[:, after], fast.values()[:, after]):.3f}"
+    )
     facts = [json.loads(line) for line in CAPITALS.read_text(encoding="utf-8").splitlines()[:5]]
     for fact in facts:
         fact_ids = lm.encode(fact["prompt"])
@@ -100,9 +105,11 @@ def main() -> None:
         exact = causal_trace(lm, fact_ids, fact_corruption, fact_answer)
         estimate = causal_trace(lm, fact_ids, fact_corruption, fact_answer, approx=True)
         after = slice(fact_corruption.first, None)
-        print(f"{fact['prompt']!r} -> {fact['answer']}: p clean {exact.clean['p_answer']:.2f}, corrupted "
-              f"{exact.corrupted['p_answer']:.2f}; rank correlation approx vs exact "
-              f"{rank_correlation(estimate.values()[:, after], exact.values()[:, after]):.3f}")
+        print(
+            f"{fact['prompt']!r} -> {fact['answer']}: p clean {exact.clean['p_answer']:.2f}, corrupted "
+            f"{exact.corrupted['p_answer']:.2f}; rank correlation approx vs exact "
+            f"{rank_correlation(estimate.values()[:, after], exact.values()[:, after]):.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -29,10 +29,9 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_lens import naive, with_nnsight  # noqa: E402
-from bench_patchscope import per_cell  # noqa: E402
-from common import median_seconds  # noqa: E402
-
+from bench_lens import naive, with_nnsight
+from bench_patchscope import per_cell
+from common import median_seconds
 from layerscope.analyses.compare import compare_logits
 from layerscope.analyses.lens import logit_lens
 from layerscope.analyses.patchscope import parse_target, patched_rows
@@ -43,13 +42,40 @@ from layerscope.analyses.sweep_reference import naive_sweep
 from layerscope.models.adapter import ModelAdapter
 from layerscope.models.loading import LoadedModel
 
-LLAMA3_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                 num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0,
-                 rms_norm_eps=1e-5, tie_word_embeddings=False)
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-            vocab_size=512, max_position_embeddings=1024, tie_word_embeddings=False)
-PEAK_BF16_TFLOPS = {"H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0,
-                    "H200": 989.0, "GH200": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0}
+LLAMA3_8B = dict(
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    vocab_size=128256,
+    max_position_embeddings=8192,
+    rope_theta=500000.0,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=False,
+)
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=512,
+    max_position_embeddings=1024,
+    tie_word_embeddings=False,
+)
+PEAK_BF16_TFLOPS = {
+    "H100 SXM": 989.0,
+    "H100 80GB HBM3": 989.0,
+    "H100 NVL": 835.0,
+    "H100 PCIe": 756.0,
+    "H200": 989.0,
+    "GH200": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+    "A10": 125.0,
+}
 """Dense (no sparsity) bf16 tensor-core peaks from the vendor's data sheets; the longest matching name wins."""
 
 
@@ -64,8 +90,9 @@ def build_model(shape: dict, device: str) -> LoadedModel:
     core = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="t0", eos_token="t1", pad_token="t1")
-    return LoadedModel("random Llama-3-8B shape" if shape is LLAMA3_8B else "random tiny Llama", model, tokenizer,
-                       ModelAdapter(model))
+    return LoadedModel(
+        "random Llama-3-8B shape" if shape is LLAMA3_8B else "random tiny Llama", model, tokenizer, ModelAdapter(model)
+    )
 
 
 def random_text(n_tokens: int, vocab: int, seed: int) -> str:
@@ -74,6 +101,7 @@ def random_text(n_tokens: int, vocab: int, seed: int) -> str:
 
 
 # ---- FLOP counts: 2 x multiply-adds of the matmuls ----
+
 
 @dataclass(frozen=True)
 class Shape:
@@ -104,6 +132,7 @@ def synchronized(function: Callable[[], object]) -> Callable[[], object]:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         return result
+
     return run
 
 
@@ -128,8 +157,10 @@ def peak_tflops(device: str, override: float | None) -> tuple[float | None, str]
 class Table:
     def __init__(self, peak: float | None):
         self.peak = peak
-        self.lines = ["| workload | way | median s | speed-up vs naive | TFLOP/s | share of peak |",
-                      "|---|---|---:|---:|---:|---:|"]
+        self.lines = [
+            "| workload | way | median s | speed-up vs naive | TFLOP/s | share of peak |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
 
     def add(self, workload: str, timings: dict[str, tuple[float, float]]) -> None:
         """timings: way -> (seconds, FLOPs it executes); the first way is the naive one."""
@@ -137,9 +168,10 @@ class Table:
         for way, (seconds, flops) in timings.items():
             tflops = flops / seconds / 1e12
             share = f"{tflops / self.peak:.1%}" if self.peak else "-"
-            self.lines.append(f"| {workload} | {way} | {seconds:.3f} | {naive_seconds / seconds:.2f}x | "
-                              f"{tflops:.3g} | {share} |")
-        print("\n".join(self.lines[-len(timings):]), flush=True)
+            self.lines.append(
+                f"| {workload} | {way} | {seconds:.3f} | {naive_seconds / seconds:.2f}x | {tflops:.3g} | {share} |"
+            )
+        print("\n".join(self.lines[-len(timings) :]), flush=True)
 
 
 def nnsight_model(lm: LoadedModel):
@@ -157,6 +189,7 @@ def top1_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
 
 # ---- 1. logit lens grid ----
 
+
 def bench_lens(lm, wrapped, shape: Shape, tokens: int, repeats: int, table: Table) -> None:
     ids = lm.encode(random_text(tokens, shape.vocab, seed=1))
     grid = logit_lens(lm, ids)
@@ -164,8 +197,10 @@ def bench_lens(lm, wrapped, shape: Shape, tokens: int, repeats: int, table: Tabl
     ours = torch.tensor([[cell.top[0].id for cell in row] for row in grid.cells])
     print(f"lens: top-1 agreement layerscope vs naive {(ours == top[..., 0].cpu()).float().mean():.1%}")
     flops = shape.blocks_flops(shape.blocks, tokens) + shape.unembed_flops((shape.blocks + 1) * tokens)
-    timings = {"naive (hidden_states + log_softmax)": (gpu_seconds(lambda: naive(lm, ids), repeats), flops),
-               "layerscope logit_lens": (gpu_seconds(lambda: logit_lens(lm, ids), repeats), flops)}
+    timings = {
+        "naive (hidden_states + log_softmax)": (gpu_seconds(lambda: naive(lm, ids), repeats), flops),
+        "layerscope logit_lens": (gpu_seconds(lambda: logit_lens(lm, ids), repeats), flops),
+    }
     if wrapped is not None:
         peer_top, _, _ = with_nnsight(wrapped, ids)
         print(f"lens: top-1 agreement nnsight vs naive {(peer_top[..., 0] == top[..., 0]).float().mean():.1%}")
@@ -174,6 +209,7 @@ def bench_lens(lm, wrapped, shape: Shape, tokens: int, repeats: int, table: Tabl
 
 
 # ---- 2. drop sweep ----
+
 
 def sweep_nnsight(lm: LoadedModel, wrapped, prompts: list[PromptItem]) -> list[float]:
     """KL per (prompt, block): one nnsight trace per intervention, the block's output replaced by its input."""
@@ -199,20 +235,28 @@ def bench_sweep(lm, wrapped, shape: Shape, n_prompts: int, tokens: int, repeats:
     print(f"sweep: largest |dKL| layerscope vs naive {max(abs(a - b) for a, b in zip(ours, naive_kls)):.2e}")
     unembeds = shape.unembed_flops((L + 1) * tokens)
     full = n_prompts * (shape.blocks_flops(L, tokens) + L * shape.blocks_flops(L - 1, tokens) + unembeds)
-    cached = n_prompts * (shape.blocks_flops(L, tokens) + sum(shape.blocks_flops(L - 1 - b, tokens) for b in range(L))
-                          + unembeds)
-    timings = {"naive (a hooked forward per cell)": (
-                   gpu_seconds(lambda: list(naive_sweep(lm, prompts, "drop")), repeats), full),
-               "layerscope sweep": (gpu_seconds(lambda: list(sweep(lm, prompts, "drop")), repeats), cached)}
+    cached = n_prompts * (
+        shape.blocks_flops(L, tokens) + sum(shape.blocks_flops(L - 1 - b, tokens) for b in range(L)) + unembeds
+    )
+    timings = {
+        "naive (a hooked forward per cell)": (
+            gpu_seconds(lambda: list(naive_sweep(lm, prompts, "drop")), repeats),
+            full,
+        ),
+        "layerscope sweep": (gpu_seconds(lambda: list(sweep(lm, prompts, "drop")), repeats), cached),
+    }
     if wrapped is not None:
         peer = sweep_nnsight(lm, wrapped, prompts)
         print(f"sweep: largest |dKL| nnsight vs naive {max(abs(a - b) for a, b in zip(peer, naive_kls)):.2e}")
-        timings["nnsight (a trace per cell)"] = (gpu_seconds(lambda: sweep_nnsight(lm, wrapped, prompts), repeats),
-                                                 full)
+        timings["nnsight (a trace per cell)"] = (
+            gpu_seconds(lambda: sweep_nnsight(lm, wrapped, prompts), repeats),
+            full,
+        )
     table.add(f"drop sweep, {L} blocks x {n_prompts} prompts of {tokens} tokens", timings)
 
 
 # ---- 3. Patchscopes grid ----
+
 
 def patchscope_nnsight(wrapped, states: torch.Tensor, target) -> torch.Tensor:
     """One nnsight trace per cell: row 0 is written at the embedding's output, row r at block r-1's output."""
@@ -243,17 +287,23 @@ def bench_patchscope(lm, wrapped, shape: Shape, tokens: int, repeats: int, table
     length, prefix = target.ids.shape[1], target.placeholder
     fed = length - prefix
     cell_flops = shape.blocks_flops(shape.blocks, length) + shape.unembed_flops(1)
-    shared = (shape.blocks_flops(shape.blocks, prefix)
-              + cells * (shape.blocks_flops(shape.blocks, fed, context=prefix + fed / 2) + shape.unembed_flops(1)))
-    timings = {"naive (a forward per cell)": (gpu_seconds(lambda: per_cell(lm, states, target), repeats),
-                                              cells * cell_flops),
-               "layerscope (batched, shared prefix)": (
-                   gpu_seconds(lambda: patchscope_layerscope(lm, states, target), repeats), shared)}
+    shared = shape.blocks_flops(shape.blocks, prefix) + cells * (
+        shape.blocks_flops(shape.blocks, fed, context=prefix + fed / 2) + shape.unembed_flops(1)
+    )
+    timings = {
+        "naive (a forward per cell)": (gpu_seconds(lambda: per_cell(lm, states, target), repeats), cells * cell_flops),
+        "layerscope (batched, shared prefix)": (
+            gpu_seconds(lambda: patchscope_layerscope(lm, states, target), repeats),
+            shared,
+        ),
+    }
     if wrapped is not None:
         peer = patchscope_nnsight(wrapped, states, target)
         print(f"patchscope: top-1 agreement nnsight vs naive {top1_agreement(peer, reference):.1%}")
         timings["nnsight (a trace per cell)"] = (
-            gpu_seconds(lambda: patchscope_nnsight(wrapped, states, target), repeats), cells * cell_flops)
+            gpu_seconds(lambda: patchscope_nnsight(wrapped, states, target), repeats),
+            cells * cell_flops,
+        )
     table.add(f"Patchscopes grid, {states.shape[0]} rows x {tokens} tokens", timings)
 
 
@@ -266,8 +316,9 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=64, help="prompts in the drop sweep")
     parser.add_argument("--prompt-tokens", type=int, default=128, help="tokens per sweep prompt")
     parser.add_argument("--patch-tokens", type=int, default=16, help="source prompt tokens of the Patchscopes grid")
-    parser.add_argument("--only", choices=("lens", "sweep", "patchscope"), action="append",
-                        help="run only these workloads (repeatable)")
+    parser.add_argument(
+        "--only", choices=("lens", "sweep", "patchscope"), action="append", help="run only these workloads (repeatable)"
+    )
     parser.add_argument("--no-nnsight", action="store_true", help="skip the nnsight column")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak, if not known here")
     args = parser.parse_args()
@@ -279,8 +330,11 @@ def main() -> None:
     lm = build_model(TINY if args.tiny else LLAMA3_8B, args.device)
     shape = Shape.of(lm)
     peak, peak_text = peak_tflops(args.device, args.peak_tflops)
-    print(f"{lm.name}: {shape.blocks} blocks, hidden {shape.hidden}, vocab {shape.vocab}, "
-          f"{next(lm.model.parameters()).dtype} on {args.device}; {peak_text}; median of {args.repeats}", flush=True)
+    print(
+        f"{lm.name}: {shape.blocks} blocks, hidden {shape.hidden}, vocab {shape.vocab}, "
+        f"{next(lm.model.parameters()).dtype} on {args.device}; {peak_text}; median of {args.repeats}",
+        flush=True,
+    )
     wrapped = None if args.no_nnsight else nnsight_model(lm)
     table = Table(peak)
     only = set(args.only or ("lens", "sweep", "patchscope"))

@@ -12,13 +12,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import median_seconds, report  # noqa: E402
+from common import median_seconds, report
+from layerscope.analyses.lens import logit_lens
+from layerscope.models.loading import load_model
 
-from layerscope.analyses.lens import logit_lens  # noqa: E402
-from layerscope.models.loading import load_model  # noqa: E402
-
-PROMPT = ("In the quiet town by the river, the baker opened her shop before dawn and the smell of fresh bread "
-          "drifted down the street, waking the children who")
+PROMPT = (
+    "In the quiet town by the river, the baker opened her shop before dawn and the smell of fresh bread "
+    "drifted down the street, waking the children who"
+)
 
 
 def grid_stats(log_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -54,7 +55,9 @@ def main() -> None:
     grid = logit_lens(lm, ids)
     top_ids, _, kl = naive(lm, ids)
     assert [[c.top[0].id for c in row] for row in grid.cells] == top_ids[..., 0].tolist()
-    assert max(abs(c.kl_to_final - float(kl[r, t])) for r, row in enumerate(grid.cells) for t, c in enumerate(row)) < 1e-3
+    assert (
+        max(abs(c.kl_to_final - float(kl[r, t])) for r, row in enumerate(grid.cells) for t, c in enumerate(row)) < 1e-3
+    )
     rows = {
         "naive: hidden_states + log_softmax": median_seconds(lambda: naive(lm, ids), repeats=7),
         "layerscope logit_lens": median_seconds(lambda: logit_lens(lm, ids), repeats=7),
@@ -68,8 +71,11 @@ def main() -> None:
         rows["nnsight trace"] = median_seconds(lambda: with_nnsight(wrapped, ids), repeats=7)
     except ImportError:
         print("nnsight is not installed (pip install -e '.[bench]'); peer column skipped")
-    report(f"Logit lens grid, demo model, {ids.shape[1]} tokens x 31 rows, CPU", rows,
-           baseline="naive: hidden_states + log_softmax")
+    report(
+        f"Logit lens grid, demo model, {ids.shape[1]} tokens x 31 rows, CPU",
+        rows,
+        baseline="naive: hidden_states + log_softmax",
+    )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_retrieval_memory import reset_peak, status_mib  # noqa: E402
+from bench_retrieval_memory import reset_peak, status_mib
 
 TOKENS = (2000, 8000)
 TEXT = Path(__file__).resolve().parents[1] / "sample_prompts" / "calibration.txt"
@@ -53,8 +53,13 @@ def child(tokens: int, way: str) -> dict:
     start = time.perf_counter()
     grid = run(ids)
     seconds = time.perf_counter() - start
-    return {"tokens": ids.shape[1], "way": way, "growth_mib": status_mib("VmHWM") - before, "seconds": seconds,
-            "top1_last_row": [cell.top[0].id for cell in grid.cells[-1][-50:]]}
+    return {
+        "tokens": ids.shape[1],
+        "way": way,
+        "growth_mib": status_mib("VmHWM") - before,
+        "seconds": seconds,
+        "top1_last_row": [cell.top[0].id for cell in grid.cells[-1][-50:]],
+    }
 
 
 def main() -> None:
@@ -71,20 +76,26 @@ def main() -> None:
     results = {}
     for way, way_lengths in (("layerscope", lengths), ("old", old_lengths)):
         for length in way_lengths:
-            output = subprocess.run([sys.executable, __file__, "--child", str(length), way],
-                                    capture_output=True, text=True, check=True).stdout
+            output = subprocess.run(
+                [sys.executable, __file__, "--child", str(length), way], capture_output=True, text=True, check=True
+            ).stdout
             results[way, length] = json.loads(output.strip().splitlines()[-1])
             result = results[way, length]
-            print(f"{way:<12} {result['tokens']:>6} tokens  peak growth {result['growth_mib']:>8.1f} MiB  "
-                  f"{result['seconds']:>7.1f} s", flush=True)
+            print(
+                f"{way:<12} {result['tokens']:>6} tokens  peak growth {result['growth_mib']:>8.1f} MiB  "
+                f"{result['seconds']:>7.1f} s",
+                flush=True,
+            )
     for length in (n for n in old_lengths if ("layerscope", n) in results):
         same = results["layerscope", length]["top1_last_row"] == results["old", length]["top1_last_row"]
         print(f"{length} tokens: same top-1 tokens in the last row, both ways: {same}")
     for length in lengths[1:]:
         small, large = results["layerscope", lengths[0]], results["layerscope", length]
-        print(f"layerscope: {large['tokens'] / small['tokens']:.1f}x the tokens -> "
-              f"{large['growth_mib'] / max(small['growth_mib'], 1e-9):.1f}x the peak growth, "
-              f"{large['seconds'] / small['seconds']:.1f}x the time")
+        print(
+            f"layerscope: {large['tokens'] / small['tokens']:.1f}x the tokens -> "
+            f"{large['growth_mib'] / max(small['growth_mib'], 1e-9):.1f}x the peak growth, "
+            f"{large['seconds'] / small['seconds']:.1f}x the time"
+        )
 
 
 if __name__ == "__main__":

@@ -13,11 +13,10 @@ import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import median_seconds, report  # noqa: E402
-
-from layerscope.models.demo import DEMO_GGUF_MEMBER, DEMO_WHEEL, prepare_demo  # noqa: E402
-from layerscope.models.gguf import load_gguf  # noqa: E402
-from layerscope.models.loading import load_model  # noqa: E402
+from common import median_seconds, report
+from layerscope.models.demo import DEMO_GGUF_MEMBER, DEMO_WHEEL, prepare_demo
+from layerscope.models.gguf import load_gguf
+from layerscope.models.loading import load_model
 
 
 def main() -> None:
@@ -33,7 +32,8 @@ def main() -> None:
         }
     script = "from layerscope.models.loading import load_model; load_model('demo', device='cpu')"
     rows["fresh process: import + load"] = median_seconds(
-        lambda: subprocess.run([sys.executable, "-c", script], check=True), repeats=3, warmup=1)
+        lambda: subprocess.run([sys.executable, "-c", script], check=True), repeats=3, warmup=1
+    )
     report("Demo model (SmolLM2-135M-Instruct) load, CPU", rows, baseline="naive: dequantise GGUF each load")
 
 

@@ -19,11 +19,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import timed  # noqa: E402
-
-from layerscope.analyses.neurons import neuron_census, output_weights  # noqa: E402
-from layerscope.analyses.readout import norm_form, readout_matrix  # noqa: E402
-from layerscope.models.loading import load_model  # noqa: E402
+from common import timed
+from layerscope.analyses.neurons import neuron_census, output_weights
+from layerscope.analyses.readout import norm_form, readout_matrix
+from layerscope.models.loading import load_model
 
 
 def per_neuron(lm, blocks: list[int]) -> torch.Tensor:
@@ -46,8 +45,7 @@ def per_neuron(lm, blocks: list[int]) -> torch.Tensor:
 
 def census(lm, blocks: list[int] | None) -> torch.Tensor:
     result = neuron_census(lm, blocks=blocks)
-    return torch.tensor([moments for b in result.blocks
-                         for moments in zip(b.mean, b.variance, b.skew, b.kurtosis)])
+    return torch.tensor([moments for b in result.blocks for moments in zip(b.mean, b.variance, b.skew, b.kurtosis)])
 
 
 def main() -> None:
@@ -58,8 +56,10 @@ def main() -> None:
     lm = load_model("demo", device="cpu")
     blocks = [int(block) for block in args.blocks.split(",")]
     neurons = sum(len(output_weights(lm.adapter, block)) for block in blocks)
-    print(f"model {lm.name}, blocks {blocks}: {neurons} neurons x {lm.adapter.unembed.weight.shape[0]} tokens, "
-          f"threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"model {lm.name}, blocks {blocks}: {neurons} neurons x {lm.adapter.unembed.weight.shape[0]} tokens, "
+        f"threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}"
+    )
     fast_times, slow_times = [], []
     for _ in range(args.repeats):  # interleaved, so load changes on a shared machine hit both alike
         fast_time, fast = timed(census, lm, blocks)
@@ -69,8 +69,10 @@ def main() -> None:
     difference = float(((fast - slow).abs() / (1e-6 + slow.abs())).max())
     fast, slow = statistics.median(fast_times), statistics.median(slow_times)
     print(f"census (tiles of neurons)  {fast:8.2f} s")
-    print(f"loop over neurons          {slow:8.2f} s   ratio {slow / fast:.1f}x; largest relative difference "
-          f"{difference:.1e}")
+    print(
+        f"loop over neurons          {slow:8.2f} s   ratio {slow / fast:.1f}x; largest relative difference "
+        f"{difference:.1e}"
+    )
     whole, _ = timed(census, lm, None)
     print(f"whole model census ({lm.n_blocks} blocks) {whole:8.2f} s, load average {os.getloadavg()[0]:.1f}")
 

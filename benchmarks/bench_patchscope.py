@@ -16,12 +16,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import timed  # noqa: E402
-
-from layerscope.analyses.patchscope import parse_target, patched_rows  # noqa: E402
-from layerscope.analyses.residual import capture_residuals  # noqa: E402
-from layerscope.interventions import PatchState, intervene  # noqa: E402
-from layerscope.models.loading import load_model  # noqa: E402
+from common import timed
+from layerscope.analyses.patchscope import parse_target, patched_rows
+from layerscope.analyses.residual import capture_residuals
+from layerscope.interventions import PatchState, intervene
+from layerscope.models.loading import load_model
 
 PROMPT = "The Eiffel Tower is a landmark in the French capital city of"
 
@@ -52,8 +51,10 @@ def main() -> None:
     target = parse_target(lm)
     states = capture_residuals(lm.adapter, ids).states[:, 0]
     cells = states.shape[0] * states.shape[1]
-    print(f"model {lm.name}, prompt {ids.shape[1]} tokens, {cells} cells, target prompt {target.ids.shape[1]} tokens, "
-          f"threads {torch.get_num_threads()}")
+    print(
+        f"model {lm.name}, prompt {ids.shape[1]} tokens, {cells} cells, target prompt {target.ids.shape[1]} tokens, "
+        f"threads {torch.get_num_threads()}"
+    )
     fast_times, slow_times = [], []
     for _ in range(args.repeats):  # interleaved, so load changes on a shared machine hit both alike
         fast_time, fast = timed(batched, lm, states, target)

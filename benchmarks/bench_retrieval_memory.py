@@ -84,8 +84,12 @@ def main() -> None:
     results = {}
     for way in ("layerscope", "naive"):
         for length in lengths:
-            output = subprocess.run([sys.executable, __file__, "--child", str(length), way, "--steps", str(args.steps)],
-                                    capture_output=True, text=True, check=True).stdout
+            output = subprocess.run(
+                [sys.executable, __file__, "--child", str(length), way, "--steps", str(args.steps)],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
             results[way, length] = json.loads(output.strip().splitlines()[-1])
     print(f"{'way':<12} {'prompt':>7} {'peak growth':>12}")
     for (way, _), result in results.items():

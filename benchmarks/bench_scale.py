@@ -36,12 +36,24 @@ from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_retrieval_memory import reset_peak, status_mib  # noqa: E402
+from bench_retrieval_memory import reset_peak, status_mib
 
-LLAMA_3_2_1B = dict(num_hidden_layers=16, hidden_size=2048, num_attention_heads=32, num_key_value_heads=8,
-                    head_dim=64, intermediate_size=8192, vocab_size=128256, tie_word_embeddings=True,
-                    max_position_embeddings=131072, rope_theta=500000.0, rms_norm_eps=1e-5, bos_token_id=1,
-                    eos_token_id=2, pad_token_id=2)
+LLAMA_3_2_1B = dict(
+    num_hidden_layers=16,
+    hidden_size=2048,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=64,
+    intermediate_size=8192,
+    vocab_size=128256,
+    tie_word_embeddings=True,
+    max_position_embeddings=131072,
+    rope_theta=500000.0,
+    rms_norm_eps=1e-5,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=2,
+)
 ANALYSES = ("lens", "sweep", "patchscope", "trace", "trace-start", "retrieval")
 
 
@@ -72,8 +84,8 @@ def build(dtype_name: str):
             else:
                 flat = parameter.view(-1)
                 for start in range(0, flat.numel(), noise.numel()):
-                    piece = flat[start:start + noise.numel()]
-                    piece.copy_(noise[:piece.numel()])
+                    piece = flat[start : start + noise.numel()]
+                    piece.copy_(noise[: piece.numel()])
     model.model.rotary_emb = LlamaRotaryEmbedding(config)  # its inverse frequencies: a buffer, not a weight
     tokenizer = AutoTokenizer.from_pretrained(str(demo_dir()))
     weights = sum(p.numel() * p.element_size() for p in model.parameters())  # tied: counted once
@@ -98,10 +110,12 @@ def naive_lens(lm, ids) -> int:
 
 def _writer(position: int, vector):
     """A block-input edit that writes `vector` at `position`."""
+
     def write(hidden):
         hidden = hidden.clone()
         hidden[:, position] = vector
         return hidden
+
     return write
 
 
@@ -169,8 +183,7 @@ def run_analysis(lm, analysis: str, way: str, args: argparse.Namespace) -> objec
                 raise StopIteration(f"stopped after {done} of {total} cells")
 
         try:
-            causal_trace(lm, ids, noise_corruption(lm, ids, (1, 3)), answer_id=100,
-                         progress=stop_after_first_forward)
+            causal_trace(lm, ids, noise_corruption(lm, ids, (1, 3)), answer_id=100, progress=stop_after_first_forward)
         except StopIteration as stopped:
             return str(stopped)
     if analysis == "retrieval":
@@ -185,8 +198,9 @@ def run_analysis(lm, analysis: str, way: str, args: argparse.Namespace) -> objec
             return run_test(lm, test, max_new_tokens=args.steps).span_tokens
         lm.model.set_attn_implementation("eager")
         with torch.inference_mode():
-            attentions = lm.model(input_ids=test.ids, output_attentions=True, use_cache=False,
-                                  logits_to_keep=1).attentions
+            attentions = lm.model(
+                input_ids=test.ids, output_attentions=True, use_cache=False, logits_to_keep=1
+            ).attentions
         return len(attentions)
     raise ValueError(analysis)
 
@@ -204,8 +218,15 @@ def child(analysis: str, way: str, args: argparse.Namespace) -> dict:
     check = run_analysis(lm, analysis, way, args)
     seconds = time.perf_counter() - start
     peak = status_mib("VmHWM")
-    return {"analysis": analysis, "way": way, "weights_mib": weights / 2**20, "before_mib": before, "peak_mib": peak,
-            "seconds": seconds, "check": str(check)}
+    return {
+        "analysis": analysis,
+        "way": way,
+        "weights_mib": weights / 2**20,
+        "before_mib": before,
+        "peak_mib": peak,
+        "seconds": seconds,
+        "check": str(check),
+    }
 
 
 def main() -> None:
@@ -230,16 +251,19 @@ def main() -> None:
     print(f"{'analysis':<11} {'way':<11} {'peak MiB':>9} {'x weights':>9} {'growth MiB':>10} {'seconds':>8}")
     for analysis in args.analyses.split(","):
         for way in args.ways.split(",") if analysis != "trace-start" else ["layerscope"]:
-            done = subprocess.run([sys.executable, __file__, *forwarded, "--child", analysis, way],
-                                  capture_output=True, text=True)
+            done = subprocess.run(
+                [sys.executable, __file__, *forwarded, "--child", analysis, way], capture_output=True, text=True
+            )
             if done.returncode != 0:
                 print(f"{analysis:<11} {way:<11} failed: {done.stderr.strip().splitlines()[-1:]}", flush=True)
                 continue
             result = json.loads(done.stdout.strip().splitlines()[-1])
             growth = result["peak_mib"] - result["before_mib"]
-            print(f"{analysis:<11} {way:<11} {result['peak_mib']:>9.0f} "
-                  f"{result['peak_mib'] / result['weights_mib']:>9.2f} {growth:>10.0f} {result['seconds']:>8.1f}",
-                  flush=True)
+            print(
+                f"{analysis:<11} {way:<11} {result['peak_mib']:>9.0f} "
+                f"{result['peak_mib'] / result['weights_mib']:>9.2f} {growth:>10.0f} {result['seconds']:>8.1f}",
+                flush=True,
+            )
     print(f"load average after: {open('/proc/loadavg').read().split()[:3]}")
 
 

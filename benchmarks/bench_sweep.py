@@ -38,16 +38,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--prompts", type=int, default=0, help="use the first N prompts (0: all)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: stable timings on a shared CPU; with more threads the two "
-                             "paths split reductions differently and KL can differ by ~1e-4 on the most damaging rows)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: stable timings on a shared CPU; with more threads the two "
+        "paths split reductions differently and KL can differ by ~1e-4 on the most damaging rows)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     lm = load_model("demo", device="cpu")
     prompts = load_prompt_set(PROMPTS)
     prompts = prompts[: args.prompts] if args.prompts else prompts
-    print(f"{lm.name}, {lm.n_blocks} blocks, {len(prompts)} prompts, {torch.get_num_threads()} threads, "
-          f"{args.repeats} repeats")
+    print(
+        f"{lm.name}, {lm.n_blocks} blocks, {len(prompts)} prompts, {torch.get_num_threads()} threads, "
+        f"{args.repeats} repeats"
+    )
     for kind in ("drop", "swap"):
         fast_times, naive_times, worst = [], [], 0.0
         for _ in range(args.repeats):
@@ -58,8 +64,10 @@ def main() -> None:
             assert [(r.layer, r.prompt_index) for r in fast_rows] == [(r.layer, r.prompt_index) for r in naive_rows]
             worst = max(worst, max(abs(a.kl - b.kl) for a, b in zip(fast_rows, naive_rows)))
         fast, naive = statistics.median(fast_times), statistics.median(naive_times)
-        print(f"{kind:>5}: layerscope {fast:7.2f} s   naive {naive:7.2f} s   speed-up x{naive / fast:.2f}   "
-              f"max |dKL| {worst:.2e}   ({len(fast_rows)} rows)")
+        print(
+            f"{kind:>5}: layerscope {fast:7.2f} s   naive {naive:7.2f} s   speed-up x{naive / fast:.2f}   "
+            f"max |dKL| {worst:.2e}   ({len(fast_rows)} rows)"
+        )
         assert worst < 1e-4, f"{kind}: outputs differ (max |dKL| {worst})"
 
 

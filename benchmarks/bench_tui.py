@@ -37,8 +37,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
 FIRST_FRAME_RUNS = 5
 KEYS = 30
-LONG_PROMPT = " ".join(["In the quiet town by the river, the baker opened her shop before dawn and the smell of",
-                        "fresh bread drifted down the street, waking the children who ran to the window."] * 9)
+LONG_PROMPT = " ".join(
+    [
+        "In the quiet town by the river, the baker opened her shop before dawn and the smell of",
+        "fresh bread drifted down the street, waking the children who ran to the window.",
+    ]
+    * 9
+)
 
 
 def first_frame_child(way: str) -> None:
@@ -82,8 +87,9 @@ def first_frame_child(way: str) -> None:
 def first_frame(way: str) -> float:
     times = []
     for _ in range(FIRST_FRAME_RUNS):
-        out = subprocess.run([sys.executable, __file__, "--first-frame", way], capture_output=True, text=True,
-                             check=True, cwd=ROOT).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, "--first-frame", way], capture_output=True, text=True, check=True, cwd=ROOT
+        ).stdout
         times.append(float(out.strip().splitlines()[-1]))
     return statistics.median(times)
 
@@ -152,8 +158,9 @@ async def latency_run(lm) -> tuple[dict[str, list[float]], float]:
         while app.runs.running or app.runs.results.baseline is None:  # the first (baseline) run, unmeasured
             await pilot.pause(0.05)
         expected = logit_lens(lm, lm.encode(LONG_PROMPT))
-        assert [[c.top[0].id for c in r] for r in app.runs.results.baseline.cells] == \
-               [[c.top[0].id for c in r] for r in expected.cells], "the grid differs from logit_lens"
+        assert [[c.top[0].id for c in r] for r in app.runs.results.baseline.cells] == [
+            [c.top[0].id for c in r] for r in expected.cells
+        ], "the grid differs from logit_lens"
         await pilot.press("escape", "1", "ctrl+home", "home")  # from the answer cell (the last) to the first
         results["idle"] = await key_latencies(app, pilot, KEYS, lambda: True)
 
@@ -186,10 +193,14 @@ def synthetic_grid(rows: int, tokens: int):
     from layerscope.analyses.grid import DecodeGrid, GridCell, TopToken
 
     words = [f" w{i}" for i in range(97)]
-    cells = [[GridCell([TopToken(words[(r * 7 + t) % 97], (r * 7 + t) % 97, ((r + t) % 10) / 10 + 0.05)], 1.0, 0.5)
-              for t in range(tokens)] for r in range(rows)]
-    return DecodeGrid("synthetic", "logit_lens", words[:1] * tokens, [0] * tokens, [str(r) for r in range(rows)],
-                      cells)
+    cells = [
+        [
+            GridCell([TopToken(words[(r * 7 + t) % 97], (r * 7 + t) % 97, ((r + t) % 10) / 10 + 0.05)], 1.0, 0.5)
+            for t in range(tokens)
+        ]
+        for r in range(rows)
+    ]
+    return DecodeGrid("synthetic", "logit_lens", words[:1] * tokens, [0] * tokens, [str(r) for r in range(rows)], cells)
 
 
 async def grid_latency(widget_kind: str, rows: int, tokens: int) -> list[float]:
@@ -217,8 +228,10 @@ async def grid_latency(widget_kind: str, rows: int, tokens: int) -> list[float]:
             else:
                 widget.add_columns("token", *grid.layers)
                 for position in range(tokens):
-                    widget.add_row(grid.tokens[position], *(f"{row[position].top[0].token} {row[position].top[0].prob:.2f}"
-                                                            for row in grid.cells))
+                    widget.add_row(
+                        grid.tokens[position],
+                        *(f"{row[position].top[0].token} {row[position].top[0].prob:.2f}" for row in grid.cells),
+                    )
             widget.focus()
 
     app = GridApp()
@@ -226,8 +239,9 @@ async def grid_latency(widget_kind: str, rows: int, tokens: int) -> list[float]:
         await pilot.pause()
         widget = app.query_one("#grid")
         await pilot.press(*["down"] * 40)  # near the bottom of the view: the downs below scroll it
-        latencies = [await press_and_repaint(pilot, widget, "down" if index < KEYS // 2 else "right")
-                     for index in range(KEYS)]
+        latencies = [
+            await press_and_repaint(pilot, widget, "down" if index < KEYS // 2 else "right") for index in range(KEYS)
+        ]
     return latencies
 
 
@@ -263,8 +277,9 @@ async def charts_and_pattern_run(lm) -> dict[str, list[float]]:
         while app.runs.results is first:
             await asyncio.sleep(0.001)
         rows_before = len(redraws)
-        results["keys during a run, 160x50 (charts shown)"] = await key_latencies(app, pilot, KEYS,
-                                                                                   lambda: app.runs.running)
+        results["keys during a run, 160x50 (charts shown)"] = await key_latencies(
+            app, pilot, KEYS, lambda: app.runs.running
+        )
         while app.runs.running:
             await pilot.pause(0.05)
         assert app.chart.size.width >= 40 and len(redraws) > rows_before, "the charts were not drawn"
@@ -280,8 +295,11 @@ async def charts_and_pattern_run(lm) -> dict[str, list[float]]:
         results["head pattern: from Enter to its grid"] = [time.perf_counter() - started]
         want = attention_pattern(lm, lm.encode(LONG_PROMPT), [(20, 3)], [DropBlocks((3,))]).weights[20, 3]
         shown = app.grid.shown
-        assert all(abs(shown.cells[k][q].weight - want[q][k]) < 1e-6 for q in range(0, len(want), 37)
-                   for k in range(0, q + 1, 11)), "the pattern differs from attention_pattern"
+        assert all(
+            abs(shown.cells[k][q].weight - want[q][k]) < 1e-6
+            for q in range(0, len(want), 37)
+            for k in range(0, q + 1, 11)
+        ), "the pattern differs from attention_pattern"
         await pilot.press("ctrl+home", "home")
         results["head pattern grid: keys (300 x 300)"] = await key_latencies(app, pilot, KEYS, lambda: True)
     return results
@@ -296,7 +314,6 @@ def main(only_charts: bool) -> None:
     import torch
 
     from common import report
-
     from layerscope.models.loading import load_model
 
     torch.set_num_threads(1)  # leave the UI thread a core on a 2-core machine
@@ -304,23 +321,31 @@ def main(only_charts: bool) -> None:
         charts_and_pattern(load_model("demo", device="cpu"))
         return
     print(f"first frame, {FIRST_FRAME_RUNS} fresh processes each (median):")
-    frames = {"lazy engine import (shipped)": first_frame("shipped"),
-              "engine + model before app (naive)": first_frame("naive"),
-              "bare Textual app (reference)": first_frame("bare")}
+    frames = {
+        "lazy engine import (shipped)": first_frame("shipped"),
+        "engine + model before app (naive)": first_frame("naive"),
+        "bare Textual app (reference)": first_frame("bare"),
+    }
     report("time to first frame (target < 1 s)", frames, "engine + model before app (naive)")
 
     for rows, tokens in ((31, 200), (81, 200)):
         runs = {kind: asyncio.run(grid_latency(kind, rows, tokens)) for kind in ("DecodeGridView", "DataTable")}
-        report(f"grid of {tokens} tokens x {rows} rows: keypress-to-repaint (downs, then rights; some scroll)",
-               {kind: statistics.median(values) for kind, values in runs.items()}, "DataTable")
+        report(
+            f"grid of {tokens} tokens x {rows} rows: keypress-to-repaint (downs, then rights; some scroll)",
+            {kind: statistics.median(values) for kind, values in runs.items()},
+            "DataTable",
+        )
         for kind, values in runs.items():
             print(f"  {kind}: {len(values)} keys, max {slowest(values)}")
 
     lm = load_model("demo", device="cpu")
     latencies, first_row = asyncio.run(latency_run(lm))
     medians = {name: statistics.median(values) for name, values in latencies.items()}
-    report(f"keypress-to-repaint latency, {len(lm.encode(LONG_PROMPT)[0])}-token prompt (median)", medians,
-           "during run on the UI thread (naive)")
+    report(
+        f"keypress-to-repaint latency, {len(lm.encode(LONG_PROMPT)[0])}-token prompt (median)",
+        medians,
+        "during run on the UI thread (naive)",
+    )
     print("p95 (target < 100 ms during the run):")
     for name, values in latencies.items():
         print(f"  {name}: {len(values)} keys, p95 {p95(values) * 1000:.1f} ms, max {slowest(values)}")
@@ -333,8 +358,10 @@ def charts_and_pattern(lm) -> None:
     timings = asyncio.run(charts_and_pattern_run(lm))
     print("\nat 160x50 (targets: chart redraw < 20 ms median, keys p95 < 100 ms during the run):")
     for name, values in timings.items():
-        print(f"  {name}: {len(values)} times, median {statistics.median(values) * 1000:.1f} ms, "
-              f"p95 {p95(values) * 1000:.1f} ms, max {slowest(values)}")
+        print(
+            f"  {name}: {len(values)} times, median {statistics.median(values) * 1000:.1f} ms, "
+            f"p95 {p95(values) * 1000:.1f} ms, max {slowest(values)}"
+        )
     print(f"machine load (1, 5, 15 min): {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 

@@ -13,11 +13,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import timed  # noqa: E402
-
-from layerscope.analyses.tuned_lens import compare_lenses, train_tuned_lens  # noqa: E402
-from layerscope.locations import sample_file  # noqa: E402
-from layerscope.models.loading import load_model  # noqa: E402
+from common import timed
+from layerscope.analyses.tuned_lens import compare_lenses, train_tuned_lens
+from layerscope.locations import sample_file
+from layerscope.models.loading import load_model
 
 
 def main() -> None:
@@ -32,8 +31,10 @@ def main() -> None:
         comparison = compare_lenses(lm, lens, heldout)
         pairs = list(zip(comparison.logit_lens_kl[:-1], comparison.tuned_lens_kl[:-1]))  # last row: both 0
         better = sum(tuned < logit for logit, tuned in pairs)
-        print(f"{threads:>7} {seconds:>8.1f}s {f'{better}/{len(pairs)}':>26} "
-              f"{sum(p[0] for p in pairs) / len(pairs):>14.2f} {sum(p[1] for p in pairs) / len(pairs):>14.2f}")
+        print(
+            f"{threads:>7} {seconds:>8.1f}s {f'{better}/{len(pairs)}':>26} "
+            f"{sum(p[0] for p in pairs) / len(pairs):>14.2f} {sum(p[1] for p in pairs) / len(pairs):>14.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -16,18 +16,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from tests.tiny import random_ids, tiny_model  # noqa: E402
-from tests.tolerance import model_delta  # noqa: E402
-
-from layerscope.analyses.causal_trace import causal_trace, noise_corruption  # noqa: E402
-from layerscope.analyses.lens import lens_logits  # noqa: E402
-from layerscope.analyses.patchscope import parse_target, patched_rows  # noqa: E402
-from layerscope.analyses.residual import capture_residuals  # noqa: E402
-from layerscope.interventions import (DropBlocks, FreezeFrom, MaskHeads, RandomizeAt, SkipAttention,  # noqa: E402
-                                      SwapBlocks)
-from layerscope.interventions.attention import routes_attention  # noqa: E402
-from layerscope.models.adapter import ModelAdapter  # noqa: E402
-from layerscope.models.loading import LoadedModel  # noqa: E402
+from layerscope.analyses.causal_trace import causal_trace, noise_corruption
+from layerscope.analyses.lens import lens_logits
+from layerscope.analyses.patchscope import parse_target, patched_rows
+from layerscope.analyses.residual import capture_residuals
+from layerscope.interventions import DropBlocks, FreezeFrom, MaskHeads, RandomizeAt, SkipAttention, SwapBlocks
+from layerscope.interventions.attention import routes_attention
+from layerscope.models.adapter import ModelAdapter
+from layerscope.models.loading import LoadedModel
+from tests.tiny import random_ids, tiny_model
+from tests.tolerance import model_delta
 
 FAMILIES = ("llama", "qwen2", "gemma2", "gpt2", "gpt_neox", "falcon", "phi", "mixtral", "opt", "bloom")
 
@@ -45,8 +43,9 @@ def results(lm: LoadedModel) -> dict[str, torch.Tensor]:
     if routes_attention(lm.model):
         kinds += [MaskHeads(((1, 0), (2, 1)), "zero"), MaskHeads(((0, 1),), "uniform")]
     for kind in kinds:
-        out[kind.kind + (f" {kind.mode}" if isinstance(kind, MaskHeads) else "")] = \
+        out[kind.kind + (f" {kind.mode}" if isinstance(kind, MaskHeads) else "")] = (
             lens_logits(lm, ids, [kind])[1].float().cpu()
+        )
     states = capture_residuals(lm.adapter, ids[:, :4]).states[:, 0]
     target = parse_target(lm, "the cat sat on mat the dog")
     out["patchscope"] = torch.stack([row.logits.float().cpu() for row in patched_rows(lm, states, target)])
@@ -68,8 +67,10 @@ def main() -> int:
             bound = model_delta(tiny_model(family), max(1.0, float(expected.abs().max())))
             diff = float((gpu[name] - expected).abs().max())
             worst = max(worst, diff / bound)
-            print(f"{family:10s} {name:16s} max |gpu - cpu| {diff:.2e}  bound {bound:.2e}  "
-                  f"{'ok' if diff <= bound else 'OVER'}")
+            print(
+                f"{family:10s} {name:16s} max |gpu - cpu| {diff:.2e}  bound {bound:.2e}  "
+                f"{'ok' if diff <= bound else 'OVER'}"
+            )
     print(f"worst ratio to bound: {worst:.3f}")
     return 0 if worst <= 1 else 1
 

@@ -31,8 +31,17 @@ if TYPE_CHECKING:
     from layerscope.analyses.patchscope import parse_target, patchscope_grid, run_patchscope
     from layerscope.analyses.tuned_lens import TunedLens, compare_lenses, load_tuned_lens, train_tuned_lens, tuned_lens
     from layerscope.errors import LayerscopeError
-    from layerscope.interventions import (DropBlocks, FreezeFrom, Intervention, MaskHeads, PatchState, RandomizeAt,
-                                          SkipAttention, SwapBlocks, intervene)
+    from layerscope.interventions import (
+        DropBlocks,
+        FreezeFrom,
+        Intervention,
+        MaskHeads,
+        PatchState,
+        RandomizeAt,
+        SkipAttention,
+        SwapBlocks,
+        intervene,
+    )
     from layerscope.models.loading import LoadedModel, PromptBatch, load_model
 
 _EXPORTS = {
@@ -89,8 +98,11 @@ def __getattr__(name: str) -> object:
         return getattr(import_module(_EXPORTS[name]), name)
     if name in _DEPRECATED:
         new = _DEPRECATED[name]
-        warnings.warn(f"layerscope.{name} is deprecated: use layerscope.{new}, the same function under its new name.",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            f"layerscope.{name} is deprecated: use layerscope.{new}, the same function under its new name.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return getattr(import_module(_EXPORTS[new]), new)
     raise AttributeError(f"module 'layerscope' has no attribute '{name}'")
 

@@ -78,8 +78,9 @@ def check_intervention_list(interventions: object, name: str = "interventions") 
         raise ArgumentTypeError(f"{name}= must be a list of interventions, not {type(interventions).__name__}.")
     for item in interventions:
         if not isinstance(item, Intervention):
-            raise ArgumentTypeError(f"{name}= must hold interventions (DropBlocks(...), ...), not "
-                                    f"{type(item).__name__}.")
+            raise ArgumentTypeError(
+                f"{name}= must hold interventions (DropBlocks(...), ...), not {type(item).__name__}."
+            )
     return list(interventions)
 
 
@@ -89,19 +90,22 @@ def check_ids(lm: LoadedModel, ids: object, name: str = "input_ids", one: bool =
     if isinstance(ids, str):
         raise ArgumentTypeError(f"{name}= must be token ids shaped {shape}, not text: use lm.encode(text).")
     if not isinstance(ids, torch.Tensor):
-        raise ArgumentTypeError(f"{name}= must be a tensor of token ids shaped {shape} (lm.encode(text)), not "
-                                f"{type(ids).__name__}.")
+        raise ArgumentTypeError(
+            f"{name}= must be a tensor of token ids shaped {shape} (lm.encode(text)), not {type(ids).__name__}."
+        )
     if ids.dtype in (torch.bool, torch.uint8) or ids.is_floating_point() or ids.is_complex():
         raise ArgumentTypeError(f"{name}= must hold integer token ids, not {ids.dtype}.")
     if ids.dim() != 2 or (one and ids.shape[0] != 1) or ids.shape[1] == 0:
         several = " (encode several prompts with lm.encode([...]))" if one and ids.dim() == 2 else ""
-        raise ArgumentValueError(f"{name}= must be shaped {shape} with at least one token, not "
-                                 f"{tuple(ids.shape)}{several}.")
+        raise ArgumentValueError(
+            f"{name}= must be shaped {shape} with at least one token, not {tuple(ids.shape)}{several}."
+        )
     vocab = lm.adapter.embed.weight.shape[0]
     outside = ids[(ids < 0) | (ids >= vocab)]
     if len(outside):
-        raise ArgumentValueError(f"{name}= holds token id {int(outside[0])}, outside this model's vocabulary "
-                                 f"0..{vocab - 1}.")
+        raise ArgumentValueError(
+            f"{name}= holds token id {int(outside[0])}, outside this model's vocabulary 0..{vocab - 1}."
+        )
     return ids
 
 

@@ -4,8 +4,13 @@ characters made visible, so a token's spaces read and nothing it holds can drive
 from __future__ import annotations
 
 WHITESPACE = str.maketrans({" ": "·", "\n": "⏎", "\t": "⇥"})
-_CONTROLS = str.maketrans({**{code: chr(0x2400 + code) for code in range(0x20) if code != 0x0A}, 0x7F: "␡",
-                           **{code: f"\\x{code:02x}" for code in range(0x80, 0xA0)}})
+_CONTROLS = str.maketrans(
+    {
+        **{code: chr(0x2400 + code) for code in range(0x20) if code != 0x0A},
+        0x7F: "␡",
+        **{code: f"\\x{code:02x}" for code in range(0x80, 0xA0)},
+    }
+)
 
 
 def visible(text: str) -> str:

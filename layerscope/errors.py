@@ -37,6 +37,7 @@ def require_utf8(text: str | bytes, what: str) -> str:
         bad = f"byte 0x{error.object[error.start]:02x} at offset {error.start}"
     except UnicodeEncodeError as error:
         code = ord(error.object[error.start])
-        bad = (f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"lone surrogate U+{code:04X}") + \
-              f" at character {error.start}"
+        bad = (
+            f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"lone surrogate U+{code:04X}"
+        ) + f" at character {error.start}"
     raise LayerscopeError(f"{what} is not valid UTF-8 ({bad}); convert it first, e.g. with iconv -t utf-8.")

@@ -39,8 +39,9 @@ class Cell:
 def token_text(token: str, width: int = LABEL) -> str:
     """A token readable in a cell: spaces as '·', newlines and tabs as '⏎' and '⇥', other unprintable characters
     as escapes (\\x1b), cut to `width` with '…'."""
-    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
-                   for c in token.translate(_SPACES))
+    text = "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in token.translate(_SPACES)
+    )
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -66,21 +67,30 @@ def fraction_of_largest(values: Sequence[float | None]) -> list[float | None]:
     return [None if v is None else v / largest if largest else 0.0 for v in values]
 
 
-def shaded_table(title: str, columns: Sequence[Cell], rows: Sequence[tuple[str, Sequence[Cell]]],
-                 notes: Sequence[str] = ()) -> str:
+def shaded_table(
+    title: str, columns: Sequence[Cell], rows: Sequence[tuple[str, Sequence[Cell]]], notes: Sequence[str] = ()
+) -> str:
     """A caption, a header row and labelled rows of shaded cells, then the notes; every text escaped."""
+
     def cell(tag: str, item: Cell) -> str:
-        attributes = "".join(f' {name}="{html.escape(value)}"' for name, value in
-                             (("title", item.title), ("style", background(item.shade))) if value)
+        attributes = "".join(
+            f' {name}="{html.escape(value)}"'
+            for name, value in (("title", item.title), ("style", background(item.shade)))
+            if value
+        )
         return f"<{tag}{attributes}>{html.escape(item.text)}</{tag}>"
 
     head = "<tr><th></th>" + "".join(cell("th", column) for column in columns) + "</tr>"
-    body = "".join(f"<tr><th>{html.escape(label)}</th>" + "".join(cell("td", item) for item in items) + "</tr>"
-                   for label, items in rows)
+    body = "".join(
+        f"<tr><th>{html.escape(label)}</th>" + "".join(cell("td", item) for item in items) + "</tr>"
+        for label, items in rows
+    )
     caption = f"<caption>{html.escape(title)}</caption>"
     lines = "".join(f"<p>{html.escape(note)}</p>" for note in notes)
-    return (f'<div class="layerscope"><table style="font-family:monospace;font-size:11px;border-collapse:collapse">'
-            f"{caption}{head}{body}</table>{lines}</div>")
+    return (
+        f'<div class="layerscope"><table style="font-family:monospace;font-size:11px;border-collapse:collapse">'
+        f"{caption}{head}{body}</table>{lines}</div>"
+    )
 
 
 GAP = Cell("…", title="hidden positions")
@@ -94,8 +104,10 @@ def _hidden_note(tokens: Sequence[str], shown: Sequence[int | None], call: str) 
     hidden = len(tokens) - sum(p is not None for p in shown)
     if not hidden:
         return []
-    return [f"{hidden} of {len(tokens)} positions hidden (between the first and the last shown); to see them "
-            f"all: IPython.display.HTML({call}(result, max_positions=None)), or result.to_pandas()."]
+    return [
+        f"{hidden} of {len(tokens)} positions hidden (between the first and the last shown); to see them "
+        f"all: IPython.display.HTML({call}(result, max_positions=None)), or result.to_pandas()."
+    ]
 
 
 def grid_html(grid: DecodeGrid, max_positions: int | None = MAX_POSITIONS) -> str:
@@ -107,13 +119,20 @@ def grid_html(grid: DecodeGrid, max_positions: int | None = MAX_POSITIONS) -> st
         if position is None:
             return GAP
         top, stats = grid.top1(row, position), grid.cells[row][position]
-        return Cell(f"{token_text(top.token)} {top.prob:.2f}", top.prob,
-                    f"{top.token!r} p={top.prob:.4f}, entropy {stats.entropy_bits:.3f} bits, "
-                    f"KL to final {stats.kl_to_final:.4f} nats")
+        return Cell(
+            f"{token_text(top.token)} {top.prob:.2f}",
+            top.prob,
+            f"{top.token!r} p={top.prob:.4f}, entropy {stats.entropy_bits:.3f} bits, "
+            f"KL to final {stats.kl_to_final:.4f} nats",
+        )
 
     rows = [(label, [cell(r, p) for p in shown]) for r, label in enumerate(grid.layers)]
-    return shaded_table(f"{grid.method} · {grid.model} · top-1 token and probability", _position_columns(grid.tokens, shown),
-                        rows, _hidden_note(grid.tokens, shown, "layerscope.notebook.grid_html"))
+    return shaded_table(
+        f"{grid.method} · {grid.model} · top-1 token and probability",
+        _position_columns(grid.tokens, shown),
+        rows,
+        _hidden_note(grid.tokens, shown, "layerscope.notebook.grid_html"),
+    )
 
 
 def trace_html(trace: CausalTrace, max_positions: int | None = MAX_POSITIONS) -> str:
@@ -128,14 +147,19 @@ def trace_html(trace: CausalTrace, max_positions: int | None = MAX_POSITIONS) ->
         if position is None:
             return GAP
         value = trace.cells[row][position]
-        return Cell(f"{value.indirect_effect:.3f}", shades[row * width + position],
-                    f"{trace.metric} restored {value.value:.4f}")
+        return Cell(
+            f"{value.indirect_effect:.3f}", shades[row * width + position], f"{trace.metric} restored {value.value:.4f}"
+        )
 
-    columns = [GAP if p is None else Cell(("*" if p in subject else "") + column.text, title=column.title)
-               for p, column in zip(shown, _position_columns(trace.tokens, shown))]
+    columns = [
+        GAP if p is None else Cell(("*" if p in subject else "") + column.text, title=column.title)
+        for p, column in zip(shown, _position_columns(trace.tokens, shown))
+    ]
     rows = [(label, [cell(r, p) for p in shown]) for r, label in enumerate(trace.layers)]
-    title = (f"causal trace of {trace.answer!r} · {trace.site} · indirect effect ({trace.metric} clean "
-             f"{trace.clean['value']:.4f}, corrupted {trace.corrupted['value']:.4f})")
+    title = (
+        f"causal trace of {trace.answer!r} · {trace.site} · indirect effect ({trace.metric} clean "
+        f"{trace.clean['value']:.4f}, corrupted {trace.corrupted['value']:.4f})"
+    )
     return shaded_table(title, columns, rows, _hidden_note(trace.tokens, shown, "layerscope.notebook.trace_html"))
 
 
@@ -144,8 +168,16 @@ def head_scores_html(scores: HeadScores) -> str:
     largest."""
     matrix = scores.matrix().tolist()
     shades = fraction_of_largest([value for row in matrix for value in row])
-    rows = [(str(layer), [Cell(f"{value:.2f}", shades[layer * scores.n_heads + head], f"head {layer}.{head}")
-                          for head, value in enumerate(row)]) for layer, row in enumerate(matrix)]
+    rows = [
+        (
+            str(layer),
+            [
+                Cell(f"{value:.2f}", shades[layer * scores.n_heads + head], f"head {layer}.{head}")
+                for head, value in enumerate(row)
+            ],
+        )
+        for layer, row in enumerate(matrix)
+    ]
     title = f"{scores.kind} scores · {scores.model} · share above 0.1: {scores.share_above():.1%}"
     return shaded_table(title, [Cell(str(head)) for head in range(scores.n_heads)], rows)
 
@@ -155,12 +187,24 @@ def sweep_html(result: SweepResult) -> str:
     share of the column's largest magnitude; the per-prompt rows are in `to_pandas()`."""
     records = result.records()
     averages = [row for row in records.rows if row[records.columns.index("prompt_index")] is None]
-    metrics = [name for name in records.columns if name not in ("intervention", "layer", "row", "prompt_index",
-                                                                "continuation", "word_tokens")]
+    metrics = [
+        name
+        for name in records.columns
+        if name not in ("intervention", "layer", "row", "prompt_index", "continuation", "word_tokens")
+    ]
     where = records.columns.index("row" if "row" in records.columns else "layer")
     columns = {name: [row[records.columns.index(name)] for row in averages] for name in metrics}
     shades = {name: fraction_of_largest(values) for name, values in columns.items()}
-    rows = [(str(row[where]), [Cell("–" if columns[name][i] is None else f"{columns[name][i]:.4f}", shades[name][i])
-                               for name in metrics]) for i, row in enumerate(averages)]
-    return shaded_table(f"{result.intervention} sweep · mean over prompts", [Cell(name) for name in metrics], rows,
-                        ["Per-prompt rows: result.to_pandas()."])
+    rows = [
+        (
+            str(row[where]),
+            [Cell("–" if columns[name][i] is None else f"{columns[name][i]:.4f}", shades[name][i]) for name in metrics],
+        )
+        for i, row in enumerate(averages)
+    ]
+    return shaded_table(
+        f"{result.intervention} sweep · mean over prompts",
+        [Cell(name) for name in metrics],
+        rows,
+        ["Per-prompt rows: result.to_pandas()."],
+    )

@@ -133,6 +133,7 @@ def streamed_lines(out: Path | None, keep: int | None = None) -> Iterator[Callab
 
     An existing file that is replaced stays whole until the new one is (a temporary file); a new file, or one
     continued, is written in place, so that a killed run leaves its lines for `--resume` too."""
+
     def lines(write: Callable[[bytes], None]) -> Callable[[str], None]:
         return lambda line: write(line.encode("utf-8") + b"\n")
 
@@ -182,11 +183,13 @@ def _stdout_write(text: str) -> None:
 
 def _writer(file: io.FileIO, out: Path) -> Callable[[bytes], None]:
     """Writes each piece whole, unbuffered, so that a failure shows at once and names `out`, not at close."""
+
     def write(data: bytes) -> None:
         with _errors_name(out):
             view = memoryview(data)
             while view:
-                view = view[file.write(view) or 0:]
+                view = view[file.write(view) or 0 :]
+
     return write
 
 
@@ -243,8 +246,10 @@ def check_finite(data: object) -> None:
     them answers nothing."""
     found = non_finite(data)
     if found is not None:
-        raise LayerscopeError(f"The result is not finite ({found}): the computation overflowed, so nothing is "
-                              "written; try float32 or gentler settings.")
+        raise LayerscopeError(
+            f"The result is not finite ({found}): the computation overflowed, so nothing is "
+            "written; try float32 or gentler settings."
+        )
 
 
 def to_json(data: object) -> str:

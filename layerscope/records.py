@@ -57,8 +57,9 @@ class Records:
         except ImportError:
             raise LayerscopeError(PANDAS_MISSING) from None
         columns = list(zip(*self.rows)) if self.rows else [() for _ in self.columns]
-        return pandas.DataFrame({name: _array(pandas, values) for name, values in zip(self.columns, columns)},
-                                columns=list(self.columns))
+        return pandas.DataFrame(
+            {name: _array(pandas, values) for name, values in zip(self.columns, columns)}, columns=list(self.columns)
+        )
 
 
 def _array(pandas: Any, values: Sequence[Any]) -> Any:

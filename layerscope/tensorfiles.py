@@ -33,5 +33,6 @@ def read_safetensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], di
         with safe_open(str(path), "pt") as file:
             return {key: file.get_tensor(key) for key in file.keys()}, file.metadata() or {}
     except (SafetensorError, OSError) as error:
-        raise LayerscopeError(f"{what} '{path}' cannot be read ({error}); it may have been cut short while "
-                              "being written.") from None
+        raise LayerscopeError(
+            f"{what} '{path}' cannot be read ({error}); it may have been cut short while being written."
+        ) from None

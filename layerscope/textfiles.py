@@ -19,8 +19,9 @@ def read_text_file(path: Path, what: str) -> str:
     return text
 
 
-def read_records(path: Path, what: str, required: tuple[str, ...], optional: tuple[str, ...] = ()
-                 ) -> list[tuple[int, dict[str, str]]]:
+def read_records(
+    path: Path, what: str, required: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> list[tuple[int, dict[str, str]]]:
     """Each record of a JSON Lines file with its line number (blank lines and lines starting with '#' skipped):
     a JSON object with every `required` field, any of the `optional` ones and no other, each a string with more
     than whitespace. The first line that is not is one LayerscopeError naming the file and the line: a field
@@ -40,11 +41,13 @@ def read_records(path: Path, what: str, required: tuple[str, ...], optional: tup
         unknown = [key for key in data if key not in (*required, *optional)]
         if missing or unknown:
             problem = f"no {_names(missing)}" if missing else f"unknown {_names(unknown)}"
-            raise LayerscopeError(f"{where}: {problem} (a record has {_names(required)}"
-                                  f"{f', and may have {_names(optional)}' if optional else ''}).")
+            raise LayerscopeError(
+                f"{where}: {problem} (a record has {_names(required)}"
+                f"{f', and may have {_names(optional)}' if optional else ''})."
+            )
         for key, value in data.items():
             if not isinstance(value, str) or not value.strip():
-                raise LayerscopeError(f"{where}: \"{key}\" must be text, not {json.dumps(value, ensure_ascii=False)}.")
+                raise LayerscopeError(f'{where}: "{key}" must be text, not {json.dumps(value, ensure_ascii=False)}.')
         records.append((number, data))
     return records
 

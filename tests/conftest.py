@@ -22,8 +22,9 @@ def pytest_report_header(config):
 def _versions() -> str:
     from importlib.metadata import version
 
-    return "layerscope tested with " + ", ".join(f"{name} {version(name)}" for name in
-                                                   ("torch", "transformers", "textual", "typer"))
+    return "layerscope tested with " + ", ".join(
+        f"{name} {version(name)}" for name in ("torch", "transformers", "textual", "typer")
+    )
 
 
 def pytest_sessionstart(session):

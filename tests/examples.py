@@ -31,11 +31,11 @@ def section(page: str, heading: str) -> str:
     for end in range(starts[0] + 1, len(lines)):
         fenced ^= lines[end].startswith("```")
         marks = len(lines[end]) - len(lines[end].lstrip("#"))
-        if not fenced and 0 < marks <= level and lines[end][marks:marks + 1] == " ":
+        if not fenced and 0 < marks <= level and lines[end][marks : marks + 1] == " ":
             break
     else:
         end = len(lines)
-    return "\n".join(lines[starts[0] + 1:end]) + "\n"
+    return "\n".join(lines[starts[0] + 1 : end]) + "\n"
 
 
 def blocks(page: str, heading: str, language: str) -> list[str]:
@@ -69,7 +69,7 @@ def run_transcript(transcript: str) -> None:
             adjacent = False
             continue
         if adjacent:
-            assert output[position:position + 1] == [line], f"expected {line!r} next, output:\n{result.stdout}"
+            assert output[position : position + 1] == [line], f"expected {line!r} next, output:\n{result.stdout}"
         else:
             assert line in output[position:], f"expected {line!r}, output:\n{result.stdout}"
             position = output.index(line, position)

@@ -16,8 +16,9 @@ BlockEdit = Callable[[int, torch.Tensor], torch.Tensor]
 def block_kwargs(adapter: ModelAdapter, input_ids: torch.Tensor) -> tuple[torch.Tensor, list[tuple[tuple, dict]]]:
     """The embedding output and the exact (args, kwargs) each block received in a plain forward."""
     calls: list[tuple[tuple, dict]] = []
-    handles = [b.register_forward_pre_hook(lambda m, a, k: calls.append((a, k)), with_kwargs=True)
-               for b in adapter.blocks]
+    handles = [
+        b.register_forward_pre_hook(lambda m, a, k: calls.append((a, k)), with_kwargs=True) for b in adapter.blocks
+    ]
     try:
         with torch.no_grad():
             adapter.model(input_ids=input_ids, use_cache=False)
@@ -62,7 +63,7 @@ def rebuilt_without(model, dropped: set[int]):
     state = {}
     for name, tensor in model.state_dict().items():
         if name.startswith(prefix):
-            index, rest = name[len(prefix):].split(".", 1)
+            index, rest = name[len(prefix) :].split(".", 1)
             if int(index) in dropped:
                 continue
             name = f"{prefix}{kept.index(int(index))}.{rest}"
@@ -83,7 +84,7 @@ def with_blocks_permuted(model, order: list[int]):
     state = {}
     for name, tensor in model.state_dict().items():
         if name.startswith(prefix):
-            index, rest = name[len(prefix):].split(".", 1)
+            index, rest = name[len(prefix) :].split(".", 1)
             name = f"{prefix}{order.index(int(index))}.{rest}"
         state[name] = tensor
     new.load_state_dict(state)

@@ -21,7 +21,8 @@ def save_tiny_llama(directory: Path, bos: str = "none") -> Path:
     if bos == "added":
         bos_id = tokenizer.bos_token_id
         tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-            single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, bos_id)])
+            single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, bos_id)]
+        )
     lm.model.save_pretrained(directory)  # safetensors
     tokenizer.save_pretrained(directory)
     return directory

@@ -9,8 +9,8 @@ import torch
 import layerscope as ls
 from layerscope.analyses.activations import Activations, capture, site_names
 from layerscope.errors import LayerscopeError
-from tests.tolerance import model_delta
 from tests.tiny import tiny_model
+from tests.tolerance import model_delta
 
 TEXTS = ["the cat sat on the mat", "a dog", "one two three four five six seven eight nine"]
 FAMILIES = ("llama", "gemma2", "qwen2_moe", "gpt2", "gpt_neox", "bloom", "opt", "falcon", "phi", "mpt")
@@ -26,11 +26,13 @@ def hooked_reference(lm, ids: torch.Tensor) -> dict[str, torch.Tensor]:
     def block_input(name):
         def hook(module, args, kwargs):
             seen[name] = (args[0] if args else kwargs["hidden_states"]).detach().clone()
+
         return hook
 
     def module_output(name):
         def hook(module, args, output):
             seen[name] = first(output).detach().clone().reshape(*ids.shape, -1)  # OPT's fc2: (T, hidden)
+
         return hook
 
     handles = []
@@ -90,16 +92,18 @@ def test_residual_rows_are_hf_hidden_states(tiny_lm):
     assert rows.shape == (tiny_lm.n_blocks + 1, 1, ids.shape[1], tiny_lm.model.config.get_text_config().hidden_size)
     for row in range(tiny_lm.n_blocks):
         torch.testing.assert_close(rows[row], hf[row], rtol=0, atol=1e-6)
-    torch.testing.assert_close(tiny_lm.adapter.after_norm(tiny_lm.adapter.final_norm(rows[-1])), hf[-1],
-                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        tiny_lm.adapter.after_norm(tiny_lm.adapter.final_norm(rows[-1])), hf[-1], rtol=0, atol=1e-5
+    )
 
 
 def test_demo_block_adds_its_attention_and_mlp(demo_lm):
     """Llama blocks are x + attn(norm x) + mlp(norm(...)): each captured row is the previous plus both outputs."""
     captured = ls.capture(demo_lm, ["The capital of France is", "Paris"], ["resid", "attn", "mlp"])
     with torch.no_grad():
-        hf = demo_lm.model(**{"input_ids": captured.input_ids, "attention_mask": captured.attention_mask},
-                           output_hidden_states=True).hidden_states
+        hf = demo_lm.model(
+            **{"input_ids": captured.input_ids, "attention_mask": captured.attention_mask}, output_hidden_states=True
+        ).hidden_states
     for block in range(demo_lm.n_blocks):
         total = captured[f"resid.{block}"] + captured[f"attn.{block}"] + captured[f"mlp.{block}"]
         torch.testing.assert_close(captured[f"resid.{block + 1}"], total, rtol=1e-5, atol=1e-4)
@@ -131,10 +135,16 @@ def test_save_load_and_export(tmp_path, tiny_lm):
     assert captured.lengths == [3, 2]
 
 
-@pytest.mark.parametrize("sites, message", [
-    ("embed", "Unknown site"), ("resid.x", "not a whole number"), (["attn.4"], "out of range"),
-    (["resid.5"], "out of range"), ([], "No sites"),
-])
+@pytest.mark.parametrize(
+    "sites, message",
+    [
+        ("embed", "Unknown site"),
+        ("resid.x", "not a whole number"),
+        (["attn.4"], "out of range"),
+        (["resid.5"], "out of range"),
+        ([], "No sites"),
+    ],
+)
 def test_bad_sites(sites, message):
     with pytest.raises(LayerscopeError, match=message):
         site_names(sites, n_blocks=4)

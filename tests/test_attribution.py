@@ -27,7 +27,9 @@ def randomised(family: str):
     with torch.no_grad():
         for name, parameter in lm.model.named_parameters():
             if name.endswith("bias") or "norm" in name or "ln_" in name:
-                parameter.copy_(torch.rand(parameter.shape, generator=generator) * 0.5 + (0.75 if "weight" in name else -0.25))
+                parameter.copy_(
+                    torch.rand(parameter.shape, generator=generator) * 0.5 + (0.75 if "weight" in name else -0.25)
+                )
     return lm
 
 
@@ -43,11 +45,15 @@ def hand_readout(lm, token: int, state: torch.Tensor, final: torch.Tensor) -> fl
     """A state's direct contribution to a token's logit, from the family's own final norm weight, epsilon and
     logit scale: logit_scale * (gain * W_U[token]) . P(state) / sqrt(mean(P(final)^2) + eps)."""
     family, config = lm.adapter.family, lm.model.config
-    norm = lm.model.get_submodule({"gpt2": "transformer.ln_f", "gpt_neox": "gpt_neox.final_layer_norm"}.get(family,
-                                                                                                     "model.norm"))
+    norm = lm.model.get_submodule(
+        {"gpt2": "transformer.ln_f", "gpt_neox": "gpt_neox.final_layer_norm"}.get(family, "model.norm")
+    )
     gain = norm.weight.double() + (1 if family == "gemma2" else 0)
-    eps = next(getattr(config, name) for name in ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon")
-               if hasattr(config, name))
+    eps = next(
+        getattr(config, name)
+        for name in ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon")
+        if hasattr(config, name)
+    )
 
     def centre(x: torch.Tensor) -> torch.Tensor:
         return x - x.mean() if family in CENTRES else x
@@ -77,7 +83,9 @@ def test_the_parts_add_up_to_the_models_logit_before_the_softcap(family):
             assert sum(heads) + result.head_bias[block] == pytest.approx(result.attention[block], abs=1e-5)
     if family in ("gpt2", "gpt_neox"):  # a final LayerNorm with a bias: it reaches the logit, outside the parts
         unembed = lm.model.get_output_embeddings().weight
-        assert contrast.bias == pytest.approx(float((unembed[5] - unembed[9]).detach() @ lm.adapter.final_norm.bias.detach()), abs=1e-6)
+        assert contrast.bias == pytest.approx(
+            float((unembed[5] - unembed[9]).detach() @ lm.adapter.final_norm.bias.detach()), abs=1e-6
+        )
         assert contrast.bias != 0
 
 
@@ -93,8 +101,9 @@ def test_the_embedding_part_equals_a_hand_readout(family):
 
 def _final_residual(lm) -> torch.Tensor:
     captured = []
-    handle = lm.adapter.blocks[-1].register_forward_hook(lambda m, a, out: captured.append(
-        (out[0] if isinstance(out, tuple) else out)[0, -1].detach()))
+    handle = lm.adapter.blocks[-1].register_forward_hook(
+        lambda m, a, out: captured.append((out[0] if isinstance(out, tuple) else out)[0, -1].detach())
+    )
     try:
         with torch.no_grad():
             lm.model(input_ids=IDS)
@@ -121,7 +130,8 @@ def test_a_head_equals_the_change_when_its_slice_of_the_output_projection_input_
         return (edited, *args[1:])
 
     hook = lm.adapter.attention(block).register_forward_hook(
-        lambda m, a, out: outputs.append((out[0] if isinstance(out, tuple) else out)[0, -1].detach()))
+        lambda m, a, out: outputs.append((out[0] if isinstance(out, tuple) else out)[0, -1].detach())
+    )
     try:
         with torch.no_grad():
             lm.model(input_ids=IDS)
@@ -147,9 +157,20 @@ def test_refusals_name_the_parameter_or_the_family():
         logit_attribution(lm, IDS, contrast="cat")
 
 
-def test_the_command_attributes_the_answer(tiny_dir):  # noqa: F811
-    result = invoke("attribute", "--model", str(tiny_dir), "-p", "the cat sat on the", "--answer", "mat",
-                    "--contrast", "dog", "--format", "json")
+def test_the_command_attributes_the_answer(tiny_dir):
+    result = invoke(
+        "attribute",
+        "--model",
+        str(tiny_dir),
+        "-p",
+        "the cat sat on the",
+        "--answer",
+        "mat",
+        "--contrast",
+        "dog",
+        "--format",
+        "json",
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["answer"] == "mat" and data["contrast"] == "dog"

@@ -14,8 +14,15 @@ from layerscope.analyses.patchscope import parse_target, patchscope_grid, run_pa
 from layerscope.analyses.prompt_sets import PromptItem
 from layerscope.analyses.sweep import sweep
 from layerscope.errors import LayerscopeError
-from layerscope.interventions import (DropBlocks, FreezeFrom, MaskHeads, PatchState, RandomizeAt, SkipAttention,
-                                      SwapBlocks)
+from layerscope.interventions import (
+    DropBlocks,
+    FreezeFrom,
+    MaskHeads,
+    PatchState,
+    RandomizeAt,
+    SkipAttention,
+    SwapBlocks,
+)
 from layerscope.interventions.attention import routes_attention
 from layerscope.models.loading import PromptBatch
 from tests.tiny import tiny_model
@@ -35,7 +42,7 @@ class Tolerance:
     kl: float
 
     @classmethod
-    def of(cls, lm, texts) -> "Tolerance":
+    def of(cls, lm, texts) -> Tolerance:
         with torch.no_grad():
             magnitude = max(float(lm.model(input_ids=lm.encode(text)).logits.abs().max()) for text in texts)
         delta, vocab = model_delta(lm, magnitude), lm.model.config.get_text_config().vocab_size
@@ -59,8 +66,7 @@ def assert_same_grid(batched: ls.DecodeGrid, alone: ls.DecodeGrid, tol: Toleranc
             assert a.kl_to_final == pytest.approx(b.kl_to_final, abs=tol.kl)
 
 
-def assert_same_report(batched: ls.InterventionReport, alone: ls.InterventionReport,
-                       tol: Tolerance = TINY) -> None:
+def assert_same_report(batched: ls.InterventionReport, alone: ls.InterventionReport, tol: Tolerance = TINY) -> None:
     assert_same_grid(batched.baseline, alone.baseline, tol)
     assert_same_grid(batched.intervened, alone.intervened, tol)
     assert batched.interventions == alone.interventions
@@ -114,10 +120,12 @@ def test_demo_lens_interventions_and_patchscopes_batch_equal_each_prompt_alone(d
     for batched, text in zip(ls.logit_lens(demo_lm, batch), DEMO_TEXTS, strict=True):
         assert_same_grid(batched, ls.logit_lens(demo_lm, demo_lm.encode(text)), tol)
     interventions = [DropBlocks((3, 5)), MaskHeads(((4, 2),), mode="zero")]
-    for batched, text in zip(ls.run_interventions(demo_lm, batch, interventions, max_new_tokens=3), DEMO_TEXTS,
-                             strict=True):
-        assert_same_report(batched, ls.run_interventions(demo_lm, demo_lm.encode(text), interventions,
-                                                         max_new_tokens=3), tol)
+    for batched, text in zip(
+        ls.run_interventions(demo_lm, batch, interventions, max_new_tokens=3), DEMO_TEXTS, strict=True
+    ):
+        assert_same_report(
+            batched, ls.run_interventions(demo_lm, demo_lm.encode(text), interventions, max_new_tokens=3), tol
+        )
     target = parse_target(demo_lm)
     reports = run_patchscope(demo_lm, batch, target, top_k=3, max_new_tokens=2)
     for batched, text in zip(reports, DEMO_TEXTS, strict=True):
@@ -133,11 +141,13 @@ def test_tiny_patchscope_batch_equals_each_prompt_alone(family):
     lm = tiny_model(family)
     batch = lm.encode(TINY_TEXTS)
     for target_layer in (None, 2):
-        grids = patchscope_grid(lm, batch, top_k=3, target_prompt="the cat sat on mat the dog",
-                                target_layer=target_layer)
+        grids = patchscope_grid(
+            lm, batch, top_k=3, target_prompt="the cat sat on mat the dog", target_layer=target_layer
+        )
         for batched, text in zip(grids, TINY_TEXTS, strict=True):
-            alone = patchscope_grid(lm, lm.encode(text), top_k=3, target_prompt="the cat sat on mat the dog",
-                                    target_layer=target_layer)
+            alone = patchscope_grid(
+                lm, lm.encode(text), top_k=3, target_prompt="the cat sat on mat the dog", target_layer=target_layer
+            )
             assert_same_grid(batched, alone)
 
 
@@ -186,10 +196,12 @@ def test_position_interventions_act_on_each_prompts_own_last_token(family):
 def test_demo_position_interventions_in_a_batch(demo_lm):
     batch, tol = demo_lm.encode(DEMO_TEXTS), Tolerance.of(demo_lm, DEMO_TEXTS)
     interventions = [FreezeFrom(20), SkipAttention((25,))]
-    for batched, text in zip(ls.run_interventions(demo_lm, batch, interventions, max_new_tokens=2), DEMO_TEXTS,
-                             strict=True):
-        assert_same_report(batched, ls.run_interventions(demo_lm, demo_lm.encode(text), interventions,
-                                                         max_new_tokens=2), tol)
+    for batched, text in zip(
+        ls.run_interventions(demo_lm, batch, interventions, max_new_tokens=2), DEMO_TEXTS, strict=True
+    ):
+        assert_same_report(
+            batched, ls.run_interventions(demo_lm, demo_lm.encode(text), interventions, max_new_tokens=2), tol
+        )
 
 
 def test_capture_runs_under_interventions():

@@ -58,10 +58,12 @@ def clean_states(lm, ids, site):
 
 def noise_hook(lm, noise_at, noise):
     """A plain hook adding (noised positions, hidden) noise to the embeddings; None without noise."""
+
     def add_noise(module, args, output):
         output = output.clone()
         output[0, noise_at] += noise
         return output
+
     return lm.adapter.embed.register_forward_hook(add_noise) if noise is not None else None
 
 
@@ -84,16 +86,23 @@ def restored_logits(lm, corrupt_ids, noise_at, noise, site, states, position):
     handles = [noise_hook(lm, noise_at, noise)]
     modules = site_modules(lm, site)
     for index, state in states.items():
+
         def write(hidden, state=state):
             hidden = hidden.clone()
             hidden[0, position] = state[position]
             return hidden
+
         if site == "resid" and index < len(modules):
-            handles.append(modules[index].register_forward_pre_hook(lambda m, args, write=write: (write(args[0]), *args[1:])))
+            handles.append(
+                modules[index].register_forward_pre_hook(lambda m, args, write=write: (write(args[0]), *args[1:]))
+            )
         else:
             module = modules[index - 1] if site == "resid" else modules[index]
-            handles.append(module.register_forward_hook(
-                lambda m, args, output, write=write: _replace(output, write(_first(output)))))
+            handles.append(
+                module.register_forward_hook(
+                    lambda m, args, output, write=write: _replace(output, write(_first(output)))
+                )
+            )
     return corrupted_logits(lm, corrupt_ids, handles)
 
 
@@ -111,8 +120,9 @@ def reference_grid(lm, ids, corruption, site, window=10, sample=0, measure=p_ans
     for row in range(rows):
         chosen = [row] if site == "resid" else window_blocks(row, rows, window)
         for position in range(ids.shape[1]):
-            grid[row, position] = measure(restored_logits(lm, corruption.ids, noise_at, noise, site,
-                                                          {i: states[i] for i in chosen}, position))
+            grid[row, position] = measure(
+                restored_logits(lm, corruption.ids, noise_at, noise, site, {i: states[i] for i in chosen}, position)
+            )
     return grid
 
 
@@ -123,8 +133,9 @@ def test_noise_trace_matches_hand_written_loop_on_tiny_models(family):
     corruption = noise_corruption(lm, ids, (2, 4), seed=1)
     trace = causal_trace(lm, ids, corruption, ANSWER)
     assert trace.layers == ["emb", "0", "1", "2", "3"]
-    torch.testing.assert_close(trace.values("value"), reference_grid(lm, ids, corruption, "resid"),
-                               atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        trace.values("value"), reference_grid(lm, ids, corruption, "resid"), atol=2e-5, rtol=1e-4
+    )
     p_corrupt = trace.corrupted["p_answer"]
     torch.testing.assert_close(trace.values("indirect_effect"), trace.values("value") - p_corrupt)
     # the last row at the last position is the clean output itself
@@ -142,8 +153,9 @@ def test_a_prompt_run_in_pieces_through_the_cache_gives_the_same_grid(family, si
     corruption = noise_corruption(lm, ids, (4, 6), seed=5)
     monkeypatch.setattr(engine, "PREFILL_TOKENS", 3)
     trace = causal_trace(lm, ids, corruption, ANSWER, site=site, window=2)
-    torch.testing.assert_close(trace.values("value"), reference_grid(lm, ids, corruption, site, window=2),
-                               atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        trace.values("value"), reference_grid(lm, ids, corruption, site, window=2), atol=2e-5, rtol=1e-4
+    )
     if site == "resid":  # the last row at the last position is the clean output, run in pieces too
         assert trace.cells[-1][-1].value == pytest.approx(trace.clean["p_answer"], abs=1e-5)
 
@@ -155,8 +167,9 @@ def test_module_windows_match_hand_written_loop(site):
     corruption = noise_corruption(lm, ids, (1, 3), seed=2)
     trace = causal_trace(lm, ids, corruption, ANSWER, site=site, window=2)
     assert trace.layers == ["0", "1", "2", "3"]
-    torch.testing.assert_close(trace.values("value"), reference_grid(lm, ids, corruption, site, window=2),
-                               atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        trace.values("value"), reference_grid(lm, ids, corruption, site, window=2), atol=2e-5, rtol=1e-4
+    )
 
 
 def test_swap_trace_matches_hand_written_loop_and_small_batches():
@@ -189,15 +202,17 @@ def test_cache_copies_per_forward_stay_within_their_share_of_the_weights(monkeyp
     corruption = noise_corruption(lm, ids, (5, 6), seed=4)
     weights = sum(p.numel() * p.element_size() for p in lm.model.parameters())
     batches: list[int] = []
-    lm.model.register_forward_pre_hook(lambda module, args, kwargs: batches.append(kwargs["input_ids"].shape[0]),
-                                       with_kwargs=True)
+    lm.model.register_forward_pre_hook(
+        lambda module, args, kwargs: batches.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
     with torch.inference_mode():
         one_copy = cache_bytes(engine.cached_forward(lm.model, None, input_ids=ids[:, :5])[1])  # the shortest
     monkeypatch.setattr(engine, "CACHE_SHARE", 1.5 * one_copy / weights)
     trace = causal_trace(lm, ids, corruption, ANSWER)
     assert batches and max(batches) == 1  # 5 grid rows, one per forward
-    torch.testing.assert_close(trace.values("value"), reference_grid(lm, ids, corruption, "resid"),
-                               atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        trace.values("value"), reference_grid(lm, ids, corruption, "resid"), atol=2e-5, rtol=1e-4
+    )
 
 
 def test_entry_std_is_torch_std_without_a_float32_copy():
@@ -227,9 +242,11 @@ def clean_logits(lm, ids):
 def measures(lm, ids):
     """Each metric by its formula, on hand-computed logits: (measure, the sign of an improvement)."""
     clean = torch.log_softmax(clean_logits(lm, ids), -1)
-    return {"prob": (p_answer, 1.0),
-            "logit-diff": (lambda logits: (logits[ANSWER] - logits[CONTRAST]).item(), 1.0),
-            "kl": (lambda logits: float((clean.exp() * (clean - torch.log_softmax(logits, -1))).sum()), -1.0)}
+    return {
+        "prob": (p_answer, 1.0),
+        "logit-diff": (lambda logits: (logits[ANSWER] - logits[CONTRAST]).item(), 1.0),
+        "kl": (lambda logits: float((clean.exp() * (clean - torch.log_softmax(logits, -1))).sum()), -1.0),
+    }
 
 
 @pytest.mark.parametrize("metric", ["prob", "logit-diff", "kl"])
@@ -239,11 +256,19 @@ def test_approx_is_the_directional_derivative(metric):
     ids = random_ids(6, seed=6)
     corruption = noise_corruption(lm, ids, (1, 3), seed=3)
     measure, sign = measures(lm, ids)[metric]
-    approx = causal_trace(lm, ids, corruption, ANSWER, approx=True, metric=metric,
-                          contrast_id=CONTRAST if metric == "logit-diff" else None)
+    approx = causal_trace(
+        lm,
+        ids,
+        corruption,
+        ANSWER,
+        approx=True,
+        metric=metric,
+        contrast_id=CONTRAST if metric == "logit-diff" else None,
+    )
     clean = clean_states(lm, ids, "resid")
     handle = lm.adapter.embed.register_forward_hook(
-        lambda m, a, output: output + torch.nn.functional.pad(corruption.noise, (0, 0, 1, 3)))
+        lambda m, a, output: output + torch.nn.functional.pad(corruption.noise, (0, 0, 1, 3))
+    )
     try:
         corrupted = clean_states(lm, ids, "resid")
     finally:
@@ -255,8 +280,9 @@ def test_approx_is_the_directional_derivative(metric):
         moved = corrupted[row].clone()
         moved[position] += eps * (clean[row][position] - corrupted[row][position])
         value = measure(restored_logits(lm, ids, [1, 2], corruption.noise[0], "resid", {row: moved}, position))
-        assert approx.cells[row][position].indirect_effect == pytest.approx(sign * (value - base) / eps, abs=2e-4,
-                                                                            rel=2e-2)
+        assert approx.cells[row][position].indirect_effect == pytest.approx(
+            sign * (value - base) / eps, abs=2e-4, rel=2e-2
+        )
 
 
 @pytest.mark.parametrize("metric", ["logit-diff", "kl"])
@@ -267,8 +293,9 @@ def test_each_metric_is_its_formula_on_hand_restored_logits(metric):
     ids = random_ids(6, seed=4)
     corruption = noise_corruption(lm, ids, (1, 3), seed=2)
     measure, sign = measures(lm, ids)[metric]
-    trace = causal_trace(lm, ids, corruption, ANSWER, metric=metric,
-                         contrast_id=CONTRAST if metric == "logit-diff" else None)
+    trace = causal_trace(
+        lm, ids, corruption, ANSWER, metric=metric, contrast_id=CONTRAST if metric == "logit-diff" else None
+    )
     want = reference_grid(lm, ids, corruption, "resid", measure=measure)
     torch.testing.assert_close(trace.values("value"), want, atol=3e-5, rtol=1e-4)
     corrupted = measure(corrupted_logits(lm, ids, [noise_hook(lm, [1, 2], corruption.noise[0])]))
@@ -278,8 +305,13 @@ def test_each_metric_is_its_formula_on_hand_restored_logits(metric):
     assert trace.metric == metric and trace.cells[0][0].stderr is None  # one noise sample: no standard error
 
 
-HEAD_INPUTS = {"llama": "self_attn.o_proj", "gpt2": "attn.c_proj", "gemma2": "self_attn.o_proj",
-               "falcon": "self_attention.dense", "qwen2": "self_attn.o_proj"}
+HEAD_INPUTS = {
+    "llama": "self_attn.o_proj",
+    "gpt2": "attn.c_proj",
+    "gemma2": "self_attn.o_proj",
+    "falcon": "self_attention.dense",
+    "qwen2": "self_attn.o_proj",
+}
 """The output projection of each family's attention, whose input holds the heads' outputs side by side."""
 
 
@@ -287,8 +319,10 @@ def reference_head_grid(lm, family, ids, corruption):
     """Every (block.head, position) cell by a plain pre-hook on the projection that writes that head's clean slice."""
     projections = [block.get_submodule(HEAD_INPUTS[family]) for block in lm.adapter.blocks]
     inputs = []
-    handles = [projection.register_forward_pre_hook(lambda m, args: inputs.append(args[0][0].clone()))
-               for projection in projections]
+    handles = [
+        projection.register_forward_pre_hook(lambda m, args: inputs.append(args[0][0].clone()))
+        for projection in projections
+    ]
     clean_logits(lm, ids)
     for handle in handles:
         handle.remove()
@@ -299,18 +333,26 @@ def reference_head_grid(lm, family, ids, corruption):
         width = inputs[block].shape[-1] // heads
         for head in range(heads):
             for position in range(ids.shape[1]):
+
                 def write(module, args, head=head, position=position, clean=inputs[block], width=width):
                     hidden = args[0].clone()
-                    hidden[0, position, head * width:(head + 1) * width] = clean[position, head * width:(head + 1) * width]
+                    hidden[0, position, head * width : (head + 1) * width] = clean[
+                        position, head * width : (head + 1) * width
+                    ]
                     return (hidden, *args[1:])
-                handles = [noise_hook(lm, list(corruption.noise_positions), noise),
-                           projection.register_forward_pre_hook(write)]
+
+                handles = [
+                    noise_hook(lm, list(corruption.noise_positions), noise),
+                    projection.register_forward_pre_hook(write),
+                ]
                 grid[block * heads + head, position] = p_answer(corrupted_logits(lm, corruption.ids, handles))
     return grid
 
 
-@pytest.mark.parametrize("family, corrupt", [("llama", "noise"), ("gpt2", "noise"), ("gemma2", "noise"),
-                                             ("falcon", "noise"), ("qwen2", "swap")])
+@pytest.mark.parametrize(
+    "family, corrupt",
+    [("llama", "noise"), ("gpt2", "noise"), ("gemma2", "noise"), ("falcon", "noise"), ("qwen2", "swap")],
+)
 def test_head_site_matches_a_hand_hook_on_the_projections_head_slice(family, corrupt):
     """Restoring (noise) or patching (a counterfactual prompt) one head at one position, batched with the others."""
     lm = tiny_model(family)
@@ -323,8 +365,9 @@ def test_head_site_matches_a_hand_hook_on_the_projections_head_slice(family, cor
         corruption = swap_corruption(ids, corrupt_ids)
     trace = causal_trace(lm, ids, corruption, ANSWER, site="head")
     assert trace.layers == [f"{b}.{h}" for b in range(4) for h in range(4)]
-    torch.testing.assert_close(trace.values("value"), reference_head_grid(lm, family, ids, corruption),
-                               atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        trace.values("value"), reference_head_grid(lm, family, ids, corruption), atol=2e-5, rtol=1e-4
+    )
 
 
 def test_head_site_approx_is_the_per_head_share_of_the_projection_input():
@@ -336,7 +379,8 @@ def test_head_site_approx_is_the_per_head_share_of_the_projection_input():
     heads = causal_trace(lm, ids, corruption, ANSWER, site="head", approx=True).values()
     clean = [state.clone() for state in clean_states_of_heads(lm, ids)]
     handle = lm.adapter.embed.register_forward_hook(
-        lambda m, a, output: output + torch.nn.functional.pad(corruption.noise, (0, 0, 1, 3)))
+        lambda m, a, output: output + torch.nn.functional.pad(corruption.noise, (0, 0, 1, 3))
+    )
     try:
         corrupted = clean_states_of_heads(lm, ids, requires_grad=True)
     finally:
@@ -353,6 +397,7 @@ def test_head_site_approx_is_the_per_head_share_of_the_projection_input():
             hidden = args[0].clone()
             hidden[0, position, part] += step
             return (hidden, *args[1:])
+
         handles = [noise_hook(lm, [1, 2], corruption.noise[0]), projection.register_forward_pre_hook(move)]
         p = p_answer(corrupted_logits(lm, ids, handles))
         base = p_answer(corrupted_logits(lm, ids, [noise_hook(lm, [1, 2], corruption.noise[0])]))
@@ -361,8 +406,10 @@ def test_head_site_approx_is_the_per_head_share_of_the_projection_input():
 
 def clean_states_of_heads(lm, ids, requires_grad=False):
     inputs = []
-    handles = [block.self_attn.o_proj.register_forward_pre_hook(lambda m, args: inputs.append(args[0][0].clone()))
-               for block in lm.adapter.blocks]
+    handles = [
+        block.self_attn.o_proj.register_forward_pre_hook(lambda m, args: inputs.append(args[0][0].clone()))
+        for block in lm.adapter.blocks
+    ]
     clean_logits(lm, ids)
     for handle in handles:
         handle.remove()
@@ -391,14 +438,25 @@ def test_samples_are_the_mean_of_single_sample_runs_with_the_same_noise(site, ap
     assert corruption.noise.shape == (4, 2, 64)
     batches: list[int] = []
     handle = lm.model.register_forward_pre_hook(
-        lambda module, args, kwargs: batches.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+        lambda module, args, kwargs: batches.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
     try:
         trace = causal_trace(lm, ids, corruption, ANSWER, site=site, window=2, approx=approx)
     finally:
         handle.remove()
     assert {batch % 4 for batch in batches if batch > 1} == {0} and max(batches) >= 4  # 1: the clean run
-    singles = [causal_trace(lm, ids, dataclasses.replace(corruption, noise=corruption.noise[i:i + 1]), ANSWER,
-                            site=site, window=2, approx=approx) for i in range(4)]
+    singles = [
+        causal_trace(
+            lm,
+            ids,
+            dataclasses.replace(corruption, noise=corruption.noise[i : i + 1]),
+            ANSWER,
+            site=site,
+            window=2,
+            approx=approx,
+        )
+        for i in range(4)
+    ]
     assert trace.samples == 4 and all(single.samples == 1 for single in singles)
     values = torch.stack([single.values("value") for single in singles])
     effects = torch.stack([single.values() for single in singles])
@@ -432,8 +490,12 @@ def test_subject_noise_std_is_numpys_std_of_the_subjects_token_embeddings(family
     assert subject_std(lm, subjects) == pytest.approx(want, rel=1e-6)
     ids = random_ids(6, seed=1)
     corruption = noise_corruption(lm, ids, (1, 3), seed=4, scale=3.0, samples=2, subjects=subjects)
-    assert corruption.level.to_dict() == {"rule": "subjects", "base_std": pytest.approx(want, rel=1e-6),
-                                          "scale": 3.0, "std": pytest.approx(3 * want, rel=1e-6)}
+    assert corruption.level.to_dict() == {
+        "rule": "subjects",
+        "base_std": pytest.approx(want, rel=1e-6),
+        "scale": 3.0,
+        "std": pytest.approx(3 * want, rel=1e-6),
+    }
     drawn = torch.randn((2, 2, 64), generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(corruption.noise, drawn * float(3 * want), rtol=1e-5, atol=0)
 
@@ -442,8 +504,9 @@ def test_the_subjects_rule_defaults_to_the_shipped_subjects_and_the_output_names
     from layerscope.locations import sample_file
 
     lm = tiny_model("llama")
-    shipped = [json.loads(line)["subject"] for line in sample_file("capitals.jsonl").read_text().splitlines()
-               if line.strip()]
+    shipped = [
+        json.loads(line)["subject"] for line in sample_file("capitals.jsonl").read_text().splitlines() if line.strip()
+    ]
     trace = trace_prompt(lm, "the cat sat on the", subject="cat", noise_std="subjects", samples=2, approx=True)
     assert trace.noise["rule"] == "subjects" and trace.noise["base_std"] == pytest.approx(subject_std(lm, shipped))
     default = trace_prompt(lm, "the cat sat on the", subject="cat", approx=True)
@@ -502,8 +565,25 @@ def test_demo_fact_subject_and_last_position(demo_lm):
 
 def test_cli_json_and_one_line_errors(cli_demo_lm):
     runner = CliRunner()
-    result = runner.invoke(app, ["trace", "-p", "The capital of France is", "--subject", "France", "--answer",
-                                 " Paris", "--site", "mlp", "--window", "5", "--approx", "-f", "json"])
+    result = runner.invoke(
+        app,
+        [
+            "trace",
+            "-p",
+            "The capital of France is",
+            "--subject",
+            "France",
+            "--answer",
+            " Paris",
+            "--site",
+            "mlp",
+            "--window",
+            "5",
+            "--approx",
+            "-f",
+            "json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["method"] == "causal_trace" and data["site"] == "mlp" and data["approx"] is True
@@ -512,8 +592,18 @@ def test_cli_json_and_one_line_errors(cli_demo_lm):
     assert data["metric"] == "prob" and data["samples"] == 10  # ROME's default
     assert data["noise"]["rule"] == "embedding" and data["noise"]["std"] == pytest.approx(3 * data["noise"]["base_std"])
     assert data["clean"]["p_answer"] > data["corrupted"]["p_answer"] and data["corrupted"]["stderr"] > 0
-    bad = runner.invoke(app, ["trace", "-p", "The capital of France is", "--corrupt", "swap",
-                              "--corrupt-prompt", "The capital of the United Kingdom is"])
+    bad = runner.invoke(
+        app,
+        [
+            "trace",
+            "-p",
+            "The capital of France is",
+            "--corrupt",
+            "swap",
+            "--corrupt-prompt",
+            "The capital of the United Kingdom is",
+        ],
+    )
     assert bad.exit_code == 1 and bad.stderr.startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
 
 
@@ -521,15 +611,36 @@ def test_cli_head_site_logit_difference_samples_and_subject_noise(cli_demo_lm, t
     runner = CliRunner()
     subjects = tmp_path / "subjects.txt"
     subjects.write_text("France\nGermany\nthe Eiffel Tower\n")
-    args = ["trace", "-p", "The capital of France is", "--subject", "France", "--answer", " Paris", "--site", "head",
-            "--approx", "--metric", "logit-diff", "--contrast", " Rome", "--samples", "3", "--noise-std", "subjects",
-            "--noise-subjects", str(subjects)]
+    args = [
+        "trace",
+        "-p",
+        "The capital of France is",
+        "--subject",
+        "France",
+        "--answer",
+        " Paris",
+        "--site",
+        "head",
+        "--approx",
+        "--metric",
+        "logit-diff",
+        "--contrast",
+        " Rome",
+        "--samples",
+        "3",
+        "--noise-std",
+        "subjects",
+        "--noise-subjects",
+        str(subjects),
+    ]
     result = runner.invoke(app, [*args, "-f", "json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["layers"][:2] == ["0.0", "0.1"] and len(data["layers"]) == 30 * 9
     assert data["metric"] == "logit-diff" and data["contrast"] == " Rome" and data["samples"] == 3
-    assert data["noise"]["base_std"] == pytest.approx(subject_std(cli_demo_lm, ["France", "Germany", "the Eiffel Tower"]))
+    assert data["noise"]["base_std"] == pytest.approx(
+        subject_std(cli_demo_lm, ["France", "Germany", "the Eiffel Tower"])
+    )
     assert data["clean"]["value"] > data["corrupted"]["value"]
     table = runner.invoke(app, [*args, "--site", "mlp", "--window", "30"])
     assert table.exit_code == 0, table.output
@@ -537,19 +648,37 @@ def test_cli_head_site_logit_difference_samples_and_subject_noise(cli_demo_lm, t
     assert "standard error of each indirect effect over the 3 noise samples" in table.stdout
     csv_rows = runner.invoke(app, [*args, "--site", "mlp", "--window", "30", "-f", "csv"]).stdout.splitlines()
     assert csv_rows[0].split(",")[-4:] == ["value", "indirect_effect", "stderr", "samples"]
-    for wrong, fragment in [(["--metric", "logit-diff"], "needs --contrast"), (["--contrast", " Rome"], "only for it"),
-                            (["--noise-subjects", str(subjects)], "--noise-subjects is for --noise-std subjects"),
-                            (["--corrupt", "swap", "--corrupt-prompt", "The capital of Italy is", "--samples", "2"],
-                             "--samples draws noise"),
-                            (["--metric", "logit-diff", "--contrast", " Paris"], "--contrast is the answer's token")]:
-        bad = runner.invoke(app, ["trace", "-p", "The capital of France is", "--subject", "France", "--answer",
-                                  " Paris", *wrong])
+    for wrong, fragment in [
+        (["--metric", "logit-diff"], "needs --contrast"),
+        (["--contrast", " Rome"], "only for it"),
+        (["--noise-subjects", str(subjects)], "--noise-subjects is for --noise-std subjects"),
+        (
+            ["--corrupt", "swap", "--corrupt-prompt", "The capital of Italy is", "--samples", "2"],
+            "--samples draws noise",
+        ),
+        (["--metric", "logit-diff", "--contrast", " Paris"], "--contrast is the answer's token"),
+    ]:
+        bad = runner.invoke(
+            app, ["trace", "-p", "The capital of France is", "--subject", "France", "--answer", " Paris", *wrong]
+        )
         assert bad.exit_code == 1 and len(bad.stderr.strip().splitlines()) == 1, bad.output
         assert bad.stderr.startswith("error: ") and fragment in bad.stderr, bad.stderr
     no_subject = tmp_path / "prompts.jsonl"
     no_subject.write_text('{"prompt": "The capital of Spain is"}\n')
-    bad = runner.invoke(app, ["trace", "-p", "The capital of France is", "--subject", "France", "--noise-std",
-                              "subjects", "--noise-subjects", str(no_subject)])
+    bad = runner.invoke(
+        app,
+        [
+            "trace",
+            "-p",
+            "The capital of France is",
+            "--subject",
+            "France",
+            "--noise-std",
+            "subjects",
+            "--noise-subjects",
+            str(no_subject),
+        ],
+    )
     assert bad.exit_code == 1 and 'prompt 1 has no "subject"' in bad.stderr
 
 
@@ -558,17 +687,31 @@ def test_demo_attribution_patching_underestimates_a_probability_near_zero_but_no
     exact effects come from one hand-hooked forward; attribution patching misses the probability's by over 20x (the
     corrupted p is near 0, where the softmax is flat) and gets the logit difference's within a factor 2."""
     prompt, answer, contrast = "The capital of France is", " Paris", " Rome"
-    approx = {metric: trace_prompt(demo_lm, prompt, "France", answer, site="mlp", samples=1, approx=True,
-                                   metric=metric, contrast=contrast if metric == "logit-diff" else None)
-              for metric in ("prob", "logit-diff")}
+    approx = {
+        metric: trace_prompt(
+            demo_lm,
+            prompt,
+            "France",
+            answer,
+            site="mlp",
+            samples=1,
+            approx=True,
+            metric=metric,
+            contrast=contrast if metric == "logit-diff" else None,
+        )
+        for metric in ("prob", "logit-diff")
+    }
     ids = demo_lm.encode(prompt)
     corruption = noise_corruption(demo_lm, ids, (3, 4))
     states = clean_states(demo_lm, ids, "mlp")
-    logits = restored_logits(demo_lm, ids, [3], corruption.noise[0], "mlp",
-                             {b: states[b] for b in window_blocks(3, 30, 10)}, 3)
+    logits = restored_logits(
+        demo_lm, ids, [3], corruption.noise[0], "mlp", {b: states[b] for b in window_blocks(3, 30, 10)}, 3
+    )
     paris, rome = (demo_lm.tokenizer(word, add_special_tokens=False).input_ids[0] for word in (answer, contrast))
-    exact = {"prob": torch.softmax(logits, -1)[paris].item() - approx["prob"].corrupted["value"],
-             "logit-diff": (logits[paris] - logits[rome]).item() - approx["logit-diff"].corrupted["value"]}
+    exact = {
+        "prob": torch.softmax(logits, -1)[paris].item() - approx["prob"].corrupted["value"],
+        "logit-diff": (logits[paris] - logits[rome]).item() - approx["logit-diff"].corrupted["value"],
+    }
     estimate = {metric: trace.cells[3][3].indirect_effect for metric, trace in approx.items()}
     assert approx["prob"].corrupted["value"] < 0.01 and exact["prob"] > 0.5
     assert 0 < estimate["prob"] < exact["prob"] / 20

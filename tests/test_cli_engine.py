@@ -83,8 +83,23 @@ def test_run_json_contract():
 
 
 def test_run_table_with_several_interventions():
-    result = invoke("run", "-p", PROMPT, "--swap", "10", "--freeze-from", "25", "--skip-attn-from", "28",
-                    "--mask-heads", "4.2,7.1", "--mask-mode", "uniform", "--max-new-tokens", "3")
+    result = invoke(
+        "run",
+        "-p",
+        PROMPT,
+        "--swap",
+        "10",
+        "--freeze-from",
+        "25",
+        "--skip-attn-from",
+        "28",
+        "--mask-heads",
+        "4.2,7.1",
+        "--mask-mode",
+        "uniform",
+        "--max-new-tokens",
+        "3",
+    )
     assert result.exit_code == 0, result.output
     assert "swap, freeze, skip-attn, mask-heads" in result.stdout and "mean KL" in result.stdout
 
@@ -133,8 +148,13 @@ def test_every_command_shows_the_shared_options_with_their_help():
     """The shared options are declared once (cli/common.py) and still reach every command's --help."""
     import typer.main
 
-    shared = {"--model": "a hub id", "--device": "cuda:N", "--dtype": "float32", "--device-map": "accelerate",
-              "--trust-remote-code": "Off unless asked"}
+    shared = {
+        "--model": "a hub id",
+        "--device": "cuda:N",
+        "--dtype": "float32",
+        "--device-map": "accelerate",
+        "--trust-remote-code": "Off unless asked",
+    }
     for path, _ in [(("tui",), None), *_leaf_commands(typer.main.get_command(app))]:
         text = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "400"}).stdout  # one line per option
         lines = {match[1]: line for line in text.splitlines() if (match := re.match(r"│[\s*]*(--[\w-]+)", line))}

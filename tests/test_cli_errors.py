@@ -44,16 +44,23 @@ def assert_one_error_line(stderr: str, *fragments: str) -> str:
 
 def cli(*args: str | bytes, stdin=None, env: dict | None = None, close: tuple[int, ...] = (), timeout: int = 300):
     """The real command in a child process; `close` names file descriptors closed in the child (0: stdin)."""
+
     def close_streams():
         for fd in close:
             os.close(fd)
 
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     environment = {key: value for key, value in environment.items() if value is not None}
-    return subprocess.run([*COMMAND, *args], input=stdin, capture_output=not close, env=environment,
-                          preexec_fn=close_streams if close else None, timeout=timeout,
-                          stdout=subprocess.PIPE if close and 1 not in close else None,
-                          stderr=subprocess.PIPE if close and 2 not in close else None)
+    return subprocess.run(
+        [*COMMAND, *args],
+        input=stdin,
+        capture_output=not close,
+        env=environment,
+        preexec_fn=close_streams if close else None,
+        timeout=timeout,
+        stdout=subprocess.PIPE if close and 1 not in close else None,
+        stderr=subprocess.PIPE if close and 2 not in close else None,
+    )
 
 
 @pytest.fixture
@@ -73,9 +80,13 @@ def tiny_dir(tmp_path_factory) -> Path:
 
 # Option values: every bounded int, every enum, every int of every command, through the parser.
 
-REQUIRED = {("heads", "activity"): ["--scores", "s.json"], ("heads", "ablate"): ["--scores", "s.json", "--top", "1"],
-            ("tunedlens", "train"): ["--out", "lens-out"], ("tunedlens", "eval"): ["--lens", "lens-in"],
-            ("heads", "pattern"): ["--heads", "0.0"]}
+REQUIRED = {
+    ("heads", "activity"): ["--scores", "s.json"],
+    ("heads", "ablate"): ["--scores", "s.json", "--top", "1"],
+    ("tunedlens", "train"): ["--out", "lens-out"],
+    ("tunedlens", "eval"): ["--lens", "lens-in"],
+    ("heads", "pattern"): ["--heads", "0.0"],
+}
 
 
 def _commands(group, path=()):
@@ -107,26 +118,45 @@ BAD_VALUES = list(_bad_values())
 
 
 def test_the_bad_values_cover_every_command():
-    assert {path for path, _, _ in BAD_VALUES} >= {("lens",), ("run",), ("patchscope",), ("sweep",), ("influence",),
-                                                   ("heads", "retrieval"), ("heads", "induction"),
-                                                   ("heads", "ablate"), ("heads", "activity"), ("heads", "pattern"),
-                                                   ("tunedlens", "train"), ("tui",),
-                                                   *(("reproduce", name) for name in ("stages", "afcl", "shortgpt",
-                                                                                      "retrieval", "rome"))}
+    assert {path for path, _, _ in BAD_VALUES} >= {
+        ("lens",),
+        ("run",),
+        ("patchscope",),
+        ("sweep",),
+        ("influence",),
+        ("heads", "retrieval"),
+        ("heads", "induction"),
+        ("heads", "ablate"),
+        ("heads", "activity"),
+        ("heads", "pattern"),
+        ("tunedlens", "train"),
+        ("tui",),
+        *(("reproduce", name) for name in ("stages", "afcl", "shortgpt", "retrieval", "rome")),
+    }
     assert (("lens",), "--top-k", "0") in BAD_VALUES and (("lens",), "--top-k", "101") in BAD_VALUES
-    assert {(("trace",), "--samples", "0"), (("trace",), "--samples", "1001"), (("trace",), "--metric", "bogus"),
-            (("trace",), "--site", "bogus"), (("trace",), "--noise-std", "bogus")} <= set(BAD_VALUES)
+    assert {
+        (("trace",), "--samples", "0"),
+        (("trace",), "--samples", "1001"),
+        (("trace",), "--metric", "bogus"),
+        (("trace",), "--site", "bogus"),
+        (("trace",), "--noise-std", "bogus"),
+    } <= set(BAD_VALUES)
 
 
-@pytest.mark.parametrize("path, option, value", BAD_VALUES, ids=lambda part: " ".join(part) if isinstance(part, tuple) else part)
+@pytest.mark.parametrize(
+    "path, option, value", BAD_VALUES, ids=lambda part: " ".join(part) if isinstance(part, tuple) else part
+)
 def test_every_bad_option_value_is_one_error_line(path, option, value):
     result = invoke(*path, *REQUIRED.get(path, []), option, value)
     assert result.exit_code == 1
     assert_one_error_line(result.stderr, option, f"layerscope {' '.join(path)} --help")
 
 
-FIGURE_COMMANDS = [path for path, command in _commands(typer.main.get_command(app))
-                   if any(param.opts[0] == "--figure" for param in command.params)]
+FIGURE_COMMANDS = [
+    path
+    for path, command in _commands(typer.main.get_command(app))
+    if any(param.opts[0] == "--figure" for param in command.params)
+]
 
 
 @pytest.mark.parametrize("path", FIGURE_COMMANDS, ids=" ".join)
@@ -134,30 +164,50 @@ def test_a_figure_of_an_unknown_format_or_in_a_missing_folder_is_refused_before_
     """The model does not exist: the error about --figure shows its check came first."""
     base = [*path, *REQUIRED.get(path, []), "--model", str(tmp_path / "no-model")]
     for name in ("figure.jpg", "figure", "-", "figure.png.txt"):
-        assert_one_error_line(invoke(*base, "--figure", str(tmp_path / name) if name != "-" else name).stderr,
-                              "--figure", "its suffix; name a .png, .svg or .pdf file")
+        assert_one_error_line(
+            invoke(*base, "--figure", str(tmp_path / name) if name != "-" else name).stderr,
+            "--figure",
+            "its suffix; name a .png, .svg or .pdf file",
+        )
     missing = tmp_path / "missing" / "figure.png"
-    assert_one_error_line(invoke(*base, "--figure", str(missing)).stderr, f"Cannot write '{missing}'",
-                          "folder does not exist")
+    assert_one_error_line(
+        invoke(*base, "--figure", str(missing)).stderr, f"Cannot write '{missing}'", "folder does not exist"
+    )
     assert sorted(tmp_path.iterdir()) == []
 
 
 def test_the_figure_commands_cover_every_command_that_writes_a_result():
-    assert set(FIGURE_COMMANDS) >= {("lens",), ("run",), ("patchscope",), ("sweep",), ("influence",), ("stages",),
-                                    ("exit",), ("trace",), ("neurons",), ("attribute",), ("tunedlens", "eval"),
-                                    ("heads", "retrieval"), ("heads", "induction"), ("heads", "ablate"),
-                                    ("heads", "activity")}
+    assert set(FIGURE_COMMANDS) >= {
+        ("lens",),
+        ("run",),
+        ("patchscope",),
+        ("sweep",),
+        ("influence",),
+        ("stages",),
+        ("exit",),
+        ("trace",),
+        ("neurons",),
+        ("attribute",),
+        ("tunedlens", "eval"),
+        ("heads", "retrieval"),
+        ("heads", "induction"),
+        ("heads", "ablate"),
+        ("heads", "activity"),
+    }
 
 
 def test_a_figure_without_matplotlib_is_one_line_saying_how_to_install_it(tmp_path):
     """matplotlib blocked in the child, as if the extra were not installed; refused before the model loads."""
-    code = ("import sys; sys.modules['matplotlib'] = None\nfrom layerscope.cli.app import main\n"
-            f"sys.argv = ['layerscope', 'lens', '-p', 'x', '--model', {str(tmp_path / 'no-model')!r}, "
-            f"'--figure', {str(tmp_path / 'grid.png')!r}]\nmain()")
+    code = (
+        "import sys; sys.modules['matplotlib'] = None\nfrom layerscope.cli.app import main\n"
+        f"sys.argv = ['layerscope', 'lens', '-p', 'x', '--model', {str(tmp_path / 'no-model')!r}, "
+        f"'--figure', {str(tmp_path / 'grid.png')!r}]\nmain()"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 1
-    assert_one_error_line(result.stderr, "Figures need matplotlib, which is not installed: "
-                                         "pip install 'layerscope[plot]'")
+    assert_one_error_line(
+        result.stderr, "Figures need matplotlib, which is not installed: pip install 'layerscope[plot]'"
+    )
 
 
 def _number_kind(param) -> type | None:
@@ -165,11 +215,15 @@ def _number_kind(param) -> type | None:
     annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)  # typer 0.29
     if annotation is None:  # older typer: click's own types
         annotation = {"integer": int, "integer range": int, "float": float, "float range": float}.get(
-            getattr(getattr(param, "type", None), "name", ""))
+            getattr(getattr(param, "type", None), "name", "")
+        )
     return annotation if annotation in (int, float) else None
 
 
-NOT_NUMBERS = {float: ["nan", "inf", "-inf", "1e999", "NaN", "infinity"], int: ["99999999999999999999", "-1", "²", "٣", "1_0"]}
+NOT_NUMBERS = {
+    float: ["nan", "inf", "-inf", "1e999", "NaN", "infinity"],
+    int: ["99999999999999999999", "-1", "²", "٣", "1_0"],
+}
 
 
 def _bad_numbers():
@@ -187,15 +241,25 @@ BAD_NUMBERS = list(_bad_numbers())
 
 def test_the_bad_numbers_cover_every_number_option():
     options = {(path, option) for path, option, _ in BAD_NUMBERS}
-    assert {(("trace",), "--noise-scale"), (("tunedlens", "train"), "--lr"), (("trace",), "--seed"),
-            (("trace",), "--samples"),
-            (("run",), "--freeze-from"), (("tunedlens", "eval"), "--tokens"), (("tui",), "--top-k"),
-            (("heads", "induction"), "--seq-len")} <= options
+    assert {
+        (("trace",), "--noise-scale"),
+        (("tunedlens", "train"), "--lr"),
+        (("trace",), "--seed"),
+        (("trace",), "--samples"),
+        (("run",), "--freeze-from"),
+        (("tunedlens", "eval"), "--tokens"),
+        (("tui",), "--top-k"),
+        (("heads", "induction"), "--seq-len"),
+    } <= options
     assert {path for path, _ in options} == {path for path, _ in _commands(typer.main.get_command(app))} - {("stages",)}
 
 
-@pytest.mark.parametrize("path, option, value", BAD_NUMBERS, ids=lambda part: " ".join(part) if isinstance(part, tuple) else part)
-def test_every_number_option_refuses_non_finite_huge_negative_and_odd_digits_before_the_model(tmp_path, path, option, value):
+@pytest.mark.parametrize(
+    "path, option, value", BAD_NUMBERS, ids=lambda part: " ".join(part) if isinstance(part, tuple) else part
+)
+def test_every_number_option_refuses_non_finite_huge_negative_and_odd_digits_before_the_model(
+    tmp_path, path, option, value
+):
     """The model named does not exist: the refusal names the flag, so it came before any loading."""
     result = invoke(*path, *REQUIRED.get(path, []), "--model", str(tmp_path / "no-model"), option, value)
     assert result.exit_code == 1
@@ -215,16 +279,28 @@ TEXT_OPTIONS = list(_text_options())
 
 
 def test_the_text_options_cover_the_prompts_of_every_command():
-    assert {(("trace",), "--corrupt-prompt"), (("trace",), "--subject"), (("trace",), "--contrast"),
-            (("patchscope",), "--target-prompt"),
-            (("sweep",), "--donor-prompt"), (("lens",), "--model"), (("heads", "retrieval"), "--span")} <= set(TEXT_OPTIONS)
+    assert {
+        (("trace",), "--corrupt-prompt"),
+        (("trace",), "--subject"),
+        (("trace",), "--contrast"),
+        (("patchscope",), "--target-prompt"),
+        (("sweep",), "--donor-prompt"),
+        (("lens",), "--model"),
+        (("heads", "retrieval"), "--span"),
+    } <= set(TEXT_OPTIONS)
 
 
-EMPTY_TEXTS = [(path, option, value) for path, option in TEXT_OPTIONS
-               for value in ["", "   "] if not value or option.endswith("prompt")]
+EMPTY_TEXTS = [
+    (path, option, value)
+    for path, option in TEXT_OPTIONS
+    for value in ["", "   "]
+    if not value or option.endswith("prompt")
+]
 
 
-@pytest.mark.parametrize("path, option, value", EMPTY_TEXTS, ids=lambda part: " ".join(part) if isinstance(part, tuple) else repr(part))
+@pytest.mark.parametrize(
+    "path, option, value", EMPTY_TEXTS, ids=lambda part: " ".join(part) if isinstance(part, tuple) else repr(part)
+)
 def test_an_empty_text_option_is_refused_by_its_name_before_the_model(tmp_path, path, option, value):
     """Empty is refused everywhere; only whitespace is refused for prompts (an answer may be a newline)."""
     args = [*path, *REQUIRED.get(path, []), option, value]
@@ -235,48 +311,55 @@ def test_an_empty_text_option_is_refused_by_its_name_before_the_model(tmp_path, 
     assert_one_error_line(result.stderr, f"{option} is empty")
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["trace", "-p", PROMPT, "--noise-scale", "101"], "--noise-scale"),
-    (["patchscope", "-p", PROMPT, "--target-layer", "²"], "--target-layer"),
-    (["patchscope", "-p", PROMPT, "--target-layer", "٣"], "--target-layer"),
-    (["patchscope", "-p", PROMPT, "--target-layer", "99999999999999999999"], "--target-layer"),
-    (["run", "-p", PROMPT, "--drop", "0-99999999999"], "--drop"),
-    (["run", "-p", PROMPT, "--swap", "1-99999999999"], "--swap"),
-    (["run", "-p", PROMPT, "--mask-heads", "٣.1"], "--mask-heads"),
-    (["sweep", "--layers", "0-99999999999"], "--layers"),
-    (["sweep", "--layers", "²"], "--layers"),
-    (["heads", "retrieval", "--lengths", "512-99999999999"], "--lengths"),
-    (["heads", "retrieval", "--depths", "0-101"], "--depths"),
-    (["heads", "ablate", "--scores", "s.json", "--top", "1", "--depths", "0-9999999999"], "--depths"),
-    (["heads", "pattern", "-p", PROMPT, "--heads", "٣.1"], "--heads"),
-    (["heads", "pattern", "-p", PROMPT, "--heads", "3"], "--heads"),
-    (["heads", "pattern", "-p", PROMPT, "--heads", "1.1", "--drop", "0-99999999999"], "--drop"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["trace", "-p", PROMPT, "--noise-scale", "101"], "--noise-scale"),
+        (["patchscope", "-p", PROMPT, "--target-layer", "²"], "--target-layer"),
+        (["patchscope", "-p", PROMPT, "--target-layer", "٣"], "--target-layer"),
+        (["patchscope", "-p", PROMPT, "--target-layer", "99999999999999999999"], "--target-layer"),
+        (["run", "-p", PROMPT, "--drop", "0-99999999999"], "--drop"),
+        (["run", "-p", PROMPT, "--swap", "1-99999999999"], "--swap"),
+        (["run", "-p", PROMPT, "--mask-heads", "٣.1"], "--mask-heads"),
+        (["sweep", "--layers", "0-99999999999"], "--layers"),
+        (["sweep", "--layers", "²"], "--layers"),
+        (["heads", "retrieval", "--lengths", "512-99999999999"], "--lengths"),
+        (["heads", "retrieval", "--depths", "0-101"], "--depths"),
+        (["heads", "ablate", "--scores", "s.json", "--top", "1", "--depths", "0-9999999999"], "--depths"),
+        (["heads", "pattern", "-p", PROMPT, "--heads", "٣.1"], "--heads"),
+        (["heads", "pattern", "-p", PROMPT, "--heads", "3"], "--heads"),
+        (["heads", "pattern", "-p", PROMPT, "--heads", "1.1", "--drop", "0-99999999999"], "--drop"),
+    ],
+)
 def test_number_specs_are_strict_and_bounded_before_the_model(tmp_path, args, fragment):
     result = invoke(*args, "--model", str(tmp_path / "no-model"))
     assert result.exit_code == 1
     assert_one_error_line(result.stderr, fragment)
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["lens", "--top-k", "100000"], "--top-k"),
-    (["lens", "--bogus"], "--bogus"),
-    (["lens", "--prompt"], "--prompt"),
-    (["heads", "ablate", "--top", "3"], "--scores"),
-    (["heads", "ablate", "--scores", "s.json", "--top", "0"], "--top"),
-    (["heads", "ablate", "--scores", "s.json", "--top", "-2"], "--top"),
-    (["heads", "bogus"], "bogus"),
-    (["bogus"], "bogus"),
-    (["--bogus"], "--bogus"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["lens", "--top-k", "100000"], "--top-k"),
+        (["lens", "--bogus"], "--bogus"),
+        (["lens", "--prompt"], "--prompt"),
+        (["heads", "ablate", "--top", "3"], "--scores"),
+        (["heads", "ablate", "--scores", "s.json", "--top", "0"], "--top"),
+        (["heads", "ablate", "--scores", "s.json", "--top", "-2"], "--top"),
+        (["heads", "bogus"], "bogus"),
+        (["bogus"], "bogus"),
+        (["--bogus"], "--bogus"),
+    ],
+)
 def test_usage_mistakes_are_one_error_line(args, fragment):
     result = invoke(*args)
     assert result.exit_code == 1
     assert_one_error_line(result.stderr, fragment)
 
 
-@pytest.mark.parametrize("args", [["--help"], ["lens", "--help"], ["heads", "--help"], ["heads", "ablate", "--help"],
-                                  ["heads"]])
+@pytest.mark.parametrize(
+    "args", [["--help"], ["lens", "--help"], ["heads", "--help"], ["heads", "ablate", "--help"], ["heads"]]
+)
 def test_help_still_works(args):
     result = invoke(*args)
     assert result.exit_code == 0 and "Usage" in result.stdout and not result.stderr
@@ -307,8 +390,12 @@ main()
 def test_a_bug_in_the_engine_shows_its_traceback_not_an_error_line(tiny_dir):
     """Only LayerscopeError and OSError are the user's: a ValueError raised by the engine is a bug, and a
     one-line `error:` would hide where it happened."""
-    result = subprocess.run([sys.executable, "-c", BUGGY_LENS, "lens", "--model", str(tiny_dir), "--prompt", PROMPT],
-                            capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", BUGGY_LENS, "lens", "--model", str(tiny_dir), "--prompt", PROMPT],
+        capture_output=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
     stderr = result.stderr.decode()
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in stderr and "in logit_lens" in stderr
@@ -324,6 +411,7 @@ def test_user_mistakes_and_file_errors_stay_one_line_and_debug_shows_their_trace
 
 
 # Results that are not finite: an error, never an output.
+
 
 def test_non_finite_numbers_are_found_and_named():
     from layerscope.outputs import json_line, non_finite, to_csv, to_json
@@ -366,6 +454,7 @@ def test_a_result_that_is_not_finite_is_an_error_and_writes_nothing(tmp_path, ti
 
 # GGUF files that are not whole.
 
+
 def _small_gguf(path: Path) -> bytes:
     import gguf
     import numpy as np
@@ -382,12 +471,15 @@ def _small_gguf(path: Path) -> bytes:
     return path.read_bytes()
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"GGUF\x03\0\0\0", "is truncated: 8 bytes"),
-    (b"GG", "is truncated: 2 bytes"),
-    (bytes(range(256)) * 4, "is not a GGUF file"),
-    (b"", "is empty"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"GGUF\x03\0\0\0", "is truncated: 8 bytes"),
+        (b"GG", "is truncated: 2 bytes"),
+        (bytes(range(256)) * 4, "is not a GGUF file"),
+        (b"", "is empty"),
+    ],
+)
 def test_broken_gguf_headers_are_named(tmp_path, content, message):
     path = tmp_path / "model.gguf"
     path.write_bytes(content)
@@ -408,6 +500,7 @@ def test_a_gguf_cut_anywhere_is_one_clear_error(tmp_path):
 
 
 # Devices.
+
 
 def _unavailable_devices() -> list[str]:
     devices = [f"cuda:{torch.cuda.device_count()}", "xla", "meta"]
@@ -436,6 +529,7 @@ def test_an_unknown_device_and_device_map_are_refused():
 
 
 # Prompts: closed stdin, bytes that are not UTF-8, control characters.
+
 
 @pytest.mark.parametrize("args", [["tui"], []])
 def test_the_explorer_without_a_terminal_is_one_error_line(args):
@@ -469,9 +563,15 @@ def test_closed_stderr_keeps_progress_out_of_stdout(tmp_path):
 NOT_UTF8 = b"The capital of \xff France is"
 
 
-@pytest.mark.parametrize("args", [["lens", "--prompt", NOT_UTF8], ["run", "--drop", "3", "--prompt", NOT_UTF8],
-                                  ["patchscope", "--prompt", "France", "--target-prompt", b"The \xff x is"],
-                                  ["sweep", "--intervention", "swap-token", "--donor-word", b"It\xe9ly"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["lens", "--prompt", NOT_UTF8],
+        ["run", "--drop", "3", "--prompt", NOT_UTF8],
+        ["patchscope", "--prompt", "France", "--target-prompt", b"The \xff x is"],
+        ["sweep", "--intervention", "swap-token", "--donor-word", b"It\xe9ly"],
+    ],
+)
 def test_argv_bytes_that_are_not_utf8_are_refused_with_the_option_named(args):
     result = cli(*args)
     assert result.returncode == 1
@@ -532,6 +632,7 @@ def test_an_error_that_quotes_input_stays_one_line(tmp_path):
 
 # Model sources: directories that are not whole, unsupported families, hub ids that cannot be fetched.
 
+
 def test_incomplete_directories_say_everything_they_lack(tmp_path, tiny_dir):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -580,16 +681,25 @@ def _cut_in_half(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda d: (d / "config.json").write_text("[1]"), "The config.json of '{d}' is not a JSON object"),
-    (lambda d: (d / "config.json").write_text('"llama"'), "The config.json of '{d}' is not a JSON object"),
-    (lambda d: (d / "config.json").write_text(json.dumps({**json.loads((d / "config.json").read_text()),
-                                                           "num_hidden_layers": "four"})),
-     "does not describe a valid model of its model_type: Validation error for field 'num_hidden_layers'"),
-    (lambda d: _cut_in_half(d / "model.safetensors"), "its safetensors weights cannot be read (Error while deserializing"),
-    (lambda d: (d / "model.safetensors").write_bytes(b""), "its safetensors weights cannot be read"),
-    (lambda d: (d / "tokenizer_config.json").write_text("[1]"), "The tokenizer files of '{d}' cannot be read"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: (d / "config.json").write_text("[1]"), "The config.json of '{d}' is not a JSON object"),
+        (lambda d: (d / "config.json").write_text('"llama"'), "The config.json of '{d}' is not a JSON object"),
+        (
+            lambda d: (d / "config.json").write_text(
+                json.dumps({**json.loads((d / "config.json").read_text()), "num_hidden_layers": "four"})
+            ),
+            "does not describe a valid model of its model_type: Validation error for field 'num_hidden_layers'",
+        ),
+        (
+            lambda d: _cut_in_half(d / "model.safetensors"),
+            "its safetensors weights cannot be read (Error while deserializing",
+        ),
+        (lambda d: (d / "model.safetensors").write_bytes(b""), "its safetensors weights cannot be read"),
+        (lambda d: (d / "tokenizer_config.json").write_text("[1]"), "The tokenizer files of '{d}' cannot be read"),
+    ],
+)
 def test_a_model_folder_file_that_is_damaged_is_one_error_line(tmp_path, tiny_dir, damage, message):
     """A model folder's files are inputs like any other: cut short or of the wrong shape, one line names them."""
     model = tmp_path / "model"
@@ -605,25 +715,40 @@ def test_a_model_folder_file_that_is_damaged_is_one_error_line(tmp_path, tiny_di
 def test_an_uncached_hub_id_offline_fails_at_once_saying_how_to_fetch_it():
     result = cli("lens", "--model", "someone/not-cached-anywhere", "--prompt", PROMPT)
     assert result.returncode == 1
-    assert_one_error_line(result.stderr.decode(), "HF_HUB_OFFLINE", "hf download someone/not-cached-anywhere",
-                          "local directory")
+    assert_one_error_line(
+        result.stderr.decode(), "HF_HUB_OFFLINE", "hf download someone/not-cached-anywhere", "local directory"
+    )
 
 
 def test_an_uncached_hub_id_without_network_fails_at_once():
     """Port 9 on this machine refuses at once: the hub cannot be reached, as with no network."""
-    result = cli("lens", "--model", "someone/not-cached-anywhere", "--prompt", PROMPT,
-                 env={"HF_HUB_OFFLINE": None, "HF_ENDPOINT": "http://127.0.0.1:9", "HTTPS_PROXY": None,
-                      "https_proxy": None, "ALL_PROXY": None, "all_proxy": None})
+    result = cli(
+        "lens",
+        "--model",
+        "someone/not-cached-anywhere",
+        "--prompt",
+        PROMPT,
+        env={
+            "HF_HUB_OFFLINE": None,
+            "HF_ENDPOINT": "http://127.0.0.1:9",
+            "HTTPS_PROXY": None,
+            "https_proxy": None,
+            "ALL_PROXY": None,
+            "all_proxy": None,
+        },
+    )
     assert result.returncode == 1
-    assert_one_error_line(result.stderr.decode(), "http://127.0.0.1:9 cannot be reached",
-                          "hf download someone/not-cached-anywhere")
+    assert_one_error_line(
+        result.stderr.decode(), "http://127.0.0.1:9 cannot be reached", "hf download someone/not-cached-anywhere"
+    )
 
 
 # Counts: heads to mask, tokens to generate.
 
+
 def test_ablation_head_counts_say_what_is_wrong(demo_lm):
-    from layerscope.analyses.head_scores import HeadScores
     from layerscope.analyses.head_ablation import ablation_heads
+    from layerscope.analyses.head_scores import HeadScores
 
     scores = HeadScores.from_matrix(demo_lm, "retrieval", torch.rand(demo_lm.n_blocks, demo_lm.adapter.n_heads))
     for k in (0, -3):
@@ -637,8 +762,8 @@ def test_ablation_head_counts_say_what_is_wrong(demo_lm):
 
 def test_generation_is_bounded_by_the_context_everywhere():
     from layerscope.analyses.compare import greedy_continuation, run_interventions
-    from layerscope.analyses.patchscope import parse_target, patched_rows
     from layerscope.analyses.decoding import answer_steps
+    from layerscope.analyses.patchscope import parse_target, patched_rows
     from layerscope.interventions import DropBlocks
 
     lm = tiny_model("llama")  # a context of 256 tokens
@@ -669,13 +794,26 @@ def test_run_refuses_more_new_tokens_than_the_context_holds(demo_cli):
 
 # Ctrl-C in a jsonl sweep: the printed command resumes it, as printed.
 
+
 @pytest.mark.demo
 def test_the_interrupted_sweep_prints_a_command_that_resumes_it(tmp_path):
     out = tmp_path / "sweep out.jsonl"
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("The capital of France is\nOne, two, three,\nThe cat sat on the\n", encoding="utf-8")
-    args = ["sweep", "--intervention", "drop", "--prompts", str(prompts), "--batch-size", "1", "--format", "jsonl",
-            "--out", str(out), "--no-accuracy"]
+    args = [
+        "sweep",
+        "--intervention",
+        "drop",
+        "--prompts",
+        str(prompts),
+        "--batch-size",
+        "1",
+        "--format",
+        "jsonl",
+        "--out",
+        str(out),
+        "--no-accuracy",
+    ]
     child = subprocess.Popen([*COMMAND, *args], stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     while child.poll() is None and not (out.is_file() and out.stat().st_size):
         time.sleep(0.05)
@@ -686,8 +824,9 @@ def test_the_interrupted_sweep_prints_a_command_that_resumes_it(tmp_path):
     printed = shlex.split(line.split("to continue, run: ", 1)[1])
     assert printed[0] == "layerscope" and printed[-1] == "--resume" and str(out) in printed
     kept = len(out.read_text().splitlines())
-    resumed = subprocess.run([*COMMAND, *printed[1:]], capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                             timeout=600)
+    resumed = subprocess.run(
+        [*COMMAND, *printed[1:]], capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr
     source, *rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert "source" in source and len(rows) + 1 > kept

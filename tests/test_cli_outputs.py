@@ -58,16 +58,29 @@ def commands(group, path: tuple[str, ...] = ()):
 
 COMMANDS = dict(commands(typer.main.get_command(app)))
 MARKS = {path: file_options(command.callback) for path, command in COMMANDS.items()}
-FILE_OUTPUTS = {path: flag for path, marks in MARKS.items() for flag, mark in marks.values()
-                if isinstance(mark, Writes) and not mark.folder and mark.check is None}
+FILE_OUTPUTS = {
+    path: flag
+    for path, marks in MARKS.items()
+    for flag, mark in marks.values()
+    if isinstance(mark, Writes) and not mark.folder and mark.check is None
+}
 """Each command's result file (--out)."""
-FIGURES = {path: flag for path, marks in MARKS.items() for flag, mark in marks.values()
-           if isinstance(mark, Writes) and mark.check is not None}
+FIGURES = {
+    path: flag
+    for path, marks in MARKS.items()
+    for flag, mark in marks.values()
+    if isinstance(mark, Writes) and mark.check is not None
+}
 """Each command's figure file (--figure)."""
 OUTPUT_FILES = [(path, flag) for outputs in (FILE_OUTPUTS, FIGURES) for path, flag in outputs.items()]
 WRITERS = {path for path, marks in MARKS.items() if any(isinstance(mark, Writes) for _, mark in marks.values())}
-READS = [(path, flag) for path, marks in MARKS.items() if path in WRITERS
-         for flag, mark in marks.values() if isinstance(mark, Reads)]
+READS = [
+    (path, flag)
+    for path, marks in MARKS.items()
+    if path in WRITERS
+    for flag, mark in marks.values()
+    if isinstance(mark, Reads)
+]
 
 
 def takes_path(path: tuple[str, ...], name: str) -> bool:
@@ -90,8 +103,15 @@ def test_every_path_option_of_every_command_says_whether_it_is_read_or_written()
         for param in command.params:
             if takes_path(path, param.name) or param.name == "model":
                 assert param.name in MARKS[path], f"{' '.join(path)} {param.opts[0]}"
-    assert set(FILE_OUTPUTS) >= {("lens",), ("run",), ("sweep",), ("trace",), ("tunedlens", "eval"),
-                                 ("heads", "retrieval"), ("heads", "activity")}
+    assert set(FILE_OUTPUTS) >= {
+        ("lens",),
+        ("run",),
+        ("sweep",),
+        ("trace",),
+        ("tunedlens", "eval"),
+        ("heads", "retrieval"),
+        ("heads", "activity"),
+    }
     assert ("tunedlens", "train") not in FILE_OUTPUTS  # its --out is a folder
     assert (("trace",), "--noise-subjects") in READS  # a file read: never an output, shipped default included
 
@@ -146,25 +166,34 @@ def test_no_output_replaces_a_file_read_or_a_file_of_a_folder_read(path, read_fl
 
 
 def shipped_defaults() -> list[tuple[tuple[str, ...], str, str, Path]]:
-    return [(path, flag, out_flag, default) for path, marks in MARKS.items() for flag, mark in marks.values()
-            if isinstance(mark, Reads) for default in mark.defaults for out_path, out_flag in OUTPUT_FILES
-            if out_path == path]
+    return [
+        (path, flag, out_flag, default)
+        for path, marks in MARKS.items()
+        for flag, mark in marks.values()
+        if isinstance(mark, Reads)
+        for default in mark.defaults
+        for out_path, out_flag in OUTPUT_FILES
+        if out_path == path
+    ]
 
 
 @pytest.mark.parametrize("path, flag, out_flag, default", shipped_defaults(), ids=str)
 def test_no_output_replaces_a_shipped_file_read_by_default(path, flag, out_flag, default, tmp_path):
     before = default.read_bytes()
     try:
-        refused(invoke(*path, *required(path, tmp_path / "absent"), "--model", tmp_path / "no-model",
-                       out_flag, default), f"the {flag} file this command reads")
+        refused(
+            invoke(*path, *required(path, tmp_path / "absent"), "--model", tmp_path / "no-model", out_flag, default),
+            f"the {flag} file this command reads",
+        )
     finally:
         if default.read_bytes() != before:
             default.write_bytes(before)
             pytest.fail(f"{default} was replaced")
 
 
-@pytest.mark.parametrize("path, flag", OUTPUT_FILES,
-                         ids=lambda part: " ".join(part) if isinstance(part, tuple) else part)
+@pytest.mark.parametrize(
+    "path, flag", OUTPUT_FILES, ids=lambda part: " ".join(part) if isinstance(part, tuple) else part
+)
 def test_an_output_that_is_a_folder_is_refused_before_the_model_or_any_input(path, flag, tmp_path):
     """The model folder does not exist: the error about --out (--figure) shows the check came first."""
     result = invoke(*path, *required(path, tmp_path / "absent"), "--model", tmp_path / "no-model", flag, tmp_path)
@@ -172,11 +201,13 @@ def test_an_output_that_is_a_folder_is_refused_before_the_model_or_any_input(pat
     assert sorted(tmp_path.iterdir()) == []
 
 
-def test_a_model_folder_and_a_gguf_model_are_inputs(tmp_path, tiny_dir):  # noqa: F811
+def test_a_model_folder_and_a_gguf_model_are_inputs(tmp_path, tiny_dir):
     before = {file.name: file.read_bytes() for file in tiny_dir.iterdir()}
     for name in before:
-        refused(invoke("lens", "--model", tiny_dir, "-p", "the cat", "--out", tiny_dir / name),
-                f"{name} of the --model folder")
+        refused(
+            invoke("lens", "--model", tiny_dir, "-p", "the cat", "--out", tiny_dir / name),
+            f"{name} of the --model folder",
+        )
     assert {file.name: file.read_bytes() for file in tiny_dir.iterdir()} == before
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
@@ -211,28 +242,45 @@ def test_the_demo_and_a_cached_hub_model_are_inputs_too(tmp_path, monkeypatch):
 # --- the tuned lens folder, and the pruned model folder ------------------------------------------------------
 
 
-def test_tunedlens_train_checks_its_folder_before_training(tmp_path, tiny_dir):  # noqa: F811
+def test_tunedlens_train_checks_its_folder_before_training(tmp_path, tiny_dir):
     file = tmp_path / "lens"
     file.write_text("mine")
     refused(invoke("tunedlens", "train", "--model", tmp_path / "no-model", "--out", file), "exists and is not a folder")
     assert file.read_text() == "mine"
     config = (tiny_dir / "config.json").read_bytes()
-    refused(invoke("tunedlens", "train", "--model", tiny_dir, "--out", tiny_dir),
-            "(its config.json) is the config.json of the --model folder")
+    refused(
+        invoke("tunedlens", "train", "--model", tiny_dir, "--out", tiny_dir),
+        "(its config.json) is the config.json of the --model folder",
+    )
     assert (tiny_dir / "config.json").read_bytes() == config
     refused(invoke("tunedlens", "train", "--model", tiny_dir, "--out", "-"), "'-' (standard output) cannot be one")
     calibration = tmp_path / "text"
     calibration.mkdir()
     (calibration / "config.json").write_text("{}")
-    refused(invoke("tunedlens", "train", "--model", tmp_path / "no-model", "--text", calibration / "config.json",
-                   "--out", calibration), "is the --text file this command reads")
+    refused(
+        invoke(
+            "tunedlens",
+            "train",
+            "--model",
+            tmp_path / "no-model",
+            "--text",
+            calibration / "config.json",
+            "--out",
+            calibration,
+        ),
+        "is the --text file this command reads",
+    )
 
 
 def test_influence_save_is_a_new_folder_that_holds_no_other_output(tmp_path):
     save = tmp_path / "pruned"
     save.mkdir()
-    refused(invoke("influence", "--model", tmp_path / "no-model", "--prune", "1", "--save", save,
-                   "--out", save / "bi.json"), "is in the --save folder")
+    refused(
+        invoke(
+            "influence", "--model", tmp_path / "no-model", "--prune", "1", "--save", save, "--out", save / "bi.json"
+        ),
+        "is in the --save folder",
+    )
     (save / "kept").write_text("kept")
     refused(invoke("influence", "--model", tmp_path / "no-model", "--prune", "1", "--save", save), "is not empty")
     file = tmp_path / "file"
@@ -245,7 +293,7 @@ def test_influence_save_is_a_new_folder_that_holds_no_other_output(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def inputs(tiny_dir, tmp_path_factory) -> dict[str, Path]:  # noqa: F811
+def inputs(tiny_dir, tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("inputs")
     lm = load_model(str(tiny_dir), device="cpu")
     (folder / "prompts.txt").write_text("the cat sat on the\none two three four\n")
@@ -271,8 +319,18 @@ RUNS = {  # a quick run of each command that writes a file, on the tiny model
     ("heads", "retrieval"): ["--lengths", "64", "--depths", "50", "--max-new-tokens", "2"],
     ("heads", "activity"): ["--scores", "{scores}", "-p", "the cat sat", "--max-new-tokens", "2"],
     ("heads", "induction"): ["--seq-len", "4", "--samples", "1"],
-    ("heads", "ablate"): ["--scores", "{scores}", "--top", "1", "--lengths", "64", "--depths", "50",
-                          "--max-new-tokens", "2"],
+    ("heads", "ablate"): [
+        "--scores",
+        "{scores}",
+        "--top",
+        "1",
+        "--lengths",
+        "64",
+        "--depths",
+        "50",
+        "--max-new-tokens",
+        "2",
+    ],
     ("heads", "pattern"): ["--heads", "1.1", "-p", "the cat sat", "--drop", "0"],
     **{("reproduce", name): ["--quick"] for name in ("stages", "afcl", "shortgpt", "retrieval", "rome")},
 }
@@ -354,8 +412,10 @@ def test_the_figure_alone_leaves_the_result_on_stdout(inputs, tmp_path):
 
 def test_the_figure_and_the_result_are_two_files(inputs, tmp_path):
     same = tmp_path / "both.svg"
-    refused(invoke(*run_args(("lens",), inputs), "--out", same, "--figure", tmp_path / "." / "both.svg"),
-            "is the --out file too")
+    refused(
+        invoke(*run_args(("lens",), inputs), "--out", same, "--figure", tmp_path / "." / "both.svg"),
+        "is the --out file too",
+    )
     assert not same.exists()
 
 
@@ -382,9 +442,13 @@ def test_a_link_to_an_open_descriptor_appends_to_what_it_names(tmp_path, inputs)
     log = tmp_path / "log.txt"
     log.write_text("earlier line\n")
     with open(log, "ab") as stdout:
-        result = subprocess.run([sys.executable, "-m", "layerscope.cli.app", *run_args(("lens",), inputs),
-                                 "-f", "csv", "--out", str(link)], stdout=stdout, stderr=subprocess.PIPE,
-                                env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+        result = subprocess.run(
+            [sys.executable, "-m", "layerscope.cli.app", *run_args(("lens",), inputs), "-f", "csv", "--out", str(link)],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            timeout=300,
+        )
     assert result.returncode == 0, result.stderr
     assert link.is_symlink()
     lines = log.read_text().splitlines()

@@ -1,5 +1,5 @@
-"""The worked example of a new intervention kind in docs/contributing.md works as written: the one class gives the registry
-entry, the range and conflict checks, a CLI option, a toggle of the explorer and a sweep, all checked here
+"""The worked example of a new intervention kind in docs/contributing.md works as written: the one class gives the
+registry entry, the range and conflict checks, a CLI option, a toggle of the explorer and a sweep, all checked here
 against independent computations."""
 
 import math
@@ -13,8 +13,14 @@ from layerscope.analyses.compare import greedy_continuation
 from layerscope.analyses.sweep import sweep_kinds
 from layerscope.cli.lens import with_intervention_options
 from layerscope.errors import InterventionError, LayerscopeError
-from layerscope.interventions import (REGISTRY, DropBlocks, ModelShape, check_interventions, intervene,
-                                      intervention_class)
+from layerscope.interventions import (
+    REGISTRY,
+    DropBlocks,
+    ModelShape,
+    check_interventions,
+    intervene,
+    intervention_class,
+)
 from layerscope.interventions.core import cli_options, interventions_from_options
 from layerscope.tui.state import Toggles, block_kinds
 from tests.examples import blocks
@@ -56,8 +62,9 @@ def test_it_equals_blocks_run_by_hand(ScaleBlocks):
 
     expected = manual_logits(lm.adapter, ids, run_block=run_block)
     torch.testing.assert_close(_logits(lm, ids, [ScaleBlocks((1, 3))]), expected, rtol=0, atol=1e-5)
-    torch.testing.assert_close(_logits(lm, ids, [ScaleBlocks((2,), 0.0)]), _logits(lm, ids, [DropBlocks((2,))]),
-                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        _logits(lm, ids, [ScaleBlocks((2,), 0.0)]), _logits(lm, ids, [DropBlocks((2,))]), rtol=0, atol=1e-5
+    )
 
 
 def test_every_pass_means_every_generation_step(ScaleBlocks):
@@ -138,8 +145,13 @@ async def test_a_new_grid_method_runs_in_the_explorer(raw_lens, tmp_path):
 
     lm = tiny_model("llama")
     prompt = "the capital of france is"
-    app = LayerscopeApp(lm=lm, prompt=prompt, theme_folders=[SHIPPED_THEMES], keymap_path=tmp_path / "keymap.toml",
-                        continuation_tokens=1)
+    app = LayerscopeApp(
+        lm=lm,
+        prompt=prompt,
+        theme_folders=[SHIPPED_THEMES],
+        keymap_path=tmp_path / "keymap.toml",
+        continuation_tokens=1,
+    )
     assert cycled()[-1] == "raw_lens" and not raw_lens.intervenable
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)

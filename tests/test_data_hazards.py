@@ -18,9 +18,9 @@ from layerscope.analyses.head_scores import HeadScores, load_head_scores
 from layerscope.analyses.influence import MIN_TOKENS, influence
 from layerscope.analyses.lens import lens_grid_rows, lens_states, logit_lens
 from layerscope.analyses.residual import capture_residuals
-from layerscope.outputs import write_atomic
 from layerscope.errors import LayerscopeError
 from layerscope.interventions import DropBlocks
+from layerscope.outputs import write_atomic
 from tests.studies import TINY_TEXT, invoke
 from tests.tiny import random_ids, tiny_model
 
@@ -39,7 +39,7 @@ def one_error_line(result, *fragments: str) -> None:
 
 
 @pytest.fixture
-def sweep_files(tmp_path, tiny_dir):  # noqa: F811
+def sweep_files(tmp_path, tiny_dir):
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"
     a.write_text("\n".join(PROMPTS_A) + "\n")
     b.write_text("\n".join(PROMPTS_B) + "\n")
@@ -64,19 +64,25 @@ def test_sweep_file_starts_with_its_source(sweep_files):
     assert len(source["prompts"]["sha256"]) == 64
 
 
-@pytest.mark.parametrize("change, field", [
-    (["--prompts", "{b}"], "other prompts"),
-    (["--prompts", "{a}", "--layers", "0-1"], "other layers"),
-    (["--prompts", "{a}", "-i", "swap"], "line 2 is not a row of a 'swap' sweep"),
-    (["--prompts", "{a}", "--batch-size", "2"], "other batch_size"),
-])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (["--prompts", "{b}"], "other prompts"),
+        (["--prompts", "{a}", "--layers", "0-1"], "other layers"),
+        (["--prompts", "{a}", "-i", "swap"], "line 2 is not a row of a 'swap' sweep"),
+        (["--prompts", "{a}", "--batch-size", "2"], "other batch_size"),
+    ],
+)
 def test_resume_refuses_a_file_from_another_sweep(sweep_files, change, field):
     a, b, out, base = sweep_files
     assert invoke(*base, "-i", "drop", "--prompts", str(a)).exit_code == 0
     before = interrupted_copy(out, keep=4)
     changed = [part.format(a=a, b=b) for part in change]
-    result = invoke(*base, "-i", "drop", *changed, "--resume") if "-i" not in changed else invoke(
-        *base, *changed, "--resume")
+    result = (
+        invoke(*base, "-i", "drop", *changed, "--resume")
+        if "-i" not in changed
+        else invoke(*base, *changed, "--resume")
+    )
     one_error_line(result, "--resume", field)
     assert out.read_text() == before
 
@@ -128,19 +134,23 @@ def test_a_resumed_row_that_is_not_finite_is_refused_by_its_line(sweep_files):
 
 
 def scores_dict(lm, edit=None) -> dict:
-    data = HeadScores.from_matrix(lm, "retrieval", torch.rand(4, 4, generator=torch.Generator().manual_seed(0)),
-                                  {}).to_dict()
+    data = HeadScores.from_matrix(
+        lm, "retrieval", torch.rand(4, 4, generator=torch.Generator().manual_seed(0)), {}
+    ).to_dict()
     if edit:
         edit(data["heads"])
     return data
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda heads: heads.__delitem__(slice(10, None)), "list 10 of the 16 heads (2.2 is missing)"),
-    (lambda heads: heads.__setitem__(5, dict(heads[4])), "list head 1.0 twice"),
-    (lambda heads: heads[3].__setitem__("score", math.nan), "head 0.3 is nan"),
-    (lambda heads: heads[15].__setitem__("head", 7), "outside their own shape"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda heads: heads.__delitem__(slice(10, None)), "list 10 of the 16 heads (2.2 is missing)"),
+        (lambda heads: heads.__setitem__(5, dict(heads[4])), "list head 1.0 twice"),
+        (lambda heads: heads[3].__setitem__("score", math.nan), "head 0.3 is nan"),
+        (lambda heads: heads[15].__setitem__("head", 7), "outside their own shape"),
+    ],
+)
 def test_incomplete_or_broken_scores_are_refused(tmp_path, edit, message):
     lm = tiny_model("llama")
     path = tmp_path / "scores.json"
@@ -157,34 +167,42 @@ def test_scores_of_another_attention_layout_are_refused(tmp_path):
         load_head_scores(path, tiny_model("llama"))
 
 
-def test_ablate_refuses_a_partial_scores_file(tmp_path, tiny_dir):  # noqa: F811
+def test_ablate_refuses_a_partial_scores_file(tmp_path, tiny_dir):
     data = scores_dict(tiny_model("llama"), lambda heads: heads.__delitem__(slice(7, None)))
     path = tmp_path / "partial.json"
     path.write_text(json.dumps(data))
-    one_error_line(invoke("heads", "ablate", "--model", str(tiny_dir), "--scores", str(path), "--top", "2"),
-                   "list 7 of the 16 heads")
+    one_error_line(
+        invoke("heads", "ablate", "--model", str(tiny_dir), "--scores", str(path), "--top", "2"),
+        "list 7 of the 16 heads",
+    )
 
 
 # --- records read from JSON Lines: every field of its type, the first bad line named, before the model ------
 
 
-GOOD_NEEDLE = {"needle": "The key is under the red mat.", "question": "Where is the key?", "answer": "under the red mat"}
+GOOD_NEEDLE = {
+    "needle": "The key is under the red mat.",
+    "question": "Where is the key?",
+    "answer": "under the red mat",
+}
 
 
-@pytest.mark.parametrize("record, message", [
-    ({**GOOD_NEEDLE, "needle": None}, '"needle" must be text, not null'),
-    ({**GOOD_NEEDLE, "answer": ""}, '"answer" must be text, not ""'),
-    ({**GOOD_NEEDLE, "question": "   "}, '"question" must be text, not "   "'),
-    ({**GOOD_NEEDLE, "answer": 42}, '"answer" must be text, not 42'),
-    ({k: v for k, v in GOOD_NEEDLE.items() if k != "question"}, 'no "question"'),
-    ({**GOOD_NEEDLE, "answr": "x"}, 'unknown "answr"'),
-    ([GOOD_NEEDLE], "expected a JSON object"),
-    ({**GOOD_NEEDLE, "answer": "in the blue box"}, "is not part of its needle"),
-    ('{"needle": "x"', "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({**GOOD_NEEDLE, "needle": None}, '"needle" must be text, not null'),
+        ({**GOOD_NEEDLE, "answer": ""}, '"answer" must be text, not ""'),
+        ({**GOOD_NEEDLE, "question": "   "}, '"question" must be text, not "   "'),
+        ({**GOOD_NEEDLE, "answer": 42}, '"answer" must be text, not 42'),
+        ({k: v for k, v in GOOD_NEEDLE.items() if k != "question"}, 'no "question"'),
+        ({**GOOD_NEEDLE, "answr": "x"}, 'unknown "answr"'),
+        ([GOOD_NEEDLE], "expected a JSON object"),
+        ({**GOOD_NEEDLE, "answer": "in the blue box"}, "is not part of its needle"),
+        ('{"needle": "x"', "not valid JSON"),
+    ],
+)
 @pytest.mark.parametrize("command", [["heads", "retrieval"], ["heads", "ablate", "--scores", "{scores}", "--top", "1"]])
-def test_a_bad_needle_record_is_named_by_its_line_before_the_model(tmp_path, tiny_dir, record, message,  # noqa: F811
-                                                                    command):
+def test_a_bad_needle_record_is_named_by_its_line_before_the_model(tmp_path, tiny_dir, record, message, command):
     lm = tiny_model("llama")
     scores = tmp_path / "scores.json"
     scores.write_text(json.dumps(scores_dict(lm)))
@@ -192,36 +210,63 @@ def test_a_bad_needle_record_is_named_by_its_line_before_the_model(tmp_path, tin
     line = record if isinstance(record, str) else json.dumps(record)
     needles.write_text(f"{json.dumps(GOOD_NEEDLE)}\n# a comment\n\n{line}\n")
     args = [a.format(scores=scores) for a in command]
-    one_error_line(invoke(*args, "--needles", str(needles), "--model", str(tmp_path / "no-model")),
-                   f"Needles file '{needles}' line 4: ", message)
+    one_error_line(
+        invoke(*args, "--needles", str(needles), "--model", str(tmp_path / "no-model")),
+        f"Needles file '{needles}' line 4: ",
+        message,
+    )
 
 
-@pytest.mark.parametrize("record, message", [
-    ({"prompt": "The capital of France is", "answer": None}, '"answer" must be text, not null'),
-    ({"prompt": 3}, '"prompt" must be text, not 3'),
-    ({"promt": "x"}, 'no "prompt"'),
-    ({"prompt": "x", "answr": "y"}, 'unknown "answr"'),
-])
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"prompt": "The capital of France is", "answer": None}, '"answer" must be text, not null'),
+        ({"prompt": 3}, '"prompt" must be text, not 3'),
+        ({"promt": "x"}, 'no "prompt"'),
+        ({"prompt": "x", "answr": "y"}, 'unknown "answr"'),
+    ],
+)
 @pytest.mark.parametrize("command", [["sweep"], ["stages"], ["sweep", "-i", "swap-token"]])
 def test_a_bad_prompt_record_is_named_by_its_line_before_the_model(tmp_path, record, message, command):
     prompts = tmp_path / "capitals.jsonl"
-    prompts.write_text(json.dumps({"prompt": "The capital of Italy is", "answer": "Rome", "subject": "Italy"}) + "\n"
-                       + json.dumps(record) + "\n")
-    one_error_line(invoke(*command, "--prompts", str(prompts), "--model", str(tmp_path / "no-model")),
-                   f"'{prompts}' line 2: ", message)
+    prompts.write_text(
+        json.dumps({"prompt": "The capital of Italy is", "answer": "Rome", "subject": "Italy"})
+        + "\n"
+        + json.dumps(record)
+        + "\n"
+    )
+    one_error_line(
+        invoke(*command, "--prompts", str(prompts), "--model", str(tmp_path / "no-model")),
+        f"'{prompts}' line 2: ",
+        message,
+    )
 
 
-def test_scores_of_another_kind_are_not_read_as_retrieval_heads(tmp_path, tiny_dir):  # noqa: F811
+def test_scores_of_another_kind_are_not_read_as_retrieval_heads(tmp_path, tiny_dir):
     """An induction scores file (which `heads induction --format json` writes, its previous-token scores inside)
     is not a list of retrieval heads."""
     lm = load_model_dir(tiny_dir)
     induction = tmp_path / "induction.json"
-    result = invoke("heads", "induction", "--model", str(tiny_dir), "--seq-len", "4", "--samples", "1",
-                    "--format", "json", "--out", str(induction))
+    result = invoke(
+        "heads",
+        "induction",
+        "--model",
+        str(tiny_dir),
+        "--seq-len",
+        "4",
+        "--samples",
+        "1",
+        "--format",
+        "json",
+        "--out",
+        str(induction),
+    )
     assert result.exit_code == 0, result.output
     for command in (["heads", "activity", "-p", "the cat"], ["heads", "ablate", "--top", "1"]):
-        one_error_line(invoke(*command, "--scores", str(induction), "--model", str(tmp_path / "no-model")),
-                       f"'{induction}' holds induction scores, not retrieval scores")
+        one_error_line(
+            invoke(*command, "--scores", str(induction), "--model", str(tmp_path / "no-model")),
+            f"'{induction}' holds induction scores, not retrieval scores",
+        )
     assert load_head_scores(induction, lm).kind == "induction"  # the explorer shows any kind
     old = {k: v for k, v in json.loads(induction.read_text()).items() if k != "kind"}
     induction.write_text(json.dumps(old))
@@ -238,8 +283,13 @@ def load_model_dir(directory):
 def test_scores_of_another_model_of_the_same_shape_are_refused(tmp_path):
     lm = tiny_model("llama")
     path = tmp_path / "scores.json"
-    for name, fits in [("tiny-llama", True), ("org/tiny-llama", True), ("/models/tiny-llama/", True),
-                       ("tiny-llama-instruct", False), ("SmolLM2-135M", False)]:
+    for name, fits in [
+        ("tiny-llama", True),
+        ("org/tiny-llama", True),
+        ("/models/tiny-llama/", True),
+        ("tiny-llama-instruct", False),
+        ("SmolLM2-135M", False),
+    ]:
         path.write_text(json.dumps({**scores_dict(lm), "model": name}))
         if fits:
             assert load_head_scores(path, lm).model == name
@@ -248,16 +298,19 @@ def test_scores_of_another_model_of_the_same_shape_are_refused(tmp_path):
                 load_head_scores(path, lm)
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda data: data.update(n_blocks="4"), '"n_blocks" is "4", not a whole number'),
-    (lambda data: data.update(n_blocks=True), '"n_blocks" is true, not a whole number'),
-    (lambda data: data.update(model=None), '"model" is null, not text'),
-    (lambda data: data.update(kind="retreival"), 'Unknown head score kind "retreival"'),
-    (lambda data: data["heads"][2].update(score="0.5"), 'a head\'s "score" is "0.5", not a number'),
-    (lambda data: data["heads"][2].update(layer=1.5), 'a head\'s "layer" is 1.5, not a whole number'),
-    (lambda data: data.update(meta=[1]), '"meta" is not an object'),
-    (lambda data: data.update(heads={}), '"heads" is {}, not a list'),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda data: data.update(n_blocks="4"), '"n_blocks" is "4", not a whole number'),
+        (lambda data: data.update(n_blocks=True), '"n_blocks" is true, not a whole number'),
+        (lambda data: data.update(model=None), '"model" is null, not text'),
+        (lambda data: data.update(kind="retreival"), 'Unknown head score kind "retreival"'),
+        (lambda data: data["heads"][2].update(score="0.5"), 'a head\'s "score" is "0.5", not a number'),
+        (lambda data: data["heads"][2].update(layer=1.5), 'a head\'s "layer" is 1.5, not a whole number'),
+        (lambda data: data.update(meta=[1]), '"meta" is not an object'),
+        (lambda data: data.update(heads={}), '"heads" is {}, not a list'),
+    ],
+)
 def test_scores_fields_of_the_wrong_type_are_named(tmp_path, edit, message):
     data = scores_dict(tiny_model("llama"))
     edit(data)
@@ -273,8 +326,12 @@ def test_scores_fields_of_the_wrong_type_are_named(tmp_path, edit, message):
 def same_file_ways(tmp_path: Path, target: Path) -> dict[str, Path]:
     os.symlink(target, tmp_path / "link")
     os.link(target, tmp_path / "hard")
-    return {"same": target, "dotted": tmp_path / "." / target.name, "symlink": tmp_path / "link",
-            "hard link": tmp_path / "hard"}
+    return {
+        "same": target,
+        "dotted": tmp_path / "." / target.name,
+        "symlink": tmp_path / "link",
+        "hard link": tmp_path / "hard",
+    }
 
 
 COMMANDS = {
@@ -343,22 +400,37 @@ def test_write_atomic_follows_the_umask_and_keeps_a_mode(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_cli_out_and_sweep_jsonl_follow_the_umask(tmp_path, tiny_dir, umask_022):  # noqa: F811
+def test_cli_out_and_sweep_jsonl_follow_the_umask(tmp_path, tiny_dir, umask_022):
     lens_out, sweep_out = tmp_path / "grid.csv", tmp_path / "rows.jsonl"
     assert invoke("lens", "--model", str(tiny_dir), "-p", "the cat", "-f", "csv", "--out", str(lens_out)).exit_code == 0
     prompts = tmp_path / "p.txt"
     prompts.write_text("the cat sat\n")
-    assert invoke("sweep", "--model", str(tiny_dir), "--prompts", str(prompts), "-f", "jsonl",
-                  "--out", str(sweep_out)).exit_code == 0
+    assert (
+        invoke(
+            "sweep", "--model", str(tiny_dir), "--prompts", str(prompts), "-f", "jsonl", "--out", str(sweep_out)
+        ).exit_code
+        == 0
+    )
     assert mode(lens_out) == mode(sweep_out) == 0o644
 
 
-def test_influence_save_follows_the_umask(tmp_path, tiny_dir, umask_022):  # noqa: F811
+def test_influence_save_follows_the_umask(tmp_path, tiny_dir, umask_022):
     text = tmp_path / "t.txt"
     text.write_text(TINY_TEXT)
     save = tmp_path / "pruned"
-    result = invoke("influence", "--model", str(tiny_dir), "--text", str(text), "--eval-text", str(text),
-                    "--prune", "1", "--save", str(save))
+    result = invoke(
+        "influence",
+        "--model",
+        str(tiny_dir),
+        "--text",
+        str(text),
+        "--eval-text",
+        str(text),
+        "--prune",
+        "1",
+        "--save",
+        str(save),
+    )
     assert result.exit_code == 0, result.output
     assert mode(save) == 0o755 and {mode(p) for p in save.iterdir()} == {0o644}
 
@@ -486,7 +558,7 @@ def test_rows_stream_one_by_one_while_the_final_row_fits(monkeypatch):
 # --- influence says when it rests on too few tokens ------------------------------------------------------
 
 
-def test_influence_warns_with_the_token_count(tmp_path, tiny_dir):  # noqa: F811
+def test_influence_warns_with_the_token_count(tmp_path, tiny_dir):
     lm = tiny_model("llama")
     report = influence(lm, "the cat sat")
     assert report.calibration_tokens == 3

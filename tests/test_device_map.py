@@ -14,19 +14,27 @@ from transformers import AutoModelForCausalLM
 from layerscope.analyses.compare import greedy_continuation
 from layerscope.analyses.influence import influence
 from layerscope.analyses.lens import lens_logits
+from layerscope.analyses.needles import Needle, build_tests
 from layerscope.analyses.patchscope import parse_target, run_patchscope
 from layerscope.analyses.prompt_sets import PromptItem
-from layerscope.analyses.needles import Needle, build_tests
 from layerscope.analyses.retrieval import run_test
 from layerscope.analyses.stages import stage_map
 from layerscope.analyses.sweep import sweep, sweep_kinds
-from layerscope.interventions import (DropBlocks, FreezeFrom, MaskHeads, RandomizeAt, SkipAttention, SwapBlocks)
+from layerscope.interventions import DropBlocks, FreezeFrom, MaskHeads, RandomizeAt, SkipAttention, SwapBlocks
 from layerscope.models.adapter import ModelAdapter
 from layerscope.models.loading import LoadedModel, load_model
 from tests.tiny import tiny_model
 
-SPLIT = {"model.embed_tokens": "disk", "model.rotary_emb": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
-         "model.layers.2": "cpu", "model.layers.3": "disk", "model.norm": "disk", "lm_head": "disk"}
+SPLIT = {
+    "model.embed_tokens": "disk",
+    "model.rotary_emb": "cpu",
+    "model.layers.0": "cpu",
+    "model.layers.1": "disk",
+    "model.layers.2": "cpu",
+    "model.layers.3": "disk",
+    "model.norm": "disk",
+    "lm_head": "disk",
+}
 PROMPTS = [PromptItem("the cat sat on the mat and the dog ran"), PromptItem("the capital of france is paris")]
 TOLERANCE = dict(rtol=1e-4, atol=1e-5)
 
@@ -38,8 +46,9 @@ def models(tmp_path_factory):
     plain = tiny_model("llama")
     plain.model.save_pretrained(folder / "model")
     plain.tokenizer.save_pretrained(folder / "model")
-    model = AutoModelForCausalLM.from_pretrained(folder / "model", device_map=SPLIT, offload_folder=folder / "offload",
-                                                 dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        folder / "model", device_map=SPLIT, offload_folder=folder / "offload", dtype=torch.float32
+    ).eval()
     assert model.model.layers[1].mlp.up_proj.weight.device.type == "meta"  # really offloaded
     return plain, LoadedModel("split", model, plain.tokenizer, ModelAdapter(model))
 
@@ -78,8 +87,10 @@ def test_interventions_match_the_unsplit_model(models, name):
     _, untouched = lens_logits(plain, ids)
     assert not torch.allclose(final, untouched)  # the intervention does something here
     torch.testing.assert_close(split_final, final, **TOLERANCE)
-    assert (greedy_continuation(split, ids, 4, INTERVENTIONS[name]).token_ids
-            == greedy_continuation(plain, ids, 4, INTERVENTIONS[name]).token_ids)
+    assert (
+        greedy_continuation(split, ids, 4, INTERVENTIONS[name]).token_ids
+        == greedy_continuation(plain, ids, 4, INTERVENTIONS[name]).token_ids
+    )
 
 
 def _close_rows(rows, expected) -> None:
@@ -93,8 +104,9 @@ def _close_rows(rows, expected) -> None:
 @pytest.mark.parametrize("kind", sweep_kinds())
 def test_sweeps_match_the_unsplit_model(models, kind):
     plain, split = models
-    _close_rows(list(sweep(split, PROMPTS, kind, seed=1, batch_size=3)),
-                list(sweep(plain, PROMPTS, kind, seed=1, batch_size=3)))
+    _close_rows(
+        list(sweep(split, PROMPTS, kind, seed=1, batch_size=3)), list(sweep(plain, PROMPTS, kind, seed=1, batch_size=3))
+    )
 
 
 def test_influence_stages_patchscope_and_retrieval_match_the_unsplit_model(models):
@@ -110,8 +122,9 @@ def test_influence_stages_patchscope_and_retrieval_match_the_unsplit_model(model
     report = run_patchscope(plain, ids, parse_target(plain), None, 3, 2)
     split_report = run_patchscope(split, ids, parse_target(split), None, 3, 2)
     assert split_report.precision.patchscope == report.precision.patchscope
-    assert [[c.top[0].id for c in row] for row in split_report.grid.cells] == \
-        [[c.top[0].id for c in row] for row in report.grid.cells]
+    assert [[c.top[0].id for c in row] for row in split_report.grid.cells] == [
+        [c.top[0].id for c in row] for row in report.grid.cells
+    ]
     needle = Needle("the red cat is in paris", "where is the red cat", "paris")
     test = build_tests(plain, " ".join(p.text for p in PROMPTS * 4), [needle], [20], [50])[0]
     assert run_test(split, test, 4) == run_test(plain, test, 4)

@@ -24,8 +24,15 @@ from tests.tolerance import kl_atol, model_delta
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch has no torch.distributed")
 
 ROOT = Path(__file__).resolve().parents[1]
-PROMPTS = ["the cat sat on the mat", "a dog ran to the park", "the capital of france is paris", "one two three four",
-           "red blue green", "the city is big and the park is small", "six seven eight nine ten"]
+PROMPTS = [
+    "the cat sat on the mat",
+    "a dog ran to the park",
+    "the capital of france is paris",
+    "one two three four",
+    "red blue green",
+    "the city is big and the park is small",
+    "six seven eight nine ten",
+]
 NEEDLE = {"needle": "the red cat is in paris", "question": "where is the red cat", "answer": "paris"}
 HAYSTACK = " ".join(["the dog ran to the park and sat on a mat", "one two three big city"] * 6)
 
@@ -52,6 +59,7 @@ this tiny model, whose values are of order 1; `kl_atol` bounds the widest of the
 def assert_same_up_to_rounding(got: str, expected: str) -> None:
     """The same JSON document or JSONL lines: equal keys in equal order, equal texts, ints and flags; floats
     within TOLERANCE."""
+
     def same(a: object, b: object, where: str) -> None:
         if isinstance(b, float) and isinstance(a, (int, float)) and not isinstance(a, bool):
             assert abs(a - b) <= TOLERANCE * max(1.0, abs(b)), f"{where}: {a} != {b}"
@@ -80,16 +88,35 @@ def launch(arguments: list[str], processes: int, cwd: Path) -> subprocess.Comple
     with 1 thread per process (what torchrun sets by default)."""
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
     command = (torchrun if processes > 1 else [sys.executable]) + arguments
-    environment = {**os.environ, "OMP_NUM_THREADS": "1" if processes > 1 else "2", "HF_HUB_OFFLINE": "1",
-                   "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    environment = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1" if processes > 1 else "2",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     done = subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
 
 def sweep_arguments(inputs: Path, out: str) -> list[str]:
-    return ["-m", "layerscope", "sweep", "--model", str(inputs / "model"), "--prompts", str(inputs / "prompts.txt"),
-            "--intervention", "drop", "--device", "cpu", "--format", "jsonl", "--out", out]
+    return [
+        "-m",
+        "layerscope",
+        "sweep",
+        "--model",
+        str(inputs / "model"),
+        "--prompts",
+        str(inputs / "prompts.txt"),
+        "--intervention",
+        "drop",
+        "--device",
+        "cpu",
+        "--format",
+        "jsonl",
+        "--out",
+        out,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +136,9 @@ def test_sweep_under_torchrun_writes_the_single_process_file(inputs, single, tmp
 
 def test_resume_of_a_sharded_sweep(inputs, single, tmp_path):
     lines = single.splitlines(keepends=True)
-    (tmp_path / "cut.jsonl").write_bytes(b"".join(lines[:9]) + lines[9][:20])  # the source, 8 rows, then a half-written one
+    (tmp_path / "cut.jsonl").write_bytes(
+        b"".join(lines[:9]) + lines[9][:20]
+    )  # the source, 8 rows, then a half-written one
     launch(sweep_arguments(inputs, "cut.jsonl") + ["--resume"], 2, tmp_path)
     resumed = (tmp_path / "cut.jsonl").read_bytes()
     assert resumed.startswith(b"".join(lines[:9]))  # the finished rows are kept as they were
@@ -118,18 +147,67 @@ def test_resume_of_a_sharded_sweep(inputs, single, tmp_path):
 
 STUDIES = {
     "stages": lambda i: ["stages", "--prompts", str(i / "prompts.txt")],
-    "influence": lambda i: ["influence", "--text", str(i / "text.txt"), "--eval-text", str(i / "text.txt"),
-                            "--window", "9", "--prune", "1"],
-    "retrieval": lambda i: ["heads", "retrieval", "--haystack", str(i / "haystack.txt"),
-                            "--needles", str(i / "needles.jsonl"), "--lengths", "10,30", "--depths", "0,50,100",
-                            "--max-new-tokens", "4"],
+    "influence": lambda i: [
+        "influence",
+        "--text",
+        str(i / "text.txt"),
+        "--eval-text",
+        str(i / "text.txt"),
+        "--window",
+        "9",
+        "--prune",
+        "1",
+    ],
+    "retrieval": lambda i: [
+        "heads",
+        "retrieval",
+        "--haystack",
+        str(i / "haystack.txt"),
+        "--needles",
+        str(i / "needles.jsonl"),
+        "--lengths",
+        "10,30",
+        "--depths",
+        "0,50,100",
+        "--max-new-tokens",
+        "4",
+    ],
     "induction": lambda i: ["heads", "induction", "--seq-len", "6", "--samples", "5"],
-    "ablate": lambda i: ["heads", "ablate", "--scores", str(i / "retrieval.json"), "--top", "2", "--haystack",
-                         str(i / "haystack.txt"), "--needles", str(i / "needles.jsonl"), "--lengths", "10,30",
-                         "--depths", "0,100", "--max-new-tokens", "4"],
-    "swap-token": lambda i: ["sweep", "--intervention", "swap-token", "--prompts", str(i / "capitals.jsonl"),
-                             "--donor-prompt", "the city rome", "--donor-word", "rome", "--donor-answer", "rome",
-                             "--max-new-tokens", "2", "--format", "jsonl"],
+    "ablate": lambda i: [
+        "heads",
+        "ablate",
+        "--scores",
+        str(i / "retrieval.json"),
+        "--top",
+        "2",
+        "--haystack",
+        str(i / "haystack.txt"),
+        "--needles",
+        str(i / "needles.jsonl"),
+        "--lengths",
+        "10,30",
+        "--depths",
+        "0,100",
+        "--max-new-tokens",
+        "4",
+    ],
+    "swap-token": lambda i: [
+        "sweep",
+        "--intervention",
+        "swap-token",
+        "--prompts",
+        str(i / "capitals.jsonl"),
+        "--donor-prompt",
+        "the city rome",
+        "--donor-word",
+        "rome",
+        "--donor-answer",
+        "rome",
+        "--max-new-tokens",
+        "2",
+        "--format",
+        "jsonl",
+    ],
 }
 
 
@@ -140,15 +218,17 @@ def run_studies(model: str, folder: str) -> None:
     inputs = Path(folder)
     for name, arguments in STUDIES.items():
         arguments = arguments(inputs)
-        arguments += ([] if "--format" in arguments else ["--format", "json"])
+        arguments += [] if "--format" in arguments else ["--format", "json"]
         arguments += ["--model", model, "--device", "cpu", "--out", str(inputs / f"{name}.json")]
         assert app(arguments, standalone_mode=False) in (None, 0), f"{name} failed"
 
 
 def test_other_studies_under_torchrun_write_the_single_process_files(inputs, tmp_path):
-    capitals = [{"prompt": "the capital of france is", "answer": "paris", "subject": "france"},
-                {"prompt": "the big city of italy is", "answer": "rome", "subject": "italy"},
-                {"prompt": "a small city of france is", "answer": "paris", "subject": "france"}]
+    capitals = [
+        {"prompt": "the capital of france is", "answer": "paris", "subject": "france"},
+        {"prompt": "the big city of italy is", "answer": "rome", "subject": "italy"},
+        {"prompt": "a small city of france is", "answer": "paris", "subject": "france"},
+    ]
     outputs = {}
     for processes in (1, 2):
         folder = tmp_path / str(processes)
@@ -156,7 +236,9 @@ def test_other_studies_under_torchrun_write_the_single_process_files(inputs, tmp
         (folder / "capitals.jsonl").write_text("".join(json.dumps(c) + "\n" for c in capitals), encoding="utf-8")
         for name in ("prompts.txt", "text.txt", "needles.jsonl", "haystack.txt"):
             (folder / name).write_bytes((inputs / name).read_bytes())
-        script = f"from tests.test_distributed import run_studies; run_studies({str(inputs / 'model')!r}, {str(folder)!r})"
+        script = (
+            f"from tests.test_distributed import run_studies; run_studies({str(inputs / 'model')!r}, {str(folder)!r})"
+        )
         launch(["-c", script] if processes == 1 else ["--no-python", sys.executable, "-c", script], processes, ROOT)
         outputs[processes] = {name: (folder / f"{name}.json").read_text(encoding="utf-8") for name in STUDIES}
     for name in STUDIES:

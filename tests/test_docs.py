@@ -20,9 +20,24 @@ from tests.examples import ROOT, blocks, read, run_python, run_transcript, secti
 def build(root: Path, site: Path) -> subprocess.CompletedProcess:
     """mkdocs run from `root` (snippets and mkdocstrings read paths from there), offline."""
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file",
-                           str(root / "mkdocs.yml"), "--site-dir", str(site)],
-                          cwd=root, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "--config-file",
+            str(root / "mkdocs.yml"),
+            "--site-dir",
+            str(site),
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_site_builds_strict(tmp_path):
@@ -65,13 +80,15 @@ def test_python_api_guide_runs(demo_lm):
     assert "torch.Size([2, 5, 576]) torch.Size([2, 5])" in printed
 
 
-
-@pytest.mark.parametrize(("page", "heading"), [
-    ("docs/cli/lens-run.md", "## `layerscope lens`: the logit lens"),
-    ("docs/cli/lens-run.md", "## `layerscope run`: interventions, compared with the baseline"),
-    ("docs/cli/neurons-attribute.md", "## `layerscope attribute`: direct logit attribution"),
-    ("docs/cli/trace.md", "# trace: causal tracing (activation patching)"),
-])
+@pytest.mark.parametrize(
+    ("page", "heading"),
+    [
+        ("docs/cli/lens-run.md", "## `layerscope lens`: the logit lens"),
+        ("docs/cli/lens-run.md", "## `layerscope run`: interventions, compared with the baseline"),
+        ("docs/cli/neurons-attribute.md", "## `layerscope attribute`: direct logit attribution"),
+        ("docs/cli/trace.md", "# trace: causal tracing (activation patching)"),
+    ],
+)
 def test_cli_transcripts(page, heading, cli_demo_lm):
     """The command pages' transcripts of quick commands on the demo model are what the commands print."""
     (transcript,) = blocks(page, heading, "console")

@@ -48,18 +48,20 @@ def test_on_lens_grids_the_oracle_never_changes_the_token():
     result = early_exit(grids, [1.0])
     for grid, rows in zip(grids, result.stays_from):
         for position, row in enumerate(rows):
-            assert all(grid.top1(r, position).id == grid.top1(lm.n_blocks, position).id
-                       for r in range(row, lm.n_blocks + 1))
+            assert all(
+                grid.top1(r, position).id == grid.top1(lm.n_blocks, position).id for r in range(row, lm.n_blocks + 1)
+            )
             assert row == 0 or grid.top1(row - 1, position).id != grid.top1(lm.n_blocks, position).id
     skipped = [lm.n_blocks - row for rows in result.stays_from for row in rows]
     assert result.oracle_mean_blocks_skipped == pytest.approx(sum(skipped) / len(skipped))
 
 
-def test_the_command(tiny_dir, tmp_path):  # noqa: F811
+def test_the_command(tiny_dir, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("the cat sat on the\none two three four\n")
-    result = invoke("exit", "--model", str(tiny_dir), "--prompts", str(prompts), "--thresholds", "0.5,0.9",
-                    "-f", "json")
+    result = invoke(
+        "exit", "--model", str(tiny_dir), "--prompts", str(prompts), "--thresholds", "0.5,0.9", "-f", "json"
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert [t["threshold"] for t in data["thresholds"]] == [0.5, 0.9] and data["positions"] == 9

@@ -19,17 +19,21 @@ def engine_modules() -> list[str]:
 
 
 def test_engine_imports_neither_textual_nor_rich_nor_matplotlib():
-    code = ("import importlib, sys\n"
-            f"for name in {engine_modules()!r}: importlib.import_module(name)\n"
-            "leaks = sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'rich', 'matplotlib'))\n"
-            "print(','.join(leaks))")
+    code = (
+        "import importlib, sys\n"
+        f"for name in {engine_modules()!r}: importlib.import_module(name)\n"
+        "leaks = sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'rich', 'matplotlib'))\n"
+        "print(','.join(leaks))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
 
 
 def test_package_import_is_light():
-    code = ("import sys, layerscope, layerscope.cli.app; "
-            "print(','.join(m for m in ('torch', 'transformers', 'matplotlib') if m in sys.modules))")
+    code = (
+        "import sys, layerscope, layerscope.cli.app; "
+        "print(','.join(m for m in ('torch', 'transformers', 'matplotlib') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
 

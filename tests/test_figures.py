@@ -16,6 +16,8 @@ from layerscope.analyses.attribution import logit_attribution
 from layerscope.analyses.causal_trace import trace_prompt
 from layerscope.analyses.compare import run_interventions
 from layerscope.analyses.early_exit import early_exit
+from layerscope.analyses.head_ablation import AblationReport
+from layerscope.analyses.head_activity import ActivityStep, HeadActivity
 from layerscope.analyses.head_pattern import attention_pattern
 from layerscope.analyses.head_scores import HeadScore, HeadScores
 from layerscope.analyses.induction import induction_scores
@@ -24,8 +26,6 @@ from layerscope.analyses.lens import logit_lens
 from layerscope.analyses.neurons import neuron_census
 from layerscope.analyses.patchscope import parse_target, run_patchscope
 from layerscope.analyses.prompt_sets import PromptItem
-from layerscope.analyses.head_ablation import AblationReport
-from layerscope.analyses.head_activity import ActivityStep, HeadActivity
 from layerscope.analyses.stages import stage_map
 from layerscope.analyses.sweep import sweep
 from layerscope.analyses.tuned_lens import TunedLens, compare_lenses
@@ -125,8 +125,10 @@ def test_tokens_show_their_whitespace_as_the_explorer_grid_does(results):
 def test_the_intervention_figure_shows_both_grids_the_kl_and_the_interventions(results, lm):
     report = results["intervention"]
     figure = report.plot()
-    baseline, intervened, comparison = (next(a for a in figure.axes if a.get_title() == t or a.get_label() == t)
-                                        for t in ("baseline", "intervened", "comparison"))
+    baseline, intervened, comparison = (
+        next(a for a in figure.axes if a.get_title() == t or a.get_label() == t)
+        for t in ("baseline", "intervened", "comparison")
+    )
     for axes, grid in ((baseline, report.baseline), (intervened, report.intervened)):
         np.testing.assert_array_equal(axes.images[0].get_array(), [[c.top[0].prob for c in r] for r in grid.cells])
     assert bar_heights(comparison) == [p.kl for p in report.comparison.positions]
@@ -141,8 +143,9 @@ def test_the_intervention_figure_shows_both_grids_the_kl_and_the_interventions(r
 def test_the_patchscope_figure_has_its_grid_and_precision_per_row(results):
     report = results["patchscope"]
     figure = report.plot()
-    np.testing.assert_array_equal(figure.axes[0].images[0].get_array(),
-                                  [[c.top[0].prob for c in row] for row in report.grid.cells])
+    np.testing.assert_array_equal(
+        figure.axes[0].images[0].get_array(), [[c.top[0].prob for c in row] for row in report.grid.cells]
+    )
     precision = next(a for a in figure.axes if a.get_lines())
     patchscope, lens = precision.get_lines()
     assert list(patchscope.get_xdata()) == report.precision.patchscope
@@ -187,8 +190,12 @@ def test_the_stage_map_plots_each_signature_over_the_stage_bands(results):
     np.testing.assert_array_equal(swap, [np.nan if b.swap_kl is None else b.swap_kl for b in stage.blocks])
     bands = [patch for patch in figure.axes[0].patches]
     assert len(bands) == sum(1 for b in stage.blocks if b.stage)
-    assert [t.get_text() for t in figure.axes[0].get_legend().get_texts()] == ["detokenisation", "feature engineering",
-                                                                     "prediction ensembling", "residual sharpening"]
+    assert [t.get_text() for t in figure.axes[0].get_legend().get_texts()] == [
+        "detokenisation",
+        "feature engineering",
+        "prediction ensembling",
+        "residual sharpening",
+    ]
 
 
 def test_head_scores_heatmap_and_the_share_above_the_threshold_in_the_title(results):
@@ -196,8 +203,13 @@ def test_head_scores_heatmap_and_the_share_above_the_threshold_in_the_title(resu
     axes = scores.plot().axes[0]
     np.testing.assert_array_equal(axes.images[0].get_array(), scores.matrix().numpy())
     assert f"{scores.share_above(0.1):.1%} of heads above 0.1" in axes.get_title()
-    handmade = HeadScores("m", "retrieval", 2, 10, [HeadScore(b, h, 0, 0.5 if (b, h) == (1, 3) else 0.0)
-                                                    for b in range(2) for h in range(10)])
+    handmade = HeadScores(
+        "m",
+        "retrieval",
+        2,
+        10,
+        [HeadScore(b, h, 0, 0.5 if (b, h) == (1, 3) else 0.0) for b in range(2) for h in range(10)],
+    )
     assert "5.0% of heads above 0.1" in handmade.plot().axes[0].get_title()
 
 
@@ -212,8 +224,11 @@ def test_the_causal_trace_has_tokens_down_with_the_subject_marked_and_rome_s_thr
     figure = causal_trace_figure(sites, "value")
     for axes, one in zip(figure.axes[::2], sites):  # each heatmap is followed by its colour bar
         np.testing.assert_array_equal(axes.images[0].get_array(), one.values("value").numpy().T)
-    assert [a.get_title() for a in figure.axes[::2]] == ["restoring resid", "restoring mlp, window 2",
-                                                         "restoring attn, window 2"]
+    assert [a.get_title() for a in figure.axes[::2]] == [
+        "restoring resid",
+        "restoring mlp, window 2",
+        "restoring attn, window 2",
+    ]
 
 
 def test_lens_comparison_neurons_attribution_exit_and_patterns_plot_their_numbers(results):

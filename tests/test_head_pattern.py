@@ -36,8 +36,9 @@ def test_pattern_equals_eager_output_attentions(family):
     want = eager_attentions(family, ids)
     assert list(pattern.weights) == HEADS and pattern.token_ids == ids[0].tolist()
     for block, head in HEADS:
-        torch.testing.assert_close(torch.tensor(pattern.weights[block, head]), want[block][0, head].float(),
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            torch.tensor(pattern.weights[block, head]), want[block][0, head].float(), atol=1e-5, rtol=0
+        )
     strongest = pattern.strongest((1, 3), 10, k=3)
     row = want[1][0, 3, 10]
     assert [key for key, _ in strongest] == row.topk(3).indices.tolist()
@@ -146,10 +147,12 @@ def test_cli_pattern_equals_eager_output_attentions(family, family_dirs):
 
 
 def test_cli_pattern_mistakes_are_one_line(family_dirs):
-    for args, fragment in ((["--heads", "4.0"], "--heads holds head 4.0, outside the model's 4 blocks x 4 heads"),
-                           (["--heads", "0.4"], "--heads holds head 0.4, outside"),
-                           (["--heads", "0.x"], "--heads: Bad head spec '0.x'"),
-                           (["--heads", "0.0", "--model", str(family_dirs["bloom"])], "not available for bloom")):
+    for args, fragment in (
+        (["--heads", "4.0"], "--heads holds head 4.0, outside the model's 4 blocks x 4 heads"),
+        (["--heads", "0.4"], "--heads holds head 0.4, outside"),
+        (["--heads", "0.x"], "--heads: Bad head spec '0.x'"),
+        (["--heads", "0.0", "--model", str(family_dirs["bloom"])], "not available for bloom"),
+    ):
         result = runner.invoke(app, ["heads", "pattern", "--model", str(family_dirs["llama"]), "-p", PROMPT, *args])
         lines = [line for line in result.stderr.splitlines() if not line.startswith("[layerscope] ")]
         assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: "), result.output

@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 
 from layerscope.analyses import decoding
 from layerscope.analyses.compare import greedy_continuation
+from layerscope.analyses.decoding import greedy_steps
+from layerscope.analyses.head_ablation import ablation_heads, niah_accuracy
 from layerscope.analyses.heads import (
     HeadScores,
     NeedleResult,
@@ -22,8 +24,6 @@ from layerscope.analyses.heads import (
     repeated_random_tokens,
     retrieval_from_results,
 )
-from layerscope.analyses.decoding import greedy_steps
-from layerscope.analyses.head_ablation import ablation_heads, niah_accuracy
 from layerscope.analyses.needles import Needle, load_haystack
 from layerscope.analyses.retrieval import rouge1_recall, run_test
 from layerscope.cli.app import app
@@ -31,8 +31,11 @@ from layerscope.errors import LayerscopeError
 from layerscope.interventions import MaskHeads, intervene
 from tests.tiny import tiny_model
 
-NEEDLE = Needle("The magic number that opens the railway museum safe is 7319.",
-                "What is the magic number that opens the railway museum safe?", "7319")
+NEEDLE = Needle(
+    "The magic number that opens the railway museum safe is 7319.",
+    "What is the magic number that opens the railway museum safe?",
+    "7319",
+)
 
 
 def eager_twin(family: str = "llama"):
@@ -68,6 +71,7 @@ def test_copy_paste_rule_on_hand_built_rows():
 
 def test_retrieval_score_is_copies_over_needle_length_averaged_over_answered_tests():
     lm = tiny_model("llama")  # 4 blocks x 4 heads
+
     def result(copies, needle_tokens, answered):
         return NeedleResult("q", 100, 50, "a", 1.0 if answered else 0.0, answered, needle_tokens, copies)
 
@@ -134,11 +138,12 @@ def test_induction_score_equals_formula_on_eager_weights():
     scores = induction_scores(lm, seq_len=n, repeats=repeats, samples=samples, seed=4).matrix()
     ids = repeated_random_tokens(lm, n, repeats, samples, seed=4)
     assert ids.shape == (samples, n * repeats)  # the tiny tokenizer has no BOS
-    assert torch.equal(ids[:, :n], ids[:, n:2 * n]) and torch.equal(ids[:, :n], ids[:, 2 * n:])
+    assert torch.equal(ids[:, :n], ids[:, n : 2 * n]) and torch.equal(ids[:, :n], ids[:, 2 * n :])
     attentions = eager_attentions(reference, ids)
     for block, head in itertools.product(range(4), range(4)):
-        values = [attentions[block][s, head, t, t - n + 1].item()
-                  for s in range(samples) for t in range(n, n * repeats)]
+        values = [
+            attentions[block][s, head, t, t - n + 1].item() for s in range(samples) for t in range(n, n * repeats)
+        ]
         assert scores[block, head].item() == pytest.approx(sum(values) / len(values), abs=1e-5)
 
 
@@ -191,14 +196,16 @@ def test_uniform_mask_equals_hand_computation():
     def uniform_head(module, args):
         values = attention.v_proj(captured["hidden"])  # (1, T, kv_heads * dim)
         group = head // 2
-        v = values[..., group * head_dim:(group + 1) * head_dim]
+        v = values[..., group * head_dim : (group + 1) * head_dim]
         counts = torch.arange(1, v.shape[1] + 1).view(1, -1, 1)
         mixed = args[0].clone()
-        mixed[..., head * head_dim:(head + 1) * head_dim] = v.cumsum(dim=1) / counts  # mean over keys <= t
+        mixed[..., head * head_dim : (head + 1) * head_dim] = v.cumsum(dim=1) / counts  # mean over keys <= t
         return (mixed,)
 
-    handles = [attention.register_forward_pre_hook(keep_input, with_kwargs=True),
-               attention.o_proj.register_forward_pre_hook(uniform_head)]
+    handles = [
+        attention.register_forward_pre_hook(keep_input, with_kwargs=True),
+        attention.o_proj.register_forward_pre_hook(uniform_head),
+    ]
     try:
         with torch.inference_mode():
             expected = reference.model(input_ids=ids).logits
@@ -308,8 +315,9 @@ def test_cli_induction_json(tmp_path):
     """Loads the demo model through the real loader, as the installed command does (the other CLI tests here
     reuse the session's copy)."""
     out = tmp_path / "induction.json"
-    result = runner.invoke(app, ["heads", "induction", "--seq-len", "8", "--samples", "1", "--format", "json",
-                                 "--out", str(out)])
+    result = runner.invoke(
+        app, ["heads", "induction", "--seq-len", "8", "--samples", "1", "--format", "json", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert data["kind"] == "induction" and data["previous_token"]["kind"] == "previous_token"

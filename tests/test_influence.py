@@ -25,9 +25,11 @@ def hand_bi(lm, windows):
     pairs: dict[int, list] = {b: [] for b in range(lm.n_blocks)}
     handles = []
     for b, block in enumerate(lm.adapter.blocks):
+
         def hook(module, args, kwargs, output, b=b):
             hidden_in = args[0] if args else kwargs["hidden_states"]
             pairs[b].append((hidden_in[0], output[0][0] if isinstance(output, tuple) else output[0]))
+
         handles.append(block.register_forward_hook(hook, with_kwargs=True))
     with torch.no_grad():
         for ids in windows:
@@ -80,9 +82,10 @@ def test_pruned_model_equals_the_engine_drop(family):
         torch.testing.assert_close(intervened_logits(lm, ids), dropped, rtol=0, atol=1e-5)
         # generation with a KV cache runs on the shorter model and matches the engine's drop
         with torch.no_grad():
-            out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False,
-                                    pad_token_id=1)
-        assert out[0, ids.shape[1]:].tolist() == expected_text
+            out = lm.model.generate(
+                ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False, pad_token_id=1
+            )
+        assert out[0, ids.shape[1] :].tolist() == expected_text
     assert len(lm.adapter.blocks) == 4 and lm.model.config.num_hidden_layers == 4
     assert [_layer_index(lm, b) for b in range(4)] == [0, 1, 2, 3]
     torch.testing.assert_close(intervened_logits(lm, ids), before, rtol=0, atol=0)
@@ -142,8 +145,23 @@ def test_cli_influence_json_and_save(tiny_dir, tmp_path):
     text = tmp_path / "calib.txt"
     text.write_text(TINY_TEXT * 3)
     out = tmp_path / "pruned"
-    result = invoke("influence", "--model", str(tiny_dir), "--text", str(text), "--eval-text", str(text),
-                    "--prune", "2", "--window", "16", "--format", "json", "--save", str(out))
+    result = invoke(
+        "influence",
+        "--model",
+        str(tiny_dir),
+        "--text",
+        str(text),
+        "--eval-text",
+        str(text),
+        "--prune",
+        "2",
+        "--window",
+        "16",
+        "--format",
+        "json",
+        "--save",
+        str(out),
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert len(data["blocks"]) == 4 and set(data["blocks"][0]) == {"block", "bi"}
@@ -151,12 +169,15 @@ def test_cli_influence_json_and_save(tiny_dir, tmp_path):
     assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 2
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--prune", "4"], "--prune must be between 1 and 3"),
-    (["--save", "{dir}/x"], "--save needs --prune"),
-    (["--text", "{dir}/empty.txt"], "the file is empty"),
-    (["--out", "{dir}/no/such/out.json"], "not writable"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--prune", "4"], "--prune must be between 1 and 3"),
+        (["--save", "{dir}/x"], "--save needs --prune"),
+        (["--text", "{dir}/empty.txt"], "the file is empty"),
+        (["--out", "{dir}/no/such/out.json"], "not writable"),
+    ],
+)
 def test_cli_influence_bad_input(tiny_dir, tmp_path, args, message):
     (tmp_path / "empty.txt").write_text("  \n")
     args = [a.format(dir=tmp_path) for a in args]

@@ -4,8 +4,6 @@ import pytest
 import torch
 
 from layerscope.errors import InterventionError, LayerscopeError
-from layerscope.interventions.attention import routes_attention
-from layerscope.interventions.core import REGISTRY
 from layerscope.interventions import (
     DropBlocks,
     FreezeFrom,
@@ -16,9 +14,11 @@ from layerscope.interventions import (
     SwapBlocks,
     intervene,
 )
+from layerscope.interventions.attention import routes_attention
+from layerscope.interventions.core import REGISTRY
 from tests.manual import block_kwargs, manual_logits, rebuilt_without, with_blocks_permuted
-from tests.tolerance import model_delta
 from tests.tiny import FAMILIES, random_ids, tiny_config, tiny_model
+from tests.tolerance import model_delta
 
 ATOL = 1e-5
 
@@ -29,8 +29,9 @@ def logits_under(lm, ids, interventions):
 
 
 # Families that choose each layer's mask (and Gemma 3 its rotary table) by depth, from config.layer_types.
-DEPTH_TYPED = [f for f in FAMILIES if getattr(tiny_config(f), "layer_types", None)
-               and len(set(tiny_config(f).layer_types)) > 1]
+DEPTH_TYPED = [
+    f for f in FAMILIES if getattr(tiny_config(f), "layer_types", None) and len(set(tiny_config(f).layer_types)) > 1
+]
 
 
 def test_drop_equals_model_rebuilt_without_the_blocks(tiny_lm):
@@ -136,8 +137,11 @@ def test_skip_attention_equals_hand_written_llama_block():
 
     def run_block(index, hidden, args, kwargs):
         block = lm.adapter.blocks[index]
-        attn, _ = block.self_attn(hidden_states=block.input_layernorm(hidden), attention_mask=kwargs.get("attention_mask"),
-                                  position_embeddings=kwargs["position_embeddings"])
+        attn, _ = block.self_attn(
+            hidden_states=block.input_layernorm(hidden),
+            attention_mask=kwargs.get("attention_mask"),
+            position_embeddings=kwargs["position_embeddings"],
+        )
         if index >= 2:
             attn = attn.clone()
             attn[:, -1] = 0
@@ -220,8 +224,14 @@ def test_model_is_restored_bit_for_bit_even_after_an_error(tiny_lm):
     before = tiny_lm.model(ids).logits.detach().clone()
     blocks = tiny_lm.adapter.blocks
     hooks_before = _hooks(tiny_lm.model)
-    everything = [DropBlocks((0,)), SwapBlocks(1), FreezeFrom(2), RandomizeAt(3), SkipAttention((3,)),
-                  PatchState(1, 2, torch.zeros(tiny_lm.model.config.get_text_config().hidden_size))]
+    everything = [
+        DropBlocks((0,)),
+        SwapBlocks(1),
+        FreezeFrom(2),
+        RandomizeAt(3),
+        SkipAttention((3,)),
+        PatchState(1, 2, torch.zeros(tiny_lm.model.config.get_text_config().hidden_size)),
+    ]
     if routes_attention(tiny_lm.model):
         everything += [MaskHeads(((1, 1),), "uniform"), MaskHeads(((2, 0),), "zero")]
     with pytest.raises(RuntimeError, match="boom"):
@@ -272,8 +282,8 @@ def test_every_kind_gives_back_the_config_and_attention_implementation(tiny_lm, 
 def test_attention_readers_give_back_the_attention_implementation():
     """Induction scores, retrieval decoding and the stage signatures read attention through layerscope's function
     only while they run."""
-    from layerscope.analyses.induction import diagonal_attention
     from layerscope.analyses.decoding import greedy_steps
+    from layerscope.analyses.induction import diagonal_attention
     from layerscope.analyses.stages import _forward_signatures
 
     lm = tiny_model("llama")
@@ -317,8 +327,14 @@ def test_position_edits_act_on_the_prompt_pass_only_when_generating(family):
 
     handle = lm.adapter.blocks[3].register_forward_pre_hook(patch, with_kwargs=True)
     try:
-        expected = lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
-                                     pad_token_id=1, eos_token_id=None)[0, 6:].tolist()
+        expected = lm.model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=6,
+            do_sample=False,
+            pad_token_id=1,
+            eos_token_id=None,
+        )[0, 6:].tolist()
     finally:
         handle.remove()
     assert got[: len(expected)] == expected[: len(got)] and got
@@ -333,8 +349,9 @@ def test_drop_applies_to_every_generation_step():
 
     got = greedy_continuation(lm, ids, 8, [DropBlocks((2,))]).token_ids
     rebuilt = rebuilt_without(lm.model, {2})
-    expected = rebuilt.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
-                                pad_token_id=1, eos_token_id=None)[0, 6:].tolist()
+    expected = rebuilt.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False, pad_token_id=1, eos_token_id=None
+    )[0, 6:].tolist()
     assert got[: len(expected)] == expected[: len(got)] and got
 
 
@@ -396,9 +413,16 @@ def _padded_batch_equals_each_prompt_alone(lm, prompts: list[torch.Tensor], inte
             assert not torch.allclose(expected[-1], logits_under(lm, alone, [])[-1], atol=100 * atol)
 
 
-BATCH_CASES = [[DropBlocks((1,))], [SwapBlocks(1)], [FreezeFrom(1)], [RandomizeAt(2, seed=3)],
-               [SkipAttention.from_block(1, 4)], [MaskHeads(((1, 2),), "uniform")], [PatchState(2, 1, torch.ones(64))],
-               [FreezeFrom(2), RandomizeAt(1, seed=5), SkipAttention((3,))]]
+BATCH_CASES = [
+    [DropBlocks((1,))],
+    [SwapBlocks(1)],
+    [FreezeFrom(1)],
+    [RandomizeAt(2, seed=3)],
+    [SkipAttention.from_block(1, 4)],
+    [MaskHeads(((1, 2),), "uniform")],
+    [PatchState(2, 1, torch.ones(64))],
+    [FreezeFrom(2), RandomizeAt(1, seed=5), SkipAttention((3,))],
+]
 
 
 @pytest.mark.parametrize("interventions", BATCH_CASES, ids=lambda c: "+".join(i.kind for i in c))
@@ -410,8 +434,11 @@ def test_right_padded_batch_equals_each_prompt_alone(interventions):
     _padded_batch_equals_each_prompt_alone(lm, prompts, interventions)
 
 
-@pytest.mark.parametrize("interventions", [[FreezeFrom(10)], [RandomizeAt(12, seed=1)],
-                                           [SkipAttention.from_block(20, 30)]], ids=lambda c: c[0].kind)
+@pytest.mark.parametrize(
+    "interventions",
+    [[FreezeFrom(10)], [RandomizeAt(12, seed=1)], [SkipAttention.from_block(20, 30)]],
+    ids=lambda c: c[0].kind,
+)
 def test_demo_right_padded_batch_equals_each_prompt_alone(demo_lm, interventions):
     """Padding changes kernel shapes, so the logits differ by fp32 reordering noise (tests/tolerance.py)."""
     texts = ["The capital of France is", "Monday, Tuesday,", "One, two, three, four, five, six"]

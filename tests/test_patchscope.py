@@ -31,8 +31,10 @@ def reference_logits(lm, state: torch.Tensor, target_ids: torch.Tensor, placehol
         handle = blocks[row].register_forward_pre_hook(lambda module, args: (overwrite(args[0]), *args[1:]))
     else:
         handle = blocks[row - 1].register_forward_hook(
-            lambda module, args, output: (overwrite(output[0]), *output[1:]) if isinstance(output, tuple)
-            else overwrite(output))
+            lambda module, args, output: (
+                (overwrite(output[0]), *output[1:]) if isinstance(output, tuple) else overwrite(output)
+            )
+        )
     try:
         with torch.inference_mode():
             return lm.model(input_ids=target_ids, use_cache=False, logits_to_keep=1).logits[0, -1]
@@ -43,8 +45,9 @@ def reference_logits(lm, state: torch.Tensor, target_ids: torch.Tensor, placehol
 def check_cells(lm, ids, rows, target, target_layer=None, cells_per_forward=256):
     states = capture_residuals(lm.adapter, ids).states[:, 0]
     checked = 0
-    for patched in patched_rows(lm, states, target, target_layer, cells_per_forward=cells_per_forward,
-                                only_rows=sorted(rows)):
+    for patched in patched_rows(
+        lm, states, target, target_layer, cells_per_forward=cells_per_forward, only_rows=sorted(rows)
+    ):
         for position in range(ids.shape[1]):
             row = patched.row if target_layer is None else target_layer
             expected = reference_logits(lm, states[patched.row, position], target.ids, target.placeholder, row)

@@ -44,8 +44,10 @@ def planted():
         planted_hidden = hidden + 20 * sign[:, None, None] * direction
         return (planted_hidden, *output[1:]) if isinstance(output, tuple) else planted_hidden
 
-    handles = [lm.model.register_forward_pre_hook(keep_ids, with_kwargs=True),
-               lm.adapter.blocks[PLANTED_ROW - 1].register_forward_hook(plant)]
+    handles = [
+        lm.model.register_forward_pre_hook(keep_ids, with_kwargs=True),
+        lm.adapter.blocks[PLANTED_ROW - 1].register_forward_hook(plant),
+    ]
     yield lm
     for handle in handles:
         handle.remove()
@@ -80,10 +82,18 @@ def test_the_numbers_are_scikit_learns_on_hooked_states():
     by_hand = []
     for text in texts:
         rows: list[torch.Tensor] = []
-        handles = [lm.adapter.blocks[0].register_forward_pre_hook(lambda m, a, k: rows.append(
-            (a[0] if a else k["hidden_states"])[0, -1].clone()), with_kwargs=True)]
-        handles += [block.register_forward_hook(lambda m, a, o: rows.append(
-            (o[0] if isinstance(o, tuple) else o)[0, -1].clone())) for block in lm.adapter.blocks]
+        handles = [
+            lm.adapter.blocks[0].register_forward_pre_hook(
+                lambda m, a, k, rows=rows: rows.append((a[0] if a else k["hidden_states"])[0, -1].clone()),
+                with_kwargs=True,
+            )
+        ]
+        handles += [
+            block.register_forward_hook(
+                lambda m, a, o, rows=rows: rows.append((o[0] if isinstance(o, tuple) else o)[0, -1].clone())
+            )
+            for block in lm.adapter.blocks
+        ]
         with torch.no_grad():
             lm.model(input_ids=lm.encode(text))
         for handle in handles:
@@ -97,20 +107,24 @@ def test_the_numbers_are_scikit_learns_on_hooked_states():
     splits = list(StratifiedKFold(n_splits=4, shuffle=True, random_state=1).split(states[0], target))
     for row, features in zip(report.rows, states):
         for answers, mean in ((target, row.accuracy), (shuffled, row.control)):
-            scores = cross_val_score(make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),
-                                     features, answers, cv=splits)
+            scores = cross_val_score(
+                make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)), features, answers, cv=splits
+            )
             assert mean == pytest.approx(scores.mean(), abs=1 / 40)  # at most one answer of 40 flips
     assert report.majority == max(labels.count("long"), labels.count("short")) / 40
     assert [row.row for row in report.rows] == ["emb", "0", "1", "2", "3"]
     assert list(next(report.csv_rows())) == ["row", "accuracy", "accuracy_se", "control", "control_se", "majority"]
 
 
-@pytest.mark.parametrize(("texts", "labels", "folds", "message"), [
-    (["a", "b"], ["x"], 2, "labels= has 1 entries for 2 texts="),
-    (["a", "b", "c"], ["x", "x", "x"], 2, "one class"),
-    (["a", "b", "c"], ["x", "y", "y"], 2, "1 prompt(s) of class 'x'"),
-    (["a", "b", "c", "d"], ["x", "y", "x", "y"], 1, "folds= must be a whole number of at least 2"),
-])
+@pytest.mark.parametrize(
+    ("texts", "labels", "folds", "message"),
+    [
+        (["a", "b"], ["x"], 2, "labels= has 1 entries for 2 texts="),
+        (["a", "b", "c"], ["x", "x", "x"], 2, "one class"),
+        (["a", "b", "c"], ["x", "y", "y"], 2, "1 prompt(s) of class 'x'"),
+        (["a", "b", "c", "d"], ["x", "y", "x", "y"], 1, "folds= must be a whole number of at least 2"),
+    ],
+)
 def test_bad_input_is_named_by_parameter(texts, labels, folds, message):
     with pytest.raises(ArgumentValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         probe_rows(tiny_model("llama"), texts, labels, folds=folds)

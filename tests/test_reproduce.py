@@ -31,8 +31,9 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def reproduce(name: str, folder: Path) -> dict:
     """The CLI at --quick: the files it writes, each figure a PNG that decodes; its JSON (also on --out)."""
     out = folder.parent / f"{name}-out.json"
-    result = invoke("reproduce", name, "--model", "demo", "--quick", "--figure-dir", str(folder), "-f", "json",
-                    "--out", str(out))
+    result = invoke(
+        "reproduce", name, "--model", "demo", "--quick", "--figure-dir", str(folder), "-f", "json", "--out", str(out)
+    )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in folder.iterdir()) == sorted(PAPERS[name].files("png"))
     for figure in PAPERS[name].figures:
@@ -53,11 +54,14 @@ def test_stages(cli_demo, tmp_path):  # noqa: F811
     assert [{k: v for k, v in row.items() if k != "depth"} for row in data["data"]["curves"]["drop"]] == engine
     assert [row["layer"] for row in data["data"]["curves"]["swap"]] == list(range(cli_demo.n_blocks - 1))
     first = data["data"]["curves"]["drop"][0]
-    assert f"dropping block 0 keeps {percent(first['top1_agree'])} top-1 agreement (KL {first['kl']:.3f}" \
+    assert (
+        f"dropping block 0 keeps {percent(first['top1_agree'])} top-1 agreement (KL {first['kl']:.3f}"
         in data["summary"]
+    )
     # every format, drawn from the JSON's own numbers: the format only changes the files' suffix
-    result = Reproduction(data["paper"], data["model"], data["quick"], data["settings"], data["data"],
-                          data["summary"], [])
+    result = Reproduction(
+        data["paper"], data["model"], data["quick"], data["settings"], data["data"], data["summary"], []
+    )
     for format in ("svg", "pdf"):
         written = write_files(result, PAPERS["stages"].module().draw(result), tmp_path / format, format)
         assert sorted(p.name for p in written) == sorted(PAPERS["stages"].files(format))
@@ -71,11 +75,15 @@ def test_afcl(cli_demo, tmp_path):  # noqa: F811
     items = load_prompt_set(sample_file("capitals.jsonl"))[: settings["n_prompts"]]
     tokens = settings["max_new_tokens"]
     assert data["data"]["baseline_accuracy"] == np.mean(
-        [answer_matches(greedy_continuation(cli_demo, cli_demo.encode(i.text), tokens).text, i.answer) for i in items])
+        [answer_matches(greedy_continuation(cli_demo, cli_demo.encode(i.text), tokens).text, i.answer) for i in items]
+    )
     layer = data["data"]["layers"][2]
     # accuracy comes from the engine's greedy decoding, one intervention at a time: equal whatever the layers asked
-    [freeze] = [r for r in sweep(cli_demo, items, "freeze", [layer], accuracy=True, max_new_tokens=tokens)
-                if r.prompt_index is None]
+    [freeze] = [
+        r
+        for r in sweep(cli_demo, items, "freeze", [layer], accuracy=True, max_new_tokens=tokens)
+        if r.prompt_index is None
+    ]
     assert next(r["accuracy"] for r in curves["freeze"] if r["layer"] == layer) == freeze.accuracy
     [swap] = [r for r in token_swap_sweep(cli_demo, items, Donor(), [layer], tokens) if r.prompt_index is None]
     measured = next(r for r in curves["swap-token"] if r["layer"] == layer)
@@ -84,15 +92,19 @@ def test_afcl(cli_demo, tmp_path):  # noqa: F811
     assert f"This model answers {percent(data['data']['baseline_accuracy'])} unmodified" in data["summary"]
     for kind in curves:
         lowest = min(curves[kind], key=lambda row: row["accuracy"])
-        assert f"{kind}: " in data["summary"] and f"lowest accuracy {percent(lowest['accuracy'])} at block " \
-            f"{lowest['layer']}" in data["summary"]
+        assert (
+            f"{kind}: " in data["summary"]
+            and f"lowest accuracy {percent(lowest['accuracy'])} at block {lowest['layer']}" in data["summary"]
+        )
 
 
 def test_shortgpt(cli_demo, tmp_path):  # noqa: F811
     data = reproduce("shortgpt", tmp_path / "figures")
     settings, result = data["settings"], data["data"]
-    calibration, held_out = (text_windows(cli_demo, read_text_file(sample_file(name), "text")[: settings["characters"]],
-                                          settings["window"]) for name in ("calibration.txt", "heldout.txt"))
+    calibration, held_out = (
+        text_windows(cli_demo, read_text_file(sample_file(name), "text")[: settings["characters"]], settings["window"])
+        for name in ("calibration.txt", "heldout.txt")
+    )
     assert result["bi"] == block_influence(cli_demo, calibration)
     step = result["pruning"][0]
     lowest = sorted(sorted(range(cli_demo.n_blocks), key=result["bi"].__getitem__)[: step["removed_blocks"]])
@@ -102,8 +114,10 @@ def test_shortgpt(cli_demo, tmp_path):  # noqa: F811
         assert step["perplexity"]["block_influence"] == perplexity(cli_demo, held_out)
     assert step["last_removed"] == list(range(cli_demo.n_blocks - step["removed_blocks"], cli_demo.n_blocks))
     largest = result["pruning"][-1]
-    assert f"the {largest['removed_blocks']} lowest-BI blocks are " \
-           f"{', '.join(map(str, largest['block_influence_removed']))}" in data["summary"]
+    assert (
+        f"the {largest['removed_blocks']} lowest-BI blocks are "
+        f"{', '.join(map(str, largest['block_influence_removed']))}" in data["summary"]
+    )
     assert f"{largest['perplexity']['block_influence']:.2f} lowest BI" in data["summary"]
 
 
@@ -136,10 +150,13 @@ def test_rome(cli_demo, tmp_path):  # noqa: F811
     for site in SITES:  # the grouped average, by numpy over the prompts' traces
         groups = result["sites"][site]["groups"]
         for group, row in zip(groups, result["sites"][site]["average"]):
-            per_prompt = [np.asarray(t["effects"][site])[:, position_groups(t["subject_positions"],
-                                                                            len(t["tokens"]))[group]].mean(axis=1)
-                          for t in result["traces"]
-                          if position_groups(t["subject_positions"], len(t["tokens"]))[group]]
+            per_prompt = [
+                np.asarray(t["effects"][site])[
+                    :, position_groups(t["subject_positions"], len(t["tokens"]))[group]
+                ].mean(axis=1)
+                for t in result["traces"]
+                if position_groups(t["subject_positions"], len(t["tokens"]))[group]
+            ]
             np.testing.assert_allclose(row, np.mean(per_prompt, axis=0), rtol=1e-12, atol=1e-15)
         assert groups == [g for g in GROUPS if g in groups] and "last token" in groups
     mlp = result["sites"]["mlp"]
@@ -154,11 +171,13 @@ def test_a_data_folder_replaces_the_shipped_files_and_must_hold_them(cli_demo, t
     (data / "capitals.jsonl").write_text('{"prompt": "The capital of France is", "answer": "Paris"}\n')
     result = invoke("reproduce", "stages", "--quick", "--data", str(data), "--figure-dir", str(tmp_path / "f"))
     assert result.exit_code == 1 and not (tmp_path / "f").exists()
-    assert result.stderr.strip() == (f"error: --data '{data}' has no general.txt: stages reads general.txt "
-                                     "(formats: sample_prompts/README.md).")
+    assert result.stderr.strip() == (
+        f"error: --data '{data}' has no general.txt: stages reads general.txt (formats: sample_prompts/README.md)."
+    )
     (data / "general.txt").write_text("The cat sat on the\nOne, two, three,\n")
-    result = invoke("reproduce", "stages", "--quick", "--data", str(data), "--figure-dir", str(tmp_path / "f"),
-                    "-f", "json")
+    result = invoke(
+        "reproduce", "stages", "--quick", "--data", str(data), "--figure-dir", str(tmp_path / "f"), "-f", "json"
+    )
     assert result.exit_code == 0, result.output
     curves = json.loads(result.stdout)["data"]["curves"]
     items = load_prompt_set(data / "general.txt")
@@ -167,9 +186,14 @@ def test_a_data_folder_replaces_the_shipped_files_and_must_hold_them(cli_demo, t
 
 def test_position_groups_follow_the_paper():
     """'The Space Needle is in downtown': subject tokens 1..3 of 7."""
-    assert position_groups((1, 4), 7) == {"first subject token": [1], "middle subject tokens": [2],
-                                          "last subject token": [3], "first subsequent token": [4],
-                                          "further tokens": [5], "last token": [6]}
+    assert position_groups((1, 4), 7) == {
+        "first subject token": [1],
+        "middle subject tokens": [2],
+        "last subject token": [3],
+        "first subsequent token": [4],
+        "further tokens": [5],
+        "last token": [6],
+    }
     one = position_groups((3, 4), 5)  # "The capital of France is": one subject token, then the last token
     assert one["first subject token"] == one["last subject token"] == [3]
     assert one["first subsequent token"] == one["further tokens"] == one["middle subject tokens"] == []
@@ -177,18 +201,23 @@ def test_position_groups_follow_the_paper():
 
 def test_without_matplotlib_one_error_line_says_how_to_install(tmp_path):
     """matplotlib made unimportable in a real process (None in sys.modules is how Python blocks an import)."""
-    code = ("import sys; sys.modules['matplotlib'] = None; from layerscope.cli.app import main; "
-            f"sys.argv = ['layerscope', 'reproduce', 'stages', '--figure-dir', {str(tmp_path / 'f')!r}]; main()")
+    code = (
+        "import sys; sys.modules['matplotlib'] = None; from layerscope.cli.app import main; "
+        f"sys.argv = ['layerscope', 'reproduce', 'stages', '--figure-dir', {str(tmp_path / 'f')!r}]; main()"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 1 and result.stdout == ""
-    assert result.stderr.strip().splitlines() == ["error: Figures need matplotlib, which is not installed: "
-                                                  "pip install 'layerscope[plot]'"]
+    assert result.stderr.strip().splitlines() == [
+        "error: Figures need matplotlib, which is not installed: pip install 'layerscope[plot]'"
+    ]
     assert not (tmp_path / "f").exists()
 
 
 def test_the_engine_imports_matplotlib_only_to_draw():
-    code = ("import sys, layerscope.cli.reproduce\n"
-            f"for name in {list(PAPERS)!r}: __import__('layerscope.reproduce.' + name)\n"
-            "print('matplotlib' in sys.modules)")
+    code = (
+        "import sys, layerscope.cli.reproduce\n"
+        f"for name in {list(PAPERS)!r}: __import__('layerscope.reproduce.' + name)\n"
+        "print('matplotlib' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"

@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from layerscope.analyses.causal_trace import trace_prompt
+from layerscope.analyses.needles import Needle, build_tests
 from layerscope.analyses.patchscope import parse_target
 from layerscope.analyses.prompt_sets import PromptItem
-from layerscope.analyses.needles import Needle, build_tests
 from layerscope.analyses.spans import token_span
 from layerscope.analyses.token_swap import Donor, token_swap_sweep
 from layerscope.cli.app import app
@@ -36,8 +36,10 @@ def test_repeated_word_is_refused_with_every_occurrence_named(lm):
     first, second = positions_of(lm, TEXT, "cat")
     with pytest.raises(LayerscopeError) as refused:
         token_span(lm, TEXT, "cat", "subject")
-    assert str(refused.value) == (f"subject='cat' occurs 2 times in the prompt (tokens {first}-{first}, "
-                                  f"{second}-{second}); choose one with occurrence=1..2.")
+    assert str(refused.value) == (
+        f"subject='cat' occurs 2 times in the prompt (tokens {first}-{first}, "
+        f"{second}-{second}); choose one with occurrence=1..2."
+    )
 
 
 def test_occurrence_chooses_and_out_of_range_names_the_parameter(lm):
@@ -83,7 +85,7 @@ def test_positions_follow_the_bos_that_encode_prepends(demo_lm):
     ids = with_bos.encode(TEXT)[0]
     span = token_span(with_bos, TEXT, "cat", "subject", occurrence=2)
     assert span == range(positions_of(demo_lm, TEXT, "cat")[1] + 1, positions_of(demo_lm, TEXT, "cat")[1] + 2)
-    assert with_bos.token_texts(ids[span.start:span.stop]) == [" cat"]
+    assert with_bos.token_texts(ids[span.start : span.stop]) == [" cat"]
 
 
 # --- every caller ----------------------------------------------------------------------------------------------
@@ -135,10 +137,13 @@ def test_cli_names_the_flags_and_takes_the_occurrence(cli_demo_lm):
     refused = runner.invoke(app, ["trace", "-p", prompt, "--subject", "cat", "--approx"])
     assert refused.exit_code == 1
     first, second = positions_of(cli_demo_lm, prompt, "cat")
-    assert refused.stderr.strip() == (f"error: --subject 'cat' occurs 2 times in the prompt (tokens {first}-{first}, "
-                                      f"{second}-{second}); choose one with --occurrence 1..2.")
-    chosen = runner.invoke(app, ["trace", "-p", prompt, "--subject", "cat", "--occurrence", "2", "--approx",
-                                 "-f", "json"])
+    assert refused.stderr.strip() == (
+        f"error: --subject 'cat' occurs 2 times in the prompt (tokens {first}-{first}, "
+        f"{second}-{second}); choose one with --occurrence 1..2."
+    )
+    chosen = runner.invoke(
+        app, ["trace", "-p", prompt, "--subject", "cat", "--occurrence", "2", "--approx", "-f", "json"]
+    )
     assert chosen.exit_code == 0, chosen.output
     assert json.loads(chosen.stdout)["subject_positions"] == [second, second + 1]
     patch = runner.invoke(app, ["patchscope", "-p", "cat", "--target-prompt", "cat is cat", "--placeholder", "cat"])

@@ -69,23 +69,30 @@ def test_signatures_equal_independent_computations():
     # lens: the engine's logit-lens grid, rows 1..L, mean over positions
     grid = logit_lens(lm, ids)
     for b in range(lm.n_blocks):
-        assert signatures["lens_kl"][b] == pytest.approx(sum(grid.column(t, "kl_to_final")[b + 1]
-                                                             for t in range(ids.shape[1])) / ids.shape[1], abs=1e-4)
+        assert signatures["lens_kl"][b] == pytest.approx(
+            sum(grid.column(t, "kl_to_final")[b + 1] for t in range(ids.shape[1])) / ids.shape[1], abs=1e-4
+        )
     # previous-five attention from an eager copy of the same weights, by loops
     eager = tiny_model("llama")
     eager.model.set_attn_implementation("eager")
     with torch.no_grad():
         attentions = eager.model(input_ids=ids, output_attentions=True).attentions
     for b, probs in enumerate(attentions):
-        shares = [float(probs[0, :, t, max(0, t - 5):t].sum(-1).mean()) for t in range(1, ids.shape[1])]
+        shares = [float(probs[0, :, t, max(0, t - 5) : t].sum(-1).mean()) for t in range(1, ids.shape[1])]
         assert signatures["prev5_attention"][b] == pytest.approx(sum(shares) / len(shares), abs=1e-5)
     # MLP output = block output - block input - attention output (llama blocks are sequential residual)
     seen = {}
-    hooks = [lm.adapter.blocks[b].register_forward_hook(
-        lambda m, a, k, o, b=b: seen.__setitem__(("block", b), (a[0] if a else k["hidden_states"], o)),
-        with_kwargs=True) for b in range(lm.n_blocks)]
-    hooks += [lm.adapter.attention(b).register_forward_hook(
-        lambda m, a, o, b=b: seen.__setitem__(("attn", b), o[0])) for b in range(lm.n_blocks)]
+    hooks = [
+        lm.adapter.blocks[b].register_forward_hook(
+            lambda m, a, k, o, b=b: seen.__setitem__(("block", b), (a[0] if a else k["hidden_states"], o)),
+            with_kwargs=True,
+        )
+        for b in range(lm.n_blocks)
+    ]
+    hooks += [
+        lm.adapter.attention(b).register_forward_hook(lambda m, a, o, b=b: seen.__setitem__(("attn", b), o[0]))
+        for b in range(lm.n_blocks)
+    ]
     with torch.no_grad():
         lm.model(input_ids=ids)
     for hook in hooks:
@@ -124,7 +131,8 @@ def test_cli_stages_json_and_table(tiny_dir, tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert len(data["blocks"]) == 4 and {"drop_kl", "swap_kl", "lens_kl", "prev5_attention", "stage", "reason"} <= set(
-        data["blocks"][0])
+        data["blocks"][0]
+    )
     table = invoke("stages", "--model", str(tiny_dir), "--prompts", str(prompts)).stdout
     assert "heuristic" in table.lower() and "detokenisation" in table
     empty = tmp_path / "empty.txt"
@@ -155,7 +163,8 @@ def test_planted_suppression_neurons_join_the_signatures_and_make_a_sharpening_b
     after = stage_map(lm, PROMPTS)
     census = neuron_census(lm)
     assert [(b.prediction_neurons, b.suppression_neurons) for b in after.blocks] == [
-        (b.prediction, b.suppression) for b in census.blocks]
+        (b.prediction, b.suppression) for b in census.blocks
+    ]
     assert (after.blocks[6].prediction_neurons, after.blocks[6].suppression_neurons) == (0, 3)
     assert after.blocks[6].stage == STAGES[3]
     assert after.blocks[6].reason == "suppression neurons 3 > prediction neurons 0"
@@ -184,5 +193,6 @@ def test_on_the_demo_model_the_last_blocks_where_suppression_outnumbers_predicti
     assert [b.block for b in blocks if b.stage == STAGES[3]] == [n - 2, n - 1]
     assert all(b.suppression > b.prediction for b in census.blocks)
     second_last = census.block(n - 2)
-    assert blocks[n - 2].reason == (f"suppression neurons {second_last.suppression} > prediction neurons "
-                                    f"{second_last.prediction}")
+    assert blocks[n - 2].reason == (
+        f"suppression neurons {second_last.suppression} > prediction neurons {second_last.prediction}"
+    )

@@ -9,17 +9,19 @@ import torch
 
 from layerscope.analyses.compare import greedy_continuation
 from layerscope.analyses.prompt_sets import PromptItem, answer_matches, load_prompt_set
+from layerscope.analyses.residual import capture_residuals
 from layerscope.analyses.sweep import make_intervention, sweep, sweep_kinds, sweep_layers
-from layerscope.interventions import REGISTRY
 from layerscope.analyses.token_swap import Donor, token_swap_sweep
 from layerscope.errors import LayerscopeError
-from layerscope.interventions import PatchState, intervene
-from layerscope.analyses.residual import capture_residuals
+from layerscope.interventions import REGISTRY, PatchState, intervene
 from tests.studies import TINY_TEXT, hand_metrics, invoke
 from tests.tiny import tiny_model
 
-TINY_PROMPTS = [PromptItem(TINY_TEXT), PromptItem("red blue green the city is big"),
-                PromptItem("one two three four five six seven eight nine ten")]
+TINY_PROMPTS = [
+    PromptItem(TINY_TEXT),
+    PromptItem("red blue green the city is big"),
+    PromptItem("one two three four five six seven eight nine ten"),
+]
 
 
 def engine_logits(lm, ids, interventions):
@@ -28,7 +30,9 @@ def engine_logits(lm, ids, interventions):
         return lm.model(input_ids=ids, use_cache=False).logits[0]
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma2", "gemma3_text", "gpt2", "gpt_neox", "phi", "falcon", "mixtral", "bloom"])
+@pytest.mark.parametrize(
+    "family", ["llama", "gemma2", "gemma3_text", "gpt2", "gpt_neox", "phi", "falcon", "mixtral", "bloom"]
+)
 def test_every_row_equals_the_engine_run_alone(family):
     lm = tiny_model(family)
     for kind in sweep_kinds():
@@ -84,8 +88,11 @@ def test_demo_block_zero_is_among_the_most_damaging(demo_lm):
 
 def test_demo_accuracy_is_the_engine_greedy_answer(demo_lm):
     item = PromptItem("The capital of France is", answer="Paris")
-    rows = [r for r in sweep(demo_lm, [item], "drop", layers=[0, 15], accuracy=True, max_new_tokens=3)
-            if r.prompt_index is not None]
+    rows = [
+        r
+        for r in sweep(demo_lm, [item], "drop", layers=[0, 15], accuracy=True, max_new_tokens=3)
+        if r.prompt_index is not None
+    ]
     ids = demo_lm.encode(item.text)
     for row in rows:
         text = greedy_continuation(demo_lm, ids, 3, [make_intervention("drop", row.layer, demo_lm.n_blocks)]).text
@@ -121,8 +128,19 @@ def test_cli_jsonl_resume_gives_the_same_file(tiny_dir, tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("\n".join(p.text for p in TINY_PROMPTS) + "\n")
     full, part = tmp_path / "full.jsonl", tmp_path / "part.jsonl"
-    common = ["sweep", "--model", str(tiny_dir), "-i", "drop", "--prompts", str(prompts), "--format", "jsonl",
-              "--batch-size", "3"]
+    common = [
+        "sweep",
+        "--model",
+        str(tiny_dir),
+        "-i",
+        "drop",
+        "--prompts",
+        str(prompts),
+        "--format",
+        "jsonl",
+        "--batch-size",
+        "3",
+    ]
     assert invoke(*common, "--out", str(full)).exit_code == 0
     lines = full.read_text().splitlines(keepends=True)
     assert len(lines) == 1 + 3 * 4 + 4 and "source" in json.loads(lines[0])
@@ -134,8 +152,11 @@ def test_cli_jsonl_resume_gives_the_same_file(tiny_dir, tmp_path):
     other = invoke(*common, "--out", str(part), "--resume", "--layers", "0-1")
     assert other.exit_code == 1 and "other layers" in other.stderr
     assert part.read_text() == full.read_text()
-    assert all(json.loads(line).keys() >= {"intervention", "layer", "prompt_index", "kl", "top1_agree",
-                                           "entropy_delta", "loss_delta", "accuracy"} for line in lines[1:])
+    assert all(
+        json.loads(line).keys()
+        >= {"intervention", "layer", "prompt_index", "kl", "top1_agree", "entropy_delta", "loss_delta", "accuracy"}
+        for line in lines[1:]
+    )
 
 
 def test_cli_table_csv_json(tiny_dir, tmp_path):
@@ -150,19 +171,26 @@ def test_cli_table_csv_json(tiny_dir, tmp_path):
     assert csv_lines[0].startswith("intervention,layer,prompt_index,kl") and len(csv_lines) == 5
 
 
-@pytest.mark.parametrize("args, message", [
-    (["-i", "dropp"], "Unknown intervention 'dropp'"),
-    (["--prompts", "{empty}"], "no prompts"),
-    (["--prompts", "{bad}"], "line 2: not valid JSON"),
-    (["--prompts", "{plain}", "--accuracy"], "has no \"answer\""),
-    (["--out", "{nowhere}"], "not writable"),
-    (["--layers", "0-40"], "out of range"),
-    (["--resume"], "--resume needs"),
-    (["-i", "swap-token", "--prompts", "{plain}"], "needs both \"subject\" and \"answer\""),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-i", "dropp"], "Unknown intervention 'dropp'"),
+        (["--prompts", "{empty}"], "no prompts"),
+        (["--prompts", "{bad}"], "line 2: not valid JSON"),
+        (["--prompts", "{plain}", "--accuracy"], 'has no "answer"'),
+        (["--out", "{nowhere}"], "not writable"),
+        (["--layers", "0-40"], "out of range"),
+        (["--resume"], "--resume needs"),
+        (["-i", "swap-token", "--prompts", "{plain}"], 'needs both "subject" and "answer"'),
+    ],
+)
 def test_cli_bad_input_is_one_line(cli_demo, tmp_path, args, message):
-    files = {"empty": tmp_path / "empty.txt", "bad": tmp_path / "bad.jsonl", "plain": tmp_path / "plain.txt",
-             "nowhere": tmp_path / "missing" / "out.jsonl"}
+    files = {
+        "empty": tmp_path / "empty.txt",
+        "bad": tmp_path / "bad.jsonl",
+        "plain": tmp_path / "plain.txt",
+        "nowhere": tmp_path / "missing" / "out.jsonl",
+    }
     files["empty"].write_text("# only a comment\n\n")
     files["bad"].write_text('{"prompt": "a", "answer": "b"}\n{"prompt": "c"\n')
     files["plain"].write_text("The capital of France is\n")
@@ -201,13 +229,19 @@ def test_swap_token_points_name_the_grid_row_and_old_files_still_resume(tmp_path
     from layerscope.cli.studies import _sweep_points
 
     lm = tiny_model("llama")
-    items = [PromptItem("the capital of france is", "paris", "france"),
-             PromptItem("the city of italy is", "rome", "italy")]
+    items = [
+        PromptItem("the capital of france is", "paris", "france"),
+        PromptItem("the city of italy is", "rome", "italy"),
+    ]
     donor = ("the city rome", "rome", "rome")
     full = [r.to_dict() for r in token_swap_sweep(lm, items, Donor(*donor), rows=[0, 4], max_new_tokens=2)]
     assert all("row" in r and "layer" not in r for r in full)
     old = [{("layer" if k == "row" else k): v for k, v in r.items()} for r in full[:1]]
     assert TokenSwapPoint.from_dict(old[0]).to_dict() == full[0]
-    rest = [point.to_dict() for point in _sweep_points(lm, items, "swap-token", [0, 4], [0, 4], None, 2, 0, 1, donor,
-                                                       old, tmp_path / "x.jsonl", lambda *a: None)]
+    rest = [
+        point.to_dict()
+        for point in _sweep_points(
+            lm, items, "swap-token", [0, 4], [0, 4], None, 2, 0, 1, donor, old, tmp_path / "x.jsonl", lambda *a: None
+        )
+    ]
     assert rest == full[1:]

@@ -44,8 +44,9 @@ async def test_main_flow(demo_lm, tmp_path):
         expected = logit_lens(demo_lm, ids, top_k=5)
         grid = app.query_one(DecodeGridView)
         assert app.runs.results.baseline.tokens == expected.tokens
-        assert [[c.top[0].id for c in row] for row in app.runs.results.baseline.cells] == \
-               [[c.top[0].id for c in row] for row in expected.cells]
+        assert [[c.top[0].id for c in row] for row in app.runs.results.baseline.cells] == [
+            [c.top[0].id for c in row] for row in expected.cells
+        ]
         assert app.runs.results.intervened is None and "baseline" in app.runs.results.continuation
 
         await pilot.press("1", "ctrl+home", "home", "down", "down", "right", "right", "right")
@@ -61,10 +62,15 @@ async def test_main_flow(demo_lm, tmp_path):
         await settle(pilot)
         assert app.toggles.drop == {3}
         dropped = logit_lens(demo_lm, ids, top_k=5, interventions=[DropBlocks((3,))])
-        assert [[c.top[0].id for c in row] for row in app.runs.results.intervened.cells] == \
-               [[c.top[0].id for c in row] for row in dropped.cells]
-        changed = [(layer, t) for layer in range(len(dropped.cells)) for t in range(len(ids[0]))
-                   if dropped.top1(layer, t).id != expected.top1(layer, t).id]
+        assert [[c.top[0].id for c in row] for row in app.runs.results.intervened.cells] == [
+            [c.top[0].id for c in row] for row in dropped.cells
+        ]
+        changed = [
+            (layer, t)
+            for layer in range(len(dropped.cells))
+            for t in range(len(ids[0]))
+            if dropped.top1(layer, t).id != expected.top1(layer, t).id
+        ]
         assert changed and all(grid.changed(layer, t) for layer, t in changed)
         await pilot.press("1")
         await pilot.pause(0.5)
@@ -75,8 +81,10 @@ async def test_main_flow(demo_lm, tmp_path):
         await pilot.press("2", "right", "space")  # swap 3<>4 conflicts with the drop: refused with a notice
         await pilot.pause(0.2)
         assert app.toggles.swap == frozenset()
-        assert notices(app)[-1] == "Refused: swap 3↔4 clashes with drop 3; clear the drop first. The interventions " \
-                                   "are unchanged."
+        assert (
+            notices(app)[-1] == "Refused: swap 3↔4 clashes with drop 3; clear the drop first. The interventions "
+            "are unchanged."
+        )
 
         await pilot.press("3", "space")  # mask head 0.0; applies to the next run
         assert app.toggles.masked_heads == {(0, 0)}
@@ -84,8 +92,9 @@ async def test_main_flow(demo_lm, tmp_path):
         await pilot.press("ctrl+r")
         await settle(pilot)
         masked = logit_lens(demo_lm, ids, top_k=5, interventions=[DropBlocks((3,)), MaskHeads(((0, 0),), "zero")])
-        assert [[c.top[0].id for c in row] for row in app.runs.results.intervened.cells] == \
-               [[c.top[0].id for c in row] for row in masked.cells]
+        assert [[c.top[0].id for c in row] for row in app.runs.results.intervened.cells] == [
+            [c.top[0].id for c in row] for row in masked.cells
+        ]
 
         path = tmp_path / "session.json"
         await pilot.press("ctrl+s")
@@ -142,8 +151,9 @@ async def test_empty_prompt_and_keymap(demo_lm, tmp_path):
         await pilot.pause(0.3)  # the chart timer fires under the modal screen without harm
         await pilot.press("escape")
         assert app.is_running
-        assert {"Run (F6, F5)", "Save (Ctrl+S)", "Export CSV (x)", "Theme"} <= \
-               {command.title for command in app.get_system_commands(app.screen)}  # the remapped key shows
+        assert {"Run (F6, F5)", "Save (Ctrl+S)", "Export CSV (x)", "Theme"} <= {
+            command.title for command in app.get_system_commands(app.screen)
+        }  # the remapped key shows
 
         await pilot.press("p")  # the sample picker: Enter takes the highlighted (first) prompt
         await pilot.pause(0.1)
@@ -153,8 +163,9 @@ async def test_empty_prompt_and_keymap(demo_lm, tmp_path):
 
 
 async def test_bad_model_id_keeps_the_app_up(tmp_path):
-    app = LayerscopeApp(model=str(tmp_path / "no-such-model"), theme_folders=[SHIPPED_THEMES],
-                        keymap_path=tmp_path / "keymap.toml")
+    app = LayerscopeApp(
+        model=str(tmp_path / "no-such-model"), theme_folders=[SHIPPED_THEMES], keymap_path=tmp_path / "keymap.toml"
+    )
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
         assert app.lm is None and app.is_running
@@ -197,11 +208,24 @@ async def test_head_scores_compute_sort_and_load(demo_lm, tmp_path):
         assert table.get_row_at(0)[:2] == list(best)
         assert table.get_row_at(0)[4] == f"{want[best]:.3f}"
 
-        heads = [{"layer": layer, "head": h, "kv_group": h // 3, "score": (layer * 9 + h) / 1000}
-                 for layer in range(demo_lm.n_blocks) for h in range(demo_lm.adapter.n_heads)]
+        heads = [
+            {"layer": layer, "head": h, "kv_group": h // 3, "score": (layer * 9 + h) / 1000}
+            for layer in range(demo_lm.n_blocks)
+            for h in range(demo_lm.adapter.n_heads)
+        ]
         path = tmp_path / "scores.json"
-        path.write_text(json.dumps({"model": demo_lm.name, "kind": "previous_token", "n_blocks": demo_lm.n_blocks,
-                                    "n_heads": demo_lm.adapter.n_heads, "heads": heads}), encoding="utf-8")
+        path.write_text(
+            json.dumps(
+                {
+                    "model": demo_lm.name,
+                    "kind": "previous_token",
+                    "n_blocks": demo_lm.n_blocks,
+                    "n_heads": demo_lm.adapter.n_heads,
+                    "heads": heads,
+                }
+            ),
+            encoding="utf-8",
+        )
         await pilot.press("l")
         app.screen.query_one(Input).value = str(path)
         await pilot.press("enter")
@@ -221,8 +245,9 @@ async def test_patchscope_switch_and_cancel(demo_lm, tmp_path):
         await settle(pilot)
         want = patchscope_grid(demo_lm, demo_lm.encode("Paris is"), top_k=5)
         assert app.method == "patchscope" and app.runs.results.baseline.method == "patchscope"
-        assert [[c.top[0].id for c in row] for row in app.runs.results.baseline.cells] == \
-               [[c.top[0].id for c in row] for row in want.cells]
+        assert [[c.top[0].id for c in row] for row in app.runs.results.baseline.cells] == [
+            [c.top[0].id for c in row] for row in want.cells
+        ]
 
         with app.model_lock:  # the workers wait for the model, so the cancels land before their first row
             await pilot.press("m")  # back to the lens: starts a run ...
@@ -230,7 +255,9 @@ async def test_patchscope_switch_and_cancel(demo_lm, tmp_path):
             await pilot.press("escape")
         await settle(pilot)
         assert any("cancelled" in n for n in notices(app))
-        assert app.runs.results.baseline.method == "patchscope" and len(app.runs.results.baseline.cells) == len(want.cells)
+        assert app.runs.results.baseline.method == "patchscope" and len(app.runs.results.baseline.cells) == len(
+            want.cells
+        )
         await pilot.press("ctrl+r")
         await settle(pilot)
         assert app.runs.results.baseline.method == "logit_lens"
@@ -258,8 +285,10 @@ async def test_printed_numbers_match_the_engine(demo_lm, tmp_path):
         ids = demo_lm.encode(prompt)
         drop = [DropBlocks((2,))]
         grids = {"base": logit_lens(demo_lm, ids, top_k=5), "int.": logit_lens(demo_lm, ids, 5, drop)}
-        rows = {name: torch.stack(list(lens_logits(demo_lm, ids, i)[0])).float().log_softmax(-1)
-                for name, i in (("baseline", ()), ("intervened", drop))}
+        rows = {
+            name: torch.stack(list(lens_logits(demo_lm, ids, i)[0])).float().log_softmax(-1)
+            for name, i in (("baseline", ()), ("intervened", drop))
+        }
         kl = (rows["baseline"].exp() * (rows["baseline"] - rows["intervened"])).sum(-1)  # [row, position]
         await pilot.press("1")
         for layer, position in ((0, 0), (10, 2), (demo_lm.n_blocks, len(ids[0]) - 1)):
@@ -296,11 +325,15 @@ async def test_first_view_answers_the_demo_prompt(demo_lm, tmp_path):
         grid = logit_lens(demo_lm, demo_lm.encode(prompt), top_k=5)
         last = len(grid.tokens) - 1
         final = grid.top1(len(grid.cells) - 1, last)
-        stays = min(row for row in range(len(grid.cells))
-                    if all(grid.top1(later, last).id == final.id for later in range(row, len(grid.cells))))
+        stays = min(
+            row
+            for row in range(len(grid.cells))
+            if all(grid.top1(later, last).id == final.id for later in range(row, len(grid.cells)))
+        )
         assert final.token == " Paris"
         assert " ".join(app.detail.plain.split()).startswith(  # as one line: the panel breaks it between pieces
-            f"answer ·Paris {final.prob:.0%} (stays top-1 from {grid.layers[stays]})")
+            f"answer ·Paris {final.prob:.0%} (stays top-1 from {grid.layers[stays]})"
+        )
         assert (app.grid.cursor_layer, app.grid.cursor_position) == (len(grid.cells) - 1, last)
         lines = screen_text(app).splitlines()
         assert any(line.startswith(f"{last:>4} ·is") and "·Paris" in line.split("▏")[0] for line in lines)

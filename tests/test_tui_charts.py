@@ -9,7 +9,6 @@ from textual.theme import BUILTIN_THEMES
 from layerscope.analyses.grid import DecodeGrid, GridCell, TopToken
 from layerscope.tui.charts import LayerChart, PositionMarks, Series, plotext_colour, row_ticks, stack
 from layerscope.tui.methods import REGISTRY, Cursor, stays_top1_from
-from layerscope.tui.state import Results
 from layerscope.tui.themes import SHIPPED_THEMES, load_themes
 from tests.tui_synthetic import FIRST_FINAL, LAYERS, synthetic_results
 
@@ -53,8 +52,9 @@ def test_the_axis_is_the_whole_run_while_rows_arrive():
 def test_stays_top1_from_ignores_a_row_that_loses_it_again():
     """Top-1 ids per row at one position: the answer (7) is top-1 at rows 0 and 2, lost at 1 and 3, kept from 4."""
     ids = [7, 1, 7, 2, 7, 7, 7]
-    grid = DecodeGrid("m", "logit_lens", ["a"], [0], ROWS[:7],
-                      [[GridCell([TopToken(str(i), i, 0.5)], 1.0, 0.0)] for i in ids])
+    grid = DecodeGrid(
+        "m", "logit_lens", ["a"], [0], ROWS[:7], [[GridCell([TopToken(str(i), i, 0.5)], 1.0, 0.0)] for i in ids]
+    )
     independent = min(r for r in range(len(ids)) if all(i == ids[-1] for i in ids[r:]))
     assert stays_top1_from(grid) == [independent] == [4]
 
@@ -70,9 +70,11 @@ def test_the_marks_chart_reads_the_positions_around_the_cursor_of_a_long_prompt(
     grid = DecodeGrid("m", "logit_lens", [f"t{p}" for p in range(n)], list(range(n)), ROWS[:7], rows)
     results = synthetic_results()
     results.baseline, results.intervened, results.kl_base_int = grid, None, []
-    marks = next(chart for chart in REGISTRY["logit_lens"].charts(results, grid, Cursor(3, 200, ROWS[:7]),
-                                                                  every_theme()["nord"])
-                 if isinstance(chart, PositionMarks))
+    marks = next(
+        chart
+        for chart in REGISTRY["logit_lens"].charts(results, grid, Cursor(3, 200, ROWS[:7]), every_theme()["nord"])
+        if isinstance(chart, PositionMarks)
+    )
     window = range(200 - MARKS_WINDOW, 200 + MARKS_WINDOW + 1)
     whole = stays_top1_from(grid)
     assert [label.split()[0] for label in marks.labels] == [str(p) for p in window]
@@ -131,8 +133,9 @@ def test_position_marks_sit_on_their_labelled_lines():
     """Each position's mark is on the line that names it, further right for a later row (plotext's bars were
     not: two positions shared a line)."""
     for n, height in ((5, 10), (5, 14), (12, 12)):
-        marks = PositionMarks("stays", [f"{p} ·t" for p in range(n)], [(p * 7) % 31 for p in range(n)], ROWS,
-                              n // 2, None)
+        marks = PositionMarks(
+            "stays", [f"{p} ·t" for p in range(n)], [(p * 7) % 31 for p in range(n)], ROWS, n // 2, None
+        )
         lines = [line for line in marks.render(46, height).plain.splitlines() if "·t┤" in line]
         shown = marks.shown(max(1, height - 4))
         assert [line.split("┤")[0].strip(" ▶") for line in lines] == [f"{p} ·t" for p in shown]

@@ -11,8 +11,8 @@ from torch import nn
 
 from layerscope.analyses.grid import DecodeGrid
 from layerscope.errors import LayerscopeError
-from layerscope.tui.keymap import load_keymap
 from layerscope.tui.charts import SHADES, overview_text
+from layerscope.tui.keymap import load_keymap
 from layerscope.tui.state import Results, Session, Toggles
 from layerscope.tui.themes import SHIPPED_THEMES, load_themes
 
@@ -20,8 +20,10 @@ from layerscope.tui.themes import SHIPPED_THEMES, load_themes
 def test_tui_and_cli_import_no_torch():
     """The first frame must not wait for torch: importing the app and the CLI pulls in no engine (nor plotext,
     whose import takes a fifth of a second: the charts import it when they first draw)."""
-    code = ("import sys, layerscope.cli.app, layerscope.tui.app; "
-            "print([m for m in ('torch', 'transformers', 'layerscope.models.loading', 'plotext') if m in sys.modules])")
+    code = (
+        "import sys, layerscope.cli.app, layerscope.tui.app; "
+        "print([m for m in ('torch', 'transformers', 'layerscope.models.loading', 'plotext') if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -35,8 +37,14 @@ def test_toggles_flip_and_become_interventions():
     assert toggles.toggle("freeze", 12).freeze == 12 and toggles.toggle("freeze", 10).freeze is None
     assert [toggles.state_of("freeze", b) for b in (9, 10, 11)] == ["off", "on", "covered"]
     assert [toggles.state_of("random", b) for b in (2, 3)] == ["on", "off"]
-    assert toggles.interventions(30) == [DropBlocks((3, 5)), SwapBlocks(7), FreezeFrom(10), RandomizeAt(2, 0),
-                                         SkipAttention(tuple(range(20, 30))), MaskHeads(((4, 1),), "zero")]
+    assert toggles.interventions(30) == [
+        DropBlocks((3, 5)),
+        SwapBlocks(7),
+        FreezeFrom(10),
+        RandomizeAt(2, 0),
+        SkipAttention(tuple(range(20, 30))),
+        MaskHeads(((4, 1),), "zero"),
+    ]
     assert Toggles.from_dict(toggles.to_dict()) == toggles
     assert Toggles().is_empty and not toggles.is_empty
     assert "drop 3,5" in toggles.describe() and "seed 0" in toggles.describe()
@@ -131,8 +139,13 @@ def test_rows_match_the_lens_and_kl_is_the_formula(demo_lm, tmp_path):
     grid = empty_grid(demo_lm, "logit_lens", ids)
     assert grid.tokens == demo_lm.token_texts(ids[0]) and grid.cells == []
     path = tmp_path / "session.json"
-    Session("demo", "Paris is the capital of", "logit_lens", Toggles(drop=frozenset({3})),
-            Results(baseline, intervened, [r.kl_base_int for r in rows], {"baseline": " France"})).save(path)
+    Session(
+        "demo",
+        "Paris is the capital of",
+        "logit_lens",
+        Toggles(drop=frozenset({3})),
+        Results(baseline, intervened, [r.kl_base_int for r in rows], {"baseline": " France"}),
+    ).save(path)
     loaded = Session.load(path)
     assert loaded.toggles.drop == {3} and loaded.prompt == "Paris is the capital of"
     assert loaded.results.baseline == DecodeGrid.from_dict(baseline.to_dict()) == baseline
@@ -169,9 +182,21 @@ def test_sighup_ends_the_explorer(tmp_path):
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TERM": "xterm-256color", "XDG_CONFIG_HOME": str(tmp_path)}
     main, child = pty.openpty()
-    process = subprocess.Popen([sys.executable, "-c", "from layerscope.cli.app import main; main()", "tui",
-                                "--model", str(tmp_path / "no-model")], stdin=child, stdout=child, stderr=child,
-                               env=env, start_new_session=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from layerscope.cli.app import main; main()",
+            "tui",
+            "--model",
+            str(tmp_path / "no-model"),
+        ],
+        stdin=child,
+        stdout=child,
+        stderr=child,
+        env=env,
+        start_new_session=True,
+    )
     os.close(child)
     seen = b""
     try:
@@ -203,9 +228,12 @@ def test_every_binding_runs_an_action_of_its_pane_and_every_palette_help_names_o
     from layerscope.tui.panes import HeadPane, LayerPane, OverviewPane
     from layerscope.tui.screens import PALETTE_HELP
 
-    actions = {(owner, binding.action.split("(")[0]) for owner in (LayerscopeApp, DecodeGridView, LayerPane, HeadPane,
-                                                                  OverviewPane)
-               for binding in owner.BINDINGS if isinstance(binding, Binding)}
+    actions = {
+        (owner, binding.action.split("(")[0])
+        for owner in (LayerscopeApp, DecodeGridView, LayerPane, HeadPane, OverviewPane)
+        for binding in owner.BINDINGS
+        if isinstance(binding, Binding)
+    }
     assert [(owner, name) for owner, name in actions if not callable(getattr(owner, f"action_{name}", None))] == []
     assert set(PALETTE_HELP) <= {name for owner, name in actions if owner is LayerscopeApp}
 
@@ -223,8 +251,10 @@ def test_status_line_leads_with_what_is_stale_then_what_is_happening():
     from layerscope.tui.views import status_line
 
     line = status_line(["prompt", "interventions"], "ready\x1b", [], ["logit_lens", "demo"], 200)
-    assert line.plain == "STALE: prompt, interventions changed · Ctrl+R reruns · ready␛ · no interventions · " \
-                         "logit_lens · demo"
+    assert (
+        line.plain == "STALE: prompt, interventions changed · Ctrl+R reruns · ready␛ · no interventions · "
+        "logit_lens · demo"
+    )
     assert status_line([], "done", ["drop 2"], ["demo"], 80).plain == "done · drop 2 · demo"
 
 
@@ -244,8 +274,16 @@ def test_sessions_with_the_old_kind_spellings_still_load():
     """Sessions saved before one spelling per kind wrote `skip_attn`; they load, and are saved as `skip-attn`."""
     from layerscope.interventions import SkipAttention
 
-    old = {"drop": [3], "swap": [], "freeze": None, "random": 2, "seed": 4, "skip_attn": 20,
-           "masked_heads": [[4, 1]], "mask_mode": "uniform"}
+    old = {
+        "drop": [3],
+        "swap": [],
+        "freeze": None,
+        "random": 2,
+        "seed": 4,
+        "skip_attn": 20,
+        "masked_heads": [[4, 1]],
+        "mask_mode": "uniform",
+    }
     toggles = Toggles.from_dict(old)
     assert toggles.skip_attn == 20 and toggles.random == 2 and toggles.drop == {3} and toggles.seed == 4
     assert SkipAttention(tuple(range(20, 30))) in toggles.interventions(30)

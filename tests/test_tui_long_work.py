@@ -34,8 +34,14 @@ def test_time_left_is_the_phase_pace_so_far(monkeypatch):
 
 
 def test_duration_reads_as_people_say_it():
-    assert [duration(s) for s in (4.4, 59.4, 61, 1417, 3600, 7500)] == ["4 s", "59 s", "1 min", "24 min",
-                                                                        "1 h 0 min", "2 h 5 min"]
+    assert [duration(s) for s in (4.4, 59.4, 61, 1417, 3600, 7500)] == [
+        "4 s",
+        "59 s",
+        "1 min",
+        "24 min",
+        "1 h 0 min",
+        "2 h 5 min",
+    ]
 
 
 async def test_quick_setting_scores_with_fewer_samples(tmp_path):
@@ -49,7 +55,8 @@ async def test_quick_setting_scores_with_fewer_samples(tmp_path):
         assert app.head_pane.scores["induction"] == pytest.approx(want)
         assert app.head_pane.sources["induction"].endswith("3 samples, quick (not your prompt)")
         assert app.head_pane.scores["induction"] != pytest.approx(
-            {(h.layer, h.head): h.score for h in induction_scores(lm).heads})
+            {(h.layer, h.head): h.score for h in induction_scores(lm).heads}
+        )
 
 
 async def test_while_the_model_loads_the_panes_say_so_and_ctrl_r_waits_for_it(tmp_path):
@@ -67,8 +74,12 @@ async def test_while_the_model_loads_the_panes_say_so_and_ctrl_r_waits_for_it(tm
             super().notify(message, **options)
 
     folder = save_tiny_llama(tmp_path / "tiny")
-    app = Recording(model=str(tmp_path / "missing"), theme_folders=[SHIPPED_THEMES],
-                        keymap_path=tmp_path / "keymap.toml", continuation_tokens=1)
+    app = Recording(
+        model=str(tmp_path / "missing"),
+        theme_folders=[SHIPPED_THEMES],
+        keymap_path=tmp_path / "keymap.toml",
+        continuation_tokens=1,
+    )
     async with app.run_test(size=(120, 36)) as pilot:
         await settle(pilot)
         assert app.lm is None and "No model is loaded: L loads one." in str(app.detail_view.render())
@@ -88,8 +99,9 @@ async def test_while_the_model_loads_the_panes_say_so_and_ctrl_r_waits_for_it(tm
 async def test_the_loading_notice_survives_panes_going_away(tmp_path):
     """The chart timer may tick while the app closes and its panes are removed: saying what loads must not raise
     (it did: the first frame benchmark's app died at exit)."""
-    app = LayerscopeApp(model=str(tmp_path / "missing"), theme_folders=[SHIPPED_THEMES],
-                        keymap_path=tmp_path / "keymap.toml")
+    app = LayerscopeApp(
+        model=str(tmp_path / "missing"), theme_folders=[SHIPPED_THEMES], keymap_path=tmp_path / "keymap.toml"
+    )
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
         app.runs.begin_load("slow-model")

@@ -21,8 +21,9 @@ def lm():
 
 
 def make_app(lm, tmp_path, **kwargs) -> LayerscopeApp:
-    return LayerscopeApp(lm=lm, theme_folders=[SHIPPED_THEMES], keymap_path=tmp_path / "keymap.toml",
-                         continuation_tokens=1, **kwargs)
+    return LayerscopeApp(
+        lm=lm, theme_folders=[SHIPPED_THEMES], keymap_path=tmp_path / "keymap.toml", continuation_tokens=1, **kwargs
+    )
 
 
 async def open_session(app, pilot, tmp_path) -> None:
@@ -167,8 +168,7 @@ async def test_export_and_save_ask_before_replacing_a_file(lm, tmp_path):
         assert app.screen.query_one(Input).value == str(tmp_path / "saved.json")
 
 
-DIALOGS = (("question_mark",), ("ctrl+p",), ("p",), ("n",), ("ctrl+s",), ("ctrl+o",), ("x",), ("L",), ("T",),
-           ("C",))
+DIALOGS = (("question_mark",), ("ctrl+p",), ("p",), ("n",), ("ctrl+s",), ("ctrl+o",), ("x",), ("L",), ("T",), ("C",))
 
 
 async def test_focus_returns_to_its_widget_after_every_dialog_from_every_pane(lm, tmp_path):
@@ -243,8 +243,9 @@ async def test_a_refused_toggle_says_so_and_what_to_clear(lm, tmp_path):
         await pilot.press("2", *["down"] * 10, "space")  # drop 10, where 10 is swapped with 11
         await pilot.pause(0.1)
         assert app.toggles == Toggles(swap=frozenset({10}))
-        assert notices(app)[-1] == ("Refused: drop 10 clashes with swap 10↔11; clear the swap first. The "
-                                    "interventions are unchanged.")
+        assert notices(app)[-1] == (
+            "Refused: drop 10 clashes with swap 10↔11; clear the swap first. The interventions are unchanged."
+        )
 
 
 async def test_layers_cursor_starts_on_a_toggle_and_space_on_block_drops(lm, tmp_path):
@@ -313,8 +314,9 @@ async def test_csv_export_names_method_view_and_interventions(lm, tmp_path):
             rows = list(csv.DictReader(path.open(encoding="utf-8")))
             grid = getattr(app.runs.results, view)
             assert list(rows[0])[:4] == ["method", "view", "interventions", "layer"]
-            assert {(r["method"], r["view"], r["interventions"]) for r in rows} == \
-                   {("logit_lens", view, "drop 2" if view == "intervened" else "none")}
+            assert {(r["method"], r["view"], r["interventions"]) for r in rows} == {
+                ("logit_lens", view, "drop 2" if view == "intervened" else "none")
+            }
             assert [r["token"] for r in rows] == [t.token for row in grid.cells for cell in row for t in cell.top]
             await pilot.press("v")  # intervened -> baseline
 
@@ -347,9 +349,14 @@ async def test_palette_lists_every_action_with_its_key_and_help_is_grouped_by_pa
     async with app.run_test(size=(80, 24)) as pilot:
         await open_session(app, pilot, tmp_path)
         titles = [command.title for command in app.get_system_commands(app.screen)]
-        for word, title in (("side", "Side panel (z)"), ("length", "Continuation length (n)"),
-                            ("continuation", "Continuation length (n)"), ("mask mode", "Mask mode (u)"),
-                            ("run", "Run (Ctrl+R, F5)"), ("sort", "Sort (o)")):
+        for word, title in (
+            ("side", "Side panel (z)"),
+            ("length", "Continuation length (n)"),
+            ("continuation", "Continuation length (n)"),
+            ("mask mode", "Mask mode (u)"),
+            ("run", "Run (Ctrl+R, F5)"),
+            ("sort", "Sort (o)"),
+        ):
             assert title in [t for t in titles if word in t.lower()], word
         assert all(len(title) <= 40 for title in titles)
         await pilot.press("ctrl+p", *"mask mode")
@@ -362,9 +369,14 @@ async def test_palette_lists_every_action_with_its_key_and_help_is_grouped_by_pa
         assert "Keys by pane · remap by id in keymap.toml · Esc closes" in screen_text(app)
         table = app.screen.query_one(DataTable)
         first = [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
-        assert [row for row in first if row in ("Everywhere", "Lens grid", "Layers", "Heads", "Overview")] == \
-               ["Everywhere", "Lens grid", "Layers", "Heads", "Overview"]
-        assert "Space" in first[first.index("Layers"):first.index("Heads")] and "o" in first[first.index("Heads"):]
+        assert [row for row in first if row in ("Everywhere", "Lens grid", "Layers", "Heads", "Overview")] == [
+            "Everywhere",
+            "Lens grid",
+            "Layers",
+            "Heads",
+            "Overview",
+        ]
+        assert "Space" in first[first.index("Layers") : first.index("Heads")] and "o" in first[first.index("Heads") :]
 
 
 @pytest.mark.parametrize("size", [(80, 24), (100, 30)])
@@ -375,7 +387,7 @@ async def test_side_panel_shows_the_intervened_cell_without_wrapping_a_label(lm,
     async with app.run_test(size=size) as pilot:
         await open_session(app, pilot, tmp_path)
         region = app.side.region
-        shown = [line[region.x:region.right] for line in screen_text(app).splitlines()[region.y:region.bottom]]
+        shown = [line[region.x : region.right] for line in screen_text(app).splitlines()[region.y : region.bottom]]
         side = "\n".join(shown)
         assert "int. H 1.25 bits" in side and "KL(base‖int) 3.5000 nats" in side, side
         assert "(stays top-1 from 6)" in side and "(stays top-1 from 5)" in side, side

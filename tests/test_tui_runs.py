@@ -85,8 +85,7 @@ def test_each_worker_end_is_told_in_words():
     assert run.failure(Cancelled()) == ("cancelled; rows kept", "warning")
     assert run.failure(LayerscopeError("bad subject")) == ("bad subject", "error")
     assert run.failure(KeyError("model.norm")) == ("KeyError: 'model.norm'", "error")
-    assert run.failure(RuntimeError("CUDA out of memory\nmore detail")) == ("RuntimeError: CUDA out of memory",
-                                                                            "error")
+    assert run.failure(RuntimeError("CUDA out of memory\nmore detail")) == ("RuntimeError: CUDA out of memory", "error")
     load = Job("load", 1, "loading x cancelled", "x")
     assert load.failure(ValueError("no config")) == ("Could not load 'x': ValueError: no config", "error")
     assert load.failure(LayerscopeError("not a model")) == ("not a model", "error")
@@ -137,8 +136,9 @@ def lm():
 
 
 def make_app(lm, tmp_path) -> LayerscopeApp:
-    return LayerscopeApp(lm=lm, theme_folders=[SHIPPED_THEMES], keymap_path=tmp_path / "keymap.toml",
-                         continuation_tokens=1)
+    return LayerscopeApp(
+        lm=lm, theme_folders=[SHIPPED_THEMES], keymap_path=tmp_path / "keymap.toml", continuation_tokens=1
+    )
 
 
 async def start_run(pilot) -> None:
@@ -154,13 +154,18 @@ async def start_trace(pilot) -> None:
     pilot.app.start_trace(PROMPT, "cat", None)
 
 
-@pytest.mark.parametrize(("module", "name", "error", "wanted", "start"), [
-    ("layerscope.tui.compute", "lens_states", KeyError("model.layers"), "KeyError: 'model.layers'", start_run),
-    ("layerscope.analyses.heads", "induction_scores", ValueError("scores"), "ValueError: scores", start_scores),
-    ("layerscope.analyses.causal_trace", "trace_prompt", TypeError("trace"), "TypeError: trace", start_trace),
-], ids=["run", "scores", "trace"])
+@pytest.mark.parametrize(
+    ("module", "name", "error", "wanted", "start"),
+    [
+        ("layerscope.tui.compute", "lens_states", KeyError("model.layers"), "KeyError: 'model.layers'", start_run),
+        ("layerscope.analyses.heads", "induction_scores", ValueError("scores"), "ValueError: scores", start_scores),
+        ("layerscope.analyses.causal_trace", "trace_prompt", TypeError("trace"), "TypeError: trace", start_trace),
+    ],
+    ids=["run", "scores", "trace"],
+)
 async def test_a_worker_that_raises_any_exception_leaves_a_notice_and_a_usable_app(
-        lm, tmp_path, monkeypatch, module, name, error, wanted, start):
+    lm, tmp_path, monkeypatch, module, name, error, wanted, start
+):
     """An engine function the worker calls raises (not a LayerscopeError): a notice, the status says it, nothing
     stays running and the model is free; once the fault is gone, Ctrl+R gives the engine's grid."""
     import importlib

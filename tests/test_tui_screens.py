@@ -65,13 +65,23 @@ async def test_active_toggles_and_masks_show_by_name(lm, tmp_path):
     app = make_app(lm, tmp_path)
     async with app.run_test(size=(100, 30)) as pilot:
         await open_session(app, pilot, tmp_path)
-        app.toggles = Toggles(drop=frozenset({2}), swap=frozenset({5}), freeze=8, random=4, skip_attn=10,
-                              masked_heads=frozenset({(0, 1), (11, 2)}), mask_mode="uniform")
+        app.toggles = Toggles(
+            drop=frozenset({2}),
+            swap=frozenset({5}),
+            freeze=8,
+            random=4,
+            skip_attn=10,
+            masked_heads=frozenset({(0, 1), (11, 2)}),
+            mask_mode="uniform",
+        )
         app.refresh_panes()
         await pilot.press("2")
         await pilot.pause(0.1)
-        rows = {line.split()[0]: line for line in screen_text(app).splitlines()
-                if line.split() and line.split()[0].isdigit()}
+        rows = {
+            line.split()[0]: line
+            for line in screen_text(app).splitlines()
+            if line.split() and line.split()[0].isdigit()
+        }
         columns = ["drop", "swap", "freeze", "random", "skip_attn"]
         for kind, block in (("drop", 2), ("swap", 5), ("freeze", 8), ("random", 4), ("skip_attn", 10)):
             marks = re.findall(r"\[.\]", rows[str(block)])
@@ -179,8 +189,9 @@ async def test_first_view_is_the_answer_cell(lm, tmp_path):
         await open_session(app, pilot, tmp_path)
         assert (app.grid.cursor_layer, app.grid.cursor_position) == (12, 4)
         assert header_line(app).split()[-1] == "11"  # the last layer's column is on screen
-        assert app.detail.plain.startswith("answer ·Paris 88%\n  (stays top-1 from 6)\nint.   ·Lyon 50%\n"
-                                           "  (stays top-1 from 5)\n")  # the label never cut in two
+        assert app.detail.plain.startswith(
+            "answer ·Paris 88%\n  (stays top-1 from 6)\nint.   ·Lyon 50%\n  (stays top-1 from 5)\n"
+        )  # the label never cut in two
 
 
 async def test_cursor_stays_where_the_user_put_it(lm, tmp_path):
@@ -283,7 +294,10 @@ async def test_help_toasts_side_panel_and_continuation(lm, tmp_path):
 
         output = app.output_text
         diverged = [span for span in output.spans if span.style == "bold reverse"]
-        assert [output.plain[span.start:span.end] for span in diverged] == ["Paris. It is the capital", "Lyon. It is a city"]
+        assert [output.plain[span.start : span.end] for span in diverged] == [
+            "Paris. It is the capital",
+            "Lyon. It is a city",
+        ]
 
 
 async def test_x_exports_the_shown_grid_as_a_figure_and_asks_before_replacing_a_file(lm, tmp_path):
@@ -295,8 +309,9 @@ async def test_x_exports_the_shown_grid_as_a_figure_and_asks_before_replacing_a_
     app = make_app(lm, tmp_path)
     async with app.run_test(size=(100, 30)) as pilot:
         await open_session(app, pilot, tmp_path)
-        assert [row for row in app.binding_rows() if "X" in row[0].split(",")] == \
-            [("X", "Export figure", "export_figure")]  # the key is bound once, in no pane
+        assert [row for row in app.binding_rows() if "X" in row[0].split(",")] == [
+            ("X", "Export figure", "export_figure")
+        ]  # the key is bound once, in no pane
 
         async def export(name: str) -> None:
             await pilot.press("X")
@@ -309,7 +324,8 @@ async def test_x_exports_the_shown_grid_as_a_figure_and_asks_before_replacing_a_
         assert svg.startswith("<?xml")
         assert "view: intervened · interventions: drop 2 · from the layerscope explorer" in svg
         assert notices(app)[-1].startswith("exported figure · 13x5 · ") and notices(app)[-1].endswith(
-            f"SVG → {tmp_path / 'grid.svg'}")
+            f"SVG → {tmp_path / 'grid.svg'}"
+        )
         await export("grid.png")
         assert (tmp_path / "grid.png").read_bytes().startswith(b"\x89PNG")
         await export("grid.svg")  # exists: asked first, and "n" keeps it
@@ -421,8 +437,9 @@ async def test_load_model_dialog_keeps_the_old_model(lm, tmp_path):
         await pilot.press("enter")
         await settle(pilot)
         await pilot.pause(0.3)
-        assert app.lm is lm and f"could not load {tmp_path / 'no-such-model'}; tiny-llama-12 stays loaded" in \
-            str(app.status.render())
+        assert app.lm is lm and f"could not load {tmp_path / 'no-such-model'}; tiny-llama-12 stays loaded" in str(
+            app.status.render()
+        )
         assert any("no-such-model" in n for n in notices(app))
         app.clear_notifications()
         app.start_load(str(tmp_path / "other-missing"))
@@ -437,8 +454,9 @@ async def test_load_model_dialog_keeps_the_old_model(lm, tmp_path):
 
 async def test_no_model_and_no_results_draws_without_error(tmp_path):
     """Before any model loads (here: none can), the charts, detail and overview draw their empty states."""
-    app = LayerscopeApp(model=str(tmp_path / "missing"), theme_folders=[SHIPPED_THEMES],
-                        keymap_path=tmp_path / "keymap.toml")
+    app = LayerscopeApp(
+        model=str(tmp_path / "missing"), theme_folders=[SHIPPED_THEMES], keymap_path=tmp_path / "keymap.toml"
+    )
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(pilot)
         app._charts_dirty = True
@@ -497,10 +515,12 @@ async def test_a_scores_file_of_another_model_or_broken_is_one_notice(lm, tmp_pa
     from layerscope.analyses.head_scores import HeadScores
 
     good = HeadScores.from_matrix(lm, "retrieval", torch.rand(lm.n_blocks, lm.adapter.n_heads)).to_dict()
-    cases = [(json.dumps({**good, "model": "SmolLM2-135M"}), f"for SmolLM2-135M, not {lm.name}"),
-             (json.dumps({k: v for k, v in good.items() if k != "kind"}), "does not say which kind"),
-             (json.dumps({**good, "n_heads": "4"}), "\"n_heads\" is \"4\", not a whole number"),
-             ("{", "not valid JSON")]
+    cases = [
+        (json.dumps({**good, "model": "SmolLM2-135M"}), f"for SmolLM2-135M, not {lm.name}"),
+        (json.dumps({k: v for k, v in good.items() if k != "kind"}), "does not say which kind"),
+        (json.dumps({**good, "n_heads": "4"}), '"n_heads" is "4", not a whole number'),
+        ("{", "not valid JSON"),
+    ]
     app = make_app(lm, tmp_path)
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.pause(0.3)
@@ -514,5 +534,8 @@ async def test_a_scores_file_of_another_model_or_broken_is_one_notice(lm, tmp_pa
             await pilot.pause(0.1)
             assert message in notices(app)[-1] and app.is_running
             loaded = app.query_one("HeadPane").scores["retrieval"]
-            assert loaded == ({} if message != "retrieval scores loaded" else
-                              {(h["layer"], h["head"]): h["score"] for h in good["heads"]})
+            assert loaded == (
+                {}
+                if message != "retrieval scores loaded"
+                else {(h["layer"], h["head"]): h["score"] for h in good["heads"]}
+            )

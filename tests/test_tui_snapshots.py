@@ -66,5 +66,6 @@ def test_overview(snap_compare, lm, tmp_path, session_file, size):
 @pytest.mark.parametrize("size", [(80, 24), (160, 50)])
 def test_visible_toggles(snap_compare, lm, tmp_path, session_file, size):
     """The session's drop of block 2 and a masked head, as [x] marks in the Layers and Heads panes."""
-    assert snapshot(snap_compare, lm, tmp_path, session_file, size,
-                    keys=("2",) if size == (80, 24) else ("3", "down", "space", "2"))
+    assert snapshot(
+        snap_compare, lm, tmp_path, session_file, size, keys=("2",) if size == (80, 24) else ("3", "down", "space", "2")
+    )

@@ -61,11 +61,15 @@ async def test_trace_grid_detail_and_chart_match_the_engine(lm, tmp_path):
         assert corrupted == pytest.approx(want.corrupted["p_answer"], abs=6e-5)
         p_answer = float(re.search(r"p_answer ([\d.]+)", detail).group(1))
         effect = float(re.search(r"indirect effect ([+-][\d.]+)", detail).group(1))
-        assert p_answer == pytest.approx(cell.value, abs=6e-5) and effect == pytest.approx(cell.indirect_effect,
-                                                                                             abs=6e-5)
+        assert p_answer == pytest.approx(cell.value, abs=6e-5) and effect == pytest.approx(
+            cell.indirect_effect, abs=6e-5
+        )
         assert REGISTRY["causal_trace"].summary(trace.cells[layer][position], 8).text == f"{cell.indirect_effect:+.3f}"
         assert f"indirect effect @{position}" in app.charts(40, 30).plain
-        assert grid_text(app.grid.method, app.grid.shown).splitlines()[1].split("\t")[1] == f"{want.cells[0][0].indirect_effect:+.3f}"
+        assert (
+            grid_text(app.grid.method, app.grid.shown).splitlines()[1].split("\t")[1]
+            == f"{want.cells[0][0].indirect_effect:+.3f}"
+        )
         app.export_csv(tmp_path / "trace.csv")
         lines = (tmp_path / "trace.csv").read_text().splitlines()
         assert "indirect_effect" in lines[0] and len(lines) == 1 + len(want.layers) * len(want.tokens)

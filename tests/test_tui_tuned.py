@@ -25,8 +25,14 @@ def lm():
 
 
 def make_app(lm, tmp_path, **kwargs) -> LayerscopeApp:
-    return LayerscopeApp(lm=lm, theme_folders=[SHIPPED_THEMES], keymap_path=tmp_path / "keymap.toml",
-                         continuation_tokens=1, prompt=PROMPT, **kwargs)
+    return LayerscopeApp(
+        lm=lm,
+        theme_folders=[SHIPPED_THEMES],
+        keymap_path=tmp_path / "keymap.toml",
+        continuation_tokens=1,
+        prompt=PROMPT,
+        **kwargs,
+    )
 
 
 def saved_lens(lm, folder, scale: float) -> TunedLens:
@@ -88,9 +94,11 @@ async def test_trained_lens_grid_is_the_engines_with_interventions(lm, tmp_path)
         layer, position = app.grid.cursor_layer, app.grid.cursor_position
         cell = want.cells[layer][position]
         entropy, kl = map(float, re.search(r"base H ([\d.]+) bits KL→final ([\d.]+)", app.detail.plain).groups())
-        assert entropy == pytest.approx(cell.entropy_bits, abs=0.006) and kl == pytest.approx(cell.kl_to_final,
-                                                                                             abs=6e-4)
+        assert entropy == pytest.approx(cell.entropy_bits, abs=0.006) and kl == pytest.approx(
+            cell.kl_to_final, abs=6e-4
+        )
         assert f"KL→final @{position}" in app.charts(40, 30).plain
+
 
 async def test_without_a_lens_m_skips_it_and_a_bad_folder_is_one_notice(lm, tmp_path):
     (tmp_path / "bad").mkdir()

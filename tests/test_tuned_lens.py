@@ -42,8 +42,11 @@ def reference_kl(lm, lens: TunedLens | None, ids) -> list[float]:
         for row, state in enumerate(states):
             hidden = state[0] if lens is None else state[0] + lens.translators[row](state[0])
             logits = lm.adapter.unembed(lm.adapter.final_norm(hidden))
-            kls.append(torch.nn.functional.kl_div(torch.log_softmax(logits.float(), -1), final, log_target=True,
-                                                  reduction="batchmean").item())
+            kls.append(
+                torch.nn.functional.kl_div(
+                    torch.log_softmax(logits.float(), -1), final, log_target=True, reduction="batchmean"
+                ).item()
+            )
     return kls
 
 
@@ -76,6 +79,7 @@ def test_training_lowers_heldout_kl_and_matches_hand_computation(tmp_path):
 
 def interrupted_at(train, out) -> int:
     """Run `train(progress)` with a Ctrl-C after step 4; the step its checkpoint in `out` says it reached."""
+
     def interrupt(done, total, description):
         if done == 4:
             raise KeyboardInterrupt
@@ -99,8 +103,13 @@ def test_save_load_and_resume_after_interruption(tmp_path):
     settings = TrainSettings(steps=6, context=16, lr=1e-2)
     straight = train_tuned_lens(lm, text, tmp_path / "straight", settings)
 
-    assert interrupted_at(lambda progress: train_tuned_lens(lm, text, tmp_path / "resumed", settings, progress,
-                                                            save_every=3), tmp_path / "resumed") == 4
+    assert (
+        interrupted_at(
+            lambda progress: train_tuned_lens(lm, text, tmp_path / "resumed", settings, progress, save_every=3),
+            tmp_path / "resumed",
+        )
+        == 4
+    )
     with pytest.raises(LayerscopeError, match="different training"):
         train_tuned_lens(lm, text, tmp_path / "resumed", TrainSettings(steps=7, context=16, lr=1e-2))
     resumed = train_tuned_lens(lm, text, tmp_path / "resumed", settings)
@@ -116,9 +125,17 @@ def test_published_lens_files_load_without_unpickling(tmp_path):
     lm = tiny_model("llama")
     translators = torch.nn.ModuleList(torch.nn.Linear(64, 64) for _ in range(lm.n_blocks))
     torch.save(translators.state_dict(), tmp_path / "params.pt")
-    (tmp_path / "config.json").write_text(json.dumps(
-        {"base_model_name_or_path": "tiny-llama", "d_model": 64, "num_hidden_layers": lm.n_blocks, "bias": True,
-         "lens_type": "linear_tuned_lens"}))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "base_model_name_or_path": "tiny-llama",
+                "d_model": 64,
+                "num_hidden_layers": lm.n_blocks,
+                "bias": True,
+                "lens_type": "linear_tuned_lens",
+            }
+        )
+    )
     lens = load_tuned_lens(lm, tmp_path)
     state = torch.randn(3, 64)
     torch.testing.assert_close(lens.translate(2, state), state + translators[2](state).detach())
@@ -145,27 +162,32 @@ def test_cli_train_lens_and_eval(tmp_path, monkeypatch):
     heldout.write_text(word_text(100, 5))
     runner = CliRunner()
     lens_dir = tmp_path / "lens"
-    trained = runner.invoke(app, ["tunedlens", "train", "--text", str(calibration), "--steps", "3", "--context", "16",
-                                  "--out", str(lens_dir)])
+    trained = runner.invoke(
+        app,
+        ["tunedlens", "train", "--text", str(calibration), "--steps", "3", "--context", "16", "--out", str(lens_dir)],
+    )
     assert trained.exit_code == 0, trained.output
     assert (lens_dir / "lens.safetensors").is_file()
     assert json.loads((lens_dir / "config.json").read_text())["num_hidden_layers"] == lm.n_blocks
-    grid = runner.invoke(app, ["lens", "-p", "the cat sat on", "--method", "tuned", "--lens", str(lens_dir),
-                               "-f", "json"])
+    grid = runner.invoke(
+        app, ["lens", "-p", "the cat sat on", "--method", "tuned", "--lens", str(lens_dir), "-f", "json"]
+    )
     assert grid.exit_code == 0, grid.output
     data = json.loads(grid.stdout)
     assert data["method"] == "tuned_lens" and len(data["cells"]) == lm.n_blocks + 1
-    compared = runner.invoke(app, ["tunedlens", "eval", "--lens", str(lens_dir), "--text", str(heldout),
-                                   "-f", "csv"])
+    compared = runner.invoke(app, ["tunedlens", "eval", "--lens", str(lens_dir), "--text", str(heldout), "-f", "csv"])
     assert compared.exit_code == 0, compared.output
     assert compared.stdout.splitlines()[0] == "layer,logit_lens_kl,tuned_lens_kl"
-    for args in (["lens", "-p", "the cat", "--method", "tuned"],
-                 ["lens", "-p", "the cat", "--method", "tuned", "--lens", str(tmp_path / "none")]):
+    for args in (
+        ["lens", "-p", "the cat", "--method", "tuned"],
+        ["lens", "-p", "the cat", "--method", "tuned", "--lens", str(tmp_path / "none")],
+    ):
         bad = runner.invoke(app, args)
         assert bad.exit_code == 1 and bad.stderr.startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
 
 
 # Files that are not whole or not a lens, and trainings that diverge.
+
 
 def _saved_lens(directory):
     lm = tiny_model("llama")
@@ -177,15 +199,18 @@ def _saved_lens(directory):
     return lm, lens
 
 
-@pytest.mark.parametrize("config, message", [
-    ("{not json", "cannot be read as a tuned lens config"),
-    ("[1, 2]", "not a tuned lens config (a JSON object)"),
-    ('{"d_model": "64", "num_hidden_layers": 4}', "must be positive whole numbers, not '64' and 4"),
-    ('{"d_model": true, "num_hidden_layers": 4}', "not True and 4"),
-    ('{"d_model": 64, "num_hidden_layers": 0}', "not 64 and 0"),
-    ('{"d_model": 99999999999, "num_hidden_layers": 4}', "hidden size 99999999999"),  # checked before it is built
-    ('{"d_model": 32, "num_hidden_layers": 4}', "hidden size 32 and 4 blocks; "),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ("{not json", "cannot be read as a tuned lens config"),
+        ("[1, 2]", "not a tuned lens config (a JSON object)"),
+        ('{"d_model": "64", "num_hidden_layers": 4}', "must be positive whole numbers, not '64' and 4"),
+        ('{"d_model": true, "num_hidden_layers": 4}', "not True and 4"),
+        ('{"d_model": 64, "num_hidden_layers": 0}', "not 64 and 0"),
+        ('{"d_model": 99999999999, "num_hidden_layers": 4}', "hidden size 99999999999"),  # checked before it is built
+        ('{"d_model": 32, "num_hidden_layers": 4}', "hidden size 32 and 4 blocks; "),
+    ],
+)
 def test_a_lens_config_that_is_not_one_is_named(tmp_path, config, message):
     lm, _ = _saved_lens(tmp_path)
     (tmp_path / "config.json").write_text(config)
@@ -220,8 +245,10 @@ def test_a_cut_lens_through_the_cli_is_one_error_line(tmp_path, monkeypatch):
     monkeypatch.setattr("layerscope.cli.common.ModelOptions.load", lambda options: lm)
     weights = tmp_path / "lens.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    for args in (["lens", "-p", "the cat", "--method", "tuned", "--lens", str(tmp_path)],
-                 ["tunedlens", "eval", "--lens", str(tmp_path)]):
+    for args in (
+        ["lens", "-p", "the cat", "--method", "tuned", "--lens", str(tmp_path)],
+        ["tunedlens", "eval", "--lens", str(tmp_path)],
+    ):
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 1
         lines = result.stderr.strip().splitlines()
@@ -265,15 +292,21 @@ def test_a_kill_while_saving_a_checkpoint_leaves_the_previous_one_whole(tmp_path
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda out: (out / "checkpoint.safetensors").write_bytes(b"\x08\0\0\0\0\0\0\0{"), "The checkpoint .* cannot be read"),
-    (lambda out: _rewrite_checkpoint(out, metadata="{not json"), "cannot be read"),
-    (lambda out: _rewrite_checkpoint(out, metadata='{"step": "3", "recipe": {}}'), "does not hold a checkpoint"),
-    (lambda out: _rewrite_checkpoint(out, metadata=None, legacy="{not json"), "checkpoint.json.*cannot be read"),
-    (lambda out: _rewrite_checkpoint(out, shape=(3, 3)), "does not fit this lens"),
-    (lambda out: _rewrite_checkpoint(out, optimizer_shape=(2,)), "optimizer state .* does not fit"),
-    (lambda out: _rewrite_checkpoint(out, nan=True), "not finite"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (
+            lambda out: (out / "checkpoint.safetensors").write_bytes(b"\x08\0\0\0\0\0\0\0{"),
+            "The checkpoint .* cannot be read",
+        ),
+        (lambda out: _rewrite_checkpoint(out, metadata="{not json"), "cannot be read"),
+        (lambda out: _rewrite_checkpoint(out, metadata='{"step": "3", "recipe": {}}'), "does not hold a checkpoint"),
+        (lambda out: _rewrite_checkpoint(out, metadata=None, legacy="{not json"), "checkpoint.json.*cannot be read"),
+        (lambda out: _rewrite_checkpoint(out, shape=(3, 3)), "does not fit this lens"),
+        (lambda out: _rewrite_checkpoint(out, optimizer_shape=(2,)), "optimizer state .* does not fit"),
+        (lambda out: _rewrite_checkpoint(out, nan=True), "not finite"),
+    ],
+)
 def test_a_damaged_checkpoint_is_one_error_naming_it(tmp_path, damage, message):
     lm = tiny_model("gpt2")
     text = word_text(300, 3)
@@ -285,8 +318,9 @@ def test_a_damaged_checkpoint_is_one_error_naming_it(tmp_path, damage, message):
         train_tuned_lens(lm, text, out, settings)
 
 
-def _rewrite_checkpoint(out, metadata: str | None = "", legacy: str | None = None, shape=None, optimizer_shape=None,
-                        nan=False):
+def _rewrite_checkpoint(
+    out, metadata: str | None = "", legacy: str | None = None, shape=None, optimizer_shape=None, nan=False
+):
     """The checkpoint in `out` written again with one thing changed ("" keeps its metadata)."""
     path = out / "checkpoint.safetensors"
     with safe_open(str(path), "pt") as file:

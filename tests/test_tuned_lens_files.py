@@ -28,8 +28,15 @@ from tests.test_tuned_lens import word_text
 from tests.tiny import tiny_model
 
 runner = CliRunner()
-PACKAGE_CONFIG_KEYS = {"base_model_name_or_path", "d_model", "num_hidden_layers", "bias", "base_model_revision",
-                       "unembed_hash", "lens_type"}
+PACKAGE_CONFIG_KEYS = {
+    "base_model_name_or_path",
+    "d_model",
+    "num_hidden_layers",
+    "bias",
+    "base_model_revision",
+    "unembed_hash",
+    "lens_type",
+}
 """The fields of the tuned-lens package's TunedLensConfig (0.2.0); it warns about any other key."""
 
 
@@ -63,8 +70,9 @@ def test_tuned_lens_format_is_what_the_package_loader_expects(tmp_path):
     with np.printoptions(threshold=10**9, linewidth=200):  # the user's print options do not change the hash
         assert unembed_hash(lm) == config["unembed_hash"]
     state = torch.load(tmp_path / "params.pt", weights_only=True)
-    translators = torch.nn.ModuleList(torch.nn.Linear(64, 64, bias=config["bias"])
-                                      for _ in range(config["num_hidden_layers"]))
+    translators = torch.nn.ModuleList(
+        torch.nn.Linear(64, 64, bias=config["bias"]) for _ in range(config["num_hidden_layers"])
+    )
     translators.load_state_dict(state, strict=True)
     for ours, theirs in zip(lens.translators.parameters(), translators.parameters()):
         assert torch.equal(ours, theirs)
@@ -110,16 +118,24 @@ def test_a_lens_of_another_model_warns_once_and_still_loads(tmp_path):
             warnings.simplefilter("always")
             load_tuned_lens(lm, named)
         assert [str(w.message) for w in caught if w.category is LensMismatchWarning] == (
-            [(f"The lens in '{named}' was trained for 'gpt2', not tiny-llama: its readings may mean nothing for "
-              "this model.")] if warns else [])
+            [
+                (
+                    f"The lens in '{named}' was trained for 'gpt2', not tiny-llama: its readings may mean nothing for "
+                    "this model."
+                )
+            ]
+            if warns
+            else []
+        )
 
 
 def test_cli_shows_the_mismatch_as_one_warning_line(tmp_path, monkeypatch):
     other = tiny_model("llama", seed=1)
     random_lens(tiny_model("llama")).save(tmp_path / "lens", lens_format="tuned-lens")
     monkeypatch.setattr("layerscope.cli.common.ModelOptions.load", lambda options: other)
-    result = runner.invoke(app, ["lens", "-p", "the cat sat", "--method", "tuned", "--lens", str(tmp_path / "lens"),
-                                 "-f", "json"])
+    result = runner.invoke(
+        app, ["lens", "-p", "the cat sat", "--method", "tuned", "--lens", str(tmp_path / "lens"), "-f", "json"]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["method"] == "tuned_lens"
     lines = [line for line in result.stderr.splitlines() if not line.startswith("[layerscope] ")]
@@ -148,11 +164,41 @@ def test_training_records_the_chosen_dtype_and_the_flag_forces_it(tmp_path, monk
     monkeypatch.setattr("layerscope.cli.common.ModelOptions.load", lambda options: lm)
     (tmp_path / "cal.txt").write_text(text)
     for dtype, bf16 in (("float32", False), ("bfloat16", True)):
-        result = runner.invoke(app, ["tunedlens", "train", "--text", str(tmp_path / "cal.txt"), "--steps", "1",
-                                     "--context", "16", "--unembed-dtype", dtype, "--out", str(tmp_path / dtype)])
+        result = runner.invoke(
+            app,
+            [
+                "tunedlens",
+                "train",
+                "--text",
+                str(tmp_path / "cal.txt"),
+                "--steps",
+                "1",
+                "--context",
+                "16",
+                "--unembed-dtype",
+                dtype,
+                "--out",
+                str(tmp_path / dtype),
+            ],
+        )
         assert result.exit_code == 0, result.output
         assert json.loads((tmp_path / dtype / "config.json").read_text())["training"]["bf16_unembed"] is bf16
-    result = runner.invoke(app, ["tunedlens", "train", "--text", str(tmp_path / "cal.txt"), "--steps", "1",
-                                 "--context", "16", "--lens-format", "tuned-lens", "--out", str(tmp_path / "package")])
+    result = runner.invoke(
+        app,
+        [
+            "tunedlens",
+            "train",
+            "--text",
+            str(tmp_path / "cal.txt"),
+            "--steps",
+            "1",
+            "--context",
+            "16",
+            "--lens-format",
+            "tuned-lens",
+            "--out",
+            str(tmp_path / "package"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "package").iterdir()) == ["config.json", "params.pt"]

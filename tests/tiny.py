@@ -9,13 +9,23 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFa
 from layerscope.models.adapter import ModelAdapter
 from layerscope.models.loading import LoadedModel
 
-WORDS = ("the cat sat on mat a dog ran to park red blue green one two three four five six seven eight "
-         "nine ten capital of france is paris italy rome city country big small").split()
+WORDS = (
+    "the cat sat on mat a dog ran to park red blue green one two three four five six seven eight "
+    "nine ten capital of france is paris italy rome city country big small"
+).split()
 VOCAB = 128
 
-COMMON = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-              pad_token_id=1, eos_token_id=1, bos_token_id=1,
-              vocab_size=VOCAB, max_position_embeddings=256)
+COMMON = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    pad_token_id=1,
+    eos_token_id=1,
+    bos_token_id=1,
+    vocab_size=VOCAB,
+    max_position_embeddings=256,
+)
 GQA = dict(num_key_value_heads=2)
 MOE = dict(num_key_value_heads=2, num_local_experts=4, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
 SLIDING = dict(sliding_window=4, layer_types=["sliding_attention", "full_attention"] * 2)
@@ -28,25 +38,53 @@ CONFIGS: dict[str, dict] = {
     "qwen3": dict(num_key_value_heads=2, head_dim=16),
     "qwen3_moe": dict(MOE, head_dim=16),
     "mixtral": MOE,
-    "deepseek_v3": dict(MOE, num_key_value_heads=4, n_routed_experts=4, q_lora_rank=32, kv_lora_rank=16,
-                        qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, first_k_dense_replace=0, n_group=1,
-                        topk_group=1),
+    "deepseek_v3": dict(
+        MOE,
+        num_key_value_heads=4,
+        n_routed_experts=4,
+        q_lora_rank=32,
+        kv_lora_rank=16,
+        qk_rope_head_dim=8,
+        qk_nope_head_dim=8,
+        v_head_dim=16,
+        first_k_dense_replace=0,
+        n_group=1,
+        topk_group=1,
+    ),
     "phimoe": MOE,
     "gemma": dict(num_key_value_heads=1, head_dim=16),
-    "gemma2": dict(num_key_value_heads=2, head_dim=16, final_logit_softcapping=30.0, attn_logit_softcapping=50.0,
-                   query_pre_attn_scalar=16, sliding_window=4),
-    "gemma3_text": dict(num_key_value_heads=2, head_dim=16, final_logit_softcapping=30.0, sliding_window=4,
-                        query_pre_attn_scalar=16, sliding_window_pattern=2),
-    "vaultgemma": dict(num_key_value_heads=2, head_dim=16, final_logit_softcapping=30.0, query_pre_attn_scalar=16,
-                       sliding_window=4),
+    "gemma2": dict(
+        num_key_value_heads=2,
+        head_dim=16,
+        final_logit_softcapping=30.0,
+        attn_logit_softcapping=50.0,
+        query_pre_attn_scalar=16,
+        sliding_window=4,
+    ),
+    "gemma3_text": dict(
+        num_key_value_heads=2,
+        head_dim=16,
+        final_logit_softcapping=30.0,
+        sliding_window=4,
+        query_pre_attn_scalar=16,
+        sliding_window_pattern=2,
+    ),
+    "vaultgemma": dict(
+        num_key_value_heads=2, head_dim=16, final_logit_softcapping=30.0, query_pre_attn_scalar=16, sliding_window=4
+    ),
     "phi": dict(),
     "phi3": GQA,
     "olmo": dict(clip_qkv=8.0),
     "olmo2": GQA,
     "olmo3": dict(num_key_value_heads=2, **SLIDING),
     "olmoe": dict(MOE, num_experts=4),
-    "granite": dict(num_key_value_heads=2, logits_scaling=4.0, residual_multiplier=0.5, embedding_multiplier=2.0,
-                    attention_multiplier=0.25),
+    "granite": dict(
+        num_key_value_heads=2,
+        logits_scaling=4.0,
+        residual_multiplier=0.5,
+        embedding_multiplier=2.0,
+        attention_multiplier=0.25,
+    ),
     "granitemoe": dict(MOE, logits_scaling=4.0),
     "granitemoeshared": dict(MOE, logits_scaling=4.0, shared_intermediate_size=64),
     "cohere": dict(num_key_value_heads=2, logit_scale=0.5, use_qk_norm=True),
@@ -61,8 +99,14 @@ CONFIGS: dict[str, dict] = {
     "exaone4": dict(num_key_value_heads=2, **SLIDING),
     "ernie4_5": dict(num_key_value_heads=2, head_dim=16),
     "ernie4_5_moe": dict(MOE, moe_num_experts=4, moe_k=2, moe_intermediate_size=32, moe_layer_start_index=0),
-    "gpt_oss": dict(MOE, head_dim=16, num_local_experts=4, experts_per_token=2, sliding_window=4,
-                    layer_types=["sliding_attention", "full_attention"] * 2),
+    "gpt_oss": dict(
+        MOE,
+        head_dim=16,
+        num_local_experts=4,
+        experts_per_token=2,
+        sliding_window=4,
+        layer_types=["sliding_attention", "full_attention"] * 2,
+    ),
     "nemotron": GQA,
     "persimmon": dict(),
     "arcee": GQA,
@@ -86,9 +130,18 @@ _RENAMED = {"gpt2", "gpt_bigcode", "gptj", "codegen", "mpt"}  # size names of th
 def tiny_config(family: str):
     options = {**COMMON, **CONFIGS[family]}
     if family in _RENAMED:
-        options = {k: v for k, v in options.items() if k not in ("hidden_size", "num_hidden_layers",
-                                                                 "num_attention_heads", "intermediate_size",
-                                                                 "max_position_embeddings")}
+        options = {
+            k: v
+            for k, v in options.items()
+            if k
+            not in (
+                "hidden_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "intermediate_size",
+                "max_position_embeddings",
+            )
+        }
     return AutoConfig.for_model(family, **options)
 
 

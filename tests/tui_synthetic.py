@@ -18,8 +18,21 @@ PROMPT = "The capital of France is"
 TOKENS = ["The", " capital", " of", " France", " is"]
 N_BLOCKS = 12
 LAYERS = ["emb", *map(str, range(N_BLOCKS))]
-VOCAB = [" the", " city", " of", " capital", " France", " is", " Paris", " a", " Lyon", "\x1b[31mred", " in",
-         " country", "[INST]"]
+VOCAB = [
+    " the",
+    " city",
+    " of",
+    " capital",
+    " France",
+    " is",
+    " Paris",
+    " a",
+    " Lyon",
+    "\x1b[31mred",
+    " in",
+    " country",
+    "[INST]",
+]
 """Token texts by id; two are hostile on purpose: an ANSI escape (shown escaped) and Rich markup (shown as is)."""
 FINAL = [3, 2, 4, 5, 6]  # the final row's top-1 per position: ' capital', ' of', ' France', ' is', ' Paris'
 FIRST_FINAL = [9, 5, 11, 3, 7]  # the row where each position's final top-1 first appears (emb = 0)
@@ -55,15 +68,27 @@ def _intervened_cell(row: int, position: int) -> GridCell:
 
 
 def _grid(cell) -> DecodeGrid:
-    return DecodeGrid("tiny-llama-12", "logit_lens", list(TOKENS), [0, 3, 2, 4, 5], list(LAYERS),
-                      [[cell(row, position) for position in range(len(TOKENS))] for row in range(len(LAYERS))])
+    return DecodeGrid(
+        "tiny-llama-12",
+        "logit_lens",
+        list(TOKENS),
+        [0, 3, 2, 4, 5],
+        list(LAYERS),
+        [[cell(row, position) for position in range(len(TOKENS))] for row in range(len(LAYERS))],
+    )
 
 
 def synthetic_results() -> Results:
-    kl_base_int = [[0.0 if row <= 2 else row * 0.25 + position * 0.125 for position in range(len(TOKENS))]
-                   for row in range(len(LAYERS))]
-    return Results(_grid(_baseline_cell), _grid(_intervened_cell), kl_base_int,
-                   {"baseline": " Paris. It is the capital", "intervened": " Lyon. It is a city"})
+    kl_base_int = [
+        [0.0 if row <= 2 else row * 0.25 + position * 0.125 for position in range(len(TOKENS))]
+        for row in range(len(LAYERS))
+    ]
+    return Results(
+        _grid(_baseline_cell),
+        _grid(_intervened_cell),
+        kl_base_int,
+        {"baseline": " Paris. It is the capital", "intervened": " Lyon. It is a city"},
+    )
 
 
 def write_session(path: Path) -> Path:
@@ -83,8 +108,9 @@ def tiny_llama(n_blocks: int = N_BLOCKS):
     torch.manual_seed(0)
     config = AutoConfig.for_model("llama", **{**COMMON, **CONFIGS["llama"], "num_hidden_layers": n_blocks})
     model = AutoModelForCausalLM.from_config(config).eval()
-    return LoadedModel(name=f"tiny-llama-{n_blocks}", model=model, tokenizer=tiny_tokenizer(),
-                       adapter=ModelAdapter(model))
+    return LoadedModel(
+        name=f"tiny-llama-{n_blocks}", model=model, tokenizer=tiny_tokenizer(), adapter=ModelAdapter(model)
+    )
 
 
 async def settle(pilot) -> None:
@@ -113,5 +139,10 @@ def tiny_app(lm, tmp_path: Path, prompt: str = TINY_PROMPT):
     from layerscope.tui.app import LayerscopeApp
     from layerscope.tui.themes import SHIPPED_THEMES
 
-    return LayerscopeApp(lm=lm, theme_folders=[SHIPPED_THEMES], keymap_path=tmp_path / "keymap.toml",
-                         continuation_tokens=1, prompt=prompt)
+    return LayerscopeApp(
+        lm=lm,
+        theme_folders=[SHIPPED_THEMES],
+        keymap_path=tmp_path / "keymap.toml",
+        continuation_tokens=1,
+        prompt=prompt,
+    )

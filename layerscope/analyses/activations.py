@@ -74,8 +74,12 @@ class Activations:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Activations:
         """A copy on `device`, with the sites (not the ids) in `dtype`."""
-        return Activations(self.model, self.input_ids.to(device), self.attention_mask.to(device),
-                           {name: values.to(device, dtype) for name, values in self.sites.items()})
+        return Activations(
+            self.model,
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            {name: values.to(device, dtype) for name, values in self.sites.items()},
+        )
 
     def to_dict(self) -> dict[str, torch.Tensor]:
         """The ids, the mask and every site, by name: plain tensors to save however one likes."""
@@ -89,8 +93,11 @@ class Activations:
     @classmethod
     def load(cls, path: str | Path) -> Activations:
         tensors, metadata = read_safetensors(Path(path), "The activations file")
-        if metadata.get("format") != _FORMAT or not {_IDS, _MASK} <= set(tensors) or \
-                not all(_SITE_NAME.fullmatch(name) for name in set(tensors) - {_IDS, _MASK}):
+        if (
+            metadata.get("format") != _FORMAT
+            or not {_IDS, _MASK} <= set(tensors)
+            or not all(_SITE_NAME.fullmatch(name) for name in set(tensors) - {_IDS, _MASK})
+        ):
             raise LayerscopeError(f"'{path}' is not an activations file written by layerscope.")
         ids, mask = tensors.pop(_IDS), tensors.pop(_MASK)
         return cls(metadata.get("model", ""), ids, mask, dict(sorted(tensors.items(), key=lambda i: _site_order(i[0]))))
@@ -112,8 +119,9 @@ def site_names(sites: str | Iterable[str], n_blocks: int) -> list[str]:
     for site in [sites] if isinstance(sites, str) else sites:
         kind, dot, index_text = str(site).partition(".")
         if kind not in SITE_KINDS:
-            raise LayerscopeError(f"Unknown site '{site}': use resid, attn or mlp, alone or with an index "
-                                  "(resid.3, attn.0).")
+            raise LayerscopeError(
+                f"Unknown site '{site}': use resid, attn or mlp, alone or with an index (resid.3, attn.0)."
+            )
         count = n_blocks + 1 if kind == "resid" else n_blocks
         if not dot:
             names.update(f"{kind}.{index}" for index in range(count))
@@ -142,8 +150,10 @@ def as_batch(lm: LoadedModel, prompts: Prompts) -> PromptBatch:
     if isinstance(prompts, str):
         return lm.encode([prompts])
     if not isinstance(prompts, (list, tuple)) or not all(isinstance(text, str) for text in prompts):
-        raise ArgumentTypeError("prompts= must be a text, a list of texts, token ids (batch, tokens) or "
-                                f"lm.encode([...]), not {type(prompts).__name__}.")
+        raise ArgumentTypeError(
+            "prompts= must be a text, a list of texts, token ids (batch, tokens) or "
+            f"lm.encode([...]), not {type(prompts).__name__}."
+        )
     return lm.encode(prompts)
 
 

@@ -105,12 +105,23 @@ def attention_projection(adapter: ModelAdapter, block: int) -> nn.Module:
     module itself where the adapter names the projection (Bloom), else its child o_proj, c_proj, dense or
     out_proj. Refused where there is none that maps n_heads equal slices to the hidden size."""
     attention = adapter.attention(block)
-    found = attention if _maps_to(attention, adapter) else next(
-        (getattr(attention, name) for name in _OUTPUT_PROJECTIONS if _maps_to(getattr(attention, name, None), adapter)),
-        None)
+    found = (
+        attention
+        if _maps_to(attention, adapter)
+        else next(
+            (
+                getattr(attention, name)
+                for name in _OUTPUT_PROJECTIONS
+                if _maps_to(getattr(attention, name, None), adapter)
+            ),
+            None,
+        )
+    )
     if found is None:
-        raise LayerscopeError(f"The attention of a {adapter.family} model ({type(attention).__name__}) has no output "
-                              "projection that splits by head, so heads cannot be attributed.")
+        raise LayerscopeError(
+            f"The attention of a {adapter.family} model ({type(attention).__name__}) has no output "
+            "projection that splits by head, so heads cannot be attributed."
+        )
     return found
 
 
@@ -147,8 +158,9 @@ def _last(hidden: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def logit_attribution(lm: LoadedModel, input_ids: torch.Tensor, answer: int | None = None,
-                      contrast: int | None = None) -> LogitAttribution:
+def logit_attribution(
+    lm: LoadedModel, input_ids: torch.Tensor, answer: int | None = None, contrast: int | None = None
+) -> LogitAttribution:
     """The direct contributions to the answer's logit (default answer: the model's own next token), or to the
     logit difference answer - contrast, at the last position of `input_ids` (1, tokens): see the module
     docstring. `answer` and `contrast` are token ids."""
@@ -166,6 +178,7 @@ def logit_attribution(lm: LoadedModel, input_ids: torch.Tensor, answer: int | No
     def keep(name: str, block: int) -> Callable[[torch.Tensor], None]:
         def store(hidden: torch.Tensor) -> None:
             captured[name, block] = _last(hidden)
+
         return store
 
     with ExitStack() as stack:
@@ -178,8 +191,7 @@ def logit_attribution(lm: LoadedModel, input_ids: torch.Tensor, answer: int | No
             hook_output(stack, post[1] if post else adapter.mlp(block), keep("mlp", block))
             if post:
                 hook_output(stack, adapter.attention(block), keep("attention_raw", block))
-        logits = adapter.model(input_ids=ids.to(adapter.input_device), use_cache=False,
-                                **last_logits_only(lm)).logits
+        logits = adapter.model(input_ids=ids.to(adapter.input_device), use_cache=False, **last_logits_only(lm)).logits
     final = logits[0, -1].float()
     answer = int(final.argmax()) if answer is None else answer
     form = norm_form(adapter)
@@ -203,8 +215,10 @@ def logit_attribution(lm: LoadedModel, input_ids: torch.Tensor, answer: int | No
         added = captured["out", block] - captured["in", block]
         size = float(captured["out", block].abs().max()) + float(added.abs().max())
         if not float((attention_part + mlp_part - added).abs().max()) <= tolerance * size:
-            raise LayerscopeError(f"The blocks of a {adapter.family} model do not add their attention and MLP "
-                                  "outputs to the residual stream as they are, so they cannot be attributed.")
+            raise LayerscopeError(
+                f"The blocks of a {adapter.family} model do not add their attention and MLP "
+                "outputs to the residual stream as they are, so they cannot be attributed."
+            )
         per_head = _head_outputs(adapter, projections[block], captured["heads", block], block, captured)
         attention.append(contribution(attention_part))
         mlp.append(contribution(mlp_part))
@@ -214,19 +228,39 @@ def logit_attribution(lm: LoadedModel, input_ids: torch.Tensor, answer: int | No
     texts = lm.token_texts([answer] + ([contrast] if contrast is not None else []))
     logit = final[answer] - (final[contrast] if contrast is not None else 0)
     return LogitAttribution(
-        lm.name, lm.token_texts(ids_list), ids_list, texts[0], answer, texts[1] if contrast is not None else None,
-        contrast, float(_before_softcap(adapter, logit, final, answer, contrast)), float(adapter.logit_scale * bias),
-        contribution(captured["in", 0]), attention, mlp, heads, head_bias, scale)
+        lm.name,
+        lm.token_texts(ids_list),
+        ids_list,
+        texts[0],
+        answer,
+        texts[1] if contrast is not None else None,
+        contrast,
+        float(_before_softcap(adapter, logit, final, answer, contrast)),
+        float(adapter.logit_scale * bias),
+        contribution(captured["in", 0]),
+        attention,
+        mlp,
+        heads,
+        head_bias,
+        scale,
+    )
 
 
-def _head_outputs(adapter: ModelAdapter, projection: nn.Module, inputs: torch.Tensor, block: int,
-                  captured: dict[tuple[str, int], torch.Tensor]) -> list[torch.Tensor]:
+def _head_outputs(
+    adapter: ModelAdapter,
+    projection: nn.Module,
+    inputs: torch.Tensor,
+    block: int,
+    captured: dict[tuple[str, int], torch.Tensor],
+) -> list[torch.Tensor]:
     """Each head's part of what the attention adds to the residual stream (without the projection's bias);
     through a post-norm linearised with the scale of the whole attention output."""
     columns = _columns(projection).to(inputs.device)
     size = columns.shape[1] // adapter.n_heads
-    outputs = [columns[:, head * size : (head + 1) * size] @ inputs[head * size : (head + 1) * size]
-               for head in range(adapter.n_heads)]
+    outputs = [
+        columns[:, head * size : (head + 1) * size] @ inputs[head * size : (head + 1) * size]
+        for head in range(adapter.n_heads)
+    ]
     post = _post_norms(adapter, block)
     if post is None:
         return outputs
@@ -236,8 +270,9 @@ def _head_outputs(adapter: ModelAdapter, projection: nn.Module, inputs: torch.Te
     return [form.gain * form.project(output) / scale for output in outputs]
 
 
-def _before_softcap(adapter: ModelAdapter, logit: torch.Tensor, final: torch.Tensor, answer: int,
-                    contrast: int | None) -> torch.Tensor:
+def _before_softcap(
+    adapter: ModelAdapter, logit: torch.Tensor, final: torch.Tensor, answer: int, contrast: int | None
+) -> torch.Tensor:
     """The logit (difference) the parts add up to: the model's, with Gemma's soft-cap undone."""
     cap = adapter.logit_softcap
     if not cap:

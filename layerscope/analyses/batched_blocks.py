@@ -44,8 +44,15 @@ def capture_baseline(adapter: ModelAdapter, input_ids: torch.Tensor) -> Baseline
     return BaselinePass(inputs, recorded, logits[0])
 
 
-def _run_block(block: nn.Module, attention: nn.Module, call: BlockCall, hidden: torch.Tensor, depth: int,
-               plans: list[_Plan], at: Positions) -> torch.Tensor:
+def _run_block(
+    block: nn.Module,
+    attention: nn.Module,
+    call: BlockCall,
+    hidden: torch.Tensor,
+    depth: int,
+    plans: list[_Plan],
+    at: Positions,
+) -> torch.Tensor:
     """One batched call of a block; each plan's intervention edits its own batch element of the attention output."""
     editing = [index for index, plan in enumerate(plans) if depth in plan.touched_blocks]
 
@@ -91,13 +98,21 @@ def run_plans(adapter: ModelAdapter, base: BaselinePass, interventions: Sequence
                     groups.setdefault(module, []).append(index)
             new_state = state.clone()
             for module, members in groups.items():
-                output = _run_block(blocks[module], attentions[module], base.calls[module], state[members], depth,
-                                    [plans[i] for i in members], at)
+                output = _run_block(
+                    blocks[module],
+                    attentions[module],
+                    base.calls[module],
+                    state[members],
+                    depth,
+                    [plans[i] for i in members],
+                    at,
+                )
                 new_state[members] = output.to(state.device)  # with a device map, blocks compute on several devices
             for index, plan in enumerate(plans):
                 if depth >= plan.start and depth in plan.touched_blocks:
-                    edited = plan.intervention.edit_output(depth, state[index : index + 1],
-                                                          new_state[index : index + 1], at, plan.memo)
+                    edited = plan.intervention.edit_output(
+                        depth, state[index : index + 1], new_state[index : index + 1], at, plan.memo
+                    )
                     if edited is not None:
                         new_state[index] = edited[0]
             state = new_state

@@ -128,8 +128,11 @@ def subject_std(lm: LoadedModel, subjects: Sequence[str]) -> float:
     without special tokens."""
     if isinstance(subjects, str) or not isinstance(subjects, Sequence):
         raise ArgumentTypeError(f"noise_subjects= must be a list of subjects, not {type(subjects).__name__}.")
-    ids = [token for subject in subjects
-           for token in lm.tokenizer(check_text(subject, "noise_subjects"), add_special_tokens=False).input_ids]
+    ids = [
+        token
+        for subject in subjects
+        for token in lm.tokenizer(check_text(subject, "noise_subjects"), add_special_tokens=False).input_ids
+    ]
     if len(ids) < 2:
         raise ArgumentValueError("noise_subjects= must hold at least two tokens of subjects to measure a spread.")
     with torch.inference_mode():
@@ -142,21 +145,37 @@ def shipped_subjects() -> list[str]:
     return [item.subject for item in load_prompt_set(NOISE_SUBJECTS) if item.subject]
 
 
-def embedding_noise(lm: LoadedModel, n_tokens: int, seed: int = 0, scale: float = NOISE_SCALE, samples: int = 1,
-                    base_std: float | None = None) -> torch.Tensor:
+def embedding_noise(
+    lm: LoadedModel,
+    n_tokens: int,
+    seed: int = 0,
+    scale: float = NOISE_SCALE,
+    samples: int = 1,
+    base_std: float | None = None,
+) -> torch.Tensor:
     """(samples, n_tokens, hidden) Gaussian noise, `scale` times `base_std` (default: `embedding_std`)."""
     std = embedding_std(lm) if base_std is None else base_std
     generator = torch.Generator().manual_seed(seed)
     return torch.randn((samples, n_tokens, lm.adapter.embed.weight.shape[1]), generator=generator) * (scale * std)
 
 
-def noise_corruption(lm: LoadedModel, ids: torch.Tensor, span: tuple[int, int], seed: int = 0,
-                     scale: float = NOISE_SCALE, samples: int = 1, subjects: Sequence[str] | None = None) -> Corruption:
+def noise_corruption(
+    lm: LoadedModel,
+    ids: torch.Tensor,
+    span: tuple[int, int],
+    seed: int = 0,
+    scale: float = NOISE_SCALE,
+    samples: int = 1,
+    subjects: Sequence[str] | None = None,
+) -> Corruption:
     """Noise on the tokens of `span`, `samples` draws; its std is `scale` times the embedding entries' std, or with
     `subjects` times the std of those subjects' token embeddings (ROME's rule)."""
     check_int(samples, "samples", 1)
-    level = NoiseLevel("embedding", embedding_std(lm), scale) if subjects is None else \
-        NoiseLevel("subjects", subject_std(lm, subjects), scale)
+    level = (
+        NoiseLevel("embedding", embedding_std(lm), scale)
+        if subjects is None
+        else NoiseLevel("subjects", subject_std(lm, subjects), scale)
+    )
     positions = tuple(range(*span))
     noise = embedding_noise(lm, len(positions), seed, scale, samples, level.base_std)
     return Corruption("noise", ids, positions, noise, span[0], level)
@@ -165,8 +184,10 @@ def noise_corruption(lm: LoadedModel, ids: torch.Tensor, span: tuple[int, int], 
 def swap_corruption(ids: torch.Tensor, corrupt_ids: torch.Tensor) -> Corruption:
     """A counterfactual prompt of the same token length; the prefix the two share is computed once."""
     if corrupt_ids.shape != ids.shape:
-        raise LayerscopeError(f"The corrupted prompt has {corrupt_ids.shape[1]} tokens and the prompt "
-                              f"{ids.shape[1]}; they must have the same token length.")
+        raise LayerscopeError(
+            f"The corrupted prompt has {corrupt_ids.shape[1]} tokens and the prompt "
+            f"{ids.shape[1]}; they must have the same token length."
+        )
     differs = (ids[0] != corrupt_ids[0].to(ids.device)).nonzero()
     if len(differs) == 0:
         raise LayerscopeError("The corrupted prompt is the same as the prompt.")
@@ -190,8 +211,9 @@ def _noised(lm: LoadedModel, corruption: Corruption, offset: int = 0) -> Iterato
             return None
         output = output.clone()
         per_sample = output.shape[0] // noise.shape[0]
-        output[:, [corruption.noise_positions[i] - offset for i in kept]] += \
+        output[:, [corruption.noise_positions[i] - offset for i in kept]] += (
             noise[:, kept].repeat_interleave(per_sample, dim=0).to(output.device, output.dtype)
+        )
         return output
 
     with ExitStack() as stack:
@@ -210,20 +232,29 @@ def site_modules(lm: LoadedModel, site: Site) -> list[torch.nn.Module]:
         try:
             return [attention_projection(adapter, b) for b in range(lm.n_blocks)]
         except LayerscopeError:
-            raise LayerscopeError(f"The attention of a {adapter.family} model has no output projection that splits "
-                                  "by head, so site='head' cannot restore one head.") from None
+            raise LayerscopeError(
+                f"The attention of a {adapter.family} model has no output projection that splits "
+                "by head, so site='head' cannot restore one head."
+            ) from None
     return [adapter.attention(b) if site == "attn" else adapter.mlp(b) for b in range(lm.n_blocks)]
 
 
-def _hook_state(stack: ExitStack, module: torch.nn.Module, site: Site,
-                edit: Callable[[torch.Tensor], torch.Tensor | None]) -> None:
+def _hook_state(
+    stack: ExitStack, module: torch.nn.Module, site: Site, edit: Callable[[torch.Tensor], torch.Tensor | None]
+) -> None:
     """Read or write a site's state at its module: a head's is the projection's input, the others an output."""
     (hook_input if site == "head" else hook_output)(stack, module, edit)
 
 
-def _capture_piece(lm: LoadedModel, ids: torch.Tensor, site: Site | None, corruption: Corruption | None,
-                   cache: Cache | None, offset: int, leaf_input: bool = False
-                   ) -> tuple[list[torch.Tensor], torch.Tensor, Cache | None]:
+def _capture_piece(
+    lm: LoadedModel,
+    ids: torch.Tensor,
+    site: Site | None,
+    corruption: Corruption | None,
+    cache: Cache | None,
+    offset: int,
+    leaf_input: bool = False,
+) -> tuple[list[torch.Tensor], torch.Tensor, Cache | None]:
     """One forward of `ids` (the tokens from position `offset` on, after `cache`): the site's states of these
     tokens, the last position's logits (batch, vocab) and the grown cache (None with `leaf_input`, a pass without
     cache)."""
@@ -248,8 +279,13 @@ def _capture_piece(lm: LoadedModel, ids: torch.Tensor, site: Site | None, corrup
     return states, output.logits[:, -1], cache
 
 
-def capture_sites(lm: LoadedModel, ids: torch.Tensor, site: Site | None, corruption: Corruption | None = None,
-                  leaf_input: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
+def capture_sites(
+    lm: LoadedModel,
+    ids: torch.Tensor,
+    site: Site | None,
+    corruption: Corruption | None = None,
+    leaf_input: bool = False,
+) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Every state of the site ((batch, T, hidden) each; none for `site` None) and the last position's logits
     (batch, vocab), of the clean run (batch 1) or the corrupted one (one batch element per noise sample). The prompt
     runs in pieces of PREFILL_TOKENS through the KV cache, so no forward holds attention scores of the whole prompt;
@@ -367,11 +403,36 @@ class CausalTrace:
         return self.layers[best], column[best]
 
     def records(self) -> Records:
-        return Records.of(("method", "site", "metric", "layer", "position", "prompt_token", "value", "indirect_effect",
-                           "stderr", "samples"),
-                          ((self.method, self.site, self.metric, layer, position, self.tokens[position], cell.value,
-                            cell.indirect_effect, cell.stderr, self.samples)
-                           for layer, row in zip(self.layers, self.cells) for position, cell in enumerate(row)))
+        return Records.of(
+            (
+                "method",
+                "site",
+                "metric",
+                "layer",
+                "position",
+                "prompt_token",
+                "value",
+                "indirect_effect",
+                "stderr",
+                "samples",
+            ),
+            (
+                (
+                    self.method,
+                    self.site,
+                    self.metric,
+                    layer,
+                    position,
+                    self.tokens[position],
+                    cell.value,
+                    cell.indirect_effect,
+                    cell.stderr,
+                    self.samples,
+                )
+                for layer, row in zip(self.layers, self.cells)
+                for position, cell in enumerate(row)
+            ),
+        )
 
     def to_pandas(self) -> pandas.DataFrame:
         return self.records().to_pandas()
@@ -382,8 +443,16 @@ class CausalTrace:
         return trace_html(self)
 
 
-def _restored_values(lm: LoadedModel, corruption: Corruption, clean: list[torch.Tensor], site: Site, window: int,
-                     score: MetricFn, rows: int, progress: ProgressFn) -> torch.Tensor:
+def _restored_values(
+    lm: LoadedModel,
+    corruption: Corruption,
+    clean: list[torch.Tensor],
+    site: Site,
+    window: int,
+    score: MetricFn,
+    rows: int,
+    progress: ProgressFn,
+) -> torch.Tensor:
     """(rows, positions from corruption.first on, samples): the metric with each state restored.
 
     A restoration at position p leaves every position before p as in the corrupted run, so the cells
@@ -401,8 +470,9 @@ def _restored_values(lm: LoadedModel, corruption: Corruption, clean: list[torch.
     with torch.inference_mode():
         token_bytes = cache_bytes(cached_forward(model, None, input_ids=ids[:, :1])[1])  # one token's keys, values
         for start in range(0, first, PREFILL_TOKENS):  # the prefix both runs share, once
-            corrupted_cache = cached_forward(model, corrupted_cache,
-                                             input_ids=ids[:, start:min(start + PREFILL_TOKENS, first)])[1]
+            corrupted_cache = cached_forward(
+                model, corrupted_cache, input_ids=ids[:, start : min(start + PREFILL_TOKENS, first)]
+            )[1]
         if corrupted_cache is not None and samples > 1:
             corrupted_cache.batch_repeat_interleave(samples)
         for position in range(first, n_positions):
@@ -417,36 +487,53 @@ def _restored_values(lm: LoadedModel, corruption: Corruption, clean: list[torch.
                         stack.enter_context(_noised(lm, corruption, offset=start))
                         if start == position:
                             _write_clean_states(lm, stack, modules, clean, site, window, chunk, samples, position)
-                        fed = ids[:, start:min(start + PREFILL_TOKENS, n_positions)].expand(samples * len(chunk), -1)
+                        fed = ids[:, start : min(start + PREFILL_TOKENS, n_positions)].expand(samples * len(chunk), -1)
                         output, cache = cached_forward(model, cache, input_ids=fed, logits_to_keep=1)
-                grid[chunk.start:chunk.stop, position - first] = score(output.logits[:, -1]).view(samples, -1).T.cpu()
+                grid[chunk.start : chunk.stop, position - first] = score(output.logits[:, -1]).view(samples, -1).T.cpu()
                 del output, cache  # before the next chunk's copies: two sets of caches are never held at once
                 progress((position - first) * rows + chunk.stop, (n_positions - first) * rows, "causal trace")
             if position + 1 < n_positions:  # extend the corrupted cache by this position's token
                 with _noised(lm, corruption, offset=position):
-                    corrupted_cache = cached_forward(model, corrupted_cache,
-                                                     input_ids=ids[:, position:position + 1].expand(samples, -1))[1]
+                    corrupted_cache = cached_forward(
+                        model, corrupted_cache, input_ids=ids[:, position : position + 1].expand(samples, -1)
+                    )[1]
     return grid
 
 
-def _write_clean_states(lm: LoadedModel, stack: ExitStack, modules: list[torch.nn.Module], clean: list[torch.Tensor],
-                        site: Site, window: int, chunk: range, samples: int, position: int) -> None:
+def _write_clean_states(
+    lm: LoadedModel,
+    stack: ExitStack,
+    modules: list[torch.nn.Module],
+    clean: list[torch.Tensor],
+    site: Site,
+    window: int,
+    chunk: range,
+    samples: int,
+    position: int,
+) -> None:
     """Hooks that restore, in the batch elements of row chunk[i] (s * len(chunk) + i for each sample s), the clean
     states of that row at `position` (the first fed token): the row's own state for `resid`, the outputs of its
     window of blocks for attn/mlp, one head's slice of its block's projection input for `head`."""
     heads = lm.adapter.n_heads
     elements_of: dict[int, list[tuple[int, int]]] = {}  # state index -> (batch element, head) that restore it
     for index, row in enumerate(chunk):
-        states = [row // heads] if site == "head" else [row] if site == "resid" else \
-            window_blocks(row, lm.n_blocks, window)
+        states = (
+            [row // heads] if site == "head" else [row] if site == "resid" else window_blocks(row, lm.n_blocks, window)
+        )
         for state in states:
-            elements_of.setdefault(state, []).extend((sample * len(chunk) + index, row % heads)
-                                                     for sample in range(samples))
+            elements_of.setdefault(state, []).extend(
+                (sample * len(chunk) + index, row % heads) for sample in range(samples)
+            )
     for state, pairs in elements_of.items():
         batch = torch.tensor([element for element, _ in pairs])
         if site == "head":
-            _write_heads(stack, modules[state], batch, torch.tensor([head for _, head in pairs]),
-                         clean[state][0, position].view(heads, -1))
+            _write_heads(
+                stack,
+                modules[state],
+                batch,
+                torch.tensor([head for _, head in pairs]),
+                clean[state][0, position].view(heads, -1),
+            )
             continue
         vectors = clean[state][0, position].expand(len(pairs), -1)
         if site == "resid":
@@ -455,21 +542,25 @@ def _write_clean_states(lm: LoadedModel, stack: ExitStack, modules: list[torch.n
             write_at_output(modules[state], stack, batch, vectors)
 
 
-def _write_heads(stack: ExitStack, projection: torch.nn.Module, batch: torch.Tensor, heads: torch.Tensor,
-                 clean: torch.Tensor) -> None:
+def _write_heads(
+    stack: ExitStack, projection: torch.nn.Module, batch: torch.Tensor, heads: torch.Tensor, clean: torch.Tensor
+) -> None:
     """In the forwards inside `stack`, batch element batch[i] gets clean head heads[i]'s output ((heads, head_dim)
     `clean`) at the first fed position of the projection's input."""
+
     def write(hidden: torch.Tensor) -> torch.Tensor:
         hidden = hidden.clone()
-        hidden.view(*hidden.shape[:-1], clean.shape[0], -1)[batch, 0, heads] = clean[heads].to(hidden.device,
-                                                                                              hidden.dtype)
+        hidden.view(*hidden.shape[:-1], clean.shape[0], -1)[batch, 0, heads] = clean[heads].to(
+            hidden.device, hidden.dtype
+        )
         return hidden
 
     hook_input(stack, projection, write)
 
 
-def _attribution(lm: LoadedModel, corruption: Corruption, clean: list[torch.Tensor], site: Site,
-                 score: MetricFn) -> torch.Tensor:
+def _attribution(
+    lm: LoadedModel, corruption: Corruption, clean: list[torch.Tensor], site: Site, score: MetricFn
+) -> torch.Tensor:
     """(states, samples, positions) first-order estimate of each single-state restoration's change of the metric,
     per noise sample (and (block x head, samples, positions) for `head`)."""
     with torch.enable_grad():
@@ -506,14 +597,19 @@ def causal_trace(
     computed. Each cell is the mean over the corruption's noise samples, with its standard error."""
     check_ids(check_lm(lm), input_ids)
     if not isinstance(corruption, Corruption):
-        raise ArgumentTypeError(f"corruption= must be a Corruption (noise_corruption, swap_corruption), not "
-                                f"{type(corruption).__name__}.")
+        raise ArgumentTypeError(
+            f"corruption= must be a Corruption (noise_corruption, swap_corruption), not {type(corruption).__name__}."
+        )
     check_ids(lm, corruption.ids, "corruption.ids")
     if corruption.ids.shape != input_ids.shape:
-        raise LayerscopeError(f"corruption= is of {corruption.ids.shape[1]} tokens and input_ids= of "
-                              f"{input_ids.shape[1]}; they must have the same token length.")
-    if corruption.noise is not None and tuple(corruption.noise.shape[:2]) != (corruption.samples,
-                                                                              len(corruption.noise_positions)):
+        raise LayerscopeError(
+            f"corruption= is of {corruption.ids.shape[1]} tokens and input_ids= of "
+            f"{input_ids.shape[1]}; they must have the same token length."
+        )
+    if corruption.noise is not None and tuple(corruption.noise.shape[:2]) != (
+        corruption.samples,
+        len(corruption.noise_positions),
+    ):
         raise LayerscopeError("corruption= noise must be shaped (samples, noised positions, hidden).")
     if site not in SITES:
         raise LayerscopeError(f"site= must be one of {', '.join(SITES)}, not '{site}'.")
@@ -524,8 +620,9 @@ def causal_trace(
     check_int(answer_id, "answer_id", 0, vocab - 1)
     if metric == "logit-diff":
         if contrast_id is None:
-            raise LayerscopeError("metric='logit-diff' needs the second token: give contrast_id= (the "
-                                  "counterfactual answer).")
+            raise LayerscopeError(
+                "metric='logit-diff' needs the second token: give contrast_id= (the counterfactual answer)."
+            )
         if check_int(contrast_id, "contrast_id", 0, vocab - 1) == answer_id:
             raise LayerscopeError("contrast_id= is the answer's token: the logit difference would be 0 everywhere.")
     elif contrast_id is not None:
@@ -545,29 +642,52 @@ def causal_trace(
             changes = torch.stack([changes[list(window_blocks(b, rows, window))].sum(0) for b in range(rows)])
         grid = grid + changes.permute(0, 2, 1).cpu()
     else:
-        grid[:, corruption.first:] = _restored_values(lm, corruption, clean, site, window, score, rows, progress)
+        grid[:, corruption.first :] = _restored_values(lm, corruption, clean, site, window, score, rows, progress)
     effects = IMPROVEMENT[metric] * (grid - corrupted)
     errors = effects.std(-1) / math.sqrt(samples) if samples > 1 else None
-    cells = [[TraceCell(value, effect, None if errors is None else float(errors[row, position]))
-              for position, (value, effect) in enumerate(zip(value_row, effect_row))]
-             for row, (value_row, effect_row) in enumerate(zip(grid.mean(-1).tolist(), effects.mean(-1).tolist()))]
+    cells = [
+        [
+            TraceCell(value, effect, None if errors is None else float(errors[row, position]))
+            for position, (value, effect) in enumerate(zip(value_row, effect_row))
+        ]
+        for row, (value_row, effect_row) in enumerate(zip(grid.mean(-1).tolist(), effects.mean(-1).tolist()))
+    ]
     ids = input_ids[0].tolist()
-    labels = layer_labels(lm.n_blocks) if site == "resid" else \
-        [f"{b}.{h}" for b in range(lm.n_blocks) for h in range(lm.adapter.n_heads)] if site == "head" else \
-        [str(b) for b in range(rows)]
+    labels = (
+        layer_labels(lm.n_blocks)
+        if site == "resid"
+        else [f"{b}.{h}" for b in range(lm.n_blocks) for h in range(lm.adapter.n_heads)]
+        if site == "head"
+        else [str(b) for b in range(rows)]
+    )
     p_corrupt = answer_probability(corrupted_logits, answer_id).cpu()
     return CausalTrace(
-        model=lm.name, method="causal_trace", tokens=lm.token_texts(ids), token_ids=ids, layers=labels, cells=cells,
-        site=site, window=window, approx=approx, corrupt=corruption.kind,
-        corrupt_tokens=lm.token_texts(corruption.ids[0].tolist()), subject=subject,
-        subject_positions=list(span or ()), answer=lm.token_texts([answer_id])[0], answer_id=answer_id,
-        metric=metric, contrast=None if contrast_id is None else lm.token_texts([contrast_id])[0],
-        contrast_id=contrast_id, samples=samples,
+        model=lm.name,
+        method="causal_trace",
+        tokens=lm.token_texts(ids),
+        token_ids=ids,
+        layers=labels,
+        cells=cells,
+        site=site,
+        window=window,
+        approx=approx,
+        corrupt=corruption.kind,
+        corrupt_tokens=lm.token_texts(corruption.ids[0].tolist()),
+        subject=subject,
+        subject_positions=list(span or ()),
+        answer=lm.token_texts([answer_id])[0],
+        answer_id=answer_id,
+        metric=metric,
+        contrast=None if contrast_id is None else lm.token_texts([contrast_id])[0],
+        contrast_id=contrast_id,
+        samples=samples,
         noise=corruption.level.to_dict() if corruption.level is not None else None,
-        clean={"p_answer": answer_probability(clean_logits[0], answer_id).item(),
-               "value": score(clean_logits).item()},
-        corrupted={"p_answer": float(p_corrupt.mean()), "value": float(corrupted.mean()),
-                   "stderr": float(corrupted.std() / math.sqrt(samples)) if samples > 1 else None},
+        clean={"p_answer": answer_probability(clean_logits[0], answer_id).item(), "value": score(clean_logits).item()},
+        corrupted={
+            "p_answer": float(p_corrupt.mean()),
+            "value": float(corrupted.mean()),
+            "stderr": float(corrupted.std() / math.sqrt(samples)) if samples > 1 else None,
+        },
     )
 
 
@@ -606,8 +726,12 @@ def trace_prompt(
     std of the token embeddings of `noise_subjects` ('subjects', ROME's; default: the shipped capitals' subjects)."""
     check_lm(lm)
     check_text(prompt, "prompt")
-    for name, value in (("subject", subject), ("answer", answer), ("corrupt_prompt", corrupt_prompt),
-                        ("contrast", contrast)):
+    for name, value in (
+        ("subject", subject),
+        ("answer", answer),
+        ("corrupt_prompt", corrupt_prompt),
+        ("contrast", contrast),
+    ):
         if value is not None:
             check_text(value, name)
     check_int(window, "window", 1)
@@ -625,8 +749,9 @@ def trace_prompt(
     if corrupt == "noise":
         if span is None:
             raise LayerscopeError("Noise corruption needs the subject: give subject= (a part of the prompt).")
-        subjects = (shipped_subjects() if noise_subjects is None else noise_subjects) \
-            if noise_std == "subjects" else None
+        subjects = (
+            (shipped_subjects() if noise_subjects is None else noise_subjects) if noise_std == "subjects" else None
+        )
         corruption = noise_corruption(lm, ids, span, seed, noise_scale, samples or NOISE_SAMPLES, subjects)
     elif corrupt == "swap":
         if corrupt_prompt is None:
@@ -642,8 +767,9 @@ def trace_prompt(
     else:
         answer_id = answer_token(lm, answer)
     contrast_id = answer_token(lm, contrast, "contrast") if contrast is not None else None
-    return causal_trace(lm, ids, corruption, answer_id, site, window, approx, subject, span, progress, metric,
-                        contrast_id)
+    return causal_trace(
+        lm, ids, corruption, answer_id, site, window, approx, subject, span, progress, metric, contrast_id
+    )
 
 
 def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -49,8 +49,11 @@ class Comparison:
         return sum(p.top1_agree for p in self.positions) / len(self.positions)
 
     def to_dict(self) -> dict:
-        return {"mean_kl": self.mean_kl, "top1_agreement": self.top1_agreement,
-                "positions": [asdict(p) for p in self.positions]}
+        return {
+            "mean_kl": self.mean_kl,
+            "top1_agreement": self.top1_agreement,
+            "positions": [asdict(p) for p in self.positions],
+        }
 
 
 @dataclass
@@ -69,11 +72,15 @@ def compare_logits(base_logits: torch.Tensor, other_logits: torch.Tensor, input_
         if not isinstance(value, torch.Tensor):
             raise ArgumentTypeError(f"{name}= must be a tensor, not {type(value).__name__}.")
     if base_logits.dim() != 2 or other_logits.shape != base_logits.shape:
-        raise ArgumentValueError(f"base_logits= and other_logits= must both be shaped (tokens, vocab), not "
-                                 f"{tuple(base_logits.shape)} and {tuple(other_logits.shape)}.")
+        raise ArgumentValueError(
+            f"base_logits= and other_logits= must both be shaped (tokens, vocab), not "
+            f"{tuple(base_logits.shape)} and {tuple(other_logits.shape)}."
+        )
     if input_ids.shape != base_logits.shape[:1] or input_ids.is_floating_point():
-        raise ArgumentValueError(f"input_ids= must be the {base_logits.shape[0]} integer token ids (tokens,) the "
-                                 f"logits are of, not {input_ids.dtype} {tuple(input_ids.shape)}.")
+        raise ArgumentValueError(
+            f"input_ids= must be the {base_logits.shape[0]} integer token ids (tokens,) the "
+            f"logits are of, not {input_ids.dtype} {tuple(input_ids.shape)}."
+        )
     base = torch.log_softmax(base_logits.float(), dim=-1)
     other = torch.log_softmax(other_logits.float(), dim=-1)
     base_entropy = distribution_stats(base, base)[0]
@@ -101,8 +108,9 @@ def comparison_of(tokens: list[str], tensors: ComparisonTensors) -> Comparison:
     )
 
 
-def intervened_logits(lm: LoadedModel, input_ids: torch.Tensor, interventions: Sequence[Intervention] = ()
-                      ) -> torch.Tensor:
+def intervened_logits(
+    lm: LoadedModel, input_ids: torch.Tensor, interventions: Sequence[Intervention] = ()
+) -> torch.Tensor:
     """One full forward of ids (1, T) through `intervene` (no interventions: the plain model), (tokens, vocab)."""
     with intervene(lm, interventions, seq_len=input_ids.shape[1]), torch.inference_mode():
         return lm.model(input_ids=input_ids, use_cache=False).logits[0]
@@ -150,7 +158,7 @@ def greedy_continuation(
             pad_token_id=lm.tokenizer.pad_token_id or lm.tokenizer.eos_token_id,
             stopping_criteria=StoppingCriteriaList([_ProgressCriterion(prompt_length, max_new_tokens, progress)]),
         )
-    new_ids = output[0, input_ids.shape[1]:].tolist()
+    new_ids = output[0, input_ids.shape[1] :].tolist()
     return Continuation(lm.tokenizer.decode(new_ids, skip_special_tokens=True), new_ids)
 
 
@@ -183,22 +191,36 @@ class InterventionReport:
 
     def records(self) -> Records:
         """The comparison, one line per prompt position."""
-        return Records.of(("position", "token", "kl", "top1_agree", "entropy_delta", "loss_delta"),
-                          ((p.position, p.token, p.kl, p.top1_agree, p.entropy_delta, p.loss_delta)
-                           for p in self.comparison.positions))
+        return Records.of(
+            ("position", "token", "kl", "top1_agree", "entropy_delta", "loss_delta"),
+            (
+                (p.position, p.token, p.kl, p.top1_agree, p.entropy_delta, p.loss_delta)
+                for p in self.comparison.positions
+            ),
+        )
 
     def to_pandas(self) -> pandas.DataFrame:
         return self.records().to_pandas()
 
 
 @overload
-def run_interventions(lm: LoadedModel, input_ids: PromptBatch, interventions: Sequence[Intervention],
-                      top_k: int = 5, max_new_tokens: int = 0) -> list[InterventionReport]: ...
+def run_interventions(
+    lm: LoadedModel,
+    input_ids: PromptBatch,
+    interventions: Sequence[Intervention],
+    top_k: int = 5,
+    max_new_tokens: int = 0,
+) -> list[InterventionReport]: ...
 
 
 @overload
-def run_interventions(lm: LoadedModel, input_ids: torch.Tensor, interventions: Sequence[Intervention],
-                      top_k: int = 5, max_new_tokens: int = 0) -> InterventionReport: ...
+def run_interventions(
+    lm: LoadedModel,
+    input_ids: torch.Tensor,
+    interventions: Sequence[Intervention],
+    top_k: int = 5,
+    max_new_tokens: int = 0,
+) -> InterventionReport: ...
 
 
 def run_interventions(
@@ -225,14 +247,16 @@ def run_interventions(
         ids = batch.prompt(index)
         baseline = build_grid(lm, "logit_lens", ids, base_rows, base_final, labels, top_k)
         intervened = build_grid(lm, "logit_lens", ids, rows, final, labels, top_k)
-        reports.append(InterventionReport(
-            interventions=[i.to_dict() for i in interventions],
-            baseline=baseline,
-            intervened=intervened,
-            comparison=comparison_of(baseline.tokens, compare_logits(base_final, final, ids[0])),
-            continuation={
-                "baseline": greedy_continuation(lm, ids, max_new_tokens),
-                "intervened": greedy_continuation(lm, ids, max_new_tokens, interventions),
-            },
-        ))
+        reports.append(
+            InterventionReport(
+                interventions=[i.to_dict() for i in interventions],
+                baseline=baseline,
+                intervened=intervened,
+                comparison=comparison_of(baseline.tokens, compare_logits(base_final, final, ids[0])),
+                continuation={
+                    "baseline": greedy_continuation(lm, ids, max_new_tokens),
+                    "intervened": greedy_continuation(lm, ids, max_new_tokens, interventions),
+                },
+            )
+        )
     return reports if isinstance(input_ids, PromptBatch) else reports[0]

@@ -18,8 +18,9 @@ from layerscope.models.loading import LoadedModel
 PREFILL_CHUNK = 256
 
 
-def greedy_steps(lm: LoadedModel, ids: torch.Tensor, with_attention: bool = True
-                 ) -> Generator[tuple[int, torch.Tensor | None], None, None]:
+def greedy_steps(
+    lm: LoadedModel, ids: torch.Tensor, with_attention: bool = True
+) -> Generator[tuple[int, torch.Tensor | None], None, None]:
     """Greedy decoding without end: yields (token id, the attention (blocks, heads, keys) of the query that
     produced it, or None without `with_attention`). The caller stops iterating."""
     model, adapter = lm.model, lm.adapter
@@ -34,7 +35,7 @@ def greedy_steps(lm: LoadedModel, ids: torch.Tensor, with_attention: bool = True
         # The fast path for everything but the last token, no attention read, in chunks so that no
         # pass holds more than PREFILL_CHUNK x T of anything.
         for start in range(0, ids.shape[1] - 1, PREFILL_CHUNK):
-            chunk = ids[:, start:min(start + PREFILL_CHUNK, ids.shape[1] - 1)]
+            chunk = ids[:, start : min(start + PREFILL_CHUNK, ids.shape[1] - 1)]
             with torch.inference_mode():
                 cache = cached_forward(model, cache, input_ids=chunk, logits_to_keep=1)[1]
         ids = ids[:, -1:]
@@ -56,8 +57,9 @@ def _stop_ids(lm: LoadedModel) -> set[int]:
     return ids - {None}
 
 
-def answer_steps(lm: LoadedModel, ids: torch.Tensor, max_new_tokens: int, with_attention: bool = True
-                 ) -> Iterator[tuple[int, torch.Tensor | None]]:
+def answer_steps(
+    lm: LoadedModel, ids: torch.Tensor, max_new_tokens: int, with_attention: bool = True
+) -> Iterator[tuple[int, torch.Tensor | None]]:
     """Greedy steps until max_new_tokens, the end-of-sequence token, or a newline after the answer began."""
     lm.check_generation(ids.shape[1], max_new_tokens)
     text = ""

@@ -46,8 +46,10 @@ def stays_top1_from(grid: DecodeGrid, positions: Iterable[int] | None = None) ->
 def confident_from(grid: DecodeGrid, threshold: float) -> list[int]:
     """Per position, the first row whose top-1 probability is at least `threshold` (the last row if none is)."""
     final = len(grid.cells) - 1
-    return [next((row for row in range(final + 1) if grid.top1(row, position).prob >= threshold), final)
-            for position in range(len(grid.tokens))]
+    return [
+        next((row for row in range(final + 1) if grid.top1(row, position).prob >= threshold), final)
+        for position in range(len(grid.tokens))
+    ]
 
 
 @dataclass
@@ -76,17 +78,26 @@ class EarlyExit:
         return early_exit_figure(self)
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "n_blocks": self.n_blocks, "positions": sum(map(len, self.stays_from)),
-                "oracle_mean_blocks_skipped": self.oracle_mean_blocks_skipped,
-                "thresholds": [vars(t) for t in self.thresholds],
-                "prompts": [{"tokens": tokens, "stays_top1_from": rows}
-                            for tokens, rows in zip(self.tokens, self.stays_from)]}
+        return {
+            "model": self.model,
+            "n_blocks": self.n_blocks,
+            "positions": sum(map(len, self.stays_from)),
+            "oracle_mean_blocks_skipped": self.oracle_mean_blocks_skipped,
+            "thresholds": [vars(t) for t in self.thresholds],
+            "prompts": [
+                {"tokens": tokens, "stays_top1_from": rows} for tokens, rows in zip(self.tokens, self.stays_from)
+            ],
+        }
 
     def records(self) -> Records:
-        return Records.of(("prompt", "position", "token", "stays_top1_from", "blocks_skipped"),
-                          ((prompt, position, token, row, self.n_blocks - row)
-                           for prompt, (tokens, rows) in enumerate(zip(self.tokens, self.stays_from))
-                           for position, (token, row) in enumerate(zip(tokens, rows))))
+        return Records.of(
+            ("prompt", "position", "token", "stays_top1_from", "blocks_skipped"),
+            (
+                (prompt, position, token, row, self.n_blocks - row)
+                for prompt, (tokens, rows) in enumerate(zip(self.tokens, self.stays_from))
+                for position, (token, row) in enumerate(zip(tokens, rows))
+            ),
+        )
 
     def to_pandas(self) -> pandas.DataFrame:
         return self.records().to_pandas()

@@ -67,8 +67,17 @@ class DecodeGrid:
     @classmethod
     def from_dict(cls, data: dict) -> DecodeGrid:
         """The grid `to_dict` wrote (a saved session, `layerscope lens --format json`); other keys are ignored."""
-        cells = [[GridCell(top=[TopToken(**top) for top in cell["top"]], entropy_bits=cell["entropy_bits"],
-                           kl_to_final=cell["kl_to_final"]) for cell in row] for row in data["cells"]]
+        cells = [
+            [
+                GridCell(
+                    top=[TopToken(**top) for top in cell["top"]],
+                    entropy_bits=cell["entropy_bits"],
+                    kl_to_final=cell["kl_to_final"],
+                )
+                for cell in row
+            ]
+            for row in data["cells"]
+        ]
         return cls(data["model"], data["method"], data["tokens"], data["token_ids"], data["layers"], cells)
 
     def top1(self, row: int, position: int) -> TopToken:
@@ -81,12 +90,36 @@ class DecodeGrid:
     def records(self) -> Records:
         """Long format: one line per (row, position, rank)."""
         return Records.of(
-            ("method", "layer", "position", "prompt_token", "rank", "token", "id", "prob", "entropy_bits",
-             "kl_to_final"),
-            ((self.method, layer, position, self.tokens[position], rank, top.token, top.id, top.prob,
-              cell.entropy_bits, cell.kl_to_final)
-             for layer, row in zip(self.layers, self.cells) for position, cell in enumerate(row)
-             for rank, top in enumerate(cell.top)))
+            (
+                "method",
+                "layer",
+                "position",
+                "prompt_token",
+                "rank",
+                "token",
+                "id",
+                "prob",
+                "entropy_bits",
+                "kl_to_final",
+            ),
+            (
+                (
+                    self.method,
+                    layer,
+                    position,
+                    self.tokens[position],
+                    rank,
+                    top.token,
+                    top.id,
+                    top.prob,
+                    cell.entropy_bits,
+                    cell.kl_to_final,
+                )
+                for layer, row in zip(self.layers, self.cells)
+                for position, cell in enumerate(row)
+                for rank, top in enumerate(cell.top)
+            ),
+        )
 
     def to_pandas(self) -> pandas.DataFrame:
         return self.records().to_pandas()
@@ -128,8 +161,10 @@ class GridRows:
         entropy_list, kl_list = entropy.tolist(), kl.clamp_min(0).tolist()
         return [
             GridCell(
-                top=[TopToken(text, token_id, prob) for text, token_id, prob in
-                     zip(self.lm.token_texts(top_ids_list[t]), top_ids_list[t], top_probs[t])],
+                top=[
+                    TopToken(text, token_id, prob)
+                    for text, token_id, prob in zip(self.lm.token_texts(top_ids_list[t]), top_ids_list[t], top_probs[t])
+                ],
                 entropy_bits=entropy_list[t],
                 kl_to_final=kl_list[t],
             )

@@ -67,8 +67,13 @@ def ablation_heads(scores: HeadScores, k: int, seed: int) -> tuple[list[HeadScor
     return top, sorted(chosen, key=lambda h: (h.layer, h.head))
 
 
-def niah_accuracy(lm: LoadedModel, tests: Sequence[NeedleTest], max_new_tokens: int,
-                  heads: Sequence[HeadScore] = (), mode: HeadMaskMode = "zero") -> float:
+def niah_accuracy(
+    lm: LoadedModel,
+    tests: Sequence[NeedleTest],
+    max_new_tokens: int,
+    heads: Sequence[HeadScore] = (),
+    mode: HeadMaskMode = "zero",
+) -> float:
     """Share of tests answered (ROUGE-1 recall > 0.5) with the heads masked."""
     masks = [MaskHeads(tuple((h.layer, h.head) for h in heads), mode)] if heads else []
 
@@ -81,8 +86,15 @@ def niah_accuracy(lm: LoadedModel, tests: Sequence[NeedleTest], max_new_tokens: 
         return sum(mapped(tests, answered)) / len(tests)  # tests shared out over torchrun ranks
 
 
-def ablation_experiment(lm: LoadedModel, scores: HeadScores, k: int, tests: Sequence[NeedleTest], seed: int = 0,
-                        max_new_tokens: int = 50, progress: ProgressFn = no_progress) -> AblationReport:
+def ablation_experiment(
+    lm: LoadedModel,
+    scores: HeadScores,
+    k: int,
+    tests: Sequence[NeedleTest],
+    seed: int = 0,
+    max_new_tokens: int = 50,
+    progress: ProgressFn = no_progress,
+) -> AblationReport:
     """NIAH accuracy for the baseline, then top-K and random-K heads masked in both modes."""
     scores.check_model(lm)
     top, rand = ablation_heads(scores, k, seed)

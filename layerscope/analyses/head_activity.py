@@ -42,15 +42,21 @@ class HeadActivity:
         return asdict(self)
 
     def records(self) -> Records:
-        return Records.of(("step", "token", "id", "active"),
-                          ((i, s.token, s.id, s.active) for i, s in enumerate(self.steps)))
+        return Records.of(
+            ("step", "token", "id", "active"), ((i, s.token, s.id, s.active) for i, s in enumerate(self.steps))
+        )
 
     def to_pandas(self) -> pandas.DataFrame:
         return self.records().to_pandas()
 
 
-def head_activity(lm: LoadedModel, ids: torch.Tensor, scores: HeadScores, max_new_tokens: int = 30,
-                  threshold: float = RETRIEVAL_THRESHOLD) -> HeadActivity:
+def head_activity(
+    lm: LoadedModel,
+    ids: torch.Tensor,
+    scores: HeadScores,
+    max_new_tokens: int = 30,
+    threshold: float = RETRIEVAL_THRESHOLD,
+) -> HeadActivity:
     """Per generated token, how many known retrieval heads copy-pasted it from the prompt."""
     scores.check_model(lm)
     known = scores.above(threshold)

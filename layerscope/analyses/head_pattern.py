@@ -50,21 +50,34 @@ class AttentionPattern:
         return attention_pattern_figure(self, heads)
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "tokens": self.tokens, "token_ids": self.token_ids,
-                "weights": {f"{block}.{head}": rows for (block, head), rows in self.weights.items()}}
+        return {
+            "model": self.model,
+            "tokens": self.tokens,
+            "token_ids": self.token_ids,
+            "weights": {f"{block}.{head}": rows for (block, head), rows in self.weights.items()},
+        }
 
     def records(self) -> Records:
-        return Records.of(("block", "head", "query", "query_token", "key", "key_token", "weight"),
-                          ((block, head, query, self.tokens[query], key, self.tokens[key], weight)
-                           for (block, head), rows in self.weights.items() for query, row in enumerate(rows)
-                           for key, weight in enumerate(row[: query + 1])))
+        return Records.of(
+            ("block", "head", "query", "query_token", "key", "key_token", "weight"),
+            (
+                (block, head, query, self.tokens[query], key, self.tokens[key], weight)
+                for (block, head), rows in self.weights.items()
+                for query, row in enumerate(rows)
+                for key, weight in enumerate(row[: query + 1])
+            ),
+        )
 
     def to_pandas(self) -> pandas.DataFrame:
         return self.records().to_pandas()
 
 
-def attention_pattern(lm: LoadedModel, input_ids: torch.Tensor, heads: Sequence[tuple[int, int]],
-                      interventions: Sequence[Intervention] = ()) -> AttentionPattern:
+def attention_pattern(
+    lm: LoadedModel,
+    input_ids: torch.Tensor,
+    heads: Sequence[tuple[int, int]],
+    interventions: Sequence[Intervention] = (),
+) -> AttentionPattern:
     """The attention of each (block, head) in `heads` over the prompt `input_ids` (1, tokens), in one forward
     pass with the interventions applied; only the chosen heads' probabilities are computed (one (tokens, tokens)
     matrix per head read, never every head's at once). Raises LayerscopeError for a head outside the model (`heads`
@@ -73,13 +86,18 @@ def attention_pattern(lm: LoadedModel, input_ids: torch.Tensor, heads: Sequence[
     adapter = check_lm(lm).adapter
     input_ids = check_ids(lm, input_ids)
     interventions = check_intervention_list(interventions)
-    if not isinstance(heads, (list, tuple)) or not heads or not all(
-            isinstance(pair, tuple) and len(pair) == 2 and all(type(n) is int for n in pair) for pair in heads):
+    if (
+        not isinstance(heads, (list, tuple))
+        or not heads
+        or not all(isinstance(pair, tuple) and len(pair) == 2 and all(type(n) is int for n in pair) for pair in heads)
+    ):
         raise ArgumentTypeError(f"heads= must be a non-empty list of (block, head) pairs of ints, not {heads!r:.60}.")
     for block, head in heads:
         if not (0 <= block < adapter.n_blocks and 0 <= head < adapter.n_heads):
-            raise ArgumentValueError(f"heads= holds head {block}.{head}, outside the model's {adapter.n_blocks} "
-                                     f"blocks x {adapter.n_heads} heads.")
+            raise ArgumentValueError(
+                f"heads= holds head {block}.{head}, outside the model's {adapter.n_blocks} "
+                f"blocks x {adapter.n_heads} heads."
+            )
     wanted: dict[int, tuple[int, ...]] = {}
     for block, head in dict.fromkeys(heads):
         wanted[block] = (*wanted.get(block, ()), head)
@@ -91,8 +109,11 @@ def attention_pattern(lm: LoadedModel, input_ids: torch.Tensor, heads: Sequence[
             weights[block, head] = probs[0, index].cpu().tolist()
 
     ids = input_ids.to(adapter.input_device)
-    with (read_attention(lm.model, {block: adapter.attention(block) for block in wanted}, reader, wanted),
-          intervene(lm, interventions, seq_len=ids.shape[1]), torch.inference_mode()):
+    with (
+        read_attention(lm.model, {block: adapter.attention(block) for block in wanted}, reader, wanted),
+        intervene(lm, interventions, seq_len=ids.shape[1]),
+        torch.inference_mode(),
+    ):
         lm.model(input_ids=ids, use_cache=False, **last_logits_only(lm))
     ordered = {head: weights[head] for head in heads}
     token_ids = input_ids[0].tolist()

@@ -47,8 +47,11 @@ class HeadScores:
     def from_matrix(cls, lm: LoadedModel, kind: HeadKind, scores: torch.Tensor, meta: dict | None = None) -> HeadScores:
         """From a (blocks, heads) tensor."""
         adapter = lm.adapter
-        heads = [HeadScore(layer, head, adapter.kv_group(head), float(scores[layer, head]))
-                 for layer in range(adapter.n_blocks) for head in range(adapter.n_heads)]
+        heads = [
+            HeadScore(layer, head, adapter.kv_group(head), float(scores[layer, head]))
+            for layer in range(adapter.n_blocks)
+            for head in range(adapter.n_heads)
+        ]
         return cls(lm.name, kind, adapter.n_blocks, adapter.n_heads, heads, meta or {})
 
     def matrix(self) -> torch.Tensor:
@@ -75,12 +78,21 @@ class HeadScores:
         return head_scores_figure([self], threshold)
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "kind": self.kind, "n_blocks": self.n_blocks, "n_heads": self.n_heads,
-                "share_above_0.1": self.share_above(), "heads": [asdict(h) for h in self.heads], "meta": self.meta}
+        return {
+            "model": self.model,
+            "kind": self.kind,
+            "n_blocks": self.n_blocks,
+            "n_heads": self.n_heads,
+            "share_above_0.1": self.share_above(),
+            "heads": [asdict(h) for h in self.heads],
+            "meta": self.meta,
+        }
 
     def records(self) -> Records:
-        return Records.of(("kind", "layer", "head", "kv_group", "score"),
-                          ((self.kind, h.layer, h.head, h.kv_group, h.score) for h in self.heads))
+        return Records.of(
+            ("kind", "layer", "head", "kv_group", "score"),
+            ((self.kind, h.layer, h.head, h.kv_group, h.score) for h in self.heads),
+        )
 
     def to_pandas(self) -> pandas.DataFrame:
         return self.records().to_pandas()
@@ -94,19 +106,34 @@ class HeadScores:
     def from_dict(cls, data: dict) -> HeadScores:
         """The scores `to_dict` wrote, every field of its type (a score "0.5" or a layer 1.7 is refused)."""
         if "kind" not in data:  # every layerscope version wrote it: without it, what the scores mean is unknown
-            raise LayerscopeError(f"Not a head scores file: it does not say which kind of scores it holds "
-                                  f"(\"kind\": one of {', '.join(KINDS)}).")
+            raise LayerscopeError(
+                f"Not a head scores file: it does not say which kind of scores it holds "
+                f'("kind": one of {", ".join(KINDS)}).'
+            )
         if data["kind"] not in KINDS:
-            raise LayerscopeError(f"Unknown head score kind {json.dumps(data['kind'])} (expected one of "
-                                  f"{', '.join(KINDS)}).")
+            raise LayerscopeError(
+                f"Unknown head score kind {json.dumps(data['kind'])} (expected one of {', '.join(KINDS)})."
+            )
         heads = _field(data, "heads", list)
         meta = data.get("meta") or {}
         if not isinstance(meta, dict):
-            raise LayerscopeError("Not a head scores file: \"meta\" is not an object.")
-        scores = cls(_field(data, "model", str), data["kind"], _field(data, "n_blocks", int),
-                     _field(data, "n_heads", int),
-                     [HeadScore(_field(h, "layer", int), _field(h, "head", int), _field(h, "kv_group", int),
-                                float(_field(h, "score", float))) for h in heads], meta)
+            raise LayerscopeError('Not a head scores file: "meta" is not an object.')
+        scores = cls(
+            _field(data, "model", str),
+            data["kind"],
+            _field(data, "n_blocks", int),
+            _field(data, "n_heads", int),
+            [
+                HeadScore(
+                    _field(h, "layer", int),
+                    _field(h, "head", int),
+                    _field(h, "kv_group", int),
+                    float(_field(h, "score", float)),
+                )
+                for h in heads
+            ],
+            meta,
+        )
         scores.check_complete()
         return scores
 
@@ -118,8 +145,10 @@ class HeadScores:
         for head in self.heads:
             name = f"{head.layer}.{head.head}"
             if not (0 <= head.layer < self.n_blocks and 0 <= head.head < self.n_heads):
-                raise LayerscopeError(f"The scores name head {name}, outside their own shape of {self.n_blocks} "
-                                      f"blocks x {self.n_heads} heads.")
+                raise LayerscopeError(
+                    f"The scores name head {name}, outside their own shape of {self.n_blocks} "
+                    f"blocks x {self.n_heads} heads."
+                )
             if (head.layer, head.head) in seen:
                 raise LayerscopeError(f"The scores list head {name} twice.")
             if not math.isfinite(head.score):
@@ -128,8 +157,10 @@ class HeadScores:
         total = self.n_blocks * self.n_heads
         if len(seen) < total:
             block, index = next((b, h) for b in range(self.n_blocks) for h in range(self.n_heads) if (b, h) not in seen)
-            raise LayerscopeError(f"The scores list {len(seen)} of the {total} heads ({block}.{index} is missing): "
-                                  f"a scores file must score every head, or its top heads are not the model's.")
+            raise LayerscopeError(
+                f"The scores list {len(seen)} of the {total} heads ({block}.{index} is missing): "
+                f"a scores file must score every head, or its top heads are not the model's."
+            )
 
     def check_model(self, lm: LoadedModel) -> None:
         """Scores from another model would name heads that do not exist or mean something else: the shape, the
@@ -145,10 +176,13 @@ class HeadScores:
             if head.kv_group != lm.adapter.kv_group(head.head):
                 raise LayerscopeError(
                     f"The scores put head {head.layer}.{head.head} in KV group {head.kv_group}, but in {lm.name} it "
-                    f"reads KV head {lm.adapter.kv_group(head.head)}: they are for a model with other attention.")
+                    f"reads KV head {lm.adapter.kv_group(head.head)}: they are for a model with other attention."
+                )
         if _model_id(self.model) != _model_id(lm.name):
-            raise LayerscopeError(f"The scores are for {self.model}, not {lm.name}: score this model first "
-                                  "(heads of another model mean something else, even in the same shape).")
+            raise LayerscopeError(
+                f"The scores are for {self.model}, not {lm.name}: score this model first "
+                "(heads of another model mean something else, even in the same shape)."
+            )
 
 
 FieldType = TypeVar("FieldType")
@@ -159,8 +193,10 @@ def _field(data: object, key: str, kind: type[FieldType]) -> FieldType:
     value = data.get(key) if isinstance(data, dict) else None
     if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else kind):
         where = "a head's" if key in ("layer", "head", "kv_group", "score") else "its"
-        raise LayerscopeError(f"Not a head scores file: {where} \"{key}\" is {json.dumps(value)}, not "
-                              f"{ {str: 'text', int: 'a whole number', float: 'a number', list: 'a list'}[kind] }.")
+        raise LayerscopeError(
+            f'Not a head scores file: {where} "{key}" is {json.dumps(value)}, not '
+            f"{ {str: 'text', int: 'a whole number', float: 'a number', list: 'a list'}[kind] }."
+        )
     return value  # type: ignore[return-value]  # an int where a float is asked is one
 
 
@@ -184,8 +220,9 @@ def load_head_scores(path: Path, lm: LoadedModel | None = None, kind: HeadKind |
     except LayerscopeError as error:
         raise LayerscopeError(f"Scores file '{path}': {error}") from None
     if kind is not None and scores.kind != kind:
-        raise LayerscopeError(f"Scores file '{path}' holds {scores.kind} scores, not {kind} scores: write them with "
-                              f"`heads {kind}`.")
+        raise LayerscopeError(
+            f"Scores file '{path}' holds {scores.kind} scores, not {kind} scores: write them with `heads {kind}`."
+        )
     if lm is not None:
         try:
             scores.check_model(lm)

@@ -7,7 +7,13 @@ from layerscope.analyses.head_pattern import AttentionPattern, attention_pattern
 from layerscope.analyses.head_scores import RETRIEVAL_THRESHOLD, HeadScore, HeadScores, load_head_scores
 from layerscope.analyses.induction import induction_scores, previous_token_scores, repeated_random_tokens
 from layerscope.analyses.needles import Needle, build_tests
-from layerscope.analyses.retrieval import NeedleResult, copy_paste, needle_results, retrieval_from_results, retrieval_scores
+from layerscope.analyses.retrieval import (
+    NeedleResult,
+    copy_paste,
+    needle_results,
+    retrieval_from_results,
+    retrieval_scores,
+)
 
 __all__ = [
     "RETRIEVAL_THRESHOLD",

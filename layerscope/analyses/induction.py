@@ -33,8 +33,9 @@ FALLBACK_TEXTS = (
 )
 
 
-def repeated_random_tokens(lm: LoadedModel, seq_len: int = 50, repeats: int = 2, samples: int = 10,
-                           seed: int = 0) -> torch.Tensor:
+def repeated_random_tokens(
+    lm: LoadedModel, seq_len: int = 50, repeats: int = 2, samples: int = 10, seed: int = 0
+) -> torch.Tensor:
     """(samples, [BOS] + seq_len * repeats): random ordinary tokens repeated; BOS only if the tokenizer has one."""
     if seq_len < 2 or repeats < 2 or samples < 1:
         raise LayerscopeError("Induction needs seq_len=2 or more, repeats=2 or more and samples=1 or more.")
@@ -53,8 +54,9 @@ def repeated_random_tokens(lm: LoadedModel, seq_len: int = 50, repeats: int = 2,
     return ids
 
 
-def diagonal_attention(lm: LoadedModel, ids: torch.Tensor, counted: torch.Tensor, offset: int,
-                       attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+def diagonal_attention(
+    lm: LoadedModel, ids: torch.Tensor, counted: torch.Tensor, offset: int, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """(blocks, heads): attention from t to t - offset, summed over the batch and the query positions t
     where `counted` (batch, tokens) is true. Pad on the right only."""
     adapter = lm.adapter
@@ -79,18 +81,30 @@ def summed_elements(n_elements: int, element_totals: Callable[[int], torch.Tenso
     return sum(mapped(range(n_elements), element_totals), torch.zeros(()))
 
 
-def induction_scores(lm: LoadedModel, seq_len: int = 50, repeats: int = 2, samples: int = 10, seed: int = 0,
-                     progress: ProgressFn = no_progress) -> HeadScores:
+def induction_scores(
+    lm: LoadedModel,
+    seq_len: int = 50,
+    repeats: int = 2,
+    samples: int = 10,
+    seed: int = 0,
+    progress: ProgressFn = no_progress,
+) -> HeadScores:
     """Prefix-matching score per head: mean attention from t to t - seq_len + 1, second and later repeats only."""
     ids = repeated_random_tokens(lm, seq_len, repeats, samples, seed)
     counted = torch.zeros(ids.shape, dtype=torch.bool)
-    counted[:, ids.shape[1] - seq_len * (repeats - 1):] = True
+    counted[:, ids.shape[1] - seq_len * (repeats - 1) :] = True
     progress(0, 1, "induction")
-    totals = summed_elements(ids.shape[0],
-                             lambda i: diagonal_attention(lm, ids[i : i + 1], counted[i : i + 1], seq_len - 1))
+    totals = summed_elements(
+        ids.shape[0], lambda i: diagonal_attention(lm, ids[i : i + 1], counted[i : i + 1], seq_len - 1)
+    )
     progress(1, 1, "induction")
-    meta = {"seq_len": seq_len, "repeats": repeats, "samples": samples, "seed": seed,
-            "bos": lm.tokenizer.bos_token_id is not None}
+    meta = {
+        "seq_len": seq_len,
+        "repeats": repeats,
+        "samples": samples,
+        "seed": seed,
+        "bos": lm.tokenizer.bos_token_id is not None,
+    }
     return HeadScores.from_matrix(lm, "induction", totals / counted.sum(), meta)
 
 
@@ -104,8 +118,9 @@ def general_texts() -> list[str]:
     return list(FALLBACK_TEXTS)
 
 
-def previous_token_scores(lm: LoadedModel, texts: list[str] | None = None,
-                          progress: ProgressFn = no_progress) -> HeadScores:
+def previous_token_scores(
+    lm: LoadedModel, texts: list[str] | None = None, progress: ProgressFn = no_progress
+) -> HeadScores:
     """Previous-token score per head: mean attention from t to t - 1 over every position t >= 1 of ordinary text."""
     texts = general_texts() if texts is None else texts
     encoded = [lm.encode(text)[0].cpu() for text in texts]
@@ -116,8 +131,11 @@ def previous_token_scores(lm: LoadedModel, texts: list[str] | None = None,
     if not counted.any():
         raise LayerscopeError("The previous-token texts are all shorter than two tokens.")
     progress(0, 1, "previous-token")
-    totals = summed_elements(ids.shape[0], lambda i: diagonal_attention(lm, ids[i : i + 1], counted[i : i + 1], 1,
-                                                                       mask[i : i + 1]))
+    totals = summed_elements(
+        ids.shape[0], lambda i: diagonal_attention(lm, ids[i : i + 1], counted[i : i + 1], 1, mask[i : i + 1])
+    )
     progress(1, 1, "previous-token")
     positions = int(counted.sum())
-    return HeadScores.from_matrix(lm, "previous_token", totals / positions, {"texts": len(texts), "positions": positions})
+    return HeadScores.from_matrix(
+        lm, "previous_token", totals / positions, {"texts": len(texts), "positions": positions}
+    )

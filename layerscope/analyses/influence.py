@@ -68,8 +68,9 @@ def block_influence(lm: LoadedModel, windows: list[torch.Tensor], progress: Prog
     return (1 - total / tokens).tolist()
 
 
-def perplexity(lm: LoadedModel, windows: list[torch.Tensor], progress: ProgressFn = no_progress,
-               description: str = "perplexity") -> float:
+def perplexity(
+    lm: LoadedModel, windows: list[torch.Tensor], progress: ProgressFn = no_progress, description: str = "perplexity"
+) -> float:
     """exp of the mean next-token loss over every predicted token of every window."""
 
     def summed_loss(ids: torch.Tensor) -> float:
@@ -122,10 +123,16 @@ class PruneReport:
 
     def records(self) -> Records:
         """Per way of choosing the blocks (none: the baseline), the blocks removed and the held-out perplexity."""
-        removed = {"baseline": [], "block_influence": self.removed, "random": self.random_removed,
-                   "last": self.last_removed}
-        return Records.of(("removal", "blocks", "perplexity"),
-                          ((name, " ".join(map(str, removed[name])), value) for name, value in self.perplexity.items()))
+        removed = {
+            "baseline": [],
+            "block_influence": self.removed,
+            "random": self.random_removed,
+            "last": self.last_removed,
+        }
+        return Records.of(
+            ("removal", "blocks", "perplexity"),
+            ((name, " ".join(map(str, removed[name])), value) for name, value in self.perplexity.items()),
+        )
 
     def to_pandas(self) -> pandas.DataFrame:
         return self.records().to_pandas()
@@ -146,8 +153,12 @@ class InfluenceReport:
     @property
     def warnings(self) -> list[str]:
         counts = {"calibration": self.calibration_tokens, "held-out": self.prune.eval_tokens if self.prune else None}
-        return [f"only {count} {name} tokens (fewer than {MIN_TOKENS}): the numbers rest on too few tokens to "
-                f"trust; give a longer text" for name, count in counts.items() if count is not None and count < MIN_TOKENS]
+        return [
+            f"only {count} {name} tokens (fewer than {MIN_TOKENS}): the numbers rest on too few tokens to "
+            f"trust; give a longer text"
+            for name, count in counts.items()
+            if count is not None and count < MIN_TOKENS
+        ]
 
     def plot(self) -> Figure:
         """Block Influence bars and, after pruning, perplexity against the random and last-N baselines:
@@ -157,8 +168,12 @@ class InfluenceReport:
         return influence_figure(self)
 
     def to_dict(self) -> dict:
-        data = {"model": self.model, "calibration_tokens": self.calibration_tokens,
-                "blocks": [{"block": b, "bi": value} for b, value in enumerate(self.bi)], "ranking": self.ranking}
+        data = {
+            "model": self.model,
+            "calibration_tokens": self.calibration_tokens,
+            "blocks": [{"block": b, "bi": value} for b, value in enumerate(self.bi)],
+            "ranking": self.ranking,
+        }
         if self.prune is not None:
             data.update(vars(self.prune))
         data["warnings"] = self.warnings
@@ -200,6 +215,7 @@ def influence(
     for name, removed in choices.items():
         with pruned(lm, removed):
             scores[name] = perplexity(lm, held_out, progress, f"perplexity: {name}")
-    report.prune = PruneReport(choices["block_influence"], choices["random"], choices["last"], scores,
-                               sum(w.shape[1] for w in held_out))
+    report.prune = PruneReport(
+        choices["block_influence"], choices["random"], choices["last"], scores, sum(w.shape[1] for w in held_out)
+    )
     return report

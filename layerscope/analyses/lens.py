@@ -14,7 +14,7 @@ import torch
 
 from layerscope.analyses.activations import last_logits_only
 from layerscope.analyses.grid import DecodeGrid, GridCell, GridRows, distribution_stats
-from layerscope.analyses.residual import CapturedResiduals, layer_labels, capture_residuals
+from layerscope.analyses.residual import CapturedResiduals, capture_residuals, layer_labels
 from layerscope.arguments import check_int, prompt_batch
 from layerscope.errors import LayerscopeError
 from layerscope.interventions import Intervention, intervene
@@ -31,13 +31,16 @@ a longer prompt is decoded in position tiles instead, and its rows come out toge
 def one_prompt(input_ids: torch.Tensor) -> PromptBatch:
     """Ids (1, T) of one prompt as a batch of one; a batch must come padded, with its mask, from `lm.encode`."""
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
-        raise LayerscopeError(f"Token ids of one prompt are shaped (1, tokens), not {tuple(input_ids.shape)}: "
-                              "encode several prompts with lm.encode([...]).")
+        raise LayerscopeError(
+            f"Token ids of one prompt are shaped (1, tokens), not {tuple(input_ids.shape)}: "
+            "encode several prompts with lm.encode([...])."
+        )
     return PromptBatch.from_ids(input_ids)
 
 
-def batch_residuals(lm: LoadedModel, batch: PromptBatch, interventions: Sequence[Intervention] = (),
-                    **forward_options: object) -> CapturedResiduals:
+def batch_residuals(
+    lm: LoadedModel, batch: PromptBatch, interventions: Sequence[Intervention] = (), **forward_options: object
+) -> CapturedResiduals:
     """The residual rows of a (right-padded) batch under the interventions: states (L + 1, B, T, hidden)."""
     with intervene(lm, interventions, seq_len=batch.ids.shape[1]):
         return capture_residuals(lm.adapter, batch.ids, attention_mask=batch.attention_mask, **forward_options)
@@ -58,7 +61,10 @@ class LensRow:
 
 
 def lens_grid_rows(
-    lm: LoadedModel, runs: Sequence[torch.Tensor], top_k: int, budget: int = DECODE_BUDGET,
+    lm: LoadedModel,
+    runs: Sequence[torch.Tensor],
+    top_k: int,
+    budget: int = DECODE_BUDGET,
     final_budget: int = FINAL_ROW_BUDGET,
 ) -> Iterator[LensRow]:
     """Grid rows, top to bottom, of one or two runs' `lens_states` (same prompt).
@@ -81,8 +87,9 @@ def lens_grid_rows(
         finals = [GridRows(lm, _decode(lm, states[-1, span]), top_k) for states in runs]
         for first in range(0, n_rows, rows_per_tile):
             rows = range(first, min(first + rows_per_tile, n_rows))
-            log_probs = [torch.log_softmax(_decode(lm, states[rows.start : rows.stop, span]).float(), dim=-1)
-                         for states in runs]
+            log_probs = [
+                torch.log_softmax(_decode(lm, states[rows.start : rows.stop, span]).float(), dim=-1) for states in runs
+            ]
             for offset, row in enumerate(rows):
                 for run, grid_rows in enumerate(finals):
                     cells[row][run] += grid_rows.cells(log_probs[run][offset])
@@ -101,13 +108,23 @@ def _decode(lm: LoadedModel, states: torch.Tensor) -> torch.Tensor:
 
 
 @overload
-def logit_lens(lm: LoadedModel, input_ids: PromptBatch, top_k: int = 5,
-               interventions: Sequence[Intervention] = (), budget: int = DECODE_BUDGET) -> list[DecodeGrid]: ...
+def logit_lens(
+    lm: LoadedModel,
+    input_ids: PromptBatch,
+    top_k: int = 5,
+    interventions: Sequence[Intervention] = (),
+    budget: int = DECODE_BUDGET,
+) -> list[DecodeGrid]: ...
 
 
 @overload
-def logit_lens(lm: LoadedModel, input_ids: torch.Tensor, top_k: int = 5,
-               interventions: Sequence[Intervention] = (), budget: int = DECODE_BUDGET) -> DecodeGrid: ...
+def logit_lens(
+    lm: LoadedModel,
+    input_ids: torch.Tensor,
+    top_k: int = 5,
+    interventions: Sequence[Intervention] = (),
+    budget: int = DECODE_BUDGET,
+) -> DecodeGrid: ...
 
 
 def logit_lens(
@@ -129,8 +146,16 @@ def logit_lens(
     for index, length in enumerate(batch.lengths):
         rows = lens_grid_rows(lm, [states[:, index, :length]], top_k, budget, final_budget=0)
         ids = batch.ids[index, :length].tolist()
-        grids.append(DecodeGrid(lm.name, "logit_lens", lm.token_texts(ids), ids, layer_labels(lm.n_blocks),
-                                [row.cells[0] for row in rows]))
+        grids.append(
+            DecodeGrid(
+                lm.name,
+                "logit_lens",
+                lm.token_texts(ids),
+                ids,
+                layer_labels(lm.n_blocks),
+                [row.cells[0] for row in rows],
+            )
+        )
     return grids if isinstance(input_ids, PromptBatch) else grids[0]
 
 
@@ -138,15 +163,23 @@ RowLogits = tuple[Iterator[torch.Tensor], torch.Tensor]
 """A lens run of one prompt: its rows' logits (tokens, vocab) one by one, and the model's logits (tokens, vocab)."""
 
 
-def lens_logits(lm: LoadedModel, input_ids: torch.Tensor, interventions: Sequence[Intervention] = (),
-                translate: Callable[[torch.Tensor], torch.Tensor] | None = None) -> RowLogits:
+def lens_logits(
+    lm: LoadedModel,
+    input_ids: torch.Tensor,
+    interventions: Sequence[Intervention] = (),
+    translate: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> RowLogits:
     """(row logits generator, final logits) for ids (1, T) under the given interventions.
     `translate` maps the states (rows, tokens, hidden) before decoding (the tuned lens)."""
     return batch_lens_logits(lm, one_prompt(input_ids), interventions, translate)[0]
 
 
-def batch_lens_logits(lm: LoadedModel, batch: PromptBatch, interventions: Sequence[Intervention] = (),
-                      translate: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[RowLogits]:
+def batch_lens_logits(
+    lm: LoadedModel,
+    batch: PromptBatch,
+    interventions: Sequence[Intervention] = (),
+    translate: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> list[RowLogits]:
     """`lens_logits` of each prompt of a batch, from one forward pass, each over its own tokens only."""
     captured = batch_residuals(lm, batch, interventions)
 
@@ -158,5 +191,7 @@ def batch_lens_logits(lm: LoadedModel, batch: PromptBatch, interventions: Sequen
             for start in range(0, len(states), chunk):
                 yield from lm.adapter.decode(states[start : start + chunk])
 
-    return [(rows(captured.states[:, index, :length]), captured.logits[index, :length])
-            for index, length in enumerate(batch.lengths)]
+    return [
+        (rows(captured.states[:, index, :length]), captured.logits[index, :length])
+        for index, length in enumerate(batch.lengths)
+    ]

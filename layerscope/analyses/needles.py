@@ -37,8 +37,10 @@ def load_needles(path: Path = DEFAULT_NEEDLES) -> list[Needle]:
     for number, data in read_records(path, "needles file", ("needle", "question", "answer")):
         needle = Needle(data["needle"], data["question"], data["answer"])
         if needle.answer.strip().lower() not in needle.needle.lower():
-            raise LayerscopeError(f"Needles file '{path}' line {number}: the answer '{needle.answer}' is not part of "
-                                  "its needle, so no model can copy it from the haystack.")
+            raise LayerscopeError(
+                f"Needles file '{path}' line {number}: the answer '{needle.answer}' is not part of "
+                "its needle, so no model can copy it from the haystack."
+            )
         needles.append(needle)
     if not needles:
         raise LayerscopeError(f"Needles file '{path}' holds no needles.")
@@ -65,8 +67,9 @@ def _chat_frame(lm: LoadedModel) -> tuple[str, str]:
     if not getattr(lm.tokenizer, "chat_template", None):
         return "", "\nAnswer:"
     marker = "\u2063MESSAGE\u2063"
-    framed = lm.tokenizer.apply_chat_template([{"role": "user", "content": marker}], tokenize=False,
-                                              add_generation_prompt=True)
+    framed = lm.tokenizer.apply_chat_template(
+        [{"role": "user", "content": marker}], tokenize=False, add_generation_prompt=True
+    )
     before, _, after = framed.partition(marker)
     return before, after
 
@@ -80,7 +83,11 @@ def check_span(span: str) -> Span:
 
 
 def build_tests(
-    lm: LoadedModel, haystack: str, needles: Sequence[Needle], lengths: Sequence[int], depths: Sequence[float],
+    lm: LoadedModel,
+    haystack: str,
+    needles: Sequence[Needle],
+    lengths: Sequence[int],
+    depths: Sequence[float],
     span: Span = "needle",
 ) -> list[NeedleTest]:
     """Every (needle, length, depth) prompt, checked against the haystack and the model's window first."""
@@ -103,18 +110,34 @@ def build_tests(
     for needle in needles:
         body_text = " " + needle.needle.strip() + " "
         body = tokenizer(body_text, add_special_tokens=False).input_ids
-        scored = (token_span(lm, body_text, needle.answer, "answer", where=f"its needle {needle.needle.strip()!r}",
-                             special_tokens=False, chooser=None) if span == "answer" else range(len(body)))
+        scored = (
+            token_span(
+                lm,
+                body_text,
+                needle.answer,
+                "answer",
+                where=f"its needle {needle.needle.strip()!r}",
+                special_tokens=False,
+                chooser=None,
+            )
+            if span == "answer"
+            else range(len(body))
+        )
         tail = tokenizer(f"\n\nQuestion: {needle.question}{after}", add_special_tokens=False).input_ids
         for length in lengths:
             total = len(head) + length + len(body) + len(tail)
             limit = lm.adapter.max_context
             if limit is not None and total > limit:
-                raise LayerscopeError(f"A test of length {length} needs {total} tokens; this model's context is {limit}.")
+                raise LayerscopeError(
+                    f"A test of length {length} needs {total} tokens; this model's context is {limit}."
+                )
             for depth in depths:
                 cut = max([0, *(end for end in ends if end <= round(depth / 100 * length))])
                 ids = head + hay[:cut] + body + hay[cut:length] + tail
                 start = len(head) + cut
-                tests.append(NeedleTest(needle, length, depth, torch.tensor([ids]),
-                                        range(start + scored.start, start + scored.stop)))
+                tests.append(
+                    NeedleTest(
+                        needle, length, depth, torch.tensor([ids]), range(start + scored.start, start + scored.stop)
+                    )
+                )
     return tests

@@ -75,8 +75,9 @@ class NeuronCensus:
 
     def top(self, kind: str, k: int) -> list[tuple[int, int]]:
         """The k neurons of this kind with the highest kurtosis, as (block, neuron)."""
-        found = [(b.kurtosis[n], b.block, n) for b in self.blocks for n in range(len(b.kurtosis))
-                 if self.kind(b, n) == kind]
+        found = [
+            (b.kurtosis[n], b.block, n) for b in self.blocks for n in range(len(b.kurtosis)) if self.kind(b, n) == kind
+        ]
         return [(block, neuron) for _, block, neuron in sorted(found, reverse=True)[:k]]
 
     def plot(self) -> Figure:
@@ -86,19 +87,48 @@ class NeuronCensus:
         return neuron_census_figure(self)
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "min_kurtosis": self.min_kurtosis, "min_skew": self.min_skew,
-                "kurtosis": "pearson (normal = 3)",
-                "blocks": [{"block": b.block, "n_neurons": len(b.kurtosis), "prediction": b.prediction,
-                            "suppression": b.suppression, "mean": b.mean, "variance": b.variance, "skew": b.skew,
-                            "kurtosis": b.kurtosis,
-                            "extreme_tokens": {str(n): {"id": t, "token": self.token_texts[t]}
-                                               for n, t in b.extreme_tokens.items()}} for b in self.blocks]}
+        return {
+            "model": self.model,
+            "min_kurtosis": self.min_kurtosis,
+            "min_skew": self.min_skew,
+            "kurtosis": "pearson (normal = 3)",
+            "blocks": [
+                {
+                    "block": b.block,
+                    "n_neurons": len(b.kurtosis),
+                    "prediction": b.prediction,
+                    "suppression": b.suppression,
+                    "mean": b.mean,
+                    "variance": b.variance,
+                    "skew": b.skew,
+                    "kurtosis": b.kurtosis,
+                    "extreme_tokens": {
+                        str(n): {"id": t, "token": self.token_texts[t]} for n, t in b.extreme_tokens.items()
+                    },
+                }
+                for b in self.blocks
+            ],
+        }
 
     def records(self) -> Records:
-        return Records.of(("block", "neuron", "mean", "variance", "skew", "kurtosis", "kind", "token_id", "token"),
-                          ((b.block, n, b.mean[n], b.variance[n], b.skew[n], b.kurtosis[n], self.kind(b, n),
-                            b.extreme_tokens.get(n), self.token_texts.get(b.extreme_tokens.get(n, -1)))
-                           for b in self.blocks for n in range(len(b.kurtosis))))
+        return Records.of(
+            ("block", "neuron", "mean", "variance", "skew", "kurtosis", "kind", "token_id", "token"),
+            (
+                (
+                    b.block,
+                    n,
+                    b.mean[n],
+                    b.variance[n],
+                    b.skew[n],
+                    b.kurtosis[n],
+                    self.kind(b, n),
+                    b.extreme_tokens.get(n),
+                    self.token_texts.get(b.extreme_tokens.get(n, -1)),
+                )
+                for b in self.blocks
+                for n in range(len(b.kurtosis))
+            ),
+        )
 
     def to_pandas(self) -> pandas.DataFrame:
         return self.records().to_pandas()
@@ -121,7 +151,8 @@ def output_weights(adapter: ModelAdapter, block: int) -> torch.Tensor:
     if len(candidates) != 1:
         raise LayerscopeError(
             f"Block {block}'s MLP ({type(mlp).__name__}) has {len(candidates)} dense output projections, not one "
-            "(a mixture of experts?): the neuron census covers dense MLPs only.")
+            "(a mixture of experts?): the neuron census covers dense MLPs only."
+        )
     weight = candidates[0].weight
     return weight if isinstance(candidates[0], Conv1D) else weight.T
 
@@ -132,9 +163,9 @@ def _projects_to(module: nn.Module, hidden: int) -> bool:
     return isinstance(module, nn.Linear) and module.out_features == hidden and module.in_features != hidden
 
 
-def vocab_moments(weights: torch.Tensor, directions: torch.Tensor, min_kurtosis: float,
-                  tile_bytes: int = TILE_BYTES) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                                      dict[int, int]]:
+def vocab_moments(
+    weights: torch.Tensor, directions: torch.Tensor, min_kurtosis: float, tile_bytes: int = TILE_BYTES
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[int, int]]:
     """Mean, variance, skew, kurtosis (population moments, Pearson's kurtosis) over the vocabulary of the cosines
     between each row of `weights` (neurons, hidden) and each row of `directions` (vocab, hidden, unit rows):
     (neurons,) float32 tensors; and, for each neuron whose kurtosis is above `min_kurtosis`, its extreme token
@@ -163,8 +194,13 @@ def vocab_moments(weights: torch.Tensor, directions: torch.Tensor, min_kurtosis:
     return mean, variance, skew, kurtosis, extremes
 
 
-def neuron_census(lm: LoadedModel, min_kurtosis: float = MIN_KURTOSIS, min_skew: float = MIN_SKEW,
-                  blocks: Sequence[int] | None = None, progress: ProgressFn = no_progress) -> NeuronCensus:
+def neuron_census(
+    lm: LoadedModel,
+    min_kurtosis: float = MIN_KURTOSIS,
+    min_skew: float = MIN_SKEW,
+    blocks: Sequence[int] | None = None,
+    progress: ProgressFn = no_progress,
+) -> NeuronCensus:
     """The moments of every MLP neuron's cosines with the vocabulary (see the module docstring) and, per block
     (every block, or those in `blocks`), the counts of prediction neurons (kurtosis > min_kurtosis,
     skew > min_skew) and suppression neurons (kurtosis > min_kurtosis, skew < -min_skew). Raises
@@ -182,12 +218,22 @@ def neuron_census(lm: LoadedModel, min_kurtosis: float = MIN_KURTOSIS, min_skew:
     for done, (block, weight) in enumerate(weights.items()):
         progress(done, len(weights), "neuron census")
         with torch.inference_mode():
-            mean, variance, skew, kurtosis, extremes = vocab_moments(weight.to(directions.device), directions,
-                                                                     min_kurtosis)
+            mean, variance, skew, kurtosis, extremes = vocab_moments(
+                weight.to(directions.device), directions, min_kurtosis
+            )
         high = kurtosis > min_kurtosis
-        census.append(BlockNeurons(block, mean.tolist(), variance.tolist(), skew.tolist(), kurtosis.tolist(),
-                                   extremes, int((high & (skew > min_skew)).sum()),
-                                   int((high & (skew < -min_skew)).sum())))
+        census.append(
+            BlockNeurons(
+                block,
+                mean.tolist(),
+                variance.tolist(),
+                skew.tolist(),
+                kurtosis.tolist(),
+                extremes,
+                int((high & (skew > min_skew)).sum()),
+                int((high & (skew < -min_skew)).sum()),
+            )
+        )
     progress(len(weights), len(weights), "neuron census")
     ids = sorted({t for b in census for t in b.extreme_tokens.values()})
     return NeuronCensus(lm.name, min_kurtosis, min_skew, census, dict(zip(ids, lm.token_texts(ids))))

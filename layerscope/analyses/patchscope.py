@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, TypeAlias, overload
+from typing import TYPE_CHECKING, overload
 
 import torch
 from transformers import Cache
@@ -51,8 +51,9 @@ class TargetPrompt:
     placeholder: int
 
 
-def parse_target(lm: LoadedModel, text: str | None = None, placeholder: str | None = None,
-                 occurrence: int | None = None) -> TargetPrompt:
+def parse_target(
+    lm: LoadedModel, text: str | None = None, placeholder: str | None = None, occurrence: int | None = None
+) -> TargetPrompt:
     """Tokenise a target prompt and find its placeholder token.
 
     Without `placeholder` the last token is the placeholder (the default prompt's `?`); with one, the single
@@ -69,8 +70,10 @@ def parse_target(lm: LoadedModel, text: str | None = None, placeholder: str | No
     else:
         span = token_span(lm, text, placeholder, "placeholder", occurrence, where="the target prompt")
         if len(span) != 1:
-            raise LayerscopeError(f"placeholder={placeholder!r} spans {len(span)} tokens of the target prompt; "
-                                  "choose a marker that is a single token.")
+            raise LayerscopeError(
+                f"placeholder={placeholder!r} spans {len(span)} tokens of the target prompt; "
+                "choose a marker that is a single token."
+            )
         position = span[0]
     if position <= 0:
         raise LayerscopeError("The placeholder is the first token of the target prompt; put some text before it.")
@@ -111,18 +114,19 @@ def patched_rows(
     n_positions = source_states.shape[1]
     wanted = list(range(source_states.shape[0]) if only_rows is None else only_rows)
     rows_per_forward = max(1, cells_per_forward // n_positions)
-    prefix, fed = target.ids[:, : target.placeholder], target.ids[:, target.placeholder:]
+    prefix, fed = target.ids[:, : target.placeholder], target.ids[:, target.placeholder :]
     with torch.inference_mode():
         prefix_cache = cached_forward(model, None, input_ids=prefix)[1]
     for first in range(0, len(wanted), rows_per_forward):
-        rows = wanted[first:first + rows_per_forward]
+        rows = wanted[first : first + rows_per_forward]
         batch = len(rows) * n_positions
         cache = repeated_cache(prefix_cache, batch)
         with ExitStack() as stack, torch.inference_mode():
             for index, row in enumerate(rows):
                 elements = slice(index * n_positions, (index + 1) * n_positions)
-                write_at_row(adapter, stack, row if target_layer is None else target_layer, elements,
-                             source_states[row])
+                write_at_row(
+                    adapter, stack, row if target_layer is None else target_layer, elements, source_states[row]
+                )
             output, cache = cached_forward(model, cache, input_ids=fed.expand(batch, -1), logits_to_keep=1)
             stack.close()  # the patch is for the prefill pass only
             logits = output.logits[:, -1]
@@ -147,15 +151,27 @@ def _greedy(lm: LoadedModel, logits: torch.Tensor, cache: Cache, max_new_tokens:
 
 
 @overload
-def patchscope_grid(lm: LoadedModel, input_ids: PromptBatch, top_k: int = 5, target_prompt: str | None = None,
-                    target_layer: int | None = None, placeholder: str | None = None,
-                    progress: ProgressFn = no_progress) -> list[DecodeGrid]: ...
+def patchscope_grid(
+    lm: LoadedModel,
+    input_ids: PromptBatch,
+    top_k: int = 5,
+    target_prompt: str | None = None,
+    target_layer: int | None = None,
+    placeholder: str | None = None,
+    progress: ProgressFn = no_progress,
+) -> list[DecodeGrid]: ...
 
 
 @overload
-def patchscope_grid(lm: LoadedModel, input_ids: torch.Tensor, top_k: int = 5, target_prompt: str | None = None,
-                    target_layer: int | None = None, placeholder: str | None = None,
-                    progress: ProgressFn = no_progress) -> DecodeGrid: ...
+def patchscope_grid(
+    lm: LoadedModel,
+    input_ids: torch.Tensor,
+    top_k: int = 5,
+    target_prompt: str | None = None,
+    target_layer: int | None = None,
+    placeholder: str | None = None,
+    progress: ProgressFn = no_progress,
+) -> DecodeGrid: ...
 
 
 def patchscope_grid(
@@ -180,8 +196,15 @@ def patchscope_grid(
     return grids if isinstance(input_ids, PromptBatch) else grids[0]
 
 
-def _grids(lm: LoadedModel, batch: PromptBatch, top_k: int, target: TargetPrompt, target_layer: int | None,
-           max_new_tokens: int, progress: ProgressFn) -> list[tuple[DecodeGrid, list[list[str]]]]:
+def _grids(
+    lm: LoadedModel,
+    batch: PromptBatch,
+    top_k: int,
+    target: TargetPrompt,
+    target_layer: int | None,
+    max_new_tokens: int,
+    progress: ProgressFn,
+) -> list[tuple[DecodeGrid, list[list[str]]]]:
     """Each prompt's grid and greedy descriptions [row][position]. The positions of all prompts are patched
     together, so a batch of short prompts fills the target's forward passes as one long prompt would."""
     source = batch_residuals(lm, batch)
@@ -193,8 +216,9 @@ def _grids(lm: LoadedModel, batch: PromptBatch, top_k: int, target: TargetPrompt
     n_rows = states.shape[0]
     progress(0, n_rows, "patchscope")
     for patched in patched_rows(lm, states, target, target_layer, max_new_tokens):
-        for index, (logits, continuation) in enumerate(zip(patched.logits.split(lengths),
-                                                           patched.continuation.split(lengths))):
+        for index, (logits, continuation) in enumerate(
+            zip(patched.logits.split(lengths), patched.continuation.split(lengths))
+        ):
             cells[index].append(finals[index].cells(torch.log_softmax(logits.float(), dim=-1)))
             descriptions[index].append([lm.tokenizer.decode(ids) for ids in continuation.tolist()])
         progress(patched.row + 1, n_rows, "patchscope")
@@ -217,8 +241,9 @@ class LayerPrecision:
 
 def precision_at_1(grid: DecodeGrid, reference_ids: list[int]) -> list[float]:
     """Share of positions per row whose top-1 id equals `reference_ids[position]`."""
-    return [sum(cell.top[0].id == ref for cell, ref in zip(row, reference_ids)) / len(reference_ids)
-            for row in grid.cells]
+    return [
+        sum(cell.top[0].id == ref for cell, ref in zip(row, reference_ids)) / len(reference_ids) for row in grid.cells
+    ]
 
 
 def compare_precision(patchscope: DecodeGrid, lens: DecodeGrid) -> LayerPrecision:
@@ -243,10 +268,14 @@ class PatchscopeReport:
         return patchscope_figure(self, metric)
 
     def to_dict(self) -> dict:
-        return {**self.grid.to_dict(), "precision_at_1": asdict(self.precision), "target_prompt": self.target_prompt,
-                "placeholder_position": self.placeholder_position,
-                "target_layer": "same" if self.target_layer is None else self.target_layer,
-                "descriptions": self.descriptions}
+        return {
+            **self.grid.to_dict(),
+            "precision_at_1": asdict(self.precision),
+            "target_prompt": self.target_prompt,
+            "placeholder_position": self.placeholder_position,
+            "target_layer": "same" if self.target_layer is None else self.target_layer,
+            "descriptions": self.descriptions,
+        }
 
     def records(self) -> Records:
         """The grid's lines (precision@1 and the descriptions are in the JSON)."""
@@ -260,20 +289,37 @@ class PatchscopeReport:
 
 
 @overload
-def run_patchscope(lm: LoadedModel, input_ids: PromptBatch, target: TargetPrompt, target_layer: int | None = None,
-                   top_k: int = 5, max_new_tokens: int = 0,
-                   progress: ProgressFn = no_progress) -> list[PatchscopeReport]: ...
+def run_patchscope(
+    lm: LoadedModel,
+    input_ids: PromptBatch,
+    target: TargetPrompt,
+    target_layer: int | None = None,
+    top_k: int = 5,
+    max_new_tokens: int = 0,
+    progress: ProgressFn = no_progress,
+) -> list[PatchscopeReport]: ...
 
 
 @overload
-def run_patchscope(lm: LoadedModel, input_ids: torch.Tensor, target: TargetPrompt, target_layer: int | None = None,
-                   top_k: int = 5, max_new_tokens: int = 0,
-                   progress: ProgressFn = no_progress) -> PatchscopeReport: ...
+def run_patchscope(
+    lm: LoadedModel,
+    input_ids: torch.Tensor,
+    target: TargetPrompt,
+    target_layer: int | None = None,
+    top_k: int = 5,
+    max_new_tokens: int = 0,
+    progress: ProgressFn = no_progress,
+) -> PatchscopeReport: ...
 
 
 def run_patchscope(
-    lm: LoadedModel, input_ids: torch.Tensor | PromptBatch, target: TargetPrompt, target_layer: int | None = None,
-    top_k: int = 5, max_new_tokens: int = 0, progress: ProgressFn = no_progress,
+    lm: LoadedModel,
+    input_ids: torch.Tensor | PromptBatch,
+    target: TargetPrompt,
+    target_layer: int | None = None,
+    top_k: int = 5,
+    max_new_tokens: int = 0,
+    progress: ProgressFn = no_progress,
 ) -> PatchscopeReport | list[PatchscopeReport]:
     """The grid of ids (1, T), precision@1 next to the logit lens, and with `max_new_tokens` the greedy
     descriptions. A `PromptBatch` gives one report per prompt."""
@@ -285,7 +331,15 @@ def run_patchscope(
     check_target_layer(lm, target_layer)
     results = _grids(lm, batch, top_k, target, target_layer, max_new_tokens, progress)
     lenses = logit_lens(lm, batch, top_k)
-    reports = [PatchscopeReport(grid, compare_precision(grid, lens), target.text, target.placeholder, target_layer,
-                                descriptions if max_new_tokens else None)
-               for (grid, descriptions), lens in zip(results, lenses)]
+    reports = [
+        PatchscopeReport(
+            grid,
+            compare_precision(grid, lens),
+            target.text,
+            target.placeholder,
+            target_layer,
+            descriptions if max_new_tokens else None,
+        )
+        for (grid, descriptions), lens in zip(results, lenses)
+    ]
     return reports if isinstance(input_ids, PromptBatch) else reports[0]

@@ -53,19 +53,32 @@ class ProbeReport:
     rows: list[RowProbe]
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "label": self.label, "classes": self.classes, "prompts": self.prompts,
-                "position": "last", "folds": self.folds, "seed": self.seed, "majority": self.majority,
-                "rows": [vars(row) for row in self.rows]}
+        return {
+            "model": self.model,
+            "label": self.label,
+            "classes": self.classes,
+            "prompts": self.prompts,
+            "position": "last",
+            "folds": self.folds,
+            "seed": self.seed,
+            "majority": self.majority,
+            "rows": [vars(row) for row in self.rows],
+        }
 
     def csv_rows(self) -> Iterator[dict]:
         for row in self.rows:
-            yield {"row": row.row, "accuracy": row.accuracy, "accuracy_se": row.accuracy_se,
-                   "control": row.control, "control_se": row.control_se, "majority": self.majority}
+            yield {
+                "row": row.row,
+                "accuracy": row.accuracy,
+                "accuracy_se": row.accuracy_se,
+                "control": row.control,
+                "control_se": row.control_se,
+                "majority": self.majority,
+            }
 
     def first_row_above(self, margin: float) -> str | None:
         """The first row whose accuracy beats both its control and the majority share by `margin`."""
-        return next((row.row for row in self.rows
-                     if row.accuracy - margin >= max(row.control, self.majority)), None)
+        return next((row.row for row in self.rows if row.accuracy - margin >= max(row.control, self.majority)), None)
 
 
 def last_token_states(lm: LoadedModel, texts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
@@ -89,13 +102,23 @@ def check_classes(labels: Sequence[str], folds: int) -> Counter[str]:
         raise ArgumentValueError(f"labels= has one class ({next(iter(counts), 'none')!r}): a probe needs two.")
     smallest, size = min(counts.items(), key=lambda item: item[1])
     if size < folds:
-        raise ArgumentValueError(f"labels= has {size} prompt(s) of class {smallest!r}: each class needs at least "
-                                 f"folds= ({folds}) prompts, one per held-out fold.")
+        raise ArgumentValueError(
+            f"labels= has {size} prompt(s) of class {smallest!r}: each class needs at least "
+            f"folds= ({folds}) prompts, one per held-out fold."
+        )
     return counts
 
 
-def probe_rows(lm: LoadedModel, texts: Sequence[str], labels: Sequence[str], *, label: str = "label",
-               folds: int = 5, seed: int = 0, batch_size: int = 16) -> ProbeReport:
+def probe_rows(
+    lm: LoadedModel,
+    texts: Sequence[str],
+    labels: Sequence[str],
+    *,
+    label: str = "label",
+    folds: int = 5,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> ProbeReport:
     """A logistic-regression probe per grid row on the last token's residual state (see the module docstring):
     `texts[i]` has the class `labels[i]`; `label` names the field in the report."""
     check_lm(lm)
@@ -128,6 +151,8 @@ def probe_rows(lm: LoadedModel, texts: Sequence[str], labels: Sequence[str], *, 
         scores = cross_val_score(probe, features, answers, cv=splits)
         return float(scores.mean()), float(scores.std(ddof=1) / math.sqrt(len(scores)))
 
-    rows = [RowProbe(name, *held_out(features, target), *held_out(features, shuffled))
-            for name, features in zip(layer_labels(lm.adapter.n_blocks), states)]
+    rows = [
+        RowProbe(name, *held_out(features, target), *held_out(features, shuffled))
+        for name, features in zip(layer_labels(lm.adapter.n_blocks), states)
+    ]
     return ProbeReport(lm.name, label, classes, len(texts), folds, seed, max(counts.values()) / len(labels), rows)

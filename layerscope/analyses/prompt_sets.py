@@ -23,11 +23,16 @@ def load_prompt_set(path: Path) -> list[PromptItem]:
     """`.jsonl`: one {"prompt", "answer"?, "subject"?} object a line (`read_records`). Otherwise one prompt a
     line. Blank lines and lines starting with '#' are skipped in both."""
     if path.suffix == ".jsonl":
-        items = [PromptItem(data["prompt"], data.get("answer"), data.get("subject"))
-                 for _, data in read_records(path, "prompt file", ("prompt",), ("answer", "subject"))]
+        items = [
+            PromptItem(data["prompt"], data.get("answer"), data.get("subject"))
+            for _, data in read_records(path, "prompt file", ("prompt",), ("answer", "subject"))
+        ]
     else:
-        items = [PromptItem(line) for line in read_text_file(path, "prompt file").splitlines()
-                 if line.strip() and not line.lstrip().startswith("#")]
+        items = [
+            PromptItem(line)
+            for line in read_text_file(path, "prompt file").splitlines()
+            if line.strip() and not line.lstrip().startswith("#")
+        ]
     if not items:
         raise LayerscopeError(f"{path}: no prompts in the file.")
     return items
@@ -38,7 +43,7 @@ def require_answers(items: list[PromptItem], path: Path | str) -> None:
     for index, item in enumerate(items):
         if item.answer is None:
             raise LayerscopeError(
-                f"{path}: prompt {index + 1} has no \"answer\", so accuracy cannot be measured "
+                f'{path}: prompt {index + 1} has no "answer", so accuracy cannot be measured '
                 "(use a .jsonl set with answers, e.g. sample_prompts/capitals.jsonl)."
             )
 

@@ -52,8 +52,12 @@ def _apply(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def norm_form(adapter: ModelAdapter) -> NormForm:
     """The final norm's form (see the module docstring), or the identity where the model has none."""
     # the final norm sits with the unembedding (and may have no parameters)
-    return module_norm_form(adapter.final_norm, int(adapter.config.hidden_size), adapter.output_device,
-                            f"Architecture '{adapter.family}': the final norm")
+    return module_norm_form(
+        adapter.final_norm,
+        int(adapter.config.hidden_size),
+        adapter.output_device,
+        f"Architecture '{adapter.family}': the final norm",
+    )
 
 
 def module_norm_form(norm: nn.Module, hidden: int, device: torch.device, what: str) -> NormForm:
@@ -77,7 +81,8 @@ def module_norm_form(norm: nn.Module, hidden: int, device: torch.device, what: s
     if not float((predicted - actual).abs().max()) <= tolerance * (1 + float(actual.abs().max())):
         raise UnsupportedArchitecture(
             f"{what} ({type(norm).__name__}) is not an RMSNorm or LayerNorm with an elementwise weight, so it "
-            "cannot be linearised; refusing a wrong readout.")
+            "cannot be linearised; refusing a wrong readout."
+        )
     return form
 
 
@@ -102,4 +107,4 @@ def readout_bias(adapter: ModelAdapter, form: NormForm) -> torch.Tensor:
         bias = _apply(after, bias)
     unembed_bias = getattr(adapter.unembed, "bias", None)
     logits = bias @ adapter.unembed.weight.float().to(bias.device).T
-    return (logits[0] + (0 if unembed_bias is None else unembed_bias.float().to(bias.device)))
+    return logits[0] + (0 if unembed_bias is None else unembed_bias.float().to(bias.device))

@@ -38,8 +38,14 @@ def finished_points(done: Iterable) -> dict[tuple[int, int], Any]:
     return {p.key: p for p in from_writer(list(done)) if p.prompt_index is not None}
 
 
-def missing_points(indices: Iterable[int], steps: list[int], finished: dict, prompt_points: Callable[[int], Iterable],
-                   progress: ProgressFn, label: str) -> Iterator:
+def missing_points(
+    indices: Iterable[int],
+    steps: list[int],
+    finished: dict,
+    prompt_points: Callable[[int], Iterable],
+    progress: ProgressFn,
+    label: str,
+) -> Iterator:
     """The points of every prompt not all in `finished`, prompt by prompt, each also added to `finished`; `steps`
     are a sweep's layers (or token-swap's grid rows).
 

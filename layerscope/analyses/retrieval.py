@@ -64,12 +64,21 @@ def run_test(lm: LoadedModel, test: NeedleTest, max_new_tokens: int = 50) -> Nee
         tokens.append(token)
     answer = lm.tokenizer.decode(tokens, skip_special_tokens=True).strip()
     recall = rouge1_recall(test.needle.answer, answer)
-    return NeedleResult(test.needle.question, test.length, test.depth, answer, recall, recall > ANSWERED_RECALL,
-                        len(test.span), copies.tolist())
+    return NeedleResult(
+        test.needle.question,
+        test.length,
+        test.depth,
+        answer,
+        recall,
+        recall > ANSWERED_RECALL,
+        len(test.span),
+        copies.tolist(),
+    )
 
 
-def needle_results(lm: LoadedModel, tests: Sequence[NeedleTest], max_new_tokens: int = 50,
-                   progress: ProgressFn = no_progress) -> Iterator[NeedleResult]:
+def needle_results(
+    lm: LoadedModel, tests: Sequence[NeedleTest], max_new_tokens: int = 50, progress: ProgressFn = no_progress
+) -> Iterator[NeedleResult]:
     """One result per test; stop iterating to cancel and keep what was computed."""
     progress(0, len(tests), "needle tests")
     for index, result in enumerate(mapped(tests, lambda test: run_test(lm, test, max_new_tokens))):  # over ranks
@@ -77,8 +86,9 @@ def needle_results(lm: LoadedModel, tests: Sequence[NeedleTest], max_new_tokens:
         progress(index + 1, len(tests), "needle tests")
 
 
-def retrieval_from_results(lm: LoadedModel, results: Sequence[NeedleResult], settings: dict | None = None
-                           ) -> HeadScores:
+def retrieval_from_results(
+    lm: LoadedModel, results: Sequence[NeedleResult], settings: dict | None = None
+) -> HeadScores:
     """Score = copy-paste steps / span tokens, averaged over the answered tests (zeros if none was)."""
     answered = [r for r in results if r.answered]
     scores = torch.zeros(lm.n_blocks, lm.adapter.n_heads, dtype=torch.float64)
@@ -86,9 +96,13 @@ def retrieval_from_results(lm: LoadedModel, results: Sequence[NeedleResult], set
         scores += torch.tensor(result.copies, dtype=torch.float64) / result.span_tokens
     if answered:
         scores /= len(answered)
-    meta = {**(settings or {}), "tests": len(results), "answered": len(answered),
-            "failed": [r.summary() for r in results if not r.answered],
-            "results": [r.summary() for r in results]}
+    meta = {
+        **(settings or {}),
+        "tests": len(results),
+        "answered": len(answered),
+        "failed": [r.summary() for r in results if not r.answered],
+        "results": [r.summary() for r in results],
+    }
     return HeadScores.from_matrix(lm, "retrieval", scores, meta)
 
 
@@ -103,8 +117,14 @@ def retrieval_scores(
     progress: ProgressFn = no_progress,
 ) -> HeadScores:
     """Retrieval score per query head over needle tests built from the shipped (or given) data."""
-    tests = build_tests(lm, load_haystack() if haystack is None else haystack,
-                        load_needles() if needles is None else needles, lengths, depths, span)
+    tests = build_tests(
+        lm,
+        load_haystack() if haystack is None else haystack,
+        load_needles() if needles is None else needles,
+        lengths,
+        depths,
+        span,
+    )
     results = list(needle_results(lm, tests, max_new_tokens, progress))
     settings = {"lengths": list(lengths), "depths": list(depths), "max_new_tokens": max_new_tokens, "span": span}
     return retrieval_from_results(lm, results, settings)

@@ -28,8 +28,10 @@ def _tokens(lm: LoadedModel, text: str, special_tokens: bool) -> list[_Token]:
     try:
         encoding = lm.tokenizer(text, add_special_tokens=special_tokens, return_offsets_mapping=True)
     except NotImplementedError as error:
-        raise LayerscopeError("Finding a word's tokens needs a tokenizer that reports character offsets; "
-                              f"the tokenizer of '{lm.name}' does not.") from error
+        raise LayerscopeError(
+            "Finding a word's tokens needs a tokenizer that reports character offsets; "
+            f"the tokenizer of '{lm.name}' does not."
+        ) from error
     ids = encoding.input_ids
     bos = lm.tokenizer.bos_token_id
     shift = int(special_tokens and lm.add_bos and (not ids or ids[0] != bos))  # encode() prepends BOS
@@ -56,8 +58,16 @@ def _describe(spans: list[range]) -> str:
     return ", ".join(f"{span.start}-{span.stop - 1}" for span in spans)
 
 
-def token_span(lm: LoadedModel, text: str, part: str, name: str, occurrence: int | None = None,
-               where: str = "the prompt", special_tokens: bool = True, chooser: str | None = "occurrence") -> range:
+def token_span(
+    lm: LoadedModel,
+    text: str,
+    part: str,
+    name: str,
+    occurrence: int | None = None,
+    where: str = "the prompt",
+    special_tokens: bool = True,
+    chooser: str | None = "occurrence",
+) -> range:
     """The positions of the tokens that `part` covers in `text` (see the module's rule).
 
     `name` is the parameter that gave `part` and `chooser` the one that gives `occurrence`; both are named in the
@@ -68,8 +78,9 @@ def token_span(lm: LoadedModel, text: str, part: str, name: str, occurrence: int
     if not isinstance(part, str):
         raise ArgumentTypeError(f"{name}= must be a string, not {type(part).__name__}.")
     if occurrence is not None and (isinstance(occurrence, bool) or not isinstance(occurrence, int)):
-        raise ArgumentTypeError(f"{chooser}= must be an int (1 = the first occurrence), not "
-                                f"{type(occurrence).__name__}.")
+        raise ArgumentTypeError(
+            f"{chooser}= must be an int (1 = the first occurrence), not {type(occurrence).__name__}."
+        )
     word = part.strip()
     if not word:
         raise LayerscopeError(f"{name}= is empty.")
@@ -90,7 +101,8 @@ def token_span(lm: LoadedModel, text: str, part: str, name: str, occurrence: int
         if partial:
             raise LayerscopeError(
                 f"{name}={part!r} occurs in {where} only inside longer tokens (tokens "
-                f"{_describe([range(p[0], p[-1] + 1) for p in partial if p])}); give whole words.")
+                f"{_describe([range(p[0], p[-1] + 1) for p in partial if p])}); give whole words."
+            )
         raise LayerscopeError(f"{name}={part!r} does not occur in {where} {text!r}.")
     if occurrence is None and len(spans) == 1:
         return spans[0]
@@ -101,6 +113,7 @@ def token_span(lm: LoadedModel, text: str, part: str, name: str, occurrence: int
     if occurrence is None:
         raise LayerscopeError(f"{described}; choose one with {chooser}=1..{len(spans)}.")
     if not 1 <= occurrence <= len(spans):
-        raise ArgumentValueError(f"{chooser}={occurrence} is out of range: {described}, so {chooser}= is "
-                                 f"1..{len(spans)}.")
+        raise ArgumentValueError(
+            f"{chooser}={occurrence} is out of range: {described}, so {chooser}= is 1..{len(spans)}."
+        )
     return spans[occurrence - 1]

@@ -94,9 +94,14 @@ class StageMap:
         return stage_figure(self)
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "n_prompts": self.n_prompts, "heuristic": True, "rule": self.rule,
-                "stages": {name: [b.block for b in self.blocks if b.stage == name] for name in STAGES},
-                "blocks": [asdict(b) for b in self.blocks]}
+        return {
+            "model": self.model,
+            "n_prompts": self.n_prompts,
+            "heuristic": True,
+            "rule": self.rule,
+            "stages": {name: [b.block for b in self.blocks if b.stage == name] for name in STAGES},
+            "blocks": [asdict(b) for b in self.blocks],
+        }
 
     def records(self) -> Records:
         """Every signature of every block, with its stage and the evidence."""
@@ -152,8 +157,13 @@ def _forward_signatures(lm: LoadedModel, input_ids: torch.Tensor) -> dict[str, l
             lens_entropy.append(entropy.mean().item())
     attn_norm = [attn[b][0] / tokens[b][0] for b in range(n)]
     mlp_norm = [mlp[b][0] / tokens[n + b][0] for b in range(n)]
-    return {"lens_kl": lens_kl, "lens_entropy": lens_entropy, "attn_norm": attn_norm, "mlp_norm": mlp_norm,
-            "prev5_attention": prev5}
+    return {
+        "lens_kl": lens_kl,
+        "lens_entropy": lens_entropy,
+        "attn_norm": attn_norm,
+        "mlp_norm": mlp_norm,
+        "prev5_attention": prev5,
+    }
 
 
 def _leading_run(passes: list[bool], limit: int) -> int:
@@ -195,8 +205,9 @@ def segment(blocks: list[BlockSignature]) -> None:
     drop_threshold = DETOK_FACTOR * statistics.median(b.drop_kl for b in blocks)
     mlp_threshold = SHARPEN_FACTOR * statistics.median(b.mlp_norm for b in blocks)
     detok = _leading_run([b.drop_kl >= drop_threshold for b in blocks], min(quarter, n - 1))
-    sharpen = _leading_run([b.mlp_norm >= mlp_threshold or suppressing(b) for b in reversed(blocks)],
-                           min(quarter, n - detok))
+    sharpen = _leading_run(
+        [b.mlp_norm >= mlp_threshold or suppressing(b) for b in reversed(blocks)], min(quarter, n - detok)
+    )
     ensemble_from, limit = _ensemble_start(blocks[detok : n - sharpen], n - sharpen)
     for b in blocks:
         if b.block < detok:
@@ -204,9 +215,13 @@ def segment(blocks: list[BlockSignature]) -> None:
             b.reason = f"drop-KL {b.drop_kl:.3g} >= {drop_threshold:.3g}" if b.block else "block 0"
         elif b.block >= n - sharpen:
             b.stage = STAGES[3]
-            b.reason = ("last block" if b.block == n - 1 else f"MLP norm {b.mlp_norm:.3g} >= {mlp_threshold:.3g}"
-                        if b.mlp_norm >= mlp_threshold else f"suppression neurons {b.suppression_neurons} > "
-                        f"prediction neurons {b.prediction_neurons}")
+            b.reason = (
+                "last block"
+                if b.block == n - 1
+                else f"MLP norm {b.mlp_norm:.3g} >= {mlp_threshold:.3g}"
+                if b.mlp_norm >= mlp_threshold
+                else f"suppression neurons {b.suppression_neurons} > prediction neurons {b.prediction_neurons}"
+            )
         elif b.block >= ensemble_from:
             b.stage = STAGES[2]
             b.reason = f"lens KL {b.lens_kl:.3g}; from block {ensemble_from}, past the peak, it fell <= {limit:.3g}"
@@ -215,14 +230,25 @@ def segment(blocks: list[BlockSignature]) -> None:
             b.reason = f"lens KL {b.lens_kl:.3g}; before block {ensemble_from}, where it first fell <= {limit:.3g}"
 
 
-def stage_map(lm: LoadedModel, prompts: list[PromptItem], seed: int = 0, batch_size: int = 8,
-              progress: ProgressFn = no_progress) -> StageMap:
+def stage_map(
+    lm: LoadedModel, prompts: list[PromptItem], seed: int = 0, batch_size: int = 8, progress: ProgressFn = no_progress
+) -> StageMap:
     """All signatures over the prompt set, then the heuristic segmentation."""
     n = lm.n_blocks
-    drop = [r.kl for r in sweep(lm, prompts, "drop", seed=seed, batch_size=batch_size, progress=progress)
-            if r.prompt_index is None]
-    swap = [r.kl for r in sweep(lm, prompts, "swap", seed=seed, batch_size=batch_size, progress=progress)
-            if r.prompt_index is None] if n > 1 else []
+    drop = [
+        r.kl
+        for r in sweep(lm, prompts, "drop", seed=seed, batch_size=batch_size, progress=progress)
+        if r.prompt_index is None
+    ]
+    swap = (
+        [
+            r.kl
+            for r in sweep(lm, prompts, "swap", seed=seed, batch_size=batch_size, progress=progress)
+            if r.prompt_index is None
+        ]
+        if n > 1
+        else []
+    )
     sums: dict[str, list[float]] = {}
     progress(0, len(prompts), "stage signatures")
     signatures = mapped(prompts, lambda item: _forward_signatures(lm, lm.encode(item.text)))  # shared out over ranks
@@ -233,10 +259,18 @@ def stage_map(lm: LoadedModel, prompts: list[PromptItem], seed: int = 0, batch_s
     mean = {name: [v / len(prompts) for v in values] for name, values in sums.items()}
     counts = neuron_counts(lm, progress)
     blocks = [
-        BlockSignature(b, drop[b], swap[b] if b < n - 1 else None, mean["lens_kl"][b], mean["lens_entropy"][b],
-                       mean["attn_norm"][b], mean["mlp_norm"][b],
-                       mean["attn_norm"][b] / mean["mlp_norm"][b] if mean["mlp_norm"][b] else None,
-                       mean["prev5_attention"][b], *counts[b])
+        BlockSignature(
+            b,
+            drop[b],
+            swap[b] if b < n - 1 else None,
+            mean["lens_kl"][b],
+            mean["lens_entropy"][b],
+            mean["attn_norm"][b],
+            mean["mlp_norm"][b],
+            mean["attn_norm"][b] / mean["mlp_norm"][b] if mean["mlp_norm"][b] else None,
+            mean["prev5_attention"][b],
+            *counts[b],
+        )
         for b in range(n)
     ]
     segment(blocks)

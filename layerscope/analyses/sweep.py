@@ -45,6 +45,7 @@ def make_intervention(kind: str, layer: int, n_blocks: int, seed: int = 0) -> In
 
 def sweep_layers(kind: str, n_blocks: int) -> list[int]:
     """Every block where the kind passes its range check (for swap, the lower block of every adjacent pair)."""
+
     def valid(block: int) -> bool:
         try:
             make_intervention(kind, block, n_blocks).check(ModelShape(n_blocks, 1))
@@ -89,23 +90,38 @@ class SweepPoint:
         return cls(**data)
 
 
-def sweep_point(kind: str, layer: int, index: int, base: BaselinePass, logits: torch.Tensor,
-                input_ids: torch.Tensor) -> SweepPoint:
+def sweep_point(
+    kind: str, layer: int, index: int, base: BaselinePass, logits: torch.Tensor, input_ids: torch.Tensor
+) -> SweepPoint:
     tensors = compare_logits(base.logits, logits, input_ids[0])
     if REGISTRY[kind].measured_at_last_token:  # Attend-First edits change the previous tokens on purpose
         kl, agree, entropy, loss = tensors.kl[-1:], tensors.top1_agree[-1:], tensors.entropy_delta[-1:], None
     else:
         kl, agree, entropy = tensors.kl, tensors.top1_agree, tensors.entropy_delta
         loss = tensors.loss_delta.double().mean().item() if tensors.loss_delta.numel() else None
-    return SweepPoint(kind, layer, index, kl.double().mean().item(), agree.double().mean().item(),
-                    entropy.double().mean().item(), loss)
+    return SweepPoint(
+        kind,
+        layer,
+        index,
+        kl.double().mean().item(),
+        agree.double().mean().item(),
+        entropy.double().mean().item(),
+        loss,
+    )
 
 
 def average_points(kind: str, layer: int, points: list[SweepPoint]) -> SweepPoint:
     """The set average: each prompt counts once, whatever its length."""
-    return SweepPoint(kind, layer, None, mean([p.kl for p in points]), mean([p.top1_agree for p in points]),
-                      mean([p.entropy_delta for p in points]), mean_of([p.loss_delta for p in points]),
-                      mean_of([p.accuracy for p in points]))
+    return SweepPoint(
+        kind,
+        layer,
+        None,
+        mean([p.kl for p in points]),
+        mean([p.top1_agree for p in points]),
+        mean([p.entropy_delta for p in points]),
+        mean_of([p.loss_delta for p in points]),
+        mean_of([p.accuracy for p in points]),
+    )
 
 
 def sweep(

@@ -7,13 +7,20 @@ from collections.abc import Iterable, Iterator
 from layerscope.analyses.batched_blocks import BaselinePass
 from layerscope.analyses.compare import intervened_logits
 from layerscope.analyses.prompt_sets import PromptItem
-from layerscope.analyses.sweep import (SweepPoint, average_points, check_layers, make_intervention, sweep_layers,
-                                       sweep_point)
+from layerscope.analyses.sweep import (
+    SweepPoint,
+    average_points,
+    check_layers,
+    make_intervention,
+    sweep_layers,
+    sweep_point,
+)
 from layerscope.models.loading import LoadedModel
 
 
-def naive_sweep(lm: LoadedModel, prompts: list[PromptItem], kind: str, layers: Iterable[int] | None = None,
-                seed: int = 0) -> Iterator[SweepPoint]:
+def naive_sweep(
+    lm: LoadedModel, prompts: list[PromptItem], kind: str, layers: Iterable[int] | None = None, seed: int = 0
+) -> Iterator[SweepPoint]:
     """The slow way, for benchmarks and tests: a full forward per intervention, no accuracy."""
     layers = check_layers(kind, sweep_layers(kind, lm.n_blocks) if layers is None else layers, lm.n_blocks)
     finished: dict[tuple[int, int], SweepPoint] = {}

@@ -31,8 +31,9 @@ class SweepResult:
     source: dict = field(default_factory=dict)
 
     @classmethod
-    def collect(cls, intervention: str, points: Iterable[SweepPoint | TokenSwapPoint], source: dict | None = None
-                ) -> SweepResult:
+    def collect(
+        cls, intervention: str, points: Iterable[SweepPoint | TokenSwapPoint], source: dict | None = None
+    ) -> SweepResult:
         """Every point of a running sweep: SweepResult.collect("drop", sweep(lm, prompts, "drop"))."""
         return cls(intervention, list(points), source or {})
 

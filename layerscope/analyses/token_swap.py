@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 from layerscope.analyses.compare import compare_logits, greedy_continuation, intervened_logits
 from layerscope.analyses.prompt_sets import PromptItem, answer_matches
 from layerscope.analyses.residual import capture_residuals
-from layerscope.analyses.spans import token_span
 from layerscope.analyses.resumable import finished_points, mean, mean_of, missing_points
+from layerscope.analyses.spans import token_span
 from layerscope.errors import LayerscopeError
 from layerscope.interventions import PatchState
 from layerscope.models.loading import LoadedModel
@@ -64,9 +64,18 @@ class TokenSwapPoint:
 
 
 def _average(row: int, points: list[TokenSwapPoint]) -> TokenSwapPoint:
-    return TokenSwapPoint("swap-token", row, None, mean([p.kl for p in points]), mean([p.top1_agree for p in points]),
-                          mean([p.entropy_delta for p in points]), None, mean_of([p.accuracy for p in points]),
-                          mean([p.follows_donor for p in points]), mean([p.follows_original for p in points]))
+    return TokenSwapPoint(
+        "swap-token",
+        row,
+        None,
+        mean([p.kl for p in points]),
+        mean([p.top1_agree for p in points]),
+        mean([p.entropy_delta for p in points]),
+        None,
+        mean_of([p.accuracy for p in points]),
+        mean([p.follows_donor for p in points]),
+        mean([p.follows_original for p in points]),
+    )
 
 
 def check_rows(rows: Iterable[int] | None, n_blocks: int) -> list[int]:
@@ -83,8 +92,9 @@ def usable_targets(prompts: list[PromptItem], donor: Donor) -> list[int]:
     usable = []
     for index, item in enumerate(prompts):
         if item.subject is None or item.answer is None:
-            raise LayerscopeError(f"swap-token: prompt {index + 1} needs both \"subject\" and \"answer\" "
-                                  "(see sample_prompts/capitals.jsonl).")
+            raise LayerscopeError(
+                f'swap-token: prompt {index + 1} needs both "subject" and "answer" (see sample_prompts/capitals.jsonl).'
+            )
         if item.answer.strip().lower() != donor.answer.strip().lower():
             usable.append(index)
     if not usable:
@@ -124,10 +134,20 @@ def token_swap_sweep(
             tensors = compare_logits(base_logits, intervened_logits(lm, input_ids, [patch]), input_ids[0])
             text = greedy_continuation(lm, input_ids, max_new_tokens, [patch]).text
             follows_original = float(answer_matches(text, item.answer or ""))
-            yield TokenSwapPoint("swap-token", row, index, tensors.kl[-1].item(),
-                                 tensors.top1_agree[-1].float().item(), tensors.entropy_delta[-1].item(), None,
-                                 follows_original, float(answer_matches(text, donor.answer)), follows_original,
-                                 text, len(word))
+            yield TokenSwapPoint(
+                "swap-token",
+                row,
+                index,
+                tensors.kl[-1].item(),
+                tensors.top1_agree[-1].float().item(),
+                tensors.entropy_delta[-1].item(),
+                None,
+                follows_original,
+                float(answer_matches(text, donor.answer)),
+                follows_original,
+                text,
+                len(word),
+            )
 
     yield from missing_points(targets, grid_rows, finished, prompt_points, progress, "swap-token")
     for row in grid_rows:

@@ -59,8 +59,15 @@ class LensMismatchWarning(UserWarning):
     """A lens loaded into a model other than the one it records."""
 
 
-NUMPY_PRINT_DEFAULTS = {"threshold": 1000, "edgeitems": 3, "linewidth": 75, "suppress": False, "sign": "-",
-                        "floatmode": "maxprec", "legacy": False}
+NUMPY_PRINT_DEFAULTS = {
+    "threshold": 1000,
+    "edgeitems": 3,
+    "linewidth": 75,
+    "suppress": False,
+    "sign": "-",
+    "floatmode": "maxprec",
+    "legacy": False,
+}
 """numpy's default print options, which the tuned-lens package's hash depends on (whatever the user set)."""
 
 
@@ -130,13 +137,25 @@ class TunedLens(nn.Module):
         (directory / (WEIGHTS if weights == PUBLISHED_WEIGHTS else PUBLISHED_WEIGHTS)).unlink(missing_ok=True)
         if lens_format == "tuned-lens":
             replace_file(directory / weights, lambda temp: torch.save(state, temp))
-            config = {"base_model_name_or_path": self.model_name, "d_model": self.hidden_size,
-                      "num_hidden_layers": self.n_blocks, "bias": True, "base_model_revision": None,
-                      "unembed_hash": self.unembed_hash or None, "lens_type": "linear_tuned_lens"}
+            config = {
+                "base_model_name_or_path": self.model_name,
+                "d_model": self.hidden_size,
+                "num_hidden_layers": self.n_blocks,
+                "bias": True,
+                "base_model_revision": None,
+                "unembed_hash": self.unembed_hash or None,
+                "lens_type": "linear_tuned_lens",
+            }
         else:
             replace_file(directory / weights, lambda temp: save_file(state, temp))
-            config = {"format": FORMAT, "base_model_name_or_path": self.model_name, "d_model": self.hidden_size,
-                      "num_hidden_layers": self.n_blocks, "unembed_hash": self.unembed_hash or None, **(extra or {})}
+            config = {
+                "format": FORMAT,
+                "base_model_name_or_path": self.model_name,
+                "d_model": self.hidden_size,
+                "num_hidden_layers": self.n_blocks,
+                "unembed_hash": self.unembed_hash or None,
+                **(extra or {}),
+            }
         text = json.dumps(config, indent=1) + "\n"
         replace_file(directory / CONFIG, lambda temp: temp.write_text(text, encoding="utf-8"))
 
@@ -147,14 +166,17 @@ def check_fits(lm: LoadedModel, hidden_size: int, n_blocks: int, source: str) ->
     if (hidden_size, n_blocks) != (hidden, lm.n_blocks):
         raise LayerscopeError(
             f"{source} is for a model with hidden size {hidden_size} and {n_blocks} "
-            f"blocks; {lm.name} has hidden size {hidden} and {lm.n_blocks} blocks.")
+            f"blocks; {lm.name} has hidden size {hidden} and {lm.n_blocks} blocks."
+        )
 
 
 def check_finite_weights(tensors: dict[str, torch.Tensor], what: str) -> None:
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise LayerscopeError(f"{what} has weights that are not finite ({name}): the training diverged; "
-                                  "train again with a lower learning rate.")
+            raise LayerscopeError(
+                f"{what} has weights that are not finite ({name}): the training diverged; "
+                "train again with a lower learning rate."
+            )
 
 
 def _lens_config(path: Path) -> tuple[int, int, str, str]:
@@ -167,8 +189,10 @@ def _lens_config(path: Path) -> tuple[int, int, str, str]:
         raise LayerscopeError(f"'{path}' is not a tuned lens config (a JSON object).")
     hidden, n_blocks = config.get("d_model"), config.get("num_hidden_layers")
     if type(hidden) is not int or type(n_blocks) is not int or min(hidden, n_blocks) < 1:  # bool is not a size
-        raise LayerscopeError(f"'{path}' is not a tuned lens config: d_model and num_hidden_layers must be positive "
-                              f"whole numbers, not {hidden!r} and {n_blocks!r}.")
+        raise LayerscopeError(
+            f"'{path}' is not a tuned lens config: d_model and num_hidden_layers must be positive "
+            f"whole numbers, not {hidden!r} and {n_blocks!r}."
+        )
     name, fingerprint = config.get("base_model_name_or_path", ""), config.get("unembed_hash", "")
     return hidden, n_blocks, name if isinstance(name, str) else "", fingerprint if isinstance(fingerprint, str) else ""
 
@@ -186,8 +210,9 @@ def lens_mismatch(lm: LoadedModel, name: str, fingerprint: str) -> str | None:
 def check_lens(lm: LoadedModel, lens: object) -> TunedLens:
     """A tuned lens of this model's shape, named `lens=` where it is not."""
     if not isinstance(lens, TunedLens):
-        raise ArgumentTypeError(f"lens= must be a TunedLens (load_tuned_lens, train_tuned_lens), not "
-                                f"{type(lens).__name__}.")
+        raise ArgumentTypeError(
+            f"lens= must be a TunedLens (load_tuned_lens, train_tuned_lens), not {type(lens).__name__}."
+        )
     check_fits(lm, lens.hidden_size, lens.n_blocks, "lens=")
     return lens
 
@@ -225,8 +250,14 @@ def read_tuned_lens(lm: LoadedModel, directory: Path | str) -> tuple[TunedLens, 
         first = str(error).strip().splitlines()[0:2]
         raise LayerscopeError(f"The weights in '{directory}' do not fit the lens config: {' '.join(first)}") from None
     mismatch = lens_mismatch(lm, name, fingerprint)
-    note = None if mismatch is None else (f"The lens in '{directory}' was trained for {mismatch}, not {lm.name}: "
-                                          "its readings may mean nothing for this model.")
+    note = (
+        None
+        if mismatch is None
+        else (
+            f"The lens in '{directory}' was trained for {mismatch}, not {lm.name}: "
+            "its readings may mean nothing for this model."
+        )
+    )
     return lens.to(lm.adapter.output_device), note
 
 
@@ -282,8 +313,9 @@ class TrainSettings:
             raise ArgumentValueError(f"lr={self.lr} is not allowed: the learning rate must be positive and at most 1.")
 
 
-def _row_losses(lm: LoadedModel, lens: TunedLens, ids: torch.Tensor,
-                unembed_weight: torch.Tensor | None) -> Iterator[torch.Tensor]:
+def _row_losses(
+    lm: LoadedModel, lens: TunedLens, ids: torch.Tensor, unembed_weight: torch.Tensor | None
+) -> Iterator[torch.Tensor]:
     """KL(final || tuned lens) at each row with a translator, mean over positions, with its graph."""
     captured = capture_residuals(lm.adapter, ids)
     final_log_probs = torch.log_softmax(captured.logits[0].float(), dim=-1)
@@ -345,9 +377,18 @@ def _frozen(model: nn.Module) -> Iterator[None]:
             parameter.requires_grad_(flag)
 
 
-def _train_steps(lm: LoadedModel, lens: TunedLens, chunks: torch.Tensor, settings: TrainSettings,
-                 optimizer: torch.optim.Optimizer, start: int, out: Path, recipe: dict, progress: ProgressFn,
-                 save_every: int) -> None:
+def _train_steps(
+    lm: LoadedModel,
+    lens: TunedLens,
+    chunks: torch.Tensor,
+    settings: TrainSettings,
+    optimizer: torch.optim.Optimizer,
+    start: int,
+    out: Path,
+    recipe: dict,
+    progress: ProgressFn,
+    save_every: int,
+) -> None:
     """Steps `start`.. of the training, on `chunks` (chunks, context); an interrupt saves the last finished step
     before it propagates."""
     unembed_weight = lm.adapter.unembed.weight.detach().to(torch.bfloat16) if settings.bf16_unembed else None
@@ -362,8 +403,10 @@ def _train_steps(lm: LoadedModel, lens: TunedLens, chunks: torch.Tensor, setting
                 loss.backward()  # row by row: one row's logits in memory at a time
                 total += loss.item()
             if not math.isfinite(total):
-                raise LayerscopeError(f"The training diverged at step {step + 1} (the loss is {total}); the last "
-                                      "checkpoint is kept: train again with a lower learning rate.")
+                raise LayerscopeError(
+                    f"The training diverged at step {step + 1} (the loss is {total}); the last "
+                    "checkpoint is kept: train again with a lower learning rate."
+                )
             optimizer.step()
             done = step + 1
             progress(done, settings.steps, "tuned lens")
@@ -396,12 +439,15 @@ def _checkpoint_state(out: Path, metadata: dict[str, str]) -> tuple[int, object]
         text = metadata.get(CHECKPOINT_KEY) or source.read_text(encoding="utf-8")
         state = json.loads(text)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise LayerscopeError(f"The checkpoint's step and recipe ('{source}') cannot be read ({error}); delete the "
-                              "checkpoint files to start over.") from None
+        raise LayerscopeError(
+            f"The checkpoint's step and recipe ('{source}') cannot be read ({error}); delete the "
+            "checkpoint files to start over."
+        ) from None
     step = state.get("step") if isinstance(state, dict) else None
     if not isinstance(step, int) or isinstance(step, bool) or step < 0 or "recipe" not in state:
-        raise LayerscopeError(f"'{source}' does not hold a checkpoint's step and recipe; delete the checkpoint files "
-                              "to start over.")
+        raise LayerscopeError(
+            f"'{source}' does not hold a checkpoint's step and recipe; delete the checkpoint files to start over."
+        )
     return step, state["recipe"]
 
 
@@ -413,25 +459,31 @@ def _resume(out: Path, recipe: dict, lens: TunedLens, optimizer: torch.optim.Opt
     tensors, metadata = read_safetensors(path, "The checkpoint")
     step, written = _checkpoint_state(out, metadata)
     if written != recipe:
-        raise LayerscopeError(f"'{out}' holds a checkpoint of a different training (model, text or settings); "
-                              "use another out= or delete its checkpoint files.")
+        raise LayerscopeError(
+            f"'{out}' holds a checkpoint of a different training (model, text or settings); "
+            "use another out= or delete its checkpoint files."
+        )
     if step > recipe["steps"]:
         raise LayerscopeError(f"The checkpoint '{path}' is at step {step}, past the training's {recipe['steps']}.")
     check_finite_weights(tensors, f"The checkpoint '{path}'")
     try:
-        lens.translators.load_state_dict({k.removeprefix("lens."): v for k, v in tensors.items()
-                                          if k.startswith("lens.")})
+        lens.translators.load_state_dict(
+            {k.removeprefix("lens."): v for k, v in tensors.items() if k.startswith("lens.")}
+        )
     except RuntimeError as error:
-        raise LayerscopeError(f"The checkpoint '{path}' does not fit this lens: "
-                              f"{' '.join(str(error).strip().splitlines()[:2])}") from None
+        raise LayerscopeError(
+            f"The checkpoint '{path}' does not fit this lens: {' '.join(str(error).strip().splitlines()[:2])}"
+        ) from None
     device = lens.translators[0].weight.device
     for name, parameter in lens.translators.named_parameters():
         prefix = f"optimizer.{name}."
         found = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
         for key, value in found.items():
             if value.shape != (() if key == "step" else parameter.shape):
-                raise LayerscopeError(f"The checkpoint '{path}' holds optimizer state {name}.{key} of shape "
-                                      f"{tuple(value.shape)}, which does not fit the lens.")
+                raise LayerscopeError(
+                    f"The checkpoint '{path}' holds optimizer state {name}.{key} of shape "
+                    f"{tuple(value.shape)}, which does not fit the lens."
+                )
         if found:
             optimizer.state[parameter] = {k: v if k == "step" else v.to(device) for k, v in found.items()}
     return step
@@ -457,15 +509,17 @@ class LensComparison:
         return asdict(self)
 
     def records(self) -> Records:
-        return Records.of(("layer", "logit_lens_kl", "tuned_lens_kl"),
-                          zip(self.layers, self.logit_lens_kl, self.tuned_lens_kl))
+        return Records.of(
+            ("layer", "logit_lens_kl", "tuned_lens_kl"), zip(self.layers, self.logit_lens_kl, self.tuned_lens_kl)
+        )
 
     def to_pandas(self) -> pandas.DataFrame:
         return self.records().to_pandas()
 
 
-def compare_lenses(lm: LoadedModel, lens: TunedLens, text: str, max_tokens: int = 256,
-                   progress: ProgressFn = no_progress) -> LensComparison:
+def compare_lenses(
+    lm: LoadedModel, lens: TunedLens, text: str, max_tokens: int = 256, progress: ProgressFn = no_progress
+) -> LensComparison:
     """The paper's first figure as a table: both lenses on the same held-out tokens, in the model's dtype."""
     check_lens(check_lm(lm), lens)
     check_text(text, "text")
@@ -475,7 +529,9 @@ def compare_lenses(lm: LoadedModel, lens: TunedLens, text: str, max_tokens: int 
         raise LayerscopeError("The held-out text is too short (fewer than 2 tokens).")
     kls: dict[str, list[float]] = {"logit": [], "tuned": []}
     translations: dict[str, Callable[[torch.Tensor], torch.Tensor] | None] = {
-        "logit": None, "tuned": lens.translate_rows}
+        "logit": None,
+        "tuned": lens.translate_rows,
+    }
     for index, (name, translate) in enumerate(translations.items()):
         rows, final = lens_logits(lm, ids, translate=translate)
         final_log_probs = torch.log_softmax(final.float(), dim=-1)

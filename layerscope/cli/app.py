@@ -16,14 +16,11 @@ except ImportError:  # older typer uses click itself; mypy checks against the in
     from click import Context  # type: ignore[assignment]  # the same class, from the other package
     from click.exceptions import ClickException  # type: ignore[assignment]  # the same class, from the other package
 
-from layerscope.cli import direct
+from layerscope.cli import direct, probes, studies, tui_command
 from layerscope.cli import heads as heads_commands
 from layerscope.cli import lens as lens_commands
-from layerscope.cli import probes
 from layerscope.cli import reproduce as reproduce_commands
-from layerscope.cli import studies
 from layerscope.cli import trace as trace_commands
-from layerscope.cli import tui_command
 from layerscope.cli import tunedlens as tunedlens_commands
 
 

@@ -80,27 +80,57 @@ class Format(str, Enum):
     csv = "csv"
 
 
-ModelOption = Annotated[str, typer.Option("--model", "-m", help="'demo', a hub id, a local directory, or a .gguf file."),
-                        Reads(locate=model_path)]
+ModelOption = Annotated[
+    str,
+    typer.Option("--model", "-m", help="'demo', a hub id, a local directory, or a .gguf file."),
+    Reads(locate=model_path),
+]
 DeviceOption = Annotated[str, typer.Option(help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.")]
 DtypeOption = Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16.")]
-DeviceMapOption = Annotated[str | None, typer.Option("--device-map", help="'auto' spreads a large model over GPUs (accelerate).")]
-TrustOption = Annotated[bool, typer.Option("--trust-remote-code", help="Run the model repository's own code. Off unless asked.")]
+DeviceMapOption = Annotated[
+    str | None, typer.Option("--device-map", help="'auto' spreads a large model over GPUs (accelerate).")
+]
+TrustOption = Annotated[
+    bool, typer.Option("--trust-remote-code", help="Run the model repository's own code. Off unless asked.")
+]
 PromptOption = Annotated[str | None, typer.Option("--prompt", "-p", help="The prompt text.")]
 PromptFileOption = Annotated[Path | None, typer.Option("--prompt-file", help="Read the prompt from a file."), Reads()]
 FormatOption = Annotated[Format, typer.Option("--format", "-f", help="table, json or csv.")]
-OutOption = Annotated[Path | None, typer.Option("--out", "-o", help="Write the result to this file (atomically; a device "
-                                                                   "or pipe is written through; '-': stdout)."), Writes()]
-FigureOption = Annotated[Path | None, typer.Option("--figure", help="Also draw the result as a figure in this file: "
-                                                                   ".png, .svg or .pdf (needs layerscope[plot])."),
-                         Writes(check=check_figure_path)]
+OutOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--out",
+        "-o",
+        help="Write the result to this file (atomically; a device or pipe is written through; '-': stdout).",
+    ),
+    Writes(),
+]
+FigureOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--figure", help="Also draw the result as a figure in this file: .png, .svg or .pdf (needs layerscope[plot])."
+    ),
+    Writes(check=check_figure_path),
+]
 TopKOption = Annotated[int, typer.Option("--top-k", "-k", min=1, max=100, help="Tokens kept per cell.")]
-OccurrenceOption = Annotated[int | None, typer.Option(
-    "--occurrence", min=1, help="Where the word (--subject, --placeholder) occurs more than once as whole tokens: "
-                                "which one, 1 = the first.")]
+OccurrenceOption = Annotated[
+    int | None,
+    typer.Option(
+        "--occurrence",
+        min=1,
+        help="Where the word (--subject, --placeholder) occurs more than once as whole tokens: "
+        "which one, 1 = the first.",
+    ),
+]
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")]
-BosOption = Annotated[bool, typer.Option("--bos", help="Start every prompt with the tokenizer's BOS token (as the "
-                                                       "Stages of Inference scripts do); an error if it has none.")]
+BosOption = Annotated[
+    bool,
+    typer.Option(
+        "--bos",
+        help="Start every prompt with the tokenizer's BOS token (as the "
+        "Stages of Inference scripts do); an error if it has none.",
+    ),
+]
 
 
 @dataclass(frozen=True)
@@ -121,8 +151,14 @@ class ModelOptions:
 
         device = start(self.device, self.device_map)  # under torchrun: this rank's device
         with StderrProgress() as progress:
-            lm = load_model(self.model, device=device, dtype=self.dtype, device_map=self.device_map,
-                            trust_remote_code=self.trust_remote_code, progress=progress)
+            lm = load_model(
+                self.model,
+                device=device,
+                dtype=self.dtype,
+                device_map=self.device_map,
+                trust_remote_code=self.trust_remote_code,
+                progress=progress,
+            )
         if self.bos:
             lm.prepend_bos()
         return lm
@@ -169,8 +205,13 @@ class Output:
     out: OutOption = None
     figure: FigureOption = None
 
-    def write(self, data: Callable[[], dict], records: Callable[[], Records], table: Callable[[], str],
-              plot: Callable[[], Figure]) -> None:
+    def write(
+        self,
+        data: Callable[[], dict],
+        records: Callable[[], Records],
+        table: Callable[[], str],
+        plot: Callable[[], Figure],
+    ) -> None:
         """Only the asked format is rendered: json of `data()`, csv of `records()` (a result's own), or `table()`;
         with --figure, `plot()` too, drawn before anything is written so that a failure leaves both files as they
         were."""
@@ -216,8 +257,13 @@ def strict_number(annotation: object) -> object:
         except ValueError as error:
             raise typer.BadParameter(str(error)) from None
         if (info.min is not None and value < info.min) or (info.max is not None and value > info.max):
-            bounds = f"from {info.min}" if info.max is None else \
-                     f"at most {info.max}" if info.min is None else f"from {info.min} to {info.max}"
+            bounds = (
+                f"from {info.min}"
+                if info.max is None
+                else f"at most {info.max}"
+                if info.min is None
+                else f"from {info.min} to {info.max}"
+            )
             raise typer.BadParameter(f"{value} is out of range: give a number {bounds}")
         return value
 
@@ -242,13 +288,20 @@ def with_option_groups(function: Callable) -> Callable:
     parameters = []
     for name, parameter in signature.parameters.items():
         if name not in groups:
-            parameters.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY,
-                                                annotation=strict_number(parameter.annotation)))
+            parameters.append(
+                parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=strict_number(parameter.annotation))
+            )
             continue
         hints = typing.get_type_hints(groups[name], include_extras=True)
-        parameters += [inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=field.default,
-                                         annotation=strict_number(hints[field.name]))
-                       for field in dataclasses.fields(groups[name])]
+        parameters += [
+            inspect.Parameter(
+                field.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=field.default,
+                annotation=strict_number(hints[field.name]),
+            )
+            for field in dataclasses.fields(groups[name])
+        ]
 
     signature = inspect.Signature(parameters)
 
@@ -266,16 +319,27 @@ def with_option_groups(function: Callable) -> Callable:
     return wrapper
 
 
-ENGINE_NAMES = {"source": "model", "n_prune": "prune", "k": "top", "donor.word": "donor_word", "prepend_bos": "bos",
-                "contrast_id": "contrast"}
+ENGINE_NAMES = {
+    "source": "model",
+    "n_prune": "prune",
+    "k": "top",
+    "donor.word": "donor_word",
+    "prepend_bos": "bos",
+    "contrast_id": "contrast",
+}
 """Engine parameters (and methods) whose option has another name; any other parameter `name=` is `--name`."""
 
 
 def flag_of(name: str, annotation: object) -> str:
     """The long flag of a parameter's option (`--lens`), from its Annotated typer.Option, else from its name.
     typer.Option("--lens", ...) in Annotated holds its first flag as `default` until typer reads it."""
-    declared = [d for info in getattr(annotation, "__metadata__", ()) if isinstance(info, typer.models.OptionInfo)
-                for d in (info.default, *(info.param_decls or ())) if isinstance(d, str) and d.startswith("--")]
+    declared = [
+        d
+        for info in getattr(annotation, "__metadata__", ())
+        if isinstance(info, typer.models.OptionInfo)
+        for d in (info.default, *(info.param_decls or ()))
+        if isinstance(d, str) and d.startswith("--")
+    ]
     return declared[0] if declared else "--" + name.replace("_", "-")
 
 
@@ -327,7 +391,9 @@ def file_options(function: Callable) -> dict[str, tuple[str, Reads | Writes]]:
     """Each path option of `function` (its expanded signature) with its flag and its `Reads` or `Writes` mark."""
     marks = {}
     for name, parameter in inspect.signature(function).parameters.items():
-        extras = typing.get_args(parameter.annotation)[1:] if typing.get_origin(parameter.annotation) is Annotated else ()
+        extras = (
+            typing.get_args(parameter.annotation)[1:] if typing.get_origin(parameter.annotation) is Annotated else ()
+        )
         for mark in (extra for extra in extras if isinstance(extra, (Reads, Writes))):
             marks[name] = (flag_of(name, parameter.annotation), mark)
     return marks
@@ -336,9 +402,13 @@ def file_options(function: Callable) -> dict[str, tuple[str, Reads | Writes]]:
 def check_files(options: dict[str, Any], marks: dict[str, tuple[str, Reads | Writes]]) -> None:
     """Before any work: every output can be written and replaces no file read (an option's file, each file of
     its folder, the default files, a local model's files). Sets a file output given as '-' to None (stdout)."""
-    inputs = [read for name, (flag, mark) in marks.items() if isinstance(mark, Reads)
-              for path in ((mark.locate(str(options[name])),) if options.get(name) is not None else mark.defaults)
-              for read in files_read(flag, path)]
+    inputs = [
+        read
+        for name, (flag, mark) in marks.items()
+        if isinstance(mark, Reads)
+        for path in ((mark.locate(str(options[name])),) if options.get(name) is not None else mark.defaults)
+        for read in files_read(flag, path)
+    ]
     files, folders = [], []
     for name, (flag, mark) in marks.items():
         out = options.get(name)
@@ -410,8 +480,14 @@ class StderrProgress:
             from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                 TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
 
     def __call__(self, done: int, total: int, description: str) -> None:
         if self._quiet:
@@ -436,8 +512,6 @@ class StderrProgress:
     def __exit__(self, *exception: object) -> None:
         """`with StderrProgress() as progress:` closes the bar however the work ends."""
         self.close()
-
-
 
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")

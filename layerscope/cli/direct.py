@@ -15,9 +15,16 @@ from layerscope.cli.tables import attribution_table, census_table
 def neurons(
     *,
     model: ModelOptions,
-    min_kurtosis: Annotated[float, typer.Option(min=0, help="A neuron of higher kurtosis is a prediction or "
-                                                            "suppression neuron (Gurnee et al. 2024 split at 10).")] = 10.0,
-    min_skew: Annotated[float, typer.Option(min=0, help="Prediction: skew above it; suppression: below minus it.")] = 0.0,
+    min_kurtosis: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="A neuron of higher kurtosis is a prediction or suppression neuron (Gurnee et al. 2024 split at 10).",
+        ),
+    ] = 10.0,
+    min_skew: Annotated[
+        float, typer.Option(min=0, help="Prediction: skew above it; suppression: below minus it.")
+    ] = 0.0,
     blocks: Annotated[str | None, typer.Option(help="Blocks to census, e.g. 20-29 (default: every block).")] = None,
     top: Annotated[int, typer.Option(min=0, max=1000, help="Neurons of each kind listed in the table.")] = 10,
     output: Output,
@@ -43,8 +50,12 @@ def attribute(
     *,
     model: ModelOptions,
     prompt: PromptInput,
-    answer: Annotated[str | None, typer.Option(help="The answer token as it follows the prompt, e.g. ' Paris' "
-                                                    "(default: the model's own next token).")] = None,
+    answer: Annotated[
+        str | None,
+        typer.Option(
+            help="The answer token as it follows the prompt, e.g. ' Paris' (default: the model's own next token)."
+        ),
+    ] = None,
     contrast: Annotated[str | None, typer.Option(help="Attribute the logit difference answer - contrast.")] = None,
     top: Annotated[int, typer.Option(min=0, max=1000, help="Heads listed in the table.")] = 10,
     output: Output,

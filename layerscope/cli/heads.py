@@ -21,8 +21,14 @@ from layerscope.cli.common import (
     spec_option,
 )
 from layerscope.cli.lens import with_intervention_options
-from layerscope.cli.tables import (ablation_table, activity_table, heads_table, patchscope_table, pattern_table,
-                                   retrieval_table)
+from layerscope.cli.tables import (
+    ablation_table,
+    activity_table,
+    heads_table,
+    patchscope_table,
+    pattern_table,
+    retrieval_table,
+)
 from layerscope.errors import LayerscopeError
 from layerscope.locations import DEFAULT_HAYSTACK, DEFAULT_NEEDLES
 from layerscope.specs import parse_heads, whole_number_in
@@ -31,18 +37,27 @@ if TYPE_CHECKING:
     from layerscope.analyses.head_pattern import AttentionPattern
     from layerscope.analyses.needles import Needle
     from layerscope.records import Records
-    from layerscope.models.loading import LoadedModel
 
-heads_app = typer.Typer(help="Attention-head analyses: retrieval, induction and previous-token heads, masking, "
-                             "attention patterns.", no_args_is_help=True)
+heads_app = typer.Typer(
+    help="Attention-head analyses: retrieval, induction and previous-token heads, masking, attention patterns.",
+    no_args_is_help=True,
+)
 
-HaystackOption = Annotated[Path | None, typer.Option(help="Haystack text file (default: the shipped one)."),
-                           Reads((DEFAULT_HAYSTACK,))]
-NeedlesOption = Annotated[Path | None, typer.Option(help="Needles JSONL: needle, question, answer (default: shipped)."),
-                          Reads((DEFAULT_NEEDLES,))]
+HaystackOption = Annotated[
+    Path | None, typer.Option(help="Haystack text file (default: the shipped one)."), Reads((DEFAULT_HAYSTACK,))
+]
+NeedlesOption = Annotated[
+    Path | None,
+    typer.Option(help="Needles JSONL: needle, question, answer (default: shipped)."),
+    Reads((DEFAULT_NEEDLES,)),
+]
 DepthsOption = Annotated[str, typer.Option(help="Needle depths in percent, e.g. 0,25,50,75,100.")]
-AnswerTokensOption = Annotated[int, typer.Option("--max-new-tokens", min=1, max=200,
-                                                 help="Greedy answer length limit; decoding also stops at a newline.")]
+AnswerTokensOption = Annotated[
+    int,
+    typer.Option(
+        "--max-new-tokens", min=1, max=200, help="Greedy answer length limit; decoding also stops at a newline."
+    ),
+]
 ScoresOption = Annotated[Path, typer.Option("--scores", help="Head scores JSON written by `heads retrieval`."), Reads()]
 ShowOption = Annotated[int, typer.Option("--show", min=1, help="Heads listed in the table.")]
 
@@ -52,13 +67,20 @@ def patchscope(
     *,
     model: ModelOptions,
     prompt: PromptInput,
-    target_prompt: Annotated[str | None, typer.Option(
-        help="Target prompt (default: the few-shot identity prompt "
-             "'cat -> cat\\n1135 -> 1135\\nhello -> hello\\n?').")
+    target_prompt: Annotated[
+        str | None,
+        typer.Option(
+            help="Target prompt (default: the few-shot identity prompt "
+            "'cat -> cat\\n1135 -> 1135\\nhello -> hello\\n?')."
+        ),
     ] = None,
-    placeholder: Annotated[str | None, typer.Option(
-        help="Marker word in --target-prompt whose token is overwritten (default 'x'; the default prompt uses its "
-             "last token).")] = None,
+    placeholder: Annotated[
+        str | None,
+        typer.Option(
+            help="Marker word in --target-prompt whose token is overwritten (default 'x'; the default prompt uses its "
+            "last token)."
+        ),
+    ] = None,
     occurrence: OccurrenceOption = None,
     target_layer: Annotated[str, typer.Option(help="'same' (target row = source row) or a grid row 0..L.")] = "same",
     max_new_tokens: Annotated[int, typer.Option(min=0, max=50, help="Greedy description length per cell.")] = 0,
@@ -93,15 +115,19 @@ def row_number(text: str) -> int:
     return row
 
 
-def needle_inputs(haystack: Path | None, needles: Path | None, lengths: str, depths: str
-                  ) -> tuple[str, list[Needle], tuple[int, ...], tuple[int, ...]]:
+def needle_inputs(
+    haystack: Path | None, needles: Path | None, lengths: str, depths: str
+) -> tuple[str, list[Needle], tuple[int, ...], tuple[int, ...]]:
     """The haystack, the needles, --lengths and --depths (percent, 0..100), read and checked before the model
     loads: `build_tests`'s inputs."""
     from layerscope.analyses.needles import load_haystack, load_needles
 
-    return (load_haystack(haystack) if haystack else load_haystack(),
-            load_needles(needles) if needles else load_needles(),
-            spec_option("--lengths", lengths, "length"), spec_option("--depths", depths, "depth", 101))
+    return (
+        load_haystack(haystack) if haystack else load_haystack(),
+        load_needles(needles) if needles else load_needles(),
+        spec_option("--lengths", lengths, "length"),
+        spec_option("--depths", depths, "depth", 101),
+    )
 
 
 @heads_app.command("retrieval")
@@ -114,9 +140,14 @@ def retrieval(
     lengths: Annotated[str, typer.Option(help="Haystack lengths in tokens, e.g. 512,1024,2048.")] = "512,1024,2048",
     depths: DepthsOption = "0,25,50,75,100",
     max_new_tokens: AnswerTokensOption = 50,
-    span: Annotated[str, typer.Option(help="Tokens the copy-paste rule scores: 'needle' (the whole needle sentence, "
-                                           "the paper's formula) or 'answer' (only the answer words inside it, as "
-                                           "the authors' code and its published figures).")] = "needle",
+    span: Annotated[
+        str,
+        typer.Option(
+            help="Tokens the copy-paste rule scores: 'needle' (the whole needle sentence, "
+            "the paper's formula) or 'answer' (only the answer words inside it, as "
+            "the authors' code and its published figures)."
+        ),
+    ] = "needle",
     show: ShowOption = 20,
     output: Output,
 ) -> None:
@@ -140,10 +171,17 @@ def retrieval(
         except KeyboardInterrupt:
             if not results:
                 raise
-    settings = {"lengths": list(inputs[2]), "depths": list(inputs[3]),
-                "max_new_tokens": max_new_tokens, "span": span, "interrupted": len(results) < len(tests)}
+    settings = {
+        "lengths": list(inputs[2]),
+        "depths": list(inputs[3]),
+        "max_new_tokens": max_new_tokens,
+        "span": span,
+        "interrupted": len(results) < len(tests),
+    }
     scores = retrieval_from_results(lm, results, settings)
-    output.write(scores.to_dict, scores.records, lambda: retrieval_table(results, scores, len(tests), span, show), scores.plot)
+    output.write(
+        scores.to_dict, scores.records, lambda: retrieval_table(results, scores, len(tests), span, show), scores.plot
+    )
 
 
 @heads_app.command("activity")
@@ -195,10 +233,12 @@ def induction(
     with StderrProgress() as progress:
         prefix = induction_scores(lm, seq_len, repeats, samples, seed, progress)
         previous = previous_token_scores(lm, progress=progress)
-    output.write(lambda: {**prefix.to_dict(), "previous_token": previous.to_dict()},
-                 lambda: prefix.records() + previous.records(),
-                 lambda: heads_table(prefix, show) + "\n\n" + heads_table(previous, show),
-                 lambda: head_scores_figure([prefix, previous]))
+    output.write(
+        lambda: {**prefix.to_dict(), "previous_token": previous.to_dict()},
+        lambda: prefix.records() + previous.records(),
+        lambda: heads_table(prefix, show) + "\n\n" + heads_table(previous, show),
+        lambda: head_scores_figure([prefix, previous]),
+    )
 
 
 @heads_app.command("ablate")
@@ -220,8 +260,8 @@ def ablate(
 
     Example: layerscope heads ablate --model demo --scores scores.json --top 10
     """
-    from layerscope.analyses.head_scores import load_head_scores
     from layerscope.analyses.head_ablation import ablation_experiment, ablation_heads
+    from layerscope.analyses.head_scores import load_head_scores
     from layerscope.analyses.needles import build_tests
 
     inputs = needle_inputs(haystack, needles, lengths, depths)
@@ -274,9 +314,16 @@ def pattern(
     runs = {"baseline": attention_pattern(lm, ids, chosen_heads)}
     if interventions:
         runs["intervened"] = attention_pattern(lm, ids, chosen_heads, interventions)
-    output.write(lambda: {**runs["baseline"].to_dict(), "interventions": [i.to_dict() for i in interventions],
-                          "intervened": runs["intervened"].to_dict()["weights"] if interventions else None},
-                 lambda: pattern_records(runs), lambda: pattern_table(runs, keys), runs[list(runs)[-1]].plot)
+    output.write(
+        lambda: {
+            **runs["baseline"].to_dict(),
+            "interventions": [i.to_dict() for i in interventions],
+            "intervened": runs["intervened"].to_dict()["weights"] if interventions else None,
+        },
+        lambda: pattern_records(runs),
+        lambda: pattern_table(runs, keys),
+        runs[list(runs)[-1]].plot,
+    )
 
 
 def head_option(spec: str) -> tuple[tuple[int, int], ...]:

@@ -36,8 +36,11 @@ def lens(
     model: BosModelOptions,
     prompt: PromptInput,
     method: Annotated[LensMethod, typer.Option(help="logit, or tuned (needs --lens).")] = LensMethod.logit,
-    lens_dir: Annotated[Path | None, typer.Option("--lens", help="Tuned lens folder for --method tuned "
-                                                                 "(layerscope tunedlens train)."), Reads()] = None,
+    lens_dir: Annotated[
+        Path | None,
+        typer.Option("--lens", help="Tuned lens folder for --method tuned (layerscope tunedlens train)."),
+        Reads(),
+    ] = None,
     top_k: TopKOption = 5,
     output: Output,
 ) -> None:
@@ -69,8 +72,10 @@ def with_intervention_options(command: Callable[..., None]) -> Callable[..., Non
         kind = option.type if option.default is not None else option.type | None
         return Annotated[kind, typer.Option(option.flag, help=option.help)]
 
-    parameters = [inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=option.default,
-                                    annotation=typed(option)) for option in cli_options()]
+    parameters = [
+        inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=option.default, annotation=typed(option))
+        for option in cli_options()
+    ]
     declared = inspect.signature(command, eval_str=True).parameters.values()
     own = [p for p in declared if p.kind is not inspect.Parameter.VAR_KEYWORD]
     at = 1 + max(i for i, p in enumerate(own) if p.name in ("prompt", "prompt_file"))  # a PromptInput, or its options
@@ -101,8 +106,10 @@ def run(
     interventions_from_options(chosen, 0)  # a bad spec is refused before the model loads
     if not options_given(chosen):
         flags = [option.flag for option in cli_options() if option.chooses]
-        raise LayerscopeError(f"No intervention given: use {', '.join(flags[:-1])} or {flags[-1]} "
-                              "(or 'layerscope lens' for the plain lens).")
+        raise LayerscopeError(
+            f"No intervention given: use {', '.join(flags[:-1])} or {flags[-1]} "
+            "(or 'layerscope lens' for the plain lens)."
+        )
     lm = model.load()
     interventions = interventions_from_options(chosen, lm.n_blocks)
     ids = lm.encode(text)

@@ -19,13 +19,18 @@ SIGNIFICANT = 0.2  # accuracy above both the control and the majority share by t
 
 def probe_table(report: ProbeReport) -> str:
     first = report.first_row_above(SIGNIFICANT)
-    lines = [f"linear probe of \"{report.label}\" at the last token: {report.prompts} prompts, classes "
-             f"{', '.join(report.classes)}; held out over {report.folds} folds (mean ± standard error); control: "
-             f"shuffled labels; majority class {report.majority:.1%}",
-             f"first row {SIGNIFICANT:.0%} above its control and the majority: {first if first else 'none'}", "",
-             f"{'row':>4} {'accuracy':>15} {'control':>15}"]
-    lines += [f"{row.row:>4} {row.accuracy:8.1%} ± {row.accuracy_se:4.1%} {row.control:8.1%} ± {row.control_se:4.1%}"
-              for row in report.rows]
+    lines = [
+        f'linear probe of "{report.label}" at the last token: {report.prompts} prompts, classes '
+        f"{', '.join(report.classes)}; held out over {report.folds} folds (mean ± standard error); control: "
+        f"shuffled labels; majority class {report.majority:.1%}",
+        f"first row {SIGNIFICANT:.0%} above its control and the majority: {first if first else 'none'}",
+        "",
+        f"{'row':>4} {'accuracy':>15} {'control':>15}",
+    ]
+    lines += [
+        f"{row.row:>4} {row.accuracy:8.1%} ± {row.accuracy_se:4.1%} {row.control:8.1%} ± {row.control_se:4.1%}"
+        for row in report.rows
+    ]
     return "\n".join(lines)
 
 
@@ -33,10 +38,15 @@ def probe_table(report: ProbeReport) -> str:
 def probe(
     *,
     model: BosModelOptions,
-    data: Annotated[Path | None, typer.Option(help="Labelled prompt set (.jsonl: \"prompt\", the label field, and "
-                                                   "optionally \"answer\", \"subject\"). Default: "
-                                                   "sample_prompts/continents.jsonl."),
-                    Reads((sample_file("continents.jsonl"),))] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help='Labelled prompt set (.jsonl: "prompt", the label field, and '
+            'optionally "answer", "subject"). Default: '
+            "sample_prompts/continents.jsonl."
+        ),
+        Reads((sample_file("continents.jsonl"),)),
+    ] = None,
     label: Annotated[str, typer.Option(help="The field of each record that holds its class.")] = "continent",
     folds: Annotated[int, typer.Option(min=2, max=100, help="Held-out folds (stratified cross-validation).")] = 4,
     seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed of the folds and the shuffled control.")] = 0,
@@ -62,7 +72,14 @@ def probe(
     try:
         check_classes(labels, folds)  # before the model loads
     except ArgumentValueError as error:
-        raise LayerscopeError(f"{path}: field \"{label}\" " + str(error).removeprefix("labels= ")) from None
-    report = probe_rows(model.load(), [record["prompt"] for record in records], labels, label=label, folds=folds,
-                        seed=seed, batch_size=batch_size)
+        raise LayerscopeError(f'{path}: field "{label}" ' + str(error).removeprefix("labels= ")) from None
+    report = probe_rows(
+        model.load(),
+        [record["prompt"] for record in records],
+        labels,
+        label=label,
+        folds=folds,
+        seed=seed,
+        batch_size=batch_size,
+    )
     output.write(report.to_dict, report.csv_rows, lambda: probe_table(report))

@@ -16,25 +16,41 @@ from layerscope.errors import LayerscopeError
 from layerscope.locations import SAMPLE_PROMPTS
 from layerscope.reproduce import FIGURE_FORMATS, PAPERS, Paper
 
-reproduce_app = typer.Typer(help="The seed papers' figures on your model: stages, afcl, shortgpt, retrieval, rome.",
-                            no_args_is_help=True)
+reproduce_app = typer.Typer(
+    help="The seed papers' figures on your model: stages, afcl, shortgpt, retrieval, rome.", no_args_is_help=True
+)
 
 FigureFormat = Enum("FigureFormat", {name: name for name in FIGURE_FORMATS}, type=str)  # type: ignore[misc]
-QuickOption = Annotated[bool, typer.Option("--quick", help="A small setting that runs the demo model in under "
-                                                           "two minutes on two CPU cores (see docs/reproduce.md).")]
+QuickOption = Annotated[
+    bool,
+    typer.Option(
+        "--quick",
+        help="A small setting that runs the demo model in under two minutes on two CPU cores (see docs/reproduce.md).",
+    ),
+]
 SeedOption = Annotated[int, typer.Option(help="Seed of the random baselines (noise, random blocks or heads).")]
 FormatOption = Annotated[FigureFormat, typer.Option("--figure-format", help="png, svg or pdf.")]
 
 
 def _reproduce_command(paper: Paper) -> Callable:
     files = sorted({file for format in FIGURE_FORMATS for file in paper.files(format)})
-    FolderOption = Annotated[Path, typer.Option("--figure-dir", help="Folder for the figures, the JSON behind them and "
-                                                                      "the summary (made if new)."),
-                             Writes(folder=True, files=lambda: files)]
-    DataOption = Annotated[Path | None, typer.Option("--data", help=f"A folder with the data sets in the shipped formats "
-                                                                    f"and names ({', '.join(paper.data)}). Default: "
-                                                                    "the shipped sample_prompts/."),
-                           Reads(tuple(SAMPLE_PROMPTS / name for name in paper.data))]
+    FolderOption = Annotated[
+        Path,
+        typer.Option(
+            "--figure-dir", help="Folder for the figures, the JSON behind them and the summary (made if new)."
+        ),
+        Writes(folder=True, files=lambda: files),
+    ]
+    DataOption = Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help=f"A folder with the data sets in the shipped formats "
+            f"and names ({', '.join(paper.data)}). Default: "
+            "the shipped sample_prompts/.",
+        ),
+        Reads(tuple(SAMPLE_PROMPTS / name for name in paper.data)),
+    ]
 
     def reproduce(
         *,
@@ -43,7 +59,7 @@ def _reproduce_command(paper: Paper) -> Callable:
         seed: SeedOption = 0,
         data: DataOption = None,
         figure_dir: FolderOption = Path(f"reproduce-{paper.name}"),
-        figure_format: FormatOption = FigureFormat("png"),
+        figure_format: FormatOption = FigureFormat["png"],
         output: Output,
     ) -> None:
         from layerscope.reproduce.common import check_plotting, write_files
@@ -54,8 +70,10 @@ def _reproduce_command(paper: Paper) -> Callable:
             raise LayerscopeError(f"--data '{folder}' is not a folder.")
         for name in paper.data:
             if not (folder / name).is_file():
-                raise LayerscopeError(f"--data '{folder}' has no {name}: {paper.name} reads "
-                                      f"{', '.join(paper.data)} (formats: sample_prompts/README.md).")
+                raise LayerscopeError(
+                    f"--data '{folder}' has no {name}: {paper.name} reads "
+                    f"{', '.join(paper.data)} (formats: sample_prompts/README.md)."
+                )
         lm = model.load()
         module = paper.module()
         progress = StderrProgress()
@@ -67,9 +85,11 @@ def _reproduce_command(paper: Paper) -> Callable:
         print(f"[layerscope] figures, JSON and summary written in {figure_dir}", file=sys.stderr)
         output.write(result.to_dict, lambda: result.rows, lambda: result.summary)
 
-    reproduce.__doc__ = (f"{paper.title}: {paper.what}.\n\nWrites the figures, the JSON behind them and a summary "
-                         f"(also printed) in --figure-dir.\n\n"
-                         f"Example: layerscope reproduce {paper.name} --model demo --quick --figure-dir figures")
+    reproduce.__doc__ = (
+        f"{paper.title}: {paper.what}.\n\nWrites the figures, the JSON behind them and a summary "
+        f"(also printed) in --figure-dir.\n\n"
+        f"Example: layerscope reproduce {paper.name} --model demo --quick --figure-dir figures"
+    )
     return command(reproduce)
 
 

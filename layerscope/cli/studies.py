@@ -30,9 +30,9 @@ from layerscope.cli.common import (
 from layerscope.cli.tables import exit_table, influence_table, stages_table, sweep_table
 from layerscope.errors import LayerscopeError
 from layerscope.figures.common import add_caption, save_figure
-from layerscope.outputs import json_line, streamed_lines
 from layerscope.interventions import chosen_by_block
 from layerscope.locations import SAMPLE_PROMPTS, sample_file
+from layerscope.outputs import json_line, streamed_lines
 from layerscope.textfiles import read_text_file
 
 if TYPE_CHECKING:
@@ -59,7 +59,9 @@ class SweepOutput:
     """`Output`, whose formats a sweep extends with jsonl: one sweep point a line as it is computed, which --resume
     continues. Not a subclass: its format is another enum."""
 
-    format: Annotated[SweepFormat, typer.Option("--format", "-f", help="table, json, csv or jsonl.")] = SweepFormat.table
+    format: Annotated[SweepFormat, typer.Option("--format", "-f", help="table, json, csv or jsonl.")] = (
+        SweepFormat.table
+    )
     out: OutOption = None
     figure: FigureOption = None
 
@@ -71,18 +73,32 @@ def _sample(name: str) -> Path:
     return path
 
 
-def sweep_source(lm: LoadedModel, kind: str, layers: list[int], items: list[PromptItem], prompts: Path,
-                 accuracy: bool, max_new_tokens: int, seed: int, batch_size: int, donor: tuple[str, str, str]) -> dict:
+def sweep_source(
+    lm: LoadedModel,
+    kind: str,
+    layers: list[int],
+    items: list[PromptItem],
+    prompts: Path,
+    accuracy: bool,
+    max_new_tokens: int,
+    seed: int,
+    batch_size: int,
+    donor: tuple[str, str, str],
+) -> dict:
     """What a sweep's rows are computed from: the first line of a jsonl file, checked by --resume.
 
     Only settings that change the numbers count: the seed for `random`, the batch for the batched kinds
     (float sums in another batch differ in the last bits), the decode length where something is decoded."""
     from layerscope.analyses.resumable import prompts_fingerprint
 
-    source = {"model": lm.name, "dtype": str(lm.model.dtype).removeprefix("torch."), "bos": lm.add_bos,
-              "intervention": kind,
-              "layers": layers, "prompts": {"file": prompts.name, "count": len(items),
-                                            "sha256": prompts_fingerprint(items)}}
+    source = {
+        "model": lm.name,
+        "dtype": str(lm.model.dtype).removeprefix("torch."),
+        "bos": lm.add_bos,
+        "intervention": kind,
+        "layers": layers,
+        "prompts": {"file": prompts.name, "count": len(items), "sha256": prompts_fingerprint(items)},
+    }
     if kind == "swap-token":
         return {**source, "donor": list(donor), "max_new_tokens": max_new_tokens}
     source.update(accuracy=accuracy, batch_size=batch_size)
@@ -113,14 +129,17 @@ def read_done(path: Path, kind: str) -> tuple[dict | None, list[dict], int]:
         try:
             lines.append(json.loads(line, parse_constant=_not_a_number))
         except ValueError:  # JSONDecodeError included
-            raise LayerscopeError(f"--resume: {path} line {number} is not valid JSON (NaN and Infinity are not "
-                                  "JSON numbers).") from None
+            raise LayerscopeError(
+                f"--resume: {path} line {number} is not valid JSON (NaN and Infinity are not JSON numbers)."
+            ) from None
     if not lines:
         return None, [], 0
     first = lines[0]
     if not (isinstance(first, dict) and isinstance(first.get("source"), dict)):
-        raise LayerscopeError(f"--resume: {path} does not start with the source line of a layerscope sweep; "
-                              f"it cannot be checked, so it is not continued.")
+        raise LayerscopeError(
+            f"--resume: {path} does not start with the source line of a layerscope sweep; "
+            f"it cannot be checked, so it is not continued."
+        )
     for number, row in enumerate(lines[1:], start=2):
         if not isinstance(row, dict) or row.get("intervention") != kind:
             raise LayerscopeError(f"--resume: {path} line {number} is not a row of a '{kind}' sweep.")
@@ -131,8 +150,10 @@ def check_same_source(path: Path, written: dict, now: dict) -> None:
     """Rows computed from other prompts, layers or settings would mix into the averages unnoticed."""
     for key in dict.fromkeys([*now, *written]):
         if written.get(key) != now.get(key):
-            raise LayerscopeError(f"--resume: {path} was computed with other {key} ({json.dumps(written.get(key))}, "
-                                  f"now {json.dumps(now.get(key))}); give the same settings or a new --out file.")
+            raise LayerscopeError(
+                f"--resume: {path} was computed with other {key} ({json.dumps(written.get(key))}, "
+                f"now {json.dumps(now.get(key))}); give the same settings or a new --out file."
+            )
 
 
 Point = TypeVar("Point")
@@ -149,14 +170,30 @@ def _points_from(dicts: list[dict], from_dict: Callable[[dict], Point], path: Pa
 def sweep(
     *,
     model: BosModelOptions,
-    intervention: Annotated[str, typer.Option("--intervention", "-i", help=f"One of {', '.join(SWEEP_KINDS)}.")] = "drop",
-    prompts: Annotated[Path | None, typer.Option(help="Prompt set: .txt one prompt a line, or .jsonl with answers. "
-                                                      "Default: sample_prompts/general.txt (capitals.jsonl for swap-token)."),
-                       Reads((sample_file("general.txt"), sample_file("capitals.jsonl")))] = None,
-    layers: Annotated[str | None, typer.Option(help="Blocks to sweep, e.g. 0-29 or 3,5 (swap: lower block of a pair; "
-                                                    "swap-token: grid rows 0..L). Default: all.")] = None,
-    accuracy: Annotated[bool | None, typer.Option("--accuracy/--no-accuracy", help="Greedy answer accuracy. Default: "
-                                                  "on when every prompt has an answer.")] = None,
+    intervention: Annotated[
+        str, typer.Option("--intervention", "-i", help=f"One of {', '.join(SWEEP_KINDS)}.")
+    ] = "drop",
+    prompts: Annotated[
+        Path | None,
+        typer.Option(
+            help="Prompt set: .txt one prompt a line, or .jsonl with answers. "
+            "Default: sample_prompts/general.txt (capitals.jsonl for swap-token)."
+        ),
+        Reads((sample_file("general.txt"), sample_file("capitals.jsonl"))),
+    ] = None,
+    layers: Annotated[
+        str | None,
+        typer.Option(
+            help="Blocks to sweep, e.g. 0-29 or 3,5 (swap: lower block of a pair; "
+            "swap-token: grid rows 0..L). Default: all."
+        ),
+    ] = None,
+    accuracy: Annotated[
+        bool | None,
+        typer.Option(
+            "--accuracy/--no-accuracy", help="Greedy answer accuracy. Default: on when every prompt has an answer."
+        ),
+    ] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Greedy tokens decoded for accuracy.")] = 6,
     seed: Annotated[int, typer.Option(help="Seed of the noise for 'random'.")] = 0,
     batch_size: Annotated[int, typer.Option(min=1, help="Interventions run together in one batched pass.")] = 8,
@@ -194,18 +231,33 @@ def sweep(
     lm = model.load()
     donor = (donor_prompt, donor_word, donor_answer)
     valid = _sweep_layers(lm, items, intervention, chosen, donor)
-    source = sweep_source(lm, intervention, valid, items, path, measure_accuracy, max_new_tokens, seed, batch_size,
-                          donor)
+    source = sweep_source(
+        lm, intervention, valid, items, path, measure_accuracy, max_new_tokens, seed, batch_size, donor
+    )
     if resumed is not None and written is not None:
         check_same_source(resumed, written, source)
     with StderrProgress() as progress:
-        points = _sweep_points(lm, items, intervention, chosen, valid, measure_accuracy, max_new_tokens, seed,
-                               batch_size, donor, done, output.out, progress)
+        points = _sweep_points(
+            lm,
+            items,
+            intervention,
+            chosen,
+            valid,
+            measure_accuracy,
+            max_new_tokens,
+            seed,
+            batch_size,
+            donor,
+            done,
+            output.out,
+            progress,
+        )
         _write_sweep(points, source, output, keep if written is not None else None, done)
 
 
-def _sweep_layers(lm: LoadedModel, items: list[PromptItem], kind: str, layers: Sequence[int] | None,
-                  donor: tuple[str, str, str]) -> list[int]:
+def _sweep_layers(
+    lm: LoadedModel, items: list[PromptItem], kind: str, layers: Sequence[int] | None, donor: tuple[str, str, str]
+) -> list[int]:
     """The layers (grid rows for swap-token) the sweep covers; checks the input before anything is written."""
     from layerscope.analyses.sweep import check_layers, sweep_layers
     from layerscope.analyses.token_swap import Donor, check_rows, usable_targets
@@ -216,10 +268,21 @@ def _sweep_layers(lm: LoadedModel, items: list[PromptItem], kind: str, layers: S
     return check_layers(kind, sweep_layers(kind, lm.n_blocks) if layers is None else layers, lm.n_blocks)
 
 
-def _sweep_points(lm: LoadedModel, items: list[PromptItem], kind: str, layers: Sequence[int] | None,
-                  valid: list[int], accuracy: bool, max_new_tokens: int, seed: int, batch_size: int,
-                  donor: tuple[str, str, str], done: list[dict], out: Path | None, progress: ProgressFn
-                  ) -> Iterator[SweepPoint | TokenSwapPoint]:
+def _sweep_points(
+    lm: LoadedModel,
+    items: list[PromptItem],
+    kind: str,
+    layers: Sequence[int] | None,
+    valid: list[int],
+    accuracy: bool,
+    max_new_tokens: int,
+    seed: int,
+    batch_size: int,
+    donor: tuple[str, str, str],
+    done: list[dict],
+    out: Path | None,
+    progress: ProgressFn,
+) -> Iterator[SweepPoint | TokenSwapPoint]:
     """Sweep points not yet in `done`, in the order an uninterrupted run writes them. The generators only start
     when the first point is asked for, after the output file is opened."""
     from layerscope.analyses.sweep import SweepPoint, sweep
@@ -234,16 +297,34 @@ def _sweep_points(lm: LoadedModel, items: list[PromptItem], kind: str, layers: S
     seen = {(row["prompt_index"], row[where]) for row in done}
     points: Iterator[SweepPoint] | Iterator[TokenSwapPoint]
     if kind == "swap-token":
-        points = token_swap_sweep(lm, items, Donor(*donor), layers, max_new_tokens,
-                                  _points_from(done, TokenSwapPoint.from_dict, out), progress)
+        points = token_swap_sweep(
+            lm,
+            items,
+            Donor(*donor),
+            layers,
+            max_new_tokens,
+            _points_from(done, TokenSwapPoint.from_dict, out),
+            progress,
+        )
     else:
-        points = sweep(lm, items, kind, layers, seed, accuracy, max_new_tokens, batch_size,
-                       _points_from(done, SweepPoint.from_dict, out), progress)
+        points = sweep(
+            lm,
+            items,
+            kind,
+            layers,
+            seed,
+            accuracy,
+            max_new_tokens,
+            batch_size,
+            _points_from(done, SweepPoint.from_dict, out),
+            progress,
+        )
     return (point for point in points if point.key not in seen)
 
 
-def _write_sweep(points: Iterable[SweepPoint | TokenSwapPoint], source: dict, output: SweepOutput, keep: int | None,
-                 done: list[dict]) -> None:
+def _write_sweep(
+    points: Iterable[SweepPoint | TokenSwapPoint], source: dict, output: SweepOutput, keep: int | None, done: list[dict]
+) -> None:
     """jsonl: the source line (unless continuing a file that has it, after its first `keep` bytes), then each
     point as it comes; a failure other than Ctrl-C leaves --out as it was. The figure (--figure) is drawn from the
     points of `done` (a resumed file's) and the new ones, after them."""
@@ -280,23 +361,33 @@ def _write_sweep(points: Iterable[SweepPoint | TokenSwapPoint], source: dict, ou
         return
     result = SweepResult.collect(kind, points, source)
     drawn.extend(result.points)
-    Output(Format(output.format.value), out, output.figure).write(result.to_dict, result.records,
-                                                                   lambda: sweep_table(result), plot)
+    Output(Format(output.format.value), out, output.figure).write(
+        result.to_dict, result.records, lambda: sweep_table(result), plot
+    )
 
 
 @command
 def influence(
     *,
     model: ModelOptions,
-    text: Annotated[Path | None, typer.Option(help="Calibration text. Default: sample_prompts/calibration.txt."),
-                    Reads((sample_file("calibration.txt"),))] = None,
+    text: Annotated[
+        Path | None,
+        typer.Option(help="Calibration text. Default: sample_prompts/calibration.txt."),
+        Reads((sample_file("calibration.txt"),)),
+    ] = None,
     prune: Annotated[int, typer.Option(min=0, help="Remove the N lowest-BI blocks and compare perplexity.")] = 0,
-    eval_text: Annotated[Path | None, typer.Option(help="Held-out text for --prune. Default: sample_prompts/heldout.txt."),
-                         Reads((sample_file("heldout.txt"),))] = None,
+    eval_text: Annotated[
+        Path | None,
+        typer.Option(help="Held-out text for --prune. Default: sample_prompts/heldout.txt."),
+        Reads((sample_file("heldout.txt"),)),
+    ] = None,
     window: Annotated[int, typer.Option(min=2, help="Tokens per forward pass.")] = 256,
     seed: Annotated[int, typer.Option(help="Seed of the random blocks removed for comparison.")] = 0,
-    save: Annotated[Path | None, typer.Option(help="With --prune: save the pruned model in this new or empty folder "
-                                                   "(safetensors)."), Writes(folder=True)] = None,
+    save: Annotated[
+        Path | None,
+        typer.Option(help="With --prune: save the pruned model in this new or empty folder (safetensors)."),
+        Writes(folder=True),
+    ] = None,
     output: Output,
 ) -> None:
     """Block Influence per block (ShortGPT) and, with --prune N, held-out perplexity after removing the N
@@ -321,15 +412,21 @@ def influence(
         print(f"warning: {warning}", file=sys.stderr)
     if save is not None and report.prune and is_writer():
         save_pruned(lm, report.prune.removed, save)
-    output.write(report.to_dict, report.records, lambda: influence_table(report), lambda: add_caption(report.plot(), texts))
+    texts = f"calibration text: {text}" + (f" · held-out text: {eval_text}" if prune else "")
+    output.write(
+        report.to_dict, report.records, lambda: influence_table(report), lambda: add_caption(report.plot(), texts)
+    )
 
 
 @command
 def stages(
     *,
     model: BosModelOptions,
-    prompts: Annotated[Path | None, typer.Option(help="Prompt set. Default: sample_prompts/general.txt."),
-                       Reads((sample_file("general.txt"),))] = None,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(help="Prompt set. Default: sample_prompts/general.txt."),
+        Reads((sample_file("general.txt"),)),
+    ] = None,
     output: Output,
 ) -> None:
     """Stage map: per-block signatures (drop/swap KL, lens KL and entropy, attention/MLP norms, attention to the
@@ -346,7 +443,12 @@ def stages(
     lm = model.load()
     with StderrProgress() as progress:
         result = stage_map(lm, items, progress=progress)
-    output.write(result.to_dict, result.records, lambda: stages_table(result), lambda: add_caption(result.plot(), f"prompts: {prompts}"))
+    output.write(
+        result.to_dict,
+        result.records,
+        lambda: stages_table(result),
+        lambda: add_caption(result.plot(), f"prompts: {prompts}"),
+    )
 
 
 def _thresholds(spec: str) -> list[float]:
@@ -365,10 +467,14 @@ def _thresholds(spec: str) -> list[float]:
 def exit_estimate(
     *,
     model: BosModelOptions,
-    prompts: Annotated[Path | None, typer.Option(help="Prompt set. Default: sample_prompts/general.txt."),
-                       Reads((sample_file("general.txt"),))] = None,
-    thresholds: Annotated[str, typer.Option(help="Confidence thresholds: exit at the first row whose top-1 "
-                                                 "probability reaches one.")] = "0.5,0.7,0.9,0.95",
+    prompts: Annotated[
+        Path | None,
+        typer.Option(help="Prompt set. Default: sample_prompts/general.txt."),
+        Reads((sample_file("general.txt"),)),
+    ] = None,
+    thresholds: Annotated[
+        str, typer.Option(help="Confidence thresholds: exit at the first row whose top-1 probability reaches one.")
+    ] = "0.5,0.7,0.9,0.95",
     batch_size: Annotated[int, typer.Option(min=1, max=1024, help="Prompts per forward pass.")] = 8,
     output: Output,
 ) -> None:
@@ -385,7 +491,15 @@ def exit_estimate(
     prompts = prompts or _sample("general.txt")
     texts = [item.text for item in load_prompt_set(prompts)]
     lm = model.load()
-    grids = [grid for start in range(0, len(texts), batch_size)
-             for grid in logit_lens(lm, lm.encode(texts[start : start + batch_size]), top_k=1)]
+    grids = [
+        grid
+        for start in range(0, len(texts), batch_size)
+        for grid in logit_lens(lm, lm.encode(texts[start : start + batch_size]), top_k=1)
+    ]
     result = early_exit(grids, levels)
-    output.write(result.to_dict, result.records, lambda: exit_table(result), lambda: add_caption(result.plot(), f"prompts: {prompts}"))
+    output.write(
+        result.to_dict,
+        result.records,
+        lambda: exit_table(result),
+        lambda: add_caption(result.plot(), f"prompts: {prompts}"),
+    )

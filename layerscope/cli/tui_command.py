@@ -17,13 +17,21 @@ def tui(
     *,
     model: ModelOptions,
     prompt: PromptOption = None,
-    theme: Annotated[str | None, typer.Option(help="Theme name (themes/ folder, user theme folder, or Textual's).")] = None,
-    keymap: Annotated[Path | None, typer.Option(help="Keymap TOML file (binding id = keys); default: user config."),
-                      Reads()] = None,
+    theme: Annotated[
+        str | None, typer.Option(help="Theme name (themes/ folder, user theme folder, or Textual's).")
+    ] = None,
+    keymap: Annotated[
+        Path | None, typer.Option(help="Keymap TOML file (binding id = keys); default: user config."), Reads()
+    ] = None,
     top_k: TopKOption = 5,
-    lens: Annotated[Path | None, typer.Option("--lens", help="A tuned lens folder: m then cycles logit lens, "
-                                              "tuned lens, Patchscope."), Reads()] = None,
-    list_themes: Annotated[bool, typer.Option("--list-themes", help="Print the theme names --theme accepts and exit.")] = False,
+    lens: Annotated[
+        Path | None,
+        typer.Option("--lens", help="A tuned lens folder: m then cycles logit lens, tuned lens, Patchscope."),
+        Reads(),
+    ] = None,
+    list_themes: Annotated[
+        bool, typer.Option("--list-themes", help="Print the theme names --theme accepts and exit.")
+    ] = False,
 ) -> None:
     """Open the explorer: decode grid, layer and head toggles, charts.
 
@@ -33,14 +41,26 @@ def tui(
         print_themes()
         return
     if sys.stdin is None or sys.stdin.closed or not sys.stdin.isatty():
-        typer.echo("error: The explorer reads keys from a terminal, and standard input is not one (closed or "
-                   "redirected). Run it in a terminal, or use the batch commands (layerscope lens --help).", err=True)
+        typer.echo(
+            "error: The explorer reads keys from a terminal, and standard input is not one (closed or "
+            "redirected). Run it in a terminal, or use the batch commands (layerscope lens --help).",
+            err=True,
+        )
         raise typer.Exit(1)
     from layerscope.tui.app import LayerscopeApp
 
-    app = LayerscopeApp(model=model.model, prompt=prompt, theme=theme, device=model.device, dtype=model.dtype,
-                        device_map=model.device_map, trust_remote_code=model.trust_remote_code, keymap_path=keymap,
-                        top_k=top_k, lens_dir=lens)
+    app = LayerscopeApp(
+        model=model.model,
+        prompt=prompt,
+        theme=theme,
+        device=model.device,
+        dtype=model.dtype,
+        device_map=model.device_map,
+        trust_remote_code=model.trust_remote_code,
+        keymap_path=keymap,
+        top_k=top_k,
+        lens_dir=lens,
+    )
     app.run()
     # The terminal is restored and nothing is left to write (sessions and exports are saved when asked).
     # A worker thread may be inside a forward pass that cannot be interrupted, and tearing down torch takes

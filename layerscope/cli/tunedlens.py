@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -17,11 +17,15 @@ if TYPE_CHECKING:
     from layerscope.analyses.tuned_lens import TunedLens
     from layerscope.models.loading import LoadedModel
 
-tunedlens_app = typer.Typer(help="Tuned lens (Belrose et al. 2023): train one, compare it with the logit lens.",
-                            no_args_is_help=True)
+tunedlens_app = typer.Typer(
+    help="Tuned lens (Belrose et al. 2023): train one, compare it with the logit lens.", no_args_is_help=True
+)
 
-LensOption = Annotated[Path, typer.Option("--lens", help="A tuned lens folder (ours, or the tuned-lens project's "
-                                                         "params.pt + config.json)."), Reads()]
+LensOption = Annotated[
+    Path,
+    typer.Option("--lens", help="A tuned lens folder (ours, or the tuned-lens project's params.pt + config.json)."),
+    Reads(),
+]
 
 
 def lens_files() -> tuple[str, ...]:
@@ -56,20 +60,33 @@ class UnembedDtype(str, Enum):
 @command
 def train(
     *,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the lens (and its checkpoint while training)."),
-                   Writes(folder=True, files=lens_files)],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Folder for the lens (and its checkpoint while training)."),
+        Writes(folder=True, files=lens_files),
+    ],
     model: ModelOptions,
-    text: Annotated[Path | None, typer.Option(help="Calibration text. Default: sample_prompts/calibration.txt."),
-                    Reads((sample_file("calibration.txt"),))] = None,
+    text: Annotated[
+        Path | None,
+        typer.Option(help="Calibration text. Default: sample_prompts/calibration.txt."),
+        Reads((sample_file("calibration.txt"),)),
+    ] = None,
     steps: Annotated[int, typer.Option(min=1, help="Optimizer steps, one chunk of --context tokens each.")] = 40,
     context: Annotated[int, typer.Option(min=2, help="Tokens per step.")] = 64,
     lr: Annotated[float, typer.Option(min=0.0, max=1.0, help="Adam learning rate.")] = 1e-3,
-    lens_format: Annotated[LensFormat, typer.Option(
-        help="layerscope (lens.safetensors) or tuned-lens (params.pt, which the tuned-lens package reads).")
+    lens_format: Annotated[
+        LensFormat,
+        typer.Option(
+            help="layerscope (lens.safetensors) or tuned-lens (params.pt, which the tuned-lens package reads)."
+        ),
     ] = LensFormat.layerscope,
-    unembed_dtype: Annotated[UnembedDtype, typer.Option(
-        help="The unembedding's dtype while training: auto (bfloat16 where the device has fast bf16: a CUDA GPU "
-             "with bf16, a CPU with AVX-512 BF16 or AMX; else float32), bfloat16 or float32.")] = UnembedDtype.auto,
+    unembed_dtype: Annotated[
+        UnembedDtype,
+        typer.Option(
+            help="The unembedding's dtype while training: auto (bfloat16 where the device has fast bf16: a CUDA GPU "
+            "with bf16, a CPU with AVX-512 BF16 or AMX; else float32), bfloat16 or float32."
+        ),
+    ] = UnembedDtype.auto,
 ) -> None:
     """Train a tuned lens; run it again with the same options to resume an interrupted training.
 
@@ -93,8 +110,11 @@ def evaluate(
     *,
     lens: LensOption,
     model: ModelOptions,
-    text: Annotated[Path | None, typer.Option(help="Held-out text. Default: sample_prompts/heldout.txt."),
-                    Reads((sample_file("heldout.txt"),))] = None,
+    text: Annotated[
+        Path | None,
+        typer.Option(help="Held-out text. Default: sample_prompts/heldout.txt."),
+        Reads((sample_file("heldout.txt"),)),
+    ] = None,
     tokens: Annotated[int, typer.Option(min=2, help="Held-out tokens used (the first N).")] = 256,
     output: Output,
 ) -> None:
@@ -107,4 +127,6 @@ def evaluate(
     heldout = read_text_file(text or sample_file("heldout.txt"), "held-out text")
     lm = model.load()
     comparison = compare_lenses(lm, load_lens(lm, lens), heldout, tokens)
-    output.write(comparison.to_dict, comparison.records, lambda: comparison_table(comparison), lambda: comparison.plot(lm.name))
+    output.write(
+        comparison.to_dict, comparison.records, lambda: comparison_table(comparison), lambda: comparison.plot(lm.name)
+    )

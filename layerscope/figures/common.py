@@ -30,8 +30,10 @@ def figure_format(path: Path, flag: str = "path=") -> str:
     """'png', 'svg' or 'pdf' from the path's suffix; any other is one error naming `flag`."""
     suffix = Path(path).suffix.lower().lstrip(".")
     if suffix not in FORMATS:
-        raise LayerscopeError(f"{flag} '{path}'".lstrip() + ": a figure's format comes from its suffix; name a "
-                              f"{', '.join('.' + f for f in FORMATS[:-1])} or .{FORMATS[-1]} file.")
+        raise LayerscopeError(
+            f"{flag} '{path}'".lstrip() + ": a figure's format comes from its suffix; name a "
+            f"{', '.join('.' + f for f in FORMATS[:-1])} or .{FORMATS[-1]} file."
+        )
     return suffix
 
 
@@ -88,16 +90,31 @@ def whole_blocks(axes: Axes) -> None:
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def heatmap(axes: Axes, values: Sequence[Sequence[float]], *, x_labels: Sequence[str], y_labels: Sequence[str],
-            colour: str, cmap: str = "viridis", origin: Literal["upper", "lower"] = "lower",
-            centre: bool = False) -> None:
+def heatmap(
+    axes: Axes,
+    values: Sequence[Sequence[float]],
+    *,
+    x_labels: Sequence[str],
+    y_labels: Sequence[str],
+    colour: str,
+    cmap: str = "viridis",
+    origin: Literal["upper", "lower"] = "lower",
+    centre: bool = False,
+) -> None:
     """values[y][x] as coloured cells with a colour bar named `colour`; `centre`: a diverging scale around 0."""
     import numpy as np
 
     array = np.asarray(values, dtype=float)
     limit = float(np.nanmax(np.abs(array))) if centre and array.size else None
-    image = axes.imshow(array, aspect="auto", origin=origin, cmap=cmap, interpolation="nearest",
-                        vmin=-limit if limit else None, vmax=limit if limit else None)
+    image = axes.imshow(
+        array,
+        aspect="auto",
+        origin=origin,
+        cmap=cmap,
+        interpolation="nearest",
+        vmin=-limit if limit else None,
+        vmax=limit if limit else None,
+    )
     axes.set_xticks(range(len(x_labels)), list(x_labels), rotation=90, fontsize="x-small")
     axes.set_yticks(range(len(y_labels)), list(y_labels), fontsize="x-small")
     axes.figure.colorbar(image, ax=axes, label=colour, shrink=0.8)

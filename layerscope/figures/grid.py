@@ -33,16 +33,29 @@ def metric_values(grid: DecodeGrid, metric: str) -> list[list[float]]:
 def draw_grid(axes: Axes, grid: DecodeGrid, metric: str) -> None:
     """The grid on `axes`: the first row at the bottom, the prompt's tokens along the bottom."""
     values = metric_values(grid, metric)
-    heatmap(axes, values, x_labels=labels(grid.tokens), y_labels=grid.layers[: len(values)], colour=METRICS[metric],
-            cmap="viridis" if metric == "prob" else "viridis_r")
+    heatmap(
+        axes,
+        values,
+        x_labels=labels(grid.tokens),
+        y_labels=grid.layers[: len(values)],
+        colour=METRICS[metric],
+        cmap="viridis" if metric == "prob" else "viridis_r",
+    )
     if len(values) * len(grid.tokens) <= MAX_WRITTEN_CELLS:
         low, high = axes.images[0].get_clim()
         for row, cells in enumerate(grid.cells):
             for position, cell in enumerate(cells):
                 shade = (values[row][position] - low) / ((high - low) or 1)
                 bright = shade > 0.5 if metric == "prob" else shade < 0.5
-                axes.text(position, row, labels([cell.top[0].token], CELL_WIDTH)[0], ha="center", va="center",
-                          fontsize="xx-small", color="black" if bright else "white")
+                axes.text(
+                    position,
+                    row,
+                    labels([cell.top[0].token], CELL_WIDTH)[0],
+                    ha="center",
+                    va="center",
+                    fontsize="xx-small",
+                    color="black" if bright else "white",
+                )
     axes.set_xlabel("prompt token")
     axes.set_ylabel("row (emb = the embeddings, n = block n's output)")
 
@@ -75,7 +88,11 @@ def patchscope_figure(report: PatchscopeReport, metric: str = "prob") -> Figure:
     precision_axes.set_xlabel("precision@1 (top-1 = the model's own)")
     precision_axes.legend(fontsize="small")
     target = "same row" if report.target_layer is None else f"row {report.target_layer}"
-    provenance(figure, f"Patchscopes · {grid.model}", prompt_caption(grid.tokens),
-               f"target prompt: {labels([report.target_prompt], 80)[0]} · placeholder at position "
-               f"{report.placeholder_position} · patched into the {target}")
+    provenance(
+        figure,
+        f"Patchscopes · {grid.model}",
+        prompt_caption(grid.tokens),
+        f"target prompt: {labels([report.target_prompt], 80)[0]} · placeholder at position "
+        f"{report.placeholder_position} · patched into the {target}",
+    )
     return figure

@@ -11,10 +11,10 @@ from layerscope.figures.common import heatmap, labels, new_figure, prompt_captio
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from layerscope.analyses.head_pattern import AttentionPattern
-    from layerscope.analyses.head_scores import HeadScores
     from layerscope.analyses.head_ablation import AblationReport
     from layerscope.analyses.head_activity import HeadActivity
+    from layerscope.analyses.head_pattern import AttentionPattern
+    from layerscope.analyses.head_scores import HeadScores
 
 THRESHOLD = 0.1
 """The share of heads above this is in each panel's title (the Retrieval Head paper finds 3-6% of heads above it)."""
@@ -28,16 +28,26 @@ def head_scores_figure(scores: Sequence[HeadScores], threshold: float = THRESHOL
     figure = new_figure(2.5 + (1.5 + 0.35 * n_heads) * len(scores), 2 + 0.25 * n_blocks)
     for index, score in enumerate(scores):
         axes = figure.add_subplot(1, len(scores), index + 1)
-        heatmap(axes, score.matrix().tolist(), x_labels=[str(h) for h in range(score.n_heads)],
-                y_labels=[str(b) for b in range(score.n_blocks)], colour=f"{score.kind.replace('_', ' ')} score")
+        heatmap(
+            axes,
+            score.matrix().tolist(),
+            x_labels=[str(h) for h in range(score.n_heads)],
+            y_labels=[str(b) for b in range(score.n_blocks)],
+            colour=f"{score.kind.replace('_', ' ')} score",
+        )
         axes.set_xlabel("head")
         axes.set_ylabel("layer (block)")
-        axes.set_title(f"{score.kind.replace('_', ' ')}: {score.share_above(threshold):.1%} of heads above "
-                       f"{threshold:g}", fontsize="small")
-    settings = [", ".join(f"{key} {value}" for key, value in s.meta.items() if isinstance(value, (int, float, str)))
-                for s in scores]
-    provenance(figure, f"head scores · {scores[0].model}", *(f"{s.kind}: {text}" for s, text in zip(scores, settings)
-                                                              if text))
+        axes.set_title(
+            f"{score.kind.replace('_', ' ')}: {score.share_above(threshold):.1%} of heads above {threshold:g}",
+            fontsize="small",
+        )
+    settings = [
+        ", ".join(f"{key} {value}" for key, value in s.meta.items() if isinstance(value, (int, float, str)))
+        for s in scores
+    ]
+    provenance(
+        figure, f"head scores · {scores[0].model}", *(f"{s.kind}: {text}" for s, text in zip(scores, settings) if text)
+    )
     return figure
 
 
@@ -46,12 +56,16 @@ def activity_figure(trace: HeadActivity) -> Figure:
     figure = new_figure(2 + 0.3 * len(trace.steps), 4)
     axes = figure.add_subplot()
     axes.bar(range(len(trace.steps)), [step.active for step in trace.steps], color="tab:blue")
-    axes.set_xticks(range(len(trace.steps)), labels([step.token for step in trace.steps]), rotation=90,
-                    fontsize="x-small")
+    axes.set_xticks(
+        range(len(trace.steps)), labels([step.token for step in trace.steps]), rotation=90, fontsize="x-small"
+    )
     axes.set_xlabel("generated token")
     axes.set_ylabel("retrieval heads active")
-    provenance(figure, f"retrieval-head activity · {trace.model}",
-               f"{len(trace.heads)} known retrieval heads (score > {THRESHOLD:g})")
+    provenance(
+        figure,
+        f"retrieval-head activity · {trace.model}",
+        f"{len(trace.heads)} known retrieval heads (score > {THRESHOLD:g})",
+    )
     return figure
 
 
@@ -64,8 +78,12 @@ def ablation_figure(report: AblationReport) -> Figure:
     axes.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize="small")
     axes.set_ylim(0, 1.05)
     axes.set_ylabel("NIAH accuracy")
-    provenance(figure, f"retrieval-head ablation · {report.model}", f"{report.tests} tests · top-{report.k}: "
-               f"{', '.join(f'{h.layer}.{h.head}' for h in report.heads)} · random seed {report.seed}")
+    provenance(
+        figure,
+        f"retrieval-head ablation · {report.model}",
+        f"{report.tests} tests · top-{report.k}: "
+        f"{', '.join(f'{h.layer}.{h.head}' for h in report.heads)} · random seed {report.seed}",
+    )
     return figure
 
 
@@ -75,15 +93,24 @@ def attention_pattern_figure(pattern: AttentionPattern, heads: Sequence[tuple[in
     missing = [head for head in chosen if head not in pattern.weights]
     if missing or not chosen:
         read = ", ".join(f"{block}.{head}" for block, head in pattern.weights)
-        raise ArgumentValueError(f"heads= must name heads the pattern read ({read})"
-                                 + (f", not {missing[0][0]}.{missing[0][1]}." if missing else "."))
+        raise ArgumentValueError(
+            f"heads= must name heads the pattern read ({read})"
+            + (f", not {missing[0][0]}.{missing[0][1]}." if missing else ".")
+        )
     side = 2 + 0.25 * len(pattern.tokens)
     figure = new_figure(side * len(chosen) + 1, side)
     names = labels(pattern.tokens)
     for index, head in enumerate(chosen):
         axes = figure.add_subplot(1, len(chosen), index + 1)
-        heatmap(axes, pattern.weights[head], x_labels=names, y_labels=names, colour="attention", cmap="Blues",
-                origin="upper")
+        heatmap(
+            axes,
+            pattern.weights[head],
+            x_labels=names,
+            y_labels=names,
+            colour="attention",
+            cmap="Blues",
+            origin="upper",
+        )
         axes.set_xlabel("key")
         axes.set_ylabel("query")
         axes.set_title(f"head {head[0]}.{head[1]}", fontsize="small")

@@ -17,17 +17,25 @@ if TYPE_CHECKING:
     from layerscope.analyses.sweep import SweepPoint
     from layerscope.analyses.token_swap import TokenSwapPoint
 
-SWEEP_METRICS = {"kl": "KL(base || intervened) (nats)", "top1_agree": "top-1 agreement",
-                 "entropy_delta": "entropy change (bits)"}
+SWEEP_METRICS = {
+    "kl": "KL(base || intervened) (nats)",
+    "top1_agree": "top-1 agreement",
+    "entropy_delta": "entropy change (bits)",
+}
 
 
 def describe_interventions(interventions: Iterable[Mapping[str, Any]]) -> str:
     """'drop blocks=3,5; freeze start=20' from the interventions' dicts (their `to_dict`, as the JSON has them)."""
+
     def value(v: object) -> str:
         return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
-    return "; ".join(" ".join([str(i["kind"]), *(f"{k}={value(v)}" for k, v in i.items() if k != "kind")])
-                     for i in interventions) or "none"
+    return (
+        "; ".join(
+            " ".join([str(i["kind"]), *(f"{k}={value(v)}" for k, v in i.items() if k != "kind")]) for i in interventions
+        )
+        or "none"
+    )
 
 
 def intervention_figure(report: InterventionReport, metric: str = "prob") -> Figure:
@@ -35,8 +43,9 @@ def intervention_figure(report: InterventionReport, metric: str = "prob") -> Fig
     distributions, with the positions whose top-1 changed marked."""
     width, height = grid_size(report.baseline)
     figure = new_figure(2 * width, height + 2.5)
-    axes = figure.subplot_mosaic([["baseline", "intervened"], ["comparison", "comparison"]],
-                                 height_ratios=[max(height - 1, 2), 2])
+    axes = figure.subplot_mosaic(
+        [["baseline", "intervened"], ["comparison", "comparison"]], height_ratios=[max(height - 1, 2), 2]
+    )
     for name in ("baseline", "intervened"):
         draw_grid(axes[name], getattr(report, name), metric)
         axes[name].set_title(name)
@@ -48,17 +57,24 @@ def intervention_figure(report: InterventionReport, metric: str = "prob") -> Fig
     kl.set_xticks(range(len(positions)), labels([p.token for p in positions]), rotation=90, fontsize="x-small")
     kl.set_ylabel("KL (nats)")
     kl.legend(fontsize="small")
-    provenance(figure, f"interventions: {describe_interventions(report.interventions)} · {report.baseline.model}",
-               prompt_caption(report.baseline.tokens),
-               f"mean KL {report.comparison.mean_kl:.4f} nats · top-1 agreement "
-               f"{report.comparison.top1_agreement:.0%}",
-               " · ".join(f'{name} continues "{labels([c.text], 60)[0]}"' for name, c in report.continuation.items()
-                          if c.token_ids))
+    provenance(
+        figure,
+        f"interventions: {describe_interventions(report.interventions)} · {report.baseline.model}",
+        prompt_caption(report.baseline.tokens),
+        f"mean KL {report.comparison.mean_kl:.4f} nats · top-1 agreement {report.comparison.top1_agreement:.0%}",
+        " · ".join(
+            f'{name} continues "{labels([c.text], 60)[0]}"' for name, c in report.continuation.items() if c.token_ids
+        ),
+    )
     return figure
 
 
-def sweep_figure(points: Iterable[SweepPoint | TokenSwapPoint | Mapping[str, Any]], model: str, prompts: str = "",
-                 n_blocks: int | None = None) -> Figure:
+def sweep_figure(
+    points: Iterable[SweepPoint | TokenSwapPoint | Mapping[str, Any]],
+    model: str,
+    prompts: str = "",
+    n_blocks: int | None = None,
+) -> Figure:
     """The set averages (points whose prompt_index is None) of sweeps, a line per intervention kind, against the
     layer, or with `n_blocks` against relative depth (layer / n_blocks), as in Stages of Inference's Fig. 3.
     `points`: SweepPoint or TokenSwapPoint objects, or their dicts (the JSON and JSONL lines); `prompts` names the
@@ -84,6 +100,10 @@ def sweep_figure(points: Iterable[SweepPoint | TokenSwapPoint | Mapping[str, Any
         if not n_blocks:
             whole_blocks(axes)
     panels[0].legend(fontsize="small")
-    provenance(figure, f"sweep: {', '.join(averages)} · {model}", f"prompts: {prompts}" if prompts else "",
-               "mean over the prompts; KL and entropy change of the final distribution")
+    provenance(
+        figure,
+        f"sweep: {', '.join(averages)} · {model}",
+        f"prompts: {prompts}" if prompts else "",
+        "mean over the prompts; KL and entropy change of the final distribution",
+    )
     return figure

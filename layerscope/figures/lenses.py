@@ -22,6 +22,7 @@ def lens_comparison_figure(comparison: LensComparison, model: str = "") -> Figur
     axes.set_xlabel("row (emb, blocks)")
     axes.set_ylabel("mean KL(final || lens) (nats)")
     axes.legend(fontsize="small")
-    provenance(figure, "tuned lens vs logit lens" + (f" · {model}" if model else ""),
-               f"{comparison.tokens} held-out tokens")
+    provenance(
+        figure, "tuned lens vs logit lens" + (f" · {model}" if model else ""), f"{comparison.tokens} held-out tokens"
+    )
     return figure

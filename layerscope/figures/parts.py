@@ -25,8 +25,11 @@ def neuron_census_figure(census: NeuronCensus) -> Figure:
     axes.set_ylabel("neurons (suppression below 0)")
     whole_blocks(axes)
     axes.legend(fontsize="small")
-    provenance(figure, f"prediction and suppression neurons · {census.model}",
-               f"kurtosis of the vocabulary cosines > {census.min_kurtosis:g}, |skew| > {census.min_skew:g}")
+    provenance(
+        figure,
+        f"prediction and suppression neurons · {census.model}",
+        f"kurtosis of the vocabulary cosines > {census.min_kurtosis:g}, |skew| > {census.min_skew:g}",
+    )
     return figure
 
 
@@ -42,12 +45,23 @@ def attribution_figure(result: LogitAttribution) -> Figure:
     parts.set_ylabel("block")
     parts.set_xlabel("direct contribution to the logit")
     parts.legend(fontsize="small")
-    heatmap(heads, result.heads, x_labels=[str(h) for h in range(len(result.heads[0]) if result.heads else 0)],
-            y_labels=[str(b) for b in blocks], colour="direct contribution", cmap="RdBu_r", centre=True)
+    heatmap(
+        heads,
+        result.heads,
+        x_labels=[str(h) for h in range(len(result.heads[0]) if result.heads else 0)],
+        y_labels=[str(b) for b in blocks],
+        colour="direct contribution",
+        cmap="RdBu_r",
+        centre=True,
+    )
     heads.set_xlabel("head")
     heads.set_ylabel("block")
     target = labels([result.answer], 30)[0] + (f" - {labels([result.contrast], 30)[0]}" if result.contrast else "")
-    provenance(figure, f"direct logit attribution of {target} · {result.model}", prompt_caption(result.tokens),
-               f"logit {result.logit:.3f} = embedding {result.embedding:.3f} + attention {sum(result.attention):.3f}"
-               f" + MLP {sum(result.mlp):.3f} + bias {result.bias:.3f}")
+    provenance(
+        figure,
+        f"direct logit attribution of {target} · {result.model}",
+        prompt_caption(result.tokens),
+        f"logit {result.logit:.3f} = embedding {result.embedding:.3f} + attention {sum(result.attention):.3f}"
+        f" + MLP {sum(result.mlp):.3f} + bias {result.bias:.3f}",
+    )
     return figure

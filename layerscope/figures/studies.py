@@ -14,9 +14,14 @@ if TYPE_CHECKING:
     from layerscope.analyses.stages import StageMap
 
 PRUNE_METHODS = {"block_influence": "lowest Block Influence", "random": "random blocks", "last": "last blocks"}
-STAGE_SIGNATURES = {"drop_kl": "drop KL (nats)", "swap_kl": "swap KL (nats)", "lens_kl": "lens KL to final (nats)",
-                    "lens_entropy": "lens entropy (bits)", "attn_mlp_ratio": "attention / MLP norm",
-                    "prev5_attention": "attention on the 5 previous tokens"}
+STAGE_SIGNATURES = {
+    "drop_kl": "drop KL (nats)",
+    "swap_kl": "swap KL (nats)",
+    "lens_kl": "lens KL to final (nats)",
+    "lens_entropy": "lens entropy (bits)",
+    "attn_mlp_ratio": "attention / MLP norm",
+    "prev5_attention": "attention on the 5 previous tokens",
+}
 STAGE_COLOURS = ("tab:blue", "tab:green", "tab:orange", "tab:red")
 
 
@@ -43,8 +48,10 @@ def influence_figure(report: InfluenceReport) -> Figure:
         lines.set_xlabel("blocks removed")
         lines.set_ylabel("held-out perplexity")
         lines.legend(fontsize="small")
-        caption.append(f"{prune.eval_tokens} held-out tokens · removed: BI {prune.removed}, random "
-                       f"{prune.random_removed}, last {prune.last_removed}")
+        caption.append(
+            f"{prune.eval_tokens} held-out tokens · removed: BI {prune.removed}, random "
+            f"{prune.random_removed}, last {prune.last_removed}"
+        )
     provenance(figure, f"Block Influence · {report.model}", *caption)
     return figure
 
@@ -62,16 +69,29 @@ def stage_figure(stage_map: StageMap) -> Figure:
         axes.set_ylabel(name, fontsize="x-small", rotation=0, ha="right")
         for signature in stage_map.blocks:
             if signature.stage in STAGES:
-                axes.axvspan(signature.block - 0.5, signature.block + 0.5, alpha=0.2, linewidth=0,
-                             color=STAGE_COLOURS[STAGES.index(signature.stage)])
+                axes.axvspan(
+                    signature.block - 0.5,
+                    signature.block + 0.5,
+                    alpha=0.2,
+                    linewidth=0,
+                    color=STAGE_COLOURS[STAGES.index(signature.stage)],
+                )
     panels[-1].set_xlabel("block")
     from matplotlib.patches import Patch
 
-    panels[0].legend([Patch(color=c, alpha=0.4) for c in STAGE_COLOURS], STAGES, loc="lower center",
-                     bbox_to_anchor=(0.5, 1.02), ncols=len(STAGES), fontsize="small", frameon=False)
+    panels[0].legend(
+        [Patch(color=c, alpha=0.4) for c in STAGE_COLOURS],
+        STAGES,
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.02),
+        ncols=len(STAGES),
+        fontsize="small",
+        frameon=False,
+    )
     whole_blocks(panels[-1])
-    provenance(figure, f"stages of inference (heuristic stage map) · {stage_map.model}",
-               f"{stage_map.n_prompts} prompts")
+    provenance(
+        figure, f"stages of inference (heuristic stage map) · {stage_map.model}", f"{stage_map.n_prompts} prompts"
+    )
     return figure
 
 
@@ -98,6 +118,9 @@ def early_exit_figure(result: EarlyExit) -> Figure:
     agreement.set_ylabel("agreement with the final top-1")
     agreement.set_ylim(-0.05, 1.05)
     positions = sum(map(len, result.stays_from))
-    provenance(figure, f"early exit · {result.model}", f"{len(result.stays_from)} prompts, {positions} positions, "
-               f"{result.n_blocks} blocks (logit lens)")
+    provenance(
+        figure,
+        f"early exit · {result.model}",
+        f"{len(result.stays_from)} prompts, {positions} positions, {result.n_blocks} blocks (logit lens)",
+    )
     return figure

@@ -36,14 +36,27 @@ def causal_trace_figure(traces: Sequence[CausalTrace], field: str = "indirect_ef
     for index, trace in enumerate(traces):
         axes = figure.add_subplot(1, len(traces), index + 1)
         values = trace.values(field).T.tolist()  # (positions, rows)
-        heatmap(axes, values, x_labels=trace.layers[: len(trace.cells)], y_labels=token_rows(trace),
-                colour=FIELDS[field], cmap=SITE_COLOURS.get(trace.site, "viridis"), origin="upper")
+        heatmap(
+            axes,
+            values,
+            x_labels=trace.layers[: len(trace.cells)],
+            y_labels=token_rows(trace),
+            colour=FIELDS[field],
+            cmap=SITE_COLOURS.get(trace.site, "viridis"),
+            origin="upper",
+        )
         site = trace.site if trace.site == "resid" else f"{trace.site}, window {trace.window}"
         axes.set_title(f"restoring {site}{' (approx.)' if trace.approx else ''}", fontsize="small")
         axes.set_xlabel("row (emb, blocks)")
-    runs = [f"{first.metric} {name} {run['value']:.3f}" for name, run in (("clean", first.clean),
-                                                                           ("corrupted", first.corrupted)) if run]
-    provenance(figure, f"causal trace of {labels([first.answer])[0]} · {first.model}", prompt_caption(first.tokens),
-               " · ".join([f"corruption: {first.corrupt} of {labels([first.subject or 'the subject'], 40)[0]}",
-                           *runs]))
+    runs = [
+        f"{first.metric} {name} {run['value']:.3f}"
+        for name, run in (("clean", first.clean), ("corrupted", first.corrupted))
+        if run
+    ]
+    provenance(
+        figure,
+        f"causal trace of {labels([first.answer])[0]} · {first.model}",
+        prompt_caption(first.tokens),
+        " · ".join([f"corruption: {first.corrupt} of {labels([first.subject or 'the subject'], 40)[0]}", *runs]),
+    )
     return figure

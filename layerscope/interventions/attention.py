@@ -55,8 +55,9 @@ def _repeat_kv(states: torch.Tensor, n_heads: int) -> torch.Tensor:
     return states.repeat_interleave(n_heads // states.shape[1], dim=1)
 
 
-def allowed_keys(attention_mask: torch.Tensor | None, n_queries: int, n_keys: int,
-                 device: torch.device) -> torch.Tensor:
+def allowed_keys(
+    attention_mask: torch.Tensor | None, n_queries: int, n_keys: int, device: torch.device
+) -> torch.Tensor:
     """Boolean (batch|1, 1, queries, keys): which keys each query may attend to."""
     if attention_mask is None:
         offset = n_keys - n_queries
@@ -107,9 +108,16 @@ AttentionFunction = Callable[..., "tuple[torch.Tensor, torch.Tensor | None]"]
 
 
 def _edited_attention(base: AttentionFunction) -> AttentionFunction:
-    def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                  attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
-                  **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def attention(
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        scaling: float | None = None,
+        dropout: float = 0.0,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """query (batch, heads, queries, dim), key and value (batch, kv_heads, keys, dim); the output is
         (batch, queries, heads, dim)."""
         output, weights = base(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
@@ -181,9 +189,12 @@ def edited_attention(model: nn.Module) -> Iterator[None]:
 
 
 @contextmanager
-def read_attention(model: nn.Module, attention_modules: dict[int, nn.Module],
-                   reader: Callable[[int, torch.Tensor], None],
-                   heads: dict[int, tuple[int, ...]] | None = None) -> Iterator[None]:
+def read_attention(
+    model: nn.Module,
+    attention_modules: dict[int, nn.Module],
+    reader: Callable[[int, torch.Tensor], None],
+    heads: dict[int, tuple[int, ...]] | None = None,
+) -> Iterator[None]:
     """Call reader(block, probabilities) each time one of the given attention modules of `model` runs (through
     layerscope's attention function for the duration of the block): every query head's probabilities, or where
     `heads` names a block's query heads, only theirs (in that order)."""
@@ -192,6 +203,7 @@ def read_attention(model: nn.Module, attention_modules: dict[int, nn.Module],
         return
     added = []
     for block, module in attention_modules.items():
+
         def per_block(probs: torch.Tensor, block: int = block) -> None:
             reader(block, probs)
 

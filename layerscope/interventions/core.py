@@ -123,8 +123,16 @@ def cli_options() -> list[CliOption]:
         choice = cls.chosen_by
         if choice is not None:
             spec = choice.reach == "set"
-            options.setdefault(choice.option_name, CliOption(choice.option_name, choice.help, str if spec else int,
-                                                             parse=parse_blocks if spec else None, chooses=True))
+            options.setdefault(
+                choice.option_name,
+                CliOption(
+                    choice.option_name,
+                    choice.help,
+                    str if spec else int,
+                    parse=parse_blocks if spec else None,
+                    chooses=True,
+                ),
+            )
         for option in cls.options:
             options.setdefault(option.name, option)
     return list(options.values())
@@ -197,11 +205,13 @@ class Intervention:
         for depth in self.touched(n_blocks):
             module = self.module_at(depth)
             if module is None:
-                claims.append(Claim(("order", depth), f"block {depth} is also dropped ({self.describe()}).",
-                                    "dropped"))
+                claims.append(Claim(("order", depth), f"block {depth} is also dropped ({self.describe()}).", "dropped"))
             elif module != depth:
-                claims.append(Claim(("order", depth),
-                                    f"block {depth} is already part of another swap or move ({self.describe()})."))
+                claims.append(
+                    Claim(
+                        ("order", depth), f"block {depth} is already part of another swap or move ({self.describe()})."
+                    )
+                )
         return claims
 
     def check(self, shape: ModelShape) -> None:
@@ -219,8 +229,9 @@ class Intervention:
         """The state entering the block at `depth`, `hidden` (batch, tokens, hidden)."""
         return None
 
-    def edit_output(self, depth: int, hidden_in: torch.Tensor, hidden_out: torch.Tensor, at: Positions,
-                    memo: dict) -> torch.Tensor | None:
+    def edit_output(
+        self, depth: int, hidden_in: torch.Tensor, hidden_out: torch.Tensor, at: Positions, memo: dict
+    ) -> torch.Tensor | None:
         """The state the block at `depth` returns, `hidden_out`, given its input `hidden_in`; both (batch, tokens,
         hidden)."""
         return None
@@ -284,8 +295,12 @@ def _is_finite_tensor(value: object) -> bool:
 _FIELD_TYPES: dict[str, tuple[str, Callable[[object], bool]]] = {
     "int": ("an int", _is_int),
     "tuple[int, ...]": ("a tuple of ints, e.g. (3, 5)", lambda v: isinstance(v, tuple) and all(map(_is_int, v))),
-    "tuple[tuple[int, int], ...]": ("a tuple of (block, head) pairs, e.g. ((4, 2),)", lambda v: isinstance(v, tuple)
-                                    and all(isinstance(p, tuple) and len(p) == 2 and all(map(_is_int, p)) for p in v)),
+    "tuple[tuple[int, int], ...]": (
+        "a tuple of (block, head) pairs, e.g. ((4, 2),)",
+        lambda v: (
+            isinstance(v, tuple) and all(isinstance(p, tuple) and len(p) == 2 and all(map(_is_int, p)) for p in v)
+        ),
+    ),
     "torch.Tensor": ("a tensor of finite numbers", _is_finite_tensor),
 }
 """A kind's field annotations (as written) and how a value of each is checked; other fields are checked by the
@@ -301,10 +316,14 @@ def check_fields(intervention: Intervention) -> None:
         value = getattr(intervention, field.name)
         if wanted is not None and not wanted[1](value):
             if hasattr(value, "shape"):  # a tensor with NaN or inf in it
-                raise ArgumentValueError(f"{type(intervention).__name__}: {field.name}= must be {wanted[0]}; this "
-                                         f"one {tuple(value.shape)} holds NaN or inf.")
-            raise ArgumentTypeError(f"{type(intervention).__name__}: {field.name}= must be {wanted[0]}, not "
-                                    f"{type(value).__name__} {value!r:.60}.")
+                raise ArgumentValueError(
+                    f"{type(intervention).__name__}: {field.name}= must be {wanted[0]}; this "
+                    f"one {tuple(value.shape)} holds NaN or inf."
+                )
+            raise ArgumentTypeError(
+                f"{type(intervention).__name__}: {field.name}= must be {wanted[0]}, not "
+                f"{type(value).__name__} {value!r:.60}."
+            )
 
 
 def check_interventions(interventions: Sequence[Intervention], shape: ModelShape) -> None:

@@ -10,8 +10,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from layerscope.errors import InterventionError
-from layerscope.interventions.core import (BlockChoice, Claim, CliOption, Intervention, ModelShape, Positions,
-                                           check_block)
+from layerscope.interventions.core import (
+    BlockChoice,
+    Claim,
+    CliOption,
+    Intervention,
+    ModelShape,
+    Positions,
+    check_block,
+)
 from layerscope.specs import parse_heads
 
 if TYPE_CHECKING:  # torch is imported where an edit runs: declaring the kinds must not load it
@@ -88,24 +95,28 @@ class FreezeFrom(Intervention):
 
     block: int
     kind = "freeze"
-    chosen_by = BlockChoice("--freeze-from", "From block K on, previous tokens keep their state.", "freeze-from",
-                            "from")
+    chosen_by = BlockChoice(
+        "--freeze-from", "From block K on, previous tokens keep their state.", "freeze-from", "from"
+    )
     measured_at_last_token = True
 
     def touched(self, n_blocks: int) -> range | tuple[int]:
         return _from_block(self.block, n_blocks)
 
     def claims(self, n_blocks: int) -> list[Claim]:
-        return [Claim(("previous tokens restored",), "freeze: give one freeze block, not several."),
-                _previous_claim(self.block, "freeze and random at the same block would overwrite each other.")]
+        return [
+            Claim(("previous tokens restored",), "freeze: give one freeze block, not several."),
+            _previous_claim(self.block, "freeze and random at the same block would overwrite each other."),
+        ]
 
     def edit_input(self, depth: int, hidden: torch.Tensor, at: Positions, memo: dict) -> torch.Tensor | None:
         if depth == self.block:
             memo["previous"] = hidden[at.previous.to(hidden.device)]
         return None
 
-    def edit_output(self, depth: int, hidden_in: torch.Tensor, hidden_out: torch.Tensor, at: Positions,
-                    memo: dict) -> torch.Tensor | None:
+    def edit_output(
+        self, depth: int, hidden_in: torch.Tensor, hidden_out: torch.Tensor, at: Positions, memo: dict
+    ) -> torch.Tensor | None:
         hidden_out = hidden_out.clone()
         hidden_out[at.previous.to(hidden_out.device)] = memo["previous"].to(hidden_out.device)
         return hidden_out
@@ -134,8 +145,12 @@ class RandomizeAt(Intervention):
         return (self.block,)
 
     def claims(self, n_blocks: int) -> list[Claim]:
-        return [_previous_claim(self.block, "random: the same block is randomised twice (or also frozen): the "
-                                            "edits would overwrite each other.")]
+        return [
+            _previous_claim(
+                self.block,
+                "random: the same block is randomised twice (or also frozen): the edits would overwrite each other.",
+            )
+        ]
 
     def edit_input(self, depth: int, hidden: torch.Tensor, at: Positions, memo: dict) -> torch.Tensor | None:
         """Each batch element draws its noise alone, so a prompt gets the same noise in a batch as on its own."""
@@ -148,8 +163,9 @@ class RandomizeAt(Intervention):
             generator = torch.Generator().manual_seed(self.seed)
             noise = torch.randn(states.shape, generator=generator, dtype=torch.float32)
             noise = noise.to(states.device, states.dtype)
-            hidden[row, previous[row]] = (noise / noise.norm(dim=-1, keepdim=True)
-                                          * states.norm(dim=-1, keepdim=True))[0]
+            hidden[row, previous[row]] = (noise / noise.norm(dim=-1, keepdim=True) * states.norm(dim=-1, keepdim=True))[
+                0
+            ]
         return hidden
 
     @classmethod
@@ -167,8 +183,9 @@ class SkipAttention(Intervention):
     blocks: tuple[int, ...]
     kind = "skip-attn"
     aliases = ("skip_attn",)
-    chosen_by = BlockChoice("--skip-attn-from", "From block K on, the last token skips attention.", "skip-attn-from",
-                            "from")
+    chosen_by = BlockChoice(
+        "--skip-attn-from", "From block K on, the last token skips attention.", "skip-attn-from", "from"
+    )
     measured_at_last_token = True
 
     @classmethod
@@ -222,8 +239,10 @@ class PatchState(Intervention):
         if self.position >= hidden.shape[1]:
             raise InterventionError(f"patch: position {self.position} is past the prompt ({hidden.shape[1]} tokens).")
         if self.vector.shape[-1] != hidden.shape[-1]:
-            raise InterventionError(f"patch: vector= has {self.vector.shape[-1]} entries; this model's residual "
-                                    f"states have {hidden.shape[-1]}.")
+            raise InterventionError(
+                f"patch: vector= has {self.vector.shape[-1]} entries; this model's residual "
+                f"states have {hidden.shape[-1]}."
+            )
         hidden = hidden.clone()
         hidden[:, self.position] = self.vector.to(hidden.device, hidden.dtype)
         return hidden
@@ -231,8 +250,9 @@ class PatchState(Intervention):
     def edit_input(self, depth: int, hidden: torch.Tensor, at: Positions, memo: dict) -> torch.Tensor | None:
         return self._write(hidden) if depth == self.row else None
 
-    def edit_output(self, depth: int, hidden_in: torch.Tensor, hidden_out: torch.Tensor, at: Positions,
-                    memo: dict) -> torch.Tensor | None:
+    def edit_output(
+        self, depth: int, hidden_in: torch.Tensor, hidden_out: torch.Tensor, at: Positions, memo: dict
+    ) -> torch.Tensor | None:
         return self._write(hidden_out) if depth + 1 == self.row else None
 
     def describe(self) -> str:
@@ -255,15 +275,19 @@ class MaskHeads(Intervention):
     mode: HeadMaskMode = "zero"
     kind = "mask-heads"
     aliases = ("mask_heads",)
-    options = (CliOption("mask_heads", "Heads to mask as block.head, e.g. 4.2,7.1.", parse=parse_heads, chooses=True),
-               CliOption("mask_mode", "zero (remove the head's output) or uniform (attend evenly).", str, "zero"))
+    options = (
+        CliOption("mask_heads", "Heads to mask as block.head, e.g. 4.2,7.1.", parse=parse_heads, chooses=True),
+        CliOption("mask_mode", "zero (remove the head's output) or uniform (attend evenly).", str, "zero"),
+    )
 
     def touched(self, n_blocks: int) -> tuple[int, ...]:
         return tuple(dict.fromkeys(block for block, _ in self.heads))
 
     def claims(self, n_blocks: int) -> list[Claim]:
-        return [Claim(("head", block, head), f"mask-heads: head {block}.{head} is masked in two modes.", self.mode)
-                for block, head in self.heads]
+        return [
+            Claim(("head", block, head), f"mask-heads: head {block}.{head} is masked in two modes.", self.mode)
+            for block, head in self.heads
+        ]
 
     def check(self, shape: ModelShape) -> None:
         if self.mode not in HEAD_MASK_MODES:
@@ -287,7 +311,7 @@ class MaskHeads(Intervention):
 
 
 def _mask_head(run: InterventionRun, block: int, head: int, mode: HeadMaskMode) -> None:
-    from layerscope.interventions.attention import edits_of, edited_attention
+    from layerscope.interventions.attention import edited_attention, edits_of
 
     run.stack.enter_context(edited_attention(run.adapter.model))
     attention = run.adapter.attention(block)
@@ -314,4 +338,3 @@ def _require_edits_applied(run: InterventionRun, block: int, attention: nn.Modul
             )
 
     watch_calls(run.stack, attention, before=lambda args, kwargs: calls_before.append(edits.applied), after=after)
-

@@ -54,15 +54,29 @@ class InterventionRun:
         when = (lambda edit: edit) if intervention.every_pass else self._fresh_only
         for depth in touched:
             if intervention.makes("edit_input"):
-                hook_input(self.stack, blocks[depth], when(
-                    lambda hidden, depth=depth: intervention.edit_input(depth, hidden, self.positions(hidden), memo)))
+                hook_input(
+                    self.stack,
+                    blocks[depth],
+                    when(
+                        lambda hidden, depth=depth: intervention.edit_input(depth, hidden, self.positions(hidden), memo)
+                    ),
+                )
             if intervention.makes("edit_output"):
-                hook_block_output(self.stack, blocks[depth], when(
-                    lambda hidden_in, hidden_out, depth=depth: intervention.edit_output(
-                        depth, hidden_in, hidden_out, self.positions(hidden_out), memo)))
+                hook_block_output(
+                    self.stack,
+                    blocks[depth],
+                    when(
+                        lambda hidden_in, hidden_out, depth=depth: intervention.edit_output(
+                            depth, hidden_in, hidden_out, self.positions(hidden_out), memo
+                        )
+                    ),
+                )
             if intervention.makes("edit_attention"):
-                hook_output(self.stack, self.adapter.attention(depth), when(
-                    lambda out, depth=depth: intervention.edit_attention(depth, out, self.positions(out))))
+                hook_output(
+                    self.stack,
+                    self.adapter.attention(depth),
+                    when(lambda out, depth=depth: intervention.edit_attention(depth, out, self.positions(out))),
+                )
 
     def _fresh_only(self, edit: Callable[..., torch.Tensor | None]) -> Callable[..., torch.Tensor | None]:
         return lambda *hidden: edit(*hidden) if self.fresh_pass else None

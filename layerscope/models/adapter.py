@@ -49,8 +49,14 @@ _LLAMA_LIKE = ModulePaths(
     attention="self_attn",
     mlp="mlp",
 )
-_GPTJ_LIKE = ModulePaths(blocks="transformer.h", final_norm="transformer.ln_f", unembed="lm_head",
-                         embed="transformer.wte", attention="attn", mlp="mlp")
+_GPTJ_LIKE = ModulePaths(
+    blocks="transformer.h",
+    final_norm="transformer.ln_f",
+    unembed="lm_head",
+    embed="transformer.wte",
+    attention="attn",
+    mlp="mlp",
+)
 _BLOOM_LIKE = replace(_GPTJ_LIKE, embed="transformer.word_embeddings", attention="self_attention")
 
 _LLAMA_LIKE_TYPES = (
@@ -69,13 +75,25 @@ FAMILIES: dict[str, ModulePaths] = {
     "gpt_bigcode": _GPTJ_LIKE,
     "gptj": _GPTJ_LIKE,
     "codegen": _GPTJ_LIKE,
-    "gpt_neox": ModulePaths(blocks="gpt_neox.layers", final_norm="gpt_neox.final_layer_norm", unembed="lm_head",
-                            embed="gpt_neox.embed_in", attention="attention", mlp="mlp"),
+    "gpt_neox": ModulePaths(
+        blocks="gpt_neox.layers",
+        final_norm="gpt_neox.final_layer_norm",
+        unembed="lm_head",
+        embed="gpt_neox.embed_in",
+        attention="attention",
+        mlp="mlp",
+    ),
     "falcon": _BLOOM_LIKE,
     "bloom": replace(_BLOOM_LIKE, attention="self_attention.dense", mlp="mlp.dense_4h_to_h"),
-    "opt": ModulePaths(blocks="model.decoder.layers", final_norm="model.decoder.final_layer_norm", unembed="lm_head",
-                       embed="model.decoder.embed_tokens", attention="self_attn", mlp="fc2",
-                       after_norm="model.decoder.project_out"),
+    "opt": ModulePaths(
+        blocks="model.decoder.layers",
+        final_norm="model.decoder.final_layer_norm",
+        unembed="lm_head",
+        embed="model.decoder.embed_tokens",
+        attention="self_attn",
+        mlp="fc2",
+        after_norm="model.decoder.project_out",
+    ),
     "mpt": replace(_GPTJ_LIKE, blocks="transformer.blocks", final_norm="transformer.norm_f", mlp="ffn"),
 }
 SUPPORTED_MODEL_TYPES: frozenset[str] = frozenset(FAMILIES)
@@ -120,8 +138,9 @@ def is_supported(model_type: str) -> bool:
 def unsupported(model_type: str) -> UnsupportedArchitecture:
     """The one message for a family layerscope refuses, with the reason and the tested families."""
     reason = NOT_SUPPORTED.get(model_type, "not a causal LM that transformers knows")
-    return UnsupportedArchitecture(f"Architecture '{model_type}' is not supported ({reason}). "
-                                   f"Tested: {', '.join(sorted(SUPPORTED_MODEL_TYPES))}.")
+    return UnsupportedArchitecture(
+        f"Architecture '{model_type}' is not supported ({reason}). Tested: {', '.join(sorted(SUPPORTED_MODEL_TYPES))}."
+    )
 
 
 _ATTENTION_NAMES = ("self_attn", "self_attention", "attn", "attention")
@@ -149,8 +168,11 @@ def discover_paths(model: nn.Module) -> ModulePaths:
     """The block list, final norm, embedding and unembedding found from the module tree alone."""
     family = model.config.get_text_config().model_type
     n_layers = getattr(model.config.get_text_config(), "num_hidden_layers", None)
-    lists = [(name, module) for name, module in model.named_modules()
-             if isinstance(module, nn.ModuleList) and len(module) == n_layers and len({type(b) for b in module}) == 1]
+    lists = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and len(module) == n_layers and len({type(b) for b in module}) == 1
+    ]
     if len(lists) != 1:
         raise UnsupportedArchitecture(
             f"Architecture '{family}' is not in layerscope's table and has {len(lists)} lists of "
@@ -160,14 +182,13 @@ def discover_paths(model: nn.Module) -> ModulePaths:
     parent_path, _, blocks_name = blocks_path.rpartition(".")
     parent = model.get_submodule(parent_path)
     names = [name for name, _ in parent.named_children()]
-    after_blocks = names[names.index(blocks_name) + 1:]
+    after_blocks = names[names.index(blocks_name) + 1 :]
     norms = [name for name in after_blocks if "norm" in type(getattr(parent, name)).__name__.lower()]
     attention = next((name for name in _ATTENTION_NAMES if hasattr(blocks[0], name)), None)
     mlp = next((name for name in _MLP_NAMES if hasattr(blocks[0], name)), None)
     unembed = _path_of(model, model.get_output_embeddings())
     embed = _path_of(model, model.get_input_embeddings())
-    found = (f"blocks '{blocks_path}', final norm {norms}, unembedding '{unembed}', attention '{attention}', "
-             f"MLP '{mlp}'")
+    found = f"blocks '{blocks_path}', final norm {norms}, unembedding '{unembed}', attention '{attention}', MLP '{mlp}'"
     if len(norms) != 1 or attention is None or mlp is None or unembed is None or embed is None:
         raise UnsupportedArchitecture(f"Architecture '{family}' is not in layerscope's table; found {found}.")
     prefix = f"{parent_path}." if parent_path else ""
@@ -222,8 +243,12 @@ class ModelAdapter:
         `config.num_hidden_layers` the new count, so `generate` with a KV cache runs. Restored exactly on exit,
         also after an exception."""
         original, config = self.blocks, self.config
-        indexed = [(module, module.layer_idx) for block in original for module in block.modules()
-                   if isinstance(getattr(module, "layer_idx", None), int)]
+        indexed = [
+            (module, module.layer_idx)
+            for block in original
+            for module in block.modules()
+            if isinstance(getattr(module, "layer_idx", None), int)
+        ]
         n_layers, layer_types = config.num_hidden_layers, getattr(config, "layer_types", None)
         try:
             self._set_blocks(nn.ModuleList([original[index] for index in order]))

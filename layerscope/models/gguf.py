@@ -25,8 +25,10 @@ def check_gguf_header(path: Path) -> None:
     if not header.startswith(b"GGUF") and not b"GGUF".startswith(header):
         raise LayerscopeError(f"'{path}' is not a GGUF file: it does not start with the bytes 'GGUF'.")
     if len(header) < GGUF_HEADER_BYTES:
-        raise LayerscopeError(f"GGUF file '{path}' is truncated: {len(header)} bytes, less than its "
-                              f"{GGUF_HEADER_BYTES}-byte header. Download it again.")
+        raise LayerscopeError(
+            f"GGUF file '{path}' is truncated: {len(header)} bytes, less than its "
+            f"{GGUF_HEADER_BYTES}-byte header. Download it again."
+        )
 
 
 def load_gguf(path: Path, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -37,8 +39,10 @@ def load_gguf(path: Path, dtype: torch.dtype = torch.float32) -> tuple[PreTraine
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
     except (struct.error, UnicodeDecodeError, IndexError, OverflowError, MemoryError) as error:
         # transformers' reader walks the metadata with struct and runs off the end of a cut-off file
-        raise LayerscopeError(f"GGUF file '{path}' is truncated or corrupt ({path.stat().st_size} bytes; "
-                              f"{type(error).__name__}: {error}). Download it again.") from error
+        raise LayerscopeError(
+            f"GGUF file '{path}' is truncated or corrupt ({path.stat().st_size} bytes; "
+            f"{type(error).__name__}: {error}). Download it again."
+        ) from error
     except KeyError as error:
         raise LayerscopeError(f"Could not read GGUF file '{path}': its metadata lacks {error}.") from error
     except (OSError, ValueError) as error:

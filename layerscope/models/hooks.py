@@ -77,16 +77,24 @@ def hook_block_output(stack: ExitStack, block: nn.Module, edit: BlockOutputEdit)
     stack.callback(block.register_forward_hook(hook, with_kwargs=True).remove)
 
 
-def watch_calls(stack: ExitStack, module: nn.Module, before: Callable[[tuple, dict], None] | None = None,
-                after: Callable[[tuple, dict, Any], None] | None = None) -> None:
+def watch_calls(
+    stack: ExitStack,
+    module: nn.Module,
+    before: Callable[[tuple, dict], None] | None = None,
+    after: Callable[[tuple, dict, Any], None] | None = None,
+) -> None:
     """Call `before(args, kwargs)` and `after(args, kwargs, output)` around every forward of `module` inside
     `stack`, changing nothing: for reading how a module is called (a mask, a cache) or checking it ran."""
     if before is not None:
-        stack.callback(module.register_forward_pre_hook(lambda m, args, kwargs: before(args, kwargs),
-                                                        with_kwargs=True).remove)
+        stack.callback(
+            module.register_forward_pre_hook(lambda m, args, kwargs: before(args, kwargs), with_kwargs=True).remove
+        )
     if after is not None:
-        stack.callback(module.register_forward_hook(lambda m, args, kwargs, output: after(args, kwargs, output),
-                                                    with_kwargs=True).remove)
+        stack.callback(
+            module.register_forward_hook(
+                lambda m, args, kwargs, output: after(args, kwargs, output), with_kwargs=True
+            ).remove
+        )
 
 
 @dataclass
@@ -110,8 +118,9 @@ class BlockCall:
         return output_hidden(block(*self.args, hidden_states=hidden, **self.kwargs))
 
 
-def record_calls(stack: ExitStack, blocks: nn.ModuleList, calls: list[BlockCall | None],
-                 inputs: list[torch.Tensor | None]) -> None:
+def record_calls(
+    stack: ExitStack, blocks: nn.ModuleList, calls: list[BlockCall | None], inputs: list[torch.Tensor | None]
+) -> None:
     """Keep each block's call and input hidden state (batch, tokens, hidden), by depth, from the forwards inside
     `stack`."""
     for depth, block in enumerate(blocks):

@@ -14,8 +14,15 @@ from urllib.parse import urlsplit
 import torch
 from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from transformers import utils as transformers_utils
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from layerscope.errors import ArgumentTypeError, LayerscopeError, require_utf8
 from layerscope.locations import DEMO_NAME
@@ -25,8 +32,14 @@ from layerscope.models.gguf import check_gguf_header, load_gguf
 from layerscope.progress import ProgressFn, no_progress
 
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's placement strategies
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def _mps_available() -> bool:
@@ -47,11 +60,13 @@ def pick_device(device: str = "auto") -> torch.device:
     try:
         chosen = torch.device(device)
     except RuntimeError:
-        raise LayerscopeError(f"Unknown device '{device}': use auto or one of this machine's devices: "
-                              f"{', '.join(available)}.") from None
+        raise LayerscopeError(
+            f"Unknown device '{device}': use auto or one of this machine's devices: {', '.join(available)}."
+        ) from None
     if chosen.type != "cpu" and str(chosen) not in available:
-        raise LayerscopeError(f"Device '{device}' is not available here; this machine has: auto, "
-                              f"{', '.join(available)}.")
+        raise LayerscopeError(
+            f"Device '{device}' is not available here; this machine has: auto, {', '.join(available)}."
+        )
     return torch.device("cpu") if chosen.type == "cpu" else chosen
 
 
@@ -163,8 +178,10 @@ class LoadedModel:
             raise LayerscopeError(f"The number of new tokens must be 0 or more, not {new_tokens}.")
         limit = self.adapter.max_context
         if limit is not None and prompt_tokens + new_tokens > limit:
-            raise LayerscopeError(f"{new_tokens} new tokens after a {prompt_tokens}-token prompt exceed this model's "
-                                  f"context of {limit} tokens: ask for at most {max(limit - prompt_tokens, 0)}.")
+            raise LayerscopeError(
+                f"{new_tokens} new tokens after a {prompt_tokens}-token prompt exceed this model's "
+                f"context of {limit} tokens: ask for at most {max(limit - prompt_tokens, 0)}."
+            )
 
     def token_texts(self, ids: Iterable[int] | torch.Tensor) -> list[str]:
         """Readable text of each token id (' Paris', not 'ĠParis')."""
@@ -190,8 +207,10 @@ def load_model(
 ) -> LoadedModel:
     """Load `demo`, a hub id, a local directory (safetensors only) or a .gguf file (a str or a path)."""
     if not isinstance(source, (str, os.PathLike)):
-        raise ArgumentTypeError(f"source= must be a str or os.PathLike ('demo', a hub id, a directory or a .gguf "
-                                f"file), not {type(source).__name__}.")
+        raise ArgumentTypeError(
+            f"source= must be a str or os.PathLike ('demo', a hub id, a directory or a .gguf "
+            f"file), not {type(source).__name__}."
+        )
     source = os.fspath(source)
     for name, value in (("device", device), ("dtype", dtype)):
         if not isinstance(value, str):
@@ -238,8 +257,13 @@ def check_model_dir(directory: Path) -> None:
     if not any(directory.glob("*.safetensors")):
         pickled = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLED_SUFFIXES)
         gguf = sorted(p.name for p in directory.glob("*.gguf"))
-        note = (f" (it has pickled weights, {pickled[0]}, which layerscope never loads)" if pickled else
-                f" (it has {gguf[0]}: pass that file as source=)" if gguf else "")
+        note = (
+            f" (it has pickled weights, {pickled[0]}, which layerscope never loads)"
+            if pickled
+            else f" (it has {gguf[0]}: pass that file as source=)"
+            if gguf
+            else ""
+        )
         missing.append(f"weights (*.safetensors){note}")
     if not any((directory / name).is_file() for name in TOKENIZER_FILES):
         missing.append("tokenizer (tokenizer.json, tokenizer.model or vocab.json)")
@@ -268,8 +292,9 @@ def read_config(source: str, trust_remote_code: bool, local_only: bool, label: s
     try:
         return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=local_only)
     except (AttributeError, KeyError, TypeError, ValueError, StrictDataclassError) as error:  # the last: mistyped
-        raise LayerscopeError(f"The config.json of '{label}' does not describe a valid model of its model_type: "
-                              f"{first_line(error)}") from error
+        raise LayerscopeError(
+            f"The config.json of '{label}' does not describe a valid model of its model_type: {first_line(error)}"
+        ) from error
     finally:
         transformers_utils.logging.set_verbosity(verbosity)
 
@@ -313,21 +338,25 @@ def hub_local_only(repo_id: str) -> bool:
     try:
         cached = isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
     except ValueError as error:  # not a valid repo id either
-        raise LayerscopeError(f"No model directory or file at '{repo_id}', and it is not a hub id: "
-                              f"{str(error).splitlines()[0]}") from None
+        raise LayerscopeError(
+            f"No model directory or file at '{repo_id}', and it is not a hub id: {str(error).splitlines()[0]}"
+        ) from None
     offline = constants.is_offline_mode()
     if not offline and hub_reachable():
         return False
     if cached:
         return True
     why = "the hub is offline (HF_HUB_OFFLINE is set)" if offline else f"{constants.ENDPOINT} cannot be reached"
-    raise LayerscopeError(f"Model '{repo_id}' is not in the local Hugging Face cache and {why}: fetch it where "
-                          f"there is network with 'hf download {repo_id}' (older: 'huggingface-cli download "
-                          f"{repo_id}'), or give source= a local directory.")
+    raise LayerscopeError(
+        f"Model '{repo_id}' is not in the local Hugging Face cache and {why}: fetch it where "
+        f"there is network with 'hf download {repo_id}' (older: 'huggingface-cli download "
+        f"{repo_id}'), or give source= a local directory."
+    )
 
 
-def _load_pretrained(source: str, dtype: torch.dtype, device_map: str | None, trust_remote_code: bool,
-                     label: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _load_pretrained(
+    source: str, dtype: torch.dtype, device_map: str | None, trust_remote_code: bool, label: str
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     path = Path(source).expanduser()
     looks_local = source.startswith((".", "/", "~")) or source.count("/") > 1 or path.exists()
     if looks_local and not path.exists():
@@ -351,8 +380,10 @@ def _load_pretrained(source: str, dtype: torch.dtype, device_map: str | None, tr
             local_files_only=local_only,
         )
     except SafetensorError as error:
-        raise LayerscopeError(f"Could not load model '{label}': its safetensors weights cannot be read ({error}); "
-                              "a file may have been cut short.") from None
-    except (OSError, ValueError, EnvironmentError) as error:
+        raise LayerscopeError(
+            f"Could not load model '{label}': its safetensors weights cannot be read ({error}); "
+            "a file may have been cut short."
+        ) from None
+    except (OSError, ValueError) as error:
         raise LayerscopeError(f"Could not load model '{label}': {first_line(error)}") from error
     return model, tokenizer

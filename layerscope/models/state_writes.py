@@ -26,16 +26,18 @@ def _overwriter(batch: Index, positions: Index, vectors: torch.Tensor) -> Callab
     return write
 
 
-def write_at_output(module: nn.Module, stack: ExitStack, batch: Index, vectors: torch.Tensor,
-                    positions: Index = 0) -> None:
+def write_at_output(
+    module: nn.Module, stack: ExitStack, batch: Index, vectors: torch.Tensor, positions: Index = 0
+) -> None:
     """Overwrite output[batch, positions] of `module` (the first element where it returns a tuple) in the
     forward passes inside `stack`. `batch` and `positions` index like a tensor subscript: a slice and a
     position, or two index tensors that pair each batch element with its own position."""
     hook_output(stack, module, _overwriter(batch, positions, vectors))
 
 
-def write_at_row(adapter: ModelAdapter, stack: ExitStack, row: int, batch: Index, vectors: torch.Tensor,
-                 positions: Index = 0) -> None:
+def write_at_row(
+    adapter: ModelAdapter, stack: ExitStack, row: int, batch: Index, vectors: torch.Tensor, positions: Index = 0
+) -> None:
     """Like `write_at_output`, at grid row `row`: the input of block `row`, or the last block's output."""
     if row == adapter.n_blocks:
         write_at_output(adapter.blocks[row - 1], stack, batch, vectors, positions)

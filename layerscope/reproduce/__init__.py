@@ -30,24 +30,50 @@ class Paper:
 
     def files(self, format: str) -> list[str]:
         """Every file a run writes in its figure folder."""
-        return [*(f"{self.name}-{figure}.{format}" for figure in self.figures), f"{self.name}.json",
-                f"{self.name}-summary.txt"]
+        return [
+            *(f"{self.name}-{figure}.{format}" for figure in self.figures),
+            f"{self.name}.json",
+            f"{self.name}-summary.txt",
+        ]
 
 
-PAPERS = {paper.name: paper for paper in (
-    Paper("stages", "Stages of Inference (arXiv 2406.19384), Fig. 3",
-          "drop and swap each block: KL, top-1 agreement and entropy change vs relative depth", ("fig3",),
-          ("general.txt",)),
-    Paper("afcl", "Attend First, Consolidate Later (arXiv 2409.03621), Fig. 2",
-          "capitals accuracy vs layer under freeze, random, cross-prompt swap and skip attention", ("fig2",),
-          ("capitals.jsonl",)),
-    Paper("shortgpt", "ShortGPT (arXiv 2403.03853): Block Influence and pruning",
-          "Block Influence per block; perplexity after removing the lowest-BI, random and last blocks",
-          ("bi", "perplexity"), ("calibration.txt", "heldout.txt")),
-    Paper("retrieval", "Retrieval Head (arXiv 2404.15574): retrieval scores and masking",
-          "retrieval-score heatmap, share of heads above 0.1, NIAH accuracy with top vs random heads masked",
-          ("heads", "niah"), ("haystack.txt", "needles.jsonl")),
-    Paper("rome", "ROME (arXiv 2202.05262), Fig. 1: causal traces",
-          "the three causal-trace heatmaps (resid, mlp, attn) averaged over the capitals set", ("traces",),
-          ("capitals.jsonl",)),
-)}
+PAPERS = {
+    paper.name: paper
+    for paper in (
+        Paper(
+            "stages",
+            "Stages of Inference (arXiv 2406.19384), Fig. 3",
+            "drop and swap each block: KL, top-1 agreement and entropy change vs relative depth",
+            ("fig3",),
+            ("general.txt",),
+        ),
+        Paper(
+            "afcl",
+            "Attend First, Consolidate Later (arXiv 2409.03621), Fig. 2",
+            "capitals accuracy vs layer under freeze, random, cross-prompt swap and skip attention",
+            ("fig2",),
+            ("capitals.jsonl",),
+        ),
+        Paper(
+            "shortgpt",
+            "ShortGPT (arXiv 2403.03853): Block Influence and pruning",
+            "Block Influence per block; perplexity after removing the lowest-BI, random and last blocks",
+            ("bi", "perplexity"),
+            ("calibration.txt", "heldout.txt"),
+        ),
+        Paper(
+            "retrieval",
+            "Retrieval Head (arXiv 2404.15574): retrieval scores and masking",
+            "retrieval-score heatmap, share of heads above 0.1, NIAH accuracy with top vs random heads masked",
+            ("heads", "niah"),
+            ("haystack.txt", "needles.jsonl"),
+        ),
+        Paper(
+            "rome",
+            "ROME (arXiv 2202.05262), Fig. 1: causal traces",
+            "the three causal-trace heatmaps (resid, mlp, attn) averaged over the capitals set",
+            ("traces",),
+            ("capitals.jsonl",),
+        ),
+    )
+}

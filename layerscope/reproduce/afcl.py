@@ -22,8 +22,8 @@ from layerscope.reproduce.common import (
     caption,
     depth,
     first_from,
-    percent,
     new_figure,
+    percent,
 )
 
 if TYPE_CHECKING:
@@ -39,55 +39,85 @@ FULL = {"n_prompts": None, "layer_step": 1, "max_new_tokens": 6}
 
 def settings(quick: bool, seed: int = 0) -> dict:
     donor = Donor()
-    return {"prompts": PROMPTS, **(QUICK if quick else FULL), "seed": seed,
-            "donor": {"prompt": donor.prompt, "word": donor.word, "answer": donor.answer}}
+    return {
+        "prompts": PROMPTS,
+        **(QUICK if quick else FULL),
+        "seed": seed,
+        "donor": {"prompt": donor.prompt, "word": donor.word, "answer": donor.answer},
+    }
 
 
-def run(lm: LoadedModel, quick: bool, seed: int = 0, folder: Path = SAMPLE_PROMPTS,
-        progress: ProgressFn = no_progress) -> Reproduction:
+def run(
+    lm: LoadedModel, quick: bool, seed: int = 0, folder: Path = SAMPLE_PROMPTS, progress: ProgressFn = no_progress
+) -> Reproduction:
     chosen = settings(quick, seed)
     items = load_prompt_set(folder / PROMPTS)[: chosen["n_prompts"]]
     layers = sorted({*range(0, lm.n_blocks, chosen["layer_step"]), lm.n_blocks - 1})  # the last block too
     tokens = chosen["max_new_tokens"]
-    baseline = mean([float(answer_matches(greedy_continuation(lm, lm.encode(item.text), tokens).text,
-                                          item.answer or "")) for item in items])
+    baseline = mean(
+        [
+            float(answer_matches(greedy_continuation(lm, lm.encode(item.text), tokens).text, item.answer or ""))
+            for item in items
+        ]
+    )
     curves: dict[str, list[dict]] = {}
     for kind in KINDS:
-        computed = (token_swap_sweep(lm, items, Donor(**chosen["donor"]), layers, tokens, progress=progress)
-                    if kind == "swap-token" else
-                    sweep(lm, items, kind, layers, chosen["seed"], True, tokens, progress=progress))
-        curves[kind] = [{**row.to_dict(), "layer": row.key[1], "depth": depth(row.key[1], lm.n_blocks)}
-                        for row in computed if row.prompt_index is None]
-    data = {"n_blocks": lm.n_blocks, "n_prompts": len(items), "layers": layers, "baseline_accuracy": baseline,
-            "curves": curves}
-    rows = [{"intervention": kind, "layer": row["layer"], "depth": row["depth"], "accuracy": row["accuracy"]}
-            for kind in KINDS for row in curves[kind]]
+        computed = (
+            token_swap_sweep(lm, items, Donor(**chosen["donor"]), layers, tokens, progress=progress)
+            if kind == "swap-token"
+            else sweep(lm, items, kind, layers, chosen["seed"], True, tokens, progress=progress)
+        )
+        curves[kind] = [
+            {**row.to_dict(), "layer": row.key[1], "depth": depth(row.key[1], lm.n_blocks)}
+            for row in computed
+            if row.prompt_index is None
+        ]
+    data = {
+        "n_blocks": lm.n_blocks,
+        "n_prompts": len(items),
+        "layers": layers,
+        "baseline_accuracy": baseline,
+        "curves": curves,
+    }
+    rows = [
+        {"intervention": kind, "layer": row["layer"], "depth": row["depth"], "accuracy": row["accuracy"]}
+        for kind in KINDS
+        for row in curves[kind]
+    ]
     return Reproduction("afcl", lm.name, quick, chosen, data, summary(lm.name, data), rows)
 
 
 def harmless_from(data: dict, kind: str) -> int | None:
     rows = data["curves"][kind]
-    return first_from([row["layer"] for row in rows],
-                      [row["accuracy"] >= HARMLESS * data["baseline_accuracy"] for row in rows])
+    return first_from(
+        [row["layer"] for row in rows], [row["accuracy"] >= HARMLESS * data["baseline_accuracy"] for row in rows]
+    )
 
 
 def summary(model: str, data: dict) -> str:
     n_blocks = data["n_blocks"]
-    lines = [f"Attend First, Consolidate Later, Fig. 2 on {model} ({n_blocks} blocks, {data['n_prompts']} capitals "
-             f"prompts, blocks {', '.join(map(str, data['layers']))}).",
-             "The paper: in the final 30-50% of blocks these manipulations cost little or nothing; earlier they can "
-             "drop accuracy to chance; a swapped subject is followed early and ignored in the top third.",
-             f"This model answers {percent(data['baseline_accuracy'])} unmodified; harmless below means it keeps "
-             f"{percent(HARMLESS)} of that at that block and every later one measured."]
+    lines = [
+        f"Attend First, Consolidate Later, Fig. 2 on {model} ({n_blocks} blocks, {data['n_prompts']} capitals "
+        f"prompts, blocks {', '.join(map(str, data['layers']))}).",
+        "The paper: in the final 30-50% of blocks these manipulations cost little or nothing; earlier they can "
+        "drop accuracy to chance; a swapped subject is followed early and ignored in the top third.",
+        f"This model answers {percent(data['baseline_accuracy'])} unmodified; harmless below means it keeps "
+        f"{percent(HARMLESS)} of that at that block and every later one measured.",
+    ]
     for kind in KINDS:
         start = harmless_from(data, kind)
         lowest = min(data["curves"][kind], key=lambda row: row["accuracy"])
-        where = ("never harmless" if start is None else
-                 f"harmless from block {start} of {n_blocks} ({percent(depth(start, n_blocks))} of depth)")
+        where = (
+            "never harmless"
+            if start is None
+            else f"harmless from block {start} of {n_blocks} ({percent(depth(start, n_blocks))} of depth)"
+        )
         lines.append(f"{kind}: {where}; lowest accuracy {percent(lowest['accuracy'])} at block {lowest['layer']}.")
     donor = max(data["curves"]["swap-token"], key=lambda row: row["follows_donor"])
-    lines.append(f"swap-token follows the donor's answer most at block {donor['layer']} "
-                 f"({percent(donor['follows_donor'])} of prompts).")
+    lines.append(
+        f"swap-token follows the donor's answer most at block {donor['layer']} "
+        f"({percent(donor['follows_donor'])} of prompts)."
+    )
     return "\n".join(lines)
 
 
@@ -100,8 +130,13 @@ def draw(result: Reproduction) -> dict[str, Figure]:
         label = "cross-prompt swap (keeps own answer)" if kind == "swap-token" else kind
         axis.plot([row["layer"] for row in rows], [row["accuracy"] for row in rows], style, markersize=4, label=label)
     swap = data["curves"]["swap-token"]
-    axis.plot([row["layer"] for row in swap], [row["follows_donor"] for row in swap], ":", color="grey",
-              label="cross-prompt swap (follows donor)")
+    axis.plot(
+        [row["layer"] for row in swap],
+        [row["follows_donor"] for row in swap],
+        ":",
+        color="grey",
+        label="cross-prompt swap (follows donor)",
+    )
     axis.axhline(data["baseline_accuracy"], color="black", linewidth=0.8, linestyle="--", label="unmodified")
     axis.set_xlabel(f"layer where the manipulation starts (of {data['n_blocks']} blocks)")
     axis.set_ylabel("accuracy")

@@ -32,8 +32,15 @@ class Reproduction:
     rows: list[dict]  # every plotted point, one a row (the csv)
 
     def to_dict(self) -> dict:
-        return {"paper": self.paper, "title": PAPERS[self.paper].title, "model": self.model, "quick": self.quick,
-                "settings": self.settings, "data": self.data, "summary": self.summary}
+        return {
+            "paper": self.paper,
+            "title": PAPERS[self.paper].title,
+            "model": self.model,
+            "quick": self.quick,
+            "settings": self.settings,
+            "data": self.data,
+            "summary": self.summary,
+        }
 
 
 def depth(block: int, n_blocks: int) -> float:
@@ -81,8 +88,10 @@ def write_files(result: Reproduction, figures: dict[str, Figure], folder: Path, 
 
     if not is_writer():
         return []
-    texts = {f"{result.paper}.json": to_json(result.to_dict()),  # refuses a result that is not finite, first
-             f"{result.paper}-summary.txt": result.summary + "\n"}
+    texts = {
+        f"{result.paper}.json": to_json(result.to_dict()),  # refuses a result that is not finite, first
+        f"{result.paper}-summary.txt": result.summary + "\n",
+    }
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, figure in figures.items():

@@ -16,8 +16,8 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import partial
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -37,14 +37,24 @@ from layerscope.errors import LayerscopeError
 from layerscope.locations import SAMPLE_PROMPTS
 from layerscope.specs import whole_number_in
 from layerscope.tui import workers
+from layerscope.tui.charts import Chart, stack
+from layerscope.tui.detail_text import DETAIL_WIDTH
 from layerscope.tui.export import byte_size, export_csv, export_figure, grid_shape, grid_text
 from layerscope.tui.grid_view import VIEWS, DecodeGridView, visible
 from layerscope.tui.keymap import binding_rows, key_display, load_keymap, user_keymap_path
-from layerscope.tui.messages import (LoadFailed, ModelLoaded, PatternComputed, RowComputed, RunFailed, RunFinished,
-                                     RunProgress, RunStarted, ScoresComputed, TraceComputed)
-from layerscope.tui.charts import Chart, stack
+from layerscope.tui.messages import (
+    LoadFailed,
+    ModelLoaded,
+    PatternComputed,
+    RowComputed,
+    RunFailed,
+    RunFinished,
+    RunProgress,
+    RunStarted,
+    ScoresComputed,
+    TraceComputed,
+)
 from layerscope.tui.methods import REGISTRY, Cursor, GridMethod, PatternGrid, cycled
-from layerscope.tui.detail_text import DETAIL_WIDTH
 from layerscope.tui.panes import QUICK_SOURCES, SCORE_SOURCES, ChartPane, DetailPane, HeadPane, LayerPane, OverviewPane
 from layerscope.tui.runs import Job, RunController
 from layerscope.tui.screens import PALETTE_HELP, ConfirmScreen, HelpScreen, InputScreen, PickScreen
@@ -174,8 +184,9 @@ class LayerscopeApp(App):
         self.output_text = Text()
         self._keymap_path = keymap_path if keymap_path is not None else user_keymap_path()
         self._startup_notices: list[tuple[str, SeverityLevel]] = []
-        themes, problems = load_themes(theme_folders if theme_folders is not None else
-                                       [SHIPPED_THEMES, user_theme_folder()])
+        themes, problems = load_themes(
+            theme_folders if theme_folders is not None else [SHIPPED_THEMES, user_theme_folder()]
+        )
         for loaded in themes:
             self.register_theme(loaded)
         self.theme, unknown = choose_theme(theme, self.available_themes)
@@ -258,9 +269,15 @@ class LayerscopeApp(App):
         self.status_text = text
         model = self.lm.name if self.lm else self.model_source
         with self.drawing("status line"):
-            self.status.update(status_line([] if self.runs.running else self.stale_changes(), text,
-                                           self.toggles.parts(), [self.method, f"view {self.grid.view}", model],
-                                           self.status.content_region.width or self.size.width))
+            self.status.update(
+                status_line(
+                    [] if self.runs.running else self.stale_changes(),
+                    text,
+                    self.toggles.parts(),
+                    [self.method, f"view {self.grid.view}", model],
+                    self.status.content_region.width or self.size.width,
+                )
+            )
 
     def current_origin(self) -> RunOrigin:
         return RunOrigin(self.lm.name if self.lm else self.model_source, self.prompt.text, self.method, self.toggles)
@@ -278,8 +295,11 @@ class LayerscopeApp(App):
 
     def mark_prompt(self) -> None:
         """The prompt's title says whether keys go into it."""
-        self.prompt.border_title = ("prompt · editing, Esc leaves · Ctrl+R runs" if self.prompt.has_focus else
-                                    "prompt · e edits · Ctrl+R runs · p: samples")
+        self.prompt.border_title = (
+            "prompt · editing, Esc leaves · Ctrl+R runs"
+            if self.prompt.has_focus
+            else "prompt · e edits · Ctrl+R runs · p: samples"
+        )
 
     def on_descendant_focus(self) -> None:
         self.mark_prompt()
@@ -291,8 +311,15 @@ class LayerscopeApp(App):
     def prompt_changed(self) -> None:
         self.refresh_stale()
 
-    def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information",
-               timeout: float | None = None, markup: bool = False) -> None:
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = False,
+    ) -> None:
         """Messages quote prompts, paths and errors: shown as plain text ('[INST]' stays), control characters
         escaped."""
         super().notify(visible(message), title=title, severity=severity, timeout=timeout, markup=markup)
@@ -333,8 +360,9 @@ class LayerscopeApp(App):
     def start_worker(self, job: Job, group: str, work: Callable[[Worker], None]) -> None:
         """Run `work` in a thread worker of `group` (a new run or scores worker replaces its group's old one) and
         remember its job, so that its end is told whatever happens (on_worker_state_changed)."""
-        worker = self.run_worker(lambda: work(get_current_worker()), group=group, exclusive=group != "load",
-                                 thread=True, exit_on_error=False)
+        worker = self.run_worker(
+            lambda: work(get_current_worker()), group=group, exclusive=group != "load", thread=True, exit_on_error=False
+        )
         self.runs.track(worker, job)
 
     def start_run(self, kind: str, label: str, cancelled: str, work: Callable[[RunContext], None]) -> None:
@@ -345,15 +373,21 @@ class LayerscopeApp(App):
         self.run_label = label
         self.show_progress()
         group = "scores" if kind == "scores" else "run"  # a causal trace replaces the lens run: one grid shows either
-        self.start_worker(Job(kind, run_id, cancelled), group,
-                          lambda worker: work(RunContext(self.post_message, worker, run_id, lm, self.model_lock)))
+        self.start_worker(
+            Job(kind, run_id, cancelled),
+            group,
+            lambda worker: work(RunContext(self.post_message, worker, run_id, lm, self.model_lock)),
+        )
 
     # model loading ------------------------------------------------------
     def start_load(self, source: str) -> None:
         load_id = self.runs.begin_load(source)
         self.set_status(f"loading {source} … · {ESC}")
-        self.start_worker(Job("load", load_id, f"loading {source} cancelled", source), "load",
-                          lambda _worker: self.load_model(source, load_id))
+        self.start_worker(
+            Job("load", load_id, f"loading {source} cancelled", source),
+            "load",
+            lambda _worker: self.load_model(source, load_id),
+        )
 
     def load_model(self, source: str, load_id: int) -> None:
         """In a thread, without the model lock: the loaded model keeps running until the new one replaces it."""
@@ -363,15 +397,25 @@ class LayerscopeApp(App):
             if load_id == self.runs.load_id:
                 self.call_from_thread(self.set_status, f"loading {source}: {description} {done}/{total} · {ESC}")
 
-        lm = load_model(source, device=self.device, dtype=self.dtype, device_map=self.device_map,
-                        trust_remote_code=self.trust_remote_code, progress=progress)
+        lm = load_model(
+            source,
+            device=self.device,
+            dtype=self.dtype,
+            device_map=self.device_map,
+            trust_remote_code=self.trust_remote_code,
+            progress=progress,
+        )
         self.post_message(ModelLoaded(source, load_id, lm))
 
     def say_in_panes(self, text: str) -> None:
         """Until a model is loaded, the panes say why they are empty: what is loading and for how long, or that
         no model is. (A query, not query_one: the timer may tick while the app closes and its panes are gone.)"""
-        for pane in (self.detail_view, self.output, self.overview,
-                     *self.query("#layer-hint, #head-hint").results(Static)):
+        for pane in (
+            self.detail_view,
+            self.output,
+            self.overview,
+            *self.query("#layer-hint, #head-hint").results(Static),
+        ):
             pane.update(text)
 
     def on_load_failed(self, message: LoadFailed) -> None:
@@ -419,8 +463,9 @@ class LayerscopeApp(App):
         """The prompt, or None (and a notice) while no model is loaded or the prompt is empty."""
         if self.lm is None:
             loading = self.runs.loading
-            self.notify(f"{loading} is still loading." if loading else "No model is loaded (L loads one).",
-                        severity="warning")
+            self.notify(
+                f"{loading} is still loading." if loading else "No model is loaded (L loads one).", severity="warning"
+            )
             return None
         text = self.prompt.text
         if not text.strip():
@@ -438,10 +483,19 @@ class LayerscopeApp(App):
             return
         if self.focused is self.prompt:  # from typing to reading: e goes back to the prompt
             self.focus_pane()
-        method, toggles, top_k, tuned, length = (self.method, self.toggles, self.top_k, self.tuned,
-                                                 self.continuation_tokens)
-        self.start_run("run", "starting", RUN_CANCELLED,
-                       lambda run: workers.lens_run(run, text, method, toggles, top_k, tuned, length))
+        method, toggles, top_k, tuned, length = (
+            self.method,
+            self.toggles,
+            self.top_k,
+            self.tuned,
+            self.continuation_tokens,
+        )
+        self.start_run(
+            "run",
+            "starting",
+            RUN_CANCELLED,
+            lambda run: workers.lens_run(run, text, method, toggles, top_k, tuned, length),
+        )
 
     def on_run_started(self, message: RunStarted) -> None:
         self.runs.start_results(message.run_id, message.baseline, message.intervened, message.origin)
@@ -549,8 +603,10 @@ class LayerscopeApp(App):
         if self.runs.running:
             self.show_progress()
         if self.lm is None and self.runs.loading is not None:
-            self.say_in_panes(f"Loading {self.runs.loading} … {self.runs.load_elapsed():.0f} s\n"
-                              "Ctrl+R runs the prompt as soon as it is ready.")
+            self.say_in_panes(
+                f"Loading {self.runs.loading} … {self.runs.load_elapsed():.0f} s\n"
+                "Ctrl+R runs the prompt as soon as it is ready."
+            )
         if not self._charts_dirty:
             return
         self._charts_dirty = False
@@ -569,14 +625,24 @@ class LayerscopeApp(App):
             self.overview.metric = "kl_to_final"
         method = self.grid.method
         if method is not None and method.rows is None:  # the methods Ctrl+R runs are the lens grids it maps
-            self.overview.update(f"The overview maps the lens grids; the {method.name.replace('_', ' ')} is in the "
-                                 "Lens tab (1).")
+            self.overview.update(
+                f"The overview maps the lens grids; the {method.name.replace('_', ' ')} is in the Lens tab (1)."
+            )
             return
         grid, size = self.grid, self.overview.size
         shown = cast("DecodeGrid | None", grid.shown)
-        self.overview.update(overview(self.runs.results, shown, grid.view, self.overview.metric,
-                                      (grid.cursor_layer, grid.cursor_position), size.width, size.height,
-                                      rich_theme(self.current_theme).primary))
+        self.overview.update(
+            overview(
+                self.runs.results,
+                shown,
+                grid.view,
+                self.overview.metric,
+                (grid.cursor_layer, grid.cursor_position),
+                size.width,
+                size.height,
+                rich_theme(self.current_theme).primary,
+            )
+        )
 
     def on_detail_pane_resized(self) -> None:
         self.update_detail()
@@ -593,8 +659,9 @@ class LayerscopeApp(App):
 
     def update_output(self) -> None:
         with self.drawing("Output pane"):
-            self.output_text = output_text(self.runs.results, self.runs.origin, self.stale_changes(),
-                                           self.toggles.describe())
+            self.output_text = output_text(
+                self.runs.results, self.runs.origin, self.stale_changes(), self.toggles.describe()
+            )
             self.output.update(self.output_text)
 
     @on(DecodeGridView.CursorMoved)
@@ -648,8 +715,12 @@ class LayerscopeApp(App):
             self.notify("The model is not loaded yet.", severity="warning")
             return
         kind, quick = message.kind, message.quick
-        self.start_run("scores", f"{kind} scores{' (quick)' if quick else ''}", f"{kind} scores cancelled",
-                       lambda run: workers.head_scores(run, kind, quick))
+        self.start_run(
+            "scores",
+            f"{kind} scores{' (quick)' if quick else ''}",
+            f"{kind} scores cancelled",
+            lambda run: workers.head_scores(run, kind, quick),
+        )
 
     def on_scores_computed(self, message: ScoresComputed) -> None:
         """Scores are kept even when a newer run started: they do not depend on the prompt."""
@@ -668,8 +739,9 @@ class LayerscopeApp(App):
         from layerscope.analyses.heads import load_head_scores
 
         scores = load_head_scores(path, self.lm)
-        self.head_pane.set_scores(scores.kind, {(h.layer, h.head): h.score for h in scores.heads},
-                                  f"{scores.model}, loaded from {path}")
+        self.head_pane.set_scores(
+            scores.kind, {(h.layer, h.head): h.score for h in scores.heads}, f"{scores.model}, loaded from {path}"
+        )
         self.notify(f"{scores.kind} scores loaded from {path}")
 
     # a head's attention pattern ---------------------------------------
@@ -683,8 +755,12 @@ class LayerscopeApp(App):
         if text is None:
             return
         toggles = self.toggles
-        self.start_run("pattern", f"head {head[0]}.{head[1]} attention",
-                       "attention pattern cancelled", lambda run: workers.head_pattern(run, text, head, toggles))
+        self.start_run(
+            "pattern",
+            f"head {head[0]}.{head[1]} attention",
+            "attention pattern cancelled",
+            lambda run: workers.head_pattern(run, text, head, toggles),
+        )
 
     def on_pattern_computed(self, message: PatternComputed) -> None:
         if not self.runs.end(message.run_id):
@@ -708,8 +784,10 @@ class LayerscopeApp(App):
         head = results.baseline.head
         self.toggles = self.toggles.toggle_head(*head)
         self.refresh_panes()
-        self.notify(f"head {head[0]}.{head[1]} {'masked' if head in self.toggles.masked_heads else 'unmasked'} "
-                    f"({self.toggles.mask_mode}); the pattern reruns with it")
+        self.notify(
+            f"head {head[0]}.{head[1]} {'masked' if head in self.toggles.masked_heads else 'unmasked'} "
+            f"({self.toggles.mask_mode}); the pattern reruns with it"
+        )
         self.show_pattern(head)
 
     # causal trace -------------------------------------------------------
@@ -722,16 +800,23 @@ class LayerscopeApp(App):
         def got_subject(subject: str | None) -> None:
             if subject:
                 self.trace_subject = subject
-                self.push_screen(InputScreen("Answer word (a space goes before it; empty: the model's own next "
-                                             "token):", ""), lambda answer: self.start_trace(text, subject, answer))
+                self.push_screen(
+                    InputScreen("Answer word (a space goes before it; empty: the model's own next token):", ""),
+                    lambda answer: self.start_trace(text, subject, answer),
+                )
 
-        self.push_screen(InputScreen("Causal trace: the subject (a part of the prompt, noised):", self.trace_subject),
-                         got_subject)
+        self.push_screen(
+            InputScreen("Causal trace: the subject (a part of the prompt, noised):", self.trace_subject), got_subject
+        )
 
     def start_trace(self, text: str, subject: str, answer: str | None) -> None:
         answer = None if answer is None else f" {answer}"
-        self.start_run("trace", "causal trace", "causal trace cancelled",
-                       lambda run: workers.causal_trace(run, text, subject, answer))
+        self.start_run(
+            "trace",
+            "causal trace",
+            "causal trace cancelled",
+            lambda run: workers.causal_trace(run, text, subject, answer),
+        )
 
     def on_trace_computed(self, message: TraceComputed) -> None:
         if not self.runs.end(message.run_id):
@@ -750,9 +835,13 @@ class LayerscopeApp(App):
 
     def focus_pane(self) -> None:
         """Focus the shown tab's pane at once (not after the keys already typed: see `action_edit_prompt`)."""
-        target = {"tab-lens": self.grid, "tab-layers": self.layer_pane.query_one(DataTable),
-                  "tab-heads": self.head_pane.query_one(DataTable), "tab-output": self.query_one("#output-scroll"),
-                  "tab-overview": self.overview}[self.tabs.active]
+        target = {
+            "tab-lens": self.grid,
+            "tab-layers": self.layer_pane.query_one(DataTable),
+            "tab-heads": self.head_pane.query_one(DataTable),
+            "tab-output": self.query_one("#output-scroll"),
+            "tab-overview": self.overview,
+        }[self.tabs.active]
         self.screen_stack[0].set_focus(target)
 
     def action_edit_prompt(self) -> None:
@@ -792,9 +881,13 @@ class LayerscopeApp(App):
 
     def panes(self) -> list[tuple[str, type[DOMNode], DOMNode]]:
         """(name, class, instance) of every owner of bindings: the app, then each pane."""
-        return [("Everywhere", type(self), self), ("Lens grid", DecodeGridView, self.grid),
-                ("Layers", LayerPane, self.layer_pane), ("Heads", HeadPane, self.head_pane),
-                ("Overview", OverviewPane, self.overview)]
+        return [
+            ("Everywhere", type(self), self),
+            ("Lens grid", DecodeGridView, self.grid),
+            ("Layers", LayerPane, self.layer_pane),
+            ("Heads", HeadPane, self.head_pane),
+            ("Overview", OverviewPane, self.overview),
+        ]
 
     def binding_rows(self) -> list[tuple[str, str, str]]:
         """(keys, description, id) of every binding, with the user's keymap applied."""
@@ -828,8 +921,9 @@ class LayerscopeApp(App):
         self.push_screen(InputScreen("Model ('demo', hub id, folder or .gguf):", self.model_source), chosen)
 
     def action_open_lens(self) -> None:
-        self._ask_path("Tuned lens folder (from `layerscope tunedlens train`):", str(self.lens_dir or ""),
-                       self.load_lens)
+        self._ask_path(
+            "Tuned lens folder (from `layerscope tunedlens train`):", str(self.lens_dir or ""), self.load_lens
+        )
 
     def load_lens(self, folder: Path) -> None:
         """Load and check the lens against the model; a bad folder is one error notice and the old lens stays."""
@@ -852,6 +946,7 @@ class LayerscopeApp(App):
         """Ask for a path and pass it on; a user mistake or a file error (a folder given as the file, a full disk)
         is one error notice and the app stays up. With `writes`, an existing file is replaced only once the user
         says so."""
+
         def use(path: Path) -> None:
             try:
                 then(path)
@@ -865,20 +960,28 @@ class LayerscopeApp(App):
                 return
             path = Path(answer).expanduser()
             if writes and path.is_file():
-                self.push_screen(ConfirmScreen(f"'{path}' exists. Replace it?"),
-                                 lambda yes: use(path) if yes else self.notify(f"Not saved: '{path}' is unchanged."))
+                self.push_screen(
+                    ConfirmScreen(f"'{path}' exists. Replace it?"),
+                    lambda yes: use(path) if yes else self.notify(f"Not saved: '{path}' is unchanged."),
+                )
             else:
                 use(path)
 
         self.push_screen(InputScreen(title, default), chosen)
 
     def session(self) -> Session:
-        return Session(self.lm.name if self.lm else self.model_source, self.prompt.text,
-                       self.method, self.toggles, self.runs.results)
+        return Session(
+            self.lm.name if self.lm else self.model_source,
+            self.prompt.text,
+            self.method,
+            self.toggles,
+            self.runs.results,
+        )
 
     def action_save_session(self) -> None:
-        self._ask_path("Save session to:", str(self.last_session or "layerscope-session.json"), self.save_session,
-                       writes=True)
+        self._ask_path(
+            "Save session to:", str(self.last_session or "layerscope-session.json"), self.save_session, writes=True
+        )
 
     def save_session(self, path: Path) -> None:
         self.session().save(path)
@@ -899,8 +1002,9 @@ class LayerscopeApp(App):
         self.show_results()
         self.refresh_stale()
         if self.lm is not None and session.model != self.lm.name:
-            self.notify(f"The session was made with {session.model}; the loaded model is {self.lm.name}.",
-                        severity="warning")
+            self.notify(
+                f"The session was made with {session.model}; the loaded model is {self.lm.name}.", severity="warning"
+            )
         self.last_session = path
         self.notify(f"session loaded from {path}")
 
@@ -913,8 +1017,12 @@ class LayerscopeApp(App):
         self.notify(export_csv(method, self.grid.shown, path, *self.shown_provenance()))
 
     def action_export_figure(self) -> None:
-        self._ask_path("Export the grid as a figure (.svg, .png or .pdf) to:", "layerscope-grid.svg",
-                       self.export_figure, writes=True)
+        self._ask_path(
+            "Export the grid as a figure (.svg, .png or .pdf) to:",
+            "layerscope-grid.svg",
+            self.export_figure,
+            writes=True,
+        )
 
     def export_figure(self, path: Path) -> None:
         """The shown grid as a figure, its view and interventions in the caption."""
@@ -937,8 +1045,10 @@ class LayerscopeApp(App):
         method, results = self.shown()
         text = method.clipboard(results, self.cursor())
         self.copy_to_clipboard(text)
-        self.notify(f"copied cell {shown.layers[grid.cursor_layer]}@{grid.cursor_position} · {byte_size(text)} "
-                    "(OSC 52)", timeout=3)
+        self.notify(
+            f"copied cell {shown.layers[grid.cursor_layer]}@{grid.cursor_position} · {byte_size(text)} (OSC 52)",
+            timeout=3,
+        )
 
     def action_copy_grid(self) -> None:
         shown = self.grid.shown
@@ -963,8 +1073,9 @@ class LayerscopeApp(App):
                 return
             tokens = whole_number_in(answer, 0, 512)
             if tokens is None:
-                self.notify(f"Continuation length must be a whole number from 0 to 512, not '{answer}'.",
-                            severity="error")
+                self.notify(
+                    f"Continuation length must be a whole number from 0 to 512, not '{answer}'.", severity="error"
+                )
                 return
             self.continuation_tokens = tokens
             self.notify(f"continuation: {self.continuation_tokens} tokens from the next run (Ctrl+R)")
@@ -984,8 +1095,11 @@ class LayerscopeApp(App):
                     titles.setdefault(binding.action, binding.description or binding.action)
             for action, its_keys in keys.items():
                 help_text = PALETTE_HELP.get(action, "anywhere" if node is self else f"in the {pane} pane")
-                yield SystemCommand(f"{titles[action]} ({key_display(','.join(its_keys))})", help_text,
-                                    partial(self.run_from_palette, node, action))
+                yield SystemCommand(
+                    f"{titles[action]} ({key_display(','.join(its_keys))})",
+                    help_text,
+                    partial(self.run_from_palette, node, action),
+                )
 
     def run_from_palette(self, node: DOMNode, action: str) -> None:
         """A palette command: a pane's action runs on that pane, shown and focused first."""

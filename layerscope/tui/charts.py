@@ -56,7 +56,6 @@ class LayerChart:
     log: bool
 
     def render(self, width: int, height: int) -> Text:
-        import plotext
 
         figure = _figure(width, height - 1)
         scaled = [_scale(value, self.log) for one in self.series for value in one.values]
@@ -65,12 +64,18 @@ class LayerChart:
         top = top if top > low else low + 1.0  # a flat zero series still gets an axis
         steps = max(1, height - 5)  # the cursor's row, first (points are drawn over it): a point per plot line,
         # since plotext's own lines paint a background of their own
-        figure.draw(figure.signal([self.cursor] * (steps + 1), [low + (top - low) * i / steps for i in range(steps + 1)],
-                                  marker="┊"))
+        figure.draw(
+            figure.signal(
+                [self.cursor] * (steps + 1), [low + (top - low) * i / steps for i in range(steps + 1)], marker="┊"
+            )
+        )
         for one in self.series:
             if one.values:
-                figure.draw(figure.signal(list(range(len(one.values))), [_scale(v, self.log) for v in one.values],
-                                          marker=one.marker))
+                figure.draw(
+                    figure.signal(
+                        list(range(len(one.values))), [_scale(v, self.log) for v in one.values], marker=one.marker
+                    )
+                )
         ticks = _value_ticks(low, top, self.log)
         figure.ruler("y").lim(low, top)
         figure.ruler("y").ticks(*ticks)
@@ -99,14 +104,12 @@ class PositionMarks:
         return range(start, min(len(self.values), start + lines))
 
     def render(self, width: int, height: int) -> Text:
-        import plotext
 
         shown = self.shown(max(1, height - 4))  # a plot line per position: fewer positions, a shorter plot
         figure = _figure(width, len(shown) + 3)
         labels = [("▶" if p == self.cursor else " ") + self.labels[p] for p in shown]
         lines = list(range(len(shown)))[::-1]  # the first position on top
-        figure.draw(figure.signal([self.values[p] for p in shown], lines,
-                                  marker="◆"))
+        figure.draw(figure.signal([self.values[p] for p in shown], lines, marker="◆"))
         figure.ruler("y").lim(-0.5, len(shown) - 0.5)
         figure.ruler("y").ticks(lines, labels)
         plot_width = width - 2 - max(map(len, labels), default=1)
@@ -123,8 +126,9 @@ def stack(charts: list[Chart], width: int, height: int) -> Text:
     if width < 20 or not charts:
         return Text()
     fit = max(1, min(len(charts), height // MIN_PLOT_HEIGHT))
-    return Text("\n", no_wrap=True).join(chart.render(width, max(MIN_PLOT_HEIGHT, height // fit) - 1)
-                                         for chart in charts[:fit])
+    return Text("\n", no_wrap=True).join(
+        chart.render(width, max(MIN_PLOT_HEIGHT, height // fit) - 1) for chart in charts[:fit]
+    )
 
 
 def row_ticks(rows: list[str], cursor: int, plot_width: int) -> tuple[list[int], list[str]]:
@@ -212,8 +216,16 @@ def _rich_colour(colour: str | None) -> str:
     return f"color({code})" if isinstance(code, int) else "rgb({},{},{})".format(*code)
 
 
-def overview_text(values: list[list[float]], tokens: list[str], layers: list[str], cursor: tuple[int, int],
-                  width: int, height: int, log: bool, style: str) -> Text:
+def overview_text(
+    values: list[list[float]],
+    tokens: list[str],
+    layers: list[str],
+    cursor: tuple[int, int],
+    width: int,
+    height: int,
+    log: bool,
+    style: str,
+) -> Text:
     """A heatmap of rows (across) by positions (down), one character per cell, shaded ░▒▓█ in the theme's colour.
     Rows or positions that do not fit are binned (a cell shows its bin's mean); the cursor's cell is reversed."""
     label_width = 15
@@ -223,13 +235,16 @@ def overview_text(values: list[list[float]], tokens: list[str], layers: list[str
         return text
     columns = min(n_rows, width - label_width)
     lines = min(n_positions, height - 2)
-    row_bins = [range(c * n_rows // columns, max(c * n_rows // columns + 1, (c + 1) * n_rows // columns))
-                for c in range(columns)]
-    position_bins = [range(p * n_positions // lines, max(p * n_positions // lines + 1, (p + 1) * n_positions // lines))
-                     for p in range(lines)]
+    row_bins = [
+        range(c * n_rows // columns, max(c * n_rows // columns + 1, (c + 1) * n_rows // columns))
+        for c in range(columns)
+    ]
+    position_bins = [
+        range(p * n_positions // lines, max(p * n_positions // lines + 1, (p + 1) * n_positions // lines))
+        for p in range(lines)
+    ]
     top = max((_scale(v, log) for row in values for v in row), default=0.0) or 1.0
-    header = "".join("┬" if any(layers[r].isdigit() and int(layers[r]) % 10 == 0 for r in b) else "─"
-                     for b in row_bins)
+    header = "".join("┬" if any(layers[r].isdigit() and int(layers[r]) % 10 == 0 for r in b) else "─" for b in row_bins)
     text.append(f"{'pos token':<{label_width - 1}}│", "bold")
     text.append(f"{header}\n", "dim")
     layer, position = cursor
@@ -243,8 +258,10 @@ def overview_text(values: list[list[float]], tokens: list[str], layers: list[str
             on_cursor = layer in bin_rows and position in bin_positions
             text.append(shade if not on_cursor else "◆", "bold reverse" if on_cursor else style)
         text.append("\n")
-    legend = (f"░▒▓█ {'log ' if log else ''}0-{_unscale(top, log):.3g} · "
-              + (f"{n_positions} positions in {lines} lines · " if lines < n_positions else "")
-              + f"rows {layers[0]}..{layers[-1]} in {columns} columns, ┬ blocks 0, 10..")
+    legend = (
+        f"░▒▓█ {'log ' if log else ''}0-{_unscale(top, log):.3g} · "
+        + (f"{n_positions} positions in {lines} lines · " if lines < n_positions else "")
+        + f"rows {layers[0]}..{layers[-1]} in {columns} columns, ┬ blocks 0, 10.."
+    )
     text.append(f"{'':<{label_width - 1}}│{legend[: width - label_width]}", "dim")
     return text

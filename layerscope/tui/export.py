@@ -39,7 +39,9 @@ def grid_text(method: GridMethod | None, grid: Grid | None) -> str:
         return ""
     lines = ["\t".join(["token", *grid.layers])]
     for position, token in enumerate(grid.tokens):
-        lines.append("\t".join([token_label(token, 40), *(method.summary(row[position], 40).text for row in grid.cells)]))
+        lines.append(
+            "\t".join([token_label(token, 40), *(method.summary(row[position], 40).text for row in grid.cells)])
+        )
     return "\n".join(lines)
 
 
@@ -48,8 +50,9 @@ def raw(token: str) -> str:
     return json.dumps(token, ensure_ascii=False)
 
 
-def cell_clipboard(grids: list[tuple[str, DecodeGrid]], kl_base_int: list[list[float]] | None, layer: int,
-                   position: int) -> str:
+def cell_clipboard(
+    grids: list[tuple[str, DecodeGrid]], kl_base_int: list[list[float]] | None, layer: int, position: int
+) -> str:
     """The cell under the cursor as plain text for the clipboard: each grid's (name, grid) entropy, KL to final
     and top-k with the tokens' raw text (no '·' for a space, no probability glyphs), then KL(base‖int)."""
     first = grids[0][1]
@@ -66,9 +69,11 @@ def cell_clipboard(grids: list[tuple[str, DecodeGrid]], kl_base_int: list[list[f
 def trace_clipboard(trace: CausalTrace, layer: int, position: int) -> str:
     """A causal trace cell as plain text: its answer (raw), the restored probability and the indirect effect."""
     cell = trace.cells[layer][position]
-    return (f"causal trace · answer {raw(trace.answer)} · row {trace.layers[layer]} · position {position} · prompt "
-            f"token {raw(trace.tokens[position])}\np_answer {cell.value:.6f}\nindirect effect "
-            f"{cell.indirect_effect:+.6f}")
+    return (
+        f"causal trace · answer {raw(trace.answer)} · row {trace.layers[layer]} · position {position} · prompt "
+        f"token {raw(trace.tokens[position])}\np_answer {cell.value:.6f}\nindirect effect "
+        f"{cell.indirect_effect:+.6f}"
+    )
 
 
 def export_csv(method: GridMethod | None, grid: Grid | None, path: Path, view: str, interventions: str) -> str:
@@ -79,8 +84,9 @@ def export_csv(method: GridMethod | None, grid: Grid | None, path: Path, view: s
 
     if method is None or grid is None:
         raise LayerscopeError("Nothing to export yet: run a prompt first.")
-    text = to_csv(method.records(grid).with_columns({"method": method.name, "view": view,
-                                                     "interventions": interventions}))
+    text = to_csv(
+        method.records(grid).with_columns({"method": method.name, "view": view, "interventions": interventions})
+    )
     write_atomic(text, path)
     return f"exported grid · {grid_shape(grid)} · {byte_size(text)} CSV → {path}"
 

@@ -45,8 +45,9 @@ def prob_bin(prob: float) -> int:
     return min(3, int(prob * 4))
 
 
-def find_cell(text_at: Callable[[int, int], str], n_rows: int, n_positions: int, start: tuple[int, int], query: str,
-              step: int = 1) -> tuple[int, int] | None:
+def find_cell(
+    text_at: Callable[[int, int], str], n_rows: int, n_positions: int, start: tuple[int, int], query: str, step: int = 1
+) -> tuple[int, int] | None:
     """The next (`step` 1) or previous (-1) cell after `start` = (row, position), in reading order (position by
     position, each across its rows) and around the end, whose text (`text_at(row, position)`, as the grid shows
     it) holds `query`, ignoring case; a space in the query matches the grid's `·`. None: no cell has it."""
@@ -73,8 +74,7 @@ def parse_jump(answer: str, rows: list[str]) -> tuple[int | None, int | None]:
         elif label in rows:
             row = rows.index(label)
         else:
-            raise LayerscopeError(f"'{part}' is neither a position (a number) nor a row ({rows[0]}, L0..L"
-                                  f"{rows[-1]}).")
+            raise LayerscopeError(f"'{part}' is neither a position (a number) nor a row ({rows[0]}, L0..L{rows[-1]}).")
     if row is None and position is None:
         raise LayerscopeError("Type a position (a number), a row (L12 or emb), or both.")
     return row, position
@@ -83,17 +83,28 @@ def parse_jump(answer: str, rows: list[str]) -> tuple[int | None, int | None]:
 def arrow_bindings(prefix: str) -> list[Binding]:
     """The arrows as `move(dx, dy)` by one cell, with ids '{prefix}.up' ... for the keymap: the grid and the
     overview move their cursor the same way."""
-    return [Binding(key, f"move({dx}, {dy})", key.capitalize(), show=False, id=f"{prefix}.{key}")
-            for key, dx, dy in (("up", 0, -1), ("down", 0, 1), ("left", -1, 0), ("right", 1, 0))]
+    return [
+        Binding(key, f"move({dx}, {dy})", key.capitalize(), show=False, id=f"{prefix}.{key}")
+        for key, dx, dy in (("up", 0, -1), ("down", 0, 1), ("left", -1, 0), ("right", 1, 0))
+    ]
 
 
 class DecodeGridView(ScrollView, can_focus=True):
     """Tokens down, layers across; a cell shows what its method's summary says (a lens: the top-1 token and a
     probability glyph; a causal trace: the indirect effect) and a change mark."""
 
-    COMPONENT_CLASSES = {"decode-grid--header", "decode-grid--corner", "decode-grid--label", "decode-grid--cursor", "decode-grid--p0",
-                         "decode-grid--p1", "decode-grid--p2", "decode-grid--p3", "decode-grid--changed",
-                         "decode-grid--same"}
+    COMPONENT_CLASSES = {
+        "decode-grid--header",
+        "decode-grid--corner",
+        "decode-grid--label",
+        "decode-grid--cursor",
+        "decode-grid--p0",
+        "decode-grid--p1",
+        "decode-grid--p2",
+        "decode-grid--p3",
+        "decode-grid--changed",
+        "decode-grid--same",
+    }
     DEFAULT_CSS = """
     DecodeGridView { background: $surface; }
     DecodeGridView > .decode-grid--header { background: $panel; color: $foreground; text-style: bold; }
@@ -215,8 +226,12 @@ class DecodeGridView(ScrollView, can_focus=True):
     def changed(self, layer: int, position: int) -> bool:
         """Whether the intervened cell differs from the baseline's (the method's summary says what to compare:
         a lens's top-1 token)."""
-        if self.method is None or self.intervened is None or self.baseline is None \
-                or layer >= len(self.intervened.cells):
+        if (
+            self.method is None
+            or self.intervened is None
+            or self.baseline is None
+            or layer >= len(self.intervened.cells)
+        ):
             return False
         summary = self.method.summary
         identity = summary(self.intervened.cells[layer][position], 1).identity
@@ -234,8 +249,10 @@ class DecodeGridView(ScrollView, can_focus=True):
                 self.query_text = query
                 self.action_find_next(1, from_here=True)
 
-        self.app.push_screen(InputScreen("Find a token in the grid ([ and ] go to the previous and next match):",
-                                         self.query_text), chosen)
+        self.app.push_screen(
+            InputScreen("Find a token in the grid ([ and ] go to the previous and next match):", self.query_text),
+            chosen,
+        )
 
     def action_find_next(self, step: int, from_here: bool = False) -> None:
         """Move to the next (1) or previous (-1) match of the last search; `from_here` counts the cursor's cell."""
@@ -245,10 +262,19 @@ class DecodeGridView(ScrollView, can_focus=True):
             return
         start = (self.cursor_layer, self.cursor_position)
         if from_here:  # the search starts on the cursor's cell itself
-            start = (self.cursor_layer - 1, self.cursor_position) if self.cursor_layer else \
-                (self.n_layers - 1, self.cursor_position - 1)
-        found = find_cell(lambda row, position: method.summary(shown.cells[row][position], 200).text,
-                          self.n_layers, self.n_positions, start, self.query_text, step)
+            start = (
+                (self.cursor_layer - 1, self.cursor_position)
+                if self.cursor_layer
+                else (self.n_layers - 1, self.cursor_position - 1)
+            )
+        found = find_cell(
+            lambda row, position: method.summary(shown.cells[row][position], 200).text,
+            self.n_layers,
+            self.n_positions,
+            start,
+            self.query_text,
+            step,
+        )
         if found is None:
             self.app.notify(f"No cell shows '{self.query_text}'.", severity="warning")
             return
@@ -265,8 +291,9 @@ class DecodeGridView(ScrollView, can_focus=True):
             except LayerscopeError as error:
                 self.app.notify(str(error), severity="error")
                 return
-            self.move_to(self.cursor_layer if row is None else row,
-                         self.cursor_position if position is None else position)
+            self.move_to(
+                self.cursor_layer if row is None else row, self.cursor_position if position is None else position
+            )
 
         self.app.push_screen(InputScreen("Go to a position (12), a row (L12, emb) or both (12 L3):", ""), chosen)
 
@@ -351,8 +378,9 @@ class DecodeGridView(ScrollView, can_focus=True):
             if line is None:
                 if len(lines) > 8:  # drawn at scroll offsets long left
                     lines.clear()
-                line = lines[scroll_x, width] = self._join(self._label(position, baseline.tokens[position]), cells,
-                                                           scroll_x, width)
+                line = lines[scroll_x, width] = self._join(
+                    self._label(position, baseline.tokens[position]), cells, scroll_x, width
+                )
             return line
         return self._join(label, cells, scroll_x, width)
 
@@ -364,8 +392,10 @@ class DecodeGridView(ScrollView, can_focus=True):
         style = self._style("header")
         cursor = self._style("cursor")
         label = Strip([Segment(f"{'pos token':<{LABEL_WIDTH - 1}}", self._style("corner")), Segment("│", style)])
-        cells = [Segment(f"{name:^{CELL_WIDTH}}", cursor if layer == self.cursor_layer else style)
-                 for layer, name in enumerate(shown.layers)]
+        cells = [
+            Segment(f"{name:^{CELL_WIDTH}}", cursor if layer == self.cursor_layer else style)
+            for layer, name in enumerate(shown.layers)
+        ]
         return label, Strip(cells)
 
     def _label(self, position: int, token: str) -> Strip:

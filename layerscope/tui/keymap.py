@@ -32,13 +32,30 @@ def load_keymap(path: Path) -> dict[str, str]:
     return data
 
 
-KEY_NAMES = {"question_mark": "?", "escape": "Esc", "space": "Space", "enter": "Enter", "pageup": "PgUp",
-             "pagedown": "PgDn", "home": "Home", "end": "End", "up": "↑", "down": "↓", "left": "←", "right": "→",
-             "tab": "Tab", "backspace": "Backspace", "delete": "Del", "backslash": "\\", "slash": "/"}
+KEY_NAMES = {
+    "question_mark": "?",
+    "escape": "Esc",
+    "space": "Space",
+    "enter": "Enter",
+    "pageup": "PgUp",
+    "pagedown": "PgDn",
+    "home": "Home",
+    "end": "End",
+    "up": "↑",
+    "down": "↓",
+    "left": "←",
+    "right": "→",
+    "tab": "Tab",
+    "backspace": "Backspace",
+    "delete": "Del",
+    "backslash": "\\",
+    "slash": "/",
+}
 
 
 def key_display(keys: str) -> str:
     """Keys as people write them: 'ctrl+r,f5' -> 'Ctrl+R, F5'; 'question_mark' -> '?'; 'Y' stays 'Y'."""
+
     def one(key: str) -> str:
         *modifiers, name = key.strip().split("+")
         name = KEY_NAMES.get(name, name.upper() if len(name) > 1 or modifiers else name)
@@ -50,6 +67,13 @@ def key_display(keys: str) -> str:
 def binding_rows(owners: Iterable[type[DOMNode]], keymap: Mapping[str, str]) -> list[tuple[str, str, str]]:
     """(keys, description, id) of every binding of the owners, with `keymap` applied. Textual also allows
     tuples in BINDINGS; layerscope writes only Binding objects, which alone have an id."""
-    return [(keymap.get(binding.id, binding.key) if binding.id else binding.key,
-             binding.description or binding.action, binding.id or "")
-            for owner in owners for binding in owner.BINDINGS if isinstance(binding, Binding)]
+    return [
+        (
+            keymap.get(binding.id, binding.key) if binding.id else binding.key,
+            binding.description or binding.action,
+            binding.id or "",
+        )
+        for owner in owners
+        for binding in owner.BINDINGS
+        if isinstance(binding, Binding)
+    ]

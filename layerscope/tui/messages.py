@@ -15,8 +15,8 @@ from textual.notifications import SeverityLevel
 
 if TYPE_CHECKING:
     from layerscope.analyses.causal_trace import CausalTrace
-    from layerscope.analyses.head_pattern import AttentionPattern
     from layerscope.analyses.grid import DecodeGrid
+    from layerscope.analyses.head_pattern import AttentionPattern
     from layerscope.models.loading import LoadedModel
     from layerscope.tui.compute import LayerRow
     from layerscope.tui.state import RunOrigin

@@ -21,9 +21,9 @@ from rich.text import Text
 
 from layerscope.analyses.early_exit import stays_top1_from
 from layerscope.tui.charts import Chart, LayerChart, PositionMarks, Series
+from layerscope.tui.detail_text import flow, top_lines
 from layerscope.tui.export import cell_clipboard, raw, trace_clipboard
 from layerscope.tui.grid_view import prob_glyph, token_label
-from layerscope.tui.detail_text import flow, top_lines
 
 if TYPE_CHECKING:
     import torch
@@ -68,8 +68,18 @@ class Grid(Protocol):
     def plot(self) -> Figure: ...
 
 
-RowsFunction = Callable[["LoadedModel", "torch.Tensor", "Sequence[Intervention]", int, Callable[[], bool],
-                         "ProgressFn", "TunedLens | None"], "Iterator[LayerRow]"]
+RowsFunction = Callable[
+    [
+        "LoadedModel",
+        "torch.Tensor",
+        "Sequence[Intervention]",
+        int,
+        Callable[[], bool],
+        "ProgressFn",
+        "TunedLens | None",
+    ],
+    "Iterator[LayerRow]",
+]
 """(lm, input_ids, interventions, top_k, cancelled, progress, tuned lens) -> the grid's rows as computed."""
 
 
@@ -128,8 +138,16 @@ def answer_text(baseline: DecodeGrid, intervened: DecodeGrid | None, n_rows: int
         last = len(grid.tokens) - 1
         top = grid.top1(len(grid.cells) - 1, last)
         stays = grid.layers[stays_top1_from(grid, [last])[0]]
-        flow(text, [(name, "bold"), (token_label(top.token, 14), "bold reverse"), (f"{top.prob:.0%}", ""),
-                    (f"(stays top-1 from {stays})", "")], width)
+        flow(
+            text,
+            [
+                (name, "bold"),
+                (token_label(top.token, 14), "bold reverse"),
+                (f"{top.prob:.0%}", ""),
+                (f"(stays top-1 from {stays})", ""),
+            ],
+            width,
+        )
     return text
 
 
@@ -148,13 +166,24 @@ def lens_detail(results: Results, cursor: Cursor, width: int) -> Text:
         grids.append(("int.", intervened))
     for name, grid in grids:
         cell = grid.cells[layer][position]
-        flow(text, [(f"{name} H {cell.entropy_bits:.2f} bits", "bold"), (f"KL→final {cell.kl_to_final:.3f}", "bold")],
-             width)
+        flow(
+            text,
+            [(f"{name} H {cell.entropy_bits:.2f} bits", "bold"), (f"KL→final {cell.kl_to_final:.3f}", "bold")],
+            width,
+        )
     if kl_base_int is not None and layer < len(kl_base_int):
         text.append(f"KL(base‖int) {kl_base_int[layer][position]:.4f} nats\n", "bold")
     beside = len(grids) == 2 and width >= 32
-    columns = [top_lines(name, grid.cells[layer][position], baseline.top1(layer, position).id,
-                         width // 2 if beside else width, glyph=not beside) for name, grid in grids]
+    columns = [
+        top_lines(
+            name,
+            grid.cells[layer][position],
+            baseline.top1(layer, position).id,
+            width // 2 if beside else width,
+            glyph=not beside,
+        )
+        for name, grid in grids
+    ]
     if not beside:  # one list under the other
         columns = [[line for column in columns for line in column]]
     for lines in zip(*columns):
@@ -181,53 +210,87 @@ def lens_charts(results: Results, shown: Grid, cursor: Cursor, theme: Theme) -> 
     window = range(max(0, position - MARKS_WINDOW), min(len(shown_grid.tokens), position + MARKS_WINDOW + 1))
     charts: list[Chart] = [
         LayerChart(f"KL→final @{position} (log)", lines("kl_to_final"), cursor.rows, cursor.row, log=True),
-        PositionMarks("stays top-1 from (per position)",
-                     [f"{p} {token_label(shown_grid.tokens[p], 6)}" for p in window],
-                     stays_top1_from(shown_grid, window), cursor.rows, position - window.start,
-                     colours["int." if shown is intervened else "base"]),
+        PositionMarks(
+            "stays top-1 from (per position)",
+            [f"{p} {token_label(shown_grid.tokens[p], 6)}" for p in window],
+            stays_top1_from(shown_grid, window),
+            cursor.rows,
+            position - window.start,
+            colours["int." if shown is intervened else "base"],
+        ),
         LayerChart(f"entropy @{position} (bits)", lines("entropy_bits"), cursor.rows, cursor.row, log=False),
     ]
     if results.kl_base_int:
         kl = [row[position] for row in results.kl_base_int]
-        charts.insert(1, LayerChart(f"KL(base‖int) @{position} (log)",
-                                    [Series("KL", kl, theme.secondary or theme.primary, "◆")], cursor.rows,
-                                    cursor.row, log=True))
+        charts.insert(
+            1,
+            LayerChart(
+                f"KL(base‖int) @{position} (log)",
+                [Series("KL", kl, theme.secondary or theme.primary, "◆")],
+                cursor.rows,
+                cursor.row,
+                log=True,
+            ),
+        )
     return charts
 
 
 def lens_clipboard(results: Results, cursor: Cursor) -> str:
-    grids = [(name, grid) for name, grid in (("baseline", results.baseline), ("intervened", results.intervened))
-             if grid is not None and cursor.row < len(grid.cells)]
+    grids = [
+        (name, grid)
+        for name, grid in (("baseline", results.baseline), ("intervened", results.intervened))
+        if grid is not None and cursor.row < len(grid.cells)
+    ]
     return cell_clipboard(grids, results.kl_base_int, cursor.row, cursor.position)
 
 
-def lens_method(name: str, phase: str, rows: RowsFunction, intervenable: bool = True,
-                needs_lens: bool = False) -> GridMethod:
+def lens_method(
+    name: str, phase: str, rows: RowsFunction, intervenable: bool = True, needs_lens: bool = False
+) -> GridMethod:
     """A method whose grid is a DecodeGrid of top-k tokens: it shows and exports like the logit lens."""
-    return GridMethod(name, intervenable, phase, lens_summary, lens_detail, lens_charts, lens_clipboard, rows,
-                      needs_lens)
+    return GridMethod(
+        name, intervenable, phase, lens_summary, lens_detail, lens_charts, lens_clipboard, rows, needs_lens
+    )
 
 
-def _logit_lens_rows(lm: LoadedModel, input_ids: torch.Tensor, interventions: Sequence[Intervention], top_k: int,
-                     cancelled: Callable[[], bool], progress: ProgressFn, tuned: TunedLens | None
-                     ) -> Iterator[LayerRow]:
+def _logit_lens_rows(
+    lm: LoadedModel,
+    input_ids: torch.Tensor,
+    interventions: Sequence[Intervention],
+    top_k: int,
+    cancelled: Callable[[], bool],
+    progress: ProgressFn,
+    tuned: TunedLens | None,
+) -> Iterator[LayerRow]:
     from layerscope.tui.compute import lens_rows
 
     return lens_rows(lm, input_ids, interventions, top_k, cancelled)
 
 
-def _tuned_lens_rows(lm: LoadedModel, input_ids: torch.Tensor, interventions: Sequence[Intervention], top_k: int,
-                     cancelled: Callable[[], bool], progress: ProgressFn, tuned: TunedLens | None
-                     ) -> Iterator[LayerRow]:
+def _tuned_lens_rows(
+    lm: LoadedModel,
+    input_ids: torch.Tensor,
+    interventions: Sequence[Intervention],
+    top_k: int,
+    cancelled: Callable[[], bool],
+    progress: ProgressFn,
+    tuned: TunedLens | None,
+) -> Iterator[LayerRow]:
     from layerscope.tui.compute import lens_rows
 
     assert tuned is not None, "the app runs the tuned lens only with a lens loaded (needs_lens)"
     return lens_rows(lm, input_ids, interventions, top_k, cancelled, tuned)
 
 
-def _patchscope_rows(lm: LoadedModel, input_ids: torch.Tensor, interventions: Sequence[Intervention], top_k: int,
-                     cancelled: Callable[[], bool], progress: ProgressFn, tuned: TunedLens | None
-                     ) -> Iterator[LayerRow]:
+def _patchscope_rows(
+    lm: LoadedModel,
+    input_ids: torch.Tensor,
+    interventions: Sequence[Intervention],
+    top_k: int,
+    cancelled: Callable[[], bool],
+    progress: ProgressFn,
+    tuned: TunedLens | None,
+) -> Iterator[LayerRow]:
     from layerscope.tui.compute import patchscope_rows
 
     return patchscope_rows(lm, input_ids, top_k, cancelled, progress)
@@ -271,8 +334,10 @@ def trace_detail(results: Results, cursor: Cursor, width: int) -> Text:
 def trace_charts(results: Results, shown: Grid, cursor: Cursor, theme: Theme) -> list[Chart]:
     """The causal trace at the cursor's position: per row, the indirect effect and the restored p_answer."""
     trace: CausalTrace = results.baseline
-    series = [Series("IE", trace.column(cursor.position), theme.primary, "●"),
-              Series("p", trace.column(cursor.position, "value"), theme.accent or theme.secondary, "○")]
+    series = [
+        Series("IE", trace.column(cursor.position), theme.primary, "●"),
+        Series("p", trace.column(cursor.position, "value"), theme.accent or theme.secondary, "○"),
+    ]
     return [LayerChart(f"indirect effect @{cursor.position}", series, trace.layers, cursor.row, log=False)]
 
 
@@ -280,8 +345,7 @@ def trace_copy(results: Results, cursor: Cursor) -> str:
     return trace_clipboard(results.baseline, cursor.row, cursor.position)
 
 
-register(GridMethod("causal_trace", False, "causal trace cells", trace_summary, trace_detail, trace_charts,
-                    trace_copy))
+register(GridMethod("causal_trace", False, "causal trace cells", trace_summary, trace_detail, trace_charts, trace_copy))
 
 
 # a head's attention pattern: queries down (the prompt's positions), keys across ----------------------------------
@@ -304,7 +368,9 @@ class PatternGrid:
     @classmethod
     def of(cls, pattern: AttentionPattern, head: tuple[int, int]) -> PatternGrid:
         rows = pattern.weights[head]
-        labels = [f"{key} {token_label(token, CELL_LABEL - len(str(key)) - 1)}" for key, token in enumerate(pattern.tokens)]
+        labels = [
+            f"{key} {token_label(token, CELL_LABEL - len(str(key)) - 1)}" for key, token in enumerate(pattern.tokens)
+        ]
         cells = [[PatternCell(rows[query][key]) for query in range(len(rows))] for key in range(len(rows))]
         return cls(pattern, head, pattern.tokens, labels, cells)
 
@@ -339,8 +405,9 @@ def pattern_detail(results: Results, cursor: Cursor, width: int) -> Text:
     for name, grid in grids:
         text.append(f"{name} key {key}: {grid.cells[key][query].weight:.3f} · top keys\n", "bold")
         for strongest, weight in grid.pattern.strongest(grid.head, query, 3):
-            text.append(f" {weight:5.1%} {prob_glyph(weight)} {strongest:>3} "
-                        f"{token_label(grid.tokens[strongest], 14)}\n")
+            text.append(
+                f" {weight:5.1%} {prob_glyph(weight)} {strongest:>3} {token_label(grid.tokens[strongest], 14)}\n"
+            )
     return text
 
 
@@ -350,8 +417,9 @@ def pattern_charts(results: Results, shown: Grid, cursor: Cursor, theme: Theme) 
     grids: list[tuple[str, PatternGrid, str | None, str]] = [("base", results.baseline, theme.primary, "●")]
     if results.intervened is not None:
         grids.append(("int.", results.intervened, theme.accent or theme.warning or theme.secondary, "○"))
-    series = [Series(name, [row[query].weight for row in grid.cells], colour, mark)
-              for name, grid, colour, mark in grids]
+    series = [
+        Series(name, [row[query].weight for row in grid.cells], colour, mark) for name, grid, colour, mark in grids
+    ]
     keys = [str(key) for key in range(len(results.baseline.tokens))]
     block, head = results.baseline.head
     return [LayerChart(f"head {block}.{head}: query {query} over keys", series, keys, cursor.row, log=False)]
@@ -361,13 +429,17 @@ def pattern_clipboard(results: Results, cursor: Cursor) -> str:
     """The weight of the query on the key under the cursor, baseline and intervened, the tokens raw."""
     baseline: PatternGrid = results.baseline
     (block, head), key, query = baseline.head, cursor.row, cursor.position
-    lines = [f"head {block}.{head} · query {query} {raw(baseline.tokens[query])} · key {key} "
-             f"{raw(baseline.tokens[key])}"]
+    lines = [
+        f"head {block}.{head} · query {query} {raw(baseline.tokens[query])} · key {key} {raw(baseline.tokens[key])}"
+    ]
     for name, grid in (("baseline", baseline), ("intervened", results.intervened)):
         if grid is not None:
             lines.append(f"{name}: weight {grid.cells[key][query].weight:.6f}")
     return "\n".join(lines)
 
 
-register(GridMethod("head_pattern", True, "attention pattern", pattern_summary, pattern_detail, pattern_charts,
-                    pattern_clipboard))
+register(
+    GridMethod(
+        "head_pattern", True, "attention pattern", pattern_summary, pattern_detail, pattern_charts, pattern_clipboard
+    )
+)

@@ -21,17 +21,24 @@ from layerscope.tui.state import Toggles, block_kinds
 
 TOGGLE_MARKS = {"on": "[x]", "covered": "[·]", "off": "[ ]"}
 """Shown as Text, never as a string: a DataTable reads a string as Rich markup, and '[x]' is a tag to it."""
-SCORE_SOURCES = {"induction": "random tokens repeated twice, 10 samples (not your prompt)",
-                 "retrieval": "needle-in-a-haystack tests, 512-2048 tokens (not your prompt)",
-                 "previous_token": "sample_prompts/general.txt (not your prompt)"}
+SCORE_SOURCES = {
+    "induction": "random tokens repeated twice, 10 samples (not your prompt)",
+    "retrieval": "needle-in-a-haystack tests, 512-2048 tokens (not your prompt)",
+    "previous_token": "sample_prompts/general.txt (not your prompt)",
+}
 SCORE_KINDS = ("retrieval", "induction", "previous_token")
-QUICK_SETTINGS: dict[str, dict[str, Any]] = {"retrieval": {"lengths": (512,), "depths": (0, 50, 100)},
-                                             "induction": {"samples": 3}, "previous_token": {}}
+QUICK_SETTINGS: dict[str, dict[str, Any]] = {
+    "retrieval": {"lengths": (512,), "depths": (0, 50, 100)},
+    "induction": {"samples": 3},
+    "previous_token": {},
+}
 """The Heads pane's quick setting (`f`), a first look in a fraction of the time: retrieval from 15 needle tests
 instead of 75 (one length, three depths), induction from 3 samples instead of 10."""
-QUICK_SOURCES = {"induction": "random tokens repeated twice, 3 samples, quick (not your prompt)",
-                 "retrieval": "needle-in-a-haystack tests, 512 tokens, depths 0/50/100, quick (not your prompt)",
-                 "previous_token": SCORE_SOURCES["previous_token"]}
+QUICK_SOURCES = {
+    "induction": "random tokens repeated twice, 3 samples, quick (not your prompt)",
+    "retrieval": "needle-in-a-haystack tests, 512 tokens, depths 0/50/100, quick (not your prompt)",
+    "previous_token": SCORE_SOURCES["previous_token"],
+}
 
 
 def toggle_mark(state: str) -> Text:
@@ -70,7 +77,8 @@ class LayerPane(Vertical):
         """Rebuild the rows when the model changes; otherwise update the marks in place."""
         table = self.query_one(DataTable)
         self.query_one("#layer-hint", Static).update(
-            f"Space: toggle · s: next seed (random seed {toggles.seed}) · interventions: {toggles.describe()}")
+            f"Space: toggle · s: next seed (random seed {toggles.seed}) · interventions: {toggles.describe()}"
+        )
         kinds = block_kinds()
         if table.row_count != n_blocks:
             table.clear(columns=True)
@@ -162,12 +170,19 @@ class HeadPane(Vertical):
             per_group = max(1, n_heads // max(1, n_kv_heads))
             for layer in range(n_blocks):
                 for head in range(n_heads):
-                    table.add_row(layer, head, head // per_group, *self._score_cells(layer, head),
-                                  self._mask_cell(toggles, layer, head), key=f"{layer}.{head}")
+                    table.add_row(
+                        layer,
+                        head,
+                        head // per_group,
+                        *self._score_cells(layer, head),
+                        self._mask_cell(toggles, layer, head),
+                        key=f"{layer}.{head}",
+                    )
             self._sort()
             return
         for layer, head in previous.masked_heads ^ toggles.masked_heads | (
-                toggles.masked_heads if previous.mask_mode != toggles.mask_mode else set()):
+            toggles.masked_heads if previous.mask_mode != toggles.mask_mode else set()
+        ):
             table.update_cell(f"{layer}.{head}", "mask", self._mask_cell(toggles, layer, head), update_width=True)
 
     def _title(self, column: str) -> Text:
@@ -182,9 +197,11 @@ class HeadPane(Vertical):
 
     def _hint(self) -> None:
         masked = ", ".join(f"{layer}.{head}" for layer, head in sorted(self._toggles.masked_heads)) or "none"
-        hint = Text(f"Enter: pattern · Space: mask · u: mode ({self._toggles.mask_mode}) · o: sort ({self.sort}) · "
-                    f"r/i/b: retrieval/induction/previous-token scores · f: quick ({'on' if self.quick else 'off'}) · "
-                    f"l: load JSON · masked: {masked}")
+        hint = Text(
+            f"Enter: pattern · Space: mask · u: mode ({self._toggles.mask_mode}) · o: sort ({self.sort}) · "
+            f"r/i/b: retrieval/induction/previous-token scores · f: quick ({'on' if self.quick else 'off'}) · "
+            f"l: load JSON · masked: {masked}"
+        )
         for kind, source in self.sources.items():
             hint.append(f"\n{kind.replace('_', '-')} scores: {source}")
         self.query_one("#head-hint", Static).update(hint)
@@ -195,8 +212,10 @@ class HeadPane(Vertical):
         return Text("[ ]")
 
     def _score_cells(self, layer: int, head: int) -> list[str]:
-        return [f"{self.scores[kind][(layer, head)]:.3f}" if (layer, head) in self.scores[kind] else "-"
-                for kind in SCORE_KINDS]
+        return [
+            f"{self.scores[kind][(layer, head)]:.3f}" if (layer, head) in self.scores[kind] else "-"
+            for kind in SCORE_KINDS
+        ]
 
     def set_scores(self, kind: str, scores: dict[tuple[int, int], float], source: str) -> None:
         """`source` says what the scores were computed from (model, texts), shown under the hint."""
@@ -284,8 +303,11 @@ class ChartPane(Static):
 
 
 OVERVIEW_METRICS = ("kl_to_final", "entropy_bits", "kl_base_int")
-OVERVIEW_TITLES = {"kl_to_final": "KL to final (nats)", "entropy_bits": "entropy (bits)",
-                   "kl_base_int": "KL(base‖int) (nats)"}
+OVERVIEW_TITLES = {
+    "kl_to_final": "KL to final (nats)",
+    "entropy_bits": "entropy (bits)",
+    "kl_base_int": "KL(base‖int) (nats)",
+}
 
 
 class OverviewPane(Static, can_focus=True):

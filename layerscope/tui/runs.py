@@ -100,8 +100,9 @@ class RunController:
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
-    def start_results(self, run_id: int, baseline: DecodeGrid, intervened: DecodeGrid | None,
-                      origin: RunOrigin) -> None:
+    def start_results(
+        self, run_id: int, baseline: DecodeGrid, intervened: DecodeGrid | None, origin: RunOrigin
+    ) -> None:
         """The new results wait for their first row: until then the last ones stay shown."""
         if self.is_current(run_id):
             self.pending = (Results(baseline, intervened, [] if intervened is not None else None), origin)
@@ -120,8 +121,12 @@ class RunController:
         assert baseline is not None, "a run's rows arrive after take_pending showed its results, which have a baseline"
         baseline.layers.append(row.label)
         baseline.cells.append(row.baseline)
-        if (intervened is not None and kl_rows is not None
-                and row.intervened is not None and row.kl_base_int is not None):
+        if (
+            intervened is not None
+            and kl_rows is not None
+            and row.intervened is not None
+            and row.kl_base_int is not None
+        ):
             intervened.layers.append(row.label)
             intervened.cells.append(row.intervened)
             kl_rows.append(row.kl_base_int)

@@ -15,8 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from layerscope.errors import LayerscopeError
-from layerscope.interventions import (REGISTRY, BlockChoice, Intervention, MaskHeads, ModelShape, check_interventions,
-                                      chosen_by_block, intervention_class)
+from layerscope.interventions import (
+    REGISTRY,
+    BlockChoice,
+    Intervention,
+    MaskHeads,
+    ModelShape,
+    check_interventions,
+    chosen_by_block,
+    intervention_class,
+)
 from layerscope.interventions.kinds import HEAD_MASK_MODES, HeadMaskMode
 
 SESSION_VERSION = 1
@@ -44,8 +52,14 @@ class Toggles:
     masked_heads: frozenset[tuple[int, int]] = frozenset()
     mask_mode: HeadMaskMode = "zero"
 
-    def __init__(self, blocks: Any = (), seed: int = 0, masked_heads: frozenset[tuple[int, int]] = frozenset(),
-                 mask_mode: HeadMaskMode = "zero", **by_kind: Any) -> None:
+    def __init__(
+        self,
+        blocks: Any = (),
+        seed: int = 0,
+        masked_heads: frozenset[tuple[int, int]] = frozenset(),
+        mask_mode: HeadMaskMode = "zero",
+        **by_kind: Any,
+    ) -> None:
         chosen = {_kind(kind): _as_blocks(value) for kind, value in {**dict(blocks), **by_kind}.items()}
         object.__setattr__(self, "blocks", tuple((kind, chosen[kind]) for kind in block_kinds() if chosen.get(kind)))
         object.__setattr__(self, "seed", seed)
@@ -96,8 +110,9 @@ class Toggles:
     def effective(self) -> Toggles:
         """The same toggles with the settings that change nothing reset: the seed without a seeded kind, the mask
         mode without masked heads."""
-        return replace(self, seed=self.seed if self._uses_seed() else 0,
-                       mask_mode=self.mask_mode if self.masked_heads else "zero")
+        return replace(
+            self, seed=self.seed if self._uses_seed() else 0, mask_mode=self.mask_mode if self.masked_heads else "zero"
+        )
 
     @property
     def is_empty(self) -> bool:
@@ -127,10 +142,16 @@ class Toggles:
         return parts
 
     def to_dict(self) -> dict:
-        data: dict[str, Any] = {kind: sorted(self.chosen(kind)) if choice.reach == "set" else next(
-            iter(self.chosen(kind)), None) for kind, choice in block_kinds().items()}
-        return {**data, "seed": self.seed, "masked_heads": [list(h) for h in sorted(self.masked_heads)],
-                "mask_mode": self.mask_mode}
+        data: dict[str, Any] = {
+            kind: sorted(self.chosen(kind)) if choice.reach == "set" else next(iter(self.chosen(kind)), None)
+            for kind, choice in block_kinds().items()
+        }
+        return {
+            **data,
+            "seed": self.seed,
+            "masked_heads": [list(h) for h in sorted(self.masked_heads)],
+            "mask_mode": self.mask_mode,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> Toggles:
@@ -142,9 +163,12 @@ class Toggles:
                     continue
                 kind = intervention_class(key).kind
                 blocks[kind] = frozenset(map(int, value)) if block_kinds()[kind].reach == "set" else {int(value)}
-            return cls(blocks, seed=int(data.get("seed", 0)),
-                       masked_heads=frozenset((int(b), int(h)) for b, h in data.get("masked_heads", [])),
-                       mask_mode=_mask_mode(data.get("mask_mode", "zero")))
+            return cls(
+                blocks,
+                seed=int(data.get("seed", 0)),
+                masked_heads=frozenset((int(b), int(h)) for b, h in data.get("masked_heads", [])),
+                mask_mode=_mask_mode(data.get("mask_mode", "zero")),
+            )
         except (TypeError, ValueError, AttributeError, KeyError) as error:
             raise LayerscopeError(f"Bad interventions in the session: {error}") from error
 
@@ -159,8 +183,10 @@ def refusal(old: Toggles, new: Toggles, shape: ModelShape, error: LayerscopeErro
             try:
                 check_interventions([other, added], shape)
             except LayerscopeError:
-                return (f"Refused: {added.describe()} clashes with {other.describe()}; clear the {other.kind} first. "
-                        "The interventions are unchanged.")
+                return (
+                    f"Refused: {added.describe()} clashes with {other.describe()}; clear the {other.kind} first. "
+                    "The interventions are unchanged."
+                )
     return f"Refused: {error} The interventions are unchanged."
 
 
@@ -194,8 +220,12 @@ class RunOrigin:
 
         changed = [name for name in ("prompt", "model", "method") if getattr(self, name) != getattr(now, name)]
         method = REGISTRY.get(self.method)
-        if (self.method == now.method and method is not None and method.intervenable
-                and self.toggles.effective() != now.toggles.effective()):
+        if (
+            self.method == now.method
+            and method is not None
+            and method.intervenable
+            and self.toggles.effective() != now.toggles.effective()
+        ):
             changed.append("interventions")
         return changed
 
@@ -210,9 +240,12 @@ class Results:
     continuation: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"baseline": self.baseline.to_dict() if self.baseline else None,
-                "intervened": self.intervened.to_dict() if self.intervened else None,
-                "kl_base_int": self.kl_base_int, "continuation": self.continuation}
+        return {
+            "baseline": self.baseline.to_dict() if self.baseline else None,
+            "intervened": self.intervened.to_dict() if self.intervened else None,
+            "kl_base_int": self.kl_base_int,
+            "continuation": self.continuation,
+        }
 
 
 @dataclass
@@ -224,8 +257,14 @@ class Session:
     results: Results
 
     def to_dict(self) -> dict:
-        return {"layerscope_session": SESSION_VERSION, "model": self.model, "prompt": self.prompt,
-                "method": self.method, "interventions": self.toggles.to_dict(), "results": self.results.to_dict()}
+        return {
+            "layerscope_session": SESSION_VERSION,
+            "model": self.model,
+            "prompt": self.prompt,
+            "method": self.method,
+            "interventions": self.toggles.to_dict(),
+            "results": self.results.to_dict(),
+        }
 
     def save(self, path: Path) -> None:
         from layerscope.outputs import to_json, write_atomic
@@ -250,8 +289,13 @@ class Session:
                 kl_base_int=saved.get("kl_base_int"),
                 continuation=dict(saved.get("continuation") or {}),
             )
-            return cls(str(data["model"]), str(data["prompt"]), str(data.get("method", "logit_lens")),
-                       Toggles.from_dict(data.get("interventions") or {}), results)
+            return cls(
+                str(data["model"]),
+                str(data["prompt"]),
+                str(data.get("method", "logit_lens")),
+                Toggles.from_dict(data.get("interventions") or {}),
+                results,
+            )
         except (KeyError, TypeError, ValueError) as error:
             raise LayerscopeError(f"Session '{path}' is damaged: {error!r}") from error
 

@@ -26,8 +26,19 @@ DEFAULT_THEME = "layerscope-dark"
 FALLBACK_THEME = "textual-dark"
 
 _FIELDS = {field.name for field in dataclasses.fields(Theme)}
-_COLOURS = ("primary", "secondary", "warning", "error", "success", "accent", "foreground", "background",
-            "surface", "panel", "boost")
+_COLOURS = (
+    "primary",
+    "secondary",
+    "warning",
+    "error",
+    "success",
+    "accent",
+    "foreground",
+    "background",
+    "surface",
+    "panel",
+    "boost",
+)
 
 
 def theme_from_dict(data: dict, default_name: str) -> Theme:
@@ -80,8 +91,9 @@ def theme_names(folders: list[Path]) -> tuple[list[str], list[str]]:
 def rich_theme(theme: Theme) -> Theme:
     """The theme with every colour spelled as Rich reads it in a Text style: an ANSI theme's 'ansi_blue' is
     'color(4)' and 'ansi_default' is 'default' (Rich knows neither name); '#0178D4' stays as it is."""
-    colours: dict[str, Any] = {name: Color.parse(value).rich_color.name for name in _COLOURS
-                               if (value := getattr(theme, name)) is not None}
+    colours: dict[str, Any] = {
+        name: Color.parse(value).rich_color.name for name in _COLOURS if (value := getattr(theme, name)) is not None
+    }
     return dataclasses.replace(theme, **colours)
 
 

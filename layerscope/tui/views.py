@@ -45,17 +45,30 @@ def duration(seconds: float) -> str:
     return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
 
 
-def overview(results: Results, shown: DecodeGrid | None, view: str, metric: str, cursor: tuple[int, int],
-             width: int, height: int, colour: str) -> Text:
+def overview(
+    results: Results,
+    shown: DecodeGrid | None,
+    view: str,
+    metric: str,
+    cursor: tuple[int, int],
+    width: int,
+    height: int,
+    colour: str,
+) -> Text:
     """The Overview pane: one metric of the shown grid as a heatmap, a character per cell, under a title line."""
     if shown is None or not shown.cells:
         return Text("No results yet: type a prompt and press Ctrl+R.")
-    values = (results.kl_base_int or []) if metric == "kl_base_int" else [
-        [getattr(cell, metric) for cell in row] for row in shown.cells]
-    text = Text(f"overview · {OVERVIEW_TITLES[metric]} · {view} · v: metric, Enter: open in the grid\n", "bold",
-                no_wrap=True)
-    text.append(overview_text(values, shown.tokens, shown.layers, cursor, width, height - 1, metric != "entropy_bits",
-                              colour))
+    values = (
+        (results.kl_base_int or [])
+        if metric == "kl_base_int"
+        else [[getattr(cell, metric) for cell in row] for row in shown.cells]
+    )
+    text = Text(
+        f"overview · {OVERVIEW_TITLES[metric]} · {view} · v: metric, Enter: open in the grid\n", "bold", no_wrap=True
+    )
+    text.append(
+        overview_text(values, shown.tokens, shown.layers, cursor, width, height - 1, metric != "entropy_bits", colour)
+    )
     return text
 
 
@@ -65,7 +78,7 @@ def continuation_text(continuations: dict[str, str]) -> Text:
     shared = len(os.path.commonprefix(texts)) if len(texts) == 2 and texts[0] != texts[1] else None
     text = Text()
     for name, continuation in continuations.items():
-        text.append(f"\n{name:>10} continuation: \"")
+        text.append(f'\n{name:>10} continuation: "')
         end = len(continuation) if shared is None else shared
         text.append(visible(continuation[:end].replace("\n", "⏎")))
         text.append(visible(continuation[end:].replace("\n", "⏎")), "bold reverse")
@@ -81,14 +94,16 @@ def output_text(results: Results, origin: RunOrigin | None, changes: list[str], 
     lines = []
     if origin is not None:
         lines.append(f"results of: {origin.model} · {origin.method} · {origin.toggles.describe()}")
-        lines.append(f"prompt: \"{origin.prompt.replace(chr(10), '⏎')}\"")
+        lines.append(f'prompt: "{origin.prompt.replace(chr(10), "⏎")}"')
         if changes:
             lines.append(f"STALE: {', '.join(changes)} changed since; Ctrl+R reruns (now: {interventions_now})")
     if results.kl_base_int and results.baseline is not None and results.intervened is not None:
         last, row = results.kl_base_int[-1], len(results.kl_base_int) - 1
         agree = sum(results.baseline.top1(row, t).id == results.intervened.top1(row, t).id for t in range(len(last)))
-        lines.append(f"row {results.intervened.layers[-1]}: mean KL(base‖int) {sum(last) / len(last):.4f} nats, "
-                     f"top-1 agreement {agree}/{len(last)}")
+        lines.append(
+            f"row {results.intervened.layers[-1]}: mean KL(base‖int) {sum(last) / len(last):.4f} nats, "
+            f"top-1 agreement {agree}/{len(last)}"
+        )
     text = Text(visible("\n".join(lines)))
     text.append(continuation_text(results.continuation))
     return text

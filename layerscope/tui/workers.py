@@ -16,9 +16,16 @@ from typing import TYPE_CHECKING
 from textual.message import Message
 from textual.worker import Worker
 
-from layerscope.tui.messages import (PatternComputed, RowComputed, RunFinished, RunProgress, RunStarted,
-                                     ScoresComputed, TraceComputed)
 from layerscope.errors import LayerscopeError
+from layerscope.tui.messages import (
+    PatternComputed,
+    RowComputed,
+    RunFinished,
+    RunProgress,
+    RunStarted,
+    ScoresComputed,
+    TraceComputed,
+)
 from layerscope.tui.methods import REGISTRY
 from layerscope.tui.runs import Cancelled, stop_between_blocks
 from layerscope.tui.state import RunOrigin, Toggles
@@ -27,6 +34,7 @@ if TYPE_CHECKING:
     from layerscope.analyses.tuned_lens import TunedLens
     from layerscope.models.loading import LoadedModel
     from layerscope.progress import ProgressFn
+
 
 @dataclass(frozen=True)
 class RunContext:
@@ -44,10 +52,12 @@ class RunContext:
 
     def progress(self, name: str) -> ProgressFn:
         """A progress callback that names its phase; raising Cancelled stops the step it is called from."""
+
         def progress(done: int, total: int, description: str) -> None:
             if self.cancelled():
                 raise Cancelled
             self.post(RunProgress(self.run_id, name, done, total))
+
         return progress
 
     @contextmanager
@@ -57,8 +67,15 @@ class RunContext:
             yield self.lm
 
 
-def lens_run(run: RunContext, text: str, method: str, toggles: Toggles, top_k: int, tuned: TunedLens | None,
-             continuation_tokens: int) -> None:
+def lens_run(
+    run: RunContext,
+    text: str,
+    method: str,
+    toggles: Toggles,
+    top_k: int,
+    tuned: TunedLens | None,
+    continuation_tokens: int,
+) -> None:
     """The grid's rows as they are computed (baseline and, with interventions, intervened), then the greedy
     continuation of each."""
     import torch
@@ -83,9 +100,10 @@ def lens_run(run: RunContext, text: str, method: str, toggles: Toggles, top_k: i
             run.post(RowComputed(run.run_id, row))
             rows_phase(row.row + 1, total, "")
         runs = {"baseline": [], "intervened": interventions} if interventions else {"baseline": []}
-        continuation = {name: greedy_continuation(lm, ids, continuation_tokens, edits,
-                                                  run.progress(f"generating {name}")).text
-                        for name, edits in runs.items()}
+        continuation = {
+            name: greedy_continuation(lm, ids, continuation_tokens, edits, run.progress(f"generating {name}")).text
+            for name, edits in runs.items()
+        }
     run.post(RunFinished(run.run_id, continuation))
 
 
