@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from layerscope.analyses.lens import logit_lens
     from layerscope.analyses.neurons import NeuronCensus, neuron_census
     from layerscope.analyses.patchscope import parse_target, patchscope_grid, run_patchscope
+    from layerscope.analyses.probes import ProbeReport, probe_rows
     from layerscope.analyses.tuned_lens import TunedLens, compare_lenses, load_tuned_lens, train_tuned_lens, tuned_lens
     from layerscope.errors import LayerscopeError
     from layerscope.interventions import (
@@ -64,6 +65,8 @@ _EXPORTS = {
     "logit_lens": "layerscope.analyses.lens",
     "NeuronCensus": "layerscope.analyses.neurons",
     "neuron_census": "layerscope.analyses.neurons",
+    "ProbeReport": "layerscope.analyses.probes",
+    "probe_rows": "layerscope.analyses.probes",
     "parse_target": "layerscope.analyses.patchscope",
     "patchscope_grid": "layerscope.analyses.patchscope",
     "run_patchscope": "layerscope.analyses.patchscope",

@@ -131,6 +131,7 @@ def test_the_bad_values_cover_every_command():
         ("heads", "pattern"),
         ("tunedlens", "train"),
         ("tui",),
+        ("probe",),
         *(("reproduce", name) for name in ("stages", "afcl", "shortgpt", "retrieval", "rome")),
     }
     assert (("lens",), "--top-k", "0") in BAD_VALUES and (("lens",), "--top-k", "101") in BAD_VALUES
@@ -193,6 +194,8 @@ def test_the_figure_commands_cover_every_command_that_writes_a_result():
         ("heads", "induction"),
         ("heads", "ablate"),
         ("heads", "activity"),
+        ("heads", "pattern"),
+        ("probe",),
     }
 
 

@@ -313,6 +313,7 @@ RUNS = {  # a quick run of each command that writes a file, on the tiny model
     ("stages",): ["--prompts", "{prompts}"],
     ("neurons",): ["--blocks", "0"],
     ("exit",): ["--prompts", "{prompts}"],
+    ("probe",): ["--folds", "2"],
     ("attribute",): ["-p", "the cat sat", "--answer", "mat"],
     ("trace",): ["-p", "the cat sat on the", "--subject", "cat", "--answer", " mat"],
     ("tunedlens", "eval"): ["--lens", "{lens}", "--text", "{text}", "--tokens", "16"],

@@ -113,7 +113,7 @@ def test_the_numbers_are_scikit_learns_on_hooked_states():
             assert mean == pytest.approx(scores.mean(), abs=1 / 40)  # at most one answer of 40 flips
     assert report.majority == max(labels.count("long"), labels.count("short")) / 40
     assert [row.row for row in report.rows] == ["emb", "0", "1", "2", "3"]
-    assert list(next(report.csv_rows())) == ["row", "accuracy", "accuracy_se", "control", "control_se", "majority"]
+    assert list(report.records().columns) == ["row", "accuracy", "accuracy_se", "control", "control_se", "majority"]
 
 
 @pytest.mark.parametrize(
@@ -122,9 +122,39 @@ def test_the_numbers_are_scikit_learns_on_hooked_states():
         (["a", "b"], ["x"], 2, "labels= has 1 entries for 2 texts="),
         (["a", "b", "c"], ["x", "x", "x"], 2, "one class"),
         (["a", "b", "c"], ["x", "y", "y"], 2, "1 prompt(s) of class 'x'"),
-        (["a", "b", "c", "d"], ["x", "y", "x", "y"], 1, "folds= must be a whole number of at least 2"),
+        (["a", "b", "c", "d"], ["x", "y", "x", "y"], 1, "folds=1 must be a whole number of at least 2"),
     ],
 )
 def test_bad_input_is_named_by_parameter(texts, labels, folds, message):
     with pytest.raises(ArgumentValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         probe_rows(tiny_model("llama"), texts, labels, folds=folds)
+
+
+def test_the_command_writes_the_engines_report_and_refuses_bad_files(tiny_dir, tmp_path):
+    """`layerscope probe` on a saved tiny model: its JSON is the engine's report on the same file; a label field
+    that is not a class field, and a class with fewer prompts than folds, are one error line each, before any
+    model work."""
+    import json
+
+    from layerscope.models.loading import load_model
+    from tests.studies import invoke
+
+    data = tmp_path / "set.jsonl"
+    texts = parity_texts(24, seed=2)
+    data.write_text(
+        "".join(json.dumps({"prompt": t, "kind": "a" if i % 2 else "b"}) + "\n" for i, t in enumerate(texts))
+    )
+    result = invoke(
+        "probe", "--model", str(tiny_dir), "--data", str(data), "--label", "kind", "--folds", "3", "-f", "json"
+    )
+    assert result.exit_code == 0, result.output
+    lm = load_model(str(tiny_dir), device="cpu")
+    expected = probe_rows(lm, texts, ["a" if i % 2 else "b" for i in range(24)], label="kind", folds=3)
+    assert json.loads(result.stdout)["rows"] == json.loads(json.dumps(expected.to_dict()["rows"]))
+    for args, message in (
+        (["--label", "prompt"], "--label 'prompt': name the class field"),
+        (["--label", "kind", "--folds", "13"], 'field "kind" has 12 prompt(s) of class'),
+        (["--label", "colour"], 'no "colour"'),
+    ):
+        result = invoke("probe", "--model", str(tmp_path / "no-model"), "--data", str(data), *args)
+        assert result.exit_code == 1 and result.stderr.count("\n") == 1 and message in result.stderr, result.output

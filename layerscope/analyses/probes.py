@@ -16,16 +16,22 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from layerscope.analyses.activations import trace
+from layerscope.analyses.activations import capture
 from layerscope.analyses.residual import layer_labels
 from layerscope.arguments import check_lm
 from layerscope.errors import ArgumentTypeError, ArgumentValueError, LayerscopeError
 from layerscope.models.loading import LoadedModel
+from layerscope.records import Records
+
+if TYPE_CHECKING:
+    import pandas
+    from matplotlib.figure import Figure
 
 INSTALL_HINT = "linear probes need scikit-learn: pip install 'layerscope[probe]'"
 
@@ -65,16 +71,20 @@ class ProbeReport:
             "rows": [vars(row) for row in self.rows],
         }
 
-    def csv_rows(self) -> Iterator[dict]:
-        for row in self.rows:
-            yield {
-                "row": row.row,
-                "accuracy": row.accuracy,
-                "accuracy_se": row.accuracy_se,
-                "control": row.control,
-                "control_se": row.control_se,
-                "majority": self.majority,
-            }
+    def records(self) -> Records:
+        return Records.of(
+            ("row", "accuracy", "accuracy_se", "control", "control_se", "majority"),
+            ((r.row, r.accuracy, r.accuracy_se, r.control, r.control_se, self.majority) for r in self.rows),
+        )
+
+    def to_pandas(self) -> pandas.DataFrame:
+        return self.records().to_pandas()
+
+    def plot(self) -> Figure:
+        """Accuracy and control per grid row: a matplotlib Figure (layerscope[plot])."""
+        from layerscope.figures.studies import probe_figure
+
+        return probe_figure(self)
 
     def first_row_above(self, margin: float) -> str | None:
         """The first row whose accuracy beats both its control and the majority share by `margin`."""
@@ -86,7 +96,7 @@ def last_token_states(lm: LoadedModel, texts: Sequence[str], batch_size: int = 1
     the CPU. Prompts run `batch_size` at a time; only the last token's states are kept."""
     parts = []
     for start in range(0, len(texts), batch_size):
-        acts = trace(lm, list(texts[start : start + batch_size]), "resid")
+        acts = capture(lm, list(texts[start : start + batch_size]), "resid")
         last = acts.attention_mask.sum(dim=1) - 1
         states = acts.stacked("resid")  # (rows, B, T, hidden)
         parts.append(states[:, torch.arange(states.shape[1]), last.to(states.device)].float().cpu())
@@ -96,7 +106,7 @@ def last_token_states(lm: LoadedModel, texts: Sequence[str], batch_size: int = 1
 def check_classes(labels: Sequence[str], folds: int) -> Counter[str]:
     """The prompts per class, refused unless there are two classes or more, each with a prompt per fold."""
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
-        raise ArgumentValueError(f"folds= must be a whole number of at least 2, not {folds!r}.")
+        raise ArgumentValueError(f"folds={folds!r} must be a whole number of at least 2.")
     counts = Counter(labels)
     if len(counts) < 2:
         raise ArgumentValueError(f"labels= has one class ({next(iter(counts), 'none')!r}): a probe needs two.")
@@ -129,7 +139,7 @@ def probe_rows(
     if len(texts) != len(labels):
         raise ArgumentValueError(f"labels= has {len(labels)} entries for {len(texts)} texts=; give one per text.")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ArgumentValueError(f"batch_size= must be a whole number of at least 1, not {batch_size!r}.")
+        raise ArgumentValueError(f"batch_size={batch_size!r} must be a whole number of at least 1.")
     counts = check_classes(labels, folds)
     try:
         import numpy as np

@@ -3,35 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from layerscope.cli.common import BosModelOptions, Output, Reads, command
+from layerscope.cli.tables import probe_table
 from layerscope.errors import ArgumentValueError, LayerscopeError
 from layerscope.locations import sample_file
-
-if TYPE_CHECKING:
-    from layerscope.analyses.probes import ProbeReport
-
-SIGNIFICANT = 0.2  # accuracy above both the control and the majority share by this much: the table's marked row
-
-
-def probe_table(report: ProbeReport) -> str:
-    first = report.first_row_above(SIGNIFICANT)
-    lines = [
-        f'linear probe of "{report.label}" at the last token: {report.prompts} prompts, classes '
-        f"{', '.join(report.classes)}; held out over {report.folds} folds (mean ± standard error); control: "
-        f"shuffled labels; majority class {report.majority:.1%}",
-        f"first row {SIGNIFICANT:.0%} above its control and the majority: {first if first else 'none'}",
-        "",
-        f"{'row':>4} {'accuracy':>15} {'control':>15}",
-    ]
-    lines += [
-        f"{row.row:>4} {row.accuracy:8.1%} ± {row.accuracy_se:4.1%} {row.control:8.1%} ± {row.control_se:4.1%}"
-        for row in report.rows
-    ]
-    return "\n".join(lines)
 
 
 @command
@@ -82,4 +61,4 @@ def probe(
         seed=seed,
         batch_size=batch_size,
     )
-    output.write(report.to_dict, report.csv_rows, lambda: probe_table(report))
+    output.write(report.to_dict, report.records, lambda: probe_table(report), report.plot)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from layerscope.analyses.influence import InfluenceReport
     from layerscope.analyses.neurons import NeuronCensus
     from layerscope.analyses.patchscope import PatchscopeReport
+    from layerscope.analyses.probes import ProbeReport
     from layerscope.analyses.retrieval import NeedleResult
     from layerscope.analyses.stages import StageMap
     from layerscope.analyses.sweep_result import SweepResult
@@ -346,3 +347,23 @@ def pattern_table(runs: dict[str, AttentionPattern], keys: int) -> str:
                 lines.append(f"{query:>5} {shorten(token, 14):<14} {cells}")
             sections.append("\n".join(lines))
     return "\n\n".join(sections)
+
+
+SIGNIFICANT = 0.2  # accuracy above both the control and the majority share by this much: the table's marked row
+
+
+def probe_table(report: ProbeReport) -> str:
+    first = report.first_row_above(SIGNIFICANT)
+    lines = [
+        f'linear probe of "{report.label}" at the last token: {report.prompts} prompts, classes '
+        f"{', '.join(report.classes)}; held out over {report.folds} folds (mean ± standard error); control: "
+        f"shuffled labels; majority class {report.majority:.1%}",
+        f"first row {SIGNIFICANT:.0%} above its control and the majority: {first if first else 'none'}",
+        "",
+        f"{'row':>4} {'accuracy':>15} {'control':>15}",
+    ]
+    lines += [
+        f"{row.row:>4} {row.accuracy:8.1%} ± {row.accuracy_se:4.1%} {row.control:8.1%} ± {row.control_se:4.1%}"
+        for row in report.rows
+    ]
+    return "\n".join(lines)

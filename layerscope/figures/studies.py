@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 
     from layerscope.analyses.early_exit import EarlyExit
     from layerscope.analyses.influence import InfluenceReport
+    from layerscope.analyses.probes import ProbeReport
     from layerscope.analyses.stages import StageMap
 
 PRUNE_METHODS = {"block_influence": "lowest Block Influence", "random": "random blocks", "last": "last blocks"}
@@ -122,5 +123,31 @@ def early_exit_figure(result: EarlyExit) -> Figure:
         figure,
         f"early exit · {result.model}",
         f"{len(result.stays_from)} prompts, {positions} positions, {result.n_blocks} blocks (logit lens)",
+    )
+    return figure
+
+
+def probe_figure(report: ProbeReport) -> Figure:
+    """Held-out probe accuracy per grid row with its standard error, beside the shuffled-label control and the
+    majority class's share."""
+    figure = new_figure(8, 4)
+    axes = figure.add_subplot()
+    x = range(len(report.rows))
+    for values, errors, name, colour in (
+        ([r.accuracy for r in report.rows], [r.accuracy_se for r in report.rows], "probe", "tab:blue"),
+        ([r.control for r in report.rows], [r.control_se for r in report.rows], "shuffled labels", "tab:grey"),
+    ):
+        axes.errorbar(x, values, yerr=errors, marker=".", capsize=2, label=name, color=colour)
+    axes.axhline(report.majority, color="black", linestyle="--", linewidth=0.8, label="majority class")
+    axes.set_xticks(list(x), [r.row for r in report.rows], fontsize="x-small", rotation=90)
+    axes.set_xlabel("grid row (emb, then block outputs)")
+    axes.set_ylabel("held-out accuracy")
+    axes.set_ylim(-0.05, 1.05)
+    axes.legend(fontsize="small")
+    provenance(
+        figure,
+        f"linear probe of {report.label!r} · {report.model}",
+        f"{report.prompts} prompts, classes {', '.join(report.classes)} · last token · {report.folds}-fold "
+        f"cross-validation, seed {report.seed}",
     )
     return figure
