@@ -274,3 +274,7 @@ def test_notebook_code_runs_in_order(demo_lm, monkeypatch):
     assert list(namespace["lens_frame"].columns) == list(grid.records().columns)
     assert len(namespace["sweep_frame"]) == len(result.points) == 3 * 10 + 10
     assert "<table" in result._repr_html_() and "<table" in namespace["report"].intervened._repr_html_()
+    # the figure cells: the lens heatmap holds the grid's top-1 probabilities, the sweep one line per kind
+    lens_axes = namespace["lens_figure"].axes[0]
+    assert lens_axes.images[0].get_array().shape == (len(grid.cells), len(grid.tokens))
+    assert [line.get_label() for line in namespace["sweep_figure"].axes[0].get_lines()] == ["drop"]
