@@ -13,9 +13,11 @@ from matplotlib.image import imread
 
 from layerscope.analyses.causal_trace import SITES, trace_prompt
 from layerscope.analyses.compare import greedy_continuation
+from layerscope.analyses.head_ablation import niah_accuracy
 from layerscope.analyses.influence import block_influence, perplexity, pruned, text_windows
+from layerscope.analyses.needles import build_tests, load_haystack, load_needles
 from layerscope.analyses.prompt_sets import answer_matches, load_prompt_set
-from layerscope.analyses.retrieval import build_tests, load_haystack, load_needles, niah_accuracy, retrieval_scores
+from layerscope.analyses.retrieval import retrieval_scores
 from layerscope.analyses.sweep import sweep
 from layerscope.analyses.token_swap import Donor, token_swap_sweep
 from layerscope.locations import sample_file

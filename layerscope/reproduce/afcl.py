@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 from layerscope.analyses.compare import greedy_continuation
 from layerscope.analyses.prompt_sets import answer_matches, load_prompt_set
-from layerscope.analyses.sweep import mean, sweep
+from layerscope.analyses.resumable import mean
+from layerscope.analyses.sweep import sweep
 from layerscope.analyses.token_swap import Donor, token_swap_sweep
 from layerscope.locations import SAMPLE_PROMPTS
 from layerscope.models.loading import LoadedModel

@@ -9,15 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from layerscope.analyses.head_ablation import ablation_experiment
 from layerscope.analyses.head_scores import RETRIEVAL_THRESHOLD
-from layerscope.analyses.retrieval import (
-    Needle,
-    ablation_experiment,
-    build_tests,
-    load_haystack,
-    load_needles,
-    retrieval_scores,
-)
+from layerscope.analyses.needles import Needle, build_tests, load_haystack, load_needles
+from layerscope.analyses.retrieval import retrieval_scores
 from layerscope.interventions.kinds import HEAD_MASK_MODES
 from layerscope.locations import SAMPLE_PROMPTS
 from layerscope.models.loading import LoadedModel

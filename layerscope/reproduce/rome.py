@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, cast
 
 from layerscope.analyses.causal_trace import SITES, Site, trace_prompt
 from layerscope.analyses.prompt_sets import load_prompt_set
-from layerscope.analyses.sweep import mean
+from layerscope.analyses.resumable import mean
 from layerscope.locations import SAMPLE_PROMPTS
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress

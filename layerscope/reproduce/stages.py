@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from layerscope.analyses.prompt_sets import load_prompt_set
-from layerscope.analyses.sweep import mean, sweep
+from layerscope.analyses.resumable import mean
+from layerscope.analyses.sweep import sweep
 from layerscope.locations import SAMPLE_PROMPTS
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
