@@ -184,9 +184,9 @@ def head_scores_html(scores: HeadScores) -> str:
 
 def sweep_html(result: SweepResult) -> str:
     """A sweep's set averages: rows by layer (grid row for swap-token), one column per metric, each shaded by its
-    share of the column's largest magnitude; the per-prompt rows are in `to_pandas()`."""
+    share of the column's largest magnitude; the per-prompt points are in `to_pandas()`."""
     records = result.records()
-    averages = [row for row in records.rows if row[records.columns.index("prompt_index")] is None]
+    averages = [line for line in records.lines if line[records.columns.index("prompt_index")] is None]
     metrics = [
         name
         for name in records.columns

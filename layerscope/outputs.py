@@ -270,5 +270,5 @@ def to_csv(records: Records) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(records.columns)
-    writer.writerows(records.rows)
+    writer.writerows(records.lines)
     return buffer.getvalue()
