@@ -20,7 +20,7 @@ import typer.main
 from typer.testing import CliRunner
 
 from layerscope.cli.app import app
-from layerscope.cli.common import shorten, visible
+from layerscope.cli.common import escaped, shorten
 from layerscope.errors import LayerscopeError, UnsupportedArchitecture, require_utf8
 from layerscope.models.loading import available_devices, load_model, pick_device
 from tests.tiny import tiny_model
@@ -623,7 +623,7 @@ def test_control_characters_are_escaped_in_tables_and_exact_in_json(demo_cli):
 
 
 def test_visible_and_shorten_escape_every_control_character():
-    assert visible("a\x1bb\x07c\x00d\x7fe\x9bf\ng\th\u2028é") == "a\\x1bb\\x07c\\x00d\\x7fe\\x9bf\\ng\\th\\u2028é"
+    assert escaped("a\x1bb\x07c\x00d\x7fe\x9bf\ng\th\u2028é") == "a\\x1bb\\x07c\\x00d\\x7fe\\x9bf\\ng\\th\\u2028é"
     assert shorten("\x1b\x1b\x1b", 6) == "\\x1b\\…"
 
 

@@ -442,7 +442,7 @@ def check_files(options: dict[str, Any], marks: dict[str, tuple[str, Reads | Wri
 
 def fail(message: str) -> typer.Exit:
     """One line, whatever the message quotes from the user's input."""
-    typer.echo(f"error: {visible(message)}", err=True)
+    typer.echo(f"error: {escaped(message)}", err=True)
     return typer.Exit(code=1)
 
 
@@ -517,7 +517,7 @@ class StderrProgress:
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
-def visible(text: str) -> str:
+def escaped(text: str) -> str:
     """Control characters (C0, DEL, C1, line separators) as escapes like \\n and \\x1b: text from a prompt
     must not move the cursor, ring the bell or restyle the terminal, nor break a table row."""
     return _CONTROL.sub(lambda match: match[0].encode("unicode_escape").decode("ascii"), text)
@@ -525,5 +525,5 @@ def visible(text: str) -> str:
 
 def shorten(text: str, width: int) -> str:
     """A token fit for a table cell: control characters escaped, cut to width."""
-    text = visible(text)
+    text = escaped(text)
     return text if len(text) <= width else text[: width - 1] + "…"

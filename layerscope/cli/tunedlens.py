@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from layerscope.cli.common import ModelOptions, Output, Reads, StderrProgress, Writes, command, visible
+from layerscope.cli.common import ModelOptions, Output, Reads, StderrProgress, Writes, command, escaped
 from layerscope.cli.tables import comparison_table
 from layerscope.locations import sample_file
 from layerscope.textfiles import read_text_file
@@ -41,7 +41,7 @@ def load_lens(lm: LoadedModel, directory: Path) -> TunedLens:
 
     lens, mismatch = read_tuned_lens(lm, directory)
     if mismatch is not None:
-        typer.echo(f"warning: {visible(mismatch)}", err=True)
+        typer.echo(f"warning: {escaped(mismatch)}", err=True)
     return lens
 
 
