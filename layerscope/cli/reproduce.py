@@ -76,14 +76,13 @@ def _reproduce_command(paper: Paper) -> Callable:
                 )
         lm = model.load()
         module = paper.module()
-        progress = StderrProgress()
-        try:
+        with StderrProgress() as progress:
             result = module.run(lm, quick, seed, folder, progress)
-        finally:
-            progress.close()
-        write_files(result, module.draw(result), figure_dir, figure_format.value)
+        figures = module.draw(result)
+        write_files(result, figures, figure_dir, figure_format.value)
         print(f"[layerscope] figures, JSON and summary written in {figure_dir}", file=sys.stderr)
-        output.write(result.to_dict, lambda: result.rows, lambda: result.summary)
+        # --figure: the paper's first figure, also written (as every figure) in --figure-dir
+        output.write(result.to_dict, result.records, lambda: result.summary, lambda: next(iter(figures.values())))
 
     reproduce.__doc__ = (
         f"{paper.title}: {paper.what}.\n\nWrites the figures, the JSON behind them and a summary "

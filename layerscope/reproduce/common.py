@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from layerscope.errors import LayerscopeError
 from layerscope.outputs import to_json, write_atomic
+from layerscope.records import Records
 from layerscope.reproduce import PAPERS
 
 if TYPE_CHECKING:
@@ -29,7 +30,12 @@ class Reproduction:
     settings: dict
     data: dict
     summary: str
-    rows: list[dict]  # every plotted point, one a row (the csv)
+    points: list[dict]  # every plotted point: the csv's lines
+
+    def records(self) -> Records:
+        """A line per plotted point; the columns are every key the points have, in first-seen order."""
+        columns = list(dict.fromkeys(key for point in self.points for key in point))
+        return Records.of(columns, ([point.get(column) for column in columns] for point in self.points))
 
     def to_dict(self) -> dict:
         return {
