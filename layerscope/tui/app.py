@@ -893,7 +893,7 @@ class LayerscopeApp(App):
         return [
             ("Everywhere", type(self), self),
             ("Lens grid", DecodeGridView, self.grid),
-            ("Side panel", SidePane, self.side),
+            ("Side", SidePane, self.side),
             ("Layers", LayerPane, self.layer_pane),
             ("Heads", HeadPane, self.head_pane),
             ("Overview", OverviewPane, self.overview),

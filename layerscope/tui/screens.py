@@ -23,7 +23,6 @@ PALETTE_HELP = {
     "load_session": "Load a saved session",
     "export_csv": "The shown grid, a line per cell and rank",
     "export_figure": "The shown grid as a figure: .svg, .png or .pdf by the name",
-    "export_charts": "The side panel's charts as a figure: .svg, .png or .pdf by the name",
     "copy_cell": "The cell as plain text, tokens raw (OSC 52)",
     "copy_grid": "Top-1 tokens as TSV (OSC 52)",
     "samples": "Pick a prompt from sample_prompts/",
