@@ -348,7 +348,10 @@ async def test_x_in_the_side_panel_exports_its_charts_as_a_figure(lm, tmp_path):
     """Tab focuses the side panel, where Shift+X exports its charts (not the grid) as an SVG or PNG by the name:
     the model, prompt, method, position and interventions in the caption, the plotted lines the charts' numbers
     (those of the session's grids at the cursor's position), over the rows labelled as the grid labels them, the
-    cursor's row marked, KL on a log10(1 + x) axis. An existing file is replaced only once the user says so."""
+    cursor's row marked, KL on a log10(1 + x) axis. An existing file is replaced only once the user says so. The
+    palette and help list the action."""
+    from textual.widgets import DataTable
+
     from layerscope.figures.charts import charts_figure
 
     app = make_app(lm, tmp_path)
@@ -385,6 +388,13 @@ async def test_x_in_the_side_panel_exports_its_charts_as_a_figure(lm, tmp_path):
         assert list(between.get_lines()[0].get_ydata()) == [values[4] for values in results.kl_base_int]
         assert kl.get_yscale() == between.get_yscale() == "function" and entropy.get_yscale() == "linear"
         assert [label.get_text() for label in marks.get_yticklabels()][-1] == "▶ 4 ·is"
+
+        await pilot.press("question_mark")  # help lists the key under the side panel
+        await pilot.pause(0.1)
+        table = app.screen.query_one(DataTable)
+        rows = [[str(cell) for cell in table.get_row_at(i)] for i in range(table.row_count)]
+        side = [row[0] for row in rows].index("Side")
+        assert rows[side + 1] == ["X", "Export charts", "side.export_charts"]
 
 
 async def test_side_panel_is_narrower_at_80_columns(lm, tmp_path):
