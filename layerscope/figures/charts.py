@@ -93,7 +93,7 @@ def _position_marks(axes: Axes, chart: PositionMarksData) -> None:
     axes.axhline(chart.cursor, color="grey", linestyle=":", linewidth=1)
     marked = [("▶ " if p == chart.cursor else "") + label for p, label in enumerate(chart.labels)]
     axes.set_yticks(positions, marked, fontsize="x-small")
-    axes.set_ylim(len(chart.labels) - 0.5, -0.5)  # the first position on top
+    axes.set_ylim(max(1, len(chart.labels)) - 0.5, -0.5)  # the first position on top
     axes.set_title(chart.title, fontsize="small", loc="left")
     _row_axis(axes, chart.rows, chart.values[chart.cursor] if chart.values else 0)
 
