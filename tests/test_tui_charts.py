@@ -3,6 +3,8 @@ rows labelled as the grid labels them, the cursor's row is marked; and every the
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from textual.theme import BUILTIN_THEMES
 
@@ -142,3 +144,36 @@ def test_position_marks_sit_on_their_labelled_lines():
         columns = [line.index("◆") for line in lines]
         assert all(line.count("◆") == 1 for line in lines)
         assert [c for _, c in sorted(zip([marks.values[p] for p in shown], columns))] == sorted(columns)
+
+
+def test_the_charts_figure_draws_the_charts_own_numbers():
+    """The exported charts (layerscope.figures.charts): each series' line is its values over the row indices, the
+    rows labelled as the chart labels them, the cursor's row a vertical line; a log chart's axis is log10(1 + x)
+    (9 nats sits at 1), its lines still the nats; a marks chart puts each position's row on its labelled line."""
+    from layerscope.figures.charts import charts_figure
+    from layerscope.figures.common import figure_bytes
+
+    rows = ["emb", "0", "1", "2"]
+    kl = LayerChart(
+        "KL", [Series("base", [90.0, 9.0, 1.5, 0.0], None, "●"), Series("int.", [90.0, 12.0], None, "○")], rows, 2, True
+    )
+    entropy = LayerChart("entropy", [Series("base", [11.0, 4.0, 2.0, 0.5], None, "●")], rows, 2, False)
+    marks = PositionMarks("stays", ["0 The", "1 ·cap", "2 ·is"], [3, 1, 2], rows, 1, None)
+    figure = charts_figure([kl, marks, entropy], "title", ["caption"])
+    kl_axes, marks_axes, entropy_axes = figure.axes
+    for axes, chart in ((kl_axes, kl), (entropy_axes, entropy)):
+        *lines, cursor = axes.get_lines()
+        assert [(list(line.get_xdata()), list(line.get_ydata())) for line in lines] == [
+            (list(range(len(one.values))), one.values) for one in chart.series
+        ]
+        assert [line.get_label() for line in lines] == [one.name for one in chart.series]
+        assert list(cursor.get_xdata()) == [2, 2] and axes.get_title(loc="left") == chart.title
+        assert [label.get_text() for label in axes.get_xticklabels()] == rows
+    assert kl_axes.yaxis.get_transform().transform([9.0, 0.0]) == pytest.approx([1.0, 0.0])
+    assert entropy_axes.get_yscale() == "linear"
+    points, cursor = marks_axes.get_lines()
+    assert list(points.get_xdata()) == marks.values and list(points.get_ydata()) == [0, 1, 2]
+    assert [label.get_text() for label in marks_axes.get_yticklabels()] == ["0 The", "▶ 1 ·cap", "2 ·is"]
+    assert list(cursor.get_ydata()) == [1, 1]
+    for suffix, magic in (("png", b"\x89PNG"), ("svg", b"<?xml"), ("pdf", b"%PDF")):
+        assert figure_bytes(figure, Path(f"charts.{suffix}")).startswith(magic)

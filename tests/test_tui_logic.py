@@ -225,12 +225,12 @@ def test_every_binding_runs_an_action_of_its_pane_and_every_palette_help_names_o
 
     from layerscope.tui.app import LayerscopeApp
     from layerscope.tui.grid_view import DecodeGridView
-    from layerscope.tui.panes import HeadPane, LayerPane, OverviewPane
+    from layerscope.tui.panes import HeadPane, LayerPane, OverviewPane, SidePane
     from layerscope.tui.screens import PALETTE_HELP
 
     actions = {
         (owner, binding.action.split("(")[0])
-        for owner in (LayerscopeApp, DecodeGridView, LayerPane, HeadPane, OverviewPane)
+        for owner in (LayerscopeApp, DecodeGridView, SidePane, LayerPane, HeadPane, OverviewPane)
         for binding in owner.BINDINGS
         if isinstance(binding, Binding)
     }

@@ -304,22 +304,19 @@ async def test_x_exports_the_shown_grid_as_a_figure_and_asks_before_replacing_a_
     """Shift+X: the grid shown (here the intervened logit lens of a saved session, with block 2 dropped) as an SVG
     or PNG by the name, its view and interventions in the caption; an existing file is replaced only once the user
     says so."""
-    from textual.widgets import Input
-
     app = make_app(lm, tmp_path)
     async with app.run_test(size=(100, 30)) as pilot:
         await open_session(app, pilot, tmp_path)
         assert [row for row in app.binding_rows() if "X" in row[0].split(",")] == [
-            ("X", "Export figure", "export_figure")
-        ]  # the key is bound once, in no pane
+            ("X", "Export figure", "export_figure"),
+            ("X", "Export charts", "side.export_charts"),
+        ]  # the app's, and the side panel's while it has focus
 
         async def export(name: str) -> None:
-            await pilot.press("X")
-            app.screen.query_one(Input).value = str(tmp_path / name)
-            await pilot.press("enter")
-            await pilot.pause(0.2)
+            await export_as(app, pilot, tmp_path / name)
 
         await export("grid.svg")
+        assert app.focused is app.grid
         svg = (tmp_path / "grid.svg").read_text()
         assert svg.startswith("<?xml")
         assert "view: intervened · interventions: drop 2 · from the layerscope explorer" in svg
@@ -335,6 +332,69 @@ async def test_x_exports_the_shown_grid_as_a_figure_and_asks_before_replacing_a_
         await export("grid.jpg")
         assert "name a .png, .svg or .pdf file" in notices(app)[-1] and not (tmp_path / "grid.jpg").exists()
         assert app.is_running
+
+
+async def export_as(app, pilot, path) -> None:
+    """Shift+X, then the path typed in the dialog."""
+    from textual.widgets import Input
+
+    await pilot.press("X")
+    app.screen.query_one(Input).value = str(path)
+    await pilot.press("enter")
+    await pilot.pause(0.2)
+
+
+async def test_x_in_the_side_panel_exports_its_charts_as_a_figure(lm, tmp_path):
+    """Tab focuses the side panel, where Shift+X exports its charts (not the grid) as an SVG or PNG by the name:
+    the model, prompt, method, position and interventions in the caption, the plotted lines the charts' numbers
+    (those of the session's grids at the cursor's position), over the rows labelled as the grid labels them, the
+    cursor's row marked, KL on a log10(1 + x) axis. An existing file is replaced only once the user says so. The
+    palette and help list the action."""
+    from textual.widgets import DataTable
+
+    from layerscope.figures.charts import charts_figure
+
+    app = make_app(lm, tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_session(app, pilot, tmp_path)
+        assert "Export charts (X)" in [command.title for command in app.get_system_commands(app.screen)]
+        await pilot.press("tab")
+        assert app.focused is app.side
+        await export_as(app, pilot, tmp_path / "charts.svg")
+        svg = (tmp_path / "charts.svg").read_text()
+        for text in ("logit lens at position 4 (·is)", "model: tiny-llama-12", "prompt: The·capital·of·France·is"):
+            assert text in svg
+        assert "interventions: drop 2" in svg and "KL→final @4 (log)" in svg and "entropy @4 (bits)" in svg
+        assert notices(app)[-1].startswith("exported charts · 4 plots · ") and notices(app)[-1].endswith(
+            f"SVG → {tmp_path / 'charts.svg'}"
+        )
+        await export_as(app, pilot, tmp_path / "charts.png")
+        assert (tmp_path / "charts.png").read_bytes().startswith(b"\x89PNG")
+        await export_as(app, pilot, tmp_path / "charts.svg")  # exists: asked first, and "n" keeps it
+        await pilot.press("n")
+        await pilot.pause(0.1)
+        assert (tmp_path / "charts.svg").read_text() == svg and "is unchanged" in notices(app)[-1]
+
+        results, row = app.runs.results, app.grid.cursor_layer
+        kl, between, marks, entropy = charts_figure(app.chart_data(), "").axes
+        grids = (results.baseline, results.intervened)
+        for axes, field in ((kl, "kl_to_final"), (entropy, "entropy_bits")):
+            *lines, cursor = axes.get_lines()
+            assert [list(line.get_ydata()) for line in lines] == [
+                [getattr(cells[4], field) for cells in grid.cells] for grid in grids
+            ]
+            assert [label.get_text() for label in axes.get_xticklabels()] == ["emb", *map(str, range(12))]
+            assert list(cursor.get_xdata()) == [row, row]
+        assert list(between.get_lines()[0].get_ydata()) == [values[4] for values in results.kl_base_int]
+        assert kl.get_yscale() == between.get_yscale() == "function" and entropy.get_yscale() == "linear"
+        assert [label.get_text() for label in marks.get_yticklabels()][-1] == "▶ 4 ·is"
+
+        await pilot.press("question_mark")  # help lists the key under the side panel
+        await pilot.pause(0.1)
+        table = app.screen.query_one(DataTable)
+        rows = [[str(cell) for cell in table.get_row_at(i)] for i in range(table.row_count)]
+        side = [row[0] for row in rows].index("Side")
+        assert rows[side + 1] == ["X", "Export charts", "side.export_charts"]
 
 
 async def test_side_panel_is_narrower_at_80_columns(lm, tmp_path):

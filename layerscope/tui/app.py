@@ -39,8 +39,8 @@ from layerscope.specs import whole_number_in
 from layerscope.tui import workers
 from layerscope.tui.charts import Chart, stack
 from layerscope.tui.detail_text import DETAIL_WIDTH
-from layerscope.tui.export import byte_size, export_csv, export_figure, grid_shape, grid_text
-from layerscope.tui.grid_view import VIEWS, DecodeGridView, visible
+from layerscope.tui.export import byte_size, export_charts, export_csv, export_figure, grid_shape, grid_text
+from layerscope.tui.grid_view import VIEWS, DecodeGridView, token_label, visible
 from layerscope.tui.keymap import binding_rows, key_display, load_keymap, user_keymap_path
 from layerscope.tui.messages import (
     LoadFailed,
@@ -55,7 +55,16 @@ from layerscope.tui.messages import (
     TraceComputed,
 )
 from layerscope.tui.methods import REGISTRY, Cursor, GridMethod, PatternGrid, cycled
-from layerscope.tui.panes import QUICK_SOURCES, SCORE_SOURCES, ChartPane, DetailPane, HeadPane, LayerPane, OverviewPane
+from layerscope.tui.panes import (
+    QUICK_SOURCES,
+    SCORE_SOURCES,
+    ChartPane,
+    DetailPane,
+    HeadPane,
+    LayerPane,
+    OverviewPane,
+    SidePane,
+)
 from layerscope.tui.runs import Job, RunController
 from layerscope.tui.screens import PALETTE_HELP, ConfirmScreen, HelpScreen, InputScreen, PickScreen
 from layerscope.tui.state import Results, RunOrigin, Session, Toggles, refusal, sample_prompts
@@ -198,7 +207,7 @@ class LayerscopeApp(App):
         self.prompt = TextArea(self.initial_prompt or "", id="prompt", soft_wrap=True, show_line_numbers=False)
         self.grid, self.detail_view = DecodeGridView(id="grid"), DetailPane(id="detail")
         self.chart = ChartPane(id="chart")
-        self.side = VerticalScroll(id="side")
+        self.side = SidePane(id="side")
         self.layer_pane, self.head_pane, self.output = LayerPane(id="layers"), HeadPane(id="heads"), Static(id="output")
         self.tabs, self.status = TabbedContent(id="tabs"), Static(id="status")
         self.overview = OverviewPane(id="overview")
@@ -884,6 +893,7 @@ class LayerscopeApp(App):
         return [
             ("Everywhere", type(self), self),
             ("Lens grid", DecodeGridView, self.grid),
+            ("Side", SidePane, self.side),
             ("Layers", LayerPane, self.layer_pane),
             ("Heads", HeadPane, self.head_pane),
             ("Overview", OverviewPane, self.overview),
@@ -1027,6 +1037,38 @@ class LayerscopeApp(App):
     def export_figure(self, path: Path) -> None:
         """The shown grid as a figure, its view and interventions in the caption."""
         self.notify(export_figure(self.grid.shown, path, *self.shown_provenance()))
+
+    def on_side_pane_export_charts(self) -> None:
+        self._ask_path(
+            "Export the side panel's charts as a figure (.svg, .png or .pdf) to:",
+            "layerscope-charts.svg",
+            self.export_charts,
+            writes=True,
+        )
+
+    def export_charts(self, path: Path) -> None:
+        """The side panel's charts at the cursor, drawn from their own data, with the model, prompt, method,
+        position and interventions they were computed from in the caption."""
+        from layerscope.figures.common import prompt_caption
+
+        method, results = self.shown()
+        origin, position = self.runs.origin, self.grid.cursor_position
+        tokens = results.baseline.tokens if results.baseline is not None else []
+        token = f" ({token_label(tokens[position], 16)})" if position < len(tokens) else ""
+        toggles = origin.toggles if origin is not None else self.toggles
+        interventions = toggles.describe() if results.intervened is not None else "none"
+        self.notify(
+            export_charts(
+                self.chart_data(),
+                path,
+                f"{method.name.replace('_', ' ')} at position {position}{token}",
+                [
+                    f"model: {origin.model if origin is not None else self.model_source}",
+                    prompt_caption(tokens),
+                    f"interventions: {interventions}",
+                ],
+            )
+        )
 
     def shown_provenance(self) -> tuple[str, str]:
         """The view the grid shows (baseline or intervened) and the interventions its numbers were computed with."""

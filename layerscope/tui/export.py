@@ -13,8 +13,11 @@ from layerscope.errors import LayerscopeError
 from layerscope.tui.grid_view import token_label
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from layerscope.analyses.causal_trace import CausalTrace
     from layerscope.analyses.grid import DecodeGrid
+    from layerscope.tui.charts import Chart
     from layerscope.tui.methods import Grid, GridMethod
 
 
@@ -94,13 +97,31 @@ def export_csv(method: GridMethod | None, grid: Grid | None, path: Path, view: s
 def export_figure(grid: Grid | None, path: Path, view: str, interventions: str) -> str:
     """Draw the grid (its result's `plot()`), the view and the interventions in its caption, and write it
     atomically in the format the path's suffix names; the notice that says what was written."""
-    from layerscope.figures.common import add_caption, figure_bytes
-    from layerscope.outputs import write_atomic
+    from layerscope.figures.common import add_caption
 
     if grid is None or not grid.cells:
         raise LayerscopeError("Nothing to export yet: run a prompt first.")
     figure = grid.plot()
     add_caption(figure, f"view: {view} · interventions: {interventions} · from the layerscope explorer")
+    return f"exported figure · {grid_shape(grid)} · {write_figure(figure, path)}"
+
+
+def export_charts(charts: list[Chart], path: Path, title: str, caption: list[str]) -> str:
+    """Draw the side panel's charts from their own data (`layerscope.figures.charts`) with what they were
+    computed from in the caption, and write them atomically in the format the path's suffix names; the notice."""
+    from layerscope.figures.charts import charts_figure
+
+    if not charts:
+        raise LayerscopeError("No charts to export yet: run a prompt first.")
+    figure = charts_figure(charts, title, [*caption, "from the layerscope explorer"])
+    return f"exported charts · {len(charts)} plots · {write_figure(figure, path)}"
+
+
+def write_figure(figure: Figure, path: Path) -> str:
+    """Write the figure atomically in the format of the path's suffix; '36 KB SVG → PATH'."""
+    from layerscope.figures.common import figure_bytes
+    from layerscope.outputs import write_atomic
+
     data = figure_bytes(figure, path, "")
     write_atomic(data, path)
-    return f"exported figure · {grid_shape(grid)} · {byte_size(data)} {path.suffix.lstrip('.').upper()} → {path}"
+    return f"{byte_size(data)} {path.suffix.lstrip('.').upper()} → {path}"

@@ -11,7 +11,7 @@ from typing import Any
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Static
 from textual.widgets.data_table import RowKey
@@ -289,6 +289,19 @@ class DetailPane(Static):
 
     def on_resize(self) -> None:
         self.post_message(self.Resized())
+
+
+class SidePane(VerticalScroll):
+    """Beside the grid: the cell's detail, then the charts at the cursor. `Tab` focuses it, the arrows scroll it,
+    `X` exports its charts as a figure (the app's `X` elsewhere exports the grid)."""
+
+    BINDINGS = [Binding("X", "export_charts", "Export charts", id="side.export_charts")]
+
+    class ExportCharts(Message):
+        pass
+
+    def action_export_charts(self) -> None:
+        self.post_message(self.ExportCharts())
 
 
 class ChartPane(Static):
