@@ -1,7 +1,8 @@
 """The documentation site builds with `mkdocs build --strict`, so a broken link, a link to a missing page or
 heading, a page left out of the nav or a docstring the reference cannot render fails the suite; and the docs'
-examples that claim output give it: the Python guide's, and the transcripts of the quick commands (the
-transcripts of the long studies, minutes each on a CPU, are recorded output)."""
+examples that claim output give it: the Python guide's, and every `console` transcript of the docs, each a quick
+setting on the demo model (the long studies' outputs, minutes each on a CPU, are `text` blocks marked as recorded
+output)."""
 
 from __future__ import annotations
 
@@ -80,19 +81,36 @@ def test_python_api_guide_runs(demo_lm):
     assert "torch.Size([2, 5, 576]) torch.Size([2, 5])" in printed
 
 
-@pytest.mark.parametrize(
-    ("page", "heading"),
-    [
-        ("docs/cli/lens-run.md", "## `layerscope lens`: the logit lens"),
-        ("docs/cli/lens-run.md", "## `layerscope run`: interventions, compared with the baseline"),
-        ("docs/cli/neurons-attribute.md", "## `layerscope attribute`: direct logit attribution"),
-        ("docs/cli/trace.md", "# trace: causal tracing (activation patching)"),
-    ],
-)
+TRANSCRIPTS = [
+    ("docs/cli/lens-run.md", "## `layerscope lens`: the logit lens"),
+    ("docs/cli/lens-run.md", "## `layerscope run`: interventions, compared with the baseline"),
+    ("docs/cli/neurons-attribute.md", "## `layerscope attribute`: direct logit attribution"),
+    ("docs/cli/trace.md", "# trace: causal tracing (activation patching)"),
+    ("docs/cli/layer-studies.md", "## `layerscope sweep`: one intervention at every layer"),
+    ("docs/cli/layer-studies.md", "## `layerscope influence`: Block Influence and pruning (ShortGPT)"),
+    ("docs/cli/layer-studies.md", "## `layerscope exit`: an early-exit estimate from the lens"),
+    ("docs/cli/neurons-attribute.md", "## `layerscope neurons`: prediction and suppression neurons"),
+    ("docs/cli/patchscope-heads.md", "### Example"),
+    ("docs/cli/patchscope-heads.md", "## `layerscope heads retrieval`: retrieval heads (needle in a haystack)"),
+    ("docs/cli/patchscope-heads.md", "## `layerscope heads induction`: induction and previous-token heads"),
+    ("docs/heads-pattern.md", "## `layerscope heads pattern`: where a head looks"),
+]
+
+
+@pytest.mark.parametrize(("page", "heading"), TRANSCRIPTS)
 def test_cli_transcripts(page, heading, cli_demo_lm):
     """The command pages' transcripts of quick commands on the demo model are what the commands print."""
     (transcript,) = blocks(page, heading, "console")
     run_transcript(transcript)
+
+
+def test_every_console_block_is_run():
+    """A `console` block claims output, so each one in the docs is a section of TRANSCRIPTS (recorded output is
+    fenced as `text`)."""
+    for page in sorted((ROOT / "docs").rglob("*.md")):
+        name = page.relative_to(ROOT).as_posix()
+        run = [heading for listed, heading in TRANSCRIPTS if listed == name]
+        assert read(name).count("```console\n") == len(run), name
 
 
 def test_cli_page_lists_every_command():
