@@ -94,6 +94,7 @@ TRANSCRIPTS = [
     ("docs/cli/patchscope-heads.md", "## `layerscope heads retrieval`: retrieval heads (needle in a haystack)"),
     ("docs/cli/patchscope-heads.md", "## `layerscope heads induction`: induction and previous-token heads"),
     ("docs/heads-pattern.md", "## `layerscope heads pattern`: where a head looks"),
+    ("docs/probes.md", "# Linear probes per row: `layerscope probe`"),
 ]
 
 
