@@ -6,11 +6,13 @@ output)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -103,6 +105,45 @@ def test_cli_transcripts(page, heading, cli_demo_lm):
     """The command pages' transcripts of quick commands on the demo model are what the commands print."""
     (transcript,) = blocks(page, heading, "console")
     run_transcript(transcript)
+
+
+def test_lens_json_sample(cli_demo_lm):
+    """The lens page's JSON sample is the command's output with `--top-k 2`: its keys in order, the prompt's
+    tokens, the first and the last cell, each number as close as its printed digits allow."""
+    from typer.testing import CliRunner
+
+    from layerscope.cli.app import app
+
+    (sample,) = blocks("docs/cli/lens-run.md", "## `layerscope lens`: the logit lens", "json")
+    command = ["lens", "--model", "demo", "--prompt", "The capital of France is", "--top-k", "2", "--format", "json"]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert re.findall(r'^ "(\w+)":', sample, re.M) == list(data)
+    for key in ("model", "method", "tokens", "token_ids"):
+        assert f'"{key}": {json.dumps(data[key])}' in sample
+    shown = [
+        (
+            [
+                (token, int(id_), prob)
+                for token, id_, prob in re.findall(r'"token": (".*?"), "id": (\d+), "prob": ([^}]+)}', top)
+            ],
+            entropy,
+            kl,
+        )
+        for top, entropy, kl in re.findall(
+            r'"top": \[(.*?)\],\s*"entropy_bits": ([^,]+), "kl_to_final": ([^}]+)}', sample, re.S
+        )
+    ]
+    cells = [data["cells"][0][0], data["cells"][-1][-1]]
+    assert len(shown) == len(cells)
+    for (top, entropy, kl), cell in zip(shown, cells, strict=True):
+        assert [(json.loads(token), id_) for token, id_, _ in top] == [
+            (entry["token"], entry["id"]) for entry in cell["top"]
+        ]
+        pairs = [(prob, entry["prob"]) for (_, _, prob), entry in zip(top, cell["top"], strict=True)]
+        for printed, value in [*pairs, (entropy, cell["entropy_bits"]), (kl, cell["kl_to_final"])]:
+            assert abs(value - float(printed)) <= 0.5 * 10.0 ** Decimal(printed).as_tuple().exponent, (printed, value)
 
 
 def test_every_console_block_is_run():
