@@ -1,15 +1,18 @@
 """The documentation site builds with `mkdocs build --strict`, so a broken link, a link to a missing page or
 heading, a page left out of the nav or a docstring the reference cannot render fails the suite; and the docs'
-examples that claim output give it: the Python guide's, and the transcripts of the quick commands (the
-transcripts of the long studies, minutes each on a CPU, are recorded output)."""
+examples that claim output give it: the Python guide's, and every `console` transcript of the docs, each a quick
+setting on the demo model (the long studies' outputs, minutes each on a CPU, are `text` blocks marked as recorded
+output)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -80,19 +83,76 @@ def test_python_api_guide_runs(demo_lm):
     assert "torch.Size([2, 5, 576]) torch.Size([2, 5])" in printed
 
 
-@pytest.mark.parametrize(
-    ("page", "heading"),
-    [
-        ("docs/cli/lens-run.md", "## `layerscope lens`: the logit lens"),
-        ("docs/cli/lens-run.md", "## `layerscope run`: interventions, compared with the baseline"),
-        ("docs/cli/neurons-attribute.md", "## `layerscope attribute`: direct logit attribution"),
-        ("docs/cli/trace.md", "# trace: causal tracing (activation patching)"),
-    ],
-)
+TRANSCRIPTS = [
+    ("docs/cli/lens-run.md", "## `layerscope lens`: the logit lens"),
+    ("docs/cli/lens-run.md", "## `layerscope run`: interventions, compared with the baseline"),
+    ("docs/cli/neurons-attribute.md", "## `layerscope attribute`: direct logit attribution"),
+    ("docs/cli/trace.md", "# trace: causal tracing (activation patching)"),
+    ("docs/cli/layer-studies.md", "## `layerscope sweep`: one intervention at every layer"),
+    ("docs/cli/layer-studies.md", "## `layerscope influence`: Block Influence and pruning (ShortGPT)"),
+    ("docs/cli/layer-studies.md", "## `layerscope exit`: an early-exit estimate from the lens"),
+    ("docs/cli/neurons-attribute.md", "## `layerscope neurons`: prediction and suppression neurons"),
+    ("docs/cli/patchscope-heads.md", "### Example"),
+    ("docs/cli/patchscope-heads.md", "## `layerscope heads retrieval`: retrieval heads (needle in a haystack)"),
+    ("docs/cli/patchscope-heads.md", "## `layerscope heads induction`: induction and previous-token heads"),
+    ("docs/heads-pattern.md", "## `layerscope heads pattern`: where a head looks"),
+    ("docs/probes.md", "# Linear probes per row: `layerscope probe`"),
+]
+
+
+@pytest.mark.parametrize(("page", "heading"), TRANSCRIPTS)
 def test_cli_transcripts(page, heading, cli_demo_lm):
     """The command pages' transcripts of quick commands on the demo model are what the commands print."""
     (transcript,) = blocks(page, heading, "console")
     run_transcript(transcript)
+
+
+def test_lens_json_sample(cli_demo_lm):
+    """The lens page's JSON sample is the command's output with `--top-k 2`: its keys in order, the prompt's
+    tokens, the first and the last cell, each number as close as its printed digits allow."""
+    from typer.testing import CliRunner
+
+    from layerscope.cli.app import app
+
+    (sample,) = blocks("docs/cli/lens-run.md", "## `layerscope lens`: the logit lens", "json")
+    command = ["lens", "--model", "demo", "--prompt", "The capital of France is", "--top-k", "2", "--format", "json"]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert re.findall(r'^ "(\w+)":', sample, re.M) == list(data)
+    for key in ("model", "method", "tokens", "token_ids"):
+        assert f'"{key}": {json.dumps(data[key])}' in sample
+    shown = [
+        (
+            [
+                (token, int(id_), prob)
+                for token, id_, prob in re.findall(r'"token": (".*?"), "id": (\d+), "prob": ([^}]+)}', top)
+            ],
+            entropy,
+            kl,
+        )
+        for top, entropy, kl in re.findall(
+            r'"top": \[(.*?)\],\s*"entropy_bits": ([^,]+), "kl_to_final": ([^}]+)}', sample, re.S
+        )
+    ]
+    cells = [data["cells"][0][0], data["cells"][-1][-1]]
+    assert len(shown) == len(cells)
+    for (top, entropy, kl), cell in zip(shown, cells, strict=True):
+        assert [(json.loads(token), id_) for token, id_, _ in top] == [
+            (entry["token"], entry["id"]) for entry in cell["top"]
+        ]
+        pairs = [(prob, entry["prob"]) for (_, _, prob), entry in zip(top, cell["top"], strict=True)]
+        for printed, value in [*pairs, (entropy, cell["entropy_bits"]), (kl, cell["kl_to_final"])]:
+            assert abs(value - float(printed)) <= 0.5 * 10.0 ** Decimal(printed).as_tuple().exponent, (printed, value)
+
+
+def test_every_console_block_is_run():
+    """A `console` block claims output, so each one in the docs is a section of TRANSCRIPTS (recorded output is
+    fenced as `text`)."""
+    for page in sorted((ROOT / "docs").rglob("*.md")):
+        name = page.relative_to(ROOT).as_posix()
+        run = [heading for listed, heading in TRANSCRIPTS if listed == name]
+        assert read(name).count("```console\n") == len(run), name
 
 
 def test_cli_page_lists_every_command():
