@@ -31,6 +31,7 @@ NOT_TABLES = {
     "Comparison": "a part of InterventionReport, whose records() are its lines",
     "SweepPoint": "one line of a SweepResult",
     "TokenSwapPoint": "one line of a SweepResult",
+    "NoiseLevel": "a part of CausalTrace (its noise), in its to_dict",
 }
 
 
@@ -50,6 +51,7 @@ def results() -> dict[str, object]:
     from layerscope.analyses.needles import build_tests, load_haystack, load_needles
     from layerscope.analyses.neurons import neuron_census
     from layerscope.analyses.patchscope import parse_target, run_patchscope
+    from layerscope.analyses.probes import probe_rows
     from layerscope.analyses.prompt_sets import PromptItem
     from layerscope.analyses.stages import stage_map
     from layerscope.analyses.sweep import sweep
@@ -74,6 +76,9 @@ def results() -> dict[str, object]:
         "NeuronCensus": neuron_census(lm, min_kurtosis=1.0),
         "LogitAttribution": logit_attribution(lm, ids),
         "EarlyExit": early_exit([grid]),
+        "ProbeReport": probe_rows(
+            lm, [f"the cat sat {w}" for w in "one two three four".split()] * 2, ["a", "b"] * 4, folds=2
+        ),
         "AttentionPattern": attention_pattern(lm, ids, [(0, 1), (2, 3)]),
         "InfluenceReport": influence(lm, text, window=16, n_prune=1, eval_text=text),
         "PruneReport": influence(lm, text, window=16, n_prune=2, eval_text=text).prune,
@@ -135,6 +140,7 @@ def cell_text(value: object) -> str:
         "LensComparison",
         "HeadActivity",
         "AblationReport",
+        "ProbeReport",
         "SweepResult",
         "SweepResult swap-token",
     ],

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.image import imread
 
-from layerscope.analyses.causal_trace import SITES, trace_prompt
+from layerscope.analyses.causal_trace import trace_prompt
 from layerscope.analyses.compare import greedy_continuation
 from layerscope.analyses.head_ablation import niah_accuracy
 from layerscope.analyses.influence import block_influence, perplexity, pruned, text_windows
@@ -23,7 +23,7 @@ from layerscope.analyses.token_swap import Donor, token_swap_sweep
 from layerscope.locations import sample_file
 from layerscope.reproduce import PAPERS
 from layerscope.reproduce.common import Reproduction, percent, write_files
-from layerscope.reproduce.rome import GROUPS, position_groups
+from layerscope.reproduce.rome import GROUPS, ROME_SITES, position_groups
 from layerscope.textfiles import read_text_file
 from tests.studies import cli_demo, invoke  # noqa: F401  (cli_demo is a fixture)
 
@@ -149,7 +149,7 @@ def test_rome(cli_demo, tmp_path):  # noqa: F811
     engine = trace_prompt(cli_demo, item.text, item.subject, " " + item.answer, site="mlp", window=10)
     assert result["traces"][0]["effects"]["mlp"] == engine.values().tolist()
     assert result["traces"][0]["subject_positions"] == engine.subject_positions
-    for site in SITES:  # the grouped average, by numpy over the prompts' traces
+    for site in ROME_SITES:  # the grouped average, by numpy over the prompts' traces
         groups = result["sites"][site]["groups"]
         for group, row in zip(groups, result["sites"][site]["average"]):
             per_prompt = [

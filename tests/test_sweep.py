@@ -204,7 +204,7 @@ def test_cli_bad_input_is_one_line(cli_demo, tmp_path, args, message):
 
 @pytest.mark.parametrize("existing", [False, True], ids=["new file", "file replaced"])
 def test_ctrl_c_keeps_every_finished_row(tmp_path, existing):
-    from layerscope.cli.studies import SweepFormat, _write_sweep
+    from layerscope.cli.studies import SweepFormat, SweepOutput, _write_sweep
 
     lm = tiny_model("llama")
     out = tmp_path / "rows.jsonl"
@@ -218,7 +218,8 @@ def test_ctrl_c_keeps_every_finished_row(tmp_path, existing):
             yield row
 
     with pytest.raises(LayerscopeError, match="interrupted after 3 new rows, all kept; to continue, run: .*--resume"):
-        _write_sweep(interrupted(), {"intervention": "drop"}, SweepFormat.jsonl, out, keep=None)
+        source = {"intervention": "drop", "model": lm.name, "prompts": {"file": "inline", "count": len(TINY_PROMPTS)}}
+        _write_sweep(interrupted(), source, SweepOutput(SweepFormat.jsonl, out), keep=None, done=[])
     assert [json.loads(line)["layer"] for line in out.read_text().splitlines()[1:]] == [0, 1, 2]
     assert [p.name for p in tmp_path.iterdir()] == ["rows.jsonl"]
 

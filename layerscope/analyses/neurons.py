@@ -13,10 +13,12 @@ split at 10) is a prediction neuron when its skew is above `min_skew`, a suppres
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+from accelerate.utils import align_module_device
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -194,6 +196,13 @@ def vocab_moments(
     return mean, variance, skew, kurtosis, extremes
 
 
+def in_memory(stack: ExitStack, module: nn.Module) -> None:
+    """Inside `stack`, the weights of `module` and its parts that a device map offloaded (accelerate keeps them on
+    the meta device, and in memory only while their module runs) are in memory."""
+    for part in module.modules():
+        stack.enter_context(align_module_device(part))
+
+
 def neuron_census(
     lm: LoadedModel,
     min_kurtosis: float = MIN_KURTOSIS,
@@ -210,16 +219,21 @@ def neuron_census(
     min_skew = check_number(min_skew, "min_skew")
     adapter = lm.adapter
     chosen = range(adapter.n_blocks) if blocks is None else check_blocks(blocks, adapter.n_blocks)
-    weights = {block: output_weights(adapter, block) for block in chosen}  # refuses before the work
-    with torch.inference_mode():
+    for block in chosen:
+        output_weights(adapter, block)  # refuses a mixture of experts before the work
+    # weights offloaded by a device map (accelerate) are brought in module by module while they are read
+    with torch.inference_mode(), ExitStack() as stack:
+        for module in (adapter.final_norm, adapter.after_norm, adapter.unembed):
+            in_memory(stack, module)
         directions = readout_matrix(adapter, norm_form(adapter))
         directions = nn.functional.normalize(directions - directions.mean(dim=0), dim=-1)
     census = []
-    for done, (block, weight) in enumerate(weights.items()):
-        progress(done, len(weights), "neuron census")
-        with torch.inference_mode():
+    for done, block in enumerate(chosen):
+        progress(done, len(chosen), "neuron census")
+        with torch.inference_mode(), ExitStack() as stack:
+            in_memory(stack, adapter.mlp(block))
             mean, variance, skew, kurtosis, extremes = vocab_moments(
-                weight.to(directions.device), directions, min_kurtosis
+                output_weights(adapter, block).to(directions.device), directions, min_kurtosis
             )
         high = kurtosis > min_kurtosis
         census.append(
@@ -234,6 +248,6 @@ def neuron_census(
                 int((high & (skew < -min_skew)).sum()),
             )
         )
-    progress(len(weights), len(weights), "neuron census")
+    progress(len(chosen), len(chosen), "neuron census")
     ids = sorted({t for b in census for t in b.extreme_tokens.values()})
     return NeuronCensus(lm.name, min_kurtosis, min_skew, census, dict(zip(ids, lm.token_texts(ids))))

@@ -9,9 +9,9 @@ one-token subject is both its first and its last token); a group a prompt lacks 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
-from layerscope.analyses.causal_trace import SITES, Site, trace_prompt
+from layerscope.analyses.causal_trace import Site, trace_prompt
 from layerscope.analyses.prompt_sets import load_prompt_set
 from layerscope.analyses.resumable import mean
 from layerscope.locations import SAMPLE_PROMPTS
@@ -35,6 +35,8 @@ QUICK = {"n_prompts": 3}
 FULL = {"n_prompts": None}
 WINDOW = 10
 """Blocks restored together for mlp and attn (the paper's window)."""
+
+ROME_SITES: tuple[Site, ...] = ("resid", "attn", "mlp")  # the paper's three heatmaps
 
 
 def settings(quick: bool, seed: int = 0) -> dict:
@@ -91,13 +93,13 @@ def run(
                 item.text,
                 item.subject,
                 " " + (item.answer or "").strip(),
-                site=cast(Site, site),
+                site=site,
                 window=chosen["window"],
                 seed=chosen["seed"],
                 noise_scale=chosen["noise_scale"],
                 progress=progress,
             )
-            for site in SITES
+            for site in ROME_SITES
         }
         resid = runs["resid"]
         traces.append(
@@ -113,7 +115,7 @@ def run(
                 "effects": {site: trace.values().tolist() for site, trace in runs.items()},
             }
         )
-    sites = {site: average_traces(traces, site) for site in SITES}
+    sites = {site: average_traces(traces, site) for site in ROME_SITES}
     data = {
         "n_blocks": lm.n_blocks,
         "n_prompts": len(items),
@@ -123,7 +125,7 @@ def run(
     }
     rows = [
         {"site": site, "group": group, "layer": layer, "indirect_effect": value}
-        for site in SITES
+        for site in ROME_SITES
         for group, averages in zip(sites[site]["groups"], sites[site]["average"])
         for layer, value in zip(data["layers"][site], averages)
     ]
@@ -164,10 +166,10 @@ def summary(model: str, data: dict) -> str:
 def draw(result: Reproduction) -> dict[str, Figure]:
     data = result.data
     figure = new_figure(15, 3.6)
-    axes = figure.subplots(1, len(SITES))
+    axes = figure.subplots(1, len(ROME_SITES))
     titles = {"resid": "single restored state", "mlp": f"MLP, window {WINDOW}", "attn": f"attention, window {WINDOW}"}
     colours = {"resid": "Purples", "mlp": "Greens", "attn": "Reds"}
-    for axis, site in zip(axes, SITES):
+    for axis, site in zip(axes, ROME_SITES):
         averages = data["sites"][site]
         image = axis.imshow(averages["average"], aspect="auto", cmap=colours[site], interpolation="nearest")
         figure.colorbar(image, ax=axis, label="average indirect effect")
