@@ -119,7 +119,7 @@ async def test_main_flow(demo_lm, tmp_path):
         lines = list(csv.reader(io.StringIO(csv_path.read_bytes().decode("utf-8"))))
         lens = saved.intervened.records()
         assert lines[0] == ["method", "view", "interventions", *lens.columns]
-        assert lines[1:] == [[row[0], "intervened", "drop 3 · mask 0.0 (zero)", *map(str, row)] for row in lens.rows]
+        assert lines[1:] == [[row[0], "intervened", "drop 3 · mask 0.0 (zero)", *map(str, row)] for row in lens.lines]
 
     again = make_app(demo_lm, tmp_path)
     async with again.run_test(size=(100, 30)) as pilot:
