@@ -32,6 +32,14 @@ from layerscope.models.loading import load_model
 from layerscope.outputs import streamed_lines, write_atomic, writes_through
 from tests.studies import TINY_TEXT
 
+
+@pytest.fixture(autouse=True)
+def in_a_scratch_folder(tmp_path_factory, monkeypatch):
+    """Commands that write to a default place (reproduce's --figure-dir) write into a scratch folder, never into
+    the checkout the tests run from."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
 runner = CliRunner()
 
 
