@@ -274,6 +274,12 @@ def _steer_file(path: str) -> Any:
     return SavedVector.load(path)
 
 
+def _steer_positions(text: str) -> SteerPositions:
+    if text not in STEER_POSITIONS:
+        raise InterventionError(f"use all or last, not '{text}'.")
+    return "all" if text == "all" else "last"
+
+
 @dataclass(frozen=True, eq=False)
 class SteerVector(Intervention):
     """Add `factor` times `vector` (hidden,) to the residual state at grid row `row` (the input of block `row`;
@@ -300,7 +306,11 @@ class SteerVector(Intervention):
         ),
         CliOption("steer_factor", "Scale of the --steer vector (0: no change; negative: away from it).", float, 1.0),
         CliOption(
-            "steer_positions", "Positions --steer adds to: all (every token) or last (the last token).", str, "all"
+            "steer_positions",
+            "Positions --steer adds to: all (every token) or last (the last token).",
+            str,
+            "all",
+            parse=_steer_positions,
         ),
     )
     every_pass = True
