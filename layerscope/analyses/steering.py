@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from layerscope.analyses.activations import capture
 from layerscope.arguments import check_int, check_lm
 from layerscope.errors import ArgumentTypeError, LayerscopeError
 from layerscope.models.loading import LoadedModel
-from layerscope.tensorfiles import read_safetensors, replace_file
+from layerscope.outputs import write_atomic
+from layerscope.tensorfiles import read_safetensors
 
 _FORMAT = "layerscope.steering-vector"
 
@@ -32,15 +33,14 @@ class SavedVector:
     row: int
 
     def save(self, path: str | Path) -> None:
-        """Write it whole (a kill while saving leaves the old file or the new one)."""
+        """Write it whole (a failure leaves an existing file as it was; a device or pipe is written through)."""
         metadata = {
             "format": _FORMAT,
             "model": self.model,
             "row": str(self.row),
             "hidden_size": str(self.vector.shape[-1]),
         }
-        tensors = {"vector": self.vector.detach().float().cpu().contiguous()}
-        replace_file(Path(path), lambda temp: save_file(tensors, str(temp), metadata=metadata))
+        write_atomic(save({"vector": self.vector.detach().float().cpu().contiguous()}, metadata), Path(path))
 
     @classmethod
     def load(cls, path: str | Path) -> SavedVector:

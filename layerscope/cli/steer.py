@@ -8,8 +8,16 @@ from typing import Annotated
 import typer
 
 from layerscope.cli.common import BosModelOptions, Reads, Writes, command
+from layerscope.errors import LayerscopeError
 
 steer_app = typer.Typer(help="Steering vectors: make one from two prompt sets.", no_args_is_help=True)
+
+
+def check_vector_path(flag: str, path: Path) -> None:
+    """Before any work: the vector is a binary file, never standard output."""
+    if str(path) == "-":
+        raise LayerscopeError(f"{flag}: a steering vector is a safetensors file; name one, not '-' (standard output).")
+
 
 PromptSetOption = Annotated[Path, typer.Option(help="Prompts, one a line (or .jsonl with a prompt field)."), Reads()]
 
@@ -21,7 +29,11 @@ def vector(
     positive: PromptSetOption,
     negative: PromptSetOption,
     row: Annotated[int, typer.Option(min=0, help="Grid row of the residual states (the input of block ROW).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The vector file to write (.safetensors)."), Writes()],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="The vector file to write (.safetensors)."),
+        Writes(check=check_vector_path),
+    ],
     model: BosModelOptions,
 ) -> None:
     """The mean last-token residual state at a row over the positive prompts minus that over the negative ones.
