@@ -219,3 +219,45 @@ def test_the_cli_makes_a_vector_and_steers_with_it(tmp_path, cli_demo_lm):
         assert result.exit_code == 1
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
+
+
+def test_the_explorer_steers_from_its_column_with_the_factor_key(demo_lm, tmp_path):
+    """`layerscope tui --steer FILE`: the layer pane's steer column at block 6, `t` to factor 2; the intervened
+    lens is the lens under SteerVector(6, vector, 2.0), and the session keeps the factor."""
+    import asyncio
+
+    from layerscope.analyses.lens import logit_lens
+    from layerscope.tui.app import LayerscopeApp
+    from layerscope.tui.state import block_kinds
+    from layerscope.tui.themes import SHIPPED_THEMES
+    from tests.tui_synthetic import settle
+
+    vector = torch.randn(hidden_size(demo_lm), generator=torch.Generator().manual_seed(5))
+    path = tmp_path / "v.safetensors"
+    SavedVector(vector, demo_lm.name, 6).save(path)
+    prompt = "I think that you are"
+    app = LayerscopeApp(
+        lm=demo_lm,
+        prompt=prompt,
+        keymap_path=tmp_path / "keymap.toml",
+        theme_folders=[SHIPPED_THEMES],
+        continuation_tokens=2,
+        steer_file=path,
+    )
+
+    async def drive():
+        async with app.run_test(size=(160, 50)) as pilot:
+            await settle(pilot)
+            column = 1 + list(block_kinds()).index("steer")
+            await pilot.press("2", *["down"] * 6, *["right"] * (column - 1), "space")
+            await settle(pilot)
+            await pilot.press("t")
+            await settle(pilot)
+
+    asyncio.run(drive())
+    assert app.toggles.steer == 6 and app.toggles.steer_factor == 2.0
+    expected = logit_lens(demo_lm, demo_lm.encode(prompt), top_k=5, interventions=[ls.SteerVector(6, vector, 2.0)])
+    assert [[c.top[0].id for c in row] for row in app.runs.results.intervened.cells] == [
+        [c.top[0].id for c in row] for row in expected.cells
+    ]
+    assert app.toggles.to_dict()["steer_factor"] == 2.0 and app.toggles.describe() == "steer row 6 ×2"
