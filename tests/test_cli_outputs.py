@@ -355,12 +355,7 @@ def test_a_tensor_file_is_written_whole_through_devices_and_never_to_stdout(inpu
     monkeypatch.chdir(tmp_path)
     args = ["steer", "vector", "--model", str(inputs["model"]), "--row", "1"]
     args += ["--positive", str(inputs["prompts"]), "--negative", str(inputs["prompts"])]
-    null = device(tmp_path, "null", 3)
-    result = invoke(*args, "--out", null)
-    assert result.exit_code == 0, result.output
-    assert stat.S_ISCHR(os.stat(null).st_mode) and os.stat(null).st_rdev == os.makedev(1, 3)
-    full = device(tmp_path, "full", 7)
-    refused(invoke(*args, "--out", full), f"Cannot write '{full}': No space left on device")
+    written_through_devices(args, tmp_path)
     refused(invoke(*[*args[:2], "--model", str(tmp_path / "no-model"), *args[4:]], "--out", "-"), "--out", "'-'")
     out = tmp_path / "v.safetensors"
     out.write_bytes(b"earlier vector")
@@ -382,10 +377,8 @@ def device(tmp_path: Path, name: str, minor: int) -> Path:
     return twin
 
 
-@pytest.mark.parametrize("path", RUNS, ids=" ".join)
-def test_devices_are_written_through_and_dash_is_stdout(path, inputs, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    args = run_args(path, inputs)
+def written_through_devices(args: list[str], tmp_path: Path) -> None:
+    """`--out` a null device is written through and stays the device; a full one is one error line."""
     null = device(tmp_path, "null", 3)
     result = invoke(*args, "--out", null)
     assert result.exit_code == 0, result.output
@@ -393,6 +386,13 @@ def test_devices_are_written_through_and_dash_is_stdout(path, inputs, tmp_path, 
     full = device(tmp_path, "full", 7)
     refused(invoke(*args, "--out", full), f"Cannot write '{full}': No space left on device")
     assert stat.S_ISCHR(os.stat(full).st_mode)
+
+
+@pytest.mark.parametrize("path", RUNS, ids=" ".join)
+def test_devices_are_written_through_and_dash_is_stdout(path, inputs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = run_args(path, inputs)
+    written_through_devices(args, tmp_path)
     stdout = invoke(*args, "-f", "json", "--out", "-")
     assert stdout.exit_code == 0, stdout.output
     assert json.loads(stdout.stdout) and not (tmp_path / "-").exists()

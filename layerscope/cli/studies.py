@@ -236,13 +236,14 @@ def sweep(
         raise LayerscopeError("--resume needs --format jsonl and --out FILE (the file to continue).")
     if (intervention == "steer") != (steer is not None):
         raise LayerscopeError("-i steer needs --steer FILE, and --steer goes with -i steer.")
-    settings = {"steer": SavedVector.load(steer), "steer_factor": steer_factor} if steer is not None else {}
+    vector = SavedVector.load(steer) if steer is not None else None
+    settings: dict[str, Any] = {"steer": vector, "steer_factor": steer_factor} if vector is not None else {}
     chosen = spec_option("--layers", layers, "layer") if layers else None
     resumed = output.out if resume else None  # never None with --resume: checked above
     written, done, keep = read_done(resumed, intervention) if resumed is not None else (None, [], 0)
     lm = model.load()
-    if steer is not None:
-        settings["steer"].check_model(lm)
+    if vector is not None:
+        vector.check_model(lm)
     donor = (donor_prompt, donor_word, donor_answer)
     valid = _sweep_layers(lm, items, intervention, chosen, donor, settings)
     source = sweep_source(
