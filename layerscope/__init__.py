@@ -40,6 +40,7 @@ if TYPE_CHECKING:
         PatchState,
         RandomizeAt,
         SkipAttention,
+        SteerVector,
         SwapBlocks,
         intervene,
     )
@@ -83,6 +84,7 @@ _EXPORTS = {
     "PatchState": "layerscope.interventions",
     "RandomizeAt": "layerscope.interventions",
     "SkipAttention": "layerscope.interventions",
+    "SteerVector": "layerscope.interventions",
     "SwapBlocks": "layerscope.interventions",
     "intervene": "layerscope.interventions",
     "LoadedModel": "layerscope.models.loading",

@@ -252,6 +252,30 @@ CASES = [
     ),
     (
         "intervene",
+        lambda tmp: _within(ls.intervene)(LM, [ls.SteerVector(1, torch.full((64,), NAN))]),
+        ValueError,
+        "SteerVector: vector=",
+    ),
+    (
+        "intervene",
+        lambda tmp: _within(ls.intervene)(LM, [ls.SteerVector("1", torch.ones(64))]),
+        TypeError,
+        "SteerVector: row=",
+    ),
+    (
+        "intervene",
+        lambda tmp: _within(ls.intervene)(LM, [ls.SteerVector(1, torch.ones(64), INF)]),
+        LayerscopeError,
+        "steer: factor=",
+    ),
+    (
+        "intervene",
+        lambda tmp: _within(ls.intervene)(LM, [ls.SteerVector(1, torch.ones(64), positions="first")]),
+        LayerscopeError,
+        "steer: positions",
+    ),
+    (
+        "intervene",
         lambda tmp: ls.greedy_continuation(LM, IDS, 2, [ls.PatchState(1, 2, torch.zeros(5))]),
         LayerscopeError,
         "patch: vector= has 5 entries",

@@ -86,6 +86,7 @@ REQUIRED = {
     ("tunedlens", "train"): ["--out", "lens-out"],
     ("tunedlens", "eval"): ["--lens", "lens-in"],
     ("heads", "pattern"): ["--heads", "0.0"],
+    ("steer", "vector"): ["--positive", "p.txt", "--negative", "n.txt", "--row", "1", "--out", "v.safetensors"],
 }
 
 
@@ -132,6 +133,7 @@ def test_the_bad_values_cover_every_command():
         ("tunedlens", "train"),
         ("tui",),
         ("probe",),
+        ("steer", "vector"),
         *(("reproduce", name) for name in ("stages", "afcl", "shortgpt", "retrieval", "rome")),
     }
     assert (("lens",), "--top-k", "0") in BAD_VALUES and (("lens",), "--top-k", "101") in BAD_VALUES
@@ -253,6 +255,10 @@ def test_the_bad_numbers_cover_every_number_option():
         (("tunedlens", "eval"), "--tokens"),
         (("tui",), "--top-k"),
         (("heads", "induction"), "--seq-len"),
+        (("run",), "--steer-at"),
+        (("run",), "--steer-factor"),
+        (("sweep",), "--steer-factor"),
+        (("steer", "vector"), "--row"),
     } <= options
     assert {path for path, _ in options} == {path for path, _ in _commands(typer.main.get_command(app))} - {("stages",)}
 

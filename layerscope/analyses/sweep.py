@@ -8,8 +8,9 @@ plus a plain forward (`sweep_reference`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
@@ -36,19 +37,25 @@ def check_kind(kind: str) -> None:
         raise LayerscopeError(f"Unknown intervention '{kind}': use one of {', '.join(sweep_kinds())}, swap-token.")
 
 
-def make_intervention(kind: str, layer: int, n_blocks: int, seed: int = 0) -> Intervention:
-    """The engine object that one sweep point stands for: the kind chosen at block `layer`."""
+def make_intervention(
+    kind: str, layer: int, n_blocks: int, seed: int = 0, settings: Mapping[str, Any] | None = None
+) -> Intervention:
+    """The engine object that one sweep point stands for: the kind chosen at block `layer`, with the kind's
+    settings by CLI option name (`{"steer": SavedVector.load(path), "steer_factor": 4.0}` for steer)."""
     check_kind(kind)
-    [intervention] = REGISTRY[kind].for_blocks([layer], n_blocks, seed)
+    cls = REGISTRY[kind]
+    assert cls.chosen_by is not None  # check_kind: a kind chosen by block
+    [intervention] = cls.from_cli({"seed": seed, **(settings or {}), cls.chosen_by.option_name: layer}, n_blocks)
     return intervention
 
 
-def sweep_layers(kind: str, n_blocks: int) -> list[int]:
+def sweep_layers(kind: str, n_blocks: int, settings: Mapping[str, Any] | None = None) -> list[int]:
     """Every block where the kind passes its range check (for swap, the lower block of every adjacent pair)."""
 
     def valid(block: int) -> bool:
+        intervention = make_intervention(kind, block, n_blocks, settings=settings)  # a missing setting is refused
         try:
-            make_intervention(kind, block, n_blocks).check(ModelShape(n_blocks, 1))
+            intervention.check(ModelShape(n_blocks, 1))
         except InterventionError:
             return False
         return True
@@ -56,8 +63,10 @@ def sweep_layers(kind: str, n_blocks: int) -> list[int]:
     return [block for block in range(n_blocks) if valid(block)]
 
 
-def check_layers(kind: str, layers: Iterable[int], n_blocks: int) -> list[int]:
-    valid = sweep_layers(kind, n_blocks)
+def check_layers(
+    kind: str, layers: Iterable[int], n_blocks: int, settings: Mapping[str, Any] | None = None
+) -> list[int]:
+    valid = sweep_layers(kind, n_blocks, settings)
     layers = sorted(set(layers))
     bad = [layer for layer in layers if layer not in valid]
     if bad:
@@ -135,19 +144,23 @@ def sweep(
     batch_size: int = 8,
     done: Iterable[SweepPoint] = (),
     progress: ProgressFn = no_progress,
+    settings: Mapping[str, Any] | None = None,
 ) -> Iterator[SweepPoint]:
     """Yield a point per (prompt, layer), prompt by prompt, then the set average per layer.
 
     Points in `done` (from an interrupted run) are not recomputed or yielded again, but count in the
     averages. Chunks of layers depend only on `layers`, `batch_size` and the prompt, so a resumed run
-    computes every point in the same batch as an uninterrupted one and gives the same numbers.
+    computes every point in the same batch as an uninterrupted one and gives the same numbers. `settings` are the
+    kind's settings by CLI option name (see `make_intervention`; steer needs its vector there).
     Accuracy (prompts with answers) greedily decodes under the intervention through the engine.
     Under torchrun the prompts are shared out over the ranks (layerscope.distributed).
     """
     check_kind(kind)
     if not prompts:
         raise LayerscopeError("The list of prompts is empty.")
-    layers = check_layers(kind, sweep_layers(kind, lm.n_blocks) if layers is None else layers, lm.n_blocks)
+    layers = check_layers(
+        kind, sweep_layers(kind, lm.n_blocks, settings) if layers is None else layers, lm.n_blocks, settings
+    )
     if accuracy:
         require_answers(prompts, "the prompt set")
     finished = finished_points(done)
@@ -162,13 +175,15 @@ def sweep(
             chunk = layers[at : at + chunk_size]
             if all((index, layer) in finished for layer in chunk):
                 continue
-            logits = run_plans(lm.adapter, base, [make_intervention(kind, layer, lm.n_blocks, seed) for layer in chunk])
+            logits = run_plans(
+                lm.adapter, base, [make_intervention(kind, layer, lm.n_blocks, seed, settings) for layer in chunk]
+            )
             for layer, plan_logits in zip(chunk, logits):
                 if (index, layer) in finished:
                     continue
                 point = sweep_point(kind, layer, index, base, plan_logits, input_ids)
                 if accuracy:
-                    intervention = make_intervention(kind, layer, lm.n_blocks, seed)
+                    intervention = make_intervention(kind, layer, lm.n_blocks, seed, settings)
                     text = greedy_continuation(lm, input_ids, max_new_tokens, [intervention]).text
                     point.accuracy = float(answer_matches(text, item.answer or ""))
                 yield point

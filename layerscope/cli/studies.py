@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -84,6 +84,7 @@ def sweep_source(
     seed: int,
     batch_size: int,
     donor: tuple[str, str, str],
+    settings: dict[str, Any],
 ) -> dict:
     """What a sweep's rows are computed from: the first line of a jsonl file, checked by --resume.
 
@@ -106,6 +107,9 @@ def sweep_source(
         source["max_new_tokens"] = max_new_tokens
     if kind == "random":
         source["seed"] = seed
+    if kind == "steer":
+        vector = settings["steer"].vector
+        source["steer"] = {"norm": float(vector.norm()), "factor": settings["steer_factor"]}
     return source
 
 
@@ -196,6 +200,10 @@ def sweep(
     ] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Greedy tokens decoded for accuracy.")] = 6,
     seed: Annotated[int, typer.Option(help="Seed of the noise for 'random'.")] = 0,
+    steer: Annotated[
+        Path | None, typer.Option(help="steer: the steering vector file (from 'layerscope steer vector')."), Reads()
+    ] = None,
+    steer_factor: Annotated[float, typer.Option(help="steer: the scale of the vector.")] = 1.0,
     batch_size: Annotated[int, typer.Option(min=1, help="Interventions run together in one batched pass.")] = 8,
     donor_prompt: Annotated[str, typer.Option(help="swap-token: the donor prompt.")] = "The country Italy",
     donor_word: Annotated[str, typer.Option(help="swap-token: the donor word whose state is copied.")] = "Italy",
@@ -211,6 +219,7 @@ def sweep(
     Example: layerscope sweep --model demo --intervention drop --format jsonl --out drop.jsonl
     """
     from layerscope.analyses.prompt_sets import load_prompt_set, require_answers
+    from layerscope.analyses.steering import SavedVector
 
     if intervention not in SWEEP_KINDS:
         raise LayerscopeError(f"Unknown intervention '{intervention}': use one of {', '.join(SWEEP_KINDS)}.")
@@ -225,14 +234,20 @@ def sweep(
     measure_accuracy = with_answers if accuracy is None else accuracy
     if resume and (output.out is None or output.format is not SweepFormat.jsonl):
         raise LayerscopeError("--resume needs --format jsonl and --out FILE (the file to continue).")
+    if (intervention == "steer") != (steer is not None):
+        raise LayerscopeError("-i steer needs --steer FILE, and --steer goes with -i steer.")
+    vector = SavedVector.load(steer) if steer is not None else None
+    settings: dict[str, Any] = {"steer": vector, "steer_factor": steer_factor} if vector is not None else {}
     chosen = spec_option("--layers", layers, "layer") if layers else None
     resumed = output.out if resume else None  # never None with --resume: checked above
     written, done, keep = read_done(resumed, intervention) if resumed is not None else (None, [], 0)
     lm = model.load()
+    if vector is not None:
+        vector.check_model(lm)
     donor = (donor_prompt, donor_word, donor_answer)
-    valid = _sweep_layers(lm, items, intervention, chosen, donor)
+    valid = _sweep_layers(lm, items, intervention, chosen, donor, settings)
     source = sweep_source(
-        lm, intervention, valid, items, path, measure_accuracy, max_new_tokens, seed, batch_size, donor
+        lm, intervention, valid, items, path, measure_accuracy, max_new_tokens, seed, batch_size, donor, settings
     )
     if resumed is not None and written is not None:
         check_same_source(resumed, written, source)
@@ -251,12 +266,18 @@ def sweep(
             done,
             output.out,
             progress,
+            settings,
         )
         _write_sweep(points, source, output, keep if written is not None else None, done)
 
 
 def _sweep_layers(
-    lm: LoadedModel, items: list[PromptItem], kind: str, layers: Sequence[int] | None, donor: tuple[str, str, str]
+    lm: LoadedModel,
+    items: list[PromptItem],
+    kind: str,
+    layers: Sequence[int] | None,
+    donor: tuple[str, str, str],
+    settings: dict[str, Any],
 ) -> list[int]:
     """The layers (grid rows for swap-token) the sweep covers; checks the input before anything is written."""
     from layerscope.analyses.sweep import check_layers, sweep_layers
@@ -265,7 +286,9 @@ def _sweep_layers(
     if kind == "swap-token":
         usable_targets(items, Donor(*donor))
         return check_rows(layers, lm.n_blocks)
-    return check_layers(kind, sweep_layers(kind, lm.n_blocks) if layers is None else layers, lm.n_blocks)
+    return check_layers(
+        kind, sweep_layers(kind, lm.n_blocks, settings) if layers is None else layers, lm.n_blocks, settings
+    )
 
 
 def _sweep_points(
@@ -282,6 +305,7 @@ def _sweep_points(
     done: list[dict],
     out: Path | None,
     progress: ProgressFn,
+    settings: dict[str, Any],
 ) -> Iterator[SweepPoint | TokenSwapPoint]:
     """Sweep points not yet in `done`, in the order an uninterrupted run writes them. The generators only start
     when the first point is asked for, after the output file is opened."""
@@ -318,6 +342,7 @@ def _sweep_points(
             batch_size,
             _points_from(done, SweepPoint.from_dict, out),
             progress,
+            settings,
         )
     return (point for point in points if point.key not in seen)
 
