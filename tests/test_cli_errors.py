@@ -257,7 +257,6 @@ def test_the_bad_numbers_cover_every_number_option():
         (("heads", "induction"), "--seq-len"),
         (("run",), "--steer-at"),
         (("run",), "--steer-factor"),
-        (("sweep",), "--steer-factor"),
         (("steer", "vector"), "--row"),
     } <= options
     assert {path for path, _ in options} == {path for path, _ in _commands(typer.main.get_command(app))} - {("stages",)}
@@ -332,6 +331,8 @@ def test_an_empty_text_option_is_refused_by_its_name_before_the_model(tmp_path, 
         (["run", "-p", PROMPT, "--mask-heads", "٣.1"], "--mask-heads"),
         (["sweep", "--layers", "0-99999999999"], "--layers"),
         (["sweep", "--layers", "²"], "--layers"),
+        (["sweep", "--steer-factor", "1,nan"], "--steer-factor"),
+        (["sweep", "--steer-factor", "-4,1e999"], "--steer-factor"),
         (["heads", "retrieval", "--lengths", "512-99999999999"], "--lengths"),
         (["heads", "retrieval", "--depths", "0-101"], "--depths"),
         (["heads", "ablate", "--scores", "s.json", "--top", "1", "--depths", "0-9999999999"], "--depths"),

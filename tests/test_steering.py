@@ -148,21 +148,29 @@ def test_a_vector_for_another_model_or_hidden_size_is_one_clear_error(tmp_path):
             ls.intervene(lm, [ls.SteerVector(1, other.vector, bad)]).__enter__()
 
 
-def test_the_sweep_steers_each_layer_as_intervene_does():
+def test_the_sweep_steers_each_layer_and_factor_as_a_hand_hook_does():
+    """Layers × factors: every point against a hand hook adding factor × vector; factor 0 is the baseline (KL 0)."""
     lm = tiny_model("llama")
     vector = torch.randn(hidden_size(lm), generator=torch.Generator().manual_seed(4))
-    settings = {"steer": SavedVector(vector, lm.name, 0), "steer_factor": 2.0}
+    settings = {"steer": SavedVector(vector, lm.name, 0), "steer_factor": [2.0, 0.0, -3.0]}
     points = [
-        p for p in sweep(lm, [PromptItem("alpha beta gamma beta")], "steer", settings=settings) if p.prompt_index == 0
+        p
+        for p in sweep(lm, [PromptItem("alpha beta gamma beta")], "steer", batch_size=5, settings=settings)
+        if p.prompt_index == 0
     ]
     ids = lm.encode("alpha beta gamma beta")
     with torch.inference_mode():
         base = torch.log_softmax(lm.model(ids).logits[0].double(), -1)
     for point in points:
-        steered = torch.log_softmax(hand_logits(lm, ids, point.layer, 2.0 * vector)[0].double(), -1)
+        steered = torch.log_softmax(hand_logits(lm, ids, point.layer, point.factor * vector)[0].double(), -1)
         kl = (base.exp() * (base - steered)).sum(-1).mean().item()
         assert point.kl == pytest.approx(kl, abs=1e-5)
-    assert [p.layer for p in points] == list(range(lm.n_blocks))
+        if point.factor == 0:
+            assert point.kl == 0 and point.top1_agree == 1 and point.entropy_delta == 0
+    assert [(p.layer, p.factor) for p in points] == [
+        (layer, factor) for layer in range(lm.n_blocks) for factor in (2.0, 0.0, -3.0)
+    ]
+    assert min(p.kl for p in points if p.factor != 0) > 0
 
 
 def test_the_cli_makes_a_vector_and_steers_with_it(tmp_path, cli_demo_lm):
@@ -213,6 +221,8 @@ def test_the_cli_makes_a_vector_and_steers_with_it(tmp_path, cli_demo_lm):
         (["run", "-p", "x", "--steer", str(out), "--steer-positions", "first"], "--steer-positions"),
         (["run", "-p", "x", "--steer", str(out), "--out", str(out)], "--out"),
         (["sweep", "-i", "steer"], "--steer FILE"),
+        (["sweep", "-i", "drop", "--steer-factor", "2"], "--steer-factor go with -i steer"),
+        (["sweep", "-i", "steer", "--steer", str(out), "--steer-factor", "2,x"], "--steer-factor '2,x'"),
         (["steer", "vector", "--positive", str(out), "--negative", str(out), "--row", "1", "--out", str(out)], "--out"),
     ]:
         result = runner.invoke(app, [*args, "--model", "demo"])

@@ -56,7 +56,7 @@ def assert_points_equal_the_engine(lm, kind: str) -> None:
     settings = kind_settings(lm, kind)
     points = list(sweep(lm, TINY_PROMPTS, kind, batch_size=3, settings=settings))
     per_prompt = [p for p in points if p.prompt_index is not None]
-    assert len(per_prompt) == len(TINY_PROMPTS) * len(sweep_layers(kind, lm.n_blocks))
+    assert len(per_prompt) == len(TINY_PROMPTS) * len(sweep_layers(kind, lm.n_blocks, settings))
     for point in per_prompt:
         ids = lm.encode(TINY_PROMPTS[point.prompt_index].text)
         base = engine_logits(lm, ids, [])
@@ -255,7 +255,20 @@ def test_swap_token_points_name_the_grid_row_and_old_files_still_resume(tmp_path
     rest = [
         point.to_dict()
         for point in _sweep_points(
-            lm, items, "swap-token", [0, 4], [0, 4], None, 2, 0, 1, donor, old, tmp_path / "x.jsonl", lambda *a: None
+            lm,
+            items,
+            "swap-token",
+            [0, 4],
+            [0, 4],
+            None,
+            2,
+            0,
+            1,
+            donor,
+            old,
+            tmp_path / "x.jsonl",
+            lambda *a: None,
+            {},
         )
     ]
     assert rest == full[1:]

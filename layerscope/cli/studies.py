@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from collections import deque
@@ -91,6 +92,7 @@ def sweep_source(
     Only settings that change the numbers count: the seed for `random`, the batch for the batched kinds
     (float sums in another batch differ in the last bits), the decode length where something is decoded."""
     from layerscope.analyses.resumable import prompts_fingerprint
+    from layerscope.analyses.sweep import sweep_factors
 
     source = {
         "model": lm.name,
@@ -109,7 +111,11 @@ def sweep_source(
         source["seed"] = seed
     if kind == "steer":
         vector = settings["steer"].vector
-        source["steer"] = {"norm": float(vector.norm()), "factor": settings["steer_factor"]}
+        source["steer"] = {
+            "sha256": hashlib.sha256(vector.numpy().tobytes()).hexdigest(),
+            "norm": float(vector.norm()),
+            "factors": sweep_factors(kind, settings),
+        }
     return source
 
 
@@ -203,7 +209,12 @@ def sweep(
     steer: Annotated[
         Path | None, typer.Option(help="steer: the steering vector file (from 'layerscope steer vector')."), Reads()
     ] = None,
-    steer_factor: Annotated[float, typer.Option(help="steer: the scale of the vector.")] = 1.0,
+    steer_factor: Annotated[
+        str | None,
+        typer.Option(
+            help="steer: the scale of the vector, or several to sweep, e.g. -4,0,4 (a point each). Default 1."
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Interventions run together in one batched pass.")] = 8,
     donor_prompt: Annotated[str, typer.Option(help="swap-token: the donor prompt.")] = "The country Italy",
     donor_word: Annotated[str, typer.Option(help="swap-token: the donor word whose state is copied.")] = "Italy",
@@ -234,10 +245,11 @@ def sweep(
     measure_accuracy = with_answers if accuracy is None else accuracy
     if resume and (output.out is None or output.format is not SweepFormat.jsonl):
         raise LayerscopeError("--resume needs --format jsonl and --out FILE (the file to continue).")
-    if (intervention == "steer") != (steer is not None):
-        raise LayerscopeError("-i steer needs --steer FILE, and --steer goes with -i steer.")
+    factors = _numbers("--steer-factor", steer_factor or "1")
+    if (intervention == "steer") != (steer is not None) or (steer_factor is not None and steer is None):
+        raise LayerscopeError("-i steer needs --steer FILE, and --steer and --steer-factor go with -i steer.")
     vector = SavedVector.load(steer) if steer is not None else None
-    settings: dict[str, Any] = {"steer": vector, "steer_factor": steer_factor} if vector is not None else {}
+    settings: dict[str, Any] = {"steer": vector, "steer_factor": factors} if vector is not None else {}
     chosen = spec_option("--layers", layers, "layer") if layers else None
     resumed = output.out if resume else None  # never None with --resume: checked above
     written, done, keep = read_done(resumed, intervention) if resumed is not None else (None, [], 0)
@@ -476,13 +488,18 @@ def stages(
     )
 
 
-def _thresholds(spec: str) -> list[float]:
+def _numbers(flag: str, spec: str) -> list[float]:
+    """A comma-separated list of finite numbers, such as 0.5,0.9."""
     from layerscope.specs import parse_number
 
     try:
-        values = [parse_number(part.strip(), float) for part in spec.split(",")]
+        return [float(parse_number(part.strip(), float)) for part in spec.split(",")]
     except ValueError as error:
-        raise LayerscopeError(f"--thresholds '{spec}': {error}") from None
+        raise LayerscopeError(f"{flag} '{spec}': {error}") from None
+
+
+def _thresholds(spec: str) -> list[float]:
+    values = _numbers("--thresholds", spec)
     if not all(0 < value <= 1 for value in values):
         raise LayerscopeError(f"--thresholds '{spec}': each must be a probability above 0 and at most 1.")
     return values

@@ -132,12 +132,19 @@ def sweep_table(result: SweepResult) -> str:
     kind, rows = result.intervention, list(result.records().dicts())
     follows = kind == "swap-token"
     where = "row" if follows else "layer"  # token-swap patches a grid row, the other sweeps act at a block
-    head = f"{where:>5} {'KL':>8} {'top1':>6} {'dH bits':>8} {'dloss':>8} {'acc':>6}"
+    factor = kind == "steer"
+    head = (
+        f"{where:>5} "
+        + (f"{'factor':>7} " if factor else "")
+        + f"{'KL':>8} {'top1':>6} {'dH bits':>8} {'dloss':>8} {'acc':>6}"
+    )
     head += f" {'donor':>6} {'orig':>6}" if follows else ""
     lines = [f"{kind} sweep, mean over prompts (KL nats, KL(base || intervened))", head, "-" * len(head)]
     for row in (r for r in rows if r["prompt_index"] is None):
         line = (
-            f"{row[where]:>5} {_number(row['kl'])} {_number(row['top1_agree'], 6, 2)} "
+            f"{row[where]:>5} "
+            + (f"{row['factor']:>7g} " if factor else "")
+            + f"{_number(row['kl'])} {_number(row['top1_agree'], 6, 2)} "
             f"{_number(row['entropy_delta'], 8, 3)} {_number(row['loss_delta'], 8, 3)} "
             f"{_number(row['accuracy'], 6, 2)}"
         )
