@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 import layerscope as ls
 from layerscope.analyses.compare import greedy_continuation
 from layerscope.analyses.prompt_sets import PromptItem
-from layerscope.analyses.steering import SavedVector, mean_difference
+from layerscope.analyses.steering import SavedVector, steering_vector
 from layerscope.analyses.sweep import sweep
 from layerscope.cli.app import app
 from layerscope.errors import LayerscopeError
@@ -118,7 +118,7 @@ def test_the_vector_is_numpys_mean_difference_of_hooked_last_token_states(tmp_pa
     finally:
         handle.remove()
     expected = np.mean(states[:2], axis=0) - np.mean(states[2:], axis=0)
-    saved = mean_difference(lm, positive, negative, row)
+    saved = steering_vector(lm, positive, negative, row)
     np.testing.assert_allclose(
         saved.vector.numpy(), expected, rtol=0, atol=8 * np.finfo(np.float32).eps * np.abs(states).max()
     )
@@ -271,3 +271,39 @@ def test_the_explorer_steers_from_its_column_with_the_factor_key(demo_lm, tmp_pa
         [c.top[0].id for c in row] for row in expected.cells
     ]
     assert app.toggles.to_dict()["steer_factor"] == 2.0 and app.toggles.describe() == "steer row 6 ×2"
+
+
+def test_the_explorer_without_a_vector_says_how_to_give_one(tmp_path):
+    """No --steer FILE: the steer column and `t` give a notice and change nothing; a session that steers is refused
+    with one notice, and a session's factor must be a finite number."""
+    import asyncio
+
+    from layerscope.tui.app import LayerscopeApp
+    from layerscope.tui.state import Results, Session, Toggles, block_kinds
+    from layerscope.tui.themes import SHIPPED_THEMES
+    from tests.tui_synthetic import settle
+
+    lm = tiny_model("llama")
+    app = LayerscopeApp(lm=lm, prompt="the city is", keymap_path=tmp_path / "k.toml", theme_folders=[SHIPPED_THEMES])
+    notices: list[str] = []
+    shown = app.notify
+    app.notify = lambda message, **kw: (notices.append(message), shown(message, **kw))[1]  # type: ignore[method-assign]
+    session = tmp_path / "s.json"
+    Session(lm.name, "x", "logit_lens", Toggles(steer=frozenset({1}), steer_factor=2.0), Results()).save(session)
+
+    async def drive():
+        async with app.run_test(size=(160, 50)) as pilot:
+            await settle(pilot)
+            column = 1 + list(block_kinds()).index("steer")
+            await pilot.press("2", "down", *["right"] * (column - 1), "space", "t")
+            await settle(pilot)
+
+    asyncio.run(drive())
+    assert app.toggles == Toggles() and len(notices) == 2 and all("--steer FILE" in n for n in notices)
+    with pytest.raises(LayerscopeError, match="steers at row 1: start the explorer with --steer FILE"):
+        app.load_session(tmp_path / "s.json")
+    saved = session.read_text()
+    for bad in ("NaN", "1e999", '"2"', "true"):
+        session.write_text(saved.replace('"steer_factor": 2.0', f'"steer_factor": {bad}'))
+        with pytest.raises(LayerscopeError, match="steer factor .* is not a finite number"):
+            Session.load(session)

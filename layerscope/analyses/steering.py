@@ -2,7 +2,7 @@
 
 A steering vector file is a safetensors file (no pickle) with one tensor, `vector` (hidden,), and its metadata:
 the model it was computed on, the grid row and the hidden size. `SteerVector` (interventions/kinds.py) adds it,
-scaled, to the residual stream; `layerscope steer vector` and `mean_difference` make one.
+scaled, to the residual stream; `layerscope steer vector` and `steering_vector` make one.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class SavedVector:
             )
 
 
-def mean_difference(lm: LoadedModel, positive: Sequence[str], negative: Sequence[str], row: int) -> SavedVector:
+def steering_vector(lm: LoadedModel, positive: Sequence[str], negative: Sequence[str], row: int) -> SavedVector:
     """The mean of the last-token residual states at grid row `row` over the `positive` prompts, minus their mean
     over the `negative` prompts (each prompt on its own last real token; float32)."""
     check_lm(lm)

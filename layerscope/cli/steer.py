@@ -41,10 +41,10 @@ def vector(
     Example: layerscope steer vector --positive love.txt --negative hate.txt --row 6 --out love.safetensors
     """
     from layerscope.analyses.prompt_sets import load_prompt_set
-    from layerscope.analyses.steering import mean_difference
+    from layerscope.analyses.steering import steering_vector
 
     texts = {name: [item.text for item in load_prompt_set(path)] for name, path in (("+", positive), ("-", negative))}
     lm = model.load()
-    saved = mean_difference(lm, texts["+"], texts["-"], row)
+    saved = steering_vector(lm, texts["+"], texts["-"], row)
     saved.save(out)
     typer.echo(f"{out}: row {row}, norm {float(saved.vector.norm()):.4g}, {len(saved.vector)} entries ({lm.name})")

@@ -294,7 +294,10 @@ class SteerVector(Intervention):
     model: str = ""
     kind = "steer"
     chosen_by = BlockChoice(
-        "--steer-at", "Row where the --steer vector is added (default: the row it was computed at).", "steer", "at"
+        "--steer-at",
+        "Rows where the --steer vector is added, e.g. 6 or 4,6 (default: the row it was computed at).",
+        "steer",
+        "set",
     )
     options = (
         CliOption(

@@ -705,6 +705,8 @@ class LayerscopeApp(App):
             self.action_run()
 
     def on_layer_pane_toggled(self, message: LayerPane.Toggled) -> None:
+        if message.kind == "steer" and not self._has_steer_vector():
+            return
         self.apply_toggles(self.toggles.toggle(message.kind, message.block))
 
     def on_layer_pane_seed_changed(self) -> None:
@@ -719,8 +721,19 @@ class LayerscopeApp(App):
         self.toggles = replace(self.toggles, mask_mode="uniform" if self.toggles.mask_mode == "zero" else "zero")
         self.refresh_panes()
 
+    def _has_steer_vector(self) -> bool:
+        """Whether the steer column has a vector; if not, a notice says how to give one."""
+        if self.toggles.steer_vector is None:
+            self.notify(
+                "No steering vector: start the explorer with --steer FILE (from 'layerscope steer vector').",
+                severity="warning",
+            )
+        return self.toggles.steer_vector is not None
+
     def on_layer_pane_steer_factor_changed(self) -> None:
         """The next factor of STEER_FACTORS (the steer column adds the vector times it)."""
+        if not self._has_steer_vector():
+            return
         at = STEER_FACTORS.index(self.toggles.steer_factor) if self.toggles.steer_factor in STEER_FACTORS else -1
         self.apply_toggles(replace(self.toggles, steer_factor=STEER_FACTORS[(at + 1) % len(STEER_FACTORS)]))
 
@@ -1027,6 +1040,11 @@ class LayerscopeApp(App):
     def load_session(self, path: Path) -> None:
         """The session's prompt, method, interventions and results replace the app's; a running run is stopped."""
         session = Session.load(path)
+        if session.toggles.chosen("steer") and self.toggles.steer_vector is None:
+            rows = ", ".join(map(str, sorted(session.toggles.chosen("steer"))))
+            raise LayerscopeError(
+                f"'{path}' steers at row {rows}: start the explorer with --steer FILE (its vector) to open it."
+            )
         self.workers.cancel_group(self, "run")
         self.runs.adopt(session.results, RunOrigin(session.model, session.prompt, session.method, session.toggles))
         self.prompt.text = session.prompt

@@ -10,6 +10,7 @@ declaring the kinds imports no torch).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -190,7 +191,7 @@ class Toggles:
                 seed=int(data.get("seed", 0)),
                 masked_heads=frozenset((int(b), int(h)) for b, h in data.get("masked_heads", [])),
                 mask_mode=_mask_mode(data.get("mask_mode", "zero")),
-                steer_factor=float(data.get("steer_factor", 1.0)),
+                steer_factor=_steer_factor(data.get("steer_factor", 1.0)),
             )
         except (TypeError, ValueError, AttributeError, KeyError) as error:
             raise LayerscopeError(f"Bad interventions in the session: {error}") from error
@@ -211,6 +212,13 @@ def refusal(old: Toggles, new: Toggles, shape: ModelShape, error: LayerscopeErro
                     "The interventions are unchanged."
                 )
     return f"Refused: {error} The interventions are unchanged."
+
+
+def _steer_factor(value: object) -> float:
+    """A session's steer factor: a finite number, checked when the session is read."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"steer factor {value!r} is not a finite number")
+    return float(value)
 
 
 def _mask_mode(value: object) -> HeadMaskMode:
