@@ -179,39 +179,14 @@ def test_the_cli_makes_a_vector_and_steers_with_it(tmp_path, cli_demo_lm):
     out = tmp_path / "v.safetensors"
     made = runner.invoke(
         app,
-        [
-            "steer",
-            "vector",
-            "--model",
-            "demo",
-            "--positive",
-            str(tmp_path / "pos.txt"),
-            "--negative",
-            str(tmp_path / "neg.txt"),
-            "--row",
-            "6",
-            "--out",
-            str(out),
-        ],
+        [*"steer vector --model demo --positive".split(), str(tmp_path / "pos.txt"), "--negative"]
+        + [str(tmp_path / "neg.txt"), "--row", "6", "--out", str(out)],
     )
     assert made.exit_code == 0, made.output
     ran = runner.invoke(
         app,
-        [
-            "run",
-            "--model",
-            "demo",
-            "-p",
-            "I think",
-            "--steer",
-            str(out),
-            "--steer-factor",
-            "0",
-            "--max-new-tokens",
-            "3",
-            "-f",
-            "json",
-        ],
+        ["run", "--model", "demo", "-p", "I think", "--steer", str(out)]
+        + "--steer-factor 0 --max-new-tokens 3 -f json".split(),
     )
     assert ran.exit_code == 0, ran.output
     assert '"kind": "steer"' in ran.stdout and '"row": 6' in ran.stdout
@@ -265,7 +240,7 @@ def test_the_explorer_steers_from_its_column_with_the_factor_key(demo_lm, tmp_pa
             await settle(pilot)
 
     asyncio.run(drive())
-    assert app.toggles.steer == 6 and app.toggles.steer_factor == 2.0
+    assert app.toggles.steer == {6} and app.toggles.steer_factor == 2.0
     expected = logit_lens(demo_lm, demo_lm.encode(prompt), top_k=5, interventions=[ls.SteerVector(6, vector, 2.0)])
     assert [[c.top[0].id for c in row] for row in app.runs.results.intervened.cells] == [
         [c.top[0].id for c in row] for row in expected.cells
