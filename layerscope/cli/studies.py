@@ -9,6 +9,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -464,22 +465,42 @@ def stages(
         typer.Option(help="Prompt set. Default: sample_prompts/general.txt."),
         Reads((sample_file("general.txt"),)),
     ] = None,
+    probe_data: Annotated[
+        Path | None,
+        typer.Option(
+            help="A labelled prompt set (.jsonl, as for 'layerscope probe --data'): its probe's accuracy per block "
+            "joins the signatures and the segmentation. Needs --probe-label."
+        ),
+        Reads(),
+    ] = None,
+    probe_label: Annotated[
+        str | None, typer.Option(help="The field of each --probe-data record that holds its class.")
+    ] = None,
     output: Output,
 ) -> None:
     """Stage map: per-block signatures (drop/swap KL, lens KL and entropy, attention/MLP norms, attention to the
-    previous five tokens, prediction and suppression neurons) and a heuristic split into the four stages of
-    inference, with the evidence.
+    previous five tokens, prediction and suppression neurons, and with --probe-data a linear probe's accuracy) and
+    a heuristic split into the four stages of inference, with the evidence.
 
     Example: layerscope stages --model demo --prompts sample_prompts/general.txt
     """
+    from layerscope.analyses.probes import probe_rows
     from layerscope.analyses.prompt_sets import load_prompt_set
     from layerscope.analyses.stages import stage_map
+    from layerscope.cli.probes import PROBE_FOLDS, labelled_prompts
 
+    fit_probe = None
+    if probe_data is not None or probe_label is not None:
+        if probe_data is None or probe_label is None:
+            raise LayerscopeError("--probe-data and --probe-label go together: give both, or neither.")
+        texts, labels = labelled_prompts(probe_data, probe_label, "--probe-label", PROBE_FOLDS)
+        fit_probe = partial(probe_rows, texts=texts, labels=labels, label=probe_label, folds=PROBE_FOLDS)
     prompts = prompts or _sample("general.txt")
     items = load_prompt_set(prompts)
     lm = model.load()
     with StderrProgress() as progress:
-        result = stage_map(lm, items, progress=progress)
+        probe = fit_probe(lm) if fit_probe is not None else None
+        result = stage_map(lm, items, progress=progress, probe=probe)
     output.write(
         result.to_dict,
         result.records,

@@ -176,20 +176,33 @@ def influence_table(report: InfluenceReport) -> str:
 
 
 def stages_table(stage_map: StageMap) -> str:
+    probed = stage_map.probe is not None
     head = (
         f"{'block':>5} {'dropKL':>7} {'swapKL':>7} {'lensKL':>7} {'H bits':>6} {'attn/mlp':>8} {'mlp norm':>9} "
-        f"{'prev5':>5} {'pred/supp':>9}  stage (heuristic) - evidence"
-    )
+        f"{'prev5':>5} {'pred/supp':>9}" + (f" {'probe':>7} {'gain':>6}" if probed else "")
+    ) + "  stage (heuristic) - evidence"
     lines = [head, "-" * len(head)]
     for b in stage_map.blocks:
         neurons = "-" if b.prediction_neurons is None else f"{b.prediction_neurons}/{b.suppression_neurons}"
+        probe = ""
+        if probed:
+            probe = f" {_percent(b.probe_accuracy)}{'*' if b.probe_rise else ' '} {_percent(b.probe_gain)}"
         lines.append(
             f"{b.block:>5} {_number(b.drop_kl, 7, 3)} {_number(b.swap_kl, 7, 3)} {_number(b.lens_kl, 7, 2)} "
             f"{_number(b.lens_entropy, 6, 2)} {_number(b.attn_mlp_ratio, 8, 3)} {_number(b.mlp_norm, 9, 1)} "
-            f"{_number(b.prev5_attention, 5, 2)} {neurons:>9}  {b.stage} - {b.reason}"
+            f"{_number(b.prev5_attention, 5, 2)} {neurons:>9}{probe}  {b.stage} - {b.reason}"
         )
-    lines += ["", "pred/supp: the block's prediction and suppression neurons (layerscope neurons).", stage_map.rule]
-    return "\n".join(lines)
+    lines += ["", "pred/supp: the block's prediction and suppression neurons (layerscope neurons)."]
+    if stage_map.probe is not None:
+        lines.append(
+            f'probe: held-out accuracy of the linear probe of "{stage_map.probe["label"]}" at the block\'s output '
+            "(layerscope probe); gain: over its shuffled control; *: a significant rise."
+        )
+    return "\n".join([*lines, stage_map.rule])
+
+
+def _percent(value: float | None) -> str:
+    return f"{'-':>6}" if value is None else f"{value:6.1%}"
 
 
 def exit_table(result: EarlyExit) -> str:
