@@ -114,7 +114,9 @@ class SweepPoint:
         return self.prompt_index, self.layer if self.factor is None else (self.layer, self.factor)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Every field; `factor` only for steer (the other kinds' lines are as before it existed)."""
+        data = asdict(self)
+        return data if self.factor is not None else {k: v for k, v in data.items() if k != "factor"}
 
     @classmethod
     def from_dict(cls, data: dict) -> SweepPoint:
