@@ -25,7 +25,8 @@ def hidden_size(lm) -> int:
 
 
 def hand_logits(lm, ids, row, added, last_only=False):
-    """A plain forward with a pre-hook on block `row` (or a hook on the last block's output) adding `added`."""
+    """A plain forward with a pre-hook on block `row` (or a hook on the last block's output) adding `added`;
+    `row` may be a tuple of rows, each hooked."""
 
     def add(hidden):
         if last_only:
@@ -43,15 +44,18 @@ def hand_logits(lm, ids, row, added, last_only=False):
         return (add(output[0]), *output[1:]) if isinstance(output, tuple) else add(output)
 
     blocks = lm.adapter.blocks
-    if row < len(blocks):
-        handle = blocks[row].register_forward_pre_hook(pre_hook, with_kwargs=True)
-    else:
-        handle = blocks[-1].register_forward_hook(post_hook)
+    handles = [
+        blocks[one].register_forward_pre_hook(pre_hook, with_kwargs=True)
+        if one < len(blocks)
+        else blocks[-1].register_forward_hook(post_hook)
+        for one in (row if isinstance(row, tuple) else (row,))
+    ]
     try:
         with torch.inference_mode():
             return lm.model(ids).logits
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 def steered_logits(lm, ids, steer):
@@ -73,6 +77,20 @@ def test_steering_equals_a_hand_hook_adding_the_vector_on_tiny_families(family):
         with torch.inference_mode():
             baseline = lm.model(ids).logits
         assert torch.equal(steered_logits(lm, ids, ls.SteerVector(row, vector, 0.0)), baseline)
+
+
+def test_steering_at_several_rows_adds_the_vector_at_each():
+    """`--steer-at 1,3` (from_cli with a tuple of rows, as the explorer's column gives too): one SteerVector per
+    row, equal to hand hooks at both."""
+    lm = tiny_model("llama")
+    ids = random_ids()
+    vector = torch.randn(hidden_size(lm), generator=torch.Generator().manual_seed(6))
+    saved = SavedVector(vector, lm.name, 0)
+    steers = ls.SteerVector.from_cli({"steer": saved, "steer_at": (1, 3), "steer_factor": 1.5}, lm.n_blocks)
+    assert [s.row for s in steers] == [1, 3]
+    with ls.intervene(lm, steers), torch.inference_mode():
+        steered = lm.model(ids).logits
+    assert torch.equal(steered, hand_logits(lm, ids, (1, 3), 1.5 * vector))
 
 
 def test_generated_tokens_are_steered_too():
