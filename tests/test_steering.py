@@ -189,6 +189,9 @@ def test_the_sweep_steers_each_layer_and_factor_as_a_hand_hook_does():
         (layer, factor) for layer in range(lm.n_blocks) for factor in (2.0, 0.0, -3.0)
     ]
     assert min(p.kl for p in points if p.factor != 0) > 0
+    for bad in ([], [1.0, float("nan")], "2"):
+        with pytest.raises(LayerscopeError, match="steer_factor="):
+            list(sweep(lm, [PromptItem("alpha")], "steer", settings={**settings, "steer_factor": bad}))
 
 
 def test_the_cli_makes_a_vector_and_steers_with_it(tmp_path, cli_demo_lm):
