@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from layerscope.analyses.neurons import NeuronCensus, neuron_census
     from layerscope.analyses.patchscope import parse_target, patchscope_grid, run_patchscope
     from layerscope.analyses.probes import ProbeReport, probe_rows
+    from layerscope.analyses.steering import SavedVector, steering_vector
     from layerscope.analyses.tuned_lens import TunedLens, compare_lenses, load_tuned_lens, train_tuned_lens, tuned_lens
     from layerscope.errors import LayerscopeError
     from layerscope.interventions import (
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
         PatchState,
         RandomizeAt,
         SkipAttention,
+        SteerVector,
         SwapBlocks,
         intervene,
     )
@@ -67,6 +69,8 @@ _EXPORTS = {
     "neuron_census": "layerscope.analyses.neurons",
     "ProbeReport": "layerscope.analyses.probes",
     "probe_rows": "layerscope.analyses.probes",
+    "SavedVector": "layerscope.analyses.steering",
+    "steering_vector": "layerscope.analyses.steering",
     "parse_target": "layerscope.analyses.patchscope",
     "patchscope_grid": "layerscope.analyses.patchscope",
     "run_patchscope": "layerscope.analyses.patchscope",
@@ -83,6 +87,7 @@ _EXPORTS = {
     "PatchState": "layerscope.interventions",
     "RandomizeAt": "layerscope.interventions",
     "SkipAttention": "layerscope.interventions",
+    "SteerVector": "layerscope.interventions",
     "SwapBlocks": "layerscope.interventions",
     "intervene": "layerscope.interventions",
     "LoadedModel": "layerscope.models.loading",

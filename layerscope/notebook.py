@@ -190,14 +190,15 @@ def sweep_html(result: SweepResult) -> str:
     metrics = [
         name
         for name in records.columns
-        if name not in ("intervention", "layer", "row", "prompt_index", "continuation", "word_tokens")
+        if name not in ("intervention", "layer", "row", "factor", "prompt_index", "continuation", "word_tokens")
     ]
     where = records.columns.index("row" if "row" in records.columns else "layer")
+    factor = records.columns.index("factor") if "factor" in records.columns else None  # steer's rows: layer ×factor
     columns = {name: [row[records.columns.index(name)] for row in averages] for name in metrics}
     shades = {name: fraction_of_largest(values) for name, values in columns.items()}
     rows = [
         (
-            str(row[where]),
+            str(row[where]) if factor is None else f"{row[where]} ×{row[factor]:g}",
             [Cell("–" if columns[name][i] is None else f"{columns[name][i]:.4f}", shades[name][i]) for name in metrics],
         )
         for i, row in enumerate(averages)

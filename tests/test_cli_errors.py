@@ -86,6 +86,7 @@ REQUIRED = {
     ("tunedlens", "train"): ["--out", "lens-out"],
     ("tunedlens", "eval"): ["--lens", "lens-in"],
     ("heads", "pattern"): ["--heads", "0.0"],
+    ("steer", "vector"): ["--positive", "p.txt", "--negative", "n.txt", "--row", "1", "--out", "v.safetensors"],
 }
 
 
@@ -132,6 +133,7 @@ def test_the_bad_values_cover_every_command():
         ("tunedlens", "train"),
         ("tui",),
         ("probe",),
+        ("steer", "vector"),
         *(("reproduce", name) for name in ("stages", "afcl", "shortgpt", "retrieval", "rome")),
     }
     assert (("lens",), "--top-k", "0") in BAD_VALUES and (("lens",), "--top-k", "101") in BAD_VALUES
@@ -253,6 +255,8 @@ def test_the_bad_numbers_cover_every_number_option():
         (("tunedlens", "eval"), "--tokens"),
         (("tui",), "--top-k"),
         (("heads", "induction"), "--seq-len"),
+        (("run",), "--steer-factor"),
+        (("steer", "vector"), "--row"),
     } <= options
     assert {path for path, _ in options} == {path for path, _ in _commands(typer.main.get_command(app))} - {("stages",)}
 
@@ -323,9 +327,12 @@ def test_an_empty_text_option_is_refused_by_its_name_before_the_model(tmp_path, 
         (["patchscope", "-p", PROMPT, "--target-layer", "99999999999999999999"], "--target-layer"),
         (["run", "-p", PROMPT, "--drop", "0-99999999999"], "--drop"),
         (["run", "-p", PROMPT, "--swap", "1-99999999999"], "--swap"),
+        (["run", "-p", PROMPT, "--steer-at", "4,99999999999"], "--steer-at"),
         (["run", "-p", PROMPT, "--mask-heads", "٣.1"], "--mask-heads"),
         (["sweep", "--layers", "0-99999999999"], "--layers"),
         (["sweep", "--layers", "²"], "--layers"),
+        (["sweep", "--steer-factor", "1,nan"], "--steer-factor"),
+        (["sweep", "--steer-factor", "-4,1e999"], "--steer-factor"),
         (["heads", "retrieval", "--lengths", "512-99999999999"], "--lengths"),
         (["heads", "retrieval", "--depths", "0-101"], "--depths"),
         (["heads", "ablate", "--scores", "s.json", "--top", "1", "--depths", "0-9999999999"], "--depths"),

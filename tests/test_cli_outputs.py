@@ -77,8 +77,15 @@ FIGURES = {
     path: flag
     for path, marks in MARKS.items()
     for flag, mark in marks.values()
-    if isinstance(mark, Writes) and mark.check is not None
+    if isinstance(mark, Writes) and mark.check is not None and flag == "--figure"
 }
+TENSOR_FILES = {
+    path: flag
+    for path, marks in MARKS.items()
+    for flag, mark in marks.values()
+    if isinstance(mark, Writes) and mark.check is not None and flag != "--figure"
+}
+"""Files of tensors a command writes (a steering vector), never to standard output: walked by their own test."""
 """Each command's figure file (--figure)."""
 OUTPUT_FILES = [(path, flag) for outputs in (FILE_OUTPUTS, FIGURES) for path, flag in outputs.items()]
 WRITERS = {path for path, marks in MARKS.items() if any(isinstance(mark, Writes) for _, mark in marks.values())}
@@ -349,6 +356,22 @@ def test_every_command_with_a_file_output_has_a_run():
     assert set(RUNS) == set(FILE_OUTPUTS)
 
 
+def test_a_tensor_file_is_written_whole_through_devices_and_never_to_stdout(inputs, tmp_path, monkeypatch):
+    """`steer vector --out`: a device is written through, a full one is one error line, '-' is refused before
+    the model, and a failed run leaves an existing file as it was."""
+    assert TENSOR_FILES == {("steer", "vector"): "--out"}
+    monkeypatch.chdir(tmp_path)
+    args = ["steer", "vector", "--model", str(inputs["model"]), "--row", "1"]
+    args += ["--positive", str(inputs["prompts"]), "--negative", str(inputs["prompts"])]
+    written_through_devices(args, tmp_path)
+    refused(invoke(*[*args[:2], "--model", str(tmp_path / "no-model"), *args[4:]], "--out", "-"), "--out", "'-'")
+    out = tmp_path / "v.safetensors"
+    out.write_bytes(b"earlier vector")
+    refused(invoke(*args, "--row", "99", "--out", out), "--row 99")
+    assert out.read_bytes() == b"earlier vector"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+
+
 def run_args(path: tuple[str, ...], inputs: dict[str, Path]) -> list[str]:
     return [*path, "--model", str(inputs["model"]), *(arg.format(**inputs) for arg in RUNS[path])]
 
@@ -362,10 +385,8 @@ def device(tmp_path: Path, name: str, minor: int) -> Path:
     return twin
 
 
-@pytest.mark.parametrize("path", RUNS, ids=" ".join)
-def test_devices_are_written_through_and_dash_is_stdout(path, inputs, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    args = run_args(path, inputs)
+def written_through_devices(args: list[str], tmp_path: Path) -> None:
+    """`--out` a null device is written through and stays the device; a full one is one error line."""
     null = device(tmp_path, "null", 3)
     result = invoke(*args, "--out", null)
     assert result.exit_code == 0, result.output
@@ -373,6 +394,13 @@ def test_devices_are_written_through_and_dash_is_stdout(path, inputs, tmp_path, 
     full = device(tmp_path, "full", 7)
     refused(invoke(*args, "--out", full), f"Cannot write '{full}': No space left on device")
     assert stat.S_ISCHR(os.stat(full).st_mode)
+
+
+@pytest.mark.parametrize("path", RUNS, ids=" ".join)
+def test_devices_are_written_through_and_dash_is_stdout(path, inputs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = run_args(path, inputs)
+    written_through_devices(args, tmp_path)
     stdout = invoke(*args, "-f", "json", "--out", "-")
     assert stdout.exit_code == 0, stdout.output
     assert json.loads(stdout.stdout) and not (tmp_path / "-").exists()

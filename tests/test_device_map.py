@@ -23,6 +23,7 @@ from layerscope.analyses.sweep import sweep, sweep_kinds
 from layerscope.interventions import DropBlocks, FreezeFrom, MaskHeads, RandomizeAt, SkipAttention, SwapBlocks
 from layerscope.models.adapter import ModelAdapter
 from layerscope.models.loading import LoadedModel, load_model
+from tests.test_sweep import kind_settings
 from tests.tiny import tiny_model
 
 SPLIT = {
@@ -104,8 +105,10 @@ def _close_rows(rows, expected) -> None:
 @pytest.mark.parametrize("kind", sweep_kinds())
 def test_sweeps_match_the_unsplit_model(models, kind):
     plain, split = models
+    settings = kind_settings(plain, kind)
     _close_rows(
-        list(sweep(split, PROMPTS, kind, seed=1, batch_size=3)), list(sweep(plain, PROMPTS, kind, seed=1, batch_size=3))
+        list(sweep(split, PROMPTS, kind, seed=1, batch_size=3, settings=settings)),
+        list(sweep(plain, PROMPTS, kind, seed=1, batch_size=3, settings=settings)),
     )
 
 

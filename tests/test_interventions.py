@@ -11,6 +11,7 @@ from layerscope.interventions import (
     PatchState,
     RandomizeAt,
     SkipAttention,
+    SteerVector,
     SwapBlocks,
     intervene,
 )
@@ -251,6 +252,7 @@ EXAMPLES = {
     "skip-attn": lambda hidden: SkipAttention((3,)),
     "patch": lambda hidden: PatchState(1, 2, torch.zeros(hidden)),
     "mask-heads": lambda hidden: MaskHeads(((1, 1),), "uniform"),
+    "steer": lambda hidden: SteerVector(2, torch.ones(hidden), 2.0),
 }
 
 

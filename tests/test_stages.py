@@ -196,3 +196,128 @@ def test_on_the_demo_model_the_last_blocks_where_suppression_outnumbers_predicti
     assert blocks[n - 2].reason == (
         f"suppression neurons {second_last.suppression} > prediction neurons {second_last.prediction}"
     )
+
+
+def test_segmentation_with_probe_rises_by_hand():
+    """The 12 blocks above, with significant probe rises at block 2 (inside the drop-KL run) and block 7 (before
+    the lens KL first falls at block 7... so ensembling would start there): PROBE_RULE ends detokenisation before
+    block 2 and starts ensembling after block 7."""
+    drops = [9, 5, 3, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]
+    lens = [9, 9, 9, 4, 5, 8, 7, 6, 3, 2, 1, 0]
+    mlps = [1, 1, 1, 1, 1, 1, 1, 1, 1, 5, 5, 9]
+    blocks = [signature(b, drops[b], lens[b], mlps[b]) for b in range(12)]
+    for b in blocks:
+        b.probe_accuracy, b.probe_rise = 0.5, b.block in (2, 7)
+    segment(blocks)
+    assert [b.stage for b in blocks] == [STAGES[0]] * 2 + [STAGES[1]] * 6 + [STAGES[2]] + [STAGES[3]] * 3
+    assert blocks[2].reason == "probe accuracy 50.0%: a significant rise"
+    assert blocks[8].reason.endswith("after the last significant probe rise (block 7)")
+    # a rise that comes after the lens-KL start of ensembling moves nothing earlier, and none moves nothing
+    for b in blocks:
+        b.probe_rise = b.block == 4
+    segment(blocks)
+    assert [b.stage for b in blocks] == [STAGES[0]] * 3 + [STAGES[1]] * 4 + [STAGES[2]] * 2 + [STAGES[3]] * 3
+
+
+def jumping_probe(lm, accuracies, errors, model=None):
+    """A hand-built ProbeReport over the model's grid rows (emb, 0..L-1): these accuracies and standard errors,
+    a control of 0.3 ± 0.05, classes of equal size (majority 0.25)."""
+    from layerscope.analyses.probes import ProbeReport, RowProbe
+    from layerscope.analyses.residual import layer_labels
+
+    rows = [
+        RowProbe(name, accuracy, se, 0.3, 0.05)
+        for name, accuracy, se in zip(layer_labels(lm.n_blocks), accuracies, errors, strict=True)
+    ]
+    return ProbeReport(model or lm.name, "kind", ["a", "b", "c", "d"], 16, 4, 0, 0.25, rows)
+
+
+def test_the_probe_signature_is_the_reports_numbers_and_its_jump_makes_feature_engineering():
+    """Tiny llama, 4 blocks: the probe jumps from 30% to 90% at block 1's output. Each signature is the report's
+    number at the block's output row; the rise is significant at block 1 only (by hand: 0.6 > 2·hypot(0.03,
+    0.02); block 0's 0.05 is not > 2·hypot(0.02, 0.02) = 0.057); block 1 is feature engineering, and
+    ensembling, whatever the lens says, starts after it."""
+    from layerscope.analyses.stages import PROBE_RULE
+    from layerscope.cli.tables import stages_table
+
+    lm = tiny_model("llama")
+    probe = jumping_probe(lm, [0.25, 0.3, 0.9, 0.92, 0.93], [0.02, 0.02, 0.03, 0.02, 0.02])
+    result = stage_map(lm, PROMPTS, probe=probe)
+    assert [b.probe_accuracy for b in result.blocks] == [0.3, 0.9, 0.92, 0.93]
+    assert [b.probe_gain for b in result.blocks] == [r.accuracy - 0.3 for r in probe.rows[1:]]
+    assert [b.probe_rise for b in result.blocks] == [False, True, False, False]
+    assert [b.stage for b in result.blocks] == [STAGES[0], STAGES[1], STAGES[2], STAGES[3]]
+    assert result.blocks[1].reason == "probe accuracy 90.0%: a significant rise"
+    assert result.rule.endswith(PROBE_RULE) and result.to_dict()["probe"]["label"] == "kind"
+    assert {"probe_accuracy", "probe_gain", "probe_rise"} <= set(result.records().columns)
+    table = stages_table(result)
+    assert "  90.0%*  60.0%" in table and '"kind"' in table
+    assert result.plot().axes[-1].get_ylabel() == "probe accuracy (held out)"
+    # without the probe, the same blocks carry no probe columns' values
+    assert all(b.probe_accuracy is None for b in stage_map(lm, PROMPTS).blocks)
+
+
+def test_a_probe_of_another_model_or_other_rows_is_refused():
+    from layerscope.errors import LayerscopeError
+
+    lm = tiny_model("llama")
+    accuracies, errors = [0.5] * 5, [0.01] * 5
+    for probe, message in [
+        (jumping_probe(lm, accuracies, errors, model="other"), "probe= was computed on 'other'"),
+        ("probe.json", "probe= must be a ProbeReport"),
+    ]:
+        with pytest.raises(LayerscopeError, match=message):
+            stage_map(lm, PROMPTS, probe=probe)
+    short = jumping_probe(lm, accuracies, errors)
+    short.rows.pop()
+    with pytest.raises(LayerscopeError, match="not this model's grid rows"):
+        stage_map(lm, PROMPTS, probe=short)
+
+
+def test_cli_stages_with_probe_data_equals_the_probe_command(tiny_dir, tmp_path):
+    """`stages --probe-data --probe-label`: each block's probe accuracy is `layerscope probe`'s on the same file
+    at the block's output row; bad probe input is one error line before the model loads."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text(TINY_TEXT + "\n")
+    data = tmp_path / "d.jsonl"
+    words = ["red", "blue", "green", "city", "big", "small", "one", "two"]
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": f"the {w} is {v}", "kind": k}) + "\n"
+            for k, v in [("x", "one"), ("y", "two")]
+            for w in words
+        )
+    )
+    probed = invoke("probe", "--model", str(tiny_dir), "--data", str(data), "--label", "kind", "--format", "json")
+    assert probed.exit_code == 0, probed.output
+    staged = invoke(
+        "stages",
+        "--model",
+        str(tiny_dir),
+        "--prompts",
+        str(prompts),
+        "--probe-data",
+        str(data),
+        "--probe-label",
+        "kind",
+        "--format",
+        "json",
+    )
+    assert staged.exit_code == 0, staged.output
+    rows = json.loads(probed.stdout)["rows"]
+    blocks = json.loads(staged.stdout)["blocks"]
+    assert [b["probe_accuracy"] for b in blocks] == [r["accuracy"] for r in rows[1:]]
+    assert [b["probe_gain"] for b in blocks] == [r["accuracy"] - r["control"] for r in rows[1:]]
+    (tmp_path / "not.jsonl").write_text("the city is big\n")
+    for args, fragment in [
+        (["--probe-data", str(data), "--probe-label", "colour"], '"colour"'),
+        (["--probe-data", str(tmp_path / "not.jsonl"), "--probe-label", "kind"], "not.jsonl"),
+        (["--probe-data", str(data)], "--probe-data and --probe-label go together"),
+        (["--probe-label", "kind"], "--probe-data and --probe-label go together"),
+        (["--probe-data", str(data), "--probe-label", "prompt"], "--probe-label 'prompt'"),
+    ]:
+        bad = invoke("stages", "--model", str(tmp_path / "no-model"), "--prompts", str(prompts), *args)
+        lines = bad.stderr.strip().splitlines()
+        assert bad.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], (
+            bad.stderr
+        )

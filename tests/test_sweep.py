@@ -10,6 +10,7 @@ import torch
 from layerscope.analyses.compare import greedy_continuation
 from layerscope.analyses.prompt_sets import PromptItem, answer_matches, load_prompt_set
 from layerscope.analyses.residual import capture_residuals
+from layerscope.analyses.steering import SavedVector
 from layerscope.analyses.sweep import make_intervention, sweep, sweep_kinds, sweep_layers
 from layerscope.analyses.token_swap import Donor, token_swap_sweep
 from layerscope.errors import LayerscopeError
@@ -39,15 +40,27 @@ def test_every_row_equals_the_engine_run_alone(family):
         assert_points_equal_the_engine(lm, kind)
 
 
+def kind_settings(lm, kind: str) -> dict:
+    """What a kind needs besides its block: steer, a steering vector (random, fixed) and its factor."""
+    if kind != "steer":
+        return {}
+    hidden = lm.model.get_input_embeddings().weight.shape[-1]
+    return {
+        "steer": SavedVector(torch.randn(hidden, generator=torch.Generator().manual_seed(0)), lm.name, 0),
+        "steer_factor": 2.0,
+    }
+
+
 def assert_points_equal_the_engine(lm, kind: str) -> None:
     # batch_size 3 over 4 (or 3) layers: the plans of one batch start at different blocks
-    points = list(sweep(lm, TINY_PROMPTS, kind, batch_size=3))
+    settings = kind_settings(lm, kind)
+    points = list(sweep(lm, TINY_PROMPTS, kind, batch_size=3, settings=settings))
     per_prompt = [p for p in points if p.prompt_index is not None]
-    assert len(per_prompt) == len(TINY_PROMPTS) * len(sweep_layers(kind, lm.n_blocks))
+    assert len(per_prompt) == len(TINY_PROMPTS) * len(sweep_layers(kind, lm.n_blocks, settings))
     for point in per_prompt:
         ids = lm.encode(TINY_PROMPTS[point.prompt_index].text)
         base = engine_logits(lm, ids, [])
-        other = engine_logits(lm, ids, [make_intervention(kind, point.layer, lm.n_blocks)])
+        other = engine_logits(lm, ids, [make_intervention(kind, point.layer, lm.n_blocks, settings=settings)])
         expected = hand_metrics(base, other, ids[0], REGISTRY[kind].measured_at_last_token)
         got = (point.kl, point.top1_agree, point.entropy_delta, point.loss_delta)
         assert got[0] == pytest.approx(expected[0], abs=1e-4), (kind, point)
@@ -242,7 +255,20 @@ def test_swap_token_points_name_the_grid_row_and_old_files_still_resume(tmp_path
     rest = [
         point.to_dict()
         for point in _sweep_points(
-            lm, items, "swap-token", [0, 4], [0, 4], None, 2, 0, 1, donor, old, tmp_path / "x.jsonl", lambda *a: None
+            lm,
+            items,
+            "swap-token",
+            [0, 4],
+            [0, 4],
+            None,
+            2,
+            0,
+            1,
+            donor,
+            old,
+            tmp_path / "x.jsonl",
+            lambda *a: None,
+            {},
         )
     ]
     assert rest == full[1:]

@@ -86,7 +86,7 @@ async def test_active_toggles_and_masks_show_by_name(lm, tmp_path):
         for kind, block in (("drop", 2), ("swap", 5), ("freeze", 8), ("random", 4), ("skip_attn", 10)):
             marks = re.findall(r"\[.\]", rows[str(block)])
             assert marks[columns.index(kind)] == "[x]", (kind, rows[str(block)])
-        assert re.findall(r"\[.\]", rows["9"]) == ["[ ]", "[ ]", "[·]", "[ ]", "[ ]"]  # covered by freeze ≥8
+        assert re.findall(r"\[.\]", rows["9"]) == ["[ ]", "[ ]", "[·]", "[ ]", "[ ]", "[ ]"]  # covered by freeze ≥8
         await pilot.press("3")
         await pilot.pause(0.1)
         assert "[x] uniform" in screen_text(app)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -32,22 +32,22 @@ def mean_of(values: Sequence[float | None]) -> float | None:
     return sum(known) / len(known) if known else None
 
 
-def finished_points(done: Iterable) -> dict[tuple[int, int], Any]:
-    """Per-prompt points of an interrupted run by `key` (prompt, layer or grid row); rank 0's under torchrun (only
-    it has the file)."""
+def finished_points(done: Iterable) -> dict[tuple[int, Hashable], Any]:
+    """Per-prompt points of an interrupted run by `key` (prompt, step: a layer, a grid row, or (layer, factor));
+    rank 0's under torchrun (only it has the file)."""
     return {p.key: p for p in from_writer(list(done)) if p.prompt_index is not None}
 
 
 def missing_points(
     indices: Iterable[int],
-    steps: list[int],
+    steps: Sequence[Hashable],
     finished: dict,
     prompt_points: Callable[[int], Iterable],
     progress: ProgressFn,
     label: str,
 ) -> Iterator:
     """The points of every prompt not all in `finished`, prompt by prompt, each also added to `finished`; `steps`
-    are a sweep's layers (or token-swap's grid rows).
+    are a sweep's layers (steer's (layer, factor) pairs, token-swap's grid rows).
 
     Under torchrun the prompts are shared out over the ranks and every rank gets every point in this order.
     """

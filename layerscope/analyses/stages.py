@@ -13,6 +13,10 @@ Signatures per block, each averaged over the prompts (every prompt counts once):
   (`neurons.neuron_census`, Gurnee et al.'s thresholds; weights only, no prompt;
   none for a mixture of experts). The paper (Fig. 6): suppression neurons
   outnumber prediction neurons in the last stage.
+- probe_accuracy, probe_gain, probe_rise (only with a `probe=` report, `probes.probe_rows`): the held-out
+  accuracy of the linear probe at the block's output row, its gain over the shuffled-label control, and whether
+  it is a significant increase over the row before (PROBE_RULE). The paper names "a significant increase in
+  probing accuracy" as the signature of the feature-engineering stage.
 
 The segmentation (RULE below) is a HEURISTIC: a simple documented rule over
 those numbers, shown with its evidence per block, not a finding.
@@ -31,11 +35,12 @@ import torch
 
 from layerscope.analyses.grid import distribution_stats
 from layerscope.analyses.neurons import neuron_census
+from layerscope.analyses.probes import ProbeReport
 from layerscope.analyses.prompt_sets import PromptItem
-from layerscope.analyses.residual import capture_residuals
+from layerscope.analyses.residual import capture_residuals, layer_labels
 from layerscope.analyses.sweep import sweep
 from layerscope.distributed import mapped
-from layerscope.errors import LayerscopeError
+from layerscope.errors import ArgumentTypeError, ArgumentValueError, LayerscopeError
 from layerscope.interventions.attention import read_attention
 from layerscope.models.hooks import hook_output
 from layerscope.models.loading import LoadedModel
@@ -61,6 +66,15 @@ RULE = (
     "those, from the first block after the logit-lens-KL peak whose lens KL to final is <= 0.75 x the peak. "
     "2 feature engineering: the blocks between detokenisation and ensembling."
 )
+PROBE_SIGNIFICANCE = 2.0
+PROBE_RULE = (
+    "With a probe: a block's probe accuracy rises significantly when it exceeds the previous row's (emb before "
+    "block 0) by more than 2 standard errors of the difference, 2 x sqrt(se^2 + se_prev^2) (the standard errors "
+    "over the folds), and beats both its shuffled control and the majority share. Detokenisation stops before "
+    "the first block after block 0 that rises; prediction ensembling starts no earlier than the block after the "
+    "last one that rises before residual sharpening; so each significant increase between them is feature "
+    "engineering."
+)
 
 
 @dataclass
@@ -76,6 +90,9 @@ class BlockSignature:
     prev5_attention: float
     prediction_neurons: int | None = None  # None: not counted (a mixture of experts)
     suppression_neurons: int | None = None
+    probe_accuracy: float | None = None  # None: no probe given
+    probe_gain: float | None = None  # the accuracy minus the shuffled control's
+    probe_rise: bool | None = None  # a significant increase over the row before (PROBE_RULE)
     stage: str = ""
     reason: str = ""
 
@@ -86,6 +103,7 @@ class StageMap:
     n_prompts: int
     blocks: list[BlockSignature]
     rule: str = RULE
+    probe: dict | None = None  # the probe's settings (ProbeReport.to_dict without its rows), when one was given
 
     def plot(self) -> Figure:
         """The signatures per block over the stage bands: a matplotlib Figure (layerscope[plot])."""
@@ -99,6 +117,7 @@ class StageMap:
             "n_prompts": self.n_prompts,
             "heuristic": True,
             "rule": self.rule,
+            "probe": self.probe,
             "stages": {name: [b.block for b in self.blocks if b.stage == name] for name in STAGES},
             "blocks": [asdict(b) for b in self.blocks],
         }
@@ -199,16 +218,20 @@ def _ensemble_start(middle: list[BlockSignature], default: int) -> tuple[int, fl
 
 
 def segment(blocks: list[BlockSignature]) -> None:
-    """Assign each block its stage and the evidence, by RULE."""
+    """Assign each block its stage and the evidence, by RULE, and by PROBE_RULE where the blocks have probe
+    signatures (`probe_rise` None counts as no rise)."""
     n = len(blocks)
     quarter = max(1, math.ceil(n / 4))
     drop_threshold = DETOK_FACTOR * statistics.median(b.drop_kl for b in blocks)
     mlp_threshold = SHARPEN_FACTOR * statistics.median(b.mlp_norm for b in blocks)
-    detok = _leading_run([b.drop_kl >= drop_threshold for b in blocks], min(quarter, n - 1))
+    detok = _leading_run([b.drop_kl >= drop_threshold and not b.probe_rise for b in blocks], min(quarter, n - 1))
     sharpen = _leading_run(
         [b.mlp_norm >= mlp_threshold or suppressing(b) for b in reversed(blocks)], min(quarter, n - detok)
     )
     ensemble_from, limit = _ensemble_start(blocks[detok : n - sharpen], n - sharpen)
+    rises = [b.block for b in blocks[detok : n - sharpen] if b.probe_rise]
+    last_rise = rises[-1] if rises and rises[-1] + 1 > ensemble_from else None  # it moves the ensembling start
+    ensemble_from = ensemble_from if last_rise is None else last_rise + 1
     for b in blocks:
         if b.block < detok:
             b.stage = STAGES[0]
@@ -224,17 +247,58 @@ def segment(blocks: list[BlockSignature]) -> None:
             )
         elif b.block >= ensemble_from:
             b.stage = STAGES[2]
-            b.reason = f"lens KL {b.lens_kl:.3g}; from block {ensemble_from}, past the peak, it fell <= {limit:.3g}"
+            b.reason = (
+                f"lens KL {b.lens_kl:.3g}; from block {ensemble_from}, past the peak, it fell <= {limit:.3g}"
+                if last_rise is None
+                else f"lens KL {b.lens_kl:.3g}; after the last significant probe rise (block {last_rise})"
+            )
         else:
             b.stage = STAGES[1]
-            b.reason = f"lens KL {b.lens_kl:.3g}; before block {ensemble_from}, where it first fell <= {limit:.3g}"
+            if b.probe_rise:
+                b.reason = f"probe accuracy {b.probe_accuracy:.1%}: a significant rise"
+            elif last_rise is not None:
+                b.reason = f"lens KL {b.lens_kl:.3g}; up to the last significant probe rise (block {last_rise})"
+            else:
+                b.reason = f"lens KL {b.lens_kl:.3g}; before block {ensemble_from}, where it first fell <= {limit:.3g}"
+
+
+def probe_signatures(probe: ProbeReport, n_blocks: int) -> list[tuple[float, float, bool]]:
+    """Per block, from the probe at its output row: (accuracy, gain over the control, significant rise over the
+    row before), by PROBE_RULE."""
+    rows = probe.rows
+    signatures = []
+    for before, row in zip(rows, rows[1:]):
+        margin = PROBE_SIGNIFICANCE * math.hypot(row.accuracy_se, before.accuracy_se)
+        meaningful = row.accuracy > max(row.control, probe.majority)
+        signatures.append(
+            (row.accuracy, row.accuracy - row.control, row.accuracy - before.accuracy > margin and meaningful)
+        )
+    return signatures
+
+
+def check_probe(probe: object, lm: LoadedModel) -> ProbeReport:
+    """A ProbeReport of this model, one row per grid row (emb, then each block's output)."""
+    if not isinstance(probe, ProbeReport):
+        raise ArgumentTypeError(f"probe= must be a ProbeReport (ls.probe_rows), not {type(probe).__name__}.")
+    if probe.model != lm.name:
+        raise ArgumentValueError(f"probe= was computed on '{probe.model}'; this model is '{lm.name}'.")
+    if [row.row for row in probe.rows] != layer_labels(lm.n_blocks):
+        raise ArgumentValueError(f"probe= has rows {[row.row for row in probe.rows]}, not this model's grid rows.")
+    return probe
 
 
 def stage_map(
-    lm: LoadedModel, prompts: list[PromptItem], seed: int = 0, batch_size: int = 8, progress: ProgressFn = no_progress
+    lm: LoadedModel,
+    prompts: list[PromptItem],
+    seed: int = 0,
+    batch_size: int = 8,
+    progress: ProgressFn = no_progress,
+    probe: ProbeReport | None = None,
 ) -> StageMap:
-    """All signatures over the prompt set, then the heuristic segmentation."""
+    """All signatures over the prompt set, then the heuristic segmentation; with `probe` (`probe_rows` on this
+    model), its accuracy per block as a signature, which the segmentation uses as PROBE_RULE says."""
     n = lm.n_blocks
+    probe = None if probe is None else check_probe(probe, lm)
     drop = [
         r.kl
         for r in sweep(lm, prompts, "drop", seed=seed, batch_size=batch_size, progress=progress)
@@ -258,6 +322,7 @@ def stage_map(
         progress(done, len(prompts), "stage signatures")
     mean = {name: [v / len(prompts) for v in values] for name, values in sums.items()}
     counts = neuron_counts(lm, progress)
+    probed = probe_signatures(probe, n) if probe is not None else [(None, None, None)] * n
     blocks = [
         BlockSignature(
             b,
@@ -270,8 +335,12 @@ def stage_map(
             mean["attn_norm"][b] / mean["mlp_norm"][b] if mean["mlp_norm"][b] else None,
             mean["prev5_attention"][b],
             *counts[b],
+            *probed[b],
         )
         for b in range(n)
     ]
     segment(blocks)
-    return StageMap(lm.name, len(prompts), blocks)
+    if probe is None:
+        return StageMap(lm.name, len(prompts), blocks)
+    settings = {key: value for key, value in probe.to_dict().items() if key != "rows"}
+    return StageMap(lm.name, len(prompts), blocks, f"{RULE} {PROBE_RULE}", settings)

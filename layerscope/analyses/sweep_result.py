@@ -42,8 +42,10 @@ class SweepResult:
         return {"intervention": self.intervention, "source": self.source, "rows": [p.to_dict() for p in self.points]}
 
     def records(self) -> Records:
-        """One line per point, every field of the point type (per prompt and the averages alike)."""
+        """One line per point, every field of the point type (per prompt and the averages alike); `factor` only for
+        steer, the one kind with a factor."""
         names = [f.name for f in fields(TokenSwapPoint if self.intervention == SWAP_TOKEN else SweepPoint)]
+        names = [name for name in names if name != "factor" or self.intervention == "steer"]
         return Records.of(names, ([getattr(row, name) for name in names] for row in self.points))
 
     def to_pandas(self) -> pandas.DataFrame:

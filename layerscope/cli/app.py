@@ -20,6 +20,7 @@ from layerscope.cli import direct, probes, studies, tui_command
 from layerscope.cli import heads as heads_commands
 from layerscope.cli import lens as lens_commands
 from layerscope.cli import reproduce as reproduce_commands
+from layerscope.cli import steer as steer_commands
 from layerscope.cli import trace as trace_commands
 from layerscope.cli import tunedlens as tunedlens_commands
 
@@ -76,6 +77,7 @@ app.command("tui")(tui_command.tui)
 app.command("trace")(trace_commands.trace)
 app.add_typer(tunedlens_commands.tunedlens_app, name="tunedlens")
 app.add_typer(reproduce_commands.reproduce_app, name="reproduce")
+app.add_typer(steer_commands.steer_app, name="steer")
 
 
 @app.callback(invoke_without_command=True)

@@ -69,6 +69,8 @@ def with_intervention_options(command: Callable[..., None]) -> Callable[..., Non
     from layerscope.interventions.core import cli_options
 
     def typed(option: CliOption) -> object:
+        if option.reads:
+            return Annotated[Path | None, typer.Option(option.flag, help=option.help), Reads()]
         kind = option.type if option.default is not None else option.type | None
         return Annotated[kind, typer.Option(option.flag, help=option.help)]
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -84,12 +86,14 @@ def sweep_source(
     seed: int,
     batch_size: int,
     donor: tuple[str, str, str],
+    settings: dict[str, Any],
 ) -> dict:
     """What a sweep's rows are computed from: the first line of a jsonl file, checked by --resume.
 
     Only settings that change the numbers count: the seed for `random`, the batch for the batched kinds
     (float sums in another batch differ in the last bits), the decode length where something is decoded."""
     from layerscope.analyses.resumable import prompts_fingerprint
+    from layerscope.analyses.sweep import sweep_factors
 
     source = {
         "model": lm.name,
@@ -106,6 +110,13 @@ def sweep_source(
         source["max_new_tokens"] = max_new_tokens
     if kind == "random":
         source["seed"] = seed
+    if kind == "steer":
+        vector = settings["steer"].vector
+        source["steer"] = {
+            "sha256": hashlib.sha256(vector.numpy().tobytes()).hexdigest(),
+            "norm": float(vector.norm()),
+            "factors": sweep_factors(kind, settings),
+        }
     return source
 
 
@@ -196,6 +207,15 @@ def sweep(
     ] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Greedy tokens decoded for accuracy.")] = 6,
     seed: Annotated[int, typer.Option(help="Seed of the noise for 'random'.")] = 0,
+    steer: Annotated[
+        Path | None, typer.Option(help="steer: the steering vector file (from 'layerscope steer vector')."), Reads()
+    ] = None,
+    steer_factor: Annotated[
+        str | None,
+        typer.Option(
+            help="steer: the scale of the vector, or several to sweep, e.g. -4,0,4 (a point each). Default 1."
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Interventions run together in one batched pass.")] = 8,
     donor_prompt: Annotated[str, typer.Option(help="swap-token: the donor prompt.")] = "The country Italy",
     donor_word: Annotated[str, typer.Option(help="swap-token: the donor word whose state is copied.")] = "Italy",
@@ -211,6 +231,7 @@ def sweep(
     Example: layerscope sweep --model demo --intervention drop --format jsonl --out drop.jsonl
     """
     from layerscope.analyses.prompt_sets import load_prompt_set, require_answers
+    from layerscope.analyses.steering import SavedVector
 
     if intervention not in SWEEP_KINDS:
         raise LayerscopeError(f"Unknown intervention '{intervention}': use one of {', '.join(SWEEP_KINDS)}.")
@@ -225,14 +246,21 @@ def sweep(
     measure_accuracy = with_answers if accuracy is None else accuracy
     if resume and (output.out is None or output.format is not SweepFormat.jsonl):
         raise LayerscopeError("--resume needs --format jsonl and --out FILE (the file to continue).")
+    factors = _numbers("--steer-factor", steer_factor or "1")
+    if (intervention == "steer") != (steer is not None) or (steer_factor is not None and steer is None):
+        raise LayerscopeError("-i steer needs --steer FILE, and --steer and --steer-factor go with -i steer.")
+    vector = SavedVector.load(steer) if steer is not None else None
+    settings: dict[str, Any] = {"steer": vector, "steer_factor": factors} if vector is not None else {}
     chosen = spec_option("--layers", layers, "layer") if layers else None
     resumed = output.out if resume else None  # never None with --resume: checked above
     written, done, keep = read_done(resumed, intervention) if resumed is not None else (None, [], 0)
     lm = model.load()
+    if vector is not None:
+        vector.check_model(lm)
     donor = (donor_prompt, donor_word, donor_answer)
-    valid = _sweep_layers(lm, items, intervention, chosen, donor)
+    valid = _sweep_layers(lm, items, intervention, chosen, donor, settings)
     source = sweep_source(
-        lm, intervention, valid, items, path, measure_accuracy, max_new_tokens, seed, batch_size, donor
+        lm, intervention, valid, items, path, measure_accuracy, max_new_tokens, seed, batch_size, donor, settings
     )
     if resumed is not None and written is not None:
         check_same_source(resumed, written, source)
@@ -251,12 +279,18 @@ def sweep(
             done,
             output.out,
             progress,
+            settings,
         )
         _write_sweep(points, source, output, keep if written is not None else None, done)
 
 
 def _sweep_layers(
-    lm: LoadedModel, items: list[PromptItem], kind: str, layers: Sequence[int] | None, donor: tuple[str, str, str]
+    lm: LoadedModel,
+    items: list[PromptItem],
+    kind: str,
+    layers: Sequence[int] | None,
+    donor: tuple[str, str, str],
+    settings: dict[str, Any],
 ) -> list[int]:
     """The layers (grid rows for swap-token) the sweep covers; checks the input before anything is written."""
     from layerscope.analyses.sweep import check_layers, sweep_layers
@@ -265,7 +299,9 @@ def _sweep_layers(
     if kind == "swap-token":
         usable_targets(items, Donor(*donor))
         return check_rows(layers, lm.n_blocks)
-    return check_layers(kind, sweep_layers(kind, lm.n_blocks) if layers is None else layers, lm.n_blocks)
+    return check_layers(
+        kind, sweep_layers(kind, lm.n_blocks, settings) if layers is None else layers, lm.n_blocks, settings
+    )
 
 
 def _sweep_points(
@@ -282,6 +318,7 @@ def _sweep_points(
     done: list[dict],
     out: Path | None,
     progress: ProgressFn,
+    settings: dict[str, Any],
 ) -> Iterator[SweepPoint | TokenSwapPoint]:
     """Sweep points not yet in `done`, in the order an uninterrupted run writes them. The generators only start
     when the first point is asked for, after the output file is opened."""
@@ -318,6 +355,7 @@ def _sweep_points(
             batch_size,
             _points_from(done, SweepPoint.from_dict, out),
             progress,
+            settings,
         )
     return (point for point in points if point.key not in seen)
 
@@ -427,22 +465,42 @@ def stages(
         typer.Option(help="Prompt set. Default: sample_prompts/general.txt."),
         Reads((sample_file("general.txt"),)),
     ] = None,
+    probe_data: Annotated[
+        Path | None,
+        typer.Option(
+            help="A labelled prompt set (.jsonl, as for 'layerscope probe --data'): its probe's accuracy per block "
+            "joins the signatures and the segmentation. Needs --probe-label."
+        ),
+        Reads(),
+    ] = None,
+    probe_label: Annotated[
+        str | None, typer.Option(help="The field of each --probe-data record that holds its class.")
+    ] = None,
     output: Output,
 ) -> None:
     """Stage map: per-block signatures (drop/swap KL, lens KL and entropy, attention/MLP norms, attention to the
-    previous five tokens, prediction and suppression neurons) and a heuristic split into the four stages of
-    inference, with the evidence.
+    previous five tokens, prediction and suppression neurons, and with --probe-data a linear probe's accuracy) and
+    a heuristic split into the four stages of inference, with the evidence.
 
     Example: layerscope stages --model demo --prompts sample_prompts/general.txt
     """
+    from layerscope.analyses.probes import probe_rows
     from layerscope.analyses.prompt_sets import load_prompt_set
     from layerscope.analyses.stages import stage_map
+    from layerscope.cli.probes import PROBE_FOLDS, labelled_prompts
 
+    fit_probe = None
+    if probe_data is not None or probe_label is not None:
+        if probe_data is None or probe_label is None:
+            raise LayerscopeError("--probe-data and --probe-label go together: give both, or neither.")
+        texts, labels = labelled_prompts(probe_data, probe_label, "--probe-label", PROBE_FOLDS)
+        fit_probe = partial(probe_rows, texts=texts, labels=labels, label=probe_label, folds=PROBE_FOLDS)
     prompts = prompts or _sample("general.txt")
     items = load_prompt_set(prompts)
     lm = model.load()
     with StderrProgress() as progress:
-        result = stage_map(lm, items, progress=progress)
+        probe = fit_probe(lm) if fit_probe is not None else None
+        result = stage_map(lm, items, progress=progress, probe=probe)
     output.write(
         result.to_dict,
         result.records,
@@ -451,13 +509,18 @@ def stages(
     )
 
 
-def _thresholds(spec: str) -> list[float]:
+def _numbers(flag: str, spec: str) -> list[float]:
+    """A comma-separated list of finite numbers, such as 0.5,0.9."""
     from layerscope.specs import parse_number
 
     try:
-        values = [parse_number(part.strip(), float) for part in spec.split(",")]
+        return [float(parse_number(part.strip(), float)) for part in spec.split(",")]
     except ValueError as error:
-        raise LayerscopeError(f"--thresholds '{spec}': {error}") from None
+        raise LayerscopeError(f"{flag} '{spec}': {error}") from None
+
+
+def _thresholds(spec: str) -> list[float]:
+    values = _numbers("--thresholds", spec)
     if not all(0 < value <= 1 for value in values):
         raise LayerscopeError(f"--thresholds '{spec}': each must be a probability above 0 and at most 1.")
     return values

@@ -132,12 +132,19 @@ def sweep_table(result: SweepResult) -> str:
     kind, rows = result.intervention, list(result.records().dicts())
     follows = kind == "swap-token"
     where = "row" if follows else "layer"  # token-swap patches a grid row, the other sweeps act at a block
-    head = f"{where:>5} {'KL':>8} {'top1':>6} {'dH bits':>8} {'dloss':>8} {'acc':>6}"
+    factor = kind == "steer"
+    head = (
+        f"{where:>5} "
+        + (f"{'factor':>7} " if factor else "")
+        + f"{'KL':>8} {'top1':>6} {'dH bits':>8} {'dloss':>8} {'acc':>6}"
+    )
     head += f" {'donor':>6} {'orig':>6}" if follows else ""
     lines = [f"{kind} sweep, mean over prompts (KL nats, KL(base || intervened))", head, "-" * len(head)]
     for row in (r for r in rows if r["prompt_index"] is None):
         line = (
-            f"{row[where]:>5} {_number(row['kl'])} {_number(row['top1_agree'], 6, 2)} "
+            f"{row[where]:>5} "
+            + (f"{row['factor']:>7g} " if factor else "")
+            + f"{_number(row['kl'])} {_number(row['top1_agree'], 6, 2)} "
             f"{_number(row['entropy_delta'], 8, 3)} {_number(row['loss_delta'], 8, 3)} "
             f"{_number(row['accuracy'], 6, 2)}"
         )
@@ -169,20 +176,33 @@ def influence_table(report: InfluenceReport) -> str:
 
 
 def stages_table(stage_map: StageMap) -> str:
+    probed = stage_map.probe is not None
     head = (
         f"{'block':>5} {'dropKL':>7} {'swapKL':>7} {'lensKL':>7} {'H bits':>6} {'attn/mlp':>8} {'mlp norm':>9} "
-        f"{'prev5':>5} {'pred/supp':>9}  stage (heuristic) - evidence"
-    )
+        f"{'prev5':>5} {'pred/supp':>9}" + (f" {'probe':>7} {'gain':>6}" if probed else "")
+    ) + "  stage (heuristic) - evidence"
     lines = [head, "-" * len(head)]
     for b in stage_map.blocks:
         neurons = "-" if b.prediction_neurons is None else f"{b.prediction_neurons}/{b.suppression_neurons}"
+        probe = ""
+        if probed:
+            probe = f" {_percent(b.probe_accuracy)}{'*' if b.probe_rise else ' '} {_percent(b.probe_gain)}"
         lines.append(
             f"{b.block:>5} {_number(b.drop_kl, 7, 3)} {_number(b.swap_kl, 7, 3)} {_number(b.lens_kl, 7, 2)} "
             f"{_number(b.lens_entropy, 6, 2)} {_number(b.attn_mlp_ratio, 8, 3)} {_number(b.mlp_norm, 9, 1)} "
-            f"{_number(b.prev5_attention, 5, 2)} {neurons:>9}  {b.stage} - {b.reason}"
+            f"{_number(b.prev5_attention, 5, 2)} {neurons:>9}{probe}  {b.stage} - {b.reason}"
         )
-    lines += ["", "pred/supp: the block's prediction and suppression neurons (layerscope neurons).", stage_map.rule]
-    return "\n".join(lines)
+    lines += ["", "pred/supp: the block's prediction and suppression neurons (layerscope neurons)."]
+    if stage_map.probe is not None:
+        lines.append(
+            f'probe: held-out accuracy of the linear probe of "{stage_map.probe["label"]}" at the block\'s output '
+            "(layerscope probe); gain: over its shuffled control; *: a significant rise."
+        )
+    return "\n".join([*lines, stage_map.rule])
+
+
+def _percent(value: float | None) -> str:
+    return f"{'-':>6}" if value is None else f"{value:6.1%}"
 
 
 def exit_table(result: EarlyExit) -> str:

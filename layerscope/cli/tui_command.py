@@ -29,6 +29,11 @@ def tui(
         typer.Option("--lens", help="A tuned lens folder: m then cycles logit lens, tuned lens, Patchscope."),
         Reads(),
     ] = None,
+    steer: Annotated[
+        Path | None,
+        typer.Option(help="A steering vector file (from 'layerscope steer vector'): the layer pane's steer column."),
+        Reads(),
+    ] = None,
     list_themes: Annotated[
         bool, typer.Option("--list-themes", help="Print the theme names --theme accepts and exit.")
     ] = False,
@@ -60,6 +65,7 @@ def tui(
         keymap_path=keymap,
         top_k=top_k,
         lens_dir=lens,
+        steer_file=steer,
     )
     app.run()
     # The terminal is restored and nothing is left to write (sessions and exports are saved when asked).

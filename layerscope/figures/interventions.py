@@ -75,7 +75,8 @@ def sweep_figure(
     prompts: str = "",
     n_blocks: int | None = None,
 ) -> Figure:
-    """The set averages (points whose prompt_index is None) of sweeps, a line per intervention kind, against the
+    """The set averages (points whose prompt_index is None) of sweeps, a line per intervention kind (per kind and
+    factor for steer, labelled 'steer ×4'), against the
     layer, or with `n_blocks` against relative depth (layer / n_blocks), as in Stages of Inference's Fig. 3.
     `points`: SweepPoint or TokenSwapPoint objects, or their dicts (the JSON and JSONL lines); `prompts` names the
     prompt set in the caption."""
@@ -83,7 +84,9 @@ def sweep_figure(
     for point in points:
         data = point if isinstance(point, Mapping) else point.to_dict()
         if data["prompt_index"] is None:
-            averages.setdefault(data["intervention"], {})[data["layer"] if "layer" in data else data["row"]] = data
+            factor = data.get("factor")
+            label = data["intervention"] if factor is None else f"{data['intervention']} ×{factor:g}"
+            averages.setdefault(label, {})[data["layer"] if "layer" in data else data["row"]] = data
     if not averages:
         raise ArgumentValueError("points= holds no set averages (points with prompt_index None) to plot.")
     if n_blocks is not None and n_blocks < 1:

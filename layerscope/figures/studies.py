@@ -58,15 +58,21 @@ def influence_figure(report: InfluenceReport) -> Figure:
 
 
 def stage_figure(stage_map: StageMap) -> Figure:
-    """Each block's signatures, one panel each, over bands that show the stage the heuristic gave each block."""
+    """Each block's signatures, one panel each, over bands that show the stage the heuristic gave each block; with
+    a probe, its accuracy too, the significant rises marked."""
     from layerscope.analyses.stages import STAGES
 
     blocks = [b.block for b in stage_map.blocks]
-    figure = new_figure(10, 1.6 * len(STAGE_SIGNATURES) + 1)
-    panels = figure.subplots(len(STAGE_SIGNATURES), 1, sharex=True)
-    for axes, (field, name) in zip(panels, STAGE_SIGNATURES.items()):
+    signatures = {**STAGE_SIGNATURES, **({"probe_accuracy": "probe accuracy (held out)"} if stage_map.probe else {})}
+    figure = new_figure(10, 1.6 * len(signatures) + 1)
+    panels = figure.subplots(len(signatures), 1, sharex=True)
+    for axes, (field, name) in zip(panels, signatures.items()):
         values = [getattr(b, field) for b in stage_map.blocks]
         axes.plot(blocks, [float("nan") if v is None else v for v in values], marker=".", color="black")
+        if field == "probe_accuracy":
+            rises = [b for b in stage_map.blocks if b.probe_rise]
+            axes.plot([b.block for b in rises], [b.probe_accuracy for b in rises], "r^", label="significant rise")
+            axes.legend(fontsize="x-small", loc="lower right")
         axes.set_ylabel(name, fontsize="x-small", rotation=0, ha="right")
         for signature in stage_map.blocks:
             if signature.stage in STAGES:

@@ -26,6 +26,7 @@ from layerscope.interventions.kinds import (
     PatchState,
     RandomizeAt,
     SkipAttention,
+    SteerVector,
     SwapBlocks,
 )
 
@@ -62,6 +63,7 @@ __all__ = [
     "Positions",
     "RandomizeAt",
     "SkipAttention",
+    "SteerVector",
     "SwapBlocks",
     "check_interventions",
     "chosen_by_block",

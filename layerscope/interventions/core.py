@@ -92,6 +92,7 @@ class CliOption:
     default: Any = None
     parse: Callable[[str], Any] | None = None  # text -> value, for specs such as '4.2,7.1'
     chooses: bool = False  # giving it asks for an intervention (`--mask-heads`), unlike a setting (`--seed`)
+    reads: bool = False  # a file the command reads (`--steer`): no output may replace it
 
     @property
     def flag(self) -> str:

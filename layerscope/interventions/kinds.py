@@ -5,6 +5,7 @@ torch is imported inside the edits, so that the CLI and the explorer can read th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -260,6 +261,138 @@ class PatchState(Intervention):
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "row": self.row, "position": self.position}
+
+
+SteerPositions = Literal["all", "last"]
+STEER_POSITIONS: tuple[SteerPositions, ...] = ("all", "last")
+
+
+def _steer_file(path: str) -> Any:
+    """`--steer FILE`: the vector file, read (and checked) before the model loads."""
+    from layerscope.analyses.steering import SavedVector
+
+    return SavedVector.load(path)
+
+
+def _steer_positions(text: str) -> SteerPositions:
+    if text not in STEER_POSITIONS:
+        raise InterventionError(f"use all or last, not '{text}'.")
+    return "all" if text == "all" else "last"
+
+
+@dataclass(frozen=True, eq=False)
+class SteerVector(Intervention):
+    """Add `factor` times `vector` (hidden,) to the residual state at grid row `row` (the input of block `row`;
+    row L is the last block's output), at every position (`positions="all"`) or at each pass's last real token
+    (`"last"`). It acts on every pass: when generating, each generated token is steered too. `model` is the
+    model the vector was computed on ("" for any), checked when it is applied."""
+
+    row: int
+    vector: torch.Tensor
+    factor: float = 1.0
+    positions: SteerPositions = "all"
+    model: str = ""
+    kind = "steer"
+    chosen_by = BlockChoice(
+        "--steer-at",
+        "Rows where the --steer vector is added, e.g. 6 or 4,6 (default: the row it was computed at).",
+        "steer",
+        "set",
+    )
+    options = (
+        CliOption(
+            "steer",
+            "A steering vector file (.safetensors, from 'layerscope steer vector').",
+            parse=_steer_file,
+            chooses=True,
+            reads=True,
+        ),
+        CliOption("steer_factor", "Scale of the --steer vector (0: no change; negative: away from it).", float, 1.0),
+        CliOption(
+            "steer_positions",
+            "Positions --steer adds to: all (every token) or last (the last token).",
+            str,
+            "all",
+            parse=_steer_positions,
+        ),
+    )
+    every_pass = True
+
+    def touched(self, n_blocks: int) -> tuple[int]:
+        return (min(self.row, n_blocks - 1),) if n_blocks else (self.row,)
+
+    def claims(self, n_blocks: int) -> list[Claim]:
+        return [Claim(("steer", self.row), "steer: the same row is steered twice.")]
+
+    def check(self, shape: ModelShape) -> None:
+        check_block("steer", self.row, shape, allow_output_row=True)
+        if self.positions not in STEER_POSITIONS:
+            raise InterventionError(f"steer: positions must be 'all' or 'last', not '{self.positions}'.")
+        if isinstance(self.factor, bool) or not isinstance(self.factor, (int, float)) or not math.isfinite(self.factor):
+            raise InterventionError(f"steer: factor= must be a finite number, not {self.factor!r}.")
+        if self.vector.dim() != 1:
+            raise InterventionError(
+                f"steer: vector= must be one vector (hidden,), not shaped {tuple(self.vector.shape)}."
+            )
+
+    def attach(self, run: InterventionRun) -> None:
+        if self.model and self.model != run.lm.name:
+            raise InterventionError(f"steer: the vector was computed on '{self.model}', not on '{run.lm.name}'.")
+        run.apply(self)
+
+    def _add(self, hidden: torch.Tensor, at: Positions) -> torch.Tensor:
+        import torch
+
+        if self.vector.shape[-1] != hidden.shape[-1]:
+            raise InterventionError(
+                f"steer: vector= has {self.vector.shape[-1]} entries; this model's residual states have "
+                f"{hidden.shape[-1]}."
+            )
+        added = self.factor * self.vector.to(hidden.device, torch.float32)
+        if self.positions == "all":
+            return (hidden.float() + added).to(hidden.dtype)
+        hidden = hidden.clone()
+        rows, last = torch.arange(hidden.shape[0], device=hidden.device), at.last.to(hidden.device)
+        hidden[rows, last] = (hidden[rows, last].float() + added).to(hidden.dtype)
+        return hidden
+
+    def edit_input(self, depth: int, hidden: torch.Tensor, at: Positions, memo: dict) -> torch.Tensor | None:
+        return self._add(hidden, at) if depth == self.row else None
+
+    def edit_output(
+        self, depth: int, hidden_in: torch.Tensor, hidden_out: torch.Tensor, at: Positions, memo: dict
+    ) -> torch.Tensor | None:
+        return self._add(hidden_out, at) if depth + 1 == self.row else None
+
+    @classmethod
+    def for_blocks(cls, blocks: Sequence[int], n_blocks: int, seed: int = 0) -> list[Intervention]:
+        raise InterventionError("steer: give a steering vector (--steer FILE).")
+
+    @classmethod
+    def from_cli(cls, values: dict[str, Any], n_blocks: int) -> list[Intervention]:
+        """`--steer FILE` at `--steer-at` (default: the file's row), scaled by `--steer-factor`."""
+        saved, at = values.get("steer"), values.get("steer_at")
+        if saved is None:
+            if at is not None:
+                raise InterventionError("--steer-at needs a steering vector: give --steer FILE.")
+            return []
+        rows = tuple(at) if isinstance(at, (tuple, list)) else (saved.row if at is None else at,)
+        factor, positions = values.get("steer_factor", 1.0), values.get("steer_positions", "all")
+        return [cls(row, saved.vector, factor, positions, saved.model) for row in rows]
+
+    def describe(self) -> str:
+        where = "" if self.positions == "all" else " (last token)"
+        return f"steer row {self.row} ×{self.factor:g}{where}"
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "row": self.row,
+            "factor": self.factor,
+            "positions": self.positions,
+            "model": self.model,
+            "norm": float(self.vector.float().norm()),
+        }
 
 
 HeadMaskMode = Literal["zero", "uniform"]

@@ -14,7 +14,7 @@ from layerscope.analyses.compare import greedy_continuation
 from layerscope.analyses.prompt_sets import answer_matches, load_prompt_set
 from layerscope.analyses.resumable import mean
 from layerscope.analyses.sweep import sweep
-from layerscope.analyses.token_swap import Donor, token_swap_sweep
+from layerscope.analyses.token_swap import Donor, TokenSwapPoint, token_swap_sweep
 from layerscope.locations import SAMPLE_PROMPTS
 from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn, no_progress
@@ -69,8 +69,9 @@ def run(
             else sweep(lm, items, kind, layers, chosen["seed"], True, tokens, progress=progress)
         )
         curves[kind] = [
-            {**row.to_dict(), "layer": row.key[1], "depth": depth(row.key[1], lm.n_blocks)}
+            {**row.to_dict(), "layer": place, "depth": depth(place, lm.n_blocks)}
             for row in computed
+            for place in [row.row if isinstance(row, TokenSwapPoint) else row.layer]
             if row.prompt_index is None
         ]
     data = {

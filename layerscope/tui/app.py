@@ -67,7 +67,7 @@ from layerscope.tui.panes import (
 )
 from layerscope.tui.runs import Job, RunController
 from layerscope.tui.screens import PALETTE_HELP, ConfirmScreen, HelpScreen, InputScreen, PickScreen
-from layerscope.tui.state import Results, RunOrigin, Session, Toggles, refusal, sample_prompts
+from layerscope.tui.state import STEER_FACTORS, Results, RunOrigin, Session, Toggles, refusal, sample_prompts
 from layerscope.tui.themes import SHIPPED_THEMES, choose_theme, load_themes, rich_theme, user_theme_folder
 from layerscope.tui.views import duration, output_text, overview, status_line
 from layerscope.tui.workers import RunContext
@@ -166,6 +166,7 @@ class LayerscopeApp(App):
         top_k: int = 5,
         continuation_tokens: int = 12,
         lens_dir: Path | None = None,
+        steer_file: Path | None = None,
     ) -> None:
         super().__init__()
         self.device, self.dtype, self.top_k = device, dtype, top_k
@@ -181,6 +182,7 @@ class LayerscopeApp(App):
         self.method = "logit_lens"
         self.lens_dir = lens_dir  # the tuned lens folder asked for; loaded (and checked) once the model is
         self.tuned: TunedLens | None = None
+        self.steer_file = steer_file  # the steering vector file asked for; loaded (and checked) with the model
         self._said_no_lens = False
         self.trace_subject = ""
         self.model_lock = threading.Lock()
@@ -447,6 +449,8 @@ class LayerscopeApp(App):
         self.tuned = None
         if self.lens_dir is not None:
             self.load_lens(self.lens_dir)
+        if self.steer_file is not None:
+            self.load_steer(self.steer_file)
         if self.tuned is None and REGISTRY[self.method].needs_lens:
             self.method = "logit_lens"
         self.refresh_panes()
@@ -701,6 +705,8 @@ class LayerscopeApp(App):
             self.action_run()
 
     def on_layer_pane_toggled(self, message: LayerPane.Toggled) -> None:
+        if message.kind == "steer" and not self._has_steer_vector():
+            return
         self.apply_toggles(self.toggles.toggle(message.kind, message.block))
 
     def on_layer_pane_seed_changed(self) -> None:
@@ -715,8 +721,38 @@ class LayerscopeApp(App):
         self.toggles = replace(self.toggles, mask_mode="uniform" if self.toggles.mask_mode == "zero" else "zero")
         self.refresh_panes()
 
+    def _has_steer_vector(self) -> bool:
+        """Whether the steer column has a vector; if not, a notice says how to give one."""
+        if self.toggles.steer_vector is None:
+            self.notify(
+                "No steering vector: start the explorer with --steer FILE (from 'layerscope steer vector').",
+                severity="warning",
+            )
+        return self.toggles.steer_vector is not None
+
+    def on_layer_pane_steer_factor_changed(self) -> None:
+        """The next factor of STEER_FACTORS (the steer column adds the vector times it)."""
+        if not self._has_steer_vector():
+            return
+        at = STEER_FACTORS.index(self.toggles.steer_factor) if self.toggles.steer_factor in STEER_FACTORS else -1
+        self.apply_toggles(replace(self.toggles, steer_factor=STEER_FACTORS[(at + 1) % len(STEER_FACTORS)]))
+
+    def load_steer(self, path: Path) -> None:
+        """The steering vector for the steer column, checked against the loaded model; a bad file is a notice."""
+        from layerscope.analyses.steering import SavedVector
+
+        assert self.lm is not None  # loaded with the model
+        try:
+            saved = SavedVector.load(path)
+            saved.check_model(self.lm)
+        except LayerscopeError as error:
+            self.notify(f"No steering vector: {error}", severity="error")
+            return
+        self.toggles = replace(self.toggles, steer_vector=saved)
+        self.refresh_panes()
+
     def action_clear_interventions(self) -> None:
-        self.apply_toggles(Toggles(seed=self.toggles.seed))
+        self.apply_toggles(Toggles(seed=self.toggles.seed, steer_vector=self.toggles.steer_vector))
 
     # head scores --------------------------------------------------------
     def on_head_pane_scores_wanted(self, message: HeadPane.ScoresWanted) -> None:
@@ -1004,10 +1040,15 @@ class LayerscopeApp(App):
     def load_session(self, path: Path) -> None:
         """The session's prompt, method, interventions and results replace the app's; a running run is stopped."""
         session = Session.load(path)
+        if session.toggles.chosen("steer") and self.toggles.steer_vector is None:
+            rows = ", ".join(map(str, sorted(session.toggles.chosen("steer"))))
+            raise LayerscopeError(
+                f"'{path}' steers at row {rows}: start the explorer with --steer FILE (its vector) to open it."
+            )
         self.workers.cancel_group(self, "run")
         self.runs.adopt(session.results, RunOrigin(session.model, session.prompt, session.method, session.toggles))
         self.prompt.text = session.prompt
-        self.method, self.toggles = session.method, session.toggles
+        self.method, self.toggles = session.method, replace(session.toggles, steer_vector=self.toggles.steer_vector)
         self.refresh_panes()
         self.show_results()
         self.refresh_stale()

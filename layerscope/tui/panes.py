@@ -59,6 +59,7 @@ class LayerPane(Vertical):
     BINDINGS = [
         Binding("space", "toggle_cell", "Toggle", id="layers.toggle"),
         Binding("s", "next_seed", "Next seed", id="layers.next_seed"),
+        Binding("t", "steer_factor", "Steer factor", id="layers.steer_factor"),
     ]
 
     class Toggled(Message):
@@ -69,6 +70,9 @@ class LayerPane(Vertical):
     class SeedChanged(Message):
         pass
 
+    class SteerFactorChanged(Message):
+        pass
+
     def compose(self) -> ComposeResult:
         yield Static(id="layer-hint")
         yield DataTable(id="layer-table", cursor_type="cell", zebra_stripes=True)
@@ -76,8 +80,9 @@ class LayerPane(Vertical):
     def show(self, toggles: Toggles, n_blocks: int) -> None:
         """Rebuild the rows when the model changes; otherwise update the marks in place."""
         table = self.query_one(DataTable)
+        steer = "" if toggles.steer_vector is None else f" · t: steer factor (×{toggles.steer_factor:g})"
         self.query_one("#layer-hint", Static).update(
-            f"Space: toggle · s: next seed (random seed {toggles.seed}) · interventions: {toggles.describe()}"
+            f"Space: toggle · s: next seed (random seed {toggles.seed}){steer} · interventions: {toggles.describe()}"
         )
         kinds = block_kinds()
         if table.row_count != n_blocks:
@@ -106,6 +111,9 @@ class LayerPane(Vertical):
 
     def action_next_seed(self) -> None:
         self.post_message(self.SeedChanged())
+
+    def action_steer_factor(self) -> None:
+        self.post_message(self.SteerFactorChanged())
 
 
 class HeadPane(Vertical):

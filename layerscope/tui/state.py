@@ -10,6 +10,7 @@ declaring the kinds imports no torch).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from layerscope.interventions import (
 from layerscope.interventions.kinds import HEAD_MASK_MODES, HeadMaskMode
 
 SESSION_VERSION = 1
+STEER_FACTORS = (1.0, 2.0, 4.0, 8.0, -1.0, -2.0, -4.0, -8.0, 0.5)
+"""The steer column's factors, in the order `t` (the layer pane) steps through them."""
 
 
 def block_kinds() -> dict[str, BlockChoice]:
@@ -51,6 +54,8 @@ class Toggles:
     seed: int = 0
     masked_heads: frozenset[tuple[int, int]] = frozenset()
     mask_mode: HeadMaskMode = "zero"
+    steer_vector: Any = None  # the steering vector (a SavedVector, loaded by `layerscope tui --steer FILE`), or None
+    steer_factor: float = 1.0
 
     def __init__(
         self,
@@ -58,6 +63,8 @@ class Toggles:
         seed: int = 0,
         masked_heads: frozenset[tuple[int, int]] = frozenset(),
         mask_mode: HeadMaskMode = "zero",
+        steer_vector: Any = None,
+        steer_factor: float = 1.0,
         **by_kind: Any,
     ) -> None:
         chosen = {_kind(kind): _as_blocks(value) for kind, value in {**dict(blocks), **by_kind}.items()}
@@ -65,6 +72,8 @@ class Toggles:
         object.__setattr__(self, "seed", seed)
         object.__setattr__(self, "masked_heads", frozenset(masked_heads))
         object.__setattr__(self, "mask_mode", mask_mode)
+        object.__setattr__(self, "steer_vector", steer_vector)
+        object.__setattr__(self, "steer_factor", steer_factor)
 
     def chosen(self, kind: str) -> frozenset[int]:
         return dict(self.blocks).get(_kind(kind), frozenset())
@@ -110,18 +119,31 @@ class Toggles:
     def effective(self) -> Toggles:
         """The same toggles with the settings that change nothing reset: the seed without a seeded kind, the mask
         mode without masked heads."""
+        steering = bool(self.chosen("steer"))
         return replace(
-            self, seed=self.seed if self._uses_seed() else 0, mask_mode=self.mask_mode if self.masked_heads else "zero"
+            self,
+            seed=self.seed if self._uses_seed() else 0,
+            mask_mode=self.mask_mode if self.masked_heads else "zero",
+            steer_factor=self.steer_factor if steering else 1.0,
         )
 
     @property
     def is_empty(self) -> bool:
         return not (self.blocks or self.masked_heads)
 
+    def settings(self) -> dict[str, Any]:
+        """The kinds' settings by CLI option name (`Intervention.from_cli`): the seed, the steering vector."""
+        return {"seed": self.seed, "steer": self.steer_vector, "steer_factor": self.steer_factor}
+
+    def _of_kind(self, kind: str, blocks: frozenset[int], n_blocks: int) -> list[Intervention]:
+        cls = REGISTRY[kind]
+        assert cls.chosen_by is not None  # a block toggle's kind is chosen by block
+        return cls.from_cli({**self.settings(), cls.chosen_by.option_name: tuple(sorted(blocks))}, n_blocks)
+
     def interventions(self, n_blocks: int) -> list[Intervention]:
         chosen: list[Intervention] = []
         for kind, blocks in self.blocks:
-            chosen += REGISTRY[kind].for_blocks(sorted(blocks), n_blocks, self.seed)
+            chosen += self._of_kind(kind, blocks, n_blocks)
         chosen += [MaskHeads(tuple(sorted(self.masked_heads)), self.mask_mode)] if self.masked_heads else []
         return chosen
 
@@ -136,7 +158,7 @@ class Toggles:
             if block_kinds()[kind].reach == "from":
                 parts.append(f"{kind} ≥{min(blocks)}")
             else:
-                parts += [i.describe() for i in REGISTRY[kind].for_blocks(sorted(blocks), max(blocks) + 2, self.seed)]
+                parts += [i.describe() for i in self._of_kind(kind, blocks, max(blocks) + 2)]
         if self.masked_heads:
             parts.append(MaskHeads(tuple(sorted(self.masked_heads)), self.mask_mode).describe())
         return parts
@@ -151,6 +173,7 @@ class Toggles:
             "seed": self.seed,
             "masked_heads": [list(h) for h in sorted(self.masked_heads)],
             "mask_mode": self.mask_mode,
+            "steer_factor": self.steer_factor,
         }
 
     @classmethod
@@ -159,7 +182,7 @@ class Toggles:
         try:
             blocks = {}
             for key, value in data.items():
-                if key in ("seed", "masked_heads", "mask_mode") or value is None:
+                if key in ("seed", "masked_heads", "mask_mode", "steer_factor") or value is None:
                     continue
                 kind = intervention_class(key).kind
                 blocks[kind] = frozenset(map(int, value)) if block_kinds()[kind].reach == "set" else {int(value)}
@@ -168,6 +191,7 @@ class Toggles:
                 seed=int(data.get("seed", 0)),
                 masked_heads=frozenset((int(b), int(h)) for b, h in data.get("masked_heads", [])),
                 mask_mode=_mask_mode(data.get("mask_mode", "zero")),
+                steer_factor=_steer_factor(data.get("steer_factor", 1.0)),
             )
         except (TypeError, ValueError, AttributeError, KeyError) as error:
             raise LayerscopeError(f"Bad interventions in the session: {error}") from error
@@ -188,6 +212,13 @@ def refusal(old: Toggles, new: Toggles, shape: ModelShape, error: LayerscopeErro
                     "The interventions are unchanged."
                 )
     return f"Refused: {error} The interventions are unchanged."
+
+
+def _steer_factor(value: object) -> float:
+    """A session's steer factor: a finite number, checked when the session is read."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"steer factor {value!r} is not a finite number")
+    return float(value)
 
 
 def _mask_mode(value: object) -> HeadMaskMode:
