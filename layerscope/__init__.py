@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from layerscope.analyses.grid import DecodeGrid
     from layerscope.analyses.head_pattern import AttentionPattern, attention_pattern
     from layerscope.analyses.lens import logit_lens
+    from layerscope.analyses.lens_generate import divergence, lens_generate
     from layerscope.analyses.neurons import NeuronCensus, neuron_census
     from layerscope.analyses.patchscope import parse_target, patchscope_grid, run_patchscope
     from layerscope.analyses.probes import ProbeReport, probe_rows
@@ -63,6 +64,8 @@ _EXPORTS = {
     "AttentionPattern": "layerscope.analyses.head_pattern",
     "attention_pattern": "layerscope.analyses.head_pattern",
     "logit_lens": "layerscope.analyses.lens",
+    "divergence": "layerscope.analyses.lens_generate",
+    "lens_generate": "layerscope.analyses.lens_generate",
     "NeuronCensus": "layerscope.analyses.neurons",
     "neuron_census": "layerscope.analyses.neurons",
     "ProbeReport": "layerscope.analyses.probes",

@@ -42,6 +42,14 @@ def lens(
         Reads(),
     ] = None,
     top_k: TopKOption = 5,
+    max_new_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--generate",
+            min=0,
+            help="Also decode N greedy tokens after the prompt: the grid covers them, marked as generated.",
+        ),
+    ] = None,
     output: Output,
 ) -> None:
     """Logit lens: decode every layer's residual stream at every prompt token.
@@ -49,6 +57,7 @@ def lens(
     Example: layerscope lens --model demo --prompt "The capital of France is" --format json
     """
     from layerscope.analyses.lens import logit_lens
+    from layerscope.analyses.lens_generate import lens_generate
     from layerscope.analyses.tuned_lens import tuned_lens
     from layerscope.cli.tunedlens import load_lens
 
@@ -56,10 +65,13 @@ def lens(
     if (method is LensMethod.tuned) != (lens_dir is not None):
         raise LayerscopeError("--method tuned needs --lens DIR, and --lens goes with --method tuned.")
     lm = model.load()
-    if lens_dir is None:
+    lens = None if lens_dir is None else load_lens(lm, lens_dir)
+    if max_new_tokens is not None:
+        grid = lens_generate(lm, lm.encode(text), max_new_tokens, top_k=top_k, lens=lens)
+    elif lens is None:
         grid = logit_lens(lm, lm.encode(text), top_k=top_k)
     else:
-        grid = tuned_lens(lm, lm.encode(text), load_lens(lm, lens_dir), top_k=top_k)
+        grid = tuned_lens(lm, lm.encode(text), lens, top_k=top_k)
     output.write(grid.to_dict, grid.records, lambda: grid_table(grid), grid.plot)
 
 

@@ -56,7 +56,11 @@ def draw_grid(axes: Axes, grid: DecodeGrid, metric: str) -> None:
                     fontsize="xx-small",
                     color="black" if bright else "white",
                 )
-    axes.set_xlabel("prompt token")
+    if grid.prompt_length is None:
+        axes.set_xlabel("prompt token")
+    else:  # a line between the prompt and its greedy continuation (`lens --generate`)
+        axes.axvline(grid.prompt_length - 0.5, color="red", linewidth=2)
+        axes.set_xlabel("prompt token | generated token (after the red line)")
     axes.set_ylabel("row (emb = the embeddings, n = block n's output)")
 
 

@@ -1,0 +1,130 @@
+"""The lens over generated text: the decode grid of a prompt and its greedy continuation.
+
+One pass over the prompt fills the prompt's positions and keeps the KV cache; each greedy token is then fed as
+a one-token pass that continues from that cache, and its residual rows are that position's cells. Nothing is
+run twice: a continuation of N tokens costs the prompt pass and N one-token passes, as generating does.
+
+Interventions apply as when generating (`interventions/core.py`): drops, swaps and head masks on every pass,
+position edits on the prompt pass only, the decoding continuing from the intervened cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import torch
+
+from layerscope.analyses.activations import last_logits_only
+from layerscope.analyses.decoding import stop_ids
+from layerscope.analyses.grid import DecodeGrid, GridCell
+from layerscope.analyses.lens import lens_grid_rows
+from layerscope.analyses.residual import layer_labels
+from layerscope.analyses.tuned_lens import TunedLens, check_lens
+from layerscope.arguments import check_ids, check_int, check_intervention_list, check_lm
+from layerscope.errors import ArgumentTypeError
+from layerscope.interventions import Intervention, intervene
+from layerscope.models.cache import cached_forward
+from layerscope.models.hooks import hook_input, hook_output
+from layerscope.models.loading import LoadedModel
+
+Translate = Callable[[torch.Tensor], torch.Tensor]
+"""Maps states (rows, tokens, hidden) before decoding (the tuned lens's translators)."""
+
+
+@dataclass
+class LensStep:
+    """What one forward pass adds to the grid: the positions `start`.. with their token ids and their cells
+    `cells[row][position - start]`, and `next_id`, the greedy token after them (the model's top-1 at the last)."""
+
+    start: int
+    token_ids: list[int]
+    cells: list[list[GridCell]]
+    next_id: int
+
+
+def lens_steps(
+    lm: LoadedModel,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    interventions: Sequence[Intervention] = (),
+    top_k: int = 5,
+    translate: Translate | None = None,
+) -> Iterator[LensStep]:
+    """The prompt's step (every prompt position), then one step per greedy token of ids (1, T), until
+    `max_new_tokens` tokens or an end-of-sequence token (which is kept, as `model.generate` keeps it).
+    The caller may stop iterating between steps: the interventions and hooks come off then."""
+    check_ids(check_lm(lm), input_ids)
+    check_int(max_new_tokens, "max_new_tokens", 0)
+    check_int(top_k, "top_k", 1)
+    check_intervention_list(interventions)
+    prompt_length = input_ids.shape[1]
+    lm.check_generation(prompt_length, max_new_tokens)
+    adapter, stops = lm.adapter, stop_ids(lm)
+    rows: list[torch.Tensor] = []
+
+    def keep(row: int) -> Callable[[torch.Tensor], None]:
+        def store(hidden: torch.Tensor) -> None:
+            rows[row] = hidden.detach()[0].to(adapter.output_device)
+
+        return store
+
+    with ExitStack() as stack:
+        stack.enter_context(intervene(lm, interventions, seq_len=prompt_length))
+        hook_input(stack, adapter.blocks[0], keep(0))
+        for block in range(adapter.n_blocks):  # depth in the run order, after any swap
+            hook_output(stack, adapter.blocks[block], keep(block + 1))
+        ids, cache, start, generated = input_ids.to(adapter.input_device), None, 0, 0
+        while True:
+            rows[:] = [torch.empty(0)] * (adapter.n_blocks + 1)
+            with torch.inference_mode():
+                output, cache = cached_forward(lm.model, cache, input_ids=ids, **last_logits_only(lm))
+                states = torch.stack(rows)
+                if translate is not None:
+                    states = translate(states)
+            cells = [row.cells[0] for row in lens_grid_rows(lm, [states], top_k)]
+            next_id = int(output.logits[0, -1].argmax())
+            yield LensStep(start, ids[0].tolist(), cells, next_id)
+            done = generated == max_new_tokens or (generated > 0 and int(ids[0, -1]) in stops)
+            if done:
+                return
+            start, generated = start + ids.shape[1], generated + 1
+            ids = torch.tensor([[next_id]], device=adapter.input_device)
+
+
+def lens_generate(
+    lm: LoadedModel,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    top_k: int = 5,
+    interventions: Sequence[Intervention] = (),
+    lens: TunedLens | None = None,
+) -> DecodeGrid:
+    """The decode grid of ids (1, T) and their greedy continuation of up to `max_new_tokens` tokens (fewer where
+    the model ends the text): the logit lens, or the tuned lens with `lens`, under the interventions (the
+    continuation is the one the intervened model generates). `prompt_length` marks the generated positions."""
+    if lens is not None:
+        check_lens(check_lm(lm), lens)
+    translate = lens.translate_rows if lens is not None else None
+    steps = list(lens_steps(lm, input_ids, max_new_tokens, interventions, top_k, translate))
+    ids = [token for step in steps for token in step.token_ids]
+    cells = [[cell for step in steps for cell in step.cells[row]] for row in range(lm.n_blocks + 1)]
+    method = "logit_lens" if lens is None else "tuned_lens"
+    return DecodeGrid(
+        lm.name, method, lm.token_texts(ids), ids, layer_labels(lm.n_blocks), cells, prompt_length=input_ids.shape[1]
+    )
+
+
+def divergence(baseline: DecodeGrid, intervened: DecodeGrid) -> int | None:
+    """The first generated position whose token differs between two grids of one prompt (one continuation
+    ending before the other counts as differing where it ended); None where the continuations agree."""
+    for name, grid in (("baseline", baseline), ("intervened", intervened)):
+        if not isinstance(grid, DecodeGrid):
+            raise ArgumentTypeError(f"{name}= must be a DecodeGrid (lens_generate), not {type(grid).__name__}.")
+    start = baseline.prompt_length if baseline.prompt_length is not None else len(baseline.token_ids)
+    ours, theirs = baseline.token_ids, intervened.token_ids
+    for position in range(start, max(len(ours), len(theirs))):
+        if position >= len(ours) or position >= len(theirs) or ours[position] != theirs[position]:
+            return position
+    return None
