@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -29,40 +30,63 @@ from layerscope.models.cache import cached_forward
 from layerscope.models.hooks import hook_input, hook_output
 from layerscope.models.loading import LoadedModel
 
+if TYPE_CHECKING:
+    from transformers import Cache
+
 Translate = Callable[[torch.Tensor], torch.Tensor]
 """Maps states (rows, tokens, hidden) before decoding (the tuned lens's translators)."""
 
 
 @dataclass
-class LensStep:
-    """What one forward pass adds to the grid: the positions `start`.. with their token ids and their cells
-    `cells[row][position - start]`, and `next_id`, the greedy token after them (the model's top-1 at the last)."""
+class ResidualStep:
+    """What one forward pass adds: the positions `start`.. with their token ids, their residual rows `states`
+    (rows = L + 1, tokens, hidden; translated where a `translate` was given), and `next_id`, the greedy token
+    after them (the model's own top-1 at the last position)."""
 
     start: int
     token_ids: list[int]
-    cells: list[list[GridCell]]
+    states: torch.Tensor
     next_id: int
 
 
-def lens_steps(
+def residual_steps(
     lm: LoadedModel,
     input_ids: torch.Tensor,
     max_new_tokens: int,
     interventions: Sequence[Intervention] = (),
-    top_k: int = 5,
     translate: Translate | None = None,
-) -> Iterator[LensStep]:
+) -> Iterator[ResidualStep]:
     """The prompt's step (every prompt position), then one step per greedy token of ids (1, T), until
     `max_new_tokens` tokens or an end-of-sequence token (which is kept, as `model.generate` keeps it).
-    The caller may stop iterating between steps: the interventions and hooks come off then."""
+
+    The interventions and the reading hooks are on the model during each pass only, never between steps, so
+    the caller may step two of these in turn (a baseline and an intervened run) or stop at any step."""
     check_ids(check_lm(lm), input_ids)
     check_int(max_new_tokens, "max_new_tokens", 0)
-    check_int(top_k, "top_k", 1)
     check_intervention_list(interventions)
     prompt_length = input_ids.shape[1]
     lm.check_generation(prompt_length, max_new_tokens)
     adapter, stops = lm.adapter, stop_ids(lm)
-    rows: list[torch.Tensor] = []
+    ids, cache, start, generated = input_ids.to(adapter.input_device), None, 0, 0
+    while True:
+        with intervene(lm, interventions, seq_len=prompt_length):
+            output, cache, states = _read_pass(lm, ids, cache)
+        if translate is not None:
+            with torch.inference_mode():
+                states = translate(states)
+        step = ResidualStep(start, ids[0].tolist(), states, int(output.logits[0, -1].argmax()))
+        yield step
+        if generated == max_new_tokens or (generated > 0 and step.token_ids[-1] in stops):
+            return
+        start, generated = start + ids.shape[1], generated + 1
+        ids = torch.tensor([[step.next_id]], device=adapter.input_device)
+
+
+def _read_pass(lm: LoadedModel, ids: torch.Tensor, cache: Cache | None) -> tuple[Any, Cache, torch.Tensor]:
+    """One forward of `ids` continuing from `cache`: its output, the grown cache, and the residual rows
+    (L + 1, tokens, hidden) read by hooks that come off with the pass."""
+    adapter = lm.adapter
+    rows: list[torch.Tensor] = [torch.empty(0)] * (adapter.n_blocks + 1)
 
     def keep(row: int) -> Callable[[torch.Tensor], None]:
         def store(hidden: torch.Tensor) -> None:
@@ -70,27 +94,12 @@ def lens_steps(
 
         return store
 
-    with ExitStack() as stack:
-        stack.enter_context(intervene(lm, interventions, seq_len=prompt_length))
+    with ExitStack() as stack, torch.inference_mode():
         hook_input(stack, adapter.blocks[0], keep(0))
         for block in range(adapter.n_blocks):  # depth in the run order, after any swap
             hook_output(stack, adapter.blocks[block], keep(block + 1))
-        ids, cache, start, generated = input_ids.to(adapter.input_device), None, 0, 0
-        while True:
-            rows[:] = [torch.empty(0)] * (adapter.n_blocks + 1)
-            with torch.inference_mode():
-                output, cache = cached_forward(lm.model, cache, input_ids=ids, **last_logits_only(lm))
-                states = torch.stack(rows)
-                if translate is not None:
-                    states = translate(states)
-            cells = [row.cells[0] for row in lens_grid_rows(lm, [states], top_k)]
-            next_id = int(output.logits[0, -1].argmax())
-            yield LensStep(start, ids[0].tolist(), cells, next_id)
-            done = generated == max_new_tokens or (generated > 0 and int(ids[0, -1]) in stops)
-            if done:
-                return
-            start, generated = start + ids.shape[1], generated + 1
-            ids = torch.tensor([[next_id]], device=adapter.input_device)
+        output, cache = cached_forward(lm.model, cache, input_ids=ids, **last_logits_only(lm))
+        return output, cache, torch.stack(rows)
 
 
 def lens_generate(
@@ -104,12 +113,17 @@ def lens_generate(
     """The decode grid of ids (1, T) and their greedy continuation of up to `max_new_tokens` tokens (fewer where
     the model ends the text): the logit lens, or the tuned lens with `lens`, under the interventions (the
     continuation is the one the intervened model generates). `prompt_length` marks the generated positions."""
+    check_lm(lm)
     if lens is not None:
-        check_lens(check_lm(lm), lens)
+        check_lens(lm, lens)
+    check_int(top_k, "top_k", 1)
     translate = lens.translate_rows if lens is not None else None
-    steps = list(lens_steps(lm, input_ids, max_new_tokens, interventions, top_k, translate))
-    ids = [token for step in steps for token in step.token_ids]
-    cells = [[cell for step in steps for cell in step.cells[row]] for row in range(lm.n_blocks + 1)]
+    ids: list[int] = []
+    cells: list[list[GridCell]] = [[] for _ in range(lm.n_blocks + 1)]
+    for step in residual_steps(lm, input_ids, max_new_tokens, interventions, translate):
+        ids += step.token_ids
+        for row, decoded in zip(cells, lens_grid_rows(lm, [step.states], top_k)):
+            row += decoded.cells[0]
     method = "logit_lens" if lens is None else "tuned_lens"
     return DecodeGrid(
         lm.name, method, lm.token_texts(ids), ids, layer_labels(lm.n_blocks), cells, prompt_length=input_ids.shape[1]
