@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from layerscope.analyses.compare import greedy_continuation
-from layerscope.analyses.grid import DecodeGrid
+from layerscope.analyses.grid import DecodeGrid, divergence
 from layerscope.analyses.lens import logit_lens
-from layerscope.analyses.lens_generate import divergence, lens_generate
+from layerscope.analyses.lens_generate import lens_generate
 from layerscope.analyses.tuned_lens import TunedLens, tuned_lens
 from layerscope.errors import LayerscopeError
 from layerscope.interventions import DropBlocks, FreezeFrom

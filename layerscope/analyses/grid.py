@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from layerscope.errors import ArgumentTypeError
 from layerscope.models.loading import LoadedModel
 from layerscope.records import Records
 
@@ -141,6 +142,20 @@ class DecodeGrid:
         from layerscope.notebook import grid_html
 
         return grid_html(self)
+
+
+def divergence(baseline: DecodeGrid, intervened: DecodeGrid) -> int | None:
+    """The first generated position whose token differs between two grids of one prompt (one continuation
+    ending before the other counts as differing where it ended); None where the continuations agree."""
+    for name, grid in (("baseline", baseline), ("intervened", intervened)):
+        if not isinstance(grid, DecodeGrid):
+            raise ArgumentTypeError(f"{name}= must be a DecodeGrid (lens_generate), not {type(grid).__name__}.")
+    start = baseline.prompt_length if baseline.prompt_length is not None else len(baseline.token_ids)
+    ours, theirs = baseline.token_ids, intervened.token_ids
+    for position in range(start, max(len(ours), len(theirs))):
+        if position >= len(ours) or position >= len(theirs) or ours[position] != theirs[position]:
+            return position
+    return None
 
 
 def distribution_stats(

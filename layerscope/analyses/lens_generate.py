@@ -24,7 +24,6 @@ from layerscope.analyses.lens import lens_grid_rows
 from layerscope.analyses.residual import layer_labels
 from layerscope.analyses.tuned_lens import TunedLens, check_lens
 from layerscope.arguments import check_ids, check_int, check_intervention_list, check_lm
-from layerscope.errors import ArgumentTypeError
 from layerscope.interventions import Intervention, intervene
 from layerscope.models.cache import cached_forward
 from layerscope.models.hooks import hook_input, hook_output
@@ -128,17 +127,3 @@ def lens_generate(
     return DecodeGrid(
         lm.name, method, lm.token_texts(ids), ids, layer_labels(lm.n_blocks), cells, prompt_length=input_ids.shape[1]
     )
-
-
-def divergence(baseline: DecodeGrid, intervened: DecodeGrid) -> int | None:
-    """The first generated position whose token differs between two grids of one prompt (one continuation
-    ending before the other counts as differing where it ended); None where the continuations agree."""
-    for name, grid in (("baseline", baseline), ("intervened", intervened)):
-        if not isinstance(grid, DecodeGrid):
-            raise ArgumentTypeError(f"{name}= must be a DecodeGrid (lens_generate), not {type(grid).__name__}.")
-    start = baseline.prompt_length if baseline.prompt_length is not None else len(baseline.token_ids)
-    ours, theirs = baseline.token_ids, intervened.token_ids
-    for position in range(start, max(len(ours), len(theirs))):
-        if position >= len(ours) or position >= len(theirs) or ours[position] != theirs[position]:
-            return position
-    return None
