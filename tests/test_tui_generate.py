@@ -10,13 +10,12 @@ import pytest
 
 from layerscope.analyses.lens_generate import lens_generate
 from layerscope.interventions import DropBlocks
-from layerscope.tui.app import LayerscopeApp
 from layerscope.tui.grid_view import token_label
 from layerscope.tui.messages import ColumnComputed, RowComputed, RunFinished, RunStarted
 from layerscope.tui.runs import Cancelled, RunController
 from layerscope.tui.state import Toggles
-from layerscope.tui.themes import SHIPPED_THEMES
 from layerscope.tui.workers import RunContext, lens_run
+from tests.test_tui_app import make_app
 from tests.tiny import tiny_model
 from tests.tui_synthetic import notices, screen_text, settle
 
@@ -29,13 +28,8 @@ def top1(grid) -> list[list[int]]:
 async def test_the_grid_grows_over_both_continuations_and_d_goes_to_their_divergence(demo_lm, tmp_path):
     prompt = "The capital of France is"
     ids = demo_lm.encode(prompt)
-    app = LayerscopeApp(
-        lm=demo_lm,
-        prompt=prompt,
-        theme_folders=[SHIPPED_THEMES],
-        keymap_path=tmp_path / "k.toml",
-        continuation_tokens=4,
-    )
+    app = make_app(demo_lm, tmp_path, prompt=prompt)
+    app.continuation_tokens = 4
     async with app.run_test(size=(160, 50)) as pilot:
         await settle(pilot)
         await pilot.press("escape", "d")  # nothing grown yet: d says how to get a divergence

@@ -532,6 +532,7 @@ class LayerscopeApp(App):
         self.grid.rows_added()
         self._charts_dirty = True
         self.update_detail()
+        self.update_output()  # the divergence, once the continuations part
 
     def on_run_progress(self, message: RunProgress) -> None:
         if self.runs.set_progress(message.run_id, message.description, message.done, message.total):

@@ -307,19 +307,12 @@ def _tuned_lens_rows(
     return lens_rows(lm, input_ids, interventions, top_k, cancelled, tuned)
 
 
-def _lens_columns(
-    lm: LoadedModel,
-    input_ids: torch.Tensor,
-    interventions: Sequence[Intervention],
-    max_new_tokens: int,
-    top_k: int,
-    cancelled: Callable[[], bool],
-    tuned: TunedLens | None,
-) -> Iterator[GeneratedColumn]:
-    """The logit lens's (with a tuned lens, the tuned lens's) generated positions."""
+def _lens_columns(*arguments: Any) -> Iterator[GeneratedColumn]:
+    """The logit lens's (with a tuned lens, the tuned lens's) generated positions: `compute.lens_columns`,
+    imported in the worker (it pulls in torch)."""
     from layerscope.tui.compute import lens_columns
 
-    return lens_columns(lm, input_ids, interventions, max_new_tokens, top_k, cancelled, tuned)
+    return lens_columns(*arguments)
 
 
 def _patchscope_rows(
