@@ -73,7 +73,8 @@ def decode_grid_figure(grid: DecodeGrid, metric: str = "prob") -> Figure:
     width, height = grid_size(grid)
     figure = new_figure(width, height)
     draw_grid(figure.add_subplot(), grid, metric)
-    provenance(figure, f"{grid.method.replace('_', ' ')} · {grid.model}", prompt_caption(grid.tokens))
+    prompt = grid.tokens[: grid.prompt_length]  # the generated tokens are not the prompt
+    provenance(figure, f"{grid.method.replace('_', ' ')} · {grid.model}", prompt_caption(prompt))
     return figure
 
 
