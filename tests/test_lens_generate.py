@@ -33,6 +33,15 @@ def hf_greedy(model, ids: torch.Tensor, new_tokens: int) -> list[int]:
     return output[0].tolist()
 
 
+def random_lens(lm: LoadedModel, seed: int = 0) -> TunedLens:
+    """A tuned lens whose translators move every state (a trained one's would): random weights."""
+    lens = TunedLens(lm.adapter.model.config.hidden_size, lm.n_blocks)
+    torch.manual_seed(seed)
+    for translator in lens.translators:
+        torch.nn.init.normal_(translator.weight, std=0.1)
+    return lens
+
+
 def assert_grids_match(got: DecodeGrid, want: DecodeGrid, lm: LoadedModel, rows: list[int] | None = None) -> None:
     """Cell by cell within the tolerances of a reordered sum (tests/tolerance.py), `rows` of `got` against all of
     `want`'s; the top-1 ids equal."""
@@ -93,10 +102,7 @@ def test_a_position_edit_acts_on_the_prompt_pass_only():
 
 def test_the_tuned_lens_over_generated_text():
     lm, ids = tiny_model("llama"), random_ids(7, seed=5)
-    lens = TunedLens(64, lm.n_blocks)
-    torch.manual_seed(0)
-    for translator in lens.translators:
-        torch.nn.init.normal_(translator.weight, std=0.1)
+    lens = random_lens(lm)
     grid = lens_generate(lm, ids, 5, lens=lens)
     assert grid.method == "tuned_lens"
     assert_grids_match(grid, tuned_lens(lm, torch.tensor([grid.token_ids]), lens), lm)

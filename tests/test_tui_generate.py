@@ -12,11 +12,13 @@ from layerscope.analyses.lens_generate import lens_generate
 from layerscope.interventions import DropBlocks
 from layerscope.tui.grid_view import token_label
 from layerscope.tui.messages import ColumnComputed, RowComputed, RunFinished, RunStarted
+from layerscope.tui.methods import REGISTRY
 from layerscope.tui.runs import Cancelled, RunController
 from layerscope.tui.state import Toggles
 from layerscope.tui.workers import RunContext, lens_run
+from tests.test_lens_generate import random_lens
 from tests.test_tui_app import make_app
-from tests.tiny import tiny_model
+from tests.tiny import random_ids, tiny_model
 from tests.tui_synthetic import notices, screen_text, settle
 
 
@@ -86,3 +88,19 @@ def test_esc_while_generating_keeps_the_columns_so_far():
         want = lens_generate(lm, ids, 1, interventions=edits)
         assert grid.token_ids == want.token_ids and top1(grid) == top1(want)
     assert all(len(row) == 5 for row in results.kl_base_int)
+
+
+def test_each_lens_method_grows_its_own_grid():
+    """The logit lens's columns ignore a loaded tuned lens; the tuned lens's translate; Patchscope has none."""
+    lm, ids = tiny_model("llama"), random_ids(6, seed=7)
+    lens = random_lens(lm, seed=1)
+    for method, translated in (("logit_lens", None), ("tuned_lens", lens)):
+        columns = REGISTRY[method].columns
+        assert columns is not None
+        got = list(columns(lm, ids, [], 3, 2, lambda: False, lens))
+        want = lens_generate(lm, ids, 3, top_k=2, lens=translated)
+        assert [column.token_ids[0] for column in got] == want.token_ids[6:]
+        assert [[cell.top[0].id for cell in column.cells[0]] for column in got] == [
+            [row[position].top[0].id for row in want.cells] for position in range(6, 9)
+        ]
+    assert REGISTRY["patchscope"].columns is None

@@ -307,9 +307,17 @@ def _tuned_lens_rows(
     return lens_rows(lm, input_ids, interventions, top_k, cancelled, tuned)
 
 
-def _lens_columns(*arguments: Any) -> Iterator[GeneratedColumn]:
-    """The logit lens's (with a tuned lens, the tuned lens's) generated positions: `compute.lens_columns`,
-    imported in the worker (it pulls in torch)."""
+def _logit_lens_columns(*arguments: Any) -> Iterator[GeneratedColumn]:
+    """The logit lens's generated positions, a tuned lens loaded or not (the last argument): imported in the
+    worker, as every engine function here (it pulls in torch)."""
+    from layerscope.tui.compute import lens_columns
+
+    *untranslated, _tuned = arguments
+    return lens_columns(*untranslated)
+
+
+def _tuned_lens_columns(*arguments: Any) -> Iterator[GeneratedColumn]:
+    """The tuned lens's generated positions: each state through the loaded lens's translator first."""
     from layerscope.tui.compute import lens_columns
 
     return lens_columns(*arguments)
@@ -329,8 +337,8 @@ def _patchscope_rows(
     return patchscope_rows(lm, input_ids, top_k, cancelled, progress)
 
 
-register(lens_method("logit_lens", "lens rows", _logit_lens_rows, columns=_lens_columns))
-register(lens_method("tuned_lens", "tuned lens rows", _tuned_lens_rows, needs_lens=True, columns=_lens_columns))
+register(lens_method("logit_lens", "lens rows", _logit_lens_rows, columns=_logit_lens_columns))
+register(lens_method("tuned_lens", "tuned lens rows", _tuned_lens_rows, needs_lens=True, columns=_tuned_lens_columns))
 # Patchscope reads each state in a pass of its own target prompt, not from the generating pass: no columns
 register(lens_method("patchscope", "patchscope rows", _patchscope_rows, intervenable=False))
 
