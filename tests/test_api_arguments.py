@@ -172,6 +172,12 @@ CASES = [
     ("run_interventions", lambda tmp: ls.run_interventions(LM, IDS, "drop 1"), TypeError, "interventions="),
     (
         "run_interventions",
+        lambda tmp: ls.run_interventions(LM, IDS, [ls.DropBlocks((1,))], lens_over_continuation="yes"),
+        TypeError,
+        "lens_over_continuation=",
+    ),
+    (
+        "run_interventions",
         lambda tmp: ls.run_interventions(LM, IDS, [ls.DropBlocks((1,))], top_k=0),
         ValueError,
         "top_k=0",

@@ -154,3 +154,24 @@ def test_cli_outputs_mark_the_generated_tokens(tiny_dir, tmp_path):
     assert table[0].count("+") == 3 and table[-1] == "+ marks the 3 generated tokens after the 3-token prompt"
     plain = json.loads(invoke(*base[:-2], "--format", "json").stdout)
     assert "prompt_length" not in plain and plain["cells"] == [row[:3] for row in data["cells"]]
+
+
+def test_run_interventions_with_grids_over_the_continuations(tiny_dir):
+    """Each grid is its run's `lens_generate`, the continuations are HF generate's, the comparison stays the
+    prompt's; `run --generate` writes the same, with the divergence."""
+    from layerscope.analyses.compare import run_interventions
+    from tests.studies import invoke
+
+    lm, ids, drop = tiny_model("llama"), random_ids(6, seed=1), [DropBlocks((2,))]
+    report = run_interventions(lm, ids, drop, top_k=3, max_new_tokens=8, lens_over_continuation=True)
+    plain = run_interventions(lm, ids, drop, top_k=3, max_new_tokens=8)
+    assert report.baseline == lens_generate(lm, ids, 8, top_k=3)
+    assert report.intervened == lens_generate(lm, ids, 8, top_k=3, interventions=drop)
+    assert report.continuation == plain.continuation and report.comparison == plain.comparison
+    assert report.diverges_at == divergence(report.baseline, report.intervened) is not None
+    assert report.to_dict()["diverges_at"] == report.diverges_at and "diverges_at" not in plain.to_dict()
+    data = json.loads(
+        invoke("run", "--model", str(tiny_dir), "-p", "the cat sat", "--drop", "1", "--generate", "-f", "json").stdout
+    )
+    assert data["baseline"]["prompt_length"] == data["intervened"]["prompt_length"] == 3
+    assert data["diverges_at"] == divergence(*(DecodeGrid.from_dict(data[name]) for name in ("baseline", "intervened")))

@@ -102,6 +102,13 @@ def run(
     model: BosModelOptions,
     prompt: PromptInput,
     max_new_tokens: Annotated[int, typer.Option(min=0, help="Greedy continuation length for both runs.")] = 20,
+    generate: Annotated[
+        bool,
+        typer.Option(
+            "--generate",
+            help="The lens grids cover the continuations too, each run its own, the generated tokens marked.",
+        ),
+    ] = False,
     top_k: TopKOption = 5,
     output: Output,
     **chosen: Any,
@@ -126,5 +133,7 @@ def run(
     interventions = interventions_from_options(chosen, lm.n_blocks)
     ids = lm.encode(text)
     check_interventions(interventions, ModelShape(lm.n_blocks, lm.adapter.n_heads, ids.shape[1]))
-    report = run_interventions(lm, ids, interventions, top_k=top_k, max_new_tokens=max_new_tokens)
+    report = run_interventions(
+        lm, ids, interventions, top_k=top_k, max_new_tokens=max_new_tokens, lens_over_continuation=generate
+    )
     output.write(report.to_dict, report.records, lambda: report_table(report), report.plot)

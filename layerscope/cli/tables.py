@@ -71,6 +71,9 @@ def report_table(report: InterventionReport) -> str:
     lines.append(f"mean KL {comparison.mean_kl:.4f} nats, top-1 agreement {comparison.top1_agreement:.0%}")
     for name, continuation in report.continuation.items():
         lines.append(f"{name:>10}: {continuation.text!r}")
+    if report.baseline.prompt_length is not None:
+        at = report.diverges_at
+        lines.append("the continuations agree" if at is None else f"the continuations diverge at position {at}")
     return "\n".join(lines)
 
 
