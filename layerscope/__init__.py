@@ -24,9 +24,10 @@ if TYPE_CHECKING:
     from layerscope.analyses.causal_trace import CausalTrace, causal_trace, trace_prompt
     from layerscope.analyses.compare import InterventionReport, compare_logits, greedy_continuation, run_interventions
     from layerscope.analyses.early_exit import EarlyExit, early_exit
-    from layerscope.analyses.grid import DecodeGrid
+    from layerscope.analyses.grid import DecodeGrid, divergence
     from layerscope.analyses.head_pattern import AttentionPattern, attention_pattern
     from layerscope.analyses.lens import logit_lens
+    from layerscope.analyses.lens_generate import lens_generate
     from layerscope.analyses.neurons import NeuronCensus, neuron_census
     from layerscope.analyses.patchscope import parse_target, patchscope_grid, run_patchscope
     from layerscope.analyses.probes import ProbeReport, probe_rows
@@ -62,9 +63,11 @@ _EXPORTS = {
     "EarlyExit": "layerscope.analyses.early_exit",
     "early_exit": "layerscope.analyses.early_exit",
     "DecodeGrid": "layerscope.analyses.grid",
+    "divergence": "layerscope.analyses.grid",
     "AttentionPattern": "layerscope.analyses.head_pattern",
     "attention_pattern": "layerscope.analyses.head_pattern",
     "logit_lens": "layerscope.analyses.lens",
+    "lens_generate": "layerscope.analyses.lens_generate",
     "NeuronCensus": "layerscope.analyses.neurons",
     "neuron_census": "layerscope.analyses.neurons",
     "ProbeReport": "layerscope.analyses.probes",

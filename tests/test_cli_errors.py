@@ -137,6 +137,7 @@ def test_the_bad_values_cover_every_command():
         *(("reproduce", name) for name in ("stages", "afcl", "shortgpt", "retrieval", "rome")),
     }
     assert (("lens",), "--top-k", "0") in BAD_VALUES and (("lens",), "--top-k", "101") in BAD_VALUES
+    assert (("lens",), "--generate", "-1") in BAD_VALUES
     assert {
         (("trace",), "--samples", "0"),
         (("trace",), "--samples", "1001"),

@@ -320,7 +320,7 @@ def inputs(tiny_dir, tmp_path_factory) -> dict[str, Path]:
 
 
 RUNS = {  # a quick run of each command that writes a file, on the tiny model
-    ("lens",): ["-p", "the cat sat"],
+    ("lens",): ["-p", "the cat sat", "--generate", "2"],
     ("run",): ["-p", "the cat sat", "--drop", "1", "--max-new-tokens", "2"],
     ("patchscope",): ["-p", "the cat sat"],
     ("sweep",): ["--prompts", "{prompts}", "--no-accuracy"],

@@ -97,6 +97,7 @@ TRANSCRIPTS = [
     ("docs/cli/patchscope-heads.md", "## `layerscope heads induction`: induction and previous-token heads"),
     ("docs/heads-pattern.md", "## `layerscope heads pattern`: where a head looks"),
     ("docs/probes.md", "# Linear probes per row: `layerscope probe`"),
+    ("docs/lens-generate.md", "## On the command line"),
 ]
 
 

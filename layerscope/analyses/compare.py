@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, overload
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from layerscope.analyses.grid import DecodeGrid, build_grid, distribution_stats
+from layerscope.analyses.grid import DecodeGrid, build_grid, distribution_stats, divergence
 from layerscope.analyses.lens import batch_lens_logits
+from layerscope.analyses.lens_generate import lens_generate
 from layerscope.analyses.residual import layer_labels
 from layerscope.arguments import check_ids, check_int, check_intervention_list, check_lm, prompt_batch
 from layerscope.errors import ArgumentTypeError, ArgumentValueError
@@ -187,7 +188,14 @@ class InterventionReport:
             "intervened": self.intervened.to_dict(),
             "comparison": self.comparison.to_dict(),
             "continuation": {name: asdict(c) for name, c in self.continuation.items()},
+            **({"diverges_at": self.diverges_at} if self.baseline.prompt_length is not None else {}),
         }
+
+    @property
+    def diverges_at(self) -> int | None:
+        """With grids over the continuations (`lens_over_continuation`): the first grid position whose token
+        differs between them (`divergence`); None where they agree or the grids cover the prompt only."""
+        return divergence(self.baseline, self.intervened) if self.baseline.prompt_length is not None else None
 
     def records(self) -> Records:
         """The comparison, one line per prompt position."""
@@ -210,6 +218,7 @@ def run_interventions(
     interventions: Sequence[Intervention],
     top_k: int = 5,
     max_new_tokens: int = 0,
+    lens_over_continuation: bool = False,
 ) -> list[InterventionReport]: ...
 
 
@@ -220,6 +229,7 @@ def run_interventions(
     interventions: Sequence[Intervention],
     top_k: int = 5,
     max_new_tokens: int = 0,
+    lens_over_continuation: bool = False,
 ) -> InterventionReport: ...
 
 
@@ -229,15 +239,20 @@ def run_interventions(
     interventions: Sequence[Intervention],
     top_k: int = 5,
     max_new_tokens: int = 0,
+    lens_over_continuation: bool = False,
 ) -> InterventionReport | list[InterventionReport]:
     """Lens grids of the baseline and the intervened run of ids (1, T), their comparison, and both continuations.
 
     A `PromptBatch` gives one report per prompt, as if it had run alone: the two lens passes carry the whole
-    batch, the continuations are decoded prompt by prompt."""
+    batch, the continuations are decoded prompt by prompt. `lens_over_continuation`: each grid covers its run's
+    continuation too (`lens_generate`), the comparison still the prompt's positions."""
     batch = prompt_batch(lm, input_ids)
     check_intervention_list(interventions)
     check_int(top_k, "top_k", 1)
     check_int(max_new_tokens, "max_new_tokens", 0)
+    if not isinstance(lens_over_continuation, bool):
+        name = type(lens_over_continuation).__name__
+        raise ArgumentTypeError(f"lens_over_continuation= must be True or False, not {name}.")
     for length in batch.lengths:  # before the grids, not after them
         lm.check_generation(length, max_new_tokens)
     labels = layer_labels(lm.n_blocks)
@@ -245,18 +260,32 @@ def run_interventions(
     reports = []
     for index, ((base_rows, base_final), (rows, final)) in enumerate(runs):
         ids = batch.prompt(index)
-        baseline = build_grid(lm, "logit_lens", ids, base_rows, base_final, labels, top_k)
-        intervened = build_grid(lm, "logit_lens", ids, rows, final, labels, top_k)
+        if lens_over_continuation:
+            baseline = lens_generate(lm, ids, max_new_tokens, top_k)
+            intervened = lens_generate(lm, ids, max_new_tokens, top_k, interventions)
+            continuation = {
+                name: _generated(lm, grid) for name, grid in (("baseline", baseline), ("intervened", intervened))
+            }
+        else:
+            baseline = build_grid(lm, "logit_lens", ids, base_rows, base_final, labels, top_k)
+            intervened = build_grid(lm, "logit_lens", ids, rows, final, labels, top_k)
+            continuation = {
+                "baseline": greedy_continuation(lm, ids, max_new_tokens),
+                "intervened": greedy_continuation(lm, ids, max_new_tokens, interventions),
+            }
         reports.append(
             InterventionReport(
                 interventions=[i.to_dict() for i in interventions],
                 baseline=baseline,
                 intervened=intervened,
                 comparison=comparison_of(baseline.tokens, compare_logits(base_final, final, ids[0])),
-                continuation={
-                    "baseline": greedy_continuation(lm, ids, max_new_tokens),
-                    "intervened": greedy_continuation(lm, ids, max_new_tokens, interventions),
-                },
+                continuation=continuation,
             )
         )
     return reports if isinstance(input_ids, PromptBatch) else reports[0]
+
+
+def _generated(lm: LoadedModel, grid: DecodeGrid) -> Continuation:
+    """The continuation a grid over generated text holds, as `greedy_continuation` gives it."""
+    new_ids = grid.token_ids[grid.prompt_length :]
+    return Continuation(lm.tokenizer.decode(new_ids, skip_special_tokens=True), new_ids)

@@ -51,7 +51,7 @@ def greedy_steps(
             ids = torch.tensor([[token]], device=adapter.input_device)
 
 
-def _stop_ids(lm: LoadedModel) -> set[int]:
+def stop_ids(lm: LoadedModel) -> set[int]:
     configured = lm.model.generation_config.eos_token_id
     ids = {lm.tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])}
     return ids - {None}
@@ -63,7 +63,7 @@ def answer_steps(
     """Greedy steps until max_new_tokens, the end-of-sequence token, or a newline after the answer began."""
     lm.check_generation(ids.shape[1], max_new_tokens)
     text = ""
-    stops = _stop_ids(lm)
+    stops = stop_ids(lm)
     steps = greedy_steps(lm, ids, with_attention)
     for _ in range(max_new_tokens):
         token, attention = next(steps)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from layerscope.errors import ArgumentTypeError
 from layerscope.models.loading import LoadedModel
 from layerscope.records import Records
 
@@ -45,7 +46,10 @@ class GridCell:
 
 @dataclass
 class DecodeGrid:
-    """A decode grid of one prompt: `cells[row][position]`, rows labelled by `layers` (`emb`, 0..L-1)."""
+    """A decode grid of one prompt: `cells[row][position]`, rows labelled by `layers` (`emb`, 0..L-1).
+
+    A grid over a prompt and its greedy continuation (`lens_generate`) has `prompt_length`: the positions from
+    it on are generated tokens; None for a grid over the prompt alone."""
 
     model: str
     method: str
@@ -53,6 +57,11 @@ class DecodeGrid:
     token_ids: list[int]
     layers: list[str]
     cells: list[list[GridCell]]  # [row][position]
+    prompt_length: int | None = None
+
+    def generated(self, position: int) -> bool:
+        """Whether the token at `position` was generated (False everywhere in a grid over the prompt alone)."""
+        return self.prompt_length is not None and position >= self.prompt_length
 
     def plot(self, metric: str = "prob") -> Figure:
         """The grid as a heatmap of `metric` ('prob': the top-1's probability, 'entropy_bits', 'kl_to_final') with the
@@ -62,7 +71,11 @@ class DecodeGrid:
         return decode_grid_figure(self, metric)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Every field; `prompt_length` only where the grid covers generated tokens."""
+        data = asdict(self)
+        if self.prompt_length is None:
+            del data["prompt_length"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> DecodeGrid:
@@ -78,7 +91,15 @@ class DecodeGrid:
             ]
             for row in data["cells"]
         ]
-        return cls(data["model"], data["method"], data["tokens"], data["token_ids"], data["layers"], cells)
+        return cls(
+            data["model"],
+            data["method"],
+            data["tokens"],
+            data["token_ids"],
+            data["layers"],
+            cells,
+            data.get("prompt_length"),
+        )
 
     def top1(self, row: int, position: int) -> TopToken:
         return self.cells[row][position].top[0]
@@ -88,20 +109,12 @@ class DecodeGrid:
         return [getattr(row[position], field) for row in self.cells]
 
     def records(self) -> Records:
-        """Long format: one line per (row, position, rank)."""
+        """Long format: one line per (row, position, rank); a grid with generated tokens ends each line with
+        `generated` (whether the position's token was generated)."""
+        marked = self.prompt_length is not None
+        columns = ("method", "layer", "position", "prompt_token", "rank", "token", "id", "prob", "entropy_bits")
         return Records.of(
-            (
-                "method",
-                "layer",
-                "position",
-                "prompt_token",
-                "rank",
-                "token",
-                "id",
-                "prob",
-                "entropy_bits",
-                "kl_to_final",
-            ),
+            (*columns, "kl_to_final", *(("generated",) if marked else ())),
             (
                 (
                     self.method,
@@ -114,6 +127,7 @@ class DecodeGrid:
                     top.prob,
                     cell.entropy_bits,
                     cell.kl_to_final,
+                    *((self.generated(position),) if marked else ()),
                 )
                 for layer, row in zip(self.layers, self.cells)
                 for position, cell in enumerate(row)
@@ -128,6 +142,20 @@ class DecodeGrid:
         from layerscope.notebook import grid_html
 
         return grid_html(self)
+
+
+def divergence(baseline: DecodeGrid, intervened: DecodeGrid) -> int | None:
+    """The first generated position whose token differs between two grids of one prompt (one continuation
+    ending before the other counts as differing where it ended); None where the continuations agree."""
+    for name, grid in (("baseline", baseline), ("intervened", intervened)):
+        if not isinstance(grid, DecodeGrid):
+            raise ArgumentTypeError(f"{name}= must be a DecodeGrid (lens_generate), not {type(grid).__name__}.")
+    start = baseline.prompt_length if baseline.prompt_length is not None else len(baseline.token_ids)
+    ours, theirs = baseline.token_ids, intervened.token_ids
+    for position in range(start, max(len(ours), len(theirs))):
+        if position >= len(ours) or position >= len(theirs) or ours[position] != theirs[position]:
+            return position
+    return None
 
 
 def distribution_stats(

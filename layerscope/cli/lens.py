@@ -42,6 +42,14 @@ def lens(
         Reads(),
     ] = None,
     top_k: TopKOption = 5,
+    max_new_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--generate",
+            min=0,
+            help="Also decode N greedy tokens after the prompt: the grid covers them, marked as generated.",
+        ),
+    ] = None,
     output: Output,
 ) -> None:
     """Logit lens: decode every layer's residual stream at every prompt token.
@@ -49,6 +57,7 @@ def lens(
     Example: layerscope lens --model demo --prompt "The capital of France is" --format json
     """
     from layerscope.analyses.lens import logit_lens
+    from layerscope.analyses.lens_generate import lens_generate
     from layerscope.analyses.tuned_lens import tuned_lens
     from layerscope.cli.tunedlens import load_lens
 
@@ -56,10 +65,13 @@ def lens(
     if (method is LensMethod.tuned) != (lens_dir is not None):
         raise LayerscopeError("--method tuned needs --lens DIR, and --lens goes with --method tuned.")
     lm = model.load()
-    if lens_dir is None:
+    lens = None if lens_dir is None else load_lens(lm, lens_dir)
+    if max_new_tokens is not None:
+        grid = lens_generate(lm, lm.encode(text), max_new_tokens, top_k=top_k, lens=lens)
+    elif lens is None:
         grid = logit_lens(lm, lm.encode(text), top_k=top_k)
     else:
-        grid = tuned_lens(lm, lm.encode(text), load_lens(lm, lens_dir), top_k=top_k)
+        grid = tuned_lens(lm, lm.encode(text), lens, top_k=top_k)
     output.write(grid.to_dict, grid.records, lambda: grid_table(grid), grid.plot)
 
 
@@ -92,6 +104,13 @@ def run(
     model: BosModelOptions,
     prompt: PromptInput,
     max_new_tokens: Annotated[int, typer.Option(min=0, help="Greedy continuation length for both runs.")] = 20,
+    generate: Annotated[
+        bool,
+        typer.Option(
+            "--generate",
+            help="The lens grids cover the continuations too, each run its own, the generated tokens marked.",
+        ),
+    ] = False,
     top_k: TopKOption = 5,
     output: Output,
     **chosen: Any,
@@ -116,5 +135,7 @@ def run(
     interventions = interventions_from_options(chosen, lm.n_blocks)
     ids = lm.encode(text)
     check_interventions(interventions, ModelShape(lm.n_blocks, lm.adapter.n_heads, ids.shape[1]))
-    report = run_interventions(lm, ids, interventions, top_k=top_k, max_new_tokens=max_new_tokens)
+    report = run_interventions(
+        lm, ids, interventions, top_k=top_k, max_new_tokens=max_new_tokens, lens_over_continuation=generate
+    )
     output.write(report.to_dict, report.records, lambda: report_table(report), report.plot)

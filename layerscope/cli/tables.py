@@ -28,17 +28,27 @@ if TYPE_CHECKING:
 
 GRID_CELL = 12  # a decode grid's cell: the top-1 token and its probability
 TRACE_CELL = 7  # a causal trace's cell: the indirect effect
+GENERATED_MARK = "+"  # leads a generated token's header in a decode grid
 
 
 def grid_table(grid: DecodeGrid) -> str:
-    """Rows are layers, columns are prompt tokens; each cell the top-1 token and its probability."""
-    head = f"{'layer':>5} | " + " ".join(f"{shorten(t, GRID_CELL):<{GRID_CELL}}" for t in grid.tokens)
+    """Rows are layers, columns are prompt tokens; each cell the top-1 token and its probability. Generated
+    tokens (`lens --generate`) are marked `+` in the header, and a last line says so."""
+    marks = [GENERATED_MARK if grid.generated(p) else "" for p in range(len(grid.tokens))]
+    head = f"{'layer':>5} | " + " ".join(
+        f"{mark + shorten(t, GRID_CELL - len(mark)):<{GRID_CELL}}" for mark, t in zip(marks, grid.tokens)
+    )
     lines = [head, "-" * len(head)]
     for label, row in zip(grid.layers, grid.cells):
         cells = " ".join(
             f"{shorten(c.top[0].token, GRID_CELL - 5) + f' {c.top[0].prob:.2f}':<{GRID_CELL}}" for c in row
         )
         lines.append(f"{label:>5} | {cells}")
+    if grid.prompt_length is not None:
+        generated = len(grid.tokens) - grid.prompt_length
+        lines.append(
+            f"{GENERATED_MARK} marks the {generated} generated tokens after the {grid.prompt_length}-token prompt"
+        )
     return "\n".join(lines)
 
 
@@ -61,6 +71,9 @@ def report_table(report: InterventionReport) -> str:
     lines.append(f"mean KL {comparison.mean_kl:.4f} nats, top-1 agreement {comparison.top1_agreement:.0%}")
     for name, continuation in report.continuation.items():
         lines.append(f"{name:>10}: {continuation.text!r}")
+    if report.baseline.prompt_length is not None:
+        at = report.diverges_at
+        lines.append("the continuations agree" if at is None else f"the continuations diverge at position {at}")
     return "\n".join(lines)
 
 

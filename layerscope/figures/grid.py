@@ -56,7 +56,11 @@ def draw_grid(axes: Axes, grid: DecodeGrid, metric: str) -> None:
                     fontsize="xx-small",
                     color="black" if bright else "white",
                 )
-    axes.set_xlabel("prompt token")
+    if grid.prompt_length is None:
+        axes.set_xlabel("prompt token")
+    else:  # a line between the prompt and its greedy continuation (`lens --generate`)
+        axes.axvline(grid.prompt_length - 0.5, color="red", linewidth=2)
+        axes.set_xlabel("prompt token | generated token (after the red line)")
     axes.set_ylabel("row (emb = the embeddings, n = block n's output)")
 
 
@@ -69,7 +73,8 @@ def decode_grid_figure(grid: DecodeGrid, metric: str = "prob") -> Figure:
     width, height = grid_size(grid)
     figure = new_figure(width, height)
     draw_grid(figure.add_subplot(), grid, metric)
-    provenance(figure, f"{grid.method.replace('_', ' ')} · {grid.model}", prompt_caption(grid.tokens))
+    prompt = grid.tokens[: grid.prompt_length]  # the generated tokens are not the prompt
+    provenance(figure, f"{grid.method.replace('_', ' ')} · {grid.model}", prompt_caption(prompt))
     return figure
 
 

@@ -43,6 +43,7 @@ from layerscope.tui.export import byte_size, export_charts, export_csv, export_f
 from layerscope.tui.grid_view import VIEWS, DecodeGridView, token_label, visible
 from layerscope.tui.keymap import binding_rows, key_display, load_keymap, user_keymap_path
 from layerscope.tui.messages import (
+    ColumnComputed,
     LoadFailed,
     ModelLoaded,
     PatternComputed,
@@ -69,7 +70,7 @@ from layerscope.tui.runs import Job, RunController
 from layerscope.tui.screens import PALETTE_HELP, ConfirmScreen, HelpScreen, InputScreen, PickScreen
 from layerscope.tui.state import STEER_FACTORS, Results, RunOrigin, Session, Toggles, refusal, sample_prompts
 from layerscope.tui.themes import SHIPPED_THEMES, choose_theme, load_themes, rich_theme, user_theme_folder
-from layerscope.tui.views import duration, output_text, overview, status_line
+from layerscope.tui.views import divergence_point, duration, output_text, overview, status_line
 from layerscope.tui.workers import RunContext
 
 if TYPE_CHECKING:
@@ -146,6 +147,8 @@ class LayerscopeApp(App):
         Binding("t", "next_theme", "Theme", show=False, id="next_theme"),
         Binding("z", "toggle_side", "Side panel", id="toggle_side"),
         Binding("n", "continuation_length", "Continuation length", show=False, id="continuation_length"),
+        Binding("g", "grow_grid", "Grid over the continuation", show=False, id="grow_grid"),
+        Binding("d", "go_to_divergence", "Go to the divergence", show=False, id="go_to_divergence"),
         Binding("L", "open_model", "Load model", show=False, id="open_model"),
         Binding("T", "open_lens", "Load tuned lens", show=False, id="open_lens"),
         Binding("C", "causal_trace", "Causal trace", show=False, id="causal_trace"),
@@ -173,6 +176,7 @@ class LayerscopeApp(App):
         self.model_source = (getattr(lm.model, "name_or_path", "") or model) if lm is not None else model
         """What loaded (or is to load) the model, as the user can type it again: 'demo', a hub id or a path."""
         self.continuation_tokens = continuation_tokens
+        self.grow_grid = False  # `g`: the lens grid grows over the continuation as it is generated
         self.device_map, self.trust_remote_code = device_map, trust_remote_code
         self.lm: LoadedModel | None = lm
         self.initial_prompt = prompt
@@ -496,18 +500,19 @@ class LayerscopeApp(App):
             return
         if self.focused is self.prompt:  # from typing to reading: e goes back to the prompt
             self.focus_pane()
-        method, toggles, top_k, tuned, length = (
+        method, toggles, top_k, tuned, length, grow = (
             self.method,
             self.toggles,
             self.top_k,
             self.tuned,
             self.continuation_tokens,
+            self.grow_grid,
         )
         self.start_run(
             "run",
             "starting",
             RUN_CANCELLED,
-            lambda run: workers.lens_run(run, text, method, toggles, top_k, tuned, length),
+            lambda run: workers.lens_run(run, text, method, toggles, top_k, tuned, length, grow),
         )
 
     def on_run_started(self, message: RunStarted) -> None:
@@ -523,6 +528,15 @@ class LayerscopeApp(App):
         self.grid.rows_added()
         self._charts_dirty = True
         self.update_detail()
+
+    def on_column_computed(self, message: ColumnComputed) -> None:
+        if not self.runs.is_current(message.run_id):
+            return
+        self.runs.add_column(message.column)
+        self.grid.rows_added()
+        self._charts_dirty = True
+        self.update_detail()
+        self.update_output()  # the divergence, once the continuations part
 
     def on_run_progress(self, message: RunProgress) -> None:
         if self.runs.set_progress(message.run_id, message.description, message.done, message.total):
@@ -1149,6 +1163,26 @@ class LayerscopeApp(App):
         if self.side.has_class("-hidden") and focused is not None and self.side in focused.ancestors_with_self:
             self.screen.set_focus(self.grid)
         self._charts_dirty = True
+
+    def action_grow_grid(self) -> None:
+        self.grow_grid = not self.grow_grid
+        if self.grow_grid:
+            self.notify(
+                f"The lens grid grows over the {self.continuation_tokens}-token continuation from the next run "
+                "(Ctrl+R); n sets its length, d goes to where baseline and intervened diverge."
+            )
+        else:
+            self.notify("The lens grid covers the prompt only from the next run (Ctrl+R).")
+
+    def action_go_to_divergence(self) -> None:
+        """The grid's cursor to the first generated position where the baseline's and the intervened
+        continuations differ (a grid grown over them: `g`), in the Lens tab."""
+        position, why = divergence_point(self.runs.results)
+        if position is None:
+            self.notify(why, severity="warning")
+            return
+        self.action_tab(0)
+        self.grid.move_to(self.grid.cursor_layer, position)
 
     def action_continuation_length(self) -> None:
         def chosen(answer: str | None) -> None:

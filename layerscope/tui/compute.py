@@ -13,6 +13,7 @@ import torch
 
 from layerscope.analyses.grid import DecodeGrid, GridCell
 from layerscope.analyses.lens import lens_grid_rows, lens_states
+from layerscope.analyses.lens_generate import residual_steps
 from layerscope.analyses.patchscope import patchscope_grid
 from layerscope.analyses.residual import layer_labels
 from layerscope.interventions import Intervention
@@ -34,10 +35,22 @@ class LayerRow:
     kl_base_int: list[float] | None = None  # per position, KL(baseline || intervened) in nats
 
 
-def empty_grid(lm: LoadedModel, method: str, input_ids: torch.Tensor) -> DecodeGrid:
-    """A grid with the prompt's tokens and no rows yet: rows are appended as they arrive."""
+@dataclass
+class GeneratedColumn:
+    """One generated position, appended to every row: for each run (baseline, then intervened) its token and
+    its cells down the rows, and with two runs their KL per row."""
+
+    token_ids: list[int]  # per run
+    tokens: list[str]  # per run, as the grid shows them
+    cells: list[list[GridCell]]  # [run][row]
+    kl_base_int: list[float] | None = None  # per row, KL(baseline || intervened) in nats
+
+
+def empty_grid(lm: LoadedModel, method: str, input_ids: torch.Tensor, generating: bool = False) -> DecodeGrid:
+    """A grid with the prompt's tokens and no rows yet: rows are appended as they arrive (and, `generating`,
+    the generated positions after them)."""
     ids = input_ids[0].tolist()
-    return DecodeGrid(lm.name, method, lm.token_texts(ids), ids, [], [])
+    return DecodeGrid(lm.name, method, lm.token_texts(ids), ids, [], [], len(ids) if generating else None)
 
 
 def lens_rows(
@@ -62,6 +75,37 @@ def lens_rows(
         if interventions:
             result.intervened, result.kl_base_int = lens_row.cells[1], lens_row.kl_between
         yield result
+
+
+def lens_columns(
+    lm: LoadedModel,
+    input_ids: torch.Tensor,
+    interventions: Sequence[Intervention],
+    max_new_tokens: int,
+    top_k: int,
+    cancelled: Callable[[], bool],
+    tuned: TunedLens | None = None,
+) -> Iterator[GeneratedColumn]:
+    """The generated positions after `lens_rows`'s prompt, one greedy token at a time from the KV cache: the
+    baseline and, with interventions, the intervened run, each decoding its own continuation, stepped in turn.
+    Both grids keep one length: the columns end where either run ends its text."""
+    translate = tuned.translate_rows if tuned is not None else None
+    runs = [residual_steps(lm, input_ids, max_new_tokens, [], translate)]
+    if interventions:
+        runs.append(residual_steps(lm, input_ids, max_new_tokens, interventions, translate))
+    for steps in runs:
+        next(steps)  # the prompt's pass: its rows came from lens_rows
+    for stepped in zip(*runs):
+        if cancelled():
+            return
+        decoded = list(lens_grid_rows(lm, [step.states for step in stepped], top_k))
+        ids = [step.token_ids[0] for step in stepped]
+        yield GeneratedColumn(
+            ids,
+            lm.token_texts(ids),
+            [[row.cells[run][0] for row in decoded] for run in range(len(stepped))],
+            [row.kl_between[0] for row in decoded if row.kl_between is not None] or None,
+        )
 
 
 def patchscope_rows(

@@ -35,6 +35,7 @@ CELL_WIDTH = 10
 LABEL_WIDTH = 15
 GLYPHS = "▁▂▃▄▅▆▇█"
 VIEWS = ("intervened", "baseline", "diff")
+GENERATED_MARK = "+"  # between a generated token's position and its text
 
 
 def prob_glyph(prob: float) -> str:
@@ -378,9 +379,7 @@ class DecodeGridView(ScrollView, can_focus=True):
             if line is None:
                 if len(lines) > 8:  # drawn at scroll offsets long left
                     lines.clear()
-                line = lines[scroll_x, width] = self._join(
-                    self._label(position, baseline.tokens[position]), cells, scroll_x, width
-                )
+                line = lines[scroll_x, width] = self._join(self._label(shown, position), cells, scroll_x, width)
             return line
         return self._join(label, cells, scroll_x, width)
 
@@ -398,9 +397,13 @@ class DecodeGridView(ScrollView, can_focus=True):
         ]
         return label, Strip(cells)
 
-    def _label(self, position: int, token: str) -> Strip:
+    def _label(self, shown: Grid, position: int) -> Strip:
+        """The position and its token in the shown grid (after a divergence the runs' tokens differ), marked
+        `+` where the token was generated (a grid grown over the continuation)."""
         name = "cursor" if position == self.cursor_position else "label"
-        text = f"{position:>4} {token_label(token, LABEL_WIDTH - 6)}"
+        prompt_length = getattr(shown, "prompt_length", None)  # a DecodeGrid's; other grids cover the prompt
+        mark = GENERATED_MARK if prompt_length is not None and position >= prompt_length else " "
+        text = f"{position:>4}{mark}{token_label(shown.tokens[position], LABEL_WIDTH - 6)}"
         return Strip([Segment(f"{text:<{LABEL_WIDTH - 1}}│", self._style(name))])
 
     def _row(self, shown: Grid, position: int) -> Strip:

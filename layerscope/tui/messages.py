@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from layerscope.analyses.grid import DecodeGrid
     from layerscope.analyses.head_pattern import AttentionPattern
     from layerscope.models.loading import LoadedModel
-    from layerscope.tui.compute import LayerRow
+    from layerscope.tui.compute import GeneratedColumn, LayerRow
     from layerscope.tui.state import RunOrigin
 
 
@@ -65,6 +65,13 @@ class RowComputed(RunMessage):
     """One residual row of the baseline (and the intervened run): appended to the shown results."""
 
     row: LayerRow
+
+
+@dataclass(eq=False)
+class ColumnComputed(RunMessage):
+    """One generated position of the baseline (and the intervened run), after every row: appended to them."""
+
+    column: GeneratedColumn
 
 
 @dataclass(eq=False)

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from layerscope.models.loading import LoadedModel
     from layerscope.progress import ProgressFn
     from layerscope.records import Records
-    from layerscope.tui.compute import LayerRow
+    from layerscope.tui.compute import GeneratedColumn, LayerRow
     from layerscope.tui.state import Results
 
 MARKS_WINDOW = 64  # positions each side of the cursor in the "stays top-1 from" chart: more than a screen's lines
@@ -82,6 +82,21 @@ RowsFunction = Callable[
 ]
 """(lm, input_ids, interventions, top_k, cancelled, progress, tuned lens) -> the grid's rows as computed."""
 
+ColumnsFunction = Callable[
+    [
+        "LoadedModel",
+        "torch.Tensor",
+        "Sequence[Intervention]",
+        int,
+        int,
+        Callable[[], bool],
+        "TunedLens | None",
+    ],
+    "Iterator[GeneratedColumn]",
+]
+"""(lm, input_ids, interventions, max_new_tokens, top_k, cancelled, tuned lens) -> the generated positions, one by
+one, after the rows (`g`: the grid grows over the continuation)."""
+
 
 @dataclass(frozen=True)
 class Cursor:
@@ -103,6 +118,7 @@ class GridMethod:
     clipboard: Callable[[Results, Cursor], str]  # `y`: the cell under the cursor as plain text, tokens raw
     rows: RowsFunction | None = None  # the engine, for a method that `m` cycles and Ctrl+R runs
     needs_lens: bool = False  # runs only with a tuned lens loaded
+    columns: ColumnsFunction | None = None  # the engine of its generated positions, for a grid that grows (`g`)
 
     def records(self, grid: Grid) -> Records:
         """The export (`x`): the long format of the grid's own `records`."""
@@ -135,7 +151,7 @@ def answer_text(baseline: DecodeGrid, intervened: DecodeGrid | None, n_rows: int
     for name, grid in (("answer", baseline), ("int.  ", intervened)):
         if grid is None or len(grid.cells) < n_rows or not grid.cells:
             continue
-        last = len(grid.tokens) - 1
+        last = (grid.prompt_length or len(grid.tokens)) - 1  # the prompt's last token, before any generated
         top = grid.top1(len(grid.cells) - 1, last)
         stays = grid.layers[stays_top1_from(grid, [last])[0]]
         flow(
@@ -160,7 +176,11 @@ def lens_detail(results: Results, cursor: Cursor, width: int) -> Text:
     if baseline is None or layer >= len(baseline.cells) or position >= len(baseline.tokens):
         return Text("No results yet: type a prompt and press Ctrl+R.")
     text = answer_text(baseline, intervened, len(cursor.rows), width)
-    text.append(f"{baseline.layers[layer]} @ {position} {token_label(baseline.tokens[position], 12)}\n", "bold")
+    token = token_label(baseline.tokens[position], 12)
+    if intervened is not None and intervened.tokens[position] != baseline.tokens[position]:  # after a divergence
+        token += f" / int. {token_label(intervened.tokens[position], 12)}"
+    generated = " (generated)" if baseline.generated(position) else ""
+    text.append(f"{baseline.layers[layer]} @ {position} {token}{generated}\n", "bold")
     grids = [("base", baseline)]
     if intervened is not None and layer < len(intervened.cells):
         grids.append(("int.", intervened))
@@ -245,11 +265,16 @@ def lens_clipboard(results: Results, cursor: Cursor) -> str:
 
 
 def lens_method(
-    name: str, phase: str, rows: RowsFunction, intervenable: bool = True, needs_lens: bool = False
+    name: str,
+    phase: str,
+    rows: RowsFunction,
+    intervenable: bool = True,
+    needs_lens: bool = False,
+    columns: ColumnsFunction | None = None,
 ) -> GridMethod:
     """A method whose grid is a DecodeGrid of top-k tokens: it shows and exports like the logit lens."""
     return GridMethod(
-        name, intervenable, phase, lens_summary, lens_detail, lens_charts, lens_clipboard, rows, needs_lens
+        name, intervenable, phase, lens_summary, lens_detail, lens_charts, lens_clipboard, rows, needs_lens, columns
     )
 
 
@@ -282,6 +307,22 @@ def _tuned_lens_rows(
     return lens_rows(lm, input_ids, interventions, top_k, cancelled, tuned)
 
 
+def _logit_lens_columns(*arguments: Any) -> Iterator[GeneratedColumn]:
+    """The logit lens's generated positions, a tuned lens loaded or not (the last argument): imported in the
+    worker, as every engine function here (it pulls in torch)."""
+    from layerscope.tui.compute import lens_columns
+
+    *untranslated, _tuned = arguments
+    return lens_columns(*untranslated)
+
+
+def _tuned_lens_columns(*arguments: Any) -> Iterator[GeneratedColumn]:
+    """The tuned lens's generated positions: each state through the loaded lens's translator first."""
+    from layerscope.tui.compute import lens_columns
+
+    return lens_columns(*arguments)
+
+
 def _patchscope_rows(
     lm: LoadedModel,
     input_ids: torch.Tensor,
@@ -296,8 +337,9 @@ def _patchscope_rows(
     return patchscope_rows(lm, input_ids, top_k, cancelled, progress)
 
 
-register(lens_method("logit_lens", "lens rows", _logit_lens_rows))
-register(lens_method("tuned_lens", "tuned lens rows", _tuned_lens_rows, needs_lens=True))
+register(lens_method("logit_lens", "lens rows", _logit_lens_rows, columns=_logit_lens_columns))
+register(lens_method("tuned_lens", "tuned lens rows", _tuned_lens_rows, needs_lens=True, columns=_tuned_lens_columns))
+# Patchscope reads each state in a pass of its own target prompt, not from the generating pass: no columns
 register(lens_method("patchscope", "patchscope rows", _patchscope_rows, intervenable=False))
 
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from layerscope.analyses.grid import DecodeGrid
     from layerscope.models.loading import LoadedModel
-    from layerscope.tui.compute import LayerRow
+    from layerscope.tui.compute import GeneratedColumn, LayerRow
 
 
 class Cancelled(Exception):
@@ -130,6 +130,19 @@ class RunController:
             intervened.layers.append(row.label)
             intervened.cells.append(row.intervened)
             kl_rows.append(row.kl_base_int)
+
+    def add_column(self, column: GeneratedColumn) -> None:
+        """Append a generated position of the current run to every row of the shown grids, and its KL to the
+        KL rows."""
+        grids = [grid for grid in (self.results.baseline, self.results.intervened) if grid is not None]
+        for grid, token_id, token, cells in zip(grids, column.token_ids, column.tokens, column.cells):
+            grid.token_ids.append(token_id)
+            grid.tokens.append(token)
+            for row, cell in zip(grid.cells, cells):
+                row.append(cell)
+        if self.results.kl_base_int is not None and column.kl_base_int is not None:
+            for row, kl in zip(self.results.kl_base_int, column.kl_base_int):
+                row.append(kl)
 
     def set_progress(self, run_id: int, description: str, done: int, total: int) -> bool:
         """Record the phase of the current, running run; False for any other."""

@@ -30,6 +30,8 @@ PALETTE_HELP = {
     "help": "Every key, by pane",
     "toggle_side": "Hide or show the cell detail and charts",
     "continuation_length": "Tokens generated after the prompt",
+    "grow_grid": "The lens grid grows over the continuation as it is generated",
+    "go_to_divergence": "Grid cursor to where baseline and intervened continuations diverge",
     "edit_prompt": "Type in the prompt; Esc leaves it",
 }
 """The command palette's help line per app action; the palette lists every binding (see

@@ -88,6 +88,26 @@ def continuation_text(continuations: dict[str, str]) -> Text:
     return text
 
 
+def divergence_point(results: Results) -> tuple[int | None, str]:
+    """Where the baseline's and the intervened continuations part ways, as a position of a grid grown over them
+    (`g`), and a line that says so (or why there is none)."""
+    from layerscope.analyses.grid import divergence  # the grids are loaded: so is the engine
+
+    baseline, intervened = results.baseline, results.intervened
+    if getattr(baseline, "prompt_length", None) is None:
+        return None, "The grid covers the prompt only: g grows it over the continuation (from the next Ctrl+R)."
+    if intervened is None:
+        return None, "No intervened run to compare the continuation with: toggle an intervention (2)."
+    position = divergence(baseline, intervened)
+    if position is None:
+        return None, "The continuations agree over the grid's generated positions."
+    tokens = [grid.tokens[position] if position < len(grid.tokens) else "(ended)" for grid in (baseline, intervened)]
+    return position, (
+        f"continuations diverge at grid position {position}: baseline {visible(repr(tokens[0]))}, intervened "
+        f"{visible(repr(tokens[1]))} · d puts the grid's cursor there"
+    )
+
+
 def output_text(results: Results, origin: RunOrigin | None, changes: list[str], interventions_now: str) -> Text:
     """The Output pane: what the results were computed from (and what changed since), the last row's agreement
     between baseline and intervened, and the continuations."""
@@ -106,4 +126,6 @@ def output_text(results: Results, origin: RunOrigin | None, changes: list[str], 
         )
     text = Text(visible("\n".join(lines)))
     text.append(continuation_text(results.continuation))
+    if getattr(results.baseline, "prompt_length", None) is not None and results.intervened is not None:
+        text.append("\n" + divergence_point(results)[1], "bold")
     return text

@@ -18,6 +18,7 @@ from textual.worker import Worker
 
 from layerscope.errors import LayerscopeError
 from layerscope.tui.messages import (
+    ColumnComputed,
     PatternComputed,
     RowComputed,
     RunFinished,
@@ -75,9 +76,11 @@ def lens_run(
     top_k: int,
     tuned: TunedLens | None,
     continuation_tokens: int,
+    grow: bool = False,
 ) -> None:
     """The grid's rows as they are computed (baseline and, with interventions, intervened), then the greedy
-    continuation of each."""
+    continuation of each: with `grow`, for a method that has columns, as generated positions appended to the
+    grids one token at a time."""
     import torch
 
     from layerscope.analyses.compare import greedy_continuation
@@ -88,11 +91,12 @@ def lens_run(
         raise ValueError(f"{method} has no rows to run")
     if grid_method.needs_lens and tuned is None:
         raise LayerscopeError("No tuned lens is loaded: start with --lens DIR or press T to load one.")
+    columns = grid_method.columns if grow else None
     with run.using_model() as lm, torch.inference_mode():
         ids = lm.encode(text)
         interventions = toggles.interventions(lm.n_blocks) if grid_method.intervenable else []
-        baseline = empty_grid(lm, method, ids)
-        intervened = empty_grid(lm, method, ids) if interventions else None
+        baseline = empty_grid(lm, method, ids, columns is not None)
+        intervened = empty_grid(lm, method, ids, columns is not None) if interventions else None
         run.post(RunStarted(run.run_id, baseline, intervened, RunOrigin(lm.name, text, method, toggles)))
         rows_phase, total = run.progress(grid_method.phase), lm.n_blocks + 1
         rows_phase(0, total, "")
@@ -100,10 +104,25 @@ def lens_run(
             run.post(RowComputed(run.run_id, row))
             rows_phase(row.row + 1, total, "")
         runs = {"baseline": [], "intervened": interventions} if interventions else {"baseline": []}
-        continuation = {
-            name: greedy_continuation(lm, ids, continuation_tokens, edits, run.progress(f"generating {name}")).text
-            for name, edits in runs.items()
-        }
+        if columns is None:
+            continuation = {
+                name: greedy_continuation(lm, ids, continuation_tokens, edits, run.progress(f"generating {name}")).text
+                for name, edits in runs.items()
+            }
+        else:
+            generated: list[list[int]] = [[] for _ in runs]
+            columns_phase = run.progress("generating")
+            columns_phase(0, continuation_tokens, "")
+            for column in columns(lm, ids, interventions, continuation_tokens, top_k, run.cancelled, tuned):
+                run.post(ColumnComputed(run.run_id, column))
+                for tokens, token in zip(generated, column.token_ids):
+                    tokens.append(token)
+                columns_phase(len(generated[0]), continuation_tokens, "")  # raises Cancelled after Esc
+            if run.cancelled():  # the columns stopped early: what came stays in the grid
+                raise Cancelled
+            continuation = {
+                name: lm.tokenizer.decode(tokens, skip_special_tokens=True) for name, tokens in zip(runs, generated)
+            }
     run.post(RunFinished(run.run_id, continuation))
 
 
