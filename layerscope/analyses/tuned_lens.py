@@ -30,8 +30,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from layerscope.analyses.grid import DecodeGrid, build_grid, distribution_stats
-from layerscope.analyses.lens import lens_logits
+from layerscope.analyses.grid import DecodeGrid, distribution_stats
+from layerscope.analyses.lens import lens_logits, translated_grid
 from layerscope.analyses.residual import capture_residuals, layer_labels
 from layerscope.arguments import check_choice, check_ids, check_int, check_lm, check_path, check_text
 from layerscope.errors import ArgumentTypeError, ArgumentValueError, LayerscopeError
@@ -93,6 +93,8 @@ def fast_bf16(device: torch.device) -> bool:
 
 class TunedLens(nn.Module):
     """Translators for rows 0..L-1 (`emb` and blocks 0..L-2's outputs); row L is left as it is."""
+
+    kind = "tuned"
 
     def __init__(self, hidden_size: int, n_blocks: int, model: str = "", unembed: str = ""):
         super().__init__()
@@ -179,18 +181,30 @@ def check_finite_weights(tensors: dict[str, torch.Tensor], what: str) -> None:
             )
 
 
-def _lens_config(path: Path) -> tuple[int, int, str, str]:
-    """(hidden size, translators, model name, unembed_hash or '') from a lens's config.json."""
+def config_object(path: Path, kind: str) -> dict:
+    """A lens's config.json as its JSON object; `kind` names the lens in the errors."""
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise LayerscopeError(f"'{path}' cannot be read as a tuned lens config ({error}).") from None
+        raise LayerscopeError(f"'{path}' cannot be read as a {kind} config ({error}).") from None
     if not isinstance(config, dict):
-        raise LayerscopeError(f"'{path}' is not a tuned lens config (a JSON object).")
+        raise LayerscopeError(f"'{path}' is not a {kind} config (a JSON object).")
+    return config
+
+
+def lens_config(
+    path: Path, kind: str = "tuned lens", formats: tuple[str | None, ...] = (FORMAT, None)
+) -> tuple[int, int, str, str]:
+    """(hidden size, translators or matrices, model name, unembed_hash or '') from a lens's config.json, whose
+    `format` must be one of `formats` (None: no format, as the tuned-lens project writes); `kind` names the lens
+    in the errors."""
+    config = config_object(path, kind)
+    if config.get("format") not in formats:
+        raise LayerscopeError(f"'{path}' is not a {kind} config: its format is {config.get('format')!r}.")
     hidden, n_blocks = config.get("d_model"), config.get("num_hidden_layers")
     if type(hidden) is not int or type(n_blocks) is not int or min(hidden, n_blocks) < 1:  # bool is not a size
         raise LayerscopeError(
-            f"'{path}' is not a tuned lens config: d_model and num_hidden_layers must be positive "
+            f"'{path}' is not a {kind} config: d_model and num_hidden_layers must be positive "
             f"whole numbers, not {hidden!r} and {n_blocks!r}."
         )
     name, fingerprint = config.get("base_model_name_or_path", ""), config.get("unembed_hash", "")
@@ -234,7 +248,7 @@ def read_tuned_lens(lm: LoadedModel, directory: Path | str) -> tuple[TunedLens, 
     config_path = directory / CONFIG
     if not config_path.is_file():
         raise LayerscopeError(f"No tuned lens in '{directory}': {CONFIG} is missing.")
-    hidden, n_blocks, name, fingerprint = _lens_config(config_path)
+    hidden, n_blocks, name, fingerprint = lens_config(config_path)
     check_fits(lm, hidden, n_blocks, f"The lens in '{directory}'")
     if (directory / WEIGHTS).is_file():
         state, _ = read_safetensors(directory / WEIGHTS, "The tuned lens weights")
@@ -281,8 +295,7 @@ def tuned_lens(lm: LoadedModel, input_ids: torch.Tensor, lens: TunedLens, top_k:
     check_ids(check_lm(lm), input_ids)
     check_lens(lm, lens)
     check_int(top_k, "top_k", 1)
-    rows, final = lens_logits(lm, input_ids, translate=lens.translate_rows)
-    return build_grid(lm, "tuned_lens", input_ids, rows, final, layer_labels(lm.n_blocks), top_k)
+    return translated_grid(lm, "tuned_lens", input_ids, lens.translate_rows, top_k)
 
 
 def calibration_chunks(lm: LoadedModel, text: str, context: int) -> torch.Tensor:
@@ -356,7 +369,7 @@ def train_tuned_lens(
     optimizer = torch.optim.Adam(lens.parameters(), lr=settings.lr)
     start = _resume(out, recipe, lens, optimizer)
     progress(start, settings.steps, "tuned lens")
-    with _frozen(lm.model), torch.enable_grad():  # also when called under no_grad
+    with frozen_weights(lm.model), torch.enable_grad():  # also when called under no_grad
         _train_steps(lm, lens, chunks, settings, optimizer, start, out, recipe, progress, save_every)
     lens.save(out, {"training": recipe}, lens_format)
     for path in (out / CHECKPOINT, out / CHECKPOINT_STATE):
@@ -365,7 +378,7 @@ def train_tuned_lens(
 
 
 @contextmanager
-def _frozen(model: nn.Module) -> Iterator[None]:
+def frozen_weights(model: nn.Module) -> Iterator[None]:
     """No gradients for the model's own weights while the lens trains (the unembedding's would cost a matmul)."""
     flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
     try:

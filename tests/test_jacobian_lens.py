@@ -1,0 +1,153 @@
+"""Jacobian lens: the fitted matrices are the definition computed by hand with torch.autograd.functional.jacobian;
+the identity lens is the logit lens; saved lenses load back exactly and a lens of another shape or kind is refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from layerscope.analyses.jacobian_lens import (
+    FitSettings,
+    JacobianLens,
+    fit_jacobian_lens,
+    jacobian_lens,
+    load_jacobian_lens,
+    read_lens,
+)
+from layerscope.analyses.lens import logit_lens
+from layerscope.analyses.tuned_lens import LensMismatchWarning, TunedLens, calibration_chunks, load_tuned_lens
+from layerscope.errors import ArgumentValueError, LayerscopeError
+from tests.test_tuned_lens import word_text
+from tests.tiny import random_ids, tiny_model
+from tests.tolerance import model_delta
+
+SETTINGS = FitSettings(prompts=2, context=10, skip_first=2, dim_batch=5)  # 64 dims: 12 passes of 5, one of 4
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_model("llama")
+
+
+def final_row_of(lm, row: int, ids: torch.Tensor):
+    """x (1, tokens, hidden) -> the last block's output (1, tokens, hidden) with grid row `row` set to x: plain
+    torch hooks (row 0 is block 0's input, row r block r-1's output)."""
+    blocks = lm.adapter.blocks
+
+    def final(x: torch.Tensor) -> torch.Tensor:
+        kept = []
+
+        def keep_last(module, args, output):
+            kept.append(output[0] if isinstance(output, tuple) else output)
+
+        def set_output(module, args, output):
+            return (x, *output[1:]) if isinstance(output, tuple) else x
+
+        if row == 0:
+            handle = blocks[0].register_forward_pre_hook(lambda module, args: (x, *args[1:]) if args else None)
+            assert handle is not None
+        else:
+            handle = blocks[row - 1].register_forward_hook(set_output)
+        last = blocks[-1].register_forward_hook(keep_last)
+        try:
+            lm.model(input_ids=ids, use_cache=False)
+        finally:
+            handle.remove()
+            last.remove()
+        return kept[0]
+
+    return final
+
+
+def row_state(lm, row: int, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        states = lm.model(input_ids=ids, output_hidden_states=True).hidden_states
+    return states[row].detach()  # rows 0..L-1 are HF's hidden states before the last (which is post-norm)
+
+
+def hand_lens(lm, text: str, settings: FitSettings) -> tuple[torch.Tensor, float]:
+    """J_r by the definition, per row r in 0..L-1, averaged over the prompts; and the largest |term| summed."""
+    chunks = calibration_chunks(lm, text, settings.context)[: settings.prompts]
+    valid = range(settings.skip_first, settings.context - 1)
+    total, magnitude = 0, 0.0
+    for ids in chunks:
+        rows = []
+        for row in range(lm.n_blocks):
+            full = torch.autograd.functional.jacobian(final_row_of(lm, row, ids[None]), row_state(lm, row, ids[None]))
+            per_position = full[0][:, :, 0][list(valid)][:, :, list(valid)]  # (t', out, t, in)
+            magnitude = max(magnitude, per_position.abs().sum(0).max().item())
+            rows.append(per_position.sum(0).mean(1))  # sum over targets t', mean over sources t
+        total = total + torch.stack(rows)
+    return total / len(chunks), magnitude
+
+
+def test_fit_is_the_definition_by_hand(lm):
+    text = word_text(60, 3)
+    lens = fit_jacobian_lens(lm, text, SETTINGS)
+    want, magnitude = hand_lens(lm, text, SETTINGS)
+    assert lens.n_prompts == 2 and lens.matrices.shape == (lm.n_blocks, 64, 64)
+    # the same float32 Jacobian: another batch shape and another order of the backward sums
+    delta = model_delta(lm, magnitude)
+    assert (lens.matrices - want).abs().max().item() <= delta
+    assert (want - torch.eye(64)).abs().max().item() > 100 * delta  # far from the logit lens: the test can fail
+
+
+def test_identity_lens_is_the_logit_lens(lm):
+    ids = random_ids(8, seed=1)
+    lens = JacobianLens(torch.eye(64).repeat(lm.n_blocks, 1, 1), 1)
+    jacobian, logit = jacobian_lens(lm, ids, lens), logit_lens(lm, ids)
+    assert jacobian.method == "jacobian_lens" and jacobian.layers == logit.layers
+    for jacobian_row, logit_row in zip(jacobian.cells, logit.cells, strict=True):
+        for a, b in zip(jacobian_row, logit_row, strict=True):
+            assert [t.id for t in a.top] == [t.id for t in b.top]
+            assert a.kl_to_final == pytest.approx(b.kl_to_final, abs=1e-6)
+
+
+def test_grid_decodes_the_moved_states(lm):
+    """Row r of the grid is the final norm and unembedding of J_r h_r; the last row is the model's output."""
+    ids = random_ids(8, seed=2)
+    generator = torch.Generator().manual_seed(0)
+    lens = JacobianLens(torch.randn(lm.n_blocks, 64, 64, generator=generator) / 8, 1)
+    grid = jacobian_lens(lm, ids, lens, top_k=3)
+    with torch.no_grad():
+        output = lm.model(input_ids=ids, output_hidden_states=True)
+        for row in range(lm.n_blocks):
+            moved = output.hidden_states[row][0] @ lens.matrices[row].T
+            probs = torch.softmax(lm.adapter.unembed(lm.adapter.final_norm(moved)).float(), -1)
+            assert [c.top[0].id for c in grid.cells[row]] == probs.argmax(-1).tolist()
+            assert [c.top[0].prob for c in grid.cells[row]] == pytest.approx(probs.max(-1).values.tolist(), abs=1e-5)
+        assert [c.top[0].id for c in grid.cells[-1]] == output.logits[0].argmax(-1).tolist()
+
+
+def test_save_load_round_trip_and_refusals(lm, tmp_path):
+    lens = fit_jacobian_lens(lm, word_text(40, 4), FitSettings(prompts=1, context=8, skip_first=1, dim_batch=64))
+    lens.save(tmp_path / "lens")
+    loaded = load_jacobian_lens(lm, tmp_path / "lens")
+    assert torch.equal(loaded.matrices, lens.matrices) and loaded.n_prompts == 1
+    assert loaded.fitting == lens.fitting and loaded.fitting["skip_first"] == 1
+    assert loaded.unembed_hash == lens.unembed_hash and isinstance(read_lens(lm, tmp_path / "lens")[0], JacobianLens)
+    JacobianLens(lens.matrices[:3], 1).save(tmp_path / "short")
+    with pytest.raises(LayerscopeError, match="hidden size 64 and 3 blocks; tiny-llama has hidden size 64 and 4"):
+        load_jacobian_lens(lm, tmp_path / "short")
+    with pytest.raises(LayerscopeError, match="lens= is for a model with hidden size 64 and 3 blocks"):
+        jacobian_lens(lm, random_ids(4), JacobianLens(lens.matrices[:3], 1))
+    TunedLens(64, lm.n_blocks).save(tmp_path / "tuned")
+    with pytest.raises(LayerscopeError, match="not a Jacobian lens config: its format is 'layerscope-tuned-lens'"):
+        load_jacobian_lens(lm, tmp_path / "tuned")
+    with pytest.raises(LayerscopeError, match="not a tuned lens config: its format is 'layerscope-jacobian-lens'"):
+        load_tuned_lens(lm, tmp_path / "lens")
+    assert isinstance(read_lens(lm, tmp_path / "tuned")[0], TunedLens)
+    config = json.loads((tmp_path / "lens" / "config.json").read_text())
+    assert read_lens(lm, tmp_path / "lens")[1] is None
+    (tmp_path / "lens" / "config.json").write_text(json.dumps({**config, "unembed_hash": "0" * 64}))
+    with pytest.warns(LensMismatchWarning, match="was fitted for a model with another unembedding"):
+        load_jacobian_lens(lm, tmp_path / "lens")
+
+
+def test_bad_settings_are_refused(lm):
+    with pytest.raises(ArgumentValueError, match="context=5 leaves no position"):
+        fit_jacobian_lens(lm, "the cat", FitSettings(context=5, skip_first=4))
+    with pytest.raises(LayerscopeError, match="it needs at least 10"):
+        fit_jacobian_lens(lm, "the cat sat", SETTINGS)
