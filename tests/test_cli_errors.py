@@ -85,6 +85,7 @@ REQUIRED = {
     ("heads", "ablate"): ["--scores", "s.json", "--top", "1"],
     ("tunedlens", "train"): ["--out", "lens-out"],
     ("tunedlens", "eval"): ["--lens", "lens-in"],
+    ("jacobianlens", "fit"): ["--out", "lens-out"],
     ("heads", "pattern"): ["--heads", "0.0"],
 }
 
@@ -130,6 +131,7 @@ def test_the_bad_values_cover_every_command():
         ("heads", "activity"),
         ("heads", "pattern"),
         ("tunedlens", "train"),
+        ("jacobianlens", "fit"),
         ("tui",),
         ("probe",),
         *(("reproduce", name) for name in ("stages", "afcl", "shortgpt", "retrieval", "rome")),
@@ -251,6 +253,8 @@ def test_the_bad_numbers_cover_every_number_option():
         (("trace",), "--samples"),
         (("run",), "--freeze-from"),
         (("tunedlens", "eval"), "--tokens"),
+        (("jacobianlens", "fit"), "--dim-batch"),
+        (("jacobianlens", "fit"), "--prompts"),
         (("tui",), "--top-k"),
         (("heads", "induction"), "--seq-len"),
     } <= options

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from layerscope.analyses.jacobian_lens import (
     FitSettings,
@@ -18,10 +19,18 @@ from layerscope.analyses.jacobian_lens import (
 )
 from layerscope.analyses.lens import logit_lens
 from layerscope.analyses.tuned_lens import LensMismatchWarning, TunedLens, calibration_chunks, load_tuned_lens
+from layerscope.cli.app import app
 from layerscope.errors import ArgumentValueError, LayerscopeError
 from tests.test_tuned_lens import word_text
 from tests.tiny import random_ids, tiny_model
 from tests.tolerance import model_delta
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(arg) for arg in args])
+
 
 SETTINGS = FitSettings(prompts=2, context=10, skip_first=2, dim_batch=5)  # 64 dims: 12 passes of 5, one of 4
 
@@ -147,7 +156,50 @@ def test_save_load_round_trip_and_refusals(lm, tmp_path):
 
 
 def test_bad_settings_are_refused(lm):
-    with pytest.raises(ArgumentValueError, match="context=5 leaves no position"):
+    with pytest.raises(ArgumentValueError, match="context=5 leaves no position to average over after skip_first=4"):
         fit_jacobian_lens(lm, "the cat", FitSettings(context=5, skip_first=4))
     with pytest.raises(LayerscopeError, match="it needs at least 10"):
         fit_jacobian_lens(lm, "the cat sat", SETTINGS)
+
+
+def test_cli_fits_and_reads_the_lens_as_the_engine_does(lm, tmp_path):
+    model, text = tmp_path / "model", tmp_path / "text.txt"
+    lm.model.save_pretrained(model)
+    lm.tokenizer.save_pretrained(model)
+    text.write_text(word_text(60, 3))
+    fitted = invoke(
+        "jacobianlens", "fit", "--model", model, "--text", text, "--prompts", "2", "--context", "10",
+        "--skip-first", "2", "--dim-batch", "5", "--out", tmp_path / "lens",
+    )  # fmt: skip
+    assert fitted.exit_code == 0, fitted.output
+    assert "Jacobian lens (2 prompts) saved in" in fitted.stdout
+    assert sorted(p.name for p in (tmp_path / "lens").iterdir()) == ["config.json", "lens.safetensors"]
+    lens = load_jacobian_lens(lm, tmp_path / "lens")
+    assert torch.equal(lens.matrices, fit_jacobian_lens(lm, text.read_text(), SETTINGS).matrices)
+    prompt = "the cat sat on the mat"
+    read = invoke(
+        "lens", "--model", model, "-p", prompt, "--method", "jacobian", "--lens", tmp_path / "lens", "-f", "json"
+    )
+    assert read.exit_code == 0, read.output
+    shown = json.loads(read.stdout)
+    want = jacobian_lens(lm, lm.encode(prompt), lens).to_dict()
+    assert shown["method"] == "jacobian_lens" and shown["layers"] == want["layers"]
+    assert [[c["top"][0]["id"] for c in row] for row in shown["cells"]] == [
+        [c["top"][0]["id"] for c in row] for row in want["cells"]
+    ]
+
+
+def test_cli_refuses_a_lens_of_the_other_kind_or_none(lm, tmp_path):
+    model = tmp_path / "model"
+    lm.model.save_pretrained(model)
+    lm.tokenizer.save_pretrained(model)
+    TunedLens(64, lm.n_blocks).save(tmp_path / "tuned")
+    base = ["lens", "--model", model, "-p", "the cat"]
+    for args, message in [
+        (["--method", "jacobian", "--lens", tmp_path / "tuned"], "not a Jacobian lens config: its format is"),
+        (["--method", "jacobian"], "--method tuned and --method jacobian need --lens DIR"),
+        (["--lens", tmp_path / "tuned"], "--lens goes with one of them"),
+    ]:
+        result = invoke(*base, *args)
+        assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.output
+        assert result.stderr.startswith("error: ") and message in result.stderr

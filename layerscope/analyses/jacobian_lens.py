@@ -214,8 +214,8 @@ class FitSettings:
         check_int(self.dim_batch, "dim_batch", 1)
         if self.context < self.skip_first + 2:
             raise ArgumentValueError(
-                f"context={self.context} leaves no position to average over: it must be at least "
-                f"skip_first + 2 = {self.skip_first + 2} (the skipped positions, one source, the last position)."
+                f"context={self.context} leaves no position to average over after skip_first={self.skip_first}: "
+                "a prompt needs the skipped positions, one source and its last position."
             )
 
 

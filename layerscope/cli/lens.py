@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 class LensMethod(str, Enum):
     logit = "logit"
     tuned = "tuned"
+    jacobian = "jacobian"
 
 
 @command
@@ -35,10 +36,15 @@ def lens(
     *,
     model: BosModelOptions,
     prompt: PromptInput,
-    method: Annotated[LensMethod, typer.Option(help="logit, or tuned (needs --lens).")] = LensMethod.logit,
+    method: Annotated[
+        LensMethod, typer.Option(help="logit, tuned or jacobian (tuned and jacobian need --lens).")
+    ] = LensMethod.logit,
     lens_dir: Annotated[
         Path | None,
-        typer.Option("--lens", help="Tuned lens folder for --method tuned (layerscope tunedlens train)."),
+        typer.Option(
+            "--lens",
+            help="Lens folder for --method tuned (tunedlens train) or jacobian (jacobianlens fit).",
+        ),
         Reads(),
     ] = None,
     top_k: TopKOption = 5,
@@ -48,18 +54,22 @@ def lens(
 
     Example: layerscope lens --model demo --prompt "The capital of France is" --format json
     """
+    from layerscope.analyses.jacobian_lens import jacobian_lens, read_jacobian_lens
     from layerscope.analyses.lens import logit_lens
     from layerscope.analyses.tuned_lens import tuned_lens
-    from layerscope.cli.tunedlens import load_lens
+    from layerscope.cli.tunedlens import load_lens, warned
 
     text = prompt.read()
-    if (method is LensMethod.tuned) != (lens_dir is not None):
-        raise LayerscopeError("--method tuned needs --lens DIR, and --lens goes with --method tuned.")
+    if (method is LensMethod.logit) != (lens_dir is None):
+        raise LayerscopeError("--method tuned and --method jacobian need --lens DIR, and --lens goes with one of them.")
     lm = model.load()
+    ids = lm.encode(text)
     if lens_dir is None:
-        grid = logit_lens(lm, lm.encode(text), top_k=top_k)
+        grid = logit_lens(lm, ids, top_k=top_k)
+    elif method is LensMethod.tuned:
+        grid = tuned_lens(lm, ids, load_lens(lm, lens_dir), top_k=top_k)
     else:
-        grid = tuned_lens(lm, lm.encode(text), load_lens(lm, lens_dir), top_k=top_k)
+        grid = jacobian_lens(lm, ids, warned(*read_jacobian_lens(lm, lens_dir)), top_k=top_k)
     output.write(grid.to_dict, grid.records, lambda: grid_table(grid), grid.plot)
 
 

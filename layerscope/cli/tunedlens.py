@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
@@ -16,6 +16,8 @@ from layerscope.textfiles import read_text_file
 if TYPE_CHECKING:
     from layerscope.analyses.tuned_lens import TunedLens
     from layerscope.models.loading import LoadedModel
+
+Lens = TypeVar("Lens")
 
 tunedlens_app = typer.Typer(
     help="Tuned lens (Belrose et al. 2023): train one, compare it with the logit lens.", no_args_is_help=True
@@ -39,7 +41,12 @@ def load_lens(lm: LoadedModel, directory: Path) -> TunedLens:
     """`load_tuned_lens`, a lens recorded for another model shown as one `warning:` line on stderr."""
     from layerscope.analyses.tuned_lens import read_tuned_lens
 
-    lens, mismatch = read_tuned_lens(lm, directory)
+    return warned(*read_tuned_lens(lm, directory))
+
+
+def warned(lens: Lens, mismatch: str | None) -> Lens:
+    """A lens as read with its mismatch note (`read_tuned_lens`, `read_jacobian_lens`), the note shown as one
+    `warning:` line on stderr."""
     if mismatch is not None:
         typer.echo(f"warning: {escaped(mismatch)}", err=True)
     return lens
