@@ -1,4 +1,4 @@
-"""The explorer's tuned lens method on a tiny model, against the engine's tuned lens."""
+"""The explorer's tuned and Jacobian lens methods on a tiny model, against the engine's lenses."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from layerscope.analyses.grid import DecodeGrid, build_grid
+from layerscope.analyses.jacobian_lens import JacobianLens, jacobian_lens
 from layerscope.analyses.lens import lens_logits, logit_lens
 from layerscope.analyses.residual import layer_labels
 from layerscope.analyses.tuned_lens import TunedLens, tuned_lens
@@ -105,13 +106,13 @@ async def test_without_a_lens_m_skips_it_and_a_bad_folder_is_one_notice(lm, tmp_
     app = make_app(lm, tmp_path, lens_dir=tmp_path / "bad")
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(pilot)
-        assert sum("No tuned lens in" in n for n in notices(app)) == 1 and app.tuned is None
+        assert sum("No tuned lens in" in n for n in notices(app)) == 1 and app.lens is None
         await pilot.press("m")
         await settle(pilot)
         await pilot.press("m", "m")
         await settle(pilot)
         assert app.method == "patchscope"
-        assert sum("m skips it" in n for n in notices(app)) == 1
+        assert sum("m skips the tuned and Jacobian lenses" in n for n in notices(app)) == 1
         saved_lens(lm, tmp_path / "good", 0.0)
         app.load_lens(tmp_path / "good")
         await pilot.press("m")
@@ -120,3 +121,30 @@ async def test_without_a_lens_m_skips_it_and_a_bad_folder_is_one_notice(lm, tmp_
         await pilot.press("m")
         await settle(pilot)
         assert app.method == "tuned_lens" and app.runs.results.baseline.method == "tuned_lens"
+
+
+async def test_a_jacobian_lens_folder_adds_its_method_with_interventions(lm, tmp_path):
+    """`--lens` with a Jacobian lens folder: `m` goes logit lens -> Jacobian lens (the tuned lens, not loaded, is
+    skipped) -> Patchscope; the baseline is `jacobian_lens()`, the intervened grid the engine's decoding of the
+    dropped run through the same matrices."""
+    generator = torch.Generator().manual_seed(2)
+    lens = JacobianLens(torch.eye(64) + 0.2 * torch.randn(lm.n_blocks, 64, 64, generator=generator), 1, lm.name)
+    lens.save(tmp_path / "jlens")
+    app = make_app(lm, tmp_path, lens_dir=tmp_path / "jlens")
+    ids = lm.encode(PROMPT)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        await pilot.press("m")
+        await settle(pilot)
+        assert app.method == "jacobian_lens" and app.runs.results.baseline.method == "jacobian_lens"
+        want = jacobian_lens(lm, ids, lens)
+        assert_same_grid(app.runs.results.baseline, want)
+        assert [c.top[0].id for c in want.cells[1]] != [c.top[0].id for c in logit_lens(lm, ids).cells[1]]
+        app.apply_toggles(app.toggles.toggle("drop", 1))
+        await settle(pilot)
+        rows, final = lens_logits(lm, ids, [DropBlocks((1,))], translate=lens.translate_rows)
+        dropped = build_grid(lm, "jacobian_lens", ids, rows, final, layer_labels(lm.n_blocks), 5)
+        assert_same_grid(app.runs.results.intervened, dropped)
+        await pilot.press("m")
+        await settle(pilot)
+        assert app.method == "patchscope" and not any("m skips" in n for n in notices(app))

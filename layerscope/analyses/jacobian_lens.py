@@ -133,7 +133,11 @@ def check_jacobian_lens(lm: LoadedModel, lens: object) -> JacobianLens:
     return lens
 
 
-def read_lens(lm: LoadedModel, directory: Path | str) -> tuple[TunedLens | JacobianLens, str | None]:
+FittedLens = TunedLens | JacobianLens
+"""A lens folder's lens: both move each row's states (`translate_rows`) before the logit lens decodes them."""
+
+
+def read_lens(lm: LoadedModel, directory: Path | str) -> tuple[FittedLens, str | None]:
     """The lens in a folder, of either kind as its config.json says (`read_tuned_lens`, `read_jacobian_lens`)."""
     directory = check_path(directory, "directory")
     config_path = directory / CONFIG

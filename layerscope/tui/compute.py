@@ -20,7 +20,7 @@ from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn
 
 if TYPE_CHECKING:
-    from layerscope.analyses.tuned_lens import TunedLens
+    from layerscope.analyses.jacobian_lens import FittedLens
 
 
 @dataclass
@@ -46,13 +46,13 @@ def lens_rows(
     interventions: Sequence[Intervention],
     top_k: int,
     cancelled: Callable[[], bool],
-    tuned: TunedLens | None = None,
+    lens: FittedLens | None = None,
 ) -> Iterator[LayerRow]:
-    """Logit-lens rows of the baseline and the intervened run together, with their per-layer KL; with a tuned
-    lens, each run's states go through its translators first (the tuned lens's grid)."""
+    """Logit-lens rows of the baseline and the intervened run together, with their per-layer KL; with a tuned or
+    Jacobian lens, each run's states are moved by it first (that lens's grid)."""
     runs = [lens_states(lm, input_ids)] + ([lens_states(lm, input_ids, interventions)] if interventions else [])
-    if tuned is not None:
-        runs = [tuned.translate_rows(states) for states in runs]
+    if lens is not None:
+        runs = [lens.translate_rows(states) for states in runs]
     decoded = lens_grid_rows(lm, runs, top_k)
     for row, label in enumerate(layer_labels(lm.n_blocks)):
         if cancelled():

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from layerscope.analyses.causal_trace import CausalTrace, TraceCell
     from layerscope.analyses.grid import DecodeGrid, GridCell
     from layerscope.analyses.head_pattern import AttentionPattern
-    from layerscope.analyses.tuned_lens import TunedLens
+    from layerscope.analyses.jacobian_lens import FittedLens
     from layerscope.interventions import Intervention
     from layerscope.models.loading import LoadedModel
     from layerscope.progress import ProgressFn
@@ -76,11 +76,11 @@ RowsFunction = Callable[
         int,
         Callable[[], bool],
         "ProgressFn",
-        "TunedLens | None",
+        "FittedLens | None",
     ],
     "Iterator[LayerRow]",
 ]
-"""(lm, input_ids, interventions, top_k, cancelled, progress, tuned lens) -> the grid's rows as computed."""
+"""(lm, input_ids, interventions, top_k, cancelled, progress, the loaded lens) -> the grid's rows as computed."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ class GridMethod:
     charts: Callable[[Results, Grid, Cursor, Theme], list[Chart]]  # (results, the grid shown, cursor, theme)
     clipboard: Callable[[Results, Cursor], str]  # `y`: the cell under the cursor as plain text, tokens raw
     rows: RowsFunction | None = None  # the engine, for a method that `m` cycles and Ctrl+R runs
-    needs_lens: bool = False  # runs only with a tuned lens loaded
+    lens: str = ""  # the `kind` of lens it reads ('tuned', 'jacobian'): runs only with one loaded; '': none
 
     def records(self, grid: Grid) -> Records:
         """The export (`x`): the long format of the grid's own `records`."""
@@ -244,13 +244,9 @@ def lens_clipboard(results: Results, cursor: Cursor) -> str:
     return cell_clipboard(grids, results.kl_base_int, cursor.row, cursor.position)
 
 
-def lens_method(
-    name: str, phase: str, rows: RowsFunction, intervenable: bool = True, needs_lens: bool = False
-) -> GridMethod:
+def lens_method(name: str, phase: str, rows: RowsFunction, intervenable: bool = True, lens: str = "") -> GridMethod:
     """A method whose grid is a DecodeGrid of top-k tokens: it shows and exports like the logit lens."""
-    return GridMethod(
-        name, intervenable, phase, lens_summary, lens_detail, lens_charts, lens_clipboard, rows, needs_lens
-    )
+    return GridMethod(name, intervenable, phase, lens_summary, lens_detail, lens_charts, lens_clipboard, rows, lens)
 
 
 def _logit_lens_rows(
@@ -260,26 +256,27 @@ def _logit_lens_rows(
     top_k: int,
     cancelled: Callable[[], bool],
     progress: ProgressFn,
-    tuned: TunedLens | None,
+    lens: FittedLens | None,
 ) -> Iterator[LayerRow]:
     from layerscope.tui.compute import lens_rows
 
     return lens_rows(lm, input_ids, interventions, top_k, cancelled)
 
 
-def _tuned_lens_rows(
+def _fitted_lens_rows(
     lm: LoadedModel,
     input_ids: torch.Tensor,
     interventions: Sequence[Intervention],
     top_k: int,
     cancelled: Callable[[], bool],
     progress: ProgressFn,
-    tuned: TunedLens | None,
+    lens: FittedLens | None,
 ) -> Iterator[LayerRow]:
+    """The tuned or the Jacobian lens, whichever is loaded (the app runs each only with its own kind loaded)."""
     from layerscope.tui.compute import lens_rows
 
-    assert tuned is not None, "the app runs the tuned lens only with a lens loaded (needs_lens)"
-    return lens_rows(lm, input_ids, interventions, top_k, cancelled, tuned)
+    assert lens is not None, "the app runs a lens method only with its lens loaded (GridMethod.lens)"
+    return lens_rows(lm, input_ids, interventions, top_k, cancelled, lens)
 
 
 def _patchscope_rows(
@@ -289,7 +286,7 @@ def _patchscope_rows(
     top_k: int,
     cancelled: Callable[[], bool],
     progress: ProgressFn,
-    tuned: TunedLens | None,
+    lens: FittedLens | None,
 ) -> Iterator[LayerRow]:
     from layerscope.tui.compute import patchscope_rows
 
@@ -297,7 +294,8 @@ def _patchscope_rows(
 
 
 register(lens_method("logit_lens", "lens rows", _logit_lens_rows))
-register(lens_method("tuned_lens", "tuned lens rows", _tuned_lens_rows, needs_lens=True))
+register(lens_method("tuned_lens", "tuned lens rows", _fitted_lens_rows, lens="tuned"))
+register(lens_method("jacobian_lens", "Jacobian lens rows", _fitted_lens_rows, lens="jacobian"))
 register(lens_method("patchscope", "patchscope rows", _patchscope_rows, intervenable=False))
 
 

@@ -31,7 +31,7 @@ from layerscope.tui.runs import Cancelled, stop_between_blocks
 from layerscope.tui.state import RunOrigin, Toggles
 
 if TYPE_CHECKING:
-    from layerscope.analyses.tuned_lens import TunedLens
+    from layerscope.analyses.jacobian_lens import FittedLens
     from layerscope.models.loading import LoadedModel
     from layerscope.progress import ProgressFn
 
@@ -73,7 +73,7 @@ def lens_run(
     method: str,
     toggles: Toggles,
     top_k: int,
-    tuned: TunedLens | None,
+    lens: FittedLens | None,
     continuation_tokens: int,
 ) -> None:
     """The grid's rows as they are computed (baseline and, with interventions, intervened), then the greedy
@@ -86,8 +86,8 @@ def lens_run(
     grid_method = REGISTRY[method]
     if grid_method.rows is None:
         raise ValueError(f"{method} has no rows to run")
-    if grid_method.needs_lens and tuned is None:
-        raise LayerscopeError("No tuned lens is loaded: start with --lens DIR or press T to load one.")
+    if grid_method.lens and (lens is None or lens.kind != grid_method.lens):
+        raise LayerscopeError(f"No {grid_method.lens} lens is loaded: start with --lens DIR or press T to load one.")
     with run.using_model() as lm, torch.inference_mode():
         ids = lm.encode(text)
         interventions = toggles.interventions(lm.n_blocks) if grid_method.intervenable else []
@@ -96,7 +96,7 @@ def lens_run(
         run.post(RunStarted(run.run_id, baseline, intervened, RunOrigin(lm.name, text, method, toggles)))
         rows_phase, total = run.progress(grid_method.phase), lm.n_blocks + 1
         rows_phase(0, total, "")
-        for row in grid_method.rows(lm, ids, interventions, top_k, run.cancelled, rows_phase, tuned):
+        for row in grid_method.rows(lm, ids, interventions, top_k, run.cancelled, rows_phase, lens):
             run.post(RowComputed(run.run_id, row))
             rows_phase(row.row + 1, total, "")
         runs = {"baseline": [], "intervened": interventions} if interventions else {"baseline": []}
