@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from layerscope.analyses.early_exit import EarlyExit, early_exit
     from layerscope.analyses.grid import DecodeGrid
     from layerscope.analyses.head_pattern import AttentionPattern, attention_pattern
+    from layerscope.analyses.jacobian_lens import JacobianLens, fit_jacobian_lens, jacobian_lens, load_jacobian_lens
     from layerscope.analyses.lens import logit_lens
     from layerscope.analyses.neurons import NeuronCensus, neuron_census
     from layerscope.analyses.patchscope import parse_target, patchscope_grid, run_patchscope
@@ -62,6 +63,10 @@ _EXPORTS = {
     "DecodeGrid": "layerscope.analyses.grid",
     "AttentionPattern": "layerscope.analyses.head_pattern",
     "attention_pattern": "layerscope.analyses.head_pattern",
+    "JacobianLens": "layerscope.analyses.jacobian_lens",
+    "fit_jacobian_lens": "layerscope.analyses.jacobian_lens",
+    "jacobian_lens": "layerscope.analyses.jacobian_lens",
+    "load_jacobian_lens": "layerscope.analyses.jacobian_lens",
     "logit_lens": "layerscope.analyses.lens",
     "NeuronCensus": "layerscope.analyses.neurons",
     "neuron_census": "layerscope.analyses.neurons",

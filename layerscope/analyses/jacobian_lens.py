@@ -69,10 +69,13 @@ class JacobianLens:
     def __init__(
         self, matrices: torch.Tensor, n_prompts: int, model: str = "", unembed: str = "", fitting: dict | None = None
     ):
+        if not isinstance(matrices, torch.Tensor) or not matrices.is_floating_point():
+            raise ArgumentTypeError(f"matrices= must be a float tensor, not {type(matrices).__name__}.")
         if matrices.dim() != 3 or matrices.shape[1] != matrices.shape[2] or len(matrices) < 1:
-            raise LayerscopeError(
-                f"Jacobian lens matrices are shaped (rows, hidden, hidden), not {tuple(matrices.shape)}."
+            raise ArgumentValueError(
+                f"matrices= must be shaped (rows, hidden, hidden), one matrix per row, not {tuple(matrices.shape)}."
             )
+        check_int(n_prompts, "n_prompts", 0)
         self.matrices = matrices.float()
         self.n_prompts = n_prompts
         self.model_name = model
