@@ -254,7 +254,7 @@ def test_the_bad_numbers_cover_every_number_option():
         (("run",), "--freeze-from"),
         (("tunedlens", "eval"), "--tokens"),
         (("jacobianlens", "fit"), "--dim-batch"),
-        (("jacobianlens", "fit"), "--prompts"),
+        (("jacobianlens", "fit"), "--max-prompts"),
         (("tui",), "--top-k"),
         (("heads", "induction"), "--seq-len"),
     } <= options

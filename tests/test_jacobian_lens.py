@@ -32,7 +32,7 @@ def invoke(*args):
     return runner.invoke(app, [str(arg) for arg in args])
 
 
-SETTINGS = FitSettings(prompts=2, context=10, skip_first=2, dim_batch=5)  # 64 dims: 12 passes of 5, one of 4
+SETTINGS = FitSettings(max_prompts=2, context=10, skip_first=2, dim_batch=5)  # 64 dims: 12 passes of 5, one of 4
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +76,12 @@ def row_state(lm, row: int, ids: torch.Tensor) -> torch.Tensor:
     return states[row].detach()  # rows 0..L-1 are HF's hidden states before the last (which is post-norm)
 
 
-def hand_lens(lm, text: str, settings: FitSettings) -> tuple[torch.Tensor, float]:
-    """J_r by the definition, per row r in 0..L-1, averaged over the prompts; and the largest |term| summed."""
-    chunks = calibration_chunks(lm, text, settings.context)[: settings.prompts]
-    valid = range(settings.skip_first, settings.context - 1)
+def hand_lens(lm, prompts: list[torch.Tensor], skip_first: int) -> tuple[torch.Tensor, float]:
+    """J_r by the definition, per row r in 0..L-1, averaged over the prompts (token ids (tokens,) each); and the
+    largest sum of |terms| of one entry."""
     total, magnitude = 0, 0.0
-    for ids in chunks:
+    for ids in prompts:
+        valid = range(skip_first, len(ids) - 1)
         rows = []
         for row in range(lm.n_blocks):
             full = torch.autograd.functional.jacobian(final_row_of(lm, row, ids[None]), row_state(lm, row, ids[None]))
@@ -89,18 +89,30 @@ def hand_lens(lm, text: str, settings: FitSettings) -> tuple[torch.Tensor, float
             magnitude = max(magnitude, per_position.abs().sum(0).max().item())
             rows.append(per_position.sum(0).mean(1))  # sum over targets t', mean over sources t
         total = total + torch.stack(rows)
-    return total / len(chunks), magnitude
+    return total / len(prompts), magnitude
 
 
 def test_fit_is_the_definition_by_hand(lm):
     text = word_text(60, 3)
     lens = fit_jacobian_lens(lm, text, SETTINGS)
-    want, magnitude = hand_lens(lm, text, SETTINGS)
+    want, magnitude = hand_lens(lm, list(calibration_chunks(lm, text, 10)[:2]), SETTINGS.skip_first)
     assert lens.n_prompts == 2 and lens.matrices.shape == (lm.n_blocks, 64, 64)
     # the same float32 Jacobian: another batch shape and another order of the backward sums
     delta = model_delta(lm, magnitude)
     assert (lens.matrices - want).abs().max().item() <= delta
     assert (want - torch.eye(64)).abs().max().item() > 100 * delta  # far from the logit lens: the test can fail
+
+
+def test_a_list_of_texts_is_one_prompt_each_cut_to_the_context(lm):
+    texts = [word_text(20, 5), word_text(7, 6), word_text(30, 7)]
+    settings = FitSettings(max_prompts=2, context=12, skip_first=1, dim_batch=16)
+    lens = fit_jacobian_lens(lm, texts, settings)
+    prompts = [lm.encode(text)[0, :12] for text in texts[:2]]
+    assert [len(ids) for ids in prompts] == [12, 7] and lens.n_prompts == 2
+    want, magnitude = hand_lens(lm, prompts, 1)
+    assert (lens.matrices - want).abs().max().item() <= model_delta(lm, magnitude)
+    with pytest.raises(LayerscopeError, match="Prompt 2 has 7 tokens; with skip_first=6 a prompt needs at least 8"):
+        fit_jacobian_lens(lm, texts, FitSettings(context=12, skip_first=6))
 
 
 def test_identity_lens_is_the_logit_lens(lm):
@@ -131,7 +143,7 @@ def test_grid_decodes_the_moved_states(lm):
 
 
 def test_save_load_round_trip_and_refusals(lm, tmp_path):
-    lens = fit_jacobian_lens(lm, word_text(40, 4), FitSettings(prompts=1, context=8, skip_first=1, dim_batch=64))
+    lens = fit_jacobian_lens(lm, word_text(40, 4), FitSettings(max_prompts=1, context=8, skip_first=1, dim_batch=64))
     lens.save(tmp_path / "lens")
     loaded = load_jacobian_lens(lm, tmp_path / "lens")
     assert torch.equal(loaded.matrices, lens.matrices) and loaded.n_prompts == 1
@@ -168,7 +180,7 @@ def test_cli_fits_and_reads_the_lens_as_the_engine_does(lm, tmp_path):
     lm.tokenizer.save_pretrained(model)
     text.write_text(word_text(60, 3))
     fitted = invoke(
-        "jacobianlens", "fit", "--model", model, "--text", text, "--prompts", "2", "--context", "10",
+        "jacobianlens", "fit", "--model", model, "--text", text, "--max-prompts", "2", "--context", "10",
         "--skip-first", "2", "--dim-batch", "5", "--out", tmp_path / "lens",
     )  # fmt: skip
     assert fitted.exit_code == 0, fitted.output
@@ -187,6 +199,16 @@ def test_cli_fits_and_reads_the_lens_as_the_engine_does(lm, tmp_path):
     assert [[c["top"][0]["id"] for c in row] for row in shown["cells"]] == [
         [c["top"][0]["id"] for c in row] for row in want["cells"]
     ]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"# two prompts\n{word_text(12, 8)}\n\n{word_text(9, 9)}\n")
+    fitted = invoke(
+        "jacobianlens", "fit", "--model", model, "--prompts", prompts, "--context", "10", "--skip-first", "1",
+        "--out", tmp_path / "from-prompts",
+    )  # fmt: skip
+    assert fitted.exit_code == 0, fitted.output
+    settings = FitSettings(context=10, skip_first=1)
+    want_matrices = fit_jacobian_lens(lm, [word_text(12, 8), word_text(9, 9)], settings).matrices
+    assert torch.equal(load_jacobian_lens(lm, tmp_path / "from-prompts").matrices, want_matrices)
 
 
 def test_cli_refuses_a_lens_of_the_other_kind_or_none(lm, tmp_path):
@@ -195,6 +217,9 @@ def test_cli_refuses_a_lens_of_the_other_kind_or_none(lm, tmp_path):
     lm.tokenizer.save_pretrained(model)
     TunedLens(64, lm.n_blocks).save(tmp_path / "tuned")
     base = ["lens", "--model", model, "-p", "the cat"]
+    config = model / "config.json"
+    both = invoke("jacobianlens", "fit", "-m", model, "--text", config, "--prompts", config, "--out", tmp_path / "o")
+    assert both.exit_code == 1 and both.stderr.startswith("error: Give --text (a text cut into prompts) or --prompts")
     for args, message in [
         (["--method", "jacobian", "--lens", tmp_path / "tuned"], "not a Jacobian lens config: its format is"),
         (["--method", "jacobian"], "--method tuned and --method jacobian need --lens DIR"),

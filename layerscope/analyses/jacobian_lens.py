@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -208,14 +208,14 @@ def jacobian_lens(lm: LoadedModel, input_ids: torch.Tensor, lens: JacobianLens, 
 
 @dataclass(frozen=True)
 class FitSettings:
-    prompts: int | None = None  # chunks of the text used, the first ones; None: every whole chunk
-    context: int = 128  # tokens per prompt (the reference's max_seq_len)
+    max_prompts: int | None = None  # the first prompts only; None: all of them
+    context: int = 128  # tokens per prompt (the reference's max_seq_len): a text's chunks, each prompt's first
     skip_first: int = 16  # leading positions left out of V (attention sinks)
     dim_batch: int = 8  # output dimensions per backward pass: copies of the prompt in the forward batch
 
     def check(self) -> None:
-        if self.prompts is not None:
-            check_int(self.prompts, "prompts", 1)
+        if self.max_prompts is not None:
+            check_int(self.max_prompts, "max_prompts", 1)
         check_int(self.skip_first, "skip_first", 0)
         check_int(self.context, "context", 2)
         check_int(self.dim_batch, "dim_batch", 1)
@@ -227,16 +227,19 @@ class FitSettings:
 
 
 def fit_jacobian_lens(
-    lm: LoadedModel, text: str, settings: FitSettings = FitSettings(), progress: ProgressFn = no_progress
+    lm: LoadedModel,
+    text: str | Sequence[str],
+    settings: FitSettings = FitSettings(),
+    progress: ProgressFn = no_progress,
 ) -> JacobianLens:
-    """Fit the lens on `text` cut into prompts of `settings.context` tokens. `progress` is told after every
-    backward pass (prompts x ceil(hidden / dim_batch) of them) and may raise to stop the fit."""
+    """Fit the lens on `text`: one str is cut into prompts of `settings.context` tokens; a list of str is one
+    prompt each (encoded as `lm.encode` does, its first `settings.context` tokens). `progress` is told after
+    every backward pass (prompts x ceil(hidden / dim_batch) of them) and may raise to stop the fit."""
     check_lm(lm)
-    check_text(text, "text")
     if not isinstance(settings, FitSettings):
         raise ArgumentTypeError(f"settings= must be a FitSettings, not {type(settings).__name__}.")
     settings.check()
-    chunks = calibration_chunks(lm, text, settings.context)[: settings.prompts]
+    chunks = _fitting_prompts(lm, text, settings)
     hidden = lm.adapter.config.hidden_size
     passes = -(-hidden // settings.dim_batch)
     total = torch.zeros(lm.n_blocks, hidden, hidden, device=lm.adapter.output_device)
@@ -246,8 +249,27 @@ def fit_jacobian_lens(
             for done, rows in _prompt_jacobian_rows(lm, ids, settings):
                 total[:, done - rows.shape[1] : done] += rows
                 progress(index * passes + -(-done // settings.dim_batch), len(chunks) * passes, "Jacobian lens")
-    recipe = {**asdict(settings), "model": lm.name, "text_sha256": hashlib.sha256(text.encode()).hexdigest()}
+    joined = text if isinstance(text, str) else "\n".join(text)
+    recipe = {**asdict(settings), "model": lm.name, "text_sha256": hashlib.sha256(joined.encode()).hexdigest()}
     return JacobianLens(total / len(chunks), len(chunks), lm.name, unembed_hash(lm), recipe)
+
+
+def _fitting_prompts(lm: LoadedModel, text: str | Sequence[str], settings: FitSettings) -> list[torch.Tensor]:
+    """The prompts' token ids (tokens,): the text's chunks, or each text's first `settings.context` tokens."""
+    if isinstance(text, str):
+        return list(calibration_chunks(lm, text, settings.context)[: settings.max_prompts])
+    if not isinstance(text, (list, tuple)) or not text:
+        raise ArgumentTypeError(f"text= must be a str or a non-empty list of str, not {type(text).__name__}.")
+    prompts = []
+    for index, one in enumerate(text[: settings.max_prompts]):
+        ids = lm.encode(check_text(one, "text"))[0, : settings.context]
+        if len(ids) < settings.skip_first + 2:
+            raise LayerscopeError(
+                f"Prompt {index + 1} has {len(ids)} tokens; with skip_first={settings.skip_first} a prompt needs "
+                f"at least {settings.skip_first + 2} (the skipped positions, one source and its last position)."
+            )
+        prompts.append(ids)
+    return prompts
 
 
 def _prompt_jacobian_rows(

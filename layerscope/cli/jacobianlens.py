@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from layerscope.cli.common import ModelOptions, Reads, StderrProgress, Writes, command
+from layerscope.errors import LayerscopeError
 from layerscope.locations import sample_file
 from layerscope.textfiles import read_text_file
 
@@ -42,7 +43,14 @@ def fit(
         Reads((sample_file("calibration.txt"),)),
     ] = None,
     prompts: Annotated[
-        int | None, typer.Option(min=1, help="Prompts fitted on: the text's first N chunks. Default: every chunk.")
+        Path | None,
+        typer.Option(
+            help="Fitting prompts instead of --text: one a line (or .jsonl), each its first --context tokens."
+        ),
+        Reads(),
+    ] = None,
+    max_prompts: Annotated[
+        int | None, typer.Option(min=1, help="Fit on the first N prompts only. Default: all of them.")
     ] = None,
     context: Annotated[int, typer.Option(min=2, help="Tokens per prompt.")] = 128,
     skip_first: Annotated[
@@ -54,12 +62,18 @@ def fit(
 ) -> None:
     """Fit a Jacobian lens: per row, the average Jacobian of the last block's output with respect to that row's.
 
-    Example: layerscope jacobianlens fit --model demo --prompts 4 --out lenses/demo-jacobian
+    Example: layerscope jacobianlens fit --model demo --max-prompts 4 --out lenses/demo-jacobian
     """
     from layerscope.analyses.jacobian_lens import FitSettings, fit_jacobian_lens
+    from layerscope.analyses.prompt_sets import load_prompt_set
 
-    fitting = read_text_file(text or sample_file("calibration.txt"), "fitting text")
-    settings = FitSettings(prompts=prompts, context=context, skip_first=skip_first, dim_batch=dim_batch)
+    if text is not None and prompts is not None:
+        raise LayerscopeError("Give --text (a text cut into prompts) or --prompts (a prompt set), not both.")
+    if prompts is not None:
+        fitting: str | list[str] = [item.text for item in load_prompt_set(prompts)]
+    else:
+        fitting = read_text_file(text or sample_file("calibration.txt"), "fitting text")
+    settings = FitSettings(max_prompts=max_prompts, context=context, skip_first=skip_first, dim_batch=dim_batch)
     settings.check()
     lm = model.load()
     with StderrProgress() as progress:
