@@ -20,8 +20,6 @@ read (they would need unpickling).
 from __future__ import annotations
 
 import hashlib
-import json
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
@@ -36,17 +34,20 @@ from layerscope.analyses.lens import translated_grid
 from layerscope.analyses.tuned_lens import (
     CONFIG,
     WEIGHTS,
-    LensMismatchWarning,
     TunedLens,
     calibration_chunks,
     check_finite_weights,
     check_fits,
+    check_lens,
     config_object,
     frozen_weights,
+    layerscope_config,
     lens_config,
-    lens_mismatch,
+    mismatch_note,
     read_tuned_lens,
     unembed_hash,
+    warn_mismatch,
+    write_config,
 )
 from layerscope.arguments import check_ids, check_int, check_lm, check_path, check_text
 from layerscope.errors import ArgumentTypeError, ArgumentValueError, LayerscopeError
@@ -65,6 +66,7 @@ class JacobianLens:
     averaged; `fitting` records how (settings, model, text hash)."""
 
     kind = "jacobian"
+    made_by = "load_jacobian_lens, fit_jacobian_lens"
 
     def __init__(
         self, matrices: torch.Tensor, n_prompts: int, model: str = "", unembed: str = "", fitting: dict | None = None
@@ -113,27 +115,7 @@ class JacobianLens:
         check_finite_weights(state, "The Jacobian lens")
         directory.mkdir(parents=True, exist_ok=True)
         replace_file(directory / WEIGHTS, lambda temp: save_file(state, temp))
-        config = {
-            "format": FORMAT,
-            "base_model_name_or_path": self.model_name,
-            "d_model": self.hidden_size,
-            "num_hidden_layers": self.n_blocks,
-            "unembed_hash": self.unembed_hash or None,
-            "n_prompts": self.n_prompts,
-            "fitting": self.fitting,
-        }
-        text = json.dumps(config, indent=1) + "\n"
-        replace_file(directory / CONFIG, lambda temp: temp.write_text(text, encoding="utf-8"))
-
-
-def check_jacobian_lens(lm: LoadedModel, lens: object) -> JacobianLens:
-    """A Jacobian lens of this model's shape, named `lens=` where it is not."""
-    if not isinstance(lens, JacobianLens):
-        raise ArgumentTypeError(
-            f"lens= must be a JacobianLens (load_jacobian_lens, fit_jacobian_lens), not {type(lens).__name__}."
-        )
-    check_fits(lm, lens.hidden_size, lens.n_blocks, "lens=")
-    return lens
+        write_config(directory, layerscope_config(FORMAT, self, {"n_prompts": self.n_prompts, "fitting": self.fitting}))
 
 
 FittedLens = TunedLens | JacobianLens
@@ -152,10 +134,7 @@ def read_lens(lm: LoadedModel, directory: Path | str) -> tuple[FittedLens, str |
 def load_jacobian_lens(lm: LoadedModel, directory: Path | str) -> JacobianLens:
     """A lens saved by `JacobianLens.save`, checked against the model's shape; a `LensMismatchWarning` where it
     records another model."""
-    lens, mismatch = read_jacobian_lens(lm, directory)
-    if mismatch is not None:
-        warnings.warn(mismatch, LensMismatchWarning, stacklevel=2)
-    return lens
+    return warn_mismatch(*read_jacobian_lens(lm, directory))
 
 
 def read_jacobian_lens(lm: LoadedModel, directory: Path | str) -> tuple[JacobianLens, str | None]:
@@ -188,20 +167,13 @@ def read_jacobian_lens(lm: LoadedModel, directory: Path | str) -> tuple[Jacobian
         fingerprint,
         fitting if isinstance(fitting, dict) else {},
     )
-    mismatch = lens_mismatch(lm, name, fingerprint)
-    note = (
-        None
-        if mismatch is None
-        else f"The lens in '{directory}' was fitted for {mismatch}, not {lm.name}: its readings may mean nothing "
-        "for this model."
-    )
-    return lens.to(lm.adapter.output_device), note
+    return lens.to(lm.adapter.output_device), mismatch_note(lm, directory, name, fingerprint, "fitted")
 
 
 def jacobian_lens(lm: LoadedModel, input_ids: torch.Tensor, lens: JacobianLens, top_k: int = 5) -> DecodeGrid:
     """The decode grid of the Jacobian lens: the logit lens's rows and positions, each state moved by J_row first."""
     check_ids(check_lm(lm), input_ids)
-    check_jacobian_lens(lm, lens)
+    check_lens(lm, lens, JacobianLens)
     check_int(top_k, "top_k", 1)
     return translated_grid(lm, "jacobian_lens", input_ids, lens.translate_rows, top_k)
 

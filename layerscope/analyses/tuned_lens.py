@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     import pandas
     from matplotlib.figure import Figure
 
+    from layerscope.analyses.jacobian_lens import JacobianLens
+
 WEIGHTS, CONFIG = "lens.safetensors", "config.json"
 CHECKPOINT = "checkpoint.safetensors"  # the step and recipe in its metadata, under CHECKPOINT_KEY
 CHECKPOINT_KEY = "layerscope_checkpoint"
@@ -53,6 +55,9 @@ FORMAT = "layerscope-tuned-lens"
 LENS_FORMATS = ("layerscope", "tuned-lens")
 """How a lens is saved: lens.safetensors (ours), or params.pt as the tuned-lens package writes and reads it;
 config.json either way."""
+
+
+Lens = TypeVar("Lens")
 
 
 class LensMismatchWarning(UserWarning):
@@ -95,6 +100,7 @@ class TunedLens(nn.Module):
     """Translators for rows 0..L-1 (`emb` and blocks 0..L-2's outputs); row L is left as it is."""
 
     kind = "tuned"
+    made_by = "load_tuned_lens, train_tuned_lens"
 
     def __init__(self, hidden_size: int, n_blocks: int, model: str = "", unembed: str = ""):
         super().__init__()
@@ -150,16 +156,27 @@ class TunedLens(nn.Module):
             }
         else:
             replace_file(directory / weights, lambda temp: save_file(state, temp))
-            config = {
-                "format": FORMAT,
-                "base_model_name_or_path": self.model_name,
-                "d_model": self.hidden_size,
-                "num_hidden_layers": self.n_blocks,
-                "unembed_hash": self.unembed_hash or None,
-                **(extra or {}),
-            }
-        text = json.dumps(config, indent=1) + "\n"
-        replace_file(directory / CONFIG, lambda temp: temp.write_text(text, encoding="utf-8"))
+            config = layerscope_config(FORMAT, self, extra or {})
+        write_config(directory, config)
+
+
+def layerscope_config(lens_format: str, lens: TunedLens | JacobianLens, extra: dict) -> dict:
+    """The config.json of one of our lenses: its format, the model it is for (name, unembed_hash), its size (the
+    keys the tuned-lens package uses), then `extra`."""
+    return {
+        "format": lens_format,
+        "base_model_name_or_path": lens.model_name,
+        "d_model": lens.hidden_size,
+        "num_hidden_layers": lens.n_blocks,
+        "unembed_hash": lens.unembed_hash or None,
+        **extra,
+    }
+
+
+def write_config(directory: Path, config: dict) -> None:
+    """config.json, written whole or not at all."""
+    text = json.dumps(config, indent=1) + "\n"
+    replace_file(directory / CONFIG, lambda temp: temp.write_text(text, encoding="utf-8"))
 
 
 def check_fits(lm: LoadedModel, hidden_size: int, n_blocks: int, source: str) -> None:
@@ -221,23 +238,38 @@ def lens_mismatch(lm: LoadedModel, name: str, fingerprint: str) -> str | None:
     return None
 
 
-def check_lens(lm: LoadedModel, lens: object) -> TunedLens:
-    """A tuned lens of this model's shape, named `lens=` where it is not."""
-    if not isinstance(lens, TunedLens):
-        raise ArgumentTypeError(
-            f"lens= must be a TunedLens (load_tuned_lens, train_tuned_lens), not {type(lens).__name__}."
-        )
+def check_lens(lm: LoadedModel, lens: object, kind: type[Lens]) -> Lens:
+    """A lens of class `kind` (TunedLens, JacobianLens) and this model's shape, named `lens=` where it is not."""
+    if not isinstance(lens, kind):
+        raise ArgumentTypeError(f"lens= must be a {kind.__name__} ({kind.made_by}), not {type(lens).__name__}.")
     check_fits(lm, lens.hidden_size, lens.n_blocks, "lens=")
     return lens
+
+
+def warn_mismatch(lens: Lens, mismatch: str | None) -> Lens:
+    """A lens as read with its mismatch note (`read_tuned_lens`, `read_jacobian_lens`), the note raised as a
+    `LensMismatchWarning` at the caller of the load function."""
+    if mismatch is not None:
+        warnings.warn(mismatch, LensMismatchWarning, stacklevel=3)
+    return lens
+
+
+def mismatch_note(lm: LoadedModel, directory: Path, name: str, fingerprint: str, made: str) -> str | None:
+    """The one-line note for a lens that records another model (`lens_mismatch`; `made`: how the lens was made,
+    'trained', 'fitted'), or None."""
+    mismatch = lens_mismatch(lm, name, fingerprint)
+    if mismatch is None:
+        return None
+    return (
+        f"The lens in '{directory}' was {made} for {mismatch}, not {lm.name}: its readings may mean nothing for "
+        "this model."
+    )
 
 
 def load_tuned_lens(lm: LoadedModel, directory: Path | str) -> TunedLens:
     """Our lens (lens.safetensors) or the tuned-lens project's (params.pt), checked against the model's shape;
     a `LensMismatchWarning` where it records another model (`lens_mismatch`)."""
-    lens, mismatch = read_tuned_lens(lm, directory)
-    if mismatch is not None:
-        warnings.warn(mismatch, LensMismatchWarning, stacklevel=2)
-    return lens
+    return warn_mismatch(*read_tuned_lens(lm, directory))
 
 
 def read_tuned_lens(lm: LoadedModel, directory: Path | str) -> tuple[TunedLens, str | None]:
@@ -263,16 +295,7 @@ def read_tuned_lens(lm: LoadedModel, directory: Path | str) -> tuple[TunedLens, 
     except RuntimeError as error:
         first = str(error).strip().splitlines()[0:2]
         raise LayerscopeError(f"The weights in '{directory}' do not fit the lens config: {' '.join(first)}") from None
-    mismatch = lens_mismatch(lm, name, fingerprint)
-    note = (
-        None
-        if mismatch is None
-        else (
-            f"The lens in '{directory}' was trained for {mismatch}, not {lm.name}: "
-            "its readings may mean nothing for this model."
-        )
-    )
-    return lens.to(lm.adapter.output_device), note
+    return lens.to(lm.adapter.output_device), mismatch_note(lm, directory, name, fingerprint, "trained")
 
 
 def _published_state(path: Path) -> dict[str, torch.Tensor]:
@@ -293,7 +316,7 @@ def _published_state(path: Path) -> dict[str, torch.Tensor]:
 def tuned_lens(lm: LoadedModel, input_ids: torch.Tensor, lens: TunedLens, top_k: int = 5) -> DecodeGrid:
     """The decode grid of the tuned lens: the logit lens's rows and positions, each state translated first."""
     check_ids(check_lm(lm), input_ids)
-    check_lens(lm, lens)
+    check_lens(lm, lens, TunedLens)
     check_int(top_k, "top_k", 1)
     return translated_grid(lm, "tuned_lens", input_ids, lens.translate_rows, top_k)
 
@@ -534,7 +557,7 @@ def compare_lenses(
     lm: LoadedModel, lens: TunedLens, text: str, max_tokens: int = 256, progress: ProgressFn = no_progress
 ) -> LensComparison:
     """The paper's first figure as a table: both lenses on the same held-out tokens, in the model's dtype."""
-    check_lens(check_lm(lm), lens)
+    check_lens(check_lm(lm), lens, TunedLens)
     check_text(text, "text")
     check_int(max_tokens, "max_tokens", 2)
     ids = lm.tokenizer(text, return_tensors="pt").input_ids[:, :max_tokens].to(lm.adapter.input_device)

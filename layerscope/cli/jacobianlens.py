@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from layerscope.cli.common import ModelOptions, Reads, StderrProgress, Writes, command
+from layerscope.cli.tunedlens import CalibrationText
 from layerscope.errors import LayerscopeError
 from layerscope.locations import sample_file
 from layerscope.textfiles import read_text_file
@@ -35,17 +36,12 @@ def fit(
         Writes(folder=True, files=lens_files),
     ],
     model: ModelOptions,
-    text: Annotated[
-        Path | None,
-        typer.Option(
-            help="Fitting text, cut into prompts of --context tokens. Default: sample_prompts/calibration.txt."
-        ),
-        Reads((sample_file("calibration.txt"),)),
-    ] = None,
+    text: CalibrationText = None,
     prompts: Annotated[
         Path | None,
         typer.Option(
-            help="Fitting prompts instead of --text: one a line (or .jsonl), each its first --context tokens."
+            help="Fitting prompts instead of --text (one prompt each): one a line (or .jsonl), each its first "
+            "--context tokens."
         ),
         Reads(),
     ] = None,

@@ -57,7 +57,7 @@ def lens(
     from layerscope.analyses.jacobian_lens import jacobian_lens, read_jacobian_lens
     from layerscope.analyses.lens import logit_lens
     from layerscope.analyses.tuned_lens import tuned_lens
-    from layerscope.cli.tunedlens import load_lens, warned
+    from layerscope.cli.tunedlens import echo_mismatch, load_lens
 
     text = prompt.read()
     if (method is LensMethod.logit) != (lens_dir is None):
@@ -69,7 +69,7 @@ def lens(
     elif method is LensMethod.tuned:
         grid = tuned_lens(lm, ids, load_lens(lm, lens_dir), top_k=top_k)
     else:
-        grid = jacobian_lens(lm, ids, warned(*read_jacobian_lens(lm, lens_dir)), top_k=top_k)
+        grid = jacobian_lens(lm, ids, echo_mismatch(*read_jacobian_lens(lm, lens_dir)), top_k=top_k)
     output.write(grid.to_dict, grid.records, lambda: grid_table(grid), grid.plot)
 
 
