@@ -57,7 +57,7 @@ LENS_FORMATS = ("layerscope", "tuned-lens")
 config.json either way."""
 
 
-Lens = TypeVar("Lens")
+Lens = TypeVar("Lens", bound="TunedLens | JacobianLens")
 
 
 class LensMismatchWarning(UserWarning):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -14,10 +14,8 @@ from layerscope.locations import sample_file
 from layerscope.textfiles import read_text_file
 
 if TYPE_CHECKING:
-    from layerscope.analyses.tuned_lens import TunedLens
+    from layerscope.analyses.tuned_lens import Lens, TunedLens
     from layerscope.models.loading import LoadedModel
-
-Lens = TypeVar("Lens")
 
 CalibrationText = Annotated[
     Path | None,
