@@ -228,3 +228,19 @@ def test_cli_refuses_a_lens_of_the_other_kind_or_none(lm, tmp_path):
         result = invoke(*base, *args)
         assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.output
         assert result.stderr.startswith("error: ") and message in result.stderr
+
+
+def test_progress_counts_backward_passes_and_can_stop_the_fit(lm):
+    """13 passes of 5 dims per prompt for 64 dims, told as they finish; a raise from progress stops the fit there
+    and leaves the model's weights as they were (trainable)."""
+    seen = []
+
+    def progress(done, total, what):
+        seen.append((done, total, what))
+        if done == 15:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit_jacobian_lens(lm, word_text(60, 3), SETTINGS, progress)
+    assert seen == [(done, 26, "Jacobian lens") for done in range(16)]
+    assert all(parameter.requires_grad for parameter in lm.model.parameters())
