@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import safetensors.torch
 import torch
 from typer.testing import CliRunner
 
@@ -162,6 +163,18 @@ def test_save_load_round_trip_and_refusals(lm, tmp_path):
     assert isinstance(read_lens(lm, tmp_path / "tuned")[0], TunedLens)
     config = json.loads((tmp_path / "lens" / "config.json").read_text())
     assert read_lens(lm, tmp_path / "lens")[1] is None
+    broken = lens.matrices.clone()
+    broken[2, 3, 4] = float("nan")
+    with pytest.raises(LayerscopeError, match=r"has weights that are not finite \(J\): the model overflowed"):
+        JacobianLens(broken, 1).save(tmp_path / "nan")
+    assert not (tmp_path / "nan").exists()
+    JacobianLens(lens.matrices, 1).save(tmp_path / "short")  # config of the right shape, then weights with a NaN
+    safetensors.torch.save_file({"J": broken}, tmp_path / "short" / "lens.safetensors")
+    with pytest.raises(LayerscopeError, match="not finite \\(J\\): the file is damaged"):
+        load_jacobian_lens(lm, tmp_path / "short")
+    safetensors.torch.save_file({"J": lens.matrices[:, :8].contiguous()}, tmp_path / "short" / "lens.safetensors")
+    with pytest.raises(LayerscopeError, match=r"J must be floats shaped \(4, 64, 64\), not \(4, 8, 64\)"):
+        load_jacobian_lens(lm, tmp_path / "short")
     (tmp_path / "lens" / "config.json").write_text(json.dumps({**config, "unembed_hash": "0" * 64}))
     with pytest.warns(LensMismatchWarning, match="was fitted for a model with another unembedding"):
         load_jacobian_lens(lm, tmp_path / "lens")

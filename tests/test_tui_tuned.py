@@ -140,3 +140,9 @@ async def test_without_a_lens_m_skips_it_and_a_bad_folder_is_one_notice(lm, tmp_
         await pilot.press("m")
         await settle(pilot)
         assert app.method == "tuned_lens" and app.runs.results.baseline.method == "tuned_lens"
+        saved_jacobian_lens(lm, tmp_path / "jacobian")
+        app.load_lens(tmp_path / "jacobian")  # replaces the tuned lens: its method cannot run any more
+        assert app.method == "logit_lens" and app.lens.kind == "jacobian"
+        await pilot.press("m")
+        await settle(pilot)
+        assert app.method == "jacobian_lens" and app.runs.results.baseline.method == "jacobian_lens"

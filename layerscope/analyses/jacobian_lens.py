@@ -112,7 +112,7 @@ class JacobianLens:
         """lens.safetensors (the matrices) then config.json, each written whole or not at all."""
         directory = check_path(directory, "directory")
         state = {MATRICES: self.matrices.detach().contiguous().cpu()}
-        check_finite_weights(state, "The Jacobian lens")
+        check_finite_weights(state, "The Jacobian lens", "the model overflowed while fitting; fit it in float32")
         directory.mkdir(parents=True, exist_ok=True)
         replace_file(directory / WEIGHTS, lambda temp: save_file(state, temp))
         write_config(directory, layerscope_config(FORMAT, self, {"n_prompts": self.n_prompts, "fitting": self.fitting}))
@@ -157,7 +157,7 @@ def read_jacobian_lens(lm: LoadedModel, directory: Path | str) -> tuple[Jacobian
             f"The weights in '{directory}' do not fit the lens config: {MATRICES} must be floats shaped "
             f"{(n_blocks, hidden, hidden)}, not {found}."
         )
-    check_finite_weights(state, f"The Jacobian lens in '{directory}'")
+    check_finite_weights(state, f"The Jacobian lens in '{directory}'", "the file is damaged")
     config = config_object(config_path, "Jacobian lens")
     n_prompts, fitting = config.get("n_prompts"), config.get("fitting")
     lens = JacobianLens(

@@ -189,13 +189,15 @@ def check_fits(lm: LoadedModel, hidden_size: int, n_blocks: int, source: str) ->
         )
 
 
-def check_finite_weights(tensors: dict[str, torch.Tensor], what: str) -> None:
+def check_finite_weights(
+    tensors: dict[str, torch.Tensor],
+    what: str,
+    why: str = "the training diverged; train again with a lower learning rate",
+) -> None:
+    """Every float tensor finite, or an error naming the first that is not and `why` it happened."""
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise LayerscopeError(
-                f"{what} has weights that are not finite ({name}): the training diverged; "
-                "train again with a lower learning rate."
-            )
+            raise LayerscopeError(f"{what} has weights that are not finite ({name}): {why}.")
 
 
 def config_object(path: Path, kind: str) -> dict:

@@ -957,6 +957,9 @@ class LayerscopeApp(App):
         if mismatch is not None:
             self.notify(mismatch, severity="warning", timeout=10)
         self.lens_dir = folder
+        if not self.runs_now(self.method):  # the other kind of lens replaced the one this method reads
+            self.method = "logit_lens"
+            self.set_status(self.status_text)
         self.notify(f"{self.lens.kind} lens loaded from {folder}: m switches to it")
 
     def _ask_path(self, title: str, default: str, then: Callable[[Path], None], writes: bool = False) -> None:
