@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from layerscope.analyses.early_exit import EarlyExit, early_exit
     from layerscope.analyses.grid import DecodeGrid, divergence
     from layerscope.analyses.head_pattern import AttentionPattern, attention_pattern
+    from layerscope.analyses.jacobian_lens import JacobianLens, fit_jacobian_lens, jacobian_lens, load_jacobian_lens
     from layerscope.analyses.lens import logit_lens
     from layerscope.analyses.lens_generate import lens_generate
     from layerscope.analyses.neurons import NeuronCensus, neuron_census
@@ -66,6 +67,10 @@ _EXPORTS = {
     "divergence": "layerscope.analyses.grid",
     "AttentionPattern": "layerscope.analyses.head_pattern",
     "attention_pattern": "layerscope.analyses.head_pattern",
+    "JacobianLens": "layerscope.analyses.jacobian_lens",
+    "fit_jacobian_lens": "layerscope.analyses.jacobian_lens",
+    "jacobian_lens": "layerscope.analyses.jacobian_lens",
+    "load_jacobian_lens": "layerscope.analyses.jacobian_lens",
     "logit_lens": "layerscope.analyses.lens",
     "lens_generate": "layerscope.analyses.lens_generate",
     "NeuronCensus": "layerscope.analyses.neurons",

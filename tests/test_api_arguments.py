@@ -13,6 +13,7 @@ import torch
 
 import layerscope as ls
 from layerscope.analyses.causal_trace import noise_corruption
+from layerscope.analyses.jacobian_lens import FitSettings
 from layerscope.analyses.tuned_lens import TrainSettings
 from layerscope.errors import LayerscopeError
 from tests.tiny import VOCAB, random_ids, tiny_model
@@ -213,6 +214,47 @@ CASES = [
         "max_tokens=1",
     ),
     ("load_tuned_lens", lambda tmp: ls.load_tuned_lens(LM, 42), TypeError, "directory="),
+    (
+        "jacobian_lens",
+        lambda tmp: ls.jacobian_lens(LM, IDS, ls.JacobianLens(torch.zeros(4, 32, 32), 1)),
+        LayerscopeError,
+        "lens= is for a model with hidden size 32",
+    ),
+    ("jacobian_lens", lambda tmp: ls.jacobian_lens(LM, IDS, ls.TunedLens(64, 4)), TypeError, "lens="),
+    (
+        "jacobian_lens",
+        lambda tmp: ls.jacobian_lens(LM, IDS, ls.JacobianLens(torch.zeros(64, 64), 1)),
+        ValueError,
+        "matrices=",
+    ),
+    (
+        "jacobian_lens",
+        lambda tmp: ls.jacobian_lens(LM, IDS, ls.JacobianLens(torch.zeros(4, 64, 64), -1)),
+        ValueError,
+        "n_prompts=-1",
+    ),
+    ("fit_jacobian_lens", lambda tmp: ls.fit_jacobian_lens(LM, b"the cat sat"), TypeError, "text="),
+    (
+        "fit_jacobian_lens",
+        lambda tmp: ls.fit_jacobian_lens(LM, "the cat", FitSettings(dim_batch=0)),
+        ValueError,
+        "dim_batch=0",
+    ),
+    (
+        "fit_jacobian_lens",
+        lambda tmp: ls.fit_jacobian_lens(LM, "the cat", FitSettings(context=9, skip_first=8)),
+        ValueError,
+        "context=9",
+    ),
+    ("fit_jacobian_lens", lambda tmp: ls.fit_jacobian_lens(LM, "the cat", "fast"), TypeError, "settings="),
+    (
+        "fit_jacobian_lens",
+        lambda tmp: ls.fit_jacobian_lens(LM, "the cat", FitSettings(context=8, skip_first=0)),
+        LayerscopeError,
+        "The text has 2 tokens",
+    ),
+    ("load_jacobian_lens", lambda tmp: ls.load_jacobian_lens(LM, 42), TypeError, "directory="),
+    ("load_jacobian_lens", lambda tmp: ls.load_jacobian_lens(LM, tmp), LayerscopeError, "No Jacobian lens in"),
     ("load_tuned_lens", lambda tmp: ls.load_tuned_lens(LM, tmp), LayerscopeError, "No tuned lens in"),  # a Path
     (
         "train_tuned_lens",

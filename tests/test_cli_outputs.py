@@ -257,25 +257,25 @@ def test_the_demo_and_a_cached_hub_model_are_inputs_too(tmp_path, monkeypatch):
 # --- the tuned lens folder, and the pruned model folder ------------------------------------------------------
 
 
-def test_tunedlens_train_checks_its_folder_before_training(tmp_path, tiny_dir):
+@pytest.mark.parametrize("path", [("tunedlens", "train"), ("jacobianlens", "fit")], ids=" ".join)
+def test_a_lens_folder_is_checked_before_the_work(tmp_path, tiny_dir, path):
     file = tmp_path / "lens"
     file.write_text("mine")
-    refused(invoke("tunedlens", "train", "--model", tmp_path / "no-model", "--out", file), "exists and is not a folder")
+    refused(invoke(*path, "--model", tmp_path / "no-model", "--out", file), "exists and is not a folder")
     assert file.read_text() == "mine"
     config = (tiny_dir / "config.json").read_bytes()
     refused(
-        invoke("tunedlens", "train", "--model", tiny_dir, "--out", tiny_dir),
+        invoke(*path, "--model", tiny_dir, "--out", tiny_dir),
         "(its config.json) is the config.json of the --model folder",
     )
     assert (tiny_dir / "config.json").read_bytes() == config
-    refused(invoke("tunedlens", "train", "--model", tiny_dir, "--out", "-"), "'-' (standard output) cannot be one")
+    refused(invoke(*path, "--model", tiny_dir, "--out", "-"), "'-' (standard output) cannot be one")
     calibration = tmp_path / "text"
     calibration.mkdir()
     (calibration / "config.json").write_text("{}")
     refused(
         invoke(
-            "tunedlens",
-            "train",
+            *path,
             "--model",
             tmp_path / "no-model",
             "--text",

@@ -1,4 +1,4 @@
-"""The explorer's tuned lens method on a tiny model, against the engine's tuned lens."""
+"""The explorer's tuned and Jacobian lens methods on a tiny model, against the engine's lenses."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from layerscope.analyses.grid import DecodeGrid, build_grid
+from layerscope.analyses.jacobian_lens import JacobianLens, jacobian_lens
 from layerscope.analyses.lens import lens_logits, logit_lens
 from layerscope.analyses.residual import layer_labels
 from layerscope.analyses.tuned_lens import TunedLens, tuned_lens
@@ -70,23 +71,39 @@ async def test_identity_lens_grid_is_the_logit_lens(lm, tmp_path):
         assert app.method == "patchscope"
 
 
-async def test_trained_lens_grid_is_the_engines_with_interventions(lm, tmp_path):
-    """A perturbed lens: the baseline is `tuned_lens()`; with block 1 dropped the intervened grid is the engine's
-    tuned-lens decoding of the dropped run; detail and chart follow the cursor as for the logit lens."""
-    lens = saved_lens(lm, tmp_path / "lens", 0.05)
+def saved_jacobian_lens(lm, folder) -> JacobianLens:
+    """A Jacobian lens of random matrices near the identity."""
+    generator = torch.Generator().manual_seed(2)
+    lens = JacobianLens(torch.eye(64) + 0.2 * torch.randn(lm.n_blocks, 64, 64, generator=generator), 1, lm.name)
+    lens.save(folder)
+    return lens
+
+
+@pytest.mark.parametrize("method", ["tuned_lens", "jacobian_lens"])
+async def test_fitted_lens_grid_is_the_engines_with_interventions(lm, tmp_path, method):
+    """A perturbed tuned lens, or a Jacobian lens, from `--lens`: `m` goes to its method (the other lens method,
+    not loaded, is skipped silently); the baseline is the engine's grid; with block 1 dropped the intervened grid
+    is the engine's decoding of the dropped run through the same lens; detail and chart follow the cursor as for
+    the logit lens; `m` then goes on to Patchscope."""
+    save, engine = {
+        "tuned_lens": (lambda folder: saved_lens(lm, folder, 0.05), tuned_lens),
+        "jacobian_lens": (lambda folder: saved_jacobian_lens(lm, folder), jacobian_lens),
+    }[method]
+    lens = save(tmp_path / "lens")
     app = make_app(lm, tmp_path, lens_dir=tmp_path / "lens")
     ids = lm.encode(PROMPT)
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(pilot)
         await pilot.press("m")
         await settle(pilot)
-        want = tuned_lens(lm, ids, lens)
+        assert app.method == method and app.runs.results.baseline.method == method
+        want = engine(lm, ids, lens)
         assert_same_grid(app.runs.results.baseline, want)
         assert [c.top[0].id for c in want.cells[1]] != [c.top[0].id for c in logit_lens(lm, ids).cells[1]]
         app.apply_toggles(app.toggles.toggle("drop", 1))
         await settle(pilot)
         rows, final = lens_logits(lm, ids, [DropBlocks((1,))], translate=lens.translate_rows)
-        dropped = build_grid(lm, "tuned_lens", ids, rows, final, layer_labels(lm.n_blocks), 5)
+        dropped = build_grid(lm, method, ids, rows, final, layer_labels(lm.n_blocks), 5)
         assert_same_grid(app.runs.results.intervened, dropped)
         assert_same_grid(app.runs.results.baseline, want)
         await pilot.press("down", "right")
@@ -98,6 +115,9 @@ async def test_trained_lens_grid_is_the_engines_with_interventions(lm, tmp_path)
             cell.kl_to_final, abs=6e-4
         )
         assert f"KL→final @{position}" in app.charts(40, 30).plain
+        await pilot.press("m")
+        await settle(pilot)
+        assert app.method == "patchscope" and not any("m skips" in n for n in notices(app))
 
 
 async def test_without_a_lens_m_skips_it_and_a_bad_folder_is_one_notice(lm, tmp_path):
@@ -105,13 +125,13 @@ async def test_without_a_lens_m_skips_it_and_a_bad_folder_is_one_notice(lm, tmp_
     app = make_app(lm, tmp_path, lens_dir=tmp_path / "bad")
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(pilot)
-        assert sum("No tuned lens in" in n for n in notices(app)) == 1 and app.tuned is None
+        assert sum("No tuned lens in" in n for n in notices(app)) == 1 and app.lens is None
         await pilot.press("m")
         await settle(pilot)
         await pilot.press("m", "m")
         await settle(pilot)
         assert app.method == "patchscope"
-        assert sum("m skips it" in n for n in notices(app)) == 1
+        assert sum("m skips the tuned and Jacobian lenses" in n for n in notices(app)) == 1
         saved_lens(lm, tmp_path / "good", 0.0)
         app.load_lens(tmp_path / "good")
         await pilot.press("m")
@@ -120,3 +140,9 @@ async def test_without_a_lens_m_skips_it_and_a_bad_folder_is_one_notice(lm, tmp_
         await pilot.press("m")
         await settle(pilot)
         assert app.method == "tuned_lens" and app.runs.results.baseline.method == "tuned_lens"
+        saved_jacobian_lens(lm, tmp_path / "jacobian")
+        app.load_lens(tmp_path / "jacobian")  # replaces the tuned lens: its method cannot run any more
+        assert app.method == "logit_lens" and app.lens.kind == "jacobian"
+        await pilot.press("m")
+        await settle(pilot)
+        assert app.method == "jacobian_lens" and app.runs.results.baseline.method == "jacobian_lens"

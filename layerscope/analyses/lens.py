@@ -13,7 +13,7 @@ from typing import overload
 import torch
 
 from layerscope.analyses.activations import last_logits_only
-from layerscope.analyses.grid import DecodeGrid, GridCell, GridRows, distribution_stats
+from layerscope.analyses.grid import DecodeGrid, GridCell, GridRows, build_grid, distribution_stats
 from layerscope.analyses.residual import CapturedResiduals, capture_residuals, layer_labels
 from layerscope.arguments import check_int, prompt_batch
 from layerscope.errors import LayerscopeError
@@ -172,6 +172,15 @@ def lens_logits(
     """(row logits generator, final logits) for ids (1, T) under the given interventions.
     `translate` maps the states (rows, tokens, hidden) before decoding (the tuned lens)."""
     return batch_lens_logits(lm, one_prompt(input_ids), interventions, translate)[0]
+
+
+def translated_grid(
+    lm: LoadedModel, method: str, input_ids: torch.Tensor, translate: Callable[[torch.Tensor], torch.Tensor], top_k: int
+) -> DecodeGrid:
+    """The decode grid of a lens that maps each row's states (rows, tokens, hidden) before decoding them: the
+    tuned lens, the Jacobian lens. Ids (1, T)."""
+    rows, final = lens_logits(lm, input_ids, translate=translate)
+    return build_grid(lm, method, input_ids, rows, final, layer_labels(lm.n_blocks), top_k)
 
 
 def batch_lens_logits(

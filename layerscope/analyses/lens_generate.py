@@ -20,6 +20,7 @@ import torch
 from layerscope.analyses.activations import last_logits_only
 from layerscope.analyses.decoding import stop_ids
 from layerscope.analyses.grid import DecodeGrid, GridCell
+from layerscope.analyses.jacobian_lens import FittedLens, JacobianLens
 from layerscope.analyses.lens import lens_grid_rows
 from layerscope.analyses.residual import layer_labels
 from layerscope.analyses.tuned_lens import TunedLens, check_lens
@@ -107,14 +108,14 @@ def lens_generate(
     max_new_tokens: int,
     top_k: int = 5,
     interventions: Sequence[Intervention] = (),
-    lens: TunedLens | None = None,
+    lens: FittedLens | None = None,
 ) -> DecodeGrid:
     """The decode grid of ids (1, T) and their greedy continuation of up to `max_new_tokens` tokens (fewer where
-    the model ends the text): the logit lens, or the tuned lens with `lens`, under the interventions (the
+    the model ends the text): the logit lens, or the tuned or Jacobian lens with `lens`, under the interventions (the
     continuation is the one the intervened model generates). `prompt_length` marks the generated positions."""
     check_lm(lm)
     if lens is not None:
-        check_lens(lm, lens)
+        check_lens(lm, lens, JacobianLens if isinstance(lens, JacobianLens) else TunedLens)
     check_int(top_k, "top_k", 1)
     translate = lens.translate_rows if lens is not None else None
     ids: list[int] = []
@@ -123,7 +124,7 @@ def lens_generate(
         ids += step.token_ids
         for row, decoded in zip(cells, lens_grid_rows(lm, [step.states], top_k)):
             row += decoded.cells[0]
-    method = "logit_lens" if lens is None else "tuned_lens"
+    method = "logit_lens" if lens is None else f"{lens.kind}_lens"
     return DecodeGrid(
         lm.name, method, lm.token_texts(ids), ids, layer_labels(lm.n_blocks), cells, prompt_length=input_ids.shape[1]
     )

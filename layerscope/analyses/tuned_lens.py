@@ -23,15 +23,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from layerscope.analyses.grid import DecodeGrid, build_grid, distribution_stats
-from layerscope.analyses.lens import lens_logits
+from layerscope.analyses.grid import DecodeGrid, distribution_stats
+from layerscope.analyses.lens import lens_logits, translated_grid
 from layerscope.analyses.residual import capture_residuals, layer_labels
 from layerscope.arguments import check_choice, check_ids, check_int, check_lm, check_path, check_text
 from layerscope.errors import ArgumentTypeError, ArgumentValueError, LayerscopeError
@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     import pandas
     from matplotlib.figure import Figure
 
+    from layerscope.analyses.jacobian_lens import JacobianLens
+
 WEIGHTS, CONFIG = "lens.safetensors", "config.json"
 CHECKPOINT = "checkpoint.safetensors"  # the step and recipe in its metadata, under CHECKPOINT_KEY
 CHECKPOINT_KEY = "layerscope_checkpoint"
@@ -53,6 +55,9 @@ FORMAT = "layerscope-tuned-lens"
 LENS_FORMATS = ("layerscope", "tuned-lens")
 """How a lens is saved: lens.safetensors (ours), or params.pt as the tuned-lens package writes and reads it;
 config.json either way."""
+
+
+Lens = TypeVar("Lens", bound="TunedLens | JacobianLens")
 
 
 class LensMismatchWarning(UserWarning):
@@ -93,6 +98,9 @@ def fast_bf16(device: torch.device) -> bool:
 
 class TunedLens(nn.Module):
     """Translators for rows 0..L-1 (`emb` and blocks 0..L-2's outputs); row L is left as it is."""
+
+    kind = "tuned"
+    made_by = "load_tuned_lens, train_tuned_lens"
 
     def __init__(self, hidden_size: int, n_blocks: int, model: str = "", unembed: str = ""):
         super().__init__()
@@ -148,16 +156,27 @@ class TunedLens(nn.Module):
             }
         else:
             replace_file(directory / weights, lambda temp: save_file(state, temp))
-            config = {
-                "format": FORMAT,
-                "base_model_name_or_path": self.model_name,
-                "d_model": self.hidden_size,
-                "num_hidden_layers": self.n_blocks,
-                "unembed_hash": self.unembed_hash or None,
-                **(extra or {}),
-            }
-        text = json.dumps(config, indent=1) + "\n"
-        replace_file(directory / CONFIG, lambda temp: temp.write_text(text, encoding="utf-8"))
+            config = layerscope_config(FORMAT, self, extra or {})
+        write_config(directory, config)
+
+
+def layerscope_config(lens_format: str, lens: TunedLens | JacobianLens, extra: dict) -> dict:
+    """The config.json of one of our lenses: its format, the model it is for (name, unembed_hash), its size (the
+    keys the tuned-lens package uses), then `extra`."""
+    return {
+        "format": lens_format,
+        "base_model_name_or_path": lens.model_name,
+        "d_model": lens.hidden_size,
+        "num_hidden_layers": lens.n_blocks,
+        "unembed_hash": lens.unembed_hash or None,
+        **extra,
+    }
+
+
+def write_config(directory: Path, config: dict) -> None:
+    """config.json, written whole or not at all."""
+    text = json.dumps(config, indent=1) + "\n"
+    replace_file(directory / CONFIG, lambda temp: temp.write_text(text, encoding="utf-8"))
 
 
 def check_fits(lm: LoadedModel, hidden_size: int, n_blocks: int, source: str) -> None:
@@ -170,27 +189,41 @@ def check_fits(lm: LoadedModel, hidden_size: int, n_blocks: int, source: str) ->
         )
 
 
-def check_finite_weights(tensors: dict[str, torch.Tensor], what: str) -> None:
+def check_finite_weights(
+    tensors: dict[str, torch.Tensor],
+    what: str,
+    why: str = "the training diverged; train again with a lower learning rate",
+) -> None:
+    """Every float tensor finite, or an error naming the first that is not and `why` it happened."""
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise LayerscopeError(
-                f"{what} has weights that are not finite ({name}): the training diverged; "
-                "train again with a lower learning rate."
-            )
+            raise LayerscopeError(f"{what} has weights that are not finite ({name}): {why}.")
 
 
-def _lens_config(path: Path) -> tuple[int, int, str, str]:
-    """(hidden size, translators, model name, unembed_hash or '') from a lens's config.json."""
+def config_object(path: Path, kind: str) -> dict:
+    """A lens's config.json as its JSON object; `kind` names the lens in the errors."""
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise LayerscopeError(f"'{path}' cannot be read as a tuned lens config ({error}).") from None
+        raise LayerscopeError(f"'{path}' cannot be read as a {kind} config ({error}).") from None
     if not isinstance(config, dict):
-        raise LayerscopeError(f"'{path}' is not a tuned lens config (a JSON object).")
+        raise LayerscopeError(f"'{path}' is not a {kind} config (a JSON object).")
+    return config
+
+
+def lens_config(
+    path: Path, kind: str = "tuned lens", formats: tuple[str | None, ...] = (FORMAT, None)
+) -> tuple[int, int, str, str]:
+    """(hidden size, translators or matrices, model name, unembed_hash or '') from a lens's config.json, whose
+    `format` must be one of `formats` (None: no format, as the tuned-lens project writes); `kind` names the lens
+    in the errors."""
+    config = config_object(path, kind)
+    if config.get("format") not in formats:
+        raise LayerscopeError(f"'{path}' is not a {kind} config: its format is {config.get('format')!r}.")
     hidden, n_blocks = config.get("d_model"), config.get("num_hidden_layers")
     if type(hidden) is not int or type(n_blocks) is not int or min(hidden, n_blocks) < 1:  # bool is not a size
         raise LayerscopeError(
-            f"'{path}' is not a tuned lens config: d_model and num_hidden_layers must be positive "
+            f"'{path}' is not a {kind} config: d_model and num_hidden_layers must be positive "
             f"whole numbers, not {hidden!r} and {n_blocks!r}."
         )
     name, fingerprint = config.get("base_model_name_or_path", ""), config.get("unembed_hash", "")
@@ -207,23 +240,38 @@ def lens_mismatch(lm: LoadedModel, name: str, fingerprint: str) -> str | None:
     return None
 
 
-def check_lens(lm: LoadedModel, lens: object) -> TunedLens:
-    """A tuned lens of this model's shape, named `lens=` where it is not."""
-    if not isinstance(lens, TunedLens):
-        raise ArgumentTypeError(
-            f"lens= must be a TunedLens (load_tuned_lens, train_tuned_lens), not {type(lens).__name__}."
-        )
+def check_lens(lm: LoadedModel, lens: object, kind: type[Lens]) -> Lens:
+    """A lens of class `kind` (TunedLens, JacobianLens) and this model's shape, named `lens=` where it is not."""
+    if not isinstance(lens, kind):
+        raise ArgumentTypeError(f"lens= must be a {kind.__name__} ({kind.made_by}), not {type(lens).__name__}.")
     check_fits(lm, lens.hidden_size, lens.n_blocks, "lens=")
     return lens
+
+
+def warn_mismatch(lens: Lens, mismatch: str | None) -> Lens:
+    """A lens as read with its mismatch note (`read_tuned_lens`, `read_jacobian_lens`), the note raised as a
+    `LensMismatchWarning` at the caller of the load function."""
+    if mismatch is not None:
+        warnings.warn(mismatch, LensMismatchWarning, stacklevel=3)
+    return lens
+
+
+def mismatch_note(lm: LoadedModel, directory: Path, name: str, fingerprint: str, made: str) -> str | None:
+    """The one-line note for a lens that records another model (`lens_mismatch`; `made`: how the lens was made,
+    'trained', 'fitted'), or None."""
+    mismatch = lens_mismatch(lm, name, fingerprint)
+    if mismatch is None:
+        return None
+    return (
+        f"The lens in '{directory}' was {made} for {mismatch}, not {lm.name}: its readings may mean nothing for "
+        "this model."
+    )
 
 
 def load_tuned_lens(lm: LoadedModel, directory: Path | str) -> TunedLens:
     """Our lens (lens.safetensors) or the tuned-lens project's (params.pt), checked against the model's shape;
     a `LensMismatchWarning` where it records another model (`lens_mismatch`)."""
-    lens, mismatch = read_tuned_lens(lm, directory)
-    if mismatch is not None:
-        warnings.warn(mismatch, LensMismatchWarning, stacklevel=2)
-    return lens
+    return warn_mismatch(*read_tuned_lens(lm, directory))
 
 
 def read_tuned_lens(lm: LoadedModel, directory: Path | str) -> tuple[TunedLens, str | None]:
@@ -234,7 +282,7 @@ def read_tuned_lens(lm: LoadedModel, directory: Path | str) -> tuple[TunedLens, 
     config_path = directory / CONFIG
     if not config_path.is_file():
         raise LayerscopeError(f"No tuned lens in '{directory}': {CONFIG} is missing.")
-    hidden, n_blocks, name, fingerprint = _lens_config(config_path)
+    hidden, n_blocks, name, fingerprint = lens_config(config_path)
     check_fits(lm, hidden, n_blocks, f"The lens in '{directory}'")
     if (directory / WEIGHTS).is_file():
         state, _ = read_safetensors(directory / WEIGHTS, "The tuned lens weights")
@@ -249,16 +297,7 @@ def read_tuned_lens(lm: LoadedModel, directory: Path | str) -> tuple[TunedLens, 
     except RuntimeError as error:
         first = str(error).strip().splitlines()[0:2]
         raise LayerscopeError(f"The weights in '{directory}' do not fit the lens config: {' '.join(first)}") from None
-    mismatch = lens_mismatch(lm, name, fingerprint)
-    note = (
-        None
-        if mismatch is None
-        else (
-            f"The lens in '{directory}' was trained for {mismatch}, not {lm.name}: "
-            "its readings may mean nothing for this model."
-        )
-    )
-    return lens.to(lm.adapter.output_device), note
+    return lens.to(lm.adapter.output_device), mismatch_note(lm, directory, name, fingerprint, "trained")
 
 
 def _published_state(path: Path) -> dict[str, torch.Tensor]:
@@ -279,10 +318,9 @@ def _published_state(path: Path) -> dict[str, torch.Tensor]:
 def tuned_lens(lm: LoadedModel, input_ids: torch.Tensor, lens: TunedLens, top_k: int = 5) -> DecodeGrid:
     """The decode grid of the tuned lens: the logit lens's rows and positions, each state translated first."""
     check_ids(check_lm(lm), input_ids)
-    check_lens(lm, lens)
+    check_lens(lm, lens, TunedLens)
     check_int(top_k, "top_k", 1)
-    rows, final = lens_logits(lm, input_ids, translate=lens.translate_rows)
-    return build_grid(lm, "tuned_lens", input_ids, rows, final, layer_labels(lm.n_blocks), top_k)
+    return translated_grid(lm, "tuned_lens", input_ids, lens.translate_rows, top_k)
 
 
 def calibration_chunks(lm: LoadedModel, text: str, context: int) -> torch.Tensor:
@@ -356,7 +394,7 @@ def train_tuned_lens(
     optimizer = torch.optim.Adam(lens.parameters(), lr=settings.lr)
     start = _resume(out, recipe, lens, optimizer)
     progress(start, settings.steps, "tuned lens")
-    with _frozen(lm.model), torch.enable_grad():  # also when called under no_grad
+    with frozen_weights(lm.model), torch.enable_grad():  # also when called under no_grad
         _train_steps(lm, lens, chunks, settings, optimizer, start, out, recipe, progress, save_every)
     lens.save(out, {"training": recipe}, lens_format)
     for path in (out / CHECKPOINT, out / CHECKPOINT_STATE):
@@ -365,7 +403,7 @@ def train_tuned_lens(
 
 
 @contextmanager
-def _frozen(model: nn.Module) -> Iterator[None]:
+def frozen_weights(model: nn.Module) -> Iterator[None]:
     """No gradients for the model's own weights while the lens trains (the unembedding's would cost a matmul)."""
     flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
     try:
@@ -521,7 +559,7 @@ def compare_lenses(
     lm: LoadedModel, lens: TunedLens, text: str, max_tokens: int = 256, progress: ProgressFn = no_progress
 ) -> LensComparison:
     """The paper's first figure as a table: both lenses on the same held-out tokens, in the model's dtype."""
-    check_lens(check_lm(lm), lens)
+    check_lens(check_lm(lm), lens, TunedLens)
     check_text(text, "text")
     check_int(max_tokens, "max_tokens", 2)
     ids = lm.tokenizer(text, return_tensors="pt").input_ids[:, :max_tokens].to(lm.adapter.input_device)

@@ -18,6 +18,7 @@ except ImportError:  # older typer uses click itself; mypy checks against the in
 
 from layerscope.cli import direct, probes, studies, tui_command
 from layerscope.cli import heads as heads_commands
+from layerscope.cli import jacobianlens as jacobianlens_commands
 from layerscope.cli import lens as lens_commands
 from layerscope.cli import reproduce as reproduce_commands
 from layerscope.cli import steer as steer_commands
@@ -76,6 +77,7 @@ app.command("attribute")(direct.attribute)
 app.command("tui")(tui_command.tui)
 app.command("trace")(trace_commands.trace)
 app.add_typer(tunedlens_commands.tunedlens_app, name="tunedlens")
+app.add_typer(jacobianlens_commands.jacobianlens_app, name="jacobianlens")
 app.add_typer(reproduce_commands.reproduce_app, name="reproduce")
 app.add_typer(steer_commands.steer_app, name="steer")
 

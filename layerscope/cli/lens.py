@@ -22,12 +22,14 @@ from layerscope.cli.tables import grid_table, report_table
 from layerscope.errors import LayerscopeError
 
 if TYPE_CHECKING:
+    from layerscope.analyses.jacobian_lens import FittedLens
     from layerscope.interventions.core import CliOption
 
 
 class LensMethod(str, Enum):
     logit = "logit"
     tuned = "tuned"
+    jacobian = "jacobian"
 
 
 @command
@@ -35,10 +37,15 @@ def lens(
     *,
     model: BosModelOptions,
     prompt: PromptInput,
-    method: Annotated[LensMethod, typer.Option(help="logit, or tuned (needs --lens).")] = LensMethod.logit,
+    method: Annotated[
+        LensMethod, typer.Option(help="logit, tuned or jacobian (tuned and jacobian need --lens).")
+    ] = LensMethod.logit,
     lens_dir: Annotated[
         Path | None,
-        typer.Option("--lens", help="Tuned lens folder for --method tuned (layerscope tunedlens train)."),
+        typer.Option(
+            "--lens",
+            help="Lens folder for --method tuned (tunedlens train) or jacobian (jacobianlens fit).",
+        ),
         Reads(),
     ] = None,
     top_k: TopKOption = 5,
@@ -56,22 +63,29 @@ def lens(
 
     Example: layerscope lens --model demo --prompt "The capital of France is" --format json
     """
+    from layerscope.analyses.jacobian_lens import JacobianLens, jacobian_lens, read_jacobian_lens
     from layerscope.analyses.lens import logit_lens
     from layerscope.analyses.lens_generate import lens_generate
-    from layerscope.analyses.tuned_lens import tuned_lens
-    from layerscope.cli.tunedlens import load_lens
+    from layerscope.analyses.tuned_lens import TunedLens, tuned_lens
+    from layerscope.cli.tunedlens import echo_mismatch, load_lens
 
     text = prompt.read()
-    if (method is LensMethod.tuned) != (lens_dir is not None):
-        raise LayerscopeError("--method tuned needs --lens DIR, and --lens goes with --method tuned.")
+    if (method is LensMethod.logit) != (lens_dir is None):
+        raise LayerscopeError("--method tuned and --method jacobian need --lens DIR, and --lens goes with one of them.")
     lm = model.load()
-    lens = None if lens_dir is None else load_lens(lm, lens_dir)
+    ids = lm.encode(text)
+    lens: FittedLens | None = None
+    if lens_dir is not None:  # with --method tuned or jacobian (checked above)
+        tuned = method is LensMethod.tuned
+        lens = load_lens(lm, lens_dir) if tuned else echo_mismatch(*read_jacobian_lens(lm, lens_dir))
     if max_new_tokens is not None:
-        grid = lens_generate(lm, lm.encode(text), max_new_tokens, top_k=top_k, lens=lens)
-    elif lens is None:
-        grid = logit_lens(lm, lm.encode(text), top_k=top_k)
+        grid = lens_generate(lm, ids, max_new_tokens, top_k=top_k, lens=lens)
+    elif isinstance(lens, TunedLens):
+        grid = tuned_lens(lm, ids, lens, top_k=top_k)
+    elif isinstance(lens, JacobianLens):
+        grid = jacobian_lens(lm, ids, lens, top_k=top_k)
     else:
-        grid = tuned_lens(lm, lm.encode(text), lens, top_k=top_k)
+        grid = logit_lens(lm, ids, top_k=top_k)
     output.write(grid.to_dict, grid.records, lambda: grid_table(grid), grid.plot)
 
 

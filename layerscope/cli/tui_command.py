@@ -26,7 +26,11 @@ def tui(
     top_k: TopKOption = 5,
     lens: Annotated[
         Path | None,
-        typer.Option("--lens", help="A tuned lens folder: m then cycles logit lens, tuned lens, Patchscope."),
+        typer.Option(
+            "--lens",
+            help="A tuned or Jacobian lens folder (its config.json says which): m then cycles logit lens, that "
+            "lens, Patchscope.",
+        ),
         Reads(),
     ] = None,
     steer: Annotated[

@@ -14,8 +14,16 @@ from layerscope.locations import sample_file
 from layerscope.textfiles import read_text_file
 
 if TYPE_CHECKING:
-    from layerscope.analyses.tuned_lens import TunedLens
+    from layerscope.analyses.tuned_lens import Lens, TunedLens
     from layerscope.models.loading import LoadedModel
+
+CalibrationText = Annotated[
+    Path | None,
+    typer.Option(
+        help="Calibration text, cut into chunks of --context tokens. Default: sample_prompts/calibration.txt."
+    ),
+    Reads((sample_file("calibration.txt"),)),
+]
 
 tunedlens_app = typer.Typer(
     help="Tuned lens (Belrose et al. 2023): train one, compare it with the logit lens.", no_args_is_help=True
@@ -39,7 +47,12 @@ def load_lens(lm: LoadedModel, directory: Path) -> TunedLens:
     """`load_tuned_lens`, a lens recorded for another model shown as one `warning:` line on stderr."""
     from layerscope.analyses.tuned_lens import read_tuned_lens
 
-    lens, mismatch = read_tuned_lens(lm, directory)
+    return echo_mismatch(*read_tuned_lens(lm, directory))
+
+
+def echo_mismatch(lens: Lens, mismatch: str | None) -> Lens:
+    """A lens as read with its mismatch note (`read_tuned_lens`, `read_jacobian_lens`), the note shown as one
+    `warning:` line on stderr."""
     if mismatch is not None:
         typer.echo(f"warning: {escaped(mismatch)}", err=True)
     return lens
@@ -66,11 +79,7 @@ def train(
         Writes(folder=True, files=lens_files),
     ],
     model: ModelOptions,
-    text: Annotated[
-        Path | None,
-        typer.Option(help="Calibration text. Default: sample_prompts/calibration.txt."),
-        Reads((sample_file("calibration.txt"),)),
-    ] = None,
+    text: CalibrationText = None,
     steps: Annotated[int, typer.Option(min=1, help="Optimizer steps, one chunk of --context tokens each.")] = 40,
     context: Annotated[int, typer.Option(min=2, help="Tokens per step.")] = 64,
     lr: Annotated[float, typer.Option(min=0.0, max=1.0, help="Adam learning rate.")] = 1e-3,

@@ -75,7 +75,7 @@ from layerscope.tui.workers import RunContext
 
 if TYPE_CHECKING:
     from layerscope.analyses.grid import DecodeGrid
-    from layerscope.analyses.tuned_lens import TunedLens
+    from layerscope.analyses.jacobian_lens import FittedLens
     from layerscope.models.loading import LoadedModel
 
 TABS = ("tab-lens", "tab-layers", "tab-heads", "tab-output", "tab-overview")
@@ -150,7 +150,7 @@ class LayerscopeApp(App):
         Binding("g", "grow_grid", "Grid over the continuation", show=False, id="grow_grid"),
         Binding("d", "go_to_divergence", "Go to the divergence", show=False, id="go_to_divergence"),
         Binding("L", "open_model", "Load model", show=False, id="open_model"),
-        Binding("T", "open_lens", "Load tuned lens", show=False, id="open_lens"),
+        Binding("T", "open_lens", "Load lens", show=False, id="open_lens"),
         Binding("C", "causal_trace", "Causal trace", show=False, id="causal_trace"),
     ]
 
@@ -184,8 +184,8 @@ class LayerscopeApp(App):
         self.runs = RunController()
         self.hung_up = False
         self.method = "logit_lens"
-        self.lens_dir = lens_dir  # the tuned lens folder asked for; loaded (and checked) once the model is
-        self.tuned: TunedLens | None = None
+        self.lens_dir = lens_dir  # the lens folder asked for; loaded (and checked) once the model is
+        self.lens: FittedLens | None = None  # the tuned or the Jacobian lens, as its folder says
         self.steer_file = steer_file  # the steering vector file asked for; loaded (and checked) with the model
         self._said_no_lens = False
         self.trace_subject = ""
@@ -450,12 +450,12 @@ class LayerscopeApp(App):
             self.toggles = Toggles(seed=self.toggles.seed)
         self.lm = message.lm
         self.model_source = message.source
-        self.tuned = None
+        self.lens = None
         if self.lens_dir is not None:
             self.load_lens(self.lens_dir)
         if self.steer_file is not None:
             self.load_steer(self.steer_file)
-        if self.tuned is None and REGISTRY[self.method].needs_lens:
+        if not self.runs_now(self.method):
             self.method = "logit_lens"
         self.refresh_panes()
         self.update_detail()
@@ -500,11 +500,11 @@ class LayerscopeApp(App):
             return
         if self.focused is self.prompt:  # from typing to reading: e goes back to the prompt
             self.focus_pane()
-        method, toggles, top_k, tuned, length, grow = (
+        method, toggles, top_k, lens, length, grow = (
             self.method,
             self.toggles,
             self.top_k,
-            self.tuned,
+            self.lens,
             self.continuation_tokens,
             self.grow_grid,
         )
@@ -512,7 +512,7 @@ class LayerscopeApp(App):
             "run",
             "starting",
             RUN_CANCELLED,
-            lambda run: workers.lens_run(run, text, method, toggles, top_k, tuned, length, grow),
+            lambda run: workers.lens_run(run, text, method, toggles, top_k, lens, length, grow),
         )
 
     def on_run_started(self, message: RunStarted) -> None:
@@ -913,16 +913,21 @@ class LayerscopeApp(App):
         self.screen.set_focus(self.prompt)
         self.prompt.move_cursor(self.prompt.document.end)
 
+    def runs_now(self, method: str) -> bool:
+        """Whether `method` can run: it reads no lens, or the kind of lens loaded."""
+        kind = REGISTRY[method].lens
+        return not kind or (self.lens is not None and self.lens.kind == kind)
+
     def action_switch_method(self) -> None:
-        """The next method `m` cycles (logit lens -> tuned lens -> Patchscope); the tuned lens is skipped (said
-        once) while none is loaded."""
+        """The next method `m` cycles (logit lens -> tuned or Jacobian lens -> Patchscope); a lens method is
+        skipped while its kind of lens is not loaded (said once while none is)."""
         methods = cycled()
         method = methods[(methods.index(self.method) + 1) % len(methods)]
-        if REGISTRY[method].needs_lens and self.tuned is None:
+        while not self.runs_now(method):
             method = methods[(methods.index(method) + 1) % len(methods)]
-            if not self._said_no_lens:
-                self._said_no_lens = True
-                self.notify("No tuned lens loaded, so m skips it: press T (or start with --lens DIR) to load one.")
+        if self.lens is None and not self._said_no_lens:
+            self._said_no_lens = True
+            self.notify("No lens loaded, so m skips the tuned and Jacobian lenses: press T (or start with --lens DIR).")
         self.method = method
         self.set_status(self.status_text)
         if self.lm is not None and self.prompt.text.strip():
@@ -982,7 +987,9 @@ class LayerscopeApp(App):
 
     def action_open_lens(self) -> None:
         self._ask_path(
-            "Tuned lens folder (from `layerscope tunedlens train`):", str(self.lens_dir or ""), self.load_lens
+            "Lens folder (from `layerscope tunedlens train` or `jacobianlens fit`):",
+            str(self.lens_dir or ""),
+            self.load_lens,
         )
 
     def load_lens(self, folder: Path) -> None:
@@ -990,17 +997,20 @@ class LayerscopeApp(App):
         if self.lm is None:
             self.lens_dir = folder  # loaded with the model
             return
-        from layerscope.analyses.tuned_lens import read_tuned_lens
+        from layerscope.analyses.jacobian_lens import read_lens
 
         try:
-            self.tuned, mismatch = read_tuned_lens(self.lm, folder)
+            self.lens, mismatch = read_lens(self.lm, folder)
         except LayerscopeError as error:
             self.notify(str(error), severity="error", timeout=10)
             return
         if mismatch is not None:
             self.notify(mismatch, severity="warning", timeout=10)
         self.lens_dir = folder
-        self.notify(f"tuned lens loaded from {folder}: m switches to it")
+        if not self.runs_now(self.method):  # the other kind of lens replaced the one this method reads
+            self.method = "logit_lens"
+            self.set_status(self.status_text)
+        self.notify(f"{self.lens.kind} lens loaded from {folder}: m switches to it")
 
     def _ask_path(self, title: str, default: str, then: Callable[[Path], None], writes: bool = False) -> None:
         """Ask for a path and pass it on; a user mistake or a file error (a folder given as the file, a full disk)

@@ -21,7 +21,7 @@ from layerscope.models.loading import LoadedModel
 from layerscope.progress import ProgressFn
 
 if TYPE_CHECKING:
-    from layerscope.analyses.tuned_lens import TunedLens
+    from layerscope.analyses.jacobian_lens import FittedLens
 
 
 @dataclass
@@ -59,13 +59,13 @@ def lens_rows(
     interventions: Sequence[Intervention],
     top_k: int,
     cancelled: Callable[[], bool],
-    tuned: TunedLens | None = None,
+    lens: FittedLens | None = None,
 ) -> Iterator[LayerRow]:
-    """Logit-lens rows of the baseline and the intervened run together, with their per-layer KL; with a tuned
-    lens, each run's states go through its translators first (the tuned lens's grid)."""
+    """Logit-lens rows of the baseline and the intervened run together, with their per-layer KL; with a tuned or
+    Jacobian lens, each run's states are moved by it first (that lens's grid)."""
     runs = [lens_states(lm, input_ids)] + ([lens_states(lm, input_ids, interventions)] if interventions else [])
-    if tuned is not None:
-        runs = [tuned.translate_rows(states) for states in runs]
+    if lens is not None:
+        runs = [lens.translate_rows(states) for states in runs]
     decoded = lens_grid_rows(lm, runs, top_k)
     for row, label in enumerate(layer_labels(lm.n_blocks)):
         if cancelled():
@@ -84,12 +84,12 @@ def lens_columns(
     max_new_tokens: int,
     top_k: int,
     cancelled: Callable[[], bool],
-    tuned: TunedLens | None = None,
+    lens: FittedLens | None = None,
 ) -> Iterator[GeneratedColumn]:
     """The generated positions after `lens_rows`'s prompt, one greedy token at a time from the KV cache: the
     baseline and, with interventions, the intervened run, each decoding its own continuation, stepped in turn.
     Both grids keep one length: the columns end where either run ends its text."""
-    translate = tuned.translate_rows if tuned is not None else None
+    translate = lens.translate_rows if lens is not None else None
     runs = [residual_steps(lm, input_ids, max_new_tokens, [], translate)]
     if interventions:
         runs.append(residual_steps(lm, input_ids, max_new_tokens, interventions, translate))

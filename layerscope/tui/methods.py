@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from layerscope.analyses.causal_trace import CausalTrace, TraceCell
     from layerscope.analyses.grid import DecodeGrid, GridCell
     from layerscope.analyses.head_pattern import AttentionPattern
-    from layerscope.analyses.tuned_lens import TunedLens
+    from layerscope.analyses.jacobian_lens import FittedLens
     from layerscope.interventions import Intervention
     from layerscope.models.loading import LoadedModel
     from layerscope.progress import ProgressFn
@@ -76,11 +76,11 @@ RowsFunction = Callable[
         int,
         Callable[[], bool],
         "ProgressFn",
-        "TunedLens | None",
+        "FittedLens | None",
     ],
     "Iterator[LayerRow]",
 ]
-"""(lm, input_ids, interventions, top_k, cancelled, progress, tuned lens) -> the grid's rows as computed."""
+"""(lm, input_ids, interventions, top_k, cancelled, progress, the loaded lens) -> the grid's rows as computed."""
 
 ColumnsFunction = Callable[
     [
@@ -90,11 +90,11 @@ ColumnsFunction = Callable[
         int,
         int,
         Callable[[], bool],
-        "TunedLens | None",
+        "FittedLens | None",
     ],
     "Iterator[GeneratedColumn]",
 ]
-"""(lm, input_ids, interventions, max_new_tokens, top_k, cancelled, tuned lens) -> the generated positions, one by
+"""(lm, input_ids, interventions, max_new_tokens, top_k, cancelled, the loaded lens) -> the generated positions, one by
 one, after the rows (`g`: the grid grows over the continuation)."""
 
 
@@ -117,7 +117,7 @@ class GridMethod:
     charts: Callable[[Results, Grid, Cursor, Theme], list[Chart]]  # (results, the grid shown, cursor, theme)
     clipboard: Callable[[Results, Cursor], str]  # `y`: the cell under the cursor as plain text, tokens raw
     rows: RowsFunction | None = None  # the engine, for a method that `m` cycles and Ctrl+R runs
-    needs_lens: bool = False  # runs only with a tuned lens loaded
+    lens: str = ""  # the `kind` of lens it reads ('tuned', 'jacobian'): runs only with one loaded; '': none
     columns: ColumnsFunction | None = None  # the engine of its generated positions, for a grid that grows (`g`)
 
     def records(self, grid: Grid) -> Records:
@@ -269,12 +269,12 @@ def lens_method(
     phase: str,
     rows: RowsFunction,
     intervenable: bool = True,
-    needs_lens: bool = False,
+    lens: str = "",
     columns: ColumnsFunction | None = None,
 ) -> GridMethod:
     """A method whose grid is a DecodeGrid of top-k tokens: it shows and exports like the logit lens."""
     return GridMethod(
-        name, intervenable, phase, lens_summary, lens_detail, lens_charts, lens_clipboard, rows, needs_lens, columns
+        name, intervenable, phase, lens_summary, lens_detail, lens_charts, lens_clipboard, rows, lens, columns
     )
 
 
@@ -285,39 +285,40 @@ def _logit_lens_rows(
     top_k: int,
     cancelled: Callable[[], bool],
     progress: ProgressFn,
-    tuned: TunedLens | None,
+    lens: FittedLens | None,
 ) -> Iterator[LayerRow]:
     from layerscope.tui.compute import lens_rows
 
     return lens_rows(lm, input_ids, interventions, top_k, cancelled)
 
 
-def _tuned_lens_rows(
+def _fitted_lens_rows(
     lm: LoadedModel,
     input_ids: torch.Tensor,
     interventions: Sequence[Intervention],
     top_k: int,
     cancelled: Callable[[], bool],
     progress: ProgressFn,
-    tuned: TunedLens | None,
+    lens: FittedLens | None,
 ) -> Iterator[LayerRow]:
+    """The tuned or the Jacobian lens, whichever is loaded (the app runs each only with its own kind loaded)."""
     from layerscope.tui.compute import lens_rows
 
-    assert tuned is not None, "the app runs the tuned lens only with a lens loaded (needs_lens)"
-    return lens_rows(lm, input_ids, interventions, top_k, cancelled, tuned)
+    assert lens is not None, "the app runs a lens method only with its lens loaded (GridMethod.lens)"
+    return lens_rows(lm, input_ids, interventions, top_k, cancelled, lens)
 
 
 def _logit_lens_columns(*arguments: Any) -> Iterator[GeneratedColumn]:
-    """The logit lens's generated positions, a tuned lens loaded or not (the last argument): imported in the
+    """The logit lens's generated positions, a lens loaded or not (the last argument): imported in the
     worker, as every engine function here (it pulls in torch)."""
     from layerscope.tui.compute import lens_columns
 
-    *untranslated, _tuned = arguments
+    *untranslated, _lens = arguments
     return lens_columns(*untranslated)
 
 
-def _tuned_lens_columns(*arguments: Any) -> Iterator[GeneratedColumn]:
-    """The tuned lens's generated positions: each state through the loaded lens's translator first."""
+def _fitted_lens_columns(*arguments: Any) -> Iterator[GeneratedColumn]:
+    """The tuned or the Jacobian lens's generated positions: each state through the loaded lens first."""
     from layerscope.tui.compute import lens_columns
 
     return lens_columns(*arguments)
@@ -330,7 +331,7 @@ def _patchscope_rows(
     top_k: int,
     cancelled: Callable[[], bool],
     progress: ProgressFn,
-    tuned: TunedLens | None,
+    lens: FittedLens | None,
 ) -> Iterator[LayerRow]:
     from layerscope.tui.compute import patchscope_rows
 
@@ -338,7 +339,10 @@ def _patchscope_rows(
 
 
 register(lens_method("logit_lens", "lens rows", _logit_lens_rows, columns=_logit_lens_columns))
-register(lens_method("tuned_lens", "tuned lens rows", _tuned_lens_rows, needs_lens=True, columns=_tuned_lens_columns))
+register(lens_method("tuned_lens", "tuned lens rows", _fitted_lens_rows, lens="tuned", columns=_fitted_lens_columns))
+register(
+    lens_method("jacobian_lens", "Jacobian lens rows", _fitted_lens_rows, lens="jacobian", columns=_fitted_lens_columns)
+)
 # Patchscope reads each state in a pass of its own target prompt, not from the generating pass: no columns
 register(lens_method("patchscope", "patchscope rows", _patchscope_rows, intervenable=False))
 

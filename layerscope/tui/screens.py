@@ -14,9 +14,9 @@ from layerscope.tui.keymap import key_display
 PALETTE_HELP = {
     "run": "Run the prompt with the current toggles",
     "cancel": "Stop the running computation, keeping its rows",
-    "switch_method": "Logit lens / tuned lens / Patchscope",
+    "switch_method": "Logit lens / tuned or Jacobian lens / Patchscope",
     "causal_trace": "Noise the subject, restore each state in turn",
-    "open_lens": "A folder from `layerscope tunedlens train`",
+    "open_lens": "A folder from `layerscope tunedlens train` or `jacobianlens fit`",
     "cycle_view": "Intervened / baseline / diff",
     "clear_interventions": "Remove every toggle and head mask",
     "save_session": "Prompt, model, interventions and results as JSON",

@@ -32,7 +32,7 @@ from layerscope.tui.runs import Cancelled, stop_between_blocks
 from layerscope.tui.state import RunOrigin, Toggles
 
 if TYPE_CHECKING:
-    from layerscope.analyses.tuned_lens import TunedLens
+    from layerscope.analyses.jacobian_lens import FittedLens
     from layerscope.models.loading import LoadedModel
     from layerscope.progress import ProgressFn
 
@@ -74,7 +74,7 @@ def lens_run(
     method: str,
     toggles: Toggles,
     top_k: int,
-    tuned: TunedLens | None,
+    lens: FittedLens | None,
     continuation_tokens: int,
     grow: bool = False,
 ) -> None:
@@ -89,8 +89,8 @@ def lens_run(
     grid_method = REGISTRY[method]
     if grid_method.rows is None:
         raise ValueError(f"{method} has no rows to run")
-    if grid_method.needs_lens and tuned is None:
-        raise LayerscopeError("No tuned lens is loaded: start with --lens DIR or press T to load one.")
+    if grid_method.lens and (lens is None or lens.kind != grid_method.lens):
+        raise LayerscopeError(f"No {grid_method.lens} lens is loaded: start with --lens DIR or press T to load one.")
     columns = grid_method.columns if grow else None
     with run.using_model() as lm, torch.inference_mode():
         ids = lm.encode(text)
@@ -100,7 +100,7 @@ def lens_run(
         run.post(RunStarted(run.run_id, baseline, intervened, RunOrigin(lm.name, text, method, toggles)))
         rows_phase, total = run.progress(grid_method.phase), lm.n_blocks + 1
         rows_phase(0, total, "")
-        for row in grid_method.rows(lm, ids, interventions, top_k, run.cancelled, rows_phase, tuned):
+        for row in grid_method.rows(lm, ids, interventions, top_k, run.cancelled, rows_phase, lens):
             run.post(RowComputed(run.run_id, row))
             rows_phase(row.row + 1, total, "")
         runs = {"baseline": [], "intervened": interventions} if interventions else {"baseline": []}
@@ -113,7 +113,7 @@ def lens_run(
             generated: list[list[int]] = [[] for _ in runs]
             columns_phase = run.progress("generating")
             columns_phase(0, continuation_tokens, "")
-            for column in columns(lm, ids, interventions, continuation_tokens, top_k, run.cancelled, tuned):
+            for column in columns(lm, ids, interventions, continuation_tokens, top_k, run.cancelled, lens):
                 run.post(ColumnComputed(run.run_id, column))
                 for tokens, token in zip(generated, column.token_ids):
                     tokens.append(token)
