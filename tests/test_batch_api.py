@@ -226,12 +226,12 @@ def test_docs_custom_intervention(demo_lm):
     namespace = {"ls": ls, "lm": demo_lm, "batch": batch}
     try:
         exec(compile(example, "docs/python-api.md", "exec"), namespace)
-        steer, reports = namespace["steer"], namespace["reports"]
+        nudge, reports = namespace["nudge"], namespace["reports"]
         base, steered = reports[0].baseline.top1(-1, -1), reports[0].intervened.top1(-1, -1)
         assert base.token == steered.token == " Paris" and steered.prob < base.prob - 0.1
-        alone = ls.run_interventions(demo_lm, demo_lm.encode("The capital of France is"), [steer])
+        alone = ls.run_interventions(demo_lm, demo_lm.encode("The capital of France is"), [nudge])
         assert_same_report(reports[0], alone, Tolerance.of(demo_lm, ["The capital of France is"]))
         with pytest.raises(InterventionError, match="out of range"):
-            ls.run_interventions(demo_lm, demo_lm.encode("Hi"), [namespace["Steer"](99, steer.vector)])
+            ls.run_interventions(demo_lm, demo_lm.encode("Hi"), [namespace["Nudge"](99, nudge.vector)])
     finally:
-        REGISTRY.pop("steer", None)  # other tests see the shipped kinds only
+        REGISTRY.pop("nudge", None)  # other tests see the shipped kinds only
