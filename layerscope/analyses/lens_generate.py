@@ -11,7 +11,6 @@ position edits on the prompt pass only, the decoding continuing from the interve
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,12 +21,11 @@ from layerscope.analyses.decoding import stop_ids
 from layerscope.analyses.grid import DecodeGrid, GridCell
 from layerscope.analyses.jacobian_lens import FittedLens, JacobianLens
 from layerscope.analyses.lens import lens_grid_rows
-from layerscope.analyses.residual import layer_labels
+from layerscope.analyses.residual import layer_labels, residual_rows
 from layerscope.analyses.tuned_lens import TunedLens, check_lens
 from layerscope.arguments import check_ids, check_int, check_intervention_list, check_lm
 from layerscope.interventions import Intervention, intervene
 from layerscope.models.cache import cached_forward
-from layerscope.models.hooks import hook_input, hook_output
 from layerscope.models.loading import LoadedModel
 
 if TYPE_CHECKING:
@@ -85,21 +83,9 @@ def residual_steps(
 def _read_pass(lm: LoadedModel, ids: torch.Tensor, cache: Cache | None) -> tuple[Any, Cache, torch.Tensor]:
     """One forward of `ids` continuing from `cache`: its output, the grown cache, and the residual rows
     (L + 1, tokens, hidden) read by hooks that come off with the pass."""
-    adapter = lm.adapter
-    rows: list[torch.Tensor] = [torch.empty(0)] * (adapter.n_blocks + 1)
-
-    def keep(row: int) -> Callable[[torch.Tensor], None]:
-        def store(hidden: torch.Tensor) -> None:
-            rows[row] = hidden.detach()[0].to(adapter.output_device)
-
-        return store
-
-    with ExitStack() as stack, torch.inference_mode():
-        hook_input(stack, adapter.blocks[0], keep(0))
-        for block in range(adapter.n_blocks):  # depth in the run order, after any swap
-            hook_output(stack, adapter.blocks[block], keep(block + 1))
+    with residual_rows(lm.adapter) as rows, torch.inference_mode():
         output, cache = cached_forward(lm.model, cache, input_ids=ids, **last_logits_only(lm))
-        return output, cache, torch.stack(rows)
+    return output, cache, torch.stack(rows)[:, 0]
 
 
 def lens_generate(

@@ -7,8 +7,8 @@ same way (final norm, then unembedding) and the norm is never applied twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,9 +28,10 @@ def layer_labels(n_blocks: int) -> list[str]:
     return ["emb", *(str(b) for b in range(n_blocks))]
 
 
-def capture_residuals(adapter: ModelAdapter, input_ids: torch.Tensor, **forward_options: Any) -> CapturedResiduals:
-    """One forward pass of `input_ids` (batch, tokens); the residual state at each row, and the model's logits
-    (`forward_options` go to the model, e.g. logits_to_keep=1 where only the last position's logits are wanted)."""
+@contextmanager
+def residual_rows(adapter: ModelAdapter) -> Iterator[list[torch.Tensor | None]]:
+    """While open, every forward pass through the model fills the list with the residual state at each row
+    (batch, tokens, hidden), on the output device; the hooks come off when it closes."""
     rows: list[torch.Tensor | None] = [None] * (adapter.n_blocks + 1)
     target = adapter.output_device
 
@@ -40,10 +41,17 @@ def capture_residuals(adapter: ModelAdapter, input_ids: torch.Tensor, **forward_
 
         return store
 
-    with ExitStack() as stack, torch.inference_mode():
+    with ExitStack() as stack:
         blocks = adapter.blocks
         hook_input(stack, blocks[0], keep(0))
-        for block in range(adapter.n_blocks):
+        for block in range(adapter.n_blocks):  # depth in the run order, after any swap
             hook_output(stack, blocks[block], keep(block + 1))
+        yield rows
+
+
+def capture_residuals(adapter: ModelAdapter, input_ids: torch.Tensor, **forward_options: Any) -> CapturedResiduals:
+    """One forward pass of `input_ids` (batch, tokens); the residual state at each row, and the model's logits
+    (`forward_options` go to the model, e.g. logits_to_keep=1 where only the last position's logits are wanted)."""
+    with residual_rows(adapter) as rows, torch.inference_mode():
         logits = adapter.model(input_ids=input_ids, use_cache=False, **forward_options).logits
-    return CapturedResiduals(states=torch.stack(rows), logits=logits.to(target))
+    return CapturedResiduals(states=torch.stack(rows), logits=logits.to(adapter.output_device))
