@@ -3,6 +3,8 @@ hand, and the vector against numpy's mean difference of hooked states."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -24,14 +26,15 @@ def hidden_size(lm) -> int:
     return lm.model.get_input_embeddings().weight.shape[-1]
 
 
-def hand_logits(lm, ids, row, added, last_only=False):
-    """A plain forward with a pre-hook on block `row` (or a hook on the last block's output) adding `added`;
-    `row` may be a tuple of rows, each hooked."""
+def hand_logits(lm, ids, row, added, last_only=False, at=None, attention_mask=None):
+    """A plain forward with a pre-hook on block `row` (or a hook on the last block's output) adding `added`
+    (at the last position, or at the token indices `at`, or everywhere); `row` may be a tuple of rows, each
+    hooked."""
 
     def add(hidden):
-        if last_only:
+        if last_only or at is not None:
             hidden = hidden.clone()
-            hidden[:, -1] += added
+            hidden[:, [-1] if last_only else list(at)] += added
             return hidden
         return hidden + added
 
@@ -52,7 +55,7 @@ def hand_logits(lm, ids, row, added, last_only=False):
     ]
     try:
         with torch.inference_mode():
-            return lm.model(ids).logits
+            return lm.model(ids, attention_mask=attention_mask).logits
     finally:
         for handle in handles:
             handle.remove()
@@ -77,6 +80,53 @@ def test_steering_equals_a_hand_hook_adding_the_vector_on_tiny_families(family):
         with torch.inference_mode():
             baseline = lm.model(ids).logits
         assert torch.equal(steered_logits(lm, ids, ls.SteerVector(row, vector, 0.0)), baseline)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_steering_at_chosen_positions_equals_a_hand_hook_adding_there(family):
+    """positions=(1, 3): the vector at those tokens only, as a hand hook adds it; the same places of a
+    left-padded batch element are its own real tokens 1 and 3, as a hand hook on that element's indices."""
+    lm = tiny_model(family)
+    ids = random_ids(7, seed=3)
+    vector = torch.randn(hidden_size(lm), generator=torch.Generator().manual_seed(8))
+    for row in (1, lm.n_blocks):
+        steer = ls.SteerVector(row, vector, 2.5, positions=(1, 3))
+        assert torch.equal(steered_logits(lm, ids, steer), hand_logits(lm, ids, row, 2.5 * vector, at=(1, 3)))
+    padded = torch.cat([torch.zeros(1, 2, dtype=ids.dtype), ids], dim=1)
+    mask = torch.cat([torch.zeros(1, 2, dtype=torch.long), torch.ones_like(ids)], dim=1)
+    with ls.intervene(lm, [ls.SteerVector(1, vector, 2.5, positions=(1, 3))]), torch.inference_mode():
+        steered = lm.model(padded, attention_mask=mask).logits
+    by_hand = hand_logits(lm, padded, 1, 2.5 * vector, at=(3, 5), attention_mask=mask)
+    assert torch.equal(steered[:, 2:], by_hand[:, 2:])
+
+
+def test_chosen_positions_steer_the_prompt_and_the_continuation_reads_them_from_the_cache():
+    """Greedy decoding under positions=(0, 4) equals decoding by hand with full forwards that add the vector at
+    prompt tokens 0 and 4 only (the generated tokens are not steered; they attend to the steered prompt)."""
+    lm = tiny_model("llama")
+    ids = random_ids(6)
+    vector = 4.0 * torch.randn(hidden_size(lm), generator=torch.Generator().manual_seed(2))
+    tokens = ids
+    for _ in range(5):
+        logits = hand_logits(lm, tokens, 1, vector, at=(0, 4))
+        tokens = torch.cat([tokens, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    steer = ls.SteerVector(1, vector, 1.0, positions=(0, 4))
+    assert greedy_continuation(lm, ids, 5, [steer]).token_ids == tokens[0, 6:].tolist()
+    everywhere = greedy_continuation(lm, ids, 5, [ls.SteerVector(1, vector, 1.0)]).token_ids
+    assert everywhere != tokens[0, 6:].tolist()
+
+
+def test_chosen_positions_outside_the_prompt_are_refused_by_name():
+    lm = tiny_model("llama")
+    ids = random_ids(5)
+    vector = torch.ones(hidden_size(lm))
+    with pytest.raises(LayerscopeError, match=r"position 5 is past the prompt \(5 tokens\)"):
+        steered_logits(lm, ids, ls.SteerVector(1, vector, positions=(2, 5)))
+    with pytest.raises(LayerscopeError, match=r"position 5 is outside the prompt \(0..4\)"):
+        ls.intervene(lm, [ls.SteerVector(1, vector, positions=(5,))], seq_len=5).__enter__()
+    for bad in ((), (-1,), (True,), "first", [1, 2]):
+        with pytest.raises(LayerscopeError, match="positions="):
+            ls.intervene(lm, [ls.SteerVector(1, vector, positions=bad)]).__enter__()
 
 
 def test_steering_at_several_rows_adds_the_vector_at_each():
@@ -189,6 +239,10 @@ def test_the_sweep_steers_each_layer_and_factor_as_a_hand_hook_does():
         (layer, factor) for layer in range(lm.n_blocks) for factor in (2.0, 0.0, -3.0)
     ]
     assert min(p.kl for p in points if p.factor != 0) > 0
+    at_two = {**settings, "steer_factor": 2.0, "steer_positions": (1, 2)}
+    for point in sweep(lm, [PromptItem("alpha beta gamma beta")], "steer", layers=[1, 3], settings=at_two):
+        steered = torch.log_softmax(hand_logits(lm, ids, point.layer, 2.0 * vector, at=(1, 2))[0].double(), -1)
+        assert point.kl == pytest.approx((base.exp() * (base - steered)).sum(-1).mean().item(), abs=1e-5)
     for bad in ([], [1.0, float("nan")], "2"):
         with pytest.raises(LayerscopeError, match="steer_factor="):
             list(sweep(lm, [PromptItem("alpha")], "steer", settings={**settings, "steer_factor": bad}))
@@ -211,13 +265,24 @@ def test_the_cli_makes_a_vector_and_steers_with_it(tmp_path, cli_demo_lm):
     )
     assert ran.exit_code == 0, ran.output
     assert '"kind": "steer"' in ran.stdout and '"row": 6' in ran.stdout
+    chosen = runner.invoke(
+        app,
+        ["run", "--model", "demo", "-p", "I think", "--steer", str(out), "--steer-positions", "0,1"]
+        + "--max-new-tokens 3 -f json".split(),
+    )
+    assert chosen.exit_code == 0, chosen.output
+    assert json.loads(chosen.stdout)["interventions"][0]["positions"] == [0, 1]
     for args, fragment in [
         (["run", "-p", "x", "--steer-at", "3"], "--steer FILE"),
         (["run", "-p", "x", "--steer", str(tmp_path / "pos.txt")], "cannot be read"),
         (["run", "-p", "x", "--steer", str(out), "--steer-positions", "first"], "--steer-positions"),
         (["run", "-p", "x", "--steer", str(out), "--out", str(out)], "--out"),
         (["sweep", "-i", "steer"], "--steer FILE"),
-        (["sweep", "-i", "drop", "--steer-factor", "2"], "--steer-factor go with -i steer"),
+        (["sweep", "-i", "drop", "--steer-factor", "2"], "--steer-positions go with -i steer"),
+        (["sweep", "-i", "drop", "--steer-positions", "2"], "--steer-positions go with -i steer"),
+        (["sweep", "-i", "steer", "--steer", str(out), "--steer-positions", "x"], "--steer-positions: use all, last"),
+        (["run", "-p", "x", "--steer", str(out), "--steer-positions", "-1"], "prompt positions such as 0,4-6"),
+        (["run", "-p", "I think", "--steer", str(out), "--steer-positions", "9"], "position 9 is outside the prompt"),
         (["sweep", "-i", "steer", "--steer", str(out), "--steer-factor", "2,x"], "--steer-factor '2,x'"),
         (["steer", "vector", "--positive", str(out), "--negative", str(out), "--row", "1", "--out", str(out)], "--out"),
     ]:
@@ -232,7 +297,9 @@ def test_the_explorer_steers_from_its_column_with_the_factor_key(demo_lm, tmp_pa
     lens is the lens under SteerVector(6, vector, 2.0), and the session keeps the factor."""
     import asyncio
 
-    from layerscope.analyses.lens import logit_lens
+    from textual.widgets import Input
+
+    from layerscope.analyses.lens_generate import lens_generate
     from layerscope.tui.app import LayerscopeApp
     from layerscope.tui.state import block_kinds
     from layerscope.tui.themes import SHIPPED_THEMES
@@ -259,19 +326,38 @@ def test_the_explorer_steers_from_its_column_with_the_factor_key(demo_lm, tmp_pa
             await settle(pilot)
             await pilot.press("t")
             await settle(pilot)
+            grown = app.runs.results.intervened
+            await pilot.press("w")
+            app.screen.query_one(Input).value = "first"
+            await pilot.press("enter")
+            await pilot.pause(0.1)
+            assert app.toggles.steer_positions == "all" and "Steer positions: --steer-positions" in said[-1]
+            await pilot.press("w")
+            app.screen.query_one(Input).value = "1,3"
+            await pilot.press("enter")
+            await settle(pilot)
+            return grown
 
-    asyncio.run(drive())
+    said: list[str] = []
+    shown = app.notify
+    app.notify = lambda message, **kw: (said.append(message), shown(message, **kw))[1]  # type: ignore[method-assign]
+    grown = asyncio.run(drive())
     assert app.toggles.steer == {6} and app.toggles.steer_factor == 2.0
-    expected = logit_lens(demo_lm, demo_lm.encode(prompt), top_k=5, interventions=[ls.SteerVector(6, vector, 2.0)])
+    ids = demo_lm.encode(prompt)
+    expected = lens_generate(demo_lm, ids, 2, interventions=[ls.SteerVector(6, vector, 2.0)])
+    assert [[c.top[0].id for c in row] for row in grown.cells] == [[c.top[0].id for c in row] for row in expected.cells]
+    at_two = lens_generate(demo_lm, ids, 2, interventions=[ls.SteerVector(6, vector, 2.0, positions=(1, 3))])
     assert [[c.top[0].id for c in row] for row in app.runs.results.intervened.cells] == [
-        [c.top[0].id for c in row] for row in expected.cells
+        [c.top[0].id for c in row] for row in at_two.cells
     ]
-    assert app.toggles.to_dict()["steer_factor"] == 2.0 and app.toggles.describe() == "steer row 6 ×2"
+    assert app.toggles.to_dict()["steer_factor"] == 2.0 and app.toggles.to_dict()["steer_positions"] == [1, 3]
+    assert app.toggles.describe() == "steer row 6 ×2 (positions 1,3)"
 
 
 def test_the_explorer_without_a_vector_says_how_to_give_one(tmp_path):
-    """No --steer FILE: the steer column and `t` give a notice and change nothing; a session that steers is refused
-    with one notice, and a session's factor must be a finite number."""
+    """No --steer FILE: the steer column, `t` and `w` give a notice and change nothing; a session that steers is
+    refused with one notice, and a session's factor and positions must be a finite number and 'all', 'last' or a
+    list of prompt positions."""
     import asyncio
 
     from layerscope.tui.app import LayerscopeApp
@@ -291,11 +377,11 @@ def test_the_explorer_without_a_vector_says_how_to_give_one(tmp_path):
         async with app.run_test(size=(160, 50)) as pilot:
             await settle(pilot)
             column = 1 + list(block_kinds()).index("steer")
-            await pilot.press("2", "down", *["right"] * (column - 1), "space", "t")
+            await pilot.press("2", "down", *["right"] * (column - 1), "space", "t", "w")
             await settle(pilot)
 
     asyncio.run(drive())
-    assert app.toggles == Toggles() and len(notices) == 2 and all("--steer FILE" in n for n in notices)
+    assert app.toggles == Toggles() and len(notices) == 3 and all("--steer FILE" in n for n in notices)
     with pytest.raises(LayerscopeError, match="steers at row 1: start the explorer with --steer FILE"):
         app.load_session(tmp_path / "s.json")
     saved = session.read_text()
@@ -303,3 +389,9 @@ def test_the_explorer_without_a_vector_says_how_to_give_one(tmp_path):
         session.write_text(saved.replace('"steer_factor": 2.0', f'"steer_factor": {bad}'))
         with pytest.raises(LayerscopeError, match="steer factor .* is not a finite number"):
             Session.load(session)
+    for bad in ('"first"', "[]", "[-1]", "[true]", "3"):
+        session.write_text(saved.replace('"steer_positions": "all"', f'"steer_positions": {bad}'))
+        with pytest.raises(LayerscopeError, match="steer positions .* neither"):
+            Session.load(session)
+    session.write_text(saved.replace('"steer_positions": "all"', '"steer_positions": [0, 2]'))
+    assert Session.load(session).toggles.steer_positions == (0, 2)

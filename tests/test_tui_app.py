@@ -13,7 +13,7 @@ from layerscope.tui.app import LayerscopeApp
 from layerscope.tui.grid_view import DecodeGridView
 from layerscope.tui.panes import ChartPane
 from layerscope.tui.themes import FALLBACK_THEME, SHIPPED_THEMES
-from tests.tui_synthetic import notices, screen_text, settle
+from tests.tui_synthetic import notices, prompt_part, screen_text, settle
 
 pytestmark = pytest.mark.demo
 
@@ -43,8 +43,10 @@ async def test_main_flow(demo_lm, tmp_path):
         ids = demo_lm.encode("Paris is the capital of")
         expected = logit_lens(demo_lm, ids, top_k=5)
         grid = app.query_one(DecodeGridView)
-        assert app.runs.results.baseline.tokens == expected.tokens
-        assert [[c.top[0].id for c in row] for row in app.runs.results.baseline.cells] == [
+        baseline = app.runs.results.baseline  # grown over the 2-token continuation: the prompt's part is the lens
+        assert baseline.prompt_length == len(ids[0]) and len(baseline.tokens) == len(ids[0]) + 2
+        assert prompt_part(baseline).tokens == expected.tokens
+        assert [[c.top[0].id for c in row] for row in prompt_part(baseline).cells] == [
             [c.top[0].id for c in row] for row in expected.cells
         ]
         assert app.runs.results.intervened is None and "baseline" in app.runs.results.continuation
@@ -62,7 +64,7 @@ async def test_main_flow(demo_lm, tmp_path):
         await settle(pilot)
         assert app.toggles.drop == {3}
         dropped = logit_lens(demo_lm, ids, top_k=5, interventions=[DropBlocks((3,))])
-        assert [[c.top[0].id for c in row] for row in app.runs.results.intervened.cells] == [
+        assert [[c.top[0].id for c in row] for row in prompt_part(app.runs.results.intervened).cells] == [
             [c.top[0].id for c in row] for row in dropped.cells
         ]
         changed = [
@@ -92,7 +94,7 @@ async def test_main_flow(demo_lm, tmp_path):
         await pilot.press("ctrl+r")
         await settle(pilot)
         masked = logit_lens(demo_lm, ids, top_k=5, interventions=[DropBlocks((3,)), MaskHeads(((0, 0),), "zero")])
-        assert [[c.top[0].id for c in row] for row in app.runs.results.intervened.cells] == [
+        assert [[c.top[0].id for c in row] for row in prompt_part(app.runs.results.intervened).cells] == [
             [c.top[0].id for c in row] for row in masked.cells
         ]
 
@@ -110,7 +112,7 @@ async def test_main_flow(demo_lm, tmp_path):
         assert "KL(base‖int)" in app.clipboard
         await pilot.press("Y")
         assert app.clipboard.splitlines()[0] == "\t".join(["token", *saved.intervened.layers])
-        assert len(app.clipboard.splitlines()) == len(ids[0]) + 1
+        assert len(app.clipboard.splitlines()) == len(saved.intervened.tokens) + 1
         csv_path = tmp_path / "grid.csv"
         await pilot.press("x")
         app.screen.query_one(Input).value = str(csv_path)

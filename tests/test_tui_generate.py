@@ -1,5 +1,6 @@
-"""The explorer's grid grown over the continuation (`g`): its columns against the engine's `lens_generate`, the
-divergence as a grid position (`d`), and Esc keeping the columns computed so far."""
+"""The explorer's grid grown over the continuation (the default; `g` keeps it to the prompt): its columns against
+the engine's `lens_generate`, the divergence as a grid position (`d`), and Esc keeping the columns computed so
+far."""
 
 from __future__ import annotations
 
@@ -34,9 +35,10 @@ async def test_the_grid_grows_over_both_continuations_and_d_goes_to_their_diverg
     app.continuation_tokens = 4
     async with app.run_test(size=(160, 50)) as pilot:
         await settle(pilot)
-        await pilot.press("escape", "d")  # nothing grown yet: d says how to get a divergence
-        assert "g grows it over the continuation" in notices(app)[-1]
-        await pilot.press("g", "2", *["down"] * 15, "space")  # grow, then drop block 15: it runs
+        assert app.runs.results.baseline.prompt_length == 5  # the grid grows over the continuation by default
+        await pilot.press("escape", "d")  # no intervention yet: d says how to get a divergence
+        assert "No intervened run to compare" in notices(app)[-1]
+        await pilot.press("2", *["down"] * 15, "space")  # drop block 15: it runs
         await settle(pilot)
         assert app.toggles.drop == {15}
         results = app.runs.results
@@ -56,6 +58,12 @@ async def test_the_grid_grows_over_both_continuations_and_d_goes_to_their_diverg
         label = f"   6+{token_label(dropped.tokens[6], 9)}"  # the intervened view's token, marked generated
         assert any(line.startswith(label) for line in screen_text(app).splitlines())
         assert f"@ 6 {base_token} / int. {int_token} (generated)\n" in app.detail.plain
+        await pilot.press("g", "ctrl+r")  # the grid over the prompt alone, from the next run
+        await settle(pilot)
+        assert app.runs.results.baseline.prompt_length is None and len(app.runs.results.baseline.tokens) == 5
+        assert app.runs.results.continuation["intervened"] == demo_lm.tokenizer.decode(dropped.token_ids[5:])
+        await pilot.press("d")
+        assert "g grows it over the continuation again" in notices(app)[-1]
 
 
 def test_esc_while_generating_keeps_the_columns_so_far():

@@ -16,7 +16,7 @@ from layerscope.tui.methods import REGISTRY
 from layerscope.tui.runs import Cancelled, Job, RunController
 from layerscope.tui.state import Results, RunOrigin, Toggles
 from layerscope.tui.themes import SHIPPED_THEMES
-from tests.tui_synthetic import LAYERS, TOKENS, notices, settle, synthetic_results, tiny_llama
+from tests.tui_synthetic import LAYERS, TOKENS, notices, prompt_part, settle, synthetic_results, tiny_llama
 
 PROMPT = "the cat sat on the mat"
 
@@ -190,7 +190,7 @@ async def test_a_worker_that_raises_any_exception_leaves_a_notice_and_a_usable_a
         await start_run(pilot)
         await settle(pilot)
         want = logit_lens(lm, lm.encode(PROMPT), top_k=5)
-        got = app.runs.results.baseline
+        got = prompt_part(app.runs.results.baseline)
         assert [[c.top[0].id for c in row] for row in got.cells] == [[c.top[0].id for c in row] for row in want.cells]
         assert "done in" in str(app.status.render())
 

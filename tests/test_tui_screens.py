@@ -125,8 +125,9 @@ async def test_stale_results_are_marked_until_rerun(lm, tmp_path):
 
 
 async def test_run_reports_each_phase_with_counts_and_time(lm, tmp_path):
-    """The status names the running phase with its count and elapsed time: lens rows, then each continuation
-    token by token; the final count of one phase never stays up while the next works."""
+    """The status names the running phase with its count and elapsed time: lens rows, then the continuation
+    token by token (both runs' tokens together while the grid grows over them; with `g`, the prompt-only grid,
+    each run's continuation in turn); the final count of one phase never stays up while the next works."""
     from layerscope.tui.state import Toggles
 
     app = make_app(lm, tmp_path, prompt="the cat sat", continuation_tokens=3)
@@ -138,15 +139,24 @@ async def test_run_reports_each_phase_with_counts_and_time(lm, tmp_path):
         app.toggles = Toggles(drop=frozenset({1}))
         await pilot.press("ctrl+r")
         await settle(pilot)
-    running = [text.split(" · ") for text in seen if text.endswith("Esc cancels")]
-    phases = [phase for phase, *_rest in running]
-    assert phases[0] == "starting" and "lens rows 0/13" in phases and "lens rows 13/13" in phases
-    assert phases.index("lens rows 13/13") < phases.index("generating baseline 1/3")
-    assert phases.index("generating baseline 3/3") < phases.index("generating intervened 1/3")
-    for _phase, elapsed, *estimate, _esc in running:  # once a step of the phase is done, the time it still needs
-        assert re.fullmatch(r"\d+\.\d s", elapsed) and all(re.fullmatch(r"~\d+ s left", e) for e in estimate)
-    assert any(" · ".join(parts).startswith("generating intervened 3/3") and len(parts) == 4 for parts in running)
-    assert seen[-1].startswith("done in ")
+        grown = list(seen)
+        seen.clear()
+        await pilot.press("g", "ctrl+r")
+        await settle(pilot)
+    for statuses, order in (
+        (grown, ["generating 1/3", "generating 3/3"]),
+        (seen, ["generating baseline 1/3", "generating baseline 3/3", "generating intervened 1/3"]),
+    ):
+        running = [text.split(" · ") for text in statuses if text.endswith("Esc cancels")]
+        phases = [phase for phase, *_rest in running]
+        assert phases[0] == "starting" and "lens rows 0/13" in phases and "lens rows 13/13" in phases
+        indices = [phases.index(phase) for phase in ["lens rows 13/13", *order]]
+        assert indices == sorted(indices), phases
+        for _phase, elapsed, *estimate, _esc in running:  # once a step of the phase is done, the time it still needs
+            assert re.fullmatch(r"\d+\.\d s", elapsed) and all(re.fullmatch(r"~\d+ s left", e) for e in estimate)
+        last = order[-1].replace("1/3", "3/3")
+        assert any(" · ".join(parts).startswith(last) and len(parts) == 4 for parts in running)
+        assert statuses[-1].startswith("done in ")
     assert str(app.status.render()).startswith("done in ")  # what happened leads the line
 
 
@@ -173,8 +183,10 @@ LONG_PROMPT = " ".join(["the cat sat on the mat and a dog ran to the park"] * 6)
 
 
 def cursor_row_on_screen(app) -> bool:
-    """The cursor's row label is drawn (not hidden under a scrollbar or scrolled away)."""
-    return any(line.startswith(f"{app.grid.cursor_position:>4} ") for line in screen_text(app).splitlines()[:-3])
+    """The cursor's row label is drawn (not hidden under a scrollbar or scrolled away); a generated position's
+    number is followed by its `+` mark."""
+    labels = (f"{app.grid.cursor_position:>4} ", f"{app.grid.cursor_position:>4}+")
+    return any(line.startswith(labels) for line in screen_text(app).splitlines()[:-3])
 
 
 def header_line(app) -> str:
@@ -218,8 +230,8 @@ async def test_cursor_stays_where_the_user_put_it(lm, tmp_path):
             await pilot.press("pagedown")
             await pilot.pause(0.05)
             assert cursor_row_on_screen(app), grid.cursor_position
-        await pilot.press("ctrl+end", "end")
-        assert (grid.cursor_layer, grid.cursor_position) == (12, 77)
+        await pilot.press("ctrl+end", "end")  # the last position: the continuation's token, after the prompt's 78
+        assert (grid.cursor_layer, grid.cursor_position) == (12, 78)
         await pilot.pause(0.05)
         assert cursor_row_on_screen(app) and header_line(app).split()[-1] == "11"
         await pilot.press("home", "ctrl+home")

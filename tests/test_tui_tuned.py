@@ -10,12 +10,13 @@ import torch
 from layerscope.analyses.grid import DecodeGrid, build_grid
 from layerscope.analyses.jacobian_lens import JacobianLens, jacobian_lens
 from layerscope.analyses.lens import lens_logits, logit_lens
+from layerscope.analyses.lens_generate import lens_generate
 from layerscope.analyses.residual import layer_labels
 from layerscope.analyses.tuned_lens import TunedLens, tuned_lens
 from layerscope.interventions import DropBlocks
 from layerscope.tui.app import LayerscopeApp
 from layerscope.tui.themes import SHIPPED_THEMES
-from tests.tui_synthetic import notices, settle, tiny_llama
+from tests.tui_synthetic import notices, prompt_part, settle, tiny_llama
 
 PROMPT = "the capital of france is paris"
 
@@ -65,7 +66,7 @@ async def test_identity_lens_grid_is_the_logit_lens(lm, tmp_path):
         await pilot.press("m")
         await settle(pilot)
         assert app.method == "tuned_lens" and app.runs.results.baseline.method == "tuned_lens"
-        assert_same_grid(app.runs.results.baseline, logit_lens(lm, lm.encode(PROMPT)))
+        assert_same_grid(prompt_part(app.runs.results.baseline), logit_lens(lm, lm.encode(PROMPT)))
         await pilot.press("m")
         await settle(pilot)
         assert app.method == "patchscope"
@@ -98,18 +99,20 @@ async def test_fitted_lens_grid_is_the_engines_with_interventions(lm, tmp_path, 
         await settle(pilot)
         assert app.method == method and app.runs.results.baseline.method == method
         want = engine(lm, ids, lens)
-        assert_same_grid(app.runs.results.baseline, want)
+        assert_same_grid(prompt_part(app.runs.results.baseline), want)
+        grown = lens_generate(lm, ids, 2, lens=lens)
+        assert_same_grid(app.runs.results.baseline, grown)  # the grid grows over the continuation
         assert [c.top[0].id for c in want.cells[1]] != [c.top[0].id for c in logit_lens(lm, ids).cells[1]]
         app.apply_toggles(app.toggles.toggle("drop", 1))
         await settle(pilot)
         rows, final = lens_logits(lm, ids, [DropBlocks((1,))], translate=lens.translate_rows)
         dropped = build_grid(lm, method, ids, rows, final, layer_labels(lm.n_blocks), 5)
-        assert_same_grid(app.runs.results.intervened, dropped)
-        assert_same_grid(app.runs.results.baseline, want)
+        assert_same_grid(prompt_part(app.runs.results.intervened), dropped)
+        assert_same_grid(prompt_part(app.runs.results.baseline), want)
         await pilot.press("down", "right")
         await pilot.pause(0.3)
-        layer, position = app.grid.cursor_layer, app.grid.cursor_position
-        cell = want.cells[layer][position]
+        layer, position = app.grid.cursor_layer, app.grid.cursor_position  # the first generated position
+        cell = grown.cells[layer][position]
         entropy, kl = map(float, re.search(r"base H ([\d.]+) bits KL→final ([\d.]+)", app.detail.plain).groups())
         assert entropy == pytest.approx(cell.entropy_bits, abs=0.006) and kl == pytest.approx(
             cell.kl_to_final, abs=6e-4

@@ -9,6 +9,7 @@ rows, so the layer and head panes match the grid; it never runs while a snapshot
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from layerscope.analyses.grid import DecodeGrid, GridCell, TopToken
@@ -145,4 +146,17 @@ def tiny_app(lm, tmp_path: Path, prompt: str = TINY_PROMPT):
         keymap_path=tmp_path / "keymap.toml",
         continuation_tokens=1,
         prompt=prompt,
+    )
+
+
+def prompt_part(grid: DecodeGrid) -> DecodeGrid:
+    """A grid the explorer grew over the continuation, cut back to the prompt's positions: what `logit_lens`
+    (or `tuned_lens`, `jacobian_lens`) computes over the prompt alone."""
+    end = grid.prompt_length if grid.prompt_length is not None else len(grid.tokens)
+    return replace(
+        grid,
+        tokens=grid.tokens[:end],
+        token_ids=grid.token_ids[:end],
+        cells=[row[:end] for row in grid.cells],
+        prompt_length=None,
     )

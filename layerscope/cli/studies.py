@@ -33,6 +33,7 @@ from layerscope.cli.tables import exit_table, influence_table, stages_table, swe
 from layerscope.errors import LayerscopeError
 from layerscope.figures.common import add_caption, save_figure
 from layerscope.interventions import chosen_by_block
+from layerscope.interventions.core import parse_option
 from layerscope.locations import SAMPLE_PROMPTS, sample_file
 from layerscope.outputs import json_line, streamed_lines
 from layerscope.textfiles import read_text_file
@@ -111,12 +112,15 @@ def sweep_source(
     if kind == "random":
         source["seed"] = seed
     if kind == "steer":
-        vector = settings["steer"].vector
-        source["steer"] = {
+        vector, positions = settings["steer"].vector, settings["steer_positions"]
+        steer: dict[str, Any] = {
             "sha256": hashlib.sha256(vector.numpy().tobytes()).hexdigest(),
             "norm": float(vector.norm()),
             "factors": sweep_factors(kind, settings),
         }
+        if positions != "all":  # named only when chosen: a file from before --steer-positions still resumes
+            steer["positions"] = list(positions) if isinstance(positions, tuple) else positions
+        source["steer"] = steer
     return source
 
 
@@ -216,6 +220,10 @@ def sweep(
             help="steer: the scale of the vector, or several to sweep, e.g. -4,0,4 (a point each). Default 1."
         ),
     ] = None,
+    steer_positions: Annotated[
+        str | None,
+        typer.Option(help="steer: where the vector is added: all (default), last, or prompt positions, e.g. 0,4-6."),
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Interventions run together in one batched pass.")] = 8,
     donor_prompt: Annotated[str, typer.Option(help="swap-token: the donor prompt.")] = "The country Italy",
     donor_word: Annotated[str, typer.Option(help="swap-token: the donor word whose state is copied.")] = "Italy",
@@ -247,10 +255,17 @@ def sweep(
     if resume and (output.out is None or output.format is not SweepFormat.jsonl):
         raise LayerscopeError("--resume needs --format jsonl and --out FILE (the file to continue).")
     factors = _numbers("--steer-factor", steer_factor or "1")
-    if (intervention == "steer") != (steer is not None) or (steer_factor is not None and steer is None):
-        raise LayerscopeError("-i steer needs --steer FILE, and --steer and --steer-factor go with -i steer.")
+    positions = parse_option("steer_positions", steer_positions or "all")
+    if (intervention == "steer") != (steer is not None) or (
+        steer is None and (steer_factor is not None or steer_positions is not None)
+    ):
+        raise LayerscopeError(
+            "-i steer needs --steer FILE, and --steer, --steer-factor and --steer-positions go with -i steer."
+        )
     vector = SavedVector.load(steer) if steer is not None else None
-    settings: dict[str, Any] = {"steer": vector, "steer_factor": factors} if vector is not None else {}
+    settings: dict[str, Any] = (
+        {"steer": vector, "steer_factor": factors, "steer_positions": positions} if vector is not None else {}
+    )
     chosen = spec_option("--layers", layers, "layer") if layers else None
     resumed = output.out if resume else None  # never None with --resume: checked above
     written, done, keep = read_done(resumed, intervention) if resumed is not None else (None, [], 0)

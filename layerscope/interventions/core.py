@@ -37,24 +37,34 @@ class ModelShape:
 
 @dataclass(frozen=True)
 class Positions:
-    """Each batch element's real tokens: its last one, and the ones before it (the "previous tokens")."""
+    """Each batch element's real tokens: its last one, the ones before it (the "previous tokens"), and each
+    token's place in its element's text."""
 
     last: torch.Tensor  # (batch,) position of each element's last real token
     previous: torch.Tensor  # (batch, tokens) bool: real tokens before each element's last
+    place: torch.Tensor  # (batch, tokens) each token's index among its element's real tokens, cached ones counted
+    # (0 is the prompt's first token, whatever the padding); -1 for a padding token
 
     @classmethod
-    def of(cls, attention_mask: torch.Tensor | None, batch: int, tokens: int, device: torch.device) -> Positions:
+    def of(
+        cls, attention_mask: torch.Tensor | None, batch: int, tokens: int, device: torch.device, cached: int = 0
+    ) -> Positions:
         """Real tokens are where the 2-D mask is set (right or left padding); without a mask, every token.
-        `attention_mask` is (batch, cached + tokens), or anything not 2-D (read as no mask)."""
+        `attention_mask` is (batch, cached + tokens), or anything not 2-D (read as no mask); `cached` is how many
+        tokens the cache holds before this pass's (a mask shorter than `cached + tokens` leaves them all real)."""
         import torch
 
+        index = torch.arange(tokens, device=device)
         if attention_mask is None or attention_mask.dim() != 2:
             real = torch.ones(batch, tokens, dtype=torch.bool, device=device)
+            place = (cached + index).expand(batch, tokens)
         else:
-            real = attention_mask[:, -tokens:].to(device=device, dtype=torch.bool)
-        index = torch.arange(tokens, device=device)
+            whole = attention_mask.to(device=device, dtype=torch.bool)
+            real = whole[:, -tokens:]
+            unmasked = max(cached + tokens - whole.shape[1], 0)  # cached tokens the mask does not cover
+            place = torch.where(real, unmasked + whole.long().cumsum(dim=1)[:, -tokens:] - 1, -1)
         last = torch.where(real, index, -1).amax(dim=1).clamp(min=0)
-        return cls(last, real & (index < last[:, None]))
+        return cls(last, real & (index < last[:, None]), place)
 
 
 @dataclass(frozen=True)
@@ -144,6 +154,12 @@ def interventions_from_options(values: dict[str, Any], n_blocks: int) -> list[In
     here, so a bad one is refused by the same words everywhere)."""
     parsed = {option.name: _option_value(option, values) for option in cli_options()}
     return [intervention for cls in REGISTRY.values() for intervention in cls.from_cli(parsed, n_blocks)]
+
+
+def parse_option(name: str, text: str) -> Any:
+    """One kind option's value from its text, parsed as `run` parses it (a bad one's error names the flag)."""
+    [option] = [option for option in cli_options() if option.name == name]
+    return _option_value(option, {name: text})
 
 
 def _option_value(option: CliOption, values: dict[str, Any]) -> Any:

@@ -20,7 +20,7 @@ from layerscope.interventions.core import (
     Positions,
     check_block,
 )
-from layerscope.specs import parse_heads
+from layerscope.specs import parse_blocks, parse_heads
 
 if TYPE_CHECKING:  # torch is imported where an edit runs: declaring the kinds must not load it
     import torch
@@ -263,8 +263,9 @@ class PatchState(Intervention):
         return {"kind": self.kind, "row": self.row, "position": self.position}
 
 
-SteerPositions = Literal["all", "last"]
-STEER_POSITIONS: tuple[SteerPositions, ...] = ("all", "last")
+SteerPositions = Literal["all", "last"] | tuple[int, ...]
+"""Where a steer adds its vector: every token, each pass's last token, or these places in the text (0 is the
+prompt's first token)."""
 
 
 def _steer_file(path: str) -> Any:
@@ -275,17 +276,22 @@ def _steer_file(path: str) -> Any:
 
 
 def _steer_positions(text: str) -> SteerPositions:
-    if text not in STEER_POSITIONS:
-        raise InterventionError(f"use all or last, not '{text}'.")
-    return "all" if text == "all" else "last"
+    """`--steer-positions`: all, last, or prompt positions such as 0,4-6."""
+    if text.strip() in ("all", "last"):
+        return "all" if text.strip() == "all" else "last"
+    if not text.strip()[:1].isdigit():
+        raise InterventionError(f"use all, last or prompt positions such as 0,4-6, not '{text}'.")
+    return parse_blocks(text, "position")
 
 
 @dataclass(frozen=True, eq=False)
 class SteerVector(Intervention):
     """Add `factor` times `vector` (hidden,) to the residual state at grid row `row` (the input of block `row`;
-    row L is the last block's output), at every position (`positions="all"`) or at each pass's last real token
-    (`"last"`). It acts on every pass: when generating, each generated token is steered too. `model` is the
-    model the vector was computed on ("" for any), checked when it is applied."""
+    row L is the last block's output): at every position (`positions="all"`), at each pass's last real token
+    (`"last"`), or at chosen places in the text (a tuple of prompt positions, 0 the first token). It acts on
+    every pass: when generating, `"all"` and `"last"` steer each generated token too, and chosen positions stay
+    the prompt's (the generated tokens read them from the cache). `model` is the model the vector was computed
+    on ("" for any), checked when it is applied."""
 
     row: int
     vector: torch.Tensor
@@ -310,7 +316,7 @@ class SteerVector(Intervention):
         CliOption("steer_factor", "Scale of the --steer vector (0: no change; negative: away from it).", float, 1.0),
         CliOption(
             "steer_positions",
-            "Positions --steer adds to: all (every token) or last (the last token).",
+            "Where --steer adds: all (every token), last (the last token) or prompt positions, e.g. 3 or 0,4-6.",
             str,
             "all",
             parse=_steer_positions,
@@ -326,8 +332,21 @@ class SteerVector(Intervention):
 
     def check(self, shape: ModelShape) -> None:
         check_block("steer", self.row, shape, allow_output_row=True)
-        if self.positions not in STEER_POSITIONS:
-            raise InterventionError(f"steer: positions must be 'all' or 'last', not '{self.positions}'.")
+        if isinstance(self.positions, tuple):
+            chosen = self.positions
+            if not chosen or not all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in chosen):
+                raise InterventionError(
+                    f"steer: positions= must be 'all', 'last' or a non-empty tuple of prompt positions (0 or more), "
+                    f"not {chosen!r:.60}."
+                )
+            if shape.seq_len is not None and max(chosen) >= shape.seq_len:
+                raise InterventionError(
+                    f"steer: position {max(chosen)} is outside the prompt (0..{shape.seq_len - 1})."
+                )
+        elif self.positions not in ("all", "last"):
+            raise InterventionError(
+                f"steer: positions= must be 'all', 'last' or a tuple of prompt positions, not {self.positions!r:.60}."
+            )
         if isinstance(self.factor, bool) or not isinstance(self.factor, (int, float)) or not math.isfinite(self.factor):
             raise InterventionError(f"steer: factor= must be a finite number, not {self.factor!r}.")
         if self.vector.dim() != 1:
@@ -351,9 +370,20 @@ class SteerVector(Intervention):
         added = self.factor * self.vector.to(hidden.device, torch.float32)
         if self.positions == "all":
             return (hidden.float() + added).to(hidden.dtype)
+        if self.positions == "last":
+            chosen = torch.zeros(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+            chosen[torch.arange(hidden.shape[0], device=hidden.device), at.last.to(hidden.device)] = True
+        else:
+            place = at.place.to(hidden.device)
+            fresh = (place == 0).any(dim=1)  # this pass starts the element's text (not a cached decoding step)
+            length = place.amax(dim=1) + 1
+            if bool((fresh & (length <= max(self.positions))).any()):
+                raise InterventionError(
+                    f"steer: position {max(self.positions)} is past the prompt ({int(length[fresh].min())} tokens)."
+                )
+            chosen = torch.isin(place, torch.tensor(self.positions, device=hidden.device))
         hidden = hidden.clone()
-        rows, last = torch.arange(hidden.shape[0], device=hidden.device), at.last.to(hidden.device)
-        hidden[rows, last] = (hidden[rows, last].float() + added).to(hidden.dtype)
+        hidden[chosen] = (hidden[chosen].float() + added).to(hidden.dtype)
         return hidden
 
     def edit_input(self, depth: int, hidden: torch.Tensor, at: Positions, memo: dict) -> torch.Tensor | None:
@@ -381,7 +411,10 @@ class SteerVector(Intervention):
         return [cls(row, saved.vector, factor, positions, saved.model) for row in rows]
 
     def describe(self) -> str:
-        where = "" if self.positions == "all" else " (last token)"
+        if isinstance(self.positions, tuple):
+            where = f" (positions {','.join(map(str, self.positions))})"
+        else:
+            where = "" if self.positions == "all" else " (last token)"
         return f"steer row {self.row} ×{self.factor:g}{where}"
 
     def to_dict(self) -> dict:
@@ -389,7 +422,7 @@ class SteerVector(Intervention):
             "kind": self.kind,
             "row": self.row,
             "factor": self.factor,
-            "positions": self.positions,
+            "positions": list(self.positions) if isinstance(self.positions, tuple) else self.positions,
             "model": self.model,
             "norm": float(self.vector.float().norm()),
         }

@@ -23,7 +23,7 @@ class InterventionRun:
         self.lm = lm
         self.adapter: ModelAdapter = lm.adapter
         self.stack = stack
-        self.fresh_pass = True
+        self.cached = 0  # tokens in the cache before this pass (0: a fresh pass)
         self.attention_mask: torch.Tensor | None = None
         self._forward = inspect.signature(self.adapter.model.forward)
         watch_calls(stack, self.adapter.model, before=self._note_pass)
@@ -32,12 +32,12 @@ class InterventionRun:
         """Whether this forward starts from an empty cache, and its attention mask (by keyword or position)."""
         given = self._forward.bind_partial(*args, **kwargs).arguments
         cache = given_cache(given)
-        self.fresh_pass = cache is None or cache.get_seq_length() == 0
+        self.cached = 0 if cache is None else int(cache.get_seq_length())
         self.attention_mask = given.get("attention_mask")
 
     def positions(self, hidden: torch.Tensor) -> Positions:
         """The real tokens of this pass's batch elements, from the attention mask the model was called with."""
-        return Positions.of(self.attention_mask, hidden.shape[0], hidden.shape[1], hidden.device)
+        return Positions.of(self.attention_mask, hidden.shape[0], hidden.shape[1], hidden.device, self.cached)
 
     def apply(self, intervention: Intervention) -> None:
         """Hooks for what an intervention declares: its block order, then its edits (on fresh passes only, unless
@@ -79,7 +79,7 @@ class InterventionRun:
                 )
 
     def _fresh_only(self, edit: Callable[..., torch.Tensor | None]) -> Callable[..., torch.Tensor | None]:
-        return lambda *hidden: edit(*hidden) if self.fresh_pass else None
+        return lambda *hidden: edit(*hidden) if self.cached == 0 else None
 
     def reorder(self, moved: dict[int, int]) -> None:
         """Run module `moved[d]` at depth d until the `intervene` block ends (`ModelAdapter.arranged_blocks`: the

@@ -34,6 +34,7 @@ from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane, T
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from layerscope.errors import LayerscopeError
+from layerscope.interventions.core import parse_option
 from layerscope.locations import SAMPLE_PROMPTS
 from layerscope.specs import whole_number_in
 from layerscope.tui import workers
@@ -68,7 +69,16 @@ from layerscope.tui.panes import (
 )
 from layerscope.tui.runs import Job, RunController
 from layerscope.tui.screens import PALETTE_HELP, ConfirmScreen, HelpScreen, InputScreen, PickScreen
-from layerscope.tui.state import STEER_FACTORS, Results, RunOrigin, Session, Toggles, refusal, sample_prompts
+from layerscope.tui.state import (
+    STEER_FACTORS,
+    Results,
+    RunOrigin,
+    Session,
+    Toggles,
+    refusal,
+    sample_prompts,
+    steer_where,
+)
 from layerscope.tui.themes import SHIPPED_THEMES, choose_theme, load_themes, rich_theme, user_theme_folder
 from layerscope.tui.views import divergence_point, duration, output_text, overview, status_line
 from layerscope.tui.workers import RunContext
@@ -147,7 +157,7 @@ class LayerscopeApp(App):
         Binding("t", "next_theme", "Theme", show=False, id="next_theme"),
         Binding("z", "toggle_side", "Side panel", id="toggle_side"),
         Binding("n", "continuation_length", "Continuation length", show=False, id="continuation_length"),
-        Binding("g", "grow_grid", "Grid over the continuation", show=False, id="grow_grid"),
+        Binding("g", "grow_grid", "Grid over the continuation (on/off)", show=False, id="grow_grid"),
         Binding("d", "go_to_divergence", "Go to the divergence", show=False, id="go_to_divergence"),
         Binding("L", "open_model", "Load model", show=False, id="open_model"),
         Binding("T", "open_lens", "Load lens", show=False, id="open_lens"),
@@ -176,7 +186,7 @@ class LayerscopeApp(App):
         self.model_source = (getattr(lm.model, "name_or_path", "") or model) if lm is not None else model
         """What loaded (or is to load) the model, as the user can type it again: 'demo', a hub id or a path."""
         self.continuation_tokens = continuation_tokens
-        self.grow_grid = False  # `g`: the lens grid grows over the continuation as it is generated
+        self.grow_grid = True  # the lens grid grows over the continuation as it is generated (`g`: the prompt only)
         self.device_map, self.trust_remote_code = device_map, trust_remote_code
         self.lm: LoadedModel | None = lm
         self.initial_prompt = prompt
@@ -751,6 +761,29 @@ class LayerscopeApp(App):
         at = STEER_FACTORS.index(self.toggles.steer_factor) if self.toggles.steer_factor in STEER_FACTORS else -1
         self.apply_toggles(replace(self.toggles, steer_factor=STEER_FACTORS[(at + 1) % len(STEER_FACTORS)]))
 
+    def on_layer_pane_steer_positions_asked(self) -> None:
+        """Where the steer column adds the vector: all, last, or prompt positions (`--steer-positions`)."""
+        if not self._has_steer_vector():
+            return
+
+        def chosen(answer: str | None) -> None:
+            if answer is None:
+                return
+            try:
+                positions = parse_option("steer_positions", answer)
+            except LayerscopeError as error:
+                self.notify(f"Steer positions: {error}", severity="error")
+                return
+            self.apply_toggles(replace(self.toggles, steer_positions=positions))
+
+        self.push_screen(
+            InputScreen(
+                "Steer positions (all, last, or prompt positions such as 0,4-6):",
+                steer_where(self.toggles.steer_positions),
+            ),
+            chosen,
+        )
+
     def load_steer(self, path: Path) -> None:
         """The steering vector for the steer column, checked against the loaded model; a bad file is a notice."""
         from layerscope.analyses.steering import SavedVector
@@ -1175,6 +1208,7 @@ class LayerscopeApp(App):
         self._charts_dirty = True
 
     def action_grow_grid(self) -> None:
+        """The lens grid over the prompt and the continuation (the default), or over the prompt alone."""
         self.grow_grid = not self.grow_grid
         if self.grow_grid:
             self.notify(
@@ -1182,7 +1216,7 @@ class LayerscopeApp(App):
                 "(Ctrl+R); n sets its length, d goes to where baseline and intervened diverge."
             )
         else:
-            self.notify("The lens grid covers the prompt only from the next run (Ctrl+R).")
+            self.notify("The lens grid covers the prompt only from the next run (Ctrl+R); g grows it again.")
 
     def action_go_to_divergence(self) -> None:
         """The grid's cursor to the first generated position where the baseline's and the intervened

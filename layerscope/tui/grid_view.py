@@ -166,7 +166,8 @@ class DecodeGridView(ScrollView, can_focus=True):
         self.query_text = ""  # the last search (/), for [ and ]
         self.wanted: tuple[int, int] | None = None
         """(layer, position) the user put the cursor on, kept across reruns, method and view switches even while
-        the rows it needs are still coming; None: the answer cell (last row, last position), the first view."""
+        the rows it needs are still coming; None: the answer cell (last row, the prompt's last position), the first
+        view, which stays there while the grid grows over the continuation."""
 
     def on_mount(self) -> None:
         self.app.theme_changed_signal.subscribe(self, lambda _theme: self.invalidate())
@@ -191,7 +192,7 @@ class DecodeGridView(ScrollView, can_focus=True):
         """Grow the canvas and put the cursor as near the wanted cell as the rows so far allow."""
         # room for one more partial cell, so a scroll by whole cells can always show the last column
         self.virtual_size = Size(LABEL_WIDTH + CELL_WIDTH * (self.n_layers + 1) - 1, self.n_positions + 1)
-        layer, position = self.wanted or (self.n_layers - 1, self.n_positions - 1)
+        layer, position = self.wanted or (self.n_layers - 1, self.answer_position)
         self.cursor_layer = max(0, min(layer, self.n_layers - 1))
         self.cursor_position = max(0, min(position, self.n_positions - 1))
         self.invalidate()
@@ -223,6 +224,13 @@ class DecodeGridView(ScrollView, can_focus=True):
     @property
     def n_positions(self) -> int:
         return len(self.baseline.tokens) if self.baseline else 0
+
+    @property
+    def answer_position(self) -> int:
+        """The prompt's last position (where the next token is predicted), also in a grid grown over the
+        continuation."""
+        prompt_length = getattr(self.baseline, "prompt_length", None)
+        return (prompt_length or self.n_positions) - 1
 
     def changed(self, layer: int, position: int) -> bool:
         """Whether the intervened cell differs from the baseline's (the method's summary says what to compare:

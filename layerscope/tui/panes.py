@@ -17,7 +17,7 @@ from textual.widgets import DataTable, Static
 from textual.widgets.data_table import RowKey
 
 from layerscope.tui.grid_view import arrow_bindings
-from layerscope.tui.state import Toggles, block_kinds
+from layerscope.tui.state import Toggles, block_kinds, steer_where
 
 TOGGLE_MARKS = {"on": "[x]", "covered": "[·]", "off": "[ ]"}
 """Shown as Text, never as a string: a DataTable reads a string as Rich markup, and '[x]' is a tag to it."""
@@ -60,6 +60,7 @@ class LayerPane(Vertical):
         Binding("space", "toggle_cell", "Toggle", id="layers.toggle"),
         Binding("s", "next_seed", "Next seed", id="layers.next_seed"),
         Binding("t", "steer_factor", "Steer factor", id="layers.steer_factor"),
+        Binding("w", "steer_positions", "Steer positions", id="layers.steer_positions"),
     ]
 
     class Toggled(Message):
@@ -73,6 +74,9 @@ class LayerPane(Vertical):
     class SteerFactorChanged(Message):
         pass
 
+    class SteerPositionsAsked(Message):
+        pass
+
     def compose(self) -> ComposeResult:
         yield Static(id="layer-hint")
         yield DataTable(id="layer-table", cursor_type="cell", zebra_stripes=True)
@@ -80,7 +84,11 @@ class LayerPane(Vertical):
     def show(self, toggles: Toggles, n_blocks: int) -> None:
         """Rebuild the rows when the model changes; otherwise update the marks in place."""
         table = self.query_one(DataTable)
-        steer = "" if toggles.steer_vector is None else f" · t: steer factor (×{toggles.steer_factor:g})"
+        steer = (
+            ""
+            if toggles.steer_vector is None
+            else f" · t: steer factor (×{toggles.steer_factor:g}) · w: where ({steer_where(toggles.steer_positions)})"
+        )
         self.query_one("#layer-hint", Static).update(
             f"Space: toggle · s: next seed (random seed {toggles.seed}){steer} · interventions: {toggles.describe()}"
         )
@@ -114,6 +122,9 @@ class LayerPane(Vertical):
 
     def action_steer_factor(self) -> None:
         self.post_message(self.SteerFactorChanged())
+
+    def action_steer_positions(self) -> None:
+        self.post_message(self.SteerPositionsAsked())
 
 
 class HeadPane(Vertical):

@@ -26,7 +26,7 @@ from layerscope.interventions import (
     chosen_by_block,
     intervention_class,
 )
-from layerscope.interventions.kinds import HEAD_MASK_MODES, HeadMaskMode
+from layerscope.interventions.kinds import HEAD_MASK_MODES, HeadMaskMode, SteerPositions
 
 SESSION_VERSION = 1
 STEER_FACTORS = (1.0, 2.0, 4.0, 8.0, -1.0, -2.0, -4.0, -8.0, 0.5)
@@ -56,6 +56,7 @@ class Toggles:
     mask_mode: HeadMaskMode = "zero"
     steer_vector: Any = None  # the steering vector (a SavedVector, loaded by `layerscope tui --steer FILE`), or None
     steer_factor: float = 1.0
+    steer_positions: SteerPositions = "all"  # where the steer column adds: all, last, or prompt positions
 
     def __init__(
         self,
@@ -65,6 +66,7 @@ class Toggles:
         mask_mode: HeadMaskMode = "zero",
         steer_vector: Any = None,
         steer_factor: float = 1.0,
+        steer_positions: SteerPositions = "all",
         **by_kind: Any,
     ) -> None:
         chosen = {_kind(kind): _as_blocks(value) for kind, value in {**dict(blocks), **by_kind}.items()}
@@ -74,6 +76,7 @@ class Toggles:
         object.__setattr__(self, "mask_mode", mask_mode)
         object.__setattr__(self, "steer_vector", steer_vector)
         object.__setattr__(self, "steer_factor", steer_factor)
+        object.__setattr__(self, "steer_positions", steer_positions)
 
     def chosen(self, kind: str) -> frozenset[int]:
         return dict(self.blocks).get(_kind(kind), frozenset())
@@ -125,6 +128,7 @@ class Toggles:
             seed=self.seed if self._uses_seed() else 0,
             mask_mode=self.mask_mode if self.masked_heads else "zero",
             steer_factor=self.steer_factor if steering else 1.0,
+            steer_positions=self.steer_positions if steering else "all",
         )
 
     @property
@@ -133,7 +137,12 @@ class Toggles:
 
     def settings(self) -> dict[str, Any]:
         """The kinds' settings by CLI option name (`Intervention.from_cli`): the seed, the steering vector."""
-        return {"seed": self.seed, "steer": self.steer_vector, "steer_factor": self.steer_factor}
+        return {
+            "seed": self.seed,
+            "steer": self.steer_vector,
+            "steer_factor": self.steer_factor,
+            "steer_positions": self.steer_positions,
+        }
 
     def _of_kind(self, kind: str, blocks: frozenset[int], n_blocks: int) -> list[Intervention]:
         cls = REGISTRY[kind]
@@ -174,6 +183,9 @@ class Toggles:
             "masked_heads": [list(h) for h in sorted(self.masked_heads)],
             "mask_mode": self.mask_mode,
             "steer_factor": self.steer_factor,
+            "steer_positions": (
+                list(self.steer_positions) if isinstance(self.steer_positions, tuple) else self.steer_positions
+            ),
         }
 
     @classmethod
@@ -182,7 +194,7 @@ class Toggles:
         try:
             blocks = {}
             for key, value in data.items():
-                if key in ("seed", "masked_heads", "mask_mode", "steer_factor") or value is None:
+                if key in ("seed", "masked_heads", "mask_mode", "steer_factor", "steer_positions") or value is None:
                     continue
                 kind = intervention_class(key).kind
                 blocks[kind] = frozenset(map(int, value)) if block_kinds()[kind].reach == "set" else {int(value)}
@@ -192,6 +204,7 @@ class Toggles:
                 masked_heads=frozenset((int(b), int(h)) for b, h in data.get("masked_heads", [])),
                 mask_mode=_mask_mode(data.get("mask_mode", "zero")),
                 steer_factor=_steer_factor(data.get("steer_factor", 1.0)),
+                steer_positions=_steer_positions(data.get("steer_positions", "all")),
             )
         except (TypeError, ValueError, AttributeError, KeyError) as error:
             raise LayerscopeError(f"Bad interventions in the session: {error}") from error
@@ -219,6 +232,24 @@ def _steer_factor(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"steer factor {value!r} is not a finite number")
     return float(value)
+
+
+def steer_where(positions: SteerPositions) -> str:
+    """Steer positions as `--steer-positions` takes them: all, last, or 0,4,5."""
+    return ",".join(map(str, positions)) if isinstance(positions, tuple) else positions
+
+
+def _steer_positions(value: object) -> SteerPositions:
+    """A session's steer positions: 'all', 'last' or a list of prompt positions (whole numbers, 0 or more)."""
+    if value in ("all", "last"):
+        return "all" if value == "all" else "last"
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in value)
+    ):
+        return tuple(value)
+    raise ValueError(f"steer positions {value!r:.60} are neither 'all', 'last' nor a list of prompt positions")
 
 
 def _mask_mode(value: object) -> HeadMaskMode:

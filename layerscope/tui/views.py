@@ -90,12 +90,12 @@ def continuation_text(continuations: dict[str, str]) -> Text:
 
 def divergence_point(results: Results) -> tuple[int | None, str]:
     """Where the baseline's and the intervened continuations part ways, as a position of a grid grown over them
-    (`g`), and a line that says so (or why there is none)."""
+    (the default; `g` switches it), and a line that says so (or why there is none)."""
     from layerscope.analyses.grid import divergence  # the grids are loaded: so is the engine
 
     baseline, intervened = results.baseline, results.intervened
     if getattr(baseline, "prompt_length", None) is None:
-        return None, "The grid covers the prompt only: g grows it over the continuation (from the next Ctrl+R)."
+        return None, "The grid covers the prompt only: g grows it over the continuation again (from the next Ctrl+R)."
     if intervened is None:
         return None, "No intervened run to compare the continuation with: toggle an intervention (2)."
     position = divergence(baseline, intervened)
@@ -118,7 +118,9 @@ def output_text(results: Results, origin: RunOrigin | None, changes: list[str], 
         if changes:
             lines.append(f"STALE: {', '.join(changes)} changed since; Ctrl+R reruns (now: {interventions_now})")
     if results.kl_base_int and results.baseline is not None and results.intervened is not None:
-        last, row = results.kl_base_int[-1], len(results.kl_base_int) - 1
+        # over the prompt: past it, each run reads its own continuation
+        prompt = getattr(results.baseline, "prompt_length", None) or len(results.kl_base_int[-1])
+        last, row = results.kl_base_int[-1][:prompt], len(results.kl_base_int) - 1
         agree = sum(results.baseline.top1(row, t).id == results.intervened.top1(row, t).id for t in range(len(last)))
         lines.append(
             f"row {results.intervened.layers[-1]}: mean KL(base‖int) {sum(last) / len(last):.4f} nats, "
