@@ -68,6 +68,8 @@ def test_the_theme_list_is_what_list_themes_prints():
     assert not THEME_PROBLEMS and {"ansi-dark", "ansi-light", "layerscope-dark", "textual-light"} <= set(THEMES)
     printed = CliRunner().invoke(cli, ["tui", "--list-themes"]).output.split()
     assert set(THEMES) <= set(printed)  # the user's theme folder may add more
+    at_the_top = CliRunner().invoke(cli, ["--list-themes"])  # `layerscope --list-themes`, as the explorer's own
+    assert at_the_top.exit_code == 0 and at_the_top.output.split() == printed
 
 
 @pytest.mark.parametrize("theme", THEMES)

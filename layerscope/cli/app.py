@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
@@ -83,8 +83,16 @@ app.add_typer(steer_commands.steer_app, name="steer")
 
 
 @app.callback(invoke_without_command=True)
-def default(context: typer.Context) -> None:
+def default(
+    context: typer.Context,
+    list_themes: Annotated[
+        bool, typer.Option("--list-themes", help="Print the theme names the explorer's --theme accepts and exit.")
+    ] = False,
+) -> None:
     """Without a command: open the explorer."""
+    if list_themes:
+        tui_command.print_themes()
+        raise typer.Exit(0)
     if context.invoked_subcommand is None:
         tui_command.tui()
 
