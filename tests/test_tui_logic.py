@@ -95,6 +95,8 @@ def test_overview_fits_80_columns_and_bins_80_layers():
         assert len(text) == 30 and "40 positions in 28 lines" in text[-1]  # positions binned to the height too
         assert text[-2].split("│")[1].endswith("◆")  # the cursor: last row, last position
         assert set(text[3].split("│")[1]) <= set(SHADES)
+    grown = overview_text(values, tokens, layers, (0, 0), 80, 42, True, "blue", prompt_length=38).plain.splitlines()
+    assert grown[38].startswith("  37 ·t37") and grown[39].startswith("  38+·t38")  # generated, marked as in the grid
 
 
 def _manual_drop_logits(lm, ids, block):

@@ -254,3 +254,24 @@ async def test_a_file_error_in_a_dialog_is_a_notice(lm, tmp_path, key):
         await start_run(pilot)
         await settle(pilot)
         assert "done in" in str(app.status.render())
+
+
+async def test_a_setting_that_no_intervention_uses_starts_no_run(lm, tmp_path):
+    """`s` (the random seed) without a random toggle changes no intervention: nothing reruns. With block 1
+    randomised, the same key changes the run, and it reruns."""
+    app = make_app(lm, tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        await start_run(pilot)
+        await settle(pilot)
+        first = app.runs.results
+        await pilot.press("2", "s")
+        await settle(pilot)
+        assert app.toggles.seed == 1 and app.runs.results is first
+        app.apply_toggles(app.toggles.toggle("random", 1))
+        await settle(pilot)
+        seeded = app.runs.results
+        assert seeded is not first and seeded.intervened is not None
+        await pilot.press("s")
+        await settle(pilot)
+        assert app.toggles.seed == 2 and app.runs.results is not seeded

@@ -720,12 +720,13 @@ class LayerscopeApp(App):
         except LayerscopeError as error:
             self.notify(refusal(self.toggles, toggles, shape, error), severity="error")
             return
+        changed = toggles.effective() != self.toggles.effective()  # a seed or factor nothing uses changes nothing
         self.toggles = toggles
         self.refresh_panes()
         if not REGISTRY[self.method].intervenable and not toggles.is_empty:
             lenses = " and ".join(name.replace("_", " ") for name, m in REGISTRY.items() if m.intervenable)
             self.notify(f"Interventions apply to the {lenses}; press m to switch.", severity="warning")
-        if self.prompt.text.strip():
+        if changed and self.prompt.text.strip():
             self.action_run()
 
     def on_layer_pane_toggled(self, message: LayerPane.Toggled) -> None:

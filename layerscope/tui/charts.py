@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from rich.text import Text
 from textual.color import Color, ColorParseError
 
-from layerscope.tui.grid_view import token_label
+from layerscope.tui.grid_view import GENERATED_MARK, token_label
 
 if TYPE_CHECKING:
     import plotext
@@ -225,9 +225,11 @@ def overview_text(
     height: int,
     log: bool,
     style: str,
+    prompt_length: int | None = None,
 ) -> Text:
     """A heatmap of rows (across) by positions (down), one character per cell, shaded ░▒▓█ in the theme's colour.
-    Rows or positions that do not fit are binned (a cell shows its bin's mean); the cursor's cell is reversed."""
+    Rows or positions that do not fit are binned (a cell shows its bin's mean); the cursor's cell is reversed.
+    Positions from `prompt_length` on are generated tokens, marked as in the grid."""
     label_width = 15
     n_rows, n_positions = len(values), len(values[0]) if values else 0
     text = Text(no_wrap=True, overflow="crop")
@@ -250,7 +252,8 @@ def overview_text(
     layer, position = cursor
     for bin_positions in position_bins:
         first = bin_positions.start
-        label = f"{first:>4} {token_label(tokens[first], label_width - 6)}"
+        mark = GENERATED_MARK if prompt_length is not None and first >= prompt_length else " "
+        label = f"{first:>4}{mark}{token_label(tokens[first], label_width - 6)}"
         text.append(f"{label:<{label_width - 1}}│", "bold reverse" if position in bin_positions else "")
         for bin_rows in row_bins:
             cell = [_scale(values[r][p], log) for r in bin_rows for p in bin_positions]

@@ -67,7 +67,17 @@ def overview(
         f"overview · {OVERVIEW_TITLES[metric]} · {view} · v: metric, Enter: open in the grid\n", "bold", no_wrap=True
     )
     text.append(
-        overview_text(values, shown.tokens, shown.layers, cursor, width, height - 1, metric != "entropy_bits", colour)
+        overview_text(
+            values,
+            shown.tokens,
+            shown.layers,
+            cursor,
+            width,
+            height - 1,
+            metric != "entropy_bits",
+            colour,
+            getattr(shown, "prompt_length", None),
+        )
     )
     return text
 
