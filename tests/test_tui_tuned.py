@@ -100,7 +100,7 @@ async def test_fitted_lens_grid_is_the_engines_with_interventions(lm, tmp_path, 
         assert app.method == method and app.runs.results.baseline.method == method
         want = engine(lm, ids, lens)
         assert_same_grid(prompt_part(app.runs.results.baseline), want)
-        grown = lens_generate(lm, ids, 2, lens=lens)
+        grown = lens_generate(lm, ids, app.continuation_tokens, lens=lens)
         assert_same_grid(app.runs.results.baseline, grown)  # the grid grows over the continuation
         assert [c.top[0].id for c in want.cells[1]] != [c.top[0].id for c in logit_lens(lm, ids).cells[1]]
         app.apply_toggles(app.toggles.toggle("drop", 1))

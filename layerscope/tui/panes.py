@@ -58,9 +58,9 @@ class LayerPane(Vertical):
 
     BINDINGS = [
         Binding("space", "toggle_cell", "Toggle", id="layers.toggle"),
-        Binding("s", "next_seed", "Next seed", id="layers.next_seed"),
-        Binding("t", "steer_factor", "Steer factor", id="layers.steer_factor"),
-        Binding("w", "steer_positions", "Steer positions", id="layers.steer_positions"),
+        Binding("s", "next_seed", "Seed", id="layers.next_seed"),
+        Binding("t", "steer_factor", "Steer ×", id="layers.steer_factor"),
+        Binding("w", "steer_positions", "Steer at", id="layers.steer_positions"),
     ]
 
     class Toggled(Message):
