@@ -90,6 +90,7 @@ def test_the_tuned_lens_package_loads_the_folder(tmp_path, caplog):
     layerscope wrote: the same translators, and no warning (its unembed_hash check passes, every config key is
     known)."""
     import tuned_lens
+
     lm = tiny_model("llama")
     lens = random_lens(lm)
     lens.save(tmp_path, lens_format="tuned-lens")
