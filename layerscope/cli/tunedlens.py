@@ -15,6 +15,8 @@ from layerscope.locations import sample_file
 from layerscope.textfiles import read_text_file
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from layerscope.analyses.jacobian_lens import FittedLens
     from layerscope.analyses.tuned_lens import Lens, TunedLens
     from layerscope.models.loading import LoadedModel
@@ -129,7 +131,10 @@ def read_kind(lm: LoadedModel, directory: Path, kind: str) -> FittedLens:
     from layerscope.analyses.jacobian_lens import read_jacobian_lens
     from layerscope.analyses.tuned_lens import read_tuned_lens
 
-    readers = {"tuned": read_tuned_lens, "jacobian": read_jacobian_lens}
+    readers: dict[str, Callable[[LoadedModel, Path], tuple[FittedLens, str | None]]] = {
+        "tuned": read_tuned_lens,
+        "jacobian": read_jacobian_lens,
+    }
     try:
         return echo_mismatch(*readers[kind](lm, directory))
     except LayerscopeError as error:
