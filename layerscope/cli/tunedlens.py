@@ -129,7 +129,7 @@ def read_kind(lm: LoadedModel, directory: Path, kind: str) -> FittedLens:
     """The lens of `kind` (tuned, jacobian) in a folder, its mismatch note shown (`echo_mismatch`); a folder that
     holds the other kind is an error naming the command for it."""
     from layerscope.analyses.jacobian_lens import read_jacobian_lens
-    from layerscope.analyses.tuned_lens import read_tuned_lens
+    from layerscope.analyses.tuned_lens import LENS_NAMES, read_tuned_lens
 
     readers: dict[str, Callable[[LoadedModel, Path], tuple[FittedLens, str | None]]] = {
         "tuned": read_tuned_lens,
@@ -144,7 +144,7 @@ def read_kind(lm: LoadedModel, directory: Path, kind: str) -> FittedLens:
         except LayerscopeError:
             raise error from None
         raise LayerscopeError(
-            f"'{directory}' holds a {other} lens, not a {kind} lens: evaluate it with "
+            f"'{directory}' holds a {LENS_NAMES[other]}, not a {LENS_NAMES[kind]}: evaluate it with "
             f"`layerscope {other}lens eval --lens {directory}`."
         ) from None
 
