@@ -29,7 +29,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             seconds, lens = timed(train_tuned_lens, lm, calibration, folder)
         comparison = compare_lenses(lm, lens, heldout)
-        pairs = list(zip(comparison.logit_lens_kl[:-1], comparison.tuned_lens_kl[:-1]))  # last row: both 0
+        pairs = list(zip(comparison.logit_lens_kl[:-1], comparison.lens_kl[:-1]))  # last row: both 0
         better = sum(tuned < logit for logit, tuned in pairs)
         print(
             f"{threads:>7} {seconds:>8.1f}s {f'{better}/{len(pairs)}':>26} "

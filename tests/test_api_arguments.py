@@ -213,6 +213,18 @@ CASES = [
         ValueError,
         "max_tokens=1",
     ),
+    (
+        "compare_lenses",
+        lambda tmp: ls.compare_lenses(LM, "lens", "the cat sat"),
+        TypeError,
+        "lens= must be a TunedLens",
+    ),
+    (
+        "compare_lenses",
+        lambda tmp: ls.compare_lenses(LM, ls.JacobianLens(torch.zeros(3, 64, 64), 1), "the cat sat"),
+        LayerscopeError,
+        "lens= is for a model",
+    ),
     ("load_tuned_lens", lambda tmp: ls.load_tuned_lens(LM, 42), TypeError, "directory="),
     (
         "jacobian_lens",

@@ -86,6 +86,7 @@ REQUIRED = {
     ("tunedlens", "train"): ["--out", "lens-out"],
     ("tunedlens", "eval"): ["--lens", "lens-in"],
     ("jacobianlens", "fit"): ["--out", "lens-out"],
+    ("jacobianlens", "eval"): ["--lens", "lens-in"],
     ("heads", "pattern"): ["--heads", "0.0"],
     ("steer", "vector"): ["--positive", "p.txt", "--negative", "n.txt", "--row", "1", "--out", "v.safetensors"],
 }
@@ -195,6 +196,7 @@ def test_the_figure_commands_cover_every_command_that_writes_a_result():
         ("neurons",),
         ("attribute",),
         ("tunedlens", "eval"),
+        ("jacobianlens", "eval"),
         ("heads", "retrieval"),
         ("heads", "induction"),
         ("heads", "ablate"),
@@ -256,6 +258,7 @@ def test_the_bad_numbers_cover_every_number_option():
         (("trace",), "--samples"),
         (("run",), "--freeze-from"),
         (("tunedlens", "eval"), "--tokens"),
+        (("jacobianlens", "eval"), "--tokens"),
         (("jacobianlens", "fit"), "--dim-batch"),
         (("jacobianlens", "fit"), "--max-prompts"),
         (("tui",), "--top-k"),

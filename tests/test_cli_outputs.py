@@ -24,6 +24,7 @@ import typer.main
 from typer.testing import CliRunner
 
 from layerscope.analyses.head_scores import HeadScores
+from layerscope.analyses.jacobian_lens import JacobianLens
 from layerscope.analyses.tuned_lens import TunedLens
 from layerscope.cli.app import app
 from layerscope.cli.common import Reads, Writes, file_options
@@ -124,6 +125,7 @@ def test_every_path_option_of_every_command_says_whether_it_is_read_or_written()
         ("sweep",),
         ("trace",),
         ("tunedlens", "eval"),
+        ("jacobianlens", "eval"),
         ("heads", "retrieval"),
         ("heads", "activity"),
     }
@@ -316,6 +318,8 @@ def inputs(tiny_dir, tmp_path_factory) -> dict[str, Path]:
     scores = HeadScores.from_matrix(lm, "retrieval", torch.rand(lm.n_blocks, lm.adapter.n_heads))
     (folder / "scores.json").write_text(json.dumps(scores.to_dict()))
     TunedLens(lm.adapter.config.hidden_size, lm.n_blocks, lm.name).save(folder / "lens")
+    hidden = lm.adapter.config.hidden_size
+    JacobianLens(torch.eye(hidden).repeat(lm.n_blocks, 1, 1), 1, lm.name).save(folder / "jacobian")
     return {"model": tiny_dir, **{path.stem: path for path in folder.iterdir()}}
 
 
@@ -332,6 +336,7 @@ RUNS = {  # a quick run of each command that writes a file, on the tiny model
     ("attribute",): ["-p", "the cat sat", "--answer", "mat"],
     ("trace",): ["-p", "the cat sat on the", "--subject", "cat", "--answer", " mat"],
     ("tunedlens", "eval"): ["--lens", "{lens}", "--text", "{text}", "--tokens", "16"],
+    ("jacobianlens", "eval"): ["--lens", "{jacobian}", "--text", "{text}", "--tokens", "16"],
     ("heads", "retrieval"): ["--lengths", "64", "--depths", "50", "--max-new-tokens", "2"],
     ("heads", "activity"): ["--scores", "{scores}", "-p", "the cat sat", "--max-new-tokens", "2"],
     ("heads", "induction"): ["--seq-len", "4", "--samples", "1"],

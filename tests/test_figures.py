@@ -234,7 +234,8 @@ def test_the_causal_trace_has_tokens_down_with_the_subject_marked_and_rome_s_thr
 def test_lens_comparison_neurons_attribution_exit_and_patterns_plot_their_numbers(results):
     lenses = results["lenses"]
     logit, tuned = lenses.plot("tiny").axes[0].get_lines()
-    assert list(logit.get_ydata()) == lenses.logit_lens_kl and list(tuned.get_ydata()) == lenses.tuned_lens_kl
+    assert list(logit.get_ydata()) == lenses.logit_lens_kl and list(tuned.get_ydata()) == lenses.lens_kl
+    assert tuned.get_label() == "tuned lens"
     census = results["neurons"]
     axes = census.plot().axes[0]
     assert [p.get_height() for p in axes.containers[0]] == [b.prediction for b in census.blocks]

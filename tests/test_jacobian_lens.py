@@ -19,12 +19,18 @@ from layerscope.analyses.jacobian_lens import (
     read_lens,
 )
 from layerscope.analyses.lens import logit_lens
-from layerscope.analyses.tuned_lens import LensMismatchWarning, TunedLens, calibration_chunks, load_tuned_lens
+from layerscope.analyses.tuned_lens import (
+    LensMismatchWarning,
+    TunedLens,
+    calibration_chunks,
+    compare_lenses,
+    load_tuned_lens,
+)
 from layerscope.cli.app import app
 from layerscope.errors import ArgumentValueError, LayerscopeError
 from tests.test_tuned_lens import word_text
 from tests.tiny import random_ids, tiny_model
-from tests.tolerance import model_delta
+from tests.tolerance import kl_atol, model_delta
 
 runner = CliRunner()
 
@@ -257,3 +263,61 @@ def test_progress_counts_backward_passes_and_can_stop_the_fit(lm):
         fit_jacobian_lens(lm, word_text(60, 3), SETTINGS, progress)
     assert seen == [(done, 26, "Jacobian lens") for done in range(16)]
     assert all(parameter.requires_grad for parameter in lm.model.parameters())
+
+
+# Held-out KL against the logit lens (`compare_lenses`, `jacobianlens eval`).
+
+
+def random_lens(lm, seed: int) -> JacobianLens:
+    generator = torch.Generator().manual_seed(seed)
+    return JacobianLens(torch.randn(lm.n_blocks, 64, 64, generator=generator) / 8, 1)
+
+
+def test_comparison_is_the_mean_kl_of_the_moved_states_by_hand(lm):
+    lens, heldout = random_lens(lm, 3), word_text(40, 6)
+    comparison = compare_lenses(lm, lens, heldout)
+    ids = lm.encode(heldout)
+    with torch.no_grad():
+        output = lm.model(input_ids=ids, output_hidden_states=True)
+        final = torch.log_softmax(output.logits[0].float(), -1)
+        rows = [
+            lm.adapter.unembed(lm.adapter.final_norm(output.hidden_states[row][0] @ lens.matrices[row].T)).float()
+            for row in range(lm.n_blocks)
+        ]
+    want = [(final.exp() * (final - torch.log_softmax(logits, -1))).sum(-1).mean().item() for logits in rows]
+    magnitude = max(logits.abs().max().item() for logits in [*rows, output.logits[0].float()])
+    atol = kl_atol(model_delta(lm, magnitude), final.shape[-1])
+    assert comparison.kind == "jacobian" and comparison.tokens == ids.shape[1]
+    assert comparison.lens_kl[:-1] == pytest.approx(want, abs=atol, rel=0)
+    assert comparison.lens_kl[-1] == 0 and comparison.logit_lens_kl[-1] == 0
+    assert min(want) > 10 * atol  # the check compares numbers well above its tolerance
+    assert list(comparison.to_dict()) == ["layers", "logit_lens_kl", "jacobian_lens_kl", "tokens"]
+    assert comparison.records().columns == ("layer", "logit_lens_kl", "jacobian_lens_kl")
+
+
+def test_cli_eval_writes_the_comparison_and_refuses_the_other_kind(lm, tmp_path):
+    model, heldout = tmp_path / "model", tmp_path / "heldout.txt"
+    lm.model.save_pretrained(model)
+    lm.tokenizer.save_pretrained(model)
+    heldout.write_text(word_text(30, 7))
+    lens = random_lens(lm, 4)
+    lens.save(tmp_path / "jacobian")
+    TunedLens(64, lm.n_blocks).save(tmp_path / "tuned")
+    want = compare_lenses(lm, lens, heldout.read_text(), 16)
+    base = ["--model", model, "--text", heldout, "--tokens", "16"]
+    csv = invoke("jacobianlens", "eval", *base, "--lens", tmp_path / "jacobian", "-f", "csv")
+    assert csv.exit_code == 0, csv.output
+    lines = csv.stdout.splitlines()
+    assert lines[0] == "layer,logit_lens_kl,jacobian_lens_kl" and len(lines) == lm.n_blocks + 2
+    shown = invoke("jacobianlens", "eval", *base, "--lens", tmp_path / "jacobian", "-f", "json")
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout) == want.to_dict()  # the same model weights and lens, read back exactly
+    table = invoke("jacobianlens", "eval", *base, "--lens", tmp_path / "jacobian")
+    assert table.exit_code == 0 and "Jacobian lens" in table.stdout.splitlines()[1], table.output
+    for command, folder, other in [("jacobianlens", "tuned", "tunedlens"), ("tunedlens", "jacobian", "jacobianlens")]:
+        wrong = invoke(command, "eval", *base, "--lens", tmp_path / folder)
+        assert wrong.exit_code == 1 and wrong.stderr.count("\n") == 1, wrong.output
+        assert wrong.stderr.startswith("error: ") and str(tmp_path / folder) in wrong.stderr
+        assert f"layerscope {other} eval" in wrong.stderr
+    missing = invoke("jacobianlens", "eval", *base, "--lens", tmp_path / "none")
+    assert missing.exit_code == 1 and missing.stderr.startswith("error: No Jacobian lens in"), missing.output

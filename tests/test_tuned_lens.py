@@ -70,11 +70,11 @@ def test_training_lowers_heldout_kl_and_matches_hand_computation(tmp_path):
     ids = lm.encode(heldout)
     # rows 0..L-1 against HF's hidden states (the last hidden state is post-norm there, so it is left out)
     assert comparison.logit_lens_kl[:-1] == pytest.approx(reference_kl(lm, None, ids), abs=1e-4, rel=1e-4)
-    assert comparison.tuned_lens_kl[:-1] == pytest.approx(reference_kl(lm, lens, ids), abs=1e-4, rel=1e-4)
-    assert comparison.tuned_lens_kl[-1] == pytest.approx(0, abs=1e-6)
+    assert comparison.lens_kl[:-1] == pytest.approx(reference_kl(lm, lens, ids), abs=1e-4, rel=1e-4)
+    assert comparison.lens_kl[-1] == pytest.approx(0, abs=1e-6)
     # a random tiny model is close to uniform everywhere: small KLs, but every row lower on unseen text
-    assert sum(comparison.tuned_lens_kl) < 0.8 * sum(comparison.logit_lens_kl)
-    assert all(tuned < logit for tuned, logit in zip(comparison.tuned_lens_kl[:-1], comparison.logit_lens_kl[:-1]))
+    assert sum(comparison.lens_kl) < 0.8 * sum(comparison.logit_lens_kl)
+    assert all(tuned < logit for tuned, logit in zip(comparison.lens_kl[:-1], comparison.logit_lens_kl[:-1]))
 
 
 def interrupted_at(train, out) -> int:

@@ -527,14 +527,25 @@ def _resume(out: Path, recipe: dict, lens: TunedLens, optimizer: torch.optim.Opt
     return step
 
 
+LENS_NAMES = {"tuned": "tuned lens", "jacobian": "Jacobian lens"}
+"""A fitted lens's `kind` as the tables and figures name it."""
+
+
 @dataclass
 class LensComparison:
-    """Per row, the mean KL(final || lens) in nats on held-out text, logit lens vs tuned lens."""
+    """Per row, the mean KL(final || lens) in nats on held-out text, logit lens vs a fitted lens (`kind`: tuned,
+    jacobian). `to_dict` and the CSV name the fitted lens's column after it (`tuned_lens_kl`, `jacobian_lens_kl`)."""
 
     layers: list[str]
     logit_lens_kl: list[float]
-    tuned_lens_kl: list[float]
+    lens_kl: list[float]
     tokens: int
+    kind: str
+
+    @property
+    def lens_name(self) -> str:
+        """The fitted lens as tables and legends name it: 'tuned lens', 'Jacobian lens'."""
+        return LENS_NAMES[self.kind]
 
     def plot(self, model: str = "") -> Figure:
         """KL to the final distribution per row, both lenses, `model` in the title:
@@ -544,11 +555,16 @@ class LensComparison:
         return lens_comparison_figure(self, model)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {
+            "layers": self.layers,
+            "logit_lens_kl": self.logit_lens_kl,
+            f"{self.kind}_lens_kl": self.lens_kl,
+            "tokens": self.tokens,
+        }
 
     def records(self) -> Records:
         return Records.of(
-            ("layer", "logit_lens_kl", "tuned_lens_kl"), zip(self.layers, self.logit_lens_kl, self.tuned_lens_kl)
+            ("layer", "logit_lens_kl", f"{self.kind}_lens_kl"), zip(self.layers, self.logit_lens_kl, self.lens_kl)
         )
 
     def to_pandas(self) -> pandas.DataFrame:
@@ -556,19 +572,31 @@ class LensComparison:
 
 
 def compare_lenses(
-    lm: LoadedModel, lens: TunedLens, text: str, max_tokens: int = 256, progress: ProgressFn = no_progress
+    lm: LoadedModel,
+    lens: TunedLens | JacobianLens,
+    text: str,
+    max_tokens: int = 256,
+    progress: ProgressFn = no_progress,
 ) -> LensComparison:
-    """The paper's first figure as a table: both lenses on the same held-out tokens, in the model's dtype."""
-    check_lens(check_lm(lm), lens, TunedLens)
+    """The paper's first figure as a table: the logit lens and a fitted lens (tuned or Jacobian) on the same
+    held-out tokens, in the model's dtype."""
+    from layerscope.analyses.jacobian_lens import JacobianLens  # here: jacobian_lens imports this module
+
+    if not isinstance(lens, TunedLens | JacobianLens):
+        raise ArgumentTypeError(
+            f"lens= must be a TunedLens ({TunedLens.made_by}) or a JacobianLens ({JacobianLens.made_by}), "
+            f"not {type(lens).__name__}."
+        )
+    check_lens(check_lm(lm), lens, type(lens))
     check_text(text, "text")
     check_int(max_tokens, "max_tokens", 2)
     ids = lm.tokenizer(text, return_tensors="pt").input_ids[:, :max_tokens].to(lm.adapter.input_device)
     if ids.shape[1] < 2:
         raise LayerscopeError("The held-out text is too short (fewer than 2 tokens).")
-    kls: dict[str, list[float]] = {"logit": [], "tuned": []}
+    kls: dict[str, list[float]] = {"logit": [], lens.kind: []}
     translations: dict[str, Callable[[torch.Tensor], torch.Tensor] | None] = {
         "logit": None,
-        "tuned": lens.translate_rows,
+        lens.kind: lens.translate_rows,
     }
     for index, (name, translate) in enumerate(translations.items()):
         rows, final = lens_logits(lm, ids, translate=translate)
@@ -578,4 +606,4 @@ def compare_lenses(
             _, kl = distribution_stats(torch.log_softmax(logits.float(), dim=-1), final_log_probs, final_probs)
             kls[name].append(kl.clamp_min(0).mean().item())
         progress(index + 1, 2, "comparing lenses")
-    return LensComparison(layer_labels(lm.n_blocks), kls["logit"], kls["tuned"], ids.shape[1])
+    return LensComparison(layer_labels(lm.n_blocks), kls["logit"], kls[lens.kind], ids.shape[1], lens.kind)

@@ -1,4 +1,5 @@
-"""`layerscope jacobianlens fit`: fit a Jacobian lens (read it with `layerscope lens --method jacobian`)."""
+"""`layerscope jacobianlens fit|eval`: fit a Jacobian lens (read it with `layerscope lens --method jacobian`), and
+compare it with the logit lens."""
 
 from __future__ import annotations
 
@@ -7,14 +8,15 @@ from typing import Annotated
 
 import typer
 
-from layerscope.cli.common import ModelOptions, Reads, StderrProgress, Writes, command
-from layerscope.cli.tunedlens import CalibrationText
+from layerscope.cli.common import ModelOptions, Output, Reads, StderrProgress, Writes, command
+from layerscope.cli.tunedlens import CalibrationText, HeldoutText, HeldoutTokens, evaluate_lens
 from layerscope.errors import LayerscopeError
 from layerscope.locations import sample_file
 from layerscope.textfiles import read_text_file
 
 jacobianlens_app = typer.Typer(
-    help="Jacobian lens (Gurnee et al. 2026): fit one; read it with `layerscope lens --method jacobian`.",
+    help="Jacobian lens (Gurnee et al. 2026): fit one, compare it with the logit lens; read it with "
+    "`layerscope lens --method jacobian`.",
     no_args_is_help=True,
 )
 
@@ -79,3 +81,20 @@ def fit(
         f"Jacobian lens ({lens.n_prompts} prompts) saved in {out}; read it: "
         f"layerscope lens --model {model.model} --method jacobian --lens {out} --prompt ..."
     )
+
+
+@jacobianlens_app.command("eval")
+@command
+def evaluate(
+    *,
+    lens: Annotated[Path, typer.Option("--lens", help="A Jacobian lens folder (jacobianlens fit's --out)."), Reads()],
+    model: ModelOptions,
+    text: HeldoutText = None,
+    tokens: HeldoutTokens = 256,
+    output: Output,
+) -> None:
+    """Per row, KL to the model's output on held-out text: logit lens vs Jacobian lens.
+
+    Example: layerscope jacobianlens eval --model demo --lens lenses/demo-jacobian
+    """
+    evaluate_lens(model, lens, text, tokens, output, "jacobian")

@@ -353,13 +353,14 @@ def attribution_table(result: LogitAttribution, top: int) -> str:
 
 
 def comparison_table(comparison: LensComparison) -> str:
+    width = max(11, len(comparison.lens_name))
     lines = [
         f"mean KL(final || lens) in nats over {comparison.tokens} held-out tokens",
-        f"{'layer':>5} {'logit lens':>11} {'tuned lens':>11}",
-        "-" * 29,
+        f"{'layer':>5} {'logit lens':>11} {comparison.lens_name:>{width}}",
+        "-" * (18 + width),
     ]
-    for layer, logit, tuned in zip(comparison.layers, comparison.logit_lens_kl, comparison.tuned_lens_kl):
-        lines.append(f"{layer:>5} {logit:>11.3f} {tuned:>11.3f}")
+    for layer, logit, fitted in zip(comparison.layers, comparison.logit_lens_kl, comparison.lens_kl):
+        lines.append(f"{layer:>5} {logit:>11.3f} {fitted:>{width}.3f}")
     return "\n".join(lines)
 
 

@@ -10,10 +10,14 @@ import typer
 
 from layerscope.cli.common import ModelOptions, Output, Reads, StderrProgress, Writes, command, escaped
 from layerscope.cli.tables import comparison_table
+from layerscope.errors import LayerscopeError
 from layerscope.locations import sample_file
 from layerscope.textfiles import read_text_file
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from layerscope.analyses.jacobian_lens import FittedLens
     from layerscope.analyses.tuned_lens import Lens, TunedLens
     from layerscope.models.loading import LoadedModel
 
@@ -113,29 +117,59 @@ def train(
     typer.echo(f"tuned lens saved in {out}; compare it: layerscope tunedlens eval --model {model.model} --lens {out}")
 
 
+HeldoutText = Annotated[
+    Path | None,
+    typer.Option(help="Held-out text. Default: sample_prompts/heldout.txt."),
+    Reads((sample_file("heldout.txt"),)),
+]
+HeldoutTokens = Annotated[int, typer.Option(min=2, help="Held-out tokens used (the first N).")]
+
+
+def read_kind(lm: LoadedModel, directory: Path, kind: str) -> FittedLens:
+    """The lens of `kind` (tuned, jacobian) in a folder, its mismatch note shown (`echo_mismatch`); a folder that
+    holds the other kind is an error naming the command for it."""
+    from layerscope.analyses.jacobian_lens import read_jacobian_lens
+    from layerscope.analyses.tuned_lens import LENS_NAMES, read_tuned_lens
+
+    readers: dict[str, Callable[[LoadedModel, Path], tuple[FittedLens, str | None]]] = {
+        "tuned": read_tuned_lens,
+        "jacobian": read_jacobian_lens,
+    }
+    try:
+        return echo_mismatch(*readers[kind](lm, directory))
+    except LayerscopeError as error:
+        other = next(name for name in readers if name != kind)
+        try:
+            readers[other](lm, directory)
+        except LayerscopeError:
+            raise error from None
+        raise LayerscopeError(
+            f"'{directory}' holds a {LENS_NAMES[other]}, not a {LENS_NAMES[kind]}: evaluate it with "
+            f"`layerscope {other}lens eval --lens {directory}`."
+        ) from None
+
+
+def evaluate_lens(
+    model: ModelOptions, directory: Path, text: Path | None, tokens: int, output: Output, kind: str
+) -> None:
+    """`tunedlens eval` and `jacobianlens eval`: the lens of `kind` in `directory` against the logit lens."""
+    from layerscope.analyses.tuned_lens import compare_lenses
+
+    heldout = read_text_file(text or sample_file("heldout.txt"), "held-out text")
+    lm = model.load()
+    comparison = compare_lenses(lm, read_kind(lm, directory, kind), heldout, tokens)
+    output.write(
+        comparison.to_dict, comparison.records, lambda: comparison_table(comparison), lambda: comparison.plot(lm.name)
+    )
+
+
 @tunedlens_app.command("eval")
 @command
 def evaluate(
-    *,
-    lens: LensOption,
-    model: ModelOptions,
-    text: Annotated[
-        Path | None,
-        typer.Option(help="Held-out text. Default: sample_prompts/heldout.txt."),
-        Reads((sample_file("heldout.txt"),)),
-    ] = None,
-    tokens: Annotated[int, typer.Option(min=2, help="Held-out tokens used (the first N).")] = 256,
-    output: Output,
+    *, lens: LensOption, model: ModelOptions, text: HeldoutText = None, tokens: HeldoutTokens = 256, output: Output
 ) -> None:
     """Per row, KL to the model's output on held-out text: logit lens vs tuned lens.
 
     Example: layerscope tunedlens eval --model demo --lens lenses/demo
     """
-    from layerscope.analyses.tuned_lens import compare_lenses
-
-    heldout = read_text_file(text or sample_file("heldout.txt"), "held-out text")
-    lm = model.load()
-    comparison = compare_lenses(lm, load_lens(lm, lens), heldout, tokens)
-    output.write(
-        comparison.to_dict, comparison.records, lambda: comparison_table(comparison), lambda: comparison.plot(lm.name)
-    )
+    evaluate_lens(model, lens, text, tokens, output, "tuned")
