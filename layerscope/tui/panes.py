@@ -41,6 +41,12 @@ QUICK_SOURCES = {
 }
 
 
+# The footer shows each group as its keys and one word, so the app's Run and Cancel still fit at 80 columns;
+# the help screen and the command palette keep each key's own description.
+STEER_KEYS = Binding.Group("Steer")
+SCORE_KEYS = Binding.Group("Scores")
+
+
 def toggle_mark(state: str) -> Text:
     return Text(TOGGLE_MARKS[state], style="bold" if state == "on" else "")
 
@@ -58,9 +64,9 @@ class LayerPane(Vertical):
 
     BINDINGS = [
         Binding("space", "toggle_cell", "Toggle", id="layers.toggle"),
-        Binding("s", "next_seed", "Seed", id="layers.next_seed"),
-        Binding("t", "steer_factor", "Steer ×", id="layers.steer_factor"),
-        Binding("w", "steer_positions", "Steer at", id="layers.steer_positions"),
+        Binding("s", "next_seed", "Next seed", id="layers.next_seed"),
+        Binding("t", "steer_factor", "Steer factor", id="layers.steer_factor", group=STEER_KEYS),
+        Binding("w", "steer_positions", "Steer positions", id="layers.steer_positions", group=STEER_KEYS),
     ]
 
     class Toggled(Message):
@@ -135,9 +141,9 @@ class HeadPane(Vertical):
         Binding("space", "toggle_mask", "Mask head", id="heads.toggle_mask"),
         Binding("o", "cycle_sort", "Sort", id="heads.sort"),
         Binding("u", "mask_mode", "Mask mode", id="heads.mask_mode"),
-        Binding("i", "score('induction')", "Induction scores", id="heads.induction"),
-        Binding("r", "score('retrieval')", "Retrieval scores", id="heads.retrieval"),
-        Binding("b", "score('previous_token')", "Previous-token scores", id="heads.previous_token"),
+        Binding("i", "score('induction')", "Induction scores", id="heads.induction", group=SCORE_KEYS),
+        Binding("r", "score('retrieval')", "Retrieval scores", id="heads.retrieval", group=SCORE_KEYS),
+        Binding("b", "score('previous_token')", "Previous-token scores", id="heads.previous_token", group=SCORE_KEYS),
         Binding("l", "load_scores", "Load scores JSON", id="heads.load"),
         Binding("f", "quick", "Quick scores on/off", id="heads.quick"),
     ]
