@@ -97,6 +97,10 @@ def test_overview_fits_80_columns_and_bins_80_layers():
         assert set(text[3].split("│")[1]) <= set(SHADES)
     grown = overview_text(values, tokens, layers, (0, 0), 80, 42, True, "blue", prompt_length=38).plain.splitlines()
     assert grown[38].startswith("  37 ·t37") and grown[39].startswith("  38+·t38")  # generated, marked as in the grid
+    binned = overview_text(values, tokens, layers, (0, 9), 80, 22, True, "blue", prompt_length=10).plain.splitlines()
+    lines = [line.split("│")[0] for line in binned[1:-1]]  # 40 positions in 20 lines: two per line
+    assert lines[4] == "   9 ·t9      " and lines[5] == "  10+·t10     "  # the cursor's line names position 9
+    assert lines[3] == "   6 ·t6      " and binned[5].split("│")[1][0] == "◆"
 
 
 def _manual_drop_logits(lm, ids, block):

@@ -228,7 +228,8 @@ def overview_text(
     prompt_length: int | None = None,
 ) -> Text:
     """A heatmap of rows (across) by positions (down), one character per cell, shaded ░▒▓█ in the theme's colour.
-    Rows or positions that do not fit are binned (a cell shows its bin's mean); the cursor's cell is reversed.
+    Rows or positions that do not fit are binned (a cell shows its bin's mean); a line is labelled with its first
+    position, or with the cursor's where the cursor is in it; the cursor's cell is reversed.
     Positions from `prompt_length` on are generated tokens, marked as in the grid."""
     label_width = 15
     n_rows, n_positions = len(values), len(values[0]) if values else 0
@@ -251,9 +252,9 @@ def overview_text(
     text.append(f"{header}\n", "dim")
     layer, position = cursor
     for bin_positions in position_bins:
-        first = bin_positions.start
-        mark = GENERATED_MARK if prompt_length is not None and first >= prompt_length else " "
-        label = f"{first:>4}{mark}{token_label(tokens[first], label_width - 6)}"
+        named = position if position in bin_positions else bin_positions.start  # the cursor's line names it
+        mark = GENERATED_MARK if prompt_length is not None and named >= prompt_length else " "
+        label = f"{named:>4}{mark}{token_label(tokens[named], label_width - 6)}"
         text.append(f"{label:<{label_width - 1}}│", "bold reverse" if position in bin_positions else "")
         for bin_rows in row_bins:
             cell = [_scale(values[r][p], log) for r in bin_rows for p in bin_positions]
