@@ -76,7 +76,7 @@ def overview(
             height - 1,
             metric != "entropy_bits",
             colour,
-            getattr(shown, "prompt_length", None),
+            shown.prompt_length,
         )
     )
     return text
